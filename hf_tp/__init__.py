@@ -1,0 +1,8 @@
+"""hf_tp: tensor-parallel inference for Hugging Face Transformers causal LMs."""
+
+from . import policies
+from .auto import AutoModelForCausalLM
+from .errors import CheckpointError, PolicyError, ShardingError, WorkerError
+
+__version__ = "0.1.0"
+__all__ = ["AutoModelForCausalLM", "policies", "WorkerError", "ShardingError", "PolicyError", "CheckpointError", "__version__"]

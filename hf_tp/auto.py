@@ -1,0 +1,164 @@
+"""``from_pretrained``: decide the mode (plain Transformers, SPMD under a launcher, or the
+single-controller orchestrator) and run the loading pipeline config -> policy -> plan -> shards."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+
+from .errors import CheckpointError
+from .generation.spmd import make_tensor_parallel
+from .loading import CheckpointIndex, load_shards, resolve_checkpoint
+from .parallel.comm import TPGroup, fail_together
+from .parallelize import build_skeleton, parallelize
+from .policies import get_policy
+from .policies.plan import build_plan, validate_tp_size
+
+logger = logging.getLogger("hf_tp")
+
+# Arguments that place or quantize weights in ways that conflict with hf_tp's own split.
+_CONFLICTING = ("device_map", "tp_plan", "tp_size_hf", "quantization_config", "load_in_8bit", "load_in_4bit", "gguf_file", "max_memory")
+# Arguments for locating files; everything else Transformers accepts goes to the config, as in Transformers.
+_HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "force_download", "subfolder")
+_MODEL_KWARGS = ("attn_implementation",)
+
+
+def launcher_world_size() -> int | None:
+    """WORLD_SIZE set by torchrun / accelerate launch, or None in a plain process."""
+    value = os.environ.get("WORLD_SIZE")
+    return int(value) if value else None
+
+
+def resolve_device(device) -> torch.device:
+    """'cuda' / 'cpu' / None (cuda when available) -> the device type this process uses."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"device must be 'cuda' or 'cpu', got {str(device)!r}.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but CUDA is not available here; pass device='cpu' to run with gloo.")
+    return device
+
+
+def check_arguments(tp_size, hf_kwargs: dict) -> None:
+    """Checks that need no process group, run identically on every rank before any collective."""
+    validate_tp_size(tp_size)
+    conflicting = sorted(k for k in _CONFLICTING if hf_kwargs.get(k) is not None)
+    if conflicting:
+        raise ValueError(
+            f"{', '.join(conflicting)} cannot be combined with tp_size={tp_size}: hf_tp places every weight itself "
+            "and reads unquantized safetensors. Drop those arguments, or use tp_size=None for plain Transformers."
+        )
+
+
+def init_spmd_group(tp_size: int, device: torch.device) -> TPGroup:
+    """The TP group of a launcher-started process: one rank per process, world == TP group."""
+    world = launcher_world_size()
+    if world != tp_size:
+        raise ValueError(
+            f"tp_size={tp_size} but the launcher started WORLD_SIZE={world} processes. hf_tp splits the model over "
+            f"all of them: launch with --nproc-per-node {tp_size} (torchrun) or --num_processes {tp_size} "
+            f"(accelerate launch), or pass tp_size={world}."
+        )
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if device.type == "cuda":
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", tp_size))
+        if torch.cuda.device_count() < local_world:
+            raise ValueError(
+                f"{local_world} ranks on this host need {local_world} GPUs but only {torch.cuda.device_count()} are "
+                "visible; lower tp_size or make more GPUs visible (CUDA_VISIBLE_DEVICES)."
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, **({"device_id": device} if device.type == "cuda" else {}))
+    elif backend not in str(dist.get_backend()):
+        raise ValueError(
+            f"torch.distributed is already initialised with backend {dist.get_backend()!r}, which cannot run "
+            f"{device.type} collectives; initialise it with {backend!r} or pass device={'cpu' if backend == 'gloo' else 'cuda'!r}."
+        )
+    return TPGroup(tp_rank=dist.get_rank(), tp_size=tp_size, device=device)
+
+
+def _resolve_dtype(dtype, config) -> torch.dtype:
+    """None or "auto" -> the checkpoint's dtype (Transformers 5 behaviour), else fp32."""
+    if dtype is None or dtype == "auto":
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return dtype
+
+
+def load_parallel_model(name_or_path, tp: TPGroup, dtype=None, progress: bool = True, **hf_kwargs):
+    """Every rank: resolve files, build the meta skeleton and plan, read its shards. Errors on any
+    rank are raised on all ranks (fail_together), so no rank is left waiting in a collective."""
+    from transformers import AutoConfig, GenerationConfig
+
+    hub_kwargs = {k: hf_kwargs.pop(k) for k in _HUB_KWARGS if k in hf_kwargs}
+    model_kwargs = {k: hf_kwargs.pop(k) for k in _MODEL_KWARGS if k in hf_kwargs}
+    trust_remote_code = hf_kwargs.pop("trust_remote_code", False)
+    with fail_together(tp, "finding the checkpoint"):
+        hub_only = {k: v for k, v in hub_kwargs.items() if k in ("revision", "cache_dir", "local_files_only", "token")}
+        folder = resolve_checkpoint(name_or_path, **hub_only)
+        config = hf_kwargs.pop("config", None) or AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        for key, value in hf_kwargs.items():  # as in Transformers: leftover kwargs override config fields
+            if not hasattr(config, key):
+                raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
+            setattr(config, key, value)
+        index = CheckpointIndex(folder)
+    with fail_together(tp, "planning the split"):
+        policy = get_policy(config)
+        dtype = _resolve_dtype(dtype, config)
+        model = build_skeleton(config, dtype, **model_kwargs)
+        plan = build_plan(model, config, policy, tp.tp_size, model_name=str(name_or_path))
+        transposed = parallelize(model, plan, tp)
+    with fail_together(tp, "loading the weights"):
+        stats = load_shards(model, plan, index, tp.tp_rank, tp.device, transposed, progress=progress and tp.is_first)
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        pass  # no generation_config.json: keep the one derived from the config, as Transformers does
+    model.eval()
+    model.hf_tp_plan, model.hf_tp_load_stats = plan, stats
+    return make_tensor_parallel(model, tp)
+
+
+class AutoModelForCausalLM:
+    """Drop-in for ``transformers.AutoModelForCausalLM`` with a ``tp_size`` argument."""
+
+    def __init__(self):
+        raise EnvironmentError("Use hf_tp.AutoModelForCausalLM.from_pretrained(name_or_path, tp_size=...).")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *model_args, tp_size=None, dtype=None, device=None, **hf_kwargs):
+        """Load a causal LM split over ``tp_size`` devices.
+
+        tp_size None or 1: exactly ``transformers.AutoModelForCausalLM.from_pretrained`` (``device``
+        becomes its ``device_map``). Under torchrun / accelerate launch (WORLD_SIZE set): every rank
+        calls this and gets the Transformers model object with parallel layers. Otherwise hf_tp
+        starts and supervises tp_size worker processes and returns an ``hf_tp.TPModel`` handle.
+        """
+        if "torch_dtype" in hf_kwargs:  # Transformers' older name, still accepted there
+            dtype = dtype if dtype is not None else hf_kwargs.pop("torch_dtype")
+        if tp_size is None or tp_size == 1:
+            import transformers
+
+            if device is not None and "device_map" not in hf_kwargs:
+                hf_kwargs["device_map"] = str(device)
+            return transformers.AutoModelForCausalLM.from_pretrained(name_or_path, *model_args, dtype=dtype, **hf_kwargs)
+        if model_args:
+            raise TypeError("hf_tp.AutoModelForCausalLM.from_pretrained takes model arguments as keywords only.")
+        check_arguments(tp_size, hf_kwargs)
+        device = resolve_device(device)
+        if launcher_world_size() is not None:
+            tp = init_spmd_group(tp_size, device)
+            return load_parallel_model(name_or_path, tp, dtype=dtype, **hf_kwargs)
+        from .orchestration import start_tp_model
+
+        return start_tp_model(name_or_path, tp_size=tp_size, dtype=dtype, device=device, **hf_kwargs)

@@ -1,0 +1,1 @@
+"""Generation on a tensor-parallel model: SPMD input checks and seeds (the fast decode path slots in here)."""

@@ -1,0 +1,85 @@
+"""Make a parallelized Transformers model safe to call from every rank of an SPMD program.
+
+Every rank runs the same ``generate``; the logits are gathered, so greedy decoding agrees by
+construction. Three things could still desynchronise ranks silently, and are handled here:
+  - different inputs on different ranks -> checked with one small all-gather, ValueError on all ranks;
+  - sampling with different RNG states  -> rank 0 draws a seed and broadcasts it;
+  - token ids outside the vocabulary    -> a vocab-parallel embedding would embed them as zeros: refused.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..parallel.comm import TPGroup, broadcast_int, check_same_on_all_ranks, fingerprint
+
+
+def validate_token_ids(input_ids, vocab_size: int) -> None:
+    if input_ids is None or not torch.is_tensor(input_ids) or input_ids.numel() == 0:
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"input_ids contains token id {bad}, outside the model's vocabulary [0, {vocab_size}). "
+            "Use the tokenizer that belongs to this checkpoint."
+        )
+
+
+def validate_prompt_length(input_ids, max_positions: int | None) -> None:
+    if max_positions and torch.is_tensor(input_ids) and input_ids.dim() >= 1 and input_ids.shape[-1] > max_positions:
+        raise ValueError(
+            f"The prompt has {input_ids.shape[-1]} tokens but the model's context is {max_positions} "
+            "(config.max_position_embeddings). Shorten or truncate the prompt."
+        )
+
+
+class TensorParallelMixin:
+    """Mixed into the model's own class at load time; everything else is the Transformers model."""
+
+    hf_tp: TPGroup
+    _hf_tp_in_generate = False
+
+    def _hf_tp_check_inputs(self, what: str, args, kwargs) -> None:
+        input_ids = kwargs.get("input_ids", kwargs.get("inputs"))
+        if input_ids is None and args and torch.is_tensor(args[0]):
+            input_ids = args[0]
+        validate_token_ids(input_ids, self.get_input_embeddings().num_embeddings)
+        text_config = self.config.get_text_config()
+        validate_prompt_length(input_ids, getattr(text_config, "max_position_embeddings", None))
+        check_same_on_all_ranks(fingerprint(args, kwargs), self.hf_tp, what)
+
+    def forward(self, *args, **kwargs):
+        # Inside generate the inputs were checked once; per-step checks would cost a sync each token.
+        if not self._hf_tp_in_generate:
+            self._hf_tp_check_inputs("The inputs of model(...)", args, kwargs)
+        return super().forward(*args, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, *args, **kwargs):
+        self._hf_tp_check_inputs("The arguments of generate()", args, kwargs)
+        # Same seed everywhere, drawn from rank 0's generator, so torch.manual_seed on rank 0
+        # still makes runs reproducible and every rank samples the same token.
+        seed = broadcast_int(int(torch.randint(0, 2**62, (1,)).item()), self.hf_tp)
+        devices = [self.hf_tp.device] if self.hf_tp.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.hf_tp.device.type):
+            torch.manual_seed(seed)
+            self._hf_tp_in_generate = True
+            try:
+                return super().generate(*args, **kwargs)
+            finally:
+                self._hf_tp_in_generate = False
+
+    def save_pretrained(self, *args, **kwargs):
+        raise NotImplementedError(
+            "This model is split across ranks by hf_tp; save_pretrained would write one shard per rank. "
+            "Load the checkpoint with transformers.AutoModelForCausalLM to re-save it."
+        )
+
+
+def make_tensor_parallel(model, tp: TPGroup):
+    """Mix TensorParallelMixin into ``model``'s class (the object stays a PreTrainedModel)."""
+    cls = type(model)
+    model.__class__ = type(cls.__name__, (TensorParallelMixin, cls), {"__module__": cls.__module__})
+    model.hf_tp = tp
+    return model

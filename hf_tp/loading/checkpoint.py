@@ -1,0 +1,93 @@
+"""Find a checkpoint (local folder or hub id) and index which safetensors file holds each tensor."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from safetensors import safe_open
+
+from ..errors import CheckpointError
+
+# What a model needs besides weights: config, generation config, tokenizer files.
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike, *, revision=None, cache_dir=None,
+                       local_files_only=None, token=None) -> Path:
+    """A local folder holding the checkpoint. Hub ids go through huggingface_hub's
+    snapshot_download, so its cache and HF_HUB_OFFLINE behave as they do for Transformers."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_path).startswith((".", "/")):
+        raise CheckpointError(f"{name_or_path!s} is not a folder. Pass a folder holding config.json and *.safetensors, or a hub id.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name_or_path), revision=revision, cache_dir=cache_dir,
+                                      local_files_only=bool(local_files_only), token=token,
+                                      allow_patterns=_HUB_PATTERNS))
+    except Exception as exc:  # hub errors come in many types; one message says what to do
+        raise CheckpointError(
+            f"Could not find {name_or_path!r} locally or download it from the Hugging Face Hub "
+            f"({type(exc).__name__}: {exc}). Check the id, your network or HF_HUB_OFFLINE, or pass a local folder."
+        ) from exc
+
+
+class CheckpointIndex:
+    """Tensor name -> safetensors file, from model.safetensors.index.json or the single file."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        index_file = self.folder / "model.safetensors.index.json"
+        single = self.folder / "model.safetensors"
+        if index_file.is_file():
+            try:
+                weight_map = json.loads(index_file.read_text())["weight_map"]
+            except (ValueError, KeyError) as exc:
+                raise CheckpointError(f"{index_file} is corrupt ({exc}); re-download or re-save the checkpoint.") from exc
+            self.files = {name: self.folder / fname for name, fname in weight_map.items()}
+        elif single.is_file():
+            self.files = {name: single for name in self._keys(single)}
+        else:
+            others = sorted(p.name for p in self.folder.glob("*.safetensors"))
+            if others:
+                self.files = {name: self.folder / f for f in others for name in self._keys(self.folder / f)}
+            elif any(self.folder.glob("*.bin")) or any(self.folder.glob("*.pt")):
+                raise CheckpointError(
+                    f"{self.folder} has only pickle (.bin/.pt) weights. hf_tp reads safetensors only, because "
+                    "unpickling can run arbitrary code and cannot read a slice. Convert once: "
+                    "transformers.AutoModelForCausalLM.from_pretrained(folder).save_pretrained(new_folder)."
+                )
+            else:
+                raise CheckpointError(f"{self.folder} holds no model.safetensors or model.safetensors.index.json.")
+        missing = sorted({p.name for p in self.files.values() if not p.is_file()})
+        if missing:
+            raise CheckpointError(f"{self.folder}: the index names files that are missing: {missing}.")
+        self._handles: dict[Path, object] = {}
+
+    @staticmethod
+    def _keys(file: Path) -> list[str]:
+        try:
+            with safe_open(file, framework="pt") as f:
+                return list(f.keys())
+        except Exception as exc:
+            raise CheckpointError(f"{file} is not a readable safetensors file ({exc}); re-download or re-save it.") from exc
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def handle(self, name: str):
+        """An open safe_open handle for the file holding ``name`` (memory-mapped, nothing read yet)."""
+        file = self.files[name]
+        if file not in self._handles:
+            try:
+                self._handles[file] = safe_open(file, framework="pt")
+            except Exception as exc:
+                raise CheckpointError(f"{file} is not a readable safetensors file ({exc}); re-download or re-save it.") from exc
+        return self._handles[file]
+
+    def close(self) -> None:
+        self._handles.clear()

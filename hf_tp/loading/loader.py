@@ -1,0 +1,107 @@
+"""Fill a model whose parameters are on the meta device with this rank's slices of a checkpoint.
+
+Each tensor is read with ``safe_open(...).get_slice`` so only this rank's rows/columns are
+touched, then cast and moved to the rank's device. No rank materializes the full model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import CheckpointError
+from ..policies.plan import ParamShard, ShardingPlan
+from .checkpoint import CheckpointIndex
+
+
+@dataclass
+class LoadStats:
+    tensors: int = 0
+    bytes_read: int = 0  # bytes taken out of the checkpoint files by this rank
+    seconds: float = 0.0
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.bytes_read / 1e9 / self.seconds if self.seconds else 0.0
+
+
+def _read(index: CheckpointIndex, key: str, shard: ParamShard | None, tp_rank: int) -> torch.Tensor:
+    """The rank's piece of one tensor (full tensor when replicated), still in the file's dtype."""
+    handle = index.handle(key)
+    try:
+        if shard is None:
+            return handle.get_tensor(key)
+        view = handle.get_slice(key)
+        index_for = (lambda a, b: (slice(a, b),)) if shard.dim == 0 else (lambda a, b: (slice(None), slice(a, b)))
+        parts = [view[index_for(a, b)] for a, b in shard.pieces[tp_rank]]
+    except Exception as exc:
+        raise CheckpointError(f"could not read tensor {key!r} from {index.files[key]} ({exc}); the file may be corrupt.") from exc
+    tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=shard.dim)
+    pad = shard.local_size[tp_rank] - tensor.shape[shard.dim]
+    if pad:  # vocab shards are padded to equal length with zero rows
+        shape = list(tensor.shape)
+        shape[shard.dim] = pad
+        tensor = torch.cat([tensor, tensor.new_zeros(shape)], dim=shard.dim)
+    return tensor
+
+
+def _tie_groups(model: nn.Module) -> list[list[str]]:
+    """Names that share one Parameter object (tied embeddings), first name first."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return list(groups.values())
+
+
+def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp_rank: int,
+                device: torch.device, transposed: frozenset[str] = frozenset(), progress: bool = True) -> LoadStats:
+    """Replace every meta parameter of ``model`` by this rank's slice from the checkpoint.
+
+    ``transposed`` names parameters stored (in, out) in the file but (out, in) in the layer
+    (GPT-2 Conv1D turned into a parallel linear). Tied parameters are read once and re-tied.
+    """
+    stats, start = LoadStats(), time.perf_counter()
+    groups = _tie_groups(model)
+    missing = [g[0] for g in groups if not any(n in index for n in g)]
+    if missing:
+        raise CheckpointError(
+            f"{index.folder}: {len(missing)} weight(s) of the model are not in the checkpoint, e.g. {missing[:3]}. "
+            "The checkpoint does not match this config (architecture or size)."
+        )
+    for group in tqdm(groups, desc="hf_tp: loading shards", unit="tensor", disable=not progress):
+        shards = {plan.param_shard(n) for n in group}
+        if len(shards) > 1:
+            raise CheckpointError(f"tied parameters {group} are split differently by the policy; split them the same way.")
+        key = next(n for n in group if n in index)
+        module_name, _, local = group[0].rpartition(".")
+        target = model.get_submodule(module_name)._parameters[local]
+        tensor = _read(index, key, shards.pop(), tp_rank)
+        stats.bytes_read += tensor.numel() * tensor.element_size()
+        if group[0] in transposed:
+            tensor = tensor.t()
+        expected = tuple(target.shape)
+        if tuple(tensor.shape) != expected:
+            raise CheckpointError(
+                f"{key} in {index.files[key]} has shape {tuple(tensor.shape)} on tp rank {tp_rank}, expected {expected}; "
+                "the checkpoint does not match its config."
+            )
+        dtype = target.dtype if tensor.is_floating_point() else tensor.dtype
+        param = nn.Parameter(tensor.to(device=device, dtype=dtype).contiguous(), requires_grad=False)
+        for name in group:
+            owner, _, attr = name.rpartition(".")
+            model.get_submodule(owner)._parameters[attr] = param
+        stats.tensors += 1
+    for name, buffer in list(model.named_buffers()):
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner)
+        if name in index and attr not in module._non_persistent_buffers_set:
+            module._buffers[attr] = _read(index, name, None, tp_rank).to(device)
+        elif buffer.device != device:
+            module._buffers[attr] = buffer.to(device)
+    index.close()
+    stats.seconds = time.perf_counter() - start
+    return stats

@@ -1,0 +1,1 @@
+"""Tensor-parallel building blocks: slicing math, collectives and parallel layers. No model knowledge."""

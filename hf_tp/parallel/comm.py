@@ -1,0 +1,134 @@
+"""The tensor-parallel process group and thin wrappers over torch.distributed collectives.
+
+hf_tp never invents its own transport: NCCL on GPU, gloo on CPU, through torch.distributed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class TPGroup:
+    """Who this process is in the tensor-parallel group. Passed explicitly, never re-read from env."""
+
+    tp_rank: int
+    tp_size: int
+    device: torch.device
+    group: dist.ProcessGroup | None = None  # None: the default (world) group
+
+    @property
+    def is_first(self) -> bool:
+        return self.tp_rank == 0
+
+
+def all_reduce(tensor: torch.Tensor, tp: TPGroup) -> torch.Tensor:
+    """Sum partial results in place across the TP group and return the tensor."""
+    if tp.tp_size > 1:
+        dist.all_reduce(tensor, group=tp.group)
+    return tensor
+
+
+def all_gather_last_dim(tensor: torch.Tensor, tp: TPGroup) -> torch.Tensor:
+    """Concatenate every rank's equally sized tensor along the last dimension."""
+    if tp.tp_size == 1:
+        return tensor
+    tensor = tensor.contiguous()
+    parts = [torch.empty_like(tensor) for _ in range(tp.tp_size)]
+    dist.all_gather(parts, tensor, group=tp.group)
+    return torch.cat(parts, dim=-1)
+
+
+def broadcast_int(value: int, tp: TPGroup) -> int:
+    """Rank 0's integer, on every rank."""
+    if tp.tp_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=tp.device)
+    dist.broadcast(t, src=_global_rank(tp, 0), group=tp.group)
+    return int(t.item())
+
+
+def _global_rank(tp: TPGroup, tp_rank: int) -> int:
+    return tp_rank if tp.group is None else dist.get_global_rank(tp.group, tp_rank)
+
+
+def fingerprint(*objects) -> int:
+    """A 63-bit digest of tensors and plain values, to check that ranks were given the same thing."""
+    digest = hashlib.sha256()
+
+    def feed(obj):
+        if isinstance(obj, torch.Tensor):
+            cpu = obj.detach().to("cpu").contiguous()
+            digest.update(repr((tuple(cpu.shape), str(cpu.dtype))).encode())
+            digest.update(cpu.view(torch.uint8).numpy().tobytes() if cpu.numel() else b"")
+        elif isinstance(obj, dict):
+            for key in sorted(obj, key=str):
+                digest.update(str(key).encode())
+                feed(obj[key])
+        elif isinstance(obj, (list, tuple)):
+            for item in obj:
+                feed(item)
+        elif obj is None or isinstance(obj, (bool, int, float, str, torch.dtype)):
+            digest.update(repr(obj).encode())
+        elif hasattr(obj, "to_dict"):  # GenerationConfig and similar
+            feed(obj.to_dict())
+        else:
+            # Objects such as streamers or logits processors differ by identity on each rank;
+            # only their type is compared.
+            digest.update(type(obj).__qualname__.encode())
+
+    for obj in objects:
+        feed(obj)
+    return int.from_bytes(digest.digest()[:8], "little") >> 1
+
+
+def check_same_on_all_ranks(value: int, tp: TPGroup, what: str) -> None:
+    """Raise the same ValueError on every rank if ``value`` differs between ranks."""
+    if tp.tp_size == 1:
+        return
+    mine = torch.tensor([value], dtype=torch.int64, device=tp.device)
+    parts = [torch.empty_like(mine) for _ in range(tp.tp_size)]
+    dist.all_gather(parts, mine, group=tp.group)
+    values = [int(p.item()) for p in parts]
+    differing = [r for r, v in enumerate(values) if v != values[0]]
+    if differing:
+        raise ValueError(
+            f"{what} differ across ranks (tp ranks {differing} differ from tp rank 0). In SPMD mode "
+            "(torchrun, accelerate launch) every rank must pass the same inputs and arguments; "
+            "build them identically on every rank, or broadcast them from rank 0."
+        )
+
+
+class RemoteRankError(RuntimeError):
+    """Another rank failed; raised on the ranks that did not, so that none waits forever."""
+
+
+@contextmanager
+def fail_together(tp: TPGroup, stage: str):
+    """Run a block on every rank and, if it failed on any rank, raise on all of them.
+
+    Without this, a rank whose file is missing raises while the others block forever in
+    the next collective. The rank that failed re-raises its own exception; the others raise
+    RemoteRankError carrying the failed rank's message.
+    """
+    error: BaseException | None = None
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+        error = exc
+    if tp.tp_size > 1:
+        report = None if error is None else (type(error).__name__, str(error), traceback.format_exc())
+        reports: list = [None] * tp.tp_size
+        dist.all_gather_object(reports, report, group=tp.group)
+        failures = [(rank, r) for rank, r in enumerate(reports) if r is not None]
+        if failures and error is None:
+            rank, (kind, message, trace) = failures[0]
+            raise RemoteRankError(f"tp rank {rank} failed while {stage}: {kind}: {message}\n{trace}")
+    if error is not None:
+        raise error

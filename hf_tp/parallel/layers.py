@@ -1,0 +1,117 @@
+"""Parallel layers: forward pass plus the one collective each needs. Inference only.
+
+  ColumnParallelLinear   weight (out_local, in)   output stays split (feeds heads or a RowParallelLinear)
+  RowParallelLinear      weight (out, in_local)   partial sums all-reduced, bias added once after
+  VocabParallelEmbedding weight (vocab_local, h)  rows outside this rank's range give zeros, then all-reduce
+  ParallelLMHead         weight (vocab_local, h)  local logits all-gathered, padding cut off
+
+Weights are created empty at their local shape and filled by the loader. Layers store
+weights as nn.Linear does, (out, in); GPT-2's Conv1D (in, out) layout is transposed by
+the loader, so one layer class serves both.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .comm import TPGroup, all_gather_last_dim, all_reduce
+
+
+def _empty(shape, dtype, device) -> nn.Parameter:
+    return nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
+
+
+class ColumnParallelLinear(nn.Module):
+    """y_local = x @ W_local^T + b_local; each rank computes its own slice of the output features."""
+
+    def __init__(self, in_features, out_features_local, bias, tp: TPGroup, dtype=None, device=None):
+        super().__init__()
+        self.tp = tp
+        self.in_features, self.out_features = in_features, out_features_local
+        self.weight = _empty((out_features_local, in_features), dtype, device)  # (out, in)
+        self.bias = _empty((out_features_local,), dtype, device) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features_local={self.out_features}, tp={self.tp.tp_rank}/{self.tp.tp_size}"
+
+
+class RowParallelLinear(nn.Module):
+    """y = sum_r(x_r @ W_r^T) + b; the input arrives split, the output is full on every rank."""
+
+    def __init__(self, in_features_local, out_features, bias, tp: TPGroup, dtype=None, device=None):
+        super().__init__()
+        self.tp = tp
+        self.in_features, self.out_features = in_features_local, out_features
+        self.weight = _empty((out_features, in_features_local), dtype, device)  # (out, in)
+        # The bias is replicated and added after the all-reduce: adding it on every rank
+        # before the sum would count it tp_size times.
+        self.bias = _empty((out_features,), dtype, device) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = all_reduce(F.linear(x, self.weight), self.tp)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features_local={self.in_features}, out_features={self.out_features}, tp={self.tp.tp_rank}/{self.tp.tp_size}"
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Embedding whose rows [vocab_start, vocab_end) live on this rank.
+
+    Token ids must already be validated against the vocabulary (the model wrapper does it):
+    an id outside it would find no owner and silently embed as zeros.
+    """
+
+    def __init__(self, num_embeddings, vocab_range, local_rows, embedding_dim, tp: TPGroup,
+                 padding_idx=None, embed_scale=None, dtype=None, device=None):
+        super().__init__()
+        self.tp = tp
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.vocab_start, self.vocab_end = vocab_range
+        self.padding_idx = padding_idx
+        # Gemma-style scaled embeddings multiply the looked-up rows; kept as the original did.
+        self.embed_scale = embed_scale
+        self.weight = _empty((local_rows, embedding_dim), dtype, device)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.tp.tp_size == 1:
+            out = F.embedding(input_ids, self.weight)
+        else:
+            outside = (input_ids < self.vocab_start) | (input_ids >= self.vocab_end)
+            local_ids = (input_ids - self.vocab_start).masked_fill(outside, 0)
+            out = F.embedding(local_ids, self.weight).masked_fill(outside.unsqueeze(-1), 0)
+            all_reduce(out, self.tp)
+        if self.embed_scale is not None:
+            out = out * self.embed_scale.to(out.dtype) if torch.is_tensor(self.embed_scale) else out * self.embed_scale
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_embeddings}, {self.embedding_dim}, rows=[{self.vocab_start}, {self.vocab_end}), "
+                f"tp={self.tp.tp_rank}/{self.tp.tp_size}")
+
+
+class ParallelLMHead(nn.Module):
+    """Logits over the whole vocabulary, on every rank: local logits, all-gather, cut the padding.
+
+    Every rank holds ceil(vocab / tp_size) rows (the last ranks zero-padded) so the gather is one
+    equally sized collective; the padded columns are dropped before anyone sees them.
+    """
+
+    def __init__(self, in_features, vocab_size, local_rows, bias, tp: TPGroup, dtype=None, device=None):
+        super().__init__()
+        self.tp = tp
+        self.in_features, self.vocab_size = in_features, vocab_size
+        self.weight = _empty((local_rows, in_features), dtype, device)  # (vocab_local, hidden)
+        self.bias = _empty((local_rows,), dtype, device) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = all_gather_last_dim(F.linear(x, self.weight, self.bias), self.tp)
+        return logits[..., : self.vocab_size]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, vocab_size={self.vocab_size}, tp={self.tp.tp_rank}/{self.tp.tp_size}"

@@ -1,0 +1,104 @@
+"""Pure slicing math: which contiguous range of a dimension, or of the attention heads, each rank owns.
+
+Nothing here imports torch.distributed, so every rule can be printed and unit-tested in one process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ShardingError
+
+Range = tuple[int, int]  # [start, stop)
+
+
+def shard_range(size: int, tp_size: int, tp_rank: int) -> Range:
+    """Split ``size`` into ``tp_size`` contiguous chunks whose lengths differ by at most one.
+
+    The first ``size % tp_size`` ranks get the longer chunks, so 10 over 3 ranks is 4, 3, 3.
+    """
+    if not 0 <= tp_rank < tp_size:
+        raise ValueError(f"tp_rank={tp_rank} is outside [0, tp_size={tp_size})")
+    base, extra = divmod(size, tp_size)
+    start = tp_rank * base + min(tp_rank, extra)
+    return start, start + base + (1 if tp_rank < extra else 0)
+
+
+def padded_shard_range(size: int, tp_size: int, tp_rank: int) -> tuple[Range, int]:
+    """Equal-length chunks of ``ceil(size / tp_size)``; the last ranks hold fewer real rows.
+
+    Used for the vocabulary, whose shards must be the same length so the logits can be
+    all-gathered into one tensor. Returns this rank's real range and its padded length.
+    """
+    local = -(-size // tp_size)
+    start = min(tp_rank * local, size)
+    return (start, min(start + local, size)), local
+
+
+@dataclass(frozen=True)
+class HeadShard:
+    """The attention heads one rank owns: query heads and the key/value heads they read."""
+
+    q_heads: Range
+    kv_heads: Range
+
+    @property
+    def num_q(self) -> int:
+        return self.q_heads[1] - self.q_heads[0]
+
+    @property
+    def num_kv(self) -> int:
+        return self.kv_heads[1] - self.kv_heads[0]
+
+
+def _head_shards_or_reason(num_q: int, num_kv: int, tp_size: int) -> tuple[list[HeadShard] | None, str]:
+    """Split heads by whole GQA groups, or say why that is impossible.
+
+    A GQA group is one key/value head and the ``num_q // num_kv`` query heads that read it.
+
+      tp_size <= num_kv: each rank takes whole groups (contiguous, counts differ by at most one),
+                         e.g. 9 q / 3 kv on 2 ranks -> rank 0: q 0-5, kv 0-1; rank 1: q 6-8, kv 2.
+      tp_size >  num_kv: the key/value heads are replicated: each group is shared by
+                         tp_size / num_kv ranks, which split its query heads between them.
+    """
+    if num_q % num_kv:
+        return None, f"num_attention_heads={num_q} is not a multiple of num_key_value_heads={num_kv}"
+    group = num_q // num_kv
+    if tp_size <= num_kv:
+        shards = []
+        for rank in range(tp_size):
+            kv = shard_range(num_kv, tp_size, rank)
+            shards.append(HeadShard(q_heads=(kv[0] * group, kv[1] * group), kv_heads=kv))
+        return shards, ""
+    if tp_size % num_kv:
+        return None, f"tp_size={tp_size} exceeds num_key_value_heads={num_kv} and is not a multiple of it"
+    ranks_per_group = tp_size // num_kv
+    if ranks_per_group > group:
+        return None, f"tp_size={tp_size} exceeds num_attention_heads={num_q}"
+    shards = []
+    for rank in range(tp_size):
+        kv_head, sub_rank = divmod(rank, ranks_per_group)
+        q0, q1 = shard_range(group, ranks_per_group, sub_rank)
+        shards.append(HeadShard(q_heads=(kv_head * group + q0, kv_head * group + q1), kv_heads=(kv_head, kv_head + 1)))
+    return shards, ""
+
+
+def valid_tp_sizes(num_q: int, num_kv: int, limit: int | None = None) -> list[int]:
+    """Every tp_size up to ``limit`` (default: num_q) for which the heads can be split."""
+    return [t for t in range(1, (limit or num_q) + 1) if _head_shards_or_reason(num_q, num_kv, t)[0] is not None]
+
+
+def head_shards(num_q: int, num_kv: int, tp_size: int, model_name: str = "this model") -> list[HeadShard]:
+    """One HeadShard per rank; raises ShardingError naming the tp sizes that would work."""
+    shards, reason = _head_shards_or_reason(num_q, num_kv, tp_size)
+    if shards is None:
+        raise ShardingError(
+            f"Cannot split the attention heads of {model_name} over tp_size={tp_size}: {reason}. "
+            f"Valid tp_size for this model: {', '.join(map(str, valid_tp_sizes(num_q, num_kv)))}."
+        )
+    return shards
+
+
+def head_rows(heads: Range, head_dim: int) -> Range:
+    """The weight rows (or columns) that hold heads [start, stop) when each head is head_dim wide."""
+    return heads[0] * head_dim, heads[1] * head_dim

@@ -1,0 +1,91 @@
+"""Turn a meta-device Transformers skeleton into a tensor-parallel one, following a ShardingPlan.
+
+Only module swaps and attribute rewrites; weights are filled afterwards by hf_tp.loading.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import init_empty_weights
+from torch import nn
+
+from .parallel.comm import TPGroup
+from .parallel.layers import ColumnParallelLinear, ParallelLMHead, RowParallelLinear, VocabParallelEmbedding
+from .policies.plan import ModuleShard, ShardingPlan
+
+
+def build_skeleton(config, dtype: torch.dtype, **model_kwargs) -> nn.Module:
+    """The Transformers model for ``config`` with parameters on meta and (small) buffers real on CPU,
+    so rotary tables and the like are computed as Transformers computes them."""
+    import transformers
+
+    with init_empty_weights(include_buffers=False):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype, **model_kwargs)
+    # from_config leaves tying to from_pretrained; tie now so shared weights are read once and stay shared.
+    model.tie_weights()
+    return model
+
+
+def _parallel_module(old: nn.Module, shard: ModuleShard, tp: TPGroup) -> nn.Module:
+    weight = old.weight
+    local = shard.params["weight"].local_size[tp.tp_rank]
+    has_bias = getattr(old, "bias", None) is not None
+    kw = dict(tp=tp, dtype=weight.dtype, device="meta")
+    # (out, in) for nn.Linear; (in, out) for Conv1D
+    out_full, in_full = (weight.shape[1], weight.shape[0]) if shard.layout == "conv1d" else tuple(weight.shape[:2])
+    if shard.style == "vocab" and shard.layout == "embedding":
+        (start, stop), = shard.params["weight"].pieces[tp.tp_rank]
+        return VocabParallelEmbedding(old.num_embeddings, (start, stop), local, old.embedding_dim,
+                                      padding_idx=old.padding_idx, embed_scale=getattr(old, "embed_scale", None), **kw)
+    if shard.style == "vocab":
+        return ParallelLMHead(in_full, out_full, local, has_bias, **kw)
+    if shard.style == "column":
+        return ColumnParallelLinear(in_full, local, has_bias, **kw)
+    return RowParallelLinear(local, out_full, has_bias, **kw)
+
+
+def parallelize(model: nn.Module, plan: ShardingPlan, tp: TPGroup) -> frozenset[str]:
+    """Swap every planned module for its parallel layer, keep ties, rewrite per-rank head counts.
+
+    Returns the parameter names whose checkpoint layout is transposed relative to the new layer.
+    """
+    tied = {}  # id(original param) -> first new module that took its place
+    for name, param in model.named_parameters(remove_duplicate=False):
+        tied.setdefault(id(param), []).append(name)
+    transposed = set()
+    replaced: dict[str, nn.Module] = {}
+    for name, shard in plan.modules.items():
+        old = model.get_submodule(name)
+        new = _parallel_module(old, shard, tp)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        replaced[name] = new
+        if shard.layout == "conv1d":
+            transposed.add(f"{name}.weight")
+    # Tied weights (input embedding == LM head): make the new layers share one Parameter again.
+    for names in tied.values():
+        if len(names) > 1:
+            owners = [n.rpartition(".") for n in names]
+            first = model.get_submodule(owners[0][0])
+            for owner, _, attr in owners[1:]:
+                setattr(model.get_submodule(owner), attr, getattr(first, owners[0][2]))
+    for name, shards in plan.attention.items():
+        _set_local_heads(model.get_submodule(name), shards[tp.tp_rank])
+    return frozenset(transposed)
+
+
+# Attribute names Transformers attention modules use for head counts; whichever exist are rewritten.
+_Q_ATTRS = ("num_heads", "num_attention_heads", "n_head", "num_q_heads")
+_KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
+
+
+def _set_local_heads(module: nn.Module, heads) -> None:
+    for attr in _Q_ATTRS:
+        if isinstance(getattr(module, attr, None), int):
+            setattr(module, attr, heads.num_q)
+    for attr in _KV_ATTRS:
+        if isinstance(getattr(module, attr, None), int):
+            setattr(module, attr, heads.num_kv)
+    if hasattr(module, "num_key_value_groups"):
+        # With replicated KV heads a rank holds fewer query heads per KV head than the model does.
+        module.num_key_value_groups = heads.num_q // heads.num_kv
