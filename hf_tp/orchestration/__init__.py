@@ -2,9 +2,73 @@
 
 from __future__ import annotations
 
+import os
 
-def start_tp_model(name_or_path, tp_size, dtype=None, device=None, **hf_kwargs):
-    raise NotImplementedError(
-        f"tp_size={tp_size} without a launcher needs the single-controller orchestrator, which is not built yet. "
-        f"Run the script under a launcher instead: torchrun --nproc-per-node {tp_size} script.py"
-    )
+import torch
+
+from ..errors import ShardingError
+from .driver import TPModel, _free_port
+
+__all__ = ["TPModel", "start_tp_model"]
+
+# Orchestrator options accepted by from_pretrained in single-controller mode.
+ORCHESTRATOR_KWARGS = ("timeout_s", "startup_timeout_s", "auto_restart", "max_memory_per_gpu", "kv_cache_tokens")
+
+
+def _plan_memory(name_or_path, tp_size, dtype, hf_kwargs, kv_cache_tokens):
+    """Validate the split before any process starts, and size each rank's shard + KV-cache budget."""
+    from transformers import AutoConfig, GenerationConfig
+
+    from ..auto import _resolve_dtype
+    from ..loading import resolve_checkpoint
+    from ..parallelize import build_skeleton
+    from ..policies import get_policy
+    from ..policies.plan import build_plan, head_geometry
+    from .memory import shard_bytes
+
+    hub = {k: hf_kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in hf_kwargs}
+    folder = resolve_checkpoint(name_or_path, **hub)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=hf_kwargs.get("trust_remote_code", False))
+    try:
+        generation_config = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        generation_config = GenerationConfig.from_model_config(config)
+    policy = get_policy(config)
+    torch_dtype = _resolve_dtype(dtype, config)
+    skeleton = build_skeleton(config, torch_dtype)
+    plan = build_plan(skeleton, config, policy, tp_size, model_name=str(name_or_path))
+    text = config.get_text_config()
+    per_token = 0
+    if plan.attention:
+        _, _, head_dim = head_geometry(text, policy)
+        heads = next(iter(plan.attention.values()))
+        per_token = [2 * text.num_hidden_layers * h.num_kv * head_dim * (torch.finfo(torch_dtype).bits // 8) for h in heads]
+    need = [shard_bytes(skeleton, plan, r, torch_dtype) + (per_token[r] * kv_cache_tokens if per_token else 0)
+            for r in range(tp_size)]
+    return config, generation_config, need
+
+
+def start_tp_model(name_or_path, tp_size, dtype=None, device=None, **kwargs) -> TPModel:
+    """Check, plan and start the workers; returns the TPModel handle once every rank has loaded."""
+    options = {k: kwargs.pop(k) for k in ORCHESTRATOR_KWARGS if k in kwargs}
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and torch.cuda.device_count() < tp_size:
+        raise ValueError(f"tp_size={tp_size} needs {tp_size} GPUs but {torch.cuda.device_count()} are visible; "
+                         f"use tp_size<={torch.cuda.device_count()} or device='cpu'.")
+    # Default KV budget: one sequence of up to 4096 tokens (or the context, if shorter) per rank.
+    kv_tokens = options.pop("kv_cache_tokens", None)
+    config, generation_config, need = _plan_memory(name_or_path, tp_size, dtype, kwargs, kv_tokens or 0)
+    if kv_tokens is None:
+        context = getattr(config.get_text_config(), "max_position_embeddings", 4096) or 4096
+        _, _, need = _plan_memory(name_or_path, tp_size, dtype, kwargs, min(4096, context))
+    cap = options.pop("max_memory_per_gpu", None)
+    if device.type == "cpu":
+        from .memory import host_available_bytes
+
+        available = host_available_bytes()
+        if available and sum(need) > available:
+            raise ShardingError(f"the {tp_size} CPU ranks need {sum(need) / 2**30:.2f} GiB together but the host has "
+                                f"{available / 2**30:.2f} GiB available; free memory or use a smaller dtype.")
+    spec = {"name_or_path": str(name_or_path), "tp_size": tp_size, "dtype": dtype, "device": device.type,
+            "port": _free_port(), "hf_kwargs": kwargs, "need_bytes": need, "max_memory_per_gpu": cap}
+    return TPModel(spec, config, generation_config, **options)

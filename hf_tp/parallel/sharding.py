@@ -102,3 +102,56 @@ def head_shards(num_q: int, num_kv: int, tp_size: int, model_name: str = "this m
 def head_rows(heads: Range, head_dim: int) -> Range:
     """The weight rows (or columns) that hold heads [start, stop) when each head is head_dim wide."""
     return heads[0] * head_dim, heads[1] * head_dim
+
+
+def merge_ranges(ranges) -> tuple[Range, ...]:
+    """Drop empty ranges and join adjacent ones, so a rank reads as few slices as possible."""
+    merged: list[Range] = []
+    for start, stop in ranges:
+        if stop <= start:
+            continue
+        if merged and merged[-1][1] == start:
+            merged[-1] = (merged[-1][0], stop)
+        else:
+            merged.append((start, stop))
+    return tuple(merged)
+
+
+def packed_ranges(parts) -> tuple[Range, ...]:
+    """Ranges in a packed tensor from (part_size, range within that part) pairs in packing order.
+
+    Phi-3's ``qkv_proj`` packs [q | k | v] along its output rows; rank r owns its q heads,
+    its k heads and its v heads, so it reads three slices and concatenates them:
+
+        rows  0 ........ Q  Q ..... Q+K  Q+K ..... Q+2K
+              | q0 q1 | q2 q3 |  k0 | k1  |  v0 | v1  |      (tp_size 2)
+        r0:    [q0 q1]           [k0]        [v0]
+        r1:           [q2 q3]         [k1]        [v1]
+    """
+    ranges, offset = [], 0
+    for size, (start, stop) in parts:
+        if not 0 <= start <= stop <= size:
+            raise ValueError(f"range [{start}, {stop}) lies outside a part of size {size}")
+        ranges.append((offset + start, offset + stop))
+        offset += size
+    return merge_ranges(ranges)
+
+
+def grouped_qkv_ranges(shard: HeadShard, group: int, head_dim: int) -> tuple[Range, ...]:
+    """Rows a rank owns in a QKV weight packed per key/value head (GPT-NeoX, BLOOM, Falcon).
+
+    For each key/value head j the weight holds its ``group`` query heads, then k_j, then v_j,
+    each ``head_dim`` rows. GPT-NeoX and BLOOM are the case group == 1 (q_j k_j v_j per head):
+
+        | q0 q1 k0 v0 | q2 q3 k1 v1 |      group 2, 2 KV heads; tp_size 2 takes one block each
+    When KV heads are replicated (tp_size > num_kv) a rank takes part of a block's query heads
+    plus the block's k and v.
+    """
+    ranges = []
+    for kv in range(*shard.kv_heads):
+        block = kv * (group + 2)
+        q0 = max(shard.q_heads[0], kv * group) - kv * group
+        q1 = min(shard.q_heads[1], (kv + 1) * group) - kv * group
+        ranges.append(((block + q0) * head_dim, (block + q1) * head_dim))
+        ranges.append(((block + group) * head_dim, (block + group + 2) * head_dim))
+    return merge_ranges(ranges)

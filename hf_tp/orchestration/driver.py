@@ -1,0 +1,314 @@
+"""TPModel: the driver-side handle that owns, feeds and supervises the worker processes.
+
+Workers are fresh interpreters (``python -m hf_tp.orchestration.worker``), started like the
+multiprocessing "spawn" context starts them but without re-importing the user's script, so a
+plain script with no ``if __name__ == "__main__"`` guard, and a notebook, both work.
+A receiver thread drains every worker's connection: heartbeats update the health table, replies
+and streamed tokens go to one queue. Each call waits on that queue and, between messages, checks
+for dead processes, stale heartbeats and ranks making no progress, so a failure surfaces as a
+WorkerError within ``timeout_s`` instead of a hang.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import queue
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from multiprocessing.connection import Listener, wait
+
+import torch
+
+from ..errors import WorkerError
+from .protocol import ERROR, FORWARD, GENERATE, HEARTBEAT, LOAD, MEMORY, OK, SHUTDOWN, STREAM, STREAMER, rebuild_exception, recv, send
+
+_LIVE_HANDLES: "weakref.WeakSet[TPModel]" = weakref.WeakSet()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _shutdown_all() -> None:
+    for handle in list(_LIVE_HANDLES):
+        handle.shutdown()
+
+
+atexit.register(_shutdown_all)
+
+# NVLink multicast stays off in every process we start (shared hosts; see the README).
+_CHILD_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+class TPModel:
+    """A tensor-parallel model served by ``tp_size`` worker processes.
+
+    ``generate`` and ``__call__`` take and return CPU tensors, with Transformers' meaning.
+    ``memory()`` and ``health()`` return one dict per rank. Use as a context manager or call
+    ``shutdown()``; workers also stop when this process exits, however it exits.
+    """
+
+    def __init__(self, spec: dict, config, generation_config, timeout_s: float = 30.0,
+                 startup_timeout_s: float = 900.0, auto_restart: bool = False):
+        self.spec = spec
+        self.tp_size = spec["tp_size"]
+        self.config, self.generation_config = config, generation_config
+        self.timeout_s, self.startup_timeout_s, self.auto_restart = timeout_s, startup_timeout_s, auto_restart
+        self._procs: list[subprocess.Popen] = []
+        self._conns: list = []
+        self._lock = threading.Lock()  # one call at a time: the ranks run in lockstep
+        self._state = "stopped"
+        self._start()
+        _LIVE_HANDLES.add(self)
+
+    # ---------------------------------------------------------------- lifecycle
+    def _start(self) -> None:
+        self._tmp = tempfile.mkdtemp(prefix="hf_tp-")  # 0700: only this user can reach the socket
+        address = os.path.join(self._tmp, "driver.sock")
+        authkey = secrets.token_bytes(32)
+        listener = Listener(address, family="AF_UNIX", authkey=authkey)
+        self._queue: queue.Queue = queue.Queue()
+        self._heartbeat = [time.time()] * self.tp_size
+        self._progress = [time.time()] * self.tp_size
+        self._errors: list[str | None] = [None] * self.tp_size
+        self._stopping = False
+        env = {**os.environ, **_CHILD_ENV}
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(key, None)
+        self._procs = []
+        for rank in range(self.tp_size):
+            proc = subprocess.Popen([sys.executable, "-m", "hf_tp.orchestration.worker", address, str(rank)],
+                                    stdin=subprocess.PIPE, env=env)
+            proc.stdin.write((authkey.hex() + "\n").encode())
+            proc.stdin.close()
+            self._procs.append(proc)
+        # Accept in a thread so a worker that dies before connecting cannot block us forever.
+        conns: dict[int, object] = {}
+
+        def accept():
+            for _ in range(self.tp_size):
+                try:
+                    conns[len(conns)] = listener.accept()
+                except OSError:
+                    return
+
+        acceptor = threading.Thread(target=accept, daemon=True)
+        acceptor.start()
+        deadline = time.time() + 120
+        while acceptor.is_alive() and time.time() < deadline:
+            dead = [r for r, p in enumerate(self._procs) if p.poll() is not None]
+            if dead:
+                break
+            acceptor.join(0.1)
+        listener.close()
+        if len(conns) < self.tp_size:
+            self._kill_all()
+            raise WorkerError(f"only {len(conns)} of {self.tp_size} workers connected: {self._exit_summary()}")
+        # Connections arrive in any order; each worker's first message is its rank.
+        self._conns = [None] * self.tp_size
+        for conn in conns.values():
+            rank = recv(conn)
+            self._conns[rank] = conn
+        self._receiver = threading.Thread(target=self._receive, daemon=True, name="hf_tp-receiver")
+        self._receiver.start()
+        self._state = "loading"
+        self._call(LOAD, self.spec, timeout_s=self.startup_timeout_s, what="loading the model")
+        self._state = "ready"
+
+    def _receive(self) -> None:
+        conns = {conn: rank for rank, conn in enumerate(self._conns)}
+        while conns and not self._stopping:
+            for conn in wait(list(conns), timeout=0.2):
+                rank = conns[conn]
+                try:
+                    message = recv(conn)
+                except (EOFError, OSError):
+                    del conns[conn]
+                    self._queue.put((rank, ("closed",)))
+                    continue
+                if message[0] == HEARTBEAT:
+                    self._heartbeat[rank], self._progress[rank] = message[1], message[2]
+                else:
+                    self._queue.put((rank, message))
+
+    def _kill_all(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.time() + 5
+        for proc in self._procs:
+            try:
+                proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _exit_summary(self) -> str:
+        parts = []
+        for rank, proc in enumerate(self._procs):
+            code = proc.poll()
+            if code is not None:
+                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                parts.append(f"rank {rank} (pid {proc.pid}) {how}")
+        return "; ".join(parts) or "no worker exited"
+
+    def shutdown(self) -> None:
+        """Stop every worker (politely, then by force) and release the socket folder. Idempotent."""
+        if self._state == "stopped":
+            return
+        self._state = "stopped"
+        for conn in self._conns:
+            try:
+                send(conn, (SHUTDOWN, None))
+            except (OSError, AttributeError):
+                pass
+        deadline = time.time() + 10
+        for proc in self._procs:
+            try:
+                proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+        self._stopping = True
+        self._kill_all()
+        for conn in self._conns:
+            try:
+                conn.close()
+            except (OSError, AttributeError):
+                pass
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        _LIVE_HANDLES.discard(self)
+
+    def restart(self) -> None:
+        """Stop whatever is left of the workers and start and load them again."""
+        with self._lock:
+            self.shutdown()
+            self._start()
+            _LIVE_HANDLES.add(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+    def __del__(self):
+        try:
+            self.shutdown()
+        except Exception:
+            pass
+
+    # ---------------------------------------------------------------- calls
+    def _fail(self, rank: int, cause: str, what: str) -> WorkerError:
+        self._errors[rank] = cause
+        self._stopping = True
+        self._kill_all()
+        self._state = "failed"
+        error = WorkerError(f"tp rank {rank} {cause} while {what}; all workers were stopped. "
+                            f"{'They were restarted.' if self.auto_restart else 'Call restart() to bring the model back.'}")
+        if self.auto_restart and what != "loading the model":
+            self.shutdown()
+            self._start()
+            _LIVE_HANDLES.add(self)
+        return error
+
+    def _call(self, op: str, payload, timeout_s: float | None = None, what: str = "", streamer=None) -> object:
+        if self._state not in ("ready", "loading"):
+            raise WorkerError(f"the workers are {self._state}; call restart() first.")
+        timeout_s = timeout_s or self.timeout_s
+        what = what or f"running {op}"
+        for rank, conn in enumerate(self._conns):
+            try:
+                send(conn, (op, payload))
+            except OSError as exc:
+                raise self._fail(rank, f"could not be reached ({exc})", what) from None
+        start = time.time()
+        results: dict[int, object] = {}
+        errors: dict[int, tuple] = {}
+        while len(results) + len(errors) < self.tp_size:
+            try:
+                rank, message = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                rank, message = None, None
+            if message is not None:
+                kind = message[0]
+                if kind == OK:
+                    results[rank] = message[1]
+                elif kind == ERROR:
+                    errors[rank] = message[1:]
+                elif kind == STREAM and streamer is not None:
+                    method, value = message[1]
+                    streamer.put(value) if method == "put" else streamer.end()
+                elif kind == "closed" and rank not in results:
+                    self._procs[rank].wait(timeout=5) if self._procs[rank].poll() is None else None
+                    raise self._fail(rank, f"lost its connection ({self._exit_summary()})", what)
+                continue
+            self._check_alive(what, start, timeout_s, pending=[r for r in range(self.tp_size) if r not in results and r not in errors])
+        if errors:
+            rank = min(errors)
+            type_name, message, trace = errors[rank]
+            if op == LOAD:
+                self.shutdown()
+            raise rebuild_exception(type_name, message, trace, rank)
+        return results
+
+    def _check_alive(self, what: str, start: float, timeout_s: float, pending: list[int]) -> None:
+        now = time.time()
+        for rank, proc in enumerate(self._procs):
+            code = proc.poll()
+            if code is not None:
+                how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+                raise self._fail(rank, f"(pid {proc.pid}) {how}", what)
+        for rank in range(self.tp_size):
+            if now - self._heartbeat[rank] > self.timeout_s:
+                raise self._fail(rank, f"(pid {self._procs[rank].pid}) sent no heartbeat for {now - self._heartbeat[rank]:.0f} s (frozen?)", what)
+        for rank in pending:
+            idle = now - max(self._progress[rank], start)
+            if idle > timeout_s:
+                raise self._fail(rank, f"made no progress for {idle:.0f} s (stuck in a collective: another rank "
+                                       "died, hung or raised alone?)", what)
+
+    def generate(self, *args, **kwargs):
+        """Like ``transformers`` ``generate``: CPU tensors in, CPU tensors out. ``streamer`` objects
+        stay here and receive tokens as the workers produce them."""
+        streamer = kwargs.pop("streamer", None)
+        if streamer is not None:
+            kwargs["streamer"] = STREAMER
+        # A seed drawn from this process's RNG: torch.manual_seed here makes sampling reproducible.
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        with self._lock:
+            return self._call(GENERATE, (args, kwargs, seed), what="generating", streamer=streamer)[0]
+
+    def __call__(self, *args, **kwargs):
+        """The model's forward pass (stateless: no cache is kept between calls)."""
+        with self._lock:
+            return self._call(FORWARD, (args, kwargs), what="running forward")[0]
+
+    forward = __call__
+
+    def memory(self) -> list[dict]:
+        """One dict per rank: rank, device, allocated/reserved/peak/free bytes, weights and KV-cache bytes."""
+        with self._lock:
+            results = self._call(MEMORY, None, what="reading memory")
+        return [results[rank] for rank in range(self.tp_size)]
+
+    def health(self) -> list[dict]:
+        """One dict per rank: rank, pid, alive, heartbeat_age_s, device, error (None when healthy)."""
+        now = time.time()
+        device = self.spec["device"]
+        return [{"rank": r, "pid": p.pid, "alive": p.poll() is None, "heartbeat_age_s": round(now - self._heartbeat[r], 3),
+                 "device": f"cuda:{r}" if device.startswith("cuda") else "cpu", "error": self._errors[r]}
+                for r, p in enumerate(self._procs)]
+
+    def __repr__(self) -> str:
+        return f"TPModel({self.spec['name_or_path']!r}, tp_size={self.tp_size}, device={self.spec['device']!r}, state={self._state})"

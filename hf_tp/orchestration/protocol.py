@@ -1,0 +1,70 @@
+"""The driver<->worker protocol: message shapes and how exceptions cross the process boundary.
+
+Transport: one multiprocessing.connection per worker, over a Unix socket in a private (0700)
+temporary folder, with a random authentication key handed to the worker on its stdin. Only
+processes that know the key can connect, so nothing from another user or host is unpickled.
+
+Driver -> worker: (op, payload) with op in LOAD, GENERATE, FORWARD, MEMORY, SHUTDOWN.
+Worker -> driver: (OK, value) | (ERROR, type_name, message, traceback) | (STREAM, tokens)
+                  | (HEARTBEAT, heartbeat_time, progress_time).
+"""
+
+from __future__ import annotations
+
+import builtins
+import pickle
+
+import torch
+
+from ..errors import CheckpointError, PolicyError, ShardingError, WorkerError
+
+LOAD, GENERATE, FORWARD, MEMORY, SHUTDOWN = "load", "generate", "forward", "memory", "shutdown"
+OK, ERROR, STREAM, HEARTBEAT = "ok", "error", "stream", "heartbeat"
+STREAMER = "<driver streamer>"  # stands in for a streamer object, which stays in the driver
+
+_KNOWN = {cls.__name__: cls for cls in (ShardingError, PolicyError, CheckpointError, WorkerError)}
+_KNOWN["OutOfMemoryError"] = torch.OutOfMemoryError
+
+
+def send(conn, message) -> None:
+    """Plain pickle over the socket. Connection.send would use torch's multiprocessing reducers,
+    which pass tensors as shared-memory file descriptors: fragile across unrelated processes."""
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def recv(conn):
+    return pickle.loads(conn.recv_bytes())  # only from authenticated peers (see module docstring)
+
+
+def to_cpu(obj):
+    """Tensors (also inside tuples, lists, dicts and ModelOutputs) moved to the CPU for the driver."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu")
+    if isinstance(obj, dict):  # ModelOutput is a dict subclass; keep its type
+        out = type(obj)(**{k: to_cpu(v) for k, v in obj.items()}) if hasattr(obj, "to_tuple") else {k: to_cpu(v) for k, v in obj.items()}
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def to_device(obj, device):
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def rebuild_exception(type_name: str, message: str, trace: str, rank: int) -> BaseException:
+    """The worker's exception as its own kind where we can rebuild it, carrying the worker traceback."""
+    text = f"{message}\n\n--- traceback from tp rank {rank} ---\n{trace}"
+    cls = _KNOWN.get(type_name) or getattr(builtins, type_name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(text)
+        except Exception:  # exception types with unusual constructors
+            pass
+    return RuntimeError(f"{type_name}: {text}")

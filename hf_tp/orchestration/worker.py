@@ -1,0 +1,183 @@
+"""One worker process of the single-controller mode: ``python -m hf_tp.orchestration.worker ADDRESS RANK``.
+
+It connects back to the driver (auth key read from stdin), becomes one rank of an ordinary
+torch.distributed group (the same SPMD code path as under torchrun), loads its shard, and then
+serves the driver's requests in lockstep with the other ranks. It exits when told to, when the
+driver's connection closes, or when the driver process disappears, so it never outlives its owner.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Client
+
+HEARTBEAT_INTERVAL_S = 0.5
+
+
+class Worker:
+    def __init__(self, address: str, rank: int, authkey: bytes):
+        self.rank = rank
+        self.conn = Client(address, family="AF_UNIX", authkey=authkey)
+        from .protocol import send
+
+        send(self.conn, rank)  # connections are accepted in any order: say who we are first
+        self.send_lock = threading.Lock()  # the heartbeat thread and the request loop share the socket
+        self.progress_time = time.time()
+        self.kv_cache_bytes = 0
+        self.model = None
+        self.driver_pid = os.getppid()
+
+    def send(self, message) -> None:
+        from .protocol import send
+
+        with self.send_lock:
+            send(self.conn, message)
+
+    def _heartbeat(self) -> None:
+        from .protocol import HEARTBEAT
+
+        while True:
+            # A driver that vanished (SIGKILL, crash) reparents us: exit rather than linger as an orphan.
+            if os.getppid() != self.driver_pid:
+                os._exit(3)
+            try:
+                self.send((HEARTBEAT, time.time(), self.progress_time))
+            except (OSError, EOFError):
+                os._exit(3)
+            time.sleep(HEARTBEAT_INTERVAL_S)
+
+    def _mark_progress(self, *_args, **_kwargs) -> None:
+        self.progress_time = time.time()
+
+    def load(self, spec: dict):
+        import torch
+
+        from ..auto import init_spmd_group, load_parallel_model
+        from .memory import preflight
+
+        os.environ.update({"RANK": str(self.rank), "LOCAL_RANK": str(self.rank), "WORLD_SIZE": str(spec["tp_size"]),
+                           "LOCAL_WORLD_SIZE": str(spec["tp_size"]), "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(spec["port"])})
+        device = torch.device(spec["device"])
+        if device.type == "cpu":  # ranks share the host's cores; oversubscription makes everyone slow
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec["tp_size"]))
+        tp = init_spmd_group(spec["tp_size"], device)
+        preflight(spec["need_bytes"][self.rank], tp.device, spec.get("max_memory_per_gpu"), self.rank)
+        self.model = load_parallel_model(spec["name_or_path"], tp, dtype=spec["dtype"], **spec["hf_kwargs"])
+        self.model.register_forward_pre_hook(self._mark_progress)
+        return {"load_s": self.model.hf_tp_load_stats.seconds, "bytes_read": self.model.hf_tp_load_stats.bytes_read}
+
+    def generate(self, payload):
+        import torch
+        from transformers import DynamicCache
+
+        from .protocol import STREAM, STREAMER, to_cpu, to_device
+
+        args, kwargs, seed = payload
+        device = self.model.hf_tp.device
+        args, kwargs = to_device(args, device), to_device(kwargs, device)
+        if kwargs.get("streamer") == STREAMER:
+            kwargs["streamer"] = _DriverStreamer(self) if self.rank == 0 else None
+        # Our own cache object, so memory() can report what the KV cache of the last call took.
+        cache_kwarg = _cache_kwarg(self.model)
+        if kwargs.get(cache_kwarg) is None and kwargs.get("cache_implementation") is None:
+            kwargs[cache_kwarg] = DynamicCache(config=self.model.config)
+        torch.manual_seed(seed)
+        out = self.model.generate(*args, **kwargs)
+        cache = kwargs.get(cache_kwarg)
+        self.kv_cache_bytes = sum(t.numel() * t.element_size() for layer in getattr(cache, "layers", [])
+                                  for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if torch.is_tensor(t))
+        del cache, kwargs
+        if self.rank == 0:
+            return to_cpu(out)
+        return None
+
+    def forward(self, payload):
+        import torch
+
+        from .protocol import to_cpu, to_device
+
+        args, kwargs = payload
+        device = self.model.hf_tp.device
+        kwargs.setdefault("use_cache", False)  # the driver's call is stateless: no cache comes back
+        with torch.no_grad():
+            out = self.model(*to_device(args, device), **to_device(kwargs, device))
+        if hasattr(out, "past_key_values"):
+            out.past_key_values = None
+        return to_cpu(out) if self.rank == 0 else None
+
+    def memory(self, _payload):
+        from .memory import memory_report
+
+        return memory_report(self.model, self.rank, self.model.hf_tp.device, self.kv_cache_bytes)
+
+    def serve(self) -> None:
+        from .protocol import ERROR, FORWARD, GENERATE, LOAD, MEMORY, OK, SHUTDOWN, recv
+
+        threading.Thread(target=self._heartbeat, daemon=True, name="hf_tp-heartbeat").start()
+        handlers = {LOAD: self.load, GENERATE: self.generate, FORWARD: self.forward, MEMORY: self.memory}
+        while True:
+            try:
+                op, payload = recv(self.conn)
+            except (EOFError, OSError):
+                return  # the driver closed the connection: nothing left to serve
+            if op == SHUTDOWN:
+                self.send((OK, None))
+                return
+            self.progress_time = time.time()
+            try:
+                result = handlers[op](payload)
+            except Exception as exc:  # reported to the driver, which raises it as its own kind
+                self.send((ERROR, type(exc).__name__, str(exc), traceback.format_exc()))
+                continue
+            self.progress_time = time.time()
+            self.send((OK, result))
+
+
+def _cache_kwarg(model) -> str:
+    """Transformers renamed generate's ``past_key_values`` to ``cache`` in late 5.x; use what this one takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class _DriverStreamer:
+    """Forwards generate()'s streamer calls to the driver, where the user's streamer lives."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+
+    def put(self, value):
+        from .protocol import STREAM
+
+        self.worker.send((STREAM, ("put", value.detach().to("cpu"))))
+
+    def end(self):
+        from .protocol import STREAM
+
+        self.worker.send((STREAM, ("end", None)))
+
+
+def main() -> int:
+    address, rank = sys.argv[1], int(sys.argv[2])
+    authkey = bytes.fromhex(sys.stdin.readline().strip())
+    worker = Worker(address, rank, authkey)
+    try:
+        worker.serve()
+    finally:
+        try:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
