@@ -3,6 +3,7 @@
 from . import policies
 from .auto import AutoModelForCausalLM
 from .errors import CheckpointError, PolicyError, ShardingError, WorkerError
+from .orchestration import TPModel
 
 __version__ = "0.1.0"
-__all__ = ["AutoModelForCausalLM", "policies", "WorkerError", "ShardingError", "PolicyError", "CheckpointError", "__version__"]
+__all__ = ["AutoModelForCausalLM", "TPModel", "policies", "WorkerError", "ShardingError", "PolicyError", "CheckpointError", "__version__"]

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 
 
 def _generate(args) -> int:
-    if args.tp_size > 1 and "WORLD_SIZE" not in os.environ:
-        # Until the single-controller orchestrator lands, the CLI starts its ranks with torchrun's launcher.
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.tp_size}",
-               "-m", "hf_tp.cli", *sys.argv[1:]]
-        return subprocess.call(cmd)
     import torch
     from transformers import AutoTokenizer
 
@@ -29,11 +23,15 @@ def _generate(args) -> int:
         inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     else:
         inputs = tokenizer(args.prompt, return_tensors="pt")
-    device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in inputs.items()}
+    spmd = "WORLD_SIZE" in os.environ  # under torchrun every rank runs this; without it, hf_tp's workers do
+    if spmd and hasattr(model, "parameters"):
+        device = next(model.parameters()).device
+        inputs = {k: v.to(device) for k, v in inputs.items()}
     out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
     if int(os.environ.get("RANK", "0")) == 0:
         print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    if hasattr(model, "shutdown"):
+        model.shutdown()
     return 0
 
 

@@ -9,8 +9,9 @@ import torch
 from accelerate import init_empty_weights
 from torch import nn
 
-from .parallel.comm import TPGroup
+from .parallel.comm import TPGroup, all_reduce
 from .parallel.layers import ColumnParallelLinear, ParallelLMHead, RowParallelLinear, VocabParallelEmbedding
+from .policies import Policy, get_policy
 from .policies.plan import ModuleShard, ShardingPlan
 
 
@@ -44,8 +45,23 @@ def _parallel_module(old: nn.Module, shard: ModuleShard, tp: TPGroup) -> nn.Modu
     return RowParallelLinear(local, out_full, has_bias, **kw)
 
 
-def parallelize(model: nn.Module, plan: ShardingPlan, tp: TPGroup) -> frozenset[str]:
-    """Swap every planned module for its parallel layer, keep ties, rewrite per-rank head counts.
+def _resize_in_place(module: nn.Module, shard: ModuleShard, tp: TPGroup) -> None:
+    """Kept modules (MoE experts): give each split parameter its local shape (still on meta).
+
+    A module with row-split parameters computes a partial sum of its output (each rank holds
+    a slice of every expert's intermediate features), so its output is all-reduced."""
+    for local, pshard in shard.params.items():
+        old = module._parameters[local]
+        shape = list(old.shape)
+        shape[pshard.dim] = pshard.local_size[tp.tp_rank]
+        module._parameters[local] = nn.Parameter(torch.empty(shape, dtype=old.dtype, device="meta"), requires_grad=False)
+    if shard.style == "row" and tp.tp_size > 1:
+        module.register_forward_hook(lambda _module, _args, output: all_reduce(output, tp))
+
+
+def parallelize(model: nn.Module, plan: ShardingPlan, tp: TPGroup, policy: Policy | None = None) -> frozenset[str]:
+    """Swap every planned module for its parallel layer, keep ties, rewrite per-rank head counts,
+    then run the policy's ``adapt`` hook if it has one (``policy`` defaults to the config's).
 
     Returns the parameter names whose checkpoint layout is transposed relative to the new layer.
     """
@@ -56,6 +72,9 @@ def parallelize(model: nn.Module, plan: ShardingPlan, tp: TPGroup) -> frozenset[
     replaced: dict[str, nn.Module] = {}
     for name, shard in plan.modules.items():
         old = model.get_submodule(name)
+        if shard.layout == "experts":
+            _resize_in_place(old, shard, tp)
+            continue
         new = _parallel_module(old, shard, tp)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
@@ -70,7 +89,13 @@ def parallelize(model: nn.Module, plan: ShardingPlan, tp: TPGroup) -> frozenset[
             for owner, _, attr in owners[1:]:
                 setattr(model.get_submodule(owner), attr, getattr(first, owners[0][2]))
     for name, shards in plan.attention.items():
-        _set_local_heads(model.get_submodule(name), shards[tp.tp_rank])
+        module = model.get_submodule(name)
+        _set_local_heads(module, shards[tp.tp_rank])
+        for attr, values in plan.attention_attrs.items():
+            setattr(module, attr, values[tp.tp_rank])
+    policy = policy if policy is not None else get_policy(model.config)
+    if policy.adapt is not None:
+        policy.adapt(model, plan, tp)
     return frozenset(transposed)
 
 

@@ -47,7 +47,9 @@ class TensorParallelMixin:
         validate_token_ids(input_ids, self.get_input_embeddings().num_embeddings)
         text_config = self.config.get_text_config()
         validate_prompt_length(input_ids, getattr(text_config, "max_position_embeddings", None))
-        check_same_on_all_ranks(fingerprint(args, kwargs), self.hf_tp, what)
+        # A streamer only prints; passing one on rank 0 alone is normal, so it is left out of the check.
+        compared = {k: v for k, v in kwargs.items() if k != "streamer"}
+        check_same_on_all_ranks(fingerprint(args, compared), self.hf_tp, what)
 
     def forward(self, *args, **kwargs):
         # Inside generate the inputs were checked once; per-step checks would cost a sync each token.

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ..errors import CheckpointError
 from ..policies.plan import ParamShard, ShardingPlan
 from .checkpoint import CheckpointIndex
+from .experts import expert_part_keys, read_experts
 
 
 @dataclass
@@ -36,8 +37,8 @@ def _read(index: CheckpointIndex, key: str, shard: ParamShard | None, tp_rank: i
         if shard is None:
             return handle.get_tensor(key)
         view = handle.get_slice(key)
-        index_for = (lambda a, b: (slice(a, b),)) if shard.dim == 0 else (lambda a, b: (slice(None), slice(a, b)))
-        parts = [view[index_for(a, b)] for a, b in shard.pieces[tp_rank]]
+        lead = (slice(None),) * shard.dim
+        parts = [view[(*lead, slice(a, b))] for a, b in shard.pieces[tp_rank]]
     except Exception as exc:
         raise CheckpointError(f"could not read tensor {key!r} from {index.files[key]} ({exc}); the file may be corrupt.") from exc
     tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=shard.dim)
@@ -66,7 +67,10 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
     """
     stats, start = LoadStats(), time.perf_counter()
     groups = _tie_groups(model)
-    missing = [g[0] for g in groups if not any(n in index for n in g)]
+    # Fused 3-D expert parameters stored per expert in the checkpoint: name -> per-expert keys.
+    per_expert = {g[0]: keys for g in groups if not any(n in index for n in g)
+                  for keys in [expert_part_keys(g[0], index)] if keys}
+    missing = [g[0] for g in groups if not any(n in index for n in g) and g[0] not in per_expert]
     if missing:
         raise CheckpointError(
             f"{index.folder}: {len(missing)} weight(s) of the model are not in the checkpoint, e.g. {missing[:3]}. "
@@ -76,10 +80,18 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
         shards = {plan.param_shard(n) for n in group}
         if len(shards) > 1:
             raise CheckpointError(f"tied parameters {group} are split differently by the policy; split them the same way.")
-        key = next(n for n in group if n in index)
+        shard = shards.pop()
         module_name, _, local = group[0].rpartition(".")
         target = model.get_submodule(module_name)._parameters[local]
-        tensor = _read(index, key, shards.pop(), tp_rank)
+        if group[0] in per_expert:
+            key = per_expert[group[0]][0][0]
+            try:
+                tensor = read_experts(index, per_expert[group[0]], shard and shard.dim, shard and shard.pieces[tp_rank])
+            except Exception as exc:
+                raise CheckpointError(f"could not read the experts of {group[0]} from {index.folder} ({exc}).") from exc
+        else:
+            key = next(n for n in group if n in index)
+            tensor = _read(index, key, shard, tp_rank)
         stats.bytes_read += tensor.numel() * tensor.element_size()
         if group[0] in transposed:
             tensor = tensor.t()

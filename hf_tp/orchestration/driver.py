@@ -253,7 +253,12 @@ class TPModel:
                     self._procs[rank].wait(timeout=5) if self._procs[rank].poll() is None else None
                     raise self._fail(rank, f"lost its connection ({self._exit_summary()})", what)
                 continue
-            self._check_alive(what, start, timeout_s, pending=[r for r in range(self.tp_size) if r not in results and r not in errors])
+            pending = [r for r in range(self.tp_size) if r not in results and r not in errors]
+            if errors and pending and time.time() - start > timeout_s:
+                rank = min(errors)
+                raise self._fail(rank, f"raised {errors[rank][0]}: {errors[rank][1]} alone, leaving tp ranks {pending} "
+                                       "waiting in a collective", what)
+            self._check_alive(what, start, timeout_s, pending)
         if errors:
             rank = min(errors)
             type_name, message, trace = errors[rank]

@@ -17,6 +17,25 @@ from multiprocessing.connection import Client
 
 HEARTBEAT_INTERVAL_S = 0.5
 
+# Fault injection for the orchestrator's own tests: HF_TP_FAULT_INJECT="RANK:OP:KIND" makes that
+# rank, on that request, raise (KIND=raise), hang forever (hang) or die (exit). Unset in normal use.
+FAULT_ENV = "HF_TP_FAULT_INJECT"
+
+
+def _inject_fault(rank: int, op: str) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return
+    fault_rank, fault_op, kind = spec.split(":")
+    if int(fault_rank) != rank or fault_op != op:
+        return
+    if kind == "raise":
+        raise RuntimeError(f"injected fault on tp rank {rank} during {op}")
+    if kind == "hang":
+        threading.Event().wait()
+    if kind == "exit":
+        os._exit(17)
+
 
 class Worker:
     def __init__(self, address: str, rank: int, authkey: bytes):
@@ -130,6 +149,7 @@ class Worker:
                 return
             self.progress_time = time.time()
             try:
+                _inject_fault(self.rank, op)
                 result = handlers[op](payload)
             except Exception as exc:  # reported to the driver, which raises it as its own kind
                 self.send((ERROR, type(exc).__name__, str(exc), traceback.format_exc()))
@@ -142,7 +162,8 @@ def _cache_kwarg(model) -> str:
     """Transformers renamed generate's ``past_key_values`` to ``cache`` in late 5.x; use what this one takes."""
     import inspect
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    base_forward = type(model).__bases__[-1].forward  # the HF class, not our mixin
+    return "cache" if "cache" in inspect.signature(base_forward).parameters else "past_key_values"
 
 
 class _DriverStreamer:

@@ -15,8 +15,9 @@ from typing import Mapping
 from torch import nn
 
 from ..errors import PolicyError, ShardingError
-from ..parallel.sharding import HeadShard, Range, head_rows, head_shards, padded_shard_range, shard_range
-from .policy import Policy
+from ..parallel.sharding import (HeadShard, Range, grouped_qkv_ranges, head_rows, head_shards, packed_ranges,
+                                 padded_shard_range, shard_range)
+from .policy import HEAD_PARTS, Policy
 
 try:  # GPT-2 style (in, out) linear layers
     from transformers.pytorch_utils import Conv1D
@@ -39,7 +40,9 @@ class ParamShard:
 class ModuleShard:
     name: str
     style: str  # column | row | vocab
-    layout: str  # linear (weight is (out, in)) | conv1d (weight is (in, out)) | embedding
+    # linear (weight is (out, in)) | conv1d (weight is (in, out)) | embedding
+    # | experts (module kept; 3-D (experts, out, in) parameters resized in place)
+    layout: str
     params: Mapping[str, ParamShard]  # local param name ("weight", "bias") -> shard; absent: replicated
 
 
@@ -49,6 +52,7 @@ class ShardingPlan:
     tp_size: int
     modules: Mapping[str, ModuleShard]
     attention: Mapping[str, tuple[HeadShard, ...]] = field(default_factory=dict)
+    attention_attrs: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # policy.local_attrs, per rank
 
     def param_shard(self, param_name: str) -> ParamShard | None:
         """The shard of a full parameter name, or None when it is replicated."""
@@ -91,17 +95,22 @@ def _layout(module: nn.Module) -> str:
     raise PolicyError(f"cannot split a {type(module).__name__}: only nn.Linear, Conv1D and nn.Embedding are splittable")
 
 
-def _split_dims(layout: str, style: str) -> tuple[int, int]:
-    """(weight dim that is split, size-defining dim) for a layout and style."""
+def _split_dim(layout: str, style: str) -> int:
+    """The weight dim that is split, for a layout and style."""
+    if layout == "experts":  # (experts, out, in)
+        return 2 if style == "row" else 1
     if style == "row":
-        return (0 if layout == "conv1d" else 1), 0
-    return (1 if layout == "conv1d" else 0), 0
+        return 0 if layout == "conv1d" else 1
+    return 1 if layout == "conv1d" else 0
 
 
 def head_geometry(config, policy: Policy) -> tuple[int, int, int]:
     """(num query heads, num key/value heads, head_dim) from the config fields the policy names."""
     num_q = getattr(config, policy.num_heads)
-    num_kv = getattr(config, policy.num_kv_heads, None) or num_q
+    if callable(policy.num_kv_heads):
+        num_kv = policy.num_kv_heads(config)
+    else:
+        num_kv = getattr(config, policy.num_kv_heads, None) or num_q
     head_dim = getattr(config, policy.head_dim, None) or config.hidden_size // num_q
     return num_q, num_kv, head_dim
 
@@ -116,12 +125,13 @@ def build_plan(model: nn.Module, config, policy: Policy, tp_size: int, model_nam
     validate_tp_size(tp_size)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     modules = dict(model.named_modules())
-    _check_rules_match(policy, modules)
+    parameters = dict(model.named_parameters())
+    _check_rules_match(policy, modules, parameters)
 
-    heads = None
-    if policy.heads or policy.attention:
+    geometry = None
+    if policy.heads or policy.attention or any(p in HEAD_PARTS for parts in policy.fused.values() for p in parts):
         num_q, num_kv, head_dim = head_geometry(text_config, policy)
-        heads = head_shards(num_q, num_kv, tp_size, model_name)
+        geometry = (head_shards(num_q, num_kv, tp_size, model_name), num_q, num_kv, head_dim)
 
     planned: dict[str, ModuleShard] = {}
     unmatched = []
@@ -136,31 +146,127 @@ def build_plan(model: nn.Module, config, policy: Policy, tp_size: int, model_nam
             continue
         layout = _layout(module)
         head_kind = policy.heads.get(_match(name, policy.heads) or "", None)
-        planned[name] = _module_shard(name, module, style, layout, head_kind, heads, head_dim if heads else 0, tp_size)
+        parts = policy.fused.get(_match(name, policy.fused) or "", ())
+        planned[name] = _module_shard(name, module, style, layout, head_kind, parts, geometry, tp_size)
     if unmatched:
         raise PolicyError(
             f"Policy {policy.name!r} does not say how to split {len(unmatched)} linear layer(s) of {model_name}, "
             f"e.g. {unmatched[:3]}. Add a rule for them (\"replicate\" keeps a full copy on every rank)."
         )
-    attention = {}
+    for module_name, shard in _param_shards(policy, parameters, geometry, tp_size).items():
+        if module_name in planned:
+            raise PolicyError(f"Policy {policy.name!r}: {module_name} is matched by both rules and params; use one.")
+        planned[module_name] = shard
+    attention, attrs = {}, {}
     if policy.attention:
-        attention = {name: tuple(heads) for name in modules if fnmatch.fnmatchcase(name, policy.attention)}
-    return ShardingPlan(model_type=getattr(config, "model_type", "?"), tp_size=tp_size, modules=planned, attention=attention)
+        attention = {name: tuple(geometry[0]) for name in modules if fnmatch.fnmatchcase(name, policy.attention)}
+    if policy.local_attrs:
+        attrs = {attr: _local_attr(kind, geometry) for attr, kind in policy.local_attrs.items()}
+    return ShardingPlan(model_type=getattr(config, "model_type", "?"), tp_size=tp_size, modules=planned,
+                        attention=attention, attention_attrs=attrs)
 
 
-def _check_rules_match(policy: Policy, modules) -> None:
-    names = list(modules)
-    generic = [".".join("*" if p.isdigit() else p for p in n.split(".")) for n in names]
-    for glob in [*policy.rules, *([policy.attention] if policy.attention else [])]:
-        if not any(fnmatch.fnmatchcase(n, glob) for n in names):
-            close = difflib.get_close_matches(glob, sorted(set(generic)), n=1)
-            hint = f" Closest: {close[0]!r}." if close else ""
-            raise PolicyError(f"Policy {policy.name!r}: rule {glob!r} matched no module of the model.{hint}")
+def _local_attr(kind: str, geometry) -> tuple[int, ...]:
+    heads, _, _, head_dim = geometry
+    counts = [h.num_q if kind.startswith("q") else h.num_kv for h in heads]
+    return tuple(c * head_dim for c in counts) if kind.endswith("_width") else tuple(counts)
 
 
-def _module_shard(name, module, style, layout, head_kind, heads, head_dim, tp_size) -> ModuleShard:
+def _param_shards(policy: Policy, parameters, geometry, tp_size: int) -> dict[str, ModuleShard]:
+    """ModuleShards for parameters split in place (3-D MoE expert tensors), grouped by module."""
+    by_module: dict[str, dict[str, ParamShard]] = {}
+    styles: dict[str, set[str]] = {}
+    for name, param in parameters.items():
+        glob = _match(name, policy.params)
+        if glob is None:
+            continue
+        if param.dim() != 3:
+            raise PolicyError(f"Policy {policy.name!r}: params rule {glob!r} matched {name} of shape "
+                              f"{tuple(param.shape)}; params rules are for 3-D (experts, out, in) tensors.")
+        style = policy.params[glob]
+        dim = _split_dim("experts", style)
+        parts = policy.fused.get(_match(name, policy.fused) or "", ())
+        pieces = _pieces(name, param.shape[dim], None, parts, geometry, tp_size)
+        module_name, _, local = name.rpartition(".")
+        by_module.setdefault(module_name, {})[local] = ParamShard(dim, pieces, tuple(_length(p) for p in pieces))
+        styles.setdefault(module_name, set()).add(style)
+    return {m: ModuleShard(m, "row" if "row" in styles[m] else "column", "experts", params)
+            for m, params in by_module.items()}
+
+
+def _length(ranges) -> int:
+    return sum(b - a for a, b in ranges)
+
+
+def _pieces(name, size, head_kind, parts, geometry, tp_size) -> tuple[tuple[Range, ...], ...]:
+    """Per rank, the ranges of a dimension of ``size`` it owns (several for packed tensors)."""
+    if (head_kind or any(p in HEAD_PARTS for p in parts)) and geometry is None:
+        raise PolicyError(f"{name}: split on attention heads but the policy names no head geometry.")
+    if geometry is not None:
+        heads, num_q, num_kv, head_dim = geometry
+    if parts:
+        head_sizes = {"q": num_q * head_dim, "k": num_kv * head_dim, "v": num_kv * head_dim} if geometry else {}
+        others = [p for p in parts if p not in HEAD_PARTS]
+        rest = size - sum(head_sizes[p] for p in parts if p in HEAD_PARTS)
+        each = rest // len(others) if others else 0
+        if rest < 0 or (others and (rest % len(others) or each < tp_size)) or (not others and rest):
+            raise ShardingError(
+                f"{name}: the split dimension has {size} entries, which cannot hold the fused parts {parts} "
+                f"(query heads x head_dim={head_sizes.get('q')}, key/value heads x head_dim={head_sizes.get('k')}, "
+                f"other parts equal and at least tp_size={tp_size}); check the policy's fused and head fields."
+            )
+        per_rank = []
+        for r in range(tp_size):
+            spec = []
+            for p in parts:
+                if p == "q":
+                    spec.append((head_sizes["q"], head_rows(heads[r].q_heads, head_dim)))
+                elif p in HEAD_PARTS:
+                    spec.append((head_sizes[p], head_rows(heads[r].kv_heads, head_dim)))
+                else:
+                    spec.append((each, shard_range(each, tp_size, r)))
+            per_rank.append(packed_ranges(spec))
+        return tuple(per_rank)
+    if head_kind == "qkv_grouped":
+        expected = (num_q + 2 * num_kv) * head_dim
+        if num_q % num_kv or size != expected:
+            raise ShardingError(
+                f"{name}: the packed QKV dimension has {size} entries but {num_q} query and {num_kv} key/value "
+                f"heads x head_dim={head_dim} give {expected}; check the policy's head fields."
+            )
+        return tuple(grouped_qkv_ranges(h, num_q // num_kv, head_dim) for h in heads)
+    if head_kind is not None:
+        ranges = [head_rows(h.q_heads if head_kind == "q" else h.kv_heads, head_dim) for h in heads]
+        expected = max(b for _, b in ranges)
+        if size != expected:
+            raise ShardingError(
+                f"{name}: the split dimension has {size} entries but the config's head geometry gives {expected} "
+                f"({'query' if head_kind == 'q' else 'key/value'} heads x head_dim={head_dim}); check the policy's head fields."
+            )
+        return tuple((r,) for r in ranges)
+    ranges = [shard_range(size, tp_size, r) for r in range(tp_size)]
+    if min(b - a for a, b in ranges) == 0:
+        raise ShardingError(f"{name}: dimension of size {size} cannot be split over tp_size={tp_size}")
+    return tuple((r,) for r in ranges)
+
+
+def _check_rules_match(policy: Policy, modules, parameters) -> None:
+    for globs, names, what in ((policy.rules, modules, "module"), (policy.params, parameters, "parameter"),
+                               ([policy.attention] if policy.attention else [], modules, "module"),
+                               (policy.fused, [*modules, *parameters], "module or parameter")):
+        generic = sorted({".".join("*" if p.isdigit() else p for p in n.split(".")) for n in names})
+        for glob in globs:
+            if glob in policy.optional:
+                continue
+            if not any(fnmatch.fnmatchcase(n, glob) for n in names):
+                close = difflib.get_close_matches(glob, generic, n=1)
+                hint = f" Closest: {close[0]!r}." if close else ""
+                raise PolicyError(f"Policy {policy.name!r}: rule {glob!r} matched no {what} of the model.{hint}")
+
+
+def _module_shard(name, module, style, layout, head_kind, parts, geometry, tp_size) -> ModuleShard:
     weight = module.weight
-    dim, _ = _split_dims(layout, style)
+    dim = _split_dim(layout, style)
     size = weight.shape[dim]
     if style == "vocab":
         if layout != "embedding" and dim != 0:
@@ -176,19 +282,8 @@ def _module_shard(name, module, style, layout, head_kind, heads, head_dim, tp_si
             params["bias"] = shard  # (vocab,) bias rows follow the weight rows
         return ModuleShard(name, style, layout, params)
 
-    if head_kind is not None:
-        ranges = [head_rows(h.q_heads if head_kind == "q" else h.kv_heads, head_dim) for h in heads]
-        expected = max(b for _, b in ranges)
-        if size != expected:
-            raise ShardingError(
-                f"{name}: the split dimension has {size} entries but the config's head geometry gives {expected} "
-                f"({'query' if head_kind == 'q' else 'key/value'} heads x head_dim={head_dim}); check the policy's head fields."
-            )
-    else:
-        ranges = [shard_range(size, tp_size, r) for r in range(tp_size)]
-        if min(b - a for a, b in ranges) == 0:
-            raise ShardingError(f"{name}: dimension of size {size} cannot be split over tp_size={tp_size}")
-    shard = ParamShard(dim=dim, pieces=tuple((r,) for r in ranges), local_size=tuple(b - a for a, b in ranges))
+    pieces = _pieces(name, size, head_kind, parts, geometry, tp_size)
+    shard = ParamShard(dim=dim, pieces=pieces, local_size=tuple(_length(p) for p in pieces))
     params = {"weight": shard}
     if style == "column" and getattr(module, "bias", None) is not None:
         params["bias"] = ParamShard(dim=0, pieces=shard.pieces, local_size=shard.local_size)

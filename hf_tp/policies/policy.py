@@ -16,7 +16,10 @@ class Policy:
     """How to split one architecture family. Intent only; layouts are the layers' business.
 
     rules:      fnmatch glob over ``named_modules()`` names -> "column" | "row" | "vocab" | "replicate".
-                The first matching rule wins. Every nn.Linear (and GPT-2 Conv1D) must be matched.
+                The first matching rule wins. Every nn.Linear (and GPT-2 Conv1D) must be matched, and
+                every rule must match a module unless it is listed in ``optional``.
+    optional:   rule globs for modules only some configs have (OPT's project_in/out, Qwen3-MoE's
+                dense MLP layers), which may therefore match nothing.
     heads:      glob -> what the module's split dimension is made of, so it is cut on whole heads:
                 "q" (query heads), "kv" (key/value heads, replicated when tp_size > their number),
                 or "qkv_grouped" (a QKV weight packed per key/value head: its query heads, then
@@ -42,6 +45,7 @@ class Policy:
     name: str
     model_types: tuple[str, ...]
     rules: Mapping[str, str]
+    optional: tuple[str, ...] = ()
     heads: Mapping[str, str] = field(default_factory=dict)
     fused: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     params: Mapping[str, str] = field(default_factory=dict)

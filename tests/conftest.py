@@ -1,0 +1,192 @@
+"""Shared test helpers: tiny configs per architecture, tiny random checkpoints on disk, and
+``run_ranks``, which runs a function in real spawned processes joined by a gloo process group.
+
+Test modules import the helpers directly (``from conftest import run_ranks, tiny_config``);
+rank functions live at module level in the test files so that spawned processes can import them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import queue
+import socket
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import transformers
+
+# Every rank is its own process; with two cores, one thread per process avoids oversubscription.
+RANK_THREADS = 1
+
+# --------------------------------------------------------------------------------------------
+# Tiny configs
+# --------------------------------------------------------------------------------------------
+
+# vocab 101 is prime: not divisible by 2 or 3, so the vocab-parallel layers need padding.
+_COMMON = dict(
+    vocab_size=101,
+    hidden_size=48,
+    intermediate_size=80,
+    num_hidden_layers=2,
+    num_attention_heads=6,
+    num_key_value_heads=3,  # GQA, valid at tp 1, 2 (uneven: 2 + 1 KV heads), 3 and 6
+    max_position_embeddings=128,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=None,  # tiny random models never stop early: every generate runs max_new_tokens
+    pad_token_id=0,
+    initializer_range=0.1,  # spreads the logits so greedy decoding has no near-ties
+)
+
+_ARCH = {
+    "llama": (transformers.LlamaConfig, {}),
+    "mistral": (transformers.MistralConfig, {"sliding_window": None}),
+    "qwen2": (transformers.Qwen2Config, {}),  # q/k/v projections carry biases
+    # Qwen3: explicit head_dim (16) != hidden_size / num_attention_heads (8); per-head q/k RMSNorm.
+    "qwen3": (transformers.Qwen3Config, {"head_dim": 16}),
+}
+
+ARCHS = tuple(_ARCH)
+
+
+def tiny_config(arch: str, **overrides) -> transformers.PretrainedConfig:
+    """A 2-layer config of ``arch`` small enough to save, load and run in well under a second."""
+    cls, extra = _ARCH[arch]
+    kwargs = {**_COMMON, **extra, **overrides}
+    return cls(**kwargs)
+
+
+def save_tiny_model(path, config, seed: int = 0, max_shard_size: str | None = "50KB") -> Path:
+    """Save a seeded random fp32 model of ``config`` to ``path``.
+
+    The default ``max_shard_size`` gives a multi-file checkpoint (model.safetensors.index.json
+    plus several shards); ``max_shard_size=None`` gives one model.safetensors.
+    """
+    path = Path(path)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(path, **({"max_shard_size": max_shard_size} if max_shard_size else {"max_shard_size": "10GB"}))
+    files = sorted(p.name for p in path.glob("*.safetensors"))
+    if max_shard_size:
+        assert (path / "model.safetensors.index.json").is_file() and len(files) > 1, files
+    else:
+        assert files == ["model.safetensors"], files
+    return path
+
+
+def load_reference(path) -> transformers.PreTrainedModel:
+    """The unsplit Transformers model from the same folder, fp32, eval mode."""
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """max|got - ref| / max|ref|, the SPEC 4.5 measure."""
+    return float((got.double() - ref.double()).abs().max() / ref.double().abs().max())
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """Factory: ``tiny_checkpoint(arch, name=..., sharded=True, seed=0, **config_overrides)`` -> folder."""
+
+    def make(arch: str, name: str | None = None, sharded: bool = True, seed: int = 0, **overrides) -> Path:
+        folder = tmp_path / (name or arch)
+        return save_tiny_model(folder, tiny_config(arch, **overrides), seed=seed, max_shard_size="50KB" if sharded else None)
+
+    return make
+
+
+# --------------------------------------------------------------------------------------------
+# run_ranks
+# --------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world_size: int, port: int, fn, args, results) -> None:
+    """Entry point of one spawned rank: launcher env vars, run ``fn``, report, tear down."""
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+    )
+    torch.set_num_threads(RANK_THREADS)
+    try:
+        value = fn(*args)
+        buf = io.BytesIO()
+        torch.save(value, buf)  # plain bytes: no shared-memory tensors outliving this process
+        results.put((rank, True, buf.getvalue()))
+    except BaseException:  # noqa: BLE001 - reported to the parent with its traceback
+        results.put((rank, False, traceback.format_exc()))
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_ranks(fn, world_size: int, *args, timeout: float = 180.0) -> list:
+    """Run ``fn(*args)`` in ``world_size`` spawned processes set up as a launcher would (RANK,
+    WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT on a free 127.0.0.1 port).
+
+    Returns the per-rank return values, in rank order. If any rank raises, exits without
+    reporting, or the run exceeds ``timeout`` seconds (all children are then killed), raises
+    one AssertionError with every failing rank's traceback prefixed by ``[rank r]``.
+    """
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_rank_main, args=(r, world_size, port, fn, args, results), daemon=True)
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    reports: dict[int, tuple[bool, object]] = {}
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    try:
+        while len(reports) < world_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            try:
+                rank, ok, payload = results.get(timeout=min(remaining, 0.5))
+                reports[rank] = (ok, payload)
+            except queue.Empty:
+                # A rank that died without reporting (segfault, os._exit) will never report.
+                dead = [r for r, p in enumerate(procs) if r not in reports and p.exitcode is not None]
+                if dead:
+                    try:  # its report may still be in flight
+                        rank, ok, payload = results.get(timeout=1.0)
+                        reports[rank] = (ok, payload)
+                        continue
+                    except queue.Empty:
+                        pass
+                    for r in dead:
+                        reports[r] = (False, f"exited with code {procs[r].exitcode} without reporting a result\n")
+        for p in procs:
+            p.join(timeout=max(1.0, deadline - time.monotonic()) if not timed_out else 0)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        for p in procs:
+            p.join(timeout=10)
+        results.close()
+        results.join_thread()
+    assert not any(p.is_alive() for p in procs), "rank processes survived kill()"
+
+    failures = [f"[rank {r}] {payload}" for r, (ok, payload) in sorted(reports.items()) if not ok]
+    if timed_out:
+        silent = [r for r in range(world_size) if r not in reports]
+        failures.append(f"timed out after {timeout:.0f} s; ranks {silent} never reported (hung); all ranks were killed")
+    if failures:
+        raise AssertionError(f"run_ranks({getattr(fn, '__name__', fn)}, world_size={world_size}) failed:\n" + "\n".join(failures))
+    return [torch.load(io.BytesIO(reports[r][1]), weights_only=False) for r in range(world_size)]
