@@ -14,6 +14,18 @@ import torch
 from ..parallel.comm import TPGroup, broadcast_int, check_same_on_all_ranks, fingerprint
 
 
+def _to(obj, device):
+    """Tensors (also in lists, tuples, dicts) moved to ``device``, so one script works in every mode:
+    the single-controller handle takes CPU tensors, and here they follow the rank's device."""
+    if torch.is_tensor(obj):
+        return obj.to(device) if obj.device != device else obj
+    if isinstance(obj, dict):
+        return type(obj)({k: _to(v, device) for k, v in obj.items()}) if type(obj) is dict else obj
+    if isinstance(obj, (list, tuple)) and any(torch.is_tensor(v) for v in obj):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
+
+
 def validate_token_ids(input_ids, vocab_size: int) -> None:
     if input_ids is None or not torch.is_tensor(input_ids) or input_ids.numel() == 0:
         return
@@ -54,11 +66,13 @@ class TensorParallelMixin:
     def forward(self, *args, **kwargs):
         # Inside generate the inputs were checked once; per-step checks would cost a sync each token.
         if not self._hf_tp_in_generate:
+            args, kwargs = _to(args, self.hf_tp.device), _to(kwargs, self.hf_tp.device)
             self._hf_tp_check_inputs("The inputs of model(...)", args, kwargs)
         return super().forward(*args, **kwargs)
 
     @torch.no_grad()
     def generate(self, *args, **kwargs):
+        args, kwargs = _to(args, self.hf_tp.device), _to(kwargs, self.hf_tp.device)
         self._hf_tp_check_inputs("The arguments of generate()", args, kwargs)
         # Same seed everywhere, drawn from rank 0's generator, so torch.manual_seed on rank 0
         # still makes runs reproducible and every rank samples the same token.

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import torch
 
+from .keys import checkpoint_names
+
 # Fused parameter -> candidate per-expert part names, in packing order (gate before up).
 _PARTS = {
     "gate_up_proj": (("gate_proj", "up_proj"), ("w1", "w3")),
     "down_proj": (("down_proj",), ("w2",)),
 }
-# Module path in Transformers 5 -> module path in the checkpoint.
-_BLOCKS = ((".mlp.experts", ".mlp.experts"), (".mlp.experts", ".block_sparse_moe.experts"))
 
 
 def expert_part_keys(name: str, index) -> list[tuple[str, ...]] | None:
@@ -25,10 +25,8 @@ def expert_part_keys(name: str, index) -> list[tuple[str, ...]] | None:
     (in packing order). None when the checkpoint has no per-expert tensors for it either."""
     prefix, _, local = name.rpartition(".")
     for names in _PARTS.get(local, ()):
-        for new, old in _BLOCKS:
-            if not prefix.endswith(new):
-                continue
-            base = prefix[: -len(new)] + old
+        for base in checkpoint_names(prefix + "."):
+            base = base[:-1]
             keys = []
             while all(f"{base}.{len(keys)}.{n}.weight" in index for n in names):
                 keys.append(tuple(f"{base}.{len(keys)}.{n}.weight" for n in names))

@@ -17,6 +17,7 @@ from ..errors import CheckpointError
 from ..policies.plan import ParamShard, ShardingPlan
 from .checkpoint import CheckpointIndex
 from .experts import expert_part_keys, read_experts
+from .keys import find_key
 
 
 @dataclass
@@ -68,9 +69,10 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
     stats, start = LoadStats(), time.perf_counter()
     groups = _tie_groups(model)
     # Fused 3-D expert parameters stored per expert in the checkpoint: name -> per-expert keys.
-    per_expert = {g[0]: keys for g in groups if not any(n in index for n in g)
+    found = {g[0]: find_key(g, index) for g in groups}
+    per_expert = {g[0]: keys for g in groups if found[g[0]] is None
                   for keys in [expert_part_keys(g[0], index)] if keys}
-    missing = [g[0] for g in groups if not any(n in index for n in g) and g[0] not in per_expert]
+    missing = [g[0] for g in groups if found[g[0]] is None and g[0] not in per_expert]
     if missing:
         raise CheckpointError(
             f"{index.folder}: {len(missing)} weight(s) of the model are not in the checkpoint, e.g. {missing[:3]}. "
@@ -90,7 +92,7 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
             except Exception as exc:
                 raise CheckpointError(f"could not read the experts of {group[0]} from {index.folder} ({exc}).") from exc
         else:
-            key = next(n for n in group if n in index)
+            key = found[group[0]]
             tensor = _read(index, key, shard, tp_rank)
         stats.bytes_read += tensor.numel() * tensor.element_size()
         if group[0] in transposed:
