@@ -68,6 +68,11 @@ def main(argv=None) -> int:
     gen.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     gen.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
     gen.set_defaults(func=_generate)
+    bench = sub.add_parser("bench", help="hf_tp vs Transformers: decode tok/s, load time, peak memory")
+    from hf_tp.bench import add_arguments, run_bench
+
+    add_arguments(bench)
+    bench.set_defaults(func=run_bench)
     info = sub.add_parser("info", help="versions, devices and backends")
     info.set_defaults(func=_info)
     args = parser.parse_args(argv)

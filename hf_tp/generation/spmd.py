@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..parallel.comm import TPGroup, broadcast_int, check_same_on_all_ranks, fingerprint
+from .fast import with_fast_path
 
 
 def _to(obj, device):
@@ -82,7 +83,7 @@ class TensorParallelMixin:
             torch.manual_seed(seed)
             self._hf_tp_in_generate = True
             try:
-                return super().generate(*args, **kwargs)
+                return super().generate(*args, **with_fast_path(self.hf_tp.device.type, kwargs))
             finally:
                 self._hf_tp_in_generate = False
 

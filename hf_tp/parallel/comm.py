@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,22 @@ class TPGroup:
         return self.tp_rank == 0
 
 
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
 def all_reduce(tensor: torch.Tensor, tp: TPGroup) -> torch.Tensor:
-    """Sum partial results in place across the TP group and return the tensor."""
-    if tp.tp_size > 1:
-        dist.all_reduce(tensor, group=tp.group)
+    """Sum partial results across the TP group (in place in eager mode) and return the sum.
+
+    Under torch.compile (the static-cache decode path) the functional collective is used: it is
+    what Inductor traces into the graph, and CUDA graphs then replay the NCCL kernel with no
+    launch overhead.
+    """
+    if tp.tp_size == 1:
+        return tensor
+    if _compiling():
+        return funcol.all_reduce(tensor, "sum", tp.group or dist.group.WORLD)
+    dist.all_reduce(tensor, group=tp.group)
     return tensor
 
 
@@ -40,6 +53,9 @@ def all_gather_last_dim(tensor: torch.Tensor, tp: TPGroup) -> torch.Tensor:
     if tp.tp_size == 1:
         return tensor
     tensor = tensor.contiguous()
+    if _compiling():  # gathers along dim 0, so move the split dim there and back
+        gathered = funcol.all_gather_tensor(tensor.movedim(-1, 0).contiguous(), 0, tp.group or dist.group.WORLD)
+        return gathered.movedim(0, -1)
     parts = [torch.empty_like(tensor) for _ in range(tp.tp_size)]
     dist.all_gather(parts, tensor, group=tp.group)
     return torch.cat(parts, dim=-1)

@@ -85,7 +85,7 @@ class VocabParallelEmbedding(nn.Module):
             outside = (input_ids < self.vocab_start) | (input_ids >= self.vocab_end)
             local_ids = (input_ids - self.vocab_start).masked_fill(outside, 0)
             out = F.embedding(local_ids, self.weight).masked_fill(outside.unsqueeze(-1), 0)
-            all_reduce(out, self.tp)
+            out = all_reduce(out, self.tp)
         if self.embed_scale is not None:
             out = out * self.embed_scale.to(out.dtype) if torch.is_tensor(self.embed_scale) else out * self.embed_scale
         return out

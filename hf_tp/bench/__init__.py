@@ -1,0 +1,103 @@
+"""``hf-tp bench``: hf_tp and the Transformers baselines side by side, each in its own processes.
+
+Rows: hf_tp (eager and fast path, tp 1 and N), Transformers on one device (eager; static cache +
+compile), Transformers' native TP (``tp_plan="auto"`` under torchrun; eager and compile).
+``--smoke`` runs a tiny model on CPU in well under two minutes, so CI exercises the harness.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# NVLink multicast stays off in every process we start (shared hosts).
+_CHILD_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def plan_runs(tp_size: int, device: str, smoke: bool, systems: list[str]) -> list[tuple[str, str, int]]:
+    """(system, mode, tp_size) for every row group of the table."""
+    modes = ["eager"] if device == "cpu" else ["eager", "compile"]
+    runs = []
+    for system in systems:
+        sizes = [1, tp_size] if system == "hf_tp" else ([1] if system == "transformers" else [tp_size])
+        runs += [(system, mode, size) for size in dict.fromkeys(sizes) for mode in modes]
+    return runs
+
+
+def run_one(system, mode, tp, args, checkpoint, out_file) -> str | None:
+    """Run one system; returns an error text (last lines of its output) if it failed."""
+    module = ["-m", "hf_tp.bench.run_system", "--system", system, "--mode", mode, "--model", str(checkpoint),
+              "--tp-size", str(tp), "--device", args.device, "--dtype", args.dtype, "--batches", args.batches,
+              "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--out", str(out_file)]
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={tp}"]
+                if tp > 1 else [sys.executable])
+    # torchrun takes a module as "-m NAME" too; its own flags must come first.
+    cmd = launcher + module
+    env = {**os.environ, **_CHILD_ENV}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    if proc.returncode != 0:
+        return (proc.stdout + proc.stderr).strip().splitlines()[-1][:300] if (proc.stdout + proc.stderr).strip() else f"exit {proc.returncode}"
+    return None
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'system':<16}{'mode':<9}{'tp':>3}{'batch':>6}{'decode tok/s':>14}{'ttft s':>9}{'load s':>8}{'peak GiB':>10}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['system']:<16}{r['mode']:<9}{r['tp_size']:>3}  FAILED: {r['error']}")
+            continue
+        lines.append(f"{r['system']:<16}{r['mode']:<9}{r['tp_size']:>3}{r['batch']:>6}{r['decode_tok_s']:>14.1f}"
+                     f"{r['ttft_s']:>9.3f}{r['load_s']:>8.2f}{r['peak_bytes_per_gpu'] / 2**30:>10.2f}")
+    return "\n".join(lines)
+
+
+def run_bench(args) -> int:
+    from .shapes import write_random_checkpoint
+
+    if args.smoke:
+        args.device, args.dtype, args.shape = "cpu", "float32", "tiny"
+        args.batches, args.prompt_len, args.new_tokens = "1,2", 16, 8
+        args.tp_size = 2
+    systems = args.systems.split(",")
+    if args.model:
+        checkpoint = Path(args.model)
+    else:
+        root = Path(args.checkpoint_dir or Path(tempfile.gettempdir()) / "hf_tp_bench")
+        checkpoint = write_random_checkpoint(args.shape, root / f"{args.shape}-{args.dtype}", dtype=getattr(__import__("torch"), args.dtype))
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out_file = Path(tmp) / "rows.jsonl"
+        for system, mode, tp in plan_runs(args.tp_size, args.device, args.smoke, systems):
+            error = run_one(system, mode, tp, args, checkpoint, out_file)
+            if error:
+                rows.append({"system": system, "mode": mode, "tp_size": tp, "error": error})
+            print(f"  done: {system} {mode} tp={tp}{' FAILED' if error else ''}", file=sys.stderr, flush=True)
+        if out_file.exists():
+            rows = [json.loads(line) for line in out_file.read_text().splitlines()] + [r for r in rows if "error" in r]
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 1 if args.smoke and any("error" in r and r["system"] == "hf_tp" for r in rows) else 0
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--shape", default="llama3-8b", help="named random-weight shape (see hf_tp.bench.shapes)")
+    parser.add_argument("--model", help="a real checkpoint folder instead of a random shape")
+    parser.add_argument("--tp-size", type=int, default=2)
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--systems", default="hf_tp,transformers,transformers_tp")
+    parser.add_argument("--checkpoint-dir", help="where random checkpoints are written (default: $TMPDIR/hf_tp_bench)")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per system run")
+    parser.add_argument("--json", help="write the rows as a JSON list here")
+    parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, for CI")

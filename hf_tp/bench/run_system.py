@@ -1,0 +1,118 @@
+"""One benchmarked system in its own process(es): ``python -m hf_tp.bench.run_system --system S ...``.
+
+Started by ``hf-tp bench``; under torchrun for the tensor-parallel systems. Rank 0 appends one
+JSON row per batch size to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+
+import torch
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _load(args, device):
+    """(model, load seconds). Every system loads from the same local checkpoint folder."""
+    import transformers
+
+    dtype = getattr(torch, args.dtype)
+    _sync(device)
+    start = time.perf_counter()
+    if args.system == "hf_tp":
+        from ..auto import init_spmd_group, load_parallel_model
+        from ..parallel.comm import TPGroup
+
+        if args.tp_size == 1:  # the same parallel layers and decode path, with no collectives
+            tp = TPGroup(tp_rank=0, tp_size=1, device=device)
+        else:
+            tp = init_spmd_group(args.tp_size, device)
+        model = load_parallel_model(args.model, tp, dtype=dtype, progress=False)
+    elif args.system == "transformers":
+        model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, device_map=str(device))
+    elif args.system == "transformers_tp":
+        model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, tp_plan="auto")
+    else:
+        raise ValueError(f"unknown system {args.system!r}")
+    _sync(device)
+    return model.eval(), time.perf_counter() - start
+
+
+def _generate_seconds(model, ids, new_tokens, compiled, device) -> float:
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    if compiled and not hasattr(model, "hf_tp"):
+        kwargs["cache_implementation"] = "static"  # Transformers' own static cache + automatic compile
+    _sync(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--system", required=True)
+    parser.add_argument("--mode", default="eager", help="eager | compile (static cache + torch.compile)")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--tp-size", type=int, default=1)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--batches", default="1")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    if args.system == "hf_tp" and args.mode == "eager":
+        os.environ["HF_TP_FAST_DECODE"] = "0"
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    model, load_s = _load(args, device)
+    vocab = model.config.vocab_size
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",")]:
+        ids = torch.randint(3, vocab, (batch, args.prompt_len), generator=torch.Generator().manual_seed(batch)).to(device)
+        compiled = args.mode == "compile"
+        # Warm-up at full length: compilation and CUDA-graph capture stay out of the timings.
+        _generate_seconds(model, ids, args.new_tokens, compiled, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        # Median of three of each; the decode rate is the difference: N tokens minus the prefill-only run.
+        first = sorted(_generate_seconds(model, ids, 1, compiled, device) for _ in range(3))[1]
+        full = sorted(_generate_seconds(model, ids, args.new_tokens, compiled, device) for _ in range(3))[1]
+        decode_tok_s = batch * (args.new_tokens - 1) / max(full - first, 1e-9)
+        peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        if args.tp_size > 1:  # the worst rank's peak
+            import torch.distributed as dist
+
+            t = torch.tensor([peak], dtype=torch.int64, device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            peak = int(t.item())
+        rows.append({"system": args.system, "mode": args.mode, "tp_size": args.tp_size, "batch": batch,
+                     "decode_tok_s": round(decode_tok_s, 2), "ttft_s": round(first, 4), "load_s": round(load_s, 3),
+                     "peak_bytes_per_gpu": peak, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open(args.out, "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    if args.tp_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,20 @@
+"""`hf-tp bench --smoke`: the whole harness (random checkpoint, every system in its own processes,
+table, JSON) on CPU with a tiny model."""
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_smoke_writes_every_system(tmp_path):
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, "-m", "hf_tp.cli", "bench", "--smoke", "--checkpoint-dir", str(tmp_path / "ckpt"),
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    keys = {"system", "tp_size", "batch", "decode_tok_s", "load_s", "peak_bytes_per_gpu", "device"}
+    good = [r for r in rows if "error" not in r]
+    assert all(keys <= set(r) for r in good)
+    assert {(r["system"], r["tp_size"]) for r in good} >= {("hf_tp", 1), ("hf_tp", 2), ("transformers", 1)}
+    assert all(r["decode_tok_s"] > 0 and r["load_s"] > 0 and r["peak_bytes_per_gpu"] > 0 for r in good)
+    assert "decode tok/s" in proc.stdout
