@@ -1,0 +1,62 @@
+"""Fast decode path vs the eager path of the same hf_tp model, on GPU, plus a long run.
+
+Usage: torchrun --nproc-per-node N benchmarks/fast_path_check.py --model FOLDER [--tokens 128] [--long 1000]
+(N=1 runs hf_tp's parallel layers with a TP group of one.) Prints one JSON summary from rank 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+for _k, _v in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}.items():
+    os.environ.setdefault(_k, _v)
+
+import torch  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--long", type=int, default=1000)
+    args = parser.parse_args()
+    from hf_tp.auto import init_spmd_group, load_parallel_model
+    from hf_tp.parallel.comm import TPGroup
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(device)
+    tp = init_spmd_group(world, device) if world > 1 else TPGroup(0, 1, device)
+    model = load_parallel_model(args.model, tp, dtype=torch.bfloat16, progress=False)
+    ids = torch.randint(3, model.config.vocab_size, (1, 128), generator=torch.Generator().manual_seed(0)).to(device)
+    kw = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False, pad_token_id=0)
+
+    os.environ["HF_TP_FAST_DECODE"] = "0"
+    eager = model.generate(ids, **kw)
+    os.environ["HF_TP_FAST_DECODE"] = "1"
+    fast = model.generate(ids, **kw)
+    fast2 = model.generate(ids, **kw)
+    differ = (eager[0] != fast[0]).nonzero()
+    # Long run on the fast path: no NaN, no crash, memory flat from one step to the next.
+    long_kw = dict(max_new_tokens=args.long, min_new_tokens=args.long, do_sample=False, pad_token_id=0)
+    out = model.generate(ids, **long_kw)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated(device)
+    out2 = model.generate(ids, **long_kw, output_scores=True, return_dict_in_generate=True)
+    torch.cuda.synchronize()
+    after = torch.cuda.memory_allocated(device)
+    nan = bool(torch.stack([s.isnan().any() for s in out2.scores]).any())
+    summary = {"tp_size": world, "tokens": args.tokens, "fast_equals_eager": bool(torch.equal(eager, fast)),
+               "first_difference_at": int(differ[0]) - ids.shape[1] if len(differ) else None,
+               "fast_deterministic": bool(torch.equal(fast, fast2)), "long_tokens": out.shape[1] - ids.shape[1],
+               "long_nan": nan, "allocated_before_after_long_run": [before, after]}
+    if tp.tp_rank == 0:
+        print("FASTCHECK " + json.dumps(summary), flush=True)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
