@@ -24,6 +24,15 @@ def shard_range(size: int, tp_size: int, tp_rank: int) -> Range:
     return start, start + base + (1 if tp_rank < extra else 0)
 
 
+def aligned_shard_range(size: int, tp_size: int, tp_rank: int, granule: int) -> Range:
+    """Like shard_range, but every boundary falls on a multiple of ``granule`` when ``size`` allows
+    (e.g. 80 over 3 ranks with granule 8: 32, 24, 24 instead of 27, 27, 26)."""
+    if granule <= 1 or size % granule or size // granule < tp_size:
+        return shard_range(size, tp_size, tp_rank)
+    start, stop = shard_range(size // granule, tp_size, tp_rank)
+    return start * granule, stop * granule
+
+
 def padded_shard_range(size: int, tp_size: int, tp_rank: int) -> tuple[Range, int]:
     """Equal-length chunks of ``ceil(size / tp_size)``; the last ranks hold fewer real rows.
 

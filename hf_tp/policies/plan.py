@@ -15,8 +15,8 @@ from typing import Mapping
 from torch import nn
 
 from ..errors import PolicyError, ShardingError
-from ..parallel.sharding import (HeadShard, Range, grouped_qkv_ranges, head_rows, head_shards, packed_ranges,
-                                 padded_shard_range, shard_range)
+from ..parallel.sharding import (HeadShard, Range, aligned_shard_range, grouped_qkv_ranges, head_rows, head_shards,
+                                 packed_ranges, padded_shard_range)
 from .policy import HEAD_PARTS, Policy
 
 try:  # GPT-2 style (in, out) linear layers
@@ -186,7 +186,9 @@ def _param_shards(policy: Policy, parameters, geometry, tp_size: int) -> dict[st
         style = policy.params[glob]
         dim = _split_dim("experts", style)
         parts = policy.fused.get(_match(name, policy.fused) or "", ())
-        pieces = _pieces(name, param.shape[dim], None, parts, geometry, tp_size)
+        # Transformers' grouped_mm expert kernels need 16-byte-aligned strides: cut the intermediate
+        # features in multiples of 8 elements (16 bytes in bf16/fp16, 32 in fp32) where the size allows.
+        pieces = _pieces(name, param.shape[dim], None, parts, geometry, tp_size, granule=8)
         module_name, _, local = name.rpartition(".")
         by_module.setdefault(module_name, {})[local] = ParamShard(dim, pieces, tuple(_length(p) for p in pieces))
         styles.setdefault(module_name, set()).add(style)
@@ -198,7 +200,7 @@ def _length(ranges) -> int:
     return sum(b - a for a, b in ranges)
 
 
-def _pieces(name, size, head_kind, parts, geometry, tp_size) -> tuple[tuple[Range, ...], ...]:
+def _pieces(name, size, head_kind, parts, geometry, tp_size, granule=1) -> tuple[tuple[Range, ...], ...]:
     """Per rank, the ranges of a dimension of ``size`` it owns (several for packed tensors)."""
     if (head_kind or any(p in HEAD_PARTS for p in parts)) and geometry is None:
         raise PolicyError(f"{name}: split on attention heads but the policy names no head geometry.")
@@ -224,7 +226,7 @@ def _pieces(name, size, head_kind, parts, geometry, tp_size) -> tuple[tuple[Rang
                 elif p in HEAD_PARTS:
                     spec.append((head_sizes[p], head_rows(heads[r].kv_heads, head_dim)))
                 else:
-                    spec.append((each, shard_range(each, tp_size, r)))
+                    spec.append((each, aligned_shard_range(each, tp_size, r, granule)))
             per_rank.append(packed_ranges(spec))
         return tuple(per_rank)
     if head_kind == "qkv_grouped":
@@ -244,7 +246,7 @@ def _pieces(name, size, head_kind, parts, geometry, tp_size) -> tuple[tuple[Rang
                 f"({'query' if head_kind == 'q' else 'key/value'} heads x head_dim={head_dim}); check the policy's head fields."
             )
         return tuple((r,) for r in ranges)
-    ranges = [shard_range(size, tp_size, r) for r in range(tp_size)]
+    ranges = [aligned_shard_range(size, tp_size, r, granule) for r in range(tp_size)]
     if min(b - a for a, b in ranges) == 0:
         raise ShardingError(f"{name}: dimension of size {size} cannot be split over tp_size={tp_size}")
     return tuple((r,) for r in ranges)
