@@ -117,7 +117,7 @@ def load_parallel_model(name_or_path, tp: TPGroup, dtype=None, progress: bool = 
         dtype = _resolve_dtype(dtype, config)
         model = build_skeleton(config, dtype, **model_kwargs)
         plan = build_plan(model, config, policy, tp.tp_size, model_name=str(name_or_path))
-        transposed = parallelize(model, plan, tp)
+        transposed = parallelize(model, plan, tp, policy=policy)
     with fail_together(tp, "loading the weights"):
         stats = load_shards(model, plan, index, tp.tp_rank, tp.device, transposed, progress=progress and tp.is_first)
     try:
