@@ -77,6 +77,12 @@ def test_driver_matches_transformers_and_reports(tiny_checkpoint):
         sample_b = model.generate(ids[:1], max_new_tokens=16, do_sample=True, top_k=20, top_p=0.9, temperature=1.3)
         assert torch.equal(sample_a, sample_b)
 
+        # eos: generation stops at the eos token (here the row's 5th greedy token is declared the eos).
+        eos = int(want[0, ids.shape[1] + 4])
+        got_eos = model.generate(ids[:1], max_new_tokens=64, do_sample=False, eos_token_id=eos, pad_token_id=0)
+        want_eos = ref.generate(ids[:1], max_new_tokens=64, do_sample=False, eos_token_id=eos, pad_token_id=0)
+        assert torch.equal(got_eos, want_eos) and got_eos.shape[1] <= ids.shape[1] + 5
+
         memory = model.memory()
         assert [m["rank"] for m in memory] == [0, 1]
         keys = {"rank", "device", "allocated_bytes", "reserved_bytes", "peak_bytes", "free_bytes", "weights_bytes", "kv_cache_bytes"}
