@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 from safetensors import safe_open
@@ -67,6 +68,7 @@ class CheckpointIndex:
         if missing:
             raise CheckpointError(f"{self.folder}: the index names files that are missing: {missing}.")
         self._handles: dict[Path, object] = {}
+        self._lock = threading.Lock()
 
     @staticmethod
     def _keys(file: Path) -> list[str]:
@@ -80,8 +82,13 @@ class CheckpointIndex:
         return name in self.files
 
     def handle(self, name: str):
-        """An open safe_open handle for the file holding ``name`` (memory-mapped, nothing read yet)."""
+        """An open safe_open handle for the file holding ``name`` (memory-mapped, nothing read yet).
+        Thread-safe: the loader reads several tensors at once."""
         file = self.files[name]
+        with self._lock:
+            return self._open(file)
+
+    def _open(self, file: Path):
         if file not in self._handles:
             try:
                 self._handles[file] = safe_open(file, framework="pt")

@@ -6,7 +6,9 @@ touched, then cast and moved to the rank's device. No rank materializes the full
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +31,11 @@ class LoadStats:
     @property
     def gb_per_s(self) -> float:
         return self.bytes_read / 1e9 / self.seconds if self.seconds else 0.0
+
+
+def load_threads() -> int:
+    """Parallel reads per rank: $HF_TP_LOAD_THREADS, default min(8, cores)."""
+    return int(os.environ.get("HF_TP_LOAD_THREADS", min(8, os.cpu_count() or 1)))
 
 
 def _read(index: CheckpointIndex, key: str, shard: ParamShard | None, tp_rank: int) -> torch.Tensor:
@@ -78,7 +85,8 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
             f"{index.folder}: {len(missing)} weight(s) of the model are not in the checkpoint, e.g. {missing[:3]}. "
             "The checkpoint does not match this config (architecture or size)."
         )
-    for group in tqdm(groups, desc="hf_tp: loading shards", unit="tensor", disable=not progress):
+    def read_group(group):
+        """Read, check, cast and move one (tied) parameter; runs in a worker thread."""
         shards = {plan.param_shard(n) for n in group}
         if len(shards) > 1:
             raise CheckpointError(f"tied parameters {group} are split differently by the policy; split them the same way.")
@@ -94,7 +102,7 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
         else:
             key = found[group[0]]
             tensor = _read(index, key, shard, tp_rank)
-        stats.bytes_read += tensor.numel() * tensor.element_size()
+        nbytes = tensor.numel() * tensor.element_size()
         if group[0] in transposed:
             tensor = tensor.t()
         expected = tuple(target.shape)
@@ -104,11 +112,19 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
                 "the checkpoint does not match its config."
             )
         dtype = target.dtype if tensor.is_floating_point() else tensor.dtype
-        param = nn.Parameter(tensor.to(device=device, dtype=dtype).contiguous(), requires_grad=False)
-        for name in group:
-            owner, _, attr = name.rpartition(".")
-            model.get_submodule(owner)._parameters[attr] = param
-        stats.tensors += 1
+        return group, nbytes, tensor.to(device=device, dtype=dtype).contiguous()
+
+    # Several reads in flight: copies out of the page cache and host-to-device transfers of
+    # different tensors overlap (torch and safetensors release the GIL while copying).
+    with ThreadPoolExecutor(max_workers=load_threads()) as pool:
+        for group, nbytes, tensor in tqdm(pool.map(read_group, groups), total=len(groups),
+                                          desc="hf_tp: loading shards", unit="tensor", disable=not progress):
+            param = nn.Parameter(tensor, requires_grad=False)
+            for name in group:
+                owner, _, attr = name.rpartition(".")
+                model.get_submodule(owner)._parameters[attr] = param
+            stats.bytes_read += nbytes
+            stats.tensors += 1
     for name, buffer in list(model.named_buffers()):
         owner, _, attr = name.rpartition(".")
         module = model.get_submodule(owner)
