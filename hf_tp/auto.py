@@ -146,6 +146,8 @@ class AutoModelForCausalLM:
         """
         if "torch_dtype" in hf_kwargs:  # Transformers' older name, still accepted there
             dtype = dtype if dtype is not None else hf_kwargs.pop("torch_dtype")
+        if tp_size is not None:
+            validate_tp_size(tp_size)
         if tp_size is None or tp_size == 1:
             import transformers
 

@@ -70,6 +70,12 @@ def save_tiny_model(path, config, seed: int = 0, max_shard_size: str | None = "5
     path = Path(path)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        # Transformers initialises biases to 0 and norm weights to 1, which would hide a bias added
+        # on every rank or a norm applied to the wrong slice: perturb every 1-D parameter.
+        for param in model.parameters():
+            if param.dim() == 1:
+                param.add_(torch.randn_like(param) * 0.1)
     model.save_pretrained(path, **({"max_shard_size": max_shard_size} if max_shard_size else {"max_shard_size": "10GB"}))
     files = sorted(p.name for p in path.glob("*.safetensors"))
     if max_shard_size:
@@ -79,14 +85,15 @@ def save_tiny_model(path, config, seed: int = 0, max_shard_size: str | None = "5
     return path
 
 
-def load_reference(path) -> transformers.PreTrainedModel:
+def load_reference(path, **kwargs) -> transformers.PreTrainedModel:
     """The unsplit Transformers model from the same folder, fp32, eval mode."""
-    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     """max|got - ref| / max|ref|, the SPEC 4.5 measure."""
-    return float((got.double() - ref.double()).abs().max() / ref.double().abs().max())
+    got, ref = got.detach().double(), ref.detach().double()
+    return float((got - ref).abs().max() / ref.abs().max())
 
 
 @pytest.fixture
@@ -185,8 +192,8 @@ def run_ranks(fn, world_size: int, *args, timeout: float = 180.0) -> list:
 
     failures = [f"[rank {r}] {payload}" for r, (ok, payload) in sorted(reports.items()) if not ok]
     if timed_out:
-        silent = [r for r in range(world_size) if r not in reports]
-        failures.append(f"timed out after {timeout:.0f} s; ranks {silent} never reported (hung); all ranks were killed")
+        failures += [f"[rank {r}] timed out after {timeout:.0f} s without reporting (hung); all ranks were killed"
+                     for r in range(world_size) if r not in reports]
     if failures:
         raise AssertionError(f"run_ranks({getattr(fn, '__name__', fn)}, world_size={world_size}) failed:\n" + "\n".join(failures))
     return [torch.load(io.BytesIO(reports[r][1]), weights_only=False) for r in range(world_size)]

@@ -54,15 +54,21 @@ class TensorParallelMixin:
     _hf_tp_in_generate = False
 
     def _hf_tp_check_inputs(self, what: str, args, kwargs) -> None:
+        """Validate inputs locally, then agree across ranks: a rank that rejects its inputs, or
+        inputs that differ between ranks, raise the same ValueError on every rank."""
         input_ids = kwargs.get("input_ids", kwargs.get("inputs"))
         if input_ids is None and args and torch.is_tensor(args[0]):
             input_ids = args[0]
-        validate_token_ids(input_ids, self.get_input_embeddings().num_embeddings)
-        text_config = self.config.get_text_config()
-        validate_prompt_length(input_ids, getattr(text_config, "max_position_embeddings", None))
+        error = None
+        try:
+            validate_token_ids(input_ids, self.get_input_embeddings().num_embeddings)
+            text_config = self.config.get_text_config()
+            validate_prompt_length(input_ids, getattr(text_config, "max_position_embeddings", None))
+        except ValueError as exc:
+            error = str(exc)
         # A streamer only prints; passing one on rank 0 alone is normal, so it is left out of the check.
         compared = {k: v for k, v in kwargs.items() if k != "streamer"}
-        check_same_on_all_ranks(fingerprint(args, compared), self.hf_tp, what)
+        check_same_on_all_ranks(fingerprint(args, compared), self.hf_tp, what, local_error=error)
 
     def forward(self, *args, **kwargs):
         # Inside generate the inputs were checked once; per-step checks would cost a sync each token.

@@ -104,14 +104,24 @@ def fingerprint(*objects) -> int:
     return int.from_bytes(digest.digest()[:8], "little") >> 1
 
 
-def check_same_on_all_ranks(value: int, tp: TPGroup, what: str) -> None:
-    """Raise the same ValueError on every rank if ``value`` differs between ranks."""
+def check_same_on_all_ranks(value: int, tp: TPGroup, what: str, local_error: str | None = None) -> None:
+    """Raise the same ValueError on every rank if ``value`` differs between ranks, or if any rank
+    found its own inputs invalid (``local_error``). One small all-gather when all is well."""
     if tp.tp_size == 1:
+        if local_error:
+            raise ValueError(local_error)
         return
-    mine = torch.tensor([value], dtype=torch.int64, device=tp.device)
+    mine = torch.tensor([int(local_error is not None), value], dtype=torch.int64, device=tp.device)
     parts = [torch.empty_like(mine) for _ in range(tp.tp_size)]
     dist.all_gather(parts, mine, group=tp.group)
-    values = [int(p.item()) for p in parts]
+    flags = [int(p[0].item()) for p in parts]
+    values = [int(p[1].item()) for p in parts]
+    if any(flags):
+        # Every rank saw the flags, so every rank joins this second gather of the messages.
+        messages: list = [None] * tp.tp_size
+        dist.all_gather_object(messages, local_error, group=tp.group)
+        rank = flags.index(1)
+        raise ValueError(local_error if local_error else f"tp rank {rank} rejected its inputs: {messages[rank]}")
     differing = [r for r, v in enumerate(values) if v != values[0]]
     if differing:
         raise ValueError(
@@ -122,7 +132,7 @@ def check_same_on_all_ranks(value: int, tp: TPGroup, what: str) -> None:
 
 
 class RemoteRankError(RuntimeError):
-    """Another rank failed; raised on the ranks that did not, so that none waits forever."""
+    """Another rank failed with an exception that cannot be rebuilt here from its message."""
 
 
 @contextmanager
@@ -130,8 +140,8 @@ def fail_together(tp: TPGroup, stage: str):
     """Run a block on every rank and, if it failed on any rank, raise on all of them.
 
     Without this, a rank whose file is missing raises while the others block forever in
-    the next collective. The rank that failed re-raises its own exception; the others raise
-    RemoteRankError carrying the failed rank's message.
+    the next collective. The rank that failed re-raises its own exception; the others raise an
+    exception of the same type carrying the failed rank's message and traceback.
     """
     error: BaseException | None = None
     try:
@@ -139,12 +149,18 @@ def fail_together(tp: TPGroup, stage: str):
     except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
         error = exc
     if tp.tp_size > 1:
-        report = None if error is None else (type(error).__name__, str(error), traceback.format_exc())
+        report = None if error is None else (type(error), str(error), traceback.format_exc())
         reports: list = [None] * tp.tp_size
         dist.all_gather_object(reports, report, group=tp.group)
         failures = [(rank, r) for rank, r in enumerate(reports) if r is not None]
         if failures and error is None:
-            rank, (kind, message, trace) = failures[0]
-            raise RemoteRankError(f"tp rank {rank} failed while {stage}: {kind}: {message}\n{trace}")
+            rank, (cls, message, trace) = failures[0]
+            text = f"tp rank {rank} failed while {stage}: {message}\n--- traceback from tp rank {rank} ---\n{trace}"
+            # The same exception type on every rank, so one except clause works everywhere.
+            try:
+                remote = cls(text)
+            except Exception:  # an exception type whose constructor wants more than a message
+                remote = RemoteRankError(f"{cls.__name__}: {text}")
+            raise remote
     if error is not None:
         raise error

@@ -102,7 +102,8 @@ def head_shards(num_q: int, num_kv: int, tp_size: int, model_name: str = "this m
     shards, reason = _head_shards_or_reason(num_q, num_kv, tp_size)
     if shards is None:
         raise ShardingError(
-            f"Cannot split the attention heads of {model_name} over tp_size={tp_size}: {reason}. "
+            f"Cannot split the attention heads of {model_name} (num_attention_heads={num_q}, "
+            f"num_key_value_heads={num_kv}) over tp_size={tp_size}: {reason}. "
             f"Valid tp_size for this model: {', '.join(map(str, valid_tp_sizes(num_q, num_kv)))}."
         )
     return shards
