@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -55,7 +56,7 @@ def check_arguments(tp_size, hf_kwargs: dict) -> None:
         )
 
 
-def init_spmd_group(tp_size: int, device: torch.device) -> TPGroup:
+def init_spmd_group(tp_size: int, device: torch.device, timeout_s: float | None = None) -> TPGroup:
     """The TP group of a launcher-started process: one rank per process, world == TP group."""
     world = launcher_world_size()
     if world != tp_size:
@@ -77,7 +78,10 @@ def init_spmd_group(tp_size: int, device: torch.device) -> TPGroup:
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, **({"device_id": device} if device.type == "cuda" else {}))
+        extra = {"device_id": device} if device.type == "cuda" else {}
+        if timeout_s:
+            extra["timeout"] = timedelta(seconds=timeout_s)
+        dist.init_process_group(backend=backend, **extra)
     elif backend not in str(dist.get_backend()):
         raise ValueError(
             f"torch.distributed is already initialised with backend {dist.get_backend()!r}, which cannot run "

@@ -182,3 +182,5 @@ def test_bad_input_before_spawn_and_at_load(tiny_checkpoint, tmp_path):
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     with pytest.raises(hf_tp.CheckpointError):
         hf_tp.AutoModelForCausalLM.from_pretrained(broken, tp_size=2, device="cpu")
+    with pytest.raises(hf_tp.ShardingError, match="max_memory_per_gpu"):
+        hf_tp.AutoModelForCausalLM.from_pretrained(path, tp_size=2, device="cpu", max_memory_per_gpu=1000)

@@ -12,7 +12,8 @@ from .driver import TPModel, _free_port
 __all__ = ["TPModel", "start_tp_model"]
 
 # Orchestrator options accepted by from_pretrained in single-controller mode.
-ORCHESTRATOR_KWARGS = ("timeout_s", "startup_timeout_s", "auto_restart", "max_memory_per_gpu", "kv_cache_tokens")
+ORCHESTRATOR_KWARGS = ("timeout_s", "startup_timeout_s", "auto_restart", "max_memory_per_gpu", "kv_cache_tokens",
+                       "collective_timeout_s")
 
 
 def _plan_memory(name_or_path, tp_size, dtype, hf_kwargs, kv_cache_tokens):
@@ -62,6 +63,13 @@ def start_tp_model(name_or_path, tp_size, dtype=None, device=None, **kwargs) -> 
         context = getattr(config.get_text_config(), "max_position_embeddings", 4096) or 4096
         _, _, need = _plan_memory(name_or_path, tp_size, dtype, kwargs, min(4096, context))
     cap = options.pop("max_memory_per_gpu", None)
+    if cap is not None and max(need) > cap:
+        rank = need.index(max(need))
+        raise ShardingError(
+            f"tp rank {rank} needs {need[rank] / 2**30:.2f} GiB (weights shard + KV-cache budget of "
+            f"{kv_tokens or 'min(4096, context)'} tokens) but max_memory_per_gpu is {cap / 2**30:.2f} GiB; "
+            "raise the cap, use a larger tp_size or a smaller dtype, or lower kv_cache_tokens."
+        )
     if device.type == "cpu":
         from .memory import host_available_bytes
 
@@ -69,6 +77,10 @@ def start_tp_model(name_or_path, tp_size, dtype=None, device=None, **kwargs) -> 
         if available and sum(need) > available:
             raise ShardingError(f"the {tp_size} CPU ranks need {sum(need) / 2**30:.2f} GiB together but the host has "
                                 f"{available / 2**30:.2f} GiB available; free memory or use a smaller dtype.")
+    # Collectives give up after this long (the process group's own timeout), a backstop behind
+    # the driver's watchdog, which notices a stuck rank within timeout_s.
+    collective_timeout_s = options.pop("collective_timeout_s", 300)
     spec = {"name_or_path": str(name_or_path), "tp_size": tp_size, "dtype": dtype, "device": device.type,
+            "collective_timeout_s": collective_timeout_s,
             "port": _free_port(), "hf_kwargs": kwargs, "need_bytes": need, "max_memory_per_gpu": cap}
     return TPModel(spec, config, generation_config, **options)

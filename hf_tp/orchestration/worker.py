@@ -84,7 +84,7 @@ class Worker:
         device = torch.device(spec["device"])
         if device.type == "cpu":  # ranks share the host's cores; oversubscription makes everyone slow
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec["tp_size"]))
-        tp = init_spmd_group(spec["tp_size"], device)
+        tp = init_spmd_group(spec["tp_size"], device, timeout_s=spec.get("collective_timeout_s"))
         preflight(spec["need_bytes"][self.rank], tp.device, spec.get("max_memory_per_gpu"), self.rank)
         self.model = load_parallel_model(spec["name_or_path"], tp, dtype=spec["dtype"], **spec["hf_kwargs"])
         self.model.register_forward_pre_hook(self._mark_progress)
