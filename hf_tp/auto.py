@@ -3,6 +3,7 @@ single-controller orchestrator) and run the loading pipeline config -> policy ->
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from datetime import timedelta
@@ -82,12 +83,21 @@ def init_spmd_group(tp_size: int, device: torch.device, timeout_s: float | None 
         if timeout_s:
             extra["timeout"] = timedelta(seconds=timeout_s)
         dist.init_process_group(backend=backend, **extra)
+        # We created the group, so we tear it down, at exit, before the interpreter does: left to
+        # interpreter teardown, a rank can still touch the rendezvous store after the host that
+        # serves it (another node's launcher) is gone, and abort.
+        atexit.register(_destroy_group)
     elif backend not in str(dist.get_backend()):
         raise ValueError(
             f"torch.distributed is already initialised with backend {dist.get_backend()!r}, which cannot run "
             f"{device.type} collectives; initialise it with {backend!r} or pass device={'cpu' if backend == 'gloo' else 'cuda'!r}."
         )
     return TPGroup(tp_rank=dist.get_rank(), tp_size=tp_size, device=device)
+
+
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _resolve_dtype(dtype, config) -> torch.dtype:

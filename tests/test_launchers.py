@@ -72,8 +72,7 @@ def test_accelerate_launch(setup):
     assert _tokens(_run(cmd, env)) == want
 
 
-def test_two_torchrun_nodes_over_loopback(setup):
-    path, script, want, env = setup
+def _two_nodes(script, path, env):
     port = _free_port()
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                                "--node-rank", str(r), "--master-addr", "127.0.0.1", "--master-port", str(port),
@@ -85,5 +84,16 @@ def test_two_torchrun_nodes_over_loopback(setup):
         for n in nodes:
             if n.poll() is None:
                 n.kill()
-    assert all(n.returncode == 0 for n in nodes), "\n".join(o[1][-3000:] for o in outs)
+    return [n.returncode for n in nodes], outs
+
+
+def test_two_torchrun_nodes_over_loopback(setup):
+    path, script, want, env = setup
+    codes, outs = _two_nodes(script, path, env)
+    if any(codes) and "TOKENS:" in outs[0][0] and "SIGABRT" in "".join(o[1] for o in outs):
+        # Seen once under a loaded CI run: after generating, a rank aborted in interpreter teardown
+        # when the other "node's" launcher, which serves the rendezvous store, exited first (a
+        # torchrun race of two nodes on one host). Such a run says nothing about hf_tp: run again.
+        codes, outs = _two_nodes(script, path, env)
+    assert not any(codes), "\n".join(o[1][-3000:] for o in outs)
     assert _tokens(outs[0][0]) == want
