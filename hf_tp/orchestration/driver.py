@@ -82,7 +82,8 @@ class TPModel:
         self._heartbeat = [time.time()] * self.tp_size
         self._progress = [time.time()] * self.tp_size
         self._errors: list[str | None] = [None] * self.tp_size
-        self._stopping = False
+        # Per start: a receiver thread left over from before a restart must not feed the new queue.
+        self._stopped = threading.Event()
         env = {**os.environ, **_CHILD_ENV}
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(key, None)
@@ -120,27 +121,33 @@ class TPModel:
         for conn in conns.values():
             rank = recv(conn)
             self._conns[rank] = conn
-        self._receiver = threading.Thread(target=self._receive, daemon=True, name="hf_tp-receiver")
+        self._receiver = threading.Thread(target=self._receive, args=(self._conns, self._queue, self._stopped),
+                                          daemon=True, name="hf_tp-receiver")
         self._receiver.start()
         self._state = "loading"
         self._call(LOAD, self.spec, timeout_s=self.startup_timeout_s, what="loading the model")
         self._state = "ready"
 
-    def _receive(self) -> None:
-        conns = {conn: rank for rank, conn in enumerate(self._conns)}
-        while conns and not self._stopping:
-            for conn in wait(list(conns), timeout=0.2):
+    def _receive(self, connections, messages: queue.Queue, stopped: threading.Event) -> None:
+        conns = {conn: rank for rank, conn in enumerate(connections)}
+        heartbeat, progress = self._heartbeat, self._progress  # this start's tables
+        while conns and not stopped.is_set():
+            try:
+                ready = wait(list(conns), timeout=0.2)
+            except (OSError, ValueError):  # connections closed under us by shutdown()
+                return
+            for conn in ready:
                 rank = conns[conn]
                 try:
                     message = recv(conn)
                 except (EOFError, OSError):
                     del conns[conn]
-                    self._queue.put((rank, ("closed",)))
+                    messages.put((rank, ("closed",)))
                     continue
                 if message[0] == HEARTBEAT:
-                    self._heartbeat[rank], self._progress[rank] = message[1], message[2]
+                    heartbeat[rank], progress[rank] = message[1], message[2]
                 else:
-                    self._queue.put((rank, message))
+                    messages.put((rank, message))
 
     def _kill_all(self) -> None:
         for proc in self._procs:
@@ -179,7 +186,7 @@ class TPModel:
                 proc.wait(max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 pass
-        self._stopping = True
+        self._stopped.set()
         self._kill_all()
         for conn in self._conns:
             try:
@@ -211,7 +218,7 @@ class TPModel:
     # ---------------------------------------------------------------- calls
     def _fail(self, rank: int, cause: str, what: str) -> WorkerError:
         self._errors[rank] = cause
-        self._stopping = True
+        self._stopped.set()
         self._kill_all()
         self._state = "failed"
         error = WorkerError(f"tp rank {rank} {cause} while {what}; all workers were stopped. "
