@@ -118,8 +118,7 @@ def load_parallel_model(name_or_path, tp: TPGroup, dtype=None, progress: bool = 
     model_kwargs = {k: hf_kwargs.pop(k) for k in _MODEL_KWARGS if k in hf_kwargs}
     trust_remote_code = hf_kwargs.pop("trust_remote_code", False)
     with fail_together(tp, "finding the checkpoint"):
-        hub_only = {k: v for k, v in hub_kwargs.items() if k in ("revision", "cache_dir", "local_files_only", "token")}
-        folder = resolve_checkpoint(name_or_path, **hub_only)
+        folder = resolve_checkpoint(name_or_path, **hub_kwargs)
         config = hf_kwargs.pop("config", None) or AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
         for key, value in hf_kwargs.items():  # as in Transformers: leftover kwargs override config fields
             if not hasattr(config, key):

@@ -71,6 +71,18 @@ def test_driver_matches_transformers_and_reports(tiny_checkpoint):
         one = model.generate(ids[:1], max_new_tokens=8, do_sample=False, streamer=streamer)
         assert streamer.ended and torch.equal(torch.cat(streamer.chunks), one[0])
 
+        # A streamer that fails mid-call: its error is raised once the call is over, and the
+        # next call gets its own answer, not a leftover of this one.
+        class Failing(_Collect):
+            def put(self, value):
+                super().put(value)
+                if len(self.chunks) == 2:
+                    raise KeyError("streamer broke")
+
+        with pytest.raises(KeyError, match="streamer broke"):
+            model.generate(ids[:1], max_new_tokens=8, do_sample=False, streamer=Failing())
+        assert rel_err(model(ids, attention_mask=mask).logits, ref(ids, attention_mask=mask).logits) <= 1e-5
+
         torch.manual_seed(123)
         sample_a = model.generate(ids[:1], max_new_tokens=16, do_sample=True, top_k=20, top_p=0.9, temperature=1.3)
         torch.manual_seed(123)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,9 +41,18 @@ def run_one(system, mode, tp, args, checkpoint, out_file) -> str | None:
     env = {**os.environ, **_CHILD_ENV}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    # Own process group, so a timeout can stop torchrun's ranks too, not only the launcher.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return f"timed out after {args.timeout} s"
     if proc.returncode != 0:
-        return (proc.stdout + proc.stderr).strip().splitlines()[-1][:300] if (proc.stdout + proc.stderr).strip() else f"exit {proc.returncode}"
+        lines = output.strip().splitlines()
+        return lines[-1][:300] if lines else f"exit {proc.returncode}"
     return None
 
 

@@ -12,29 +12,40 @@ from safetensors import safe_open
 from ..errors import CheckpointError
 
 # What a model needs besides weights: config, generation config, tokenizer files.
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+# (*.py: the modelling code of trust_remote_code models.)
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py"]
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike, *, revision=None, cache_dir=None,
-                       local_files_only=None, token=None) -> Path:
+def resolve_checkpoint(name_or_path: str | os.PathLike, *, revision=None, cache_dir=None, local_files_only=None,
+                       token=None, force_download=False, subfolder="") -> Path:
     """A local folder holding the checkpoint. Hub ids go through huggingface_hub's
     snapshot_download, so its cache and HF_HUB_OFFLINE behave as they do for Transformers."""
     path = Path(name_or_path)
     if path.is_dir():
-        return path
+        return _subfolder(path, subfolder)
     if path.exists() or str(name_or_path).startswith((".", "/")):
         raise CheckpointError(f"{name_or_path!s} is not a folder. Pass a folder holding config.json and *.safetensors, or a hub id.")
     from huggingface_hub import snapshot_download
 
+    patterns = [f"{subfolder}/{p}" for p in _HUB_PATTERNS] if subfolder else _HUB_PATTERNS
     try:
-        return Path(snapshot_download(str(name_or_path), revision=revision, cache_dir=cache_dir,
-                                      local_files_only=bool(local_files_only), token=token,
-                                      allow_patterns=_HUB_PATTERNS))
+        folder = Path(snapshot_download(str(name_or_path), revision=revision, cache_dir=cache_dir,
+                                        local_files_only=bool(local_files_only), token=token,
+                                        force_download=force_download, allow_patterns=patterns))
     except Exception as exc:  # hub errors come in many types; one message says what to do
         raise CheckpointError(
             f"Could not find {name_or_path!r} locally or download it from the Hugging Face Hub "
             f"({type(exc).__name__}: {exc}). Check the id, your network or HF_HUB_OFFLINE, or pass a local folder."
         ) from exc
+    return _subfolder(folder, subfolder)
+
+
+def _subfolder(folder: Path, subfolder: str) -> Path:
+    if not subfolder:
+        return folder
+    if not (folder / subfolder).is_dir():
+        raise CheckpointError(f"{folder} has no subfolder {subfolder!r}.")
+    return folder / subfolder
 
 
 class CheckpointIndex:

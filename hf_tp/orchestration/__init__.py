@@ -7,7 +7,7 @@ import os
 import torch
 
 from ..errors import ShardingError
-from .driver import TPModel, _free_port
+from .driver import TPModel
 
 __all__ = ["TPModel", "start_tp_model"]
 
@@ -27,7 +27,9 @@ def _plan_memory(name_or_path, tp_size, dtype, hf_kwargs, kv_cache_tokens):
     from ..policies.plan import build_plan, head_geometry
     from .memory import shard_bytes
 
-    hub = {k: hf_kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token") if k in hf_kwargs}
+    from ..auto import _HUB_KWARGS
+
+    hub = {k: hf_kwargs[k] for k in _HUB_KWARGS if k in hf_kwargs}
     folder = resolve_checkpoint(name_or_path, **hub)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=hf_kwargs.get("trust_remote_code", False))
     try:
@@ -82,5 +84,5 @@ def start_tp_model(name_or_path, tp_size, dtype=None, device=None, **kwargs) -> 
     collective_timeout_s = options.pop("collective_timeout_s", 300)
     spec = {"name_or_path": str(name_or_path), "tp_size": tp_size, "dtype": dtype, "device": device.type,
             "collective_timeout_s": collective_timeout_s,
-            "port": _free_port(), "hf_kwargs": kwargs, "need_bytes": need, "max_memory_per_gpu": cap}
+            "hf_kwargs": kwargs, "need_bytes": need, "max_memory_per_gpu": cap}
     return TPModel(spec, config, generation_config, **options)

@@ -74,6 +74,8 @@ class TPModel:
 
     # ---------------------------------------------------------------- lifecycle
     def _start(self) -> None:
+        self._closing, self._call_id = False, 0
+        self.spec["port"] = _free_port()  # a fresh rendezvous port for every start (restart included)
         self._tmp = tempfile.mkdtemp(prefix="hf_tp-")  # 0700: only this user can reach the socket
         address = os.path.join(self._tmp, "driver.sock")
         authkey = secrets.token_bytes(32)
@@ -115,6 +117,7 @@ class TPModel:
         listener.close()
         if len(conns) < self.tp_size:
             self._kill_all()
+            shutil.rmtree(self._tmp, ignore_errors=True)
             raise WorkerError(f"only {len(conns)} of {self.tp_size} workers connected: {self._exit_summary()}")
         # Connections arrive in any order; each worker's first message is its rank.
         self._conns = [None] * self.tp_size
@@ -140,9 +143,13 @@ class TPModel:
                 rank = conns[conn]
                 try:
                     message = recv(conn)
-                except (EOFError, OSError):
+                except (EOFError, OSError) as exc:
                     del conns[conn]
-                    messages.put((rank, ("closed",)))
+                    messages.put((rank, ("closed", f"connection closed: {type(exc).__name__}")))
+                    continue
+                except Exception as exc:  # unreadable reply: report it, rather than die silently
+                    del conns[conn]
+                    messages.put((rank, ("closed", f"sent a message the driver cannot read ({exc!r})")))
                     continue
                 if message[0] == HEARTBEAT:
                     heartbeat[rank], progress[rank] = message[1], message[2]
@@ -172,12 +179,16 @@ class TPModel:
 
     def shutdown(self) -> None:
         """Stop every worker (politely, then by force) and release the socket folder. Idempotent."""
+        self._closing = True  # a call failing concurrently must not auto-restart what the user stopped
+        self._shutdown()
+
+    def _shutdown(self) -> None:
         if self._state == "stopped":
             return
         self._state = "stopped"
         for conn in self._conns:
             try:
-                send(conn, (SHUTDOWN, None))
+                send(conn, (self._call_id + 1, SHUTDOWN, None))
             except (OSError, AttributeError):
                 pass
         deadline = time.time() + 10
@@ -199,7 +210,7 @@ class TPModel:
     def restart(self) -> None:
         """Stop whatever is left of the workers and start and load them again."""
         with self._lock:
-            self.shutdown()
+            self._shutdown()
             self._start()
             _LIVE_HANDLES.add(self)
 
@@ -223,25 +234,34 @@ class TPModel:
         self._state = "failed"
         error = WorkerError(f"tp rank {rank} {cause} while {what}; all workers were stopped. "
                             f"{'They were restarted.' if self.auto_restart else 'Call restart() to bring the model back.'}")
-        if self.auto_restart and what != "loading the model":
-            self.shutdown()
+        if self.auto_restart and what != "loading the model" and not self._closing:
+            self._shutdown()
             self._start()
             _LIVE_HANDLES.add(self)
         return error
 
     def _call(self, op: str, payload, timeout_s: float | None = None, what: str = "", streamer=None) -> object:
+        """Send one request to every rank and wait for all replies, watching the workers meanwhile.
+
+        Replies carry the id of their call: if a call was interrupted (Ctrl-C), its late replies
+        are recognised and dropped, and the next call waits for its own.
+        """
         if self._state not in ("ready", "loading"):
             raise WorkerError(f"the workers are {self._state}; call restart() first.")
         timeout_s = timeout_s or self.timeout_s
         what = what or f"running {op}"
+        self._call_id += 1
+        call_id = self._call_id
         for rank, conn in enumerate(self._conns):
             try:
-                send(conn, (op, payload))
+                send(conn, (call_id, op, payload))
             except OSError as exc:
                 raise self._fail(rank, f"could not be reached ({exc})", what) from None
         start = time.time()
         results: dict[int, object] = {}
         errors: dict[int, tuple] = {}
+        first_error_at = None
+        streamer_error = None
         while len(results) + len(errors) < self.tp_size:
             try:
                 rank, message = self._queue.get(timeout=0.2)
@@ -249,19 +269,26 @@ class TPModel:
                 rank, message = None, None
             if message is not None:
                 kind = message[0]
-                if kind == OK:
+                if kind == "closed":
+                    if rank not in results:
+                        self._procs[rank].wait(timeout=5) if self._procs[rank].poll() is None else None
+                        raise self._fail(rank, f"lost its connection ({message[1]}; {self._exit_summary()})", what)
+                elif message[-1] != call_id:
+                    pass  # a late reply to an interrupted call
+                elif kind == OK:
                     results[rank] = message[1]
                 elif kind == ERROR:
-                    errors[rank] = message[1:]
-                elif kind == STREAM and streamer is not None:
+                    errors[rank] = message[1:4]
+                    first_error_at = first_error_at or time.time()
+                elif kind == STREAM and streamer is not None and streamer_error is None:
                     method, value = message[1]
-                    streamer.put(value) if method == "put" else streamer.end()
-                elif kind == "closed" and rank not in results:
-                    self._procs[rank].wait(timeout=5) if self._procs[rank].poll() is None else None
-                    raise self._fail(rank, f"lost its connection ({self._exit_summary()})", what)
+                    try:
+                        streamer.put(value) if method == "put" else streamer.end()
+                    except Exception as exc:  # the user's streamer failed: finish the call, then raise it
+                        streamer_error = exc
                 continue
             pending = [r for r in range(self.tp_size) if r not in results and r not in errors]
-            if errors and pending and time.time() - start > timeout_s:
+            if errors and pending and time.time() - first_error_at > timeout_s:
                 rank = min(errors)
                 raise self._fail(rank, f"raised {errors[rank][0]}: {errors[rank][1]} alone, leaving tp ranks {pending} "
                                        "waiting in a collective", what)
@@ -270,8 +297,10 @@ class TPModel:
             rank = min(errors)
             type_name, message, trace = errors[rank]
             if op == LOAD:
-                self.shutdown()
+                self._shutdown()
             raise rebuild_exception(type_name, message, trace, rank)
+        if streamer_error is not None:
+            raise streamer_error
         return results
 
     def _check_alive(self, what: str, start: float, timeout_s: float, pending: list[int]) -> None:

@@ -47,12 +47,16 @@ class Worker:
         self.send_lock = threading.Lock()  # the heartbeat thread and the request loop share the socket
         self.progress_time = time.time()
         self.kv_cache_bytes = 0
+        self.call_id = 0
         self.model = None
         self.driver_pid = os.getppid()
 
     def send(self, message) -> None:
-        from .protocol import send
+        """Send one message; replies and streamed tokens carry the id of the call they answer."""
+        from .protocol import HEARTBEAT, send
 
+        if message[0] != HEARTBEAT:
+            message = (*message, self.call_id)
         with self.send_lock:
             send(self.conn, message)
 
@@ -69,9 +73,6 @@ class Worker:
                 os._exit(3)
             time.sleep(HEARTBEAT_INTERVAL_S)
 
-    def _mark_progress(self, *_args, **_kwargs) -> None:
-        self.progress_time = time.time()
-
     def load(self, spec: dict):
         import torch
 
@@ -87,33 +88,41 @@ class Worker:
         tp = init_spmd_group(spec["tp_size"], device, timeout_s=spec.get("collective_timeout_s"))
         preflight(spec["need_bytes"][self.rank], tp.device, spec.get("max_memory_per_gpu"), self.rank)
         self.model = load_parallel_model(spec["name_or_path"], tp, dtype=spec["dtype"], **spec["hf_kwargs"])
-        self.model.register_forward_pre_hook(self._mark_progress)
         return {"load_s": self.model.hf_tp_load_stats.seconds, "bytes_read": self.model.hf_tp_load_stats.bytes_read}
 
     def generate(self, payload):
         import torch
-        from transformers import DynamicCache
 
-        from .protocol import STREAM, STREAMER, to_cpu, to_device
+        from .protocol import STREAMER, to_cpu, to_device
 
         args, kwargs, seed = payload
         device = self.model.hf_tp.device
         args, kwargs = to_device(args, device), to_device(kwargs, device)
-        if kwargs.get("streamer") == STREAMER:
-            kwargs["streamer"] = _DriverStreamer(self) if self.rank == 0 else None
-        # Our own cache object, so memory() can report what the KV cache of the last call took.
-        cache_kwarg = _cache_kwarg(self.model)
-        if kwargs.get(cache_kwarg) is None and kwargs.get("cache_implementation") is None:
-            kwargs[cache_kwarg] = DynamicCache(config=self.model.config)
+        to_driver = kwargs.get("streamer") == STREAMER and self.rank == 0
+        kwargs.pop("streamer", None)
+        num_beams = kwargs.get("num_beams") or getattr(kwargs.get("generation_config"), "num_beams", 1) or 1
+        if num_beams == 1:  # generate() refuses streamers with beam search
+            # Called once per decode step outside any compiled region: the watchdog's progress mark,
+            # and on rank 0 the channel to the driver's streamer.
+            kwargs["streamer"] = _StepStreamer(self, forward=to_driver)
+        # The returned cache tells memory() what the KV cache of this call took; the user gets the
+        # output type they asked for.
+        wants_dict = kwargs.get("return_dict_in_generate",
+                                getattr(kwargs.get("generation_config") or self.model.generation_config,
+                                        "return_dict_in_generate", False))
+        kwargs["return_dict_in_generate"] = True
         torch.manual_seed(seed)
         out = self.model.generate(*args, **kwargs)
-        cache = kwargs.get(cache_kwarg)
+        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
         self.kv_cache_bytes = sum(t.numel() * t.element_size() for layer in getattr(cache, "layers", [])
                                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if torch.is_tensor(t))
-        del cache, kwargs
-        if self.rank == 0:
-            return to_cpu(out)
-        return None
+        for name in ("past_key_values", "cache"):  # device objects stay here
+            if name in out:
+                out[name] = None
+        del cache
+        if self.rank != 0:
+            return None
+        return to_cpu(out if wants_dict else out.sequences)
 
     def forward(self, payload):
         import torch
@@ -141,7 +150,7 @@ class Worker:
         handlers = {LOAD: self.load, GENERATE: self.generate, FORWARD: self.forward, MEMORY: self.memory}
         while True:
             try:
-                op, payload = recv(self.conn)
+                self.call_id, op, payload = recv(self.conn)
             except (EOFError, OSError):
                 return  # the driver closed the connection: nothing left to serve
             if op == SHUTDOWN:
@@ -158,29 +167,25 @@ class Worker:
             self.send((OK, result))
 
 
-def _cache_kwarg(model) -> str:
-    """Transformers renamed generate's ``past_key_values`` to ``cache`` in late 5.x; use what this one takes."""
-    import inspect
+class _StepStreamer:
+    """Marks progress at every step (for the driver's watchdog) and, on rank 0 when the user
+    passed a streamer, forwards the tokens to the driver, where that streamer lives."""
 
-    base_forward = type(model).__bases__[-1].forward  # the HF class, not our mixin
-    return "cache" if "cache" in inspect.signature(base_forward).parameters else "past_key_values"
-
-
-class _DriverStreamer:
-    """Forwards generate()'s streamer calls to the driver, where the user's streamer lives."""
-
-    def __init__(self, worker: Worker):
-        self.worker = worker
+    def __init__(self, worker: Worker, forward: bool):
+        self.worker, self.forward = worker, forward
 
     def put(self, value):
         from .protocol import STREAM
 
-        self.worker.send((STREAM, ("put", value.detach().to("cpu"))))
+        self.worker.progress_time = time.time()
+        if self.forward:
+            self.worker.send((STREAM, ("put", value.detach().to("cpu"))))
 
     def end(self):
         from .protocol import STREAM
 
-        self.worker.send((STREAM, ("end", None)))
+        if self.forward:
+            self.worker.send((STREAM, ("end", None)))
 
 
 def main() -> int:

@@ -82,7 +82,7 @@ def fingerprint(*objects) -> int:
         if isinstance(obj, torch.Tensor):
             cpu = obj.detach().to("cpu").contiguous()
             digest.update(repr((tuple(cpu.shape), str(cpu.dtype))).encode())
-            digest.update(cpu.view(torch.uint8).numpy().tobytes() if cpu.numel() else b"")
+            digest.update(cpu.reshape(-1).view(torch.uint8).numpy().tobytes() if cpu.numel() else b"")
         elif isinstance(obj, dict):
             for key in sorted(obj, key=str):
                 digest.update(str(key).encode())
