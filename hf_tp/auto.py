@@ -109,21 +109,32 @@ def _resolve_dtype(dtype, config) -> torch.dtype:
     return dtype
 
 
+def resolve_config(name_or_path, hf_kwargs: dict):
+    """(checkpoint folder, config, model-construction kwargs) from from_pretrained's keyword arguments,
+    as Transformers reads them: hub arguments locate files, ``config=`` replaces the saved config,
+    and every other keyword overrides a config field (unknown ones are a TypeError)."""
+    from transformers import AutoConfig
+
+    kwargs = dict(hf_kwargs)
+    hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
+    model_kwargs = {k: kwargs.pop(k) for k in _MODEL_KWARGS if k in kwargs}
+    trust_remote_code = kwargs.pop("trust_remote_code", False)
+    folder = resolve_checkpoint(name_or_path, **hub_kwargs)
+    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    for key, value in kwargs.items():
+        if not hasattr(config, key):
+            raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
+        setattr(config, key, value)
+    return folder, config, model_kwargs
+
+
 def load_parallel_model(name_or_path, tp: TPGroup, dtype=None, progress: bool = True, **hf_kwargs):
     """Every rank: resolve files, build the meta skeleton and plan, read its shards. Errors on any
     rank are raised on all ranks (fail_together), so no rank is left waiting in a collective."""
-    from transformers import AutoConfig, GenerationConfig
+    from transformers import GenerationConfig
 
-    hub_kwargs = {k: hf_kwargs.pop(k) for k in _HUB_KWARGS if k in hf_kwargs}
-    model_kwargs = {k: hf_kwargs.pop(k) for k in _MODEL_KWARGS if k in hf_kwargs}
-    trust_remote_code = hf_kwargs.pop("trust_remote_code", False)
     with fail_together(tp, "finding the checkpoint"):
-        folder = resolve_checkpoint(name_or_path, **hub_kwargs)
-        config = hf_kwargs.pop("config", None) or AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        for key, value in hf_kwargs.items():  # as in Transformers: leftover kwargs override config fields
-            if not hasattr(config, key):
-                raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
-            setattr(config, key, value)
+        folder, config, model_kwargs = resolve_config(name_or_path, hf_kwargs)
         index = CheckpointIndex(folder)
     with fail_together(tp, "planning the split"):
         policy = get_policy(config)

@@ -16,31 +16,29 @@ ORCHESTRATOR_KWARGS = ("timeout_s", "startup_timeout_s", "auto_restart", "max_me
                        "collective_timeout_s")
 
 
-def _plan_memory(name_or_path, tp_size, dtype, hf_kwargs, kv_cache_tokens):
-    """Validate the split before any process starts, and size each rank's shard + KV-cache budget."""
-    from transformers import AutoConfig, GenerationConfig
+def _plan_memory(name_or_path, tp_size, dtype, hf_kwargs, kv_cache_tokens: int | None):
+    """Validate the split before any process starts, and size each rank's shard + KV-cache budget
+    (``kv_cache_tokens`` tokens; None: one sequence of min(4096, context))."""
+    from transformers import GenerationConfig
 
-    from ..auto import _resolve_dtype
-    from ..loading import resolve_checkpoint
+    from ..auto import _resolve_dtype, resolve_config
     from ..parallelize import build_skeleton
     from ..policies import get_policy
     from ..policies.plan import build_plan, head_geometry
     from .memory import shard_bytes
 
-    from ..auto import _HUB_KWARGS
-
-    hub = {k: hf_kwargs[k] for k in _HUB_KWARGS if k in hf_kwargs}
-    folder = resolve_checkpoint(name_or_path, **hub)
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=hf_kwargs.get("trust_remote_code", False))
+    folder, config, model_kwargs = resolve_config(name_or_path, hf_kwargs)
     try:
         generation_config = GenerationConfig.from_pretrained(folder)
     except OSError:
         generation_config = GenerationConfig.from_model_config(config)
     policy = get_policy(config)
     torch_dtype = _resolve_dtype(dtype, config)
-    skeleton = build_skeleton(config, torch_dtype)
+    skeleton = build_skeleton(config, torch_dtype, **model_kwargs)
     plan = build_plan(skeleton, config, policy, tp_size, model_name=str(name_or_path))
     text = config.get_text_config()
+    if kv_cache_tokens is None:
+        kv_cache_tokens = min(4096, getattr(text, "max_position_embeddings", 4096) or 4096)
     per_token = 0
     if plan.attention:
         _, _, head_dim = head_geometry(text, policy)
@@ -58,12 +56,8 @@ def start_tp_model(name_or_path, tp_size, dtype=None, device=None, **kwargs) -> 
     if device.type == "cuda" and torch.cuda.device_count() < tp_size:
         raise ValueError(f"tp_size={tp_size} needs {tp_size} GPUs but {torch.cuda.device_count()} are visible; "
                          f"use tp_size<={torch.cuda.device_count()} or device='cpu'.")
-    # Default KV budget: one sequence of up to 4096 tokens (or the context, if shorter) per rank.
     kv_tokens = options.pop("kv_cache_tokens", None)
-    config, generation_config, need = _plan_memory(name_or_path, tp_size, dtype, kwargs, kv_tokens or 0)
-    if kv_tokens is None:
-        context = getattr(config.get_text_config(), "max_position_embeddings", 4096) or 4096
-        _, _, need = _plan_memory(name_or_path, tp_size, dtype, kwargs, min(4096, context))
+    config, generation_config, need = _plan_memory(name_or_path, tp_size, dtype, kwargs, kv_tokens)
     cap = options.pop("max_memory_per_gpu", None)
     if cap is not None and max(need) > cap:
         rank = need.index(max(need))
