@@ -197,3 +197,16 @@ def run_ranks(fn, world_size: int, *args, timeout: float = 180.0) -> list:
     if failures:
         raise AssertionError(f"run_ranks({getattr(fn, '__name__', fn)}, world_size={world_size}) failed:\n" + "\n".join(failures))
     return [torch.load(io.BytesIO(reports[r][1]), weights_only=False) for r in range(world_size)]
+
+
+def run_ranks_once(cache: dict, fn, world_size: int, *args, timeout: float = 180.0) -> list:
+    """``run_ranks`` memoised per world size in ``cache`` (a module-level dict), so several tests
+    share one multi-rank run; a failed run raises its AssertionError in every test that uses it."""
+    if world_size not in cache:
+        try:
+            cache[world_size] = run_ranks(fn, world_size, *args, timeout=timeout)
+        except AssertionError as exc:
+            cache[world_size] = exc
+    if isinstance(cache[world_size], AssertionError):
+        raise cache[world_size]
+    return cache[world_size]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import load_reference, run_ranks, save_tiny_model, tiny_config
+from conftest import load_reference, run_ranks_once, save_tiny_model, tiny_config
 
 NEW_TOKENS = 64
 PAD = 0
@@ -72,14 +72,7 @@ _RUNS: dict[int, object] = {}
 @pytest.fixture(scope="module")
 def dist_results(folders, prompts):
     def get(tp_size: int) -> list[dict]:
-        if tp_size not in _RUNS:
-            try:
-                _RUNS[tp_size] = run_ranks(generate_on_ranks, tp_size, folders, prompts, tp_size, timeout=300)
-            except AssertionError as exc:
-                _RUNS[tp_size] = exc
-        if isinstance(_RUNS[tp_size], AssertionError):
-            raise _RUNS[tp_size]
-        return _RUNS[tp_size]
+        return run_ranks_once(_RUNS, generate_on_ranks, tp_size, folders, prompts, tp_size, timeout=300)
 
     return get
 

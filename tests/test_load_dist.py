@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import load_reference, rel_err, run_ranks, save_tiny_model, tiny_config
+from conftest import load_reference, rel_err, run_ranks_once, save_tiny_model, tiny_config
 
 # fp32 TP vs unsplit: the row-parallel all-reduce and the split matmuls sum the same products in a
 # different order, so results differ by rounding only (~1e-7 relative); SPEC 4.5 allows 1e-5.
@@ -134,14 +134,7 @@ def dist_results(folders, input_ids):
     """tp_size -> per-rank results of load_and_forward, computed once per tp_size."""
 
     def get(tp_size: int) -> list[dict]:
-        if tp_size not in _RUNS:
-            try:
-                _RUNS[tp_size] = run_ranks(load_and_forward, tp_size, folders, input_ids, tp_size, timeout=240)
-            except AssertionError as exc:
-                _RUNS[tp_size] = exc
-        if isinstance(_RUNS[tp_size], AssertionError):
-            raise _RUNS[tp_size]
-        return _RUNS[tp_size]
+        return run_ranks_once(_RUNS, load_and_forward, tp_size, folders, input_ids, tp_size, timeout=240)
 
     return get
 

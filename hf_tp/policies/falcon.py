@@ -4,6 +4,7 @@ one K/V head, replicated on every rank) and the original per-head packing. Paral
 blocks need nothing: both branches end in a row-parallel layer."""
 
 from ..errors import PolicyError
+from .bloom import BLOOM
 from .policy import Policy
 
 
@@ -28,16 +29,10 @@ def _refuse_alibi(model, plan, tp) -> None:
 FALCON = Policy(
     name="falcon",
     model_types=("falcon",),
-    rules={
-        "transformer.word_embeddings": "vocab",
-        "lm_head": "vocab",
-        "transformer.h.*.self_attention.query_key_value": "column",
-        "transformer.h.*.self_attention.dense": "row",
-        "transformer.h.*.mlp.dense_h_to_4h": "column",
-        "transformer.h.*.mlp.dense_4h_to_h": "row",
-    },
-    heads={"*.self_attention.query_key_value": "qkv_grouped", "*.self_attention.dense": "q"},
-    attention="transformer.h.*.self_attention",
+    # Falcon keeps BLOOM's module names and its per-KV-group packed query_key_value.
+    rules=BLOOM.rules,
+    heads=BLOOM.heads,
+    attention=BLOOM.attention,
     num_kv_heads=_kv_heads,
     adapt=_refuse_alibi,
 )
