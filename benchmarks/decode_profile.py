@@ -32,8 +32,7 @@ def main():
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--eager", action="store_true", help="profile the eager path instead of the fast path")
     args = parser.parse_args()
-    if args.eager:
-        os.environ["HF_TP_FAST_DECODE"] = "0"
+    os.environ["HF_TP_FAST_DECODE"] = "0" if args.eager else "1"
     from hf_tp.auto import init_spmd_group, load_parallel_model
     from hf_tp.parallel.comm import TPGroup
 

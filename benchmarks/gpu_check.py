@@ -56,6 +56,8 @@ def _inputs(tokenizer, device):
         ids[1, :8], mask[1, :8] = 0, 0
         return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:  # some tokenizer versions define none; the eos token pads as in Transformers docs
+        tokenizer.pad_token = tokenizer.eos_token
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
              for p in PROMPTS]
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)

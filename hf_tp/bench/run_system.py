@@ -71,8 +71,8 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    if args.system == "hf_tp" and args.mode == "eager":
-        os.environ["HF_TP_FAST_DECODE"] = "0"
+    if args.system == "hf_tp":  # eager rows measure the plain path, compile rows force the fast one
+        os.environ["HF_TP_FAST_DECODE"] = "0" if args.mode == "eager" else "1"
     device = torch.device(args.device)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

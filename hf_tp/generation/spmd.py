@@ -89,7 +89,7 @@ class TensorParallelMixin:
             torch.manual_seed(seed)
             self._hf_tp_in_generate = True
             try:
-                return super().generate(*args, **with_fast_path(self.hf_tp.device.type, kwargs))
+                return super().generate(*args, **with_fast_path(self.hf_tp.device.type, kwargs, self.hf_tp.tp_size))
             finally:
                 self._hf_tp_in_generate = False
 
