@@ -33,15 +33,10 @@ def main():
     parser.add_argument("--eager", action="store_true", help="profile the eager path instead of the fast path")
     args = parser.parse_args()
     os.environ["HF_TP_FAST_DECODE"] = "0" if args.eager else "1"
-    from hf_tp.auto import init_spmd_group, load_parallel_model
-    from hf_tp.parallel.comm import TPGroup
+    from gpu_rank import load_rank_model
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    torch.cuda.set_device(device)
-    tp = init_spmd_group(world, device) if world > 1 else TPGroup(0, 1, device)
-    model = load_parallel_model(args.model, tp, dtype=torch.bfloat16, progress=False)
-    ids = torch.randint(3, model.config.vocab_size, (1, 128), generator=torch.Generator().manual_seed(0)).to(device)
+    model, tp, ids = load_rank_model(args.model)
+    world, device = tp.tp_size, tp.device
 
     def run(n):
         torch.cuda.synchronize()

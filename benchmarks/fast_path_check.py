@@ -22,15 +22,10 @@ def main():
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--long", type=int, default=1000)
     args = parser.parse_args()
-    from hf_tp.auto import init_spmd_group, load_parallel_model
-    from hf_tp.parallel.comm import TPGroup
+    from gpu_rank import load_rank_model
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    torch.cuda.set_device(device)
-    tp = init_spmd_group(world, device) if world > 1 else TPGroup(0, 1, device)
-    model = load_parallel_model(args.model, tp, dtype=torch.bfloat16, progress=False)
-    ids = torch.randint(3, model.config.vocab_size, (1, 128), generator=torch.Generator().manual_seed(0)).to(device)
+    model, tp, ids = load_rank_model(args.model)
+    world, device = tp.tp_size, tp.device
     kw = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False, pad_token_id=0)
 
     os.environ["HF_TP_FAST_DECODE"] = "0"
