@@ -1,10 +1,11 @@
-"""The fast decode path: a static KV cache preallocated per rank and the decode step compiled
-(Inductor, "reduce-overhead" = CUDA graphs, the all-reduces traced as functional collectives).
+"""Which decode path a generate() call takes.
 
-It is Transformers' own machinery (``cache_implementation="static"`` triggers generate's automatic
-compilation of the decode forward on CUDA); hf_tp's part is choosing it whenever the request
-allows and keeping the parallel layers traceable. Other requests keep Transformers' default path,
-and say so once in the log.
+1. hf_tp's own loop (decode_loop.py: static cache, compiled step + selection captured in one CUDA
+   graph, no per-token host work) when the request allows;
+2. otherwise Transformers' generate on the parallel model, with its static cache and automatic
+   compilation (``cache_implementation="static"``) where that applies;
+3. otherwise Transformers' default generate.
+Every fallback says why once in the log.
 """
 
 from __future__ import annotations
@@ -19,20 +20,42 @@ _UNSUPPORTED = ("assistant_model", "prompt_lookup_num_tokens", "past_key_values"
 _warned: set[str] = set()
 
 
-def fast_path_enabled(tp_size: int) -> bool:
-    """HF_TP_FAST_DECODE=1 forces the fast path on, =0 off. Unset: on for a TP group of one only.
+def _warn_once(key: str, message: str, *args) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message, *args)
 
-    At tp_size 2 on 2 x H200 (2026-11-24) the compiled decode did not finish within 160 s (see
-    benchmarks/RESULTS.md), so it stays opt-in for tp_size > 1 until that is understood; the CPU test
-    (tests/test_fast_path_cpu.py) shows the graph itself is right at tp 2.
+
+def fast_path_enabled(tp_size: int, device_type: str = "cuda") -> bool:
+    """HF_TP_FAST_DECODE=1 forces the fast path on (also on CPU, where the loop runs without graphs:
+    that is how the tests check it), =0 off. Unset: on for CUDA with a TP group of one.
+
+    tp_size > 1 stays opt-in until the 2-GPU measurement in benchmarks/RESULTS.md shows the captured
+    step correct and faster there: Transformers' own compiled path did not finish at tp 2 on
+    2 x H200 (2026-11-24).
     """
     setting = os.environ.get("HF_TP_FAST_DECODE")
-    return setting == "1" if setting in ("0", "1") else tp_size == 1
+    if setting in ("0", "1"):
+        return setting == "1"
+    return device_type == "cuda" and tp_size == 1
+
+
+def plan_fast_decode(model, args: tuple, kwargs: dict, device_type: str, tp_size: int):
+    """A DecodeRequest for hf_tp's own loop, or None (reason logged once) to use generate()."""
+    if not fast_path_enabled(tp_size, device_type):
+        return None
+    from .decode_loop import plan_request
+
+    request, reason = plan_request(model, args, kwargs)
+    if request is None:
+        _warn_once(f"loop:{reason}", "hf_tp: generate(%s) is not handled by hf_tp's decode loop; using "
+                   "Transformers' generate on the parallel model.", reason)
+    return request
 
 
 def with_fast_path(device_type: str, kwargs: dict, tp_size: int = 1) -> dict:
-    """``kwargs`` for generate, switched to the static-cache compiled path when it applies."""
-    if device_type != "cuda" or not fast_path_enabled(tp_size):
+    """``kwargs`` for Transformers' generate, switched to its static-cache compiled path when it applies."""
+    if device_type != "cuda" or not fast_path_enabled(tp_size, device_type):
         return kwargs
     reasons = [k for k in _UNSUPPORTED if kwargs.get(k) is not None]
     generation_config = kwargs.get("generation_config")
@@ -41,9 +64,7 @@ def with_fast_path(device_type: str, kwargs: dict, tp_size: int = 1) -> dict:
         reasons.append(f"num_beams={num_beams}")
     if reasons:
         key = ",".join(reasons)
-        if key not in _warned:
-            _warned.add(key)
-            logger.warning("hf_tp: generate(%s) is not supported by the fast decode path; using Transformers' "
-                           "default generate on the parallel model.", key)
+        _warn_once(key, "hf_tp: generate(%s) is not supported by the fast decode path; using Transformers' "
+                   "default generate on the parallel model.", key)
         return kwargs
     return {**kwargs, "cache_implementation": "static"}

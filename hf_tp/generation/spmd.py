@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..parallel.comm import TPGroup, broadcast_int, check_same_on_all_ranks, fingerprint
-from .fast import with_fast_path
+from .fast import plan_fast_decode, with_fast_path
 
 
 def _to(obj, device):
@@ -89,9 +89,20 @@ class TensorParallelMixin:
             torch.manual_seed(seed)
             self._hf_tp_in_generate = True
             try:
-                return super().generate(*args, **with_fast_path(self.hf_tp.device.type, kwargs, self.hf_tp.tp_size))
+                device_type = self.hf_tp.device.type
+                request = plan_fast_decode(self, args, kwargs, device_type, self.hf_tp.tp_size)
+                if request is not None:
+                    return self._hf_tp_decoder().generate(request)
+                return super().generate(*args, **with_fast_path(device_type, kwargs, self.hf_tp.tp_size))
             finally:
                 self._hf_tp_in_generate = False
+
+    def _hf_tp_decoder(self):
+        from .decode_loop import StaticDecoder, graphs_enabled
+
+        if getattr(self, "_hf_tp_static_decoder", None) is None:
+            self._hf_tp_static_decoder = StaticDecoder(self, self.hf_tp.device, graphs_enabled(self.hf_tp.device))
+        return self._hf_tp_static_decoder
 
     def save_pretrained(self, *args, **kwargs):
         raise NotImplementedError(

@@ -1,0 +1,332 @@
+"""hf_tp's own decode loop: one CUDA-graph replay per token, no host work per token.
+
+Transformers' ``generate`` spends about 2 ms per token on the host around the compiled forward
+(logits processors, stopping criteria, cache bookkeeping; measured in benchmarks/RESULTS.md),
+which is a quarter of a token's time for an 8B model on one GPU and half of it at tp 2. For the
+requests people send most (greedy or sampling with temperature / top-k / top-p, eos, min and max
+new tokens, padded batches, a streamer) this module runs the decode itself:
+
+- a Transformers ``StaticCache`` preallocated per (batch, length bucket) and reused;
+- the prompt prefilled eagerly (its shape changes every call);
+- the decode step = the model's forward compiled by Inductor (fused kernels; the parallel layers'
+  collectives traced as functional collectives) *plus* token selection, eos bookkeeping and the
+  buffer updates for the next step, all captured in one CUDA graph; a step is one ``replay()``;
+- the host looks at the results only every ``CHECK_EVERY`` steps (to stop once every sequence has
+  finished, and to feed a streamer), so up to ``CHECK_EVERY - 1`` steps may run past the end; their
+  tokens are discarded and the output equals what ``generate`` returns.
+
+Everything else (beams, repetition penalty, output_scores, custom processors, sliding-window
+caches, ...) goes to Transformers' ``generate`` on the same parallel model; ``plan_request``
+returns the reason, which the caller logs once. On CPU the same loop runs without compile or
+graphs (that is what the CPU tests check against Transformers' generate).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger("hf_tp")
+
+CHECK_EVERY = 8  # steps between host checks: bounds both the overshoot and the streamer's burst size
+LENGTH_BUCKET = 256  # cache lengths are rounded up to this, so nearby requests reuse a captured graph
+MAX_SESSIONS = 3  # captured (batch, length) shapes kept; each holds a KV cache and a graph pool
+
+# Generation-config fields this loop implements; every other field must be at its default.
+_HANDLED_FIELDS = {
+    "max_length", "max_new_tokens", "min_length", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p",
+    "eos_token_id", "pad_token_id", "bos_token_id", "decoder_start_token_id", "use_cache", "num_beams",
+    "num_return_sequences", "early_stopping", "length_penalty", "cache_implementation", "compile_config",
+    "disable_compile", "transformers_version", "_from_model_config", "cache_config", "max_cache_len",
+}
+# generate() arguments that are not generation-config fields and that this loop handles itself.
+_HANDLED_ARGS = {"inputs", "input_ids", "attention_mask", "streamer", "generation_config", "synced_gpus"}
+
+
+@dataclass
+class DecodeRequest:
+    input_ids: torch.Tensor  # (batch, prompt)
+    attention_mask: torch.Tensor  # (batch, prompt), 1 = real token
+    max_new_tokens: int
+    min_new_tokens: int
+    eos_token_ids: list[int]
+    pad_token_id: int
+    do_sample: bool
+    temperature: float
+    top_k: int  # 0 = off
+    top_p: float  # 1.0 = off
+    streamer: object | None
+
+
+def _is_default(value, default) -> bool:
+    return value is None or value is False or value == default or (isinstance(value, (list, dict)) and not value)
+
+
+def plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | None, str | None]:
+    """(request, None) when this loop can serve ``generate(*args, **kwargs)``, else (None, reason)."""
+    if len(args) > 1:
+        return None, "positional generate() arguments after the inputs"
+    input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+    if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+        return None, "inputs other than a 2-D tensor of token ids"
+    others = sorted(k for k in kwargs if k not in _HANDLED_ARGS and kwargs[k] is not None)
+    try:
+        config, model_kwargs = model._prepare_generation_config(kwargs.get("generation_config"),
+                                                                **{k: kwargs[k] for k in others})
+    except Exception as exc:  # a Transformers version whose private helper differs: use its generate
+        return None, f"generation config not readable ({type(exc).__name__})"
+    extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _HANDLED_ARGS)
+    if extra:
+        return None, ",".join(extra)
+    defaults = config._get_default_generation_params()
+    unhandled = sorted(field for field, value in config.to_dict().items()
+                       if field not in _HANDLED_FIELDS and not _is_default(value, defaults.get(field)))
+    if config.num_beams not in (None, 1):
+        unhandled.append(f"num_beams={config.num_beams}")
+    if config.num_return_sequences not in (None, 1):
+        unhandled.append(f"num_return_sequences={config.num_return_sequences}")
+    if config.use_cache is False:
+        unhandled.append("use_cache=False")
+    if config.cache_implementation not in (None, "static"):
+        unhandled.append(f"cache_implementation={config.cache_implementation}")
+    if config.do_sample and not (config.temperature or 0) > 0:
+        unhandled.append(f"temperature={config.temperature}")
+    if unhandled:
+        return None, ",".join(unhandled)
+
+    prompt = input_ids.shape[1]
+    new_tokens = config.max_new_tokens if config.max_new_tokens is not None else (config.max_length or 20) - prompt
+    if new_tokens <= 0 or prompt == 0:
+        return None, "no tokens to generate"  # Transformers' generate says what is wrong
+    eos = config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else [int(e) for e in eos]
+    pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)
+    mask = kwargs.get("attention_mask")
+    if mask is None:
+        if config.pad_token_id is not None and bool((input_ids == config.pad_token_id).any()):
+            return None, "padded inputs without attention_mask"  # Transformers infers the mask; leave it to it
+        mask = torch.ones_like(input_ids)
+    min_new = config.min_new_tokens if config.min_new_tokens is not None else max(0, (config.min_length or 0) - prompt)
+    return DecodeRequest(
+        input_ids=input_ids, attention_mask=mask.to(input_ids.device, torch.long), max_new_tokens=int(new_tokens),
+        min_new_tokens=int(min_new), eos_token_ids=eos, pad_token_id=int(pad), do_sample=bool(config.do_sample),
+        temperature=float(config.temperature or 1.0), top_k=int(config.top_k or 0), top_p=float(config.top_p or 1.0),
+        streamer=kwargs.get("streamer"),
+    ), None
+
+
+def _cache_argument_name(model) -> str:
+    """Transformers renamed ``past_key_values`` to ``cache`` in 5.2x; pass whichever this version takes."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class _Session:
+    """Static buffers, KV cache and (on CUDA) the captured decode step for one (batch, length) shape."""
+
+    def __init__(self, decoder: "StaticDecoder", batch: int, length: int):
+        from transformers import StaticCache
+
+        device = decoder.device
+        self.decoder, self.batch, self.length = decoder, batch, length
+        self.cache = StaticCache(config=decoder.model.config.get_text_config(decoder=True), max_cache_len=length)
+        long = dict(dtype=torch.long, device=device)
+        self.tokens = torch.zeros(batch, 1, **long)
+        self.position_ids = torch.zeros(batch, 1, **long)
+        self.attention_mask = torch.ones(batch, length, **long)
+        self.out = torch.zeros(batch, length, **long)  # generated tokens, column = step
+        self.step = torch.zeros((), **long)
+        self.unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+        # Per-request settings live in tensors so one captured graph serves every request of this shape.
+        self.min_new = torch.zeros((), **long)
+        self.pad = torch.zeros((), **long)
+        self.eos = torch.full((8,), -1, **long)  # up to 8 eos ids; -1 never matches a token
+        self.temperature = torch.ones((), dtype=torch.float32, device=device)
+        self.top_k = torch.zeros((), **long)
+        self.top_p = torch.ones((), dtype=torch.float32, device=device)
+        self.vocab_positions: torch.Tensor | None = None  # sized from the first logits (the gathered vocabulary)
+        self.do_sample = False
+        self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # one per do_sample value
+
+    # -- the step: forward + selection + bookkeeping; captured whole on CUDA -------------------
+    def _select(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        # min_new_tokens: eos may not be chosen before that many tokens exist (Transformers' MinNewTokens).
+        eos_hit = (self.vocab_positions.unsqueeze(1) == self.eos.unsqueeze(0)).any(-1)
+        logits = logits.masked_fill(eos_hit & (self.step < self.min_new), float("-inf"))
+        if not self.do_sample:
+            return logits.argmax(-1)
+        # Temperature, then top-k, then top-p, in Transformers' order, without host syncs or
+        # data-dependent shapes: one descending sort serves both filters.
+        logits = logits / self.temperature
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        rank = self.vocab_positions.unsqueeze(0)
+        keep = (rank < self.top_k) | (self.top_k <= 0)
+        sorted_logits = sorted_logits.masked_fill(~keep, float("-inf"))
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs  # probability of the better-ranked tokens
+        keep = (mass_before < self.top_p) | (rank == 0)
+        probs = probs.masked_fill(~keep, 0.0)
+        # Exponential race (Gumbel-max): argmax(p / E), E ~ Exp(1), is a sample of p; unlike
+        # torch.multinomial it needs no host sync and records into a CUDA graph.
+        choice = (probs / torch.empty_like(probs).exponential_()).argmax(-1)
+        return order.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+
+    def _advance(self, logits: torch.Tensor) -> None:
+        """Record the token chosen from ``logits`` (batch, vocab) and set up the next step's inputs."""
+        chosen = torch.where(self.unfinished, self._select(logits), self.pad)
+        self.out.index_copy_(1, self.step.view(1), chosen.view(-1, 1))
+        self.unfinished &= ~(chosen.unsqueeze(1) == self.eos.unsqueeze(0)).any(-1)
+        self.tokens.copy_(chosen.view(-1, 1))
+        self.position_ids.add_(1)
+        self.step.add_(1)
+
+    def _decode_step(self, forward) -> None:
+        logits = forward(self.tokens, self.position_ids, self.attention_mask, self.cache)
+        self._advance(logits)
+
+    # -- per request --------------------------------------------------------------------------
+    def start(self, request: DecodeRequest) -> None:
+        """Reset the buffers for ``request`` and prefill its prompt (eagerly: its shape varies)."""
+        prompt = request.input_ids.shape[1]
+        self.cache.reset()
+        self.out.zero_()
+        self.step.zero_()
+        self.unfinished.fill_(True)
+        self.attention_mask.fill_(1)
+        self.attention_mask[:, :prompt].copy_(request.attention_mask)
+        eos = request.eos_token_ids[: self.eos.numel()]
+        self.eos.fill_(-1)
+        if eos:
+            self.eos[: len(eos)].copy_(torch.tensor(eos))
+        self.min_new.fill_(request.min_new_tokens)
+        self.pad.fill_(request.pad_token_id)
+        self.temperature.fill_(request.temperature)
+        self.top_k.fill_(request.top_k)
+        self.top_p.fill_(request.top_p)
+        self.do_sample = request.do_sample
+        # Positions as Transformers computes them for padded prompts: count real tokens only.
+        positions = (request.attention_mask.cumsum(-1) - 1).masked_fill(request.attention_mask == 0, 0)
+        logits = self.decoder.eager_forward(request.input_ids, positions, self.attention_mask, self.cache)
+        if self.vocab_positions is None or self.vocab_positions.numel() != logits.shape[-1]:
+            self.vocab_positions = torch.arange(logits.shape[-1], device=logits.device)
+        self.position_ids.copy_(positions[:, -1:])
+        self._advance(logits)
+
+    def run_step(self) -> None:
+        graph = self.graphs.get(self.do_sample)
+        if graph is not None:
+            graph.replay()
+        else:
+            self._decode_step(self.decoder.step_forward)
+
+    def capture(self) -> None:
+        """Compile and capture the decode step for the current ``do_sample`` (CUDA only).
+
+        Runs on the buffers of a request already started: warm-up steps advance it, so the caller
+        restarts the request afterwards."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # compile, autotune, and let NCCL set up its buffers outside the capture
+                self._decode_step(self.decoder.step_forward)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._decode_step(self.decoder.step_forward)
+        self.graphs[self.do_sample] = graph
+
+
+class StaticDecoder:
+    """The decode loop of one parallel model; kept on the model, sessions reused across calls."""
+
+    def __init__(self, model, device: torch.device, use_graphs: bool):
+        self.model, self.device, self.use_graphs = model, device, use_graphs
+        self.cache_argument = _cache_argument_name(model)
+        self.sessions: OrderedDict[tuple[int, int], _Session] = OrderedDict()
+        self._compiled = None
+
+    def eager_forward(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
+        """Last position's logits, (batch, vocab)."""
+        out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                         use_cache=True, logits_to_keep=1, **{self.cache_argument: cache})
+        return out.logits[:, -1, :]
+
+    def step_forward(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
+        if not self.use_graphs:
+            return self.eager_forward(input_ids, position_ids, attention_mask, cache)
+        if self._compiled is None:
+            # No "reduce-overhead": the whole step (with selection and bookkeeping) is captured below.
+            self._compiled = torch.compile(self.eager_forward, fullgraph=True, dynamic=False)
+        return self._compiled(input_ids, position_ids, attention_mask, cache)
+
+    def _session(self, batch: int, needed: int) -> _Session:
+        length = -(-needed // LENGTH_BUCKET) * LENGTH_BUCKET
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        if limit and length > limit >= needed:
+            length = needed
+        key = (batch, length)
+        if key in self.sessions:
+            self.sessions.move_to_end(key)
+            return self.sessions[key]
+        while len(self.sessions) >= MAX_SESSIONS:
+            self.sessions.popitem(last=False)
+        session = _Session(self, batch, length)
+        self.sessions[key] = session
+        return session
+
+    def generate(self, request: DecodeRequest) -> torch.Tensor:
+        batch, prompt = request.input_ids.shape
+        steps = request.max_new_tokens
+        session = self._session(batch, prompt + steps)
+        session.start(request)
+        if self.use_graphs and request.do_sample not in session.graphs and steps > 1:
+            try:
+                session.capture()
+            except Exception as exc:  # e.g. an architecture Inductor cannot trace whole: stay correct, lose speed
+                logger.warning("hf_tp: the decode step could not be compiled and captured (%s: %s); decoding "
+                               "without CUDA graphs.", type(exc).__name__, str(exc).splitlines()[0][:200])
+                self.use_graphs = False
+            session.start(request)  # the warm-up steps consumed the request: start it again
+        streamer = request.streamer
+        if streamer is not None:
+            streamer.put(request.input_ids.cpu())
+        done, streamed = 1, 0
+        while True:
+            if done % CHECK_EVERY == 0 or done == steps:
+                finished = self._finished_length(session, request, done)
+                if streamer is not None:
+                    upto = finished if finished is not None else done
+                    for column in session.out[:, streamed:upto].cpu().unbind(1):
+                        streamer.put(column)
+                    streamed = upto
+                if finished is not None or done == steps:
+                    length = finished if finished is not None else done
+                    break
+            session.run_step()
+            done += 1
+        if streamer is not None:
+            streamer.end()
+        return torch.cat([request.input_ids, session.out[:, :length]], dim=1)
+
+    @staticmethod
+    def _finished_length(session: _Session, request: DecodeRequest, done: int) -> int | None:
+        """Tokens Transformers would have returned if every sequence has finished, else None.
+
+        A sequence finishes at its first eos (min_new_tokens already kept eos out before then), and
+        generate stops at the step where the last one finishes."""
+        if not request.eos_token_ids or bool(session.unfinished.any()):
+            return None
+        generated = session.out[:, :done]
+        is_eos = torch.isin(generated, session.eos[session.eos >= 0])
+        first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full_like(is_eos[:, 0], done, dtype=torch.long))
+        return int(first_eos.max()) + 1
+
+
+def graphs_enabled(device: torch.device) -> bool:
+    """CUDA graphs + compile on CUDA unless HF_TP_CUDA_GRAPHS=0 (then the loop runs eagerly, for debugging)."""
+    return device.type == "cuda" and os.environ.get("HF_TP_CUDA_GRAPHS", "1") != "0"

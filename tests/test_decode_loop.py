@@ -1,0 +1,153 @@
+"""hf_tp's own decode loop (hf_tp/generation/decode_loop.py) at tp 2 on CPU (gloo), forced on with
+HF_TP_FAST_DECODE=1 (on CPU it runs without compile and CUDA graphs; the selection, eos, padding,
+min/max length and streamer logic is the same code the GPU graph captures).
+
+Truth: Transformers' generate on the unsplit model, same folder, same arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import load_reference, run_ranks_once, save_tiny_model, tiny_config
+
+PAD = 0
+NEW = 24
+SAMPLING = dict(do_sample=True, temperature=0.7, top_k=5, top_p=0.9, max_new_tokens=NEW, pad_token_id=PAD)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> str:
+    config = tiny_config("llama", hidden_size=72, num_attention_heads=9, num_key_value_heads=3)
+    return str(save_tiny_model(tmp_path_factory.mktemp("decode_loop") / "m", config, seed=5))
+
+
+@pytest.fixture(scope="module")
+def batch() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, 101, (2, 10), generator=gen)
+    mask = torch.ones_like(ids)
+    ids[1, :4], mask[1, :4] = PAD, 0  # second row left-padded
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(scope="module")
+def reference(folder, batch):
+    model = load_reference(folder)
+    with torch.no_grad():
+        free = model.generate(**batch, do_sample=False, max_new_tokens=NEW, pad_token_id=PAD)
+    new = free[:, batch["input_ids"].shape[1]:]
+    # eos ids that occur in the greedy continuation: row 0's 4th and row 1's 9th new token, so generation
+    # stops early, at a step that is not a multiple of the loop's check interval.
+    eos = [int(new[0, 3]), int(new[1, 8])]
+    return {"model": model, "free": free, "eos": eos}
+
+
+def cases(eos: list[int]) -> dict[str, dict]:
+    greedy = dict(do_sample=False, max_new_tokens=NEW, pad_token_id=PAD)
+    return {
+        "greedy": greedy,
+        "eos": {**greedy, "eos_token_id": eos},
+        "eos_min_new": {**greedy, "eos_token_id": eos, "min_new_tokens": 12},
+        "one_token": {**greedy, "max_new_tokens": 1},
+        "penalty_fallback": {**greedy, "repetition_penalty": 1.3},  # not the loop's: Transformers' generate
+    }
+
+
+def generate_on_ranks(folder: str, batch: dict, eos: list[int]) -> dict:
+    import os
+
+    os.environ["HF_TP_FAST_DECODE"] = "1"
+    import torch.distributed as dist
+
+    import hf_tp
+    from hf_tp.generation.decode_loop import StaticDecoder
+
+    calls = []
+    original = StaticDecoder.generate
+
+    def counting(self, request):
+        calls.append(request.max_new_tokens)
+        return original(self, request)
+
+    StaticDecoder.generate = counting
+    model = hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=2, device="cpu", dtype=torch.float32)
+    out = {name: model.generate(**batch, **kwargs) for name, kwargs in cases(eos).items()}
+    out["loop_calls"] = list(calls)
+
+    class Collect:
+        def __init__(self):
+            self.parts, self.ended = [], False
+
+        def put(self, value):
+            self.parts.append(value.clone())
+
+        def end(self):
+            self.ended = True
+
+    streamer = Collect()
+    out["streamed_result"] = model.generate(**batch, streamer=streamer, eos_token_id=eos, do_sample=False,
+                                            max_new_tokens=NEW, pad_token_id=PAD)
+    out["streamed"] = (streamer.parts, streamer.ended)
+    torch.manual_seed(7)
+    out["sample_a"] = model.generate(**batch, **SAMPLING)
+    torch.manual_seed(7)
+    out["sample_b"] = model.generate(**batch, **SAMPLING)
+    torch.manual_seed(100 + dist.get_rank())  # ranks seeded differently: rank 0's seed is broadcast
+    out["sample_rank_seeds"] = model.generate(**batch, **SAMPLING)
+    return out
+
+
+_RUNS: dict = {}
+
+
+@pytest.fixture(scope="module")
+def ranks(folder, batch, reference):
+    return run_ranks_once(_RUNS, generate_on_ranks, 2, folder, batch, reference["eos"], timeout=300)
+
+
+@pytest.mark.parametrize("case", ["greedy", "eos", "eos_min_new", "one_token", "penalty_fallback"])
+def test_loop_matches_transformers_generate(ranks, reference, batch, case):
+    with torch.no_grad():
+        want = reference["model"].generate(**batch, **cases(reference["eos"])[case])
+    for rank, out in enumerate(ranks):
+        got = out[case]
+        assert got.shape == want.shape and torch.equal(got, want), f"rank {rank} {case}:\n{got.tolist()}\n{want.tolist()}"
+
+
+def test_early_stop_is_exercised(reference, batch):
+    with torch.no_grad():
+        stopped = reference["model"].generate(**batch, **cases(reference["eos"])["eos"])
+    assert stopped.shape[1] < batch["input_ids"].shape[1] + NEW  # so the eos case above checks the trim
+
+
+def test_loop_served_the_supported_requests(ranks):
+    # greedy, eos, eos_min_new, one_token went through the loop; penalty_fallback did not.
+    for out in ranks:
+        assert out["loop_calls"] == [NEW, NEW, NEW, 1], out["loop_calls"]
+
+
+def test_streamer_gets_prompt_then_every_token(ranks, batch):
+    for out in ranks:
+        parts, ended = out["streamed"]
+        result = out["streamed_result"]
+        assert ended
+        assert torch.equal(parts[0], batch["input_ids"])
+        assert torch.equal(torch.stack(parts[1:], dim=1), result[:, batch["input_ids"].shape[1]:])
+
+
+def test_sampling_same_on_every_rank_and_inside_top_k(ranks, reference, batch):
+    first = ranks[0]
+    for rank, out in enumerate(ranks[1:], start=1):
+        for key in ("sample_a", "sample_b", "sample_rank_seeds"):
+            assert torch.equal(out[key], first[key]), f"rank {rank} sampled other tokens ({key})"
+    assert torch.equal(first["sample_a"], first["sample_b"])
+    assert not torch.equal(first["sample_a"], reference["free"])  # it sampled
+    # Every sampled token is among the 5 most likely under the unsplit model, given what came before.
+    sampled = first["sample_a"]
+    mask = torch.cat([batch["attention_mask"], torch.ones(2, NEW, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        logits = reference["model"](input_ids=sampled, attention_mask=mask).logits
+    prompt = batch["input_ids"].shape[1]
+    top5 = logits[:, prompt - 1:-1].topk(5, dim=-1).indices
+    assert (top5 == sampled[:, prompt:].unsqueeze(-1)).any(-1).all()
