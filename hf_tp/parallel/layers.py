@@ -12,11 +12,21 @@ the loader, so one layer class serves both.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .comm import TPGroup, all_gather_last_dim, all_reduce
+
+
+def _linear_fp32_out(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T with the fp32 accumulator returned unrounded."""
+    if x.is_cuda:  # cuBLAS writes the fp32 accumulator directly (torch >= 2.8)
+        flat = torch.mm(x.reshape(-1, x.shape[-1]), weight.t(), out_dtype=torch.float32)
+        return flat.view(*x.shape[:-1], weight.shape[0])
+    return F.linear(x.float(), weight.float())  # CPU has no such kernel; same result, slower
 
 
 def _empty(shape, dtype, device) -> nn.Parameter:
@@ -52,7 +62,17 @@ class RowParallelLinear(nn.Module):
         # before the sum would count it tp_size times.
         self.bias = _empty((out_features,), dtype, device) if bias else None
 
+        # bf16/fp16 partial sums are summed in fp32 and rounded once, as one GPU's GEMM does
+        # (fp32 accumulator, one rounding): rounding every rank's part first adds error the
+        # unsplit model does not have (measured in benchmarks/RESULTS.md). Costs twice the
+        # all-reduce bytes, which at decode sizes is latency, not bandwidth.
+        self.reduce_fp32 = tp.tp_size > 1 and os.environ.get("HF_TP_REDUCE_FP32", "1") != "0"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reduce_fp32 and x.dtype in (torch.bfloat16, torch.float16):
+            y = all_reduce(_linear_fp32_out(x, self.weight), self.tp)
+            y = y if self.bias is None else y + self.bias
+            return y.to(x.dtype)
         y = all_reduce(F.linear(x, self.weight), self.tp)
         return y if self.bias is None else y + self.bias
 
