@@ -28,8 +28,11 @@ on SmolLM2-135M-Instruct, Transformers bf16 vs Transformers fp32 on the same inp
 13 (CPU, 2 prompts). A fixed 1e-2 bound with identical free-running tokens therefore tests bf16 rounding,
 not hf_tp. The check PASSES when all of these hold:
   1. the TP logits are finite at every real position;
-  2. for the prompt and the teacher-forced forwards, L2(TP, ref-bf16) <= max(1e-2, L2(ref-bf16, ref-fp32)):
-     TP may not move the logits further from the bf16 reference than bf16 itself is from fp32;
+  2. for the prompt and the teacher-forced forwards, either L2(TP, ref-bf16) <= 1e-2, or TP is as close
+     to the fp32 truth as the single-device bf16 reference is: L2(TP, ref-fp32) <= 1.1 x L2(ref-bf16,
+     ref-fp32). Comparing two bf16 results with each other cannot do better than their own noise (two
+     results each d away from fp32 lie about sqrt(2) d apart); measuring both against fp32 asks the real
+     question, whether the split adds error, with 10 % margin for run-to-run scatter;
   3. at every generated position where the TP argmax differs from the bf16 reference's argmax (teacher
      forced), the two tokens are a near-tie: their fp32-reference logits differ by less than 3x the
      bf16 noise at that position (max over the vocabulary of |ref-bf16 - ref-fp32|). Two bf16 models,
@@ -62,6 +65,7 @@ PROMPTS = ["What is the capital of France?", "Write a detailed essay about the h
 # less than this many times the bf16 noise at that position (see the module docstring).
 NEAR_TIE_FACTOR = 3.0
 L2_TARGET = 1e-2
+FP32_DISTANCE_MARGIN = 1.1  # TP may be at most 10 % further from fp32 than the bf16 reference is
 MAX_LISTED_MISMATCHES = 20  # the count is always complete; the listing is capped to keep the JSON readable
 
 
@@ -317,8 +321,10 @@ def verdict(c: dict) -> tuple[bool, list]:
         reasons.append("non-finite TP logits at real positions")
     for forward in ("prompt_logits", "teacher_forced_logits"):
         err, floor = c[forward]["tp_vs_bf16_ref"]["l2"], c[forward]["bf16_ref_vs_fp32_ref"]["l2"]
-        if err > max(L2_TARGET, floor):
-            reasons.append(f"{forward}: L2(TP, bf16 ref) {err:.3g} > max({L2_TARGET}, bf16 noise floor {floor:.3g})")
+        tp_to_truth = c[forward]["tp_vs_fp32_ref"]["l2"]
+        if err > L2_TARGET and tp_to_truth > FP32_DISTANCE_MARGIN * floor:
+            reasons.append(f"{forward}: L2(TP, bf16 ref) {err:.3g} > {L2_TARGET} and L2(TP, fp32 ref) {tp_to_truth:.3g} "
+                           f"> {FP32_DISTANCE_MARGIN} x L2(bf16 ref, fp32 ref) {floor:.3g}")
     tf = c["teacher_forced_argmax"]["tp_vs_bf16_ref"]
     if not tf["all_near_ties"]:
         reasons.append("a teacher-forced argmax mismatch that the fp32 reference does not call a near-tie")
