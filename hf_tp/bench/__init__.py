@@ -19,9 +19,10 @@ from pathlib import Path
 _CHILD_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
-def plan_runs(tp_size: int, device: str, smoke: bool, systems: list[str]) -> list[tuple[str, str, int]]:
+def plan_runs(tp_size: int, device: str, smoke: bool, systems: list[str],
+              modes: list[str] | None = None) -> list[tuple[str, str, int]]:
     """(system, mode, tp_size) for every row group of the table."""
-    modes = ["eager"] if device == "cpu" else ["eager", "compile"]
+    modes = ["eager"] if device == "cpu" else (modes or ["eager", "compile"])
     runs = []
     for system in systems:
         sizes = [1, tp_size] if system == "hf_tp" else ([1] if system == "transformers" else [tp_size])
@@ -68,6 +69,19 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def scaling_lines(rows: list[dict]) -> list[str]:
+    """Scaling efficiency of hf_tp per mode and batch: tok/s(tp N) / (N x tok/s(tp 1)), same code."""
+    by_key = {(r["mode"], r["tp_size"], r["batch"]): r["decode_tok_s"] for r in rows
+              if r.get("system") == "hf_tp" and "error" not in r}
+    lines = []
+    for (mode, tp, batch), tok_s in sorted(by_key.items()):
+        single = by_key.get((mode, 1, batch))
+        if tp > 1 and single:
+            lines.append(f"hf_tp {mode} batch {batch}: tp {tp} / tp 1 = {tok_s / single:.2f}x, "
+                         f"scaling efficiency {tok_s / (tp * single):.0%}")
+    return lines
+
+
 def run_bench(args) -> int:
     from .shapes import write_random_checkpoint
 
@@ -84,7 +98,7 @@ def run_bench(args) -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         out_file = Path(tmp) / "rows.jsonl"
-        for system, mode, tp in plan_runs(args.tp_size, args.device, args.smoke, systems):
+        for system, mode, tp in plan_runs(args.tp_size, args.device, args.smoke, systems, args.modes.split(",")):
             error = run_one(system, mode, tp, args, checkpoint, out_file)
             if error:
                 rows.append({"system": system, "mode": mode, "tp_size": tp, "error": error})
@@ -92,6 +106,8 @@ def run_bench(args) -> int:
         if out_file.exists():
             rows = [json.loads(line) for line in out_file.read_text().splitlines()] + [r for r in rows if "error" in r]
     print(format_table(rows))
+    for line in scaling_lines(rows):
+        print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 1 if args.smoke and any("error" in r and r["system"] == "hf_tp" for r in rows) else 0
@@ -107,6 +123,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--systems", default="hf_tp,transformers,transformers_tp")
+    parser.add_argument("--modes", default="eager,compile",
+                        help="eager and/or compile (hf_tp: its fast path; Transformers: static cache + compile)")
     parser.add_argument("--checkpoint-dir", help="where random checkpoints are written (default: $TMPDIR/hf_tp_bench)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per system run")
     parser.add_argument("--json", help="write the rows as a JSON list here")

@@ -20,6 +20,15 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _loader_figures(model) -> dict:
+    """hf_tp's own reader statistics for this rank (rank 0 writes the row): bytes read and GB/s."""
+    stats = getattr(model, "hf_tp_load_stats", None)
+    if stats is None:
+        return {}
+    return {"rank0_read_gb": round(stats.bytes_read / 1e9, 3), "rank0_read_seconds": round(stats.seconds, 3),
+            "rank0_read_gb_per_s": round(stats.gb_per_s, 2)}
+
+
 def _load(args, device):
     """(model, load seconds). Every system loads from the same local checkpoint folder."""
     import transformers
@@ -101,7 +110,7 @@ def main() -> int:
             peak = int(t.item())
         rows.append({"system": args.system, "mode": args.mode, "tp_size": args.tp_size, "batch": batch,
                      "decode_tok_s": round(decode_tok_s, 2), "ttft_s": round(first, 4), "load_s": round(load_s, 3),
-                     "peak_bytes_per_gpu": peak, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
+                     "peak_bytes_per_gpu": peak, **_loader_figures(model), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
     if int(os.environ.get("RANK", "0")) == 0:
         with open(args.out, "a") as f:
             for row in rows:
