@@ -15,6 +15,7 @@ from .errors import CheckpointError
 from .generation.spmd import make_tensor_parallel
 from .loading import CheckpointIndex, load_shards, resolve_checkpoint
 from .parallel.comm import TPGroup, fail_together
+from .parallel.fused import fuse_shared_inputs
 from .parallelize import build_skeleton, parallelize
 from .policies import get_policy
 from .policies.plan import build_plan, validate_tp_size
@@ -143,6 +144,7 @@ def load_parallel_model(name_or_path, tp: TPGroup, dtype=None, progress: bool = 
         plan = build_plan(model, config, policy, tp.tp_size, model_name=str(name_or_path))
         transposed = parallelize(model, plan, tp, policy=policy)
     with fail_together(tp, "loading the weights"):
+        fuse_shared_inputs(model, dict(policy.same_input), tp.device)
         stats = load_shards(model, plan, index, tp.tp_rank, tp.device, transposed, progress=progress and tp.is_first)
     try:
         model.generation_config = GenerationConfig.from_pretrained(folder)

@@ -1,5 +1,5 @@
 """hf_tp's own decode loop (hf_tp/generation/decode_loop.py) at tp 2 on CPU (gloo), forced on with
-HF_TP_FAST_DECODE=1 (on CPU it runs without compile and CUDA graphs; the selection, eos, padding,
+HF_TP_FAST_DECODE=1, with q/k/v and gate/up fused into one GEMM each (HF_TP_FUSE=1, the CUDA default) (on CPU it runs without compile and CUDA graphs; the selection, eos, padding,
 min/max length and streamer logic is the same code the GPU graph captures).
 
 Truth: Transformers' generate on the unsplit model, same folder, same arguments."""
@@ -58,6 +58,7 @@ def generate_on_ranks(folder: str, batch: dict, eos: list[int]) -> dict:
     import os
 
     os.environ["HF_TP_FAST_DECODE"] = "1"
+    os.environ["HF_TP_FUSE"] = "1"  # q/k/v and gate/up as one GEMM each, as on CUDA
     import torch.distributed as dist
 
     import hf_tp
@@ -72,6 +73,10 @@ def generate_on_ranks(folder: str, batch: dict, eos: list[int]) -> dict:
 
     StaticDecoder.generate = counting
     model = hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=2, device="cpu", dtype=torch.float32)
+    attention = model.model.layers[0].self_attn
+    fused = attention.q_proj.shared_input
+    assert fused is not None and fused is attention.v_proj.shared_input, "q/k/v were not fused"
+    assert attention.k_proj.weight.data_ptr() == fused.weight[fused.sizes[0]:].data_ptr()  # a view, not a copy
     out = {name: model.generate(**batch, **kwargs) for name, kwargs in cases(eos).items()}
     out["loop_calls"] = list(calls)
 

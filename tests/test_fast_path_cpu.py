@@ -15,8 +15,11 @@ PROMPT = torch.tensor([[5, 17, 42, 8, 99, 3, 61, 7, 12]])
 def eager_and_compiled(folder: str):
     from transformers import CompileConfig
 
+    import os
+
     import hf_tp
 
+    os.environ["HF_TP_FUSE"] = "1"  # trace the fused q/k/v and gate/up GEMMs too, as on CUDA
     model = hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=2, device="cpu", dtype=torch.float32)
     greedy = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
     eager = model.generate(PROMPT, **greedy)

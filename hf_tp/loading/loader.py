@@ -67,6 +67,14 @@ def _to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -
     return tensor.to(device=device, dtype=dtype)
 
 
+def _copy_into(target: torch.Tensor, tensor: torch.Tensor) -> None:
+    """Host tensor -> an existing device tensor (cast on the way), staged like _to_device."""
+    tensor = tensor.contiguous()
+    pinned = target.is_cuda and os.environ.get("HF_TP_PINNED_LOAD", "1") != "0"
+    with torch.no_grad():
+        target.copy_(tensor.pin_memory() if pinned else tensor, non_blocking=pinned)
+
+
 def _tie_groups(model: nn.Module) -> list[list[str]]:
     """Names that share one Parameter object (tied embeddings), first name first."""
     groups: dict[int, list[str]] = {}
@@ -120,6 +128,9 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
                 f"{key} in {index.files[key]} has shape {tuple(tensor.shape)} on tp rank {tp_rank}, expected {expected}; "
                 "the checkpoint does not match its config."
             )
+        if target.device.type != "meta":  # already placed (a view into a fused buffer): write into it
+            _copy_into(target, tensor)
+            return group, nbytes, None
         dtype = target.dtype if tensor.is_floating_point() else tensor.dtype
         return group, nbytes, _to_device(tensor, device, dtype)
 
@@ -128,12 +139,14 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
     with ThreadPoolExecutor(max_workers=load_threads()) as pool:
         for group, nbytes, tensor in tqdm(pool.map(read_group, groups), total=len(groups),
                                           desc="hf_tp: loading shards", unit="tensor", disable=not progress):
+            stats.bytes_read += nbytes
+            stats.tensors += 1
+            if tensor is None:  # written in place
+                continue
             param = nn.Parameter(tensor, requires_grad=False)
             for name in group:
                 owner, _, attr = name.rpartition(".")
                 model.get_submodule(owner)._parameters[attr] = param
-            stats.bytes_read += nbytes
-            stats.tensors += 1
     for name, buffer in list(model.named_buffers()):
         owner, _, attr = name.rpartition(".")
         module = model.get_submodule(owner)

@@ -43,7 +43,12 @@ class ColumnParallelLinear(nn.Module):
         self.weight = _empty((out_features_local, in_features), dtype, device)  # (out, in)
         self.bias = _empty((out_features_local,), dtype, device) if bias else None
 
+    shared_input = None  # a fused.SharedInputGroup when this layer's GEMM is computed with its siblings'
+    shared_index = 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared_input is not None:
+            return self.shared_input.output(self.shared_index, x)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:

@@ -20,4 +20,5 @@ LLAMA = Policy(
         "*.self_attn.o_proj": "q",
     },
     attention="model.layers.*.self_attn",
+    same_input={"model.layers.*.self_attn": ("q_proj", "k_proj", "v_proj"), "model.layers.*.mlp": ("gate_proj", "up_proj")},
 )

@@ -38,6 +38,10 @@ class Policy:
     num_heads, num_kv_heads, head_dim: the config fields holding the head geometry. num_kv_heads may
                 also be a function of the config, for families whose effective key/value head count
                 depends on flags (Falcon multi-query: 1 whatever ``num_kv_heads`` says).
+    same_input: glob of parent modules -> names of their column-parallel children that read the same
+                input (Llama's q/k/v projections, gate/up). After loading, each rank keeps those
+                children's weights in one buffer and computes them as one GEMM (hf_tp/parallel/fused.py):
+                a speed choice, not a layout (on for CUDA; HF_TP_FUSE=0/1 forces it).
     adapt:      escape hatch for what data cannot say: ``adapt(model, plan, tp)`` runs after the
                 modules are swapped. Each use says in its docstring why it is needed.
     """
@@ -51,6 +55,7 @@ class Policy:
     params: Mapping[str, str] = field(default_factory=dict)
     attention: str = ""
     local_attrs: Mapping[str, str] = field(default_factory=dict)
+    same_input: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     num_heads: str = "num_attention_heads"
     num_kv_heads: str | Callable[[Any], int] = "num_key_value_heads"
     head_dim: str = "head_dim"
