@@ -82,6 +82,7 @@ def _run_all(folders: dict[str, str], new_tokens: int) -> dict:
     (or the error text, so that one broken architecture does not hide the others)."""
     import hf_tp
 
+    os.environ["HF_TP_FUSE"] = "1"  # policies' same-input groups (q/k/v, gate/up) fused, as on CUDA
     tp_size = int(os.environ["WORLD_SIZE"])
     prompt = _prompt()
     results = {}
