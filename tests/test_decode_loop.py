@@ -43,14 +43,23 @@ def reference(folder, batch):
     return {"model": model, "free": free, "eos": eos}
 
 
-def cases(eos: list[int]) -> dict[str, dict]:
+def cases(eos: list[int]) -> dict[str, tuple[dict, bool]]:
+    """name -> (generate kwargs, whether hf_tp's loop serves it; the others go to Transformers' generate).
+    The model's generation_config carries eos_token_id=eos[:1] (set on both models by the test)."""
     greedy = dict(do_sample=False, max_new_tokens=NEW, pad_token_id=PAD)
+    unused = [i for i in range(101, 109)]  # ids outside the prompts' range that greedy never picks first
     return {
-        "greedy": greedy,
-        "eos": {**greedy, "eos_token_id": eos},
-        "eos_min_new": {**greedy, "eos_token_id": eos, "min_new_tokens": 12},
-        "one_token": {**greedy, "max_new_tokens": 1},
-        "penalty_fallback": {**greedy, "repetition_penalty": 1.3},  # not the loop's: Transformers' generate
+        "greedy": ({**greedy, "eos_token_id": None}, True),  # explicit None overrides the model's eos
+        "model_eos": (greedy, True),
+        "eos": ({**greedy, "eos_token_id": eos}, True),
+        "eos_min_new": ({**greedy, "eos_token_id": eos, "min_new_tokens": 12}, True),
+        "eos_0d_tensor": ({**greedy, "eos_token_id": torch.tensor(eos[1])}, True),
+        "pad_none": ({**greedy, "eos_token_id": eos, "pad_token_id": None}, True),  # pads with eos[0]
+        "default_length": (dict(do_sample=False, pad_token_id=PAD), True),  # 20 new tokens
+        "max_length": (dict(do_sample=False, pad_token_id=PAD, max_length=15, eos_token_id=None), True),
+        "one_token": ({**greedy, "max_new_tokens": 1}, True),
+        "nine_eos_ids": ({**greedy, "eos_token_id": unused + [eos[0]]}, False),
+        "penalty_fallback": ({**greedy, "repetition_penalty": 1.3}, False),
     }
 
 
@@ -77,8 +86,13 @@ def generate_on_ranks(folder: str, batch: dict, eos: list[int]) -> dict:
     fused = attention.q_proj.shared_input
     assert fused is not None and fused is attention.v_proj.shared_input, "q/k/v were not fused"
     assert attention.k_proj.weight.data_ptr() == fused.weight[fused.sizes[0]:].data_ptr()  # a view, not a copy
-    out = {name: model.generate(**batch, **kwargs) for name, kwargs in cases(eos).items()}
-    out["loop_calls"] = list(calls)
+    model.generation_config.eos_token_id = eos[0]
+    out, served = {}, {}
+    for name, (kwargs, _) in cases(eos).items():
+        before = len(calls)
+        out[name] = model.generate(**batch, **kwargs)
+        served[name] = len(calls) > before
+    out["served"] = served
 
     class Collect:
         def __init__(self):
@@ -111,25 +125,38 @@ def ranks(folder, batch, reference):
     return run_ranks_once(_RUNS, generate_on_ranks, 2, folder, batch, reference["eos"], timeout=300)
 
 
-@pytest.mark.parametrize("case", ["greedy", "eos", "eos_min_new", "one_token", "penalty_fallback"])
+CASES = list(cases([0, 0]))
+
+
+def _reference_generate(reference, batch, kwargs):
+    model = reference["model"]
+    model.generation_config.eos_token_id = reference["eos"][0]
+    try:
+        with torch.no_grad():
+            return model.generate(**batch, **kwargs)
+    finally:
+        model.generation_config.eos_token_id = None
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_loop_matches_transformers_generate(ranks, reference, batch, case):
-    with torch.no_grad():
-        want = reference["model"].generate(**batch, **cases(reference["eos"])[case])
+    want = _reference_generate(reference, batch, cases(reference["eos"])[case][0])
     for rank, out in enumerate(ranks):
         got = out[case]
         assert got.shape == want.shape and torch.equal(got, want), f"rank {rank} {case}:\n{got.tolist()}\n{want.tolist()}"
 
 
 def test_early_stop_is_exercised(reference, batch):
-    with torch.no_grad():
-        stopped = reference["model"].generate(**batch, **cases(reference["eos"])["eos"])
+    stopped = _reference_generate(reference, batch, cases(reference["eos"])["eos"][0])
     assert stopped.shape[1] < batch["input_ids"].shape[1] + NEW  # so the eos case above checks the trim
+    full = _reference_generate(reference, batch, cases(reference["eos"])["greedy"][0])
+    assert full.shape[1] == batch["input_ids"].shape[1] + NEW  # eos_token_id=None really overrode the model's
 
 
-def test_loop_served_the_supported_requests(ranks):
-    # greedy, eos, eos_min_new, one_token went through the loop; penalty_fallback did not.
+def test_loop_served_the_supported_requests(ranks, reference):
+    expected = {name: served for name, (_, served) in cases(reference["eos"]).items()}
     for out in ranks:
-        assert out["loop_calls"] == [NEW, NEW, NEW, 1], out["loop_calls"]
+        assert out["served"] == expected
 
 
 def test_streamer_gets_prompt_then_every_token(ranks, batch):
@@ -156,3 +183,19 @@ def test_sampling_same_on_every_rank_and_inside_top_k(ranks, reference, batch):
     prompt = batch["input_ids"].shape[1]
     top5 = logits[:, prompt - 1:-1].topk(5, dim=-1).indices
     assert (top5 == sampled[:, prompt:].unsqueeze(-1)).any(-1).all()
+
+
+def test_sliding_window_cache_is_left_to_transformers():
+    """Sliding-window cache layers count positions in Python ints, which a CUDA graph would freeze:
+    the loop must not take such models (a plain Llama it takes)."""
+    import transformers
+
+    from hf_tp.generation.decode_loop import plan_request
+
+    ids = torch.tensor([[5, 6, 7]])
+    for config, served in ((tiny_config("mistral", sliding_window=4), False), (tiny_config("llama"), True)):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+        request, reason = plan_request(model, (ids,), dict(max_new_tokens=4, do_sample=False))
+        assert (request is not None) == served, reason
+        if not served:
+            assert "SlidingWindow" in reason

@@ -30,12 +30,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 logger = logging.getLogger("hf_tp")
 
 CHECK_EVERY = 8  # steps between host checks: bounds both the overshoot and the streamer's burst size
 LENGTH_BUCKET = 256  # cache lengths are rounded up to this, so nearby requests reuse a captured graph
 MAX_SESSIONS = 3  # captured (batch, length) shapes kept; each holds a KV cache and a graph pool
+MAX_EOS_IDS = 8  # eos ids live in a fixed-size tensor of the captured graph
 
 # Generation-config fields this loop implements; every other field must be at its default.
 _HANDLED_FIELDS = {
@@ -68,18 +70,28 @@ def _is_default(value, default) -> bool:
 
 
 def plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | None, str | None]:
-    """(request, None) when this loop can serve ``generate(*args, **kwargs)``, else (None, reason)."""
+    """(request, None) when this loop can serve ``generate(*args, **kwargs)`` exactly, else (None, reason).
+
+    Any surprise while reading the request is a reason to leave it to Transformers' generate."""
+    try:
+        return _plan_request(model, args, kwargs)
+    except Exception as exc:  # noqa: BLE001 - a request we do not understand is not ours to serve
+        return None, f"request not understood by the loop ({type(exc).__name__}: {exc})"
+
+
+def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | None, str | None]:
     if len(args) > 1:
         return None, "positional generate() arguments after the inputs"
     input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
     if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         return None, "inputs other than a 2-D tensor of token ids"
-    others = sorted(k for k in kwargs if k not in _HANDLED_ARGS and kwargs[k] is not None)
-    try:
-        config, model_kwargs = model._prepare_generation_config(kwargs.get("generation_config"),
-                                                                **{k: kwargs[k] for k in others})
-    except Exception as exc:  # a Transformers version whose private helper differs: use its generate
-        return None, f"generation config not readable ({type(exc).__name__})"
+    reason = _unsupported_cache(model)
+    if reason:
+        return None, reason
+    # Explicit None values count: generate(eos_token_id=None) overrides the model's eos in Transformers.
+    others = {k: v for k, v in kwargs.items() if k not in _HANDLED_ARGS}
+    user_config = kwargs.get("generation_config")
+    config, model_kwargs = model._prepare_generation_config(user_config, **others)
     extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _HANDLED_ARGS)
     if extra:
         return None, ",".join(extra)
@@ -96,15 +108,16 @@ def plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | None
         unhandled.append(f"cache_implementation={config.cache_implementation}")
     if config.do_sample and not (config.temperature or 0) > 0:
         unhandled.append(f"temperature={config.temperature}")
+    eos = [] if config.eos_token_id is None else [int(e) for e in torch.as_tensor(config.eos_token_id).flatten()]
+    if len(eos) > MAX_EOS_IDS:
+        unhandled.append(f"{len(eos)} eos ids (the loop takes up to {MAX_EOS_IDS})")
     if unhandled:
         return None, ",".join(unhandled)
 
     prompt = input_ids.shape[1]
-    new_tokens = config.max_new_tokens if config.max_new_tokens is not None else (config.max_length or 20) - prompt
+    new_tokens = _new_tokens(model, config, kwargs, user_config, prompt)
     if new_tokens <= 0 or prompt == 0:
         return None, "no tokens to generate"  # Transformers' generate says what is wrong
-    eos = config.eos_token_id
-    eos = [] if eos is None else [eos] if isinstance(eos, int) else [int(e) for e in eos]
     pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)
     mask = kwargs.get("attention_mask")
     if mask is None:
@@ -118,6 +131,34 @@ def plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | None
         temperature=float(config.temperature or 1.0), top_k=int(config.top_k or 0), top_p=float(config.top_p or 1.0),
         streamer=kwargs.get("streamer"),
     ), None
+
+
+def _new_tokens(model, config, kwargs: dict, user_config, prompt: int) -> int:
+    """How many tokens Transformers' generate would produce at most (its _prepare_generated_length)."""
+    if config.max_new_tokens is not None:
+        return config.max_new_tokens
+    default_length = (kwargs.get("max_length") is None and getattr(user_config, "max_length", None) is None
+                      and model.generation_config.max_length is None)
+    if not default_length:
+        return config.max_length - prompt
+    # Nobody set a length: 20 new tokens, within the model's context.
+    length = config.max_length + prompt
+    limit = getattr(model.config, "max_position_embeddings", None)
+    return (min(length, limit) if limit is not None else length) - prompt
+
+
+def _unsupported_cache(model) -> str | None:
+    """Why a StaticCache of this model cannot be captured, or None. Only plain static layers keep their
+    position in a device tensor; sliding-window layers keep Python ints, which a CUDA graph would freeze."""
+    from transformers.cache_utils import StaticCache, StaticLayer
+
+    verdict = getattr(model, "_hf_tp_cache_verdict", "unknown")
+    if verdict == "unknown":
+        cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=16)
+        kinds = sorted({type(layer).__name__ for layer in cache.layers if type(layer) is not StaticLayer})
+        verdict = f"cache layers {','.join(kinds)}" if kinds else None
+        model._hf_tp_cache_verdict = verdict
+    return verdict
 
 
 def _cache_argument_name(model) -> str:
@@ -144,7 +185,7 @@ class _Session:
         # Per-request settings live in tensors so one captured graph serves every request of this shape.
         self.min_new = torch.zeros((), **long)
         self.pad = torch.zeros((), **long)
-        self.eos = torch.full((8,), -1, **long)  # up to 8 eos ids; -1 never matches a token
+        self.eos = torch.full((MAX_EOS_IDS,), -1, **long)  # -1 never matches a token
         self.temperature = torch.ones((), dtype=torch.float32, device=device)
         self.top_k = torch.zeros((), **long)
         self.top_p = torch.ones((), dtype=torch.float32, device=device)
@@ -199,7 +240,7 @@ class _Session:
         self.unfinished.fill_(True)
         self.attention_mask.fill_(1)
         self.attention_mask[:, :prompt].copy_(request.attention_mask)
-        eos = request.eos_token_ids[: self.eos.numel()]
+        eos = request.eos_token_ids  # plan_request refused more than MAX_EOS_IDS
         self.eos.fill_(-1)
         if eos:
             self.eos[: len(eos)].copy_(torch.tensor(eos))
@@ -244,8 +285,8 @@ class _Session:
 class StaticDecoder:
     """The decode loop of one parallel model; kept on the model, sessions reused across calls."""
 
-    def __init__(self, model, device: torch.device, use_graphs: bool):
-        self.model, self.device, self.use_graphs = model, device, use_graphs
+    def __init__(self, model, tp, use_graphs: bool):
+        self.model, self.tp, self.device, self.use_graphs = model, tp, tp.device, use_graphs
         self.cache_argument = _cache_argument_name(model)
         self.sessions: OrderedDict[tuple[int, int], _Session] = OrderedDict()
         self._compiled = None
@@ -283,15 +324,9 @@ class StaticDecoder:
         batch, prompt = request.input_ids.shape
         steps = request.max_new_tokens
         session = self._session(batch, prompt + steps)
-        session.start(request)
         if self.use_graphs and request.do_sample not in session.graphs and steps > 1:
-            try:
-                session.capture()
-            except Exception as exc:  # e.g. an architecture Inductor cannot trace whole: stay correct, lose speed
-                logger.warning("hf_tp: the decode step could not be compiled and captured (%s: %s); decoding "
-                               "without CUDA graphs.", type(exc).__name__, str(exc).splitlines()[0][:200])
-                self.use_graphs = False
-            session.start(request)  # the warm-up steps consumed the request: start it again
+            self._capture(session, request)
+        session.start(request)
         streamer = request.streamer
         if streamer is not None:
             streamer.put(request.input_ids.cpu())
@@ -312,6 +347,29 @@ class StaticDecoder:
         if streamer is not None:
             streamer.end()
         return torch.cat([request.input_ids, session.out[:, :length]], dim=1)
+
+    def _capture(self, session: _Session, request: DecodeRequest) -> None:
+        """Compile and capture the step on the request's buffers, leaving the RNG as it was (so the
+        capturing call samples what any later call with the same seed samples). All ranks agree on
+        the outcome: a rank decoding eagerly while another replays a graph would still match
+        collective for collective, but a rank that failed half-way must not be waited for."""
+        rng = torch.cuda.get_rng_state(self.device)
+        ok = True
+        try:
+            session.start(request)
+            session.capture()
+        except Exception as exc:  # e.g. an architecture Inductor cannot trace whole: stay correct, lose speed
+            ok = False
+            logger.warning("hf_tp: the decode step could not be compiled and captured (%s: %s); decoding "
+                           "without CUDA graphs.", type(exc).__name__, str(exc).splitlines()[0][:200])
+        torch.cuda.set_rng_state(rng, self.device)
+        if self.tp.tp_size > 1:
+            flag = torch.tensor([int(ok)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.tp.group)
+            ok = bool(flag.item())
+        if not ok:
+            session.graphs.pop(request.do_sample, None)
+            self.use_graphs = False
 
     @staticmethod
     def _finished_length(session: _Session, request: DecodeRequest, done: int) -> int | None:
