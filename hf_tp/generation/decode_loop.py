@@ -1,8 +1,8 @@
 """hf_tp's own decode loop: one CUDA-graph replay per token, no host work per token.
 
 Transformers' ``generate`` spends about 2 ms per token on the host around the compiled forward
-(logits processors, stopping criteria, cache bookkeeping; measured in benchmarks/RESULTS.md),
-which is a quarter of a token's time for an 8B model on one GPU and half of it at tp 2. For the
+(logits processors, stopping criteria, cache bookkeeping), a quarter of a token's time for an 8B
+model on one H100 (benchmarks/RESULTS.md), and a larger share at tp 2, where the GEMMs halve. For the
 requests people send most (greedy or sampling with temperature / top-k / top-p, eos, min and max
 new tokens, padded batches, a streamer) this module runs the decode itself:
 
