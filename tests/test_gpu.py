@@ -1,6 +1,7 @@
 """GPU checks (NCCL, bf16): hf_tp at tp 2 against single-GPU Transformers. Skipped without 2 GPUs."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,10 @@ def _gpu_check(tmp_path, *extra) -> dict:
                            "--new-tokens", "128", "--json", str(out), *extra], capture_output=True, text=True, timeout=900)
     assert out.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
     result = json.loads(out.read_text())
+    keep = os.environ.get("HF_TP_GPU_RESULTS")  # a folder to keep every check's JSON in (device runs)
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        (Path(keep) / f"gpu_check_{'_'.join(a.strip('-') for a in extra) or 'smollm2'}.json").write_text(out.read_text())
     # The criterion (benchmarks/gpu_check.py docstring): finite logits, L2 error vs the bf16 reference
     # within max(1e-2, the bf16-vs-fp32 noise floor), every teacher-forced token difference a near-tie.
     assert result["passed"], result["fail_reasons"]
