@@ -262,8 +262,8 @@ class _Session:
         graph = self.graphs.get(self.do_sample)
         if graph is not None:
             graph.replay()
-        else:
-            self._decode_step(self.decoder.step_forward)
+        else:  # CPU, or a shape left uncompiled: the same step, eagerly
+            self._decode_step(self.decoder.eager_forward)
 
     def capture(self) -> None:
         """Compile and capture the decode step for the current ``do_sample`` (CUDA only).
@@ -290,6 +290,8 @@ class StaticDecoder:
         self.cache_argument = _cache_argument_name(model)
         self.sessions: OrderedDict[tuple[int, int], _Session] = OrderedDict()
         self._compiled = None
+        self._compiled_shapes: set[tuple[int, int]] = set()
+        self._warned_limit = False
 
     def eager_forward(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
         """Last position's logits, (batch, vocab)."""
@@ -324,7 +326,7 @@ class StaticDecoder:
         batch, prompt = request.input_ids.shape
         steps = request.max_new_tokens
         session = self._session(batch, prompt + steps)
-        if self.use_graphs and request.do_sample not in session.graphs and steps > 1:
+        if self.use_graphs and request.do_sample not in session.graphs and steps > 1 and self._may_compile(batch, session):
             self._capture(session, request)
         session.start(request)
         streamer = request.streamer
@@ -347,6 +349,23 @@ class StaticDecoder:
         if streamer is not None:
             streamer.end()
         return torch.cat([request.input_ids, session.out[:, :length]], dim=1)
+
+    def _may_compile(self, batch: int, session: _Session) -> bool:
+        """Each (batch, length) shape is one more compilation of the forward; past torch.compile's
+        recompile limit it would silently run eagerly inside the capture. New shapes beyond that
+        decode without graphs (correct, slower), said once."""
+        import torch._dynamo.config as dynamo_config
+
+        key = (batch, session.length)
+        limit = getattr(dynamo_config, "recompile_limit", getattr(dynamo_config, "cache_size_limit", 8))
+        if key in self._compiled_shapes or len(self._compiled_shapes) < limit - 1:
+            self._compiled_shapes.add(key)
+            return True
+        if not self._warned_limit:
+            self._warned_limit = True
+            logger.warning("hf_tp: %d (batch, length) shapes already compiled; new shapes decode without CUDA "
+                           "graphs (torch._dynamo.config.recompile_limit is %d).", len(self._compiled_shapes), limit)
+        return False
 
     def _capture(self, session: _Session, request: DecodeRequest) -> None:
         """Compile and capture the step on the request's buffers, leaving the RNG as it was (so the
