@@ -189,7 +189,9 @@ class _Session:
         self.temperature = torch.ones((), dtype=torch.float32, device=device)
         self.top_k = torch.zeros((), **long)
         self.top_p = torch.ones((), dtype=torch.float32, device=device)
-        self.vocab_positions: torch.Tensor | None = None  # sized from the first logits (the gathered vocabulary)
+        # Sized from the first logits (the gathered vocabulary): token ids, and which of them are eos.
+        self.vocab_positions: torch.Tensor | None = None
+        self.eos_in_vocab: torch.Tensor | None = None
         self.do_sample = False
         self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # one per do_sample value
 
@@ -197,8 +199,7 @@ class _Session:
     def _select(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         # min_new_tokens: eos may not be chosen before that many tokens exist (Transformers' MinNewTokens).
-        eos_hit = (self.vocab_positions.unsqueeze(1) == self.eos.unsqueeze(0)).any(-1)
-        logits = logits.masked_fill(eos_hit & (self.step < self.min_new), float("-inf"))
+        logits = logits.masked_fill(self.eos_in_vocab & (self.step < self.min_new), float("-inf"))
         if not self.do_sample:
             return logits.argmax(-1)
         # Temperature, then top-k, then top-p, in Transformers' order, without host syncs or
@@ -255,6 +256,8 @@ class _Session:
         logits = self.decoder.eager_forward(request.input_ids, positions, self.attention_mask, self.cache)
         if self.vocab_positions is None or self.vocab_positions.numel() != logits.shape[-1]:
             self.vocab_positions = torch.arange(logits.shape[-1], device=logits.device)
+            self.eos_in_vocab = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        self.eos_in_vocab.copy_(torch.isin(self.vocab_positions, self.eos))  # per request, not per step
         self.position_ids.copy_(positions[:, -1:])
         self._advance(logits)
 
