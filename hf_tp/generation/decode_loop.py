@@ -173,7 +173,7 @@ class _Session:
         from transformers import StaticCache
 
         device = decoder.device
-        self.decoder, self.batch, self.length = decoder, batch, length
+        self.decoder, self.length = decoder, length
         self.cache = StaticCache(config=decoder.model.config.get_text_config(decoder=True), max_cache_len=length)
         long = dict(dtype=torch.long, device=device)
         self.tokens = torch.zeros(batch, 1, **long)
@@ -277,11 +277,11 @@ class _Session:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(3):  # compile, autotune, and let NCCL set up its buffers outside the capture
-                self._decode_step(self.decoder.step_forward)
+                self._decode_step(self.decoder.compiled_forward)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._decode_step(self.decoder.step_forward)
+            self._decode_step(self.decoder.compiled_forward)
         self.graphs[self.do_sample] = graph
 
 
@@ -302,9 +302,8 @@ class StaticDecoder:
                          use_cache=True, logits_to_keep=1, **{self.cache_argument: cache})
         return out.logits[:, -1, :]
 
-    def step_forward(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
-        if not self.use_graphs:
-            return self.eager_forward(input_ids, position_ids, attention_mask, cache)
+    def compiled_forward(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
+        """The forward as captured into the graph (used only by capture; uncaptured steps run eagerly)."""
         if self._compiled is None:
             # No "reduce-overhead": the whole step (with selection and bookkeeping) is captured below.
             self._compiled = torch.compile(self.eager_forward, fullgraph=True, dynamic=False)
