@@ -20,6 +20,7 @@ from ..policies.plan import ParamShard, ShardingPlan
 from .checkpoint import CheckpointIndex
 from .experts import expert_part_keys, read_experts
 from .keys import find_key
+from .staging import PinnedStager
 
 
 @dataclass
@@ -58,21 +59,26 @@ def _read(index: CheckpointIndex, key: str, shard: ParamShard | None, tp_rank: i
     return tensor
 
 
-def _to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Host tensor -> device. On CUDA through pinned memory (the caching host allocator reuses it):
-    the copy is asynchronous and runs at full bus speed while other threads read the next tensors."""
-    tensor = tensor.contiguous()
+def _make_stager(device: torch.device) -> PinnedStager | None:
+    """Pinned staging on CUDA (HF_TP_PINNED_LOAD=0 turns it off); plain copies elsewhere."""
     if device.type == "cuda" and os.environ.get("HF_TP_PINNED_LOAD", "1") != "0":
-        return tensor.pin_memory().to(device, non_blocking=True).to(dtype)
-    return tensor.to(device=device, dtype=dtype)
+        return PinnedStager(device)
+    return None
 
 
-def _copy_into(target: torch.Tensor, tensor: torch.Tensor) -> None:
-    """Host tensor -> an existing device tensor (cast on the way), staged like _to_device."""
-    tensor = tensor.contiguous()
-    pinned = target.is_cuda and os.environ.get("HF_TP_PINNED_LOAD", "1") != "0"
+def _to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype, stager: PinnedStager | None) -> torch.Tensor:
+    if stager is not None:
+        return stager.to_device(tensor, dtype)
+    return tensor.contiguous().to(device=device, dtype=dtype)
+
+
+def _copy_into(target: torch.Tensor, tensor: torch.Tensor, stager: PinnedStager | None) -> None:
+    """Host tensor -> an existing device tensor (a view into a fused buffer), cast on the way."""
+    if stager is not None:
+        stager.copy_into(target, tensor)
+        return
     with torch.no_grad():
-        target.copy_(tensor.pin_memory() if pinned else tensor, non_blocking=pinned)
+        target.copy_(tensor)
 
 
 def _tie_groups(model: nn.Module) -> list[list[str]]:
@@ -91,6 +97,7 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
     (GPT-2 Conv1D turned into a parallel linear). Tied parameters are read once and re-tied.
     """
     stats, start = LoadStats(), time.perf_counter()
+    stager = _make_stager(device)
     groups = _tie_groups(model)
     # Fused 3-D expert parameters stored per expert in the checkpoint: name -> per-expert keys.
     found = {g[0]: find_key(g, index) for g in groups}
@@ -129,13 +136,13 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
                 "the checkpoint does not match its config."
             )
         if target.device.type != "meta":  # already placed (a view into a fused buffer): write into it
-            _copy_into(target, tensor)
+            _copy_into(target, tensor, stager)
             return group, nbytes, None
         dtype = target.dtype if tensor.is_floating_point() else tensor.dtype
-        return group, nbytes, _to_device(tensor, device, dtype)
+        return group, nbytes, _to_device(tensor, device, dtype, stager)
 
     # Several reads in flight: copies out of the page cache and host-to-device transfers of
-    # different tensors overlap (torch and safetensors release the GIL while copying).
+    # different tensors overlap (torch releases the GIL while copying).
     with ThreadPoolExecutor(max_workers=load_threads()) as pool:
         for group, nbytes, tensor in tqdm(pool.map(read_group, groups), total=len(groups),
                                           desc="hf_tp: loading shards", unit="tensor", disable=not progress):
@@ -155,7 +162,7 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
         elif buffer.device != device:
             module._buffers[attr] = buffer.to(device)
     index.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # the asynchronous copies are done before anyone reads a weight
+    if stager is not None:
+        stager.finish()  # the asynchronous copies are done before anyone reads a weight
     stats.seconds = time.perf_counter() - start
     return stats
