@@ -1,4 +1,5 @@
-"""Load time of each rank's shard: ``python benchmarks/load_speed.py FOLDER [--tp N] [--threads 1,8] [--staging pinned,pageable]``.
+"""Load time of each rank's shard: ``python benchmarks/load_speed.py FOLDER [--tp N] [--threads 4,8]
+[--chunk-mb 8] [--buffers 6] [--staging pinned,pageable]`` (comma lists: every combination is run).
 
 Runs hf_tp's loader as it runs inside ``from_pretrained``: N processes, one per tp rank, joined by
 a gloo group (only the loader's error agreement uses it), rank r on cuda:(r mod GPUs), so on a
@@ -30,6 +31,12 @@ def rank_main(folder: str, rank: int, size: int) -> None:
     from hf_tp.auto import load_parallel_model
     from hf_tp.parallel.comm import TPGroup
 
+    import transformers
+
+    from hf_tp.parallelize import build_skeleton
+
+    # Imports are paid once per process whatever loads the model: keep them out of the timed part.
+    build_skeleton(transformers.AutoConfig.from_pretrained(folder), torch.bfloat16)
     dist.init_process_group("gloo", rank=rank, world_size=size)
     gpus = torch.cuda.device_count()
     device = torch.device("cuda", rank % gpus) if gpus else torch.device("cpu")
@@ -44,7 +51,8 @@ def rank_main(folder: str, rank: int, size: int) -> None:
     print("LOADSPEED " + json.dumps({
         "tp": size, "rank": rank, "threads": int(os.environ.get("HF_TP_LOAD_THREADS", 0)),
         "staging": "pageable" if os.environ.get("HF_TP_PINNED_LOAD") == "0" else "pinned",
-        "chunk_mb": os.environ.get("HF_TP_LOAD_CHUNK_MB", "16"),
+        "chunk_mb": os.environ.get("HF_TP_LOAD_CHUNK_MB", "8"), "buffers": os.environ.get("HF_TP_LOAD_BUFFERS", "6"),
+        "pin_s": round(stats.pin_seconds, 3),
         "weights_s": round(stats.seconds, 3), "from_pretrained_s": round(total, 3),
         "gb": round(stats.bytes_read / 1e9, 2), "gb_per_s": round(stats.gb_per_s, 2)}), flush=True)
     dist.destroy_process_group()
@@ -113,7 +121,8 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--threads", default="8")
     ap.add_argument("--staging", default="pinned")
-    ap.add_argument("--chunk-mb", default="16")
+    ap.add_argument("--chunk-mb", default="8")
+    ap.add_argument("--buffers", default="6")
     ap.add_argument("--probe", action="store_true")
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
@@ -126,10 +135,11 @@ def main() -> None:
         for staging in args.staging.split(","):
             for t in threads:
                 for mb in args.chunk_mb.split(","):
-                    env = {"HF_TP_LOAD_THREADS": str(t), "HF_TP_PINNED_LOAD": "0" if staging == "pageable" else "1",
-                           "HF_TP_LOAD_CHUNK_MB": mb}
-                    for line in run_config(args.folder, args.tp, env):
-                        print(line, flush=True)
+                    for buffers in args.buffers.split(","):
+                        env = {"HF_TP_LOAD_THREADS": str(t), "HF_TP_PINNED_LOAD": "0" if staging == "pageable" else "1",
+                               "HF_TP_LOAD_CHUNK_MB": mb, "HF_TP_LOAD_BUFFERS": buffers}
+                        for line in run_config(args.folder, args.tp, env):
+                            print(line, flush=True)
 
 
 if __name__ == "__main__":

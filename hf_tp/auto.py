@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from .errors import CheckpointError
 from .generation.spmd import make_tensor_parallel
-from .loading import CheckpointIndex, load_shards, resolve_checkpoint
+from .loading import CheckpointIndex, load_shards, make_stager, resolve_checkpoint
 from .parallel.comm import TPGroup, fail_together
 from .parallel.fused import fuse_shared_inputs
 from .parallelize import build_skeleton, parallelize
@@ -135,6 +135,7 @@ def load_parallel_model(name_or_path, tp: TPGroup, dtype=None, progress: bool = 
     from transformers import GenerationConfig
 
     with fail_together(tp, "finding the checkpoint"):
+        stager = make_stager(tp.device)  # pins its staging buffers while the skeleton is built
         folder, config, model_kwargs = resolve_config(name_or_path, hf_kwargs)
         index = CheckpointIndex(folder)
     with fail_together(tp, "planning the split"):
@@ -145,7 +146,8 @@ def load_parallel_model(name_or_path, tp: TPGroup, dtype=None, progress: bool = 
         transposed = parallelize(model, plan, tp, policy=policy)
     with fail_together(tp, "loading the weights"):
         fuse_shared_inputs(model, dict(policy.same_input), tp.device)
-        stats = load_shards(model, plan, index, tp.tp_rank, tp.device, transposed, progress=progress and tp.is_first)
+        stats = load_shards(model, plan, index, tp.tp_rank, tp.device, transposed, progress=progress and tp.is_first,
+                            stager=stager)
     try:
         model.generation_config = GenerationConfig.from_pretrained(folder)
     except OSError:

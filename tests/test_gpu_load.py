@@ -42,6 +42,7 @@ def test_staged_gpu_load_equals_cpu_load(tmp_path, monkeypatch, arch, tp_size):
               else CONFIGS[arch]())  # llama: uneven GQA at tp 2; gpt2: transposed Conv1D; qwen3_moe: 3-D experts
     folder = save_tiny_model(tmp_path / arch, config)
     monkeypatch.setenv("HF_TP_LOAD_CHUNK_MB", str(4096 / 2**20))  # 4 KB buffers: many chunks per tensor
+    monkeypatch.setenv("HF_TP_LOAD_BUFFERS", "2")  # fewer buffers than reader threads: they take turns
     monkeypatch.setenv("HF_TP_FUSE", "1")
     device = torch.device("cuda", 0)
     for dtype in (torch.float32, torch.bfloat16):  # bf16: the fp32 file is cast on the GPU
@@ -59,7 +60,7 @@ def test_stager_strided_cast_and_oversized_rows():
     from hf_tp.loading.staging import PinnedStager
 
     device = torch.device("cuda", 0)
-    stager = PinnedStager(device, nbytes=1024)
+    stager = PinnedStager(device, nbytes=1024, buffers=1)
     base = torch.randn(64, 300)
     cases = [base, base[:, 100:250], base.t(), base[5, 7], base[:, 3], torch.randn(3, 4096)[:, :2048]]  # last: rows of 8 KB > 1 KB
     got = [stager.to_device(src, dtype) for src in cases for dtype in (torch.float32, torch.bfloat16)]

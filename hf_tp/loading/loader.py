@@ -28,6 +28,7 @@ class LoadStats:
     tensors: int = 0
     bytes_read: int = 0  # bytes taken out of the checkpoint files by this rank
     seconds: float = 0.0
+    pin_seconds: float = 0.0  # pinning the staging buffers (in the background, from before the skeleton)
 
     @property
     def gb_per_s(self) -> float:
@@ -59,8 +60,9 @@ def _read(index: CheckpointIndex, key: str, shard: ParamShard | None, tp_rank: i
     return tensor
 
 
-def _make_stager(device: torch.device) -> PinnedStager | None:
-    """Pinned staging on CUDA (HF_TP_PINNED_LOAD=0 turns it off); plain copies elsewhere."""
+def make_stager(device: torch.device) -> PinnedStager | None:
+    """Pinned staging on CUDA (HF_TP_PINNED_LOAD=0 turns it off); plain copies elsewhere. Create it
+    early: its buffers are pinned in the background while the caller builds the model."""
     if device.type == "cuda" and os.environ.get("HF_TP_PINNED_LOAD", "1") != "0":
         return PinnedStager(device)
     return None
@@ -90,14 +92,16 @@ def _tie_groups(model: nn.Module) -> list[list[str]]:
 
 
 def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp_rank: int,
-                device: torch.device, transposed: frozenset[str] = frozenset(), progress: bool = True) -> LoadStats:
+                device: torch.device, transposed: frozenset[str] = frozenset(), progress: bool = True,
+                stager: PinnedStager | None = None) -> LoadStats:
     """Replace every meta parameter of ``model`` by this rank's slice from the checkpoint.
 
     ``transposed`` names parameters stored (in, out) in the file but (out, in) in the layer
     (GPT-2 Conv1D turned into a parallel linear). Tied parameters are read once and re-tied.
+    ``stager``: from ``make_stager`` (made here when not given).
     """
     stats, start = LoadStats(), time.perf_counter()
-    stager = _make_stager(device)
+    stager = stager or make_stager(device)
     groups = _tie_groups(model)
     # Fused 3-D expert parameters stored per expert in the checkpoint: name -> per-expert keys.
     found = {g[0]: find_key(g, index) for g in groups}
@@ -164,5 +168,6 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
     index.close()
     if stager is not None:
         stager.finish()  # the asynchronous copies are done before anyone reads a weight
+        stats.pin_seconds = stager.pin_seconds
     stats.seconds = time.perf_counter() - start
     return stats

@@ -1,59 +1,82 @@
-"""Host -> GPU copies of checkpoint slices through a few reusable pinned buffers.
+"""Host -> GPU copies of checkpoint slices through a small pool of reusable pinned buffers.
 
-Why not ``tensor.pin_memory().to(device)`` per tensor: every new size asks PyTorch's host
-allocator for fresh pinned memory, and pinning pages (cudaHostAlloc) is slow and serialised in
-the driver, so reader threads queue behind each other. Here each reader thread owns two pinned
-buffers of ``chunk_bytes`` and its own CUDA stream: it copies a chunk of the (memory-mapped)
-slice into one buffer while the previous chunk's DMA from the other buffer is still running.
-Reads out of the page cache, strided gathers (row-parallel slices) and host-to-device transfers
-of different threads all overlap, and only a few MB per thread are ever pinned.
+Why not ``tensor.pin_memory().to(device)`` per tensor: pinning host memory is slow (measured on
+the lent H100 VM: about 3 ms per MB, 0.4 s for 8 x 16 MB, see benchmarks/RESULTS.md) and every
+new tensor size pinned fresh memory. Here a few buffers are pinned once, in a background thread
+started before the model skeleton is built, so the pinning overlaps that work. A reader thread
+takes the least recently used buffer, copies the next chunk of its (memory-mapped) slice into it
+and queues the DMA on its own CUDA stream; the buffer goes back to the pool at once and is reused
+when its DMA's event has fired. Page-cache reads, strided gathers (row-parallel slices) and
+host-to-device transfers of different chunks and threads overlap.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import threading
+import time
 
 import torch
 
 
 def chunk_bytes() -> int:
-    """Bytes per pinned staging buffer: $HF_TP_LOAD_CHUNK_MB (default 16 MB; two per reader thread)."""
-    return int(float(os.environ.get("HF_TP_LOAD_CHUNK_MB", "16")) * 2**20)
+    """Bytes per pinned staging buffer: $HF_TP_LOAD_CHUNK_MB (default 8)."""
+    return int(float(os.environ.get("HF_TP_LOAD_CHUNK_MB", "8")) * 2**20)
+
+
+def buffer_count() -> int:
+    """Pinned staging buffers per rank: $HF_TP_LOAD_BUFFERS (default 6)."""
+    return max(1, int(os.environ.get("HF_TP_LOAD_BUFFERS", "6")))
 
 
 class _Slot:
     """One pinned buffer and the event that says when its last DMA finished."""
 
-    def __init__(self, nbytes: int, stream: torch.cuda.Stream):
+    def __init__(self, nbytes: int):
         self.buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-        self.done = torch.cuda.Event()
-        self.done.record(stream)
+        self.done = torch.cuda.Event()  # never recorded: synchronize() returns at once
 
 
 class PinnedStager:
-    """Copies CPU tensors (any strides, the file's dtype) into CUDA tensors. Thread-safe: each
-    thread gets its own stream and pair of buffers on first use. Call ``finish()`` once all
-    copies were issued: it waits for them and gives the pinned memory back."""
+    """Copies CPU tensors (any strides, the file's dtype) into CUDA tensors. Thread-safe. Pinning
+    starts at construction; call ``finish()`` once all copies were issued: it waits for them and
+    gives the pinned memory back."""
 
-    def __init__(self, device: torch.device, nbytes: int | None = None):
+    def __init__(self, device: torch.device, nbytes: int | None = None, buffers: int | None = None):
         self.device = device
         self.nbytes = nbytes or chunk_bytes()
+        self.pin_seconds = 0.0  # how long pinning the pool took (in the background)
+        self._pool: queue.Queue[_Slot | BaseException] = queue.Queue()
         self._local = threading.local()
-        self._all: list[_Slot] = []
-        self._lock = threading.Lock()
+        self._pinning = threading.Thread(target=self._pin, args=(buffers or buffer_count(),), daemon=True,
+                                         name="hf_tp-pin-staging")
+        self._pinning.start()
 
-    def _thread_state(self):
-        state = getattr(self._local, "state", None)
-        if state is None:
-            stream = torch.cuda.Stream(self.device)
+    def _pin(self, count: int) -> None:
+        start = time.perf_counter()
+        try:
+            torch.cuda.set_device(self.device)
+            for _ in range(count):
+                self._pool.put(_Slot(self.nbytes))
+        except BaseException as exc:  # handed to the reader threads, which raise it
+            self._pool.put(exc)
+        self.pin_seconds = time.perf_counter() - start
+
+    def _take(self) -> _Slot:
+        slot = self._pool.get()
+        if isinstance(slot, BaseException):
+            self._pool.put(slot)  # every other reader raises it too
+            raise RuntimeError(f"could not pin host memory for staging ({slot}); set HF_TP_PINNED_LOAD=0") from slot
+        return slot
+
+    def _stream(self) -> torch.cuda.Stream:
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = torch.cuda.Stream(self.device)
             # Whatever the default stream still has queued (allocations are free, but be safe) comes first.
             stream.wait_stream(torch.cuda.default_stream(self.device))
-            slots = [_Slot(self.nbytes, stream) for _ in range(2)]
-            with self._lock:
-                self._all.extend(slots)
-            state = self._local.state = [stream, slots, 0]
-        return state
+        return stream
 
     def to_device(self, source: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         target = torch.empty(source.shape, dtype=dtype, device=self.device)
@@ -64,30 +87,36 @@ class PinnedStager:
         """``target`` (contiguous, on the GPU) gets ``source``'s values, cast to its dtype on the GPU."""
         if source.numel() == 0:
             return
-        state = self._thread_state()
-        stream, slots = state[0], state[1]
+        stream = self._stream()
         for dst, src in _chunks(target, source, self.nbytes):
-            slot = slots[state[2]]
-            state[2] ^= 1
             nbytes = src.numel() * src.element_size()
             if nbytes > self.nbytes:  # one row larger than a buffer (rare): a one-off pinned copy
-                staging = src.contiguous().pin_memory()
-            else:
+                self._dma(dst, src.contiguous().pin_memory(), stream)
+                stream.synchronize()  # the one-off buffer is freed on return
+                continue
+            slot = self._take()
+            try:
                 slot.done.synchronize()  # its previous DMA has finished: the buffer may be overwritten
                 staging = slot.buffer[:nbytes].view(src.dtype).view(src.shape)
                 staging.copy_(src)  # page cache (mmap) -> pinned; gathers strided slices
-            with torch.cuda.stream(stream):
-                if src.dtype == dst.dtype:
-                    dst.copy_(staging, non_blocking=True)
-                else:  # move in the file's dtype, cast on the GPU (a temporary on this stream)
-                    dst.copy_(staging.to(self.device, non_blocking=True))
+                self._dma(dst, staging, stream)
                 slot.done.record(stream)
-                if nbytes > self.nbytes:
-                    stream.synchronize()  # the one-off buffer is freed on return
+            finally:
+                self._pool.put(slot)
+
+    def _dma(self, dst: torch.Tensor, staging: torch.Tensor, stream: torch.cuda.Stream) -> None:
+        with torch.cuda.stream(stream):
+            if staging.dtype == dst.dtype:
+                dst.copy_(staging, non_blocking=True)
+            else:  # move in the file's dtype, cast on the GPU (a temporary on this stream)
+                dst.copy_(staging.to(self.device, non_blocking=True))
 
     def finish(self) -> None:
+        """Wait for every copy, then unpin the buffers."""
+        self._pinning.join()
         torch.cuda.synchronize(self.device)
-        self._all.clear()
+        while not self._pool.empty():
+            self._pool.get()
         self._local = threading.local()
         empty = getattr(torch._C, "_host_emptyCache", None)
         if empty is not None:  # hand the staging buffers back to the OS instead of keeping them pinned
