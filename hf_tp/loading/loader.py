@@ -36,8 +36,9 @@ class LoadStats:
 
 
 def load_threads() -> int:
-    """Parallel reads per rank: $HF_TP_LOAD_THREADS, default min(8, cores)."""
-    return int(os.environ.get("HF_TP_LOAD_THREADS", min(8, os.cpu_count() or 1)))
+    """Parallel reads per rank: $HF_TP_LOAD_THREADS, default min(4, cores) (on the lent H100, 4 loaded
+    the 13B shape's tp-2 shards in 0.84 s, 8 in 1.11 s: benchmarks/RESULTS.md, 2026-11-25)."""
+    return int(os.environ.get("HF_TP_LOAD_THREADS", min(4, os.cpu_count() or 1)))
 
 
 def _read(index: CheckpointIndex, key: str, shard: ParamShard | None, tp_rank: int) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Host -> GPU copies of checkpoint slices through a small pool of reusable pinned buffers.
 
-Why not ``tensor.pin_memory().to(device)`` per tensor: pinning host memory is slow (measured on
-the lent H100 VM: about 3 ms per MB, 0.4 s for 8 x 16 MB, see benchmarks/RESULTS.md) and every
-new tensor size pinned fresh memory. Here a few buffers are pinned once, in a background thread
-started before the model skeleton is built, so the pinning overlaps that work. A reader thread
+Why not ``tensor.pin_memory().to(device)`` per tensor: that pins fresh host memory for every new
+tensor size (pinning costs time in the driver and serialises the reader threads) and copies each
+tensor twice on the host. Here a few buffers are pinned once, in a background thread started
+before the model skeleton is built, so the pinning overlaps that work (benchmarks/RESULTS.md:
+20-35 ms for 4-8 buffers of 8 MB on the lent H100, all hidden). A reader thread
 takes the least recently used buffer, copies the next chunk of its (memory-mapped) slice into it
 and queues the DMA on its own CUDA stream; the buffer goes back to the pool at once and is reused
 when its DMA's event has fired. Page-cache reads, strided gathers (row-parallel slices) and
@@ -21,13 +22,13 @@ import torch
 
 
 def chunk_bytes() -> int:
-    """Bytes per pinned staging buffer: $HF_TP_LOAD_CHUNK_MB (default 8)."""
+    """Bytes per pinned staging buffer: $HF_TP_LOAD_CHUNK_MB (default 8: 4 MB was slower, 2026-11-25)."""
     return int(float(os.environ.get("HF_TP_LOAD_CHUNK_MB", "8")) * 2**20)
 
 
 def buffer_count() -> int:
-    """Pinned staging buffers per rank: $HF_TP_LOAD_BUFFERS (default 6)."""
-    return max(1, int(os.environ.get("HF_TP_LOAD_BUFFERS", "6")))
+    """Pinned staging buffers per rank: $HF_TP_LOAD_BUFFERS (default 4: 8 was no faster, 2026-11-25)."""
+    return max(1, int(os.environ.get("HF_TP_LOAD_BUFFERS", "4")))
 
 
 class _Slot:
