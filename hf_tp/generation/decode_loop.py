@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import random
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -306,7 +307,10 @@ class StaticDecoder:
         """The forward as captured into the graph (used only by capture; uncaptured steps run eagerly)."""
         if self._compiled is None:
             # No "reduce-overhead": the whole step (with selection and bookkeeping) is captured below.
-            self._compiled = torch.compile(self.eager_forward, fullgraph=True, dynamic=False)
+            from ..parallel.comm import decode_compile_options
+
+            self._compiled = torch.compile(self.eager_forward, fullgraph=True, dynamic=False,
+                                           options=decode_compile_options(self.tp) or None)
         return self._compiled(input_ids, position_ids, attention_mask, cache)
 
     def _session(self, batch: int, needed: int) -> _Session:
@@ -376,6 +380,12 @@ class StaticDecoder:
         collective for collective, but a rank that failed half-way must not be waited for."""
         rng = torch.cuda.get_rng_state(self.device)
         ok = True
+        if self.tp.tp_size > 1:
+            # Inductor names persistent symmetric-memory buffers (HF_TP_ALLREDUCE=one_shot) with
+            # random.randint, and dynamo restores Python's random state after every compile: without
+            # a draw here each new shape reuses the first shape's buffer id and its allocation fails
+            # ("size ... is different from ... a previous allocation with the same alloc_id", torch 2.11).
+            random.random()
         try:
             session.start(request)
             session.capture()

@@ -6,6 +6,8 @@ hf_tp never invents its own transport: NCCL on GPU, gloo on CPU, through torch.d
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +48,35 @@ def all_reduce(tensor: torch.Tensor, tp: TPGroup) -> torch.Tensor:
         return funcol.all_reduce(tensor, "sum", tp.group or dist.group.WORLD)
     dist.all_reduce(tensor, group=tp.group)
     return tensor
+
+
+def decode_compile_options(tp: TPGroup) -> dict:
+    """Inductor options for the compiled decode forward, choosing its all-reduce.
+
+    $HF_TP_ALLREDUCE=nccl (default): the functional all-reduce stays an NCCL kernel (replayed inside
+    the CUDA graph). =one_shot: symmetric memory is enabled for the TP group and Inductor lowers every
+    all-reduce of at most $HF_TP_ONE_SHOT_MAX_KB (default 128, Inductor's own) to PyTorch's
+    ``symm_mem.one_shot_all_reduce`` (each rank reads its peers' buffers over NVLink; NVLink
+    multicast is not used). Opt-in until benchmarks/allreduce_probe.py has measured it on two GPUs.
+    All ranks agree: if enabling fails on any rank, every rank keeps NCCL (said once).
+    """
+    if tp.tp_size == 1 or tp.device.type != "cuda" or os.environ.get("HF_TP_ALLREDUCE", "nccl") != "one_shot":
+        return {}
+    ok, group = 1, tp.group or dist.group.WORLD
+    try:
+        from torch.distributed._symmetric_memory import enable_symm_mem_for_group
+
+        enable_symm_mem_for_group(group.group_name)
+    except Exception as exc:  # noqa: BLE001 - any failure means NCCL, on every rank
+        ok = 0
+        logging.getLogger("hf_tp").warning("hf_tp: symmetric memory unavailable (%s: %s); all-reduces stay on NCCL",
+                                           type(exc).__name__, exc)
+    flag = torch.tensor([ok], device=tp.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=tp.group)
+    if not int(flag.item()):
+        return {}
+    max_bytes = int(float(os.environ.get("HF_TP_ONE_SHOT_MAX_KB", "128")) * 1024)
+    return {"_collective.auto_select": True, "_collective.one_shot_all_reduce_threshold_bytes": max_bytes}
 
 
 def all_gather_last_dim(tensor: torch.Tensor, tp: TPGroup) -> torch.Tensor:
