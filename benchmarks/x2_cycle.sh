@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # One build-check-time cycle on nvidia-h200-x2, in device calls of at most 10 minutes each.
-# Usage (from the repo root on the device): bash benchmarks/x2_cycle.sh gguf1|checks|bench
+# Usage (from the repo root on the device): bash benchmarks/x2_cycle.sh gguf1|checks|bench|oneshot|baselines|load
 #   gguf1   carry .carry/p1: keep the first half of the SmolLM2 GGUF (the file is over one call's carry limit)
 #   checks  carry .carry/p2 and .carry/wheels: join the GGUF, then the GPU tests (bf16 equivalence at tp 2
 #           over NCCL, SmolLM2 and three random architectures) and the decode loop at tp 2
-#   bench   hf-tp bench on the 8B shape at tp 1 and 2, batches 1/8/32, and the tp-2 per-token profile
+#   bench     hf-tp bench (hf_tp, decode loop) on the 8B shape at tp 1 and 2, batches 1/8/32; all-reduce probe
+#   oneshot   the same with HF_TP_ALLREDUCE=one_shot, and the tp-2 per-token profile
+#   baselines Transformers one GPU and native TP, eager and compiled
+#   load      each rank's load time at tp 2, 8B and 13B shapes
 # Results land in $OUT. NVLink multicast stays off in every process.
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -26,8 +29,26 @@ checks)
   HF_TP_FAST_DECODE=1 timeout 150 python3 benchmarks/gpu_check.py --new-tokens 128 --json $OUT/smol_nccl_loop.json 2>&1 | tail -1
 ;;
 bench)
-  python3 -m hf_tp.cli bench --shape llama3-8b --tp-size 2 --batches 1,8,32 --modes compile --systems hf_tp \
-      --checkpoint-dir /root/ck --timeout 280 --json $OUT/bench_8b_tp2.json 2>&1 | tail -12
+  # hf_tp tp 1 and tp 2 with its decode loop (opt-in at tp > 1 until this run), then the all-reduce probe.
+  HF_TP_FAST_DECODE=1 python3 -m hf_tp.cli bench --shape llama3-8b --tp-size 2 --batches 1,8,32 --modes compile \
+      --systems hf_tp --checkpoint-dir /root/ck --timeout 280 --json $OUT/bench_8b_hf_tp.json 2>&1 | tail -12
+  timeout 120 python3 -m torch.distributed.run --standalone --nproc-per-node 2 benchmarks/allreduce_probe.py \
+      --json $OUT/allreduce_x2.json 2>&1 | grep ALLREDUCE ;;
+oneshot)
+  # The same with the symmetric-memory one-shot all-reduce, and where a token's time goes at tp 2.
+  HF_TP_FAST_DECODE=1 HF_TP_ALLREDUCE=one_shot python3 -m hf_tp.cli bench --shape llama3-8b --tp-size 2 \
+      --batches 1,8,32 --modes compile --systems hf_tp --checkpoint-dir /root/ck --timeout 280 \
+      --json $OUT/bench_8b_hf_tp_one_shot.json 2>&1 | tail -8
   (cd benchmarks && HF_TP_FAST_DECODE=1 timeout 150 python3 -m torch.distributed.run --standalone --nproc-per-node 2 \
       decode_profile.py --model /root/ck/llama3-8b-bfloat16 --tokens 64 2>&1 | grep -v Warn | tail -8) ;;
+baselines)
+  # Transformers on one GPU and its native TP (tp_plan="auto"), eager and compiled.
+  python3 -m hf_tp.cli bench --shape llama3-8b --tp-size 2 --batches 1,8,32 --systems transformers,transformers_tp \
+      --checkpoint-dir /root/ck --timeout 280 --json $OUT/bench_8b_transformers.json 2>&1 | tail -12 ;;
+load)
+  # Each rank's load at tp 2 (one rank per GPU), 8B and 13B shapes, warm page cache.
+  for s in llama3-8b llama2-13b; do
+    python3 -c "from hf_tp.bench.shapes import write_random_checkpoint as w; w('$s', '/root/ck/$s-bfloat16')"
+    python3 benchmarks/load_speed.py /root/ck/$s-bfloat16 --tp 2 --threads 4,8 2>&1 | cut -c1-300
+  done ;;
 esac
