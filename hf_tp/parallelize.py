@@ -17,11 +17,21 @@ from .policies.plan import ModuleShard, ShardingPlan
 
 def build_skeleton(config, dtype: torch.dtype, **model_kwargs) -> nn.Module:
     """The Transformers model for ``config`` with parameters on meta and (small) buffers real on CPU,
-    so rotary tables and the like are computed as Transformers computes them."""
+    so rotary tables and the like are computed as Transformers computes them.
+
+    Weight initialisation is skipped (Transformers' own ``no_init_weights``, as its from_pretrained
+    does): on meta tensors it only costs time (0.1 s of 0.12 s for the 13B shape's skeleton). Modules
+    that own buffers still get the model's ``_init_weights``, since some models fill buffers there."""
     import transformers
+    from transformers.initialization import no_init_weights
 
     with init_empty_weights(include_buffers=False):
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype, **model_kwargs)
+        with no_init_weights():
+            model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype, **model_kwargs)
+        with torch.no_grad():
+            for module in model.modules():
+                if next(module.buffers(recurse=False), None) is not None:
+                    model._init_weights(module)
     # from_config leaves tying to from_pretrained; tie now so shared weights are read once and stay shared.
     model.tie_weights()
     return model
