@@ -134,20 +134,25 @@ def load_parallel_model(name_or_path, tp: TPGroup, dtype=None, progress: bool = 
     rank are raised on all ranks (fail_together), so no rank is left waiting in a collective."""
     from transformers import GenerationConfig
 
-    with fail_together(tp, "finding the checkpoint"):
-        stager = make_stager(tp.device)  # pins its staging buffers while the skeleton is built
-        folder, config, model_kwargs = resolve_config(name_or_path, hf_kwargs)
-        index = CheckpointIndex(folder)
-    with fail_together(tp, "planning the split"):
-        policy = get_policy(config)
-        dtype = _resolve_dtype(dtype, config)
-        model = build_skeleton(config, dtype, **model_kwargs)
-        plan = build_plan(model, config, policy, tp.tp_size, model_name=str(name_or_path))
-        transposed = parallelize(model, plan, tp, policy=policy)
-    with fail_together(tp, "loading the weights"):
-        fuse_shared_inputs(model, dict(policy.same_input), tp.device)
-        stats = load_shards(model, plan, index, tp.tp_rank, tp.device, transposed, progress=progress and tp.is_first,
-                            stager=stager)
+    stager = make_stager(tp.device)  # pins its staging buffers while the skeleton is built
+    try:
+        with fail_together(tp, "finding the checkpoint"):
+            folder, config, model_kwargs = resolve_config(name_or_path, hf_kwargs)
+            index = CheckpointIndex(folder)
+        with fail_together(tp, "planning the split"):
+            policy = get_policy(config)
+            dtype = _resolve_dtype(dtype, config)
+            model = build_skeleton(config, dtype, **model_kwargs)
+            plan = build_plan(model, config, policy, tp.tp_size, model_name=str(name_or_path))
+            transposed = parallelize(model, plan, tp, policy=policy)
+        with fail_together(tp, "loading the weights"):
+            fuse_shared_inputs(model, dict(policy.same_input), tp.device)
+            stats = load_shards(model, plan, index, tp.tp_rank, tp.device, transposed, progress=progress and tp.is_first,
+                                stager=stager)
+    except BaseException:
+        if stager is not None:  # load_shards finishes it itself; an earlier failure must too
+            stager.finish(quiet=True)
+        raise
     try:
         model.generation_config = GenerationConfig.from_pretrained(folder)
     except OSError:

@@ -29,12 +29,23 @@ def build_skeleton(config, dtype: torch.dtype, **model_kwargs) -> nn.Module:
         with no_init_weights():
             model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype, **model_kwargs)
         with torch.no_grad():
-            for module in model.modules():
-                if next(module.buffers(recurse=False), None) is not None:
-                    model._init_weights(module)
+            _init_buffer_owners(model, model)
     # from_config leaves tying to from_pretrained; tie now so shared weights are read once and stay shared.
     model.tie_weights()
     return model
+
+
+def _init_buffer_owners(module: nn.Module, owner) -> None:
+    """``_init_weights`` of the nearest enclosing PreTrainedModel (as Transformers' own
+    initialize_weights picks it) for every module that owns buffers."""
+    from transformers import PreTrainedModel
+
+    if isinstance(module, PreTrainedModel):
+        owner = module
+    if next(module.buffers(recurse=False), None) is not None:
+        owner._init_weights(module)
+    for child in module.children():
+        _init_buffer_owners(child, owner)
 
 
 def _parallel_module(old: nn.Module, shard: ModuleShard, tp: TPGroup) -> nn.Module:

@@ -68,3 +68,14 @@ def test_stager_strided_cast_and_oversized_rows():
     want = [src.to(dtype) for src in cases for dtype in (torch.float32, torch.bfloat16)]
     for g, w in zip(got, want):
         assert g.is_cuda and g.shape == w.shape and torch.equal(g.cpu(), w)
+
+
+def test_stager_after_finish_raises_instead_of_waiting():
+    from hf_tp.loading.staging import PinnedStager
+
+    stager = PinnedStager(torch.device("cuda", 0), nbytes=1024, buffers=1)
+    stager.to_device(torch.ones(4), torch.float32)
+    stager.finish()
+    stager.finish()  # idempotent
+    with pytest.raises(RuntimeError, match="finished"):
+        stager.to_device(torch.ones(4), torch.float32)

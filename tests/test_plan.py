@@ -174,3 +174,31 @@ def test_describe(capsys):
                for ln in lines)
     one = plan.describe(tp_rank=1)
     assert "r1:" in one and "r0:" not in one
+
+
+_SMALL = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1,
+              head_dim=32, vocab_size=128)
+
+
+@pytest.mark.parametrize("model_type,extra", [
+    ("llama", dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
+    ("gemma3_text", {}),
+    # Gemma3n: a buffer of the inner Gemma3nTextModel is initialised by *its* _init_weights.
+    ("gemma3n_text", dict(vocab_size_per_layer_input=128, hidden_size_per_layer_input=16, laurel_rank=8,
+                          activation_sparsity_pattern=[0.0, 0.0], layer_types=["sliding_attention", "full_attention"],
+                          num_kv_shared_layers=0)),
+])
+def test_skeleton_buffers_equal_transformers_own_init(model_type, extra):
+    """build_skeleton skips weight init on meta but must leave every buffer as Transformers builds it."""
+    from accelerate import init_empty_weights
+
+    config = transformers.AutoConfig.for_model(model_type, **_SMALL, **extra)
+    ours = build_skeleton(config, torch.float32)
+    with init_empty_weights(include_buffers=False):
+        ref = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    want = dict(ref.named_buffers())
+    assert want and dict(ours.named_buffers()).keys() == want.keys()
+    for name, buffer in ours.named_buffers():
+        assert torch.equal(buffer, want[name]), name
+    assert all(p.device.type == "meta" for p in ours.parameters())

@@ -294,6 +294,7 @@ class StaticDecoder:
         self.cache_argument = _cache_argument_name(model)
         self.sessions: OrderedDict[tuple[int, int], _Session] = OrderedDict()
         self._compiled = None
+        self._one_shot = False  # the compiled forward's all-reduces use symmetric memory
         self._compiled_shapes: set[tuple[int, int]] = set()
         self._warned_limit = False
 
@@ -309,8 +310,9 @@ class StaticDecoder:
             # No "reduce-overhead": the whole step (with selection and bookkeeping) is captured below.
             from ..parallel.comm import decode_compile_options
 
-            self._compiled = torch.compile(self.eager_forward, fullgraph=True, dynamic=False,
-                                           options=decode_compile_options(self.tp) or None)
+            options = decode_compile_options(self.tp)
+            self._one_shot = bool(options)
+            self._compiled = torch.compile(self.eager_forward, fullgraph=True, dynamic=False, options=options or None)
         return self._compiled(input_ids, position_ids, attention_mask, cache)
 
     def _session(self, batch: int, needed: int) -> _Session:
@@ -380,7 +382,7 @@ class StaticDecoder:
         collective for collective, but a rank that failed half-way must not be waited for."""
         rng = torch.cuda.get_rng_state(self.device)
         ok = True
-        if self.tp.tp_size > 1:
+        if self._one_shot:
             # Inductor names persistent symmetric-memory buffers (HF_TP_ALLREDUCE=one_shot) with
             # random.randint, and dynamo restores Python's random state after every compile: without
             # a draw here each new shape reuses the first shape's buffer id and its allocation fails

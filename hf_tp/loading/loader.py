@@ -20,7 +20,7 @@ from ..policies.plan import ParamShard, ShardingPlan
 from .checkpoint import CheckpointIndex
 from .experts import expert_part_keys, read_experts
 from .keys import find_key
-from .staging import PinnedStager
+from .staging import PinnedStager, finished_at_exit
 
 
 @dataclass
@@ -103,72 +103,73 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
     """
     stats, start = LoadStats(), time.perf_counter()
     stager = stager or make_stager(device)
-    groups = _tie_groups(model)
-    # Fused 3-D expert parameters stored per expert in the checkpoint: name -> per-expert keys.
-    found = {g[0]: find_key(g, index) for g in groups}
-    per_expert = {g[0]: keys for g in groups if found[g[0]] is None
-                  for keys in [expert_part_keys(g[0], index)] if keys}
-    missing = [g[0] for g in groups if found[g[0]] is None and g[0] not in per_expert]
-    if missing:
-        raise CheckpointError(
-            f"{index.folder}: {len(missing)} weight(s) of the model are not in the checkpoint, e.g. {missing[:3]}. "
-            "The checkpoint does not match this config (architecture or size)."
-        )
-    def read_group(group):
-        """Read, check, cast and move one (tied) parameter; runs in a worker thread."""
-        shards = {plan.param_shard(n) for n in group}
-        if len(shards) > 1:
-            raise CheckpointError(f"tied parameters {group} are split differently by the policy; split them the same way.")
-        shard = shards.pop()
-        module_name, _, local = group[0].rpartition(".")
-        target = model.get_submodule(module_name)._parameters[local]
-        if group[0] in per_expert:
-            key = per_expert[group[0]][0][0]
-            try:
-                tensor = read_experts(index, per_expert[group[0]], shard and shard.dim, shard and shard.pieces[tp_rank])
-            except Exception as exc:
-                raise CheckpointError(f"could not read the experts of {group[0]} from {index.folder} ({exc}).") from exc
-        else:
-            key = found[group[0]]
-            tensor = _read(index, key, shard, tp_rank)
-        nbytes = tensor.numel() * tensor.element_size()
-        if group[0] in transposed:
-            tensor = tensor.t()
-        expected = tuple(target.shape)
-        if tuple(tensor.shape) != expected:
+    # Finished on every exit: the asynchronous copies are done before anyone reads a weight, and
+    # on errors before their targets can be freed.
+    with finished_at_exit(stager):
+        groups = _tie_groups(model)
+        # Fused 3-D expert parameters stored per expert in the checkpoint: name -> per-expert keys.
+        found = {g[0]: find_key(g, index) for g in groups}
+        per_expert = {g[0]: keys for g in groups if found[g[0]] is None
+                      for keys in [expert_part_keys(g[0], index)] if keys}
+        missing = [g[0] for g in groups if found[g[0]] is None and g[0] not in per_expert]
+        if missing:
             raise CheckpointError(
-                f"{key} in {index.files[key]} has shape {tuple(tensor.shape)} on tp rank {tp_rank}, expected {expected}; "
-                "the checkpoint does not match its config."
+                f"{index.folder}: {len(missing)} weight(s) of the model are not in the checkpoint, e.g. {missing[:3]}. "
+                "The checkpoint does not match this config (architecture or size)."
             )
-        if target.device.type != "meta":  # already placed (a view into a fused buffer): write into it
-            _copy_into(target, tensor, stager)
-            return group, nbytes, None
-        dtype = target.dtype if tensor.is_floating_point() else tensor.dtype
-        return group, nbytes, _to_device(tensor, device, dtype, stager)
+        def read_group(group):
+            """Read, check, cast and move one (tied) parameter; runs in a worker thread."""
+            shards = {plan.param_shard(n) for n in group}
+            if len(shards) > 1:
+                raise CheckpointError(f"tied parameters {group} are split differently by the policy; split them the same way.")
+            shard = shards.pop()
+            module_name, _, local = group[0].rpartition(".")
+            target = model.get_submodule(module_name)._parameters[local]
+            if group[0] in per_expert:
+                key = per_expert[group[0]][0][0]
+                try:
+                    tensor = read_experts(index, per_expert[group[0]], shard and shard.dim, shard and shard.pieces[tp_rank])
+                except Exception as exc:
+                    raise CheckpointError(f"could not read the experts of {group[0]} from {index.folder} ({exc}).") from exc
+            else:
+                key = found[group[0]]
+                tensor = _read(index, key, shard, tp_rank)
+            nbytes = tensor.numel() * tensor.element_size()
+            if group[0] in transposed:
+                tensor = tensor.t()
+            expected = tuple(target.shape)
+            if tuple(tensor.shape) != expected:
+                raise CheckpointError(
+                    f"{key} in {index.files[key]} has shape {tuple(tensor.shape)} on tp rank {tp_rank}, expected {expected}; "
+                    "the checkpoint does not match its config."
+                )
+            if target.device.type != "meta":  # already placed (a view into a fused buffer): write into it
+                _copy_into(target, tensor, stager)
+                return group, nbytes, None
+            dtype = target.dtype if tensor.is_floating_point() else tensor.dtype
+            return group, nbytes, _to_device(tensor, device, dtype, stager)
 
-    # Several reads in flight: copies out of the page cache and host-to-device transfers of
-    # different tensors overlap (torch releases the GIL while copying).
-    with ThreadPoolExecutor(max_workers=load_threads()) as pool:
-        for group, nbytes, tensor in tqdm(pool.map(read_group, groups), total=len(groups),
-                                          desc="hf_tp: loading shards", unit="tensor", disable=not progress):
-            stats.bytes_read += nbytes
-            stats.tensors += 1
-            if tensor is None:  # written in place
-                continue
-            param = nn.Parameter(tensor, requires_grad=False)
-            for name in group:
-                owner, _, attr = name.rpartition(".")
-                model.get_submodule(owner)._parameters[attr] = param
-    for name, buffer in list(model.named_buffers()):
-        owner, _, attr = name.rpartition(".")
-        module = model.get_submodule(owner)
-        if name in index and attr not in module._non_persistent_buffers_set:
-            module._buffers[attr] = _read(index, name, None, tp_rank).to(device)
-        elif buffer.device != device:
-            module._buffers[attr] = buffer.to(device)
+        # Several reads in flight: copies out of the page cache and host-to-device transfers of
+        # different tensors overlap (torch releases the GIL while copying).
+        with ThreadPoolExecutor(max_workers=load_threads()) as pool:
+            for group, nbytes, tensor in tqdm(pool.map(read_group, groups), total=len(groups),
+                                              desc="hf_tp: loading shards", unit="tensor", disable=not progress):
+                stats.bytes_read += nbytes
+                stats.tensors += 1
+                if tensor is None:  # written in place
+                    continue
+                param = nn.Parameter(tensor, requires_grad=False)
+                for name in group:
+                    owner, _, attr = name.rpartition(".")
+                    model.get_submodule(owner)._parameters[attr] = param
+        for name, buffer in list(model.named_buffers()):
+            owner, _, attr = name.rpartition(".")
+            module = model.get_submodule(owner)
+            if name in index and attr not in module._non_persistent_buffers_set:
+                module._buffers[attr] = _read(index, name, None, tp_rank).to(device)
+            elif buffer.device != device:
+                module._buffers[attr] = buffer.to(device)
     index.close()
-    if stager is not None:
-        stager.finish()  # the asynchronous copies are done before anyone reads a weight
-        stats.pin_seconds = stager.pin_seconds
+    stats.pin_seconds = stager.pin_seconds if stager is not None else 0.0
     stats.seconds = time.perf_counter() - start
     return stats

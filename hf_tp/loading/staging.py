@@ -17,13 +17,15 @@ import os
 import queue
 import threading
 import time
+from contextlib import contextmanager
 
 import torch
 
 
 def chunk_bytes() -> int:
-    """Bytes per pinned staging buffer: $HF_TP_LOAD_CHUNK_MB (default 8: 4 MB was slower, 2026-11-25)."""
-    return int(float(os.environ.get("HF_TP_LOAD_CHUNK_MB", "8")) * 2**20)
+    """Bytes per pinned staging buffer: $HF_TP_LOAD_CHUNK_MB (default 8: 4 MB was slower, 2026-11-25;
+    at least 64 KB)."""
+    return max(64 * 1024, int(float(os.environ.get("HF_TP_LOAD_CHUNK_MB", "8")) * 2**20))
 
 
 def buffer_count() -> int:
@@ -37,6 +39,10 @@ class _Slot:
     def __init__(self, nbytes: int):
         self.buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
         self.done = torch.cuda.Event()  # never recorded: synchronize() returns at once
+
+
+class _Finished(Exception):
+    """Put in the pool by finish()."""
 
 
 class PinnedStager:
@@ -66,6 +72,9 @@ class PinnedStager:
 
     def _take(self) -> _Slot:
         slot = self._pool.get()
+        if isinstance(slot, _Finished):
+            self._pool.put(slot)
+            raise RuntimeError("this PinnedStager was finished; make a new one (hf_tp.loading.make_stager)")
         if isinstance(slot, BaseException):
             self._pool.put(slot)  # every other reader raises it too
             raise RuntimeError(f"could not pin host memory for staging ({slot}); set HF_TP_PINNED_LOAD=0") from slot
@@ -91,10 +100,6 @@ class PinnedStager:
         stream = self._stream()
         for dst, src in _chunks(target, source, self.nbytes):
             nbytes = src.numel() * src.element_size()
-            if nbytes > self.nbytes:  # one row larger than a buffer (rare): a one-off pinned copy
-                self._dma(dst, src.contiguous().pin_memory(), stream)
-                stream.synchronize()  # the one-off buffer is freed on return
-                continue
             slot = self._take()
             try:
                 slot.done.synchronize()  # its previous DMA has finished: the buffer may be overwritten
@@ -112,16 +117,37 @@ class PinnedStager:
             else:  # move in the file's dtype, cast on the GPU (a temporary on this stream)
                 dst.copy_(staging.to(self.device, non_blocking=True))
 
-    def finish(self) -> None:
-        """Wait for every copy, then unpin the buffers."""
+    def finish(self, quiet: bool = False) -> None:
+        """Wait for every copy, then unpin the buffers. Idempotent. Also call it on error paths
+        (copies already queued must finish before their targets are freed), with ``quiet=True``
+        so a CUDA error here does not hide the error being raised."""
         self._pinning.join()
-        torch.cuda.synchronize(self.device)
+        try:
+            torch.cuda.synchronize(self.device)
+        except Exception:
+            if not quiet:
+                raise
         while not self._pool.empty():
             self._pool.get()
+        self._pool.put(_Finished())  # a later copy raises instead of waiting for a buffer for ever
         self._local = threading.local()
         empty = getattr(torch._C, "_host_emptyCache", None)
         if empty is not None:  # hand the staging buffers back to the OS instead of keeping them pinned
             empty()
+
+
+@contextmanager
+def finished_at_exit(stager: PinnedStager | None):
+    """Finish ``stager`` (if any) when the block ends, quietly when the block raised."""
+    if stager is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        stager.finish(quiet=True)
+        raise
+    stager.finish()
 
 
 def _chunks(target: torch.Tensor, source: torch.Tensor, nbytes: int):
@@ -129,7 +155,7 @@ def _chunks(target: torch.Tensor, source: torch.Tensor, nbytes: int):
 
     Contiguous sources are cut anywhere (flat views); strided ones (slices of the last
     dimension, transposed weights) by whole rows of dimension 0, which the copy into the pinned
-    buffer gathers.
+    buffer gathers; a row larger than ``nbytes`` is cut the same way, one level down.
     """
     if source.shape != target.shape:
         raise ValueError(f"staging shape mismatch: {tuple(source.shape)} -> {tuple(target.shape)}")
@@ -140,6 +166,10 @@ def _chunks(target: torch.Tensor, source: torch.Tensor, nbytes: int):
             yield flat_dst[start:start + step], flat_src[start:start + step]
         return
     row_bytes = source[0].numel() * source.element_size()
-    rows = max(1, nbytes // row_bytes)
+    if row_bytes > nbytes:
+        for row in range(source.shape[0]):
+            yield from _chunks(target[row], source[row], nbytes)
+        return
+    rows = nbytes // row_bytes
     for start in range(0, source.shape[0], rows):
         yield target[start:start + rows], source[start:start + rows]
