@@ -48,3 +48,43 @@ def test_sampling_same_seed_same_tokens_including_the_capturing_call(models):
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[1], runs[2])
     assert not torch.equal(runs[2], runs[3])
     torch.rand(2, device=device)  # the CUDA generator is usable after captures
+
+
+def _tp2_gloo_generate(folder):
+    """One rank of tp 2 on cuda:0, joined by gloo: eager path, then the decode loop."""
+    import os
+
+    import torch.distributed as dist
+
+    from hf_tp.auto import load_parallel_model
+    from hf_tp.parallel.comm import TPGroup
+
+    dist.init_process_group("gloo")
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    model = load_parallel_model(folder, TPGroup(dist.get_rank(), dist.get_world_size(), device), dtype=torch.float32,
+                                progress=False)
+    ids = torch.randint(1, 101, (2, 14), generator=torch.Generator().manual_seed(3)).to(device)
+    mask = torch.ones_like(ids)
+    ids[1, :4], mask[1, :4] = 0, 0
+    runs = {}
+    for setting in ("0", "1"):
+        os.environ["HF_TP_FAST_DECODE"] = setting
+        runs[setting] = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
+                                       pad_token_id=0).cpu()
+    decoder = getattr(model, "_hf_tp_static_decoder", None)
+    return runs["0"], runs["1"], bool(decoder and decoder.use_graphs)
+
+
+def test_loop_at_tp2_over_gloo_on_cuda_decodes_without_graphs(tmp_path):
+    """tp 2 on one GPU over gloo: gloo collectives cannot be captured in a CUDA graph (trying crashed
+    both ranks), so the loop must run without graphs on every rank and return the eager path's tokens.
+    (NCCL inside the graph needs two GPUs: tests/test_gpu.py.)"""
+    from conftest import run_ranks
+
+    folder = save_tiny_model(tmp_path / "m", tiny_config("llama", hidden_size=72, num_attention_heads=9,
+                                                         num_key_value_heads=3))
+    results = run_ranks(_tp2_gloo_generate, 2, str(folder), timeout=300)
+    for eager, loop, graphs in results:
+        assert torch.equal(loop, results[0][0]) and torch.equal(eager, results[0][0])
+    assert not any(graphs for _, _, graphs in results)

@@ -418,6 +418,13 @@ class StaticDecoder:
         return int(first_eos.max()) + 1
 
 
-def graphs_enabled(device: torch.device) -> bool:
-    """CUDA graphs + compile on CUDA unless HF_TP_CUDA_GRAPHS=0 (then the loop runs eagerly, for debugging)."""
-    return device.type == "cuda" and os.environ.get("HF_TP_CUDA_GRAPHS", "1") != "0"
+def graphs_enabled(tp) -> bool:
+    """CUDA graphs + compile on CUDA unless HF_TP_CUDA_GRAPHS=0 (then the loop runs eagerly, for debugging).
+
+    At tp > 1 only over NCCL: a gloo collective cannot be captured (gloo stages CUDA tensors through
+    the host), and trying crashed both ranks with a segmentation fault inside the compiled step
+    (torch 2.11, H100, 2026-11-25), which no fallback can catch.
+    """
+    if tp.device.type != "cuda" or os.environ.get("HF_TP_CUDA_GRAPHS", "1") == "0":
+        return False
+    return tp.tp_size == 1 or dist.get_backend(tp.group) == "nccl"

@@ -101,7 +101,7 @@ class TensorParallelMixin:
         from .decode_loop import StaticDecoder, graphs_enabled
 
         if getattr(self, "_hf_tp_static_decoder", None) is None:
-            self._hf_tp_static_decoder = StaticDecoder(self, self.hf_tp, graphs_enabled(self.hf_tp.device))
+            self._hf_tp_static_decoder = StaticDecoder(self, self.hf_tp, graphs_enabled(self.hf_tp))
         return self._hf_tp_static_decoder
 
     def save_pretrained(self, *args, **kwargs):
