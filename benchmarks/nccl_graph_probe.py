@@ -1,5 +1,5 @@
-"""Probe: an Inductor-compiled function with a functional all-reduce (what hf_tp's parallel layers
-trace to under torch.compile), captured in a CUDA graph by hand (what the decode loop does) over
+"""Probe: an Inductor-compiled function with a functional all-reduce and a last-dim all-gather (what
+hf_tp's row-parallel layers and LM head trace to under torch.compile), captured in a CUDA graph by hand (what the decode loop does) over
 NCCL, replayed with new inputs: results equal the eager computation.
 
 Usage: torchrun --nproc-per-node N benchmarks/nccl_graph_probe.py   (N = 1 works on a single GPU:
@@ -27,7 +27,10 @@ def main():
 
     def step(x):
         partial = torch.mm(x, weight.t(), out_dtype=torch.float32) if x.dtype == torch.bfloat16 else x @ weight.t()
-        return funcol.all_reduce(partial, "sum", dist.group.WORLD).relu()
+        hidden = funcol.all_reduce(partial, "sum", dist.group.WORLD).relu()
+        # The LM head's gather along the last dim, as hf_tp.parallel.comm.all_gather_last_dim traces it.
+        gathered = funcol.all_gather_tensor(hidden.movedim(-1, 0).contiguous(), 0, dist.group.WORLD).movedim(0, -1)
+        return gathered
 
     compiled = torch.compile(step, fullgraph=True)
     static_in = torch.zeros(4, 512, device=device)
@@ -47,7 +50,9 @@ def main():
         graph.replay()
         partial = x @ weight.t()
         dist.all_reduce(partial)
-        worst = max(worst, float((static_out - partial.relu()).abs().max()))
+        parts = [torch.empty_like(partial) for _ in range(world)]
+        dist.all_gather(parts, partial.relu().contiguous())
+        worst = max(worst, float((static_out - torch.cat(parts, dim=-1)).abs().max()))
     torch.cuda.synchronize()
     if rank == 0:
         print(f"NCCLGRAPH world={world} torch={torch.__version__} max|graph - eager| over 5 replays = {worst:.2e}",
