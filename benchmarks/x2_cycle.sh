@@ -24,7 +24,7 @@ checks)
   python3 -c "from hf_tp.demo import demo_model_path; print(demo_model_path())"
   # The GPU test suite: SmolLM2 and random Mixtral / Qwen3-MoE / Phi-3 at tp 2 over NCCL (eager path),
   # and the decode loop's graphs on one GPU. Each check's JSON is kept in $OUT.
-  HF_TP_GPU_RESULTS=$OUT timeout 420 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_gpu_loop.py 2>&1 | tail -5
+  HF_TP_GPU_RESULTS=$OUT timeout 420 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_gpu_loop.py tests/test_gpu_load.py 2>&1 | tail -5
   # The decode loop at tp 2 (compile + CUDA graph with NCCL inside), same comparison.
   HF_TP_FAST_DECODE=1 timeout 150 python3 benchmarks/gpu_check.py --new-tokens 128 --json $OUT/smol_nccl_loop.json 2>&1 | tail -1
 ;;
