@@ -37,6 +37,23 @@ def _inject_fault(rank: int, op: str) -> None:
         os._exit(17)
 
 
+
+_CACHE_KEYS = ("cache", "past_key_values")  # the name in Transformers >= 5.2x, and before
+
+
+def _cache_key(out) -> str | None:
+    """The name under which a model output holds its KV cache. Looked up in keys(): on Transformers
+    5.2x even ``"past_key_values" in out`` logs a deprecation warning."""
+    keys = list(out.keys())
+    return next((name for name in _CACHE_KEYS if name in keys), None)
+
+
+def _drop_cache(out) -> None:
+    """Remove the KV cache from a model output (device objects stay in the worker)."""
+    name = _cache_key(out)
+    if name is not None:
+        out[name] = None
+
 class Worker:
     def __init__(self, address: str, rank: int, authkey: bytes):
         self.rank = rank
@@ -113,12 +130,11 @@ class Worker:
         kwargs["return_dict_in_generate"] = True
         torch.manual_seed(seed)
         out = self.model.generate(*args, **kwargs)
-        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        name = _cache_key(out)
+        cache = out[name] if name is not None else None
         self.kv_cache_bytes = sum(t.numel() * t.element_size() for layer in getattr(cache, "layers", [])
                                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if torch.is_tensor(t))
-        for name in ("past_key_values", "cache"):  # device objects stay here
-            if name in out:
-                out[name] = None
+        _drop_cache(out)  # device objects stay here
         del cache
         if self.rank != 0:
             return None
@@ -134,8 +150,7 @@ class Worker:
         kwargs.setdefault("use_cache", False)  # the driver's call is stateless: no cache comes back
         with torch.no_grad():
             out = self.model(*to_device(args, device), **to_device(kwargs, device))
-        if hasattr(out, "past_key_values"):
-            out.past_key_values = None
+        _drop_cache(out)
         return to_cpu(out) if self.rank == 0 else None
 
     def memory(self, _payload):
