@@ -109,6 +109,33 @@ def main():
         rows.append(row)
         if rank == 0:
             print("ALLREDUCE " + json.dumps(row), flush=True)
+    # What a row-parallel layer really feeds the all-reduce: a GEMM's fp32 output (torch.mm with
+    # out_dtype, hf_tp's fp32 reduction of bf16 partial sums). Inductor can only use the one-shot
+    # all-reduce if it can allocate that output in symmetric memory; report what it emitted.
+    if "one_shot" in variants:
+        a = torch.randn(1, 2048, device=device, dtype=torch.bfloat16)
+        w = torch.randn(2048, 4096, device=device, dtype=torch.bfloat16)
+        want = torch.mm(a, w, out_dtype=torch.float32)
+        dist.all_reduce(want)
+        from torch._inductor.utils import run_and_get_code
+
+        for name, options in variants.items():
+            torch._dynamo.reset()
+            random.random()
+            compiled = torch.compile(lambda a: funcol.all_reduce(torch.mm(a, w, out_dtype=torch.float32), "sum", group),
+                                     fullgraph=True, options=options)
+            row = {"source": "mm_out_fp32_16kb", "variant": name}
+            try:
+                out, code = run_and_get_code(compiled, a)
+                row["lowered_to"] = "symm_mem.one_shot" if "one_shot_all_reduce" in "".join(code) else "nccl"
+                row["us"], out = timed_graph(compiled, a, device)
+                row["us"] = round(row["us"], 2)
+                row["max_err"] = float((out - want).abs().max())
+            except Exception as exc:  # noqa: BLE001 - reported
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            rows.append(row)
+            if rank == 0:
+                print("ALLREDUCE " + json.dumps(row), flush=True)
     if rank == 0 and args.json:
         with open(args.json, "w") as fh:
             json.dump({"torch": torch.__version__, "device": torch.cuda.get_device_name(device), "rows": rows}, fh, indent=1)
