@@ -158,7 +158,7 @@ def load_parallel_model(name_or_path, tp: TPGroup, dtype=None, progress: bool = 
     except OSError:
         pass  # no generation_config.json: keep the one derived from the config, as Transformers does
     model.eval()
-    model.hf_tp_plan, model.hf_tp_load_stats = plan, stats
+    model.hf_tp_plan, model.hf_tp_load_stats, model.hf_tp_transposed = plan, stats, transposed
     return make_tensor_parallel(model, tp)
 
 

@@ -112,6 +112,13 @@ def test_driver_matches_transformers_and_reports(tiny_checkpoint):
         assert "traceback from tp rank" in str(info.value)
         # A local error leaves the model usable.
         assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=64, do_sample=False), want)
+
+        # save_pretrained writes the unsplit checkpoint: plain Transformers reads back the same weights.
+        saved = os.path.join(os.path.dirname(path), "saved_by_driver")
+        model.save_pretrained(saved)
+        again = load_reference(saved).state_dict()
+        assert again.keys() == ref.state_dict().keys()
+        assert all(torch.equal(again[k], v) for k, v in ref.state_dict().items())
     assert _wait_gone(pids, 5), "workers outlived the context manager"
 
 

@@ -104,11 +104,20 @@ class TensorParallelMixin:
             self._hf_tp_static_decoder = StaticDecoder(self, self.hf_tp, graphs_enabled(self.hf_tp))
         return self._hf_tp_static_decoder
 
-    def save_pretrained(self, *args, **kwargs):
-        raise NotImplementedError(
-            "This model is split across ranks by hf_tp; save_pretrained would write one shard per rank. "
-            "Load the checkpoint with transformers.AutoModelForCausalLM to re-save it."
-        )
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Write the unsplit checkpoint, as Transformers writes it, from tp rank 0. Every rank must call
+        it (the slices are gathered with collectives); an error on any rank is raised on all of them."""
+        from ..loading.gather import full_state_dict
+        from ..parallel.comm import fail_together
+
+        if kwargs.get("state_dict") is not None:
+            raise ValueError("save_pretrained on an hf_tp model gathers the full state dict itself; "
+                             "do not pass state_dict (or save that dict with safetensors directly).")
+        kwargs.pop("state_dict", None)
+        state = full_state_dict(self, self.hf_tp_plan, self.hf_tp, getattr(self, "hf_tp_transposed", frozenset()))
+        with fail_together(self.hf_tp, "saving the checkpoint"):
+            if self.hf_tp.is_first:
+                super().save_pretrained(save_directory, *args, state_dict=state, **kwargs)
 
 
 def make_tensor_parallel(model, tp: TPGroup):

@@ -29,7 +29,7 @@ from multiprocessing.connection import Listener, wait
 import torch
 
 from ..errors import WorkerError
-from .protocol import ERROR, FORWARD, GENERATE, HEARTBEAT, LOAD, MEMORY, OK, SHUTDOWN, STREAM, STREAMER, rebuild_exception, recv, send
+from .protocol import ERROR, FORWARD, GENERATE, HEARTBEAT, LOAD, MEMORY, OK, SAVE, SHUTDOWN, STREAM, STREAMER, rebuild_exception, recv, send
 
 _LIVE_HANDLES: "weakref.WeakSet[TPModel]" = weakref.WeakSet()
 
@@ -336,6 +336,12 @@ class TPModel:
             return self._call(FORWARD, (args, kwargs), what="running forward")[0]
 
     forward = __call__
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """Write the unsplit checkpoint to ``save_directory`` (written by the tp-rank-0 worker, so the
+        path is on this machine), as ``PreTrainedModel.save_pretrained`` writes it."""
+        with self._lock:
+            self._call(SAVE, (str(save_directory), kwargs), what="saving the checkpoint")
 
     def memory(self) -> list[dict]:
         """One dict per rank: rank, device, allocated/reserved/peak/free bytes, weights and KV-cache bytes."""

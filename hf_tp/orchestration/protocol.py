@@ -4,7 +4,7 @@ Transport: one multiprocessing.connection per worker, over a Unix socket in a pr
 temporary folder, with a random authentication key handed to the worker on its stdin. Only
 processes that know the key can connect, so nothing from another user or host is unpickled.
 
-Driver -> worker: (op, payload) with op in LOAD, GENERATE, FORWARD, MEMORY, SHUTDOWN.
+Driver -> worker: (op, payload) with op in LOAD, GENERATE, FORWARD, MEMORY, SAVE, SHUTDOWN.
 Worker -> driver: (OK, value) | (ERROR, type_name, message, traceback) | (STREAM, tokens)
                   | (HEARTBEAT, heartbeat_time, progress_time).
 """
@@ -18,7 +18,7 @@ import torch
 
 from ..errors import CheckpointError, PolicyError, ShardingError, WorkerError
 
-LOAD, GENERATE, FORWARD, MEMORY, SHUTDOWN = "load", "generate", "forward", "memory", "shutdown"
+LOAD, GENERATE, FORWARD, MEMORY, SAVE, SHUTDOWN = "load", "generate", "forward", "memory", "save", "shutdown"
 OK, ERROR, STREAM, HEARTBEAT = "ok", "error", "stream", "heartbeat"
 STREAMER = "<driver streamer>"  # stands in for a streamer object, which stays in the driver
 

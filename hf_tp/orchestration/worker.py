@@ -153,16 +153,22 @@ class Worker:
         _drop_cache(out)
         return to_cpu(out) if self.rank == 0 else None
 
+    def save(self, payload):
+        """Every rank joins the gather; tp rank 0 writes the unsplit checkpoint."""
+        save_directory, kwargs = payload
+        self.model.save_pretrained(save_directory, **kwargs)
+
     def memory(self, _payload):
         from .memory import memory_report
 
         return memory_report(self.model, self.rank, self.model.hf_tp.device, self.kv_cache_bytes)
 
     def serve(self) -> None:
-        from .protocol import ERROR, FORWARD, GENERATE, LOAD, MEMORY, OK, SHUTDOWN, recv
+        from .protocol import ERROR, FORWARD, GENERATE, LOAD, MEMORY, OK, SAVE, SHUTDOWN, recv
 
         threading.Thread(target=self._heartbeat, daemon=True, name="hf_tp-heartbeat").start()
-        handlers = {LOAD: self.load, GENERATE: self.generate, FORWARD: self.forward, MEMORY: self.memory}
+        handlers = {LOAD: self.load, GENERATE: self.generate, FORWARD: self.forward, MEMORY: self.memory,
+                    SAVE: self.save}
         while True:
             try:
                 self.call_id, op, payload = recv(self.conn)
