@@ -73,8 +73,8 @@ def test_stager_strided_cast_and_oversized_rows():
 def test_stager_after_finish_raises_instead_of_waiting():
     from hf_tp.loading.staging import PinnedStager
 
-    stager = PinnedStager(torch.device("cuda", 0), nbytes=1024, buffers=1)
-    stager.to_device(torch.ones(4), torch.float32)
+    stager = PinnedStager(torch.device("cuda"), nbytes=1024, buffers=1)  # no index: the current GPU
+    assert torch.equal(stager.to_device(torch.ones(4), torch.float32).cpu(), torch.ones(4))
     stager.finish()
     stager.finish()  # idempotent
     with pytest.raises(RuntimeError, match="finished"):

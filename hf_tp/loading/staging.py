@@ -51,6 +51,8 @@ class PinnedStager:
     gives the pinned memory back."""
 
     def __init__(self, device: torch.device, nbytes: int | None = None, buffers: int | None = None):
+        if device.index is None:  # "cuda": the caller's current GPU (the pinning thread needs an index)
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
         self.nbytes = nbytes or chunk_bytes()
         self.pin_seconds = 0.0  # how long pinning the pool took (in the background)
