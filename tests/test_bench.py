@@ -18,3 +18,13 @@ def test_bench_smoke_writes_every_system(tmp_path):
     assert {(r["system"], r["tp_size"]) for r in good} >= {("hf_tp", 1), ("hf_tp", 2), ("transformers", 1)}
     assert all(r["decode_tok_s"] > 0 and r["load_s"] > 0 and r["peak_bytes_per_gpu"] > 0 for r in good)
     assert "decode tok/s" in proc.stdout
+    # hf_tp rows carry every rank's read figures; each rank read part of the checkpoint, together at least all of it.
+    for r in good:
+        if r["system"] == "hf_tp":
+            assert len(r["read_bytes_per_rank"]) == r["tp_size"] == len(r["read_seconds_per_rank"])
+            assert all(s > 0 for s in r["read_seconds_per_rank"])
+    tp2 = next(r for r in good if r["system"] == "hf_tp" and r["tp_size"] == 2)
+    tp1 = next(r for r in good if r["system"] == "hf_tp" and r["tp_size"] == 1)
+    assert all(0 < n < tp1["read_bytes_per_rank"][0] for n in tp2["read_bytes_per_rank"])
+    assert sum(tp2["read_bytes_per_rank"]) >= tp1["read_bytes_per_rank"][0]
+    assert "weights read: rank 0" in proc.stdout

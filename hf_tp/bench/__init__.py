@@ -82,6 +82,20 @@ def scaling_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def load_lines(rows: list[dict]) -> list[str]:
+    """Per-rank read figures of each hf_tp load (one per system run, not per batch)."""
+    lines, seen = [], set()
+    for r in rows:
+        key = (r.get("mode"), r.get("tp_size"))
+        if r.get("system") != "hf_tp" or "read_bytes_per_rank" not in r or key in seen:
+            continue
+        seen.add(key)
+        per_rank = ", ".join(f"rank {i} {nbytes / 1e9:.2f} GB in {s:.2f} s ({rate:.1f} GB/s)" for i, (nbytes, s, rate) in
+                             enumerate(zip(r["read_bytes_per_rank"], r["read_seconds_per_rank"], r["read_gb_per_s_per_rank"])))
+        lines.append(f"hf_tp {r['mode']} tp {r['tp_size']} weights read: {per_rank}; from_pretrained {r['load_s']:.2f} s")
+    return lines
+
+
 def run_bench(args) -> int:
     from .shapes import write_random_checkpoint
 
@@ -106,7 +120,7 @@ def run_bench(args) -> int:
         if out_file.exists():
             rows = [json.loads(line) for line in out_file.read_text().splitlines()] + [r for r in rows if "error" in r]
     print(format_table(rows))
-    for line in scaling_lines(rows):
+    for line in scaling_lines(rows) + load_lines(rows):
         print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

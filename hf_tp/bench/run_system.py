@@ -20,13 +20,20 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _loader_figures(model) -> dict:
-    """hf_tp's own reader statistics for this rank (rank 0 writes the row): bytes read and GB/s."""
+def _loader_figures(model, tp_size: int) -> dict:
+    """hf_tp's own reader statistics of every rank (rank 0 writes the row): bytes read, seconds, GB/s."""
     stats = getattr(model, "hf_tp_load_stats", None)
     if stats is None:
         return {}
-    return {"rank0_read_gb": round(stats.bytes_read / 1e9, 3), "rank0_read_seconds": round(stats.seconds, 3),
-            "rank0_read_gb_per_s": round(stats.gb_per_s, 2)}
+    mine = (stats.bytes_read, round(stats.seconds, 3), round(stats.gb_per_s, 2))
+    ranks = [mine]
+    if tp_size > 1:
+        import torch.distributed as dist
+
+        ranks = [None] * tp_size
+        dist.all_gather_object(ranks, mine)
+    return {"read_bytes_per_rank": [r[0] for r in ranks], "read_seconds_per_rank": [r[1] for r in ranks],
+            "read_gb_per_s_per_rank": [r[2] for r in ranks]}
 
 
 def _load(args, device):
@@ -92,6 +99,7 @@ def main() -> int:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     model, load_s = _load(args, device)
+    loader = _loader_figures(model, args.tp_size)
     vocab = model.config.vocab_size
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -115,7 +123,7 @@ def main() -> int:
             peak = int(t.item())
         rows.append({"system": args.system, "mode": args.mode, "tp_size": args.tp_size, "batch": batch,
                      "decode_tok_s": round(decode_tok_s, 2), "ttft_s": round(first, 4), "load_s": round(load_s, 3),
-                     "peak_bytes_per_gpu": peak, **_loader_figures(model), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
+                     "peak_bytes_per_gpu": peak, **loader, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
     if int(os.environ.get("RANK", "0")) == 0:
         with open(args.out, "a") as f:
             for row in rows:
