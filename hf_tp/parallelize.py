@@ -20,7 +20,7 @@ def build_skeleton(config, dtype: torch.dtype, **model_kwargs) -> nn.Module:
     so rotary tables and the like are computed as Transformers computes them.
 
     Weight initialisation is skipped (Transformers' own ``no_init_weights``, as its from_pretrained
-    does): on meta tensors it only costs time (0.1 s of 0.12 s for the 13B shape's skeleton). Modules
+    does): on meta tensors it only costs time (0.1 s of 0.12 s for the 13B shape's skeleton on the 2-core dev machine). Modules
     that own buffers still get the model's ``_init_weights``, since some models fill buffers there."""
     import transformers
     from transformers.initialization import no_init_weights

@@ -4,7 +4,7 @@ Why not ``tensor.pin_memory().to(device)`` per tensor: that pins fresh host memo
 tensor size (pinning costs time in the driver and serialises the reader threads) and copies each
 tensor twice on the host. Here a few buffers are pinned once, in a background thread started
 before the model skeleton is built, so the pinning overlaps that work (benchmarks/RESULTS.md:
-20-35 ms for 4-8 buffers of 8 MB on the lent H100, all hidden). A reader thread
+16-36 ms for 4-8 buffers of 8 MB on the lent H100, all hidden). A reader thread
 takes the least recently used buffer, copies the next chunk of its (memory-mapped) slice into it
 and queues the DMA on its own CUDA stream; the buffer goes back to the pool at once and is reused
 when its DMA's event has fired. Page-cache reads, strided gathers (row-parallel slices) and
