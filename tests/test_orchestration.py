@@ -122,6 +122,26 @@ def test_driver_matches_transformers_and_reports(tiny_checkpoint):
     assert _wait_gone(pids, 5), "workers outlived the context manager"
 
 
+def test_handle_uses_the_decode_loop(tiny_checkpoint, monkeypatch):
+    """With the decode loop on (HF_TP_FAST_DECODE=1; on CUDA at tp 1 it is the default), the workers'
+    generate runs it, even though they pass their own streamer and ask for the output object (to report
+    the KV cache): the cache they report is the loop's static one, a whole 256-token bucket."""
+    from hf_tp.generation.decode_loop import LENGTH_BUCKET
+
+    monkeypatch.setenv("HF_TP_FAST_DECODE", "1")
+    path = tiny_checkpoint("llama", num_attention_heads=6, num_key_value_heads=3, hidden_size=48,
+                           max_position_embeddings=1024)  # a whole bucket fits the context
+    ids = torch.tensor([[3, 4, 5], [0, 6, 7]])
+    mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
+    want = load_reference(path).generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
+    with hf_tp.AutoModelForCausalLM.from_pretrained(path, tp_size=2, device="cpu", dtype=torch.float32) as model:
+        assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False), want)
+        # K and V x 2 layers x batch 2 x this rank's KV heads (2 of 3, then 1) x bucket x head_dim 8 x fp32
+        # (Transformers' generate would report its dynamic cache: 12 positions, not 256).
+        per_head = 2 * 2 * 2 * LENGTH_BUCKET * 8 * 4
+        assert [m["kv_cache_bytes"] for m in model.memory()] == [2 * per_head, per_head]
+
+
 def test_killed_worker_raises_then_restart(tiny_checkpoint):
     path = tiny_checkpoint("llama")
     model = hf_tp.AutoModelForCausalLM.from_pretrained(path, tp_size=2, device="cpu", dtype=torch.float32, timeout_s=TIMEOUT_S)
@@ -156,6 +176,32 @@ def test_lone_raise_or_hang_is_bounded(tiny_checkpoint, monkeypatch, fault, mess
         if fault == "hang":  # auto_restart brought fresh workers; forward is not affected by the fault
             assert [h["alive"] for h in model.health()] == [True, True]
             assert model(torch.tensor([[3, 4, 5]])).logits.shape == (1, 3, 101)
+    finally:
+        model.shutdown()
+
+
+@pytest.mark.parametrize("allowed", ["startup_timeout_s_enough", "startup_timeout_s_too_short"])
+def test_long_compile_is_not_taken_for_a_hang(tiny_checkpoint, monkeypatch, allowed):
+    """Rank 1 spends 2.5 x timeout_s inside torch.compile's start/end hooks (what the first decode of a
+    large model does) while rank 0 waits for it in a collective: not a hang while startup_timeout_s
+    allows it; past startup_timeout_s, a WorkerError that says so."""
+    path = tiny_checkpoint("llama")
+    monkeypatch.setenv(FAULT_ENV, "1:generate:compile")
+    monkeypatch.setenv("HF_TP_FAULT_SECONDS", str(2.5 * TIMEOUT_S))
+    enough = allowed == "startup_timeout_s_enough"
+    model = hf_tp.AutoModelForCausalLM.from_pretrained(path, tp_size=2, device="cpu", dtype=torch.float32,
+                                                       timeout_s=TIMEOUT_S, startup_timeout_s=60 if enough else 1.5 * TIMEOUT_S)
+    try:
+        ids = torch.tensor([[3, 4, 5]])
+        start = time.time()
+        if enough:
+            got = model.generate(ids, max_new_tokens=8, do_sample=False)
+            assert time.time() - start > 2.5 * TIMEOUT_S  # the call really outlived timeout_s
+            assert torch.equal(got, load_reference(path).generate(ids, max_new_tokens=8, do_sample=False))
+        else:
+            with pytest.raises(hf_tp.WorkerError, match="tp rank 1 has been compiling for"):
+                model.generate(ids, max_new_tokens=8, do_sample=False)
+            assert time.time() - start < 2.5 * TIMEOUT_S
     finally:
         model.shutdown()
 

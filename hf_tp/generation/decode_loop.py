@@ -46,6 +46,7 @@ _HANDLED_FIELDS = {
     "eos_token_id", "pad_token_id", "bos_token_id", "decoder_start_token_id", "use_cache", "num_beams",
     "num_return_sequences", "early_stopping", "length_penalty", "cache_implementation", "compile_config",
     "disable_compile", "transformers_version", "_from_model_config", "cache_config", "max_cache_len",
+    "return_dict_in_generate",  # sequences + the cache; scores, logits, attentions are not kept (they fall back)
 }
 # generate() arguments that are not generation-config fields and that this loop handles itself.
 _HANDLED_ARGS = {"inputs", "input_ids", "attention_mask", "streamer", "generation_config", "synced_gpus"}
@@ -64,6 +65,7 @@ class DecodeRequest:
     top_k: int  # 0 = off
     top_p: float  # 1.0 = off
     streamer: object | None
+    return_dict: bool = False  # return_dict_in_generate: Transformers' output object, not the bare tensor
 
 
 def _is_default(value, default) -> bool:
@@ -130,7 +132,7 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
         input_ids=input_ids, attention_mask=mask.to(input_ids.device, torch.long), max_new_tokens=int(new_tokens),
         min_new_tokens=int(min_new), eos_token_ids=eos, pad_token_id=int(pad), do_sample=bool(config.do_sample),
         temperature=float(config.temperature or 1.0), top_k=int(config.top_k or 0), top_p=float(config.top_p or 1.0),
-        streamer=kwargs.get("streamer"),
+        streamer=kwargs.get("streamer"), return_dict=bool(config.return_dict_in_generate),
     ), None
 
 
@@ -163,8 +165,16 @@ def _unsupported_cache(model) -> str | None:
 
 
 def _cache_argument_name(model) -> str:
-    """Transformers renamed ``past_key_values`` to ``cache`` in 5.2x; pass whichever this version takes."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """Transformers renamed ``past_key_values`` to ``cache`` in 5.2x; pass whichever this version takes.
+    Read from the model class's own forward: hf_tp's mixin in front of it takes ``*args, **kwargs``."""
+    for cls in type(model).__mro__:
+        forward = cls.__dict__.get("forward")
+        if forward is not None:
+            parameters = inspect.signature(forward).parameters
+            for name in ("cache", "past_key_values"):
+                if name in parameters:
+                    return name
+    return "past_key_values"
 
 
 class _Session:
@@ -356,7 +366,11 @@ class StaticDecoder:
             done += 1
         if streamer is not None:
             streamer.end()
-        return torch.cat([request.input_ids, session.out[:, :length]], dim=1)
+        sequences = torch.cat([request.input_ids, session.out[:, :length]], dim=1)
+        if not request.return_dict:
+            return sequences
+        _rewind_cache(session.cache, sequences.shape[1] - 1)
+        return _generate_output(sequences, session.cache)
 
     def _may_compile(self, batch: int, session: _Session) -> bool:
         """Each (batch, length) shape is one more compilation of the forward; past torch.compile's
@@ -416,6 +430,28 @@ class StaticDecoder:
         is_eos = torch.isin(generated, session.eos[session.eos >= 0])
         first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full_like(is_eos[:, 0], done, dtype=torch.long))
         return int(first_eos.max()) + 1
+
+
+def _rewind_cache(cache, length: int) -> None:
+    """Forget the positions written by the steps that ran past the end (up to CHECK_EVERY - 1), so the
+    returned cache holds what Transformers' would: every position but the last token's."""
+    for layer in cache.layers:
+        if getattr(layer, "is_initialized", False):
+            layer.keys[:, :, length:].zero_()
+            layer.values[:, :, length:].zero_()
+            layer.cumulative_length.fill_(length)
+
+
+def _generate_output(sequences: torch.Tensor, cache):
+    """What Transformers' generate returns for return_dict_in_generate=True without scores: the sequences
+    and the cache. As with Transformers' own static cache, the cache object is reused by later calls."""
+    import dataclasses
+
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    fields = {f.name for f in dataclasses.fields(GenerateDecoderOnlyOutput)}
+    cache_field = "cache" if "cache" in fields else "past_key_values"  # renamed in Transformers 5.2x
+    return GenerateDecoderOnlyOutput(sequences=sequences, **{cache_field: cache})
 
 
 def graphs_enabled(tp) -> bool:

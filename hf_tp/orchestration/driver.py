@@ -83,6 +83,8 @@ class TPModel:
         self._queue: queue.Queue = queue.Queue()
         self._heartbeat = [time.time()] * self.tp_size
         self._progress = [time.time()] * self.tp_size
+        self._compiling: list[float | None] = [None] * self.tp_size  # since when each rank compiles
+        self._compile_seen = [0.0]  # when a heartbeat last said some rank was compiling
         self._errors: list[str | None] = [None] * self.tp_size
         # Per start: a receiver thread left over from before a restart must not feed the new queue.
         self._stopped = threading.Event()
@@ -134,6 +136,7 @@ class TPModel:
     def _receive(self, connections, messages: queue.Queue, stopped: threading.Event) -> None:
         conns = {conn: rank for rank, conn in enumerate(connections)}
         heartbeat, progress = self._heartbeat, self._progress  # this start's tables
+        compiling, compile_seen = self._compiling, self._compile_seen
         while conns and not stopped.is_set():
             try:
                 ready = wait(list(conns), timeout=0.2)
@@ -152,7 +155,9 @@ class TPModel:
                     messages.put((rank, ("closed", f"sent a message the driver cannot read ({exc!r})")))
                     continue
                 if message[0] == HEARTBEAT:
-                    heartbeat[rank], progress[rank] = message[1], message[2]
+                    heartbeat[rank], progress[rank], compiling[rank] = message[1], message[2], message[3]
+                    if compiling[rank] is not None:
+                        compile_seen[0] = time.time()
                 else:
                     messages.put((rank, message))
 
@@ -313,8 +318,14 @@ class TPModel:
         for rank in range(self.tp_size):
             if now - self._heartbeat[rank] > self.timeout_s:
                 raise self._fail(rank, f"(pid {self._procs[rank].pid}) sent no heartbeat for {now - self._heartbeat[rank]:.0f} s (frozen?)", what)
+        for rank, since in enumerate(self._compiling):
+            if since is not None and now - since > self.startup_timeout_s:
+                raise self._fail(rank, f"has been compiling for {now - since:.0f} s, longer than startup_timeout_s="
+                                       f"{self.startup_timeout_s:g}", what)
         for rank in pending:
-            idle = now - max(self._progress[rank], start)
+            # A rank compiling is working, and its peers may be waiting for it in a collective: while any
+            # rank compiles, and for timeout_s after, no rank counts as idle.
+            idle = now - max(self._progress[rank], start, self._compile_seen[0])
             if idle > timeout_s:
                 raise self._fail(rank, f"made no progress for {idle:.0f} s (stuck in a collective: another rank "
                                        "died, hung or raised alone?)", what)

@@ -50,7 +50,7 @@ def preflight(need_bytes: int, device: torch.device, cap_bytes: int | None, tp_r
         raise ShardingError(
             f"tp rank {tp_rank} needs {need_bytes / gib:.2f} GiB (weights shard + KV-cache budget) but only "
             f"{limit / gib:.2f} GiB is available on {device}{' under max_memory_per_gpu' if cap_bytes else ''}. "
-            "Use a larger tp_size, a smaller dtype (torch.bfloat16), a smaller kv_cache_budget, or free device memory."
+            "Use a larger tp_size, a smaller dtype (torch.bfloat16), a lower kv_cache_tokens, or free device memory."
         )
 
 

@@ -18,7 +18,9 @@ from multiprocessing.connection import Client
 HEARTBEAT_INTERVAL_S = 0.5
 
 # Fault injection for the orchestrator's own tests: HF_TP_FAULT_INJECT="RANK:OP:KIND" makes that
-# rank, on that request, raise (KIND=raise), hang forever (hang) or die (exit). Unset in normal use.
+# rank, on that request, raise (KIND=raise), hang forever (hang), die (exit), or spend
+# $HF_TP_FAULT_SECONDS inside torch.compile's own start/end hooks, as a long compile does (compile).
+# Unset in normal use.
 FAULT_ENV = "HF_TP_FAULT_INJECT"
 
 
@@ -35,6 +37,11 @@ def _inject_fault(rank: int, op: str) -> None:
         threading.Event().wait()
     if kind == "exit":
         os._exit(17)
+    if kind == "compile":
+        from torch._dynamo.callback import CallbackTrigger, callback_handler
+
+        with callback_handler.install_callbacks(CallbackTrigger.DYNAMO, "hf_tp-injected"):
+            time.sleep(float(os.environ.get("HF_TP_FAULT_SECONDS", "10")))
 
 
 
@@ -67,6 +74,27 @@ class Worker:
         self.call_id = 0
         self.model = None
         self.driver_pid = os.getppid()
+        self.compiling_since: float | None = None
+        self._watch_compiles()
+
+    def _watch_compiles(self) -> None:
+        """The first generate of a shape compiles the decode step (a minute or more for a large model,
+        with no token produced meanwhile). The heartbeat says since when this rank has been compiling,
+        so the driver does not take that silence for a hang (it bounds it by startup_timeout_s)."""
+        try:
+            from torch._dynamo.callback import on_compile_end, on_compile_start
+        except ImportError:  # without the hooks, a compile longer than timeout_s reads as a hang
+            return
+
+        def started(_args=None):
+            self.compiling_since = time.time()
+
+        def ended(_args=None):
+            self.compiling_since = None
+            self.progress_time = time.time()
+
+        on_compile_start(started)
+        on_compile_end(ended)
 
     def send(self, message) -> None:
         """Send one message; replies and streamed tokens carry the id of the call they answer."""
@@ -85,7 +113,7 @@ class Worker:
             if os.getppid() != self.driver_pid:
                 os._exit(3)
             try:
-                self.send((HEARTBEAT, time.time(), self.progress_time))
+                self.send((HEARTBEAT, time.time(), self.progress_time, self.compiling_since))
             except (OSError, EOFError):
                 os._exit(3)
             time.sleep(HEARTBEAT_INTERVAL_S)
