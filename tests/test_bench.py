@@ -28,3 +28,11 @@ def test_bench_smoke_writes_every_system(tmp_path):
     assert all(0 < n < tp1["read_bytes_per_rank"][0] for n in tp2["read_bytes_per_rank"])
     assert sum(tp2["read_bytes_per_rank"]) >= tp1["read_bytes_per_rank"][0]
     assert "weights read: rank 0" in proc.stdout
+    # The bandwidth floor: batch x copy bandwidth / (weights / tp); the row's rate as a fraction of it.
+    ckpt = next((tmp_path / "ckpt").iterdir())
+    weights = json.loads((ckpt / "model.safetensors.index.json").read_text())["metadata"]["total_size"]
+    for r in good:
+        floor = r["batch"] * r["copy_bandwidth_bytes_s"] * r["tp_size"] / weights
+        assert abs(r["bandwidth_floor_tok_s"] - floor) <= 0.05 + 1e-3 * floor
+        assert abs(r["floor_fraction"] - r["decode_tok_s"] / floor) <= 1e-3 * max(1.0, r["floor_fraction"])
+    assert "of the bandwidth floor" in proc.stdout

@@ -82,6 +82,19 @@ def scaling_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def floor_lines(rows: list[dict]) -> list[str]:
+    """Each row's decode rate as a fraction of the bandwidth floor: (1/tp of the weights) read once per
+    step at the copy bandwidth measured on the same device."""
+    lines = []
+    for r in rows:
+        if "error" in r or "bandwidth_floor_tok_s" not in r:
+            continue
+        lines.append(f"{r['system']} {r['mode']} tp {r['tp_size']} batch {r['batch']}: {r['floor_fraction']:.0%} of the "
+                     f"bandwidth floor ({r['bandwidth_floor_tok_s']:.0f} tok/s at {r['copy_bandwidth_bytes_s'] / 1e12:.2f} "
+                     "TB/s measured copy bandwidth per device)")
+    return lines
+
+
 def load_lines(rows: list[dict]) -> list[str]:
     """Per-rank read figures of each hf_tp load (one per system run, not per batch)."""
     lines, seen = [], set()
@@ -120,7 +133,7 @@ def run_bench(args) -> int:
         if out_file.exists():
             rows = [json.loads(line) for line in out_file.read_text().splitlines()] + [r for r in rows if "error" in r]
     print(format_table(rows))
-    for line in scaling_lines(rows) + load_lines(rows):
+    for line in scaling_lines(rows) + floor_lines(rows) + load_lines(rows):
         print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

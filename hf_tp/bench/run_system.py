@@ -36,6 +36,38 @@ def _loader_figures(model, tp_size: int) -> dict:
             "read_gb_per_s_per_rank": [r[2] for r in ranks]}
 
 
+def _weight_bytes(folder: str) -> int:
+    """Bytes of the checkpoint's tensors: the index's total_size, else the safetensors files' sizes."""
+    from pathlib import Path
+
+    index = Path(folder) / "model.safetensors.index.json"
+    if index.is_file():
+        total = json.loads(index.read_text()).get("metadata", {}).get("total_size")
+        if total:
+            return int(total)
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
+
+
+def _copy_bandwidth(device) -> float:
+    """Bytes per second a large device-to-device copy moves on this rank's device (read + write), the
+    bandwidth a decode step's weight reads can at best reach. On CPU, host memory copy bandwidth."""
+    numel = (1 << 28) if device.type == "cuda" else (1 << 25)  # 1 GiB of fp32 on GPU, 128 MiB on CPU
+    src = torch.ones(numel, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    _sync(device)
+    repeats = 10
+    start = time.perf_counter()
+    for _ in range(repeats):
+        dst.copy_(src)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    del src, dst
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return 2 * numel * 4 * repeats / seconds
+
+
 def _load(args, device):
     """(model, load seconds). Every system loads from the same local checkpoint folder."""
     import transformers
@@ -100,6 +132,9 @@ def main() -> int:
         torch.cuda.set_device(device)
     model, load_s = _load(args, device)
     loader = _loader_figures(model, args.tp_size)
+    # The bandwidth floor of a decode step: every GPU reads its 1/tp of the weights once per step.
+    bandwidth = _copy_bandwidth(device)
+    bytes_per_gpu = _weight_bytes(args.model) / args.tp_size
     vocab = model.config.vocab_size
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -113,6 +148,7 @@ def main() -> int:
         first = sorted(_generate_seconds(model, ids, 1, compiled, device) for _ in range(3))[1]
         full = sorted(_generate_seconds(model, ids, args.new_tokens, compiled, device) for _ in range(3))[1]
         decode_tok_s = batch * (args.new_tokens - 1) / max(full - first, 1e-9)
+        floor_tok_s = batch * bandwidth / bytes_per_gpu
         peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         if args.tp_size > 1:  # the worst rank's peak
@@ -123,7 +159,8 @@ def main() -> int:
             peak = int(t.item())
         rows.append({"system": args.system, "mode": args.mode, "tp_size": args.tp_size, "batch": batch,
                      "decode_tok_s": round(decode_tok_s, 2), "ttft_s": round(first, 4), "load_s": round(load_s, 3),
-                     "peak_bytes_per_gpu": peak, **loader, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
+                     "peak_bytes_per_gpu": peak, **loader, "copy_bandwidth_bytes_s": round(bandwidth),
+                     "bandwidth_floor_tok_s": round(floor_tok_s, 1), "floor_fraction": round(decode_tok_s / floor_tok_s, 4), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
     if int(os.environ.get("RANK", "0")) == 0:
         with open(args.out, "a") as f:
             for row in rows:
