@@ -36,6 +36,13 @@ def test_greedy_with_eos_and_padding_matches_transformers(models):
         got = ours.generate(input_ids=ids, attention_mask=mask, do_sample=False, pad_token_id=0, **kwargs)
         assert torch.equal(got, want), (kwargs, got[:, 14:].tolist(), want[:, 14:].tolist())
     assert ours._hf_tp_static_decoder.use_graphs and ours._hf_tp_static_decoder.sessions  # graphs were used
+    # return_dict_in_generate: the sequences, and the cache rewound to them (the graph ran past the eos);
+    # the next call replays the same graph on the reset cache.
+    kwargs = dict(input_ids=ids, attention_mask=mask, do_sample=False, pad_token_id=0, max_new_tokens=40, eos_token_id=eos)
+    out = ours.generate(**kwargs, return_dict_in_generate=True)
+    cache = out.get("cache", out.get("past_key_values"))
+    assert torch.equal(out.sequences, want) and int(cache.get_seq_length()) == want.shape[1] - 1
+    assert torch.equal(ours.generate(**kwargs), want)
 
 
 def test_sampling_same_seed_same_tokens_including_the_capturing_call(models):
