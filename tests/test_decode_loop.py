@@ -219,3 +219,41 @@ def test_sliding_window_cache_is_left_to_transformers():
         assert (request is not None) == served, reason
         if not served:
             assert "SlidingWindow" in reason
+
+
+def compiled_steps_on_ranks(folder: str, batch: dict):
+    """The loop's compiled forward (what the GPU captures in its graph: fullgraph, the TP collectives
+    traced as functional collectives), run step by step at tp 2 on CPU, against the loop's eager steps."""
+    import os
+
+    os.environ["HF_TP_FAST_DECODE"] = "1"
+    os.environ["HF_TP_FUSE"] = "1"
+    import hf_tp
+    from hf_tp.generation.decode_loop import plan_request
+
+    model = hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=2, device="cpu", dtype=torch.float32)
+    kwargs = dict(attention_mask=batch["attention_mask"], do_sample=False, max_new_tokens=12, pad_token_id=PAD)
+    eager = model.generate(batch["input_ids"], **kwargs)
+    decoder = model._hf_tp_decoder()
+    request, reason = plan_request(model, (batch["input_ids"],), kwargs)
+    assert request is not None, reason
+    session = decoder._session(*batch["input_ids"].shape[:1], batch["input_ids"].shape[1] + 12)
+    model._hf_tp_in_generate = True  # as inside generate: inputs were checked once, not per step
+    try:
+        with torch.no_grad():
+            session.start(request)
+            for _ in range(11):
+                session._decode_step(decoder.compiled_forward)
+    finally:
+        model._hf_tp_in_generate = False
+    from torch._dynamo.utils import counters
+
+    return eager, torch.cat([batch["input_ids"], session.out[:, :12]], dim=1), counters["stats"]["unique_graphs"]
+
+
+def test_compiled_step_at_tp2_matches_eager_steps(folder, batch):
+    from conftest import run_ranks
+
+    for rank, (eager, compiled, graphs) in enumerate(run_ranks(compiled_steps_on_ranks, 2, folder, batch, timeout=500)):
+        assert graphs == 1, f"rank {rank}: {graphs} compiled graphs (one expected: fullgraph, one shape)"
+        assert torch.equal(eager, compiled), f"rank {rank}: {eager.tolist()} != {compiled.tolist()}"
