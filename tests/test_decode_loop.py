@@ -59,6 +59,8 @@ def cases(eos: list[int]) -> dict[str, tuple[dict, bool]]:
         "max_length": (dict(do_sample=False, pad_token_id=PAD, max_length=15, eos_token_id=None), True),
         "one_token": ({**greedy, "max_new_tokens": 1}, True),
         "return_dict": ({**greedy, "eos_token_id": eos, "return_dict_in_generate": True}, True),
+        # top_p=0 keeps only the most likely token (Transformers' min_tokens_to_keep=1): sampling that equals greedy.
+        "top_p_zero": ({**greedy, "eos_token_id": eos, "do_sample": True, "top_k": 0, "top_p": 0.0}, True),
         "nine_eos_ids": ({**greedy, "eos_token_id": unused + [eos[0]]}, False),
         "penalty_fallback": ({**greedy, "repetition_penalty": 1.3}, False),
     }

@@ -131,7 +131,8 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
     return DecodeRequest(
         input_ids=input_ids, attention_mask=mask.to(input_ids.device, torch.long), max_new_tokens=int(new_tokens),
         min_new_tokens=int(min_new), eos_token_ids=eos, pad_token_id=int(pad), do_sample=bool(config.do_sample),
-        temperature=float(config.temperature or 1.0), top_k=int(config.top_k or 0), top_p=float(config.top_p or 1.0),
+        temperature=float(config.temperature or 1.0), top_k=int(config.top_k or 0),
+        top_p=1.0 if config.top_p is None else float(config.top_p),  # 0.0 is a setting (keep only the best), not "off"
         streamer=kwargs.get("streamer"), return_dict=bool(config.return_dict_in_generate),
     ), None
 
