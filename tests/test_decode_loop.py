@@ -221,3 +221,37 @@ def test_sliding_window_cache_is_left_to_transformers():
         assert (request is not None) == served, reason
         if not served:
             assert "SlidingWindow" in reason
+
+
+# Settings Transformers' generate raises on. The loop must refuse them (the fallback then raises
+# Transformers' error) rather than answer: each used to be served.
+REJECTED = {
+    "top_k_negative": dict(do_sample=True, top_k=-1),
+    "top_k_float": dict(do_sample=True, top_k=2.0),
+    "top_p_negative": dict(do_sample=True, top_p=-0.5),
+    "temperature_int": dict(do_sample=True, temperature=2),
+    "min_new_tokens_float": dict(min_new_tokens=3.0, eos_token_id=5),
+    "bad_words_empty": dict(bad_words_ids=[]),
+    "sequence_bias_empty": dict(sequence_bias={}),
+    "stop_strings_empty": dict(stop_strings=[]),  # no tokenizer given
+}
+
+
+@pytest.fixture(scope="module")
+def plain_model():
+    import transformers
+
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(tiny_config("llama")).eval()
+
+
+@pytest.mark.parametrize("case", REJECTED)
+def test_settings_transformers_rejects_are_refused(plain_model, case):
+    from hf_tp.generation.decode_loop import plan_request
+
+    ids = torch.tensor([[5, 6, 7]])
+    kwargs = dict(max_new_tokens=4, **REJECTED[case])
+    with pytest.raises(ValueError), torch.no_grad():
+        plain_model.generate(ids, **kwargs)
+    request, reason = plan_request(plain_model, (ids,), kwargs)
+    assert request is None, f"{case} was served; Transformers raises on it"
