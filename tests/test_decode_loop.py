@@ -255,3 +255,36 @@ def test_settings_transformers_rejects_are_refused(plain_model, case):
         plain_model.generate(ids, **kwargs)
     request, reason = plan_request(plain_model, (ids,), kwargs)
     assert request is None, f"{case} was served; Transformers raises on it"
+
+
+def _selector(vocab: int, temperature: float, top_k: int, top_p: float):
+    """A _Session's token selection alone (no model, no cache), sampling with these settings."""
+    from hf_tp.generation.decode_loop import _Session
+
+    session = object.__new__(_Session)
+    long = dict(dtype=torch.long)
+    session.step, session.min_new = torch.zeros((), **long), torch.zeros((), **long)
+    session.eos_in_vocab = torch.zeros(vocab, dtype=torch.bool)
+    session.vocab_positions = torch.arange(vocab)
+    session.do_sample = True
+    session.temperature = torch.tensor(temperature)
+    session.top_k, session.top_p = torch.tensor(top_k), torch.tensor(top_p)
+    return session._select
+
+
+@pytest.mark.parametrize("top_k,top_p", [(2, 1.0), (3, 1.0), (2, 0.95)])
+def test_sampling_keeps_top_k_ties(top_k, top_p):
+    """TopKLogitsWarper keeps every token whose logit equals the k-th largest (it compares values);
+    with bf16 logits such ties are common. The loop must sample from the same set of tokens."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = torch.tensor([[2.0, 1.0, 1.0, 1.0, 0.0, -1.0]])  # the 2nd..4th tie
+    warped = TemperatureLogitsWarper(0.9)(None, logits)
+    warped = TopKLogitsWarper(top_k)(None, warped)
+    if top_p < 1.0:
+        warped = TopPLogitsWarper(top_p)(None, warped)
+    want = set(torch.nonzero(warped[0].softmax(-1) > 0).flatten().tolist())
+    assert len(want) > top_k  # the ties are kept by Transformers
+    torch.manual_seed(0)
+    got = set(_selector(logits.shape[1], 0.9, top_k, top_p)(logits.expand(4096, -1)).tolist())
+    assert got == want  # every kept token has probability > 0.1: 4096 draws see them all

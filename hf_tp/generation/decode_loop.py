@@ -251,7 +251,10 @@ class _Session:
         logits = logits / self.temperature
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         rank = self.vocab_positions.unsqueeze(0)
-        keep = (rank < self.top_k) | (self.top_k <= 0)
+        # Top-k by value, as Transformers' TopKLogitsWarper: every token tied with the k-th largest logit
+        # stays (ties are common with bf16 logits); a cut by rank would drop some of them.
+        kth = (self.top_k.clamp(1, logits.shape[-1]) - 1).view(1, 1).expand(logits.shape[0], 1)
+        keep = (sorted_logits >= sorted_logits.gather(-1, kth)) | (self.top_k <= 0)
         sorted_logits = sorted_logits.masked_fill(~keep, float("-inf"))
         probs = sorted_logits.softmax(-1)
         mass_before = probs.cumsum(-1) - probs  # probability of the better-ranked tokens
