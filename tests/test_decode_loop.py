@@ -63,6 +63,9 @@ def cases(eos: list[int]) -> dict[str, tuple[dict, bool]]:
         "top_p_zero": ({**greedy, "eos_token_id": eos, "do_sample": True, "top_k": 0, "top_p": 0.0}, True),
         "nine_eos_ids": ({**greedy, "eos_token_id": unused + [eos[0]]}, False),
         "penalty_fallback": ({**greedy, "repetition_penalty": 1.3}, False),
+        # Falls back: Transformers infers the mask from the pad id (the batch's second row is padded).
+        "padded_no_mask": ({**greedy, "attention_mask": None}, False),
+        "logits_to_keep_fallback": ({**greedy, "logits_to_keep": 1}, False),  # a forward argument
     }
 
 
@@ -93,7 +96,7 @@ def generate_on_ranks(folder: str, batch: dict, eos: list[int]) -> dict:
     out, served = {}, {}
     for name, (kwargs, _) in cases(eos).items():
         before = len(calls)
-        result = model.generate(**batch, **kwargs)
+        result = model.generate(**{**batch, **kwargs})  # a case may override the batch's attention_mask
         if not torch.is_tensor(result):  # an output object: its type, fields and cache length travel back
             cache = result.get("cache", result.get("past_key_values"))
             out[f"{name}_object"] = (type(result).__name__, sorted(result.keys()), type(cache).__name__,
@@ -142,7 +145,7 @@ def _reference_generate(reference, batch, kwargs):
     model.generation_config.eos_token_id = reference["eos"][0]
     try:
         with torch.no_grad():
-            out = model.generate(**batch, **kwargs)
+            out = model.generate(**{**batch, **kwargs})
             return out if torch.is_tensor(out) else out.sequences
     finally:
         model.generation_config.eos_token_id = None
