@@ -59,8 +59,13 @@ def cases(eos: list[int]) -> dict[str, tuple[dict, bool]]:
         "max_length": (dict(do_sample=False, pad_token_id=PAD, max_length=15, eos_token_id=None), True),
         "one_token": ({**greedy, "max_new_tokens": 1}, True),
         "return_dict": ({**greedy, "eos_token_id": eos, "return_dict_in_generate": True}, True),
+        # top_p=0 keeps only the most likely token (Transformers' min_tokens_to_keep=1): sampling that equals greedy.
+        "top_p_zero": ({**greedy, "eos_token_id": eos, "do_sample": True, "top_k": 0, "top_p": 0.0}, True),
         "nine_eos_ids": ({**greedy, "eos_token_id": unused + [eos[0]]}, False),
         "penalty_fallback": ({**greedy, "repetition_penalty": 1.3}, False),
+        # Falls back: Transformers infers the mask from the pad id (the batch's second row is padded).
+        "padded_no_mask": ({**greedy, "attention_mask": None}, False),
+        "logits_to_keep_fallback": ({**greedy, "logits_to_keep": 1}, False),  # a forward argument
     }
 
 
@@ -91,7 +96,7 @@ def generate_on_ranks(folder: str, batch: dict, eos: list[int]) -> dict:
     out, served = {}, {}
     for name, (kwargs, _) in cases(eos).items():
         before = len(calls)
-        result = model.generate(**batch, **kwargs)
+        result = model.generate(**{**batch, **kwargs})  # a case may override the batch's attention_mask
         if not torch.is_tensor(result):  # an output object: its type, fields and cache length travel back
             cache = result.get("cache", result.get("past_key_values"))
             out[f"{name}_object"] = (type(result).__name__, sorted(result.keys()), type(cache).__name__,
@@ -140,7 +145,7 @@ def _reference_generate(reference, batch, kwargs):
     model.generation_config.eos_token_id = reference["eos"][0]
     try:
         with torch.no_grad():
-            out = model.generate(**batch, **kwargs)
+            out = model.generate(**{**batch, **kwargs})
             return out if torch.is_tensor(out) else out.sequences
     finally:
         model.generation_config.eos_token_id = None
@@ -257,3 +262,70 @@ def test_compiled_step_at_tp2_matches_eager_steps(folder, batch):
     for rank, (eager, compiled, graphs) in enumerate(run_ranks(compiled_steps_on_ranks, 2, folder, batch, timeout=500)):
         assert graphs == 1, f"rank {rank}: {graphs} compiled graphs (one expected: fullgraph, one shape)"
         assert torch.equal(eager, compiled), f"rank {rank}: {eager.tolist()} != {compiled.tolist()}"
+
+
+# Settings Transformers' generate raises on. The loop must refuse them (the fallback then raises
+# Transformers' error) rather than answer: each used to be served.
+REJECTED = {
+    "top_k_negative": dict(do_sample=True, top_k=-1),
+    "top_k_float": dict(do_sample=True, top_k=2.0),
+    "top_p_negative": dict(do_sample=True, top_p=-0.5),
+    "temperature_int": dict(do_sample=True, temperature=2),
+    "min_new_tokens_float": dict(min_new_tokens=3.0, eos_token_id=5),
+    "bad_words_empty": dict(bad_words_ids=[]),
+    "sequence_bias_empty": dict(sequence_bias={}),
+    "stop_strings_empty": dict(stop_strings=[]),  # no tokenizer given
+}
+
+
+@pytest.fixture(scope="module")
+def plain_model():
+    import transformers
+
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(tiny_config("llama")).eval()
+
+
+@pytest.mark.parametrize("case", REJECTED)
+def test_settings_transformers_rejects_are_refused(plain_model, case):
+    from hf_tp.generation.decode_loop import plan_request
+
+    ids = torch.tensor([[5, 6, 7]])
+    kwargs = dict(max_new_tokens=4, **REJECTED[case])
+    with pytest.raises(ValueError), torch.no_grad():
+        plain_model.generate(ids, **kwargs)
+    request, reason = plan_request(plain_model, (ids,), kwargs)
+    assert request is None, f"{case} was served; Transformers raises on it"
+
+
+def _selector(vocab: int, temperature: float, top_k: int, top_p: float):
+    """A _Session's token selection alone (no model, no cache), sampling with these settings."""
+    from hf_tp.generation.decode_loop import _Session
+
+    session = object.__new__(_Session)
+    long = dict(dtype=torch.long)
+    session.step, session.min_new = torch.zeros((), **long), torch.zeros((), **long)
+    session.eos_in_vocab = torch.zeros(vocab, dtype=torch.bool)
+    session.vocab_positions = torch.arange(vocab)
+    session.do_sample = True
+    session.temperature = torch.tensor(temperature)
+    session.top_k, session.top_p = torch.tensor(top_k), torch.tensor(top_p)
+    return session._select
+
+
+@pytest.mark.parametrize("top_k,top_p", [(2, 1.0), (3, 1.0), (2, 0.95)])
+def test_sampling_keeps_top_k_ties(top_k, top_p):
+    """TopKLogitsWarper keeps every token whose logit equals the k-th largest (it compares values);
+    with bf16 logits such ties are common. The loop must sample from the same set of tokens."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = torch.tensor([[2.0, 1.0, 1.0, 1.0, 0.0, -1.0]])  # the 2nd..4th tie
+    warped = TemperatureLogitsWarper(0.9)(None, logits)
+    warped = TopKLogitsWarper(top_k)(None, warped)
+    if top_p < 1.0:
+        warped = TopPLogitsWarper(top_p)(None, warped)
+    want = set(torch.nonzero(warped[0].softmax(-1) > 0).flatten().tolist())
+    assert len(want) > top_k  # the ties are kept by Transformers
+    torch.manual_seed(0)
+    got = set(_selector(logits.shape[1], 0.9, top_k, top_p)(logits.expand(4096, -1)).tolist())
+    assert got == want  # every kept token has probability > 0.1: 4096 draws see them all

@@ -69,7 +69,9 @@ class DecodeRequest:
 
 
 def _is_default(value, default) -> bool:
-    return value is None or value is False or value == default or (isinstance(value, (list, dict)) and not value)
+    # An empty list or dict is not a default: Transformers raises on bad_words_ids=[], sequence_bias={} and
+    # stop_strings=[] (without a tokenizer), and the requests that are no-ops there lose only speed here.
+    return value is None or value is False or value == default
 
 
 def plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | None, str | None]:
@@ -128,12 +130,43 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
             return None, "padded inputs without attention_mask"  # Transformers infers the mask; leave it to it
         mask = torch.ones_like(input_ids)
     min_new = config.min_new_tokens if config.min_new_tokens is not None else max(0, (config.min_length or 0) - prompt)
+    invalid = _rejected_by_transformers(config, prompt, eos)
+    if invalid:
+        return None, invalid  # Transformers' generate raises it
     return DecodeRequest(
         input_ids=input_ids, attention_mask=mask.to(input_ids.device, torch.long), max_new_tokens=int(new_tokens),
         min_new_tokens=int(min_new), eos_token_ids=eos, pad_token_id=int(pad), do_sample=bool(config.do_sample),
-        temperature=float(config.temperature or 1.0), top_k=int(config.top_k or 0), top_p=float(config.top_p or 1.0),
+        temperature=float(config.temperature or 1.0), top_k=int(config.top_k or 0),
+        top_p=1.0 if config.top_p is None else float(config.top_p),  # 0.0 is a setting (keep only the best), not "off"
         streamer=kwargs.get("streamer"), return_dict=bool(config.return_dict_in_generate),
     ), None
+
+
+def _rejected_by_transformers(config, prompt: int, eos: list[int]) -> str | None:
+    """The error Transformers' generate raises for these settings, or None. Built the way its
+    _get_logits_processor builds the processors this loop replaces, so their own checks run
+    (top_k=-1, top_k=2.0, temperature=2 (an int), top_p<0, min_new_tokens=3.0, ...): a request
+    Transformers refuses must not get an answer here."""
+    from transformers.generation import logits_process as lp
+
+    try:
+        if eos:
+            eos_ids = torch.tensor(eos)
+            min_length = config.min_new_tokens + prompt if config.min_new_tokens is not None else config.min_length
+            if min_length is not None and min_length > 0:
+                lp.MinLengthLogitsProcessor(min_length, eos_ids)
+            if config.min_new_tokens is not None and config.min_new_tokens > 0:
+                lp.MinNewTokensLengthLogitsProcessor(prompt, config.min_new_tokens, eos_ids)
+        if config.do_sample:
+            if config.temperature is not None and config.temperature != 1.0:
+                lp.TemperatureLogitsWarper(config.temperature)
+            if config.top_k is not None and config.top_k != 0:
+                lp.TopKLogitsWarper(top_k=config.top_k)
+            if config.top_p is not None and config.top_p < 1.0:
+                lp.TopPLogitsWarper(top_p=config.top_p)
+    except ValueError as exc:
+        return f"invalid setting ({exc})"
+    return None
 
 
 def _new_tokens(model, config, kwargs: dict, user_config, prompt: int) -> int:
@@ -218,7 +251,10 @@ class _Session:
         logits = logits / self.temperature
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         rank = self.vocab_positions.unsqueeze(0)
-        keep = (rank < self.top_k) | (self.top_k <= 0)
+        # Top-k by value, as Transformers' TopKLogitsWarper: every token tied with the k-th largest logit
+        # stays (ties are common with bf16 logits); a cut by rank would drop some of them.
+        kth = (self.top_k.clamp(1, logits.shape[-1]) - 1).view(1, 1).expand(logits.shape[0], 1)
+        keep = (sorted_logits >= sorted_logits.gather(-1, kth)) | (self.top_k <= 0)
         sorted_logits = sorted_logits.masked_fill(~keep, float("-inf"))
         probs = sorted_logits.softmax(-1)
         mass_before = probs.cumsum(-1) - probs  # probability of the better-ranked tokens

@@ -9,6 +9,8 @@ construction. Three things could still desynchronise ranks silently, and are han
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from ..parallel.comm import TPGroup, broadcast_int, check_same_on_all_ranks, fingerprint
@@ -123,6 +125,14 @@ class TensorParallelMixin:
 def make_tensor_parallel(model, tp: TPGroup):
     """Mix TensorParallelMixin into ``model``'s class (the object stays a PreTrainedModel)."""
     cls = type(model)
-    model.__class__ = type(cls.__name__, (TensorParallelMixin, cls), {"__module__": cls.__module__})
+
+    def forward(self, *args, **kwargs):
+        return TensorParallelMixin.forward(self, *args, **kwargs)
+
+    # Transformers' generate reads the forward's signature: to infer a padded prompt's attention mask
+    # and its position ids, to pass logits_to_keep, and to accept forward arguments given to generate.
+    # The mixin's (*args, **kwargs) would hide them all, so the fallback would answer differently.
+    forward.__signature__ = inspect.signature(cls.forward)
+    model.__class__ = type(cls.__name__, (TensorParallelMixin, cls), {"__module__": cls.__module__, "forward": forward})
     model.hf_tp = tp
     return model
