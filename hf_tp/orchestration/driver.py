@@ -29,7 +29,7 @@ from multiprocessing.connection import Listener, wait
 import torch
 
 from ..errors import WorkerError
-from .protocol import ERROR, FORWARD, GENERATE, HEARTBEAT, LOAD, MEMORY, OK, SAVE, SHUTDOWN, STREAM, STREAMER, rebuild_exception, recv, send
+from .protocol import ERROR, FORWARD, GENERATE, HEARTBEAT, LOAD, MEMORY, OK, SAVE, SHUTDOWN, STREAM, STREAMER, pack, rebuild_exception, recv, send
 
 _LIVE_HANDLES: "weakref.WeakSet[TPModel]" = weakref.WeakSet()
 
@@ -255,11 +255,12 @@ class TPModel:
             raise WorkerError(f"the workers are {self._state}; call restart() first.")
         timeout_s = timeout_s or self.timeout_s
         what = what or f"running {op}"
+        data = pack(payload, op)  # before anything is sent: an argument that cannot be pickled fails here alone
         self._call_id += 1
         call_id = self._call_id
         for rank, conn in enumerate(self._conns):
             try:
-                send(conn, (call_id, op, payload))
+                send(conn, (call_id, op, data))
             except OSError as exc:
                 raise self._fail(rank, f"could not be reached ({exc})", what) from None
         start = time.time()

@@ -192,14 +192,14 @@ class Worker:
         return memory_report(self.model, self.rank, self.model.hf_tp.device, self.kv_cache_bytes)
 
     def serve(self) -> None:
-        from .protocol import ERROR, FORWARD, GENERATE, LOAD, MEMORY, OK, SAVE, SHUTDOWN, recv
+        from .protocol import ERROR, FORWARD, GENERATE, LOAD, MEMORY, OK, SAVE, SHUTDOWN, recv, unpack
 
         threading.Thread(target=self._heartbeat, daemon=True, name="hf_tp-heartbeat").start()
         handlers = {LOAD: self.load, GENERATE: self.generate, FORWARD: self.forward, MEMORY: self.memory,
                     SAVE: self.save}
         while True:
             try:
-                self.call_id, op, payload = recv(self.conn)
+                self.call_id, op, data = recv(self.conn)
             except (EOFError, OSError):
                 return  # the driver closed the connection: nothing left to serve
             if op == SHUTDOWN:
@@ -208,7 +208,7 @@ class Worker:
             self.progress_time = time.time()
             try:
                 _inject_fault(self.rank, op)
-                result = handlers[op](payload)
+                result = handlers[op](unpack(data, op))
             except Exception as exc:  # reported to the driver, which raises it as its own kind
                 self.send((ERROR, type(exc).__name__, str(exc), traceback.format_exc()))
                 continue
