@@ -333,14 +333,16 @@ class TPModel:
 
     def generate(self, *args, **kwargs):
         """Like ``transformers`` ``generate``: CPU tensors in, CPU tensors out. ``streamer`` objects
-        stay here and receive tokens as the workers produce them."""
+        stay here and receive tokens as the workers produce them. ``self.generation_config`` is the
+        model's default generation config, as in Transformers: edits to it apply to the next call."""
         streamer = kwargs.pop("streamer", None)
         if streamer is not None:
             kwargs["streamer"] = STREAMER
         # A seed drawn from this process's RNG: torch.manual_seed here makes sampling reproducible.
         seed = int(torch.randint(0, 2**62, (1,)).item())
         with self._lock:
-            return self._call(GENERATE, (args, kwargs, seed), what="generating", streamer=streamer)[0]
+            return self._call(GENERATE, (args, kwargs, seed, self.generation_config), what="generating",
+                              streamer=streamer)[0]
 
     def __call__(self, *args, **kwargs):
         """The model's forward pass (stateless: no cache is kept between calls)."""

@@ -61,6 +61,14 @@ def _drop_cache(out) -> None:
     if name is not None:
         out[name] = None
 
+def _generation_value(model, kwargs: dict, name: str, default):
+    """The value generate() will use for generation field ``name``, by Transformers' precedence: the
+    keyword, else the call's generation_config, else the model's generation_config."""
+    sources = (kwargs.get(name), getattr(kwargs.get("generation_config"), name, None),
+               getattr(model.generation_config, name, None))
+    return next((value for value in sources if value is not None), default)
+
+
 class Worker:
     def __init__(self, address: str, rank: int, authkey: bytes):
         self.rank = rank
@@ -136,26 +144,32 @@ class Worker:
         return {"load_s": self.model.hf_tp_load_stats.seconds, "bytes_read": self.model.hf_tp_load_stats.bytes_read}
 
     def generate(self, payload):
+        import copy
+
         import torch
 
         from .protocol import STREAMER, to_cpu, to_device
 
-        args, kwargs, seed = payload
+        args, kwargs, seed, generation_config = payload
+        if generation_config is not None:  # the handle's copy: edits the user made on the driver count
+            self.model.generation_config = generation_config
         device = self.model.hf_tp.device
         args, kwargs = to_device(args, device), to_device(kwargs, device)
-        to_driver = kwargs.get("streamer") == STREAMER and self.rank == 0
-        kwargs.pop("streamer", None)
-        num_beams = kwargs.get("num_beams") or getattr(kwargs.get("generation_config"), "num_beams", 1) or 1
-        if num_beams == 1:  # generate() refuses streamers with beam search
+        user_streamer = kwargs.pop("streamer", None) == STREAMER
+        if _generation_value(self.model, kwargs, "num_beams", 1) == 1 or user_streamer:
             # Called once per decode step outside any compiled region: the watchdog's progress mark,
-            # and on rank 0 the channel to the driver's streamer.
-            kwargs["streamer"] = _StepStreamer(self, forward=to_driver)
+            # and on rank 0 the channel to the driver's streamer. generate() refuses streamers with beam
+            # search: ours stays out of it then, unless the user passed one, which is refused as in
+            # Transformers (on every rank alike).
+            kwargs["streamer"] = _StepStreamer(self, forward=user_streamer and self.rank == 0)
         # The returned cache tells memory() what the KV cache of this call took; the user gets the
         # output type they asked for.
-        wants_dict = kwargs.get("return_dict_in_generate",
-                                getattr(kwargs.get("generation_config") or self.model.generation_config,
-                                        "return_dict_in_generate", False))
-        kwargs["return_dict_in_generate"] = True
+        wants_dict = bool(_generation_value(self.model, kwargs, "return_dict_in_generate", False))
+        if "return_dict_in_generate" in kwargs or kwargs.get("generation_config") is None:
+            kwargs["return_dict_in_generate"] = True
+        else:  # on a copy of the call's config: a keyword beside a generation_config makes Transformers warn
+            kwargs["generation_config"] = copy.deepcopy(kwargs["generation_config"])
+            kwargs["generation_config"].return_dict_in_generate = True
         torch.manual_seed(seed)
         out = self.model.generate(*args, **kwargs)
         name = _cache_key(out)
