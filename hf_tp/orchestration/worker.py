@@ -55,11 +55,17 @@ def _cache_key(out) -> str | None:
     return next((name for name in _CACHE_KEYS if name in keys), None)
 
 
-def _drop_cache(out) -> None:
-    """Remove the KV cache from a model output (device objects stay in the worker)."""
+def _drop_cache(out):
+    """``out`` without its KV cache (device objects stay in the worker). A model output keeps its type;
+    the tuple of ``return_dict=False`` keeps its positions, with None where the cache was."""
+    if isinstance(out, tuple):
+        from transformers.cache_utils import Cache
+
+        return tuple(None if isinstance(value, Cache) else value for value in out)
     name = _cache_key(out)
     if name is not None:
         out[name] = None
+    return out
 
 def _generation_value(model, kwargs: dict, name: str, default):
     """The value generate() will use for generation field ``name``, by Transformers' precedence: the
@@ -176,7 +182,7 @@ class Worker:
         cache = out[name] if name is not None else None
         self.kv_cache_bytes = sum(t.numel() * t.element_size() for layer in getattr(cache, "layers", [])
                                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if torch.is_tensor(t))
-        _drop_cache(out)  # device objects stay here
+        out = _drop_cache(out)  # device objects stay here
         del cache
         if self.rank != 0:
             return None
@@ -189,10 +195,13 @@ class Worker:
 
         args, kwargs = payload
         device = self.model.hf_tp.device
-        kwargs.setdefault("use_cache", False)  # the driver's call is stateless: no cache comes back
+        if kwargs.get("return_dict") is not False:
+            # The driver's call is stateless: no cache comes back, so none is built. (A tuple is left
+            # to the model's default, so its items sit where Transformers puts them.)
+            kwargs.setdefault("use_cache", False)
         with torch.no_grad():
             out = self.model(*to_device(args, device), **to_device(kwargs, device))
-        _drop_cache(out)
+        out = _drop_cache(out)
         return to_cpu(out) if self.rank == 0 else None
 
     def save(self, payload):
