@@ -351,6 +351,23 @@ class TPModel:
 
     forward = __call__
 
+    # What scripts read off a Transformers model before calling it (``inputs.to(model.device)``).
+    @property
+    def device(self) -> torch.device:
+        """Where the handle takes and returns tensors: the CPU (the workers move them to their devices)."""
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights in the workers."""
+        from ..auto import _resolve_dtype
+
+        return _resolve_dtype(self.spec["dtype"], self.config)
+
+    def eval(self) -> "TPModel":
+        """No-op, for scripts written for a Transformers model: the workers' model is always in eval mode."""
+        return self
+
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """Write the unsplit checkpoint to ``save_directory`` (written by the tp-rank-0 worker, so the
         path is on this machine), as ``PreTrainedModel.save_pretrained`` writes it."""
