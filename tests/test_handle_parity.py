@@ -143,3 +143,22 @@ def test_common_model_attributes(pair):
     batch = transformers.BatchEncoding({"input_ids": IDS, "attention_mask": torch.ones_like(IDS)})
     assert torch.equal(model.generate(**batch.to(model.device), max_new_tokens=2, do_sample=False),
                        ref.generate(**batch.to(ref.device), max_new_tokens=2, do_sample=False))
+
+
+def test_kv_cache_arguments_are_refused_not_silently_dropped(pair):
+    """The handle keeps no KV cache between calls (it lives split across the workers). A Transformers
+    decode loop (``use_cache=True``, then ``past_key_values=out.past_key_values`` with the next token)
+    would otherwise get None back and then logits of the lone next token: silently wrong. And a cache
+    object passed in would never be filled. Each is a ValueError that says so."""
+    model, ref = pair
+    cache = transformers.DynamicCache(config=ref.config)
+    with pytest.raises(ValueError, match="keeps no KV cache"):
+        model(IDS, use_cache=True)
+    with pytest.raises(ValueError, match="keeps no KV cache"):
+        model(IDS[:, -1:], past_key_values=cache)
+    with pytest.raises(ValueError, match="keeps no KV cache"):
+        model.generate(IDS, max_new_tokens=2, past_key_values=cache)
+    # Stateless calls are unchanged.
+    assert rel_err(model(IDS, use_cache=False).logits, ref(IDS).logits) <= 1e-5
+    assert torch.equal(model.generate(IDS, max_new_tokens=2, use_cache=True, do_sample=False),
+                       ref.generate(IDS, max_new_tokens=2, do_sample=False))
