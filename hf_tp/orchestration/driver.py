@@ -51,6 +51,20 @@ atexit.register(_shutdown_all)
 _CHILD_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
+def _refuse_cache(what: str, kwargs: dict, use_cache_too: bool) -> None:
+    """A KV cache cannot cross to the driver: it lives split across the workers. Transformers would
+    return or fill one; dropping it silently would make a hand-written decode loop feed the next token
+    with no context and get wrong logits."""
+    passed = [k for k in ("past_key_values", "cache") if kwargs.get(k) is not None]
+    if use_cache_too and kwargs.get("use_cache") is True:
+        passed.append("use_cache=True")
+    if passed:
+        raise ValueError(
+            f"{what} on an hf_tp.TPModel got {', '.join(passed)}, but the handle keeps no KV cache between calls "
+            "(each rank holds its slice of it in its worker process), so none can be passed in or returned. "
+            "Use model.generate(...) to decode, or call model(...) on the whole sequence without a cache.")
+
+
 class TPModel:
     """A tensor-parallel model served by ``tp_size`` worker processes.
 
@@ -335,6 +349,7 @@ class TPModel:
         """Like ``transformers`` ``generate``: CPU tensors in, CPU tensors out. ``streamer`` objects
         stay here and receive tokens as the workers produce them. ``self.generation_config`` is the
         model's default generation config, as in Transformers: edits to it apply to the next call."""
+        _refuse_cache("generate()", kwargs, use_cache_too=False)
         streamer = kwargs.pop("streamer", None)
         if streamer is not None:
             kwargs["streamer"] = STREAMER
@@ -345,7 +360,8 @@ class TPModel:
                               streamer=streamer)[0]
 
     def __call__(self, *args, **kwargs):
-        """The model's forward pass (stateless: no cache is kept between calls)."""
+        """The model's forward pass (stateless: no cache is kept between calls, none is returned)."""
+        _refuse_cache("model(...)", kwargs, use_cache_too=True)
         with self._lock:
             return self._call(FORWARD, (args, kwargs), what="running forward")[0]
 
