@@ -67,6 +67,7 @@ def _drop_cache(out):
         out[name] = None
     return out
 
+
 def _generation_value(model, kwargs: dict, name: str, default):
     """The value generate() will use for generation field ``name``, by Transformers' precedence: the
     keyword, else the call's generation_config, else the model's generation_config."""
