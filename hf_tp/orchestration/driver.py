@@ -29,7 +29,7 @@ from multiprocessing.connection import Listener, wait
 import torch
 
 from ..errors import WorkerError
-from .protocol import ERROR, FORWARD, GENERATE, HEARTBEAT, LOAD, MEMORY, OK, SAVE, SHUTDOWN, STREAM, STREAMER, rebuild_exception, recv, send
+from .protocol import ERROR, FORWARD, GENERATE, HEARTBEAT, LOAD, MEMORY, OK, SAVE, SHUTDOWN, STREAM, STREAMER, pack, rebuild_exception, recv, send
 
 _LIVE_HANDLES: "weakref.WeakSet[TPModel]" = weakref.WeakSet()
 
@@ -49,6 +49,20 @@ atexit.register(_shutdown_all)
 
 # NVLink multicast stays off in every process we start (shared hosts; see the README).
 _CHILD_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def _refuse_cache(what: str, kwargs: dict, use_cache_too: bool) -> None:
+    """A KV cache cannot cross to the driver: it lives split across the workers. Transformers would
+    return or fill one; dropping it silently would make a hand-written decode loop feed the next token
+    with no context and get wrong logits."""
+    passed = [k for k in ("past_key_values", "cache") if kwargs.get(k) is not None]
+    if use_cache_too and kwargs.get("use_cache") is True:
+        passed.append("use_cache=True")
+    if passed:
+        raise ValueError(
+            f"{what} on an hf_tp.TPModel got {', '.join(passed)}, but the handle keeps no KV cache between calls "
+            "(each rank holds its slice of it in its worker process), so none can be passed in or returned. "
+            "Use model.generate(...) to decode, or call model(...) on the whole sequence without a cache.")
 
 
 class TPModel:
@@ -255,11 +269,12 @@ class TPModel:
             raise WorkerError(f"the workers are {self._state}; call restart() first.")
         timeout_s = timeout_s or self.timeout_s
         what = what or f"running {op}"
+        data = pack(payload, op)  # before anything is sent: an argument that cannot be pickled fails here alone
         self._call_id += 1
         call_id = self._call_id
         for rank, conn in enumerate(self._conns):
             try:
-                send(conn, (call_id, op, payload))
+                send(conn, (call_id, op, data))
             except OSError as exc:
                 raise self._fail(rank, f"could not be reached ({exc})", what) from None
         start = time.time()
@@ -332,21 +347,42 @@ class TPModel:
 
     def generate(self, *args, **kwargs):
         """Like ``transformers`` ``generate``: CPU tensors in, CPU tensors out. ``streamer`` objects
-        stay here and receive tokens as the workers produce them."""
+        stay here and receive tokens as the workers produce them. ``self.generation_config`` is the
+        model's default generation config, as in Transformers: edits to it apply to the next call."""
+        _refuse_cache("generate()", kwargs, use_cache_too=False)
         streamer = kwargs.pop("streamer", None)
         if streamer is not None:
             kwargs["streamer"] = STREAMER
         # A seed drawn from this process's RNG: torch.manual_seed here makes sampling reproducible.
         seed = int(torch.randint(0, 2**62, (1,)).item())
         with self._lock:
-            return self._call(GENERATE, (args, kwargs, seed), what="generating", streamer=streamer)[0]
+            return self._call(GENERATE, (args, kwargs, seed, self.generation_config), what="generating",
+                              streamer=streamer)[0]
 
     def __call__(self, *args, **kwargs):
-        """The model's forward pass (stateless: no cache is kept between calls)."""
+        """The model's forward pass (stateless: no cache is kept between calls, none is returned)."""
+        _refuse_cache("model(...)", kwargs, use_cache_too=True)
         with self._lock:
             return self._call(FORWARD, (args, kwargs), what="running forward")[0]
 
     forward = __call__
+
+    # What scripts read off a Transformers model before calling it (``inputs.to(model.device)``).
+    @property
+    def device(self) -> torch.device:
+        """Where the handle takes and returns tensors: the CPU (the workers move them to their devices)."""
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights in the workers."""
+        from ..auto import _resolve_dtype
+
+        return _resolve_dtype(self.spec["dtype"], self.config)
+
+    def eval(self) -> "TPModel":
+        """No-op, for scripts written for a Transformers model: the workers' model is always in eval mode."""
+        return self
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """Write the unsplit checkpoint to ``save_directory`` (written by the tp-rank-0 worker, so the

@@ -4,7 +4,9 @@ Transport: one multiprocessing.connection per worker, over a Unix socket in a pr
 temporary folder, with a random authentication key handed to the worker on its stdin. Only
 processes that know the key can connect, so nothing from another user or host is unpickled.
 
-Driver -> worker: (op, payload) with op in LOAD, GENERATE, FORWARD, MEMORY, SAVE, SHUTDOWN.
+Driver -> worker: (call_id, op, payload bytes) with op in LOAD, GENERATE, FORWARD, MEMORY, SAVE, SHUTDOWN.
+                  The payload is pickled on its own (``pack``), so that an argument the worker cannot
+                  rebuild (a class defined in the user's __main__) fails that one call, not the worker.
 Worker -> driver: (OK, value) | (ERROR, type_name, message, traceback) | (STREAM, tokens)
                   | (HEARTBEAT, heartbeat_time, progress_time).
 """
@@ -34,6 +36,27 @@ def send(conn, message) -> None:
 
 def recv(conn):
     return pickle.loads(conn.recv_bytes())  # only from authenticated peers (see module docstring)
+
+
+_NOT_SENDABLE = ("Objects passed to the workers (logits processors, stopping criteria, functions) must be "
+                 "importable there: define them at the top level of a module on the PYTHONPATH, not in __main__, "
+                 "a notebook cell, or as a lambda or a local function.")
+
+
+def pack(payload, what: str) -> bytes:
+    """The payload of one request, pickled once for every rank; TypeError if it cannot be pickled."""
+    try:
+        return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # PicklingError, AttributeError, TypeError, depending on the object
+        raise TypeError(f"an argument of {what}() cannot be sent to the worker processes ({exc}). {_NOT_SENDABLE}") from None
+
+
+def unpack(data: bytes, what: str):
+    """The payload rebuilt in the worker; TypeError if the worker cannot import what it refers to."""
+    try:
+        return pickle.loads(data)
+    except Exception as exc:  # AttributeError / ModuleNotFoundError naming the missing class
+        raise TypeError(f"an argument of {what}() cannot be rebuilt in the worker processes ({exc}). {_NOT_SENDABLE}") from None
 
 
 def to_cpu(obj):

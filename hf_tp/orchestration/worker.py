@@ -55,11 +55,26 @@ def _cache_key(out) -> str | None:
     return next((name for name in _CACHE_KEYS if name in keys), None)
 
 
-def _drop_cache(out) -> None:
-    """Remove the KV cache from a model output (device objects stay in the worker)."""
+def _drop_cache(out):
+    """``out`` without its KV cache (device objects stay in the worker). A model output keeps its type;
+    the tuple of ``return_dict=False`` keeps its positions, with None where the cache was."""
+    if isinstance(out, tuple):
+        from transformers.cache_utils import Cache
+
+        return tuple(None if isinstance(value, Cache) else value for value in out)
     name = _cache_key(out)
     if name is not None:
         out[name] = None
+    return out
+
+
+def _generation_value(model, kwargs: dict, name: str, default):
+    """The value generate() will use for generation field ``name``, by Transformers' precedence: the
+    keyword, else the call's generation_config, else the model's generation_config."""
+    sources = (kwargs.get(name), getattr(kwargs.get("generation_config"), name, None),
+               getattr(model.generation_config, name, None))
+    return next((value for value in sources if value is not None), default)
+
 
 class Worker:
     def __init__(self, address: str, rank: int, authkey: bytes):
@@ -136,33 +151,39 @@ class Worker:
         return {"load_s": self.model.hf_tp_load_stats.seconds, "bytes_read": self.model.hf_tp_load_stats.bytes_read}
 
     def generate(self, payload):
+        import copy
+
         import torch
 
         from .protocol import STREAMER, to_cpu, to_device
 
-        args, kwargs, seed = payload
+        args, kwargs, seed, generation_config = payload
+        if generation_config is not None:  # the handle's copy: edits the user made on the driver count
+            self.model.generation_config = generation_config
         device = self.model.hf_tp.device
         args, kwargs = to_device(args, device), to_device(kwargs, device)
-        to_driver = kwargs.get("streamer") == STREAMER and self.rank == 0
-        kwargs.pop("streamer", None)
-        num_beams = kwargs.get("num_beams") or getattr(kwargs.get("generation_config"), "num_beams", 1) or 1
-        if num_beams == 1:  # generate() refuses streamers with beam search
+        user_streamer = kwargs.pop("streamer", None) == STREAMER
+        if _generation_value(self.model, kwargs, "num_beams", 1) == 1 or user_streamer:
             # Called once per decode step outside any compiled region: the watchdog's progress mark,
-            # and on rank 0 the channel to the driver's streamer.
-            kwargs["streamer"] = _StepStreamer(self, forward=to_driver)
+            # and on rank 0 the channel to the driver's streamer. generate() refuses streamers with beam
+            # search: ours stays out of it then, unless the user passed one, which is refused as in
+            # Transformers (on every rank alike).
+            kwargs["streamer"] = _StepStreamer(self, forward=user_streamer and self.rank == 0)
         # The returned cache tells memory() what the KV cache of this call took; the user gets the
         # output type they asked for.
-        wants_dict = kwargs.get("return_dict_in_generate",
-                                getattr(kwargs.get("generation_config") or self.model.generation_config,
-                                        "return_dict_in_generate", False))
-        kwargs["return_dict_in_generate"] = True
+        wants_dict = bool(_generation_value(self.model, kwargs, "return_dict_in_generate", False))
+        if "return_dict_in_generate" in kwargs or kwargs.get("generation_config") is None:
+            kwargs["return_dict_in_generate"] = True
+        else:  # on a copy of the call's config: a keyword beside a generation_config makes Transformers warn
+            kwargs["generation_config"] = copy.deepcopy(kwargs["generation_config"])
+            kwargs["generation_config"].return_dict_in_generate = True
         torch.manual_seed(seed)
         out = self.model.generate(*args, **kwargs)
         name = _cache_key(out)
         cache = out[name] if name is not None else None
         self.kv_cache_bytes = sum(t.numel() * t.element_size() for layer in getattr(cache, "layers", [])
                                   for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if torch.is_tensor(t))
-        _drop_cache(out)  # device objects stay here
+        out = _drop_cache(out)  # device objects stay here
         del cache
         if self.rank != 0:
             return None
@@ -175,10 +196,13 @@ class Worker:
 
         args, kwargs = payload
         device = self.model.hf_tp.device
-        kwargs.setdefault("use_cache", False)  # the driver's call is stateless: no cache comes back
+        if kwargs.get("return_dict") is not False:
+            # The driver's call is stateless: no cache comes back, so none is built. (A tuple is left
+            # to the model's default, so its items sit where Transformers puts them.)
+            kwargs.setdefault("use_cache", False)
         with torch.no_grad():
             out = self.model(*to_device(args, device), **to_device(kwargs, device))
-        _drop_cache(out)
+        out = _drop_cache(out)
         return to_cpu(out) if self.rank == 0 else None
 
     def save(self, payload):
@@ -192,14 +216,14 @@ class Worker:
         return memory_report(self.model, self.rank, self.model.hf_tp.device, self.kv_cache_bytes)
 
     def serve(self) -> None:
-        from .protocol import ERROR, FORWARD, GENERATE, LOAD, MEMORY, OK, SAVE, SHUTDOWN, recv
+        from .protocol import ERROR, FORWARD, GENERATE, LOAD, MEMORY, OK, SAVE, SHUTDOWN, recv, unpack
 
         threading.Thread(target=self._heartbeat, daemon=True, name="hf_tp-heartbeat").start()
         handlers = {LOAD: self.load, GENERATE: self.generate, FORWARD: self.forward, MEMORY: self.memory,
                     SAVE: self.save}
         while True:
             try:
-                self.call_id, op, payload = recv(self.conn)
+                self.call_id, op, data = recv(self.conn)
             except (EOFError, OSError):
                 return  # the driver closed the connection: nothing left to serve
             if op == SHUTDOWN:
@@ -208,7 +232,7 @@ class Worker:
             self.progress_time = time.time()
             try:
                 _inject_fault(self.rank, op)
-                result = handlers[op](payload)
+                result = handlers[op](unpack(data, op))
             except Exception as exc:  # reported to the driver, which raises it as its own kind
                 self.send((ERROR, type(exc).__name__, str(exc), traceback.format_exc()))
                 continue
