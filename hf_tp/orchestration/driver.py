@@ -142,6 +142,11 @@ class TPModel:
             self._conns[rank] = conn
         self._receiver = threading.Thread(target=self._receive, args=(self._conns, self._queue, self._stopped),
                                           daemon=True, name="hf_tp-receiver")
+        # The watchdog's clocks start now that every worker is up: starting Python and importing torch
+        # in tp_size processes at once takes longer than timeout_s on a busy host.
+        now = time.time()
+        self._heartbeat[:] = [now] * self.tp_size
+        self._progress[:] = [now] * self.tp_size
         self._receiver.start()
         self._state = "loading"
         self._call(LOAD, self.spec, timeout_s=self.startup_timeout_s, what="loading the model")

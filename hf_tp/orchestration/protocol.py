@@ -8,7 +8,7 @@ Driver -> worker: (call_id, op, payload bytes) with op in LOAD, GENERATE, FORWAR
                   The payload is pickled on its own (``pack``), so that an argument the worker cannot
                   rebuild (a class defined in the user's __main__) fails that one call, not the worker.
 Worker -> driver: (OK, value) | (ERROR, type_name, message, traceback) | (STREAM, tokens)
-                  | (HEARTBEAT, heartbeat_time, progress_time).
+                  | (HEARTBEAT, heartbeat_time, progress_time, compiling_since (None when not compiling)).
 """
 
 from __future__ import annotations

@@ -90,7 +90,6 @@ class Worker:
         self.model = None
         self.driver_pid = os.getppid()
         self.compiling_since: float | None = None
-        self._watch_compiles()
 
     def _watch_compiles(self) -> None:
         """The first generate of a shape compiles the decode step (a minute or more for a large model,
@@ -219,6 +218,7 @@ class Worker:
         from .protocol import ERROR, FORWARD, GENERATE, LOAD, MEMORY, OK, SAVE, SHUTDOWN, recv, unpack
 
         threading.Thread(target=self._heartbeat, daemon=True, name="hf_tp-heartbeat").start()
+        self._watch_compiles()  # after the first heartbeat: importing torch._dynamo takes seconds on a busy host
         handlers = {LOAD: self.load, GENERATE: self.generate, FORWARD: self.forward, MEMORY: self.memory,
                     SAVE: self.save}
         while True:
