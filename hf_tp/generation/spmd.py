@@ -10,10 +10,12 @@ construction. Three things could still desynchronise ranks silently, and are han
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 
 import torch
 
 from ..parallel.comm import TPGroup, broadcast_int, check_same_on_all_ranks, fingerprint
+from ..parallel.layers import VocabParallelEmbedding, validate_token_ids
 from .fast import plan_fast_decode, with_fast_path
 
 
@@ -27,18 +29,6 @@ def _to(obj, device):
     if isinstance(obj, (list, tuple)) and any(torch.is_tensor(v) for v in obj):
         return type(obj)(_to(v, device) for v in obj)
     return obj
-
-
-def validate_token_ids(input_ids, vocab_size: int) -> None:
-    if input_ids is None or not torch.is_tensor(input_ids) or input_ids.numel() == 0:
-        return
-    low, high = int(input_ids.min()), int(input_ids.max())
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        raise ValueError(
-            f"input_ids contains token id {bad}, outside the model's vocabulary [0, {vocab_size}). "
-            "Use the tokenizer that belongs to this checkpoint."
-        )
 
 
 def validate_prompt_length(input_ids, max_positions: int | None) -> None:
@@ -74,10 +64,26 @@ class TensorParallelMixin:
 
     def forward(self, *args, **kwargs):
         # Inside generate the inputs were checked once; per-step checks would cost a sync each token.
-        if not self._hf_tp_in_generate:
-            args, kwargs = _to(args, self.hf_tp.device), _to(kwargs, self.hf_tp.device)
-            self._hf_tp_check_inputs("The inputs of model(...)", args, kwargs)
-        return super().forward(*args, **kwargs)
+        if self._hf_tp_in_generate:
+            return super().forward(*args, **kwargs)
+        args, kwargs = _to(args, self.hf_tp.device), _to(kwargs, self.hf_tp.device)
+        self._hf_tp_check_inputs("The inputs of model(...)", args, kwargs)
+        with self._hf_tp_ids_checked():
+            return super().forward(*args, **kwargs)
+
+    @contextmanager
+    def _hf_tp_ids_checked(self):
+        """The token ids were validated here (forward, generate): the embedding skips its own check,
+        which guards calls that bypass this class (model.model(ids), get_input_embeddings()(ids))."""
+        embedding = self.get_input_embeddings()
+        if not isinstance(embedding, VocabParallelEmbedding):
+            yield
+            return
+        before, embedding.check_ids = embedding.check_ids, False
+        try:
+            yield
+        finally:
+            embedding.check_ids = before
 
     @torch.no_grad()
     def generate(self, *args, **kwargs):
@@ -87,7 +93,7 @@ class TensorParallelMixin:
         # still makes runs reproducible and every rank samples the same token.
         seed = broadcast_int(int(torch.randint(0, 2**62, (1,)).item()), self.hf_tp)
         devices = [self.hf_tp.device] if self.hf_tp.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, device_type=self.hf_tp.device.type):
+        with torch.random.fork_rng(devices=devices, device_type=self.hf_tp.device.type), self._hf_tp_ids_checked():
             torch.manual_seed(seed)
             self._hf_tp_in_generate = True
             try:
