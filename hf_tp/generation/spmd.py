@@ -112,6 +112,24 @@ class TensorParallelMixin:
             self._hf_tp_static_decoder = StaticDecoder(self, self.hf_tp, graphs_enabled(self.hf_tp))
         return self._hf_tp_static_decoder
 
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """The unsplit model's count, as Transformers reports it and the same on every rank: each parameter
+        once, at its full (checkpoint) shape, vocab padding left out. (``get_memory_footprint`` stays
+        what it measures: the bytes this rank holds.) Nothing here trains, so ``only_trainable`` gives 0."""
+        embeddings = {f"{name}.weight" for name, module in self.named_modules()
+                      if isinstance(module, (torch.nn.Embedding, VocabParallelEmbedding))}
+        total = 0
+        for name, param in self.named_parameters():
+            if (exclude_embeddings and name in embeddings) or (only_trainable and not param.requires_grad):
+                continue
+            shard = self.hf_tp_plan.param_shard(name)
+            if shard is None:
+                total += param.numel()
+            else:  # numel / local length along the split dim * full length, whichever dim that is here
+                full = max(stop for pieces in shard.pieces for _, stop in pieces)
+                total += param.numel() // shard.local_size[self.hf_tp.tp_rank] * full
+        return total
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Write the unsplit checkpoint, as Transformers writes it, from tp rank 0. Every rank must call
         it (the slices are gathered with collectives); an error on any rank is raised on all of them."""
