@@ -39,6 +39,25 @@ def validate_prompt_length(input_ids, max_positions: int | None) -> None:
         )
 
 
+# Gradients through the collectives would be silently wrong (they have no backward), so training is refused.
+_INFERENCE_ONLY = (
+    "{what} not supported on an hf_tp tensor-parallel model: it is for inference only, and its collectives "
+    "have no backward, so gradients would be wrong. Run it under torch.no_grad() (detach inputs that require "
+    "grad), or train with plain Transformers (tp_size=None) or a training framework's tensor parallelism."
+)
+
+
+def _tensors(obj):
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
+
+
 class TensorParallelMixin:
     """Mixed into the model's own class at load time; everything else is the Transformers model."""
 
@@ -66,10 +85,17 @@ class TensorParallelMixin:
         # Inside generate the inputs were checked once; per-step checks would cost a sync each token.
         if self._hf_tp_in_generate:
             return super().forward(*args, **kwargs)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in _tensors((args, kwargs))):
+            raise NotImplementedError(_INFERENCE_ONLY.format(what="An input that requires grad is"))
         args, kwargs = _to(args, self.hf_tp.device), _to(kwargs, self.hf_tp.device)
         self._hf_tp_check_inputs("The inputs of model(...)", args, kwargs)
         with self._hf_tp_ids_checked():
             return super().forward(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise NotImplementedError(_INFERENCE_ONLY.format(what="model.train() is"))
+        return super().train(False)
 
     @contextmanager
     def _hf_tp_ids_checked(self):
