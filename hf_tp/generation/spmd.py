@@ -156,6 +156,13 @@ class TensorParallelMixin:
                 total += param.numel() // shard.local_size[self.hf_tp.tp_rank] * full
         return total
 
+    def resize_token_embeddings(self, *args, **kwargs):
+        raise NotImplementedError(
+            "resize_token_embeddings is not supported on an hf_tp tensor-parallel model: its embedding and LM head "
+            "are split by vocabulary rows across the ranks, planned at load time. Resize the model with plain "
+            "Transformers (tp_size=None), save_pretrained it, and load the saved folder with tp_size."
+        )
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Write the unsplit checkpoint, as Transformers writes it, from tp rank 0. Every rank must call
         it (the slices are gathered with collectives); an error on any rank is raised on all of them."""
