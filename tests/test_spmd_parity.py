@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import StaticCache
 
 from conftest import load_reference, rel_err, run_ranks_once, save_tiny_model, tiny_config
 
@@ -23,6 +24,8 @@ MODELS = {
     "llama_uneven": ("llama", {}),
     # tied input/output embeddings over a padded (101 -> 2 x 51) vocab-parallel shard
     "llama_tied": ("llama", dict(tie_word_embeddings=True)),
+    # one KV head, replicated on both ranks (each rank computes 2 of the 4 query heads against it)
+    "qwen3_kv1": ("qwen3", dict(num_attention_heads=4, num_key_value_heads=1)),
 }
 IDS = torch.randint(2, 101, (2, 9), generator=torch.Generator().manual_seed(0))
 GREEDY = dict(max_new_tokens=8, do_sample=False, pad_token_id=PAD)
@@ -92,6 +95,11 @@ def _generate_cases(model, assistant) -> dict:
         res = model.generate(IDS, **GREEDY, **kwargs)
         out[name] = res if torch.is_tensor(res) else {k: v for k, v in res.items() if k not in ("cache", "past_key_values")}
     out["prompt_lookup"] = model.generate(IDS[:1], prompt_lookup_num_tokens=3, **GREEDY)
+    # a cache built by user code from model.config (global head counts), and a continued generation
+    out["user_static_cache"] = model.generate(IDS, past_key_values=StaticCache(config=model.config, max_cache_len=32),
+                                              **GREEDY)
+    first = model.generate(IDS, return_dict_in_generate=True, **GREEDY)
+    out["continued"] = model.generate(first.sequences, past_key_values=first.past_key_values, **GREEDY)
     out["assistant_model"] = model.generate(IDS[:1], assistant_model=assistant, **GREEDY)
     return out
 
@@ -199,7 +207,8 @@ def test_forward_output_matches_transformers(ranks, name, case):
 
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("case", [*GENERATE_CASES, "prompt_lookup", "assistant_model"])
+@pytest.mark.parametrize("case", [*GENERATE_CASES, "prompt_lookup", "assistant_model", "user_static_cache",
+                                  "continued"])
 def test_generate_option_matches_transformers(ranks, name, case):
     for rank, res in enumerate(ranks):
         gen = res[name]["generate"]
