@@ -9,7 +9,7 @@ import torch
 from accelerate import init_empty_weights
 from torch import nn
 
-from .parallel.comm import TPGroup, all_reduce
+from .parallel.comm import TPGroup, all_gather_uneven, all_reduce
 from .parallel.layers import ColumnParallelLinear, ParallelLMHead, RowParallelLinear, VocabParallelEmbedding
 from .policies import Policy, get_policy
 from .policies.plan import ModuleShard, ShardingPlan
@@ -114,10 +114,48 @@ def parallelize(model: nn.Module, plan: ShardingPlan, tp: TPGroup, policy: Polic
         _set_local_heads(module, shards[tp.tp_rank])
         for attr, values in plan.attention_attrs.items():
             setattr(module, attr, values[tp.tp_rank])
+    if plan.attention and tp.tp_size > 1:
+        _gather_attention_weights(model, plan, tp)
     policy = policy if policy is not None else get_policy(model.config)
     if policy.adapt is not None:
         policy.adapt(model, plan, tp)
     return frozenset(transposed)
+
+
+def _gather_attention_weights(model: nn.Module, plan: ShardingPlan, tp: TPGroup) -> None:
+    """Hooks that give ``output_attentions`` every head, as the unsplit model returns them.
+
+    Transformers' attention modules return (output, weights), weights (batch, local heads, q, k) with
+    eager attention. Each rank computes its own query heads, contiguous and in rank order, so a gather
+    along the head dim rebuilds the full tensor. Eager attention returns the weights on every call,
+    asked for or not, so they are gathered only when the call asked for them (the ``output_attentions``
+    argument, else the config's, as Transformers decides), read by a pre-hook on every PreTrainedModel
+    (the top-level model and the base model it calls, which users call too). Prepended, so
+    Transformers' own output-recording hooks (installed at the first call) see the gathered weights.
+    Every rank takes the same branches: the ranks' inputs agree."""
+    from transformers import PreTrainedModel
+
+    wanted = [False]
+
+    def request(module, _args, kwargs):
+        if not torch.compiler.is_compiling():
+            flag = kwargs.get("output_attentions")
+            wanted[0] = bool(getattr(module.config, "output_attentions", False) if flag is None else flag)
+
+    def gather(q_heads):
+        def hook(_module, _args, output):
+            if (wanted[0] and isinstance(output, tuple) and len(output) > 1 and torch.is_tensor(output[1])
+                    and output[1].dim() == 4 and not torch.compiler.is_compiling()):
+                return (output[0], all_gather_uneven(output[1], q_heads, 1, tp), *output[2:])
+            return None
+
+        return hook
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            module.register_forward_pre_hook(request, with_kwargs=True)
+    for name, shards in plan.attention.items():
+        model.get_submodule(name).register_forward_hook(gather(tuple(h.num_q for h in shards)), prepend=True)
 
 
 # Attribute names Transformers attention modules use for head counts; whichever exist are rewritten.

@@ -10,10 +10,12 @@ construction. Three things could still desynchronise ranks silently, and are han
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 
 import torch
 
 from ..parallel.comm import TPGroup, broadcast_int, check_same_on_all_ranks, fingerprint
+from ..parallel.layers import VocabParallelEmbedding, validate_token_ids
 from .fast import plan_fast_decode, with_fast_path
 
 
@@ -29,24 +31,31 @@ def _to(obj, device):
     return obj
 
 
-def validate_token_ids(input_ids, vocab_size: int) -> None:
-    if input_ids is None or not torch.is_tensor(input_ids) or input_ids.numel() == 0:
-        return
-    low, high = int(input_ids.min()), int(input_ids.max())
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        raise ValueError(
-            f"input_ids contains token id {bad}, outside the model's vocabulary [0, {vocab_size}). "
-            "Use the tokenizer that belongs to this checkpoint."
-        )
-
-
 def validate_prompt_length(input_ids, max_positions: int | None) -> None:
     if max_positions and torch.is_tensor(input_ids) and input_ids.dim() >= 1 and input_ids.shape[-1] > max_positions:
         raise ValueError(
             f"The prompt has {input_ids.shape[-1]} tokens but the model's context is {max_positions} "
             "(config.max_position_embeddings). Shorten or truncate the prompt."
         )
+
+
+# Gradients through the collectives would be silently wrong (they have no backward), so training is refused.
+_INFERENCE_ONLY = (
+    "{what} not supported on an hf_tp tensor-parallel model: it is for inference only, and its collectives "
+    "have no backward, so gradients would be wrong. Run it under torch.no_grad() (detach inputs that require "
+    "grad), or train with plain Transformers (tp_size=None) or a training framework's tensor parallelism."
+)
+
+
+def _tensors(obj):
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
 
 
 class TensorParallelMixin:
@@ -74,10 +83,33 @@ class TensorParallelMixin:
 
     def forward(self, *args, **kwargs):
         # Inside generate the inputs were checked once; per-step checks would cost a sync each token.
-        if not self._hf_tp_in_generate:
-            args, kwargs = _to(args, self.hf_tp.device), _to(kwargs, self.hf_tp.device)
-            self._hf_tp_check_inputs("The inputs of model(...)", args, kwargs)
-        return super().forward(*args, **kwargs)
+        if self._hf_tp_in_generate:
+            return super().forward(*args, **kwargs)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in _tensors((args, kwargs))):
+            raise NotImplementedError(_INFERENCE_ONLY.format(what="An input that requires grad is"))
+        args, kwargs = _to(args, self.hf_tp.device), _to(kwargs, self.hf_tp.device)
+        self._hf_tp_check_inputs("The inputs of model(...)", args, kwargs)
+        with self._hf_tp_ids_checked():
+            return super().forward(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise NotImplementedError(_INFERENCE_ONLY.format(what="model.train() is"))
+        return super().train(False)
+
+    @contextmanager
+    def _hf_tp_ids_checked(self):
+        """The token ids were validated here (forward, generate): the embedding skips its own check,
+        which guards calls that bypass this class (model.model(ids), get_input_embeddings()(ids))."""
+        embedding = self.get_input_embeddings()
+        if not isinstance(embedding, VocabParallelEmbedding):
+            yield
+            return
+        before, embedding.check_ids = embedding.check_ids, False
+        try:
+            yield
+        finally:
+            embedding.check_ids = before
 
     @torch.no_grad()
     def generate(self, *args, **kwargs):
@@ -87,7 +119,7 @@ class TensorParallelMixin:
         # still makes runs reproducible and every rank samples the same token.
         seed = broadcast_int(int(torch.randint(0, 2**62, (1,)).item()), self.hf_tp)
         devices = [self.hf_tp.device] if self.hf_tp.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, device_type=self.hf_tp.device.type):
+        with torch.random.fork_rng(devices=devices, device_type=self.hf_tp.device.type), self._hf_tp_ids_checked():
             torch.manual_seed(seed)
             self._hf_tp_in_generate = True
             try:
@@ -105,6 +137,31 @@ class TensorParallelMixin:
         if getattr(self, "_hf_tp_static_decoder", None) is None:
             self._hf_tp_static_decoder = StaticDecoder(self, self.hf_tp, graphs_enabled(self.hf_tp))
         return self._hf_tp_static_decoder
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """The unsplit model's count, as Transformers reports it and the same on every rank: each parameter
+        once, at its full (checkpoint) shape, vocab padding left out. (``get_memory_footprint`` stays
+        what it measures: the bytes this rank holds.) Nothing here trains, so ``only_trainable`` gives 0."""
+        embeddings = {f"{name}.weight" for name, module in self.named_modules()
+                      if isinstance(module, (torch.nn.Embedding, VocabParallelEmbedding))}
+        total = 0
+        for name, param in self.named_parameters():
+            if (exclude_embeddings and name in embeddings) or (only_trainable and not param.requires_grad):
+                continue
+            shard = self.hf_tp_plan.param_shard(name)
+            if shard is None:
+                total += param.numel()
+            else:  # numel / local length along the split dim * full length, whichever dim that is here
+                full = max(stop for pieces in shard.pieces for _, stop in pieces)
+                total += param.numel() // shard.local_size[self.hf_tp.tp_rank] * full
+        return total
+
+    def resize_token_embeddings(self, *args, **kwargs):
+        raise NotImplementedError(
+            "resize_token_embeddings is not supported on an hf_tp tensor-parallel model: its embedding and LM head "
+            "are split by vocabulary rows across the ranks, planned at load time. Resize the model with plain "
+            "Transformers (tp_size=None), save_pretrained it, and load the saved folder with tp_size."
+        )
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Write the unsplit checkpoint, as Transformers writes it, from tp rank 0. Every rank must call

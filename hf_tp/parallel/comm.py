@@ -92,6 +92,20 @@ def all_gather_last_dim(tensor: torch.Tensor, tp: TPGroup) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
+def all_gather_uneven(tensor: torch.Tensor, sizes: tuple[int, ...], dim: int, tp: TPGroup) -> torch.Tensor:
+    """Concatenate every rank's tensor along ``dim``, where rank r's is ``sizes[r]`` long there
+    (uneven head splits): padded to the longest for one equally sized gather, the padding cut off."""
+    if tp.tp_size == 1:
+        return tensor
+    longest = max(sizes)
+    moved = tensor.movedim(dim, -1)
+    if moved.shape[-1] < longest:
+        moved = torch.nn.functional.pad(moved, (0, longest - moved.shape[-1]))
+    gathered = all_gather_last_dim(moved, tp)
+    parts = [gathered[..., r * longest: r * longest + size] for r, size in enumerate(sizes)]
+    return torch.cat(parts, dim=-1).movedim(-1, dim)
+
+
 def broadcast_int(value: int, tp: TPGroup) -> int:
     """Rank 0's integer, on every rank."""
     if tp.tp_size == 1:
