@@ -65,8 +65,11 @@ CASES = {
     "fewer_layers_info": ("base", lambda f: dict(config=_config(f["base"], num_hidden_layers=1), output_loading_info=True,
                                                  **F32)),
     "default_dtype_from_weights": ("bf16_nodtype", lambda f: dict()),
-    "hub_id": (HUB_ID, lambda f: dict(cache_dir=f["hub"], **F32)),
+    # local_files_only: this test process is not offline, and the reference must not try the network.
+    "hub_id": (HUB_ID, lambda f: dict(cache_dir=f["hub"], local_files_only=True, **F32)),
     "path_object": ("base", lambda f: dict(**F32)),
+    # Transformers' AutoModel ignores a config= that is not a config object (here another folder's path).
+    "config_path_string": ("base", lambda f: dict(config=f["bf16_nodtype"], **F32)),
     # Errors Transformers raises too.
     "config_object_and_override": ("base", lambda f: dict(config=_config(f["base"]), rms_norm_eps=1e-2, **F32)),
     "variant_absent": ("base", lambda f: dict(variant="v1", **F32)),
@@ -92,7 +95,7 @@ def _rank_all(folders):
     out = {}
     for name in CASES:
         path, kwargs = _location(name, folders)
-        given = kwargs.get("config")
+        given = kwargs.get("config") if isinstance(kwargs.get("config"), transformers.PretrainedConfig) else None
         before = given.to_dict() if given is not None else None
         try:
             got = _summary(hf_tp.AutoModelForCausalLM.from_pretrained(path, tp_size=2, device="cpu", **kwargs), given)
@@ -114,7 +117,8 @@ def spmd(folders):
 def _reference(name, folders):
     path, kwargs = _location(name, folders)
     try:
-        return _summary(transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs), kwargs.get("config"))
+        given = kwargs.get("config") if isinstance(kwargs.get("config"), transformers.PretrainedConfig) else None
+        return _summary(transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs), given)
     except Exception as exc:  # noqa: BLE001
         return dict(error=exc)
 
