@@ -4,8 +4,10 @@ single-controller orchestrator) and run the loading pipeline config -> policy ->
 from __future__ import annotations
 
 import atexit
+import copy
 import logging
 import os
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
@@ -13,7 +15,7 @@ import torch.distributed as dist
 
 from .errors import CheckpointError
 from .generation.spmd import make_tensor_parallel
-from .loading import CheckpointIndex, load_shards, make_stager, resolve_checkpoint
+from .loading import CheckpointIndex, load_shards, loading_info, make_stager, resolve_checkpoint
 from .parallel.comm import TPGroup, fail_together
 from .parallel.fused import fuse_shared_inputs
 from .parallelize import build_skeleton, parallelize
@@ -27,6 +29,10 @@ _CONFLICTING = ("device_map", "tp_plan", "tp_size_hf", "quantization_config", "l
 # Arguments for locating files; everything else Transformers accepts goes to the config, as in Transformers.
 _HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "force_download", "subfolder")
 _MODEL_KWARGS = ("attn_implementation",)
+# Loading options hf_tp carries out itself (see LoadOptions).
+_LOAD_KWARGS = ("variant", "generation_config", "output_loading_info", "use_safetensors")
+# Accepted and ignored, as Transformers 5's from_pretrained ignores them.
+_IGNORED_KWARGS = ("low_cpu_mem_usage", "_fast_init", "mirror", "offload_state_dict", "from_tf", "from_flax")
 
 
 def launcher_world_size() -> int | None:
@@ -50,6 +56,12 @@ def resolve_device(device) -> torch.device:
 def check_arguments(tp_size, hf_kwargs: dict) -> None:
     """Checks that need no process group, run identically on every rank before any collective."""
     validate_tp_size(tp_size)
+    if hf_kwargs.get("use_safetensors") is False:
+        raise ValueError(
+            "use_safetensors=False asks for pickle (.bin) weights, but hf_tp reads safetensors only (unpickling can "
+            "run arbitrary code and cannot read a slice). Drop use_safetensors=False, or use tp_size=None for plain "
+            "Transformers."
+        )
     conflicting = sorted(k for k in _CONFLICTING if hf_kwargs.get(k) is not None)
     if conflicting:
         raise ValueError(
@@ -111,48 +123,75 @@ def _destroy_group() -> None:
     dist.destroy_process_group()
 
 
-def _resolve_dtype(dtype, config) -> torch.dtype:
-    """None or "auto" -> the checkpoint's dtype (Transformers 5 behaviour), else fp32."""
+def _resolve_dtype(dtype, config, index: CheckpointIndex | None = None) -> torch.dtype:
+    """None or "auto" -> the config's dtype, else the checkpoint's (the dtype of its first floating
+    tensor), else fp32: Transformers 5's default. Strings name a torch dtype."""
     if dtype is None or dtype == "auto":
-        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+        dtype = (getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+                 or (index.float_dtype() if index is not None else None) or torch.float32)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     return dtype
 
 
-def resolve_config(name_or_path, hf_kwargs: dict):
-    """(checkpoint folder, config, model-construction kwargs) from from_pretrained's keyword arguments,
-    as Transformers reads them: hub arguments locate files, ``config=`` replaces the saved config,
-    and every other keyword overrides a config field (unknown ones are a TypeError)."""
-    from transformers import AutoConfig
+@dataclass
+class LoadOptions:
+    """What from_pretrained's keywords ask of the load, besides the files and the config."""
 
-    kwargs = dict(hf_kwargs)
+    model_kwargs: dict = field(default_factory=dict)  # for the model class (attn_implementation)
+    variant: str | None = None  # weights named model.<variant>.safetensors
+    generation_config: object = None  # replaces the checkpoint's generation_config.json
+    output_loading_info: bool = False  # also return Transformers' loading-info dict
+
+
+def resolve_config(name_or_path, hf_kwargs: dict):
+    """(checkpoint folder, config, LoadOptions) from from_pretrained's keyword arguments, as
+    Transformers reads them: hub arguments locate files; a ``config=`` object replaces the saved
+    config (a copy: the caller's object is never edited) and then no keyword may edit a field; without
+    one, every other keyword overrides a config field (unknown ones are a TypeError)."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    kwargs = {k: v for k, v in hf_kwargs.items() if k not in _IGNORED_KWARGS}
     hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
-    model_kwargs = {k: kwargs.pop(k) for k in _MODEL_KWARGS if k in kwargs}
+    options = LoadOptions(model_kwargs={k: kwargs.pop(k) for k in _MODEL_KWARGS if k in kwargs},
+                          **{k: kwargs.pop(k) for k in _LOAD_KWARGS if k in kwargs and k != "use_safetensors"})
+    kwargs.pop("use_safetensors", None)  # True is what hf_tp does anyway; False is refused by check_arguments
     trust_remote_code = kwargs.pop("trust_remote_code", False)
     folder = resolve_checkpoint(name_or_path, **hub_kwargs)
-    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    for key, value in kwargs.items():
-        if not hasattr(config, key):
-            raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
-        setattr(config, key, value)
-    return folder, config, model_kwargs
+    config = kwargs.pop("config", None)
+    if isinstance(config, PretrainedConfig):
+        if kwargs:
+            # Transformers hands these to the model class's __init__, which takes none.
+            raise TypeError(
+                f"from_pretrained() got an unexpected keyword argument {next(iter(kwargs))!r}: with config= given, "
+                "Transformers passes further keywords to the model class, not to the config. Set the field on the "
+                "config object instead."
+            )
+        config = copy.deepcopy(config)
+    else:  # Transformers' AutoModel reads the checkpoint's own config when config= is not a config object
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        for key, value in kwargs.items():
+            if not hasattr(config, key):
+                raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
+            setattr(config, key, value)
+    config.name_or_path = str(name_or_path)  # as Transformers: the id or path asked for, not the snapshot folder
+    return folder, config, options
 
 
 def load_parallel_model(name_or_path, tp: TPGroup, dtype=None, progress: bool = True, **hf_kwargs):
     """Every rank: resolve files, build the meta skeleton and plan, read its shards. Errors on any
     rank are raised on all ranks (fail_together), so no rank is left waiting in a collective."""
-    from transformers import GenerationConfig
-
     stager = make_stager(tp.device)  # pins its staging buffers while the skeleton is built
     try:
         with fail_together(tp, "finding the checkpoint"):
-            folder, config, model_kwargs = resolve_config(name_or_path, hf_kwargs)
-            index = CheckpointIndex(folder)
+            folder, config, options = resolve_config(name_or_path, hf_kwargs)
+            index = CheckpointIndex(folder, options.variant)
         with fail_together(tp, "planning the split"):
             policy = get_policy(config)
-            dtype = _resolve_dtype(dtype, config)
-            model = build_skeleton(config, dtype, **model_kwargs)
+            dtype = _resolve_dtype(dtype, config, index)
+            config.dtype = dtype  # as Transformers records the dtype it loaded in
+            model = build_skeleton(config, dtype, **options.model_kwargs)
+            info = loading_info(model, index) if options.output_loading_info else None
             plan = build_plan(model, config, policy, tp.tp_size, model_name=str(name_or_path))
             transposed = parallelize(model, plan, tp, policy=policy)
         with fail_together(tp, "loading the weights"):
@@ -163,13 +202,24 @@ def load_parallel_model(name_or_path, tp: TPGroup, dtype=None, progress: bool = 
         if stager is not None:  # load_shards finishes it itself; an earlier failure must too
             stager.finish(quiet=True)
         raise
-    try:
-        model.generation_config = GenerationConfig.from_pretrained(folder)
-    except OSError:
-        pass  # no generation_config.json: keep the one derived from the config, as Transformers does
+    model.generation_config = load_generation_config(folder, model.generation_config, options)
     model.eval()
     model.hf_tp_plan, model.hf_tp_load_stats, model.hf_tp_transposed = plan, stats, transposed
-    return make_tensor_parallel(model, tp)
+    model = make_tensor_parallel(model, tp)
+    return (model, info) if options.output_loading_info else model
+
+
+def load_generation_config(folder, default, options: LoadOptions):
+    """A copy of the generation_config= argument, else the checkpoint's generation_config.json, else
+    ``default`` (the one derived from the model config), as Transformers picks it."""
+    from transformers import GenerationConfig
+
+    if options.generation_config is not None:
+        return GenerationConfig.from_dict(options.generation_config.to_dict())
+    try:
+        return GenerationConfig.from_pretrained(folder)
+    except OSError:
+        return default
 
 
 class AutoModelForCausalLM:
@@ -187,8 +237,8 @@ class AutoModelForCausalLM:
         calls this and gets the Transformers model object with parallel layers. Otherwise hf_tp
         starts and supervises tp_size worker processes and returns an ``hf_tp.TPModel`` handle.
         """
-        if "torch_dtype" in hf_kwargs:  # Transformers' older name, still accepted there
-            dtype = dtype if dtype is not None else hf_kwargs.pop("torch_dtype")
+        torch_dtype = hf_kwargs.pop("torch_dtype", None)  # Transformers' older name, still accepted there
+        dtype = dtype if dtype is not None else torch_dtype
         if tp_size is not None:
             validate_tp_size(tp_size)
         if tp_size is None or tp_size == 1:

@@ -9,8 +9,11 @@ class PolicyError(ValueError):
     """A sharding policy does not fit the model it was applied to, or no policy exists."""
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or in a format hf_tp refuses to read."""
+class CheckpointError(ValueError, OSError):
+    """A checkpoint is missing, corrupt, or in a format hf_tp refuses to read.
+
+    Also an OSError, the type Transformers raises for the same problems, so that code written
+    around Transformers' from_pretrained (``except OSError``) catches it too."""
 
 
 class WorkerError(RuntimeError):

@@ -7,6 +7,7 @@ import os
 import threading
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 from ..errors import CheckpointError
@@ -48,13 +49,32 @@ def _subfolder(folder: Path, subfolder: str) -> Path:
     return folder / subfolder
 
 
-class CheckpointIndex:
-    """Tensor name -> safetensors file, from model.safetensors.index.json or the single file."""
+def variant_name(filename: str, variant: str | None) -> str:
+    """Transformers' file name for a weights ``variant``: model.safetensors -> model.fp16.safetensors,
+    model.safetensors.index.json -> model.safetensors.index.fp16.json."""
+    if not variant:
+        return filename
+    head, _, ext = filename.rpartition(".")
+    return f"{head}.{variant}.{ext}"
 
-    def __init__(self, folder: Path):
+
+# safetensors dtype names of the floating types a model can be loaded in.
+_FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+class CheckpointIndex:
+    """Tensor name -> safetensors file, from model.safetensors.index.json or the single file
+    (their ``variant`` names when one is given, as Transformers' ``variant=``)."""
+
+    def __init__(self, folder: Path, variant: str | None = None):
         self.folder = Path(folder)
-        index_file = self.folder / "model.safetensors.index.json"
-        single = self.folder / "model.safetensors"
+        index_file = self.folder / variant_name("model.safetensors.index.json", variant)
+        single = self.folder / variant_name("model.safetensors", variant)
+        if variant and not index_file.is_file() and not single.is_file():
+            raise CheckpointError(
+                f"{self.folder} has no {single.name} or {index_file.name}, the files of variant={variant!r}. "
+                "Check the variant's name, or drop variant= to load the default weights."
+            )
         if index_file.is_file():
             try:
                 weight_map = json.loads(index_file.read_text())["weight_map"]
@@ -88,6 +108,17 @@ class CheckpointIndex:
                 return list(f.keys())
         except Exception as exc:
             raise CheckpointError(f"{file} is not a readable safetensors file ({exc}); re-download or re-save it.") from exc
+
+    def float_dtype(self) -> torch.dtype | None:
+        """The dtype of the first floating tensor of the first file, which Transformers' dtype="auto"
+        falls back to when the config names none; None when no tensor is floating."""
+        first = min(set(self.files.values()))
+        for name, file in sorted(self.files.items()):
+            if file == first:
+                dtype = _FLOAT_DTYPES.get(self._open(first).get_slice(name).get_dtype())
+                if dtype is not None:
+                    return dtype
+        return None
 
     def __contains__(self, name: str) -> bool:
         return name in self.files

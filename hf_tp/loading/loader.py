@@ -92,6 +92,22 @@ def _tie_groups(model: nn.Module) -> list[list[str]]:
     return list(groups.values())
 
 
+def loading_info(model: nn.Module, index: CheckpointIndex) -> dict:
+    """Transformers' ``output_loading_info`` dict for loading ``model`` (its unsplit skeleton) from
+    ``index``. Only ``unexpected_keys`` can be non-empty: a missing or mis-shaped weight is an error
+    in hf_tp (CheckpointError), where Transformers would initialise it randomly."""
+    import re
+
+    used = set()
+    for group in _tie_groups(model):
+        key = find_key(group, index)
+        used.update([key] if key is not None else [k for keys in expert_part_keys(group[0], index) or () for k in keys])
+    used.update(name for name, _ in model.named_buffers() if name in index)
+    ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()]
+    unexpected = {k for k in index.files if k not in used and not any(p.search(k) for p in ignored)}
+    return {"missing_keys": set(), "unexpected_keys": unexpected, "mismatched_keys": set(), "error_msgs": []}
+
+
 def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp_rank: int,
                 device: torch.device, transposed: frozenset[str] = frozenset(), progress: bool = True,
                 stager: PinnedStager | None = None) -> LoadStats:

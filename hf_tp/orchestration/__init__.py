@@ -21,20 +21,21 @@ def _plan_memory(name_or_path, tp_size, dtype, hf_kwargs, kv_cache_tokens: int |
     (``kv_cache_tokens`` tokens; None: one sequence of min(4096, context))."""
     from transformers import GenerationConfig
 
-    from ..auto import _resolve_dtype, resolve_config
+    from ..auto import _resolve_dtype, load_generation_config, resolve_config
+    from ..loading import CheckpointIndex, loading_info
     from ..parallelize import build_skeleton
     from ..policies import get_policy
     from ..policies.plan import build_plan, head_geometry
     from .memory import shard_bytes
 
-    folder, config, model_kwargs = resolve_config(name_or_path, hf_kwargs)
-    try:
-        generation_config = GenerationConfig.from_pretrained(folder)
-    except OSError:
-        generation_config = GenerationConfig.from_model_config(config)
+    folder, config, options = resolve_config(name_or_path, hf_kwargs)
+    index = CheckpointIndex(folder, options.variant)  # also refuses missing shards before any process starts
+    generation_config = load_generation_config(folder, GenerationConfig.from_model_config(config), options)
     policy = get_policy(config)
-    torch_dtype = _resolve_dtype(dtype, config)
-    skeleton = build_skeleton(config, torch_dtype, **model_kwargs)
+    torch_dtype = _resolve_dtype(dtype, config, index)
+    config.dtype = torch_dtype  # as Transformers records the dtype it loaded in
+    skeleton = build_skeleton(config, torch_dtype, **options.model_kwargs)
+    info = loading_info(skeleton, index)
     plan = build_plan(skeleton, config, policy, tp_size, model_name=str(name_or_path))
     text = config.get_text_config()
     if kv_cache_tokens is None:
@@ -46,18 +47,19 @@ def _plan_memory(name_or_path, tp_size, dtype, hf_kwargs, kv_cache_tokens: int |
         per_token = [2 * text.num_hidden_layers * h.num_kv * head_dim * (torch.finfo(torch_dtype).bits // 8) for h in heads]
     need = [shard_bytes(skeleton, plan, r, torch_dtype) + (per_token[r] * kv_cache_tokens if per_token else 0)
             for r in range(tp_size)]
-    return config, generation_config, need
+    return config, generation_config, need, info
 
 
 def start_tp_model(name_or_path, tp_size, dtype=None, device=None, **kwargs) -> TPModel:
     """Check, plan and start the workers; returns the TPModel handle once every rank has loaded."""
     options = {k: kwargs.pop(k) for k in ORCHESTRATOR_KWARGS if k in kwargs}
+    output_loading_info = kwargs.pop("output_loading_info", False)  # answered here; the workers return the model
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and torch.cuda.device_count() < tp_size:
         raise ValueError(f"tp_size={tp_size} needs {tp_size} GPUs but {torch.cuda.device_count()} are visible; "
                          f"use tp_size<={torch.cuda.device_count()} or device='cpu'.")
     kv_tokens = options.pop("kv_cache_tokens", None)
-    config, generation_config, need = _plan_memory(name_or_path, tp_size, dtype, kwargs, kv_tokens)
+    config, generation_config, need, info = _plan_memory(name_or_path, tp_size, dtype, kwargs, kv_tokens)
     cap = options.pop("max_memory_per_gpu", None)
     if cap is not None and max(need) > cap:
         rank = need.index(max(need))
@@ -79,4 +81,5 @@ def start_tp_model(name_or_path, tp_size, dtype=None, device=None, **kwargs) -> 
     spec = {"name_or_path": str(name_or_path), "tp_size": tp_size, "dtype": dtype, "device": device.type,
             "collective_timeout_s": collective_timeout_s,
             "hf_kwargs": kwargs, "need_bytes": need, "max_memory_per_gpu": cap}
-    return TPModel(spec, config, generation_config, **options)
+    model = TPModel(spec, config, generation_config, **options)
+    return (model, info) if output_loading_info else model
