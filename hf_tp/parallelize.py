@@ -144,8 +144,9 @@ def _gather_attention_weights(model: nn.Module, plan: ShardingPlan, tp: TPGroup)
 
     def gather(q_heads):
         def hook(_module, _args, output):
-            if (wanted[0] and isinstance(output, tuple) and len(output) > 1 and torch.is_tensor(output[1])
-                    and output[1].dim() == 4 and not torch.compiler.is_compiling()):
+            # is_compiling first: a compiled step never gathers, and does not guard on wanted[0].
+            if (not torch.compiler.is_compiling() and wanted[0] and isinstance(output, tuple) and len(output) > 1
+                    and torch.is_tensor(output[1]) and output[1].dim() == 4):
                 return (output[0], all_gather_uneven(output[1], q_heads, 1, tp), *output[2:])
             return None
 
