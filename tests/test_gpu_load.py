@@ -24,9 +24,9 @@ def _load_rank(folder, tp_size, tp_rank, device, dtype):
     from hf_tp.policies import get_policy
     from hf_tp.policies.plan import build_plan
 
-    folder, config, kwargs = resolve_config(str(folder), {})
+    folder, config, options = resolve_config(str(folder), {})
     policy = get_policy(config)
-    model = build_skeleton(config, dtype, **kwargs)
+    model = build_skeleton(config, dtype, **options.model_kwargs)
     plan = build_plan(model, config, policy, tp_size)
     transposed = parallelize(model, plan, TPGroup(tp_rank, tp_size, device), policy=policy)
     fuse_shared_inputs(model, dict(policy.same_input), device)
