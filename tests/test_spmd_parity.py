@@ -195,26 +195,27 @@ def _forward_keys():
             "inputs_embeds", "embedding_called_directly", "position_ids", "mask_4d", "manual_cache_loop"]
 
 
+def _check_against_transformers(ranks, name: str, group: str, case: str) -> None:
+    """One case of one group ("forward" or "generate"): every rank equals Transformers, and the ranks agree."""
+    for rank, res in enumerate(ranks):
+        got = res[name][group]
+        assert not (isinstance(got["tp"], tuple) and got["tp"][:1] == ("error",)), got["tp"]
+        _assert_same(got["tp"][case], got["ref"][case], f"[rank {rank}] {name} {group} {case}")
+    _assert_ranks_equal(ranks, lambda r: r[name][group]["tp"][case], f"{name} {group} {case}")
+
+
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("case", _forward_keys())
 def test_forward_output_matches_transformers(ranks, name, case):
     """Every forward output is full (all heads, all vocab) and equal to Transformers' on every rank."""
-    for rank, res in enumerate(ranks):
-        forward = res[name]["forward"]
-        assert not (isinstance(forward["tp"], tuple) and forward["tp"][:1] == ("error",)), forward["tp"]
-        _assert_same(forward["tp"][case], forward["ref"][case], f"[rank {rank}] {name} {case}")
-    _assert_ranks_equal(ranks, lambda r: r[name]["forward"]["tp"][case], f"{name} {case}")
+    _check_against_transformers(ranks, name, "forward", case)
 
 
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("case", [*GENERATE_CASES, "prompt_lookup", "assistant_model", "user_static_cache",
                                   "continued"])
 def test_generate_option_matches_transformers(ranks, name, case):
-    for rank, res in enumerate(ranks):
-        gen = res[name]["generate"]
-        assert not (isinstance(gen["tp"], tuple) and gen["tp"][:1] == ("error",)), gen["tp"]
-        _assert_same(gen["tp"][case], gen["ref"][case], f"[rank {rank}] {name} generate {case}")
-    _assert_ranks_equal(ranks, lambda r: r[name]["generate"]["tp"][case], f"{name} generate {case}")
+    _check_against_transformers(ranks, name, "generate", case)
 
 
 @pytest.mark.parametrize("name", MODELS)
