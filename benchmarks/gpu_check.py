@@ -33,7 +33,10 @@ not hf_tp. The check PASSES when all of these hold:
      ref-fp32). Comparing two bf16 results with each other cannot do better than their own noise (two
      results each d away from fp32 lie about sqrt(2) d apart); measuring both against fp32 asks the real
      question, whether the split adds error, with 10 % margin for run-to-run scatter;
-  3. at every generated position where the TP argmax differs from the bf16 reference's argmax (teacher
+  3. free-running greedy tokens (SPEC 4.5): per prompt, identical to the bf16 reference's, or the first
+     divergence falls at a near-tie of the fp32 reference (as in 4.; reported per prompt as "identical",
+     "near-tie" or "diverged");
+  4. at every generated position where the TP argmax differs from the bf16 reference's argmax (teacher
      forced), the two tokens are a near-tie: their fp32-reference logits differ by less than 3x the
      bf16 noise at that position (max over the vocabulary of |ref-bf16 - ref-fp32|). Two bf16 models,
      each about that noise away from fp32, can swap tokens closer than about 2x the noise; 3x gives margin.
@@ -75,6 +78,9 @@ RANDOM_ARCHS = {
     "mixtral": ("MixtralConfig", dict(num_local_experts=8, num_experts_per_tok=2)),
     "qwen3_moe": ("Qwen3MoeConfig", dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=256, head_dim=64)),
     "phi3": ("Phi3Config", dict()),
+    # SmolLM2's geometry: 9 query / 3 KV heads (uneven at tp 2), tied embeddings.
+    "llama_uneven": ("LlamaConfig", dict(hidden_size=576, num_attention_heads=9, num_key_value_heads=3,
+                                         tie_word_embeddings=True)),
 }
 
 
@@ -82,10 +88,10 @@ def write_random_arch(arch: str, folder: str) -> str:
     import transformers
 
     cls_name, extra = RANDOM_ARCHS[arch]
-    config = getattr(transformers, cls_name)(
-        vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
-        num_key_value_heads=4, max_position_embeddings=1024, initializer_range=0.2, pad_token_id=0,
-        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, **extra)
+    fields = dict(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=4, max_position_embeddings=1024, initializer_range=0.2, pad_token_id=0,
+                  bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    config = getattr(transformers, cls_name)(**{**fields, **extra})
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(torch.bfloat16)
     model.save_pretrained(folder)
@@ -277,6 +283,24 @@ def argmax_mismatches(first: torch.Tensor, second: torch.Tensor, fp32: torch.Ten
             "mismatches": listed[:MAX_LISTED_MISMATCHES]}
 
 
+def free_running_verdicts(tp_tokens, ref_tokens, fp32: torch.Tensor, noise: torch.Tensor) -> list:
+    """Per prompt, SPEC 4.5's free-running test: TP's greedy tokens identical to the bf16 reference's, or
+    the first divergence at a near-tie of the fp32 reference. Up to the first divergence both sequences
+    share their prefix, so the fp32 reference's teacher-forced logits at that position (computed on the
+    bf16 reference's own sequence) judge the two tokens each model chose there."""
+    verdicts = []
+    for b, k in enumerate(first_differing(tp_tokens, ref_tokens)):
+        if k is None:
+            verdicts.append({"prompt": b, "status": "identical"})
+            continue
+        t, r = int(tp_tokens[b, k]), int(ref_tokens[b, k])
+        gap = (fp32[b, k, t] - fp32[b, k, r]).abs().item()
+        near = gap < NEAR_TIE_FACTOR * noise[b, k].item()
+        verdicts.append({"prompt": b, "status": "near-tie" if near else "diverged", "token": k, "ids": [t, r],
+                         "fp32_gap_between_the_two": gap, "bf16_noise": noise[b, k].item()})
+    return verdicts
+
+
 def logits_block(pairs: dict, key: str, mask: torch.Tensor) -> dict:
     """The three pairs' errors on one forward, and how much further from fp32 TP-bf16 is than
     reference-bf16 (L2 ratio; 1.0: TP adds no error beyond Transformers' own bf16 rounding)."""
@@ -309,6 +333,7 @@ def compare(ref: dict, fp32: dict, tp: dict, inputs: dict, teacher_forced: dict,
         },
         "free_running_first_differing_token": {name: first_differing(a["tokens"], b["tokens"])
                                                for name, (a, b) in pairs.items()},
+        "free_running_tp_vs_bf16_ref": free_running_verdicts(tp["tokens"], ref["tokens"], gen["fp32"], noise),
         "non_finite_tp_logits": not (_finite(tp["logits"], inputs["attention_mask"])
                                      and _finite(tp["tf_logits"], teacher_forced["attention_mask"])),
     }
@@ -328,6 +353,10 @@ def verdict(c: dict) -> tuple[bool, list]:
     tf = c["teacher_forced_argmax"]["tp_vs_bf16_ref"]
     if not tf["all_near_ties"]:
         reasons.append("a teacher-forced argmax mismatch that the fp32 reference does not call a near-tie")
+    for row in c["free_running_tp_vs_bf16_ref"]:
+        if row["status"] == "diverged":
+            reasons.append(f"prompt {row['prompt']}: free-running greedy tokens diverge at token {row['token']} "
+                           f"(TP {row['ids'][0]}, reference {row['ids'][1]}), not a near-tie of the fp32 reference")
     return not reasons, reasons
 
 

@@ -109,18 +109,9 @@ def init_spmd_group(tp_size: int, device: torch.device, timeout_s: float | None 
 
 
 def _destroy_group() -> None:
-    if not dist.is_initialized():
-        return
-    if dist.get_backend() == "gloo":
-        # Leave together: a gloo rank that tore its group down while a peer was still finishing
-        # aborted now and then at exit ("terminate called without an active exception", about 1 run
-        # in 15 under torchrun on CPU). A rank that died or hangs must not keep the others here:
-        # the bounded barrier raises after 10 s and we tear down anyway.
-        try:
-            dist.monitored_barrier(timeout=timedelta(seconds=10))
-        except Exception:  # noqa: BLE001 - a peer is gone; nothing left to agree on
-            pass
-    dist.destroy_process_group()
+    from .parallel.teardown import shutdown_group
+
+    shutdown_group()
 
 
 def _resolve_dtype(dtype, config, index: CheckpointIndex | None = None) -> torch.dtype:

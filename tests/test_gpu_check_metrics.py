@@ -57,7 +57,8 @@ def _comparison(tp_l2, floor_l2, tp_to_fp32_l2=None, near_ties=True):
     block = {"tp_vs_bf16_ref": errors(tp_l2), "bf16_ref_vs_fp32_ref": errors(floor_l2),
              "tp_vs_fp32_ref": errors(floor_l2 if tp_to_fp32_l2 is None else tp_to_fp32_l2)}
     return {"non_finite_tp_logits": False, "prompt_logits": block, "teacher_forced_logits": block,
-            "teacher_forced_argmax": {"tp_vs_bf16_ref": {"all_near_ties": near_ties}}}
+            "teacher_forced_argmax": {"tp_vs_bf16_ref": {"all_near_ties": near_ties}},
+            "free_running_tp_vs_bf16_ref": [{"prompt": 0, "status": "identical"}]}
 
 
 def test_verdict():
@@ -69,3 +70,23 @@ def test_verdict():
     nan = _comparison(0.001, 0.03)
     nan["non_finite_tp_logits"] = True
     assert not gpu_check.verdict(nan)[0]
+
+
+def test_free_running_verdict_per_prompt():
+    # Prompt 0 identical; prompt 1 diverges at token 1 where the fp32 model nearly ties the two tokens;
+    # prompt 2 diverges at token 0 where the fp32 model separates them clearly.
+    ref = torch.tensor([[3, 1], [3, 1], [3, 1]])
+    tp = torch.tensor([[3, 1], [3, 2], [0, 1]])
+    fp32 = torch.zeros(3, 2, 4)
+    fp32[1, 1, 1], fp32[1, 1, 2] = 1.0, 0.95  # gap 0.05 < 3 x noise 0.1
+    fp32[2, 0, 3], fp32[2, 0, 0] = 2.0, 0.0  # gap 2.0 > 3 x noise 0.1
+    noise = torch.full((3, 2), 0.1)
+    verdicts = gpu_check.free_running_verdicts(tp, ref, fp32, noise)
+    assert [v["status"] for v in verdicts] == ["identical", "near-tie", "diverged"]
+    assert verdicts[1]["token"] == 1 and verdicts[1]["ids"] == [2, 1]
+    comparison = _comparison(0.001, 0.03)
+    comparison["free_running_tp_vs_bf16_ref"] = verdicts[:2]
+    assert gpu_check.verdict(comparison)[0]
+    comparison["free_running_tp_vs_bf16_ref"] = verdicts
+    passed, reasons = gpu_check.verdict(comparison)
+    assert not passed and "prompt 2" in reasons[0]

@@ -166,10 +166,9 @@ def main() -> int:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
     if args.tp_size > 1:
-        import torch.distributed as dist
+        from hf_tp.parallel.teardown import shutdown_group
 
-        dist.barrier()
-        dist.destroy_process_group()
+        shutdown_group()  # also bounds Transformers' own compiled TP, whose graphs hf_tp cannot release
     return 0
 
 

@@ -237,7 +237,8 @@ class _Session:
         self.vocab_positions: torch.Tensor | None = None
         self.eos_in_vocab: torch.Tensor | None = None
         self.do_sample = False
-        self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # one per do_sample value
+        # One per do_sample value; None: warmed up but nothing captured (CPU, where only tests warm up).
+        self.graphs: dict[bool, torch.cuda.CUDAGraph | None] = {}
 
     # -- the step: forward + selection + bookkeeping; captured whole on CUDA -------------------
     def _select(self, logits: torch.Tensor) -> torch.Tensor:
@@ -315,21 +316,49 @@ class _Session:
         else:  # CPU, or a shape left uncompiled: the same step, eagerly
             self._decode_step(self.decoder.eager_forward)
 
-    def capture(self) -> None:
-        """Compile and capture the decode step for the current ``do_sample`` (CUDA only).
+    def warm_up(self, steps: int = 3) -> bool:
+        """Run ``steps`` compiled decode steps (compile, autotune, and let NCCL set up its buffers outside
+        the capture); True when the compiled step ran. Advances the request: the caller restarts it.
 
-        Runs on the buffers of a request already started: warm-up steps advance it, so the caller
-        restarts the request afterwards."""
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):  # compile, autotune, and let NCCL set up its buffers outside the capture
-                self._decode_step(self.decoder.compiled_forward)
-        torch.cuda.current_stream().wait_stream(stream)
+        Every rank runs the same collectives in the same order whatever its compile does: a rank whose
+        compile fails runs that step, and the rest, eagerly, which makes the same collectives (Dynamo and
+        Inductor fail while tracing or compiling, before the compiled code runs any of them)."""
+        compiled = True
+        on_cuda = self.decoder.device.type == "cuda"
+        stream = torch.cuda.Stream() if on_cuda else None
+        if on_cuda:
+            stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream) if on_cuda else _no_context():
+            for _ in range(steps):
+                if compiled:
+                    try:
+                        self._decode_step(self.decoder.compiled_forward)
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - any compile failure: eager, then agree
+                        compiled = False
+                        logger.warning("hf_tp: the decode step could not be compiled (%s: %s)", type(exc).__name__,
+                                       str(exc).splitlines()[0][:200] if str(exc) else "")
+                self._decode_step(self.decoder.eager_forward)
+        if on_cuda:
+            torch.cuda.current_stream().wait_stream(stream)
+        return compiled
+
+    def capture(self) -> None:
+        """Record one compiled decode step into a CUDA graph for the current ``do_sample``. Recording runs
+        no collective (NCCL kernels are only enqueued into the graph), so a rank that fails here leaves
+        the others waiting for nothing."""
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._decode_step(self.decoder.compiled_forward)
         self.graphs[self.do_sample] = graph
+
+
+class _no_context:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 class StaticDecoder:
@@ -343,6 +372,17 @@ class StaticDecoder:
         self._one_shot = False  # the compiled forward's all-reduces use symmetric memory
         self._compiled_shapes: set[tuple[int, int]] = set()
         self._warned_limit = False
+        if use_graphs:
+            from ..parallel.teardown import register_graph_owner
+
+            register_graph_owner(self)  # its graphs must go before the process group does
+
+    def release_graphs(self) -> None:
+        """Drop every captured graph (and the sessions' caches). NCCL cannot destroy a communicator
+        whose kernels a live graph still holds; later requests capture again."""
+        for session in self.sessions.values():
+            session.graphs.clear()
+        self.sessions.clear()
 
     def eager_forward(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
         """Last position's logits, (batch, vocab)."""
@@ -352,13 +392,19 @@ class StaticDecoder:
 
     def compiled_forward(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
         """The forward as captured into the graph (used only by capture; uncaptured steps run eagerly)."""
+        if _fault_injected(self.tp.tp_rank):
+            raise RuntimeError(f"injected compile failure on tp rank {self.tp.tp_rank}")
         if self._compiled is None:
             # No "reduce-overhead": the whole step (with selection and bookkeeping) is captured below.
             from ..parallel.comm import decode_compile_options
 
             options = decode_compile_options(self.tp)
             self._one_shot = bool(options)
-            self._compiled = torch.compile(self.eager_forward, fullgraph=True, dynamic=False, options=options or None)
+            # Only tests warm the step up on CPU (there is no graph to capture): Dynamo traces it whole,
+            # as on CUDA, and runs it without Inductor's C++ build.
+            backend = "inductor" if self.device.type == "cuda" else "eager"
+            self._compiled = torch.compile(self.eager_forward, fullgraph=True, dynamic=False, backend=backend,
+                                           options=(options or None) if backend == "inductor" else None)
         return self._compiled(input_ids, position_ids, attention_mask, cache)
 
     def _session(self, batch: int, needed: int) -> _Session:
@@ -427,32 +473,45 @@ class StaticDecoder:
 
     def _capture(self, session: _Session, request: DecodeRequest) -> None:
         """Compile and capture the step on the request's buffers, leaving the RNG as it was (so the
-        capturing call samples what any later call with the same seed samples). All ranks agree on
-        the outcome: a rank decoding eagerly while another replays a graph would still match
-        collective for collective, but a rank that failed half-way must not be waited for."""
-        rng = torch.cuda.get_rng_state(self.device)
-        ok = True
+        capturing call samples what any later call with the same seed samples).
+
+        The ranks of one group compile different graphs (uneven heads), and any of them may fail. Two
+        agreements keep their collectives aligned: after the warm-up (where a failing rank ran the same
+        steps eagerly) and after the capture (which runs no collective). Either failing anywhere means
+        every rank decodes without graphs from here on."""
+        rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         if self._one_shot:
             # Inductor names persistent symmetric-memory buffers (HF_TP_ALLREDUCE=one_shot) with
             # random.randint, and dynamo restores Python's random state after every compile: without
             # a draw here each new shape reuses the first shape's buffer id and its allocation fails
             # ("size ... is different from ... a previous allocation with the same alloc_id", torch 2.11).
             random.random()
-        try:
-            session.start(request)
-            session.capture()
-        except Exception as exc:  # e.g. an architecture Inductor cannot trace whole: stay correct, lose speed
-            ok = False
-            logger.warning("hf_tp: the decode step could not be compiled and captured (%s: %s); decoding "
-                           "without CUDA graphs.", type(exc).__name__, str(exc).splitlines()[0][:200])
-        torch.cuda.set_rng_state(rng, self.device)
-        if self.tp.tp_size > 1:
-            flag = torch.tensor([int(ok)], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.tp.group)
-            ok = bool(flag.item())
+        session.start(request)  # eager prefill: the same collectives on every rank
+        ok = self._agree(session.warm_up())
+        if ok and self.device.type != "cuda":
+            session.graphs[request.do_sample] = None  # warmed, nothing to capture: the step runs eagerly
+        elif ok:
+            try:
+                session.capture()
+            except Exception as exc:  # noqa: BLE001 - e.g. an op that cannot be captured: stay correct, lose speed
+                ok = False
+                logger.warning("hf_tp: the decode step could not be captured (%s: %s)", type(exc).__name__,
+                               str(exc).splitlines()[0][:200] if str(exc) else "")
+            ok = self._agree(ok)
+        if rng is not None:
+            torch.cuda.set_rng_state(rng, self.device)
         if not ok:
             session.graphs.pop(request.do_sample, None)
             self.use_graphs = False
+            logger.warning("hf_tp: decoding without CUDA graphs (a rank could not compile or capture the step).")
+
+    def _agree(self, ok: bool) -> bool:
+        """True only if ``ok`` on every rank of the group (one small all-reduce)."""
+        if self.tp.tp_size == 1:
+            return ok
+        flag = torch.tensor([int(ok)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.tp.group)
+        return bool(flag.item())
 
     @staticmethod
     def _finished_length(session: _Session, request: DecodeRequest, done: int) -> int | None:
@@ -466,6 +525,14 @@ class StaticDecoder:
         is_eos = torch.isin(generated, session.eos[session.eos >= 0])
         first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full_like(is_eos[:, 0], done, dtype=torch.long))
         return int(first_eos.max()) + 1
+
+
+def _fault_injected(tp_rank: int) -> bool:
+    """Test hook: HF_TP_FAULT_INJECT="RANK:compile:raise" makes that rank's compiled step fail (as an
+    architecture Inductor cannot compile would), so tests can check that every rank falls back together.
+    The orchestrator's tests use the same variable for other ops (orchestration/worker.py)."""
+    spec = os.environ.get("HF_TP_FAULT_INJECT", "")
+    return spec.count(":") == 2 and spec.split(":")[1:] == ["compile", "raise"] and int(spec.split(":")[0]) == tp_rank
 
 
 def _rewind_cache(cache, length: int) -> None:

@@ -269,10 +269,9 @@ def main() -> int:
         worker.serve()
     finally:
         try:
-            import torch.distributed as dist
+            from ..parallel.teardown import shutdown_group
 
-            if dist.is_initialized():
-                dist.destroy_process_group()
+            shutdown_group()  # graphs released first, each step bounded: a worker never hangs at exit
         except Exception:
             pass
     return 0

@@ -150,18 +150,33 @@ class ParallelLMHead(nn.Module):
 
     Every rank holds ceil(vocab / tp_size) rows (the last ranks zero-padded) so the gather is one
     equally sized collective; the padded columns are dropped before anyone sees them.
+
+    bf16/fp16 models get float32 logits: the GEMM's fp32 accumulator, not rounded to the model's
+    dtype. Rounded, two tokens less than one bf16 step apart (0.125 at a logit of 25) tie, argmax
+    takes the lower token id, and which way the rounding falls depends on the GEMM's shape: with
+    logits_to_keep=1 (generate's prefill) SmolLM2 at tp 2 on an H200 tied "The" (fp32 logit 25.33)
+    with "L" (25.24) and answered "L'Étoile, ..." (benchmarks/RESULTS.md, 2026-12-01). Transformers'
+    generate casts the logits to float32 anyway; ``fp32_logits=False`` keeps the model's dtype.
     """
 
-    def __init__(self, in_features, vocab_size, local_rows, bias, tp: TPGroup, dtype=None, device=None):
+    def __init__(self, in_features, vocab_size, local_rows, bias, tp: TPGroup, dtype=None, device=None,
+                 fp32_logits: bool = True):
         super().__init__()
         self.tp = tp
         self.in_features, self.vocab_size = in_features, vocab_size
         self.weight = _empty((local_rows, in_features), dtype, device)  # (vocab_local, hidden)
         self.bias = _empty((local_rows,), dtype, device) if bias else None
+        self.fp32_logits = fp32_logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = all_gather_last_dim(F.linear(x, self.weight, self.bias), self.tp)
+        if self.fp32_logits and x.dtype in (torch.bfloat16, torch.float16):
+            local = _linear_fp32_out(x, self.weight)
+            local = local if self.bias is None else local + self.bias.float()
+        else:
+            local = F.linear(x, self.weight, self.bias)
+        logits = all_gather_last_dim(local, self.tp)
         return logits[..., : self.vocab_size]
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, vocab_size={self.vocab_size}, tp={self.tp.tp_rank}/{self.tp.tp_size}"
+        return (f"in_features={self.in_features}, vocab_size={self.vocab_size}, tp={self.tp.tp_rank}/{self.tp.tp_size}, "
+                f"fp32_logits={self.fp32_logits}")

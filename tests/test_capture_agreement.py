@@ -1,0 +1,53 @@
+"""The decode loop's compile-and-capture agreement, on 2 gloo ranks (CPU): the ranks of one group run
+the same collectives in the same order whatever each rank's compile does, and a compile failure on one
+rank makes every rank decode without graphs, with the right tokens (issue 12).
+
+On CPU there is no graph to capture; the warm-up and both agreements run as on CUDA (Dynamo traces the
+step whole, with its eager backend), and HF_TP_FAULT_INJECT="1:compile:raise" makes rank 1's compile fail.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from conftest import load_reference, run_ranks, save_tiny_model, tiny_config
+
+PAD = 0
+GREEDY = dict(do_sample=False, max_new_tokens=12, pad_token_id=PAD)
+
+
+def decode_with_warm_up(folder: str, ids: torch.Tensor, mask: torch.Tensor, fault: str):
+    import hf_tp
+    from hf_tp.generation.decode_loop import StaticDecoder
+
+    os.environ["HF_TP_FAST_DECODE"] = "1"
+    if fault:
+        os.environ["HF_TP_FAULT_INJECT"] = fault
+    model = hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=2, device="cpu", dtype=torch.float32)
+    # What graphs_enabled() gives on CUDA: warm up (and, there, capture) before decoding.
+    model._hf_tp_static_decoder = decoder = StaticDecoder(model, model.hf_tp, use_graphs=True)
+    first = model.generate(ids, attention_mask=mask, **GREEDY)
+    second = model.generate(ids, attention_mask=mask, **GREEDY)
+    return {"first": first, "second": second, "use_graphs": decoder.use_graphs}
+
+
+@pytest.mark.parametrize("fault", ["", "1:compile:raise"], ids=["all-compile", "rank1-compile-fails"])
+def test_ranks_agree_on_the_compiled_step(tmp_path, fault):
+    # 9 query / 3 KV heads: rank 0 holds 6 heads, rank 1 holds 3, so the ranks trace different graphs.
+    config = tiny_config("llama", hidden_size=72, num_attention_heads=9, num_key_value_heads=3)
+    folder = str(save_tiny_model(tmp_path / "llama_uneven", config, seed=7))
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, 101, (2, 8), generator=gen)
+    mask = torch.ones_like(ids)
+    ids[1, :3], mask[1, :3] = PAD, 0
+    with torch.no_grad():
+        expected = load_reference(folder).generate(ids, attention_mask=mask, **GREEDY)
+    results = run_ranks(decode_with_warm_up, 2, folder, ids, mask, fault, timeout=300)
+    for rank, out in enumerate(results):
+        assert torch.equal(out["first"], expected), f"rank {rank}"
+        assert torch.equal(out["second"], expected), f"rank {rank}"
+        # Both ranks keep the compiled step, or both give it up: never one of each.
+        assert out["use_graphs"] is (not fault), (rank, out["use_graphs"])
