@@ -31,8 +31,10 @@ checks)
   python3 -c "from hf_tp.demo import demo_model_path; print(demo_model_path())"
   # SmolLM2 and random Mixtral / Qwen3-MoE / Phi-3 at tp 2 over NCCL (eager path). Each check's JSON is kept in $OUT.
   HF_TP_GPU_RESULTS=$OUT timeout 420 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -5
-  # The decode loop at tp 2 (compile + CUDA graph with NCCL inside), same comparison.
+  # The decode loop at tp 2 (compile + CUDA graph with NCCL inside), same comparison; then the exit test.
   HF_TP_FAST_DECODE=1 timeout 150 python3 benchmarks/gpu_check.py --new-tokens 128 --json $OUT/smol_nccl_loop.json 2>&1 | tail -1
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_exit.py 2>&1 | tail -3
+  timeout 60 python3 -m torch.distributed.run --standalone --nproc-per-node 2 benchmarks/nccl_exit_probe.py --variant hf_tp 2>&1 | grep -E "EXIT|teardown"
 ;;
 checks2)
   timeout 540 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_orchestration.py tests/test_gpu_loop.py \
