@@ -49,9 +49,10 @@ def rank_main(folder: str, rank: int, size: int) -> None:
     total = time.perf_counter() - start
     stats = model.hf_tp_load_stats
     print("LOADSPEED " + json.dumps({
-        "tp": size, "rank": rank, "threads": int(os.environ.get("HF_TP_LOAD_THREADS", 0)),
-        "staging": "pageable" if os.environ.get("HF_TP_PINNED_LOAD") == "0" else "pinned",
-        "chunk_mb": os.environ.get("HF_TP_LOAD_CHUNK_MB", "8"), "buffers": os.environ.get("HF_TP_LOAD_BUFFERS", "4"),
+        # The loader options as resolved by hf_tp (the HF_TP_LOAD_* overrides this script sets included)
+        "tp": size, "rank": rank, "threads": model.hf_tp_config.load_threads,
+        "staging": "pinned" if model.hf_tp_config.pinned_load else "pageable",
+        "chunk_mb": model.hf_tp_config.load_chunk_mb, "buffers": model.hf_tp_config.load_buffers,
         "pin_s": round(stats.pin_seconds, 3),
         "weights_s": round(stats.seconds, 3), "from_pretrained_s": round(total, 3),
         "gb": round(stats.bytes_read / 1e9, 2), "gb_per_s": round(stats.gb_per_s, 2)}), flush=True)

@@ -2,8 +2,9 @@
 
 from . import policies
 from .auto import AutoModelForCausalLM
+from .config import TPConfig
 from .errors import CheckpointError, PolicyError, ShardingError, WorkerError
 from .orchestration import TPModel
 
 __version__ = "0.1.0"
-__all__ = ["AutoModelForCausalLM", "TPModel", "policies", "WorkerError", "ShardingError", "PolicyError", "CheckpointError", "__version__"]
+__all__ = ["AutoModelForCausalLM", "TPConfig", "TPModel", "policies", "WorkerError", "ShardingError", "PolicyError", "CheckpointError", "__version__"]

@@ -1,56 +1,19 @@
 """``from_pretrained``: decide the mode (plain Transformers, SPMD under a launcher, or the
-single-controller orchestrator) and run the loading pipeline config -> policy -> plan -> shards."""
+single-controller orchestrator); the loading pipeline itself is assembly.py."""
 
 from __future__ import annotations
 
-import atexit
-import copy
 import logging
-import os
-from dataclasses import dataclass, field
-from datetime import timedelta
 
-import torch
-import torch.distributed as dist
-
-from .errors import CheckpointError
-from .generation.spmd import make_tensor_parallel
-from .loading import CheckpointIndex, load_shards, loading_info, make_stager, resolve_checkpoint
-from .parallel.comm import TPGroup, fail_together
-from .parallel.fused import fuse_shared_inputs
-from .parallelize import build_skeleton, parallelize
-from .policies import get_policy
-from .policies.plan import build_plan, validate_tp_size
+# Re-exported: older scripts and tests import the pipeline from here.
+from .assembly import load_parallel_model, resolve_config, resolve_tp_config  # noqa: F401 (re-exported)
+from .launch import init_spmd_group, launcher_world_size, resolve_device  # noqa: F401
+from .policies.plan import validate_tp_size
 
 logger = logging.getLogger("hf_tp")
 
 # Arguments that place or quantize weights in ways that conflict with hf_tp's own split.
 _CONFLICTING = ("device_map", "tp_plan", "tp_size_hf", "quantization_config", "load_in_8bit", "load_in_4bit", "gguf_file", "max_memory")
-# Arguments for locating files; everything else Transformers accepts goes to the config, as in Transformers.
-_HUB_KWARGS = ("revision", "cache_dir", "local_files_only", "token", "force_download", "subfolder")
-_MODEL_KWARGS = ("attn_implementation",)
-# Loading options hf_tp carries out itself (see LoadOptions).
-_LOAD_KWARGS = ("variant", "generation_config", "output_loading_info", "use_safetensors")
-# Accepted and ignored, as Transformers 5's from_pretrained ignores them.
-_IGNORED_KWARGS = ("low_cpu_mem_usage", "_fast_init", "mirror", "offload_state_dict", "from_tf", "from_flax")
-
-
-def launcher_world_size() -> int | None:
-    """WORLD_SIZE set by torchrun / accelerate launch, or None in a plain process."""
-    value = os.environ.get("WORLD_SIZE")
-    return int(value) if value else None
-
-
-def resolve_device(device) -> torch.device:
-    """'cuda' / 'cpu' / None (cuda when available) -> the device type this process uses."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type not in ("cuda", "cpu"):
-        raise ValueError(f"device must be 'cuda' or 'cpu', got {str(device)!r}.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but CUDA is not available here; pass device='cpu' to run with gloo.")
-    return device
 
 
 def check_arguments(tp_size, hf_kwargs: dict) -> None:
@@ -70,149 +33,6 @@ def check_arguments(tp_size, hf_kwargs: dict) -> None:
         )
 
 
-def init_spmd_group(tp_size: int, device: torch.device, timeout_s: float | None = None) -> TPGroup:
-    """The TP group of a launcher-started process: one rank per process, world == TP group."""
-    world = launcher_world_size()
-    if world != tp_size:
-        raise ValueError(
-            f"tp_size={tp_size} but the launcher started WORLD_SIZE={world} processes. hf_tp splits the model over "
-            f"all of them: launch with --nproc-per-node {tp_size} (torchrun) or --num_processes {tp_size} "
-            f"(accelerate launch), or pass tp_size={world}."
-        )
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if device.type == "cuda":
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", tp_size))
-        if torch.cuda.device_count() < local_world:
-            raise ValueError(
-                f"{local_world} ranks on this host need {local_world} GPUs but only {torch.cuda.device_count()} are "
-                "visible; lower tp_size or make more GPUs visible (CUDA_VISIBLE_DEVICES)."
-            )
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if not dist.is_initialized():
-        extra = {"device_id": device} if device.type == "cuda" else {}
-        if timeout_s:
-            extra["timeout"] = timedelta(seconds=timeout_s)
-        dist.init_process_group(backend=backend, **extra)
-        # We created the group, so we tear it down, at exit, before the interpreter does: left to
-        # interpreter teardown, a rank can still touch the rendezvous store after the host that
-        # serves it (another node's launcher) is gone, and abort.
-        atexit.register(_destroy_group)
-    elif backend not in str(dist.get_backend()):
-        raise ValueError(
-            f"torch.distributed is already initialised with backend {dist.get_backend()!r}, which cannot run "
-            f"{device.type} collectives; initialise it with {backend!r} or pass device={'cpu' if backend == 'gloo' else 'cuda'!r}."
-        )
-    return TPGroup(tp_rank=dist.get_rank(), tp_size=tp_size, device=device)
-
-
-def _destroy_group() -> None:
-    from .parallel.teardown import shutdown_group
-
-    shutdown_group()
-
-
-def _resolve_dtype(dtype, config, index: CheckpointIndex | None = None) -> torch.dtype:
-    """None or "auto" -> the config's dtype, else the checkpoint's (the dtype of its first floating
-    tensor), else fp32: Transformers 5's default. Strings name a torch dtype."""
-    if dtype is None or dtype == "auto":
-        dtype = (getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-                 or (index.float_dtype() if index is not None else None) or torch.float32)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    return dtype
-
-
-@dataclass
-class LoadOptions:
-    """What from_pretrained's keywords ask of the load, besides the files and the config."""
-
-    model_kwargs: dict = field(default_factory=dict)  # for the model class (attn_implementation)
-    variant: str | None = None  # weights named model.<variant>.safetensors
-    generation_config: object = None  # replaces the checkpoint's generation_config.json
-    output_loading_info: bool = False  # also return Transformers' loading-info dict
-
-
-def resolve_config(name_or_path, hf_kwargs: dict):
-    """(checkpoint folder, config, LoadOptions) from from_pretrained's keyword arguments, as
-    Transformers reads them: hub arguments locate files; a ``config=`` object replaces the saved
-    config (a copy: the caller's object is never edited) and then no keyword may edit a field; without
-    one, every other keyword overrides a config field (unknown ones are a TypeError)."""
-    from transformers import AutoConfig, PretrainedConfig
-
-    kwargs = {k: v for k, v in hf_kwargs.items() if k not in _IGNORED_KWARGS}
-    hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
-    options = LoadOptions(model_kwargs={k: kwargs.pop(k) for k in _MODEL_KWARGS if k in kwargs},
-                          **{k: kwargs.pop(k) for k in _LOAD_KWARGS if k in kwargs and k != "use_safetensors"})
-    kwargs.pop("use_safetensors", None)  # True is what hf_tp does anyway; False is refused by check_arguments
-    trust_remote_code = kwargs.pop("trust_remote_code", False)
-    folder = resolve_checkpoint(name_or_path, **hub_kwargs)
-    config = kwargs.pop("config", None)
-    if isinstance(config, PretrainedConfig):
-        if kwargs:
-            # Transformers hands these to the model class's __init__, which takes none.
-            raise TypeError(
-                f"from_pretrained() got an unexpected keyword argument {next(iter(kwargs))!r}: with config= given, "
-                "Transformers passes further keywords to the model class, not to the config. Set the field on the "
-                "config object instead."
-            )
-        config = copy.deepcopy(config)
-    else:  # Transformers' AutoModel reads the checkpoint's own config when config= is not a config object
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        for key, value in kwargs.items():
-            if not hasattr(config, key):
-                raise TypeError(f"from_pretrained() got an unexpected keyword argument {key!r}")
-            setattr(config, key, value)
-    config.name_or_path = str(name_or_path)  # as Transformers: the id or path asked for, not the snapshot folder
-    return folder, config, options
-
-
-def load_parallel_model(name_or_path, tp: TPGroup, dtype=None, progress: bool = True, **hf_kwargs):
-    """Every rank: resolve files, build the meta skeleton and plan, read its shards. Errors on any
-    rank are raised on all ranks (fail_together), so no rank is left waiting in a collective."""
-    stager = make_stager(tp.device)  # pins its staging buffers while the skeleton is built
-    try:
-        with fail_together(tp, "finding the checkpoint"):
-            folder, config, options = resolve_config(name_or_path, hf_kwargs)
-            index = CheckpointIndex(folder, options.variant)
-        with fail_together(tp, "planning the split"):
-            policy = get_policy(config)
-            dtype = _resolve_dtype(dtype, config, index)
-            config.dtype = dtype  # as Transformers records the dtype it loaded in
-            model = build_skeleton(config, dtype, **options.model_kwargs)
-            info = loading_info(model, index) if options.output_loading_info else None
-            plan = build_plan(model, config, policy, tp.tp_size, model_name=str(name_or_path))
-            transposed = parallelize(model, plan, tp, policy=policy)
-        with fail_together(tp, "loading the weights"):
-            fuse_shared_inputs(model, dict(policy.same_input), tp.device)
-            stats = load_shards(model, plan, index, tp.tp_rank, tp.device, transposed, progress=progress and tp.is_first,
-                                stager=stager)
-    except BaseException:
-        if stager is not None:  # load_shards finishes it itself; an earlier failure must too
-            stager.finish(quiet=True)
-        raise
-    model.generation_config = load_generation_config(folder, model.generation_config, options)
-    model.eval()
-    model.hf_tp_plan, model.hf_tp_load_stats, model.hf_tp_transposed = plan, stats, transposed
-    model = make_tensor_parallel(model, tp)
-    return (model, info) if options.output_loading_info else model
-
-
-def load_generation_config(folder, default, options: LoadOptions):
-    """A copy of the generation_config= argument, else the checkpoint's generation_config.json, else
-    ``default`` (the one derived from the model config), as Transformers picks it."""
-    from transformers import GenerationConfig
-
-    if options.generation_config is not None:
-        return GenerationConfig.from_dict(options.generation_config.to_dict())
-    try:
-        return GenerationConfig.from_pretrained(folder)
-    except OSError:
-        return default
-
-
 class AutoModelForCausalLM:
     """Drop-in for ``transformers.AutoModelForCausalLM`` with a ``tp_size`` argument."""
 
@@ -220,13 +40,15 @@ class AutoModelForCausalLM:
         raise EnvironmentError("Use hf_tp.AutoModelForCausalLM.from_pretrained(name_or_path, tp_size=...).")
 
     @classmethod
-    def from_pretrained(cls, name_or_path, *model_args, tp_size=None, dtype=None, device=None, **hf_kwargs):
+    def from_pretrained(cls, name_or_path, *model_args, tp_size=None, dtype=None, device=None, tp_config=None,
+                        **hf_kwargs):
         """Load a causal LM split over ``tp_size`` devices.
 
         tp_size None or 1: exactly ``transformers.AutoModelForCausalLM.from_pretrained`` (``device``
         becomes its ``device_map``). Under torchrun / accelerate launch (WORLD_SIZE set): every rank
         calls this and gets the Transformers model object with parallel layers. Otherwise hf_tp
         starts and supervises tp_size worker processes and returns an ``hf_tp.TPModel`` handle.
+        ``tp_config``: an ``hf_tp.TPConfig`` (speed and numerics options), resolved here once.
         """
         torch_dtype = hf_kwargs.pop("torch_dtype", None)  # Transformers' older name, still accepted there
         dtype = dtype if dtype is not None else torch_dtype
@@ -235,6 +57,10 @@ class AutoModelForCausalLM:
         if tp_size is None or tp_size == 1:
             import transformers
 
+            if tp_config is not None:
+                raise ValueError("tp_config applies to tensor-parallel models; with tp_size=None or 1 the model is "
+                                 "plain Transformers. Drop tp_config, or pass tp_size > 1.")
+
             if device is not None and "device_map" not in hf_kwargs:
                 hf_kwargs["device_map"] = str(device)
             return transformers.AutoModelForCausalLM.from_pretrained(name_or_path, *model_args, dtype=dtype, **hf_kwargs)
@@ -242,9 +68,10 @@ class AutoModelForCausalLM:
             raise TypeError("hf_tp.AutoModelForCausalLM.from_pretrained takes model arguments as keywords only.")
         check_arguments(tp_size, hf_kwargs)
         device = resolve_device(device)
+        config = resolve_tp_config(tp_config, device.type, tp_size)
         if launcher_world_size() is not None:
-            tp = init_spmd_group(tp_size, device)
-            return load_parallel_model(name_or_path, tp, dtype=dtype, **hf_kwargs)
+            tp = init_spmd_group(tp_size, device, worker_env=config.worker_env)
+            return load_parallel_model(name_or_path, tp, dtype=dtype, tp_config=config, **hf_kwargs)
         from .orchestration import start_tp_model
 
-        return start_tp_model(name_or_path, tp_size=tp_size, dtype=dtype, device=device, **hf_kwargs)
+        return start_tp_model(name_or_path, tp_size=tp_size, dtype=dtype, device=device, tp_config=config, **hf_kwargs)

@@ -9,6 +9,7 @@ import torch
 from accelerate import init_empty_weights
 from torch import nn
 
+from .config import TPConfig
 from .parallel.comm import TPGroup, all_gather_uneven, all_reduce
 from .parallel.layers import ColumnParallelLinear, ParallelLMHead, RowParallelLinear, VocabParallelEmbedding
 from .policies import Policy, get_policy
@@ -48,7 +49,7 @@ def _init_buffer_owners(module: nn.Module, owner) -> None:
         _init_buffer_owners(child, owner)
 
 
-def _parallel_module(old: nn.Module, shard: ModuleShard, tp: TPGroup) -> nn.Module:
+def _parallel_module(old: nn.Module, shard: ModuleShard, tp: TPGroup, config: TPConfig) -> nn.Module:
     weight = old.weight
     local = shard.params["weight"].local_size[tp.tp_rank]
     has_bias = getattr(old, "bias", None) is not None
@@ -60,10 +61,10 @@ def _parallel_module(old: nn.Module, shard: ModuleShard, tp: TPGroup) -> nn.Modu
         return VocabParallelEmbedding(old.num_embeddings, (start, stop), local, old.embedding_dim,
                                       padding_idx=old.padding_idx, embed_scale=getattr(old, "embed_scale", None), **kw)
     if shard.style == "vocab":
-        return ParallelLMHead(in_full, out_full, local, has_bias, **kw)
+        return ParallelLMHead(in_full, out_full, local, has_bias, fp32_logits=config.fp32_logits, **kw)
     if shard.style == "column":
         return ColumnParallelLinear(in_full, local, has_bias, **kw)
-    return RowParallelLinear(local, out_full, has_bias, **kw)
+    return RowParallelLinear(local, out_full, has_bias, reduce_fp32=config.reduce_fp32, **kw)
 
 
 def _resize_in_place(module: nn.Module, shard: ModuleShard, tp: TPGroup) -> None:
@@ -80,9 +81,11 @@ def _resize_in_place(module: nn.Module, shard: ModuleShard, tp: TPGroup) -> None
         module.register_forward_hook(lambda _module, _args, output: all_reduce(output, tp))
 
 
-def parallelize(model: nn.Module, plan: ShardingPlan, tp: TPGroup, policy: Policy | None = None) -> frozenset[str]:
+def parallelize(model: nn.Module, plan: ShardingPlan, tp: TPGroup, policy: Policy | None = None,
+                config: TPConfig | None = None) -> frozenset[str]:
     """Swap every planned module for its parallel layer, keep ties, rewrite per-rank head counts,
     then run the policy's ``adapt`` hook if it has one (``policy`` defaults to the config's).
+    ``config``: the layers' numerics (TPConfig.reduce_fp32, fp32_logits); defaults when None.
 
     Returns the parameter names whose checkpoint layout is transposed relative to the new layer.
     """
@@ -96,7 +99,7 @@ def parallelize(model: nn.Module, plan: ShardingPlan, tp: TPGroup, policy: Polic
         if shard.layout == "experts":
             _resize_in_place(old, shard, tp)
             continue
-        new = _parallel_module(old, shard, tp)
+        new = _parallel_module(old, shard, tp, config or TPConfig())
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
         replaced[name] = new

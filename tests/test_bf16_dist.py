@@ -12,8 +12,8 @@ first divergence at a near-tie of the fp32 model.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
-import os
 from pathlib import Path
 
 import torch
@@ -89,14 +89,16 @@ def generate_bf16_on_rank(folder: str, inputs: dict):
     and the full forward's last-position argmax (what generate's first token must equal)."""
     import hf_tp
 
-    os.environ["HF_TP_FUSE"] = "1"
-    model = hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=2, device="cpu", dtype=torch.bfloat16)
+    model = hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=2, device="cpu", dtype=torch.bfloat16,
+                                                       tp_config=hf_tp.TPConfig(fuse=True))
+    assert model.hf_tp_config.reduce_fp32  # the fp32-reduction branch of the row-parallel layers runs in bf16
     greedy = dict(do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=PAD)
     out = {"fused_groups": sum(1 for m in model.modules() if getattr(m, "shared_input", None) is not None)}
     with torch.no_grad():
         out["forward_last"] = model(**inputs).logits[:, -1].argmax(-1)
-    for path, setting in (("generate", "0"), ("loop", "1")):
-        os.environ["HF_TP_FAST_DECODE"] = setting
+    for path, loop in (("generate", False), ("loop", True)):
+        # fast_decode is read at each generate() from the model's resolved TPConfig
+        model.hf_tp_config = dataclasses.replace(model.hf_tp_config, fast_decode=loop)
         out[path] = model.generate(**inputs, **greedy)[:, inputs["input_ids"].shape[1]:]
         out[path + "_again"] = model.generate(**inputs, **greedy)[:, inputs["input_ids"].shape[1]:]  # cache reuse
     return out

@@ -8,42 +8,38 @@ and must equal the same rank's slices loaded on the CPU bit for bit.
 import pytest
 import torch
 
+import hf_tp
+
 from conftest import save_tiny_model, tiny_config
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none visible here")]
 
 
+# The smallest buffers (64 KB): many chunks per tensor; fewer buffers than reader threads: they take turns;
+# fused buffers.
+STAGED = dict(fuse=True, load_chunk_mb=4096 / 2**20, load_buffers=2)
+
+
 def _load_rank(folder, tp_size, tp_rank, device, dtype):
     """What load_parallel_model does on one rank, without a process group (loading needs none)."""
-    from hf_tp.auto import resolve_config
-    from hf_tp.loading import CheckpointIndex, load_shards
+    from hf_tp.assembly import build_rank_model, plan_model, resolve_tp_config
+    from hf_tp.loading import make_stager
     from hf_tp.parallel.comm import TPGroup
-    from hf_tp.parallel.fused import fuse_shared_inputs
-    from hf_tp.parallelize import build_skeleton, parallelize
-    from hf_tp.policies import get_policy
-    from hf_tp.policies.plan import build_plan
 
-    folder, config, options = resolve_config(str(folder), {})
-    policy = get_policy(config)
-    model = build_skeleton(config, dtype, **options.model_kwargs)
-    plan = build_plan(model, config, policy, tp_size)
-    transposed = parallelize(model, plan, TPGroup(tp_rank, tp_size, device), policy=policy)
-    fuse_shared_inputs(model, dict(policy.same_input), device)
-    load_shards(model, plan, CheckpointIndex(folder), tp_rank, device, transposed, progress=False)
-    return model
+    config = resolve_tp_config(hf_tp.TPConfig(**STAGED), device.type, tp_size)
+    stager = make_stager(device, config.pinned_load, config.load_chunk_mb, config.load_buffers)
+    planned = plan_model(str(folder), tp_size, dtype)
+    return build_rank_model(planned, TPGroup(tp_rank, tp_size, device), config, progress=False, stager=stager)
 
 
 @pytest.mark.parametrize("arch,tp_size", [("llama", 2), ("llama", 3), ("gpt2", 2), ("qwen3_moe", 2)])
-def test_staged_gpu_load_equals_cpu_load(tmp_path, monkeypatch, arch, tp_size):
+def test_staged_gpu_load_equals_cpu_load(tmp_path, arch, tp_size):
     from test_architectures import CONFIGS
 
     config = (tiny_config("llama", num_attention_heads=9, num_key_value_heads=3, hidden_size=72) if arch == "llama"
               else CONFIGS[arch]())  # llama: uneven GQA at tp 2; gpt2: transposed Conv1D; qwen3_moe: 3-D experts
     folder = save_tiny_model(tmp_path / arch, config)
-    monkeypatch.setenv("HF_TP_LOAD_CHUNK_MB", str(4096 / 2**20))  # 4 KB buffers: many chunks per tensor
-    monkeypatch.setenv("HF_TP_LOAD_BUFFERS", "2")  # fewer buffers than reader threads: they take turns
-    monkeypatch.setenv("HF_TP_FUSE", "1")
     device = torch.device("cuda", 0)
     for dtype in (torch.float32, torch.bfloat16):  # bf16: the fp32 file is cast on the GPU
         for rank in range(tp_size):

@@ -59,7 +59,7 @@ def test_sampling_same_seed_same_tokens_including_the_capturing_call(models):
 
 def _tp2_gloo_generate(folder):
     """One rank of tp 2 on cuda:0, joined by gloo: eager path, then the decode loop."""
-    import os
+    import dataclasses
 
     import torch.distributed as dist
 
@@ -75,8 +75,8 @@ def _tp2_gloo_generate(folder):
     mask = torch.ones_like(ids)
     ids[1, :4], mask[1, :4] = 0, 0
     runs = {}
-    for setting in ("0", "1"):
-        os.environ["HF_TP_FAST_DECODE"] = setting
+    for setting in ("0", "1"):  # fast_decode is read at each generate() from the model's TPConfig
+        model.hf_tp_config = dataclasses.replace(model.hf_tp_config, fast_decode=setting == "1")
         runs[setting] = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
                                        pad_token_id=0).cpu()
     decoder = getattr(model, "_hf_tp_static_decoder", None)

@@ -81,14 +81,15 @@ def _load(args, device):
     _sync(device)
     start = time.perf_counter()
     if args.system == "hf_tp":
-        from ..auto import init_spmd_group, load_parallel_model
+        from ..assembly import load_parallel_model
+        from ..launch import init_spmd_group
         from ..parallel.comm import TPGroup
 
         if args.tp_size == 1:  # the same parallel layers and decode path, with no collectives
             tp = TPGroup(tp_rank=0, tp_size=1, device=device)
         else:
             tp = init_spmd_group(args.tp_size, device)
-        model = load_parallel_model(args.model, tp, dtype=dtype, progress=False)
+        model = load_parallel_model(args.model, tp, dtype=dtype, progress=False, tp_config=tp_config(args, device))
     elif args.system == "transformers":
         model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, device_map=str(device))
     elif args.system == "transformers_tp":
@@ -97,6 +98,17 @@ def _load(args, device):
         raise ValueError(f"unknown system {args.system!r}")
     _sync(device)
     return model.eval(), time.perf_counter() - start
+
+
+def tp_config(args, device):
+    """hf_tp's resolved TPConfig for this row: eager rows measure the plain path, compile rows force the
+    decode loop; the other options are the defaults (with their documented environment overrides)."""
+    import dataclasses
+
+    from ..config import TPConfig
+
+    config = TPConfig().resolve(device.type, args.tp_size)
+    return dataclasses.replace(config, fast_decode=args.mode != "eager")
 
 
 def _generate_seconds(model, ids, new_tokens, compiled, device) -> float:
@@ -124,8 +136,6 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    if args.system == "hf_tp":  # eager rows measure the plain path, compile rows force the fast one
-        os.environ["HF_TP_FAST_DECODE"] = "0" if args.mode == "eager" else "1"
     device = torch.device(args.device)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -160,7 +170,9 @@ def main() -> int:
         rows.append({"system": args.system, "mode": args.mode, "tp_size": args.tp_size, "batch": batch,
                      "decode_tok_s": round(decode_tok_s, 2), "ttft_s": round(first, 4), "load_s": round(load_s, 3),
                      "peak_bytes_per_gpu": peak, **loader, "copy_bandwidth_bytes_s": round(bandwidth),
-                     "bandwidth_floor_tok_s": round(floor_tok_s, 1), "floor_fraction": round(decode_tok_s / floor_tok_s, 4), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"})
+                     "bandwidth_floor_tok_s": round(floor_tok_s, 1), "floor_fraction": round(decode_tok_s / floor_tok_s, 4), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                     # hf_tp's resolved options (None for the Transformers baselines): a row says what produced it
+                     "tp_config": model.hf_tp_config.to_dict() if hasattr(model, "hf_tp_config") else None})
     if int(os.environ.get("RANK", "0")) == 0:
         with open(args.out, "a") as f:
             for row in rows:

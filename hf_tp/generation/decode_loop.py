@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import random
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ..faults import injected_fault
 
 logger = logging.getLogger("hf_tp")
 
@@ -364,8 +365,11 @@ class _no_context:
 class StaticDecoder:
     """The decode loop of one parallel model; kept on the model, sessions reused across calls."""
 
-    def __init__(self, model, tp, use_graphs: bool):
+    def __init__(self, model, tp, use_graphs: bool, config=None):
+        from ..config import TPConfig
+
         self.model, self.tp, self.device, self.use_graphs = model, tp, tp.device, use_graphs
+        self.config = config or TPConfig()  # the all-reduce options of the compiled step
         self.cache_argument = _cache_argument_name(model)
         self.sessions: OrderedDict[tuple[int, int], _Session] = OrderedDict()
         self._compiled = None
@@ -392,13 +396,13 @@ class StaticDecoder:
 
     def compiled_forward(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
         """The forward as captured into the graph (used only by capture; uncaptured steps run eagerly)."""
-        if _fault_injected(self.tp.tp_rank):
+        if injected_fault(self.tp.tp_rank, "compile") == "raise":  # test hook: a compile that fails on one rank
             raise RuntimeError(f"injected compile failure on tp rank {self.tp.tp_rank}")
         if self._compiled is None:
             # No "reduce-overhead": the whole step (with selection and bookkeeping) is captured below.
             from ..parallel.comm import decode_compile_options
 
-            options = decode_compile_options(self.tp)
+            options = decode_compile_options(self.tp, self.config.allreduce, self.config.one_shot_max_kb)
             self._one_shot = bool(options)
             # Only tests warm the step up on CPU (there is no graph to capture): Dynamo traces it whole,
             # as on CUDA, and runs it without Inductor's C++ build.
@@ -527,14 +531,6 @@ class StaticDecoder:
         return int(first_eos.max()) + 1
 
 
-def _fault_injected(tp_rank: int) -> bool:
-    """Test hook: HF_TP_FAULT_INJECT="RANK:compile:raise" makes that rank's compiled step fail (as an
-    architecture Inductor cannot compile would), so tests can check that every rank falls back together.
-    The orchestrator's tests use the same variable for other ops (orchestration/worker.py)."""
-    spec = os.environ.get("HF_TP_FAULT_INJECT", "")
-    return spec.count(":") == 2 and spec.split(":")[1:] == ["compile", "raise"] and int(spec.split(":")[0]) == tp_rank
-
-
 def _rewind_cache(cache, length: int) -> None:
     """Forget the positions written by the steps that ran past the end (up to CHECK_EVERY - 1), so the
     returned cache holds what Transformers' would: every position but the last token's."""
@@ -557,13 +553,14 @@ def _generate_output(sequences: torch.Tensor, cache):
     return GenerateDecoderOnlyOutput(sequences=sequences, **{cache_field: cache})
 
 
-def graphs_enabled(tp) -> bool:
-    """CUDA graphs + compile on CUDA unless HF_TP_CUDA_GRAPHS=0 (then the loop runs eagerly, for debugging).
+def graphs_enabled(tp, cuda_graphs: bool = True) -> bool:
+    """CUDA graphs + compile on CUDA unless ``cuda_graphs`` (TPConfig) is off (then the loop runs eagerly,
+    for debugging).
 
     At tp > 1 only over NCCL: a gloo collective cannot be captured (gloo stages CUDA tensors through
     the host), and trying crashed both ranks with a segmentation fault inside the compiled step
     (torch 2.11, H100, 2026-11-25), which no fallback can catch.
     """
-    if tp.device.type != "cuda" or os.environ.get("HF_TP_CUDA_GRAPHS", "1") == "0":
+    if tp.device.type != "cuda" or not cuda_graphs:
         return False
     return tp.tp_size == 1 or dist.get_backend(tp.group) == "nccl"

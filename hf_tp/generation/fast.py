@@ -11,7 +11,6 @@ Every fallback says why once in the log.
 from __future__ import annotations
 
 import logging
-import os
 
 logger = logging.getLogger("hf_tp")
 
@@ -26,23 +25,10 @@ def _warn_once(key: str, message: str, *args) -> None:
         logger.warning(message, *args)
 
 
-def fast_path_enabled(tp_size: int, device_type: str = "cuda") -> bool:
-    """HF_TP_FAST_DECODE=1 forces the fast path on (also on CPU, where the loop runs without graphs:
-    that is how the tests check it), =0 off. Unset: on for CUDA with a TP group of one.
-
-    tp_size > 1 stays opt-in until the 2-GPU measurement in benchmarks/RESULTS.md shows the captured
-    step correct and faster there: Transformers' own compiled path did not finish at tp 2 on
-    2 x H200 (2026-11-24).
-    """
-    setting = os.environ.get("HF_TP_FAST_DECODE")
-    if setting in ("0", "1"):
-        return setting == "1"
-    return device_type == "cuda" and tp_size == 1
-
-
-def plan_fast_decode(model, args: tuple, kwargs: dict, device_type: str, tp_size: int):
-    """A DecodeRequest for hf_tp's own loop, or None (reason logged once) to use generate()."""
-    if not fast_path_enabled(tp_size, device_type):
+def plan_fast_decode(model, args: tuple, kwargs: dict, fast_decode: bool):
+    """A DecodeRequest for hf_tp's own loop, or None (reason logged once) to use generate().
+    ``fast_decode``: the model's resolved TPConfig.fast_decode (its docstring gives the defaults)."""
+    if not fast_decode:
         return None
     from .decode_loop import plan_request
 
@@ -53,9 +39,9 @@ def plan_fast_decode(model, args: tuple, kwargs: dict, device_type: str, tp_size
     return request
 
 
-def with_fast_path(device_type: str, kwargs: dict, tp_size: int = 1) -> dict:
+def with_fast_path(device_type: str, kwargs: dict, fast_decode: bool) -> dict:
     """``kwargs`` for Transformers' generate, switched to its static-cache compiled path when it applies."""
-    if device_type != "cuda" or not fast_path_enabled(tp_size, device_type):
+    if device_type != "cuda" or not fast_decode:
         return kwargs
     reasons = [k for k in _UNSUPPORTED if kwargs.get(k) is not None]
     generation_config = kwargs.get("generation_config")

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..config import TPConfig
 from ..parallel.comm import TPGroup, broadcast_int, check_same_on_all_ranks, fingerprint
 from ..parallel.layers import VocabParallelEmbedding, validate_token_ids
 from .fast import plan_fast_decode, with_fast_path
@@ -62,7 +63,14 @@ class TensorParallelMixin:
     """Mixed into the model's own class at load time; everything else is the Transformers model."""
 
     hf_tp: TPGroup
+    # The resolved hf_tp.TPConfig. fast_decode is read at every generate() call, so assigning
+    # dataclasses.replace(model.hf_tp_config, fast_decode=...) switches the path for the next call; the
+    # load-time options (fusion, reductions, loader) were applied when the model was built.
+    hf_tp_config: TPConfig
     _hf_tp_in_generate = False
+
+    def extra_repr(self) -> str:
+        return f"hf_tp: tp_rank={self.hf_tp.tp_rank}/{self.hf_tp.tp_size}, {self.hf_tp_config}"
 
     def _hf_tp_check_inputs(self, what: str, args, kwargs) -> None:
         """Validate inputs locally, then agree across ranks: a rank that rejects its inputs, or
@@ -123,11 +131,11 @@ class TensorParallelMixin:
             torch.manual_seed(seed)
             self._hf_tp_in_generate = True
             try:
-                device_type = self.hf_tp.device.type
-                request = plan_fast_decode(self, args, kwargs, device_type, self.hf_tp.tp_size)
+                device_type, fast_decode = self.hf_tp.device.type, self.hf_tp_config.fast_decode
+                request = plan_fast_decode(self, args, kwargs, fast_decode)
                 if request is not None:
                     return self._hf_tp_decoder().generate(request)
-                return super().generate(*args, **with_fast_path(device_type, kwargs, self.hf_tp.tp_size))
+                return super().generate(*args, **with_fast_path(device_type, kwargs, fast_decode))
             finally:
                 self._hf_tp_in_generate = False
 
@@ -135,7 +143,9 @@ class TensorParallelMixin:
         from .decode_loop import StaticDecoder, graphs_enabled
 
         if getattr(self, "_hf_tp_static_decoder", None) is None:
-            self._hf_tp_static_decoder = StaticDecoder(self, self.hf_tp, graphs_enabled(self.hf_tp))
+            config = self.hf_tp_config
+            self._hf_tp_static_decoder = StaticDecoder(self, self.hf_tp, graphs_enabled(self.hf_tp, config.cuda_graphs),
+                                                       config)
         return self._hf_tp_static_decoder
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
@@ -179,7 +189,7 @@ class TensorParallelMixin:
                 super().save_pretrained(save_directory, *args, state_dict=state, **kwargs)
 
 
-def make_tensor_parallel(model, tp: TPGroup):
+def make_tensor_parallel(model, tp: TPGroup, config: TPConfig):
     """Mix TensorParallelMixin into ``model``'s class (the object stays a PreTrainedModel)."""
     cls = type(model)
 
@@ -191,5 +201,5 @@ def make_tensor_parallel(model, tp: TPGroup):
     # The mixin's (*args, **kwargs) would hide them all, so the fallback would answer differently.
     forward.__signature__ = inspect.signature(cls.forward)
     model.__class__ = type(cls.__name__, (TensorParallelMixin, cls), {"__module__": cls.__module__, "forward": forward})
-    model.hf_tp = tp
+    model.hf_tp, model.hf_tp_config = tp, config
     return model

@@ -20,7 +20,7 @@ from ..policies.plan import ParamShard, ShardingPlan
 from .checkpoint import CheckpointIndex
 from .experts import expert_part_keys, read_experts
 from .keys import find_key
-from .staging import PinnedStager, finished_at_exit
+from .staging import MIN_CHUNK_BYTES, PinnedStager, finished_at_exit
 
 
 @dataclass
@@ -35,10 +35,10 @@ class LoadStats:
         return self.bytes_read / 1e9 / self.seconds if self.seconds else 0.0
 
 
-def load_threads() -> int:
-    """Parallel reads per rank: $HF_TP_LOAD_THREADS, default min(4, cores) (on the lent H100, 4 loaded
-    the 13B shape's tp-2 shards in 0.84 s, 8 in 1.11 s: benchmarks/RESULTS.md, 2026-11-25)."""
-    return int(os.environ.get("HF_TP_LOAD_THREADS", min(4, os.cpu_count() or 1)))
+def default_load_threads() -> int:
+    """Parallel reads per rank when none is given: min(4, cores) (on the lent H100, 4 loaded the 13B shape's
+    tp-2 shards in 0.84 s, 8 in 1.11 s: benchmarks/RESULTS.md, 2026-11-25)."""
+    return min(4, os.cpu_count() or 1)
 
 
 def _read(index: CheckpointIndex, key: str, shard: ParamShard | None, tp_rank: int) -> torch.Tensor:
@@ -61,11 +61,12 @@ def _read(index: CheckpointIndex, key: str, shard: ParamShard | None, tp_rank: i
     return tensor
 
 
-def make_stager(device: torch.device) -> PinnedStager | None:
-    """Pinned staging on CUDA (HF_TP_PINNED_LOAD=0 turns it off); plain copies elsewhere. Create it
-    early: its buffers are pinned in the background while the caller builds the model."""
-    if device.type == "cuda" and os.environ.get("HF_TP_PINNED_LOAD", "1") != "0":
-        return PinnedStager(device)
+def make_stager(device: torch.device, pinned: bool = True, chunk_mb: float | None = None,
+                buffers: int | None = None) -> PinnedStager | None:
+    """Pinned staging on CUDA (``pinned=False``: plain copies); plain copies elsewhere. Create it early:
+    its ``buffers`` buffers of ``chunk_mb`` MB are pinned in the background while the caller builds the model."""
+    if device.type == "cuda" and pinned:
+        return PinnedStager(device, max(MIN_CHUNK_BYTES, int(chunk_mb * 2**20)) if chunk_mb else None, buffers)
     return None
 
 
@@ -110,12 +111,12 @@ def loading_info(model: nn.Module, index: CheckpointIndex) -> dict:
 
 def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp_rank: int,
                 device: torch.device, transposed: frozenset[str] = frozenset(), progress: bool = True,
-                stager: PinnedStager | None = None) -> LoadStats:
+                stager: PinnedStager | None = None, threads: int | None = None) -> LoadStats:
     """Replace every meta parameter of ``model`` by this rank's slice from the checkpoint.
 
     ``transposed`` names parameters stored (in, out) in the file but (out, in) in the layer
     (GPT-2 Conv1D turned into a parallel linear). Tied parameters are read once and re-tied.
-    ``stager``: from ``make_stager`` (made here when not given).
+    ``stager``: from ``make_stager`` (made here when not given). ``threads``: tensors read at once.
     """
     stats, start = LoadStats(), time.perf_counter()
     stager = stager or make_stager(device)
@@ -167,7 +168,7 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
 
         # Several reads in flight: copies out of the page cache and host-to-device transfers of
         # different tensors overlap (torch releases the GIL while copying).
-        with ThreadPoolExecutor(max_workers=load_threads()) as pool:
+        with ThreadPoolExecutor(max_workers=threads or default_load_threads()) as pool:
             for group, nbytes, tensor in tqdm(pool.map(read_group, groups), total=len(groups),
                                               desc="hf_tp: loading shards", unit="tensor", disable=not progress):
                 stats.bytes_read += nbytes

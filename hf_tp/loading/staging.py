@@ -13,7 +13,6 @@ host-to-device transfers of different chunks and threads overlap.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -22,15 +21,11 @@ from contextlib import contextmanager
 import torch
 
 
-def chunk_bytes() -> int:
-    """Bytes per pinned staging buffer: $HF_TP_LOAD_CHUNK_MB (default 8: 4 MB was slower, 2026-11-25;
-    at least 64 KB)."""
-    return max(64 * 1024, int(float(os.environ.get("HF_TP_LOAD_CHUNK_MB", "8")) * 2**20))
-
-
-def buffer_count() -> int:
-    """Pinned staging buffers per rank: $HF_TP_LOAD_BUFFERS (default 4: 8 was no faster, 2026-11-25)."""
-    return max(1, int(os.environ.get("HF_TP_LOAD_BUFFERS", "4")))
+# Defaults of TPConfig.load_chunk_mb and load_buffers: 8 MB (4 MB was slower) and 4 buffers (8 were no
+# faster), on the lent H100, 2026-11-25.
+DEFAULT_CHUNK_BYTES = 8 * 2**20
+DEFAULT_BUFFERS = 4
+MIN_CHUNK_BYTES = 64 * 1024  # the smallest buffer make_stager asks for
 
 
 class _Slot:
@@ -54,11 +49,11 @@ class PinnedStager:
         if device.index is None:  # "cuda": the caller's current GPU (the pinning thread needs an index)
             device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
-        self.nbytes = nbytes or chunk_bytes()
+        self.nbytes = nbytes or DEFAULT_CHUNK_BYTES
         self.pin_seconds = 0.0  # how long pinning the pool took (in the background)
         self._pool: queue.Queue[_Slot | BaseException] = queue.Queue()
         self._local = threading.local()
-        self._pinning = threading.Thread(target=self._pin, args=(buffers or buffer_count(),), daemon=True,
+        self._pinning = threading.Thread(target=self._pin, args=(buffers or DEFAULT_BUFFERS,), daemon=True,
                                          name="hf_tp-pin-staging")
         self._pinning.start()
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from ..errors import ShardingError
@@ -17,41 +15,36 @@ ORCHESTRATOR_KWARGS = ("timeout_s", "startup_timeout_s", "auto_restart", "max_me
 
 
 def _plan_memory(name_or_path, tp_size, dtype, hf_kwargs, kv_cache_tokens: int | None):
-    """Validate the split before any process starts, and size each rank's shard + KV-cache budget
-    (``kv_cache_tokens`` tokens; None: one sequence of min(4096, context))."""
+    """Validate the split before any process starts (the workers' own plan_model), and size each rank's
+    shard + KV-cache budget (``kv_cache_tokens`` tokens; None: one sequence of min(4096, context))."""
     from transformers import GenerationConfig
 
-    from ..auto import _resolve_dtype, load_generation_config, resolve_config
-    from ..loading import CheckpointIndex, loading_info
-    from ..parallelize import build_skeleton
-    from ..policies import get_policy
-    from ..policies.plan import build_plan, head_geometry
+    from ..assembly import load_generation_config, plan_model
+    from ..loading import loading_info
+    from ..policies.plan import head_geometry
     from .memory import shard_bytes
 
-    folder, config, options = resolve_config(name_or_path, hf_kwargs)
-    index = CheckpointIndex(folder, options.variant)  # also refuses missing shards before any process starts
-    generation_config = load_generation_config(folder, GenerationConfig.from_model_config(config), options)
-    policy = get_policy(config)
-    torch_dtype = _resolve_dtype(dtype, config, index)
-    config.dtype = torch_dtype  # as Transformers records the dtype it loaded in
-    skeleton = build_skeleton(config, torch_dtype, **options.model_kwargs)
-    info = loading_info(skeleton, index)
-    plan = build_plan(skeleton, config, policy, tp_size, model_name=str(name_or_path))
+    planned = plan_model(name_or_path, tp_size, dtype, hf_kwargs)
+    config, plan, torch_dtype = planned.config, planned.plan, planned.dtype
+    generation_config = load_generation_config(planned.folder, GenerationConfig.from_model_config(config),
+                                               planned.options)
+    info = loading_info(planned.skeleton, planned.index)
     text = config.get_text_config()
     if kv_cache_tokens is None:
         kv_cache_tokens = min(4096, getattr(text, "max_position_embeddings", 4096) or 4096)
     per_token = 0
     if plan.attention:
-        _, _, head_dim = head_geometry(text, policy)
+        _, _, head_dim = head_geometry(text, planned.policy)
         heads = next(iter(plan.attention.values()))
         per_token = [2 * text.num_hidden_layers * h.num_kv * head_dim * (torch.finfo(torch_dtype).bits // 8) for h in heads]
-    need = [shard_bytes(skeleton, plan, r, torch_dtype) + (per_token[r] * kv_cache_tokens if per_token else 0)
+    need = [shard_bytes(planned.skeleton, plan, r, torch_dtype) + (per_token[r] * kv_cache_tokens if per_token else 0)
             for r in range(tp_size)]
     return config, generation_config, need, info
 
 
-def start_tp_model(name_or_path, tp_size, dtype=None, device=None, **kwargs) -> TPModel:
-    """Check, plan and start the workers; returns the TPModel handle once every rank has loaded."""
+def start_tp_model(name_or_path, tp_size, dtype=None, device=None, tp_config=None, **kwargs) -> TPModel:
+    """Check, plan and start the workers; returns the TPModel handle once every rank has loaded.
+    ``tp_config``: the resolved TPConfig, sent to every worker (defaults resolved here when None)."""
     options = {k: kwargs.pop(k) for k in ORCHESTRATOR_KWARGS if k in kwargs}
     output_loading_info = kwargs.pop("output_loading_info", False)  # answered here; the workers return the model
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -78,7 +71,12 @@ def start_tp_model(name_or_path, tp_size, dtype=None, device=None, **kwargs) -> 
     # Collectives give up after this long (the process group's own timeout), a backstop behind
     # the driver's watchdog, which notices a stuck rank within timeout_s.
     collective_timeout_s = options.pop("collective_timeout_s", 300)
+    if tp_config is None:
+        from ..assembly import resolve_tp_config
+
+        tp_config = resolve_tp_config(None, device.type, tp_size)
     spec = {"name_or_path": str(name_or_path), "tp_size": tp_size, "dtype": dtype, "device": device.type,
+            "tp_config": tp_config,
             "collective_timeout_s": collective_timeout_s,
             "hf_kwargs": kwargs, "need_bytes": need, "max_memory_per_gpu": cap}
     model = TPModel(spec, config, generation_config, **options)

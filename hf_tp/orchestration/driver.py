@@ -47,8 +47,6 @@ def _shutdown_all() -> None:
 
 atexit.register(_shutdown_all)
 
-# NVLink multicast stays off in every process we start (shared hosts; see the README).
-_CHILD_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 def _refuse_cache(what: str, kwargs: dict, use_cache_too: bool) -> None:
@@ -102,7 +100,7 @@ class TPModel:
         self._errors: list[str | None] = [None] * self.tp_size
         # Per start: a receiver thread left over from before a restart must not feed the new queue.
         self._stopped = threading.Event()
-        env = {**os.environ, **_CHILD_ENV}
+        env = {**os.environ, **self.spec["tp_config"].worker_env}  # NVLink multicast off by default (TPConfig)
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(key, None)
         self._procs = []
@@ -381,9 +379,9 @@ class TPModel:
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the weights in the workers."""
-        from ..auto import _resolve_dtype
+        from ..assembly import resolve_dtype
 
-        return _resolve_dtype(self.spec["dtype"], self.config)
+        return resolve_dtype(self.spec["dtype"], self.config)
 
     def eval(self) -> "TPModel":
         """No-op, for scripts written for a Transformers model: the workers' model is always in eval mode."""
@@ -409,5 +407,11 @@ class TPModel:
                  "device": f"cuda:{r}" if device.startswith("cuda") else "cpu", "error": self._errors[r]}
                 for r, p in enumerate(self._procs)]
 
+    @property
+    def hf_tp_config(self):
+        """The resolved hf_tp.TPConfig every worker runs with."""
+        return self.spec["tp_config"]
+
     def __repr__(self) -> str:
-        return f"TPModel({self.spec['name_or_path']!r}, tp_size={self.tp_size}, device={self.spec['device']!r}, state={self._state})"
+        return (f"TPModel({self.spec['name_or_path']!r}, tp_size={self.tp_size}, device={self.spec['device']!r}, "
+                f"state={self._state}, tp_config={self.spec['tp_config']})")

@@ -135,7 +135,8 @@ class Worker:
     def load(self, spec: dict):
         import torch
 
-        from ..auto import init_spmd_group, load_parallel_model
+        from ..assembly import load_parallel_model
+        from ..launch import init_spmd_group
         from .memory import preflight
 
         os.environ.update({"RANK": str(self.rank), "LOCAL_RANK": str(self.rank), "WORLD_SIZE": str(spec["tp_size"]),
@@ -146,7 +147,8 @@ class Worker:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec["tp_size"]))
         tp = init_spmd_group(spec["tp_size"], device, timeout_s=spec.get("collective_timeout_s"))
         preflight(spec["need_bytes"][self.rank], tp.device, spec.get("max_memory_per_gpu"), self.rank)
-        self.model = load_parallel_model(spec["name_or_path"], tp, dtype=spec["dtype"], **spec["hf_kwargs"])
+        self.model = load_parallel_model(spec["name_or_path"], tp, dtype=spec["dtype"], tp_config=spec["tp_config"],
+                                         **spec["hf_kwargs"])
         return {"load_s": self.model.hf_tp_load_stats.seconds, "bytes_read": self.model.hf_tp_load_stats.bytes_read}
 
     def generate(self, payload):

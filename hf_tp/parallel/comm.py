@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,17 +49,17 @@ def all_reduce(tensor: torch.Tensor, tp: TPGroup) -> torch.Tensor:
     return tensor
 
 
-def decode_compile_options(tp: TPGroup) -> dict:
-    """Inductor options for the compiled decode forward, choosing its all-reduce.
+def decode_compile_options(tp: TPGroup, allreduce: str = "nccl", one_shot_max_kb: float = 128.0) -> dict:
+    """Inductor options for the compiled decode forward, choosing its all-reduce (TPConfig.allreduce).
 
-    $HF_TP_ALLREDUCE=nccl (default): the functional all-reduce stays an NCCL kernel (replayed inside
-    the CUDA graph). =one_shot: symmetric memory is enabled for the TP group and Inductor lowers every
-    all-reduce of at most $HF_TP_ONE_SHOT_MAX_KB (default 128, Inductor's own) to PyTorch's
+    "nccl" (default): the functional all-reduce stays an NCCL kernel (replayed inside
+    the CUDA graph). "one_shot": symmetric memory is enabled for the TP group and Inductor lowers every
+    all-reduce of at most ``one_shot_max_kb`` (default 128, Inductor's own) to PyTorch's
     ``symm_mem.one_shot_all_reduce`` (each rank reads its peers' buffers over NVLink; NVLink
     multicast is not used). Opt-in until benchmarks/allreduce_probe.py has measured it on two GPUs.
     All ranks agree: if enabling fails on any rank, every rank keeps NCCL (said once).
     """
-    if tp.tp_size == 1 or tp.device.type != "cuda" or os.environ.get("HF_TP_ALLREDUCE", "nccl") != "one_shot":
+    if tp.tp_size == 1 or tp.device.type != "cuda" or allreduce != "one_shot":
         return {}
     ok, group = 1, tp.group or dist.group.WORLD
     try:
@@ -75,7 +74,7 @@ def decode_compile_options(tp: TPGroup) -> dict:
     dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=tp.group)
     if not int(flag.item()):
         return {}
-    max_bytes = int(float(os.environ.get("HF_TP_ONE_SHOT_MAX_KB", "128")) * 1024)
+    max_bytes = int(one_shot_max_kb * 1024)
     return {"_collective.auto_select": True, "_collective.one_shot_all_reduce_threshold_bytes": max_bytes}
 
 

@@ -19,7 +19,6 @@ empty at the end of every attention / MLP call, leaving nothing for the graph to
 from __future__ import annotations
 
 import fnmatch
-import os
 
 import torch
 import torch.nn.functional as F
@@ -56,22 +55,16 @@ class SharedInputGroup:
         return result
 
 
-def fusion_enabled(device: torch.device) -> bool:
-    """HF_TP_FUSE=1 / =0 force it on / off. Unset: on for CUDA. Not on CPU by default: there the
-    loader's unsplit tensors can be zero-copy views of the memory-mapped file, and writing them into
-    a fused buffer would hold each weight twice in the process's resident memory."""
-    setting = os.environ.get("HF_TP_FUSE")
-    return setting == "1" if setting in ("0", "1") else device.type == "cuda"
-
-
-def fuse_shared_inputs(model: nn.Module, same_input: dict[str, tuple[str, ...]], device: torch.device) -> int:
+def fuse_shared_inputs(model: nn.Module, same_input: dict[str, tuple[str, ...]], device: torch.device,
+                       enabled: bool = True) -> int:
     """Group the children named by a policy's ``same_input`` (before loading); returns how many groups.
+    ``enabled``: TPConfig.fuse (on for CUDA, off on CPU by default; its docstring says why).
 
     Only hf_tp's ColumnParallelLinear children are grouped (other kinds keep their own forward), and
     only when all of a group's weights (and biases) agree in dtype and presence."""
     from .layers import ColumnParallelLinear
 
-    if not same_input or not fusion_enabled(device):
+    if not same_input or not enabled:
         return 0
     groups = 0
     for name, module in model.named_modules():

@@ -12,8 +12,6 @@ the loader, so one layer class serves both.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,7 +56,8 @@ class ColumnParallelLinear(nn.Module):
 class RowParallelLinear(nn.Module):
     """y = sum_r(x_r @ W_r^T) + b; the input arrives split, the output is full on every rank."""
 
-    def __init__(self, in_features_local, out_features, bias, tp: TPGroup, dtype=None, device=None):
+    def __init__(self, in_features_local, out_features, bias, tp: TPGroup, dtype=None, device=None,
+                 reduce_fp32: bool = True):
         super().__init__()
         self.tp = tp
         self.in_features, self.out_features = in_features_local, out_features
@@ -70,8 +69,8 @@ class RowParallelLinear(nn.Module):
         # bf16/fp16 partial sums are summed in fp32 and rounded once, as one GPU's GEMM does
         # (fp32 accumulator, one rounding): rounding every rank's part first adds error the
         # unsplit model does not have (measured in benchmarks/RESULTS.md). Costs twice the
-        # all-reduce bytes, which at decode sizes is latency, not bandwidth.
-        self.reduce_fp32 = tp.tp_size > 1 and os.environ.get("HF_TP_REDUCE_FP32", "1") != "0"
+        # all-reduce bytes, which at decode sizes is latency, not bandwidth. (TPConfig.reduce_fp32)
+        self.reduce_fp32 = tp.tp_size > 1 and reduce_fp32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reduce_fp32 and x.dtype in (torch.bfloat16, torch.float16):

@@ -1,0 +1,123 @@
+"""TPConfig: the options that change hf_tp's speed or numerics, resolved once per model.
+
+Passed as ``from_pretrained(..., tp_size=2, tp_config=hf_tp.TPConfig(...))``, like Transformers'
+``generation_config=``. ``from_pretrained`` resolves it once (defaults that depend on the device are
+filled in, documented environment overrides applied), sends it to the workers in single-controller
+mode, and keeps it as ``model.hf_tp_config``; the bench writes it into every row. Nothing under
+hf_tp/parallel, hf_tp/generation or hf_tp/loading reads the environment: they get these values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+# Environment variables that override a field, read once in resolve(): for a run that cannot change its
+# code (a benchmark harness, a CI job). Values: 0/1 for booleans, numbers, or the option's string.
+ENV_OVERRIDES = {
+    "HF_TP_FAST_DECODE": "fast_decode",
+    "HF_TP_CUDA_GRAPHS": "cuda_graphs",
+    "HF_TP_ALLREDUCE": "allreduce",
+    "HF_TP_ONE_SHOT_MAX_KB": "one_shot_max_kb",
+    "HF_TP_REDUCE_FP32": "reduce_fp32",
+    "HF_TP_FP32_LOGITS": "fp32_logits",
+    "HF_TP_FUSE": "fuse",
+    "HF_TP_LOAD_THREADS": "load_threads",
+    "HF_TP_PINNED_LOAD": "pinned_load",
+    "HF_TP_LOAD_CHUNK_MB": "load_chunk_mb",
+    "HF_TP_LOAD_BUFFERS": "load_buffers",
+}
+
+# NVLink multicast off: on shared hosts a program that uses it can take the host's GPUs out of service.
+DEFAULT_WORKER_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+@dataclass(frozen=True)
+class TPConfig:
+    """Speed and numerics options of a tensor-parallel model. ``None`` means "the default for the device",
+    filled in by :meth:`resolve`; the resolved values are what ``model.hf_tp_config`` shows.
+
+    Decode:
+      fast_decode: hf_tp's own decode loop (static cache, compiled step, one CUDA graph per token) for the
+        requests it serves. Default: on for CUDA at tp_size 1; off at tp_size > 1 until the 2-GPU run confirms
+        the captured step's tokens and a clean exit there (benchmarks/RESULTS.md); off on CPU, where there is
+        nothing to compile or capture (True runs the loop without graphs, as the tests do).
+        Read at each generate() call from ``model.hf_tp_config``.
+      cuda_graphs: capture the loop's step in a CUDA graph (False: the loop runs eagerly; debugging).
+      allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
+        its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
+    Numerics:
+      reduce_fp32: bf16/fp16 row-parallel partial sums all-reduced in fp32 and rounded once, as one GPU's GEMM
+        rounds its fp32 accumulator once (twice the all-reduce bytes).
+      fp32_logits: bf16/fp16 models return float32 logits (the LM head's fp32 accumulator): rounded to bf16, a
+        near-tie between two tokens can resolve to the lower id depending on the GEMM's shape.
+    Layout and loading:
+      fuse: projections that read the same input (q/k/v, gate/up) computed as one GEMM. Default: on for CUDA,
+        off on CPU, where unsplit tensors can be views of the memory-mapped file and a fused copy would hold
+        them twice in resident memory.
+      load_threads: tensors a rank reads at once. Default min(4, cores).
+      pinned_load, load_chunk_mb, load_buffers: on CUDA, slices go through ``load_buffers`` pinned buffers of
+        ``load_chunk_mb`` MB (8 and 4: the fastest on the lent H100, 2026-11-25); False: plain copies.
+    Processes:
+      worker_env: environment every rank gets, in single-controller workers and (set if absent) under a
+        launcher, so both modes run NCCL the same way. Default: NVLink multicast off.
+    """
+
+    fast_decode: bool | None = None
+    cuda_graphs: bool = True
+    allreduce: str = "nccl"
+    one_shot_max_kb: float = 128.0
+    reduce_fp32: bool = True
+    fp32_logits: bool = True
+    fuse: bool | None = None
+    load_threads: int | None = None
+    pinned_load: bool = True
+    load_chunk_mb: float = 8.0
+    load_buffers: int = 4
+    worker_env: dict = field(default_factory=lambda: dict(DEFAULT_WORKER_ENV))
+
+    def __post_init__(self):
+        if self.allreduce not in ("nccl", "one_shot"):
+            raise ValueError(f"TPConfig(allreduce={self.allreduce!r}): use 'nccl' or 'one_shot'.")
+        if self.load_threads is not None and self.load_threads < 1:
+            raise ValueError(f"TPConfig(load_threads={self.load_threads}): needs at least 1.")
+        if self.load_buffers < 1 or self.load_chunk_mb <= 0 or self.one_shot_max_kb < 0:
+            raise ValueError("TPConfig: load_buffers >= 1, load_chunk_mb > 0 and one_shot_max_kb >= 0 are required.")
+
+    def resolve(self, device_type: str, tp_size: int, environ=None) -> "TPConfig":
+        """This config with environment overrides applied and every ``None`` filled in for the device."""
+        environ = os.environ if environ is None else environ
+        changes = {}
+        for name, attr in ENV_OVERRIDES.items():
+            if environ.get(name, "") != "":
+                changes[attr] = _parse(attr, environ[name], name)
+        config = dataclasses.replace(self, **changes)
+        filled = {}
+        if config.fast_decode is None:
+            filled["fast_decode"] = device_type == "cuda" and tp_size == 1
+        if config.fuse is None:
+            filled["fuse"] = device_type == "cuda"
+        if config.load_threads is None:
+            filled["load_threads"] = min(4, os.cpu_count() or 1)
+        return dataclasses.replace(config, **filled)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _parse(attr: str, text: str, name: str):
+    kind = {f.name: f.type for f in dataclasses.fields(TPConfig)}[attr]
+    try:
+        if "bool" in kind:
+            if text not in ("0", "1"):
+                raise ValueError
+            return text == "1"
+        if "int" in kind:
+            return int(text)
+        if "float" in kind:
+            return float(text)
+        return text
+    except ValueError:
+        raise ValueError(f"${name}={text!r} is not a valid value for TPConfig.{attr} ({kind}); "
+                         "booleans are 0 or 1.") from None
