@@ -17,7 +17,8 @@ import torch
 from .config import TPConfig
 from .generation.spmd import make_tensor_parallel
 from .loading import CheckpointIndex, load_shards, loading_info, make_stager, resolve_checkpoint
-from .parallel.comm import TPGroup, fail_together
+from .agreement import fail_together
+from .parallel.comm import TPGroup
 from .parallel.fused import fuse_shared_inputs
 from .parallelize import build_skeleton, parallelize
 from .policies import Policy, get_policy

@@ -9,6 +9,7 @@ import torch
 from accelerate import init_empty_weights
 from torch import nn
 
+from .compat import init_weights, no_init_weights
 from .config import TPConfig
 from .parallel.comm import TPGroup, all_gather_uneven, all_reduce
 from .parallel.layers import ColumnParallelLinear, ParallelLMHead, RowParallelLinear, VocabParallelEmbedding
@@ -24,7 +25,6 @@ def build_skeleton(config, dtype: torch.dtype, **model_kwargs) -> nn.Module:
     does): on meta tensors it only costs time (0.1 s of 0.12 s for the 13B shape's skeleton on the 2-core dev machine). Modules
     that own buffers still get the model's ``_init_weights``, since some models fill buffers there."""
     import transformers
-    from transformers.initialization import no_init_weights
 
     with init_empty_weights(include_buffers=False):
         with no_init_weights():
@@ -44,7 +44,7 @@ def _init_buffer_owners(module: nn.Module, owner) -> None:
     if isinstance(module, PreTrainedModel):
         owner = module
     if next(module.buffers(recurse=False), None) is not None:
-        owner._init_weights(module)
+        init_weights(owner, module)
     for child in module.children():
         _init_buffer_owners(child, owner)
 

@@ -23,7 +23,6 @@ graphs (that is what the CPU tests check against Transformers' generate).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import random
 from collections import OrderedDict
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .. import compat
 from ..faults import injected_fault
 
 logger = logging.getLogger("hf_tp")
@@ -91,17 +91,17 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
     input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
     if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         return None, "inputs other than a 2-D tensor of token ids"
-    reason = _unsupported_cache(model)
+    reason = compat.unsupported_cache(model)
     if reason:
         return None, reason
     # Explicit None values count: generate(eos_token_id=None) overrides the model's eos in Transformers.
     others = {k: v for k, v in kwargs.items() if k not in _HANDLED_ARGS}
     user_config = kwargs.get("generation_config")
-    config, model_kwargs = model._prepare_generation_config(user_config, **others)
+    config, model_kwargs = compat.prepare_generation_config(model, user_config, others)
     extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _HANDLED_ARGS)
     if extra:
         return None, ",".join(extra)
-    defaults = config._get_default_generation_params()
+    defaults = compat.default_generation_params(config)
     unhandled = sorted(field for field, value in config.to_dict().items()
                        if field not in _HANDLED_FIELDS and not _is_default(value, defaults.get(field)))
     if config.num_beams not in (None, 1):
@@ -148,7 +148,7 @@ def _rejected_by_transformers(config, prompt: int, eos: list[int]) -> str | None
     _get_logits_processor builds the processors this loop replaces, so their own checks run
     (top_k=-1, top_k=2.0, temperature=2 (an int), top_p<0, min_new_tokens=3.0, ...): a request
     Transformers refuses must not get an answer here."""
-    from transformers.generation import logits_process as lp
+    lp = compat.logits_process()
 
     try:
         if eos:
@@ -184,42 +184,13 @@ def _new_tokens(model, config, kwargs: dict, user_config, prompt: int) -> int:
     return (min(length, limit) if limit is not None else length) - prompt
 
 
-def _unsupported_cache(model) -> str | None:
-    """Why a StaticCache of this model cannot be captured, or None. Only plain static layers keep their
-    position in a device tensor; sliding-window layers keep Python ints, which a CUDA graph would freeze."""
-    from transformers.cache_utils import StaticCache, StaticLayer
-
-    verdict = getattr(model, "_hf_tp_cache_verdict", "unknown")
-    if verdict == "unknown":
-        cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=16)
-        kinds = sorted({type(layer).__name__ for layer in cache.layers if type(layer) is not StaticLayer})
-        verdict = f"cache layers {','.join(kinds)}" if kinds else None
-        model._hf_tp_cache_verdict = verdict
-    return verdict
-
-
-def _cache_argument_name(model) -> str:
-    """Transformers renamed ``past_key_values`` to ``cache`` in 5.2x; pass whichever this version takes.
-    Read from the model class's own forward: hf_tp's mixin in front of it takes ``*args, **kwargs``."""
-    for cls in type(model).__mro__:
-        forward = cls.__dict__.get("forward")
-        if forward is not None:
-            parameters = inspect.signature(forward).parameters
-            for name in ("cache", "past_key_values"):
-                if name in parameters:
-                    return name
-    return "past_key_values"
-
-
 class _Session:
     """Static buffers, KV cache and (on CUDA) the captured decode step for one (batch, length) shape."""
 
     def __init__(self, decoder: "StaticDecoder", batch: int, length: int):
-        from transformers import StaticCache
-
         device = decoder.device
         self.decoder, self.length = decoder, length
-        self.cache = StaticCache(config=decoder.model.config.get_text_config(decoder=True), max_cache_len=length)
+        self.cache = compat.static_cache(decoder.model.config.get_text_config(decoder=True), length)
         long = dict(dtype=torch.long, device=device)
         self.tokens = torch.zeros(batch, 1, **long)
         self.position_ids = torch.zeros(batch, 1, **long)
@@ -370,7 +341,7 @@ class StaticDecoder:
 
         self.model, self.tp, self.device, self.use_graphs = model, tp, tp.device, use_graphs
         self.config = config or TPConfig()  # the all-reduce options of the compiled step
-        self.cache_argument = _cache_argument_name(model)
+        self.cache_argument = compat.cache_argument_name(model)
         self.sessions: OrderedDict[tuple[int, int], _Session] = OrderedDict()
         self._compiled = None
         self._one_shot = False  # the compiled forward's all-reduces use symmetric memory
@@ -455,8 +426,8 @@ class StaticDecoder:
         sequences = torch.cat([request.input_ids, session.out[:, :length]], dim=1)
         if not request.return_dict:
             return sequences
-        _rewind_cache(session.cache, sequences.shape[1] - 1)
-        return _generate_output(sequences, session.cache)
+        compat.rewind_static_cache(session.cache, sequences.shape[1] - 1)
+        return compat.generate_output(sequences, session.cache)
 
     def _may_compile(self, batch: int, session: _Session) -> bool:
         """Each (batch, length) shape is one more compilation of the forward; past torch.compile's
@@ -529,28 +500,6 @@ class StaticDecoder:
         is_eos = torch.isin(generated, session.eos[session.eos >= 0])
         first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full_like(is_eos[:, 0], done, dtype=torch.long))
         return int(first_eos.max()) + 1
-
-
-def _rewind_cache(cache, length: int) -> None:
-    """Forget the positions written by the steps that ran past the end (up to CHECK_EVERY - 1), so the
-    returned cache holds what Transformers' would: every position but the last token's."""
-    for layer in cache.layers:
-        if getattr(layer, "is_initialized", False):
-            layer.keys[:, :, length:].zero_()
-            layer.values[:, :, length:].zero_()
-            layer.cumulative_length.fill_(length)
-
-
-def _generate_output(sequences: torch.Tensor, cache):
-    """What Transformers' generate returns for return_dict_in_generate=True without scores: the sequences
-    and the cache. As with Transformers' own static cache, the cache object is reused by later calls."""
-    import dataclasses
-
-    from transformers.generation.utils import GenerateDecoderOnlyOutput
-
-    fields = {f.name for f in dataclasses.fields(GenerateDecoderOnlyOutput)}
-    cache_field = "cache" if "cache" in fields else "past_key_values"  # renamed in Transformers 5.2x
-    return GenerateDecoderOnlyOutput(sequences=sequences, **{cache_field: cache})
 
 
 def graphs_enabled(tp, cuda_graphs: bool = True) -> bool:

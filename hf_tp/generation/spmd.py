@@ -15,8 +15,9 @@ from contextlib import contextmanager
 import torch
 
 from ..config import TPConfig
-from ..parallel.comm import TPGroup, broadcast_int, check_same_on_all_ranks, fingerprint
-from ..parallel.layers import VocabParallelEmbedding, validate_token_ids
+from ..agreement import check_same_on_all_ranks, fail_together, fingerprint, guard_embedding, validate_token_ids
+from ..parallel.comm import TPGroup, broadcast_int
+from ..parallel.layers import VocabParallelEmbedding
 from .fast import plan_fast_decode, with_fast_path
 
 
@@ -100,6 +101,45 @@ class TensorParallelMixin:
         with self._hf_tp_ids_checked():
             return super().forward(*args, **kwargs)
 
+    # -- placement: hf_tp put every rank's slice on its device; dtype conversions are followed ---------
+    def _hf_tp_check_device(self, device) -> None:
+        if device is None:
+            return
+        device, here = torch.device(device), self.hf_tp.device
+        same = device.type == here.type and (device.index is None or here.index is None or device.index == here.index)
+        if not same:
+            raise ValueError(
+                f"This hf_tp model's tp rank {self.hf_tp.tp_rank} lives on {here}, placed there with its process "
+                f"group; moving it to {device} is not supported. Load it with device='{device.type}' instead. "
+                "(Tensors passed to the model are moved to its device for you.)"
+            )
+
+    def to(self, *args, **kwargs):
+        device, *_ = torch._C._nn._parse_to(*args, **kwargs)
+        self._hf_tp_check_device(device)
+        return super().to(*args, **kwargs)
+
+    def cuda(self, device=None):
+        self._hf_tp_check_device(torch.device("cuda", device) if isinstance(device, int) else device or "cuda")
+        return super().cuda(device)
+
+    def cpu(self):
+        self._hf_tp_check_device("cpu")
+        return super().cpu()
+
+    def _apply(self, fn, recurse=True):
+        """dtype conversions (``.to(torch.float16)``, ``.half()``, ``.float()``) reach every parameter; the
+        fused q/k/v and gate/up buffers are rebuilt from them, and captured decode graphs are dropped."""
+        from ..parallel.fused import rebind_shared_inputs
+
+        result = super()._apply(fn, recurse)
+        rebind_shared_inputs(self)
+        decoder = getattr(self, "_hf_tp_static_decoder", None)
+        if decoder is not None:  # its caches and graphs were built for the old dtype
+            decoder.release_graphs()
+            self._hf_tp_static_decoder = None
+        return result
+
     def train(self, mode: bool = True):
         if mode:
             raise NotImplementedError(_INFERENCE_ONLY.format(what="model.train() is"))
@@ -177,7 +217,6 @@ class TensorParallelMixin:
         """Write the unsplit checkpoint, as Transformers writes it, from tp rank 0. Every rank must call
         it (the slices are gathered with collectives); an error on any rank is raised on all of them."""
         from ..loading.gather import full_state_dict
-        from ..parallel.comm import fail_together
 
         if kwargs.get("state_dict") is not None:
             raise ValueError("save_pretrained on an hf_tp model gathers the full state dict itself; "
@@ -202,4 +241,7 @@ def make_tensor_parallel(model, tp: TPGroup, config: TPConfig):
     forward.__signature__ = inspect.signature(cls.forward)
     model.__class__ = type(cls.__name__, (TensorParallelMixin, cls), {"__module__": cls.__module__, "forward": forward})
     model.hf_tp, model.hf_tp_config = tp, config
+    embedding = model.get_input_embeddings()
+    if isinstance(embedding, VocabParallelEmbedding):
+        guard_embedding(embedding, tp)
     return model

@@ -74,7 +74,7 @@ class PinnedStager:
             raise RuntimeError("this PinnedStager was finished; make a new one (hf_tp.loading.make_stager)")
         if isinstance(slot, BaseException):
             self._pool.put(slot)  # every other reader raises it too
-            raise RuntimeError(f"could not pin host memory for staging ({slot}); set HF_TP_PINNED_LOAD=0") from slot
+            raise RuntimeError(f"could not pin host memory for staging ({slot}); pass tp_config=hf_tp.TPConfig(pinned_load=False)") from slot
         return slot
 
     def _stream(self) -> torch.cuda.Stream:

@@ -5,10 +5,7 @@ hf_tp never invents its own transport: NCCL on GPU, gloo on CPU, through torch.d
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -116,95 +113,3 @@ def broadcast_int(value: int, tp: TPGroup) -> int:
 
 def _global_rank(tp: TPGroup, tp_rank: int) -> int:
     return tp_rank if tp.group is None else dist.get_global_rank(tp.group, tp_rank)
-
-
-def fingerprint(*objects) -> int:
-    """A 63-bit digest of tensors and plain values, to check that ranks were given the same thing."""
-    digest = hashlib.sha256()
-
-    def feed(obj):
-        if isinstance(obj, torch.Tensor):
-            cpu = obj.detach().to("cpu").contiguous()
-            digest.update(repr((tuple(cpu.shape), str(cpu.dtype))).encode())
-            digest.update(cpu.reshape(-1).view(torch.uint8).numpy().tobytes() if cpu.numel() else b"")
-        elif isinstance(obj, dict):
-            for key in sorted(obj, key=str):
-                digest.update(str(key).encode())
-                feed(obj[key])
-        elif isinstance(obj, (list, tuple)):
-            for item in obj:
-                feed(item)
-        elif obj is None or isinstance(obj, (bool, int, float, str, torch.dtype)):
-            digest.update(repr(obj).encode())
-        elif hasattr(obj, "to_dict"):  # GenerationConfig and similar
-            feed(obj.to_dict())
-        else:
-            # Objects such as streamers or logits processors differ by identity on each rank;
-            # only their type is compared.
-            digest.update(type(obj).__qualname__.encode())
-
-    for obj in objects:
-        feed(obj)
-    return int.from_bytes(digest.digest()[:8], "little") >> 1
-
-
-def check_same_on_all_ranks(value: int, tp: TPGroup, what: str, local_error: str | None = None) -> None:
-    """Raise the same ValueError on every rank if ``value`` differs between ranks, or if any rank
-    found its own inputs invalid (``local_error``). One small all-gather when all is well."""
-    if tp.tp_size == 1:
-        if local_error:
-            raise ValueError(local_error)
-        return
-    mine = torch.tensor([int(local_error is not None), value], dtype=torch.int64, device=tp.device)
-    parts = [torch.empty_like(mine) for _ in range(tp.tp_size)]
-    dist.all_gather(parts, mine, group=tp.group)
-    flags = [int(p[0].item()) for p in parts]
-    values = [int(p[1].item()) for p in parts]
-    if any(flags):
-        # Every rank saw the flags, so every rank joins this second gather of the messages.
-        messages: list = [None] * tp.tp_size
-        dist.all_gather_object(messages, local_error, group=tp.group)
-        rank = flags.index(1)
-        raise ValueError(local_error if local_error else f"tp rank {rank} rejected its inputs: {messages[rank]}")
-    differing = [r for r, v in enumerate(values) if v != values[0]]
-    if differing:
-        raise ValueError(
-            f"{what} differ across ranks (tp ranks {differing} differ from tp rank 0). In SPMD mode "
-            "(torchrun, accelerate launch) every rank must pass the same inputs and arguments; "
-            "build them identically on every rank, or broadcast them from rank 0."
-        )
-
-
-class RemoteRankError(RuntimeError):
-    """Another rank failed with an exception that cannot be rebuilt here from its message."""
-
-
-@contextmanager
-def fail_together(tp: TPGroup, stage: str):
-    """Run a block on every rank and, if it failed on any rank, raise on all of them.
-
-    Without this, a rank whose file is missing raises while the others block forever in
-    the next collective. The rank that failed re-raises its own exception; the others raise an
-    exception of the same type carrying the failed rank's message and traceback.
-    """
-    error: BaseException | None = None
-    try:
-        yield
-    except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
-        error = exc
-    if tp.tp_size > 1:
-        report = None if error is None else (type(error), str(error), traceback.format_exc())
-        reports: list = [None] * tp.tp_size
-        dist.all_gather_object(reports, report, group=tp.group)
-        failures = [(rank, r) for rank, r in enumerate(reports) if r is not None]
-        if failures and error is None:
-            rank, (cls, message, trace) = failures[0]
-            text = f"tp rank {rank} failed while {stage}: {message}\n--- traceback from tp rank {rank} ---\n{trace}"
-            # The same exception type on every rank, so one except clause works everywhere.
-            try:
-                remote = cls(text)
-            except Exception:  # an exception type whose constructor wants more than a message
-                remote = RemoteRankError(f"{cls.__name__}: {text}")
-            raise remote
-    if error is not None:
-        raise error

@@ -42,6 +42,7 @@ class SharedInputGroup:
                 member.bias = nn.Parameter(self.bias[start:start + size], requires_grad=False)
             member.shared_input, member.shared_index = self, index
             start += size
+        self.members = members
         self.pending = None  # (input, [part or None per member]) of the last product not fully handed out
 
     def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
@@ -53,6 +54,32 @@ class SharedInputGroup:
         parts = [None if i == index else part for i, part in enumerate(parts)]
         self.pending = None if all(part is None for part in parts) else (x, parts)
         return result
+
+
+    def rebind(self) -> bool:
+        """After ``model.to(dtype)`` / ``.half()`` (nn.Module._apply gives each member's weight new storage):
+        rebuild the shared buffer from the members' converted weights and make them views of it again.
+        Returns whether anything changed."""
+        current = [m.weight for m in self.members]
+        if all(w.untyped_storage().data_ptr() == self.weight.untyped_storage().data_ptr() for w in current):
+            return False
+        self.weight = torch.cat([w.detach() for w in current])
+        if self.bias is not None:
+            self.bias = torch.cat([m.bias.detach() for m in self.members])
+        start = 0
+        for member, size in zip(self.members, self.sizes):
+            member.weight.data = self.weight[start:start + size]
+            if self.bias is not None:
+                member.bias.data = self.bias[start:start + size]
+            start += size
+        self.pending = None
+        return True
+
+
+def rebind_shared_inputs(model: nn.Module) -> int:
+    """``SharedInputGroup.rebind`` for every group in ``model``; returns how many were rebuilt."""
+    groups = {id(m.shared_input): m.shared_input for m in model.modules() if getattr(m, "shared_input", None) is not None}
+    return sum(group.rebind() for group in groups.values())
 
 
 def fuse_shared_inputs(model: nn.Module, same_input: dict[str, tuple[str, ...]], device: torch.device,

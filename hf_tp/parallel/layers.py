@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .comm import TPGroup, all_gather_last_dim, all_reduce, check_same_on_all_ranks, fingerprint
+from .comm import TPGroup, all_gather_last_dim, all_reduce
 
 
 def _linear_fp32_out(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -84,29 +84,15 @@ class RowParallelLinear(nn.Module):
         return f"in_features_local={self.in_features}, out_features={self.out_features}, tp={self.tp.tp_rank}/{self.tp.tp_size}"
 
 
-def validate_token_ids(input_ids, vocab_size: int) -> None:
-    if input_ids is None or not torch.is_tensor(input_ids) or input_ids.numel() == 0:
-        return
-    low, high = int(input_ids.min()), int(input_ids.max())
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        raise ValueError(
-            f"input_ids contains token id {bad}, outside the model's vocabulary [0, {vocab_size}). "
-            "Use the tokenizer that belongs to this checkpoint."
-        )
-
-
 class VocabParallelEmbedding(nn.Module):
     """Embedding whose rows [vocab_start, vocab_end) live on this rank.
 
     An id outside the vocabulary would find no owner and silently embed as zeros (nn.Embedding raises
-    IndexError), so ids are validated, on every rank together. The model's forward and generate
-    validate once per call and turn ``check_ids`` off meanwhile (a check per decode step would cost a
-    host sync per token); the check here guards the calls that bypass them: ``model.model(ids)``,
-    ``model.get_input_embeddings()(ids)``.
+    IndexError), so ids are validated, on every rank together, by hf_tp.agreement: once per model call,
+    and by a pre-hook (``guard_embedding``) for calls that bypass the model while ``check_ids`` is on.
     """
 
-    check_ids = True
+    check_ids = True  # turned off by the model adapter while a call it already validated runs
 
     def __init__(self, num_embeddings, vocab_range, local_rows, embedding_dim, tp: TPGroup,
                  padding_idx=None, embed_scale=None, dtype=None, device=None):
@@ -120,14 +106,6 @@ class VocabParallelEmbedding(nn.Module):
         self.weight = _empty((local_rows, embedding_dim), dtype, device)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if self.check_ids and self.tp.tp_size > 1 and not torch.compiler.is_compiling():
-            error = None
-            try:
-                validate_token_ids(input_ids, self.num_embeddings)
-            except ValueError as exc:
-                error = str(exc)
-            check_same_on_all_ranks(fingerprint(input_ids), self.tp, "The token ids given to the embedding",
-                                    local_error=error)
         if self.tp.tp_size == 1:
             out = F.embedding(input_ids, self.weight)
         else:

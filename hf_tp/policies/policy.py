@@ -41,7 +41,7 @@ class Policy:
     same_input: glob of parent modules -> names of their column-parallel children that read the same
                 input (Llama's q/k/v projections, gate/up). After loading, each rank keeps those
                 children's weights in one buffer and computes them as one GEMM (hf_tp/parallel/fused.py):
-                a speed choice, not a layout (on for CUDA; HF_TP_FUSE=0/1 forces it).
+                a speed choice, not a layout (TPConfig.fuse: on for CUDA by default).
     adapt:      escape hatch for what data cannot say: ``adapt(model, plan, tp)`` runs after the
                 modules are swapped. Each use says in its docstring why it is needed.
     """

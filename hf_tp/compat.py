@@ -1,0 +1,102 @@
+"""Every place hf_tp reaches into Transformers beyond its public model API, in one file, so that the next
+Transformers upgrade touches this file only. Each function says which Transformers internal it wraps and
+why hf_tp needs it; tests/test_decode_loop.py and the SPMD parity tests run all of them against the
+pinned Transformers range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from contextlib import contextmanager
+
+import torch
+
+
+# -- building the skeleton (parallelize.py) -------------------------------------------------------
+@contextmanager
+def no_init_weights():
+    """Transformers' own switch that skips weight initialisation (its from_pretrained uses it)."""
+    from transformers.initialization import no_init_weights as skip
+
+    with skip():
+        yield
+
+
+def init_weights(owner, module) -> None:
+    """``PreTrainedModel._init_weights``: some models fill buffers (rotary tables) there."""
+    owner._init_weights(module)
+
+
+# -- reading a generate() request (decode_loop.plan_request) ----------------------------------------
+def prepare_generation_config(model, user_config, kwargs: dict):
+    """(GenerationConfig, model kwargs) exactly as ``generate`` merges them (``_prepare_generation_config``)."""
+    return model._prepare_generation_config(user_config, **kwargs)
+
+
+def default_generation_params(config) -> dict:
+    """The defaults a GenerationConfig's fields are compared with (``_get_default_generation_params``)."""
+    return config._get_default_generation_params()
+
+
+def logits_process():
+    """transformers.generation.logits_process: its processors' constructors validate settings the loop
+    replaces (top_k=-1, temperature=0, ...), so the loop refuses what generate refuses."""
+    from transformers.generation import logits_process as module
+
+    return module
+
+
+# -- the static cache (decode_loop._Session) --------------------------------------------------------
+def static_cache(config, max_cache_len: int):
+    from transformers import StaticCache
+
+    return StaticCache(config=config, max_cache_len=max_cache_len)
+
+
+def unsupported_cache(model) -> str | None:
+    """Why a StaticCache of this model cannot be captured, or None. Only plain static layers keep their
+    position in a device tensor; sliding-window layers keep Python ints, which a CUDA graph would freeze."""
+    from transformers.cache_utils import StaticLayer
+
+    verdict = getattr(model, "_hf_tp_cache_verdict", "unknown")
+    if verdict == "unknown":
+        cache = static_cache(model.config.get_text_config(decoder=True), 16)
+        kinds = sorted({type(layer).__name__ for layer in cache.layers if type(layer) is not StaticLayer})
+        verdict = f"cache layers {','.join(kinds)}" if kinds else None
+        model._hf_tp_cache_verdict = verdict
+    return verdict
+
+
+def cache_argument_name(model) -> str:
+    """Transformers renamed ``past_key_values`` to ``cache`` in 5.2x; pass whichever this version takes.
+    Read from the model class's own forward: hf_tp's mixin in front of it takes ``*args, **kwargs``."""
+    for cls in type(model).__mro__:
+        forward = cls.__dict__.get("forward")
+        if forward is not None:
+            parameters = inspect.signature(forward).parameters
+            for name in ("cache", "past_key_values"):
+                if name in parameters:
+                    return name
+    return "past_key_values"
+
+
+def rewind_static_cache(cache, length: int) -> None:
+    """Forget the positions written by the steps that ran past the end (up to CHECK_EVERY - 1), so the
+    returned cache holds what Transformers' would: every position but the last token's. Writes the static
+    layers' own tensors (keys, values, cumulative_length)."""
+    for layer in cache.layers:
+        if getattr(layer, "is_initialized", False):
+            layer.keys[:, :, length:].zero_()
+            layer.values[:, :, length:].zero_()
+            layer.cumulative_length.fill_(length)
+
+
+def generate_output(sequences: torch.Tensor, cache):
+    """What Transformers' generate returns for return_dict_in_generate=True without scores: the sequences
+    and the cache. As with Transformers' own static cache, the cache object is reused by later calls."""
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    fields = {f.name for f in dataclasses.fields(GenerateDecoderOnlyOutput)}
+    cache_field = "cache" if "cache" in fields else "past_key_values"  # renamed in Transformers 5.2x
+    return GenerateDecoderOnlyOutput(sequences=sequences, **{cache_field: cache})
