@@ -15,8 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-# NVLink multicast stays off in every process we start (shared hosts).
-_CHILD_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+from ..config import DEFAULT_WORKER_ENV
 
 
 def plan_runs(tp_size: int, device: str, smoke: bool, systems: list[str],
@@ -39,7 +38,7 @@ def run_one(system, mode, tp, args, checkpoint, out_file) -> str | None:
                 if tp > 1 else [sys.executable])
     # torchrun takes a module as "-m NAME" too; its own flags must come first.
     cmd = launcher + module
-    env = {**os.environ, **_CHILD_ENV}
+    env = {**os.environ, **DEFAULT_WORKER_ENV}  # NVLink multicast off in every process we start (shared hosts)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     # Own process group, so a timeout can stop torchrun's ranks too, not only the launcher.
@@ -57,16 +56,18 @@ def run_one(system, mode, tp, args, checkpoint, out_file) -> str | None:
     return None
 
 
+TABLE_HEAD = f"{'system':<16}{'mode':<9}{'tp':>3}{'batch':>6}{'decode tok/s':>14}{'ttft s':>9}{'load s':>8}{'peak GiB':>10}"
+
+
+def format_row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['system']:<16}{r['mode']:<9}{r['tp_size']:>3}  FAILED: {r['error']}"
+    return (f"{r['system']:<16}{r['mode']:<9}{r['tp_size']:>3}{r['batch']:>6}{r['decode_tok_s']:>14.1f}"
+            f"{r['ttft_s']:>9.3f}{r['load_s']:>8.2f}{r['peak_bytes_per_gpu'] / 2**30:>10.2f}")
+
+
 def format_table(rows: list[dict]) -> str:
-    head = f"{'system':<16}{'mode':<9}{'tp':>3}{'batch':>6}{'decode tok/s':>14}{'ttft s':>9}{'load s':>8}{'peak GiB':>10}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"{r['system']:<16}{r['mode']:<9}{r['tp_size']:>3}  FAILED: {r['error']}")
-            continue
-        lines.append(f"{r['system']:<16}{r['mode']:<9}{r['tp_size']:>3}{r['batch']:>6}{r['decode_tok_s']:>14.1f}"
-                     f"{r['ttft_s']:>9.3f}{r['load_s']:>8.2f}{r['peak_bytes_per_gpu'] / 2**30:>10.2f}")
-    return "\n".join(lines)
+    return "\n".join([TABLE_HEAD, "-" * len(TABLE_HEAD)] + [format_row(r) for r in rows])
 
 
 def scaling_lines(rows: list[dict]) -> list[str]:
@@ -123,20 +124,26 @@ def run_bench(args) -> int:
         root = Path(args.checkpoint_dir or Path(tempfile.gettempdir()) / "hf_tp_bench")
         checkpoint = write_random_checkpoint(args.shape, root / f"{args.shape}-{args.dtype}", dtype=getattr(__import__("torch"), args.dtype))
     rows: list[dict] = []
+    # Each row is printed (and the JSON rewritten) as soon as it is measured: a system that hangs or
+    # fails later cannot take the rows already measured with it. The whole table is printed at the end.
+    print("rows as measured:\n" + TABLE_HEAD, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         out_file = Path(tmp) / "rows.jsonl"
         for system, mode, tp in plan_runs(args.tp_size, args.device, args.smoke, systems, args.modes.split(",")):
             error = run_one(system, mode, tp, args, checkpoint, out_file)
+            measured = [json.loads(line) for line in out_file.read_text().splitlines()] if out_file.exists() else []
+            new = measured[sum("error" not in r for r in rows):]
             if error:
-                rows.append({"system": system, "mode": mode, "tp_size": tp, "error": error})
-            print(f"  done: {system} {mode} tp={tp}{' FAILED' if error else ''}", file=sys.stderr, flush=True)
-        if out_file.exists():
-            rows = [json.loads(line) for line in out_file.read_text().splitlines()] + [r for r in rows if "error" in r]
+                new.append({"system": system, "mode": mode, "tp_size": tp, "error": error})
+            rows += new
+            for r in new:
+                print(format_row(r), flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1))
+    print()
     print(format_table(rows))
     for line in scaling_lines(rows) + floor_lines(rows) + load_lines(rows):
         print(line)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
     return 1 if args.smoke and any("error" in r and r["system"] == "hf_tp" for r in rows) else 0
 
 

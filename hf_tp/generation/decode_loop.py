@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .. import compat
+from ..compat import (cache_argument_name, default_generation_params, generate_output, logits_process,
+                      prepare_generation_config, rewind_static_cache, static_cache, unsupported_cache)
 from ..faults import injected_fault
 
 logger = logging.getLogger("hf_tp")
@@ -91,17 +92,17 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
     input_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
     if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         return None, "inputs other than a 2-D tensor of token ids"
-    reason = compat.unsupported_cache(model)
+    reason = unsupported_cache(model)
     if reason:
         return None, reason
     # Explicit None values count: generate(eos_token_id=None) overrides the model's eos in Transformers.
     others = {k: v for k, v in kwargs.items() if k not in _HANDLED_ARGS}
     user_config = kwargs.get("generation_config")
-    config, model_kwargs = compat.prepare_generation_config(model, user_config, others)
+    config, model_kwargs = prepare_generation_config(model, user_config, others)
     extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _HANDLED_ARGS)
     if extra:
         return None, ",".join(extra)
-    defaults = compat.default_generation_params(config)
+    defaults = default_generation_params(config)
     unhandled = sorted(field for field, value in config.to_dict().items()
                        if field not in _HANDLED_FIELDS and not _is_default(value, defaults.get(field)))
     if config.num_beams not in (None, 1):
@@ -148,7 +149,7 @@ def _rejected_by_transformers(config, prompt: int, eos: list[int]) -> str | None
     _get_logits_processor builds the processors this loop replaces, so their own checks run
     (top_k=-1, top_k=2.0, temperature=2 (an int), top_p<0, min_new_tokens=3.0, ...): a request
     Transformers refuses must not get an answer here."""
-    lp = compat.logits_process()
+    lp = logits_process()
 
     try:
         if eos:
@@ -190,7 +191,7 @@ class _Session:
     def __init__(self, decoder: "StaticDecoder", batch: int, length: int):
         device = decoder.device
         self.decoder, self.length = decoder, length
-        self.cache = compat.static_cache(decoder.model.config.get_text_config(decoder=True), length)
+        self.cache = static_cache(decoder.model.config.get_text_config(decoder=True), length)
         long = dict(dtype=torch.long, device=device)
         self.tokens = torch.zeros(batch, 1, **long)
         self.position_ids = torch.zeros(batch, 1, **long)
@@ -341,7 +342,7 @@ class StaticDecoder:
 
         self.model, self.tp, self.device, self.use_graphs = model, tp, tp.device, use_graphs
         self.config = config or TPConfig()  # the all-reduce options of the compiled step
-        self.cache_argument = compat.cache_argument_name(model)
+        self.cache_argument = cache_argument_name(model)
         self.sessions: OrderedDict[tuple[int, int], _Session] = OrderedDict()
         self._compiled = None
         self._one_shot = False  # the compiled forward's all-reduces use symmetric memory
@@ -426,8 +427,8 @@ class StaticDecoder:
         sequences = torch.cat([request.input_ids, session.out[:, :length]], dim=1)
         if not request.return_dict:
             return sequences
-        compat.rewind_static_cache(session.cache, sequences.shape[1] - 1)
-        return compat.generate_output(sequences, session.cache)
+        rewind_static_cache(session.cache, sequences.shape[1] - 1)
+        return generate_output(sequences, session.cache)
 
     def _may_compile(self, batch: int, session: _Session) -> bool:
         """Each (batch, length) shape is one more compilation of the forward; past torch.compile's
