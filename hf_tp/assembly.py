@@ -10,6 +10,7 @@ workers, the bench and the GPU tests:
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -136,12 +137,15 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     """This rank's model from ``planned`` (whose skeleton it takes over): parallel layers, fused groups, its
     slices of the checkpoint on ``tp.device``. No collective runs here; ``config`` must be resolved."""
     model = planned.skeleton
+    start = time.perf_counter()
     transposed = parallelize(model, planned.plan, tp, policy=planned.policy, config=config)
     fuse_shared_inputs(model, dict(planned.policy.same_input), tp.device, enabled=config.fuse)
+    build_s = time.perf_counter() - start
     stats = load_shards(model, planned.plan, planned.index, tp.tp_rank, tp.device, transposed,
                         progress=progress and tp.is_first, stager=stager, threads=config.load_threads)
     model.generation_config = load_generation_config(planned.folder, model.generation_config, planned.options)
     model.eval()
+    stats.phases.update(build_s=round(build_s, 4), read_s=round(stats.seconds, 4))
     model.hf_tp_plan, model.hf_tp_load_stats, model.hf_tp_transposed = planned.plan, stats, transposed
     return make_tensor_parallel(model, tp, config)
 
@@ -153,10 +157,13 @@ def load_parallel_model(name_or_path, tp: TPGroup, dtype=None, progress: bool = 
     config = resolve_tp_config(tp_config, tp.device.type, tp.tp_size)
     stager = make_stager(tp.device, config.pinned_load, config.load_chunk_mb, config.load_buffers)
     try:
+        start = time.perf_counter()
         with fail_together(tp, "planning the model"):  # pins its staging buffers meanwhile
             planned = plan_model(name_or_path, tp.tp_size, dtype, hf_kwargs)
+        plan_s = time.perf_counter() - start  # includes the agreement's all-gather: the ranks' slowest plan
         with fail_together(tp, "loading the weights"):
             model = build_rank_model(planned, tp, config, progress=progress, stager=stager)
+        model.hf_tp_load_stats.phases.update(plan_s=round(plan_s, 4), total_s=round(time.perf_counter() - start, 4))
     except BaseException:
         if stager is not None:  # load_shards finishes it itself; an earlier failure must too
             stager.finish(quiet=True)

@@ -107,6 +107,8 @@ def load_lines(rows: list[dict]) -> list[str]:
         per_rank = ", ".join(f"rank {i} {nbytes / 1e9:.2f} GB in {s:.2f} s ({rate:.1f} GB/s)" for i, (nbytes, s, rate) in
                              enumerate(zip(r["read_bytes_per_rank"], r["read_seconds_per_rank"], r["read_gb_per_s_per_rank"])))
         lines.append(f"hf_tp {r['mode']} tp {r['tp_size']} weights read: {per_rank}; from_pretrained {r['load_s']:.2f} s")
+        for i, phases in enumerate(r.get("load_phases_per_rank") or []):
+            lines.append(f"  rank {i} load phases: " + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()))
     return lines
 
 

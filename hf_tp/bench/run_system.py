@@ -25,7 +25,7 @@ def _loader_figures(model, tp_size: int) -> dict:
     stats = getattr(model, "hf_tp_load_stats", None)
     if stats is None:
         return {}
-    mine = (stats.bytes_read, round(stats.seconds, 3), round(stats.gb_per_s, 2))
+    mine = (stats.bytes_read, round(stats.seconds, 3), round(stats.gb_per_s, 2), stats.phases)
     ranks = [mine]
     if tp_size > 1:
         import torch.distributed as dist
@@ -33,7 +33,9 @@ def _loader_figures(model, tp_size: int) -> dict:
         ranks = [None] * tp_size
         dist.all_gather_object(ranks, mine)
     return {"read_bytes_per_rank": [r[0] for r in ranks], "read_seconds_per_rank": [r[1] for r in ranks],
-            "read_gb_per_s_per_rank": [r[2] for r in ranks]}
+            "read_gb_per_s_per_rank": [r[2] for r in ranks],
+            # where each rank's load went (plan, build, read, total); the process group start comes before
+            "load_phases_per_rank": [r[3] for r in ranks]}
 
 
 def _weight_bytes(folder: str) -> int:
@@ -85,11 +87,14 @@ def _load(args, device):
         from ..launch import init_spmd_group
         from ..parallel.comm import TPGroup
 
+        group_start = time.perf_counter()
         if args.tp_size == 1:  # the same parallel layers and decode path, with no collectives
             tp = TPGroup(tp_rank=0, tp_size=1, device=device)
         else:
             tp = init_spmd_group(args.tp_size, device)
+        group_s = time.perf_counter() - group_start
         model = load_parallel_model(args.model, tp, dtype=dtype, progress=False, tp_config=tp_config(args, device))
+        model.hf_tp_load_stats.phases["group_init_s"] = round(group_s, 4)
     elif args.system == "transformers":
         model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, device_map=str(device))
     elif args.system == "transformers_tp":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -29,6 +29,9 @@ class LoadStats:
     bytes_read: int = 0  # bytes taken out of the checkpoint files by this rank
     seconds: float = 0.0
     pin_seconds: float = 0.0  # pinning the staging buffers (in the background, from before the skeleton)
+    # Where a rank's from_pretrained time went, filled by assembly.load_parallel_model: planning (config,
+    # skeleton, plan), building (parallel layers, fused buffers), reading (the weights), each in seconds.
+    phases: dict = field(default_factory=dict)
 
     @property
     def gb_per_s(self) -> float:
