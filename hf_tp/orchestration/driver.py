@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -29,7 +28,9 @@ from multiprocessing.connection import Listener, wait
 import torch
 
 from ..errors import WorkerError
-from .protocol import ERROR, FORWARD, GENERATE, HEARTBEAT, LOAD, MEMORY, OK, SAVE, SHUTDOWN, STREAM, STREAMER, pack, rebuild_exception, recv, send
+from .protocol import (CANCEL, CANCELLED, ERROR, FORWARD, GENERATE, HEARTBEAT, LOAD, MEMORY, OK, SAVE, SHUTDOWN, STREAM,
+                       STREAMER, pack, rebuild_exception, recv, send)
+from .sockets import make_socket_folder
 
 _LIVE_HANDLES: "weakref.WeakSet[TPModel]" = weakref.WeakSet()
 
@@ -90,7 +91,7 @@ class TPModel:
     def _start(self) -> None:
         self._closing, self._call_id = False, 0
         self.spec["port"] = _free_port()  # a fresh rendezvous port for every start (restart included)
-        self._tmp = tempfile.mkdtemp(prefix="hf_tp-")  # 0700: only this user can reach the socket
+        self._tmp = make_socket_folder()  # 0700: only this user can reach the socket
         address = os.path.join(self._tmp, "driver.sock")
         authkey = secrets.token_bytes(32)
         listener = Listener(address, family="AF_UNIX", authkey=authkey)
@@ -105,10 +106,27 @@ class TPModel:
         env = {**os.environ, **_CHILD_ENV}
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(key, None)
-        self._procs = []
+        self._procs, self._conns = [], []
+        try:
+            self._spawn_and_load(listener, address, authkey, env)
+        except BaseException:
+            # Ctrl-C while loading, or a failure: no worker may outlive a from_pretrained/restart that
+            # did not return a working model.
+            listener.close()
+            self._stopped.set()
+            self._kill_all()
+            for conn in self._conns:
+                conn.close()
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._state = "stopped"
+            raise
+
+    def _spawn_and_load(self, listener, address: str, authkey: bytes, env: dict) -> None:
         for rank in range(self.tp_size):
+            # Own session: a terminal's Ctrl-C goes to the driver's process group only. The driver then
+            # cancels the call on every rank at the same step, instead of each rank dying mid-collective.
             proc = subprocess.Popen([sys.executable, "-m", "hf_tp.orchestration.worker", address, str(rank)],
-                                    stdin=subprocess.PIPE, env=env)
+                                    stdin=subprocess.PIPE, env=env, start_new_session=True)
             proc.stdin.write((authkey.hex() + "\n").encode())
             proc.stdin.close()
             self._procs.append(proc)
@@ -132,8 +150,6 @@ class TPModel:
             acceptor.join(0.1)
         listener.close()
         if len(conns) < self.tp_size:
-            self._kill_all()
-            shutil.rmtree(self._tmp, ignore_errors=True)
             raise WorkerError(f"only {len(conns)} of {self.tp_size} workers connected: {self._exit_summary()}")
         # Connections arrive in any order; each worker's first message is its rank.
         self._conns = [None] * self.tp_size
@@ -180,10 +196,21 @@ class TPModel:
                 else:
                     messages.put((rank, message))
 
-    def _kill_all(self) -> None:
-        for proc in self._procs:
+    def _kill_all(self, failed: int | None = None) -> None:
+        """Stop every worker now. The failed rank (dead, frozen or stuck) gets SIGKILL: it is past
+        politeness. The others get SIGTERM, plus SIGCONT so that a stopped (SIGSTOP, debugger) process
+        acts on it at once; only one that ignores SIGTERM waits out the 5 s grace before SIGKILL.
+        That keeps a WorkerError within timeout_s of the failure, grace included."""
+        for rank, proc in enumerate(self._procs):
             if proc.poll() is None:
-                proc.terminate()
+                try:
+                    if rank == failed:
+                        proc.kill()
+                    else:
+                        proc.terminate()
+                        os.kill(proc.pid, signal.SIGCONT)
+                except ProcessLookupError:  # exited since poll()
+                    pass
         deadline = time.time() + 5
         for proc in self._procs:
             try:
@@ -254,7 +281,7 @@ class TPModel:
     def _fail(self, rank: int, cause: str, what: str) -> WorkerError:
         self._errors[rank] = cause
         self._stopped.set()
-        self._kill_all()
+        self._kill_all(failed=rank)
         self._state = "failed"
         error = WorkerError(f"tp rank {rank} {cause} while {what}; all workers were stopped. "
                             f"{'They were restarted.' if self.auto_restart else 'Call restart() to bring the model back.'}")
@@ -277,11 +304,47 @@ class TPModel:
         data = pack(payload, op)  # before anything is sent: an argument that cannot be pickled fails here alone
         self._call_id += 1
         call_id = self._call_id
-        for rank, conn in enumerate(self._conns):
+        failures, interrupted = self._broadcast((call_id, op, data))
+        if failures:
+            rank = min(failures)
+            raise self._fail(rank, f"could not be reached ({failures[rank]})", what) from None
+        try:
+            if interrupted:
+                raise KeyboardInterrupt
+            return self._wait(op, call_id, timeout_s, what, streamer)
+        except KeyboardInterrupt:
+            # Ctrl-C / "interrupt kernel": the ranks stop this call together at their next decode step
+            # (cancel.py) and are then ready for the next one, whose replies carry a new id; the late
+            # replies of this one are recognised by their id and dropped.
+            if self._state in ("ready", "loading"):
+                self._broadcast((call_id, CANCEL, None))
+            raise
+
+    def _broadcast(self, message) -> tuple[dict, bool]:
+        """Send ``message`` to every rank from a helper thread, which a KeyboardInterrupt cannot stop
+        half-way (signals interrupt only the main thread): every rank gets the request, or none does,
+        so no rank is left alone in a collective. Returns ({rank: OSError}, whether interrupted)."""
+        failures: dict[int, OSError] = {}
+
+        def run():
+            for rank, conn in enumerate(self._conns):
+                try:
+                    send(conn, message)
+                except OSError as exc:
+                    failures[rank] = exc
+
+        sender = threading.Thread(target=run, daemon=True, name="hf_tp-send")
+        sender.start()
+        interrupted = False
+        while sender.is_alive():
             try:
-                send(conn, (call_id, op, data))
-            except OSError as exc:
-                raise self._fail(rank, f"could not be reached ({exc})", what) from None
+                sender.join()
+            except KeyboardInterrupt:
+                interrupted = True
+        return failures, interrupted
+
+    def _wait(self, op: str, call_id: int, timeout_s: float, what: str, streamer) -> dict:
+        """Wait for every rank's reply to call ``call_id``, watching the workers meanwhile."""
         start = time.time()
         results: dict[int, object] = {}
         errors: dict[int, tuple] = {}
@@ -298,7 +361,7 @@ class TPModel:
                     if rank not in results:
                         self._procs[rank].wait(timeout=5) if self._procs[rank].poll() is None else None
                         raise self._fail(rank, f"lost its connection ({message[1]}; {self._exit_summary()})", what)
-                elif message[-1] != call_id:
+                elif kind == CANCELLED or message[-1] != call_id:
                     pass  # a late reply to an interrupted call
                 elif kind == OK:
                     results[rank] = message[1]
