@@ -29,8 +29,9 @@ import torch
 
 from ..errors import WorkerError
 from .protocol import (CANCEL, CANCELLED, ERROR, FORWARD, GENERATE, HEARTBEAT, LOAD, MEMORY, OK, SAVE, SHUTDOWN, STREAM,
-                       STREAMER, pack, rebuild_exception, recv, send)
+                       STREAMER, pack, rebuild_exception, recv, send, to_cpu)
 from .sockets import make_socket_folder
+from .surface import TransformersSurface
 
 _LIVE_HANDLES: "weakref.WeakSet[TPModel]" = weakref.WeakSet()
 
@@ -66,10 +67,13 @@ def _refuse_cache(what: str, kwargs: dict, use_cache_too: bool) -> None:
             "Use model.generate(...) to decode, or call model(...) on the whole sequence without a cache.")
 
 
-class TPModel:
+class TPModel(TransformersSurface):
     """A tensor-parallel model served by ``tp_size`` worker processes.
 
-    ``generate`` and ``__call__`` take and return CPU tensors, with Transformers' meaning.
+    ``generate`` and ``__call__`` take and return CPU tensors, with Transformers' meaning. What
+    pipelines and scripts read off a Transformers model is in TransformersSurface (surface.py); the
+    handle's class is named after the architecture it serves (``LlamaForCausalLM``), as
+    ``transformers.pipeline`` checks that name, and is a subclass of TPModel.
     ``memory()`` and ``health()`` return one dict per rank. Use as a context manager or call
     ``shutdown()``; workers also stop when this process exits, however it exits.
     """
@@ -414,11 +418,14 @@ class TPModel:
                                        "died, hung or raised alone?)", what)
 
     def generate(self, *args, **kwargs):
-        """Like ``transformers`` ``generate``: CPU tensors in, CPU tensors out. ``streamer`` objects
-        stay here and receive tokens as the workers produce them. ``self.generation_config`` is the
-        model's default generation config, as in Transformers: edits to it apply to the next call."""
+        """Like ``transformers`` ``generate``: tensors in (any device), CPU tensors out. ``streamer``
+        objects stay here and receive tokens as the workers produce them. ``self.generation_config`` is
+        the model's default generation config, as in Transformers: edits to it apply to the next call.
+        Ctrl-C (KeyboardInterrupt) stops the call on every worker at its next decode step; the next
+        call starts as soon as they have."""
         _refuse_cache("generate()", kwargs, use_cache_too=False)
         streamer = kwargs.pop("streamer", None)
+        args, kwargs = to_cpu(args), to_cpu(kwargs)  # a pipeline on a GPU host moves inputs to cuda:0
         if streamer is not None:
             kwargs["streamer"] = STREAMER
         # A seed drawn from this process's RNG: torch.manual_seed here makes sampling reproducible.
@@ -430,27 +437,11 @@ class TPModel:
     def __call__(self, *args, **kwargs):
         """The model's forward pass (stateless: no cache is kept between calls, none is returned)."""
         _refuse_cache("model(...)", kwargs, use_cache_too=True)
+        args, kwargs = to_cpu(args), to_cpu(kwargs)
         with self._lock:
             return self._call(FORWARD, (args, kwargs), what="running forward")[0]
 
     forward = __call__
-
-    # What scripts read off a Transformers model before calling it (``inputs.to(model.device)``).
-    @property
-    def device(self) -> torch.device:
-        """Where the handle takes and returns tensors: the CPU (the workers move them to their devices)."""
-        return torch.device("cpu")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the weights in the workers."""
-        from ..auto import _resolve_dtype
-
-        return _resolve_dtype(self.spec["dtype"], self.config)
-
-    def eval(self) -> "TPModel":
-        """No-op, for scripts written for a Transformers model: the workers' model is always in eval mode."""
-        return self
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """Write the unsplit checkpoint to ``save_directory`` (written by the tp-rank-0 worker, so the
