@@ -7,6 +7,7 @@ import atexit
 import copy
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -39,6 +40,28 @@ def launcher_world_size() -> int | None:
     """WORLD_SIZE set by torchrun / accelerate launch, or None in a plain process."""
     value = os.environ.get("WORLD_SIZE")
     return int(value) if value else None
+
+
+# Set by `accelerate launch` in every process it starts, also when it starts only one (with --cpu, or
+# --num_processes 1), where it sets no WORLD_SIZE.
+_ACCELERATE_MARKERS = ("ACCELERATE_MIXED_PRECISION", "ACCELERATE_USE_CPU", "ACCELERATE_DYNAMO_BACKEND")
+_warned_single_launch = False
+
+
+def warn_single_process_launch(tp_size: int) -> None:
+    """Once per process: a script started by `accelerate launch` as one process gets the single-controller
+    mode, not the launcher mode its author probably meant. Say so, and how to get two ranks."""
+    global _warned_single_launch
+    if _warned_single_launch or not any(key in os.environ for key in _ACCELERATE_MARKERS):
+        return
+    _warned_single_launch = True
+    warnings.warn(
+        f"hf_tp: `accelerate launch` started this script as a single process (no WORLD_SIZE; accelerate's --cpu "
+        f"always starts one), so hf_tp runs in single-controller mode: it starts and supervises tp_size={tp_size} "
+        "worker processes itself and returns an hf_tp.TPModel handle, not the Transformers model. For launcher "
+        f"(SPMD) mode, one rank per process, start it with `accelerate launch --multi_gpu --num_processes {tp_size}` "
+        f"(on CPU too: hf_tp then uses gloo) or `torchrun --nproc-per-node {tp_size}`.",
+        UserWarning, stacklevel=3)
 
 
 def resolve_device(device) -> torch.device:
@@ -256,4 +279,5 @@ class AutoModelForCausalLM:
             return load_parallel_model(name_or_path, tp, dtype=dtype, **hf_kwargs)
         from .orchestration import start_tp_model
 
+        warn_single_process_launch(tp_size)
         return start_tp_model(name_or_path, tp_size=tp_size, dtype=dtype, device=device, **hf_kwargs)
