@@ -120,7 +120,8 @@ class TPModel(TransformersSurface):
             self._stopped.set()
             self._kill_all()
             for conn in self._conns:
-                conn.close()
+                if conn is not None:
+                    conn.close()
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._state = "stopped"
             raise
