@@ -1,10 +1,10 @@
 """hf_tp: tensor-parallel inference for Hugging Face Transformers causal LMs."""
 
 from . import policies
+from ._version import __version__
 from .auto import AutoModelForCausalLM
 from .config import TPConfig
 from .errors import CheckpointError, PolicyError, ShardingError, WorkerError
 from .orchestration import TPModel
 
-__version__ = "0.1.0"
 __all__ = ["AutoModelForCausalLM", "TPConfig", "TPModel", "policies", "WorkerError", "ShardingError", "PolicyError", "CheckpointError", "__version__"]

@@ -4,6 +4,8 @@ single-controller orchestrator); the loading pipeline itself is assembly.py."""
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 
 # Re-exported: older scripts and tests import the pipeline from here.
 from .assembly import load_parallel_model, resolve_config, resolve_tp_config  # noqa: F401 (re-exported)
@@ -14,6 +16,27 @@ logger = logging.getLogger("hf_tp")
 
 # Arguments that place or quantize weights in ways that conflict with hf_tp's own split.
 _CONFLICTING = ("device_map", "tp_plan", "tp_size_hf", "quantization_config", "load_in_8bit", "load_in_4bit", "gguf_file", "max_memory")
+
+# Set by `accelerate launch` in every process it starts, also when it starts only one (with --cpu, or
+# --num_processes 1), where it sets no WORLD_SIZE.
+_ACCELERATE_MARKERS = ("ACCELERATE_MIXED_PRECISION", "ACCELERATE_USE_CPU", "ACCELERATE_DYNAMO_BACKEND")
+_warned_single_launch = False
+
+
+def warn_single_process_launch(tp_size: int) -> None:
+    """Once per process: a script started by `accelerate launch` as one process gets the single-controller
+    mode, not the launcher mode its author probably meant. Say so, and how to get two ranks."""
+    global _warned_single_launch
+    if _warned_single_launch or not any(key in os.environ for key in _ACCELERATE_MARKERS):
+        return
+    _warned_single_launch = True
+    warnings.warn(
+        f"hf_tp: `accelerate launch` started this script as a single process (no WORLD_SIZE; accelerate's --cpu "
+        f"always starts one), so hf_tp runs in single-controller mode: it starts and supervises tp_size={tp_size} "
+        "worker processes itself and returns an hf_tp.TPModel handle, not the Transformers model. For launcher "
+        f"(SPMD) mode, one rank per process, start it with `accelerate launch --multi_gpu --num_processes {tp_size}` "
+        f"(on CPU too: hf_tp then uses gloo) or `torchrun --nproc-per-node {tp_size}`.",
+        UserWarning, stacklevel=3)
 
 
 def check_arguments(tp_size, hf_kwargs: dict) -> None:
@@ -74,4 +97,5 @@ class AutoModelForCausalLM:
             return load_parallel_model(name_or_path, tp, dtype=dtype, tp_config=config, **hf_kwargs)
         from .orchestration import start_tp_model
 
+        warn_single_process_launch(tp_size)
         return start_tp_model(name_or_path, tp_size=tp_size, dtype=dtype, device=device, tp_config=config, **hf_kwargs)

@@ -1,10 +1,13 @@
-"""The ``hf-tp`` command: ``generate`` (demo and quick checks) and ``info`` (versions, devices, backends)."""
+"""The ``hf-tp`` command line: generate, bench and info. Errors are one line; --debug shows the traceback."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+
+DESCRIPTION = "Tensor-parallel inference for Hugging Face Transformers causal LMs."
+EPILOG = "'hf-tp COMMAND --help' lists the options of a command."
 
 
 def _generate(args) -> int:
@@ -56,10 +59,24 @@ def _info(args) -> int:
     return 0
 
 
+def _one_line(exc: BaseException) -> str:
+    """The error's first line: a worker's error carries its traceback below, which --debug shows."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="hf-tp", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="generate text with a tensor-parallel model")
+    from hf_tp._version import __version__
+
+    parser = argparse.ArgumentParser(prog="hf-tp", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"hf-tp {__version__}")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the full Python traceback")
+    # Also accepted after the command (hf-tp generate --debug); SUPPRESS keeps the subcommand's absent
+    # flag from overwriting one given before it.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    gen = sub.add_parser("generate", parents=[debug], help="generate text at tp_size N (default model: the embedded SmolLM2-135M-Instruct)")
     gen.add_argument("model", nargs="?", help="hub id or local folder (default: the embedded SmolLM2-135M-Instruct)")
     gen.add_argument("--tp-size", type=int, default=2)
     gen.add_argument("--prompt", default="What is the capital of France?")
@@ -68,15 +85,28 @@ def main(argv=None) -> int:
     gen.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     gen.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
     gen.set_defaults(func=_generate)
-    bench = sub.add_parser("bench", help="hf_tp vs Transformers: decode tok/s, load time, peak memory")
+    bench = sub.add_parser("bench", parents=[debug], help="hf_tp vs Transformers side by side: decode tok/s, load time, peak memory "
+                                        "(--smoke: a tiny model on CPU)")
     from hf_tp.bench import add_arguments, run_bench
 
     add_arguments(bench)
     bench.set_defaults(func=run_bench)
-    info = sub.add_parser("info", help="versions, devices and backends")
+    info = sub.add_parser("info", parents=[debug], help="versions, devices, backends and supported architectures")
     info.set_defaults(func=_info)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("hf-tp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a command-line user needs the message, not our stack
+        if args.debug:
+            raise
+        print(f"hf-tp {args.command}: error: {_one_line(exc)} (hf-tp --debug {args.command} ... shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

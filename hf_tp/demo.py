@@ -39,6 +39,7 @@ def demo_model_path() -> Path:
     """A safetensors folder of SmolLM2-135M-Instruct (fp32), converted on first use."""
     target = cache_dir() / DEMO_MODEL_NAME
     if (target / "model.safetensors").is_file():
+        _same_mode_as_config(target)  # a folder converted by hf_tp <= 0.1.0 has a 0600 weights file
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -56,8 +57,22 @@ def demo_model_path() -> Path:
     staging.chmod(0o755)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    _same_mode_as_config(staging)
     try:
         os.replace(staging, target)
     except OSError:  # another process finished first
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _same_mode_as_config(folder: Path) -> None:
+    """Give every file the mode of config.json. Transformers writes the weights through a private
+    temporary file (0600) and the rest with the user's umask (0644 usually), so other users of a
+    shared cache could read the config but not the weights."""
+    mode = (folder / "config.json").stat().st_mode & 0o777
+    for path in folder.iterdir():
+        try:
+            if path.is_file() and path.stat().st_mode & 0o777 != mode:
+                path.chmod(mode)
+        except OSError:  # someone else's cache: leave it as it is
+            pass

@@ -96,6 +96,27 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got - ref).abs().max() / ref.abs().max())
 
 
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_tokenizer(texts=("What is the capital of France?", "The capital of France is Paris.",
+                          "Hello world, tell me a story about a lighthouse.")) -> transformers.PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (about 300 tokens) trained here in milliseconds, with a chat template:
+    real text in and out for pipeline tests, no download. Pair it with tiny_config(vocab_size=len(tok))."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(list(texts) * 5, trainer)
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
     """Factory: ``tiny_checkpoint(arch, name=..., sharded=True, seed=0, **config_overrides)`` -> folder."""

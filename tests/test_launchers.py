@@ -1,6 +1,7 @@
 """One unchanged user script under every launcher: plain python (single-controller), torchrun,
 accelerate launch, and two torchrun "nodes" rendezvousing over loopback. Each must print the
-same greedy tokens as the unsplit Transformers model."""
+same greedy tokens as the unsplit Transformers model, in the mode it claims: WORLD_SIZE=2 and the
+Transformers model object under a launcher, the hf_tp.TPModel handle without one."""
 
 from __future__ import annotations
 
@@ -20,8 +21,14 @@ SCRIPT = textwrap.dedent("""
     ids = torch.tensor([[5, 17, 42, 8, 99, 3]])
     out = model.generate(ids, max_new_tokens=24, do_sample=False)
     if int(os.environ.get("RANK", "0")) == 0:
+        from transformers import PreTrainedModel
+        kind = "transformers" if isinstance(model, PreTrainedModel) else "handle" if isinstance(model, hf_tp.TPModel) else "?"
+        print("MODE:", os.environ.get("WORLD_SIZE", "unset"), kind, flush=True)
         print("TOKENS:", " ".join(map(str, out[0].tolist())), flush=True)
 """)
+
+LAUNCHER_MODE = "MODE: 2 transformers"  # two ranks, each holding the Transformers model object
+SINGLE_CONTROLLER = "MODE: unset handle"  # one process, hf_tp's own workers behind a TPModel handle
 
 
 def _tokens(stdout: str) -> list[int]:
@@ -48,28 +55,53 @@ def setup(tmp_path_factory):
 def _run(cmd, env):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc.stdout
+    return proc.stdout, proc.stderr
+
+
+def _mode(stdout: str) -> str:
+    return next((line for line in stdout.splitlines() if line.startswith("MODE:")), "no MODE line")
 
 
 def test_plain_python_single_controller(setup):
     path, script, want, env = setup
-    assert _tokens(_run([sys.executable, str(script), str(path)], env)) == want
+    stdout, stderr = _run([sys.executable, str(script), str(path)], env)
+    assert _mode(stdout) == SINGLE_CONTROLLER and _tokens(stdout) == want
+    assert "single-controller mode" not in stderr  # the launcher warning is for launchers only
 
 
 def test_torchrun(setup):
     path, script, want, env = setup
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), str(path)]
-    assert _tokens(_run(cmd, env)) == want
+    stdout, _ = _run(cmd, env)
+    assert _mode(stdout) == LAUNCHER_MODE and _tokens(stdout) == want
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "accelerate")),
-                    reason="accelerate's launcher script is not installed")
+_ACCELERATE = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
+needs_accelerate = pytest.mark.skipif(not os.path.exists(_ACCELERATE), reason="accelerate's launcher script is not installed")
+_ACCELERATE_COMMON = ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+@needs_accelerate
 def test_accelerate_launch(setup):
+    """`--multi_gpu` is the accelerate option that starts one process per rank (through torchrun); without
+    GPUs the ranks run on the CPU and hf_tp joins them with gloo."""
     path, script, want, env = setup
-    launcher = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
-    cmd = [launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(script), str(path)]
-    assert _tokens(_run(cmd, env)) == want
+    cmd = [_ACCELERATE, "launch", "--multi_gpu", *_ACCELERATE_COMMON, "--main_process_port", str(_free_port()),
+           str(script), str(path)]
+    stdout, _ = _run(cmd, env)
+    assert _mode(stdout) == LAUNCHER_MODE and _tokens(stdout) == want
+
+
+@needs_accelerate
+def test_accelerate_launch_cpu_is_one_process(setup):
+    """`--cpu` starts ONE process whatever --num_processes says (accelerate runs several CPU processes
+    only through mpirun): hf_tp starts its own workers there, and says so once, naming the mode."""
+    path, script, want, env = setup
+    cmd = [_ACCELERATE, "launch", "--cpu", *_ACCELERATE_COMMON, str(script), str(path)]
+    stdout, stderr = _run(cmd, env)
+    assert _mode(stdout) == SINGLE_CONTROLLER and _tokens(stdout) == want
+    assert stderr.count("single-controller mode") == 1, stderr[-3000:]
+    assert "accelerate launch --multi_gpu --num_processes 2" in stderr
 
 
 def _two_nodes(script, path, env):
@@ -96,4 +128,4 @@ def test_two_torchrun_nodes_over_loopback(setup):
         # torchrun race of two nodes on one host). Such a run says nothing about hf_tp: run again.
         codes, outs = _two_nodes(script, path, env)
     assert not any(codes), "\n".join(o[1][-3000:] for o in outs)
-    assert _tokens(outs[0][0]) == want
+    assert _mode(outs[0][0]) == LAUNCHER_MODE and _tokens(outs[0][0]) == want

@@ -17,6 +17,7 @@ from conftest import load_reference, rel_err
 from transformers.generation.streamers import BaseStreamer
 
 import hf_tp
+from hf_tp.orchestration.sockets import remove_stale_socket_folders
 from hf_tp.orchestration.worker import FAULT_ENV
 
 TIMEOUT_S = 6  # watchdog bound used by the fault tests; failures must surface within a few of these
@@ -160,6 +161,33 @@ def test_killed_worker_raises_then_restart(tiny_checkpoint):
         model.shutdown()
 
 
+def test_frozen_worker_is_detected_within_timeout_s(tiny_checkpoint):
+    """SIGSTOP on one worker: no heartbeat, no progress, and deaf to SIGTERM until continued. The call
+    raises WorkerError within timeout_s of the freeze, stopping the workers included (the SIGTERM
+    grace used to come on top: timeout_s + 5 s)."""
+    path = tiny_checkpoint("llama")
+    model = hf_tp.AutoModelForCausalLM.from_pretrained(path, tp_size=2, device="cpu", dtype=torch.float32, timeout_s=TIMEOUT_S)
+    try:
+        pids = [h["pid"] for h in model.health()]
+        frozen_at = []
+
+        class Freeze(_Collect):
+            def put(self, value):
+                super().put(value)
+                if len(self.chunks) == 3:  # well inside the generate, on the driver's side
+                    os.kill(pids[1], signal.SIGSTOP)
+                    frozen_at.append(time.time())
+
+        with pytest.raises(hf_tp.WorkerError, match=r"tp rank \d .*(no heartbeat|no progress)"):
+            model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=100000, do_sample=False, streamer=Freeze())
+        waited = time.time() - frozen_at[0]
+        # The bound is timeout_s; the 0.2 s polling and a busy host get a margin well under the old 5 s grace.
+        assert waited < TIMEOUT_S + 2, f"WorkerError {waited:.1f} s after the freeze, timeout_s={TIMEOUT_S}"
+        assert _wait_gone(pids, 5), "workers left running"
+    finally:
+        model.shutdown()
+
+
 @pytest.mark.parametrize("fault, message", [("raise", "injected fault on tp rank 1"), ("hang", "made no progress")])
 def test_lone_raise_or_hang_is_bounded(tiny_checkpoint, monkeypatch, fault, message):
     path = tiny_checkpoint("llama")
@@ -210,6 +238,7 @@ _DRIVER = textwrap.dedent("""
     import sys, torch, hf_tp
     model = hf_tp.AutoModelForCausalLM.from_pretrained(sys.argv[1], tp_size=2, device="cpu", dtype=torch.float32)
     print(" ".join(str(h["pid"]) for h in model.health()), flush=True)
+    print(model._tmp, flush=True)  # the driver's private socket folder
     if sys.argv[2] == "wait":
         sys.stdin.read()
     # else: fall off the end without shutdown(); interpreter exit must stop the workers
@@ -226,10 +255,18 @@ def test_workers_never_outlive_the_driver(tiny_checkpoint, tmp_path, how):
     try:
         pids = [int(p) for p in driver.stdout.readline().split()]
         assert len(pids) == 2, "driver did not start its workers"
+        folder = driver.stdout.readline().strip()
+        assert os.path.isdir(folder)
         if how == "sigkill":
+            assert remove_stale_socket_folders(os.path.dirname(folder)) is not None and os.path.isdir(folder), \
+                "a live driver's socket folder was removed"
             driver.kill()
         driver.wait(timeout=60)
         assert _wait_gone(pids, 15), f"orphan workers after driver {how}: {[p for p in pids if not _gone(p)]}"
+        if how == "sigkill":  # the killed driver could not remove its folder; the next start does
+            assert os.path.isdir(folder)
+            assert folder in remove_stale_socket_folders(os.path.dirname(folder))
+        assert not os.path.exists(folder)
     finally:
         if driver.poll() is None:
             driver.kill()

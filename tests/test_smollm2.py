@@ -108,3 +108,23 @@ def test_cli_generate_answers_paris(tmp_path):
         pytest.fail(f"hf-tp generate timed out\nstdout:\n{out}\nstderr:\n{err[-3000:]}")
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out}\nstderr:\n{err[-3000:]}"
     assert "Paris" in out, f"stdout:\n{out}\nstderr:\n{err[-3000:]}"
+
+
+def test_pipeline_with_the_handle_answers_like_transformers(demo_path):
+    """Issue 15: transformers.pipeline with the handle, in a plain process (the notebook case), gives
+    what it gives with the plain Transformers model."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, pipeline
+
+    import hf_tp
+
+    tok = AutoTokenizer.from_pretrained(demo_path)
+    chat = [{"role": "user", "content": QUESTION}]
+    want = pipeline("text-generation", model=load_reference(demo_path), tokenizer=tok)(chat, max_new_tokens=24, do_sample=False)
+    with hf_tp.AutoModelForCausalLM.from_pretrained(demo_path, tp_size=2, device="cpu", dtype=torch.float32) as model:
+        got = pipeline("text-generation", model=model, tokenizer=tok)(chat, max_new_tokens=24, do_sample=False)
+    assert got == want
+    assert "Paris" in got[0]["generated_text"][-1]["content"], got
+    # The converted folder's files share one mode (the weights file used to be 0600, the rest 0644).
+    assert len({p.stat().st_mode & 0o777 for p in Path(demo_path).iterdir() if p.is_file()}) == 1

@@ -6,6 +6,7 @@ import torch
 
 from ..errors import ShardingError
 from .driver import TPModel
+from .surface import architecture_name
 
 __all__ = ["TPModel", "start_tp_model"]
 
@@ -79,5 +80,8 @@ def start_tp_model(name_or_path, tp_size, dtype=None, device=None, tp_config=Non
             "tp_config": tp_config,
             "collective_timeout_s": collective_timeout_s,
             "hf_kwargs": kwargs, "need_bytes": need, "max_memory_per_gpu": cap}
-    model = TPModel(spec, config, generation_config, **options)
+    # Named like the model a plain from_pretrained returns: transformers.pipeline logs an error for a
+    # model class it does not know, and special-cases a few by name.
+    handle_class = type(architecture_name(config), (TPModel,), {"__module__": TPModel.__module__})
+    model = handle_class(spec, config, generation_config, **options)
     return (model, info) if output_loading_info else model

@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -29,7 +28,10 @@ from multiprocessing.connection import Listener, wait
 import torch
 
 from ..errors import WorkerError
-from .protocol import ERROR, FORWARD, GENERATE, HEARTBEAT, LOAD, MEMORY, OK, SAVE, SHUTDOWN, STREAM, STREAMER, pack, rebuild_exception, recv, send
+from .protocol import (CANCEL, CANCELLED, ERROR, FORWARD, GENERATE, HEARTBEAT, LOAD, MEMORY, OK, SAVE, SHUTDOWN, STREAM,
+                       STREAMER, pack, rebuild_exception, recv, send, to_cpu)
+from .sockets import make_socket_folder
+from .surface import TransformersSurface
 
 _LIVE_HANDLES: "weakref.WeakSet[TPModel]" = weakref.WeakSet()
 
@@ -63,10 +65,13 @@ def _refuse_cache(what: str, kwargs: dict, use_cache_too: bool) -> None:
             "Use model.generate(...) to decode, or call model(...) on the whole sequence without a cache.")
 
 
-class TPModel:
+class TPModel(TransformersSurface):
     """A tensor-parallel model served by ``tp_size`` worker processes.
 
-    ``generate`` and ``__call__`` take and return CPU tensors, with Transformers' meaning.
+    ``generate`` and ``__call__`` take and return CPU tensors, with Transformers' meaning. What
+    pipelines and scripts read off a Transformers model is in TransformersSurface (surface.py); the
+    handle's class is named after the architecture it serves (``LlamaForCausalLM``), as
+    ``transformers.pipeline`` checks that name, and is a subclass of TPModel.
     ``memory()`` and ``health()`` return one dict per rank. Use as a context manager or call
     ``shutdown()``; workers also stop when this process exits, however it exits.
     """
@@ -88,7 +93,7 @@ class TPModel:
     def _start(self) -> None:
         self._closing, self._call_id = False, 0
         self.spec["port"] = _free_port()  # a fresh rendezvous port for every start (restart included)
-        self._tmp = tempfile.mkdtemp(prefix="hf_tp-")  # 0700: only this user can reach the socket
+        self._tmp = make_socket_folder()  # 0700: only this user can reach the socket
         address = os.path.join(self._tmp, "driver.sock")
         authkey = secrets.token_bytes(32)
         listener = Listener(address, family="AF_UNIX", authkey=authkey)
@@ -103,10 +108,28 @@ class TPModel:
         env = {**os.environ, **self.spec["tp_config"].worker_env}  # NVLink multicast off by default (TPConfig)
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(key, None)
-        self._procs = []
+        self._procs, self._conns = [], []
+        try:
+            self._spawn_and_load(listener, address, authkey, env)
+        except BaseException:
+            # Ctrl-C while loading, or a failure: no worker may outlive a from_pretrained/restart that
+            # did not return a working model.
+            listener.close()
+            self._stopped.set()
+            self._kill_all()
+            for conn in self._conns:
+                if conn is not None:
+                    conn.close()
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._state = "stopped"
+            raise
+
+    def _spawn_and_load(self, listener, address: str, authkey: bytes, env: dict) -> None:
         for rank in range(self.tp_size):
+            # Own session: a terminal's Ctrl-C goes to the driver's process group only. The driver then
+            # cancels the call on every rank at the same step, instead of each rank dying mid-collective.
             proc = subprocess.Popen([sys.executable, "-m", "hf_tp.orchestration.worker", address, str(rank)],
-                                    stdin=subprocess.PIPE, env=env)
+                                    stdin=subprocess.PIPE, env=env, start_new_session=True)
             proc.stdin.write((authkey.hex() + "\n").encode())
             proc.stdin.close()
             self._procs.append(proc)
@@ -130,8 +153,6 @@ class TPModel:
             acceptor.join(0.1)
         listener.close()
         if len(conns) < self.tp_size:
-            self._kill_all()
-            shutil.rmtree(self._tmp, ignore_errors=True)
             raise WorkerError(f"only {len(conns)} of {self.tp_size} workers connected: {self._exit_summary()}")
         # Connections arrive in any order; each worker's first message is its rank.
         self._conns = [None] * self.tp_size
@@ -178,10 +199,21 @@ class TPModel:
                 else:
                     messages.put((rank, message))
 
-    def _kill_all(self) -> None:
-        for proc in self._procs:
+    def _kill_all(self, failed: int | None = None) -> None:
+        """Stop every worker now. The failed rank (dead, frozen or stuck) gets SIGKILL: it is past
+        politeness. The others get SIGTERM, plus SIGCONT so that a stopped (SIGSTOP, debugger) process
+        acts on it at once; only one that ignores SIGTERM waits out the 5 s grace before SIGKILL.
+        That keeps a WorkerError within timeout_s of the failure, grace included."""
+        for rank, proc in enumerate(self._procs):
             if proc.poll() is None:
-                proc.terminate()
+                try:
+                    if rank == failed:
+                        proc.kill()
+                    else:
+                        proc.terminate()
+                        os.kill(proc.pid, signal.SIGCONT)
+                except ProcessLookupError:  # exited since poll()
+                    pass
         deadline = time.time() + 5
         for proc in self._procs:
             try:
@@ -252,7 +284,7 @@ class TPModel:
     def _fail(self, rank: int, cause: str, what: str) -> WorkerError:
         self._errors[rank] = cause
         self._stopped.set()
-        self._kill_all()
+        self._kill_all(failed=rank)
         self._state = "failed"
         error = WorkerError(f"tp rank {rank} {cause} while {what}; all workers were stopped. "
                             f"{'They were restarted.' if self.auto_restart else 'Call restart() to bring the model back.'}")
@@ -275,11 +307,47 @@ class TPModel:
         data = pack(payload, op)  # before anything is sent: an argument that cannot be pickled fails here alone
         self._call_id += 1
         call_id = self._call_id
-        for rank, conn in enumerate(self._conns):
+        failures, interrupted = self._broadcast((call_id, op, data))
+        if failures:
+            rank = min(failures)
+            raise self._fail(rank, f"could not be reached ({failures[rank]})", what) from None
+        try:
+            if interrupted:
+                raise KeyboardInterrupt
+            return self._wait(op, call_id, timeout_s, what, streamer)
+        except KeyboardInterrupt:
+            # Ctrl-C / "interrupt kernel": the ranks stop this call together at their next decode step
+            # (cancel.py) and are then ready for the next one, whose replies carry a new id; the late
+            # replies of this one are recognised by their id and dropped.
+            if self._state in ("ready", "loading"):
+                self._broadcast((call_id, CANCEL, None))
+            raise
+
+    def _broadcast(self, message) -> tuple[dict, bool]:
+        """Send ``message`` to every rank from a helper thread, which a KeyboardInterrupt cannot stop
+        half-way (signals interrupt only the main thread): every rank gets the request, or none does,
+        so no rank is left alone in a collective. Returns ({rank: OSError}, whether interrupted)."""
+        failures: dict[int, OSError] = {}
+
+        def run():
+            for rank, conn in enumerate(self._conns):
+                try:
+                    send(conn, message)
+                except OSError as exc:
+                    failures[rank] = exc
+
+        sender = threading.Thread(target=run, daemon=True, name="hf_tp-send")
+        sender.start()
+        interrupted = False
+        while sender.is_alive():
             try:
-                send(conn, (call_id, op, data))
-            except OSError as exc:
-                raise self._fail(rank, f"could not be reached ({exc})", what) from None
+                sender.join()
+            except KeyboardInterrupt:
+                interrupted = True
+        return failures, interrupted
+
+    def _wait(self, op: str, call_id: int, timeout_s: float, what: str, streamer) -> dict:
+        """Wait for every rank's reply to call ``call_id``, watching the workers meanwhile."""
         start = time.time()
         results: dict[int, object] = {}
         errors: dict[int, tuple] = {}
@@ -296,7 +364,7 @@ class TPModel:
                     if rank not in results:
                         self._procs[rank].wait(timeout=5) if self._procs[rank].poll() is None else None
                         raise self._fail(rank, f"lost its connection ({message[1]}; {self._exit_summary()})", what)
-                elif message[-1] != call_id:
+                elif kind == CANCELLED or message[-1] != call_id:
                     pass  # a late reply to an interrupted call
                 elif kind == OK:
                     results[rank] = message[1]
@@ -349,11 +417,14 @@ class TPModel:
                                        "died, hung or raised alone?)", what)
 
     def generate(self, *args, **kwargs):
-        """Like ``transformers`` ``generate``: CPU tensors in, CPU tensors out. ``streamer`` objects
-        stay here and receive tokens as the workers produce them. ``self.generation_config`` is the
-        model's default generation config, as in Transformers: edits to it apply to the next call."""
+        """Like ``transformers`` ``generate``: tensors in (any device), CPU tensors out. ``streamer``
+        objects stay here and receive tokens as the workers produce them. ``self.generation_config`` is
+        the model's default generation config, as in Transformers: edits to it apply to the next call.
+        Ctrl-C (KeyboardInterrupt) stops the call on every worker at its next decode step; the next
+        call starts as soon as they have."""
         _refuse_cache("generate()", kwargs, use_cache_too=False)
         streamer = kwargs.pop("streamer", None)
+        args, kwargs = to_cpu(args), to_cpu(kwargs)  # a pipeline on a GPU host moves inputs to cuda:0
         if streamer is not None:
             kwargs["streamer"] = STREAMER
         # A seed drawn from this process's RNG: torch.manual_seed here makes sampling reproducible.
@@ -365,27 +436,11 @@ class TPModel:
     def __call__(self, *args, **kwargs):
         """The model's forward pass (stateless: no cache is kept between calls, none is returned)."""
         _refuse_cache("model(...)", kwargs, use_cache_too=True)
+        args, kwargs = to_cpu(args), to_cpu(kwargs)
         with self._lock:
             return self._call(FORWARD, (args, kwargs), what="running forward")[0]
 
     forward = __call__
-
-    # What scripts read off a Transformers model before calling it (``inputs.to(model.device)``).
-    @property
-    def device(self) -> torch.device:
-        """Where the handle takes and returns tensors: the CPU (the workers move them to their devices)."""
-        return torch.device("cpu")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the weights in the workers."""
-        from ..assembly import resolve_dtype
-
-        return resolve_dtype(self.spec["dtype"], self.config)
-
-    def eval(self) -> "TPModel":
-        """No-op, for scripts written for a Transformers model: the workers' model is always in eval mode."""
-        return self
 
     def save_pretrained(self, save_directory, **kwargs) -> None:
         """Write the unsplit checkpoint to ``save_directory`` (written by the tp-rank-0 worker, so the

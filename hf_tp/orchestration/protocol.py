@@ -4,11 +4,15 @@ Transport: one multiprocessing.connection per worker, over a Unix socket in a pr
 temporary folder, with a random authentication key handed to the worker on its stdin. Only
 processes that know the key can connect, so nothing from another user or host is unpickled.
 
-Driver -> worker: (call_id, op, payload bytes) with op in LOAD, GENERATE, FORWARD, MEMORY, SAVE, SHUTDOWN.
+Driver -> worker: (call_id, op, payload bytes) with op in LOAD, GENERATE, FORWARD, MEMORY, SAVE, SHUTDOWN,
+                  or CANCEL (payload None: stop serving call ``call_id`` at the next decode step; sent when
+                  the user interrupts the driver). A reader thread in the worker takes every message as it
+                  arrives, so CANCEL and SHUTDOWN are seen while a request is being served.
                   The payload is pickled on its own (``pack``), so that an argument the worker cannot
                   rebuild (a class defined in the user's __main__) fails that one call, not the worker.
-Worker -> driver: (OK, value) | (ERROR, type_name, message, traceback) | (STREAM, tokens)
+Worker -> driver: (OK, value) | (ERROR, type_name, message, traceback) | (STREAM, tokens) | (CANCELLED,)
                   | (HEARTBEAT, heartbeat_time, progress_time, compiling_since (None when not compiling)).
+                  Every message but HEARTBEAT ends with the id of the call it answers.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import torch
 from ..errors import CheckpointError, PolicyError, ShardingError, WorkerError
 
 LOAD, GENERATE, FORWARD, MEMORY, SAVE, SHUTDOWN = "load", "generate", "forward", "memory", "save", "shutdown"
-OK, ERROR, STREAM, HEARTBEAT = "ok", "error", "stream", "heartbeat"
+CANCEL = "cancel"
+OK, ERROR, STREAM, HEARTBEAT, CANCELLED = "ok", "error", "stream", "heartbeat", "cancelled"
 STREAMER = "<driver streamer>"  # stands in for a streamer object, which stays in the driver
 
 _KNOWN = {cls.__name__: cls for cls in (ShardingError, PolicyError, CheckpointError, WorkerError)}

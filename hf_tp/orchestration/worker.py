@@ -9,28 +9,22 @@ driver's connection closes, or when the driver process disappears, so it never o
 from __future__ import annotations
 
 import os
+import queue
+import signal
 import sys
 import threading
 import time
 import traceback
 from multiprocessing.connection import Client
 
+from ..faults import FAULT_ENV, fault_seconds, injected_fault  # noqa: F401 (FAULT_ENV: the tests' name)
+
 HEARTBEAT_INTERVAL_S = 0.5
 
-# Fault injection for the orchestrator's own tests: HF_TP_FAULT_INJECT="RANK:OP:KIND" makes that
-# rank, on that request, raise (KIND=raise), hang forever (hang), die (exit), or spend
-# $HF_TP_FAULT_SECONDS inside torch.compile's own start/end hooks, as a long compile does (compile).
-# Unset in normal use.
-FAULT_ENV = "HF_TP_FAULT_INJECT"
-
-
 def _inject_fault(rank: int, op: str) -> None:
-    spec = os.environ.get(FAULT_ENV, "")
-    if not spec:
-        return
-    fault_rank, fault_op, kind = spec.split(":")
-    if int(fault_rank) != rank or fault_op != op:
-        return
+    """Test hook (hf_tp/faults.py): raise, hang forever, die, or spend $HF_TP_FAULT_SECONDS inside
+    torch.compile's own start/end hooks, as a long compile does. Unset in normal use."""
+    kind = injected_fault(rank, op)
     if kind == "raise":
         raise RuntimeError(f"injected fault on tp rank {rank} during {op}")
     if kind == "hang":
@@ -41,8 +35,7 @@ def _inject_fault(rank: int, op: str) -> None:
         from torch._dynamo.callback import CallbackTrigger, callback_handler
 
         with callback_handler.install_callbacks(CallbackTrigger.DYNAMO, "hf_tp-injected"):
-            time.sleep(float(os.environ.get("HF_TP_FAULT_SECONDS", "10")))
-
+            time.sleep(fault_seconds())
 
 
 _CACHE_KEYS = ("cache", "past_key_values")  # the name in Transformers >= 5.2x, and before
@@ -90,6 +83,10 @@ class Worker:
         self.model = None
         self.driver_pid = os.getppid()
         self.compiling_since: float | None = None
+        # Every call id up to this one was cancelled by the driver (ids only grow). Written by the reader
+        # thread, read at each decode step by the serving thread: a plain int, atomic under the GIL.
+        self.cancelled_through = 0
+        self.requests: queue.Queue = queue.Queue()  # filled by the reader thread, served in order
 
     def _watch_compiles(self) -> None:
         """The first generate of a shape compiles the decode step (a minute or more for a large model,
@@ -132,6 +129,32 @@ class Worker:
                 os._exit(3)
             time.sleep(HEARTBEAT_INTERVAL_S)
 
+    def _read(self) -> None:
+        """Take every message off the connection as it arrives: CANCEL and SHUTDOWN must be seen while
+        the serving thread is busy in a generate. Requests queue up for the serving thread."""
+        from .protocol import CANCEL, SHUTDOWN, recv
+
+        while True:
+            try:
+                call_id, op, data = recv(self.conn)
+            except (EOFError, OSError):
+                self.requests.put(None)  # the driver closed the connection: nothing left to serve
+                return
+            if op == CANCEL:
+                self.cancelled_through = max(self.cancelled_through, call_id)
+                continue
+            if op == SHUTDOWN:  # whatever is still running stops at its next step
+                self.cancelled_through = max(self.cancelled_through, call_id - 1)
+            self.requests.put((call_id, op, data))
+
+    def check_cancel(self) -> None:
+        """At a decode step: every rank stops here, together, when the driver cancelled this call on any
+        rank (hf_tp/orchestration/cancel.py says why they must agree)."""
+        from .cancel import GenerationCancelled, agree_to_stop
+
+        if agree_to_stop(self.call_id <= self.cancelled_through, self.model.hf_tp):
+            raise GenerationCancelled(f"call {self.call_id} was cancelled by the driver")
+
     def load(self, spec: dict):
         import torch
 
@@ -166,10 +189,17 @@ class Worker:
         user_streamer = kwargs.pop("streamer", None) == STREAMER
         if _generation_value(self.model, kwargs, "num_beams", 1) == 1 or user_streamer:
             # Called once per decode step outside any compiled region: the watchdog's progress mark,
-            # and on rank 0 the channel to the driver's streamer. generate() refuses streamers with beam
-            # search: ours stays out of it then, unless the user passed one, which is refused as in
-            # Transformers (on every rank alike).
+            # the point where a cancelled call stops, and on rank 0 the channel to the driver's
+            # streamer. generate() refuses streamers with beam search: ours stays out of it then, unless
+            # the user passed one, which is refused as in Transformers (on every rank alike).
             kwargs["streamer"] = _StepStreamer(self, forward=user_streamer and self.rank == 0)
+        else:  # beam search: a stopping criterion is the per-step hook that stays (see cancel.py)
+            from transformers import StoppingCriteriaList
+
+            from .cancel import CancelCriterion
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []),
+                                                                CancelCriterion(self.check_cancel)])
         # The returned cache tells memory() what the KV cache of this call took; the user gets the
         # output type they asked for.
         wants_dict = bool(_generation_value(self.model, kwargs, "return_dict_in_generate", False))
@@ -217,17 +247,19 @@ class Worker:
         return memory_report(self.model, self.rank, self.model.hf_tp.device, self.kv_cache_bytes)
 
     def serve(self) -> None:
-        from .protocol import ERROR, FORWARD, GENERATE, LOAD, MEMORY, OK, SAVE, SHUTDOWN, recv, unpack
+        from .cancel import GenerationCancelled
+        from .protocol import CANCELLED, ERROR, FORWARD, GENERATE, LOAD, MEMORY, OK, SAVE, SHUTDOWN, unpack
 
         threading.Thread(target=self._heartbeat, daemon=True, name="hf_tp-heartbeat").start()
+        threading.Thread(target=self._read, daemon=True, name="hf_tp-reader").start()
         self._watch_compiles()  # after the first heartbeat: importing torch._dynamo takes seconds on a busy host
         handlers = {LOAD: self.load, GENERATE: self.generate, FORWARD: self.forward, MEMORY: self.memory,
                     SAVE: self.save}
         while True:
-            try:
-                self.call_id, op, data = recv(self.conn)
-            except (EOFError, OSError):
-                return  # the driver closed the connection: nothing left to serve
+            request = self.requests.get()
+            if request is None:
+                return
+            self.call_id, op, data = request
             if op == SHUTDOWN:
                 self.send((OK, None))
                 return
@@ -235,6 +267,9 @@ class Worker:
             try:
                 _inject_fault(self.rank, op)
                 result = handlers[op](unpack(data, op))
+            except GenerationCancelled:  # every rank left at the same step; the driver has moved on
+                self.send((CANCELLED,))
+                continue
             except Exception as exc:  # reported to the driver, which raises it as its own kind
                 self.send((ERROR, type(exc).__name__, str(exc), traceback.format_exc()))
                 continue
@@ -253,6 +288,7 @@ class _StepStreamer:
         from .protocol import STREAM
 
         self.worker.progress_time = time.time()
+        self.worker.check_cancel()
         if self.forward:
             self.worker.send((STREAM, ("put", value.detach().to("cpu"))))
 
@@ -264,6 +300,10 @@ class _StepStreamer:
 
 
 def main() -> int:
+    # The driver starts us in our own session, so a terminal's Ctrl-C never reaches us; ignoring SIGINT
+    # as well keeps a signal sent to a whole process group from killing a rank in the middle of a
+    # collective. Interrupting is the driver's job: it cancels the call on every rank (cancel.py).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     address, rank = sys.argv[1], int(sys.argv[2])
     authkey = bytes.fromhex(sys.stdin.readline().strip())
     worker = Worker(address, rank, authkey)
