@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,9 +52,22 @@ def run_one(system, mode, tp, args, checkpoint, out_file) -> str | None:
         proc.communicate()
         return f"timed out after {args.timeout} s"
     if proc.returncode != 0:
-        lines = output.strip().splitlines()
-        return lines[-1][:300] if lines else f"exit {proc.returncode}"
+        return failure_line(output) or f"exit {proc.returncode}"
     return None
+
+
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt|Exit)\b.*")
+
+
+def failure_line(output: str) -> str | None:
+    """The line that says why a run failed: the last Python exception a rank raised (torchrun's own
+    ChildFailedError summary, which ends its output, says only that a rank failed), else the last line."""
+    # torchrun may prefix a rank's lines with "[rank0]:"
+    lines = [re.sub(r"^\[rank\d+\]:\s*", "", line.strip()) for line in output.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line) and "ChildFailedError" not in line:
+            return line[:300]
+    return lines[-1][:300] if lines else None
 
 
 TABLE_HEAD = f"{'system':<16}{'mode':<9}{'tp':>3}{'batch':>6}{'decode tok/s':>14}{'ttft s':>9}{'load s':>8}{'peak GiB':>10}"
