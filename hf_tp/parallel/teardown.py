@@ -55,9 +55,13 @@ def release_graphs() -> int:
 def _bounded(fn, timeout_s: float) -> bool:
     """Run ``fn`` in a daemon thread; True if it returned (or raised) within ``timeout_s``."""
     done = threading.Event()
+    # The current CUDA device is per thread: the helper thread must run NCCL on this rank's GPU.
+    device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
     def run():
         try:
+            if device is not None:
+                torch.cuda.set_device(device)
             fn()
         except Exception as exc:  # noqa: BLE001 - reported; the caller only needs to know it ended
             logger.debug("hf_tp: teardown step raised %s: %s", type(exc).__name__, exc)
