@@ -383,7 +383,10 @@ class TPModel(TransformersSurface):
                 rank = min(errors)
                 raise self._fail(rank, f"raised {errors[rank][0]}: {errors[rank][1]} alone, leaving tp ranks {pending} "
                                        "waiting in a collective", what)
-            self._check_alive(what, start, timeout_s, pending)
+            # Once a rank has reported an error, its peers waiting in a collective are the lone-error case
+            # above (reported with that error at first_error_at + timeout_s), not idle ranks: otherwise a peer
+            # that received the call a moment before the error arrived would be blamed first, by timing luck.
+            self._check_alive(what, start, timeout_s, [] if errors else pending)
         if errors:
             rank = min(errors)
             type_name, message, trace = errors[rank]
