@@ -23,6 +23,7 @@ graphs (that is what the CPU tests check against Transformers' generate).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections import OrderedDict
@@ -301,7 +302,7 @@ class _Session:
         stream = torch.cuda.Stream() if on_cuda else None
         if on_cuda:
             stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream) if on_cuda else _no_context():
+        with torch.cuda.stream(stream) if on_cuda else contextlib.nullcontext():
             for _ in range(steps):
                 if compiled:
                     try:
@@ -324,14 +325,6 @@ class _Session:
         with torch.cuda.graph(graph):
             self._decode_step(self.decoder.compiled_forward)
         self.graphs[self.do_sample] = graph
-
-
-class _no_context:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class StaticDecoder:

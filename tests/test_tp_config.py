@@ -1,0 +1,51 @@
+"""hf_tp.TPConfig: device defaults, the documented environment overrides (read in resolve() only), and
+clear errors for bad values. Pure: no process group."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import hf_tp
+from hf_tp.config import DEFAULT_WORKER_ENV
+
+
+def test_defaults_resolve_per_device():
+    cpu, cuda1, cuda2 = (hf_tp.TPConfig().resolve(d, t, environ={}) for d, t in (("cpu", 2), ("cuda", 1), ("cuda", 2)))
+    assert (cpu.fast_decode, cpu.fuse) == (False, False)  # nothing to capture; fused copies would double RSS
+    assert (cuda1.fast_decode, cuda1.fuse) == (True, True)
+    assert (cuda2.fast_decode, cuda2.fuse) == (False, True)  # opt-in at tp > 1 until the 2-GPU run
+    assert cpu.load_threads == min(4, os.cpu_count() or 1) and cpu.worker_env == DEFAULT_WORKER_ENV
+    # Explicit values stay; resolving twice changes nothing.
+    explicit = hf_tp.TPConfig(fast_decode=True, fuse=False, load_threads=3).resolve("cuda", 2, environ={})
+    assert (explicit.fast_decode, explicit.fuse, explicit.load_threads) == (True, False, 3)
+    assert explicit.resolve("cuda", 2, environ={}) == explicit
+
+
+def test_environment_overrides_are_read_by_resolve():
+    environ = {"HF_TP_FAST_DECODE": "1", "HF_TP_FUSE": "0", "HF_TP_ALLREDUCE": "one_shot", "HF_TP_LOAD_CHUNK_MB": "2.5",
+               "HF_TP_LOAD_BUFFERS": "2", "HF_TP_REDUCE_FP32": ""}  # empty: not set
+    config = hf_tp.TPConfig(fast_decode=False, fuse=True).resolve("cpu", 2, environ=environ)
+    assert (config.fast_decode, config.fuse, config.allreduce) == (True, False, "one_shot")
+    assert (config.load_chunk_mb, config.load_buffers, config.reduce_fp32) == (2.5, 2, True)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: hf_tp.TPConfig(allreduce="ring"), "allreduce='ring'"),
+    (lambda: hf_tp.TPConfig(load_threads=0), "load_threads=0"),
+    (lambda: hf_tp.TPConfig().resolve("cpu", 2, environ={"HF_TP_FUSE": "yes"}), r"\$HF_TP_FUSE='yes'.*0 or 1"),
+    (lambda: hf_tp.TPConfig().resolve("cpu", 2, environ={"HF_TP_LOAD_THREADS": "many"}), "HF_TP_LOAD_THREADS"),
+])
+def test_bad_values_say_what_is_wrong(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_tp_config_needs_a_split_model(tmp_path):
+    with pytest.raises(ValueError, match="tp_config applies to tensor-parallel models"):
+        hf_tp.AutoModelForCausalLM.from_pretrained(str(tmp_path), tp_size=1, tp_config=hf_tp.TPConfig())
+    from hf_tp.assembly import resolve_tp_config
+
+    with pytest.raises(TypeError, match="must be an hf_tp.TPConfig"):
+        resolve_tp_config({"fuse": True}, "cpu", 2)
