@@ -1,4 +1,4 @@
-"""Figures the README quotes about the single-controller handle on CPU, measured on the demo model
+"""Figures docs/handle.md and docs/api.md quote about the single-controller handle on CPU, measured on the demo model
 (SmolLM2-135M-Instruct, fp32) at tp 2: each rank's resident memory next to the checkpoint's size,
 sampling with one seed run to run and against Transformers, and how soon the call after a Ctrl-C starts.
 

@@ -1,4 +1,4 @@
-"""Paths no other test ran (found with the coverage run, README "Tests and coverage"): tp_size None or 1
+"""Paths no other test ran (found with the coverage run, docs/testing.md "Tests and coverage"): tp_size None or 1
 is plain Transformers (SPEC 2), and the checkpoint errors raised in the calling process before any
 worker starts. One process, no process group."""
 
