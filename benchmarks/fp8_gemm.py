@@ -121,8 +121,7 @@ SKINNY_GRID = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=ns)
     dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=4), dict(BLOCK_N=32, BLOCK_K=128, num_warps=2, num_stages=4)]
 
 
-def sweep(weights, log) -> list[dict]:
-    rows = []
+def sweep(weights, log, rows: list, save) -> None:
     for (tp, name, N, K), W in weights.items():
         for M, path, grid in ((1, "gemv", GEMV_GRID), (8, "skinny", SKINNY_GRID), (16, "skinny", SKINNY_GRID)):
             x = xs(M, K)
@@ -139,7 +138,7 @@ def sweep(weights, log) -> list[dict]:
                        TBs=round(W.bytes("block") / best[0] / 1e6, 2))
             rows.append(row)
             log(json.dumps(row))
-    return rows
+            save()
 
 
 def main():
@@ -208,8 +207,8 @@ def main():
             log("PREFILL " + json.dumps(tot))
             save()
     if args.sweep:
-        result["sweep"] = sweep(weights, log)
-        save()
+        result["sweep"] = []
+        sweep(weights, log, result["sweep"], save)
     log("done")
 
 
