@@ -115,10 +115,12 @@ def check(W: Weights, x) -> float:
 
 
 GEMV_GRID = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=3)
-             for bn, bk, nw in itertools.product((8, 16, 32), (256, 512, 1024), (4, 8))]
+             for bn, bk, nw in itertools.product((4, 8, 16), (512, 1024, 2048), (4, 8))]
 SKINNY_GRID = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=ns)
-               for bn, bk, ns in itertools.product((16, 32, 64), (64, 128), (3, 5))] + [
-    dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=4), dict(BLOCK_N=32, BLOCK_K=128, num_warps=2, num_stages=4)]
+               for bn, bk, ns in itertools.product((32, 64, 128), (64, 128), (3, 5))]
+PREFILL_CONFIGS = {"skinny_bm64": (64, dict(BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=4)),
+                   "skinny_bm128": (128, dict(BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4)),
+                   "skinny_bm128_k128": (128, dict(BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3))}
 
 
 def sweep(weights, log, rows: list, save) -> None:
@@ -192,16 +194,31 @@ def main():
             log("LAYER " + json.dumps(layer))
     save()
     if args.prefill:
+        # tp-1 widths, one layer's four GEMMs summed. skinny_bmX: the tl.dot kernel with X rows per program
+        # (M rounded up to X); dequant: fp8_triton's dequantize kernel + cuBLAS; scaled_mm_rowwise: for
+        # reference only, per-channel scales and per-token FP8 activations (other numerics than weight-only).
         result["prefill"] = []
         for M in (128, 512, 2048, 4096):
-            tot = dict(M=M, bf16_us=0.0, skinny_us=0.0, dequant_us=0.0)
+            tot = dict(M=M, bf16_us=0.0, dequant_us=0.0, scaled_mm_rowwise_us=0.0, **{k + "_us": 0.0 for k in PREFILL_CONFIGS})
             for name, N, K in shapes(1):
                 W = weights[(1, name, N, K)]
                 x = xs(M, K)
+                pairs = list(zip(W.fp8[:2], W.block[:2]))
                 tot["bf16_us"] += gtime([lambda w=w: F.linear(x, w) for w in W.bf16[:2]], reps=2, n=5)
-                for path in ("skinny", "dequant"):
-                    tot[f"{path}_us"] += gtime([lambda w=w, s=s: ft.launch(x, w, s, 128, 0, None, path=path)
-                                                for w, s in zip(W.fp8[:2], W.block[:2])], reps=2, n=5)
+                tot["dequant_us"] += gtime([lambda w=w, s=s: ft.launch(x, w, s, 128, 0, None, path="dequant")
+                                            for w, s in pairs], reps=2, n=5)
+                for key, (bm, cfg) in PREFILL_CONFIGS.items():
+                    cfg = dict(cfg, BLOCK_M=bm)
+                    tot[key + "_us"] += gtime([lambda w=w, s=s: ft.launch(x, w, s, 128, 0, None, config=cfg, path="skinny")
+                                               for w, s in pairs], reps=2, n=5)
+                sb = [c.reshape(1, -1) for c in W.channel[:2]]
+
+                def smm(w, sbw):
+                    sa = x.abs().amax(1, keepdim=True).float().clamp(min=1e-12) / 448
+                    return torch._scaled_mm((x / sa).to(torch.float8_e4m3fn), w.t(), scale_a=sa, scale_b=sbw,
+                                            out_dtype=torch.bfloat16)
+                tot["scaled_mm_rowwise_us"] += gtime([lambda w=w, sbw=sbw: smm(w, sbw) for w, sbw in zip(W.fp8[:2], sb)],
+                                                     reps=2, n=5)
             tot = {k: round(v, 1) for k, v in tot.items()}
             result["prefill"].append(tot)
             log("PREFILL " + json.dumps(tot))
