@@ -7,7 +7,7 @@ as a model's 32 layers do: one matrix replayed alone would be read from L2 and l
   python benchmarks/fp8_gemm.py --out results.json [--sweep] [--prefill]
 
 --sweep   also times each decode GEMM over a grid of kernel configs (BLOCK_N, BLOCK_K, warps, stages) and
-          records the best per shape: how fp8_triton.GEMV_CONFIG / SKINNY_CONFIG were chosen.
+          records the best per shape: how fp8_triton.gemv_config / skinny_config were chosen.
 --prefill also times M = 128 .. 4096 (tp-1 widths): bf16 vs the tl.dot kernel vs dequantize + cuBLAS, which
           sets fp8_triton.DOT_MAX_M.
 TB/s = weight bytes (FP8 + fp32 scales, or bf16) / GPU time.

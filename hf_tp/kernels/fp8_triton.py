@@ -8,8 +8,13 @@ Two kernels, one launcher:
   is read once at full width and multiplied into a per-thread fp32 accumulator, reduced once at the end.
   Block scales are applied per K-group: the tile is loaded as (BLOCK_N, NSUB, SUBK) where SUBK = group_k, so a
   group's scale is one (BLOCK_N, NSUB) load per step instead of one gather per element.
-- ``_skinny`` (M >= 2): tl.dot on bf16/fp16 operands (the FP8 values convert exactly), fp32 accumulate,
-  BLOCK_M rows of x at a time. Block scales multiply the per-step partial product (one group per step).
+- ``_skinny`` (2 <= M <= DOT_MAX_M): tl.dot on bf16/fp16 operands (the FP8 values convert exactly), fp32
+  accumulate, 16 rows of x per program. Block scales multiply the per-step partial product (one group per step).
+- ``_dequant`` (prefill, M > DOT_MAX_M): one pass writing W in x's dtype, then cuBLAS.
+
+A variant of each (16-byte vectors summed in-thread before scaling in ``_gemv``; W @ x^T with the weight as the
+register operand in ``_skinny``) measured slower on the H200 (2026-12-02: 98 vs 86 us and 152 vs 127 us per
+8B layer at M = 1 and 8) and was dropped.
 
 Scale handling is chosen per call from (group_k, k_offset, K) — see ``scale_mode``:
   0  one group spans all of K (per-channel / per-tensor): scale applied once, in the epilogue;
@@ -29,52 +34,50 @@ import triton.language as tl
 @triton.jit
 def _gemv(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, N, K, G, group_k, k_offset, stride_wn, stride_sn,
           MODE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-          BLOCK_N: tl.constexpr, NSUB: tl.constexpr, SUBK: tl.constexpr, VEC: tl.constexpr):
-    # The tile is (BLOCK_N, NSUB, SUBK // VEC, VEC): VEC = 16 FP8 values are one 16-byte load held by one thread,
-    # so the sum over the last axis is in-thread adds, and a group's scale multiplies that partial sum once
-    # instead of every element (the kernel is bound by instructions per byte, not only by bytes).
-    NV: tl.constexpr = SUBK // VEC
-    BLOCK_K: tl.constexpr = NSUB * SUBK
+          BLOCK_N: tl.constexpr, NSUB: tl.constexpr, SUBK: tl.constexpr):
     pid_n = tl.program_id(0)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rj = tl.arange(0, NSUB)
-    kk = (rj[:, None, None] * SUBK + tl.arange(0, NV)[None, :, None] * VEC
-          + tl.arange(0, VEC)[None, None, :])  # (NSUB, NV, VEC): column within the step
+    rc = tl.arange(0, SUBK)
+    BLOCK_K: tl.constexpr = NSUB * SUBK
+    kk = rj[:, None] * SUBK + rc[None, :]  # (NSUB, SUBK): column within the step
     n_ok = rn < N
-    w_rows = w_ptr + rn[:, None, None, None].to(tl.int64) * stride_wn
-    s_row = s_ptr + rn.to(tl.int64) * stride_sn
-    acc = tl.zeros((BLOCK_N, NSUB, NV), dtype=tl.float32)
+    w_rows = w_ptr + rn[:, None, None].to(tl.int64) * stride_wn
+    acc = tl.zeros((BLOCK_N, NSUB, SUBK), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + kk
         if EVEN_K:
             xv = tl.load(x_ptr + cols).to(tl.float32)
             if EVEN_N:
-                w = tl.load(w_rows + cols[None, :, :, :])
+                w = tl.load(w_rows + cols[None, :, :])
             else:
-                w = tl.load(w_rows + cols[None, :, :, :], mask=n_ok[:, None, None, None], other=0.0)
+                w = tl.load(w_rows + cols[None, :, :], mask=n_ok[:, None, None], other=0.0)
         else:
             k_ok = cols < K
             xv = tl.load(x_ptr + cols, mask=k_ok, other=0.0).to(tl.float32)
-            w = tl.load(w_rows + cols[None, :, :, :], mask=n_ok[:, None, None, None] & k_ok[None, :, :, :],
-                        other=0.0)
-        prod = w.to(tl.float32) * xv[None, :, :, :]
-        if MODE == 2:
+            w = tl.load(w_rows + cols[None, :, :], mask=n_ok[:, None, None] & k_ok[None, :, :], other=0.0)
+        prod = w.to(tl.float32) * xv[None, :, :]
+        if MODE == 0:
+            acc += prod
+        elif MODE == 1:
+            # step = NSUB whole groups; group of sub-block j = (k0 + k_offset) // group_k + j
+            g = (k0 + k_offset) // group_k + rj
+            s = tl.load(s_ptr + rn[:, None].to(tl.int64) * stride_sn + g[None, :],
+                        mask=n_ok[:, None] & (g[None, :] < G), other=0.0)
+            acc += prod * s[:, :, None]
+        else:
             # NSUB == 1 and SUBK <= group_k: the step holds at most two groups, split at column `edge`
             g0 = (k0 + k_offset) // group_k
             edge = (g0 + 1) * group_k - k_offset - k0
+            g1 = tl.minimum(g0 + 1, G - 1)
+            s_row = s_ptr + rn.to(tl.int64) * stride_sn
             s0 = tl.load(s_row + g0, mask=n_ok, other=0.0)
-            s1 = tl.load(s_row + tl.minimum(g0 + 1, G - 1), mask=n_ok, other=0.0)
-            prod = prod * tl.where(kk[None, :, :, :] < edge, s0[:, None, None, None], s1[:, None, None, None])
-        part = tl.sum(prod, axis=3)
-        if MODE == 1:
-            # the step is NSUB whole groups (or lies inside one): group of sub-block j = (k0 + k_offset) // group_k + j
-            g = (k0 + k_offset) // group_k + rj
-            s = tl.load(s_row[:, None] + g[None, :], mask=n_ok[:, None] & (g[None, :] < G), other=0.0)
-            part = part * s[:, :, None]
-        acc += part
+            s1 = tl.load(s_row + g1, mask=n_ok, other=0.0)
+            s = tl.where(kk[None, :, :] < edge, s0[:, None, None], s1[:, None, None])
+            acc += prod * s
     out = tl.sum(tl.sum(acc, axis=2), axis=1)
     if MODE == 0:
-        out = out * tl.load(s_row, mask=n_ok, other=0.0)
+        out = out * tl.load(s_ptr + rn.to(tl.int64) * stride_sn, mask=n_ok, other=0.0)
     if HAS_BIAS:
         out += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
     tl.store(o_ptr + rn, out.to(o_ptr.dtype.element_ty), mask=n_ok)
@@ -85,9 +88,7 @@ def _skinny(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset,
             stride_xm, stride_wn, stride_sn, stride_om,
             MODE: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    # Computes out^T = W @ x^T: the dequantized weight tile is the dot's first operand, which Hopper's wgmma
-    # takes from registers (converted there, never staged through shared memory), and a few rows of x are its
-    # narrow second operand (BLOCK_M down to 16): the "swap A and B" form of a skinny GEMM.
+    # program order: GROUP_M row-blocks share a weight tile while it is in L2 (prefill); decode has one row-block
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -102,39 +103,39 @@ def _skinny(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset,
     rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
     n_ok = rn < N
-    x_cols = x_ptr + rm[None, :].to(tl.int64) * stride_xm
+    x_rows = x_ptr + rm[:, None].to(tl.int64) * stride_xm
     w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_wn
     s_row = s_ptr + rn.to(tl.int64) * stride_sn
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + rk
         if EVEN_K:
-            xt = tl.load(x_cols + cols[:, None], mask=m_ok[None, :], other=0.0)
+            xv = tl.load(x_rows + cols[None, :], mask=m_ok[:, None], other=0.0)
             w = tl.load(w_rows + cols[None, :], mask=n_ok[:, None], other=0.0)
         else:
             k_ok = cols < K
-            xt = tl.load(x_cols + cols[:, None], mask=m_ok[None, :] & k_ok[:, None], other=0.0)
+            xv = tl.load(x_rows + cols[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_rows + cols[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        if MODE == 0:
-            wd = w.to(xt.dtype)
-        else:
-            # W = w * s rounded to x's dtype, as the reference; a step lies in one group (MODE 1) or two (MODE 2)
+        if MODE == 2:
             g0 = (k0 + k_offset) // group_k
+            edge = (g0 + 1) * group_k - k_offset - k0
             s0 = tl.load(s_row + g0, mask=n_ok, other=0.0)
-            if MODE == 1:
-                s = s0[:, None]
-            else:
-                edge = (g0 + 1) * group_k - k_offset - k0
-                s1 = tl.load(s_row + tl.minimum(g0 + 1, G - 1), mask=n_ok, other=0.0)
-                s = tl.where(rk[None, :] < edge, s0[:, None], s1[:, None])
-            wd = (w.to(tl.float32) * s).to(xt.dtype)
-        acc += tl.dot(wd, xt)
+            s1 = tl.load(s_row + tl.minimum(g0 + 1, G - 1), mask=n_ok, other=0.0)
+            s = tl.where(rk[None, :] < edge, s0[:, None], s1[:, None])
+            # the reference rounds W = w * s to x's dtype before the product: so does this mode
+            wd = (w.to(tl.float32) * s).to(xv.dtype)
+            acc += tl.dot(xv, tl.trans(wd))
+        elif MODE == 1:
+            s = tl.load(s_row + (k0 + k_offset) // group_k, mask=n_ok, other=0.0)
+            acc += tl.dot(xv, tl.trans(w.to(xv.dtype))) * s[None, :]
+        else:
+            acc += tl.dot(xv, tl.trans(w.to(xv.dtype)))
     if MODE == 0:
-        acc = acc * tl.load(s_row, mask=n_ok, other=0.0)[:, None]
+        acc = acc * tl.load(s_row, mask=n_ok, other=0.0)[None, :]
     if HAS_BIAS:
-        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-    o = o_ptr + rm[None, :].to(tl.int64) * stride_om + rn[:, None]
-    tl.store(o, acc.to(o_ptr.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
+        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    o = o_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :]
+    tl.store(o, acc.to(o_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -170,21 +171,27 @@ def scale_mode(G: int, group_k: int, k_offset: int, step: int) -> int:
     return 2
 
 
-# Decode configs, measured on one H200 (benchmarks/fp8_gemm.py --sweep, benchmarks/RESULTS.md 2026-12-02).
+# Configs: the fastest of benchmarks/fp8_gemm.py --sweep on one H200 for each of the Llama-3-8B decode GEMMs at
+# tp-1 and tp-2 widths (benchmarks/RESULTS.md, 2026-12-02); the rules below reproduce each shape's winner.
 def gemv_config(N: int, K: int) -> dict:
-    return dict(BLOCK_N=8, BLOCK_K=1024 if K != 4096 or N <= 4096 else 512, num_warps=4, num_stages=3)
+    # narrow row blocks (more programs in flight) win everywhere; long steps where N is small
+    return dict(BLOCK_N=8, BLOCK_K=512 if N > 4096 else 1024, num_warps=8 if N <= 3072 else 4, num_stages=3)
 
 
-SKINNY_CONFIG = {16: dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4),
-                 32: dict(BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4),
-                 64: dict(BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=4),
-                 128: dict(BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4)}
-# Above this many rows the launcher dequantizes once per call and hands the product to cuBLAS (prefill).
-DOT_MAX_M = 256
+def skinny_config(N: int, K: int) -> dict:
+    if N >= 8192:
+        return dict(BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=3)
+    if N > 4096:
+        return dict(BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=5)
+    return dict(BLOCK_N=16, BLOCK_K=128, num_warps=2, num_stages=4)
 
 
-def _block_m(M: int) -> int:
-    return 16 if M <= 16 else 32 if M <= 32 else 64 if M <= 64 else 128
+# Rows per tl.dot program. Above DOT_MAX_M rows the launcher dequantizes the weight (one Triton pass) and
+# calls cuBLAS: at M = 128 that measured 337 us per 8B layer against 673 us for this kernel with 128-row tiles
+# (and 144 us for bf16: prefill is slower than bf16, see docs/fp8-kernel.md). At M = 16 this kernel took 128 us
+# and the dequantize pass alone costs about 190 us (337 - 144); the crossover in between was not measured.
+BLOCK_M = 16
+DOT_MAX_M = 64
 
 
 def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
@@ -223,11 +230,11 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
         grid = (triton.cdiv(N, cfg["BLOCK_N"]),)
         _gemv[grid](x2, weight, scale, b, out, N, K, G, group_k, k_offset, weight.stride(0), scale.stride(0),
                     MODE=mode, HAS_BIAS=bias is not None, EVEN_N=N % cfg["BLOCK_N"] == 0,
-                    EVEN_K=K % (nsub * subk) == 0, BLOCK_N=cfg["BLOCK_N"], NSUB=nsub, SUBK=subk, VEC=16,
+                    EVEN_K=K % (nsub * subk) == 0, BLOCK_N=cfg["BLOCK_N"], NSUB=nsub, SUBK=subk,
                     num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return out
-    cfg = dict(SKINNY_CONFIG[_block_m(M)], **(config or {}))
-    block_m = cfg.pop("BLOCK_M", _block_m(M))
+    cfg = dict(skinny_config(N, K), **(config or {}))
+    block_m = cfg.pop("BLOCK_M", BLOCK_M)
     block_k = min(cfg["BLOCK_K"], max(16, triton.next_power_of_2(K)))
     if G > 1:
         block_k = min(block_k, _pow2_at_most(group_k))
