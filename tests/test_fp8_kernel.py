@@ -118,7 +118,8 @@ def test_triton_kernels_in_interpreter():
         import triton  # noqa: F401
     except ImportError:
         pytest.skip("Triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
     proc = subprocess.run([sys.executable, "-c", _INTERPRET_SCRIPT, str(ROOT / "tests"), json.dumps(_INTERPRET_CASES)],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
