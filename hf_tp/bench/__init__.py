@@ -138,7 +138,9 @@ def run_bench(args) -> int:
         checkpoint = Path(args.model)
     else:
         root = Path(args.checkpoint_dir or Path(tempfile.gettempdir()) / "hf_tp_bench")
-        checkpoint = write_random_checkpoint(args.shape, root / f"{args.shape}-{args.dtype}", dtype=getattr(__import__("torch"), args.dtype))
+        suffix = "" if args.weights == "bf16" else f"-{args.weights}"
+        checkpoint = write_random_checkpoint(args.shape, root / f"{args.shape}-{args.dtype}{suffix}",
+                                             dtype=getattr(__import__("torch"), args.dtype), weights=args.weights)
     rows: list[dict] = []
     # Each row is printed (and the JSON rewritten) as soon as it is measured: a system that hangs or
     # fails later cannot take the rows already measured with it. The whole table is printed at the end.
@@ -166,6 +168,10 @@ def run_bench(args) -> int:
 def add_arguments(parser) -> None:
     parser.add_argument("--shape", default="llama3-8b", help="named random-weight shape (see hf_tp.bench.shapes)")
     parser.add_argument("--model", help="a real checkpoint folder instead of a random shape")
+    parser.add_argument("--weights", default="bf16", choices=("bf16", "fp8-block", "fp8-channel"),
+                        help="how the random checkpoint stores the decoder layers' linear weights: in --dtype, or FP8 "
+                             "with 128 x 128 block scales (Transformers/DeepSeek format) or per-channel scales "
+                             "(compressed-tensors); see hf_tp.bench.shapes.quantize_fp8")
     parser.add_argument("--tp-size", type=int, default=2)
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--prompt-len", type=int, default=128)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import torch
@@ -22,6 +24,46 @@ SHAPES = {
 }
 
 
+# How the decoder layers' linear weights are stored (``hf-tp bench --weights``). Embeddings, norms and the LM
+# head stay in the model dtype in every format, as in the published FP8 checkpoints.
+WEIGHT_FORMATS = ("bf16", "fp8-block", "fp8-channel")
+FP8_BLOCK = 128
+_QUANTIZED = re.compile(r"^model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$")
+# config.json's quantization_config of each FP8 format, as Transformers / compressed-tensors write it.
+QUANTIZATION_CONFIGS = {
+    "fp8-block": {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
+                  "weight_block_size": [FP8_BLOCK, FP8_BLOCK]},
+    "fp8-channel": {
+        "quant_method": "compressed-tensors", "format": "float-quantized", "quantization_status": "compressed",
+        "config_groups": {"group_0": {
+            "targets": ["Linear"], "format": "float-quantized",
+            "weights": {"num_bits": 8, "type": "float", "strategy": "channel", "dynamic": False, "symmetric": True},
+            "input_activations": {"num_bits": 8, "type": "float", "strategy": "token", "dynamic": True,
+                                  "symmetric": True}}},
+        "ignore": ["lm_head"]},
+}
+
+
+def quantize_fp8(name: str, w: torch.Tensor, weights: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The checkpoint tensors for one weight ``w`` (float32) in format ``weights``:
+    fp8-block   ``weight`` float8_e4m3fn (N, K) and ``weight_scale_inv`` float32 (ceil(N/128), ceil(K/128)), one
+                scale per 128 x 128 block (amax / 448), W = weight * scale block by block;
+    fp8-channel ``weight`` float8_e4m3fn and ``weight_scale`` (N, 1) in the model dtype (compressed-tensors)."""
+    fp8 = torch.float8_e4m3fn
+    fp8_max = torch.finfo(fp8).max
+    if weights == "fp8-channel":
+        scale = (w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / fp8_max).to(dtype)
+        q = (w / scale.float()).clamp(-fp8_max, fp8_max).to(fp8)
+        return {name: q, name[:-len("weight")] + "weight_scale": scale}
+    n, k = w.shape
+    rows, cols = math.ceil(n / FP8_BLOCK), math.ceil(k / FP8_BLOCK)
+    padded = torch.nn.functional.pad(w, (0, cols * FP8_BLOCK - k, 0, rows * FP8_BLOCK - n))
+    blocks = padded.reshape(rows, FP8_BLOCK, cols, FP8_BLOCK)
+    scale = blocks.abs().amax(dim=(1, 3)).clamp(min=1e-12) / fp8_max  # (rows, cols)
+    q = (blocks / scale[:, None, :, None]).reshape(rows * FP8_BLOCK, cols * FP8_BLOCK)[:n, :k]
+    return {name: q.clamp(-fp8_max, fp8_max).to(fp8), name + "_scale_inv": scale.float()}
+
+
 def shape_config(shape: str, dtype: torch.dtype):
     from transformers import LlamaConfig
 
@@ -31,12 +73,16 @@ def shape_config(shape: str, dtype: torch.dtype):
 
 
 def write_random_checkpoint(shape: str, folder: Path, dtype: torch.dtype = torch.bfloat16,
-                            shard_bytes: int = 4 * 2**30) -> Path:
+                            shard_bytes: int = 4 * 2**30, weights: str = "bf16") -> Path:
     """Write a sharded safetensors checkpoint of ``shape`` with N(0, 0.02) weights, once.
 
     Tensors are drawn one at a time (on the GPU when there is one) and written shard by shard,
-    so host memory stays near one shard, whatever the model size.
+    so host memory stays near one shard, whatever the model size. ``weights`` (WEIGHT_FORMATS) stores the
+    decoder layers' linear weights as drawn ("bf16": in ``dtype``) or quantized to FP8 (``quantize_fp8``),
+    with the config's quantization_config; the same seed draws the same weights in every format.
     """
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"unknown weight format {weights!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
     from safetensors.torch import save_file
 
     from ..parallelize import build_skeleton
@@ -64,13 +110,23 @@ def write_random_checkpoint(shape: str, folder: Path, dtype: torch.dtype = torch
         if name.endswith("norm.weight") or param.dim() == 1:
             tensor = torch.ones(param.shape, dtype=dtype)
         else:
-            tensor = (torch.randn(param.shape, generator=generator, device=device, dtype=torch.float32) * 0.02).to(dtype).cpu()
+            tensor = torch.randn(param.shape, generator=generator, device=device, dtype=torch.float32) * 0.02
+            if weights != "bf16" and _QUANTIZED.match(name):
+                for key, part in quantize_fp8(name, tensor, weights, dtype).items():
+                    shard[key] = part.cpu()
+                    shard_size += part.numel() * part.element_size()
+                continue
+            tensor = tensor.to(dtype).cpu()
         shard[name] = tensor
         shard_size += tensor.numel() * tensor.element_size()
         if shard_size >= shard_bytes:
             flush()
     flush()
     config.save_pretrained(folder)
+    if weights != "bf16":
+        saved = json.loads((folder / "config.json").read_text())
+        saved["quantization_config"] = QUANTIZATION_CONFIGS[weights]
+        (folder / "config.json").write_text(json.dumps(saved, indent=2))
     total = sum((folder / f).stat().st_size for f in set(weight_map.values()))
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
     return folder

@@ -39,3 +39,86 @@ def fp8_linear_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Ten
                          k_offset: int, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ W^T (+ bias) with W dequantized to x's dtype first: what a kernel must match."""
     return F.linear(x, dequantize(weight, scale, group_k, k_offset, x.dtype), bias)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The FP8-weight GEMM: a Triton kernel on CUDA with compute capability 8.9+ (hf_tp/kernels/fp8_triton.py), the
+# reference elsewhere. It is a torch custom op, so that Inductor keeps it as one opaque call inside the compiled
+# decode step and the CUDA graph captures its launch.
+
+_AVAILABLE: dict[int, bool] = {}
+
+
+def fp8_kernel_available(device) -> bool:
+    """Whether ``fp8_linear`` runs the Triton kernel on ``device``: CUDA, compute capability >= 8.9 (FP8
+    conversions in hardware), Triton importable. Decided once per device; the loader keeps weights FP8 only when
+    this holds, and dequantizes them at load otherwise."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _AVAILABLE:
+        ok = torch.cuda.get_device_capability(index) >= (8, 9)
+        if ok:
+            try:
+                from hf_tp.kernels import fp8_triton  # noqa: F401
+            except Exception:  # Triton missing or broken: the reference path still works
+                ok = False
+        _AVAILABLE[index] = ok
+    return _AVAILABLE[index]
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
+           bias: torch.Tensor | None) -> None:
+    if weight.dim() != 2 or scale.dim() != 2 or scale.shape[0] != weight.shape[0]:
+        raise ValueError(f"fp8_linear: weight must be (N, K) and scale (N, G); got {tuple(weight.shape)} and "
+                         f"{tuple(scale.shape)}")
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"fp8_linear: x has {x.shape[-1]} features but the weight has K = {weight.shape[1]}")
+    if group_k <= 0 or k_offset < 0:
+        raise ValueError(f"fp8_linear: group_k must be > 0 and k_offset >= 0; got {group_k}, {k_offset}")
+    need = (weight.shape[1] - 1 + k_offset) // group_k + 1
+    if scale.shape[1] < need:
+        raise ValueError(f"fp8_linear: scale has {scale.shape[1]} groups per row, the weight needs {need} "
+                         f"(K = {weight.shape[1]}, group_k = {group_k}, k_offset = {k_offset})")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"fp8_linear: bias must be ({weight.shape[0]},); got {tuple(bias.shape)}")
+
+
+def _use_kernel(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int) -> bool:
+    return (x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == torch.float8_e4m3fn
+            and fp8_kernel_available(x.device) and weight.stride(1) == 1
+            # a K-step of tl.dot is at least 16 columns, and must not span more than two scale groups
+            and (scale.shape[1] == 1 or group_k >= 16))
+
+
+@torch.library.custom_op("hf_tp::fp8_linear", mutates_args=())
+def _fp8_linear_op(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
+                   bias: torch.Tensor | None) -> torch.Tensor:
+    if not _use_kernel(x, weight, scale, group_k):
+        return fp8_linear_reference(x, weight, scale, group_k, k_offset, bias)
+    from hf_tp.kernels import fp8_triton
+
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.numel() == 0:
+        return x.new_empty(*x.shape[:-1], weight.shape[0])
+    out = fp8_triton.launch(x2.contiguous(), weight, scale.float().contiguous(), group_k, k_offset,
+                            None if bias is None else bias.contiguous())
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+@_fp8_linear_op.register_fake
+def _(x, weight, scale, group_k, k_offset, bias):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ W^T (+ bias) with W in the canonical FP8 form, output in x's dtype.
+
+    On CUDA with compute capability >= 8.9 (``fp8_kernel_available``) and bf16/fp16 x, a Triton kernel reads the
+    FP8 weight once (half the bytes of bf16), applies the scales per K-group in fp32 and accumulates in fp32;
+    above ``fp8_triton.DOT_MAX_M`` rows (prefill) it dequantizes once and calls cuBLAS. Elsewhere it is
+    ``fp8_linear_reference``. Works under torch.compile and CUDA-graph capture (a custom op)."""
+    _check(x, weight, scale, group_k, k_offset, bias)
+    return _fp8_linear_op(x, weight, scale, int(group_k), int(k_offset), bias)

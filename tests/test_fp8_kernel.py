@@ -1,0 +1,191 @@
+"""fp8_linear (hf_tp/kernels/fp8.py, Triton in fp8_triton.py) against the float32 reference, on every scale
+layout of the canonical form: 128-column block groups starting on or inside a block (k_offset != 0), and one
+group per row (per-channel).
+
+- CPU: the reference/fallback path (what CPU and pre-8.9 GPUs run), the custom op under torch.compile, the
+  input checks, and the Triton kernels themselves in Triton's interpreter (TRITON_INTERPRET=1) on tiny shapes.
+- GPU (marker ``gpu``): the compiled kernels at real widths, M in {1, 3, 16, 40} and the prefill path (200), then
+  inside torch.compile and a CUDA graph, as hf_tp's decode loop runs them.
+
+Tolerance: bf16 output of an fp32-accumulated product: relative L2 error against float32 under 5e-3 (bf16's
+rounding alone gives about 1.5e-3; a wrong scale group or a dropped K-step gives > 1e-1).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_tp.kernels.fp8 import fp8_kernel_available, fp8_linear, fp8_linear_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = 5e-3
+
+
+def make(M, N, K, group_k, k_offset, dtype=torch.bfloat16, bias=True, device="cpu", seed=0):
+    """Random canonical FP8 weight (every fp8 value range used), scales, x and bias."""
+    g = torch.Generator().manual_seed(seed)
+    G = (K - 1 + k_offset) // group_k + 1
+    w = (torch.randn(N, K, generator=g) * 2).to(torch.float8_e4m3fn)
+    s = torch.rand(N, G, generator=g) * 0.02 + 0.001
+    x = torch.randn(M, K, generator=g).to(dtype)
+    b = torch.randn(N, generator=g).to(dtype) if bias else None
+    return [t.to(device) if t is not None else None for t in (x, w, s, b)]
+
+
+def rel_err(out, x, w, s, group_k, k_offset, b):
+    ref = fp8_linear_reference(x.float(), w, s, group_k, k_offset, None if b is None else b.float())
+    assert out.shape == ref.shape and out.dtype == x.dtype
+    assert torch.isfinite(out).all()
+    return ((out.float() - ref).norm() / ref.norm()).item()
+
+
+# ------------------------------------------------------------------------------------------------ CPU
+
+def test_cpu_path_is_the_reference():
+    assert not fp8_kernel_available("cpu")
+    for group_k, k_offset, K in ((128, 0, 300), (128, 77, 300), (300, 0, 300)):
+        x, w, s, b = make(3, 40, K, group_k, k_offset)
+        torch.testing.assert_close(fp8_linear(x, w, s, group_k, k_offset, b),
+                                   fp8_linear_reference(x, w, s, group_k, k_offset, b), rtol=0, atol=0)
+        assert rel_err(fp8_linear(x, w, s, group_k, k_offset, b), x, w, s, group_k, k_offset, b) < 1e-2
+
+
+def test_cpu_custom_op_compiles():
+    x, w, s, b = make(2, 24, 256, 128, 64)
+    fn = torch.compile(lambda t: fp8_linear(t, w, s, 128, 64, b), fullgraph=True)
+    x3 = x.reshape(1, 2, 256)
+    torch.testing.assert_close(fn(x3), fp8_linear_reference(x3, w, s, 128, 64, b), rtol=0, atol=0)
+
+
+def test_bad_input_raises():
+    x, w, s, b = make(2, 24, 256, 128, 0)
+    with pytest.raises(ValueError, match="features"):
+        fp8_linear(x[:, :100], w, s, 128, 0)
+    with pytest.raises(ValueError, match="groups per row"):
+        fp8_linear(x, w, s[:, :1], 128, 0)  # two groups needed
+    with pytest.raises(ValueError, match="groups per row"):
+        fp8_linear(x, w, s, 128, 64)  # the offset pushes the last columns into a third group
+    with pytest.raises(ValueError, match="bias"):
+        fp8_linear(x, w, s, 128, 0, b[:3])
+
+
+_INTERPRET_SCRIPT = r"""
+import json, sys, torch
+from hf_tp.kernels import fp8_triton as ft
+from hf_tp.kernels.fp8 import fp8_linear_reference
+sys.path.insert(0, sys.argv[1])
+from test_fp8_kernel import make, rel_err
+cases = json.loads(sys.argv[2])
+errs = []
+for M, N, K, group_k, k_offset, path, dtype, config in cases:
+    x, w, s, b = make(M, N, K, group_k, k_offset, dtype=getattr(torch, dtype))
+    out = ft.launch(x, w, s, group_k, k_offset, b, config=config, path=path)
+    errs.append(rel_err(out, x, w, s, group_k, k_offset, b))
+print(json.dumps(errs))
+"""
+
+# (M, N, K, group_k, k_offset, path, dtype, config): each scale mode of each kernel, N and K tails included.
+_INTERPRET_CASES = [
+    (1, 16, 64, 64, 0, "gemv", "bfloat16", None),                       # per-channel: scale in the epilogue
+    (1, 16, 64, 16, 0, "gemv", "bfloat16", {"BLOCK_K": 32}),            # two whole groups per step
+    (1, 16, 128, 32, 16, "gemv", "bfloat16", {"BLOCK_K": 64}),          # offset: half-group steps
+    (1, 20, 48, 16, 5, "gemv", "bfloat16", {"BLOCK_K": 32}),            # offset inside a group, tails
+    (3, 16, 64, 64, 0, "skinny", "float16", {"BLOCK_N": 16, "BLOCK_K": 32}),
+    (3, 16, 64, 16, 0, "skinny", "float16", {"BLOCK_N": 16, "BLOCK_K": 32}),
+    (17, 20, 48, 16, 5, "skinny", "float16", {"BLOCK_N": 16, "BLOCK_K": 32}),
+    (5, 20, 48, 16, 5, "dequant", "bfloat16", None),
+    # the shipped configs (fp8_triton.gemv_config / skinny_config), several row blocks of 16 in the tl.dot kernel
+    (1, 20, 4096, 128, 0, "gemv", "bfloat16", None),
+    (1, 20, 1392, 128, 37, "gemv", "bfloat16", None),
+    (1, 20, 576, 576, 0, "gemv", "bfloat16", None),
+    (40, 20, 256, 128, 64, "skinny", "float16", None),
+    (40, 20, 200, 128, 37, "skinny", "float16", None),
+]
+
+
+def test_triton_kernels_in_interpreter():
+    """The Triton kernels themselves, run by Triton's CPU interpreter.
+
+    The tl.dot kernel runs here with fp16 activations only: the interpreter of triton 3.9 computes bf16 tl.dot
+    wrongly on CPU (a plain 16x16 bf16 tl.dot differed from torch by 3e10), so its bf16 form is checked on the
+    GPU only (test_kernel_matches_reference)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pytest.skip("Triton is not installed")
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
+    proc = subprocess.run([sys.executable, "-c", _INTERPRET_SCRIPT, str(ROOT / "tests"), json.dumps(_INTERPRET_CASES)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    errs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(e < TOL for e in errs), list(zip(_INTERPRET_CASES, errs))
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+
+needs_fp8_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and fp8_kernel_available("cuda")),
+                                   reason="needs a CUDA GPU with compute capability >= 8.9 and Triton")
+
+# (N, K, group_k, k_offset): block FP8 on and off the block grid (a tp slice starting inside a block), the 8B
+# shape's o_proj width, and per-channel (one group spanning K), with N and K tails.
+GPU_SHAPES = [(1024, 4096, 128, 0), (3072, 2048, 128, 64), (1000, 1392, 128, 37), (768, 4096, 4096, 0),
+              (576, 576, 576, 0)]
+
+
+@pytest.mark.gpu
+@needs_fp8_gpu
+@pytest.mark.parametrize("M", [1, 3, 16, 40, 200])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_kernel_matches_reference(M, shape):
+    N, K, group_k, k_offset = shape
+    x, w, s, b = make(M, N, K, group_k, k_offset, device="cuda", seed=M + N)
+    assert rel_err(fp8_linear(x, w, s, group_k, k_offset, b), x, w, s, group_k, k_offset, b) < TOL
+
+
+@pytest.mark.gpu
+@needs_fp8_gpu
+@pytest.mark.parametrize("M", [1, 16, 200])
+def test_kernel_fp16_and_no_bias(M):
+    """fp16 activations (output in fp16), and no bias, on the block layout that starts inside a block."""
+    for dtype, bias in ((torch.float16, True), (torch.bfloat16, False)):
+        x, w, s, b = make(M, 1000, 1392, 128, 37, dtype=dtype, bias=bias, device="cuda", seed=M)
+        assert rel_err(fp8_linear(x, w, s, 128, 37, b), x, w, s, 128, 37, b) < TOL, (dtype, bias)
+
+
+@pytest.mark.gpu
+@needs_fp8_gpu
+def test_compiled_and_graph_captured():
+    """Inside torch.compile (Inductor, fullgraph) and a captured CUDA graph, replayed on new inputs."""
+    x, w, s, b = make(4, 6144, 4096, 128, 0, device="cuda")
+    w2, s2 = make(4, 4096, 6144, 128, 0, device="cuda", seed=1)[1:3]
+
+    def step(t):
+        return fp8_linear(torch.nn.functional.silu(fp8_linear(t, w, s, 128, 0, b)), w2, s2, 128, 0)
+
+    def ref(t):
+        h = fp8_linear_reference(t.float(), w, s, 128, 0, b.float()).to(t.dtype)
+        return fp8_linear_reference(torch.nn.functional.silu(h).float(), w2, s2, 128, 0)
+
+    for M in (1, 4):
+        fn = torch.compile(step, fullgraph=True, dynamic=False)
+        static = x[:M].clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn(static)
+        for seed in (5, 6):
+            static.copy_(make(M, 1, 4096, 128, 0, device="cuda", seed=seed)[0])
+            graph.replay()
+            expect = ref(static)
+            assert ((out.float() - expect).norm() / expect.norm()).item() < 1e-2
