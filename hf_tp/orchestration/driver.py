@@ -72,13 +72,17 @@ class TPModel(TransformersSurface):
     pipelines and scripts read off a Transformers model is in TransformersSurface (surface.py); the
     handle's class is named after the architecture it serves (``LlamaForCausalLM``), as
     ``transformers.pipeline`` checks that name, and is a subclass of TPModel.
-    ``memory()`` and ``health()`` return one dict per rank. Use as a context manager or call
+    ``memory()`` and ``health()`` return one dict per rank. ``hf_tp_plan`` is the sharding plan the workers
+    split the model by (plain data: ``print(model.hf_tp_plan.describe())``), as on a launcher's model. Use as a context manager or call
     ``shutdown()``; workers also stop when this process exits, however it exits.
     """
 
     def __init__(self, spec: dict, config, generation_config, timeout_s: float = 30.0,
-                 startup_timeout_s: float = 900.0, auto_restart: bool = False):
+                 startup_timeout_s: float = 900.0, auto_restart: bool = False, plan=None):
         self.spec = spec
+        # Computed by the driver from the same config, policy and tp_size as every worker's (they plan again
+        # from the same inputs): plain data, so the handle answers without asking them.
+        self.hf_tp_plan = plan
         self.tp_size = spec["tp_size"]
         self.config, self.generation_config = config, generation_config
         self.timeout_s, self.startup_timeout_s, self.auto_restart = timeout_s, startup_timeout_s, auto_restart

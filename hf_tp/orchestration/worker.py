@@ -263,7 +263,9 @@ class Worker:
             request = self.requests.get()
             if request is None:
                 return
-            self.progress.new_call()  # before the id changes: a heartbeat never pairs it with the last call's count
+            # Reset before the id changes: a heartbeat may pair the old id with 0 (the driver ignores old ids),
+            # never the new id with the last call's count.
+            self.progress.new_call()
             self.call_id, op, data = request
             if op == SHUTDOWN:
                 self.send((OK, None))
