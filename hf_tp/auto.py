@@ -10,6 +10,7 @@ import warnings
 # Re-exported: older scripts and tests import the pipeline from here.
 from .assembly import load_parallel_model, resolve_config, resolve_tp_config  # noqa: F401 (re-exported)
 from .launch import init_spmd_group, launcher_world_size, resolve_device  # noqa: F401
+from .config import HANDLE_OPTIONS
 from .policies.plan import validate_tp_size
 
 logger = logging.getLogger("hf_tp")
@@ -72,11 +73,22 @@ class AutoModelForCausalLM:
         calls this and gets the Transformers model object with parallel layers. Otherwise hf_tp
         starts and supervises tp_size worker processes and returns an ``hf_tp.TPModel`` handle.
         ``tp_config``: an ``hf_tp.TPConfig`` (speed and numerics options), resolved here once.
+
+        Options of the single-controller handle (keywords; an error in the other modes, where no handle
+        supervises workers): ``timeout_s`` (default 30: a rank that finishes no decoder layer, decode step
+        or call for this long is taken for hung, and the call raises WorkerError), ``startup_timeout_s``
+        (default 900: loading, and each compile), ``auto_restart`` (False), ``max_memory_per_gpu`` (bytes),
+        ``kv_cache_tokens`` and ``collective_timeout_s`` (default 300: the process group's own timeout).
         """
         torch_dtype = hf_kwargs.pop("torch_dtype", None)  # Transformers' older name, still accepted there
         dtype = dtype if dtype is not None else torch_dtype
         if tp_size is not None:
             validate_tp_size(tp_size)
+        handle_options = [k for k in HANDLE_OPTIONS if k in hf_kwargs]
+        if handle_options and (tp_size is None or tp_size == 1 or launcher_world_size() is not None):
+            mode = "under a launcher" if tp_size not in (None, 1) else f"with tp_size={tp_size}"
+            raise ValueError(f"{', '.join(handle_options)} configure the single-controller handle (tp_size > 1 in a "
+                             f"plain process), but {mode} there is none. Drop {', '.join(handle_options)}.")
         if tp_size is None or tp_size == 1:
             import transformers
 

@@ -10,7 +10,24 @@ DESCRIPTION = "Tensor-parallel inference for Hugging Face Transformers causal LM
 EPILOG = "'hf-tp COMMAND --help' lists the options of a command."
 
 
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEFAULT_MAX_NEW_TOKENS = 128  # 32 cut the demo's answers mid-sentence
+
+
+def _check_generate_arguments(args) -> None:
+    """Everything that can be checked without the model, before any slow work (the demo model's first
+    conversion takes seconds): a wrong flag is reported at once. (--dtype is checked by argparse.)"""
+    from hf_tp.launch import resolve_device
+    from hf_tp.policies.plan import validate_tp_size
+
+    validate_tp_size(args.tp_size)
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    resolve_device(args.device)
+
+
 def _generate(args) -> int:
+    _check_generate_arguments(args)
     import torch
     from transformers import AutoTokenizer
 
@@ -48,6 +65,7 @@ def _info(args) -> int:
 
     import hf_tp
     from hf_tp.policies import supported_model_types
+    from hf_tp.policies.auto import auto_model_types
 
     print(f"hf_tp {hf_tp.__version__}  python {platform.python_version()}")
     print(f"torch {torch.__version__}  transformers {transformers.__version__}  safetensors {safetensors.__version__}")
@@ -55,8 +73,22 @@ def _info(args) -> int:
     for i in range(torch.cuda.device_count()):
         print(f"  cuda:{i} {torch.cuda.get_device_name(i)}")
     print(f"backends: nccl={dist.is_nccl_available()} gloo={dist.is_gloo_available()}")
-    print(f"policies: {', '.join(supported_model_types())}")
+    hand_written = supported_model_types()
+    print(f"policies: {', '.join(hand_written)}")
+    # Architectures without a hand-written policy whose Transformers config carries a base_model_tp_plan.
+    print(f"automatic policy (base_model_tp_plan; tested: granite, olmo2, starcoder2, the others unverified): "
+          f"{', '.join(auto_model_types())}")
     return 0
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, where it has a meaningful one (not None or a False flag)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _one_line(exc: BaseException) -> str:
@@ -76,13 +108,16 @@ def main(argv=None) -> int:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    gen = sub.add_parser("generate", parents=[debug], help="generate text at tp_size N (default model: the embedded SmolLM2-135M-Instruct)")
-    gen.add_argument("model", nargs="?", help="hub id or local folder (default: the embedded SmolLM2-135M-Instruct)")
-    gen.add_argument("--tp-size", type=int, default=2)
-    gen.add_argument("--prompt", default="What is the capital of France?")
-    gen.add_argument("--max-new-tokens", type=int, default=32)
+    gen = sub.add_parser("generate", parents=[debug], formatter_class=_DefaultsFormatter,
+                         help="generate text at tp_size N (default model: the embedded SmolLM2-135M-Instruct)")
+    gen.add_argument("model", nargs="?", help="hub id or local folder (default: the embedded SmolLM2-135M-Instruct, "
+                                              "converted once into $HF_TP_CACHE, default ~/.cache/hf_tp)")
+    gen.add_argument("--tp-size", type=int, default=2, help="number of processes (devices) the model is split over")
+    gen.add_argument("--prompt", default="What is the capital of France?", help="the user message")
+    gen.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                     help="at most this many tokens are generated (greedy); the answer may end earlier")
     gen.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    gen.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    gen.add_argument("--dtype", default="auto", choices=_DTYPES, help="weights' dtype; auto: the checkpoint's")
     gen.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
     gen.set_defaults(func=_generate)
     bench = sub.add_parser("bench", parents=[debug], help="hf_tp vs Transformers side by side: decode tok/s, load time, peak memory "

@@ -29,6 +29,13 @@ ENV_OVERRIDES = {
     "HF_TP_LOAD_BUFFERS": "load_buffers",
 }
 
+# Options of the single-controller handle (how its workers are supervised and sized), passed to
+# from_pretrained(..., tp_size=N, timeout_s=...) next to tp_config. They change neither speed nor numerics
+# and mean nothing under a launcher, so they are not TPConfig fields; TPConfig(timeout_s=...) says where
+# they go. hf_tp/orchestration takes them from here.
+HANDLE_OPTIONS = ("timeout_s", "startup_timeout_s", "auto_restart", "max_memory_per_gpu", "kv_cache_tokens",
+                  "collective_timeout_s")
+
 # NVLink multicast off: on shared hosts a program that uses it can take the host's GPUs out of service.
 DEFAULT_WORKER_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -47,6 +54,8 @@ class TPConfig:
       cuda_graphs: capture the loop's step in a CUDA graph (False: the loop runs eagerly; debugging).
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
+      On CPU neither graphs nor a compiled step exist: resolve() sets cuda_graphs=False and allreduce="gloo"
+      (the process group's own all-reduce), so ``model.hf_tp_config`` shows what runs there.
     Numerics:
       reduce_fp32: bf16/fp16 row-parallel partial sums all-reduced in fp32 and rounded once, as one GPU's GEMM
         rounds its fp32 accumulator once (twice the all-reduce bytes).
@@ -58,10 +67,14 @@ class TPConfig:
         them twice in resident memory.
       load_threads: tensors a rank reads at once. Default min(4, cores).
       pinned_load, load_chunk_mb, load_buffers: on CUDA, slices go through ``load_buffers`` pinned buffers of
-        ``load_chunk_mb`` MB (8 and 4: the fastest on the lent H100, 2026-11-25); False: plain copies.
+        ``load_chunk_mb`` MB (8 and 4: the fastest on the lent H100, 2026-11-25); False: plain copies. On CPU
+        there is no host-to-device copy: resolve() sets pinned_load=False.
     Processes:
       worker_env: environment every rank gets, in single-controller workers and (set if absent) under a
         launcher, so both modes run NCCL the same way. Default: NVLink multicast off.
+
+    Not here: ``timeout_s`` and the handle's other supervision options (HANDLE_OPTIONS) are arguments of
+    ``from_pretrained``; ``TPConfig(timeout_s=...)`` raises a TypeError that says so.
     """
 
     fast_decode: bool | None = None
@@ -77,9 +90,20 @@ class TPConfig:
     load_buffers: int = 4
     worker_env: dict = field(default_factory=lambda: dict(DEFAULT_WORKER_ENV))
 
+    def __new__(cls, *args, **kwargs):
+        misplaced = [name for name in HANDLE_OPTIONS if name in kwargs]
+        if misplaced:
+            given = ", ".join(f"{name}={kwargs[name]!r}" for name in misplaced)
+            raise TypeError(
+                f"TPConfig({given}): {', '.join(misplaced)} is an option of the single-controller handle, not of "
+                f"TPConfig (which holds speed and numerics options). Pass it to from_pretrained: "
+                f"hf_tp.AutoModelForCausalLM.from_pretrained(name, tp_size=2, {given}).")
+        return super().__new__(cls)
+
     def __post_init__(self):
-        if self.allreduce not in ("nccl", "one_shot"):
-            raise ValueError(f"TPConfig(allreduce={self.allreduce!r}): use 'nccl' or 'one_shot'.")
+        if self.allreduce not in ("nccl", "one_shot", "gloo"):
+            raise ValueError(f"TPConfig(allreduce={self.allreduce!r}): use 'nccl' or 'one_shot' "
+                             "('gloo' is what CPU models resolve to).")
         if self.load_threads is not None and self.load_threads < 1:
             raise ValueError(f"TPConfig(load_threads={self.load_threads}): needs at least 1.")
         if self.load_buffers < 1 or self.load_chunk_mb <= 0 or self.one_shot_max_kb < 0:
@@ -100,6 +124,11 @@ class TPConfig:
             filled["fuse"] = device_type == "cuda"
         if config.load_threads is None:
             filled["load_threads"] = min(4, os.cpu_count() or 1)
+        if device_type == "cpu":  # what applies there, whatever was asked for (no graph, no compiled step, no copy)
+            filled.update(cuda_graphs=False, allreduce="gloo", pinned_load=False)
+        elif config.allreduce == "gloo":
+            raise ValueError("TPConfig(allreduce='gloo') is what a CPU model resolves to; on CUDA use 'nccl' or "
+                             "'one_shot'.")
         return dataclasses.replace(config, **filled)
 
     def to_dict(self) -> dict:

@@ -3,7 +3,9 @@
 HF_TP_FAULT_INJECT="RANK:OP:KIND" makes tp rank RANK, at OP, do KIND. The orchestrator's workers know the
 ops of their requests (load, generate, forward, ...) and the kinds raise, hang, exit and compile (spend
 $HF_TP_FAULT_SECONDS inside torch.compile's own start/end hooks, as a long compile does); the decode loop
-knows op "compile" with kind "raise" (a compile that fails on one rank). The one place that reads it.
+knows op "compile" with kind "raise" (a compile that fails on one rank); the workers' progress marks know op
+"layer" with kind "slow" (sleep $HF_TP_FAULT_SECONDS before each decoder layer: a long forward that
+progresses). The one place that reads it.
 """
 
 from __future__ import annotations

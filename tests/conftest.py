@@ -128,6 +128,17 @@ def tiny_checkpoint(tmp_path):
     return make
 
 
+@pytest.fixture(scope="session")
+def demo_path() -> str:
+    """The demo model's safetensors folder (SmolLM2-135M-Instruct), converted from its GGUF here, once per
+    session, when $HF_TP_CACHE does not hold it yet: a test that uses the demo model gets the same thing on a
+    fresh machine as on one with a warm cache, and never meets the conversion's progress output in what it
+    reads (the conversion writes to this process's stderr, which pytest captures)."""
+    from hf_tp.demo import demo_model_path
+
+    return str(demo_model_path())
+
+
 # --------------------------------------------------------------------------------------------
 # run_ranks
 # --------------------------------------------------------------------------------------------

@@ -34,3 +34,49 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(capsys, argv):
         main(["--debug", *argv])
     with pytest.raises(ValueError):  # also accepted after the command
         main([*argv, "--debug"])
+
+
+def test_bad_arguments_fail_before_the_demo_model_is_converted(tmp_path, monkeypatch, capsys):
+    """Issue 20: --tp-size 0 used to convert the demo model first (seconds) and only then say that 0 is
+    invalid. With an empty cache, the error must come with the cache still empty: no conversion ran."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_TP_CACHE", str(cache))
+    for argv in (["generate", "--tp-size", "0", "--device", "cpu"],
+                 ["generate", "--max-new-tokens", "0", "--device", "cpu"],
+                 ["generate", "--device", "tpu"]):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("hf-tp generate: error: "), err
+        assert list(cache.iterdir()) == [], f"{argv} converted the demo model before checking its arguments"
+    with pytest.raises(SystemExit) as exit_:  # argparse's own check, also before any work
+        main(["generate", "--dtype", "float64"])
+    assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert list(cache.iterdir()) == []
+
+
+def test_generate_help_shows_the_defaults(capsys):
+    from hf_tp.cli import DEFAULT_MAX_NEW_TOKENS
+
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert f"(default: {DEFAULT_MAX_NEW_TOKENS})" in text and "(default: 2)" in text and "(default: auto)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text  # no meaningless defaults
+    assert DEFAULT_MAX_NEW_TOKENS >= 128  # 32 cut the demo's answers mid-sentence (issue 20)
+
+
+def test_info_lists_hand_written_and_automatic_policies(capsys):
+    from hf_tp.policies import supported_model_types
+    from hf_tp.policies.auto import auto_model_types
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split(":", 1)[0]: line for line in out.splitlines() if ":" in line}
+    assert all(t in lines["policies"] for t in supported_model_types())
+    auto = auto_model_types()
+    # The architectures tests/test_architectures.py checks through the automatic policy are among them.
+    assert {"granite", "starcoder2", "olmo2"} <= set(auto)
+    assert not set(auto) & set(supported_model_types())
+    line = next(line for line in out.splitlines() if line.startswith("automatic policy"))
+    assert all(t in line for t in auto), line

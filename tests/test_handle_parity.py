@@ -162,3 +162,23 @@ def test_kv_cache_arguments_are_refused_not_silently_dropped(pair):
     assert rel_err(model(IDS, use_cache=False).logits, ref(IDS).logits) <= 1e-5
     assert torch.equal(model.generate(IDS, max_new_tokens=2, use_cache=True, do_sample=False),
                        ref.generate(IDS, max_new_tokens=2, do_sample=False))
+
+
+def test_the_handle_has_the_sharding_plan_and_shows_its_cpu_config(pair):
+    """Issue 20: ``model.hf_tp_plan`` (the way to print the sharding plan) works on the handle, and is the plan
+    the workers split by: the parameter bytes it gives each rank are what that worker holds. ``repr`` and
+    ``hf_tp_config`` show what applies on CPU (no CUDA graphs, no pinned buffers, gloo's all-reduce)."""
+    import pickle
+
+    from hf_tp.orchestration.memory import shard_bytes
+
+    model, ref = pair
+    plan = model.hf_tp_plan
+    assert plan.tp_size == 2 and pickle.loads(pickle.dumps(plan)) == plan  # plain data
+    assert "q_proj" in plan.describe() and "heads" in plan.describe()
+    held = [m["weights_bytes"] for m in model.memory()]
+    assert held == [shard_bytes(ref, plan, rank, torch.float32) for rank in range(2)]
+    assert held[0] != held[1]  # the uneven split (6 q / 3 kv heads: 4 + 2, 2 + 1) is the plan's own
+    config = model.hf_tp_config
+    assert (config.cuda_graphs, config.pinned_load, config.allreduce) == (False, False, "gloo")
+    assert "allreduce='gloo'" in repr(model) and "cuda_graphs=False" in repr(model) and "nccl'" not in repr(model)

@@ -281,8 +281,9 @@ def test_lone_raise_or_hang_is_bounded(tiny_checkpoint, monkeypatch, fault):
                              r"leaving tp ranks \[0\] waiting in a collective", message), message
             assert "injected fault" in model.health()[1]["error"]
         else:
-            # The progress watchdog (rank 1 still sends heartbeats: only its progress stopped).
-            idle = re.search(r"tp rank [01] made no progress for (\d+) s", message)
+            # The progress watchdog (rank 1 still sends heartbeats: only its progress stopped). It names the rank
+            # that hung, not rank 0, which entered the forward pass and waits for rank 1 in its first collective.
+            idle = re.search(r"tp rank 1 made no progress for (\d+) s \(hung\? tp ranks \[0\] got further", message)
             assert idle and int(idle.group(1)) >= TIMEOUT_S, message
         # Neither watchdog fires before timeout_s: a slow peer gets that long (a lower bound, safe on a slow host).
         assert time.time() - start >= TIMEOUT_S
@@ -291,6 +292,32 @@ def test_lone_raise_or_hang_is_bounded(tiny_checkpoint, monkeypatch, fault):
             assert [h["alive"] for h in model.health()] == [True, True]
             assert not set(pids) & {h["pid"] for h in model.health()}
             assert model(torch.tensor([[3, 4, 5]])).logits.shape == (1, 3, 101)
+    finally:
+        model.shutdown()
+
+
+def test_long_forward_is_not_taken_for_a_hang(tiny_checkpoint, monkeypatch):
+    """Issue 20: a forward pass longer than timeout_s (a prefill of thousands of tokens on CPU) was stopped as a
+    hang ("made no progress"). Here rank 1 sleeps timeout_s / 2 before each of 4 decoder layers (fault
+    1:layer:slow), so one forward takes 2 x timeout_s while every layer finishes well within it, and rank 0
+    waits for rank 1 in every layer's collectives. The forward and a generate complete, equal to Transformers."""
+    path = tiny_checkpoint("llama", num_hidden_layers=4)
+    monkeypatch.setenv(FAULT_ENV, "1:layer:slow")
+    monkeypatch.setenv("HF_TP_FAULT_SECONDS", str(TIMEOUT_S / 2))
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    ref = load_reference(path)
+    with torch.no_grad():
+        want_logits = ref(ids).logits
+    want = ref.generate(ids, max_new_tokens=2, do_sample=False)
+    model = hf_tp.AutoModelForCausalLM.from_pretrained(path, tp_size=2, device="cpu", dtype=torch.float32,
+                                                       timeout_s=TIMEOUT_S)
+    try:
+        start = time.time()
+        got = _guarded(model, ids).logits
+        assert time.time() - start >= 2 * TIMEOUT_S  # the forward really outlived timeout_s (4 sleeps of timeout_s / 2)
+        assert rel_err(got, want_logits) <= 1e-5
+        assert torch.equal(_guarded(model.generate, ids, max_new_tokens=2, do_sample=False), want)
+        assert all(h["error"] is None for h in model.health())
     finally:
         model.shutdown()
 

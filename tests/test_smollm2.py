@@ -20,13 +20,6 @@ QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture(scope="module")
-def demo_path() -> str:
-    from hf_tp.demo import demo_model_path
-
-    return str(demo_model_path())  # converted from the GGUF once, then cached
-
-
-@pytest.fixture(scope="module")
 def prompts(demo_path) -> dict:
     from transformers import AutoTokenizer
 
@@ -92,7 +85,9 @@ def test_smollm2_matches_transformers(demo_path, prompts, reference, tp_size):
         assert "Paris" in answer, f"[rank {rank}] answer: {answer!r}"
 
 
-def test_cli_generate_answers_paris(tmp_path):
+def test_cli_generate_answers_paris(tmp_path, demo_path):
+    # demo_path: the demo model is converted (on a cold cache) before the command runs, which finds it in
+    # the same $HF_TP_CACHE; only stdout, which the conversion never writes to, is read.
     cmd = [sys.executable, "-m", "hf_tp.cli", "generate", "--tp-size", "2", "--device", "cpu", "--max-new-tokens", "12"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):

@@ -17,6 +17,12 @@ def test_defaults_resolve_per_device():
     assert (cuda1.fast_decode, cuda1.fuse) == (True, True)
     assert (cuda2.fast_decode, cuda2.fuse) == (False, True)  # opt-in at tp > 1 until the 2-GPU run
     assert cpu.load_threads == min(4, os.cpu_count() or 1) and cpu.worker_env == DEFAULT_WORKER_ENV
+    # What applies on CPU, not the CUDA options (issue 20: a CPU model showed allreduce='nccl', cuda_graphs=True).
+    assert (cpu.cuda_graphs, cpu.allreduce, cpu.pinned_load) == (False, "gloo", False)
+    assert (cuda2.cuda_graphs, cuda2.allreduce, cuda2.pinned_load) == (True, "nccl", True)
+    # Asked for or set by the environment, they still do not apply on CPU.
+    asked = hf_tp.TPConfig(cuda_graphs=True, allreduce="one_shot", pinned_load=True)
+    assert asked.resolve("cpu", 2, environ={"HF_TP_CUDA_GRAPHS": "1"}) == cpu
     # Explicit values stay; resolving twice changes nothing.
     explicit = hf_tp.TPConfig(fast_decode=True, fuse=False, load_threads=3).resolve("cuda", 2, environ={})
     assert (explicit.fast_decode, explicit.fuse, explicit.load_threads) == (True, False, 3)
@@ -26,7 +32,7 @@ def test_defaults_resolve_per_device():
 def test_environment_overrides_are_read_by_resolve():
     environ = {"HF_TP_FAST_DECODE": "1", "HF_TP_FUSE": "0", "HF_TP_ALLREDUCE": "one_shot", "HF_TP_LOAD_CHUNK_MB": "2.5",
                "HF_TP_LOAD_BUFFERS": "2", "HF_TP_REDUCE_FP32": ""}  # empty: not set
-    config = hf_tp.TPConfig(fast_decode=False, fuse=True).resolve("cpu", 2, environ=environ)
+    config = hf_tp.TPConfig(fast_decode=False, fuse=True).resolve("cuda", 2, environ=environ)
     assert (config.fast_decode, config.fuse, config.allreduce) == (True, False, "one_shot")
     assert (config.load_chunk_mb, config.load_buffers, config.reduce_fp32) == (2.5, 2, True)
 
@@ -34,6 +40,7 @@ def test_environment_overrides_are_read_by_resolve():
 @pytest.mark.parametrize("make, match", [
     (lambda: hf_tp.TPConfig(allreduce="ring"), "allreduce='ring'"),
     (lambda: hf_tp.TPConfig(load_threads=0), "load_threads=0"),
+    (lambda: hf_tp.TPConfig(allreduce="gloo").resolve("cuda", 2, environ={}), "what a CPU model resolves to"),
     (lambda: hf_tp.TPConfig().resolve("cpu", 2, environ={"HF_TP_FUSE": "yes"}), r"\$HF_TP_FUSE='yes'.*0 or 1"),
     (lambda: hf_tp.TPConfig().resolve("cpu", 2, environ={"HF_TP_LOAD_THREADS": "many"}), "HF_TP_LOAD_THREADS"),
 ])
@@ -49,3 +56,13 @@ def test_tp_config_needs_a_split_model(tmp_path):
 
     with pytest.raises(TypeError, match="must be an hf_tp.TPConfig"):
         resolve_tp_config({"fuse": True}, "cpu", 2)
+
+
+@pytest.mark.parametrize("option", ["timeout_s", "startup_timeout_s", "auto_restart"])
+def test_handle_options_are_from_pretrained_arguments(tmp_path, option):
+    """Issue 20: TPConfig(timeout_s=120) was a bare TypeError. It says where the option goes; and the option
+    is refused, clearly, where no handle exists to take it (tp_size 1: plain Transformers)."""
+    with pytest.raises(TypeError, match=rf"TPConfig\({option}=120\).*from_pretrained\(name, tp_size=2, {option}=120\)"):
+        hf_tp.TPConfig(**{option: 120})
+    with pytest.raises(ValueError, match=rf"{option} configure the single-controller handle.*tp_size=1"):
+        hf_tp.AutoModelForCausalLM.from_pretrained(str(tmp_path), tp_size=1, **{option: 120})

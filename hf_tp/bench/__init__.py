@@ -80,10 +80,6 @@ def format_row(r: dict) -> str:
             f"{r['ttft_s']:>9.3f}{r['load_s']:>8.2f}{r['peak_bytes_per_gpu'] / 2**30:>10.2f}")
 
 
-def format_table(rows: list[dict]) -> str:
-    return "\n".join([TABLE_HEAD, "-" * len(TABLE_HEAD)] + [format_row(r) for r in rows])
-
-
 def scaling_lines(rows: list[dict]) -> list[str]:
     """Scaling efficiency of hf_tp per mode and batch: tok/s(tp N) / (N x tok/s(tp 1)), same code."""
     by_key = {(r["mode"], r["tp_size"], r["batch"]): r["decode_tok_s"] for r in rows
@@ -98,11 +94,13 @@ def scaling_lines(rows: list[dict]) -> list[str]:
 
 
 def floor_lines(rows: list[dict]) -> list[str]:
-    """Each row's decode rate as a fraction of the bandwidth floor: (1/tp of the weights) read once per
-    step at the copy bandwidth measured on the same device."""
+    """Each GPU row's decode rate as a fraction of the bandwidth floor: (1/tp of the weights) read once per
+    step at the copy bandwidth measured on the same device. Not for CPU rows (the smoke run): there the
+    ranks share the host's cores and memory, and a fraction of a copy rate tells a reader nothing (the
+    figures stay in the JSON rows)."""
     lines = []
     for r in rows:
-        if "error" in r or "bandwidth_floor_tok_s" not in r:
+        if "error" in r or "bandwidth_floor_tok_s" not in r or r.get("device") == "cpu":
             continue
         lines.append(f"{r['system']} {r['mode']} tp {r['tp_size']} batch {r['batch']}: {r['floor_fraction']:.0%} of the "
                      f"bandwidth floor ({r['bandwidth_floor_tok_s']:.0f} tok/s at {r['copy_bandwidth_bytes_s'] / 1e12:.2f} "
@@ -143,8 +141,8 @@ def run_bench(args) -> int:
                                              dtype=getattr(__import__("torch"), args.dtype), weights=args.weights)
     rows: list[dict] = []
     # Each row is printed (and the JSON rewritten) as soon as it is measured: a system that hangs or
-    # fails later cannot take the rows already measured with it. The whole table is printed at the end.
-    print("rows as measured:\n" + TABLE_HEAD, flush=True)
+    # fails later cannot take the rows already measured with it. The table is printed once, row by row.
+    print("rows as measured:\n" + TABLE_HEAD + "\n" + "-" * len(TABLE_HEAD), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         out_file = Path(tmp) / "rows.jsonl"
         for system, mode, tp in plan_runs(args.tp_size, args.device, args.smoke, systems, args.modes.split(",")):
@@ -159,7 +157,6 @@ def run_bench(args) -> int:
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=1))
     print()
-    print(format_table(rows))
     for line in scaling_lines(rows) + floor_lines(rows) + load_lines(rows):
         print(line)
     return 1 if args.smoke and any("error" in r and r["system"] == "hf_tp" for r in rows) else 0

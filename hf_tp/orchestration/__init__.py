@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from ..config import HANDLE_OPTIONS
 from ..errors import ShardingError
 from .driver import TPModel
 from .surface import architecture_name
 
 __all__ = ["TPModel", "start_tp_model"]
 
-# Orchestrator options accepted by from_pretrained in single-controller mode.
-ORCHESTRATOR_KWARGS = ("timeout_s", "startup_timeout_s", "auto_restart", "max_memory_per_gpu", "kv_cache_tokens",
-                       "collective_timeout_s")
+# Orchestrator options accepted by from_pretrained in single-controller mode (listed in config.py, where
+# TPConfig refuses them with a message that points here).
+ORCHESTRATOR_KWARGS = HANDLE_OPTIONS
 
 
 def _plan_memory(name_or_path, tp_size, dtype, hf_kwargs, kv_cache_tokens: int | None):
@@ -40,7 +41,7 @@ def _plan_memory(name_or_path, tp_size, dtype, hf_kwargs, kv_cache_tokens: int |
         per_token = [2 * text.num_hidden_layers * h.num_kv * head_dim * (torch.finfo(torch_dtype).bits // 8) for h in heads]
     need = [shard_bytes(planned.skeleton, plan, r, torch_dtype) + (per_token[r] * kv_cache_tokens if per_token else 0)
             for r in range(tp_size)]
-    return config, generation_config, need, info
+    return config, generation_config, need, info, plan
 
 
 def start_tp_model(name_or_path, tp_size, dtype=None, device=None, tp_config=None, **kwargs) -> TPModel:
@@ -53,7 +54,7 @@ def start_tp_model(name_or_path, tp_size, dtype=None, device=None, tp_config=Non
         raise ValueError(f"tp_size={tp_size} needs {tp_size} GPUs but {torch.cuda.device_count()} are visible; "
                          f"use tp_size<={torch.cuda.device_count()} or device='cpu'.")
     kv_tokens = options.pop("kv_cache_tokens", None)
-    config, generation_config, need, info = _plan_memory(name_or_path, tp_size, dtype, kwargs, kv_tokens)
+    config, generation_config, need, info, plan = _plan_memory(name_or_path, tp_size, dtype, kwargs, kv_tokens)
     cap = options.pop("max_memory_per_gpu", None)
     if cap is not None and max(need) > cap:
         rank = need.index(max(need))
@@ -83,5 +84,5 @@ def start_tp_model(name_or_path, tp_size, dtype=None, device=None, tp_config=Non
     # Named like the model a plain from_pretrained returns: transformers.pipeline logs an error for a
     # model class it does not know, and special-cases a few by name.
     handle_class = type(architecture_name(config), (TPModel,), {"__module__": TPModel.__module__})
-    model = handle_class(spec, config, generation_config, **options)
+    model = handle_class(spec, config, generation_config, plan=plan, **options)
     return (model, info) if output_loading_info else model

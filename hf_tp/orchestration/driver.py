@@ -72,13 +72,17 @@ class TPModel(TransformersSurface):
     pipelines and scripts read off a Transformers model is in TransformersSurface (surface.py); the
     handle's class is named after the architecture it serves (``LlamaForCausalLM``), as
     ``transformers.pipeline`` checks that name, and is a subclass of TPModel.
-    ``memory()`` and ``health()`` return one dict per rank. Use as a context manager or call
+    ``memory()`` and ``health()`` return one dict per rank. ``hf_tp_plan`` is the sharding plan the workers
+    split the model by (plain data: ``print(model.hf_tp_plan.describe())``), as on a launcher's model. Use as a context manager or call
     ``shutdown()``; workers also stop when this process exits, however it exits.
     """
 
     def __init__(self, spec: dict, config, generation_config, timeout_s: float = 30.0,
-                 startup_timeout_s: float = 900.0, auto_restart: bool = False):
+                 startup_timeout_s: float = 900.0, auto_restart: bool = False, plan=None):
         self.spec = spec
+        # Computed by the driver from the same config, policy and tp_size as every worker's (they plan again
+        # from the same inputs): plain data, so the handle answers without asking them.
+        self.hf_tp_plan = plan
         self.tp_size = spec["tp_size"]
         self.config, self.generation_config = config, generation_config
         self.timeout_s, self.startup_timeout_s, self.auto_restart = timeout_s, startup_timeout_s, auto_restart
@@ -101,6 +105,7 @@ class TPModel(TransformersSurface):
         self._heartbeat = [time.time()] * self.tp_size
         self._progress = [time.time()] * self.tp_size
         self._compiling: list[float | None] = [None] * self.tp_size  # since when each rank compiles
+        self._marks: list[tuple[int, int]] = [(0, 0)] * self.tp_size  # (call id, progress marks in it): progress.py
         self._compile_seen = [0.0]  # when a heartbeat last said some rank was compiling
         self._errors: list[str | None] = [None] * self.tp_size
         # Per start: a receiver thread left over from before a restart must not feed the new queue.
@@ -174,7 +179,7 @@ class TPModel(TransformersSurface):
     def _receive(self, connections, messages: queue.Queue, stopped: threading.Event) -> None:
         conns = {conn: rank for rank, conn in enumerate(connections)}
         heartbeat, progress = self._heartbeat, self._progress  # this start's tables
-        compiling, compile_seen = self._compiling, self._compile_seen
+        compiling, compile_seen, marks = self._compiling, self._compile_seen, self._marks
         while conns and not stopped.is_set():
             try:
                 ready = wait(list(conns), timeout=0.2)
@@ -194,6 +199,7 @@ class TPModel(TransformersSurface):
                     continue
                 if message[0] == HEARTBEAT:
                     heartbeat[rank], progress[rank], compiling[rank] = message[1], message[2], message[3]
+                    marks[rank] = (message[4], message[5])
                     if compiling[rank] is not None:
                         compile_seen[0] = time.time()
                 else:
@@ -386,7 +392,7 @@ class TPModel(TransformersSurface):
             # Once a rank has reported an error, its peers waiting in a collective are the lone-error case
             # above (reported with that error at first_error_at + timeout_s), not idle ranks: otherwise a peer
             # that received the call a moment before the error arrived would be blamed first, by timing luck.
-            self._check_alive(what, start, timeout_s, [] if errors else pending)
+            self._check_alive(what, start, timeout_s, [] if errors else pending, call_id)
         if errors:
             rank = min(errors)
             type_name, message, trace = errors[rank]
@@ -397,7 +403,7 @@ class TPModel(TransformersSurface):
             raise streamer_error
         return results
 
-    def _check_alive(self, what: str, start: float, timeout_s: float, pending: list[int]) -> None:
+    def _check_alive(self, what: str, start: float, timeout_s: float, pending: list[int], call_id: int = 0) -> None:
         now = time.time()
         for rank, proc in enumerate(self._procs):
             code = proc.poll()
@@ -411,13 +417,24 @@ class TPModel(TransformersSurface):
             if since is not None and now - since > self.startup_timeout_s:
                 raise self._fail(rank, f"has been compiling for {now - since:.0f} s, longer than startup_timeout_s="
                                        f"{self.startup_timeout_s:g}", what)
-        for rank in pending:
-            # A rank compiling is working, and its peers may be waiting for it in a collective: while any
-            # rank compiles, and for timeout_s after, no rank counts as idle.
-            idle = now - max(self._progress[rank], start, self._compile_seen[0])
-            if idle > timeout_s:
-                raise self._fail(rank, f"made no progress for {idle:.0f} s (stuck in a collective: another rank "
-                                       "died, hung or raised alone?)", what)
+        # A rank finishing decoder layers (progress.py) is computing, however long the whole forward takes:
+        # idle means no layer, decode step or call finished for timeout_s. A rank compiling is working, and
+        # its peers may be waiting for it in a collective: while any rank compiles, and for timeout_s after,
+        # no rank counts as idle.
+        idle = {rank: now - max(self._progress[rank], start, self._compile_seen[0]) for rank in pending}
+        stuck = [rank for rank in pending if idle[rank] > timeout_s]
+        if stuck:
+            # The culprit is the rank furthest behind in this call: the others wait for it in a collective.
+            done = {rank: count if seen == call_id else 0 for rank, (seen, count) in enumerate(self._marks)}
+            rank = min(stuck, key=lambda r: (done[r], -idle[r]))
+            ahead = [r for r in pending if done[r] > done[rank]]
+            why = (f"hung? tp ranks {ahead} got further in this call ({done[ahead[0]]} vs {done[rank]} progress marks: "
+                   "call started, forward passes entered, decoder layers finished) and wait for it in a collective" if ahead else
+                   "stuck in a collective: another rank died, hung or raised alone?")
+            option = "timeout_s" if timeout_s == self.timeout_s else "startup_timeout_s"
+            raise self._fail(rank, f"made no progress for {idle[rank]:.0f} s ({why}; a call that is only slow "
+                                   f"finishes a decoder layer at least every {option}={timeout_s:g} s: if one layer "
+                                   f"can take longer, pass a larger from_pretrained(..., {option}=...))", what)
 
     def generate(self, *args, **kwargs):
         """Like ``transformers`` ``generate``: tensors in (any device), CPU tensors out. ``streamer``

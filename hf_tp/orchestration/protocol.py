@@ -11,8 +11,11 @@ Driver -> worker: (call_id, op, payload bytes) with op in LOAD, GENERATE, FORWAR
                   The payload is pickled on its own (``pack``), so that an argument the worker cannot
                   rebuild (a class defined in the user's __main__) fails that one call, not the worker.
 Worker -> driver: (OK, value) | (ERROR, type_name, message, traceback) | (STREAM, tokens) | (CANCELLED,)
-                  | (HEARTBEAT, heartbeat_time, progress_time, compiling_since (None when not compiling)).
-                  Every message but HEARTBEAT ends with the id of the call it answers.
+                  | (HEARTBEAT, heartbeat_time, progress_time, compiling_since (None when not compiling),
+                     call_id, marks (call started + forward passes entered + decoder layers finished, in call
+                     ``call_id``)).
+                  progress_time is when the rank last made one of those marks, or began or ended a decode
+                  step or a call (progress.py). Every message but HEARTBEAT ends with the id of the call it answers.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import traceback
 from multiprocessing.connection import Client
 
 from ..faults import FAULT_ENV, fault_seconds, injected_fault  # noqa: F401 (FAULT_ENV: the tests' name)
+from .progress import ProgressMarks
 
 HEARTBEAT_INTERVAL_S = 0.5
 
@@ -77,7 +78,7 @@ class Worker:
 
         send(self.conn, rank)  # connections are accepted in any order: say who we are first
         self.send_lock = threading.Lock()  # the heartbeat thread and the request loop share the socket
-        self.progress_time = time.time()
+        self.progress = ProgressMarks()  # per layer, per decode step, per call: read by the heartbeat
         self.kv_cache_bytes = 0
         self.call_id = 0
         self.model = None
@@ -102,7 +103,7 @@ class Worker:
 
         def ended(_args=None):
             self.compiling_since = None
-            self.progress_time = time.time()
+            self.progress.mark()
 
         on_compile_start(started)
         on_compile_end(ended)
@@ -124,7 +125,8 @@ class Worker:
             if os.getppid() != self.driver_pid:
                 os._exit(3)
             try:
-                self.send((HEARTBEAT, time.time(), self.progress_time, self.compiling_since))
+                self.send((HEARTBEAT, time.time(), self.progress.time, self.compiling_since, self.call_id,
+                           self.progress.count))
             except (OSError, EOFError):
                 os._exit(3)
             time.sleep(HEARTBEAT_INTERVAL_S)
@@ -172,6 +174,8 @@ class Worker:
         preflight(spec["need_bytes"][self.rank], tp.device, spec.get("max_memory_per_gpu"), self.rank)
         self.model = load_parallel_model(spec["name_or_path"], tp, dtype=spec["dtype"], tp_config=spec["tp_config"],
                                          **spec["hf_kwargs"])
+        # Each decoder layer marks progress: a forward longer than timeout_s is not taken for a hang.
+        self.progress.install(self.model, self.model.hf_tp_plan.modules, self.rank)
         return {"load_s": self.model.hf_tp_load_stats.seconds, "bytes_read": self.model.hf_tp_load_stats.bytes_read}
 
     def generate(self, payload):
@@ -259,13 +263,16 @@ class Worker:
             request = self.requests.get()
             if request is None:
                 return
+            # Reset before the id changes: a heartbeat may pair the old id with 0 (the driver ignores old ids),
+            # never the new id with the last call's count.
+            self.progress.new_call()
             self.call_id, op, data = request
             if op == SHUTDOWN:
                 self.send((OK, None))
                 return
-            self.progress_time = time.time()
             try:
                 _inject_fault(self.rank, op)
+                self.progress.reached()  # this rank started serving the call: its peers may wait for it from here
                 result = handlers[op](unpack(data, op))
             except GenerationCancelled:  # every rank left at the same step; the driver has moved on
                 self.send((CANCELLED,))
@@ -273,7 +280,7 @@ class Worker:
             except Exception as exc:  # reported to the driver, which raises it as its own kind
                 self.send((ERROR, type(exc).__name__, str(exc), traceback.format_exc()))
                 continue
-            self.progress_time = time.time()
+            self.progress.mark()
             self.send((OK, result))
 
 
@@ -287,7 +294,7 @@ class _StepStreamer:
     def put(self, value):
         from .protocol import STREAM
 
-        self.worker.progress_time = time.time()
+        self.worker.progress.mark()
         self.worker.check_cancel()
         if self.forward:
             self.worker.send((STREAM, ("put", value.detach().to("cpu"))))

@@ -62,3 +62,27 @@ def auto_policy(config) -> Policy | None:
         fused=fused,
         attention=attention,
     )
+
+
+def auto_model_types() -> list[str]:
+    """Causal-LM model types of the installed Transformers that the automatic policy serves: their config
+    class carries a ``base_model_tp_plan`` whose styles all translate, and no hand-written or registered
+    policy takes them first. Only granite, starcoder2 and olmo2 are checked against Transformers by the tests;
+    the others are translated the same way but unverified. Imports every config module: about 3 s."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from . import supported_model_types  # here: the registry's module imports this one
+
+    registered = set(supported_model_types())
+    served = []
+    for model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        if model_type in registered:
+            continue
+        try:
+            plan = getattr(CONFIG_MAPPING[model_type], "base_model_tp_plan", None)
+        except Exception:  # noqa: BLE001 - a config module that cannot be imported here serves nothing
+            continue
+        if isinstance(plan, dict) and plan and all(style in _STYLES for style in plan.values()):
+            served.append(model_type)
+    return sorted(served)
