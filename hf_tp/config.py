@@ -27,6 +27,7 @@ ENV_OVERRIDES = {
     "HF_TP_PINNED_LOAD": "pinned_load",
     "HF_TP_LOAD_CHUNK_MB": "load_chunk_mb",
     "HF_TP_LOAD_BUFFERS": "load_buffers",
+    "HF_TP_MOE_DECODE": "moe_decode",
 }
 
 # NVLink multicast off: on shared hosts a program that uses it can take the host's GPUs out of service.
@@ -45,6 +46,11 @@ class TPConfig:
         nothing to compile or capture (True runs the loop without graphs, as the tests do).
         Read at each generate() call from ``model.hf_tp_config``.
       cuda_graphs: capture the loop's step in a CUDA graph (False: the loop runs eagerly; debugging).
+      moe_decode: how mixture-of-experts layers compute small calls (decode steps): "triton" (hf_tp's kernels read
+        only the experts the tokens chose, for calls of at most hf_tp.kernels.moe_decode.MOE_DECODE_MAX_TOKENS
+        tokens; larger calls keep Transformers' grouped GEMM) or "grouped" (Transformers' experts forward always).
+        Chosen once at load; experts modules the kernels cannot compute (quantized, biased, another activation)
+        keep Transformers' forward either way. Default: "triton" on CUDA when Triton imports, else "grouped".
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
     Numerics:
@@ -76,8 +82,12 @@ class TPConfig:
     load_chunk_mb: float = 8.0
     load_buffers: int = 4
     worker_env: dict = field(default_factory=lambda: dict(DEFAULT_WORKER_ENV))
+    moe_decode: str | None = None
 
     def __post_init__(self):
+        if self.moe_decode not in (None, "triton", "grouped"):
+            raise ValueError(f"TPConfig(moe_decode={self.moe_decode!r}): use 'triton', 'grouped' or None (the default "
+                             "for the device).")
         if self.allreduce not in ("nccl", "one_shot"):
             raise ValueError(f"TPConfig(allreduce={self.allreduce!r}): use 'nccl' or 'one_shot'.")
         if self.load_threads is not None and self.load_threads < 1:
@@ -100,10 +110,20 @@ class TPConfig:
             filled["fuse"] = device_type == "cuda"
         if config.load_threads is None:
             filled["load_threads"] = min(4, os.cpu_count() or 1)
+        if config.moe_decode is None:
+            filled["moe_decode"] = "triton" if device_type == "cuda" and _triton_available() else "grouped"
         return dataclasses.replace(config, **filled)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _parse(attr: str, text: str, name: str):
