@@ -53,14 +53,15 @@ def main() -> int:
     device = torch.device("cuda", 0)
     tokens = {}
     with open(args.out, "a") as out:
-        for mode in args.modes.split(","):
-            start = time.perf_counter()
-            model = load_parallel_model(str(folder), TPGroup(tp_rank=0, tp_size=1, device=device), dtype=torch.bfloat16,
-                                        progress=False, tp_config=TPConfig(fast_decode=True, moe_decode=mode))
-            load_s = time.perf_counter() - start
-            switched = sum(hasattr(m, "_hf_tp_grouped_forward") for m in model.modules())
-            for batch in [int(b) for b in args.batches.split(",")]:
-                ids = torch.randint(3, model.config.vocab_size, (batch, 128), generator=torch.Generator().manual_seed(batch)).to(device)
+        for batch in [int(b) for b in args.batches.split(",")]:  # batch outer: a cut-short run keeps whole pairs
+            for mode in args.modes.split(","):
+                start = time.perf_counter()
+                model = load_parallel_model(str(folder), TPGroup(tp_rank=0, tp_size=1, device=device), dtype=torch.bfloat16,
+                                            progress=False, tp_config=TPConfig(fast_decode=True, moe_decode=mode))
+                load_s = time.perf_counter() - start
+                switched = sum(hasattr(m, "_hf_tp_grouped_forward") for m in model.modules())
+                ids = torch.randint(3, model.config.vocab_size, (batch, 128),
+                                    generator=torch.Generator().manual_seed(batch)).to(device)
                 tok_s, seq = _tok_s(model, ids, args.new_tokens)
                 tokens[(mode, batch)] = seq.cpu()
                 row = {"shape": name, "moe_decode": mode, "experts_modules_switched": switched, "batch": batch,
@@ -71,8 +72,9 @@ def main() -> int:
                     row["first_token_differing_from_grouped"] = None if len(diff) == 0 else int(diff[0]) - 128
                 print(json.dumps(row), flush=True)
                 out.write(json.dumps(row) + "\n")
-            del model
-            torch.cuda.empty_cache()
+                out.flush()
+                del model
+                torch.cuda.empty_cache()
     return 0
 
 
