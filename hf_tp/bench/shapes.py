@@ -43,10 +43,10 @@ MOE_SHAPES = {
     "tiny-mixtral": ("mixtral", dict(hidden_size=64, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                                      num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=512,
                                      max_position_embeddings=512)),
-    "qwen3-moe-mini": ("qwen3_moe", dict(_QWEN3_MOE_30B, num_experts=64, num_hidden_layers=24)),  # 8.3 B parameters
-    "qwen3-30b-a3b": ("qwen3_moe", dict(_QWEN3_MOE_30B, num_experts=128, num_hidden_layers=48)),  # 30.5 B, 61 GB bf16
-    "mixtral-mini": ("mixtral", dict(_MIXTRAL_8X7B, num_hidden_layers=4)),  # 5.8 B parameters
-    "mixtral-8x7b": ("mixtral", dict(_MIXTRAL_8X7B, num_hidden_layers=32)),  # 46.7 B, 93 GB bf16
+    "qwen3-moe-mini": ("qwen3_moe", dict(_QWEN3_MOE_30B, num_experts=64, num_hidden_layers=24)),  # 8.33 B, 16.7 GB bf16
+    "qwen3-30b-a3b": ("qwen3_moe", dict(_QWEN3_MOE_30B, num_experts=128, num_hidden_layers=48)),  # 30.5 B, 61.1 GB bf16
+    "mixtral-mini": ("mixtral", dict(_MIXTRAL_8X7B, num_hidden_layers=4)),  # 6.07 B parameters, 12.1 GB bf16
+    "mixtral-8x7b": ("mixtral", dict(_MIXTRAL_8X7B, num_hidden_layers=32)),  # 46.7 B, 93.4 GB bf16
 }
 
 
