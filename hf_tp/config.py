@@ -50,7 +50,9 @@ class TPConfig:
         only the experts the tokens chose, for calls of at most hf_tp.kernels.moe_decode.MOE_DECODE_MAX_TOKENS
         tokens; larger calls keep Transformers' grouped GEMM) or "grouped" (Transformers' experts forward always).
         Chosen once at load; experts modules the kernels cannot compute (quantized, biased, another activation)
-        keep Transformers' forward either way. Default: "triton" on CUDA when Triton imports, else "grouped".
+        keep Transformers' forward either way. Default: "grouped" until the kernels' speed and bf16 agreement
+        are measured on a GPU (benchmarks/moe_switch.py, tests/test_moe_kernel.py -m gpu; docs/moe.md).
+        "triton" needs CUDA and Triton (or TRITON_INTERPRET=1 on CPU, for tests).
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
     Numerics:
@@ -111,7 +113,12 @@ class TPConfig:
         if config.load_threads is None:
             filled["load_threads"] = min(4, os.cpu_count() or 1)
         if config.moe_decode is None:
-            filled["moe_decode"] = "triton" if device_type == "cuda" and _triton_available() else "grouped"
+            filled["moe_decode"] = "grouped"
+        elif config.moe_decode == "triton" and not (_triton_available() and (
+                device_type == "cuda" or environ.get("TRITON_INTERPRET", "") == "1")):
+            raise ValueError(f"TPConfig(moe_decode='triton'): hf_tp's MoE kernels need Triton on CUDA (device "
+                             f"{device_type!r}, Triton {'importable' if _triton_available() else 'not importable'}); "
+                             "use moe_decode='grouped' here.")
         return dataclasses.replace(config, **filled)
 
     def to_dict(self) -> dict:

@@ -104,9 +104,14 @@ def test_decode_loop_with_kernels_matches_transformers_interpreted(tmp_path):
 
 
 def test_moe_decode_option_resolves_once():
-    assert TPConfig().resolve("cpu", 2).moe_decode == "grouped"
-    assert TPConfig(moe_decode="grouped").resolve("cuda", 1).moe_decode == "grouped"
-    assert TPConfig().resolve("cpu", 1, environ={"HF_TP_MOE_DECODE": "triton"}).moe_decode == "triton"
+    pytest.importorskip("triton")
+    assert TPConfig().resolve("cpu", 2, environ={}).moe_decode == "grouped"
+    assert TPConfig().resolve("cuda", 1, environ={}).moe_decode == "grouped"  # until measured on a GPU
+    assert TPConfig(moe_decode="triton").resolve("cuda", 1, environ={}).moe_decode == "triton"
+    assert TPConfig().resolve("cuda", 1, environ={"HF_TP_MOE_DECODE": "triton"}).moe_decode == "triton"
+    assert TPConfig(moe_decode="triton").resolve("cpu", 1, environ={"TRITON_INTERPRET": "1"}).moe_decode == "triton"
+    with pytest.raises(ValueError, match="need Triton on CUDA"):
+        TPConfig(moe_decode="triton").resolve("cpu", 1, environ={})
     with pytest.raises(ValueError, match="moe_decode"):
         TPConfig(moe_decode="fast")
 

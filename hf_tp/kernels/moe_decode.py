@@ -30,11 +30,12 @@ import torch.nn.functional as F
 
 # Tokens per experts call at or below which the kernels run; above it the grouped GEMM path reads each
 # touched expert once for all its tokens, while the kernels read an expert once per (token, expert) pair.
-# Measured on one H200 with qwen3-moe-mini's expert shapes (benchmarks/moe_switch.py, benchmarks/RESULTS.md).
+# NOT MEASURED YET: 8 (64 pairs at top-8) is a starting point. benchmarks/moe_switch.py times both paths per
+# token count on a GPU; set this to the largest count where the kernels are faster.
 MOE_DECODE_MAX_TOKENS = 8
 
-# Block sizes: (outputs per program, reduction chunk, warps). Matrix-vector work, bound by weight reads: small
-# output blocks give enough programs to keep every SM streaming at batch 1 (768 intermediate / 16 x 8 pairs =
+# Block sizes: (outputs per program, reduction chunk, warps); not tuned yet (moe_switch.py --sweep). Matrix-vector
+# work, bound by weight reads: small output blocks give enough programs to keep every SM streaming at batch 1 (768 intermediate / 16 x 8 pairs =
 # 384 programs for gate/up; 2048 hidden / 32 x 8 = 512 for down).
 GATE_UP_BLOCKS = (16, 256, 4)
 DOWN_BLOCKS = (32, 128, 4)
