@@ -2,12 +2,17 @@
 
 On CPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1, read when a kernel is defined), in a
 spawned process so that the setting cannot leak into other tests. On CUDA (``gpu``): bf16 at Qwen3-30B-A3B's
-expert shapes, and the kernels captured in a CUDA graph and replayed with other routing."""
+expert shapes, the kernels captured in a CUDA graph and replayed with other routing, and the bf16 check of
+benchmarks/gpu_check.py (two gloo ranks on one GPU against one-GPU Transformers) with the kernels on."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,3 +153,19 @@ def test_kernels_bf16_and_cuda_graph():
     torch.cuda.synchronize()
     ref = experts_reference(x, gate_up, down, ids, weights)
     assert float((out.float() - ref.float()).abs().max() / ref.float().abs().max()) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
+def test_bf16_two_gloo_ranks_on_one_gpu_with_kernels(tmp_path, arch):
+    """benchmarks/gpu_check.py's criterion (bf16 noise floor, near-tie analysis) with moe_decode='triton' on
+    every rank (the documented environment override, inherited by the ranks)."""
+    out = tmp_path / "gpu_check.json"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--tp-size", "2", "--one-gpu-gloo",
+                           "--random-arch", arch, "--new-tokens", "64", "--json", str(out)],
+                          env={**os.environ, "HF_TP_MOE_DECODE": "triton"}, capture_output=True, text=True, timeout=900)
+    assert out.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["passed"], result["fail_reasons"]
