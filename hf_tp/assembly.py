@@ -21,6 +21,7 @@ from .loading import CheckpointIndex, load_shards, loading_info, make_stager, re
 from .agreement import fail_together
 from .parallel.comm import TPGroup
 from .parallel.fused import fuse_shared_inputs
+from .parallel.moe_decode import install_moe_decode
 from .parallelize import build_skeleton, parallelize
 from .policies import Policy, get_policy
 from .policies.plan import ShardingPlan, build_plan
@@ -143,6 +144,7 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     build_s = time.perf_counter() - start
     stats = load_shards(model, planned.plan, planned.index, tp.tp_rank, tp.device, transposed,
                         progress=progress and tp.is_first, stager=stager, threads=config.load_threads)
+    install_moe_decode(model, config.moe_decode)  # after loading: it checks the experts' real dtypes and strides
     model.generation_config = load_generation_config(planned.folder, model.generation_config, planned.options)
     model.eval()
     stats.phases.update(build_s=round(build_s, 4), read_s=round(stats.seconds, 4))

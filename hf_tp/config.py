@@ -27,6 +27,7 @@ ENV_OVERRIDES = {
     "HF_TP_PINNED_LOAD": "pinned_load",
     "HF_TP_LOAD_CHUNK_MB": "load_chunk_mb",
     "HF_TP_LOAD_BUFFERS": "load_buffers",
+    "HF_TP_MOE_DECODE": "moe_decode",
 }
 
 # Options of the single-controller handle (how its workers are supervised and sized), passed to
@@ -52,6 +53,13 @@ class TPConfig:
         nothing to compile or capture (True runs the loop without graphs, as the tests do).
         Read at each generate() call from ``model.hf_tp_config``.
       cuda_graphs: capture the loop's step in a CUDA graph (False: the loop runs eagerly; debugging).
+      moe_decode: how mixture-of-experts layers compute small calls (decode steps): "triton" (hf_tp's kernels read
+        only the experts the tokens chose, for calls of at most hf_tp.kernels.moe_decode.MOE_DECODE_MAX_TOKENS
+        tokens; larger calls keep Transformers' grouped GEMM) or "grouped" (Transformers' experts forward always).
+        Chosen once at load; experts modules the kernels cannot compute (quantized, biased, another activation)
+        keep Transformers' forward either way. Default: "grouped" until the kernels' speed and bf16 agreement
+        are measured on a GPU (benchmarks/moe_switch.py, tests/test_moe_kernel.py -m gpu; docs/moe.md).
+        "triton" needs CUDA and Triton (or TRITON_INTERPRET=1 on CPU, for tests).
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
       On CPU neither graphs nor a compiled step exist: resolve() sets cuda_graphs=False and allreduce="gloo"
@@ -89,6 +97,7 @@ class TPConfig:
     load_chunk_mb: float = 8.0
     load_buffers: int = 4
     worker_env: dict = field(default_factory=lambda: dict(DEFAULT_WORKER_ENV))
+    moe_decode: str | None = None
 
     def __new__(cls, *args, **kwargs):
         misplaced = [name for name in HANDLE_OPTIONS if name in kwargs]
@@ -101,6 +110,9 @@ class TPConfig:
         return super().__new__(cls)
 
     def __post_init__(self):
+        if self.moe_decode not in (None, "triton", "grouped"):
+            raise ValueError(f"TPConfig(moe_decode={self.moe_decode!r}): use 'triton', 'grouped' or None (the default "
+                             "for the device).")
         if self.allreduce not in ("nccl", "one_shot", "gloo"):
             raise ValueError(f"TPConfig(allreduce={self.allreduce!r}): use 'nccl' or 'one_shot' "
                              "('gloo' is what CPU models resolve to).")
@@ -129,10 +141,25 @@ class TPConfig:
         elif config.allreduce == "gloo":
             raise ValueError("TPConfig(allreduce='gloo') is what a CPU model resolves to; on CUDA use 'nccl' or "
                              "'one_shot'.")
+        if config.moe_decode is None:
+            filled["moe_decode"] = "grouped"
+        elif config.moe_decode == "triton" and not (_triton_available() and (
+                device_type == "cuda" or environ.get("TRITON_INTERPRET", "") == "1")):
+            raise ValueError(f"TPConfig(moe_decode='triton'): hf_tp's MoE kernels need Triton on CUDA (device "
+                             f"{device_type!r}, Triton {'importable' if _triton_available() else 'not importable'}); "
+                             "use moe_decode='grouped' here.")
         return dataclasses.replace(config, **filled)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _parse(attr: str, text: str, name: str):

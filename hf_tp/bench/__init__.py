@@ -95,16 +95,20 @@ def scaling_lines(rows: list[dict]) -> list[str]:
 
 def floor_lines(rows: list[dict]) -> list[str]:
     """Each GPU row's decode rate as a fraction of the bandwidth floor: (1/tp of the weights) read once per
-    step at the copy bandwidth measured on the same device. Not for CPU rows (the smoke run): there the
-    ranks share the host's cores and memory, and a fraction of a copy rate tells a reader nothing (the
-    figures stay in the JSON rows)."""
+    step at the copy bandwidth measured on the same device; for a mixture of experts only the experts the
+    step's tokens chose (measured), which the line says. Not for CPU rows (the smoke run): there the ranks
+    share the host's cores and memory, and a fraction of a copy rate tells a reader nothing (the figures
+    stay in the JSON rows)."""
     lines = []
     for r in rows:
         if "error" in r or "bandwidth_floor_tok_s" not in r or r.get("device") == "cpu":
             continue
+        moe = (f"; MoE: counts the active experts, {r['moe_distinct_experts_per_step']:.1f} distinct of "
+               f"{r['moe_experts']} per layer per step (measured), {r['bytes_per_step_per_gpu'] / 1e9:.2f} GB per GPU per step"
+               if "moe_experts" in r else "")
         lines.append(f"{r['system']} {r['mode']} tp {r['tp_size']} batch {r['batch']}: {r['floor_fraction']:.0%} of the "
                      f"bandwidth floor ({r['bandwidth_floor_tok_s']:.0f} tok/s at {r['copy_bandwidth_bytes_s'] / 1e12:.2f} "
-                     "TB/s measured copy bandwidth per device)")
+                     f"TB/s measured copy bandwidth per device{moe})")
     return lines
 
 
@@ -163,7 +167,8 @@ def run_bench(args) -> int:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--shape", default="llama3-8b", help="named random-weight shape (see hf_tp.bench.shapes)")
+    parser.add_argument("--shape", default="llama3-8b", help="named random-weight shape (hf_tp.bench.shapes: llama3-1b/8b, llama2-13b/70b, MoE: qwen3-moe-mini, "
+                             "mixtral-mini, qwen3-30b-a3b, mixtral-8x7b)")
     parser.add_argument("--model", help="a real checkpoint folder instead of a random shape")
     parser.add_argument("--weights", default="bf16", choices=("bf16", "fp8-block", "fp8-channel"),
                         help="how the random checkpoint stores the decoder layers' linear weights: in --dtype, or FP8 "

@@ -116,16 +116,29 @@ def tp_config(args, device):
     return dataclasses.replace(config, fast_decode=args.mode != "eager")
 
 
-def _generate_seconds(model, ids, new_tokens, compiled, device) -> float:
+def _generate_seconds(model, ids, new_tokens, compiled, device, keep=None) -> float:
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
     if compiled and not hasattr(model, "hf_tp"):
         kwargs["cache_implementation"] = "static"  # Transformers' own static cache + automatic compile
     _sync(device)
     start = time.perf_counter()
     with torch.no_grad():
-        model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
     _sync(device)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if keep is not None:
+        keep.append(out)
+    return seconds
+
+
+def _step_bytes(model, bytes_per_gpu: float, sequences, prompt_len: int) -> tuple[float, dict]:
+    """Bytes one decode step reads per GPU: all of this GPU's weights for a dense model; for a mixture of
+    experts the non-expert weights plus the distinct experts the batch chose, measured (bench/moe_floor.py)."""
+    from .moe_floor import distinct_experts, expert_modules, moe_step_bytes
+
+    if not expert_modules(model):
+        return bytes_per_gpu, {}
+    return moe_step_bytes(model, bytes_per_gpu, distinct_experts(model, sequences, prompt_len))
 
 
 def main() -> int:
@@ -147,7 +160,8 @@ def main() -> int:
         torch.cuda.set_device(device)
     model, load_s = _load(args, device)
     loader = _loader_figures(model, args.tp_size)
-    # The bandwidth floor of a decode step: every GPU reads its 1/tp of the weights once per step.
+    # The bandwidth floor of a decode step: every GPU reads its 1/tp of the weights once per step (a
+    # mixture of experts: only the experts the step's tokens chose, see _step_bytes).
     bandwidth = _copy_bandwidth(device)
     bytes_per_gpu = _weight_bytes(args.model) / args.tp_size
     vocab = model.config.vocab_size
@@ -161,9 +175,11 @@ def main() -> int:
             torch.cuda.reset_peak_memory_stats(device)
         # Median of three of each; the decode rate is the difference: N tokens minus the prefill-only run.
         first = sorted(_generate_seconds(model, ids, 1, compiled, device) for _ in range(3))[1]
-        full = sorted(_generate_seconds(model, ids, args.new_tokens, compiled, device) for _ in range(3))[1]
+        outputs = []
+        full = sorted(_generate_seconds(model, ids, args.new_tokens, compiled, device, outputs) for _ in range(3))[1]
         decode_tok_s = batch * (args.new_tokens - 1) / max(full - first, 1e-9)
-        floor_tok_s = batch * bandwidth / bytes_per_gpu
+        step_bytes, moe_fields = _step_bytes(model, bytes_per_gpu, outputs[-1], args.prompt_len)
+        floor_tok_s = batch * bandwidth / step_bytes
         peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         if args.tp_size > 1:  # the worst rank's peak
@@ -175,7 +191,7 @@ def main() -> int:
         rows.append({"system": args.system, "mode": args.mode, "tp_size": args.tp_size, "batch": batch,
                      "decode_tok_s": round(decode_tok_s, 2), "ttft_s": round(first, 4), "load_s": round(load_s, 3),
                      "peak_bytes_per_gpu": peak, **loader, "copy_bandwidth_bytes_s": round(bandwidth),
-                     "bandwidth_floor_tok_s": round(floor_tok_s, 1), "floor_fraction": round(decode_tok_s / floor_tok_s, 4), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                     "bandwidth_floor_tok_s": round(floor_tok_s, 1), "floor_fraction": round(decode_tok_s / floor_tok_s, 4), **moe_fields, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      # hf_tp's resolved options (None for the Transformers baselines): a row says what produced it
                      "tp_config": model.hf_tp_config.to_dict() if hasattr(model, "hf_tp_config") else None})
     if int(os.environ.get("RANK", "0")) == 0:

@@ -1,0 +1,171 @@
+"""hf_tp's decode MoE kernels (hf_tp/kernels/moe_decode.py) against Transformers' own MoE blocks.
+
+On CPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1, read when a kernel is defined), in a
+spawned process so that the setting cannot leak into other tests. On CUDA (``gpu``): bf16 at Qwen3-30B-A3B's
+expert shapes, the kernels captured in a CUDA graph and replayed with other routing, and the bf16 check of
+benchmarks/gpu_check.py (two gloo ranks on one GPU against one-GPU Transformers) with the kernels on."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from hf_tp.config import TPConfig
+
+_BASE = dict(vocab_size=101, hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=3,
+             max_position_embeddings=128, bos_token_id=1, eos_token_id=None, pad_token_id=0, initializer_range=0.1,
+             tie_word_embeddings=False)
+CONFIGS = {
+    "mixtral": lambda: transformers.MixtralConfig(**_BASE, intermediate_size=40, num_local_experts=4, num_experts_per_tok=2),
+    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(**_BASE, intermediate_size=80, head_dim=16, moe_intermediate_size=40,
+                                                     num_experts=6, num_experts_per_tok=3, norm_topk_prob=True),
+}
+
+
+def _blocks_check() -> list[str]:
+    """Transformers' sparse MoE block, then the same block with hf_tp's decode switch installed: outputs for
+    1..3 tokens (kernels) and for MOE_DECODE_MAX_TOKENS + 1 tokens (Transformers' forward, bitwise)."""
+    from hf_tp.kernels.moe_decode import MOE_DECODE_MAX_TOKENS
+    from hf_tp.parallel.moe_decode import install_moe_decode
+
+    failures = []
+    for arch, make in CONFIGS.items():
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(make(), dtype=torch.float32).eval()
+        block = model.model.layers[0].mlp
+        with torch.no_grad():
+            block.gate.weight[2] = block.gate.weight[1]  # a routing tie: both experts' logits equal
+            inputs = {t: torch.randn(1, t, 48) for t in (1, 3, MOE_DECODE_MAX_TOKENS + 1)}
+            expected = {t: block(x) for t, x in inputs.items()}
+            if install_moe_decode(model, "triton") != 2:
+                failures.append(f"{arch}: the switch was not installed on both experts modules")
+            got = {t: block(x) for t, x in inputs.items()}
+        for t in (1, 3):
+            err = float((got[t] - expected[t]).abs().max() / expected[t].abs().max())
+            if err > 1e-5:
+                failures.append(f"{arch}: {t} tokens: kernel rel err {err:.2e}")
+        if not torch.equal(got[MOE_DECODE_MAX_TOKENS + 1], expected[MOE_DECODE_MAX_TOKENS + 1]):
+            failures.append(f"{arch}: above the switch point the output is not Transformers' own")
+    return failures
+
+
+def _decode_check(folder: str, new_tokens: int):
+    """hf_tp at tp 1 with moe_decode='triton': the decode loop's greedy tokens and the resolved config."""
+    from hf_tp.assembly import load_parallel_model
+    from hf_tp.parallel.comm import TPGroup
+
+    model = load_parallel_model(folder, TPGroup(tp_rank=0, tp_size=1, device=torch.device("cpu")), dtype=torch.float32,
+                                progress=False, tp_config=TPConfig(fast_decode=True, moe_decode="triton"))
+    switched = sum(hasattr(m, "_hf_tp_grouped_forward") for m in model.modules())
+    prompt = torch.tensor([[1, 17, 42, 9, 77, 23]])
+    with torch.no_grad():
+        tokens = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False)
+    return model.hf_tp_config.moe_decode, switched, tokens
+
+
+def _interpreted(fn, *args):
+    """Run fn(*args) in a spawned process with TRITON_INTERPRET=1; skip if this Triton cannot interpret it."""
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        with mp.get_context("spawn").Pool(1) as pool:
+            return pool.apply(fn, args)
+    except Exception as exc:  # noqa: BLE001
+        if "interpret" in str(exc).lower() and "not supported" in str(exc).lower():
+            pytest.skip(f"Triton's interpreter cannot run the kernels here: {exc}")
+        raise
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+
+
+def test_kernels_match_transformers_blocks_interpreted():
+    pytest.importorskip("triton")
+    failures = _interpreted(_blocks_check)
+    assert not failures, "\n".join(failures)
+
+
+def test_decode_loop_with_kernels_matches_transformers_interpreted(tmp_path):
+    pytest.importorskip("triton")
+    torch.manual_seed(0)
+    ref = transformers.AutoModelForCausalLM.from_config(CONFIGS["qwen3_moe"](), dtype=torch.float32).eval()
+    ref.save_pretrained(tmp_path / "ckpt")
+    new_tokens = 8
+    with torch.no_grad():
+        expected = ref.generate(torch.tensor([[1, 17, 42, 9, 77, 23]]), max_new_tokens=new_tokens, do_sample=False)
+    mode, switched, tokens = _interpreted(_decode_check, str(tmp_path / "ckpt"), new_tokens)
+    assert mode == "triton" and switched == 2  # both MoE layers
+    assert torch.equal(tokens, expected)
+
+
+def test_moe_decode_option_resolves_once():
+    pytest.importorskip("triton")
+    assert TPConfig().resolve("cpu", 2, environ={}).moe_decode == "grouped"
+    assert TPConfig().resolve("cuda", 1, environ={}).moe_decode == "grouped"  # until measured on a GPU
+    assert TPConfig(moe_decode="triton").resolve("cuda", 1, environ={}).moe_decode == "triton"
+    assert TPConfig().resolve("cuda", 1, environ={"HF_TP_MOE_DECODE": "triton"}).moe_decode == "triton"
+    assert TPConfig(moe_decode="triton").resolve("cpu", 1, environ={"TRITON_INTERPRET": "1"}).moe_decode == "triton"
+    with pytest.raises(ValueError, match="need Triton on CUDA"):
+        TPConfig(moe_decode="triton").resolve("cpu", 1, environ={})
+    with pytest.raises(ValueError, match="moe_decode"):
+        TPConfig(moe_decode="fast")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_kernels_bf16_and_cuda_graph():
+    from hf_tp.kernels.moe_decode import experts_reference, moe_experts_decode
+
+    torch.manual_seed(0)
+    experts, hidden, inter, top_k = 64, 2048, 768, 8  # qwen3-moe-mini's expert shapes
+    gate_up = (torch.randn(experts, 2 * inter, hidden, device="cuda") * 0.02).bfloat16()
+    down = (torch.randn(experts, hidden, inter, device="cuda") * 0.02).bfloat16()
+    for tokens in (1, 8):
+        x = torch.randn(tokens, hidden, device="cuda").bfloat16()
+        weights, ids = torch.softmax(torch.randn(tokens, experts, device="cuda"), -1).topk(top_k)
+        got = moe_experts_decode(x, gate_up, down, ids, weights)
+        ref = experts_reference(x, gate_up, down, ids, weights)
+        assert float((got.float() - ref.float()).abs().max() / ref.float().abs().max()) < 1e-2
+    # Captured once, replayed with other experts chosen: no host sync, no data-dependent shape.
+    x = torch.randn(1, hidden, device="cuda").bfloat16()
+    weights, ids = torch.softmax(torch.randn(1, experts, device="cuda"), -1).topk(top_k)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        moe_experts_decode(x, gate_up, down, ids, weights)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = moe_experts_decode(x, gate_up, down, ids, weights)
+    new_weights, new_ids = torch.softmax(torch.randn(1, experts, device="cuda"), -1).topk(top_k)
+    ids.copy_(new_ids)
+    weights.copy_(new_weights)
+    graph.replay()
+    torch.cuda.synchronize()
+    ref = experts_reference(x, gate_up, down, ids, weights)
+    assert float((out.float() - ref.float()).abs().max() / ref.float().abs().max()) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
+def test_bf16_two_gloo_ranks_on_one_gpu_with_kernels(tmp_path, arch):
+    """benchmarks/gpu_check.py's criterion (bf16 noise floor, near-tie analysis) with moe_decode='triton' on
+    every rank (the documented environment override, inherited by the ranks)."""
+    out = tmp_path / "gpu_check.json"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--tp-size", "2", "--one-gpu-gloo",
+                           "--random-arch", arch, "--new-tokens", "64", "--json", str(out)],
+                          env={**os.environ, "HF_TP_MOE_DECODE": "triton"}, capture_output=True, text=True, timeout=900)
+    assert out.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["passed"], result["fail_reasons"]
