@@ -369,6 +369,9 @@ class StaticDecoder:
 
             options = decode_compile_options(self.tp, self.config.allreduce, self.config.one_shot_max_kb)
             self._one_shot = bool(options)
+            if self.config.gemm_autotune and self.device.type == "cuda":
+                # Each GEMM shape: cuBLAS or an Inductor Triton template, whichever measured faster at compile.
+                options = {**options, "max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON"}
             # Only tests warm the step up on CPU (there is no graph to capture): Dynamo traces it whole,
             # as on CUDA, and runs it without Inductor's C++ build.
             backend = "inductor" if self.device.type == "cuda" else "eager"
@@ -476,7 +479,7 @@ class StaticDecoder:
 
     def _agree(self, ok: bool) -> bool:
         """True only if ``ok`` on every rank of the group (one small all-reduce)."""
-        if self.tp.tp_size == 1:
+        if self.tp.alone:
             return ok
         flag = torch.tensor([int(ok)], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.tp.group)
@@ -506,4 +509,4 @@ def graphs_enabled(tp, cuda_graphs: bool = True) -> bool:
     """
     if tp.device.type != "cuda" or not cuda_graphs:
         return False
-    return tp.tp_size == 1 or dist.get_backend(tp.group) == "nccl"
+    return tp.alone or dist.get_backend(tp.group) == "nccl"
