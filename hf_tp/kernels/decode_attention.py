@@ -15,6 +15,8 @@ own ``sdpa_attention_forward``, unchanged. Chosen once at load: ``TPConfig.decod
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 NAME = "hf_tp_flex_decode"
@@ -86,9 +88,14 @@ def apply_decode_attention(model, choice: str) -> str:
     config = model.config
     if choice != "flex" or not flex_available() or getattr(config, "_attn_implementation", None) != "sdpa":
         return "off"
-    register()
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(NAME)
-    else:  # pragma: no cover - older Transformers
-        config._attn_implementation = NAME
+    try:
+        register()
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(NAME)
+        else:  # pragma: no cover - older Transformers
+            config._attn_implementation = NAME
+    except Exception as exc:  # noqa: BLE001 - a Transformers without these interfaces: keep its SDPA
+        logging.getLogger("hf_tp").warning("hf_tp: flex decode attention unavailable (%s: %s); using SDPA",
+                                           type(exc).__name__, exc)
+        return "off"
     return "flex" if getattr(model.config, "_attn_implementation", None) == NAME else "off"
