@@ -16,7 +16,7 @@ step() {  # step NAME SECONDS_NEEDED COMMAND...: run it if the budget still hold
   timeout $(( $(left) - 3 )) "$@" > "$OUT/$name.txt" 2>&1
   echo "rc=$? $name $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt"
 }
-bench() { python -m hf_tp.cli bench --model "$MODEL" --systems hf_tp --modes compile --timeout 400 "$@"; }
+bench() { python -m hf_tp.cli bench --model "$MODEL" --systems hf_tp --modes compile --timeout 240 "$@"; }
 row() { python -m hf_tp.bench.run_system --system hf_tp --mode compile --model "$MODEL" --tp-size 1 "$@"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 python -c "import torch, transformers; print(torch.__version__, transformers.__version__)" >> "$OUT/gpu.txt" 2>&1
@@ -24,7 +24,7 @@ step ckpt 120 python -c "from hf_tp.bench.shapes import write_random_checkpoint 
 du -sb "$MODEL" >> "$OUT/log.txt" 2>&1
 step flex 200 bench --simulate-tp 2,4,8 --batches 1 --profile --json "$OUT/flex.json"
 step base 120 env HF_TP_DECODE_ATTENTION=off python -m hf_tp.cli bench --model "$MODEL" --systems hf_tp --modes compile \
-  --timeout 400 --simulate-tp 2 --batches 1 --profile --json "$OUT/base.json"
+  --timeout 240 --simulate-tp 2 --batches 1 --profile --json "$OUT/base.json"
 step long_flex 60 row --batches 1 --prompt-len 4096 --out "$OUT/long_flex.jsonl"
 step long_base 60 env HF_TP_DECODE_ATTENTION=off python -m hf_tp.bench.run_system --system hf_tp --mode compile \
   --model "$MODEL" --tp-size 1 --batches 1 --prompt-len 4096 --out "$OUT/long_base.jsonl"
