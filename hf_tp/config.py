@@ -24,7 +24,6 @@ ENV_OVERRIDES = {
     "HF_TP_FP32_LOGITS": "fp32_logits",
     "HF_TP_FUSE": "fuse",
     "HF_TP_DECODE_ATTENTION": "decode_attention",
-    "HF_TP_GEMM_AUTOTUNE": "gemm_autotune",
     "HF_TP_LOAD_THREADS": "load_threads",
     "HF_TP_PINNED_LOAD": "pinned_load",
     "HF_TP_LOAD_CHUNK_MB": "load_chunk_mb",
@@ -50,12 +49,11 @@ class TPConfig:
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
       decode_attention: "flex" (the compiled step's one-token attention is PyTorch's flex_attention, which Inductor
-        lowers to a split-KV decoding kernel reading each KV head once, no repeated K/V, no per-layer mask
+        lowers to a split-KV decoding kernel reading each KV head once: no repeated K/V, no per-layer mask
         kernels; hf_tp/kernels/decode_attention.py) or "off" (the model's own attention, Transformers' SDPA).
-        Default: "flex" on CUDA when torch has flex_attention, "off" on CPU (eager steps always use SDPA). Chosen
-        once at load: a model loaded with a non-SDPA attn_implementation keeps it and shows "off".
-      gemm_autotune: the compiled step's GEMMs chosen by Inductor's max-autotune (cuBLAS or Triton templates, by
-        measurement at compile time; longer compiles). Default off (see docs/performance-rank-step.md).
+        Default "off": opt-in until a GPU run has shown its compiled step's speed and tokens (on 2026-12-02 the
+        one H200 run of it did not complete; docs/performance-rank-step.md). Chosen once at load: "flex" on a
+        model loaded with a non-SDPA attn_implementation, or a torch without flex_attention, shows "off".
     Numerics:
       reduce_fp32: bf16/fp16 row-parallel partial sums all-reduced in fp32 and rounded once, as one GPU's GEMM
         rounds its fp32 accumulator once (twice the all-reduce bytes).
@@ -77,8 +75,7 @@ class TPConfig:
     cuda_graphs: bool = True
     allreduce: str = "nccl"
     one_shot_max_kb: float = 128.0
-    decode_attention: str | None = None
-    gemm_autotune: bool = False
+    decode_attention: str = "off"
     reduce_fp32: bool = True
     fp32_logits: bool = True
     fuse: bool | None = None
@@ -91,9 +88,8 @@ class TPConfig:
     def __post_init__(self):
         if self.allreduce not in ("nccl", "one_shot"):
             raise ValueError(f"TPConfig(allreduce={self.allreduce!r}): use 'nccl' or 'one_shot'.")
-        if self.decode_attention not in (None, "flex", "off"):
-            raise ValueError(f"TPConfig(decode_attention={self.decode_attention!r}): use 'flex', 'off' or None "
-                             "(the device's default).")
+        if self.decode_attention not in ("flex", "off"):
+            raise ValueError(f"TPConfig(decode_attention={self.decode_attention!r}): use 'flex' or 'off'.")
         if self.load_threads is not None and self.load_threads < 1:
             raise ValueError(f"TPConfig(load_threads={self.load_threads}): needs at least 1.")
         if self.load_buffers < 1 or self.load_chunk_mb <= 0 or self.one_shot_max_kb < 0:
@@ -110,10 +106,6 @@ class TPConfig:
         filled = {}
         if config.fast_decode is None:
             filled["fast_decode"] = device_type == "cuda" and tp_size == 1
-        if config.decode_attention is None:
-            from .kernels.decode_attention import flex_available
-
-            filled["decode_attention"] = "flex" if device_type == "cuda" and flex_available() else "off"
         if config.fuse is None:
             filled["fuse"] = device_type == "cuda"
         if config.load_threads is None:

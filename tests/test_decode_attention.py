@@ -89,8 +89,8 @@ def test_choice_is_made_once_at_load_and_shown(tmp_path):
     from hf_tp.parallel.comm import TPGroup
 
     assert hf_tp.TPConfig().resolve("cpu", 1, environ={}).decode_attention == "off"
-    assert hf_tp.TPConfig().resolve("cuda", 1, environ={}).decode_attention == "flex"
-    assert hf_tp.TPConfig().resolve("cuda", 1, environ={"HF_TP_DECODE_ATTENTION": "off"}).decode_attention == "off"
+    assert hf_tp.TPConfig().resolve("cuda", 1, environ={}).decode_attention == "off"  # opt-in until measured
+    assert hf_tp.TPConfig().resolve("cuda", 1, environ={"HF_TP_DECODE_ATTENTION": "flex"}).decode_attention == "flex"
     with pytest.raises(ValueError, match="decode_attention='triton'"):
         hf_tp.TPConfig(decode_attention="triton")
     folder = _tiny(tmp_path)
@@ -110,8 +110,9 @@ def test_gpu_loop_with_flex_matches_transformers(tmp_path):
 
     folder = _tiny(tmp_path)
     device = torch.device("cuda", 0)
-    ours = load_parallel_model(folder, TPGroup(0, 1, device), dtype=torch.float32, progress=False)
-    assert ours.hf_tp_config.decode_attention == "flex"  # the CUDA default
+    ours = load_parallel_model(folder, TPGroup(0, 1, device), dtype=torch.float32, progress=False,
+                               tp_config=hf_tp.TPConfig(decode_attention="flex"))
+    assert ours.hf_tp_config.decode_attention == "flex"
     ref = load_reference(folder).to(device)
     ids = torch.randint(1, 101, (2, 14), generator=torch.Generator().manual_seed(3)).to(device)
     mask = torch.ones_like(ids)

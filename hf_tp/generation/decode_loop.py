@@ -369,9 +369,6 @@ class StaticDecoder:
 
             options = decode_compile_options(self.tp, self.config.allreduce, self.config.one_shot_max_kb)
             self._one_shot = bool(options)
-            if self.config.gemm_autotune and self.device.type == "cuda":
-                # Each GEMM shape: cuBLAS or an Inductor Triton template, whichever measured faster at compile.
-                options = {**options, "max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON"}
             # Only tests warm the step up on CPU (there is no graph to capture): Dynamo traces it whole,
             # as on CUDA, and runs it without Inductor's C++ build.
             backend = "inductor" if self.device.type == "cuda" else "eager"
