@@ -48,12 +48,12 @@ class TPConfig:
       cuda_graphs: capture the loop's step in a CUDA graph (False: the loop runs eagerly; debugging).
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
-      decode_attention: "flex" (the compiled step's one-token attention is PyTorch's flex_attention, which Inductor
-        lowers to a split-KV decoding kernel reading each KV head once: no repeated K/V, no per-layer mask
-        kernels; hf_tp/kernels/decode_attention.py) or "off" (the model's own attention, Transformers' SDPA).
-        Default "off": opt-in until a GPU run has shown its compiled step's speed and tokens (on 2026-12-02 the
-        one H200 run of it did not complete; docs/performance-rank-step.md). Chosen once at load: "flex" on a
-        model loaded with a non-SDPA attn_implementation, or a torch without flex_attention, shows "off".
+      decode_attention: "flex" (the compiled step's one-token attention is PyTorch's flex_attention with
+        enable_gqa and the mask as a score_mod: no repeated K/V; hf_tp/kernels/decode_attention.py) or "off" (the
+        model's own attention, Transformers' SDPA). Default "off": on one H200 (torch 2.11) one compiled flex call
+        took 178 us against SDPA's 54 us at 4352 KV slots (benchmarks/RESULTS.md, 2026-12-02), and its decode
+        loop's tokens are not yet confirmed on a GPU. Chosen once at load: "flex" on a model loaded with a
+        non-SDPA attn_implementation, or a torch without flex_attention, shows "off".
     Numerics:
       reduce_fp32: bf16/fp16 row-parallel partial sums all-reduced in fp32 and rounded once, as one GPU's GEMM
         rounds its fp32 accumulator once (twice the all-reduce bytes).

@@ -1,9 +1,11 @@
-"""Decode attention for the compiled decode step: PyTorch's flex_attention, which Inductor lowers for one query
-token to its split-KV decoding kernel (the KV length is cut across thread blocks, partial softmaxes combined).
+"""Decode attention for the compiled decode step: PyTorch's flex_attention, meant to be lowered by Inductor for one
+query token to its split-KV decoding kernel (the KV length cut across thread blocks, partial softmaxes combined).
+Opt-in (TPConfig.decode_attention="flex"): on one H200 with torch 2.11 it measured slower than the SDPA path it
+replaces (178 against 54 us per layer at 4352 KV slots, benchmarks/flex_decode_probe.py).
 
 Why: with a mask, Transformers' SDPA path repeats K and V for grouped-query attention (``repeat_kv``: every
-layer copies the whole cache, 4x for Llama-3) and the fused SDPA kernels give one thread block per head, so a
-4096-token context ran about 10x off its KV-read time (issue 18). Flex decoding reads each KV head once
+layer copies the whole cache, 4x for Llama-3), and a 4096-token context ran about 10x off its KV-read time
+(issue 18). Flex decoding reads each KV head once
 (``enable_gqa``) and applies the mask as a score modification read from the small (batch, kv) boolean mask,
 with nothing materialised per layer.
 
