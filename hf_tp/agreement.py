@@ -56,7 +56,7 @@ def fingerprint(*objects) -> int:
 def check_same_on_all_ranks(value: int, tp: TPGroup, what: str, local_error: str | None = None) -> None:
     """Raise the same ValueError on every rank if ``value`` differs between ranks, or if any rank
     found its own inputs invalid (``local_error``). One small all-gather when all is well."""
-    if tp.tp_size == 1:
+    if tp.alone:
         if local_error:
             raise ValueError(local_error)
         return
@@ -97,7 +97,7 @@ def fail_together(tp: TPGroup, stage: str):
         yield
     except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
         error = exc
-    if tp.tp_size > 1:
+    if not tp.alone:
         report = None if error is None else (type(error), str(error), traceback.format_exc())
         reports: list = [None] * tp.tp_size
         dist.all_gather_object(reports, report, group=tp.group)
@@ -135,7 +135,7 @@ def guard_embedding(embedding, tp: TPGroup) -> None:
 
     def check(module, args):
         # is_compiling first: a compiled step never checks, and does not guard on check_ids
-        if torch.compiler.is_compiling() or not module.check_ids or tp.tp_size == 1 or not args:
+        if torch.compiler.is_compiling() or not module.check_ids or tp.alone or not args:
             return None
         input_ids, error = args[0], None
         try:

@@ -3,6 +3,10 @@
 Rows: hf_tp (eager and fast path, tp 1 and N), Transformers on one device (eager; static cache +
 compile), Transformers' native TP (``tp_plan="auto"`` under torchrun; eager and compile).
 ``--smoke`` runs a tiny model on CPU in well under two minutes, so CI exercises the harness.
+
+``--simulate-tp 2,4,8`` measures instead, on one device, hf_tp at tp 1 and, for each N, the widest rank of the
+real tp-N split alone with its collectives replaced by local stand-ins ("rank of tp N, compute only", with the
+bandwidth floor of that rank's bytes); ``--profile`` adds each row's kernel time per token by kind.
 """
 
 from __future__ import annotations
@@ -30,11 +34,32 @@ def plan_runs(tp_size: int, device: str, smoke: bool, systems: list[str],
     return runs
 
 
-def run_one(system, mode, tp, args, checkpoint, out_file) -> str | None:
+def plan_simulated_runs(sizes: list[int], device: str, modes: list[str] | None = None) -> list[tuple[str, str, int, int]]:
+    """(system, mode, processes, simulated tp) of a --simulate-tp table: hf_tp at tp 1, then one rank of each
+    tp N, every row in one process on one device."""
+    modes = ["eager"] if device == "cpu" else [m for m in (modes or ["compile"]) if m in ("eager", "compile")]
+    return [("hf_tp", mode, 1, n) for n in [0] + [n for n in sizes if n > 1] for mode in modes]
+
+
+def parse_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(n < 2 for n in sizes):
+        raise ValueError(f"--simulate-tp {text!r}: give tensor-parallel sizes above 1, comma-separated (e.g. 2,4,8).")
+    return sizes
+
+
+def run_one(system, mode, tp, args, checkpoint, out_file, simulate: int = 0) -> str | None:
     """Run one system; returns an error text (last lines of its output) if it failed."""
     module = ["-m", "hf_tp.bench.run_system", "--system", system, "--mode", mode, "--model", str(checkpoint),
               "--tp-size", str(tp), "--device", args.device, "--dtype", args.dtype, "--batches", args.batches,
               "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--out", str(out_file)]
+    if simulate:
+        module += ["--simulate-tp", str(simulate)]
+    if getattr(args, "profile", False):
+        module += ["--profile", str(min(args.new_tokens, 64))]
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={tp}"]
                 if tp > 1 else [sys.executable])
     # torchrun takes a module as "-m NAME" too; its own flags must come first.
@@ -76,14 +101,19 @@ TABLE_HEAD = f"{'system':<16}{'mode':<9}{'tp':>3}{'batch':>6}{'decode tok/s':>14
 def format_row(r: dict) -> str:
     if "error" in r:
         return f"{r['system']:<16}{r['mode']:<9}{r['tp_size']:>3}  FAILED: {r['error']}"
-    return (f"{r['system']:<16}{r['mode']:<9}{r['tp_size']:>3}{r['batch']:>6}{r['decode_tok_s']:>14.1f}"
+    line = (f"{r['system']:<16}{r['mode']:<9}{r['tp_size']:>3}{r['batch']:>6}{r['decode_tok_s']:>14.1f}"
             f"{r['ttft_s']:>9.3f}{r['load_s']:>8.2f}{r['peak_bytes_per_gpu'] / 2**30:>10.2f}")
+    if "simulated_tp" in r:  # a simulated rank: say so on the row itself, with its own floor
+        line += (f"  {r['label']} (rank {r['simulated_rank']}, {r['rank_bytes'] / 1e9:.2f} GB; floor "
+                 f"{r['bandwidth_floor_tok_s']:.0f} tok/s, {r['floor_fraction']:.0%} of it)")
+    return line
 
 
 def scaling_lines(rows: list[dict]) -> list[str]:
-    """Scaling efficiency of hf_tp per mode and batch: tok/s(tp N) / (N x tok/s(tp 1)), same code."""
+    """Scaling efficiency of hf_tp per mode and batch: tok/s(tp N) / (N x tok/s(tp 1)), same code.
+    (Simulated ranks are not tp-N runs: no scaling line for them.)"""
     by_key = {(r["mode"], r["tp_size"], r["batch"]): r["decode_tok_s"] for r in rows
-              if r.get("system") == "hf_tp" and "error" not in r}
+              if r.get("system") == "hf_tp" and "error" not in r and "simulated_tp" not in r}
     lines = []
     for (mode, tp, batch), tok_s in sorted(by_key.items()):
         single = by_key.get((mode, 1, batch))
@@ -106,7 +136,8 @@ def floor_lines(rows: list[dict]) -> list[str]:
         moe = (f"; MoE: counts the active experts, {r['moe_distinct_experts_per_step']:.1f} distinct of "
                f"{r['moe_experts']} per layer per step (measured), {r['bytes_per_step_per_gpu'] / 1e9:.2f} GB per GPU per step"
                if "moe_experts" in r else "")
-        lines.append(f"{r['system']} {r['mode']} tp {r['tp_size']} batch {r['batch']}: {r['floor_fraction']:.0%} of the "
+        who = r.get("label") or f"tp {r['tp_size']}"
+        lines.append(f"{r['system']} {r['mode']} {who} batch {r['batch']}: {r['floor_fraction']:.0%} of the "
                      f"bandwidth floor ({r['bandwidth_floor_tok_s']:.0f} tok/s at {r['copy_bandwidth_bytes_s'] / 1e12:.2f} "
                      f"TB/s measured copy bandwidth per device{moe})")
     return lines
@@ -136,6 +167,9 @@ def run_bench(args) -> int:
         args.batches, args.prompt_len, args.new_tokens = "1,2", 16, 8
         args.tp_size = 2
     systems = args.systems.split(",")
+    simulate = parse_sizes(args.simulate_tp) if args.simulate_tp else None
+    if simulate and args.smoke:
+        args.tp_size = max(simulate)
     if args.model:
         checkpoint = Path(args.model)
     else:
@@ -149,20 +183,29 @@ def run_bench(args) -> int:
     print("rows as measured:\n" + TABLE_HEAD + "\n" + "-" * len(TABLE_HEAD), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         out_file = Path(tmp) / "rows.jsonl"
-        for system, mode, tp in plan_runs(args.tp_size, args.device, args.smoke, systems, args.modes.split(",")):
-            error = run_one(system, mode, tp, args, checkpoint, out_file)
+        if simulate:
+            runs = plan_simulated_runs(simulate, args.device, args.modes.split(","))
+        else:
+            runs = [run + (0,) for run in plan_runs(args.tp_size, args.device, args.smoke, systems, args.modes.split(","))]
+        for system, mode, tp, sim in runs:
+            error = run_one(system, mode, tp, args, checkpoint, out_file, simulate=sim)
             measured = [json.loads(line) for line in out_file.read_text().splitlines()] if out_file.exists() else []
             new = measured[sum("error" not in r for r in rows):]
             if error:
-                new.append({"system": system, "mode": mode, "tp_size": tp, "error": error})
+                new.append({"system": system, "mode": mode, "tp_size": sim or tp, "error": error})
             rows += new
             for r in new:
                 print(format_row(r), flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=1))
     print()
+    from .profile import profile_lines
+
     for line in scaling_lines(rows) + floor_lines(rows) + load_lines(rows):
         print(line)
+    for r in rows:
+        for line in profile_lines(r):
+            print(line)
     return 1 if args.smoke and any("error" in r and r["system"] == "hf_tp" for r in rows) else 0
 
 
@@ -187,3 +230,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per system run")
     parser.add_argument("--json", help="write the rows as a JSON list here")
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, for CI")
+    parser.add_argument("--simulate-tp", metavar="N,N,...",
+                        help="one device: hf_tp tp 1, then the widest rank of each tp N alone, collectives replaced by "
+                             "local stand-ins of the same shapes (rows 'rank of tp N, compute only')")
+    parser.add_argument("--profile", action="store_true",
+                        help="print each row's kernel time per decode token (GEMM, attention, norm+pointwise, "
+                             "collectives, gaps) under the table")

@@ -82,7 +82,13 @@ def _load(args, device):
     build_skeleton(transformers.AutoConfig.from_pretrained(args.model), dtype)
     _sync(device)
     start = time.perf_counter()
-    if args.system == "hf_tp":
+    if args.system == "hf_tp" and args.simulate_tp:
+        from .simulate import load_simulated_rank
+
+        model, rank, nbytes = load_simulated_rank(args.model, args.simulate_tp, device, dtype,
+                                                  tp_config(args, device, args.simulate_tp))
+        model.hf_tp_simulated = (rank, nbytes)
+    elif args.system == "hf_tp":
         from ..assembly import load_parallel_model
         from ..launch import init_spmd_group
         from ..parallel.comm import TPGroup
@@ -105,14 +111,14 @@ def _load(args, device):
     return model.eval(), time.perf_counter() - start
 
 
-def tp_config(args, device):
+def tp_config(args, device, tp_size=None):
     """hf_tp's resolved TPConfig for this row: eager rows measure the plain path, compile rows force the
     decode loop; the other options are the defaults (with their documented environment overrides)."""
     import dataclasses
 
     from ..config import TPConfig
 
-    config = TPConfig().resolve(device.type, args.tp_size)
+    config = TPConfig().resolve(device.type, tp_size or args.tp_size)
     return dataclasses.replace(config, fast_decode=args.mode != "eager")
 
 
@@ -153,7 +159,13 @@ def main() -> int:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--simulate-tp", type=int, default=0,
+                        help="N > 1: the widest rank of a tp-N split alone, collectives replaced by local stand-ins")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="also profile a generate of this many tokens at the first batch size (kernel breakdown)")
     args = parser.parse_args()
+    if args.simulate_tp and (args.system != "hf_tp" or args.tp_size != 1):
+        parser.error("--simulate-tp runs one hf_tp process: use --system hf_tp --tp-size 1")
     device = torch.device(args.device)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -163,7 +175,9 @@ def main() -> int:
     # The bandwidth floor of a decode step: every GPU reads its 1/tp of the weights once per step (a
     # mixture of experts: only the experts the step's tokens chose, see _step_bytes).
     bandwidth = _copy_bandwidth(device)
-    bytes_per_gpu = _weight_bytes(args.model) / args.tp_size
+    simulated = getattr(model, "hf_tp_simulated", None)
+    # A simulated rank's floor is its own bytes (the widest rank's share, uneven heads and vocab padding in).
+    bytes_per_gpu = simulated[1] if simulated else _weight_bytes(args.model) / args.tp_size
     vocab = model.config.vocab_size
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -188,7 +202,18 @@ def main() -> int:
             t = torch.tensor([peak], dtype=torch.int64, device=device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             peak = int(t.item())
-        rows.append({"system": args.system, "mode": args.mode, "tp_size": args.tp_size, "batch": batch,
+        extra = {}
+        if simulated:
+            extra = {"simulated_tp": args.simulate_tp, "simulated_rank": simulated[0], "rank_bytes": simulated[1],
+                     "label": f"rank of tp {args.simulate_tp}, compute only"}
+        if args.profile and not rows:
+            from .profile import profile_decode
+
+            wall = (full - first) / (args.new_tokens - 1)
+            extra["profile"] = profile_decode(
+                lambda n: _generate_seconds(model, ids, n, compiled, device), args.profile, wall)
+        rows.append({"system": args.system, "mode": args.mode,
+                     "tp_size": args.simulate_tp or args.tp_size, "batch": batch, **extra,
                      "decode_tok_s": round(decode_tok_s, 2), "ttft_s": round(first, 4), "load_s": round(load_s, 3),
                      "peak_bytes_per_gpu": peak, **loader, "copy_bandwidth_bytes_s": round(bandwidth),
                      "bandwidth_floor_tok_s": round(floor_tok_s, 1), "floor_fraction": round(decode_tok_s / floor_tok_s, 4), **moe_fields, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -476,7 +476,7 @@ class StaticDecoder:
 
     def _agree(self, ok: bool) -> bool:
         """True only if ``ok`` on every rank of the group (one small all-reduce)."""
-        if self.tp.tp_size == 1:
+        if self.tp.alone:
             return ok
         flag = torch.tensor([int(ok)], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.tp.group)
@@ -506,4 +506,4 @@ def graphs_enabled(tp, cuda_graphs: bool = True) -> bool:
     """
     if tp.device.type != "cuda" or not cuda_graphs:
         return False
-    return tp.tp_size == 1 or dist.get_backend(tp.group) == "nccl"
+    return tp.alone or dist.get_backend(tp.group) == "nccl"

@@ -21,10 +21,18 @@ class TPGroup:
     tp_size: int
     device: torch.device
     group: dist.ProcessGroup | None = None  # None: the default (world) group
+    # Benchmarks only (hf-tp bench --simulate-tp): one process plays rank ``tp_rank`` of ``tp_size`` with
+    # no process group; every collective is a local op of the same shapes (see the functions below).
+    stand_in: bool = False
 
     @property
     def is_first(self) -> bool:
         return self.tp_rank == 0
+
+    @property
+    def alone(self) -> bool:
+        """No other process to talk to: tp_size 1, or a simulated rank whose collectives are stand-ins."""
+        return self.tp_size == 1 or self.stand_in
 
 
 def _compiling() -> bool:
@@ -40,6 +48,8 @@ def all_reduce(tensor: torch.Tensor, tp: TPGroup) -> torch.Tensor:
     """
     if tp.tp_size == 1:
         return tensor
+    if tp.stand_in:  # compute only: the sum's shape and dtype, no communication (its cost is left out)
+        return tensor.clone()
     if _compiling():
         return funcol.all_reduce(tensor, "sum", tp.group or dist.group.WORLD)
     dist.all_reduce(tensor, group=tp.group)
@@ -56,7 +66,7 @@ def decode_compile_options(tp: TPGroup, allreduce: str = "nccl", one_shot_max_kb
     multicast is not used). Opt-in until benchmarks/allreduce_probe.py has measured it on two GPUs.
     All ranks agree: if enabling fails on any rank, every rank keeps NCCL (said once).
     """
-    if tp.tp_size == 1 or tp.device.type != "cuda" or allreduce != "one_shot":
+    if tp.alone or tp.device.type != "cuda" or allreduce != "one_shot":
         return {}
     ok, group = 1, tp.group or dist.group.WORLD
     try:
@@ -80,6 +90,8 @@ def all_gather_last_dim(tensor: torch.Tensor, tp: TPGroup) -> torch.Tensor:
     if tp.tp_size == 1:
         return tensor
     tensor = tensor.contiguous()
+    if tp.stand_in:  # compute only: the gathered shape, every part this rank's own
+        return torch.cat([tensor] * tp.tp_size, dim=-1)
     if _compiling():  # gathers along dim 0, so move the split dim there and back
         gathered = funcol.all_gather_tensor(tensor.movedim(-1, 0).contiguous(), 0, tp.group or dist.group.WORLD)
         return gathered.movedim(0, -1)
@@ -104,7 +116,7 @@ def all_gather_uneven(tensor: torch.Tensor, sizes: tuple[int, ...], dim: int, tp
 
 def broadcast_int(value: int, tp: TPGroup) -> int:
     """Rank 0's integer, on every rank."""
-    if tp.tp_size == 1:
+    if tp.alone:
         return value
     t = torch.tensor([value], dtype=torch.int64, device=tp.device)
     dist.broadcast(t, src=_global_rank(tp, 0), group=tp.group)
