@@ -27,6 +27,7 @@ ENV_OVERRIDES = {
     "HF_TP_PINNED_LOAD": "pinned_load",
     "HF_TP_LOAD_CHUNK_MB": "load_chunk_mb",
     "HF_TP_LOAD_BUFFERS": "load_buffers",
+    "HF_TP_FP8_WEIGHTS": "fp8_weights",
 }
 
 # NVLink multicast off: on shared hosts a program that uses it can take the host's GPUs out of service.
@@ -57,6 +58,14 @@ class TPConfig:
         off on CPU, where unsplit tensors can be views of the memory-mapped file and a fused copy would hold
         them twice in resident memory.
       load_threads: tensors a rank reads at once. Default min(4, cores).
+      fp8_weights: what a rank does with an FP8 checkpoint's weights (docs/fp8.md). "dequantize": each slice is
+        multiplied out to the model's dtype at load (float32 math, rounded once, as Transformers does on CPU);
+        the layers are the bf16 ones. "keep": the column/row-parallel linear layers keep their slice in FP8 with
+        its scales (about half the bytes of bf16) and multiply through hf_tp.parallel.fp8.fp8_linear; other
+        weights (embeddings, LM head, MoE experts) are dequantized. "auto" (default): "dequantize" on CPU; on
+        CUDA each rank picks "keep" when its GPU has FP8 (compute capability 8.9 or above) and hf_tp's FP8 GEMM
+        kernel is available, else "dequantize", at load: ``model.hf_tp_config`` on a rank shows the choice.
+        Checkpoints without FP8 weights ignore it.
       pinned_load, load_chunk_mb, load_buffers: on CUDA, slices go through ``load_buffers`` pinned buffers of
         ``load_chunk_mb`` MB (8 and 4: the fastest on the lent H100, 2026-11-25); False: plain copies.
     Processes:
@@ -75,11 +84,14 @@ class TPConfig:
     pinned_load: bool = True
     load_chunk_mb: float = 8.0
     load_buffers: int = 4
+    fp8_weights: str = "auto"
     worker_env: dict = field(default_factory=lambda: dict(DEFAULT_WORKER_ENV))
 
     def __post_init__(self):
         if self.allreduce not in ("nccl", "one_shot"):
             raise ValueError(f"TPConfig(allreduce={self.allreduce!r}): use 'nccl' or 'one_shot'.")
+        if self.fp8_weights not in ("auto", "dequantize", "keep"):
+            raise ValueError(f"TPConfig(fp8_weights={self.fp8_weights!r}): use 'auto', 'dequantize' or 'keep'.")
         if self.load_threads is not None and self.load_threads < 1:
             raise ValueError(f"TPConfig(load_threads={self.load_threads}): needs at least 1.")
         if self.load_buffers < 1 or self.load_chunk_mb <= 0 or self.one_shot_max_kb < 0:
@@ -100,6 +112,8 @@ class TPConfig:
             filled["fuse"] = device_type == "cuda"
         if config.load_threads is None:
             filled["load_threads"] = min(4, os.cpu_count() or 1)
+        if config.fp8_weights == "auto" and device_type != "cuda":  # CUDA: each rank decides for its GPU at load
+            filled["fp8_weights"] = "dequantize"
         return dataclasses.replace(config, **filled)
 
     def to_dict(self) -> dict:
