@@ -145,13 +145,18 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     start = time.perf_counter()
     config = resolve_fp8_weights(config, tp.device, planned.index.quantization)
     transposed = parallelize(model, planned.plan, tp, policy=planned.policy, config=config)
+    kept = 0
     if config.fp8_weights == "keep" and planned.index.quantization is not None:
-        keep_fp8_layers(model, planned.plan, planned.index, tp.tp_rank)  # before fusion: FP8 layers are not fused
+        kept = keep_fp8_layers(model, planned.plan, planned.index, tp.tp_rank)  # before fusion: FP8 layers are not fused
     fuse_shared_inputs(model, dict(planned.policy.same_input), tp.device, enabled=config.fuse)
     build_s = time.perf_counter() - start
     stats = load_shards(model, planned.plan, planned.index, tp.tp_rank, tp.device, transposed,
                         progress=progress and tp.is_first, stager=stager, threads=config.load_threads)
     model.generation_config = load_generation_config(planned.folder, model.generation_config, planned.options)
+    if planned.index.quantization is not None and not kept and hasattr(model.config, "quantization_config"):
+        # Dequantized at load: the model is no longer quantized, and save_pretrained must not say it is (as
+        # Transformers removes it when it dequantizes an FP8 checkpoint).
+        del model.config.quantization_config
     model.eval()
     stats.phases.update(build_s=round(build_s, 4), read_s=round(stats.seconds, 4))
     model.hf_tp_plan, model.hf_tp_load_stats, model.hf_tp_transposed = planned.plan, stats, transposed

@@ -108,6 +108,8 @@ def load_all(folders: dict, tp_size: int) -> dict:
         model = load(folder)
         out[name] = {**_greedy(model), "fp8_weights": model.hf_tp_config.fp8_weights,
                      "weights_bytes": memory_report(model, tp.tp_rank, tp.device, 0)["weights_bytes"]}
+        if tp_size == 2 and name == "cut":  # dequantized: saved as the unquantized checkpoint it now is
+            model.save_pretrained(folder.parent / "saved_cut")
     if tp_size == 2:
         for name in ("cut", "channel", "moe"):
             model = load(folders[name], fp8_weights="keep")
@@ -118,6 +120,16 @@ def load_all(folders: dict, tp_size: int) -> dict:
                 "weights_bytes": memory_report(model, tp.tp_rank, tp.device, 0)["weights_bytes"],
                 "dtypes": {n: str(getattr(attn, n).weight.dtype) for n in ("q_proj", "o_proj")},
                 "geometry": [(m.fp8_group_k, m.fp8_k_offset) for m in [attn.o_proj, *mlp]]}
+            if name != "cut":
+                continue
+            try:
+                model.save_pretrained(folders["cut"].parent / "saved_keep")
+                out["after"] = {"save": "saved"}
+            except ValueError as exc:
+                out["after"] = {"save": str(exc)}
+            model.to(torch.float64)  # a dtype conversion leaves FP8 layers FP8; they compute in the input's dtype
+            out["after"]["float64"] = {"logits": model(PROMPT).logits.float().detach(), "scale": str(attn.o_proj.fp8_scale.dtype),
+                                   "dtypes": {n: str(getattr(attn, n).weight.dtype) for n in ("q_proj", "o_proj")}}
     return out
 
 
@@ -135,7 +147,8 @@ def test_fp8_checkpoints_match_transformers(folders, reference, tp_size):
     results = run_ranks(load_all, tp_size, folders, tp_size, timeout=400)
     _check(results, reference, folders)
     for result in results:  # CPU: "auto" resolves to dequantize, chosen once and shown in hf_tp_config
-        assert all(r["fp8_weights"] == ("keep" if name.endswith("_keep") else "dequantize") for name, r in result.items())
+        assert all(r["fp8_weights"] == ("keep" if name.endswith("_keep") else "dequantize") for name, r in result.items()
+                   if name != "after")
     if tp_size != 2:
         return
     # fp8_weights="keep": same tokens through the FP8 layers (fp8_linear), FP8 weights and fewer bytes
@@ -150,6 +163,16 @@ def test_fp8_checkpoints_match_transformers(folders, reference, tp_size):
     assert r0["cut_keep"]["geometry"] == [(128, 0), (128, 0)] and r1["cut_keep"]["geometry"] == [(128, 0), (128, 64)]
     assert r1["channel_keep"]["geometry"] == [(128, 0), (320, 0)]
     assert r1["moe_keep"]["geometry"] == [(128, 0)]  # 8 heads of 32: rank 1's o_proj columns start at 128
+    for r in results:
+        assert "fp8_weights='dequantize'" in r["after"]["save"], r["after"]["save"]  # a kept model refuses to save
+        f64 = r["after"]["float64"]
+        assert f64["dtypes"] == r0["cut_keep"]["dtypes"] and f64["scale"] == "torch.float32", f64
+        assert float((f64["logits"] - reference["cut"]["logits"]).abs().max()) < 1e-4 * float(reference["cut"]["logits"].abs().max())
+    # the dequantized model saves an unquantized checkpoint (no quantization_config) that Transformers reads
+    saved = folders["cut"].parent / "saved_cut"
+    assert "quantization_config" not in json.loads((saved / "config.json").read_text())
+    model = transformers.AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
+    assert torch.equal(_greedy(model)["tokens"], reference["cut"]["tokens"])
 
 
 # ------------------------------------------------------------------------------------------------------------
