@@ -147,7 +147,8 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     transposed = parallelize(model, planned.plan, tp, policy=planned.policy, config=config)
     kept = 0
     if config.fp8_weights == "keep" and planned.index.quantization is not None:
-        kept = keep_fp8_layers(model, planned.plan, planned.index, tp.tp_rank)  # before fusion: FP8 layers are not fused
+        # Before fusion: FP8 layers are not fused.
+        kept = keep_fp8_layers(model, planned.plan, planned.index, tp.tp_rank, transposed)
     fuse_shared_inputs(model, dict(planned.policy.same_input), tp.device, enabled=config.fuse)
     build_s = time.perf_counter() - start
     stats = load_shards(model, planned.plan, planned.index, tp.tp_rank, tp.device, transposed,

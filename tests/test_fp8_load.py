@@ -219,3 +219,39 @@ def test_other_quantization_is_refused_on_every_rank(tiny_checkpoint, tmp_path):
     path = _with_quantization(tiny_checkpoint("llama"), tmp_path / "quantized", _UNSUPPORTED["gptq"])
     messages = run_ranks(refused_on_rank, 2, str(path))
     assert all("quant_method='gptq'" in m for m in messages), messages
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The real SmolLM2-135M-Instruct in compressed-tensors per-channel FP8: widths 576 and 64 align with no block
+# ------------------------------------------------------------------------------------------------------------
+
+SMOL_TOKENS = 32
+
+
+def smollm2_greedy(path: str, prompts: dict, tp_size: int) -> dict:
+    """Rank function: greedy tokens of a story prompt and of the chat question, from the FP8 folder."""
+    model = hf_tp.AutoModelForCausalLM.from_pretrained(path, tp_size=tp_size, device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        return {name: model.generate(**p, do_sample=False, max_new_tokens=SMOL_TOKENS, min_new_tokens=SMOL_TOKENS)
+                for name, p in prompts.items()}
+
+
+@pytest.mark.slow
+def test_smollm2_per_channel_fp8_matches_transformers(tmp_path):
+    from hf_tp.demo import demo_model_path
+
+    folder = write_channel_fp8(demo_model_path(), tmp_path / "smollm2-fp8")
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    prompts = {"story": dict(tok("The old lighthouse keeper climbed the stairs and", return_tensors="pt")),
+               "chat": dict(tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                                    add_generation_prompt=True, return_tensors="pt", return_dict=True))}
+    reference = dequantized_reference(folder, tmp_path / "smollm2-dequantized")
+    with torch.no_grad():
+        expected = {name: reference.generate(**p, do_sample=False, max_new_tokens=SMOL_TOKENS, min_new_tokens=SMOL_TOKENS)
+                    for name, p in prompts.items()}
+    del reference
+    results = run_ranks(smollm2_greedy, 2, str(folder), prompts, 2, timeout=600)
+    for result in results:
+        for name in prompts:
+            assert torch.equal(result[name], expected[name]), (name, tok.decode(result[name][0]), tok.decode(expected[name][0]))
+    print("SmolLM2 per-channel FP8, tp 2:", tok.decode(results[0]["chat"][0, prompts["chat"]["input_ids"].shape[1]:]))

@@ -101,7 +101,8 @@ def fuse_shared_inputs(model: nn.Module, same_input: dict[str, tuple[str, ...]],
                 continue
             members = [getattr(module, child, None) for child in children]
             if (all(isinstance(m, ColumnParallelLinear) for m in members)
-                    and len({m.weight.dtype for m in members}) == 1 and members[0].weight.dtype != torch.float8_e4m3fn and len({m.bias is None for m in members}) == 1):
+                    and len({m.weight.dtype for m in members}) == 1
+                    and members[0].weight.dtype != torch.float8_e4m3fn and len({m.bias is None for m in members}) == 1):
                 SharedInputGroup(members, device)
                 groups += 1
     return groups
