@@ -146,9 +146,10 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     config = resolve_fp8_weights(config, tp.device, planned.index.quantization)
     transposed = parallelize(model, planned.plan, tp, policy=planned.policy, config=config)
     kept = 0
-    if config.fp8_weights == "keep" and planned.index.quantization is not None:
+    if (config.fp8_weights == "keep" and planned.index.quantization is not None) or config.weights == "fp8":
         # Before fusion: FP8 layers are not fused.
-        kept = keep_fp8_layers(model, planned.plan, planned.index, tp.tp_rank, transposed)
+        kept = keep_fp8_layers(model, planned.plan, planned.index, tp.tp_rank, transposed,
+                               quantize=config.weights == "fp8")
     fuse_shared_inputs(model, dict(planned.policy.same_input), tp.device, enabled=config.fuse)
     build_s = time.perf_counter() - start
     stats = load_shards(model, planned.plan, planned.index, tp.tp_rank, tp.device, transposed,

@@ -28,6 +28,7 @@ ENV_OVERRIDES = {
     "HF_TP_LOAD_CHUNK_MB": "load_chunk_mb",
     "HF_TP_LOAD_BUFFERS": "load_buffers",
     "HF_TP_FP8_WEIGHTS": "fp8_weights",
+    "HF_TP_WEIGHTS": "weights",
 }
 
 # NVLink multicast off: on shared hosts a program that uses it can take the host's GPUs out of service.
@@ -66,6 +67,10 @@ class TPConfig:
         CUDA each rank picks "keep" when its GPU has FP8 (compute capability 8.9 or above) and hf_tp's FP8 GEMM
         kernel is available, else "dequantize", at load: ``model.hf_tp_config`` on a rank shows the choice.
         Checkpoints without FP8 weights ignore it.
+      weights: "checkpoint" (default): weights as the checkpoint stores them. "fp8": the column/row-parallel
+        linear layers whose checkpoint weights are not FP8 (bf16/fp16/fp32) are quantized at load, per rank after
+        slicing, to FP8 in 128 x 128 blocks of the rank's slice, and kept FP8 as with fp8_weights="keep" (half
+        the bytes of bf16; on CPU or without hf_tp's FP8 kernel it is as exact but slower than bf16).
       pinned_load, load_chunk_mb, load_buffers: on CUDA, slices go through ``load_buffers`` pinned buffers of
         ``load_chunk_mb`` MB (8 and 4: the fastest on the lent H100, 2026-11-25); False: plain copies.
     Processes:
@@ -85,6 +90,7 @@ class TPConfig:
     load_chunk_mb: float = 8.0
     load_buffers: int = 4
     fp8_weights: str = "auto"
+    weights: str = "checkpoint"
     worker_env: dict = field(default_factory=lambda: dict(DEFAULT_WORKER_ENV))
 
     def __post_init__(self):
@@ -92,6 +98,9 @@ class TPConfig:
             raise ValueError(f"TPConfig(allreduce={self.allreduce!r}): use 'nccl' or 'one_shot'.")
         if self.fp8_weights not in ("auto", "dequantize", "keep"):
             raise ValueError(f"TPConfig(fp8_weights={self.fp8_weights!r}): use 'auto', 'dequantize' or 'keep'.")
+        if self.weights not in ("checkpoint", "fp8"):
+            raise ValueError(f"TPConfig(weights={self.weights!r}): use 'checkpoint' (as stored) or 'fp8' (quantized "
+                             "to block FP8 at load).")
         if self.load_threads is not None and self.load_threads < 1:
             raise ValueError(f"TPConfig(load_threads={self.load_threads}): needs at least 1.")
         if self.load_buffers < 1 or self.load_chunk_mb <= 0 or self.one_shot_max_kb < 0:

@@ -228,10 +228,10 @@ class TensorParallelMixin:
                              "do not pass state_dict (or save that dict with safetensors directly).")
         kwargs.pop("state_dict", None)
         if any(getattr(m, "fp8_scale", None) is not None for m in self.modules()):
-            raise ValueError("save_pretrained cannot write this model: some of its layers keep their FP8 checkpoint "
-                             "weights (TPConfig(fp8_weights='keep'), or 'auto' on an FP8 GPU), and the checkpoint "
-                             "they came from is already that FP8 checkpoint. To write an unquantized copy, load it "
-                             "with tp_config=hf_tp.TPConfig(fp8_weights='dequantize') and save that.")
+            raise ValueError("save_pretrained cannot write this model: some of its layers hold FP8 weights "
+                             "(TPConfig(fp8_weights='keep') or 'auto' on an FP8 GPU, or TPConfig(weights='fp8')), "
+                             "which it does not write back. To save, load it with tp_config=hf_tp.TPConfig("
+                             "fp8_weights='dequantize', weights='checkpoint') and save that.")
         state = full_state_dict(self, self.hf_tp_plan, self.hf_tp, getattr(self, "hf_tp_transposed", frozenset()))
         with fail_together(self.hf_tp, "saving the checkpoint"):
             if self.hf_tp.is_first:

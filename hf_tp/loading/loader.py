@@ -20,7 +20,7 @@ from ..policies.plan import ParamShard, ShardingPlan
 from .checkpoint import CheckpointIndex
 from .experts import expert_part_keys, read_experts
 from .keys import find_key
-from .quantization import FP8Slice, is_fp8, read_canonical, read_dequantized
+from .quantization import FP8Slice, is_fp8, quantize_blocks, read_canonical, read_dequantized
 from .staging import MIN_CHUNK_BYTES, PinnedStager, finished_at_exit
 
 
@@ -182,8 +182,11 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
                     raise CheckpointError(f"could not read the experts of {group[0]} from {index.folder} ({exc}).") from exc
             else:
                 key = found[group[0]]
-                tensor = _read(index, key, shard, tp_rank, target.dtype, keep_fp8=target.dtype == torch.float8_e4m3fn)
-                if isinstance(tensor, FP8Slice):  # a layer that keeps its weight FP8 (fp8.keep_fp8_layers)
+                keep_fp8 = target.dtype == torch.float8_e4m3fn  # a layer that keeps its weight FP8 (keep_fp8_layers)
+                tensor = _read(index, key, shard, tp_rank, target.dtype, keep_fp8=keep_fp8)
+                if keep_fp8 and not isinstance(tensor, FP8Slice):  # unquantized in the file: TPConfig.weights="fp8"
+                    tensor = quantize_blocks(tensor)
+                if keep_fp8:
                     return group, _checked_fp8(tensor, target, key, index, tp_rank, device, stager), None
             nbytes = tensor.numel() * tensor.element_size()
             if group[0] in transposed:

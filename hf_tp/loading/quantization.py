@@ -215,6 +215,23 @@ def read_fp8(index, key: str, dim: int | None = None, start: int = 0, stop: int 
     return FP8Slice(weight, scale, bk, c0 % bk)
 
 
+def quantize_blocks(weight: torch.Tensor, block: int = 128) -> FP8Slice:
+    """A rank's unquantized (N, K) slice -> FP8 in ``block`` x ``block`` blocks of the slice (TPConfig.weights="fp8"):
+    per block, scale = max|w| / 448 (float32) and weight = w / scale rounded to float8_e4m3fn. Canonical form,
+    k_offset 0 (the blocks start at the slice's first row and column)."""
+    w = weight.to(torch.float32)
+    n, k = w.shape
+    fp8_max = torch.finfo(torch.float8_e4m3fn).max
+    rows, cols = math.ceil(n / block), math.ceil(k / block)
+    padded = torch.zeros(rows * block, cols * block, dtype=torch.float32)
+    padded[:n, :k] = w
+    tiles = padded.view(rows, block, cols, block)
+    scale = (tiles.abs().amax(dim=(1, 3)) / fp8_max).clamp(min=torch.finfo(torch.float32).tiny)  # (rows, cols)
+    q = (tiles / scale[:, None, :, None]).clamp(-fp8_max, fp8_max).to(torch.float8_e4m3fn)
+    q = q.view(rows * block, cols * block)[:n, :k].contiguous()
+    return FP8Slice(q, scale.repeat_interleave(block, dim=0)[:n].contiguous(), block, 0)
+
+
 def read_dequantized(index, key: str, dim: int | None, pieces, dtype: torch.dtype) -> torch.Tensor:
     """The rank's pieces of an FP8 weight along ``dim``, each dequantized to ``dtype`` (fp32 math, one
     rounding) and concatenated."""

@@ -44,9 +44,10 @@ def resolve_fp8_weights(config, device: torch.device, quantization):
     return dataclasses.replace(config, fp8_weights="keep" if keep else "dequantize")
 
 
-def keep_fp8_layers(model: nn.Module, plan, index, tp_rank: int, transposed=frozenset()) -> int:
-    """Before loading: every Column/RowParallelLinear whose checkpoint weight is FP8 gets an FP8 meta weight, so
-    the loader fills it with the canonical slice instead of dequantizing it. A slice that is several pieces along
+def keep_fp8_layers(model: nn.Module, plan, index, tp_rank: int, transposed=frozenset(), quantize: bool = False) -> int:
+    """Before loading: every Column/RowParallelLinear whose checkpoint weight is FP8 (with ``quantize``,
+    TPConfig.weights="fp8": every one) gets an FP8 meta weight, so the loader fills it with the canonical slice
+    instead of dequantizing it (or quantizes the slice it read). A slice that is several pieces along
     K (no layer of hf_tp's policies has one) has no single k_offset, and a Conv1D weight is stored transposed
 (``transposed``, from parallelize): both stay dequantized. Returns the count."""
     from ..loading.keys import find_key
@@ -58,7 +59,7 @@ def keep_fp8_layers(model: nn.Module, plan, index, tp_rank: int, transposed=froz
         if not isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
             continue
         key = find_key([f"{name}.weight"], index)
-        if key is None or f"{name}.weight" in transposed or not is_fp8(index, key):
+        if key is None or f"{name}.weight" in transposed or not (quantize or is_fp8(index, key)):
             continue
         shard = plan.param_shard(f"{name}.weight")
         if shard is not None and shard.dim == 1 and len(shard.pieces[tp_rank]) > 1:
