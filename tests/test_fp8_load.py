@@ -323,3 +323,12 @@ def test_any_slice_equals_the_slice_of_the_whole(folders):
             # pieces along the rows (fused parts) concatenate in one canonical form
             both = read_canonical(index, key, 0, [(0, 5), (70, n)])
             assert torch.equal(both.dequantize(torch.float32), torch.cat([whole[:5], whole[70:]]))
+
+
+def test_scales_are_expected_keys(folders):
+    """output_loading_info: an FP8 checkpoint's scales (and the static scheme's input_scale) are not unexpected."""
+    from hf_tp.assembly import plan_model
+
+    for name in ("cut", "tensor", "moe"):
+        info = plan_model(str(folders[name]), 2, torch.float32, {"output_loading_info": True}).info
+        assert info["unexpected_keys"] == set(), (name, sorted(info["unexpected_keys"])[:5])
