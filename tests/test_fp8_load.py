@@ -332,3 +332,25 @@ def test_scales_are_expected_keys(folders):
     for name in ("cut", "tensor", "moe"):
         info = plan_model(str(folders[name]), 2, torch.float32, {"output_loading_info": True}).info
         assert info["unexpected_keys"] == set(), (name, sorted(info["unexpected_keys"])[:5])
+
+
+def test_a_scaled_weight_that_is_not_fp8_is_refused(folders, tmp_path):
+    """A quantized checkpoint whose weight has a scale but another dtype (e.g. e5m2 or int8) is never read as if
+    unquantized."""
+    from safetensors.torch import load_file, save_file
+
+    from hf_tp.errors import CheckpointError
+    from hf_tp.loading import CheckpointIndex
+    from hf_tp.loading.quantization import is_fp8, read_quantization
+
+    folder = shutil.copytree(folders["ragged"], tmp_path / "e5m2")
+    key = "model.layers.0.mlp.up_proj.weight"
+    file = next(f for f in folder.glob("*.safetensors") if key in load_file(f))
+    tensors = load_file(file)
+    tensors[key] = tensors[key].float().to(torch.float8_e5m2)
+    save_file(tensors, file, metadata={"format": "pt"})
+    index = CheckpointIndex(folder, quantization=read_quantization(transformers.AutoConfig.from_pretrained(folder)))
+    assert is_fp8(index, "model.layers.0.mlp.down_proj.weight")
+    assert not is_fp8(index, "model.embed_tokens.weight")
+    with pytest.raises(CheckpointError, match=r"up_proj\.weight has a scale .* stored as F8_E5M2"):
+        is_fp8(index, key)

@@ -152,8 +152,17 @@ class FP8Slice:
 
 
 def is_fp8(index, key: str) -> bool:
-    """Whether the checkpoint stores ``key`` as FP8 (from the file header; nothing is read)."""
-    return index.quantization is not None and index.handle(key).get_slice(key).get_dtype() == FP8_DTYPE
+    """Whether the checkpoint stores ``key`` as FP8 (from the file header; nothing is read). A tensor of a quantized
+    checkpoint that has a scale but another dtype would be read without it: refused."""
+    if index.quantization is None:
+        return False
+    dtype = index.handle(key).get_slice(key).get_dtype()
+    if dtype == FP8_DTYPE:
+        return True
+    if key.endswith("weight") and index.quantization.scale_key(key) in index:
+        raise CheckpointError(f"{key} has a scale ({index.quantization.scale_key(key)}) but is stored as {dtype}, not "
+                              f"float8_e4m3fn ({FP8_DTYPE}); hf_tp reads {SUPPORTED} only.")
+    return False
 
 
 def _scale_float(tensor: torch.Tensor) -> torch.Tensor:
