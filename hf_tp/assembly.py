@@ -19,6 +19,8 @@ import torch
 from .config import TPConfig
 from .generation.spmd import make_tensor_parallel
 from .loading import CheckpointIndex, load_shards, loading_info, make_stager, resolve_checkpoint
+from .loading.quantization import read_quantization
+from .parallel.fp8 import keep_fp8_layers, resolve_fp8_weights
 from .agreement import fail_together
 from .parallel.comm import TPGroup
 from .kernels.decode_attention import apply_decode_attention
@@ -126,7 +128,10 @@ def plan_model(name_or_path, tp_size: int, dtype=None, hf_kwargs: dict | None = 
     """Files, config, policy, dtype, meta skeleton and sharding plan for ``tp_size`` ranks. Pure (no process
     group, no weights read): raises what a rank would raise, before any rank starts."""
     folder, config, options = resolve_config(name_or_path, dict(hf_kwargs or {}))
-    index = CheckpointIndex(folder, options.variant)  # also refuses missing shards
+    # The checkpoint's own quantization_config: FP8 formats are read with their scales, any other is refused here,
+    # before a worker starts (never read as if unquantized).
+    quantization = read_quantization(config)
+    index = CheckpointIndex(folder, options.variant, quantization)  # also refuses missing shards
     policy = get_policy(config)
     torch_dtype = resolve_dtype(dtype, config, index)
     config.dtype = torch_dtype  # as Transformers records the dtype it loaded in
@@ -141,13 +146,23 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     slices of the checkpoint on ``tp.device``. No collective runs here; ``config`` must be resolved."""
     model = planned.skeleton
     start = time.perf_counter()
+    config = resolve_fp8_weights(config, tp.device, planned.index.quantization)
     transposed = parallelize(model, planned.plan, tp, policy=planned.policy, config=config)
+    kept = 0
+    if (config.fp8_weights == "keep" and planned.index.quantization is not None) or config.weights == "fp8":
+        # Before fusion: FP8 layers are not fused.
+        kept = keep_fp8_layers(model, planned.plan, planned.index, tp.tp_rank, transposed,
+                               quantize=config.weights == "fp8")
     fuse_shared_inputs(model, dict(planned.policy.same_input), tp.device, enabled=config.fuse)
     build_s = time.perf_counter() - start
     stats = load_shards(model, planned.plan, planned.index, tp.tp_rank, tp.device, transposed,
                         progress=progress and tp.is_first, stager=stager, threads=config.load_threads)
     install_moe_decode(model, config.moe_decode)  # after loading: it checks the experts' real dtypes and strides
     model.generation_config = load_generation_config(planned.folder, model.generation_config, planned.options)
+    if planned.index.quantization is not None and not kept and hasattr(model.config, "quantization_config"):
+        # Dequantized at load: the model is no longer quantized, and save_pretrained must not say it is (as
+        # Transformers removes it when it dequantizes an FP8 checkpoint).
+        del model.config.quantization_config
     model.eval()
     stats.phases.update(build_s=round(build_s, 4), read_s=round(stats.seconds, 4))
     model.hf_tp_plan, model.hf_tp_load_stats, model.hf_tp_transposed = planned.plan, stats, transposed

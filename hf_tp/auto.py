@@ -53,7 +53,8 @@ def check_arguments(tp_size, hf_kwargs: dict) -> None:
     if conflicting:
         raise ValueError(
             f"{', '.join(conflicting)} cannot be combined with tp_size={tp_size}: hf_tp places every weight itself "
-            "and reads unquantized safetensors. Drop those arguments, or use tp_size=None for plain Transformers."
+            "and reads a checkpoint's own quantization (FP8, docs/fp8.md) but does not quantize one (for FP8 at load: "
+            "tp_config=hf_tp.TPConfig(weights='fp8')). Drop those arguments, or use tp_size=None for plain Transformers."
         )
 
 

@@ -29,6 +29,8 @@ ENV_OVERRIDES = {
     "HF_TP_LOAD_CHUNK_MB": "load_chunk_mb",
     "HF_TP_LOAD_BUFFERS": "load_buffers",
     "HF_TP_MOE_DECODE": "moe_decode",
+    "HF_TP_FP8_WEIGHTS": "fp8_weights",
+    "HF_TP_WEIGHTS": "weights",
 }
 
 # Options of the single-controller handle (how its workers are supervised and sized), passed to
@@ -81,6 +83,18 @@ class TPConfig:
         off on CPU, where unsplit tensors can be views of the memory-mapped file and a fused copy would hold
         them twice in resident memory.
       load_threads: tensors a rank reads at once. Default min(4, cores).
+      fp8_weights: what a rank does with an FP8 checkpoint's weights (docs/fp8.md). "dequantize": each slice is
+        multiplied out to the model's dtype at load (float32 math, rounded once, as Transformers does on CPU);
+        the layers are the bf16 ones. "keep": the column/row-parallel linear layers keep their slice in FP8 with
+        its scales (about half the bytes of bf16) and multiply through hf_tp.parallel.fp8.fp8_linear; other
+        weights (embeddings, LM head, MoE experts) are dequantized. "auto" (default): "dequantize" on CPU; on
+        CUDA each rank picks "keep" when its GPU has FP8 (compute capability 8.9 or above) and hf_tp's FP8 GEMM
+        kernel is available, else "dequantize", at load: ``model.hf_tp_config`` on a rank shows the choice.
+        Checkpoints without FP8 weights ignore it.
+      weights: "checkpoint" (default): weights as the checkpoint stores them. "fp8": the column/row-parallel
+        linear layers whose checkpoint weights are not FP8 (bf16/fp16/fp32) are quantized at load, per rank after
+        slicing, to FP8 in 128 x 128 blocks of the rank's slice, and kept FP8 as with fp8_weights="keep" (half
+        the bytes of bf16; on CPU or without hf_tp's FP8 kernel it is as exact but slower than bf16).
       pinned_load, load_chunk_mb, load_buffers: on CUDA, slices go through ``load_buffers`` pinned buffers of
         ``load_chunk_mb`` MB (8 and 4: the fastest on the lent H100, 2026-11-25); False: plain copies. On CPU
         there is no host-to-device copy: resolve() sets pinned_load=False.
@@ -104,6 +118,8 @@ class TPConfig:
     pinned_load: bool = True
     load_chunk_mb: float = 8.0
     load_buffers: int = 4
+    fp8_weights: str = "auto"
+    weights: str = "checkpoint"
     worker_env: dict = field(default_factory=lambda: dict(DEFAULT_WORKER_ENV))
     moe_decode: str | None = None
 
@@ -126,6 +142,11 @@ class TPConfig:
                              "('gloo' is what CPU models resolve to).")
         if self.decode_attention not in ("flex", "off"):
             raise ValueError(f"TPConfig(decode_attention={self.decode_attention!r}): use 'flex' or 'off'.")
+        if self.fp8_weights not in ("auto", "dequantize", "keep"):
+            raise ValueError(f"TPConfig(fp8_weights={self.fp8_weights!r}): use 'auto', 'dequantize' or 'keep'.")
+        if self.weights not in ("checkpoint", "fp8"):
+            raise ValueError(f"TPConfig(weights={self.weights!r}): use 'checkpoint' (as stored) or 'fp8' (quantized "
+                             "to block FP8 at load).")
         if self.load_threads is not None and self.load_threads < 1:
             raise ValueError(f"TPConfig(load_threads={self.load_threads}): needs at least 1.")
         if self.load_buffers < 1 or self.load_chunk_mb <= 0 or self.one_shot_max_kb < 0:
@@ -158,6 +179,8 @@ class TPConfig:
             raise ValueError(f"TPConfig(moe_decode='triton'): hf_tp's MoE kernels need Triton on CUDA (device "
                              f"{device_type!r}, Triton {'importable' if _triton_available() else 'not importable'}); "
                              "use moe_decode='grouped' here.")
+        if config.fp8_weights == "auto" and device_type != "cuda":  # CUDA: each rank decides for its GPU at load
+            filled["fp8_weights"] = "dequantize"
         return dataclasses.replace(config, **filled)
 
     def to_dict(self) -> dict:

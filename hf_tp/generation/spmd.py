@@ -132,7 +132,12 @@ class TensorParallelMixin:
         fused q/k/v and gate/up buffers are rebuilt from them, and captured decode graphs are dropped."""
         from ..parallel.fused import rebind_shared_inputs
 
+        # Layers that keep FP8 weights (TPConfig.fp8_weights="keep") keep them and their fp32 scales through a
+        # dtype conversion (cast, they would lose their scales); they compute in their input's dtype anyway.
+        fp8 = [(m, m.weight.data, m.fp8_scale) for m in self.modules() if getattr(m, "fp8_scale", None) is not None]
         result = super()._apply(fn, recurse)
+        for module, weight, scale in fp8:
+            module.weight.data, module.fp8_scale = weight, scale
         rebind_shared_inputs(self)
         decoder = getattr(self, "_hf_tp_static_decoder", None)
         if decoder is not None:  # its caches and graphs were built for the old dtype
@@ -222,6 +227,11 @@ class TensorParallelMixin:
             raise ValueError("save_pretrained on an hf_tp model gathers the full state dict itself; "
                              "do not pass state_dict (or save that dict with safetensors directly).")
         kwargs.pop("state_dict", None)
+        if any(getattr(m, "fp8_scale", None) is not None for m in self.modules()):
+            raise ValueError("save_pretrained cannot write this model: some of its layers hold FP8 weights "
+                             "(TPConfig(fp8_weights='keep') or 'auto' on an FP8 GPU, or TPConfig(weights='fp8')), "
+                             "which it does not write back. To save, load it with tp_config=hf_tp.TPConfig("
+                             "fp8_weights='dequantize', weights='checkpoint') and save that.")
         state = full_state_dict(self, self.hf_tp_plan, self.hf_tp, getattr(self, "hf_tp_transposed", frozenset()))
         with fail_together(self.hf_tp, "saving the checkpoint"):
             if self.hf_tp.is_first:

@@ -66,8 +66,10 @@ class CheckpointIndex:
     """Tensor name -> safetensors file, from model.safetensors.index.json or the single file
     (their ``variant`` names when one is given, as Transformers' ``variant=``)."""
 
-    def __init__(self, folder: Path, variant: str | None = None):
+    def __init__(self, folder: Path, variant: str | None = None, quantization=None):
         self.folder = Path(folder)
+        # loading.quantization.FP8Format when config.json says the weights are FP8 (None: read as stored)
+        self.quantization = quantization
         index_file = self.folder / variant_name("model.safetensors.index.json", variant)
         single = self.folder / variant_name("model.safetensors", variant)
         if variant and not index_file.is_file() and not single.is_file():
@@ -113,8 +115,9 @@ class CheckpointIndex:
         """The dtype of the first floating tensor of the first file, which Transformers' dtype="auto"
         falls back to when the config names none; None when no tensor is floating."""
         first = min(set(self.files.values()))
+        scales = ("weight_scale_inv", "weight_scale", "input_scale") if self.quantization is not None else ()
         for name, file in sorted(self.files.items()):
-            if file == first:
+            if file == first and not name.endswith(scales):  # FP8 scales are fp32 in bf16 models
                 dtype = _FLOAT_DTYPES.get(self._open(first).get_slice(name).get_dtype())
                 if dtype is not None:
                     return dtype

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .keys import checkpoint_names
+from .quantization import is_fp8, read_fp8
 
 # Fused parameter -> candidate per-expert part names, in packing order (gate before up).
 _PARTS = {
@@ -35,26 +36,31 @@ def expert_part_keys(name: str, index) -> list[tuple[str, ...]] | None:
     return None
 
 
-def read_experts(index, keys: list[tuple[str, ...]], dim: int | None, pieces) -> torch.Tensor:
+def read_experts(index, keys: list[tuple[str, ...]], dim: int | None, pieces, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Stack per-expert 2-D tensors into this rank's slice of the fused 3-D parameter.
 
     ``dim``/``pieces`` are in fused coordinates (dim 1 or 2 of (experts, out, in)); a piece may span
     several packed parts (gate and up), so it is cut at part boundaries first. ``dim=None``: whole tensors.
+    FP8 experts (index.quantization) are dequantized to ``dtype`` piece by piece (loading.quantization).
     """
+    def read(key, lead_dim=None, start=0, stop=None):
+        if is_fp8(index, key):
+            return read_fp8(index, key, lead_dim, start, stop).dequantize(dtype or torch.float32)
+        view = index.handle(key).get_slice(key)
+        return view[:] if lead_dim is None else view[(*(slice(None),) * lead_dim, slice(start, stop))]
+
     experts = []
     for part_keys in keys:
-        views = [index.handle(k).get_slice(k) for k in part_keys]
         if dim is None:
-            experts.append(torch.cat([v[:] for v in views], dim=0))
+            experts.append(torch.cat([read(k) for k in part_keys], dim=0))
             continue
-        part_len = views[0].get_shape()[dim - 1]
-        lead = (slice(None),) * (dim - 1)
+        part_len = index.handle(part_keys[0]).get_slice(part_keys[0]).get_shape()[dim - 1]
         chunks = []
         for start, stop in pieces:
             while start < stop:
                 part, offset = divmod(start, part_len)
                 end = min(stop, (part + 1) * part_len)
-                chunks.append(views[part][(*lead, slice(offset, offset + end - start))])
+                chunks.append(read(part_keys[part], dim - 1, offset, offset + end - start))
                 start = end
         experts.append(torch.cat(chunks, dim=dim - 1))
     return torch.stack(experts)

@@ -20,6 +20,7 @@ from ..policies.plan import ParamShard, ShardingPlan
 from .checkpoint import CheckpointIndex
 from .experts import expert_part_keys, read_experts
 from .keys import find_key
+from .quantization import FP8Slice, is_fp8, quantize_blocks, read_canonical, read_dequantized
 from .staging import MIN_CHUNK_BYTES, PinnedStager, finished_at_exit
 
 
@@ -44,18 +45,29 @@ def default_load_threads() -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def _read(index: CheckpointIndex, key: str, shard: ParamShard | None, tp_rank: int) -> torch.Tensor:
-    """The rank's piece of one tensor (full tensor when replicated), still in the file's dtype."""
-    handle = index.handle(key)
+def _read(index: CheckpointIndex, key: str, shard: ParamShard | None, tp_rank: int,
+          dtype: torch.dtype | None = None, keep_fp8: bool = False):
+    """The rank's piece of one tensor (full tensor when replicated), in the file's dtype. FP8 weights
+    (index.quantization) come dequantized to ``dtype``, or with ``keep_fp8`` as an FP8Slice (canonical form)."""
+    dim, pieces = (None, None) if shard is None else (shard.dim, shard.pieces[tp_rank])
     try:
-        if shard is None:
-            return handle.get_tensor(key)
-        view = handle.get_slice(key)
-        lead = (slice(None),) * shard.dim
-        parts = [view[(*lead, slice(a, b))] for a, b in shard.pieces[tp_rank]]
+        if is_fp8(index, key):
+            if keep_fp8:
+                return read_canonical(index, key, dim, pieces)
+            tensor = read_dequantized(index, key, dim, pieces, dtype or torch.float32)
+        elif shard is None:
+            return index.handle(key).get_tensor(key)
+        else:
+            view = index.handle(key).get_slice(key)
+            lead = (slice(None),) * shard.dim
+            parts = [view[(*lead, slice(a, b))] for a, b in pieces]
+            tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=shard.dim)
+    except CheckpointError:
+        raise
     except Exception as exc:
         raise CheckpointError(f"could not read tensor {key!r} from {index.files[key]} ({exc}); the file may be corrupt.") from exc
-    tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=shard.dim)
+    if shard is None:
+        return tensor
     pad = shard.local_size[tp_rank] - tensor.shape[shard.dim]
     if pad:  # vocab shards are padded to equal length with zero rows
         shape = list(tensor.shape)
@@ -96,6 +108,16 @@ def _tie_groups(model: nn.Module) -> list[list[str]]:
     return list(groups.values())
 
 
+def _checked_fp8(fp8: FP8Slice, target, key: str, index, tp_rank: int, device, stager) -> FP8Slice:
+    """An FP8Slice of the layer's shape, moved to ``device``."""
+    if fp8 is None or tuple(fp8.weight.shape) != tuple(target.shape):
+        got = None if fp8 is None else tuple(fp8.weight.shape)
+        raise CheckpointError(f"{key} in {index.files[key]} gives an FP8 slice of shape {got} on tp rank {tp_rank}, "
+                              f"expected {tuple(target.shape)}; the checkpoint does not match its config.")
+    return FP8Slice(_to_device(fp8.weight, device, fp8.weight.dtype, stager),
+                    _to_device(fp8.scale, device, torch.float32, stager), fp8.group_k, fp8.k_offset)
+
+
 def loading_info(model: nn.Module, index: CheckpointIndex) -> dict:
     """Transformers' ``output_loading_info`` dict for loading ``model`` (its unsplit skeleton) from
     ``index``. Only ``unexpected_keys`` can be non-empty: a missing or mis-shaped weight is an error
@@ -107,6 +129,10 @@ def loading_info(model: nn.Module, index: CheckpointIndex) -> dict:
         key = find_key(group, index)
         used.update([key] if key is not None else [k for keys in expert_part_keys(group[0], index) or () for k in keys])
     used.update(name for name, _ in model.named_buffers() if name in index)
+    if index.quantization is not None:  # an FP8 weight's scales (the static scheme's input_scale is not needed)
+        weights = [k for k in used if k.endswith("weight")]
+        used.update(index.quantization.scale_key(k) for k in weights)
+        used.update(k[: -len("weight")] + "input_scale" for k in weights)
     ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()]
     unexpected = {k for k in index.files if k not in used and not any(p.search(k) for p in ignored)}
     return {"missing_keys": set(), "unexpected_keys": unexpected, "mismatched_keys": set(), "error_msgs": []}
@@ -148,12 +174,20 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
             if group[0] in per_expert:
                 key = per_expert[group[0]][0][0]
                 try:
-                    tensor = read_experts(index, per_expert[group[0]], shard and shard.dim, shard and shard.pieces[tp_rank])
+                    tensor = read_experts(index, per_expert[group[0]], shard and shard.dim,
+                                          shard and shard.pieces[tp_rank], target.dtype)
+                except CheckpointError:
+                    raise
                 except Exception as exc:
                     raise CheckpointError(f"could not read the experts of {group[0]} from {index.folder} ({exc}).") from exc
             else:
                 key = found[group[0]]
-                tensor = _read(index, key, shard, tp_rank)
+                keep_fp8 = target.dtype == torch.float8_e4m3fn  # a layer that keeps its weight FP8 (keep_fp8_layers)
+                tensor = _read(index, key, shard, tp_rank, target.dtype, keep_fp8=keep_fp8)
+                if keep_fp8 and not isinstance(tensor, FP8Slice):  # unquantized in the file: TPConfig.weights="fp8"
+                    tensor = quantize_blocks(tensor)
+                if keep_fp8:
+                    return group, _checked_fp8(tensor, target, key, index, tp_rank, device, stager), None
             nbytes = tensor.numel() * tensor.element_size()
             if group[0] in transposed:
                 tensor = tensor.t()
@@ -174,6 +208,11 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
         with ThreadPoolExecutor(max_workers=threads or default_load_threads()) as pool:
             for group, nbytes, tensor in tqdm(pool.map(read_group, groups), total=len(groups),
                                               desc="hf_tp: loading shards", unit="tensor", disable=not progress):
+                if isinstance(nbytes, FP8Slice):  # the weight, its scales and their group geometry
+                    fp8, nbytes = nbytes, nbytes.weight.numel() + nbytes.scale.numel() * 4
+                    tensor = fp8.weight
+                    owner = model.get_submodule(group[0].rpartition(".")[0])
+                    owner.fp8_scale, owner.fp8_group_k, owner.fp8_k_offset = fp8.scale, fp8.group_k, fp8.k_offset
                 stats.bytes_read += nbytes
                 stats.tensors += 1
                 if tensor is None:  # written in place

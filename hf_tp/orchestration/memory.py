@@ -55,7 +55,11 @@ def preflight(need_bytes: int, device: torch.device, cap_bytes: int | None, tp_r
 
 
 def memory_report(model, tp_rank: int, device: torch.device, kv_cache_bytes: int) -> dict:
+    from ..parallel.fp8 import fp8_scale_bytes
+
+    # FP8 layers (TPConfig.fp8_weights="keep") count their 1-byte weights and their scales.
     weights = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+    weights += fp8_scale_bytes(model)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         allocated, reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)

@@ -88,7 +88,8 @@ def fuse_shared_inputs(model: nn.Module, same_input: dict[str, tuple[str, ...]],
     ``enabled``: TPConfig.fuse (on for CUDA, off on CPU by default; its docstring says why).
 
     Only hf_tp's ColumnParallelLinear children are grouped (other kinds keep their own forward), and
-    only when all of a group's weights (and biases) agree in dtype and presence."""
+    only when all of a group's weights (and biases) agree in dtype and presence, and are not kept FP8 (their
+    scales differ per member; parallel.fp8)."""
     from .layers import ColumnParallelLinear
 
     if not same_input or not enabled:
@@ -100,7 +101,8 @@ def fuse_shared_inputs(model: nn.Module, same_input: dict[str, tuple[str, ...]],
                 continue
             members = [getattr(module, child, None) for child in children]
             if (all(isinstance(m, ColumnParallelLinear) for m in members)
-                    and len({m.weight.dtype for m in members}) == 1 and len({m.bias is None for m in members}) == 1):
+                    and len({m.weight.dtype for m in members}) == 1
+                    and members[0].weight.dtype != torch.float8_e4m3fn and len({m.bias is None for m in members}) == 1):
                 SharedInputGroup(members, device)
                 groups += 1
     return groups

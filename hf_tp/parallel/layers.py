@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .comm import TPGroup, all_gather_last_dim, all_reduce
+from .fp8 import fp8_linear
 
 
 def _linear_fp32_out(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -25,6 +26,12 @@ def _linear_fp32_out(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         flat = torch.mm(x.reshape(-1, x.shape[-1]), weight.t(), out_dtype=torch.float32)
         return flat.view(*x.shape[:-1], weight.shape[0])
     return F.linear(x.float(), weight.float())  # CPU has no such kernel; same result, slower
+
+
+def _fp8_attrs(layer: nn.Module) -> None:
+    """Set by the loader when the layer keeps its FP8 slice (parallel.fp8): scale buffer and group geometry."""
+    layer.register_buffer("fp8_scale", None, persistent=False)
+    layer.fp8_group_k, layer.fp8_k_offset = 0, 0
 
 
 def _empty(shape, dtype, device) -> nn.Parameter:
@@ -40,6 +47,7 @@ class ColumnParallelLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features_local
         self.weight = _empty((out_features_local, in_features), dtype, device)  # (out, in)
         self.bias = _empty((out_features_local,), dtype, device) if bias else None
+        _fp8_attrs(self)
 
     shared_input = None  # a fused.SharedInputGroup when this layer's GEMM is computed with its siblings'
     shared_index = 0
@@ -47,6 +55,8 @@ class ColumnParallelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared_input is not None:
             return self.shared_input.output(self.shared_index, x)
+        if self.fp8_scale is not None:
+            return fp8_linear(x, self.weight, self.fp8_scale, self.fp8_group_k, self.fp8_k_offset, self.bias)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -71,8 +81,16 @@ class RowParallelLinear(nn.Module):
         # unsplit model does not have (measured in benchmarks/RESULTS.md). Costs twice the
         # all-reduce bytes, which at decode sizes is latency, not bandwidth. (TPConfig.reduce_fp32)
         self.reduce_fp32 = tp.tp_size > 1 and reduce_fp32
+        _fp8_attrs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp8_scale is not None:
+            y = fp8_linear(x, self.weight, self.fp8_scale, self.fp8_group_k, self.fp8_k_offset)
+            if self.reduce_fp32 and x.dtype in (torch.bfloat16, torch.float16):  # partials summed in fp32
+                y = all_reduce(y.float(), self.tp)
+                return (y if self.bias is None else y + self.bias).to(x.dtype)
+            y = all_reduce(y, self.tp)
+            return y if self.bias is None else y + self.bias
         if self.reduce_fp32 and x.dtype in (torch.bfloat16, torch.float16):
             y = all_reduce(_linear_fp32_out(x, self.weight), self.tp)
             y = y if self.bias is None else y + self.bias

@@ -1,0 +1,74 @@
+"""Parallel linear layers that keep their FP8 checkpoint slice (TPConfig.fp8_weights="keep").
+
+Such a layer holds ``weight`` (float8_e4m3fn, its local (out, in) slice) and the non-persistent buffer
+``fp8_scale`` (float32, one scale per row and K-group) with ``fp8_group_k``/``fp8_k_offset``: the canonical
+form of hf_tp.kernels.fp8, filled by the loader. Its forward goes through ``fp8_linear`` below, the one place
+that picks the GEMM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from ..kernels import fp8 as _kernels
+
+FP8 = torch.float8_e4m3fn
+
+# The FP8-weight GEMM shipped with hf_tp (hf_tp.kernels.fp8.fp8_linear, Triton) once it is there; until then,
+# and on CPU, the reference (dequantize, then F.linear): exact, but no faster than the bf16 layer.
+_KERNEL = getattr(_kernels, "fp8_linear", None)
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ W^T (+ bias) for an FP8 weight in canonical form: the single dispatch point of the FP8 layers."""
+    if _KERNEL is not None and x.is_cuda:
+        return _KERNEL(x, weight, scale, group_k, k_offset, bias)
+    return _kernels.fp8_linear_reference(x, weight, scale, group_k, k_offset, bias)
+
+
+def kernel_available(device: torch.device) -> bool:
+    """Whether FP8 weights pay on ``device``: a CUDA GPU with FP8 (compute capability 8.9+) and hf_tp's kernel."""
+    return (_KERNEL is not None and device.type == "cuda" and torch.cuda.is_available()
+            and torch.cuda.get_device_capability(device) >= (8, 9))
+
+
+def resolve_fp8_weights(config, device: torch.device, quantization):
+    """``config`` with fp8_weights "auto" decided for this rank's device (TPConfig's docstring says how)."""
+    if config.fp8_weights != "auto":
+        return config
+    keep = quantization is not None and kernel_available(device)
+    return dataclasses.replace(config, fp8_weights="keep" if keep else "dequantize")
+
+
+def keep_fp8_layers(model: nn.Module, plan, index, tp_rank: int, transposed=frozenset(), quantize: bool = False) -> int:
+    """Before loading: every Column/RowParallelLinear whose checkpoint weight is FP8 (with ``quantize``,
+    TPConfig.weights="fp8": every one) gets an FP8 meta weight, so the loader fills it with the canonical slice
+    instead of dequantizing it (or quantizes the slice it read). A slice that is several pieces along
+    K (no layer of hf_tp's policies has one) has no single k_offset, and a Conv1D weight is stored transposed
+(``transposed``, from parallelize): both stay dequantized. Returns the count."""
+    from ..loading.keys import find_key
+    from ..loading.quantization import is_fp8
+    from .layers import ColumnParallelLinear, RowParallelLinear
+
+    kept = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
+            continue
+        key = find_key([f"{name}.weight"], index)
+        if key is None or f"{name}.weight" in transposed or not (quantize or is_fp8(index, key)):
+            continue
+        shard = plan.param_shard(f"{name}.weight")
+        if shard is not None and shard.dim == 1 and len(shard.pieces[tp_rank]) > 1:
+            continue
+        module.weight = nn.Parameter(torch.empty(module.weight.shape, dtype=FP8, device="meta"), requires_grad=False)
+        kept += 1
+    return kept
+
+
+def fp8_scale_bytes(model: nn.Module) -> int:
+    """Bytes of the FP8 layers' scales (buffers, so not in ``model.parameters()``)."""
+    return sum(b.numel() * b.element_size() for n, b in model.named_buffers() if n.endswith("fp8_scale"))
