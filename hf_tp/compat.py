@@ -92,11 +92,12 @@ def rewind_static_cache(cache, length: int) -> None:
             layer.cumulative_length.fill_(length)
 
 
-def generate_output(sequences: torch.Tensor, cache):
-    """What Transformers' generate returns for return_dict_in_generate=True without scores: the sequences
-    and the cache. As with Transformers' own static cache, the cache object is reused by later calls."""
+def generate_output(sequences: torch.Tensor, cache, scores=None, logits=None):
+    """What Transformers' generate returns for return_dict_in_generate=True: the sequences, the cache and,
+    when asked, one (batch, vocab) tensor of scores / raw logits per generated token. As with Transformers'
+    own static cache, the cache object is reused by later calls."""
     from transformers.generation.utils import GenerateDecoderOnlyOutput
 
     fields = {f.name for f in dataclasses.fields(GenerateDecoderOnlyOutput)}
     cache_field = "cache" if "cache" in fields else "past_key_values"  # renamed in Transformers 5.2x
-    return GenerateDecoderOnlyOutput(sequences=sequences, **{cache_field: cache})
+    return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores, logits=logits, **{cache_field: cache})

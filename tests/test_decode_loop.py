@@ -62,7 +62,8 @@ def cases(eos: list[int]) -> dict[str, tuple[dict, bool]]:
         # top_p=0 keeps only the most likely token (Transformers' min_tokens_to_keep=1): sampling that equals greedy.
         "top_p_zero": ({**greedy, "eos_token_id": eos, "do_sample": True, "top_k": 0, "top_p": 0.0}, True),
         "nine_eos_ids": ({**greedy, "eos_token_id": unused + [eos[0]]}, False),
-        "penalty_fallback": ({**greedy, "repetition_penalty": 1.3}, False),
+        "penalty": ({**greedy, "repetition_penalty": 1.3}, True),  # more requests: tests/test_loop_requests.py
+        "ngram_fallback": ({**greedy, "no_repeat_ngram_size": 2}, False),
         # Falls back: Transformers infers the mask from the pad id (the batch's second row is padded).
         "padded_no_mask": ({**greedy, "attention_mask": None}, False),
         "logits_to_keep_fallback": ({**greedy, "logits_to_keep": 1}, False),  # a forward argument
@@ -300,16 +301,18 @@ def test_settings_transformers_rejects_are_refused(plain_model, case):
 
 def _selector(vocab: int, temperature: float, top_k: int, top_p: float):
     """A _Session's token selection alone (no model, no cache), sampling with these settings."""
-    from hf_tp.generation.decode_loop import _Session
+    from hf_tp.generation.decode_loop import Variant, _Session
 
     session = object.__new__(_Session)
     long = dict(dtype=torch.long)
     session.step, session.min_new = torch.zeros((), **long), torch.zeros((), **long)
     session.eos_in_vocab = torch.zeros(vocab, dtype=torch.bool)
     session.vocab_positions = torch.arange(vocab)
-    session.do_sample = True
+    session.variant = Variant(do_sample=True, penalty=False, scores=False, logits=False)
     session.temperature = torch.tensor(temperature)
-    session.top_k, session.top_p = torch.tensor(top_k), torch.tensor(top_p)
+    session.top_k = torch.tensor(top_k)
+    session.top_p_rest = torch.tensor(1 - top_p if top_p < 1 else -1.0)
+    session.min_p = torch.tensor(0.0)
     return session._select
 
 
