@@ -276,6 +276,11 @@ REJECTED = {
     "bad_words_empty": dict(bad_words_ids=[]),
     "sequence_bias_empty": dict(sequence_bias={}),
     "stop_strings_empty": dict(stop_strings=[]),  # no tokenizer given
+    "stop_strings_no_tokenizer": dict(stop_strings=["a"]),
+    "repetition_penalty_zero": dict(repetition_penalty=0.0),
+    "repetition_penalty_int": dict(repetition_penalty=2),
+    "min_p_above_one": dict(do_sample=True, min_p=1.5),
+    "greedy_num_return_sequences": dict(num_return_sequences=2),
 }
 
 

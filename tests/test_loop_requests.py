@@ -53,8 +53,10 @@ def reference(folder, batch):
         free = model.generate(**batch, do_sample=False, max_new_tokens=NEW, pad_token_id=PAD, repetition_penalty=1.5)
     new = free[:, PROMPT:]
     # Stop strings taken from the penalized greedy text: the end of row 0's 5th token and of row 1's 11th, so
-    # the rows stop at different steps (if the string does not occur earlier), neither a multiple of 8.
-    stops = [tok.decode(new[0, :5])[-2:], tok.decode(new[1, :11])[-2:]]
+    # the rows stop at different steps (if the string does not occur earlier), neither a multiple of 8. The
+    # second is long (up to 14 characters): the loop checks the first steps, whose sequences are shorter than
+    # that, one by one, and the later ones in one call on a batch of windows.
+    stops = [tok.decode(new[0, :5])[-2:], tok.decode(new[1, :11])[-14:]]
     unused_eos = int(torch.ones(model.config.vocab_size).index_fill_(0, free.flatten(), 0).nonzero()[0])
     return {"model": model, "tok": tok, "stops": stops, "eos": unused_eos}
 
