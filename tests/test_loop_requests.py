@@ -52,11 +52,17 @@ def reference(folder, batch):
     with torch.no_grad():
         free = model.generate(**batch, do_sample=False, max_new_tokens=NEW, pad_token_id=PAD, repetition_penalty=1.5)
     new = free[:, PROMPT:]
-    # Stop strings taken from the penalized greedy text: the end of row 0's 5th token and of row 1's 11th, so
-    # the rows stop at different steps (if the string does not occur earlier), neither a multiple of 8. The
-    # second is long (up to 14 characters): the loop checks the first steps, whose sequences are shorter than
-    # that, one by one, and the later ones in one call on a batch of windows.
-    stops = [tok.decode(new[0, :5])[-2:], tok.decode(new[1, :11])[-14:]]
+    # Stop strings taken from the penalized greedy text: the first cleanly decoded token from row 0's 5th and
+    # from row 1's 11th, so the rows stop at different steps (earlier if the text occurs earlier), neither a
+    # multiple of 8 (test_stop_strings_are_exercised checks). The third, 20 characters long, never occurs: the
+    # loop checks the steps whose sequences are shorter than that one by one, the later ones in one call on a
+    # batch of windows, and row 0 stops in the first part, row 1 in the second.
+    def clean_from(row: int, step: int) -> str:
+        while "\ufffd" in tok.decode(new[row, step]) or not tok.decode(new[row, step]).strip():
+            step += 1
+        return tok.decode(new[row, step])[-3:]
+
+    stops = [clean_from(0, 4), clean_from(1, 10), "z" * 20]
     unused_eos = int(torch.ones(model.config.vocab_size).index_fill_(0, free.flatten(), 0).nonzero()[0])
     return {"model": model, "tok": tok, "stops": stops, "eos": unused_eos}
 
