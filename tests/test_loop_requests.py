@@ -1,6 +1,7 @@
 """The requests chat UIs and eval harnesses send, served by hf_tp's decode loop (issue 20, section 3):
-repetition_penalty, min_p, output_scores / output_logits, num_return_sequences with sampling, and
-stop_strings with a tokenizer. At tp 1, 2 and 3 on CPU (gloo, fp32), one process launch per tp size,
+repetition_penalty, min_p, output_scores / output_logits, num_return_sequences with sampling,
+stop_strings with a tokenizer, and models with sliding-window / hybrid caches (Gemma 2, Gemma 3,
+Mistral with sliding_window) within their window. At tp 1, 2 and 3 on CPU (gloo, fp32), one process launch per tp size,
 forced on with HF_TP_FAST_DECODE=1.
 
 Truth: Transformers' generate on the unsplit model from the same folder, with the same arguments:
@@ -33,6 +34,43 @@ def folder(tmp_path_factory) -> str:
     path = save_tiny_model(tmp_path_factory.mktemp("loop_requests") / "m", config, seed=11)
     tok.save_pretrained(path)
     return str(path)
+
+
+WINDOW = 40  # sliding window of the models below: prompt (9) + 31 new tokens fill it exactly
+_SLIDING_BASE = dict(vocab_size=101, num_hidden_layers=2, max_position_embeddings=128, bos_token_id=1,
+                     eos_token_id=None, pad_token_id=0, initializer_range=0.1, hidden_size=48, intermediate_size=80,
+                     num_attention_heads=6, num_key_value_heads=3)
+
+
+def sliding_configs() -> dict:
+    import transformers
+
+    return {
+        "gemma2": transformers.Gemma2Config(**_SLIDING_BASE, head_dim=16, sliding_window=WINDOW,
+                                            attn_logit_softcapping=20.0, final_logit_softcapping=15.0),
+        "gemma3_text": transformers.Gemma3TextConfig(**_SLIDING_BASE, head_dim=16, sliding_window=WINDOW,
+                                                     layer_types=["sliding_attention", "full_attention"]),
+        "mistral": transformers.MistralConfig(**_SLIDING_BASE, sliding_window=WINDOW),
+    }
+
+
+# name -> (generate kwargs, served): the cache must fit inside the window, whose layers then keep every position.
+SLIDING_CASES = {
+    "fits": (dict(do_sample=False, max_new_tokens=WINDOW - PROMPT, repetition_penalty=1.2, pad_token_id=PAD), True),
+    "beyond": (dict(do_sample=False, max_new_tokens=WINDOW - PROMPT + 1, pad_token_id=PAD), False),
+}
+
+
+def sliding_batch(batch: dict) -> dict:
+    """The batch in the sliding models' smaller vocabulary (101), padding kept."""
+    ids = torch.where(batch["attention_mask"] == 1, batch["input_ids"] % 96 + 5, PAD)
+    return {"input_ids": ids, "attention_mask": batch["attention_mask"]}
+
+
+@pytest.fixture(scope="module")
+def sliding_folders(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("sliding")
+    return {name: str(save_tiny_model(root / name, config, seed=2)) for name, config in sliding_configs().items()}
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +152,49 @@ def _plain(result) -> dict:
             **{k: torch.stack(result[k]) for k in ("scores", "logits") if result.get(k) is not None}}
 
 
-def requests_on_ranks(folder: str, batch: dict, stops: list[str], eos: int) -> dict:
+def _load(folder: str, tp: int):
+    import hf_tp
+
+    if tp == 1:  # hf_tp's layers and decode loop with no collectives (what `hf-tp bench` runs at tp 1)
+        from hf_tp.assembly import load_parallel_model
+        from hf_tp.parallel.comm import TPGroup
+
+        return load_parallel_model(folder, TPGroup(tp_rank=0, tp_size=1, device=torch.device("cpu")),
+                                   dtype=torch.float32, progress=False)
+    return hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=tp, device="cpu", dtype=torch.float32)
+
+
+def _compiled_steps(model, batch: dict, steps: int):
+    """The loop's compiled forward (what the GPU captures: fullgraph, collectives traced) run step by step
+    through a session, and the number of graphs Dynamo compiled for it."""
+    from torch._dynamo.utils import counters
+
+    from hf_tp.generation.decode_loop import plan_request
+
+    kwargs = dict(attention_mask=batch["attention_mask"], do_sample=False, max_new_tokens=steps, pad_token_id=PAD,
+                  repetition_penalty=1.2)
+    request, reason = plan_request(model, (batch["input_ids"],), kwargs)
+    assert request is not None, reason
+    decoder = model._hf_tp_decoder()
+    session = decoder._session(batch["input_ids"].shape[0], PROMPT + steps)
+    model._hf_tp_in_generate = True  # as inside generate: inputs were checked once, not per step
+    try:
+        with torch.no_grad():
+            session.start(request)
+            for _ in range(steps - 1):
+                session._decode_step(decoder.compiled_forward)
+    finally:
+        model._hf_tp_in_generate = False
+    return torch.cat([batch["input_ids"], session.out[:, :steps]], dim=1), counters["stats"]["unique_graphs"]
+
+
+def requests_on_ranks(folder: str, batch: dict, stops: list[str], eos: int, sliding: dict[str, str]) -> dict:
     import os
 
     os.environ["HF_TP_FAST_DECODE"] = "1"
     os.environ["HF_TP_FUSE"] = "1"  # q/k/v and gate/up as one GEMM each, as on CUDA
     from transformers import AutoTokenizer
 
-    import hf_tp
     from hf_tp.generation.decode_loop import StaticDecoder
 
     calls = []
@@ -133,14 +206,7 @@ def requests_on_ranks(folder: str, batch: dict, stops: list[str], eos: int) -> d
 
     StaticDecoder.generate = counting
     tp = int(os.environ["WORLD_SIZE"])
-    if tp == 1:  # hf_tp's layers and decode loop with no collectives (what `hf-tp bench` runs at tp 1)
-        from hf_tp.assembly import load_parallel_model
-        from hf_tp.parallel.comm import TPGroup
-
-        model = load_parallel_model(folder, TPGroup(tp_rank=0, tp_size=1, device=torch.device("cpu")),
-                                    dtype=torch.float32, progress=False)
-    else:
-        model = hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=tp, device="cpu", dtype=torch.float32)
+    model = _load(folder, tp)
     tok = AutoTokenizer.from_pretrained(folder)
     out, served = {}, {}
     for name, (kwargs, _) in cases(stops, eos).items():
@@ -156,6 +222,15 @@ def requests_on_ranks(folder: str, batch: dict, stops: list[str], eos: int) -> d
     torch.manual_seed(100 + int(os.environ["RANK"]))  # ranks seeded differently: rank 0's seed is broadcast
     out["sample_rank_seeds"] = _plain(model.generate(**batch, **SAMPLING))
     out["sampling_served"] = len(calls) - before
+    small = sliding_batch(batch)
+    for arch, path in sliding.items():
+        sliding_model = _load(path, tp)
+        for name, (kwargs, _) in SLIDING_CASES.items():
+            before = len(calls)
+            out[f"{arch}_{name}"] = sliding_model.generate(**small, **kwargs)
+            out["served"][f"{arch}_{name}"] = len(calls) > before
+        if tp == 2 and arch == "gemma3_text":  # local and global layers in one compiled step
+            out["gemma3_compiled"] = _compiled_steps(sliding_model, small, WINDOW - PROMPT)
     return out
 
 
@@ -163,9 +238,9 @@ _RUNS: dict = {}
 
 
 @pytest.fixture(scope="module", params=[1, 2, 3], ids=["tp1", "tp2", "tp3"])
-def ranks(request, folder, batch, reference):
+def ranks(request, folder, batch, reference, sliding_folders):
     return run_ranks_once(_RUNS, requests_on_ranks, request.param, folder, batch, reference["stops"], reference["eos"],
-                          timeout=500)
+                          sliding_folders, timeout=600)
 
 
 def _assert_close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
@@ -197,6 +272,7 @@ def test_requests_match_transformers_generate(ranks, reference, batch, case):
 
 def test_loop_served_the_supported_requests(ranks, reference):
     expected = {name: served for name, (_, served) in cases(reference["stops"], reference["eos"]).items()}
+    expected.update({f"{arch}_{name}": served for arch in sliding_configs() for name, (_, served) in SLIDING_CASES.items()})
     for out in ranks:
         assert out["served"] == expected
         assert out["sampling_served"] == 3
@@ -249,3 +325,27 @@ def test_sampled_scores_are_transformers_processors(ranks, reference, batch):
             _assert_close(sampled["logits"][step], want.logits[0], f"rank {rank} sampled logits, step {step}")
         # min_p and top_p did remove tokens (the check above compares where -inf is)
         assert bool(torch.isinf(sampled["scores"]).any())
+
+
+@pytest.mark.parametrize("arch", list(sliding_configs()))
+@pytest.mark.parametrize("case", list(SLIDING_CASES))
+def test_sliding_window_models_match_transformers(ranks, sliding_folders, batch, arch, case):
+    """Within the window the loop serves them (greedy with a repetition penalty, up to a full window);
+    beyond it they fall back. Either way the tokens are Transformers' (its own sliding caches)."""
+    with torch.no_grad():
+        want = load_reference(sliding_folders[arch]).generate(**sliding_batch(batch), **SLIDING_CASES[case][0])
+    for rank, out in enumerate(ranks):
+        got = out[f"{arch}_{case}"]
+        assert torch.equal(got, want), f"rank {rank} {arch} {case}:\n{got.tolist()}\n{want.tolist()}"
+
+
+def test_gemma3_compiled_step_matches_eager(ranks, sliding_folders, batch):
+    """Gemma 3's local and global layers, its cache's sliding layers served as plain static ones: the
+    compiled forward (fullgraph, one graph for every step) gives the eager tokens at tp 2."""
+    if "gemma3_compiled" not in ranks[0]:
+        pytest.skip("checked in the tp 2 run")
+    want = ranks[0]["gemma3_text_fits"]
+    for rank, out in enumerate(ranks):
+        tokens, graphs = out["gemma3_compiled"]
+        assert graphs == 1, f"rank {rank}: {graphs} compiled graphs (one expected: fullgraph, one shape)"
+        assert torch.equal(tokens, want), f"rank {rank}: {tokens.tolist()} != {want.tolist()}"

@@ -36,7 +36,8 @@ import torch
 import torch.distributed as dist
 
 from ..compat import (cache_argument_name, default_generation_params, generate_output, logits_process,
-                      prepare_generation_config, rewind_static_cache, static_cache, unsupported_cache)
+                      prepare_generation_config, rewind_static_cache, sliding_window_limit, static_cache,
+                      unsupported_cache)
 from ..faults import injected_fault
 
 logger = logging.getLogger("hf_tp")
@@ -165,6 +166,10 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
     new_tokens = _new_tokens(model, config, kwargs, user_config, prompt)
     if new_tokens <= 0 or prompt == 0:
         return None, "no tokens to generate"  # Transformers' generate says what is wrong
+    window = sliding_window_limit(model)
+    if window is not None and prompt + new_tokens > window:
+        # Past the window a sliding layer drops old positions (a roll decided by a Python int): not captured.
+        return None, f"prompt + max_new_tokens = {prompt + new_tokens} beyond the sliding window ({window})"
     pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)
     mask = kwargs.get("attention_mask")
     if mask is None:
@@ -517,6 +522,9 @@ class StaticDecoder:
         limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
         if limit and length > limit >= needed:
             length = needed
+        window = sliding_window_limit(self.model)
+        if window is not None and length > window >= needed:  # plan_request refused requests beyond it
+            length = window
         key = (batch, length)
         if key in self.sessions:
             self.sessions.move_to_end(key)
