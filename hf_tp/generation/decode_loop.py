@@ -5,7 +5,7 @@ Transformers' ``generate`` spends about 2 ms per token on the host around the co
 model on one H100 (benchmarks/RESULTS.md), and a larger share at tp 2, where the GEMMs halve. For the
 requests people send most (greedy or sampling with temperature / top-k / top-p, eos, min and max
 new tokens, padded batches, a streamer, repetition penalty, min_p, best-of-n sampling, stop strings,
-scores and logits) this module runs the decode itself:
+scores and logits, sliding-window models within their window) this module runs the decode itself:
 
 - a Transformers ``StaticCache`` preallocated per (batch, length bucket) and reused;
 - the prompt prefilled eagerly (its shape changes every call);
@@ -16,7 +16,7 @@ scores and logits) this module runs the decode itself:
   finished, and to feed a streamer), so up to ``CHECK_EVERY - 1`` steps may run past the end; their
   tokens are discarded and the output equals what ``generate`` returns.
 
-Everything else (beams, custom processors, constraints, sliding-window caches, ...) goes to
+Everything else (beams, custom processors, constraints, sliding windows overrun, ...) goes to
 Transformers' ``generate`` on the same parallel model; ``plan_request`` returns the reason, which the
 caller logs once. docs/generation-loop.md lists both sides. On CPU the same loop runs without compile or
 graphs (that is what the CPU tests check against Transformers' generate).
