@@ -203,9 +203,9 @@ _STOP_CRITERIA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _stop_string_criteria(tokenizer, stop_strings):
-    """Transformers' StopStringCriteria, kept per tokenizer: building one reads the whole vocabulary
-    (0.6 s for 128k tokens on this project's CI host, every call in generate), a chat sends the same
-    stop strings every turn. Keyed on the vocabulary size too, so added tokens make a new one."""
+    """Transformers' StopStringCriteria, kept per tokenizer: building one reads the whole vocabulary (0.6 to
+    0.8 s for a 128k vocabulary on the 2-core development host; generate pays it at every call), and a chat
+    sends the same stop strings every turn. Keyed on the vocabulary size too: added tokens make a new one."""
     from transformers import StopStringCriteria
 
     key = (len(tokenizer), (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings))
