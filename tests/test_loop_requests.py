@@ -272,7 +272,8 @@ def test_requests_match_transformers_generate(ranks, reference, batch, case):
 
 def test_loop_served_the_supported_requests(ranks, reference):
     expected = {name: served for name, (_, served) in cases(reference["stops"], reference["eos"]).items()}
-    expected.update({f"{arch}_{name}": served for arch in sliding_configs() for name, (_, served) in SLIDING_CASES.items()})
+    expected.update({f"{arch}_{name}": served for arch in sliding_configs()
+                     for name, (_, served) in SLIDING_CASES.items()})
     for out in ranks:
         assert out["served"] == expected
         assert out["sampling_served"] == 3
@@ -296,7 +297,8 @@ def test_sampling_agrees_across_ranks_and_is_reproducible(ranks):
     first = ranks[0]
     for rank, out in enumerate(ranks):
         for key in ("sample_a", "sample_b", "sample_rank_seeds"):
-            assert torch.equal(out[key]["sequences"], first[key]["sequences"]), f"rank {rank} sampled other tokens ({key})"
+            same = torch.equal(out[key]["sequences"], first[key]["sequences"])
+            assert same, f"rank {rank} sampled other tokens ({key})"
     seqs = first["sample_a"]["sequences"]
     assert torch.equal(seqs, first["sample_b"]["sequences"])
     assert seqs.shape[0] == 4  # 2 prompts x 2 samples, each prompt's samples next to each other

@@ -315,7 +315,8 @@ class _Session:
         if variant.logits:
             self._keep(self.raw_logits, logits)
         if variant.penalty:  # RepetitionPenaltyLogitsProcessor: seen tokens' logits divided (>= 0) or multiplied (< 0)
-            logits = torch.where(self.seen, torch.where(logits < 0, logits * self.penalty, logits / self.penalty), logits)
+            penalized = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
+            logits = torch.where(self.seen, penalized, logits)
         # min_new_tokens: eos may not be chosen before that many tokens exist (Transformers' MinNewTokens).
         logits = logits.masked_fill(self.eos_in_vocab & (self.step < self.min_new), float("-inf"))
         if not variant.do_sample:
@@ -541,7 +542,8 @@ class StaticDecoder:
         session = self._session(batch, prompt + steps)
         if session.vocab_positions is not None:  # buffers this request needs, before deciding to capture
             session.prepare(request, session.vocab_positions.numel())
-        if self.use_graphs and request.variant not in session.graphs and steps > 1 and self._may_compile(batch, session):
+        new_variant = request.variant not in session.graphs
+        if self.use_graphs and new_variant and steps > 1 and self._may_compile(batch, session):
             self._capture(session, request)
         session.start(request)
         stops = _StopStrings(request, session) if request.stop_criteria is not None else None
@@ -633,7 +635,8 @@ class StaticDecoder:
         return bool(flag.item())
 
     @staticmethod
-    def _finished_length(session: _Session, request: DecodeRequest, done: int, stops: "_StopStrings | None") -> int | None:
+    def _finished_length(session: _Session, request: DecodeRequest, done: int,
+                         stops: "_StopStrings | None") -> int | None:
         """Tokens Transformers would have returned if every sequence has finished, else None.
 
         A sequence finishes at its first eos (min_new_tokens already kept eos out before then) or at the
@@ -667,7 +670,8 @@ class _StopStrings:
         self.prompt_ids = request.input_ids.cpu()
         self.pad_after = bool(request.eos_token_ids)
         self.pad = request.pad_token_id
-        self.stop_at = torch.full((self.prompt_ids.shape[0],), 2**62, dtype=torch.long)  # step that completed a stop string
+        # The step that completed a stop string, per row; 2**62 = none yet.
+        self.stop_at = torch.full((self.prompt_ids.shape[0],), 2**62, dtype=torch.long)
         self.checked = 0
 
     def check(self, done: int) -> None:
