@@ -49,23 +49,51 @@ def logits_process():
 
 # -- the static cache (decode_loop._Session) --------------------------------------------------------
 def static_cache(config, max_cache_len: int):
+    """Transformers' StaticCache for ``config``. Sliding-window layers become plain static layers: the loop
+    only builds a cache that fits inside every window (see ``sliding_window_limit``), where a sliding layer
+    keeps every position, as a plain one does, and the model's sliding-window mask hides nothing. Unlike
+    the sliding layer, the plain one counts positions in a device tensor, which a CUDA graph can replay."""
     from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
 
-    return StaticCache(config=config, max_cache_len=max_cache_len)
+    cache = StaticCache(config=config, max_cache_len=max_cache_len)
+    for index, layer in enumerate(cache.layers):
+        if type(layer) is StaticSlidingWindowLayer:
+            if layer.max_cache_len < max_cache_len:  # its window: min(sliding_window, max_cache_len)
+                raise ValueError(f"a cache of {max_cache_len} positions exceeds the sliding window of layer "
+                                 f"{index} ({layer.max_cache_len}); the decode loop must not build it")
+            cache.layers[index] = StaticLayer(max_cache_len=max_cache_len)
+    return cache
+
+
+def _cache_facts(model) -> tuple[str | None, int | None]:
+    """(why the loop cannot use this model's static cache or None, the smallest sliding window or None)."""
+    from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
+
+    facts = getattr(model, "_hf_tp_cache_facts", None)
+    if facts is None:
+        # Layers allocate their tensors lazily: a probe this long costs nothing, and shows each window.
+        probe = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=2**40)
+        kinds = sorted({type(layer).__name__ for layer in probe.layers
+                        if type(layer) not in (StaticLayer, StaticSlidingWindowLayer)})
+        windows = [layer.max_cache_len for layer in probe.layers if type(layer) is StaticSlidingWindowLayer]
+        facts = (f"cache layers {','.join(kinds)}" if kinds else None, min(windows) if windows else None)
+        model._hf_tp_cache_facts = facts
+    return facts
 
 
 def unsupported_cache(model) -> str | None:
-    """Why a StaticCache of this model cannot be captured, or None. Only plain static layers keep their
-    position in a device tensor; sliding-window layers keep Python ints, which a CUDA graph would freeze."""
-    from transformers.cache_utils import StaticLayer
+    """Why a StaticCache of this model cannot be captured, or None. Plain static layers keep their position
+    in a device tensor; sliding-window layers are served as plain ones within their window (static_cache);
+    any other kind (linear attention, indexed, ...) is left to Transformers."""
+    return _cache_facts(model)[0]
 
-    verdict = getattr(model, "_hf_tp_cache_verdict", "unknown")
-    if verdict == "unknown":
-        cache = static_cache(model.config.get_text_config(decoder=True), 16)
-        kinds = sorted({type(layer).__name__ for layer in cache.layers if type(layer) is not StaticLayer})
-        verdict = f"cache layers {','.join(kinds)}" if kinds else None
-        model._hf_tp_cache_verdict = verdict
-    return verdict
+
+def sliding_window_limit(model) -> int | None:
+    """The most positions (prompt + new tokens) the loop's cache may hold for this model: its smallest
+    sliding window, or None when it has no sliding-window layer."""
+    return _cache_facts(model)[1]
 
 
 def cache_argument_name(model) -> str:
@@ -92,11 +120,12 @@ def rewind_static_cache(cache, length: int) -> None:
             layer.cumulative_length.fill_(length)
 
 
-def generate_output(sequences: torch.Tensor, cache):
-    """What Transformers' generate returns for return_dict_in_generate=True without scores: the sequences
-    and the cache. As with Transformers' own static cache, the cache object is reused by later calls."""
+def generate_output(sequences: torch.Tensor, cache, scores=None, logits=None):
+    """What Transformers' generate returns for return_dict_in_generate=True: the sequences, the cache and,
+    when asked, one (batch, vocab) tensor of scores / raw logits per generated token. As with Transformers'
+    own static cache, the cache object is reused by later calls."""
     from transformers.generation.utils import GenerateDecoderOnlyOutput
 
     fields = {f.name for f in dataclasses.fields(GenerateDecoderOnlyOutput)}
     cache_field = "cache" if "cache" in fields else "past_key_values"  # renamed in Transformers 5.2x
-    return GenerateDecoderOnlyOutput(sequences=sequences, **{cache_field: cache})
+    return GenerateDecoderOnlyOutput(sequences=sequences, scores=scores, logits=logits, **{cache_field: cache})

@@ -62,7 +62,8 @@ def cases(eos: list[int]) -> dict[str, tuple[dict, bool]]:
         # top_p=0 keeps only the most likely token (Transformers' min_tokens_to_keep=1): sampling that equals greedy.
         "top_p_zero": ({**greedy, "eos_token_id": eos, "do_sample": True, "top_k": 0, "top_p": 0.0}, True),
         "nine_eos_ids": ({**greedy, "eos_token_id": unused + [eos[0]]}, False),
-        "penalty_fallback": ({**greedy, "repetition_penalty": 1.3}, False),
+        "penalty": ({**greedy, "repetition_penalty": 1.3}, True),  # more requests: tests/test_loop_requests.py
+        "ngram_fallback": ({**greedy, "no_repeat_ngram_size": 2}, False),
         # Falls back: Transformers infers the mask from the pad id (the batch's second row is padded).
         "padded_no_mask": ({**greedy, "attention_mask": None}, False),
         "logits_to_keep_fallback": ({**greedy, "logits_to_keep": 1}, False),  # a forward argument
@@ -210,20 +211,22 @@ def test_sampling_same_on_every_rank_and_inside_top_k(ranks, reference, batch):
     assert (top5 == sampled[:, prompt:].unsqueeze(-1)).any(-1).all()
 
 
-def test_sliding_window_cache_is_left_to_transformers():
-    """Sliding-window cache layers count positions in Python ints, which a CUDA graph would freeze:
-    the loop must not take such models (a plain Llama it takes)."""
+def test_sliding_window_cache_within_the_window_only():
+    """Sliding-window cache layers count positions in Python ints, which a CUDA graph would freeze: the loop
+    takes such models only while prompt + new tokens fit inside the window, where its cache uses plain static
+    layers (tests/test_loop_requests.py checks their tokens); a plain Llama it always takes."""
     import transformers
 
     from hf_tp.generation.decode_loop import plan_request
 
     ids = torch.tensor([[5, 6, 7]])
-    for config, served in ((tiny_config("mistral", sliding_window=4), False), (tiny_config("llama"), True)):
+    for config, new, served in ((tiny_config("mistral", sliding_window=4), 4, False),
+                                (tiny_config("mistral", sliding_window=8), 4, True), (tiny_config("llama"), 4, True)):
         model = transformers.AutoModelForCausalLM.from_config(config)
-        request, reason = plan_request(model, (ids,), dict(max_new_tokens=4, do_sample=False))
+        request, reason = plan_request(model, (ids,), dict(max_new_tokens=new, do_sample=False))
         assert (request is not None) == served, reason
         if not served:
-            assert "SlidingWindow" in reason
+            assert "sliding window (4)" in reason
 
 
 def compiled_steps_on_ranks(folder: str, batch: dict):
@@ -275,6 +278,11 @@ REJECTED = {
     "bad_words_empty": dict(bad_words_ids=[]),
     "sequence_bias_empty": dict(sequence_bias={}),
     "stop_strings_empty": dict(stop_strings=[]),  # no tokenizer given
+    "stop_strings_no_tokenizer": dict(stop_strings=["a"]),
+    "repetition_penalty_zero": dict(repetition_penalty=0.0),
+    "repetition_penalty_int": dict(repetition_penalty=2),
+    "min_p_above_one": dict(do_sample=True, min_p=1.5),
+    "greedy_num_return_sequences": dict(num_return_sequences=2),
 }
 
 
@@ -300,16 +308,18 @@ def test_settings_transformers_rejects_are_refused(plain_model, case):
 
 def _selector(vocab: int, temperature: float, top_k: int, top_p: float):
     """A _Session's token selection alone (no model, no cache), sampling with these settings."""
-    from hf_tp.generation.decode_loop import _Session
+    from hf_tp.generation.decode_loop import Variant, _Session
 
     session = object.__new__(_Session)
     long = dict(dtype=torch.long)
     session.step, session.min_new = torch.zeros((), **long), torch.zeros((), **long)
     session.eos_in_vocab = torch.zeros(vocab, dtype=torch.bool)
     session.vocab_positions = torch.arange(vocab)
-    session.do_sample = True
+    session.variant = Variant(do_sample=True, penalty=False, scores=False, logits=False)
     session.temperature = torch.tensor(temperature)
-    session.top_k, session.top_p = torch.tensor(top_k), torch.tensor(top_p)
+    session.top_k = torch.tensor(top_k)
+    session.top_p_rest = torch.tensor(1 - top_p if top_p < 1 else -1.0)
+    session.min_p = torch.tensor(0.0)
     return session._select
 
 

@@ -4,7 +4,8 @@ Transformers' ``generate`` spends about 2 ms per token on the host around the co
 (logits processors, stopping criteria, cache bookkeeping), a quarter of a token's time for an 8B
 model on one H100 (benchmarks/RESULTS.md), and a larger share at tp 2, where the GEMMs halve. For the
 requests people send most (greedy or sampling with temperature / top-k / top-p, eos, min and max
-new tokens, padded batches, a streamer) this module runs the decode itself:
+new tokens, padded batches, a streamer, repetition penalty, min_p, best-of-n sampling, stop strings,
+scores and logits, sliding-window models within their window) this module runs the decode itself:
 
 - a Transformers ``StaticCache`` preallocated per (batch, length bucket) and reused;
 - the prompt prefilled eagerly (its shape changes every call);
@@ -15,9 +16,9 @@ new tokens, padded batches, a streamer) this module runs the decode itself:
   finished, and to feed a streamer), so up to ``CHECK_EVERY - 1`` steps may run past the end; their
   tokens are discarded and the output equals what ``generate`` returns.
 
-Everything else (beams, repetition penalty, output_scores, custom processors, sliding-window
-caches, ...) goes to Transformers' ``generate`` on the same parallel model; ``plan_request``
-returns the reason, which the caller logs once. On CPU the same loop runs without compile or
+Everything else (beams, custom processors, constraints, sliding windows overrun, ...) goes to
+Transformers' ``generate`` on the same parallel model; ``plan_request`` returns the reason, which the
+caller logs once. docs/generation-loop.md lists both sides. On CPU the same loop runs without compile or
 graphs (that is what the CPU tests check against Transformers' generate).
 """
 
@@ -26,14 +27,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 
 from ..compat import (cache_argument_name, default_generation_params, generate_output, logits_process,
-                      prepare_generation_config, rewind_static_cache, static_cache, unsupported_cache)
+                      prepare_generation_config, rewind_static_cache, sliding_window_limit, static_cache,
+                      unsupported_cache)
 from ..faults import injected_fault
 
 logger = logging.getLogger("hf_tp")
@@ -42,6 +46,7 @@ CHECK_EVERY = 8  # steps between host checks: bounds both the overshoot and the 
 LENGTH_BUCKET = 256  # cache lengths are rounded up to this, so nearby requests reuse a captured graph
 MAX_SESSIONS = 3  # captured (batch, length) shapes kept; each holds a KV cache and a graph pool
 MAX_EOS_IDS = 8  # eos ids live in a fixed-size tensor of the captured graph
+SCORE_ROWS = 64  # scores/logits buffers hold max_new_tokens rounded up to this many steps
 
 # Generation-config fields this loop implements; every other field must be at its default.
 _HANDLED_FIELDS = {
@@ -49,10 +54,21 @@ _HANDLED_FIELDS = {
     "eos_token_id", "pad_token_id", "bos_token_id", "decoder_start_token_id", "use_cache", "num_beams",
     "num_return_sequences", "early_stopping", "length_penalty", "cache_implementation", "compile_config",
     "disable_compile", "transformers_version", "_from_model_config", "cache_config", "max_cache_len",
-    "return_dict_in_generate",  # sequences + the cache; scores, logits, attentions are not kept (they fall back)
+    "return_dict_in_generate",  # sequences, the cache, and scores / logits when asked; attentions fall back
+    "repetition_penalty", "min_p", "output_scores", "output_logits", "stop_strings",
 }
 # generate() arguments that are not generation-config fields and that this loop handles itself.
-_HANDLED_ARGS = {"inputs", "input_ids", "attention_mask", "streamer", "generation_config", "synced_gpus"}
+_HANDLED_ARGS = {"inputs", "input_ids", "attention_mask", "streamer", "generation_config", "synced_gpus", "tokenizer"}
+
+
+class Variant(NamedTuple):
+    """What the captured step computes besides the forward; one CUDA graph per variant and shape, so a
+    plain greedy request runs none of the extra work the others need."""
+
+    do_sample: bool
+    penalty: bool  # repetition_penalty != 1: a (batch, vocab) mask of the tokens seen so far
+    scores: bool  # output_scores: the processed logits of every step kept in a (steps, batch, vocab) buffer
+    logits: bool  # output_logits: the raw logits, likewise
 
 
 @dataclass
@@ -69,6 +85,16 @@ class DecodeRequest:
     top_p: float  # 1.0 = off
     streamer: object | None
     return_dict: bool = False  # return_dict_in_generate: Transformers' output object, not the bare tensor
+    repetition_penalty: float = 1.0  # 1.0 = off
+    prompt_ignore: torch.Tensor | None = None  # (batch,) left-padding length: those prompt positions are not penalized
+    min_p: float = 0.0  # 0.0 = off (sampling only)
+    output_scores: bool = False  # only with return_dict
+    output_logits: bool = False
+    stop_criteria: object | None = None  # Transformers' StopStringCriteria, checked on the host (see generate)
+
+    @property
+    def variant(self) -> Variant:
+        return Variant(self.do_sample, self.repetition_penalty != 1.0, self.output_scores, self.output_logits)
 
 
 def _is_default(value, default) -> bool:
@@ -108,8 +134,9 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
                        if field not in _HANDLED_FIELDS and not _is_default(value, defaults.get(field)))
     if config.num_beams not in (None, 1):
         unhandled.append(f"num_beams={config.num_beams}")
-    if config.num_return_sequences not in (None, 1):
-        unhandled.append(f"num_return_sequences={config.num_return_sequences}")
+    copies = config.num_return_sequences or 1
+    if copies != 1 and not config.do_sample:
+        unhandled.append(f"num_return_sequences={copies} without sampling")  # Transformers' generate raises
     if config.use_cache is False:
         unhandled.append("use_cache=False")
     if config.cache_implementation not in (None, "static"):
@@ -119,6 +146,19 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
     eos = [] if config.eos_token_id is None else [int(e) for e in torch.as_tensor(config.eos_token_id).flatten()]
     if len(eos) > MAX_EOS_IDS:
         unhandled.append(f"{len(eos)} eos ids (the loop takes up to {MAX_EOS_IDS})")
+    stop_criteria = None
+    if config.stop_strings is not None:
+        tokenizer = kwargs.get("tokenizer")
+        if tokenizer is None:
+            unhandled.append("stop_strings without tokenizer")  # Transformers' generate raises
+        else:
+            stop_criteria = _stop_string_criteria(tokenizer, config.stop_strings)
+    want_scores = bool(config.return_dict_in_generate and config.output_scores)
+    want_logits = bool(config.return_dict_in_generate and config.output_logits)
+    if stop_criteria is not None and (want_scores or want_logits) and input_ids.shape[0] * copies > 1:
+        # A row that meets a stop string runs on for up to CHECK_EVERY - 1 steps before the host sees it:
+        # its tokens are then replaced, but its scores would not be Transformers' (which fed it padding).
+        unhandled.append("stop_strings with output_scores/output_logits and more than one row")
     if unhandled:
         return None, ",".join(unhandled)
 
@@ -126,6 +166,10 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
     new_tokens = _new_tokens(model, config, kwargs, user_config, prompt)
     if new_tokens <= 0 or prompt == 0:
         return None, "no tokens to generate"  # Transformers' generate says what is wrong
+    window = sliding_window_limit(model)
+    if window is not None and prompt + new_tokens > window:
+        # Past the window a sliding layer drops old positions (a roll decided by a Python int): not captured.
+        return None, f"prompt + max_new_tokens = {prompt + new_tokens} beyond the sliding window ({window})"
     pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)
     mask = kwargs.get("attention_mask")
     if mask is None:
@@ -136,13 +180,44 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
     invalid = _rejected_by_transformers(config, prompt, eos)
     if invalid:
         return None, invalid  # Transformers' generate raises it
+    mask = mask.to(input_ids.device, torch.long)
+    if copies > 1:  # best-of-n: each prompt repeated n times in a row, as Transformers expands its inputs
+        input_ids, mask = input_ids.repeat_interleave(copies, dim=0), mask.repeat_interleave(copies, dim=0)
+    penalty = 1.0 if config.repetition_penalty is None else float(config.repetition_penalty)
     return DecodeRequest(
-        input_ids=input_ids, attention_mask=mask.to(input_ids.device, torch.long), max_new_tokens=int(new_tokens),
+        input_ids=input_ids, attention_mask=mask, max_new_tokens=int(new_tokens),
         min_new_tokens=int(min_new), eos_token_ids=eos, pad_token_id=int(pad), do_sample=bool(config.do_sample),
         temperature=float(config.temperature or 1.0), top_k=int(config.top_k or 0),
         top_p=1.0 if config.top_p is None else float(config.top_p),  # 0.0 is a setting (keep only the best), not "off"
         streamer=kwargs.get("streamer"), return_dict=bool(config.return_dict_in_generate),
+        repetition_penalty=penalty,
+        # Transformers' RepetitionPenaltyLogitsProcessor(prompt_ignore_length=...): the positions before each
+        # row's first attended token (its left padding) do not count as seen.
+        prompt_ignore=(mask != 0).int().argmax(dim=1) if penalty != 1.0 else None,
+        min_p=float(config.min_p) if config.do_sample and config.min_p is not None else 0.0,
+        output_scores=want_scores, output_logits=want_logits, stop_criteria=stop_criteria,
     ), None
+
+
+_STOP_CRITERIA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _stop_string_criteria(tokenizer, stop_strings):
+    """Transformers' StopStringCriteria, kept per tokenizer: building one reads the whole vocabulary (0.6 to
+    0.8 s for a 128k vocabulary on the 2-core development host; generate pays it at every call), and a chat
+    sends the same stop strings every turn. Keyed on the vocabulary size too: added tokens make a new one."""
+    from transformers import StopStringCriteria
+
+    key = (len(tokenizer), (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings))
+    try:
+        kept = _STOP_CRITERIA.setdefault(tokenizer, {})
+    except TypeError:  # not weakly referenceable: build it every time, as generate does
+        return StopStringCriteria(stop_strings=stop_strings, tokenizer=tokenizer)
+    if key not in kept:
+        if len(kept) >= 8:
+            kept.pop(next(iter(kept)))
+        kept[key] = StopStringCriteria(stop_strings=stop_strings, tokenizer=tokenizer)
+    return kept[key]
 
 
 def _rejected_by_transformers(config, prompt: int, eos: list[int]) -> str | None:
@@ -153,6 +228,8 @@ def _rejected_by_transformers(config, prompt: int, eos: list[int]) -> str | None
     lp = logits_process()
 
     try:
+        if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
+            lp.RepetitionPenaltyLogitsProcessor(config.repetition_penalty)
         if eos:
             eos_ids = torch.tensor(eos)
             min_length = config.min_new_tokens + prompt if config.min_new_tokens is not None else config.min_length
@@ -167,6 +244,8 @@ def _rejected_by_transformers(config, prompt: int, eos: list[int]) -> str | None
                 lp.TopKLogitsWarper(top_k=config.top_k)
             if config.top_p is not None and config.top_p < 1.0:
                 lp.TopPLogitsWarper(top_p=config.top_p)
+            if config.min_p is not None:
+                lp.MinPLogitsWarper(min_p=config.min_p)
     except ValueError as exc:
         return f"invalid setting ({exc})"
     return None
@@ -187,13 +266,14 @@ def _new_tokens(model, config, kwargs: dict, user_config, prompt: int) -> int:
 
 
 class _Session:
-    """Static buffers, KV cache and (on CUDA) the captured decode step for one (batch, length) shape."""
+    """Static buffers, KV cache and (on CUDA) the captured decode steps for one (batch, length) shape."""
 
     def __init__(self, decoder: "StaticDecoder", batch: int, length: int):
         device = decoder.device
-        self.decoder, self.length = decoder, length
+        self.decoder, self.length, self.batch = decoder, length, batch
         self.cache = static_cache(decoder.model.config.get_text_config(decoder=True), length)
         long = dict(dtype=torch.long, device=device)
+        fp32 = dict(dtype=torch.float32, device=device)
         self.tokens = torch.zeros(batch, 1, **long)
         self.position_ids = torch.zeros(batch, 1, **long)
         self.attention_mask = torch.ones(batch, length, **long)
@@ -204,37 +284,64 @@ class _Session:
         self.min_new = torch.zeros((), **long)
         self.pad = torch.zeros((), **long)
         self.eos = torch.full((MAX_EOS_IDS,), -1, **long)  # -1 never matches a token
-        self.temperature = torch.ones((), dtype=torch.float32, device=device)
+        self.temperature = torch.ones((), **fp32)
         self.top_k = torch.zeros((), **long)
-        self.top_p = torch.ones((), dtype=torch.float32, device=device)
+        self.top_p_rest = torch.full((), -1.0, **fp32)  # 1 - top_p as Transformers rounds it; -1 = top-p off
+        self.min_p = torch.zeros((), **fp32)  # 0 = off: no probability is below 0 x the best one
+        self.penalty = torch.ones((), **fp32)
         # Sized from the first logits (the gathered vocabulary): token ids, and which of them are eos.
         self.vocab_positions: torch.Tensor | None = None
         self.eos_in_vocab: torch.Tensor | None = None
-        self.do_sample = False
-        # One per do_sample value; None: warmed up but nothing captured (CPU, where only tests warm up).
-        self.graphs: dict[bool, torch.cuda.CUDAGraph | None] = {}
+        # Allocated on the first request that needs them, then kept (the graphs that use them point at them).
+        self.seen: torch.Tensor | None = None  # (batch, vocab) bool: in the prompt or generated so far
+        self.scores: torch.Tensor | None = None  # (rows, batch, vocab) fp32, row = step
+        self.raw_logits: torch.Tensor | None = None
+        self.variant = Variant(False, False, False, False)
+        # One per Variant; None: warmed up but nothing captured (CPU, where only tests warm up).
+        self.graphs: dict[Variant, torch.cuda.CUDAGraph | None] = {}
 
     # -- the step: forward + selection + bookkeeping; captured whole on CUDA -------------------
+    def _keep(self, buffer: torch.Tensor, values: torch.Tensor) -> None:
+        # Past the buffer's last row (only warm-up and capture steps go there) the last row is overwritten.
+        row = self.step.clamp(max=buffer.shape[0] - 1).view(1)
+        buffer.index_copy_(0, row, values.unsqueeze(0))
+
     def _select(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token from the last position's logits, with Transformers' processors in Transformers'
+        order (its _get_logits_processor): repetition penalty, min length, then for sampling temperature,
+        top-k, top-p, min-p. No host syncs, no data-dependent shapes."""
         logits = logits.float()
+        variant = self.variant
+        if variant.logits:
+            self._keep(self.raw_logits, logits)
+        if variant.penalty:  # RepetitionPenaltyLogitsProcessor: seen tokens' logits divided (>= 0) or multiplied (< 0)
+            penalized = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
+            logits = torch.where(self.seen, penalized, logits)
         # min_new_tokens: eos may not be chosen before that many tokens exist (Transformers' MinNewTokens).
         logits = logits.masked_fill(self.eos_in_vocab & (self.step < self.min_new), float("-inf"))
-        if not self.do_sample:
+        if not variant.do_sample:
+            if variant.scores:
+                self._keep(self.scores, logits)
             return logits.argmax(-1)
-        # Temperature, then top-k, then top-p, in Transformers' order, without host syncs or
-        # data-dependent shapes: one descending sort serves both filters.
+        # The warpers on one ascending sort, with Transformers' formulas (its TopPLogitsWarper sorts ascending too).
         logits = logits / self.temperature
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        rank = self.vocab_positions.unsqueeze(0)
-        # Top-k by value, as Transformers' TopKLogitsWarper: every token tied with the k-th largest logit
-        # stays (ties are common with bf16 logits); a cut by rank would drop some of them.
-        kth = (self.top_k.clamp(1, logits.shape[-1]) - 1).view(1, 1).expand(logits.shape[0], 1)
-        keep = (sorted_logits >= sorted_logits.gather(-1, kth)) | (self.top_k <= 0)
-        sorted_logits = sorted_logits.masked_fill(~keep, float("-inf"))
+        sorted_logits, order = logits.sort(dim=-1)
+        last = self.vocab_positions == logits.shape[-1] - 1  # the best token: every filter keeps it
+        # Top-k by value, as TopKLogitsWarper: every token tied with the k-th largest logit stays (ties are
+        # common with bf16 logits; a cut by rank would drop some of them).
+        kth = (logits.shape[-1] - self.top_k.clamp(1, logits.shape[-1])).view(1, 1).expand(logits.shape[0], 1)
+        remove = (sorted_logits < sorted_logits.gather(-1, kth)) & (self.top_k > 0)
+        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        # Top-p: drop the tokens whose mass, with every worse token's, is at most 1 - top_p.
+        remove = (sorted_logits.softmax(-1).cumsum(-1) <= self.top_p_rest) & ~last
+        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        # Min-p (MinPLogitsWarper): drop the tokens less likely than min_p x the best one.
         probs = sorted_logits.softmax(-1)
-        mass_before = probs.cumsum(-1) - probs  # probability of the better-ranked tokens
-        keep = (mass_before < self.top_p) | (rank == 0)
-        probs = probs.masked_fill(~keep, 0.0)
+        remove = (probs < self.min_p * probs.amax(-1, keepdim=True)) & ~last
+        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        if variant.scores:  # the warped logits, back in vocabulary order
+            self._keep(self.scores, torch.empty_like(logits).scatter_(-1, order, sorted_logits))
+        probs = sorted_logits.softmax(-1)
         # Exponential race (Gumbel-max): argmax(p / E), E ~ Exp(1), is a sample of p; unlike
         # torch.multinomial it needs no host sync and records into a CUDA graph.
         choice = (probs / torch.empty_like(probs).exponential_()).argmax(-1)
@@ -244,6 +351,8 @@ class _Session:
         """Record the token chosen from ``logits`` (batch, vocab) and set up the next step's inputs."""
         chosen = torch.where(self.unfinished, self._select(logits), self.pad)
         self.out.index_copy_(1, self.step.view(1), chosen.view(-1, 1))
+        if self.variant.penalty:  # finished rows' padding counts too: Transformers appends it to input_ids
+            self.seen.scatter_(1, chosen.view(-1, 1), True)
         self.unfinished &= ~(chosen.unsqueeze(1) == self.eos.unsqueeze(0)).any(-1)
         self.tokens.copy_(chosen.view(-1, 1))
         self.position_ids.add_(1)
@@ -254,6 +363,21 @@ class _Session:
         self._advance(logits)
 
     # -- per request --------------------------------------------------------------------------
+    def prepare(self, request: DecodeRequest, vocab: int) -> None:
+        """Allocate the buffers ``request`` needs that this session lacks (before any capture: a graph
+        keeps pointing at the tensors it was recorded with, so a buffer that grows drops its graphs)."""
+        device = self.decoder.device
+        if request.repetition_penalty != 1.0 and self.seen is None:
+            self.seen = torch.zeros(self.batch, vocab, dtype=torch.bool, device=device)
+        rows = min(self.length, -(-request.max_new_tokens // SCORE_ROWS) * SCORE_ROWS)
+        for name, wanted in (("scores", request.output_scores), ("raw_logits", request.output_logits)):
+            buffer = getattr(self, name)
+            if wanted and (buffer is None or buffer.shape[0] < request.max_new_tokens):
+                setattr(self, name, torch.zeros(rows, self.batch, vocab, dtype=torch.float32, device=device))
+                flag = "scores" if name == "scores" else "logits"
+                for variant in [v for v in self.graphs if getattr(v, flag)]:
+                    del self.graphs[variant]
+
     def start(self, request: DecodeRequest) -> None:
         """Reset the buffers for ``request`` and prefill its prompt (eagerly: its shape varies)."""
         prompt = request.input_ids.shape[1]
@@ -271,24 +395,42 @@ class _Session:
         self.pad.fill_(request.pad_token_id)
         self.temperature.fill_(request.temperature)
         self.top_k.fill_(request.top_k)
-        self.top_p.fill_(request.top_p)
-        self.do_sample = request.do_sample
+        # Computed in double, then rounded to fp32, as Transformers' `cumulative_probs <= (1 - self.top_p)`.
+        self.top_p_rest.fill_(1 - request.top_p if request.top_p < 1.0 else -1.0)
+        self.min_p.fill_(request.min_p)
+        self.penalty.fill_(request.repetition_penalty)
+        self.variant = request.variant
         # Positions as Transformers computes them for padded prompts: count real tokens only.
         positions = (request.attention_mask.cumsum(-1) - 1).masked_fill(request.attention_mask == 0, 0)
         logits = self.decoder.eager_forward(request.input_ids, positions, self.attention_mask, self.cache)
-        if self.vocab_positions is None or self.vocab_positions.numel() != logits.shape[-1]:
-            self.vocab_positions = torch.arange(logits.shape[-1], device=logits.device)
-            self.eos_in_vocab = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        vocab = logits.shape[-1]
+        if self.vocab_positions is None or self.vocab_positions.numel() != vocab:
+            self.vocab_positions = torch.arange(vocab, device=logits.device)
+            self.eos_in_vocab = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
         self.eos_in_vocab.copy_(torch.isin(self.vocab_positions, self.eos))  # per request, not per step
+        self.prepare(request, vocab)
+        if self.variant.penalty:
+            # The prompt's tokens, but not its left padding (Transformers' prompt_ignore_length).
+            kept = torch.arange(prompt, device=logits.device).unsqueeze(0) >= request.prompt_ignore.unsqueeze(1)
+            counts = torch.zeros(self.batch, vocab, dtype=torch.int32, device=logits.device)
+            counts.scatter_add_(1, request.input_ids, kept.int())
+            self.seen.copy_(counts > 0)
         self.position_ids.copy_(positions[:, -1:])
         self._advance(logits)
 
     def run_step(self) -> None:
-        graph = self.graphs.get(self.do_sample)
+        graph = self.graphs.get(self.variant)
         if graph is not None:
             graph.replay()
         else:  # CPU, or a shape left uncompiled: the same step, eagerly
             self._decode_step(self.decoder.eager_forward)
+
+    def release_outputs(self, steps: int) -> tuple[tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """Copies of the first ``steps`` rows of the scores and logits buffers (the next call reuses them)."""
+        def rows(buffer, wanted):
+            return tuple(buffer[:steps].clone().unbind(0)) if wanted else None
+
+        return rows(self.scores, self.variant.scores), rows(self.raw_logits, self.variant.logits)
 
     def warm_up(self, steps: int = 3) -> bool:
         """Run ``steps`` compiled decode steps (compile, autotune, and let NCCL set up its buffers outside
@@ -318,13 +460,13 @@ class _Session:
         return compiled
 
     def capture(self) -> None:
-        """Record one compiled decode step into a CUDA graph for the current ``do_sample``. Recording runs
+        """Record one compiled decode step into a CUDA graph for the current variant. Recording runs
         no collective (NCCL kernels are only enqueued into the graph), so a rank that fails here leaves
         the others waiting for nothing."""
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._decode_step(self.decoder.compiled_forward)
-        self.graphs[self.do_sample] = graph
+        self.graphs[self.variant] = graph
 
 
 class StaticDecoder:
@@ -381,6 +523,9 @@ class StaticDecoder:
         limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
         if limit and length > limit >= needed:
             length = needed
+        window = sliding_window_limit(self.model)
+        if window is not None and length > window >= needed:  # plan_request refused requests beyond it
+            length = window
         key = (batch, length)
         if key in self.sessions:
             self.sessions.move_to_end(key)
@@ -395,16 +540,22 @@ class StaticDecoder:
         batch, prompt = request.input_ids.shape
         steps = request.max_new_tokens
         session = self._session(batch, prompt + steps)
-        if self.use_graphs and request.do_sample not in session.graphs and steps > 1 and self._may_compile(batch, session):
+        if session.vocab_positions is not None:  # buffers this request needs, before deciding to capture
+            session.prepare(request, session.vocab_positions.numel())
+        new_variant = request.variant not in session.graphs
+        if self.use_graphs and new_variant and steps > 1 and self._may_compile(batch, session):
             self._capture(session, request)
         session.start(request)
+        stops = _StopStrings(request, session) if request.stop_criteria is not None else None
         streamer = request.streamer
         if streamer is not None:
             streamer.put(request.input_ids.cpu())
         done, streamed = 1, 0
         while True:
             if done % CHECK_EVERY == 0 or done == steps:
-                finished = self._finished_length(session, request, done)
+                if stops is not None:
+                    stops.check(done)
+                finished = self._finished_length(session, request, done, stops)
                 if streamer is not None:
                     upto = finished if finished is not None else done
                     for column in session.out[:, streamed:upto].cpu().unbind(1):
@@ -420,8 +571,9 @@ class StaticDecoder:
         sequences = torch.cat([request.input_ids, session.out[:, :length]], dim=1)
         if not request.return_dict:
             return sequences
+        scores, logits = session.release_outputs(length)
         rewind_static_cache(session.cache, sequences.shape[1] - 1)
-        return generate_output(sequences, session.cache)
+        return generate_output(sequences, session.cache, scores=scores, logits=logits)
 
     def _may_compile(self, batch: int, session: _Session) -> bool:
         """Each (batch, length) shape is one more compilation of the forward; past torch.compile's
@@ -458,7 +610,7 @@ class StaticDecoder:
         session.start(request)  # eager prefill: the same collectives on every rank
         ok = self._agree(session.warm_up())
         if ok and self.device.type != "cuda":
-            session.graphs[request.do_sample] = None  # warmed, nothing to capture: the step runs eagerly
+            session.graphs[request.variant] = None  # warmed, nothing to capture: the step runs eagerly
         elif ok:
             try:
                 session.capture()
@@ -470,7 +622,7 @@ class StaticDecoder:
         if rng is not None:
             torch.cuda.set_rng_state(rng, self.device)
         if not ok:
-            session.graphs.pop(request.do_sample, None)
+            session.graphs.pop(request.variant, None)
             self.use_graphs = False
             logger.warning("hf_tp: decoding without CUDA graphs (a rank could not compile or capture the step).")
 
@@ -483,17 +635,68 @@ class StaticDecoder:
         return bool(flag.item())
 
     @staticmethod
-    def _finished_length(session: _Session, request: DecodeRequest, done: int) -> int | None:
+    def _finished_length(session: _Session, request: DecodeRequest, done: int,
+                         stops: "_StopStrings | None") -> int | None:
         """Tokens Transformers would have returned if every sequence has finished, else None.
 
-        A sequence finishes at its first eos (min_new_tokens already kept eos out before then), and
-        generate stops at the step where the last one finishes."""
-        if not request.eos_token_ids or bool(session.unfinished.any()):
+        A sequence finishes at its first eos (min_new_tokens already kept eos out before then) or at the
+        step that completed a stop string, and generate stops at the step where the last one finishes."""
+        if stops is None and (not request.eos_token_ids or bool(session.unfinished.any())):
             return None
-        generated = session.out[:, :done]
-        is_eos = torch.isin(generated, session.eos[session.eos >= 0])
-        first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full_like(is_eos[:, 0], done, dtype=torch.long))
-        return int(first_eos.max()) + 1
+        generated = session.out[:, :done].cpu()
+        never = done  # past every step taken so far: "not finished"
+        end = torch.full((generated.shape[0],), never, dtype=torch.long)
+        if request.eos_token_ids:
+            is_eos = torch.isin(generated, torch.tensor(request.eos_token_ids))
+            end = torch.where(is_eos.any(1), is_eos.float().argmax(1), end)
+        if stops is not None:
+            end = torch.minimum(end, stops.stop_at.clamp(max=never))
+        if bool((end >= never).any()):
+            return None
+        return int(end.max()) + 1
+
+
+class _StopStrings:
+    """Transformers' StopStringCriteria, run on the host at the loop's checks (every CHECK_EVERY steps)
+    over each step since the previous check, on the same ids generate would pass it (prompt and tokens).
+
+    A row that completes a stop string at step t is finished there, as in generate. With eos ids,
+    generate then pads that row: the tokens the device made past t are replaced by padding and the
+    device is told, so its later steps pad the row too. Without eos ids generate keeps extending the
+    row until every row has finished, and so does the device."""
+
+    def __init__(self, request: DecodeRequest, session: _Session):
+        self.criteria, self.session = request.stop_criteria, session
+        self.prompt_ids = request.input_ids.cpu()
+        self.pad_after = bool(request.eos_token_ids)
+        self.pad = request.pad_token_id
+        # The step that completed a stop string, per row; 2**62 = none yet.
+        self.stop_at = torch.full((self.prompt_ids.shape[0],), 2**62, dtype=torch.long)
+        self.checked = 0
+
+    def check(self, done: int) -> None:
+        ids = torch.cat([self.prompt_ids, self.session.out[:, :done].cpu()], dim=1)
+        rows, prompt = self.prompt_ids.shape
+        hits = torch.zeros(done - self.checked, rows, dtype=torch.bool)  # (step since the last check, row)
+        # The criteria read the last `width` ids only: every step whose sequence is at least that long is
+        # checked in one call on a batch of windows (one call per step would cost ~0.1 ms each on the host).
+        width = getattr(self.criteria, "maximum_token_len", None)  # Transformers 5.x; else step by step
+        first_full = done if width is None else min(max(self.checked, width - prompt - 1), done)
+        for step in range(self.checked, first_full):  # sequences still shorter than `width`: one by one, as generate
+            hits[step - self.checked] = self.criteria(ids[:, : prompt + step + 1], None).cpu()
+        if first_full < done:
+            start = prompt + first_full + 1 - width  # the window that ends at step first_full
+            windows = ids.unfold(1, width, 1)[:, start: start + done - first_full]  # (rows, steps, width)
+            found = self.criteria(windows.transpose(0, 1).reshape(-1, width), None).cpu()
+            hits[first_full - self.checked:] = found.view(done - first_full, rows)
+        first = torch.where(hits.any(0), hits.float().argmax(0) + self.checked, torch.full((rows,), 2**62))
+        new = (first < 2**62) & (self.stop_at == 2**62)
+        self.stop_at = torch.where(new, first, self.stop_at)
+        self.checked = done
+        if self.pad_after:
+            for row in torch.nonzero(new).flatten().tolist():
+                self.session.out[row, int(self.stop_at[row]) + 1:done] = self.pad
+                self.session.unfinished[row] = False
 
 
 def graphs_enabled(tp, cuda_graphs: bool = True) -> bool:

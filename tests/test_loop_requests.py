@@ -1,0 +1,353 @@
+"""The requests chat UIs and eval harnesses send, served by hf_tp's decode loop (issue 20, section 3):
+repetition_penalty, min_p, output_scores / output_logits, num_return_sequences with sampling,
+stop_strings with a tokenizer, and models with sliding-window / hybrid caches (Gemma 2, Gemma 3,
+Mistral with sliding_window) within their window. At tp 1, 2 and 3 on CPU (gloo, fp32), one process launch per tp size,
+forced on with HF_TP_FAST_DECODE=1.
+
+Truth: Transformers' generate on the unsplit model from the same folder, with the same arguments:
+greedy tokens identical, scores and logits within 1e-5 (the -inf entries at the same places).
+Sampling draws other random numbers than Transformers, so its tokens are checked for agreement
+between ranks and reproducibility, and its scores against Transformers' processors applied, step by
+step, to the loop's own sampled sequences."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import load_reference, run_ranks_once, save_tiny_model, tiny_config, tiny_tokenizer
+
+PAD = 0
+NEW = 20
+PROMPT = 9
+TOL = 1e-5
+SAMPLING = dict(do_sample=True, temperature=0.8, top_k=0, top_p=0.95, min_p=0.1, repetition_penalty=1.2,
+                num_return_sequences=2, max_new_tokens=10, pad_token_id=PAD)
+SAMPLED_OUTPUTS = dict(return_dict_in_generate=True, output_scores=True, output_logits=True)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> str:
+    tok = tiny_tokenizer()
+    # 9 query / 3 KV heads: uneven at tp 2; vocab 319 = 11 x 29: padded at tp 2 and 3.
+    config = tiny_config("llama", hidden_size=72, num_attention_heads=9, num_key_value_heads=3, vocab_size=len(tok))
+    path = save_tiny_model(tmp_path_factory.mktemp("loop_requests") / "m", config, seed=11)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+WINDOW = 40  # sliding window of the models below: prompt (9) + 31 new tokens fill it exactly
+_SLIDING_BASE = dict(vocab_size=101, num_hidden_layers=2, max_position_embeddings=128, bos_token_id=1,
+                     eos_token_id=None, pad_token_id=0, initializer_range=0.1, hidden_size=48, intermediate_size=80,
+                     num_attention_heads=6, num_key_value_heads=3)
+
+
+def sliding_configs() -> dict:
+    import transformers
+
+    return {
+        "gemma2": transformers.Gemma2Config(**_SLIDING_BASE, head_dim=16, sliding_window=WINDOW,
+                                            attn_logit_softcapping=20.0, final_logit_softcapping=15.0),
+        "gemma3_text": transformers.Gemma3TextConfig(**_SLIDING_BASE, head_dim=16, sliding_window=WINDOW,
+                                                     layer_types=["sliding_attention", "full_attention"]),
+        "mistral": transformers.MistralConfig(**_SLIDING_BASE, sliding_window=WINDOW),
+    }
+
+
+# name -> (generate kwargs, served): the cache must fit inside the window, whose layers then keep every position.
+SLIDING_CASES = {
+    "fits": (dict(do_sample=False, max_new_tokens=WINDOW - PROMPT, repetition_penalty=1.2, pad_token_id=PAD), True),
+    "beyond": (dict(do_sample=False, max_new_tokens=WINDOW - PROMPT + 1, pad_token_id=PAD), False),
+}
+
+
+def sliding_batch(batch: dict) -> dict:
+    """The batch in the sliding models' smaller vocabulary (101), padding kept."""
+    ids = torch.where(batch["attention_mask"] == 1, batch["input_ids"] % 96 + 5, PAD)
+    return {"input_ids": ids, "attention_mask": batch["attention_mask"]}
+
+
+@pytest.fixture(scope="module")
+def sliding_folders(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("sliding")
+    return {name: str(save_tiny_model(root / name, config, seed=2)) for name, config in sliding_configs().items()}
+
+
+@pytest.fixture(scope="module")
+def batch(folder) -> dict[str, torch.Tensor]:
+    vocab = load_reference(folder).config.vocab_size
+    ids = torch.randint(5, vocab, (2, PROMPT), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    ids[1, :3], mask[1, :3] = PAD, 0  # second row left-padded: its padding is not "seen" by the penalty
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(scope="module")
+def reference(folder, batch):
+    from transformers import AutoTokenizer
+
+    model, tok = load_reference(folder), AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        free = model.generate(**batch, do_sample=False, max_new_tokens=NEW, pad_token_id=PAD, repetition_penalty=1.5)
+    new = free[:, PROMPT:]
+    # Stop strings taken from the penalized greedy text: the first cleanly decoded token from row 0's 5th and
+    # from row 1's 11th, so the rows stop at different steps (earlier if the text occurs earlier), neither a
+    # multiple of 8 (test_stop_strings_are_exercised checks). The third, 20 characters long, never occurs: the
+    # loop checks the steps whose sequences are shorter than that one by one, the later ones in one call on a
+    # batch of windows, and row 0 stops in the first part, row 1 in the second.
+    def clean_from(row: int, step: int) -> str:
+        while "\ufffd" in tok.decode(new[row, step]) or not tok.decode(new[row, step]).strip():
+            step += 1
+        return tok.decode(new[row, step])[-3:]
+
+    stops = [clean_from(0, 4), clean_from(1, 10), "z" * 20]
+    unused_eos = int(torch.ones(model.config.vocab_size).index_fill_(0, free.flatten(), 0).nonzero()[0])
+    return {"model": model, "tok": tok, "stops": stops, "eos": unused_eos}
+
+
+def cases(stops: list[str], eos: int) -> dict[str, tuple[dict, bool]]:
+    """name -> (generate kwargs, whether hf_tp's loop serves it). ``tokenizer=True`` stands for the tokenizer."""
+    greedy = dict(do_sample=False, max_new_tokens=NEW, pad_token_id=PAD)
+    outputs = dict(return_dict_in_generate=True, output_scores=True, output_logits=True)
+    stop = dict(stop_strings=stops, tokenizer=True, repetition_penalty=1.5)
+    row0 = dict(input_ids="row0", attention_mask="row0")
+    return {
+        "penalty": ({**greedy, "repetition_penalty": 1.3}, True),
+        # < 1 rewards repetition; with eos, min_new_tokens, scores and logits.
+        "penalty_reward_outputs": ({**greedy, **outputs, "repetition_penalty": 0.7, "eos_token_id": [eos, 7],
+                                    "min_new_tokens": 6}, True),
+        "scores_only": ({**greedy, "return_dict_in_generate": True, "output_scores": True}, True),
+        "min_p_greedy": ({**greedy, "min_p": 0.5}, True),  # a warper: greedy ignores it, as Transformers does
+        # top_k=1 sampling is deterministic: the n copies equal Transformers' exactly (tokens and warped scores).
+        "best_of_3_top_k1": ({**greedy, **outputs, "do_sample": True, "top_k": 1, "num_return_sequences": 3,
+                              "repetition_penalty": 1.2}, True),
+        "stop_strings_eos": ({**greedy, **stop, "eos_token_id": eos}, True),  # finished rows are padded
+        "stop_strings_no_eos": ({**greedy, **stop, "eos_token_id": None}, True),  # finished rows run on
+        "stop_strings_one_row_outputs": ({**greedy, **stop, **outputs, **row0, "eos_token_id": None}, True),
+        "stop_strings_two_rows_outputs": ({**greedy, **stop, **outputs, "eos_token_id": None}, False),
+        "no_repeat_ngram": ({**greedy, "no_repeat_ngram_size": 2}, False),
+        "beams": ({**greedy, "num_beams": 2}, False),
+        "custom_processor": ({**greedy, "logits_processor": "custom"}, False),
+    }
+
+
+def _resolve(kwargs: dict, batch: dict, tokenizer) -> dict:
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper
+
+    out = {**batch, **kwargs}
+    if out.get("tokenizer") is True:
+        out["tokenizer"] = tokenizer
+    if isinstance(out.get("input_ids"), str):  # "row0": the batch's first row alone
+        out["input_ids"], out["attention_mask"] = batch["input_ids"][:1], batch["attention_mask"][:1]
+    if isinstance(out.get("logits_processor"), str):  # "custom": a processor object of the caller's
+        out["logits_processor"] = LogitsProcessorList([TemperatureLogitsWarper(0.5)])
+    return out
+
+
+def _plain(result) -> dict:
+    """sequences, and stacked scores / logits (steps, rows, vocab) when present."""
+    if torch.is_tensor(result):
+        return {"sequences": result}
+    return {"sequences": result.sequences,
+            **{k: torch.stack(result[k]) for k in ("scores", "logits") if result.get(k) is not None}}
+
+
+def _load(folder: str, tp: int):
+    import hf_tp
+
+    if tp == 1:  # hf_tp's layers and decode loop with no collectives (what `hf-tp bench` runs at tp 1)
+        from hf_tp.assembly import load_parallel_model
+        from hf_tp.parallel.comm import TPGroup
+
+        return load_parallel_model(folder, TPGroup(tp_rank=0, tp_size=1, device=torch.device("cpu")),
+                                   dtype=torch.float32, progress=False)
+    return hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=tp, device="cpu", dtype=torch.float32)
+
+
+def _compiled_steps(model, batch: dict, steps: int):
+    """The loop's compiled forward (what the GPU captures: fullgraph, collectives traced) run step by step
+    through a session, and the number of graphs Dynamo compiled for it."""
+    from torch._dynamo.utils import counters
+
+    from hf_tp.generation.decode_loop import plan_request
+
+    kwargs = dict(attention_mask=batch["attention_mask"], do_sample=False, max_new_tokens=steps, pad_token_id=PAD,
+                  repetition_penalty=1.2)
+    request, reason = plan_request(model, (batch["input_ids"],), kwargs)
+    assert request is not None, reason
+    decoder = model._hf_tp_decoder()
+    session = decoder._session(batch["input_ids"].shape[0], PROMPT + steps)
+    model._hf_tp_in_generate = True  # as inside generate: inputs were checked once, not per step
+    try:
+        with torch.no_grad():
+            session.start(request)
+            for _ in range(steps - 1):
+                session._decode_step(decoder.compiled_forward)
+    finally:
+        model._hf_tp_in_generate = False
+    return torch.cat([batch["input_ids"], session.out[:, :steps]], dim=1), counters["stats"]["unique_graphs"]
+
+
+def requests_on_ranks(folder: str, batch: dict, stops: list[str], eos: int, sliding: dict[str, str]) -> dict:
+    import os
+
+    os.environ["HF_TP_FAST_DECODE"] = "1"
+    os.environ["HF_TP_FUSE"] = "1"  # q/k/v and gate/up as one GEMM each, as on CUDA
+    from transformers import AutoTokenizer
+
+    from hf_tp.generation.decode_loop import StaticDecoder
+
+    calls = []
+    original = StaticDecoder.generate
+
+    def counting(self, request):
+        calls.append(request.max_new_tokens)
+        return original(self, request)
+
+    StaticDecoder.generate = counting
+    tp = int(os.environ["WORLD_SIZE"])
+    model = _load(folder, tp)
+    tok = AutoTokenizer.from_pretrained(folder)
+    out, served = {}, {}
+    for name, (kwargs, _) in cases(stops, eos).items():
+        before = len(calls)
+        out[name] = _plain(model.generate(**_resolve(kwargs, batch, tok)))
+        served[name] = len(calls) > before
+    out["served"] = served
+    before = len(calls)
+    torch.manual_seed(7)
+    out["sample_a"] = _plain(model.generate(**batch, **SAMPLING, **SAMPLED_OUTPUTS))
+    torch.manual_seed(7)
+    out["sample_b"] = _plain(model.generate(**batch, **SAMPLING))  # reproducible, also without outputs
+    torch.manual_seed(100 + int(os.environ["RANK"]))  # ranks seeded differently: rank 0's seed is broadcast
+    out["sample_rank_seeds"] = _plain(model.generate(**batch, **SAMPLING))
+    out["sampling_served"] = len(calls) - before
+    small = sliding_batch(batch)
+    for arch, path in sliding.items():
+        sliding_model = _load(path, tp)
+        for name, (kwargs, _) in SLIDING_CASES.items():
+            before = len(calls)
+            out[f"{arch}_{name}"] = sliding_model.generate(**small, **kwargs)
+            out["served"][f"{arch}_{name}"] = len(calls) > before
+        if tp == 2 and arch == "gemma3_text":  # local and global layers in one compiled step
+            out["gemma3_compiled"] = _compiled_steps(sliding_model, small, WINDOW - PROMPT)
+    return out
+
+
+_RUNS: dict = {}
+
+
+@pytest.fixture(scope="module", params=[1, 2, 3], ids=["tp1", "tp2", "tp3"])
+def ranks(request, folder, batch, reference, sliding_folders):
+    return run_ranks_once(_RUNS, requests_on_ranks, request.param, folder, batch, reference["stops"], reference["eos"],
+                          sliding_folders, timeout=600)
+
+
+def _assert_close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    finite = torch.isfinite(want)
+    assert torch.equal(finite, torch.isfinite(got)), f"{what}: -inf at other places"
+    assert torch.equal(got[~finite], want[~finite]), what
+    err = float((got[finite] - want[finite]).abs().max()) if finite.any() else 0.0
+    assert err <= TOL, f"{what}: max abs difference {err:.2e} > {TOL}"
+
+
+CASES = list(cases(["x"], 0))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_requests_match_transformers_generate(ranks, reference, batch, case):
+    kwargs = _resolve(cases(reference["stops"], reference["eos"])[case][0], batch, reference["tok"])
+    with torch.no_grad():
+        want = _plain(reference["model"].generate(**kwargs))
+    for rank, out in enumerate(ranks):
+        got = out[case]
+        assert sorted(got) == sorted(want), f"rank {rank} {case}: fields {sorted(got)} != {sorted(want)}"
+        assert torch.equal(got["sequences"], want["sequences"]), \
+            f"rank {rank} {case}:\n{got['sequences'].tolist()}\n{want['sequences'].tolist()}"
+        for field in ("scores", "logits"):
+            if field in want:
+                _assert_close(got[field], want[field], f"rank {rank} {case} {field}")
+
+
+def test_loop_served_the_supported_requests(ranks, reference):
+    expected = {name: served for name, (_, served) in cases(reference["stops"], reference["eos"]).items()}
+    expected.update({f"{arch}_{name}": served for arch in sliding_configs()
+                     for name, (_, served) in SLIDING_CASES.items()})
+    for out in ranks:
+        assert out["served"] == expected
+        assert out["sampling_served"] == 3
+
+
+def test_stop_strings_are_exercised(reference, batch):
+    """The stop-string cases above check a real stop: both rows stop, at different steps, before NEW
+    tokens and off the loop's check interval (so the host check had to look back and trim)."""
+    kwargs = _resolve(cases(reference["stops"], reference["eos"])["stop_strings_no_eos"][0], batch, reference["tok"])
+    with torch.no_grad():
+        stopped = reference["model"].generate(**kwargs)
+    length = stopped.shape[1] - PROMPT
+    assert length < NEW and length % 8 != 0, length
+    with torch.no_grad():
+        one = reference["model"].generate(**{**kwargs, "input_ids": batch["input_ids"][:1],
+                                             "attention_mask": batch["attention_mask"][:1]})
+    assert one.shape[1] < stopped.shape[1]  # row 0 stops earlier than row 1
+
+
+def test_sampling_agrees_across_ranks_and_is_reproducible(ranks):
+    first = ranks[0]
+    for rank, out in enumerate(ranks):
+        for key in ("sample_a", "sample_b", "sample_rank_seeds"):
+            same = torch.equal(out[key]["sequences"], first[key]["sequences"])
+            assert same, f"rank {rank} sampled other tokens ({key})"
+    seqs = first["sample_a"]["sequences"]
+    assert torch.equal(seqs, first["sample_b"]["sequences"])
+    assert seqs.shape[0] == 4  # 2 prompts x 2 samples, each prompt's samples next to each other
+    assert torch.equal(seqs[0::2, :PROMPT], seqs[1::2, :PROMPT])
+    assert not torch.equal(seqs[0::2], seqs[1::2])  # the two samples of a prompt were drawn independently
+
+
+def test_sampled_scores_are_transformers_processors(ranks, reference, batch):
+    """Each step's scores (and raw logits) of the sampled run equal what Transformers' generate computes
+    for that step: its own processors (penalty, temperature, top-p, min-p) on the same prefix."""
+    model = reference["model"]
+    one_each = {k: v for k, v in SAMPLING.items() if k != "num_return_sequences"}
+    ids = batch["input_ids"].repeat_interleave(2, dim=0)
+    mask = batch["attention_mask"].repeat_interleave(2, dim=0)
+    for rank, out in enumerate(ranks):
+        sampled = out["sample_a"]
+        seqs = sampled["sequences"]
+        assert sampled["scores"].shape[0] == seqs.shape[1] - PROMPT
+        for step in range(seqs.shape[1] - PROMPT):
+            prefix = seqs[:, :PROMPT + step]
+            prefix_mask = torch.cat([mask, torch.ones(ids.shape[0], step, dtype=torch.long)], dim=1)
+            with torch.no_grad():
+                want = model.generate(prefix, attention_mask=prefix_mask, **{**one_each, "max_new_tokens": 1},
+                                      **SAMPLED_OUTPUTS)
+            _assert_close(sampled["scores"][step], want.scores[0], f"rank {rank} sampled scores, step {step}")
+            _assert_close(sampled["logits"][step], want.logits[0], f"rank {rank} sampled logits, step {step}")
+        # min_p and top_p did remove tokens (the check above compares where -inf is)
+        assert bool(torch.isinf(sampled["scores"]).any())
+
+
+@pytest.mark.parametrize("arch", list(sliding_configs()))
+@pytest.mark.parametrize("case", list(SLIDING_CASES))
+def test_sliding_window_models_match_transformers(ranks, sliding_folders, batch, arch, case):
+    """Within the window the loop serves them (greedy with a repetition penalty, up to a full window);
+    beyond it they fall back. Either way the tokens are Transformers' (its own sliding caches)."""
+    with torch.no_grad():
+        want = load_reference(sliding_folders[arch]).generate(**sliding_batch(batch), **SLIDING_CASES[case][0])
+    for rank, out in enumerate(ranks):
+        got = out[f"{arch}_{case}"]
+        assert torch.equal(got, want), f"rank {rank} {arch} {case}:\n{got.tolist()}\n{want.tolist()}"
+
+
+def test_gemma3_compiled_step_matches_eager(ranks, sliding_folders, batch):
+    """Gemma 3's local and global layers, its cache's sliding layers served as plain static ones: the
+    compiled forward (fullgraph, one graph for every step) gives the eager tokens at tp 2."""
+    if "gemma3_compiled" not in ranks[0]:
+        pytest.skip("checked in the tp 2 run")
+    want = ranks[0]["gemma3_text_fits"]
+    for rank, out in enumerate(ranks):
+        tokens, graphs = out["gemma3_compiled"]
+        assert graphs == 1, f"rank {rank}: {graphs} compiled graphs (one expected: fullgraph, one shape)"
+        assert torch.equal(tokens, want), f"rank {rank}: {tokens.tolist()} != {want.tolist()}"
