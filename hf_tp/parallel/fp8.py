@@ -17,23 +17,16 @@ from ..kernels import fp8 as _kernels
 
 FP8 = torch.float8_e4m3fn
 
-# The FP8-weight GEMM shipped with hf_tp (hf_tp.kernels.fp8.fp8_linear, Triton) once it is there; until then,
-# and on CPU, the reference (dequantize, then F.linear): exact, but no faster than the bf16 layer.
-_KERNEL = getattr(_kernels, "fp8_linear", None)
-
-
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
                bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ W^T (+ bias) for an FP8 weight in canonical form: the single dispatch point of the FP8 layers."""
-    if _KERNEL is not None and x.is_cuda:
-        return _KERNEL(x, weight, scale, group_k, k_offset, bias)
-    return _kernels.fp8_linear_reference(x, weight, scale, group_k, k_offset, bias)
+    """x @ W^T (+ bias) for an FP8 weight in canonical form: the single dispatch point of the FP8 layers.
+    hf_tp.kernels.fp8.fp8_linear runs the Triton kernel where it applies and the reference elsewhere."""
+    return _kernels.fp8_linear(x, weight, scale, group_k, k_offset, bias)
 
 
 def kernel_available(device: torch.device) -> bool:
-    """Whether FP8 weights pay on ``device``: a CUDA GPU with FP8 (compute capability 8.9+) and hf_tp's kernel."""
-    return (_KERNEL is not None and device.type == "cuda" and torch.cuda.is_available()
-            and torch.cuda.get_device_capability(device) >= (8, 9))
+    """Whether FP8 weights pay on ``device``: a CUDA GPU with FP8 (compute capability 8.9+) and Triton."""
+    return device.type == "cuda" and _kernels.fp8_kernel_available(device)
 
 
 def resolve_fp8_weights(config, device: torch.device, quantization):
