@@ -1,0 +1,49 @@
+"""FP8 weights kept on the GPU end to end: a block-FP8 checkpoint loaded with TPConfig(fp8_weights="keep") on
+one GPU (a TP group of one), decoded by hf_tp's loop (compile + CUDA graph, the Triton FP8 kernel inside), and
+judged against the unsplit Transformers model in fp32 with the same dequantized weights. Skipped without a
+CUDA GPU of compute capability 8.9 or above."""
+
+import pytest
+import torch
+
+from conftest import save_tiny_model, tiny_config
+from fp8_checkpoints import dequantized_reference, write_block_fp8
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability(0) < (8, 9),
+                                 reason="needs a CUDA GPU with FP8 (compute capability 8.9+); none visible here")]
+
+
+def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path):
+    from hf_tp.config import TPConfig
+    from hf_tp.assembly import load_parallel_model
+    from hf_tp.parallel.comm import TPGroup
+
+    # 320 and 384 are not multiples of 128: the last K-block of every GEMM is partial.
+    config = tiny_config("llama", hidden_size=320, intermediate_size=384, num_attention_heads=10,
+                         num_key_value_heads=5, head_dim=32)
+    src = save_tiny_model(tmp_path / "bf", config, max_shard_size=None)
+    folder = write_block_fp8(src, tmp_path / "fp8")
+    device = torch.device("cuda", 0)
+    reference = dequantized_reference(folder, tmp_path / "deq").to(device)
+    ours = load_parallel_model(str(folder), TPGroup(0, 1, device), dtype=torch.bfloat16, progress=False,
+                               tp_config=TPConfig(fp8_weights="auto", fast_decode=True))
+    assert ours.hf_tp_config.fp8_weights == "keep"
+    q = ours.model.layers[0].self_attn.q_proj
+    assert q.weight.dtype == torch.float8_e4m3fn
+
+    prompt = torch.randint(3, config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0)).to(device)
+    out = ours.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24,
+                        do_sample=False, pad_token_id=0)
+    assert ours._hf_tp_static_decoder.use_graphs and ours._hf_tp_static_decoder.sessions  # the captured loop ran
+    new = out[:, prompt.shape[1]:]
+    # Every token the FP8 model chose must be the fp32 reference's argmax on the same prefix, or a near-tie:
+    # its fp32 logit within bf16 noise (2 % of the logits' range, the kernel's bf16 activations) of the best.
+    with torch.no_grad():
+        logits = reference(out).logits[:, prompt.shape[1] - 1:-1].float()
+    chosen = logits.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+    best = logits.max(-1).values
+    span = logits.amax(-1) - logits.amin(-1)
+    assert torch.all(best - chosen <= 0.02 * span), (best - chosen) / span
+    exact = (logits.argmax(-1) == new).float().mean().item()
+    assert exact >= 0.9, exact
