@@ -48,6 +48,21 @@ def logits_process():
 
 
 # -- the static cache (decode_loop._Session) --------------------------------------------------------
+_PENALTY_IGNORES_PADDING: bool | None = None
+
+
+def repetition_penalty_ignores_left_padding() -> bool:
+    """Whether Transformers' generate leaves a row's left padding out of the repetition penalty's "seen" tokens:
+    newer releases pass ``prompt_ignore_length`` (each row's padding length) to RepetitionPenaltyLogitsProcessor;
+    5.17 passes nothing and penalizes the pad id too. The loop follows the installed release."""
+    global _PENALTY_IGNORES_PADDING
+    if _PENALTY_IGNORES_PADDING is None:
+        from transformers.generation import utils
+
+        _PENALTY_IGNORES_PADDING = "prompt_ignore_length=" in inspect.getsource(utils.GenerationMixin._get_logits_processor)
+    return _PENALTY_IGNORES_PADDING
+
+
 def static_cache(config, max_cache_len: int):
     """Transformers' StaticCache for ``config``. Sliding-window layers become plain static layers: the loop
     only builds a cache that fits inside every window (see ``sliding_window_limit``), where a sliding layer

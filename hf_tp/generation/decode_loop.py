@@ -36,8 +36,8 @@ import torch
 import torch.distributed as dist
 
 from ..compat import (cache_argument_name, default_generation_params, generate_output, logits_process,
-                      prepare_generation_config, rewind_static_cache, sliding_window_limit, static_cache,
-                      unsupported_cache)
+                      prepare_generation_config, repetition_penalty_ignores_left_padding, rewind_static_cache,
+                      sliding_window_limit, static_cache, unsupported_cache)
 from ..faults import injected_fault
 
 logger = logging.getLogger("hf_tp")
@@ -192,14 +192,22 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
         streamer=kwargs.get("streamer"), return_dict=bool(config.return_dict_in_generate),
         repetition_penalty=penalty,
         # Transformers' RepetitionPenaltyLogitsProcessor(prompt_ignore_length=...): the positions before each
-        # row's first attended token (its left padding) do not count as seen.
-        prompt_ignore=(mask != 0).int().argmax(dim=1) if penalty != 1.0 else None,
+        # row's first attended token (its left padding) do not count as seen, in the releases that pass it.
+        prompt_ignore=_prompt_ignore(mask) if penalty != 1.0 else None,
         min_p=float(config.min_p) if config.do_sample and config.min_p is not None else 0.0,
         output_scores=want_scores, output_logits=want_logits, stop_criteria=stop_criteria,
     ), None
 
 
 _STOP_CRITERIA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _prompt_ignore(mask: torch.Tensor) -> torch.Tensor:
+    """Per row, how many leading prompt positions the repetition penalty leaves out: the left padding where the
+    installed Transformers does so, else none."""
+    if repetition_penalty_ignores_left_padding():
+        return (mask != 0).int().argmax(dim=1)
+    return torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
 
 
 def _stop_string_criteria(tokenizer, stop_strings):
