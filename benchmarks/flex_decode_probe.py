@@ -13,7 +13,23 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-from hf_tp.kernels.decode_attention import flex_decode
+
+
+def flex_decode(query, key, value, mask, scaling):
+    """flex_attention with GQA and the boolean mask as a score_mod: the decode attention tried as an opt-in
+    TPConfig option on 2026-12-02 and removed (its compiled step did not compile on torch 2.11; RESULTS.md)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    score_mod = None
+    if mask is not None:
+        batch, q_len, kv_len = query.shape[0], query.shape[2], key.shape[2]
+        keep = mask[:, 0, :, :kv_len].expand(batch, q_len, kv_len)
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return torch.where(keep[b, q_idx, kv_idx], score, -float("inf"))
+
+    return flex_attention(query, key, value, score_mod=score_mod, scale=scaling,
+                          enable_gqa=query.shape[1] != key.shape[1])
 
 SCALE = 128 ** -0.5
 
@@ -32,7 +48,7 @@ def sdpa_gqa(q, k, v, m):  # no copies; with a mask, CUDA may fall back to the m
     return F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=SCALE, enable_gqa=True)
 
 
-def flex_score_mod(q, k, v, m):  # hf_tp/kernels/decode_attention.py as shipped (opt-in)
+def flex_score_mod(q, k, v, m):  # the removed opt-in's form
     return flex_decode(q, k, v, m, SCALE)
 
 

@@ -23,7 +23,6 @@ from .loading.quantization import read_quantization
 from .parallel.fp8 import keep_fp8_layers, resolve_fp8_weights
 from .agreement import fail_together
 from .parallel.comm import TPGroup
-from .kernels.decode_attention import apply_decode_attention
 from .parallel.fused import fuse_shared_inputs
 from .parallel.moe_decode import install_moe_decode
 from .parallelize import build_skeleton, parallelize
@@ -166,10 +165,6 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     model.eval()
     stats.phases.update(build_s=round(build_s, 4), read_s=round(stats.seconds, 4))
     model.hf_tp_plan, model.hf_tp_load_stats, model.hf_tp_transposed = planned.plan, stats, transposed
-    # Decode attention is chosen once, here, for this model; hf_tp_config shows what it got.
-    attention = apply_decode_attention(model, config.decode_attention)
-    if attention != config.decode_attention:
-        config = dataclasses.replace(config, decode_attention=attention)
     return make_tensor_parallel(model, tp, config)
 
 

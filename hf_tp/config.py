@@ -23,7 +23,6 @@ ENV_OVERRIDES = {
     "HF_TP_REDUCE_FP32": "reduce_fp32",
     "HF_TP_FP32_LOGITS": "fp32_logits",
     "HF_TP_FUSE": "fuse",
-    "HF_TP_DECODE_ATTENTION": "decode_attention",
     "HF_TP_LOAD_THREADS": "load_threads",
     "HF_TP_PINNED_LOAD": "pinned_load",
     "HF_TP_LOAD_CHUNK_MB": "load_chunk_mb",
@@ -67,12 +66,6 @@ class TPConfig:
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
       On CPU neither graphs nor a compiled step exist: resolve() sets cuda_graphs=False and allreduce="gloo"
       (the process group's own all-reduce), so ``model.hf_tp_config`` shows what runs there.
-      decode_attention: "flex" (the compiled step's one-token attention is PyTorch's flex_attention with
-        enable_gqa and the mask as a score_mod: no repeated K/V; hf_tp/kernels/decode_attention.py) or "off" (the
-        model's own attention, Transformers' SDPA). Default "off": on one H200 (torch 2.11) one compiled flex call
-        took 178 us against SDPA's 54 us at 4352 KV slots (benchmarks/RESULTS.md, 2026-12-02), and its decode
-        loop's tokens are not yet confirmed on a GPU. Chosen once at load: "flex" on a model loaded with a
-        non-SDPA attn_implementation, or a torch without flex_attention, shows "off".
     Numerics:
       reduce_fp32: bf16/fp16 row-parallel partial sums all-reduced in fp32 and rounded once, as one GPU's GEMM
         rounds its fp32 accumulator once (twice the all-reduce bytes).
@@ -110,7 +103,6 @@ class TPConfig:
     cuda_graphs: bool = True
     allreduce: str = "nccl"
     one_shot_max_kb: float = 128.0
-    decode_attention: str = "off"
     reduce_fp32: bool = True
     fp32_logits: bool = True
     fuse: bool | None = None
@@ -140,8 +132,6 @@ class TPConfig:
         if self.allreduce not in ("nccl", "one_shot", "gloo"):
             raise ValueError(f"TPConfig(allreduce={self.allreduce!r}): use 'nccl' or 'one_shot' "
                              "('gloo' is what CPU models resolve to).")
-        if self.decode_attention not in ("flex", "off"):
-            raise ValueError(f"TPConfig(decode_attention={self.decode_attention!r}): use 'flex' or 'off'.")
         if self.fp8_weights not in ("auto", "dequantize", "keep"):
             raise ValueError(f"TPConfig(fp8_weights={self.fp8_weights!r}): use 'auto', 'dequantize' or 'keep'.")
         if self.weights not in ("checkpoint", "fp8"):
