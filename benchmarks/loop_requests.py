@@ -6,7 +6,7 @@ Usage (repo root, one GPU, hf_tp's parallel layers with a TP group of one):
     python benchmarks/loop_requests.py --model FOLDER ...
     torchrun --nproc-per-node N benchmarks/loop_requests.py ...   (tp N)
     --fallbacks adds the requests that stay on Transformers' generate (beam search, a custom
-    LogitsProcessor), for docs/generation-loop.md's table.
+    LogitsProcessor), for docs/generation.md's fallback table.
 
 Each request is timed twice with CUDA events on the current stream: generating ``--tokens`` new tokens, and
 generating one (the prefill and the first token); decode tok/s = rows x (tokens - 1) / (difference). The

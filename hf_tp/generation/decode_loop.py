@@ -18,7 +18,7 @@ scores and logits, sliding-window models within their window) this module runs t
 
 Everything else (beams, custom processors, constraints, sliding windows overrun, ...) goes to
 Transformers' ``generate`` on the same parallel model; ``plan_request`` returns the reason, which the
-caller logs once. docs/generation-loop.md lists both sides. On CPU the same loop runs without compile or
+caller logs once. docs/generation.md lists both sides. On CPU the same loop runs without compile or
 graphs (that is what the CPU tests check against Transformers' generate).
 """
 

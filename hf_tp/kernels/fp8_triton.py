@@ -188,7 +188,7 @@ def skinny_config(N: int, K: int) -> dict:
 
 # Rows per tl.dot program. Above DOT_MAX_M rows the launcher dequantizes the weight (one Triton pass) and
 # calls cuBLAS: at M = 128 that measured 337 us per 8B layer against 673 us for this kernel with 128-row tiles
-# (and 144 us for bf16: prefill is slower than bf16, see docs/fp8-kernel.md). At M = 16 this kernel took 128 us
+# (and 144 us for bf16: prefill is slower than bf16, see docs/fp8.md, "Speed"). At M = 16 this kernel took 128 us
 # and the dequantize pass alone costs about 190 us (337 - 144); the crossover in between was not measured.
 BLOCK_M = 16
 DOT_MAX_M = 64
