@@ -10,7 +10,6 @@ workers, the bench and the GPU tests:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -22,7 +21,7 @@ from .loading import CheckpointIndex, load_shards, loading_info, make_stager, re
 from .loading.quantization import read_quantization
 from .parallel.fp8 import keep_fp8_layers, resolve_fp8_weights
 from .agreement import fail_together
-from .parallel.comm import TPGroup
+from .parallel.comm import TPGroup, min_int
 from .parallel.fused import fuse_shared_inputs
 from .parallel.moe_decode import install_moe_decode
 from .parallelize import build_skeleton, parallelize
@@ -145,7 +144,7 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     slices of the checkpoint on ``tp.device``. No collective runs here; ``config`` must be resolved."""
     model = planned.skeleton
     start = time.perf_counter()
-    config = resolve_fp8_weights(config, tp.device, planned.index.quantization)
+    config = resolve_fp8_weights(config, tp.device, planned.index.quantization, planned.dtype)
     transposed = parallelize(model, planned.plan, tp, policy=planned.policy, config=config)
     kept = 0
     if (config.fp8_weights == "keep" and planned.index.quantization is not None) or config.weights == "fp8":
@@ -180,6 +179,9 @@ def load_parallel_model(name_or_path, tp: TPGroup, dtype=None, progress: bool = 
             planned = plan_model(name_or_path, tp.tp_size, dtype, hf_kwargs)
         plan_s = time.perf_counter() - start  # includes the agreement's all-gather: the ranks' slowest plan
         with fail_together(tp, "loading the weights"):
+            # FP8 kept or dequantized: decided here, the same on every rank (build_rank_model runs no collective).
+            config = resolve_fp8_weights(config, tp.device, planned.index.quantization, planned.dtype,
+                                         agree=lambda keep: min_int(keep, tp))
             model = build_rank_model(planned, tp, config, progress=progress, stager=stager)
         model.hf_tp_load_stats.phases.update(plan_s=round(plan_s, 4), total_s=round(time.perf_counter() - start, 4))
     except BaseException:

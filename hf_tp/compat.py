@@ -59,7 +59,12 @@ def repetition_penalty_ignores_left_padding() -> bool:
     if _PENALTY_IGNORES_PADDING is None:
         from transformers.generation import utils
 
-        _PENALTY_IGNORES_PADDING = "prompt_ignore_length=" in inspect.getsource(utils.GenerationMixin._get_logits_processor)
+        try:
+            source = inspect.getsource(utils.GenerationMixin._get_logits_processor)
+        except (OSError, TypeError):  # no sources installed: the releases that ignore padding accept a tensor
+            source = str(inspect.signature(logits_process().RepetitionPenaltyLogitsProcessor.__init__))
+            source = "prompt_ignore_length=" if "Tensor" in source else ""
+        _PENALTY_IGNORES_PADDING = "prompt_ignore_length=" in source
     return _PENALTY_IGNORES_PADDING
 
 

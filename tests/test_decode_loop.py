@@ -315,6 +315,7 @@ def _selector(vocab: int, temperature: float, top_k: int, top_p: float):
     session.step, session.min_new = torch.zeros((), **long), torch.zeros((), **long)
     session.eos_in_vocab = torch.zeros(vocab, dtype=torch.bool)
     session.vocab_positions = torch.arange(vocab)
+    session.best_position = session.vocab_positions == vocab - 1
     session.variant = Variant(do_sample=True, penalty=False, scores=False, logits=False)
     session.temperature = torch.tensor(temperature)
     session.top_k = torch.tensor(top_k)

@@ -354,3 +354,23 @@ def test_a_scaled_weight_that_is_not_fp8_is_refused(folders, tmp_path):
     assert not is_fp8(index, "model.embed_tokens.weight")
     with pytest.raises(CheckpointError, match=r"up_proj\.weight has a scale .* stored as F8_E5M2"):
         is_fp8(index, key)
+
+
+def test_preflight_sizes_kept_fp8_weights_at_their_bytes(folders):
+    """The handle's pre-flight (orchestration._plan_memory) counts the weights kept FP8 at 1 byte (plus scales),
+    not at the model dtype, so a load that fits in FP8 is not refused; it stays an upper bound of what a rank
+    really holds."""
+    from hf_tp.assembly import load_parallel_model
+    from hf_tp.config import TPConfig
+    from hf_tp.orchestration import _plan_memory
+    from hf_tp.parallel.comm import TPGroup
+    from hf_tp.parallel.fp8 import fp8_scale_bytes
+
+    folder = str(folders["cut"])
+    cpu = torch.device("cpu")
+    keep, dequantize = (TPConfig(fp8_weights=mode).resolve("cpu", 1) for mode in ("keep", "dequantize"))
+    need_keep = _plan_memory(folder, 1, torch.bfloat16, {}, 0, keep, cpu)[2][0]
+    need_dequantize = _plan_memory(folder, 1, torch.bfloat16, {}, 0, dequantize, cpu)[2][0]
+    model = load_parallel_model(folder, TPGroup(0, 1, cpu), dtype=torch.bfloat16, progress=False, tp_config=keep)
+    held = sum(p.numel() * p.element_size() for p in model.parameters()) + fp8_scale_bytes(model)
+    assert held <= need_keep < need_dequantize, (held, need_keep, need_dequantize)

@@ -13,7 +13,7 @@ import torch
 # First match wins: attention before GEMM (attention kernels' names can contain "gemm"/"sm90").
 KINDS = (
     ("collectives", ("nccl", "allreduce", "all_reduce", "allgather", "all_gather", "multimem", "one_shot")),
-    ("attention", ("flash", "fmha", "attention", "sdpa", "softmax", "flex", "decoding")),
+    ("attention", ("flash", "fmha", "attention", "sdpa", "flex", "decoding")),
     ("GEMM", ("gemm", "xmma", "cutlass", "nvjet", "cublas", "matmul", "splitk", "triton_tem_fused_mm",
               "triton_tem_fused_addmm", "_mm_", "bmm", "aten::mm", "aten::addmm", "aten::linear")),
 )
@@ -33,9 +33,15 @@ def _kernel_us(run, tokens: int) -> tuple[dict[str, float], dict[str, tuple[floa
         run(tokens)
     kinds: dict[str, float] = {}
     kernels: dict[str, tuple[float, int]] = {}
+    on_gpu = torch.cuda.is_available()
     for event in prof.key_averages():
-        us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
-        if not torch.cuda.is_available():  # CPU: the top-level ops' own time stands in for kernels
+        if on_gpu:
+            # Only the kernels themselves: an operator's device time includes the kernels beneath it (aten::linear
+            # > aten::addmm > the GEMM), and wrappers such as a compiled region include everything they ran.
+            if event.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+        else:  # CPU: the top-level ops' own time stands in for kernels
             us = event.self_cpu_time_total
         if us:
             kinds[kind_of(event.key)] = kinds.get(kind_of(event.key), 0.0) + us

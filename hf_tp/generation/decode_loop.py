@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -69,6 +68,7 @@ class Variant(NamedTuple):
     penalty: bool  # repetition_penalty != 1: a (batch, vocab) mask of the tokens seen so far
     scores: bool  # output_scores: the processed logits of every step kept in a (steps, batch, vocab) buffer
     logits: bool  # output_logits: the raw logits, likewise
+    min_p: bool = False  # sampling with min_p > 0: one more softmax over the vocabulary per step
 
 
 @dataclass
@@ -94,7 +94,8 @@ class DecodeRequest:
 
     @property
     def variant(self) -> Variant:
-        return Variant(self.do_sample, self.repetition_penalty != 1.0, self.output_scores, self.output_logits)
+        return Variant(self.do_sample, self.repetition_penalty != 1.0, self.output_scores, self.output_logits,
+                       self.do_sample and self.min_p > 0)
 
 
 def _is_default(value, default) -> bool:
@@ -199,7 +200,9 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
     ), None
 
 
-_STOP_CRITERIA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# (tokenizer key, size, stop strings) -> (tokenizer, criteria); the tokenizer is held so that an id() key
+# cannot be reused by another object while its entry lives.
+_STOP_CRITERIA: OrderedDict = OrderedDict()
 
 
 def _prompt_ignore(mask: torch.Tensor) -> torch.Tensor:
@@ -211,21 +214,23 @@ def _prompt_ignore(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _stop_string_criteria(tokenizer, stop_strings):
-    """Transformers' StopStringCriteria, kept per tokenizer: building one reads the whole vocabulary (0.6 to
-    0.8 s for a 128k vocabulary on the 2-core development host; generate pays it at every call), and a chat
-    sends the same stop strings every turn. Keyed on the vocabulary size too: added tokens make a new one."""
+    """Transformers' StopStringCriteria, kept across calls: building one reads the whole vocabulary (0.6 to 0.8 s
+    for a 128k vocabulary on the 2-core development host; generate pays it at every call), and a chat sends the
+    same stop strings every turn. Keyed on the tokenizer's class, name_or_path and size (added tokens make a new
+    one), not on the object: the handle's workers get a fresh copy of the tokenizer with every call. A tokenizer
+    with no name_or_path is keyed on the object itself."""
     from transformers import StopStringCriteria
 
-    key = (len(tokenizer), (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings))
-    try:
-        kept = _STOP_CRITERIA.setdefault(tokenizer, {})
-    except TypeError:  # not weakly referenceable: build it every time, as generate does
-        return StopStringCriteria(stop_strings=stop_strings, tokenizer=tokenizer)
-    if key not in kept:
-        if len(kept) >= 8:
-            kept.pop(next(iter(kept)))
-        kept[key] = StopStringCriteria(stop_strings=stop_strings, tokenizer=tokenizer)
-    return kept[key]
+    strings = (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings)
+    name = getattr(tokenizer, "name_or_path", "") or ""
+    who = (type(tokenizer).__name__, name) if name else id(tokenizer)
+    key = (who, len(tokenizer), strings)
+    if key not in _STOP_CRITERIA:
+        if len(_STOP_CRITERIA) >= 8:
+            _STOP_CRITERIA.popitem(last=False)
+        _STOP_CRITERIA[key] = (tokenizer, StopStringCriteria(stop_strings=stop_strings, tokenizer=tokenizer))
+    _STOP_CRITERIA.move_to_end(key)
+    return _STOP_CRITERIA[key][1]
 
 
 def _rejected_by_transformers(config, prompt: int, eos: list[int]) -> str | None:
@@ -334,7 +339,7 @@ class _Session:
         # The warpers on one ascending sort, with Transformers' formulas (its TopPLogitsWarper sorts ascending too).
         logits = logits / self.temperature
         sorted_logits, order = logits.sort(dim=-1)
-        last = self.vocab_positions == logits.shape[-1] - 1  # the best token: every filter keeps it
+        last = self.best_position  # after the ascending sort the best token is last: every filter keeps it
         # Top-k by value, as TopKLogitsWarper: every token tied with the k-th largest logit stays (ties are
         # common with bf16 logits; a cut by rank would drop some of them).
         kth = (logits.shape[-1] - self.top_k.clamp(1, logits.shape[-1])).view(1, 1).expand(logits.shape[0], 1)
@@ -343,10 +348,10 @@ class _Session:
         # Top-p: drop the tokens whose mass, with every worse token's, is at most 1 - top_p.
         remove = (sorted_logits.softmax(-1).cumsum(-1) <= self.top_p_rest) & ~last
         sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
-        # Min-p (MinPLogitsWarper): drop the tokens less likely than min_p x the best one.
-        probs = sorted_logits.softmax(-1)
-        remove = (probs < self.min_p * probs.amax(-1, keepdim=True)) & ~last
-        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        if variant.min_p:  # MinPLogitsWarper: drop the tokens less likely than min_p x the best one (the last)
+            probs = sorted_logits.softmax(-1)
+            remove = (probs < self.min_p * probs[..., -1:]) & ~last
+            sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
         if variant.scores:  # the warped logits, back in vocabulary order
             self._keep(self.scores, torch.empty_like(logits).scatter_(-1, order, sorted_logits))
         probs = sorted_logits.softmax(-1)
@@ -414,15 +419,18 @@ class _Session:
         vocab = logits.shape[-1]
         if self.vocab_positions is None or self.vocab_positions.numel() != vocab:
             self.vocab_positions = torch.arange(vocab, device=logits.device)
+            self.best_position = self.vocab_positions == vocab - 1
             self.eos_in_vocab = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
         self.eos_in_vocab.copy_(torch.isin(self.vocab_positions, self.eos))  # per request, not per step
         self.prepare(request, vocab)
         if self.variant.penalty:
             # The prompt's tokens, but not its left padding (Transformers' prompt_ignore_length).
             kept = torch.arange(prompt, device=logits.device).unsqueeze(0) >= request.prompt_ignore.unsqueeze(1)
-            counts = torch.zeros(self.batch, vocab, dtype=torch.int32, device=logits.device)
-            counts.scatter_add_(1, request.input_ids, kept.int())
-            self.seen.copy_(counts > 0)
+            # Ids past the LM head's vocabulary (an embedding larger than the head) land in one extra column that
+            # is dropped, as RepetitionPenaltyLogitsProcessor does: they can never be generated.
+            counts = torch.zeros(self.batch, vocab + 1, dtype=torch.int32, device=logits.device)
+            counts.scatter_add_(1, request.input_ids.clamp(max=vocab), kept.int())
+            self.seen.copy_(counts[:, :vocab] > 0)
         self.position_ids.copy_(positions[:, -1:])
         self._advance(logits)
 

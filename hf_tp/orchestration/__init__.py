@@ -16,7 +16,31 @@ __all__ = ["TPModel", "start_tp_model"]
 ORCHESTRATOR_KWARGS = HANDLE_OPTIONS
 
 
-def _plan_memory(name_or_path, tp_size, dtype, hf_kwargs, kv_cache_tokens: int | None):
+def _kept_fp8_names(planned, tp_config, device: torch.device, tp_size: int) -> frozenset:
+    """The parameters the workers will keep in FP8 (TPConfig.fp8_weights, decided as the workers decide it): the
+    checkpoint's FP8 linear weights, where every rank's GPU runs the FP8 kernel and the model is bf16/fp16. A
+    bf16 checkpoint quantized at load (TPConfig.weights="fp8") is sized at its bf16 bytes: an upper bound."""
+    from ..loading.keys import find_key
+    from ..loading.quantization import is_fp8
+    from ..parallel.fp8 import kernel_available
+
+    index = planned.index
+    if index.quantization is None or tp_config is None or tp_config.fp8_weights == "dequantize":
+        return frozenset()
+    if tp_config.fp8_weights == "auto" and not (
+            planned.dtype in (torch.bfloat16, torch.float16) and device.type == "cuda"
+            and all(kernel_available(torch.device("cuda", r)) for r in range(tp_size))):
+        return frozenset()
+    names = set()
+    for name, param in planned.skeleton.named_parameters():
+        key = find_key([name], index) if param.dim() == 2 else None
+        if key is not None and is_fp8(index, key):
+            names.add(name)
+    return frozenset(names)
+
+
+def _plan_memory(name_or_path, tp_size, dtype, hf_kwargs, kv_cache_tokens: int | None, tp_config=None,
+                 device: torch.device | None = None):
     """Validate the split before any process starts (the workers' own plan_model), and size each rank's
     shard + KV-cache budget (``kv_cache_tokens`` tokens; None: one sequence of min(4096, context))."""
     from transformers import GenerationConfig
@@ -39,8 +63,9 @@ def _plan_memory(name_or_path, tp_size, dtype, hf_kwargs, kv_cache_tokens: int |
         _, _, head_dim = head_geometry(text, planned.policy)
         heads = next(iter(plan.attention.values()))
         per_token = [2 * text.num_hidden_layers * h.num_kv * head_dim * (torch.finfo(torch_dtype).bits // 8) for h in heads]
-    need = [shard_bytes(planned.skeleton, plan, r, torch_dtype) + (per_token[r] * kv_cache_tokens if per_token else 0)
-            for r in range(tp_size)]
+    fp8_names = _kept_fp8_names(planned, tp_config, device or torch.device("cpu"), tp_size)
+    need = [shard_bytes(planned.skeleton, plan, r, torch_dtype, fp8_names)
+            + (per_token[r] * kv_cache_tokens if per_token else 0) for r in range(tp_size)]
     return config, generation_config, need, info, plan
 
 
@@ -54,7 +79,12 @@ def start_tp_model(name_or_path, tp_size, dtype=None, device=None, tp_config=Non
         raise ValueError(f"tp_size={tp_size} needs {tp_size} GPUs but {torch.cuda.device_count()} are visible; "
                          f"use tp_size<={torch.cuda.device_count()} or device='cpu'.")
     kv_tokens = options.pop("kv_cache_tokens", None)
-    config, generation_config, need, info, plan = _plan_memory(name_or_path, tp_size, dtype, kwargs, kv_tokens)
+    if tp_config is None:
+        from ..assembly import resolve_tp_config
+
+        tp_config = resolve_tp_config(None, device.type, tp_size)
+    config, generation_config, need, info, plan = _plan_memory(name_or_path, tp_size, dtype, kwargs, kv_tokens,
+                                                               tp_config, device)
     cap = options.pop("max_memory_per_gpu", None)
     if cap is not None and max(need) > cap:
         rank = need.index(max(need))
@@ -73,10 +103,6 @@ def start_tp_model(name_or_path, tp_size, dtype=None, device=None, tp_config=Non
     # Collectives give up after this long (the process group's own timeout), a backstop behind
     # the driver's watchdog, which notices a stuck rank within timeout_s.
     collective_timeout_s = options.pop("collective_timeout_s", 300)
-    if tp_config is None:
-        from ..assembly import resolve_tp_config
-
-        tp_config = resolve_tp_config(None, device.type, tp_size)
     spec = {"name_or_path": str(name_or_path), "tp_size": tp_size, "dtype": dtype, "device": device.type,
             "tp_config": tp_config,
             "collective_timeout_s": collective_timeout_s,

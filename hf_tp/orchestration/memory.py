@@ -21,8 +21,14 @@ def host_available_bytes() -> int:
     return 0
 
 
-def shard_bytes(model, plan, tp_rank: int, dtype: torch.dtype) -> int:
-    """Bytes of this rank's parameters, from a meta skeleton and its plan (no weights read)."""
+# A kept FP8 weight: 1 byte per element, plus its per-row fp32 scales, one per 128 columns (block and per-channel
+# formats alike, counted at the block format's size: an upper bound).
+FP8_BYTES_PER_ELEMENT = 1 + 4 / 128
+
+
+def shard_bytes(model, plan, tp_rank: int, dtype: torch.dtype, fp8_names=frozenset()) -> int:
+    """Bytes of this rank's parameters, from a meta skeleton and its plan (no weights read). ``fp8_names``: the
+    parameters that will stay FP8 (TPConfig.fp8_weights), counted at FP8_BYTES_PER_ELEMENT."""
     total, seen = 0, set()
     for name, param in model.named_parameters():
         if id(param) in seen:
@@ -32,7 +38,10 @@ def shard_bytes(model, plan, tp_rank: int, dtype: torch.dtype) -> int:
         numel = param.numel()
         if shard is not None:
             numel = numel // param.shape[shard.dim] * shard.local_size[tp_rank]
-        total += numel * (torch.finfo(dtype).bits // 8 if param.is_floating_point() else param.element_size())
+        if name in fp8_names:
+            total += int(numel * FP8_BYTES_PER_ELEMENT)
+        else:
+            total += numel * (torch.finfo(dtype).bits // 8 if param.is_floating_point() else param.element_size())
     return total
 
 

@@ -123,5 +123,14 @@ def broadcast_int(value: int, tp: TPGroup) -> int:
     return int(t.item())
 
 
+def min_int(value: int, tp: TPGroup) -> int:
+    """The smallest of the ranks' integers, on every rank."""
+    if tp.alone:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=tp.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=tp.group)
+    return int(t.item())
+
+
 def _global_rank(tp: TPGroup, tp_rank: int) -> int:
     return tp_rank if tp.group is None else dist.get_global_rank(tp.group, tp_rank)

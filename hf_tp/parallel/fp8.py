@@ -29,11 +29,16 @@ def kernel_available(device: torch.device) -> bool:
     return device.type == "cuda" and _kernels.fp8_kernel_available(device)
 
 
-def resolve_fp8_weights(config, device: torch.device, quantization):
-    """``config`` with fp8_weights "auto" decided for this rank's device (TPConfig's docstring says how)."""
+def resolve_fp8_weights(config, device: torch.device, quantization, dtype: torch.dtype, agree=None):
+    """``config`` with fp8_weights "auto" decided (TPConfig's docstring says how): keep only where the kernel
+    runs, which needs a GPU with FP8 and bf16/fp16 activations (an fp32 model would dequantize every weight at
+    every call). ``agree(int) -> int``: the minimum over the ranks, so that all ranks decide the same way (a
+    rank that kept FP8 and one that did not would part ways at save_pretrained's collectives)."""
     if config.fp8_weights != "auto":
         return config
-    keep = quantization is not None and kernel_available(device)
+    keep = quantization is not None and dtype in (torch.bfloat16, torch.float16) and kernel_available(device)
+    if agree is not None:
+        keep = bool(agree(int(keep)))
     return dataclasses.replace(config, fp8_weights="keep" if keep else "dequantize")
 
 
