@@ -91,7 +91,8 @@ class PinnedStager:
         return target
 
     def copy_into(self, target: torch.Tensor, source: torch.Tensor) -> None:
-        """``target`` (contiguous, on the GPU) gets ``source``'s values, cast to its dtype on the GPU."""
+        """``target`` (on the GPU; a view such as an expert's column range is cut by rows) gets ``source``'s values,
+        cast to its dtype on the GPU."""
         if source.numel() == 0:
             return
         stream = self._stream()
