@@ -230,3 +230,18 @@ def test_staging_chunks_cover_the_tensor_once_within_the_buffer_size(source):
         assert src.numel() * src.element_size() <= 64
         dst.copy_(src)
     assert torch.equal(target, source)
+
+
+@pytest.mark.parametrize("source", [torch.arange(600.).view(20, 30), torch.arange(1440.).view(40, 36)[:, 3:33]])
+def test_staging_chunks_fill_a_strided_target(source):
+    """A contiguous or strided slice into a column range of a larger tensor (an expert's input columns of
+    a row-split down_proj, several pieces per rank): cut by rows, the columns outside the range untouched."""
+    from hf_tp.loading.staging import _chunks
+
+    whole = torch.full((source.shape[0], 44), -1.0)
+    target = whole[:, 9:39]
+    for dst, src in _chunks(target, source, nbytes=64):
+        assert src.numel() * src.element_size() <= 64
+        dst.copy_(src)
+    assert torch.equal(target, source)
+    assert (whole[:, :9] == -1).all() and (whole[:, 39:] == -1).all()

@@ -172,22 +172,26 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
             module_name, _, local = group[0].rpartition(".")
             target = model.get_submodule(module_name)._parameters[local]
             if group[0] in per_expert:
-                key = per_expert[group[0]][0][0]
+                # Straight into the rank's 3-D parameter (or the fused buffer it is a view of), expert by expert
+                # and piece by piece, through the pinned staging on CUDA.
+                placed = target.device.type != "meta"
+                dest = target if placed else torch.empty(target.shape, dtype=target.dtype, device=device)
                 try:
-                    tensor = read_experts(index, per_expert[group[0]], shard and shard.dim,
-                                          shard and shard.pieces[tp_rank], target.dtype)
+                    nbytes = read_experts(index, per_expert[group[0]], shard and shard.dim,
+                                          shard and shard.pieces[tp_rank], dest,
+                                          lambda view, piece: _copy_into(view, piece, stager))
                 except CheckpointError:
                     raise
                 except Exception as exc:
                     raise CheckpointError(f"could not read the experts of {group[0]} from {index.folder} ({exc}).") from exc
-            else:
-                key = found[group[0]]
-                keep_fp8 = target.dtype == torch.float8_e4m3fn  # a layer that keeps its weight FP8 (keep_fp8_layers)
-                tensor = _read(index, key, shard, tp_rank, target.dtype, keep_fp8=keep_fp8)
-                if keep_fp8 and not isinstance(tensor, FP8Slice):  # unquantized in the file: TPConfig.weights="fp8"
-                    tensor = quantize_blocks(tensor)
-                if keep_fp8:
-                    return group, _checked_fp8(tensor, target, key, index, tp_rank, device, stager), None
+                return group, nbytes, None if placed else dest
+            key = found[group[0]]
+            keep_fp8 = target.dtype == torch.float8_e4m3fn  # a layer that keeps its weight FP8 (keep_fp8_layers)
+            tensor = _read(index, key, shard, tp_rank, target.dtype, keep_fp8=keep_fp8)
+            if keep_fp8 and not isinstance(tensor, FP8Slice):  # unquantized in the file: TPConfig.weights="fp8"
+                tensor = quantize_blocks(tensor)
+            if keep_fp8:
+                return group, _checked_fp8(tensor, target, key, index, tp_rank, device, stager), None
             nbytes = tensor.numel() * tensor.element_size()
             if group[0] in transposed:
                 tensor = tensor.t()

@@ -91,7 +91,8 @@ class PinnedStager:
         return target
 
     def copy_into(self, target: torch.Tensor, source: torch.Tensor) -> None:
-        """``target`` (contiguous, on the GPU) gets ``source``'s values, cast to its dtype on the GPU."""
+        """``target`` (on the GPU; a view such as an expert's column range is cut by rows) gets ``source``'s values,
+        cast to its dtype on the GPU."""
         if source.numel() == 0:
             return
         stream = self._stream()
@@ -150,13 +151,14 @@ def finished_at_exit(stager: PinnedStager | None):
 def _chunks(target: torch.Tensor, source: torch.Tensor, nbytes: int):
     """Matching (target, source) pieces of at most ``nbytes`` of the source each.
 
-    Contiguous sources are cut anywhere (flat views); strided ones (slices of the last
-    dimension, transposed weights) by whole rows of dimension 0, which the copy into the pinned
-    buffer gathers; a row larger than ``nbytes`` is cut the same way, one level down.
+    Contiguous sources going to contiguous targets are cut anywhere (flat views); strided ones (slices
+    of the last dimension, transposed weights; a column range of a 3-D expert parameter) by whole rows
+    of dimension 0, which the copy into the pinned buffer gathers (and the DMA scatters); a row larger
+    than ``nbytes`` is cut the same way, one level down.
     """
     if source.shape != target.shape:
         raise ValueError(f"staging shape mismatch: {tuple(source.shape)} -> {tuple(target.shape)}")
-    if source.dim() == 0 or source.is_contiguous():
+    if source.dim() == 0 or (source.is_contiguous() and target.is_contiguous()):
         flat_src, flat_dst = source.reshape(-1), target.view(-1)
         step = max(1, nbytes // source.element_size())
         for start in range(0, flat_src.numel(), step):
