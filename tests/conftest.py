@@ -144,6 +144,22 @@ def demo_path() -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def count_decode_loop_calls() -> list:
+    """In a rank process: every later StaticDecoder.generate call (hf_tp's decode loop) appends its request's
+    max_new_tokens to the returned list, so a test can tell a request the loop served from one that fell back."""
+    from hf_tp.generation.decode_loop import StaticDecoder
+
+    calls = []
+    original = StaticDecoder.generate
+
+    def counting(self, request):
+        calls.append(request.max_new_tokens)
+        return original(self, request)
+
+    StaticDecoder.generate = counting
+    return calls
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

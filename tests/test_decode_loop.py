@@ -78,16 +78,9 @@ def generate_on_ranks(folder: str, batch: dict, eos: list[int]) -> dict:
     import torch.distributed as dist
 
     import hf_tp
-    from hf_tp.generation.decode_loop import StaticDecoder
+    from conftest import count_decode_loop_calls
 
-    calls = []
-    original = StaticDecoder.generate
-
-    def counting(self, request):
-        calls.append(request.max_new_tokens)
-        return original(self, request)
-
-    StaticDecoder.generate = counting
+    calls = count_decode_loop_calls()
     model = hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=2, device="cpu", dtype=torch.float32)
     attention = model.model.layers[0].self_attn
     fused = attention.q_proj.shared_input
