@@ -4,17 +4,8 @@
 # prompts, the loop's GPU test, batch 8/32. Logs and JSON rows go to $OUT.
 # Usage (device): cd <checkout> && OUT=... BUDGET=540 bash benchmarks/rank_step_cycle.sh
 set -u
-OUT=${OUT:-/tmp/rank_step_out}; mkdir -p "$OUT"
-CK=${CK:-/tmp/ck}; BUDGET=${BUDGET:-540}; START=$(date +%s)
-MODEL=$CK/llama3-8b-bfloat16
-left() { echo $(( BUDGET - ($(date +%s) - START) )); }
-step() {  # step NAME SECONDS_NEEDED COMMAND...: run it if the budget still holds that much
-  local name=$1 need=$2; shift 2
-  if [ "$(left)" -lt "$need" ]; then echo "SKIP $name ($(left) s left, needs $need)" | tee -a "$OUT/log.txt"; return; fi
-  local t0; t0=$(date +%s)
-  timeout $(( $(left) - 3 )) "$@" > "$OUT/$name.txt" 2>&1
-  echo "rc=$? $name $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt"
-}
+OUT=${OUT:-/tmp/rank_step_out}; CK=${CK:-/tmp/ck}; MODEL=$CK/llama3-8b-bfloat16
+. "$(dirname "$0")/steps.sh"
 # Commands as words, not shell functions: `timeout` runs programs only.
 BENCH="python -m hf_tp.cli bench --model $MODEL --systems hf_tp --modes compile --timeout 240"
 ROW="python -m hf_tp.bench.run_system --system hf_tp --mode compile --model $MODEL --tp-size 1"

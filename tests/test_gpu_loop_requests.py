@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import load_reference, save_tiny_model, tiny_config, tiny_tokenizer
+from hf_tp.generation.decode_loop import Variant
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none visible here")]
@@ -78,7 +79,11 @@ def test_captured_variants_match_transformers(setup):
     decoder = ours._hf_tp_static_decoder
     captured = {variant for session in decoder.sessions.values() for variant, graph in session.graphs.items()
                 if graph is not None}
-    assert decoder.use_graphs and len(captured) >= 4, captured  # plain-penalty, outputs, sampling+outputs, ...
+    # Stop strings are checked between steps, outside the graph: that request replays the penalty graph.
+    expected = {Variant(do_sample=False, penalty=True, scores=False, logits=False, min_p=False),
+                Variant(do_sample=False, penalty=True, scores=True, logits=True, min_p=False),
+                Variant(do_sample=True, penalty=True, scores=True, logits=True, min_p=False)}
+    assert decoder.use_graphs and captured == expected, captured
 
 
 def test_min_p_sampling_reproducible_including_the_capturing_call(setup):

@@ -1,0 +1,14 @@
+# Sourced by the one-call device cycles: `step NAME SECONDS_NEEDED COMMAND...` runs COMMAND (a program, not a
+# shell function: `timeout` runs programs only) into $OUT/NAME.txt if the call's BUDGET still holds that
+# much, and logs its exit status and seconds to $OUT/log.txt.
+OUT=${OUT:-/tmp/cycle_out}; mkdir -p "$OUT"
+BUDGET=${BUDGET:-540}; START=${START:-$(date +%s)}
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+step() {
+  local name=$1 need=$2; shift 2
+  if [ "$(left)" -lt "$need" ]; then echo "SKIP $name ($(left) s left, needs $need)" | tee -a "$OUT/log.txt"; return; fi
+  local t0; t0=$(date +%s)
+  timeout $(( $(left) - 3 )) "$@" > "$OUT/$name.txt" 2>&1
+  echo "rc=$? $name $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt"
+}
