@@ -14,6 +14,6 @@ step select 100 python benchmarks/select_cost.py --batch 1
 step moe_bench 240 python -m hf_tp.cli bench --shape qwen3-moe-mini --systems hf_tp --modes compile --batches 1,8 \
   --simulate-tp 2,4,8 --profile --timeout 200 --json "$OUT/moe_bench.json"
 step moe_switch 90 python benchmarks/moe_switch.py --out "$OUT/moe_switch.jsonl"
-step requests 120 python benchmarks/loop_requests.py --shape llama3-1b --tokens 128 --repeats 2 --fallbacks \
+[ "${REQUESTS:-1}" = 1 ] && step requests 120 python benchmarks/loop_requests.py --shape llama3-1b --tokens 128 --repeats 2 --fallbacks \
   --json "$OUT/requests.jsonl"
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
