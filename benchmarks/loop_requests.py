@@ -5,8 +5,10 @@ Usage (repo root, one GPU, hf_tp's parallel layers with a TP group of one):
     python benchmarks/loop_requests.py --shape llama3-8b [--tokens 256] [--repeats 3] [--json OUT.jsonl]
     python benchmarks/loop_requests.py --model FOLDER ...
     torchrun --nproc-per-node N benchmarks/loop_requests.py ...   (tp N)
+    python benchmarks/loop_requests.py --simulate-tp 2 ...   (one GPU: the widest rank of tp 2, stand-in collectives)
     --fallbacks adds the requests that stay on Transformers' generate (beam search, a custom
-    LogitsProcessor), for docs/generation.md's fallback table.
+    LogitsProcessor, beam search with Transformers' static cache + compile), for docs/generation.md's fallback
+    table, each also timed on the unsplit Transformers model of the same folder ("vs Transformers": tp 1 only).
 
 Each request is timed twice with CUDA events on the current stream: generating ``--tokens`` new tokens, and
 generating one (the prefill and the first token); decode tok/s = rows x (tokens - 1) / (difference). The
@@ -25,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 for _k, _v in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
@@ -71,6 +74,10 @@ def requests(tokenizer, fallbacks: bool) -> dict[str, tuple[dict, int]]:
         out["fallback: num_beams=4"] = (dict(do_sample=False, num_beams=4), 1)
         out["fallback: custom LogitsProcessor"] = (
             dict(do_sample=False, logits_processor=LogitsProcessorList([TemperatureLogitsWarper(1.0)])), 1)
+        # Where Transformers itself uses a static cache and compiles, the fallback does the same (it is
+        # Transformers' generate on the parallel model).
+        out["fallback: num_beams=4, cache_implementation=static"] = (
+            dict(do_sample=False, num_beams=4, cache_implementation="static"), 1)
     return out
 
 
@@ -82,6 +89,7 @@ def main() -> int:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fallbacks", action="store_true")
+    parser.add_argument("--simulate-tp", type=int, default=1, help="one GPU: the widest rank of this tp size")
     parser.add_argument("--json", help="append one JSON line per request here")
     args = parser.parse_args()
 
@@ -94,7 +102,13 @@ def main() -> int:
         from hf_tp.bench.shapes import write_random_checkpoint
 
         folder = str(write_random_checkpoint(args.shape, Path(tempfile.gettempdir()) / f"hf_tp_{args.shape}"))
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and args.simulate_tp > 1:
+        from hf_tp.bench.simulate import load_simulated_rank
+
+        torch.cuda.set_device(0)
+        model, _, _ = load_simulated_rank(folder, args.simulate_tp, torch.device("cuda", 0), dtype=torch.bfloat16)
+        tp = types.SimpleNamespace(tp_rank=0, tp_size=1, device=torch.device("cuda", 0))  # one process, no group
+    elif torch.cuda.is_available():
         model, tp, _ = load_rank_model(folder)
     else:  # a smoke run of this script on CPU (wall-clock times, meaningless as speed)
         from hf_tp.assembly import load_parallel_model
@@ -116,7 +130,7 @@ def main() -> int:
     prompt = torch.randint(3, vocab, (1, args.prompt_len), generator=torch.Generator().manual_seed(0)).to(device)
     table = requests(word_tokenizer(vocab), args.fallbacks)
 
-    def seconds(kwargs: dict, copies: int, new: int) -> tuple[float, int, bool]:
+    def seconds(kwargs: dict, copies: int, new: int, model=model) -> tuple[float, int, bool]:
         """(seconds, new tokens per row actually generated, whether the loop served it)"""
         ids = prompt.repeat(copies, 1)
         before = len(served)
@@ -136,9 +150,21 @@ def main() -> int:
         sequences = out if torch.is_tensor(out) else out.sequences
         return elapsed, sequences.shape[1] - ids.shape[1], len(served) > before
 
-    for kwargs, copies in table.values():  # warm-up: compile and capture every variant and shape
-        seconds(kwargs, copies, args.tokens)
-        seconds(kwargs, copies, 1)
+    for name, (kwargs, copies) in list(table.items()):  # warm-up: compile and capture every variant and shape
+        try:
+            seconds(kwargs, copies, args.tokens)
+            seconds(kwargs, copies, 1)
+        except Exception as exc:  # noqa: BLE001 - a request this version cannot run: say so, time the rest
+            print(f"FAILED {name}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+            del table[name]
+    # The fallbacks run Transformers' generate on the parallel model: compare with the unsplit Transformers
+    # model of the same folder (tp 1 only: the same weights, the same device).
+    reference = None
+    if args.fallbacks and on_cuda and tp.tp_size == 1 and args.simulate_tp == 1:
+        from transformers import AutoModelForCausalLM
+
+        reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).to(device).eval()
+    ref_results: dict[str, list[float]] = {}
     results: dict[str, list[float]] = {name: [] for name in table}
     in_loop: dict[str, bool] = {}
     for _ in range(args.repeats):
@@ -147,19 +173,30 @@ def main() -> int:
             first, _, _ = seconds(kwargs, copies, 1)
             rows = copies * kwargs.get("num_return_sequences", 1)
             results[name].append(rows * (made - 1) / max(full - first, 1e-9))
+            if reference is not None and name.startswith("fallback"):
+                with torch.no_grad():
+                    if name not in ref_results:  # warm-up (Transformers compiles for a static cache)
+                        ref_results[name] = []
+                        seconds(kwargs, copies, args.tokens, reference)
+                        seconds(kwargs, copies, 1, reference)
+                    full, made, _ = seconds(kwargs, copies, args.tokens, reference)
+                    first, _, _ = seconds(kwargs, copies, 1, reference)
+                ref_results[name].append(rows * (made - 1) / max(full - first, 1e-9))
     if tp.tp_rank == 0:
         base = {1: statistics.median(results["greedy"]), 4: statistics.median(results["greedy x4 rows"])}
-        print(f"{'request':45s} {'loop':>5s} {'decode tok/s':>13s} {'ratio':>6s}")
+        print(f"{'request':52s} {'loop':>5s} {'decode tok/s':>13s} {'ratio':>6s} {'Transformers tok/s':>19s}")
         for name, (kwargs, copies) in table.items():
             rows = copies * kwargs.get("num_return_sequences", 1)
             tok_s = statistics.median(results[name])
             ratio = tok_s / base[rows] if rows in base else None
-            row = {"request": name, "served_by_loop": in_loop[name], "rows": rows, "tp_size": tp.tp_size,
+            row = {"request": name, "served_by_loop": in_loop[name], "rows": rows, "tp_size": tp.tp_size, "simulate_tp": args.simulate_tp,
                    "tokens": args.tokens, "prompt_len": args.prompt_len, "decode_tok_s": round(tok_s, 1),
                    "ratio_to_plain_greedy": None if ratio is None else round(ratio, 3),
                    "runs_tok_s": [round(v, 1) for v in results[name]], "model": args.model or args.shape,
+                   "transformers_tok_s": round(statistics.median(ref_results[name]), 1) if name in ref_results else None,
                    "device": torch.cuda.get_device_name(device) if on_cuda else "cpu (smoke)"}
-            print(f"{name:45s} {str(in_loop[name]):>5s} {tok_s:13.1f} {'' if ratio is None else f'{ratio:6.3f}'}")
+            ref = f"{statistics.median(ref_results[name]):19.1f}" if name in ref_results else ""
+            print(f"{name:52s} {str(in_loop[name]):>5s} {tok_s:13.1f} {'' if ratio is None else f'{ratio:6.3f}':>6s} {ref}")
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")
