@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Issue 18/19 on one GPU, in one device call: hf_tp's decode options on the Llama-3-8B shape, A/B in the same
+# run. "new" = the defaults of this tree; "old" = OLD_ENV (the previous defaults: SDPA attention and cuBLAS
+# GEMMs). Each step runs only if the call's budget still allows it, in priority order. All rows go to one
+# JSONL file per variant (the device returns at most 8 files).
+# Usage (device): cd <checkout> && OUT=... BUDGET=540 bash benchmarks/decode_options_cycle.sh
+set -u
+CK=${CK:-/tmp/ck}; MODEL=$CK/llama3-8b-bfloat16
+OLD_ENV=${OLD_ENV:-"HF_TP_DECODE_ATTENTION=sdpa HF_TP_DECODE_GEMM=cublas"}
+. "$(dirname "$0")/steps.sh"
+export PYTHONPATH=$PWD
+ROW="python -m hf_tp.bench.run_system --system hf_tp --mode compile --model $MODEL --tp-size 1"
+{ nvidia-smi --query-gpu=name,driver_version --format=csv; git log --oneline -1
+  python -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"
+} > "$OUT/gpu.txt" 2>&1
+step ckpt 120 python -c "from hf_tp.bench.shapes import write_random_checkpoint as w; print(w('llama3-8b', '$MODEL'))"
+step new_tp1 50 $ROW --batches 1 --out "$OUT/new.jsonl"
+step old_tp1 50 env $OLD_ENV $ROW --batches 1 --out "$OUT/old.jsonl"
+step new_r2 50 $ROW --simulate-tp 2 --batches 1 --profile 64 --out "$OUT/new.jsonl"
+step old_r2 50 env $OLD_ENV $ROW --simulate-tp 2 --batches 1 --out "$OUT/old.jsonl"
+step new_long 60 $ROW --batches 1 --prompt-len 4096 --out "$OUT/new.jsonl"
+step old_long 60 env $OLD_ENV $ROW --batches 1 --prompt-len 4096 --out "$OUT/old.jsonl"
+for n in 4 8; do step new_r$n 45 $ROW --simulate-tp $n --batches 1 --out "$OUT/new.jsonl"; done
+step new_b832 70 $ROW --batches 8,32 --out "$OUT/new.jsonl"
+step new_8k 60 $ROW --batches 1 --prompt-len 8000 --out "$OUT/new.jsonl"  # the shape's context is 8192
+echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
