@@ -54,13 +54,18 @@ def word_tokenizer(vocab_size: int):
 
 def requests(tokenizer, fallbacks: bool) -> dict[str, tuple[dict, int]]:
     """name -> (generate kwargs, copies of each prompt): the greedy baseline of the same rows comes first."""
-    sample = dict(do_sample=True, temperature=0.7, top_p=0.9, top_k=0)
+    # top_k=50 is Transformers' default (GenerationConfig): the loop warps the 64 largest logits. top_k=0
+    # samples from the whole vocabulary, which the loop sorts every step.
+    sample = dict(do_sample=True, temperature=0.7, top_p=0.9, top_k=50)
+    whole = {**sample, "top_k": 0}
     out = {
         "greedy": (dict(do_sample=False), 1),
         "repetition_penalty=1.1": (dict(do_sample=False, repetition_penalty=1.1), 1),
-        "sampling (t 0.7, top_p 0.9)": (sample, 1),
+        "sampling (t 0.7, top_k 50, top_p 0.9)": (sample, 1),
         "sampling + min_p=0.05": ({**sample, "min_p": 0.05}, 1),
         "sampling + repetition_penalty=1.1 + min_p": ({**sample, "min_p": 0.05, "repetition_penalty": 1.1}, 1),
+        "sampling, top_k=0 (t 0.7, top_p 0.9)": (whole, 1),
+        "sampling, top_k=0 + min_p=0.05": ({**whole, "min_p": 0.05}, 1),
         "output_scores": (dict(do_sample=False, return_dict_in_generate=True, output_scores=True), 1),
         "output_scores + output_logits": (dict(do_sample=False, return_dict_in_generate=True, output_scores=True,
                                                output_logits=True), 1),

@@ -24,13 +24,17 @@ def fake_session(batch: int, vocab: int, variant: Variant, device) -> types.Simp
     s.step = torch.tensor(5, device=device)
     s.min_new = torch.tensor(0, device=device)
     s.temperature = torch.tensor(0.7, device=device)
-    s.top_k = torch.tensor(0, device=device)
+    s.top_k = torch.tensor(50 if variant.candidates else 0, device=device)
     s.top_p_rest = torch.tensor(0.1, device=device)
     s.min_p = torch.tensor(0.05, device=device)
     s.best_position = torch.arange(vocab, device=device) == vocab - 1
     s.scores = torch.zeros(4, batch, vocab, device=device)
     s.raw_logits = torch.zeros(4, batch, vocab, device=device)
+    s.vocab_positions = torch.arange(vocab, device=device)
+    s.cut_ties = torch.zeros((), dtype=torch.bool, device=device)
+    s._last_candidate = {}
     s._keep = types.MethodType(_Session._keep, s)
+    s._last_position = types.MethodType(_Session._last_position, s)
     return s
 
 
@@ -68,6 +72,8 @@ def main() -> None:
         "sampling top_p": Variant(True, False, False, False, False),
         "sampling top_p + min_p": Variant(True, False, False, False, True),
         "sampling + penalty + min_p": Variant(True, True, False, False, True),
+        "sampling top_k 50 + top_p": Variant(True, False, False, False, False, 64),
+        "sampling top_k 50 + top_p + min_p": Variant(True, False, False, False, True, 64),
         "greedy + scores + logits": Variant(False, False, True, True, False),
     }
     print(f"{'variant':32s} {'batch':>5s} {'eager us':>9s} {'compiled us':>11s}")

@@ -299,9 +299,10 @@ def test_settings_transformers_rejects_are_refused(plain_model, case):
     assert request is None, f"{case} was served; Transformers raises on it"
 
 
-def _selector(vocab: int, temperature: float, top_k: int, top_p: float):
-    """A _Session's token selection alone (no model, no cache), sampling with these settings."""
-    from hf_tp.generation.decode_loop import Variant, _Session
+def _selector(vocab: int, temperature: float, top_k: int, top_p: float, min_p: float = 0.0, session_out=None):
+    """A _Session's token selection alone (no model, no cache), sampling with these settings; with
+    ``session_out`` (a list) the session is appended to it and keeps each step's warped scores."""
+    from hf_tp.generation.decode_loop import Variant, _Session, sampling_candidates
 
     session = object.__new__(_Session)
     long = dict(dtype=torch.long)
@@ -309,11 +310,16 @@ def _selector(vocab: int, temperature: float, top_k: int, top_p: float):
     session.eos_in_vocab = torch.zeros(vocab, dtype=torch.bool)
     session.vocab_positions = torch.arange(vocab)
     session.best_position = session.vocab_positions == vocab - 1
-    session.variant = Variant(do_sample=True, penalty=False, scores=False, logits=False)
+    session.variant = Variant(do_sample=True, penalty=False, scores=session_out is not None, logits=False,
+                              min_p=min_p > 0, candidates=sampling_candidates(True, top_k))
+    session.cut_ties = torch.zeros((), dtype=torch.bool)
+    session._last_candidate = {}
+    if session_out is not None:
+        session_out.append(session)
     session.temperature = torch.tensor(temperature)
     session.top_k = torch.tensor(top_k)
     session.top_p_rest = torch.tensor(1 - top_p if top_p < 1 else -1.0)
-    session.min_p = torch.tensor(0.0)
+    session.min_p = torch.tensor(min_p)
     return session._select
 
 
@@ -333,3 +339,55 @@ def test_sampling_keeps_top_k_ties(top_k, top_p):
     torch.manual_seed(0)
     got = set(_selector(logits.shape[1], 0.9, top_k, top_p)(logits.expand(4096, -1)).tolist())
     assert got == want  # every kept token has probability > 0.1: 4096 draws see them all
+
+
+@pytest.mark.parametrize("top_k,top_p,min_p", [(5, 1.0, 0.0), (50, 0.9, 0.0), (50, 0.95, 0.05), (200, 0.8, 0.0)])
+def test_top_k_sampling_on_candidates_is_transformers_warpers(top_k, top_p, min_p):
+    """Under top-k the loop warps only the largest logits (topk, not a sort of the vocabulary): the warped
+    scores, back in vocabulary order, equal Transformers' processors on the whole vocabulary, ties at the
+    k-th logit included while they fit the candidates' spare room."""
+    from transformers.generation.logits_process import (MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper,
+                                                         TopPLogitsWarper)
+
+    from hf_tp.generation.decode_loop import sampling_candidates
+
+    vocab = 3000
+    gen = torch.Generator().manual_seed(top_k)
+    logits = torch.randn(3, vocab, generator=gen) * 2
+    kth = logits[2].topk(top_k).values[-1]
+    tied = torch.nonzero(logits[2] < kth).flatten()[:5]
+    logits[2, tied] = kth  # row 2: five more tokens tie with its k-th largest logit
+    warped = TemperatureLogitsWarper(0.7)(None, logits)
+    for warper in [TopKLogitsWarper(top_k)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else []) + (
+            [MinPLogitsWarper(min_p)] if min_p > 0 else []):
+        warped = warper(None, warped)
+    sessions = []
+    select = _selector(vocab, 0.7, top_k, top_p, min_p, session_out=sessions)
+    session = sessions[0]
+    assert session.variant.candidates == sampling_candidates(True, top_k) > top_k  # the topk path ran
+    session.scores = torch.zeros(1, 3, vocab)
+    torch.manual_seed(0)
+    chosen = select(logits)
+    got = session.scores[0]
+    assert torch.equal(torch.isinf(got), torch.isinf(warped))  # the same tokens kept
+    kept = ~torch.isinf(warped)
+    assert torch.allclose(got[kept], warped[kept], rtol=0, atol=1e-6)
+    assert bool(kept[torch.arange(3), chosen].all())  # the sample is a kept token
+    assert not bool(session.cut_ties)
+
+
+def test_top_k_tie_larger_than_the_candidates_is_reported():
+    """A tie at the k-th logit wider than the candidates' spare room cannot be sampled exactly from the
+    candidates: the step says so (the loop warns after the call)."""
+    vocab = 500
+    logits = torch.zeros(1, vocab)
+    logits[0, :3] = torch.tensor([3.0, 2.0, 1.0])  # top_k=5: the 4th and 5th largest tie with 494 others
+    sessions = []
+    select = _selector(vocab, 1.0, 5, 1.0, session_out=sessions)
+    sessions[0].scores = torch.zeros(1, 1, vocab)
+    select(logits)
+    assert bool(sessions[0].cut_ties)
+    logits[0, 3:5] = 0.5  # now no tie at the 5th: the candidates hold every token top-k keeps
+    sessions[0].cut_ties.zero_()
+    select(logits)
+    assert not bool(sessions[0].cut_ties)

@@ -82,7 +82,7 @@ def test_captured_variants_match_transformers(setup):
     # Stop strings are checked between steps, outside the graph: that request replays the penalty graph.
     expected = {Variant(do_sample=False, penalty=True, scores=False, logits=False, min_p=False),
                 Variant(do_sample=False, penalty=True, scores=True, logits=True, min_p=False),
-                Variant(do_sample=True, penalty=True, scores=True, logits=True, min_p=False)}
+                Variant(do_sample=True, penalty=True, scores=True, logits=True, min_p=False, candidates=64)}
     assert decoder.use_graphs and captured == expected, captured
 
 

@@ -69,6 +69,22 @@ class Variant(NamedTuple):
     scores: bool  # output_scores: the processed logits of every step kept in a (steps, batch, vocab) buffer
     logits: bool  # output_logits: the raw logits, likewise
     min_p: bool = False  # sampling with min_p > 0: one more softmax over the vocabulary per step
+    # Sampling with 0 < top_k < candidates: the warpers run on the `candidates` largest logits (torch.topk)
+    # instead of a sort of the whole vocabulary; 0 = the full sort (top_k off, or too large).
+    candidates: int = 0
+
+
+# The candidate counts a top-k sampling step may use (one captured graph each). Top-k keeps every token whose
+# logit equals the k-th largest, so the count must exceed top_k: the spare room holds such ties, and a tie
+# larger than it is detected and reported (_Session.cut_ties).
+SAMPLING_CANDIDATES = (64, 256, 1024)
+
+
+def sampling_candidates(do_sample: bool, top_k: int) -> int:
+    """How many of the largest logits a sampling step with this top_k needs (0: the whole vocabulary)."""
+    if not do_sample or top_k <= 0:
+        return 0
+    return next((count for count in SAMPLING_CANDIDATES if count > top_k), 0)
 
 
 @dataclass
@@ -95,7 +111,7 @@ class DecodeRequest:
     @property
     def variant(self) -> Variant:
         return Variant(self.do_sample, self.repetition_penalty != 1.0, self.output_scores, self.output_logits,
-                       self.do_sample and self.min_p > 0)
+                       self.do_sample and self.min_p > 0, sampling_candidates(self.do_sample, self.top_k))
 
 
 def _is_default(value, default) -> bool:
@@ -310,6 +326,9 @@ class _Session:
         self.scores: torch.Tensor | None = None  # (rows, batch, vocab) fp32, row = step
         self.raw_logits: torch.Tensor | None = None
         self.variant = Variant(False, False, False, False)
+        # Set by a top-k sampling step whose candidates ended inside a tie at the k-th logit (see _select).
+        self.cut_ties = torch.zeros((), dtype=torch.bool, device=device)
+        self._last_candidate: dict[int, torch.Tensor] = {}  # width -> mask of its last position
         # One per Variant; None: warmed up but nothing captured (CPU, where only tests warm up).
         self.graphs: dict[Variant, torch.cuda.CUDAGraph | None] = {}
 
@@ -336,14 +355,27 @@ class _Session:
             if variant.scores:
                 self._keep(self.scores, logits)
             return logits.argmax(-1)
-        # The warpers on one ascending sort, with Transformers' formulas (its TopPLogitsWarper sorts ascending too).
+        # The warpers on one ascending order, with Transformers' formulas (its TopPLogitsWarper sorts ascending
+        # too): the whole vocabulary sorted, or, under top-k, only the largest logits (a 128k-entry sort costs
+        # ~100 us of GPU time per step; topk of 64 a fraction of it). Tokens outside the candidates are the
+        # ones top-k removes, so both give the same distribution.
         logits = logits / self.temperature
-        sorted_logits, order = logits.sort(dim=-1)
-        last = self.best_position  # after the ascending sort the best token is last: every filter keeps it
+        if variant.candidates and variant.candidates < logits.shape[-1]:
+            values, order = logits.topk(variant.candidates, dim=-1)  # descending
+            sorted_logits, order = values.flip(-1), order.flip(-1)
+        else:
+            sorted_logits, order = logits.sort(dim=-1)
+        width = sorted_logits.shape[-1]
+        last = self._last_position(width)  # after the ascending order the best token is last: every filter keeps it
         # Top-k by value, as TopKLogitsWarper: every token tied with the k-th largest logit stays (ties are
         # common with bf16 logits; a cut by rank would drop some of them).
-        kth = (logits.shape[-1] - self.top_k.clamp(1, logits.shape[-1])).view(1, 1).expand(logits.shape[0], 1)
-        remove = (sorted_logits < sorted_logits.gather(-1, kth)) & (self.top_k > 0)
+        kth = (width - self.top_k.clamp(1, width)).view(1, 1).expand(logits.shape[0], 1)
+        kth_value = sorted_logits.gather(-1, kth)
+        if width < logits.shape[-1]:
+            # The smallest candidate ties with the k-th logit: more tokens of that value may lie outside the
+            # candidates, and top-k would have kept them. Reported after the call (StaticDecoder.generate).
+            self.cut_ties |= (sorted_logits[..., 0:1] >= kth_value).any()
+        remove = (sorted_logits < kth_value) & (self.top_k > 0)
         sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
         # Top-p: drop the tokens whose mass, with every worse token's, is at most 1 - top_p.
         remove = (sorted_logits.softmax(-1).cumsum(-1) <= self.top_p_rest) & ~last
@@ -352,13 +384,21 @@ class _Session:
             probs = sorted_logits.softmax(-1)
             remove = (probs < self.min_p * probs[..., -1:]) & ~last
             sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
-        if variant.scores:  # the warped logits, back in vocabulary order
-            self._keep(self.scores, torch.empty_like(logits).scatter_(-1, order, sorted_logits))
+        if variant.scores:  # the warped logits, back in vocabulary order (-inf outside the candidates)
+            self._keep(self.scores, torch.full_like(logits, float("-inf")).scatter_(-1, order, sorted_logits))
         probs = sorted_logits.softmax(-1)
         # Exponential race (Gumbel-max): argmax(p / E), E ~ Exp(1), is a sample of p; unlike
         # torch.multinomial it needs no host sync and records into a CUDA graph.
         choice = (probs / torch.empty_like(probs).exponential_()).argmax(-1)
         return order.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+
+    def _last_position(self, width: int) -> torch.Tensor:
+        """(width,) mask of the last position; made on the first (uncaptured) step of a shape, then reused."""
+        if width == self.vocab_positions.numel():
+            return self.best_position
+        if width not in self._last_candidate:
+            self._last_candidate[width] = torch.arange(width, device=self.vocab_positions.device) == width - 1
+        return self._last_candidate[width]
 
     def _advance(self, logits: torch.Tensor) -> None:
         """Record the token chosen from ``logits`` (batch, vocab) and set up the next step's inputs."""
@@ -413,6 +453,7 @@ class _Session:
         self.min_p.fill_(request.min_p)
         self.penalty.fill_(request.repetition_penalty)
         self.variant = request.variant
+        self.cut_ties.zero_()
         # Positions as Transformers computes them for padded prompts: count real tokens only.
         positions = (request.attention_mask.cumsum(-1) - 1).masked_fill(request.attention_mask == 0, 0)
         logits = self.decoder.eager_forward(request.input_ids, positions, self.attention_mask, self.cache)
@@ -584,6 +625,11 @@ class StaticDecoder:
             done += 1
         if streamer is not None:
             streamer.end()
+        if session.variant.candidates and bool(session.cut_ties):
+            logger.warning("hf_tp: top_k=%d sampling: at some step more tokens tied with the k-th largest logit "
+                           "than the loop's %d candidates hold; top-k keeps them all, the loop sampled among the "
+                           "first %d only. Pass top_k=0 (with top_p) to sample from the whole vocabulary.",
+                           request.top_k, session.variant.candidates, session.variant.candidates)
         sequences = torch.cat([request.input_ids, session.out[:, :length]], dim=1)
         if not request.return_dict:
             return sequences
