@@ -24,3 +24,4 @@ for n in 4 8; do step new_r$n 45 $ROW --simulate-tp $n --batches 1 --out "$OUT/n
 step new_b832 70 $ROW --batches 8,32 --out "$OUT/new.jsonl"
 step new_8k 60 $ROW --batches 1 --prompt-len 8000 --out "$OUT/new.jsonl"  # the shape's context is 8192
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
+pack

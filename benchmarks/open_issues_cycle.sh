@@ -19,3 +19,4 @@ step moe_grouped 90 env HF_TP_MOE_DECODE=grouped $MOE --batches 1,8 --json "$OUT
 step select 60 python benchmarks/select_cost.py --batch 1
 step moe_switch 90 python benchmarks/moe_switch.py --out "$OUT/moe_switch.jsonl"
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
+pack

@@ -12,3 +12,9 @@ step() {
   timeout $(( $(left) - 3 )) "$@" > "$OUT/$name.txt" 2>&1
   echo "rc=$? $name $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt"
 }
+# The device returns at most 8 files per call: pack every step's output into one archive (log.txt stays
+# beside it, readable without unpacking). Call last.
+pack() {
+  (cd "$OUT" && tar -czf /tmp/cycle_pack.tgz --exclude log.txt . && find . -type f ! -name log.txt -delete \
+    && mv /tmp/cycle_pack.tgz all.tgz)
+}
