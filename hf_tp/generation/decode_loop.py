@@ -609,18 +609,28 @@ class StaticDecoder:
             streamer.put(request.input_ids.cpu())
         done, streamed = 1, 0
         while True:
+            ahead = 0
             if done % CHECK_EVERY == 0 or done == steps:
+                generated = session.out[:, :done].cpu()  # waits for the steps so far
                 if stops is not None:
-                    stops.check(done)
-                finished = self._finished_length(session, request, done, stops)
+                    # The host checks the stop strings while the device runs the next steps (queued first):
+                    # their tokens past a row's stop are replaced by padding at the next check, or trimmed.
+                    ahead = min(CHECK_EVERY, steps - done)
+                    for _ in range(ahead):
+                        session.run_step()
+                    stops.check(done, generated)
+                finished = self._finished_length(session, request, done, stops, generated)
                 if streamer is not None:
                     upto = finished if finished is not None else done
-                    for column in session.out[:, streamed:upto].cpu().unbind(1):
+                    for column in generated[:, streamed:upto].unbind(1):
                         streamer.put(column)
                     streamed = upto
                 if finished is not None or done == steps:
                     length = finished if finished is not None else done
                     break
+            if ahead:
+                done += ahead
+                continue
             session.run_step()
             done += 1
         if streamer is not None:
@@ -698,14 +708,13 @@ class StaticDecoder:
 
     @staticmethod
     def _finished_length(session: _Session, request: DecodeRequest, done: int,
-                         stops: "_StopStrings | None") -> int | None:
+                         stops: "_StopStrings | None", generated: torch.Tensor) -> int | None:
         """Tokens Transformers would have returned if every sequence has finished, else None.
 
         A sequence finishes at its first eos (min_new_tokens already kept eos out before then) or at the
         step that completed a stop string, and generate stops at the step where the last one finishes."""
         if stops is None and (not request.eos_token_ids or bool(session.unfinished.any())):
             return None
-        generated = session.out[:, :done].cpu()
         never = done  # past every step taken so far: "not finished"
         end = torch.full((generated.shape[0],), never, dtype=torch.long)
         if request.eos_token_ids:
@@ -723,8 +732,9 @@ class _StopStrings:
     over each step since the previous check, on the same ids generate would pass it (prompt and tokens).
 
     A row that completes a stop string at step t is finished there, as in generate. With eos ids,
-    generate then pads that row: the tokens the device made past t are replaced by padding and the
-    device is told, so its later steps pad the row too. Without eos ids generate keeps extending the
+    generate then pads that row: the tokens the device made past t (up to 2 x CHECK_EVERY - 1 steps: the
+    device runs the next steps while the host checks) are replaced by padding and the device is told, so
+    its later steps pad the row too. Without eos ids generate keeps extending the
     row until every row has finished, and so does the device."""
 
     def __init__(self, request: DecodeRequest, session: _Session):
@@ -736,8 +746,10 @@ class _StopStrings:
         self.stop_at = torch.full((self.prompt_ids.shape[0],), 2**62, dtype=torch.long)
         self.checked = 0
 
-    def check(self, done: int) -> None:
-        ids = torch.cat([self.prompt_ids, self.session.out[:, :done].cpu()], dim=1)
+    def check(self, done: int, generated: torch.Tensor) -> None:
+        """Check the steps since the last check in ``generated`` (the host's copy of the first ``done``
+        steps), and pad the stopped rows there and on the device."""
+        ids = torch.cat([self.prompt_ids, generated], dim=1)
         rows, prompt = self.prompt_ids.shape
         hits = torch.zeros(done - self.checked, rows, dtype=torch.bool)  # (step since the last check, row)
         # The criteria read the last `width` ids only: every step whose sequence is at least that long is
@@ -756,8 +768,12 @@ class _StopStrings:
         self.stop_at = torch.where(new, first, self.stop_at)
         self.checked = done
         if self.pad_after:
-            for row in torch.nonzero(new).flatten().tolist():
+            # Every stopped row, not only the new ones: the steps queued during the previous check made
+            # tokens for rows it stopped.
+            for row in torch.nonzero(self.stop_at < 2**62).flatten().tolist():
                 self.session.out[row, int(self.stop_at[row]) + 1:done] = self.pad
+                generated[row, int(self.stop_at[row]) + 1:] = self.pad
+            for row in torch.nonzero(new).flatten().tolist():
                 self.session.unfinished[row] = False
 
 
