@@ -611,8 +611,9 @@ class StaticDecoder:
         while True:
             ahead = 0
             if done % CHECK_EVERY == 0 or done == steps:
-                generated = session.out[:, :done].cpu()  # waits for the steps so far
+                generated = None  # the host's copy of the steps so far, read (a sync) only where needed
                 if stops is not None:
+                    generated = session.out[:, :done].cpu()
                     # The host checks the stop strings while the device runs the next steps (queued first):
                     # their tokens past a row's stop are replaced by padding at the next check, or trimmed.
                     ahead = min(CHECK_EVERY, steps - done)
@@ -622,6 +623,8 @@ class StaticDecoder:
                 finished = self._finished_length(session, request, done, stops, generated)
                 if streamer is not None:
                     upto = finished if finished is not None else done
+                    if generated is None:
+                        generated = session.out[:, :done].cpu()
                     for column in generated[:, streamed:upto].unbind(1):
                         streamer.put(column)
                     streamed = upto
@@ -708,13 +711,15 @@ class StaticDecoder:
 
     @staticmethod
     def _finished_length(session: _Session, request: DecodeRequest, done: int,
-                         stops: "_StopStrings | None", generated: torch.Tensor) -> int | None:
+                         stops: "_StopStrings | None", generated: torch.Tensor | None) -> int | None:
         """Tokens Transformers would have returned if every sequence has finished, else None.
 
         A sequence finishes at its first eos (min_new_tokens already kept eos out before then) or at the
         step that completed a stop string, and generate stops at the step where the last one finishes."""
         if stops is None and (not request.eos_token_ids or bool(session.unfinished.any())):
             return None
+        if generated is None:
+            generated = session.out[:, :done].cpu()
         never = done  # past every step taken so far: "not finished"
         end = torch.full((generated.shape[0],), never, dtype=torch.long)
         if request.eos_token_ids:
