@@ -22,6 +22,14 @@ step new_long 60 $ROW --batches 1 --prompt-len 4096 --out "$OUT/new.jsonl"
 step old_long 60 env $OLD_ENV $ROW --batches 1 --prompt-len 4096 --out "$OUT/old.jsonl"
 for n in 4 8; do step new_r$n 45 $ROW --simulate-tp $n --batches 1 --out "$OUT/new.jsonl"; done
 step new_b832 70 $ROW --batches 8,32 --out "$OUT/new.jsonl"
-step new_8k 60 $ROW --batches 1 --prompt-len 8000 --out "$OUT/new.jsonl"  # the shape's context is 8192
+# 16k context: the same weights (symlinked) under a config whose context is 32768, as Llama 3.1's is longer
+LONG=$CK/llama3-8b-32k
+if [ -d "$MODEL" ] && [ ! -d "$LONG" ]; then
+  mkdir -p "$LONG" && ln -s "$MODEL"/*.safetensors* "$LONG"/ && cp "$MODEL"/*.json "$LONG"/ 2>/dev/null
+  python -c "import json; p='$LONG/config.json'; c=json.load(open(p)); c['max_position_embeddings']=32768; json.dump(c, open(p, 'w'))"
+fi
+ROW16="python -m hf_tp.bench.run_system --system hf_tp --mode compile --model $LONG --tp-size 1"
+step new_16k 80 $ROW16 --batches 1 --prompt-len 16384 --out "$OUT/new.jsonl"
+step old_16k 80 env $OLD_ENV $ROW16 --batches 1 --prompt-len 16384 --out "$OUT/old.jsonl"
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
 pack
