@@ -94,14 +94,22 @@ def _loop_check(folder: str, new_tokens: int, batch: dict):
 
 
 def _tp2_rank(folder: str, new_tokens: int, batch: dict):
-    """One rank of tp 2 (gloo), the option from its environment variable, as a launcher run would set it."""
-    os.environ.update(TRITON_INTERPRET="1", HF_TP_DECODE_ATTENTION="triton", HF_TP_FAST_DECODE="1")
+    """One rank of tp 2 (gloo); the option comes from the environment variable the test sets, as for a launcher
+    run (TRITON_INTERPRET too: it must be set before Triton is imported)."""
     import hf_tp
+    import hf_tp.kernels.decode_attention as kernels
 
+    kv_heads = []
+    original = kernels.decode_attention_forward
+
+    def counting(*args, **kwargs):
+        kv_heads.append(args[1].shape[1])
+        return original(*args, **kwargs)
+
+    kernels.decode_attention_forward = counting
     model = hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=2, device="cpu", dtype=torch.float32)
     tokens = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=PAD)
-    heads = model.model.layers[0].self_attn.config.num_attention_heads
-    return model.hf_tp_config.decode_attention, tokens, heads
+    return model.hf_tp_config.decode_attention, tokens, kv_heads
 
 
 def _interpreted(fn, *args):
@@ -155,15 +163,18 @@ def test_decode_loop_with_kernel_matches_transformers_interpreted(folder, batch)
     assert torch.equal(tokens, expected)
 
 
-def test_decode_loop_with_kernel_at_tp2_matches_transformers_interpreted(folder, batch):
+def test_decode_loop_with_kernel_at_tp2_matches_transformers_interpreted(folder, batch, monkeypatch):
     pytest.importorskip("triton")
+    for name, value in (("TRITON_INTERPRET", "1"), ("HF_TP_DECODE_ATTENTION", "triton"), ("HF_TP_FAST_DECODE", "1")):
+        monkeypatch.setenv(name, value)  # inherited by the spawned ranks
     new_tokens = 6
     with torch.no_grad():
         expected = load_reference(folder).generate(**batch, max_new_tokens=new_tokens, do_sample=False,
                                                    pad_token_id=PAD)
     results = run_ranks(_tp2_rank, 2, folder, new_tokens, batch, timeout=600)
-    for mode, tokens, _ in results:
+    for rank, (mode, tokens, kv_heads) in enumerate(results):
         assert mode == "triton"
+        assert kv_heads == [2 - rank] * 2 * (new_tokens - 1)  # uneven split: 2 + 1 KV heads, every decode step
         assert torch.equal(tokens, expected)
 
 
@@ -341,7 +352,8 @@ def test_decode_loop_bf16_with_kernel_matches_sdpa_loop(tmp_path):
     kernel's loop against the sdpa loop. Identical tokens, or a first divergence at a near-tie of the sdpa
     loop's own logits (bf16 attention by two kernels rounds differently)."""
     config = tiny_config("llama", hidden_size=1024, intermediate_size=2048, num_attention_heads=8,
-                         num_key_value_heads=2, vocab_size=512, max_position_embeddings=1024)
+                         num_key_value_heads=2, vocab_size=512, max_position_embeddings=1024,
+                         initializer_range=0.02)
     folder = str(save_tiny_model(tmp_path / "m", config, max_shard_size=None))
     ids = torch.randint(1, 512, (2, 300), generator=torch.Generator().manual_seed(4)).cuda()
     mask = torch.ones_like(ids)

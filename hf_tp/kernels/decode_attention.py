@@ -58,11 +58,12 @@ def _kernels():
                      stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
                      stride_mb, stride_ms, stride_ob, stride_oh, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
                      GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-                     BLOCK_N: tl.constexpr, SPLIT_LEN: tl.constexpr, HAS_MASK: tl.constexpr, DIRECT: tl.constexpr):
+                     BLOCK_N: tl.constexpr, SPLIT_LEN: tl.constexpr, HAS_MASK: tl.constexpr, DIRECT: tl.constexpr,
+                     PRECISION: tl.constexpr):
         bh = tl.program_id(0)
         split = tl.program_id(1)
-        b = bh // kv_heads
-        kv_head = bh % kv_heads
+        b = (bh // kv_heads).to(tl.int64)  # 64-bit offsets: a large cache's batch stride times b passes 2**31
+        kv_head = (bh % kv_heads).to(tl.int64)
         offs_g = tl.arange(0, BLOCK_G)
         offs_d = tl.arange(0, BLOCK_D)
         mask_g = offs_g < GROUP
@@ -94,7 +95,7 @@ def _kernels():
                 valid = valid & (tl.load(mask_ptr + b * stride_mb + offs_n * stride_ms, mask=valid, other=0) != 0)
             k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None],
                         mask=valid[None, :] & mask_d[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
-            s = tl.dot(q, k, input_precision="ieee") * scale
+            s = tl.dot(q, k, input_precision=PRECISION) * scale
             s = tl.where(valid[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             alpha = tl.exp(m_i - m_new)
@@ -102,7 +103,7 @@ def _kernels():
             l_i = l_i * alpha + tl.sum(p, axis=1)
             v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :],
                         mask=valid[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m_i = m_new
         seen = l_i > 0
         out = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -120,8 +121,8 @@ def _kernels():
                       stride_lb, stride_lh, stride_ob, stride_oh,
                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr):
         pid = tl.program_id(0)
-        b = pid // q_heads
-        head = pid % q_heads
+        b = (pid // q_heads).to(tl.int64)
+        head = (pid % q_heads).to(tl.int64)
         offs_d = tl.arange(0, BLOCK_D)
         mask_d = offs_d < HEAD_DIM
         lse_base = part_lse_ptr + b * stride_lb + head * stride_lh
@@ -203,6 +204,8 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
         *part_strides,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_D=block_d,
         BLOCK_N=min(BLOCK_N, split_len), SPLIT_LEN=split_len, HAS_MASK=has_mask, DIRECT=direct,
+        # fp32 models: full-precision products (the default would round the operands to tf32)
+        PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         num_warps=num_warps, num_stages=num_stages)
     if not direct:
         reduce_kernel[(batch * q_heads,)](
