@@ -136,8 +136,9 @@ def main():
                     us = _graph_us([lambda k=k, v=v, s=split, w=warps, st=stages: kernel.decode_attention_forward(
                         q, k, v, mask, scale, split_len=s, num_warps=w, num_stages=st) for k, v in caches])
                     sweep.append(dict(shape=name, split_len=split, warps=warps, stages=stages, us=round(us, 2)))
+                    is_default = (split, warps, stages) == (default, kernel.NUM_WARPS, kernel.NUM_STAGES)
                     print(f"{name:26s} split {split:5d} warps {warps} stages {stages}: {us:8.2f}"
-                          f"{'  (default)' if (split, warps, stages) == (default, 4, 2) else ''}", flush=True)
+                          f"{'  (default)' if is_default else ''}", flush=True)
             del caches
     if args.json:
         with open(args.json, "w") as f:

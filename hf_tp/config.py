@@ -69,9 +69,9 @@ class TPConfig:
         serves, every other call goes to Transformers' sdpa unchanged) or "sdpa" (Transformers' sdpa always).
         Chosen once at load; applies to models loaded with sdpa attention (the default): a model loaded with
         another attn_implementation keeps it and shows "sdpa" here, as do GPUs older than compute capability 8.0.
-        Default: "triton" on CUDA (measured on one H200: identical greedy tokens, 2.5-30x less attention time
-        per layer; benchmarks/RESULTS.md), "sdpa" on CPU. "triton" needs CUDA and Triton (or TRITON_INTERPRET=1
-        on CPU, for tests).
+        Default: "triton" on CUDA (one H200: Transformers' greedy tokens in fp32, the sdpa loop's in bf16 up to
+        near-ties, 2-11x less attention time per layer; benchmarks/RESULTS.md 2026-12-03), "sdpa" on CPU.
+        "triton" needs CUDA and Triton (or TRITON_INTERPRET=1 on CPU, for tests).
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
       On CPU neither graphs nor a compiled step exist: resolve() sets cuda_graphs=False and allreduce="gloo"

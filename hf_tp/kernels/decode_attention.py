@@ -29,6 +29,11 @@ import torch
 BLOCK_N = 64  # slots per inner step: a [64, head_dim] tile of keys and of values
 MAX_SPLIT_LEN = 2048  # a split's mask is read in one [SPLIT_LEN] vector
 PROGRAMS_PER_SM = 4  # split programs per SM at a full cache: enough loads in flight to stream the KV
+# Measured on one H200 (benchmarks/decode_attention_bench.py --sweep, benchmarks/RESULTS.md 2026-12-03): splits of
+# 128 slots beat 64 for a tp-2 rank at batch 1 (8192-slot cache, 4096 filled), and 3 pipeline stages beat 2
+# at both swept shapes; 8 warps did not help.
+MIN_SPLIT_LEN = 128
+NUM_WARPS, NUM_STAGES = 4, 3
 REDUCE_CHUNK = 16  # splits combined per step of the reduce kernel
 
 
@@ -155,16 +160,16 @@ def _sm_count(device: torch.device) -> int:
 
 
 def split_length(batch: int, kv_heads: int, slots: int, sms: int) -> int:
-    """Slots per split: a power of two between BLOCK_N and MAX_SPLIT_LEN, small enough that a full cache gives
-    about PROGRAMS_PER_SM split programs per SM. Fixed by the shapes (one CUDA graph per shape)."""
+    """Slots per split: a power of two between MIN_SPLIT_LEN and MAX_SPLIT_LEN, small enough that a full cache
+    gives about PROGRAMS_PER_SM split programs per SM. Fixed by the shapes (one CUDA graph per shape)."""
     splits = max(1, -(-PROGRAMS_PER_SM * sms // (batch * kv_heads)))
     length = 1 << max(0, math.ceil(math.log2(max(1, -(-slots // splits)))))
-    return max(BLOCK_N, min(MAX_SPLIT_LEN, length))
+    return max(MIN_SPLIT_LEN, min(MAX_SPLIT_LEN, length))
 
 
 def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                              mask: Optional[torch.Tensor], scale: float, split_len: Optional[int] = None,
-                             num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                             num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES) -> torch.Tensor:
     """The kernels' result for ``decode_attention_reference``'s arguments. ``split_len`` (a power of two, at
     least 16) overrides the split sizing (tests, tuning)."""
     triton, split_kernel, reduce_kernel = _kernels()
