@@ -28,6 +28,22 @@ def init_weights(owner, module) -> None:
     owner._init_weights(module)
 
 
+# -- the attention implementation (parallel/decode_attention.py) -----------------------------------
+def attention_implementation(config) -> str | None:
+    """The attention implementation a config's attention layers look up (``config._attn_implementation``)."""
+    return getattr(config, "_attn_implementation", None)
+
+
+def set_attention_implementation(config, name: str) -> None:
+    """Name ``name`` (registered in Transformers' AttentionInterface and mask interface) as this config's
+    attention implementation, this config only: the public setter of ``_attn_implementation`` also rewrites
+    every sub-config, whose layers (a vision tower, say) may run another implementation on purpose."""
+    if hasattr(config, "_attn_implementation_internal"):
+        config._attn_implementation_internal = name
+    else:  # pragma: no cover - a Transformers without the internal field
+        config._attn_implementation = name
+
+
 # -- reading a generate() request (decode_loop.plan_request) ----------------------------------------
 def prepare_generation_config(model, user_config, kwargs: dict):
     """(GenerationConfig, model kwargs) exactly as ``generate`` merges them (``_prepare_generation_config``)."""

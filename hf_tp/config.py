@@ -28,6 +28,7 @@ ENV_OVERRIDES = {
     "HF_TP_LOAD_CHUNK_MB": "load_chunk_mb",
     "HF_TP_LOAD_BUFFERS": "load_buffers",
     "HF_TP_MOE_DECODE": "moe_decode",
+    "HF_TP_DECODE_ATTENTION": "decode_attention",
     "HF_TP_FP8_WEIGHTS": "fp8_weights",
     "HF_TP_WEIGHTS": "weights",
 }
@@ -61,6 +62,15 @@ class TPConfig:
         Chosen once at load; experts modules the kernels cannot compute (quantized, biased, another activation)
         keep Transformers' forward either way. Default: "grouped" until the kernels' speed and bf16 agreement
         are measured on a GPU (benchmarks/moe_switch.py, tests/test_moe_kernel.py -m gpu; docs/moe.md).
+        "triton" needs CUDA and Triton (or TRITON_INTERPRET=1 on CPU, for tests).
+      decode_attention: how attention computes decode steps (one query token per sequence): "triton" (hf_tp's
+        split-KV kernel, hf_tp.kernels.decode_attention: reads the KV cache only up to its filled slots, query
+        heads of one KV head together, no copies of the cache; hf_tp.parallel.decode_attention lists the calls it
+        serves, every other call goes to Transformers' sdpa unchanged) or "sdpa" (Transformers' sdpa always).
+        Chosen once at load; applies to models loaded with sdpa attention (the default): a model loaded with
+        another attn_implementation keeps it and shows "sdpa" here, as do GPUs older than compute capability 8.0.
+        Default: "triton" on CUDA (one H200: Transformers' greedy tokens in fp32, the sdpa loop's in bf16 up to
+        near-ties, 2-11x less attention time per layer; benchmarks/RESULTS.md 2026-12-03), "sdpa" on CPU.
         "triton" needs CUDA and Triton (or TRITON_INTERPRET=1 on CPU, for tests).
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
@@ -114,6 +124,7 @@ class TPConfig:
     weights: str = "checkpoint"
     worker_env: dict = field(default_factory=lambda: dict(DEFAULT_WORKER_ENV))
     moe_decode: str | None = None
+    decode_attention: str | None = None
 
     def __new__(cls, *args, **kwargs):
         misplaced = [name for name in HANDLE_OPTIONS if name in kwargs]
@@ -129,6 +140,9 @@ class TPConfig:
         if self.moe_decode not in (None, "triton", "grouped"):
             raise ValueError(f"TPConfig(moe_decode={self.moe_decode!r}): use 'triton', 'grouped' or None (the default "
                              "for the device).")
+        if self.decode_attention not in (None, "triton", "sdpa"):
+            raise ValueError(f"TPConfig(decode_attention={self.decode_attention!r}): use 'triton', 'sdpa' or None (the "
+                             "default for the device).")
         if self.allreduce not in ("nccl", "one_shot", "gloo"):
             raise ValueError(f"TPConfig(allreduce={self.allreduce!r}): use 'nccl' or 'one_shot' "
                              "('gloo' is what CPU models resolve to).")
@@ -169,6 +183,14 @@ class TPConfig:
             raise ValueError(f"TPConfig(moe_decode='triton'): hf_tp's MoE kernels need Triton on CUDA (device "
                              f"{device_type!r}, Triton {'importable' if _triton_available() else 'not importable'}); "
                              "use moe_decode='grouped' here.")
+        if config.decode_attention is None:
+            filled["decode_attention"] = "triton" if device_type == "cuda" and _triton_available() else "sdpa"
+        elif config.decode_attention == "triton" and not (_triton_available() and (
+                device_type == "cuda" or environ.get("TRITON_INTERPRET", "") == "1")):
+            raise ValueError(f"TPConfig(decode_attention='triton'): hf_tp's decode attention kernel needs Triton on "
+                             f"CUDA (device {device_type!r}, Triton "
+                             f"{'importable' if _triton_available() else 'not importable'}); use "
+                             "decode_attention='sdpa' here.")
         if config.fp8_weights == "auto" and device_type != "cuda":  # CUDA: each rank decides for its GPU at load
             filled["fp8_weights"] = "dequantize"
         return dataclasses.replace(config, **filled)

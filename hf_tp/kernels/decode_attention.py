@@ -1,0 +1,234 @@
+"""Decode attention (one query token per sequence) over a static KV cache, split along the KV length.
+
+Transformers' sdpa path in the compiled decode step copies the cache's keys and values once per query head
+group (repeat_kv) and runs SDPA over every slot of the static cache, filled or not, with a boolean mask. Here,
+for a query (B, Hq, 1, D) and a cache layer's keys/values (B, Hkv, S, D):
+
+  1. split: program (b, kv head, split) owns SPLIT_LEN consecutive slots. It reads the boolean mask of its
+     slots once (one byte per slot) and walks its keys and values only from the first to the last slot the
+     mask keeps, so the unfilled tail of the cache and the left padding of the prompt are never read. The
+     GROUP query heads that share the KV head are the M rows of one tl.dot (GQA without copies). It stores
+     its softmax-normalized partial output and log-sum-exp per query head, in fp32;
+  2. reduce: program (b, query head) combines the splits' partial outputs, weighted by exp(lse - max lse),
+     and rounds once to the query's dtype. With one split the first kernel writes the output directly.
+
+The mask has SDPA's meaning (True = attend; absent = attend every slot), as Transformers' sdpa mask function
+builds it, so this computes what ``F.scaled_dot_product_attention`` computes for these inputs. The grid
+depends only on shapes, and nothing is read back to the host: the launches stay inside the decode step's
+CUDA graph, and the valid range comes from the mask on the device at every replay.
+
+``decode_attention_reference`` is the same computation in plain torch (fp32): the tests' yardstick.
+"""
+
+import functools
+import math
+from typing import Optional
+
+import torch
+
+BLOCK_N = 64  # slots per inner step: a [64, head_dim] tile of keys and of values
+MAX_SPLIT_LEN = 2048  # a split's mask is read in one [SPLIT_LEN] vector
+PROGRAMS_PER_SM = 4  # split programs per SM at a full cache: enough loads in flight to stream the KV
+# Measured on one H200 (benchmarks/decode_attention_bench.py --sweep, benchmarks/RESULTS.md 2026-12-03): splits of
+# 128 slots beat 64 for a tp-2 rank at batch 1 (8192-slot cache, 4096 filled), and 3 pipeline stages beat 2
+# at both swept shapes; 8 warps did not help.
+MIN_SPLIT_LEN = 128
+NUM_WARPS, NUM_STAGES = 4, 3
+REDUCE_CHUNK = 16  # splits combined per step of the reduce kernel
+
+
+def decode_attention_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                               mask: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """query (B, Hq, 1, D); key/value (B, Hkv, S, D); mask None or bool broadcastable to (B, 1, 1, S).
+    Returns (B, 1, Hq, D) in query's dtype, as Transformers' attention functions return it."""
+    group = query.shape[1] // key.shape[1]
+    k = key.float().repeat_interleave(group, dim=1)
+    v = value.float().repeat_interleave(group, dim=1)
+    scores = torch.matmul(query.float(), k.transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    out = torch.matmul(scores.softmax(-1), v)
+    return out.transpose(1, 2).to(query.dtype)
+
+
+@functools.cache
+def _kernels():
+    """The Triton kernels, built on first use (so that TRITON_INTERPRET, read when a kernel is defined, can be
+    set by whoever calls first, e.g. a CPU test)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_o_ptr, part_lse_ptr, scale, kv_len, kv_heads,
+                     stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+                     stride_mb, stride_ms, stride_ob, stride_oh, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
+                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_N: tl.constexpr, SPLIT_LEN: tl.constexpr, HAS_MASK: tl.constexpr, DIRECT: tl.constexpr,
+                     PRECISION: tl.constexpr):
+        bh = tl.program_id(0)
+        split = tl.program_id(1)
+        b = (bh // kv_heads).to(tl.int64)  # 64-bit offsets: a large cache's batch stride times b passes 2**31
+        kv_head = (bh % kv_heads).to(tl.int64)
+        offs_g = tl.arange(0, BLOCK_G)
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_g = offs_g < GROUP
+        mask_d = offs_d < HEAD_DIM
+        heads = kv_head * GROUP + offs_g
+        q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+                    mask=mask_g[:, None] & mask_d[None, :], other=0.0)
+        start = split * SPLIT_LEN
+        # The slots this split must read: from its first kept slot to its last (the mask read once, a byte a slot).
+        if HAS_MASK:
+            offs_s = start + tl.arange(0, SPLIT_LEN)
+            in_cache = offs_s < kv_len
+            kept = tl.load(mask_ptr + b * stride_mb + offs_s * stride_ms, mask=in_cache, other=0) != 0
+            lo = tl.min(tl.where(kept, offs_s, start + SPLIT_LEN), axis=0)
+            hi = tl.max(tl.where(kept, offs_s + 1, start), axis=0)
+        else:
+            lo = start
+            hi = tl.minimum(start + SPLIT_LEN, kv_len)
+        k_base = k_ptr + b * stride_kb + kv_head * stride_kh
+        v_base = v_ptr + b * stride_vb + kv_head * stride_vh
+        # A finite start for the running max: a step whose slots are all masked leaves it (and acc, l) unchanged.
+        m_i = tl.full([BLOCK_G], -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+        for n0 in range(lo, hi, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            valid = offs_n < hi
+            if HAS_MASK:
+                valid = valid & (tl.load(mask_ptr + b * stride_mb + offs_n * stride_ms, mask=valid, other=0) != 0)
+            k = tl.load(k_base + offs_n[None, :] * stride_ks + offs_d[:, None],
+                        mask=valid[None, :] & mask_d[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
+            s = tl.dot(q, k, input_precision=PRECISION) * scale
+            s = tl.where(valid[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :],
+                        mask=valid[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+        seen = l_i > 0
+        out = acc / tl.where(seen, l_i, 1.0)[:, None]
+        if DIRECT:  # one split: this is the answer (a row with no kept slot gives zeros)
+            tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
+                     out.to(out_ptr.dtype.element_ty), mask=mask_g[:, None] & mask_d[None, :])
+        else:
+            lse = tl.where(seen, m_i + tl.log(tl.where(seen, l_i, 1.0)), float("-inf"))
+            tl.store(part_o_ptr + b * stride_pb + heads[:, None] * stride_ph + split * stride_ps + offs_d[None, :],
+                     out, mask=mask_g[:, None] & mask_d[None, :])
+            tl.store(part_lse_ptr + b * stride_lb + heads * stride_lh + split, lse, mask=mask_g)
+
+    @triton.jit
+    def reduce_kernel(part_o_ptr, part_lse_ptr, out_ptr, num_splits, q_heads, stride_pb, stride_ph, stride_ps,
+                      stride_lb, stride_lh, stride_ob, stride_oh,
+                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr):
+        pid = tl.program_id(0)
+        b = (pid // q_heads).to(tl.int64)
+        head = (pid % q_heads).to(tl.int64)
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_d = offs_d < HEAD_DIM
+        lse_base = part_lse_ptr + b * stride_lb + head * stride_lh
+        offs_s = tl.arange(0, BLOCK_S)
+        lse_all = tl.load(lse_base + offs_s, mask=offs_s < num_splits, other=float("-inf"))
+        top = tl.max(lse_all, axis=0)
+        top = tl.where(top == float("-inf"), 0.0, top)  # no split saw a kept slot: every weight is 0 below
+        total = tl.sum(tl.where(lse_all == float("-inf"), 0.0, tl.exp(lse_all - top)), axis=0)
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        o_base = part_o_ptr + b * stride_pb + head * stride_ph
+        for s0 in range(0, num_splits, CHUNK):
+            offs_c = s0 + tl.arange(0, CHUNK)
+            lse = tl.load(lse_base + offs_c, mask=offs_c < num_splits, other=float("-inf"))
+            used = lse != float("-inf")  # empty splits (past the filled slots) are not read
+            weight = tl.where(used, tl.exp(lse - top), 0.0)
+            o = tl.load(o_base + offs_c[:, None] * stride_ps + offs_d[None, :], mask=used[:, None] & mask_d[None, :],
+                        other=0.0)
+            acc += tl.sum(o * weight[:, None], axis=0)
+        out = acc / tl.where(total > 0, total, 1.0)
+        tl.store(out_ptr + b * stride_ob + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+    return triton, split_kernel, reduce_kernel
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # Triton's interpreter on the CPU (tests): a few splits, as a small GPU would use
+
+
+def split_length(batch: int, kv_heads: int, slots: int, sms: int) -> int:
+    """Slots per split: a power of two between MIN_SPLIT_LEN and MAX_SPLIT_LEN, small enough that a full cache
+    gives about PROGRAMS_PER_SM split programs per SM. Fixed by the shapes (one CUDA graph per shape)."""
+    splits = max(1, -(-PROGRAMS_PER_SM * sms // (batch * kv_heads)))
+    length = 1 << max(0, math.ceil(math.log2(max(1, -(-slots // splits)))))
+    return max(MIN_SPLIT_LEN, min(MAX_SPLIT_LEN, length))
+
+
+def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             mask: Optional[torch.Tensor], scale: float, split_len: Optional[int] = None,
+                             num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES) -> torch.Tensor:
+    """The kernels' result for ``decode_attention_reference``'s arguments. ``split_len`` (a power of two, at
+    least 16) overrides the split sizing (tests, tuning)."""
+    triton, split_kernel, reduce_kernel = _kernels()
+    batch, q_heads, _, head_dim = query.shape
+    kv_heads, slots = key.shape[1], key.shape[2]
+    group = q_heads // kv_heads
+    if query.stride(-1) != 1:
+        query = query.contiguous()
+    if key.stride(-1) != 1:
+        key = key.contiguous()
+    if value.stride(-1) != 1:
+        value = value.contiguous()
+    if split_len is None:
+        split_len = split_length(batch, kv_heads, slots, _sm_count(query.device))
+    num_splits = triton.cdiv(slots, split_len)
+    out = torch.empty(batch, 1, q_heads, head_dim, dtype=query.dtype, device=query.device)
+    has_mask = mask is not None
+    if has_mask:
+        mask = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+        stride_mb = mask.stride(0) if mask.shape[0] > 1 else 0
+        stride_ms = mask.stride(-1)
+    else:
+        mask, stride_mb, stride_ms = key, 0, 0  # never read (HAS_MASK=False)
+    direct = num_splits == 1
+    if direct:
+        part_o = part_lse = out  # never written
+        part_strides = (0, 0, 0, 0, 0)
+    else:
+        part_o = torch.empty(batch, q_heads, num_splits, head_dim, dtype=torch.float32, device=query.device)
+        part_lse = torch.empty(batch, q_heads, num_splits, dtype=torch.float32, device=query.device)
+        part_strides = (part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1))
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    split_kernel[(batch * kv_heads, num_splits)](
+        query, key, value, mask, out, part_o, part_lse, float(scale), slots, kv_heads,
+        query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
+        value.stride(0), value.stride(1), value.stride(2), stride_mb, stride_ms, out.stride(0), out.stride(2),
+        *part_strides,
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_D=block_d,
+        BLOCK_N=min(BLOCK_N, split_len), SPLIT_LEN=split_len, HAS_MASK=has_mask, DIRECT=direct,
+        # fp32 models: full-precision products (the default would round the operands to tf32)
+        PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        num_warps=num_warps, num_stages=num_stages)
+    if not direct:
+        reduce_kernel[(batch * q_heads,)](
+            part_o, part_lse, out, num_splits, q_heads, *part_strides, out.stride(0), out.stride(2),
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=max(16, triton.next_power_of_2(num_splits)),
+            CHUNK=REDUCE_CHUNK, num_warps=4)
+    return out
+
+
+@torch.library.custom_op("hf_tp::decode_attention", mutates_args=())
+def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor],
+                     scale: float) -> torch.Tensor:
+    """``decode_attention_forward`` as one opaque op: torch.compile (fullgraph) traces the decode step through
+    it, and the CUDA graph captures its launches."""
+    return decode_attention_forward(query, key, value, mask, scale)
+
+
+@decode_attention.register_fake
+def _(query, key, value, mask, scale):
+    batch, q_heads, _, head_dim = query.shape
+    return query.new_empty(batch, 1, q_heads, head_dim)
