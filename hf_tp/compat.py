@@ -85,51 +85,49 @@ def repetition_penalty_ignores_left_padding() -> bool:
 
 
 def static_cache(config, max_cache_len: int):
-    """Transformers' StaticCache for ``config``. Sliding-window layers become plain static layers: the loop
-    only builds a cache that fits inside every window (see ``sliding_window_limit``), where a sliding layer
-    keeps every position, as a plain one does, and the model's sliding-window mask hides nothing. Unlike
-    the sliding layer, the plain one counts positions in a device tensor, which a CUDA graph can replay."""
+    """Transformers' StaticCache for ``config``, with every sliding-window layer replaced by a plain static layer
+    of the full length. Transformers' StaticSlidingWindowLayer keeps only the window and decides between "not
+    full", "becoming full" and "full" on a Python int, which a CUDA graph would freeze; the plain layer keeps
+    every position and counts them in a device tensor, which a graph replays. The model still builds its own
+    sliding-window mask for those layers (``create_sliding_window_causal_mask``, from ``config.sliding_window``),
+    and that mask hides every position outside the window, so the tokens are the same as with Transformers'
+    window-sized layers. The cost is memory: a sliding layer holds ``max_cache_len`` positions instead of the
+    window (docs/generation.md)."""
     from transformers import StaticCache
     from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
 
     cache = StaticCache(config=config, max_cache_len=max_cache_len)
     for index, layer in enumerate(cache.layers):
         if type(layer) is StaticSlidingWindowLayer:
-            if layer.max_cache_len < max_cache_len:  # its window: min(sliding_window, max_cache_len)
-                raise ValueError(f"a cache of {max_cache_len} positions exceeds the sliding window of layer "
-                                 f"{index} ({layer.max_cache_len}); the decode loop must not build it")
             cache.layers[index] = StaticLayer(max_cache_len=max_cache_len)
     return cache
 
 
-def _cache_facts(model) -> tuple[str | None, int | None]:
-    """(why the loop cannot use this model's static cache or None, the smallest sliding window or None)."""
+def unsupported_cache(model) -> str | None:
+    """Why the loop cannot use this model's static cache, or None. Plain static layers keep their position in
+    a device tensor; sliding-window layers become plain ones (``static_cache``); any other kind (linear
+    attention, indexed, ...) is left to Transformers."""
     from transformers import StaticCache
     from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
 
-    facts = getattr(model, "_hf_tp_cache_facts", None)
-    if facts is None:
-        # Layers allocate their tensors lazily: a probe this long costs nothing, and shows each window.
+    if not hasattr(model, "_hf_tp_unsupported_cache"):
+        # Layers allocate their tensors lazily: a probe this long costs nothing, and shows each layer's kind.
         probe = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=2**40)
         kinds = sorted({type(layer).__name__ for layer in probe.layers
                         if type(layer) not in (StaticLayer, StaticSlidingWindowLayer)})
-        windows = [layer.max_cache_len for layer in probe.layers if type(layer) is StaticSlidingWindowLayer]
-        facts = (f"cache layers {','.join(kinds)}" if kinds else None, min(windows) if windows else None)
-        model._hf_tp_cache_facts = facts
-    return facts
+        model._hf_tp_unsupported_cache = f"cache layers {','.join(kinds)}" if kinds else None
+    return model._hf_tp_unsupported_cache
 
 
-def unsupported_cache(model) -> str | None:
-    """Why a StaticCache of this model cannot be captured, or None. Plain static layers keep their position
-    in a device tensor; sliding-window layers are served as plain ones within their window (static_cache);
-    any other kind (linear attention, indexed, ...) is left to Transformers."""
-    return _cache_facts(model)[0]
-
-
-def sliding_window_limit(model) -> int | None:
-    """The most positions (prompt + new tokens) the loop's cache may hold for this model: its smallest
-    sliding window, or None when it has no sliding-window layer."""
-    return _cache_facts(model)[1]
+def flash_attention(model) -> bool:
+    """Whether the model runs a flash-attention kernel (``flash_attention_2``/``_3`` or a hub kernel of that
+    family). Transformers' flash path reads which cache positions are filled from the 2-D attention mask
+    (``masking_utils.flash_attention_mask`` drops an all-ones mask and then attends to every key it gets); the
+    loop's mask spans the whole static cache, ones included for the positions not written yet, so that path
+    would attend to them: the loop leaves such models to Transformers' generate."""
+    # The same test as Transformers' is_flash_attention_requested (5.24): "flash" in the implementation's name.
+    configs = (model.config, model.config.get_text_config(decoder=True))
+    return any("flash" in str(getattr(config, "_attn_implementation", None) or "") for config in configs)
 
 
 def cache_argument_name(model) -> str:

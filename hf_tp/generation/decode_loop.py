@@ -5,9 +5,10 @@ Transformers' ``generate`` spends about 2 ms per token on the host around the co
 model on one H100 (benchmarks/RESULTS.md), and a larger share at tp 2, where the GEMMs halve. For the
 requests people send most (greedy or sampling with temperature / top-k / top-p, eos, min and max
 new tokens, padded batches, a streamer, repetition penalty, min_p, best-of-n sampling, stop strings,
-scores and logits, sliding-window models within their window) this module runs the decode itself:
+scores and logits, sliding-window and hybrid models) this module runs the decode itself:
 
-- a Transformers ``StaticCache`` preallocated per (batch, length bucket) and reused;
+- a Transformers ``StaticCache`` preallocated per (batch, length bucket) and reused (sliding-window layers as
+  full-length static ones, masked by the model: compat.static_cache);
 - the prompt prefilled eagerly (its shape changes every call);
 - the decode step = the model's forward compiled by Inductor (fused kernels; the parallel layers'
   collectives traced as functional collectives) *plus* token selection, eos bookkeeping and the
@@ -16,7 +17,7 @@ scores and logits, sliding-window models within their window) this module runs t
   finished, and to feed a streamer), so up to ``CHECK_EVERY - 1`` steps may run past the end; their
   tokens are discarded and the output equals what ``generate`` returns.
 
-Everything else (beams, custom processors, constraints, sliding windows overrun, ...) goes to
+Everything else (beams, custom processors, constraints, flash attention, ...) goes to
 Transformers' ``generate`` on the same parallel model; ``plan_request`` returns the reason, which the
 caller logs once. docs/generation.md lists both sides. On CPU the same loop runs without compile or
 graphs (that is what the CPU tests check against Transformers' generate).
@@ -34,9 +35,9 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
-from ..compat import (cache_argument_name, default_generation_params, generate_output, logits_process,
-                      prepare_generation_config, repetition_penalty_ignores_left_padding, rewind_static_cache,
-                      sliding_window_limit, static_cache, unsupported_cache)
+from ..compat import (cache_argument_name, default_generation_params, flash_attention, generate_output,
+                      logits_process, prepare_generation_config, repetition_penalty_ignores_left_padding,
+                      rewind_static_cache, static_cache, unsupported_cache)
 from ..faults import injected_fault
 
 logger = logging.getLogger("hf_tp")
@@ -139,6 +140,8 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
     reason = unsupported_cache(model)
     if reason:
         return None, reason
+    if flash_attention(model):
+        return None, "flash attention (it reads the filled cache positions from the mask, which the loop's static mask does not give)"
     # Explicit None values count: generate(eos_token_id=None) overrides the model's eos in Transformers.
     others = {k: v for k, v in kwargs.items() if k not in _HANDLED_ARGS}
     user_config = kwargs.get("generation_config")
@@ -183,10 +186,6 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
     new_tokens = _new_tokens(model, config, kwargs, user_config, prompt)
     if new_tokens <= 0 or prompt == 0:
         return None, "no tokens to generate"  # Transformers' generate says what is wrong
-    window = sliding_window_limit(model)
-    if window is not None and prompt + new_tokens > window:
-        # Past the window a sliding layer drops old positions (a roll decided by a Python int): not captured.
-        return None, f"prompt + max_new_tokens = {prompt + new_tokens} beyond the sliding window ({window})"
     pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)
     mask = kwargs.get("attention_mask")
     if mask is None:
@@ -580,9 +579,6 @@ class StaticDecoder:
         limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
         if limit and length > limit >= needed:
             length = needed
-        window = sliding_window_limit(self.model)
-        if window is not None and length > window >= needed:  # plan_request refused requests beyond it
-            length = window
         key = (batch, length)
         if key in self.sessions:
             self.sessions.move_to_end(key)
