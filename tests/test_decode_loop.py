@@ -204,22 +204,34 @@ def test_sampling_same_on_every_rank_and_inside_top_k(ranks, reference, batch):
     assert (top5 == sampled[:, prompt:].unsqueeze(-1)).any(-1).all()
 
 
-def test_sliding_window_cache_within_the_window_only():
-    """Sliding-window cache layers count positions in Python ints, which a CUDA graph would freeze: the loop
-    takes such models only while prompt + new tokens fit inside the window, where its cache uses plain static
-    layers (tests/test_loop_requests.py checks their tokens); a plain Llama it always takes."""
+def test_sliding_window_models_get_full_length_static_layers():
+    """Sliding-window layers become plain static layers as long as the cache (Transformers' sliding layer keeps
+    only the window and rolls it on a Python int, which a CUDA graph would freeze), so the loop takes such models
+    past their window (tests/test_loop_requests.py checks their tokens); every layer's position is the device
+    tensor a graph replays. Flash attention is left to Transformers: it would read the filled positions from
+    the loop's static mask (compat.flash_attention)."""
     import transformers
+    from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
 
+    from hf_tp.compat import static_cache
     from hf_tp.generation.decode_loop import plan_request
 
     ids = torch.tensor([[5, 6, 7]])
-    for config, new, served in ((tiny_config("mistral", sliding_window=4), 4, False),
-                                (tiny_config("mistral", sliding_window=8), 4, True), (tiny_config("llama"), 4, True)):
+    gemma3 = transformers.Gemma3TextConfig(vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                                           num_attention_heads=6, num_key_value_heads=3, head_dim=16, sliding_window=4,
+                                           layer_types=["sliding_attention", "full_attention"])
+    for config, sliding in ((tiny_config("mistral", sliding_window=4), True), (gemma3, True),
+                            (tiny_config("llama"), False)):
         model = transformers.AutoModelForCausalLM.from_config(config)
-        request, reason = plan_request(model, (ids,), dict(max_new_tokens=new, do_sample=False))
-        assert (request is not None) == served, reason
-        if not served:
-            assert "sliding window (4)" in reason
+        request, reason = plan_request(model, (ids,), dict(max_new_tokens=9, do_sample=False))
+        assert request is not None, reason
+        theirs = transformers.StaticCache(config=config, max_cache_len=256).layers
+        assert any(type(layer) is StaticSlidingWindowLayer for layer in theirs) == sliding
+        cache = static_cache(config, 256)
+        assert [(type(layer), layer.max_cache_len) for layer in cache.layers] == [(StaticLayer, 256)] * 2
+        model.config._attn_implementation = "flash_attention_2"
+        request, reason = plan_request(model, (ids,), dict(max_new_tokens=9, do_sample=False))
+        assert request is None and "flash attention" in reason
 
 
 def compiled_steps_on_ranks(folder: str, batch: dict):

@@ -1,7 +1,7 @@
 """The requests chat UIs and eval harnesses send, served by hf_tp's decode loop (issue 20, section 3):
 repetition_penalty, min_p, output_scores / output_logits, num_return_sequences with sampling,
 stop_strings with a tokenizer, and models with sliding-window / hybrid caches (Gemma 2, Gemma 3,
-Mistral with sliding_window) within their window. At tp 1, 2 and 3 on CPU (gloo, fp32), one process launch per tp size,
+Mistral with sliding_window) well past their window. At tp 1, 2 and 3 on CPU (gloo, fp32), one process launch per tp size,
 forced on with HF_TP_FAST_DECODE=1.
 
 Truth: Transformers' generate on the unsplit model from the same folder, with the same arguments:
@@ -36,7 +36,9 @@ def folder(tmp_path_factory) -> str:
     return str(path)
 
 
-WINDOW = 40  # sliding window of the models below: prompt (9) + 31 new tokens fill it exactly
+WINDOW = 8  # sliding window of the models below: a 12-token prompt and 16 new tokens are 3.5 windows
+SLIDING_PROMPT = 12
+SLIDING_NEW = 16
 _SLIDING_BASE = dict(vocab_size=101, num_hidden_layers=2, max_position_embeddings=128, bos_token_id=1,
                      eos_token_id=None, pad_token_id=0, initializer_range=0.1, hidden_size=48, intermediate_size=80,
                      num_attention_heads=6, num_key_value_heads=3)
@@ -46,25 +48,30 @@ def sliding_configs() -> dict:
     import transformers
 
     return {
+        # softcapping of the attention scores and of the final logits
         "gemma2": transformers.Gemma2Config(**_SLIDING_BASE, head_dim=16, sliding_window=WINDOW,
                                             attn_logit_softcapping=20.0, final_logit_softcapping=15.0),
+        # hybrid: a local layer (its own rope base) and a global one
         "gemma3_text": transformers.Gemma3TextConfig(**_SLIDING_BASE, head_dim=16, sliding_window=WINDOW,
                                                      layer_types=["sliding_attention", "full_attention"]),
         "mistral": transformers.MistralConfig(**_SLIDING_BASE, sliding_window=WINDOW),
     }
 
 
-# name -> (generate kwargs, served): the cache must fit inside the window, whose layers then keep every position.
+# name -> generate kwargs; the loop serves every one of them (its sliding layers are as long as the cache).
 SLIDING_CASES = {
-    "fits": (dict(do_sample=False, max_new_tokens=WINDOW - PROMPT, repetition_penalty=1.2, pad_token_id=PAD), True),
-    "beyond": (dict(do_sample=False, max_new_tokens=WINDOW - PROMPT + 1, pad_token_id=PAD), False),
+    "greedy": dict(do_sample=False, max_new_tokens=SLIDING_NEW, pad_token_id=PAD),
+    "penalty_logits": dict(do_sample=False, max_new_tokens=SLIDING_NEW, pad_token_id=PAD, repetition_penalty=1.3,
+                           return_dict_in_generate=True, output_logits=True),
 }
 
 
-def sliding_batch(batch: dict) -> dict:
-    """The batch in the sliding models' smaller vocabulary (101), padding kept."""
-    ids = torch.where(batch["attention_mask"] == 1, batch["input_ids"] % 96 + 5, PAD)
-    return {"input_ids": ids, "attention_mask": batch["attention_mask"]}
+def sliding_batch() -> dict:
+    """12-token prompts in the sliding models' vocabulary (101); the second row left-padded by 3."""
+    ids = torch.randint(5, 101, (2, SLIDING_PROMPT), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    ids[1, :3], mask[1, :3] = PAD, 0
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 @pytest.fixture(scope="module")
@@ -171,12 +178,12 @@ def _compiled_steps(model, batch: dict, steps: int):
 
     from hf_tp.generation.decode_loop import plan_request
 
-    kwargs = dict(attention_mask=batch["attention_mask"], do_sample=False, max_new_tokens=steps, pad_token_id=PAD,
-                  repetition_penalty=1.2)
+    kwargs = dict(attention_mask=batch["attention_mask"], do_sample=False, max_new_tokens=steps, pad_token_id=PAD)
     request, reason = plan_request(model, (batch["input_ids"],), kwargs)
     assert request is not None, reason
     decoder = model._hf_tp_decoder()
-    session = decoder._session(batch["input_ids"].shape[0], PROMPT + steps)
+    prompt = batch["input_ids"].shape[1]
+    session = decoder._session(batch["input_ids"].shape[0], prompt + steps)
     model._hf_tp_in_generate = True  # as inside generate: inputs were checked once, not per step
     try:
         with torch.no_grad():
@@ -214,15 +221,15 @@ def requests_on_ranks(folder: str, batch: dict, stops: list[str], eos: int, slid
     torch.manual_seed(100 + int(os.environ["RANK"]))  # ranks seeded differently: rank 0's seed is broadcast
     out["sample_rank_seeds"] = _plain(model.generate(**batch, **SAMPLING))
     out["sampling_served"] = len(calls) - before
-    small = sliding_batch(batch)
+    small = sliding_batch()
     for arch, path in sliding.items():
         sliding_model = _load(path, tp)
-        for name, (kwargs, _) in SLIDING_CASES.items():
+        for name, kwargs in SLIDING_CASES.items():
             before = len(calls)
-            out[f"{arch}_{name}"] = sliding_model.generate(**small, **kwargs)
+            out[f"{arch}_{name}"] = _plain(sliding_model.generate(**small, **kwargs))
             out["served"][f"{arch}_{name}"] = len(calls) > before
-        if tp == 2 and arch == "gemma3_text":  # local and global layers in one compiled step
-            out["gemma3_compiled"] = _compiled_steps(sliding_model, small, WINDOW - PROMPT)
+        if tp == 2 and arch == "gemma3_text":  # local and global layers in one compiled step, past the window
+            out["gemma3_compiled"] = _compiled_steps(sliding_model, small, SLIDING_NEW)
     return out
 
 
@@ -264,8 +271,7 @@ def test_requests_match_transformers_generate(ranks, reference, batch, case):
 
 def test_loop_served_the_supported_requests(ranks, reference):
     expected = {name: served for name, (_, served) in cases(reference["stops"], reference["eos"]).items()}
-    expected.update({f"{arch}_{name}": served for arch in sliding_configs()
-                     for name, (_, served) in SLIDING_CASES.items()})
+    expected.update({f"{arch}_{name}": True for arch in sliding_configs() for name in SLIDING_CASES})
     for out in ranks:
         assert out["served"] == expected
         assert out["sampling_served"] == 3
@@ -323,22 +329,41 @@ def test_sampled_scores_are_transformers_processors(ranks, reference, batch):
 
 @pytest.mark.parametrize("arch", list(sliding_configs()))
 @pytest.mark.parametrize("case", list(SLIDING_CASES))
-def test_sliding_window_models_match_transformers(ranks, sliding_folders, batch, arch, case):
-    """Within the window the loop serves them (greedy with a repetition penalty, up to a full window);
-    beyond it they fall back. Either way the tokens are Transformers' (its own sliding caches)."""
+def test_sliding_window_models_match_transformers(ranks, sliding_folders, arch, case):
+    """Past the window the loop serves them (test_loop_served_the_supported_requests) with Transformers'
+    tokens, and logits within 1e-5, though its sliding layers keep every position and Transformers' keep
+    only the window: the model's own sliding-window mask hides the rest."""
     with torch.no_grad():
-        want = load_reference(sliding_folders[arch]).generate(**sliding_batch(batch), **SLIDING_CASES[case][0])
+        want = _plain(load_reference(sliding_folders[arch]).generate(**sliding_batch(), **SLIDING_CASES[case]))
+    assert want["sequences"].shape[1] == SLIDING_PROMPT + SLIDING_NEW
     for rank, out in enumerate(ranks):
         got = out[f"{arch}_{case}"]
-        assert torch.equal(got, want), f"rank {rank} {arch} {case}:\n{got.tolist()}\n{want.tolist()}"
+        assert sorted(got) == sorted(want), f"rank {rank} {arch} {case}: fields {sorted(got)} != {sorted(want)}"
+        assert torch.equal(got["sequences"], want["sequences"]), \
+            f"rank {rank} {arch} {case}:\n{got['sequences'].tolist()}\n{want['sequences'].tolist()}"
+        if "logits" in want:
+            _assert_close(got["logits"], want["logits"], f"rank {rank} {arch} {case} logits")
 
 
-def test_gemma3_compiled_step_matches_eager(ranks, sliding_folders, batch):
-    """Gemma 3's local and global layers, its cache's sliding layers served as plain static ones: the
-    compiled forward (fullgraph, one graph for every step) gives the eager tokens at tp 2."""
+@pytest.mark.parametrize("arch", list(sliding_configs()))
+def test_the_sliding_window_changes_the_tokens(sliding_folders, arch):
+    """The comparison above would not notice a loop that ignored the window if the window changed nothing:
+    the same weights with a window longer than the whole sequence give other tokens in every case."""
+    for kwargs in SLIDING_CASES.values():
+        with torch.no_grad():
+            windowed = load_reference(sliding_folders[arch]).generate(**sliding_batch(), **kwargs)
+            unbounded = load_reference(sliding_folders[arch], sliding_window=1000).generate(**sliding_batch(), **kwargs)
+        sequences = [getattr(out, "sequences", out) for out in (windowed, unbounded)]
+        assert not torch.equal(*sequences), f"{arch} {kwargs}: the window changed no token"
+
+
+def test_gemma3_compiled_step_matches_eager(ranks):
+    """Gemma 3's local and global layers, its local layers' cache as long as the global ones': the compiled
+    forward (fullgraph) gives the eager tokens at tp 2 past the window, as one graph for every step (the
+    sliding-window mask is computed from the cache's position tensor: no shape changes at the window)."""
     if "gemma3_compiled" not in ranks[0]:
         pytest.skip("the compiled Gemma 3 step is checked once, by the tp 2 ranks (compiling it at tp 1 and 3 too adds minutes and no coverage)")
-    want = ranks[0]["gemma3_text_fits"]
+    want = ranks[0]["gemma3_text_greedy"]["sequences"]
     for rank, out in enumerate(ranks):
         tokens, graphs = out["gemma3_compiled"]
         assert graphs == 1, f"rank {rank}: {graphs} compiled graphs (one expected: fullgraph, one shape)"
