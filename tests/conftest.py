@@ -61,6 +61,20 @@ def tiny_config(arch: str, **overrides) -> transformers.PretrainedConfig:
     return cls(**kwargs)
 
 
+def sliding_window_configs(window: int) -> dict[str, transformers.PretrainedConfig]:
+    """Tiny configs of the sliding-window / hybrid-cache models the decode loop serves, keyed by model_type:
+    Gemma 2 (attention and final-logit softcapping, local and global layers alternating), Gemma 3 text (a
+    local layer with its own rope base and a global one) and Mistral (every layer sliding)."""
+    base = {k: v for k, v in _COMMON.items() if k != "tie_word_embeddings"}  # each family's own default
+    return {
+        "gemma2": transformers.Gemma2Config(**base, head_dim=16, sliding_window=window, attn_logit_softcapping=20.0,
+                                            final_logit_softcapping=15.0),
+        "gemma3_text": transformers.Gemma3TextConfig(**base, head_dim=16, sliding_window=window,
+                                                     layer_types=["sliding_attention", "full_attention"]),
+        "mistral": transformers.MistralConfig(**base, sliding_window=window),
+    }
+
+
 def save_tiny_model(path, config, seed: int = 0, max_shard_size: str | None = "50KB") -> Path:
     """Save a seeded random fp32 model of ``config`` to ``path``.
 

@@ -1,8 +1,8 @@
 """The requests chat UIs and eval harnesses send, served by hf_tp's decode loop (issue 20, section 3):
 repetition_penalty, min_p, output_scores / output_logits, num_return_sequences with sampling,
 stop_strings with a tokenizer, and models with sliding-window / hybrid caches (Gemma 2, Gemma 3,
-Mistral with sliding_window) well past their window. At tp 1, 2 and 3 on CPU (gloo, fp32), one process launch per tp size,
-forced on with HF_TP_FAST_DECODE=1.
+Mistral with sliding_window) well past their window. At tp 1, 2 and 3 on CPU (gloo, fp32), one process launch
+per tp size, forced on with HF_TP_FAST_DECODE=1.
 
 Truth: Transformers' generate on the unsplit model from the same folder, with the same arguments:
 greedy tokens identical, scores and logits within 1e-5 (the -inf entries at the same places).
@@ -15,7 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import load_reference, run_ranks_once, save_tiny_model, tiny_config, tiny_tokenizer
+from conftest import (load_reference, run_ranks_once, save_tiny_model, sliding_window_configs, tiny_config,
+                      tiny_tokenizer)
 
 PAD = 0
 NEW = 20
@@ -39,23 +40,6 @@ def folder(tmp_path_factory) -> str:
 WINDOW = 8  # sliding window of the models below: a 12-token prompt and 16 new tokens are 3.5 windows
 SLIDING_PROMPT = 12
 SLIDING_NEW = 16
-_SLIDING_BASE = dict(vocab_size=101, num_hidden_layers=2, max_position_embeddings=128, bos_token_id=1,
-                     eos_token_id=None, pad_token_id=0, initializer_range=0.1, hidden_size=48, intermediate_size=80,
-                     num_attention_heads=6, num_key_value_heads=3)
-
-
-def sliding_configs() -> dict:
-    import transformers
-
-    return {
-        # softcapping of the attention scores and of the final logits
-        "gemma2": transformers.Gemma2Config(**_SLIDING_BASE, head_dim=16, sliding_window=WINDOW,
-                                            attn_logit_softcapping=20.0, final_logit_softcapping=15.0),
-        # hybrid: a local layer (its own rope base) and a global one
-        "gemma3_text": transformers.Gemma3TextConfig(**_SLIDING_BASE, head_dim=16, sliding_window=WINDOW,
-                                                     layer_types=["sliding_attention", "full_attention"]),
-        "mistral": transformers.MistralConfig(**_SLIDING_BASE, sliding_window=WINDOW),
-    }
 
 
 # name -> generate kwargs; the loop serves every one of them (its sliding layers are as long as the cache).
@@ -77,7 +61,8 @@ def sliding_batch() -> dict:
 @pytest.fixture(scope="module")
 def sliding_folders(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("sliding")
-    return {name: str(save_tiny_model(root / name, config, seed=2)) for name, config in sliding_configs().items()}
+    return {name: str(save_tiny_model(root / name, config, seed=2))
+            for name, config in sliding_window_configs(WINDOW).items()}
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +256,7 @@ def test_requests_match_transformers_generate(ranks, reference, batch, case):
 
 def test_loop_served_the_supported_requests(ranks, reference):
     expected = {name: served for name, (_, served) in cases(reference["stops"], reference["eos"]).items()}
-    expected.update({f"{arch}_{name}": True for arch in sliding_configs() for name in SLIDING_CASES})
+    expected.update({f"{arch}_{name}": True for arch in sliding_window_configs(WINDOW) for name in SLIDING_CASES})
     for out in ranks:
         assert out["served"] == expected
         assert out["sampling_served"] == 3
@@ -327,7 +312,7 @@ def test_sampled_scores_are_transformers_processors(ranks, reference, batch):
         assert bool(torch.isinf(sampled["scores"]).any())
 
 
-@pytest.mark.parametrize("arch", list(sliding_configs()))
+@pytest.mark.parametrize("arch", list(sliding_window_configs(WINDOW)))
 @pytest.mark.parametrize("case", list(SLIDING_CASES))
 def test_sliding_window_models_match_transformers(ranks, sliding_folders, arch, case):
     """Past the window the loop serves them (test_loop_served_the_supported_requests) with Transformers'
@@ -345,7 +330,7 @@ def test_sliding_window_models_match_transformers(ranks, sliding_folders, arch, 
             _assert_close(got["logits"], want["logits"], f"rank {rank} {arch} {case} logits")
 
 
-@pytest.mark.parametrize("arch", list(sliding_configs()))
+@pytest.mark.parametrize("arch", list(sliding_window_configs(WINDOW)))
 def test_the_sliding_window_changes_the_tokens(sliding_folders, arch):
     """The comparison above would not notice a loop that ignored the window if the window changed nothing:
     the same weights with a window longer than the whole sequence give other tokens in every case."""

@@ -141,7 +141,8 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
     if reason:
         return None, reason
     if flash_attention(model):
-        return None, "flash attention (it reads the filled cache positions from the mask, which the loop's static mask does not give)"
+        # Its mask would not say which static-cache positions are filled yet (compat.flash_attention).
+        return None, "flash attention over the loop's static cache"
     # Explicit None values count: generate(eos_token_id=None) overrides the model's eos in Transformers.
     others = {k: v for k, v in kwargs.items() if k not in _HANDLED_ARGS}
     user_config = kwargs.get("generation_config")
