@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 
-from conftest import load_reference, run_ranks, save_tiny_model, tiny_config
+from conftest import load_reference, run_ranks, save_tiny_model, sliding_window_configs, tiny_config
 from hf_tp.config import TPConfig
 
 PAD = 0
@@ -163,6 +163,27 @@ def test_decode_loop_with_kernel_matches_transformers_interpreted(folder, batch)
     assert torch.equal(tokens, expected)
 
 
+@pytest.mark.parametrize("arch", ["mistral", "gemma3_text"])
+def test_decode_loop_with_kernel_serves_sliding_layers_interpreted(tmp_path, arch):
+    """Sliding window 8, 12-token prompts (one left-padded), 10 new tokens: the loop's sliding layers are as long
+    as the cache and the model's mask keeps only the window, which the kernel reads (Mistral: every layer sliding;
+    Gemma 3: a local and a global layer). Every decode step of both layers goes through the kernel, with
+    Transformers' tokens (its sliding layers keep only the window)."""
+    pytest.importorskip("triton")
+    folder = str(save_tiny_model(tmp_path / arch, sliding_window_configs(8)[arch], seed=2))
+    ids = torch.randint(5, 101, (2, 12), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    ids[1, :3], mask[1, :3] = PAD, 0
+    batch, new_tokens = {"input_ids": ids, "attention_mask": mask}, 10
+    with torch.no_grad():
+        expected = load_reference(folder).generate(**batch, max_new_tokens=new_tokens, do_sample=False,
+                                                   pad_token_id=PAD)
+    mode, implementation, calls, tokens = _interpreted(_loop_check, folder, new_tokens, batch)
+    assert mode == "triton" and implementation == "hf_tp_sdpa_decode"
+    assert calls == 2 * (new_tokens - 1)
+    assert torch.equal(tokens, expected), (tokens.tolist(), expected.tolist())
+
+
 def test_decode_loop_with_kernel_at_tp2_matches_transformers_interpreted(folder, batch, monkeypatch):
     pytest.importorskip("triton")
     for name, value in (("TRITON_INTERPRET", "1"), ("HF_TP_DECODE_ATTENTION", "triton"), ("HF_TP_FAST_DECODE", "1")):
@@ -185,13 +206,14 @@ def test_hook_serves_only_calls_the_kernel_computes():
     mask = torch.ones(2, 1, 1, 32, dtype=torch.bool)
     assert kernel_applies(q, k, k, mask, {"dropout": 0.0, "scaling": 0.125})
     assert kernel_applies(q, k, k, None, {}) and kernel_applies(q, k, k, mask[:1], {})
+    # sdpa ignores sliding_window as well: the window is in the mask, which the kernel reads
+    assert kernel_applies(q, k, k, mask, {"sliding_window": 16, "softcap": None})
     refused = {
         "prefill": (torch.zeros(2, 8, 3, 64), k, k, mask, {}),
         "float mask": (q, k, k, torch.zeros(2, 1, 1, 32), {}),
         "per-head mask": (q, k, k, torch.ones(2, 8, 1, 32, dtype=torch.bool), {}),
         "mask of another length": (q, k, k, torch.ones(2, 1, 1, 16, dtype=torch.bool), {}),
         "softcap": (q, k, k, mask, {"softcap": 30.0}),
-        "sliding window": (q, k, k, mask, {"sliding_window": 16}),
         "sinks": (q, k, k, mask, {"s_aux": torch.zeros(8)}),
         "dropout": (q, k, k, mask, {"dropout": 0.1}),
         "mixed dtypes": (q, k.half(), k.half(), mask, {}),
@@ -215,7 +237,8 @@ def test_hook_falls_back_to_sdpa_unchanged():
     gen = torch.Generator().manual_seed(1)
     q, k, v = torch.randn(1, 4, 5, 16, generator=gen), torch.randn(1, 2, 5, 16, generator=gen), torch.randn(1, 2, 5, 16, generator=gen)
     for mask, kwargs in ((None, {"dropout": 0.0, "scaling": 0.25}), (torch.zeros(1, 1, 5, 5), {"scaling": 0.25}),
-                         (torch.ones(1, 1, 1, 5, dtype=torch.bool), {"softcap": None, "sliding_window": 3})):
+                         # a decode call with a float mask (sdpa's additive form): sliding_window passed on, unused
+                         (torch.zeros(1, 1, 1, 5), {"softcap": None, "sliding_window": 3})):
         query = q if mask is None or mask.shape[2] == 5 else q[:, :, :1]
         want, _ = sdpa_attention_forward(Attention(), query, k, v, mask, **{k_: v_ for k_, v_ in kwargs.items()
                                                                               if k_ != "sliding_window"})

@@ -9,8 +9,10 @@ the kernel reads them as SDPA does.
 
 The kernel applies to a call when (decided from shapes, dtypes and Python arguments: nothing read back from
 the device, so the check costs nothing inside the compiled, captured step):
-  - one query token per sequence (decode), no dropout, no softcapping, sliding window, attention sinks,
-    position bias or attention-weight output;
+  - one query token per sequence (decode), no dropout, no softcapping, attention sinks, position bias or
+    attention-weight output (a sliding window is fine: sdpa ignores the argument too, the window is in the mask
+    the model builds, and the kernel reads only the slots that mask keeps: a sliding layer as long as the cache,
+    as the decode loop gives it, then costs its window's reads, not the cache's);
   - fp32, fp16 or bf16 query, keys and values of one dtype, head dim at most MAX_HEAD_DIM, whole query groups;
   - no mask, or a boolean mask of shape (1 or batch, 1, 1, kv length), which is what sdpa's mask function
     builds for decode steps (a float mask, a per-head mask or another length goes to sdpa).
@@ -27,7 +29,8 @@ MAX_HEAD_DIM = 256
 MAX_GROUP = 64  # query heads per KV head: the M rows of the kernel's dot products
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Keyword arguments whose non-default value changes what attention computes in ways the kernel does not.
-_UNSUPPORTED_KWARGS = ("softcap", "sliding_window", "s_aux", "sinks", "position_bias", "head_mask")
+# (Not ``sliding_window``: Transformers' sdpa function ignores it, the sliding-window mask carries the window.)
+_UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks", "position_bias", "head_mask")
 
 
 def kernel_applies(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask, kwargs: dict) -> bool:
