@@ -51,12 +51,47 @@ def _pow2_at_most(n: int) -> int:
     return 1 << (n.bit_length() - 1)
 
 
+def _bitonic_order(values: list, ids: list) -> list:
+    """The ids in the order PyTorch's small bitonic sort (SortUtils.cuh, descending, 32 items: 16 threads of 2)
+    leaves ``values``/``ids`` (k <= 32 items, padded with invalid ones that sort to the end)."""
+    size_k = len(values)
+    keys, idx, valid = values + [0.0] * (32 - size_k), ids + [0] * (32 - size_k), [True] * size_k + [False] * (32 - size_k)
+
+    def stage(size, stride, final):
+        for thread in range(16):
+            a = 2 * thread - (thread & (stride - 1))
+            b = a + stride
+            swap = (keys[a] > keys[b] and valid[a]) or not valid[b]
+            if swap == (False if final else (thread & (size // 2)) != 0):
+                keys[a], keys[b], idx[a], idx[b], valid[a], valid[b] = keys[b], keys[a], idx[b], idx[a], valid[b], valid[a]
+
+    for log_size in range(1, 5):
+        for m in range(log_size):
+            stage(1 << log_size, 1 << (log_size - 1 - m), False)
+    for m in range(5):
+        stage(32, 16 >> m, True)
+    return idx[:size_k]
+
+
+def topk_cuda_order(probs: torch.Tensor, top_k: int) -> torch.Tensor:
+    """The expert ids torch.topk(probs, top_k) returns on CUDA (sorted, k <= 32), computed on any device: its
+    select kernel keeps the values above the k-th and the lowest ids among those equal to it, written in id
+    order (above first), then its bitonic sort orders them."""
+    out = []
+    for row in probs.tolist():
+        kth = sorted(row, reverse=True)[top_k - 1]
+        above = [i for i, v in enumerate(row) if v > kth]
+        chosen = above + [i for i, v in enumerate(row) if v == kth][: top_k - len(above)]
+        out.append(_bitonic_order([row[i] for i in chosen], chosen))
+    return torch.tensor(out, dtype=torch.int64, device=probs.device).view(-1, top_k)
+
+
 def route_reference(logits: torch.Tensor, top_k: int, renormalize: bool, cast_weights: bool):
-    """(weights, ids) for router logits (T, E): softmax in float32, the k largest probabilities (ties to the
-    lowest expert id, as torch.topk on CUDA), divided by their sum if ``renormalize``, rounded to the logits'
-    dtype if ``cast_weights`` (Qwen3-MoE) or kept in float32 (Mixtral)."""
+    """(weights, ids) for router logits (T, E), computed as Transformers' routers do on CUDA: softmax in
+    float32, the top k with torch.topk's CUDA choice and order (``topk_cuda_order``), divided by their sum if
+    ``renormalize``, rounded to the logits' dtype if ``cast_weights`` (Qwen3-MoE) or kept in float32 (Mixtral)."""
     probs = torch.softmax(logits.float(), dim=-1)
-    order = torch.sort(probs, dim=-1, descending=True, stable=True).indices[:, :top_k]
+    order = topk_cuda_order(probs, top_k)
     values = probs.gather(-1, order)
     if renormalize:
         values = values / values.sum(dim=-1, keepdim=True)
@@ -65,92 +100,17 @@ def route_reference(logits: torch.Tensor, top_k: int, renormalize: bool, cast_we
 
 @functools.cache
 def _kernel():
-    """The Triton kernel, built on first use (TRITON_INTERPRET is read when a kernel is defined, so a CPU
+    """The Triton kernel, imported on first use (TRITON_INTERPRET is read when a kernel is defined, so a CPU
     test can set it before the first call)."""
-    import triton
-    import triton.language as tl
-
-    try:  # CUDA's expf as a Triton function (tl.exp is the faster ex2.approx, a few ulp off torch's exp)
-        from triton.language.extra import libdevice
-    except ImportError:  # pragma: no cover - older layout of Triton's packages
-        from triton.language.extra.cuda import libdevice
-
-    @triton.jit
-    def route_kernel(logits_ptr, weights_ptr, ids_ptr, experts, stride_l, stride_w, stride_i,
-                     TOP_K: tl.constexpr, BLOCK_E: tl.constexpr, WARP: tl.constexpr, LANES_K: tl.constexpr,
-                     RENORMALIZE: tl.constexpr, ROUND_BF16: tl.constexpr, LIBDEVICE_EXP: tl.constexpr):
-        token = tl.program_id(0)
-        offs = tl.arange(0, BLOCK_E)
-        valid = offs < experts
-        x = tl.load(logits_ptr + token * stride_l + offs, mask=valid, other=float("-inf")).to(tl.float32)
-        if LIBDEVICE_EXP:
-            e = libdevice.exp(x - tl.max(x, axis=0))
-        else:  # Triton's interpreter has no libdevice
-            e = tl.exp(x - tl.max(x, axis=0))
-        e = tl.where(valid, e, 0.0)
-
-        # The softmax's sum, in torch's order: lane l adds e[l], e[l + WARP], ... in turn (from 0, as torch
-        # does), then the lanes are combined by an xor butterfly (lane l with l ^ WARP/2, ^ WARP/4, ...).
-        ITER: tl.constexpr = BLOCK_E // WARP
-        rows = tl.reshape(e, (ITER, WARP))
-        row_id = tl.arange(0, ITER)[:, None]
-        lanes = tl.zeros([WARP], tl.float32)
-        for i in tl.static_range(ITER):
-            lanes += tl.sum(tl.where(row_id == i, rows, 0.0), axis=0)  # row i alone: adding zeros is exact
-        if WARP >= 32:
-            lanes = tl.sum(tl.reshape(lanes, (2, 16)), axis=0)
-        if WARP >= 16:
-            lanes = tl.sum(tl.reshape(lanes, (2, 8)), axis=0)
-        if WARP >= 8:
-            lanes = tl.sum(tl.reshape(lanes, (2, 4)), axis=0)
-        if WARP >= 4:
-            lanes = tl.sum(tl.reshape(lanes, (2, 2)), axis=0)
-        if WARP >= 2:
-            lanes = tl.sum(tl.reshape(lanes, (2, 1)), axis=0)
-        probs = tl.math.div_rn(e, tl.sum(lanes, axis=0))
-
-        # Top k by k rounds of argmax; equal probabilities go to the lowest id (torch.topk on CUDA). Padding
-        # lanes (-1) and lanes already taken (-2) rank below every probability (>= 0).
-        left = tl.where(valid, probs, -1.0)
-        rank = tl.full([BLOCK_E], -1, tl.int32)
-        slot = tl.arange(0, 2 * LANES_K)
-        chosen = tl.zeros([2 * LANES_K], tl.float32)
-        for j in tl.static_range(TOP_K):
-            best = tl.max(left, axis=0)
-            pick = tl.min(tl.where(left == best, offs, BLOCK_E), axis=0)
-            rank = tl.where(offs == pick, j, rank)
-            chosen = tl.where(slot == j, best, chosen)
-            left = tl.where(offs == pick, -2.0, left)
-
-        if RENORMALIZE:
-            # The k values' sum in torch's order for a row of k: lane l of W = LANES_K holds value l plus
-            # value l + W (if k > l + W), then neighbouring lanes are added (shuffle-down by 1, 2, 4).
-            part = tl.sum(tl.reshape(chosen, (2, LANES_K)), axis=0)
-            if LANES_K >= 8:
-                part = tl.sum(tl.reshape(part, (4, 2)), axis=1)
-            if LANES_K >= 4:
-                part = tl.sum(tl.reshape(part, (2, 2)), axis=1)
-            if LANES_K >= 2:
-                part = tl.sum(tl.reshape(part, (1, 2)), axis=1)
-            weights = tl.math.div_rn(probs, tl.sum(part, axis=0))
-        else:
-            weights = probs
-        if ROUND_BF16:
-            # Round to nearest even by hand, then the cast is exact: Triton's interpreter truncates to bf16.
-            # (Weights are in [0, 1]: no sign, infinity or NaN to care for.)
-            bits = weights.to(tl.int32, bitcast=True)
-            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
-            weights = bits.to(tl.float32, bitcast=True)
-        taken = rank >= 0
-        tl.store(weights_ptr + token * stride_w + rank, weights.to(weights_ptr.dtype.element_ty), mask=taken)
-        tl.store(ids_ptr + token * stride_i + rank, offs.to(tl.int64), mask=taken)
+    from .moe_routing_triton import route_kernel
 
     return route_kernel
 
 
-def route(logits: torch.Tensor, top_k: int, renormalize: bool, cast_weights: bool):
+def route(logits: torch.Tensor, top_k: int, renormalize: bool, cast_weights: bool, torch_order: bool = True):
     """The kernel's (weights, ids) for ``route_reference``'s arguments; logits (T, E) with E <=
-    MOE_ROUTE_MAX_EXPERTS, 1 <= top_k <= min(E, MOE_ROUTE_MAX_TOP_K)."""
+    MOE_ROUTE_MAX_EXPERTS, 1 <= top_k <= min(E, MOE_ROUTE_MAX_TOP_K). ``torch_order=False`` (benchmarks only) leaves
+    equal probabilities in id order instead of torch.topk's."""
     tokens, experts = logits.shape
     if not (1 <= top_k <= min(experts, MOE_ROUTE_MAX_TOP_K) and experts <= MOE_ROUTE_MAX_EXPERTS):
         raise ValueError(f"moe_route: top_k {top_k} of {experts} experts is outside the kernel's range "
@@ -165,7 +125,7 @@ def route(logits: torch.Tensor, top_k: int, renormalize: bool, cast_weights: boo
     _kernel()[(tokens,)](logits, weights, ids, experts, logits.stride(0), weights.stride(0), ids.stride(0),
                          TOP_K=top_k, BLOCK_E=block, WARP=min(block, 32), LANES_K=_pow2_at_most(top_k),
                          RENORMALIZE=renormalize, ROUND_BF16=weights.dtype == torch.bfloat16,
-                         LIBDEVICE_EXP=os.environ.get("TRITON_INTERPRET", "") != "1",
+                         LIBDEVICE_EXP=os.environ.get("TRITON_INTERPRET", "") != "1", TORCH_ORDER=torch_order,
                          num_warps=1 if block <= 128 else 2)
     return weights, ids
 
