@@ -3,9 +3,10 @@
 On CPU the kernel runs under Triton's interpreter (TRITON_INTERPRET=1, read when a kernel is defined), in one
 spawned process per test so that the setting cannot leak into other tests: random logits at E = 8 and 64,
 k = 2 and 8, with and without renormalisation, fp32 and bf16; constructed ties; the routers installed by
-moe_decode="triton" through the decode loop, with Transformers' greedy tokens. torch.topk on CPU breaks ties
-at the k-th value its own way (std::nth_element), so on CPU the ties are checked against the rule torch.topk
-follows on CUDA (lowest ids first, ``route_reference``), and on CUDA (``gpu``) against torch.topk itself.
+moe_decode="triton" through the decode loop, with Transformers' greedy tokens. The kernel reproduces torch.topk
+on CUDA, ties included (which of equal probabilities it keeps, and their order); torch.topk on CPU breaks ties
+its own way (std::nth_element), so on CPU the ties are checked against ``route_reference`` (torch.topk's CUDA
+choice and order, computed in Python), and on CUDA (``gpu``) against torch.topk itself.
 """
 
 from __future__ import annotations
@@ -68,9 +69,26 @@ def _weights_close(got, ref, failures, what):
         failures.append(f"{what}: weights rel err {err:.2e} > {rtol:.1e}")
 
 
+def _ids_check(ids, ref_ids, probs, exact: bool, failures, what):
+    """ids against Transformers': all rows when ``exact`` (CUDA: the same torch.topk), else (CPU, where torch.topk
+    breaks ties its own way) the rows without equal probabilities among their k + 1 largest."""
+    if ids.dtype != ref_ids.dtype:
+        failures.append(f"{what}: ids {ids.dtype}, Transformers' {ref_ids.dtype}")
+    top = torch.sort(probs, dim=-1, descending=True).values[:, : ids.shape[1] + 1]
+    rows = torch.ones(len(ids), dtype=torch.bool) if exact else (top[:, 1:] != top[:, :-1]).all(-1).cpu()
+    for row in rows.nonzero().flatten().tolist():
+        if not torch.equal(ids[row], ref_ids[row]):
+            same_set = set(ids[row].tolist()) == set(ref_ids[row].tolist())
+            failures.append(f"{what}: row {row}: ids {ids[row].tolist()} != Transformers' {ref_ids[row].tolist()} "
+                            f"({'same set, another order' if same_set else 'another set'})")
+
+
 def _random_check(device: str = "cpu") -> list[str]:
-    """Kernel-installed routers against Transformers' on random hidden states (no ties): the same logits, the
-    same expert ids in the same order, the same weights (dtype included)."""
+    """Kernel-installed routers against Transformers' on random hidden states: the same logits, the same weights
+    (dtype included), the same expert ids in the same order (on CPU: where no tie decides them); and always the
+    ids of ``route_reference`` (torch.topk's CUDA choice and order), ties included (bf16 logits tie often)."""
+    from hf_tp.kernels.moe_routing import route_reference
+
     failures = []
     torch.manual_seed(0)
     cases = [("qwen3_moe", 8, 2), ("qwen3_moe", 64, 8), ("mixtral", 8, 2), ("mixtral", 64, 8), ("qwen3_moe", 6, 3)]
@@ -87,8 +105,11 @@ def _random_check(device: str = "cpu") -> list[str]:
                         logits, w, ids = ours(x)
                     if not torch.equal(logits, ref_logits):
                         failures.append(f"{what}: logits differ")
-                    if ids.dtype != ref_ids.dtype or not torch.equal(ids, ref_ids):
-                        failures.append(f"{what}: ids {ids.tolist()} != Transformers' {ref_ids.tolist()}")
+                    probs = torch.softmax(ref_logits, dtype=torch.float, dim=-1)
+                    _ids_check(ids, ref_ids, probs, device != "cpu", failures, what)
+                    expected = route_reference(ref_logits, top_k, norm or arch == "mixtral", arch == "qwen3_moe")[1]
+                    if not torch.equal(ids, expected):
+                        failures.append(f"{what}: ids {ids.tolist()} != route_reference's {expected.tolist()}")
                     _weights_close(w, ref_w, failures, what)
     return failures
 
@@ -109,9 +130,9 @@ def _tie_logits(experts: int, top_k: int, dtype) -> torch.Tensor:
 
 
 def _tie_check(device: str = "cpu", against_topk: bool = False) -> list[str]:
-    """Ties: the kernel's ids are the lowest ids among equal probabilities (``route_reference``); with
-    ``against_topk`` (CUDA) also torch.topk's own choice, as a set (its sort orders equal values its own way);
-    the weights, as values, are Transformers' whichever tied expert is chosen."""
+    """Ties: the kernel's ids are torch.topk's CUDA choice and order as ``route_reference`` computes them; with
+    ``against_topk`` (CUDA) torch.topk's own; the weights, as values, are Transformers' whichever tied expert
+    is chosen."""
     from hf_tp.kernels.moe_routing import moe_route, route_reference
 
     failures = []
@@ -125,13 +146,13 @@ def _tie_check(device: str = "cpu", against_topk: bool = False) -> list[str]:
                 w, ids = moe_route(logits, top_k, renorm, cast)
                 exp_w, exp_ids = route_reference(logits, top_k, renorm, cast)
                 if not torch.equal(ids, exp_ids):
-                    failures.append(f"{what}: ids {ids.tolist()} != lowest-id rule {exp_ids.tolist()}")
-                if against_topk and not torch.equal(ids.sort(-1).values, ref_ids.sort(-1).values):
-                    failures.append(f"{what}: ids {ids.tolist()} != torch.topk's {ref_ids.tolist()}")
+                    failures.append(f"{what}: ids {ids.tolist()} != route_reference's {exp_ids.tolist()}")
+                if against_topk:
+                    _ids_check(ids, ref_ids, probs, True, failures, what)
                 values = ref_values / ref_values.sum(-1, keepdim=True) if renorm else ref_values
                 values = values.to(dtype) if cast else values
                 _weights_close(w, values, failures, what)
-            if not torch.equal(ids[3], torch.arange(top_k, device=device)):
+            if set(ids[3].tolist()) != set(range(top_k)):  # the lowest ids, in the sort's order
                 failures.append(f"all-equal row, E={experts}: {ids[3].tolist()}")
     return failures
 
@@ -187,7 +208,7 @@ def test_kernel_matches_transformers_routers_interpreted():
     assert not failures, "\n".join(failures)
 
 
-def test_ties_go_to_the_lowest_ids_interpreted():
+def test_ties_resolved_as_torch_topk_on_cuda_interpreted():
     pytest.importorskip("triton")
     failures = _interpreted(_tie_check)
     assert not failures, "\n".join(failures)
