@@ -306,7 +306,8 @@ def test_real_shape_bf16_and_cuda_graph(experts):
 @needs_cuda
 def test_compiled_block_with_routing_kernel_cuda():
     """A Qwen3-MoE block (bf16, 64 experts, top 8) with both decode switches installed, compiled with
-    fullgraph=True by Inductor: the same output as the eager block with them, at 1 and 4 tokens."""
+    fullgraph=True by Inductor (the ops traced through their fake implementations): the eager block's output
+    at 1 and 4 tokens."""
     from hf_tp.parallel.moe_decode import install_moe_decode
 
     torch.manual_seed(0)
@@ -326,4 +327,5 @@ def test_compiled_block_with_routing_kernel_cuda():
     with torch.no_grad():
         for tokens in (1, 4):
             x = torch.randn(1, tokens, 256, device="cuda").bfloat16()
-            assert torch.equal(compiled(x), block(x)), tokens
+            got, ref = compiled(x).float(), block(x).float()
+            assert float((got - ref).abs().max() / ref.abs().max()) < 1e-2, tokens  # other experts: far more
