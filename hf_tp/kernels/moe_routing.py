@@ -1,30 +1,31 @@
 """Decode-time MoE routing: one Triton program per token turns the router's logits into the chosen experts and
-their weights, computed as Transformers' Qwen3-MoE and Mixtral routers compute them on CUDA.
+their weights, as Transformers' Qwen3-MoE and Mixtral routers compute them on CUDA, bit for bit.
 
 Transformers' router (5.17 and 5.24 alike) runs, per MoE layer, a softmax over the experts in float32,
 ``torch.topk`` (on CUDA: a radix-select kernel, then a bitonic sort of the k values), optionally a division by
-the k values' sum, and a cast: four or five launches for a handful of numbers per token. Here, for T tokens of
-at most MOE_ROUTE_MAX_EXPERTS logits each, one launch per call does:
+the k values' sum, and a cast: four to six launches for a handful of numbers per token. Here, for T tokens of
+at most MOE_ROUTE_MAX_EXPERTS logits each, one launch per call (hf_tp/kernels/moe_routing_triton.py) does:
 
-  1. the softmax, in the order PyTorch's CUDA softmax adds (its one-warp-per-row kernel for rows of at most
-     1024 values: each lane adds its values at stride ``warp`` in order, then an xor butterfly across the
-     lanes), with CUDA's expf (libdevice) and correctly rounded divisions, so that the probabilities are the
-     ones torch computes, bit for bit where the two exp implementations agree;
-  2. the top k by k rounds of "largest probability, lowest expert id among equal ones" (k <= 8: no sort).
-     That is torch.topk's choice on CUDA: its select kernel keeps every value above the k-th, then the
-     values equal to it in index order, so a tie at the boundary goes to the lowest ids. (torch.topk on
-     CPU resolves ties otherwise, by std::nth_element: the tests compare with the CUDA rule on CPU, and with
-     torch.topk itself on a GPU.) The k experts come out by decreasing probability, equal ones by id;
-  3. optionally the division by the k probabilities' sum, added in the order PyTorch's CUDA sum over a row
-     of k <= 8 values adds them (a lane per value, the values k - W.. added to lanes 0.., W the largest power
-     of two <= k, then a tree of neighbouring lanes), and the cast Transformers does.
+  1. the softmax, adding in the order PyTorch's CUDA softmax adds (its one-warp-per-row kernel for rows of at
+     most 1024 values: each lane adds its values at stride ``warp`` in turn, then an xor butterfly across the
+     lanes), with CUDA's expf (libdevice) and correctly rounded divisions: torch's probabilities, bit for bit;
+  2. the top k by k rounds of "largest probability, lowest expert id among equal ones" (k <= 8: no sort):
+     torch.topk's choice on CUDA, whose select kernel keeps every value above the k-th, then the values equal
+     to it in index order;
+  3. torch.topk's order: the select kernel's output order (values above the k-th by id, then the equal ones
+     by id) put through the same 32-item bitonic network as PyTorch's small sort, so that equal probabilities
+     (frequent: bf16 logits tie often) come out in the order Transformers gets;
+  4. optionally the division by the k probabilities' sum, added in the order PyTorch's CUDA sum over a row
+     of k <= 8 values adds them (W lanes, W the largest power of two <= k, lane l holding value l plus value
+     l + W; then a shuffle-down tree, W/2 apart first), and the cast Transformers does.
 
+torch.topk on CPU resolves ties otherwise (std::nth_element): the kernel follows CUDA, where it runs.
 Expert ids are int64 and the weights float32 or the logits' dtype, shaped (T, k) as Transformers' router
 returns them and as hf_tp's experts kernels (hf_tp/kernels/moe_decode.py) read them. Nothing is read back to
 the host and every shape depends only on T, so the launch stays inside the decode step's CUDA graph.
 
-``route_reference`` is the same computation in plain torch (ties to the lowest id); it is the tests'
-yardstick next to Transformers' routers.
+``route_reference`` computes the same in plain torch and Python on any device (``topk_cuda_order`` for the
+choice and order of step 2-3); it is the CPU tests' yardstick next to Transformers' routers.
 """
 
 from __future__ import annotations

@@ -127,18 +127,19 @@ def route_kernel(logits_ptr, weights_ptr, ids_ptr, experts, stride_l, stride_w, 
     else:  # by decreasing probability, equal ones by id (benchmarks: what the order costs)
         keys, ids = top_p, top_id
 
-    # 4. Renormalisation: the k values' sum in the order of PyTorch's sum over a row of k <= 8 values (lane l
-    # of W = LANES_K holds value l plus value l + W when k > l + W; then neighbouring lanes are added, 1, 2, 4
-    # apart). Values equal in torch's order and in rank order where they differ, so either order gives this.
+    # 4. Renormalisation: the k values' sum in the order of PyTorch's CUDA sum over a row of k <= 8 values (a
+    # lane per value, W = LANES_K lanes: lane l holds value l plus value l + W when k > l + W; then a
+    # shuffle-down tree with decreasing offsets, W/2 first, as Reduce.cuh's block_x_reduce has it on CUDA).
+    # Values equal in torch's order and in rank order where they differ, so either order gives this sum.
     if RENORMALIZE:
         part = tl.reshape(top_p, (SORT_SIZE // (2 * LANES_K), 2, LANES_K))
         part = tl.sum(tl.sum(part, axis=1), axis=0)  # (LANES_K,): groups past the first hold zeros only
         if LANES_K >= 8:
-            part = tl.sum(tl.reshape(part, (4, 2)), axis=1)
+            part = tl.sum(tl.reshape(part, (2, 4)), axis=0)
         if LANES_K >= 4:
-            part = tl.sum(tl.reshape(part, (2, 2)), axis=1)
+            part = tl.sum(tl.reshape(part, (2, 2)), axis=0)
         if LANES_K >= 2:
-            part = tl.sum(tl.reshape(part, (1, 2)), axis=1)
+            part = tl.sum(tl.reshape(part, (2, 1)), axis=0)
         weights = tl.math.div_rn(keys, tl.sum(part, axis=0))
     else:
         weights = keys
