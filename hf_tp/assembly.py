@@ -25,6 +25,7 @@ from .parallel.comm import TPGroup, min_int
 from .parallel.fused import fuse_shared_inputs
 from .parallel.decode_attention import install_decode_attention
 from .parallel.moe_decode import install_moe_decode
+from .parallel.moe_routing import install_moe_routing
 from .parallelize import build_skeleton, parallelize
 from .policies import Policy, get_policy
 from .policies.plan import ShardingPlan, build_plan
@@ -158,6 +159,7 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
                         progress=progress and tp.is_first, stager=stager, threads=config.load_threads)
     install_moe_decode(model, config.moe_decode)  # after loading: it checks the experts' real dtypes and strides
     config = install_decode_attention(model, config, tp.device)  # "sdpa" where the kernel does not apply
+    model.hf_tp_moe_routing = install_moe_routing(model, config.moe_decode)  # which routers got the kernel
     model.generation_config = load_generation_config(planned.folder, model.generation_config, planned.options)
     if planned.index.quantization is not None and not kept and hasattr(model.config, "quantization_config"):
         # Dequantized at load: the model is no longer quantized, and save_pretrained must not say it is (as

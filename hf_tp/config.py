@@ -58,7 +58,9 @@ class TPConfig:
       cuda_graphs: capture the loop's step in a CUDA graph (False: the loop runs eagerly; debugging).
       moe_decode: how mixture-of-experts layers compute small calls (decode steps): "triton" (hf_tp's kernels read
         only the experts the tokens chose, for calls of at most hf_tp.kernels.moe_decode.MOE_DECODE_MAX_TOKENS
-        tokens; larger calls keep Transformers' grouped GEMM) or "grouped" (Transformers' experts forward always).
+        tokens; larger calls keep Transformers' grouped GEMM; and routers of a form hf_tp recognises choose the
+        experts with one kernel, hf_tp.kernels.moe_routing, as torch.topk does on CUDA, ties included: which
+        routers did is in ``model.hf_tp_moe_routing``) or "grouped" (Transformers' experts and routers always).
         Chosen once at load; experts modules the kernels cannot compute (quantized, biased, another activation)
         keep Transformers' forward either way. Default: "grouped" until the kernels' speed and bf16 agreement
         are measured on a GPU (benchmarks/moe_switch.py, tests/test_moe_kernel.py -m gpu; docs/moe.md).

@@ -108,6 +108,23 @@ def test_decode_loop_with_kernels_matches_transformers_interpreted(tmp_path):
     assert torch.equal(tokens, expected)
 
 
+def test_kernels_support_experts_without_post_norm_attribute():
+    """Transformers 5.17 (the GPU image's) sets no ``has_post_expert_norm`` on its experts modules (5.24 sets it
+    to False): such a module must still get the kernels. Here the attribute is removed from a 5.24 module, which
+    leaves it as 5.17 builds it."""
+    from hf_tp.parallel.moe_decode import kernel_supports
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(CONFIGS["qwen3_moe"](), dtype=torch.float32)
+    experts = model.model.layers[0].mlp.experts
+    assert kernel_supports(experts)
+    if "has_post_expert_norm" in vars(experts):
+        del experts.has_post_expert_norm
+    assert not hasattr(experts, "has_post_expert_norm") and kernel_supports(experts)
+    experts.has_post_expert_norm = True  # a module that has one keeps Transformers' forward
+    assert not kernel_supports(experts)
+
+
 def test_moe_decode_option_resolves_once():
     pytest.importorskip("triton")
     assert TPConfig().resolve("cpu", 2, environ={}).moe_decode == "grouped"

@@ -15,8 +15,8 @@ experts each (P = T * k pairs):
      rounded once to the input dtype, as Transformers' grouped path sums them.
 
 Every shape depends only on T, k and the weights' shapes, and nothing is read back to the host, so the three
-launches stay inside the decode step's CUDA graph. The routing itself is the model's own router (softmax and
-topk over the router logits, no sort), so the chosen experts, ties included, are Transformers'.
+launches stay inside the decode step's CUDA graph. The ids and weights are the router's: Transformers' own, or
+hf_tp's routing kernel (hf_tp/kernels/moe_routing.py), which chooses the experts torch.topk chooses on CUDA.
 
 ``experts_reference`` is what the kernels compute, in plain torch; it is the tests' yardstick.
 """

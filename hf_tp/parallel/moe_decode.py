@@ -34,7 +34,8 @@ def kernel_supports(module: nn.Module) -> bool:
     return (gate_up.dtype in _DTYPES and down.dtype == gate_up.dtype and gate_up.stride(-1) == 1 and down.stride(-1) == 1
             and getattr(module, "has_gate", False) and not getattr(module, "has_bias", True)
             and not getattr(module, "is_transposed", True) and getattr(module, "is_concatenated", False)
-            and not getattr(module, "has_post_expert_norm", True)
+            # Transformers 5.17 has no post-expert norm and no such attribute; 5.24 sets it (False for these models).
+            and not getattr(module, "has_post_expert_norm", False)
             and getattr(type(module), "_apply_gate", _default_apply_gate) is _default_apply_gate and act == "silu"
             and gate_up.shape[1] == 2 * down.shape[2] and gate_up.shape[0] == down.shape[0])
 
