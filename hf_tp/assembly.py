@@ -23,6 +23,7 @@ from .parallel.fp8 import keep_fp8_layers, resolve_fp8_weights
 from .agreement import fail_together
 from .parallel.comm import TPGroup, min_int
 from .parallel.fused import fuse_shared_inputs
+from .parallel.decode_gemm import install_decode_gemm, resolve_decode_gemm
 from .parallel.moe_decode import install_moe_decode
 from .parallelize import build_skeleton, parallelize
 from .policies import Policy, get_policy
@@ -145,6 +146,7 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     model = planned.skeleton
     start = time.perf_counter()
     config = resolve_fp8_weights(config, tp.device, planned.index.quantization, planned.dtype)
+    config = resolve_decode_gemm(config, tp.device)
     transposed = parallelize(model, planned.plan, tp, policy=planned.policy, config=config)
     kept = 0
     if (config.fp8_weights == "keep" and planned.index.quantization is not None) or config.weights == "fp8":
@@ -156,6 +158,7 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     stats = load_shards(model, planned.plan, planned.index, tp.tp_rank, tp.device, transposed,
                         progress=progress and tp.is_first, stager=stager, threads=config.load_threads)
     install_moe_decode(model, config.moe_decode)  # after loading: it checks the experts' real dtypes and strides
+    install_decode_gemm(model, config.decode_gemm)  # likewise, the linear layers'
     model.generation_config = load_generation_config(planned.folder, model.generation_config, planned.options)
     if planned.index.quantization is not None and not kept and hasattr(model.config, "quantization_config"):
         # Dequantized at load: the model is no longer quantized, and save_pretrained must not say it is (as

@@ -28,9 +28,14 @@ ENV_OVERRIDES = {
     "HF_TP_LOAD_CHUNK_MB": "load_chunk_mb",
     "HF_TP_LOAD_BUFFERS": "load_buffers",
     "HF_TP_MOE_DECODE": "moe_decode",
+    "HF_TP_DECODE_GEMM": "decode_gemm",
     "HF_TP_FP8_WEIGHTS": "fp8_weights",
     "HF_TP_WEIGHTS": "weights",
 }
+
+# TPConfig.decode_gemm's default on CUDA. NOT MEASURED YET on this tree: "cublas" until the kernels' speed at
+# tp-2 widths and the tokens are checked on an H200 (benchmarks/fp8_gemm.py, tests/test_decode_gemm.py -m gpu).
+DECODE_GEMM_DEFAULT = "cublas"
 
 # Options of the single-controller handle (how its workers are supervised and sized), passed to
 # from_pretrained(..., tp_size=N, timeout_s=...) next to tp_config. They change neither speed nor numerics
@@ -62,6 +67,13 @@ class TPConfig:
         keep Transformers' forward either way. Default: "grouped" until the kernels' speed and bf16 agreement
         are measured on a GPU (benchmarks/moe_switch.py, tests/test_moe_kernel.py -m gpu; docs/moe.md).
         "triton" needs CUDA and Triton (or TRITON_INTERPRET=1 on CPU, for tests).
+      decode_gemm: how the dense column/row-parallel linear layers (fused q/k/v and gate/up included) and the LM
+        head compute calls of at most hf_tp.kernels.decode_gemm.DECODE_MAX_M (16) tokens, i.e. decode steps:
+        "triton" (hf_tp's skinny-M kernels, hf_tp/kernels/gemv_triton.py, with a config per shape measured on an
+        H200; deterministic, no atomics) or "cublas" (torch's F.linear). Prefill keeps cuBLAS either way; FP8
+        layers have their own kernel (fp8_weights). Default: DECODE_GEMM_DEFAULT below on CUDA (its comment gives
+        the measurement), "cublas" on CPU. "triton" needs CUDA (compute capability 8.0+; a rank whose GPU is older
+        falls back to "cublas" at load and shows it) and Triton, or TRITON_INTERPRET=1 on CPU (tests).
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
       On CPU neither graphs nor a compiled step exist: resolve() sets cuda_graphs=False and allreduce="gloo"
@@ -114,6 +126,7 @@ class TPConfig:
     weights: str = "checkpoint"
     worker_env: dict = field(default_factory=lambda: dict(DEFAULT_WORKER_ENV))
     moe_decode: str | None = None
+    decode_gemm: str | None = None
 
     def __new__(cls, *args, **kwargs):
         misplaced = [name for name in HANDLE_OPTIONS if name in kwargs]
@@ -129,6 +142,9 @@ class TPConfig:
         if self.moe_decode not in (None, "triton", "grouped"):
             raise ValueError(f"TPConfig(moe_decode={self.moe_decode!r}): use 'triton', 'grouped' or None (the default "
                              "for the device).")
+        if self.decode_gemm not in (None, "triton", "cublas"):
+            raise ValueError(f"TPConfig(decode_gemm={self.decode_gemm!r}): use 'triton', 'cublas' or None (the "
+                             "default for the device).")
         if self.allreduce not in ("nccl", "one_shot", "gloo"):
             raise ValueError(f"TPConfig(allreduce={self.allreduce!r}): use 'nccl' or 'one_shot' "
                              "('gloo' is what CPU models resolve to).")
@@ -169,6 +185,14 @@ class TPConfig:
             raise ValueError(f"TPConfig(moe_decode='triton'): hf_tp's MoE kernels need Triton on CUDA (device "
                              f"{device_type!r}, Triton {'importable' if _triton_available() else 'not importable'}); "
                              "use moe_decode='grouped' here.")
+        if config.decode_gemm is None:
+            filled["decode_gemm"] = DECODE_GEMM_DEFAULT if device_type == "cuda" else "cublas"
+        elif config.decode_gemm == "triton" and not (_triton_available() and (
+                device_type == "cuda" or environ.get("TRITON_INTERPRET", "") == "1")):
+            raise ValueError(f"TPConfig(decode_gemm='triton'): hf_tp's decode GEMM kernels need Triton on CUDA "
+                             f"(device {device_type!r}, Triton "
+                             f"{'importable' if _triton_available() else 'not importable'}); use decode_gemm='cublas' "
+                             "here.")
         if config.fp8_weights == "auto" and device_type != "cuda":  # CUDA: each rank decides for its GPU at load
             filled["fp8_weights"] = "dequantize"
         return dataclasses.replace(config, **filled)

@@ -217,7 +217,7 @@ def config_for(path: str, N: int, K: int, M: int, elem_bytes: int, sms: int = 13
                 SPLIT=_split_for(triton.cdiv(N, block_n), K, block_k, sms))
 
 
-def _pow2_at_most(n: int) -> int:
+def pow2_at_most(n: int) -> int:
     return 1 << (max(int(n), 1).bit_length() - 1)
 
 
@@ -258,7 +258,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     else:
         block_k = max(16, min(cfg["BLOCK_K"], triton.next_power_of_2(K)))
         if mode is None:
-            block_k = max(16, min(block_k, _pow2_at_most(group_k)))  # a step never spans more than two groups
+            block_k = max(16, min(block_k, pow2_at_most(group_k)))  # a step never spans more than two groups
             mode = 2 if group_k % block_k == 0 and k_offset % block_k == 0 else 3
     k_split = triton.cdiv(triton.cdiv(K, max(1, int(cfg.get("SPLIT", 1)))), block_k) * block_k
     splits = triton.cdiv(K, k_split)
