@@ -109,9 +109,16 @@ def _generate_with_kernel(folder: str, batches: list, new_tokens: int) -> dict:
 
     gemv_triton.launch = counted
     tp_size = int(os.environ.get("WORLD_SIZE", "1"))
-    model = hf_tp.AutoModelForCausalLM.from_pretrained(
-        folder, tp_size=tp_size, device="cpu", dtype=torch.float32,
-        tp_config=TPConfig(fast_decode=True, fuse=True, decode_gemm="triton"))
+    config = TPConfig(fast_decode=True, fuse=True, decode_gemm="triton")
+    if tp_size == 1:  # from_pretrained gives plain Transformers at tp 1: hf_tp's own model, a TP group of one
+        from hf_tp.assembly import load_parallel_model
+        from hf_tp.parallel.comm import TPGroup
+
+        model = load_parallel_model(folder, TPGroup(0, 1, torch.device("cpu")), dtype=torch.float32, progress=False,
+                                    tp_config=config)
+    else:
+        model = hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=tp_size, device="cpu", dtype=torch.float32,
+                                                           tp_config=config)
     marked = sum(bool(getattr(m, "decode_gemm", False)) for m in model.modules())
     fused = model.model.layers[0].self_attn.q_proj.shared_input
     out = [model.generate(**batch, do_sample=False, max_new_tokens=new_tokens, pad_token_id=0) for batch in batches]
