@@ -42,54 +42,74 @@ import triton.language as tl
 
 
 @triton.jit
+def _first(a, b):
+    return a
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, N, K, G, group_k, k_offset, k_split, stride_wn, stride_sn,
-                 stride_os, SCALE: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, NV: tl.constexpr,
-                 VEC: tl.constexpr, STAGES: tl.constexpr):
+                 stride_os, SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, SPLIT: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr,
+                 NV: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr):
     BLOCK_K: tl.constexpr = NV * VEC
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rv = tl.arange(0, NV)
     kk = rv[:, None] * VEC + tl.arange(0, VEC)[None, :]  # (NV, VEC): column within the step
+    kv = tl.broadcast_to(rv[:, None] * VEC, (NV, VEC))  # the column its vector starts at, same across the vector
     n_ok = rn < N
     w_rows = w_ptr + rn[:, None, None].to(tl.int64) * stride_wn
-    s_rows = s_ptr + rn.to(tl.int64) * stride_sn
-    acc = tl.zeros((BLOCK_N, NV), dtype=tl.float32)
+    x_rows = tl.zeros((BLOCK_N, 1, 1), dtype=tl.int32)
+    s_rows = s_ptr + rn[:, None, None].to(tl.int64) * stride_sn
+    # modes 0, 1, 3: one FMA per element into a (BLOCK_N, NV, VEC) accumulator, reduced after the loop; mode 2:
+    # each vector's products summed inside the thread, times its group's scale, into (BLOCK_N, NV)
+    acc3 = tl.zeros((BLOCK_N, NV, VEC), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_N, NV), dtype=tl.float32)
     k_lo = pid_s * k_split
     k_hi = tl.minimum(k_lo + k_split, K)
     # STAGES > 1 asks Triton to software-pipeline the loads (through shared memory), which it does not do on
     # its own for a loop without tl.dot
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
         cols = k0 + kk
+        # x and the scales are loaded through pointers of W's tile shape (the same address for every row, and
+        # for a vector's scale every column): they get W's register layout, so the loop needs no layout
+        # conversion through shared memory (at their own shapes they would, with a barrier per step), and the
+        # compiler merges the repeated loads.
+        x_ptrs = x_ptr + x_rows + cols[None, :, :]
         if EVEN_K:
-            xv = tl.load(x_ptr + cols)
+            xv = tl.load(x_ptrs)
             if EVEN_N:
                 w = tl.load(w_rows + cols[None, :, :])
             else:
                 w = tl.load(w_rows + cols[None, :, :], mask=n_ok[:, None, None], other=0.0)
         else:
             k_ok = cols < K
-            xv = tl.load(x_ptr + cols, mask=k_ok, other=0.0)
+            xv = tl.load(x_ptrs, mask=k_ok[None, :, :], other=0.0)
             w = tl.load(w_rows + cols[None, :, :], mask=n_ok[:, None, None] & k_ok[None, :, :], other=0.0)
-        prod = w.to(tl.float32) * xv.to(tl.float32)[None, :, :]
-        if SCALE == 3:
-            g3 = (cols + k_offset) // group_k
-            s3 = tl.load(s_rows[:, None, None] + g3[None, :, :], mask=n_ok[:, None, None] & (g3 < G)[None, :, :],
-                         other=0.0)
-            prod = prod * s3
-        part = tl.sum(prod, axis=2)  # inside the thread: one 16-byte vector
         if SCALE == 2:
-            g2 = (k0 + rv * VEC + k_offset) // group_k  # a vector never straddles a group in this mode
-            s2 = tl.load(s_rows[:, None] + g2[None, :], mask=n_ok[:, None] & (g2 < G)[None, :], other=0.0)
-            part = part * s2
-        acc += part
-    out = tl.sum(acc, axis=1)
+            if GROUP_SHIFT >= 0:
+                g = (k0 + kv + k_offset) >> GROUP_SHIFT
+            else:
+                g = (k0 + kv + k_offset) // group_k
+            s = tl.load(s_rows + g[None, :, :], mask=n_ok[:, None, None] & (g < G)[None, :, :], other=0.0)
+            part = tl.sum(w.to(tl.float32) * xv.to(tl.float32), axis=2)
+            acc2 += part * tl.reduce(s, 2, _first)
+        elif SCALE == 3:
+            g = (cols + k_offset) // group_k
+            s = tl.load(s_rows + g[None, :, :], mask=n_ok[:, None, None] & (g < G)[None, :, :], other=0.0)
+            acc3 += (w.to(tl.float32) * s) * xv.to(tl.float32)
+        else:
+            acc3 += w.to(tl.float32) * xv.to(tl.float32)
+    if SCALE == 2:
+        out = tl.sum(acc2, axis=1)
+    else:
+        out = tl.sum(tl.sum(acc3, axis=2), axis=1)
     if SPLIT:
         tl.store(o_ptr + pid_s * stride_os + rn, out, mask=n_ok)
     else:
         if SCALE == 1:
-            out = out * tl.load(s_rows, mask=n_ok, other=0.0)
+            out = out * tl.load(s_ptr + rn.to(tl.int64) * stride_sn, mask=n_ok, other=0.0)
         if HAS_BIAS:
             out += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
         tl.store(o_ptr + rn, out.to(o_ptr.dtype.element_ty), mask=n_ok)
@@ -255,6 +275,8 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         block_k = max(vec, min(cfg["BLOCK_K"], triton.next_power_of_2(K)))
         if mode is None:
             mode = 2 if group_k % vec == 0 and k_offset % vec == 0 else 3
+        # a power-of-two group (block FP8's 128) divides by a shift
+        group_shift = group_k.bit_length() - 1 if mode == 2 and group_k & (group_k - 1) == 0 else -1
     else:
         block_k = max(16, min(cfg["BLOCK_K"], triton.next_power_of_2(K)))
         if mode is None:
@@ -270,7 +292,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     if path == "gemv":
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), splits)
         _gemv_kernel[grid](x2, weight, s, b, dest, N, K, G, group_k, k_offset, k_split, weight.stride(0),
-                           s.stride(0), M * N, SCALE=mode, SPLIT=splits > 1, HAS_BIAS=bias is not None,
+                           s.stride(0), M * N, SCALE=mode, GROUP_SHIFT=group_shift, SPLIT=splits > 1, HAS_BIAS=bias is not None,
                            EVEN_N=N % cfg["BLOCK_N"] == 0, EVEN_K=even_k, BLOCK_N=cfg["BLOCK_N"],
                            NV=block_k // vec, VEC=vec, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     else:
