@@ -61,6 +61,9 @@ _CASES = [
     (1, 20, 300, "gemv", "bfloat16", True, False, {"BLOCK_N": 4, "BLOCK_K": 64, "SPLIT": 2}),
     (1, 20, 300, "gemv", "bfloat16", True, True, {"BLOCK_N": 16, "BLOCK_K": 128, "num_stages": 3}),
     (1, 40, 72, "gemv", "float16", False, True, None),                                    # the shipped rule
+    (1, 20, 300, "gemv", "float32", True, False, {"BLOCK_N": 8, "BLOCK_K": 64, "num_stages": 0}),  # prefetch
+    (1, 20, 320, "gemv", "bfloat16", False, False, {"BLOCK_N": 4, "BLOCK_K": 64, "num_stages": 0, "SPLIT": 2}),
+    (1, 20, 300, "dot", "float16", True, False, {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT": 2}),  # M = 1 by tl.dot
     (2, 20, 48, "dot", "float32", True, False, {"BLOCK_N": 16, "BLOCK_K": 16}),
     (3, 20, 300, "dot", "float16", True, False, {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT": 2}),
     (3, 20, 300, "dot", "float16", False, True, {"BLOCK_N": 32, "BLOCK_K": 128, "SPLIT": 4}),

@@ -47,6 +47,57 @@ def _first(a, b):
 
 
 @triton.jit
+def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k_offset,
+               SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
+    """One step's x, W and scales. x and the scales are loaded through pointers of W's tile shape (the same
+    address for every row, and for a vector's scale every column): they get W's register layout, so the loop
+    needs no layout conversion through shared memory (at their own shapes they would, with a barrier per step),
+    and the compiler merges the repeated loads."""
+    cols = k0 + kk
+    x_ptrs = x_ptr + x_rows + cols[None, :, :]
+    w_ptrs = w_rows + cols[None, :, :]
+    if EVEN_K:
+        xv = tl.load(x_ptrs)
+        if EVEN_N:
+            w = tl.load(w_ptrs)
+        else:
+            w = tl.load(w_ptrs, mask=n_ok[:, None, None], other=0.0)
+    else:
+        k_ok = cols < K
+        xv = tl.load(x_ptrs, mask=k_ok[None, :, :], other=0.0)
+        w = tl.load(w_ptrs, mask=n_ok[:, None, None] & k_ok[None, :, :], other=0.0)
+    if SCALE == 2:
+        if GROUP_SHIFT >= 0:
+            g = (k0 + kv + k_offset) >> GROUP_SHIFT
+        else:
+            g = (k0 + kv + k_offset) // group_k
+        s = tl.load(s_rows + g[None, :, :], mask=n_ok[:, None, None] & (g < G)[None, :, :], other=0.0)
+    elif SCALE == 3:
+        g = (cols + k_offset) // group_k
+        s = tl.load(s_rows + g[None, :, :], mask=n_ok[:, None, None] & (g < G)[None, :, :], other=0.0)
+    else:
+        s = xv  # unused
+    return xv, w, s
+
+
+@triton.jit
+def _gemv_math(acc3, xv, w, s, SCALE: tl.constexpr):
+    """One FMA per element into the (BLOCK_N, NV, VEC) accumulator, reduced after the loop. Mode 2: x times the
+    vector's group scale first (one scale load per vector). Mode 3: every element scaled.
+    (Summing each vector inside the thread and scaling the sum, into a (BLOCK_N, NV) accumulator, takes fewer
+    instructions, but ptxas then issues a row's loads only after the previous row's math: one DRAM latency per
+    row per step, seen in the SASS.)"""
+    if SCALE == 2:
+        s1 = tl.reduce(s, 2, _first, keep_dims=True)
+        acc3 += w.to(tl.float32) * (xv.to(tl.float32) * s1)
+    elif SCALE == 3:
+        acc3 += (w.to(tl.float32) * s) * xv.to(tl.float32)
+    else:
+        acc3 += w.to(tl.float32) * xv.to(tl.float32)
+    return acc3
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, N, K, G, group_k, k_offset, k_split, stride_wn, stride_sn,
                  stride_os, SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, SPLIT: tl.constexpr,
                  HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -62,49 +113,30 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, N, K, G, group_k, k_offset, 
     w_rows = w_ptr + rn[:, None, None].to(tl.int64) * stride_wn
     x_rows = tl.zeros((BLOCK_N, 1, 1), dtype=tl.int32)
     s_rows = s_ptr + rn[:, None, None].to(tl.int64) * stride_sn
-    # modes 0, 1, 3: one FMA per element into a (BLOCK_N, NV, VEC) accumulator, reduced after the loop; mode 2:
-    # each vector's products summed inside the thread, times its group's scale, into (BLOCK_N, NV)
     acc3 = tl.zeros((BLOCK_N, NV, VEC), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_N, NV), dtype=tl.float32)
     k_lo = pid_s * k_split
     k_hi = tl.minimum(k_lo + k_split, K)
-    # STAGES > 1 asks Triton to software-pipeline the loads (through shared memory), which it does not do on
-    # its own for a loop without tl.dot
-    for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
-        cols = k0 + kk
-        # x and the scales are loaded through pointers of W's tile shape (the same address for every row, and
-        # for a vector's scale every column): they get W's register layout, so the loop needs no layout
-        # conversion through shared memory (at their own shapes they would, with a barrier per step), and the
-        # compiler merges the repeated loads.
-        x_ptrs = x_ptr + x_rows + cols[None, :, :]
-        if EVEN_K:
-            xv = tl.load(x_ptrs)
-            if EVEN_N:
-                w = tl.load(w_rows + cols[None, :, :])
-            else:
-                w = tl.load(w_rows + cols[None, :, :], mask=n_ok[:, None, None], other=0.0)
-        else:
-            k_ok = cols < K
-            xv = tl.load(x_ptrs, mask=k_ok[None, :, :], other=0.0)
-            w = tl.load(w_rows + cols[None, :, :], mask=n_ok[:, None, None] & k_ok[None, :, :], other=0.0)
-        if SCALE == 2:
-            if GROUP_SHIFT >= 0:
-                g = (k0 + kv + k_offset) >> GROUP_SHIFT
-            else:
-                g = (k0 + kv + k_offset) // group_k
-            s = tl.load(s_rows + g[None, :, :], mask=n_ok[:, None, None] & (g < G)[None, :, :], other=0.0)
-            part = tl.sum(w.to(tl.float32) * xv.to(tl.float32), axis=2)
-            acc2 += part * tl.reduce(s, 2, _first)
-        elif SCALE == 3:
-            g = (cols + k_offset) // group_k
-            s = tl.load(s_rows + g[None, :, :], mask=n_ok[:, None, None] & (g < G)[None, :, :], other=0.0)
-            acc3 += (w.to(tl.float32) * s) * xv.to(tl.float32)
-        else:
-            acc3 += w.to(tl.float32) * xv.to(tl.float32)
-    if SCALE == 2:
-        out = tl.sum(acc2, axis=1)
+    if STAGES == 0:
+        # the next step's loads issued before this step's math, in registers: every row's loads of a step are
+        # in flight together (without this the compiler may issue a row's loads only after the previous row's
+        # math, one DRAM latency per row)
+        # (the last step re-reads itself, from cache, instead of a masked load: masks cost instructions)
+        k_last = k_lo + ((k_hi - k_lo - 1) // BLOCK_K) * BLOCK_K
+        xv, w, s = _gemv_load(x_ptr, x_rows, w_rows, s_rows, k_lo, kk, kv, n_ok, K, G, group_k, k_offset,
+                              SCALE, GROUP_SHIFT, EVEN_N, EVEN_K)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            xn, wn, sn = _gemv_load(x_ptr, x_rows, w_rows, s_rows, tl.minimum(k0 + BLOCK_K, k_last), kk, kv, n_ok,
+                                    K, G, group_k, k_offset, SCALE, GROUP_SHIFT, EVEN_N, EVEN_K)
+            acc3 = _gemv_math(acc3, xv, w, s, SCALE)
+            xv, w, s = xn, wn, sn
     else:
-        out = tl.sum(tl.sum(acc3, axis=2), axis=1)
+        # STAGES > 1 asks Triton to software-pipeline the loads through shared memory, which it does not do on
+        # its own for a loop without tl.dot
+        for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
+            xv, w, s = _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k_offset,
+                                  SCALE, GROUP_SHIFT, EVEN_N, EVEN_K)
+            acc3 = _gemv_math(acc3, xv, w, s, SCALE)
+    out = tl.sum(tl.sum(acc3, axis=2), axis=1)
     if SPLIT:
         tl.store(o_ptr + pid_s * stride_os + rn, out, mask=n_ok)
     else:
@@ -294,7 +326,8 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         _gemv_kernel[grid](x2, weight, s, b, dest, N, K, G, group_k, k_offset, k_split, weight.stride(0),
                            s.stride(0), M * N, SCALE=mode, GROUP_SHIFT=group_shift, SPLIT=splits > 1, HAS_BIAS=bias is not None,
                            EVEN_N=N % cfg["BLOCK_N"] == 0, EVEN_K=even_k, BLOCK_N=cfg["BLOCK_N"],
-                           NV=block_k // vec, VEC=vec, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                           NV=block_k // vec, VEC=vec, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"],
+                           num_stages=max(1, cfg["num_stages"]))
     else:
         block_m = cfg.get("BLOCK_M") or min(64, max(DOT_BLOCK_M, triton.next_power_of_2(M)))
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, block_m), splits)
