@@ -130,21 +130,23 @@ def reference(x, w, s, kind: str) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------------ sweep
 
-def grid(path: str, kind: str, N: int, K: int, sms: int) -> list[dict]:
-    """The configs the sweep tries for one shape: tiles, warps, pipelining depth, and every split of K that
-    keeps the programs under 6 per SM and each split at least one step long."""
+def grid(bucket: str, kind: str, N: int, K: int, sms: int) -> list[dict]:
+    """The configs the sweep tries for one shape ("path" says which kernel): for M == 1 the GEMV's tiles, warps
+    and loop form (num_stages 0: register prefetch, 1: plain, 3: pipelined through shared memory) and the tl.dot
+    kernel's; for M > 1 the tl.dot kernel's. Each with every split of K that keeps the programs under 6 per SM
+    and each split at least one step long."""
     elem = 2 if kind == "bf16" else 1
     base = []
-    if path == "gemv":
-        for bn, kbytes, warps, stages in itertools.product((4, 8, 16), (1024, 2048, 4096), (4, 8), (1, 3)):
+    if bucket == "gemv":
+        stages = (0, 1, 3) if kind == "bf16" else (0, 1)  # FP8 pipelines with 4-byte copies: not worth it
+        for bn, kbytes, warps, st in itertools.product((4, 8, 16), (1024, 2048, 4096), (4, 8), stages):
             per_thread = bn * kbytes // (32 * warps)
             if 16 <= per_thread <= 256 and (kbytes == 1024 or kbytes // elem <= K):
-                base.append(dict(BLOCK_N=bn, BLOCK_K=kbytes // elem, num_warps=warps, num_stages=stages))
-    else:
-        for bn, bk, stages in itertools.product((16, 32, 64), (64, 128, 256), (3, 5)):
-            if kind == "fp8" and bk > 128:  # block scales: a step stays inside one 128-column group
-                continue
-            base.append(dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=stages))
+                base.append(dict(path="gemv", BLOCK_N=bn, BLOCK_K=kbytes // elem, num_warps=warps, num_stages=st))
+    for bn, bk, st in itertools.product((16, 32, 64), (64, 128, 256), (3, 5)):
+        if (kind == "fp8" and bk > 128) or (bucket == "gemv" and bk < 128):  # FP8: a step inside one group
+            continue
+        base.append(dict(path="dot", BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=st))
     out = []
     for cfg in base:
         programs = -(-N // cfg["BLOCK_N"])
@@ -160,10 +162,10 @@ def sweep_tasks(tps, ms, lm_head: bool, sms: int) -> list[tuple]:
     for tp in tps:
         for name, N, K, fp32_out in shapes(tp, lm_head):
             for M in ms:
-                path = "gemv" if M == 1 else "dot"
+                bucket = "gemv" if M == 1 else "dot"
                 for kind in ("bf16",) if name == "lm_head" else ("bf16", "fp8"):
-                    for cfg in grid(path, kind, N, K, sms):
-                        tasks.append((path, kind, N, K, M, fp32_out and kind == "bf16", cfg))
+                    for cfg in grid(bucket, kind, N, K, sms):
+                        tasks.append((cfg["path"], kind, N, K, M, fp32_out and kind == "bf16", cfg))
     return tasks
 
 
@@ -194,7 +196,8 @@ def precompile(tasks: list[tuple], workers: int, log) -> None:
     groups: dict = {}
     for t in tasks:
         path, kind, N, K, M, fp32_out, cfg = t
-        key = (path, kind, fp32_out, tuple(sorted((k, v) for k, v in cfg.items() if k != "SPLIT")), cfg["SPLIT"] > 1)
+        key = (path, kind, fp32_out, M == 1, tuple(sorted((k, v) for k, v in cfg.items() if k != "SPLIT")),
+               cfg["SPLIT"] > 1)
         groups.setdefault(key, []).append(t)
     chunks = [[] for _ in range(workers)]
     for i, group in enumerate(sorted(groups.values(), key=len, reverse=True)):
@@ -212,7 +215,7 @@ def sweep(weights: dict, ms, sms: int, log, result: dict, save) -> dict:
     table = {}
     for (tp, name, N, K, fp32_out), W in weights.items():
         for M in ms:
-            path = "gemv" if M == 1 else "dot"
+            bucket = "gemv" if M == 1 else "dot"
             x = xs(M, K)
             for kind in ("bf16",) if name == "lm_head" else ("bf16", "fp8"):
                 ws = W.bf16 if kind == "bf16" else W.fp8
@@ -221,7 +224,8 @@ def sweep(weights: dict, ms, sms: int, log, result: dict, save) -> dict:
                 out32 = fp32_out and kind == "bf16"
                 tol = 1e-5 if out32 else 5e-3
                 best, bad = None, []
-                for cfg in grid(path, kind, N, K, sms):
+                for cfg in grid(bucket, kind, N, K, sms):
+                    path = cfg["path"]
                     try:
                         one = kernel_fn(gt, x, ws[0], ss[0], kind, out32, cfg, path)
                         a, b = one(), one()
@@ -241,7 +245,7 @@ def sweep(weights: dict, ms, sms: int, log, result: dict, save) -> dict:
                     nbytes = W.bytes("bf16" if kind == "bf16" else "block")
                     row.update(best_us=round(best[0], 2), best_config=best[1],
                                TBs=round(nbytes / best[0] / 1e6, 2))
-                    table[(path, 2 if kind == "bf16" else 1, N, K)] = best[1]
+                    table[(bucket, 2 if kind == "bf16" else 1, N, K)] = best[1]
                 result["sweep"].append(row)
                 log("SWEEP " + json.dumps(row))
             save()

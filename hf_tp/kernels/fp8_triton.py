@@ -49,8 +49,8 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
     "dequant") and ``config`` override the measured choice (tests and the benchmark's sweep use them)."""
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
-    if path is None:
-        path = "gemv" if M == 1 else "skinny" if M <= DOT_MAX_M else "dequant"
+    if path is None and M > DOT_MAX_M:
+        path = "dequant"
     if path == "dequant":
         wd = torch.empty((N, K), device=x2.device, dtype=x2.dtype)
         block_k = 128 if G == 1 else min(128, gemv_triton.pow2_at_most(group_k))
@@ -59,4 +59,4 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
                        wd.stride(0), BLOCK_N=32, BLOCK_K=block_k, num_warps=4)
         return torch.nn.functional.linear(x2, wd, bias)
     return gemv_triton.launch(x2, weight, scale, group_k, k_offset, bias, config=config,
-                              path="gemv" if path == "gemv" else "dot")
+                              path={None: None, "gemv": "gemv", "skinny": "dot"}[path])

@@ -230,8 +230,9 @@ def _split_reduce(ws_ptr, s_ptr, b_ptr, o_ptr, MN, N, S, stride_sn,
 
 DOT_BLOCK_M = 16  # rows of x per tl.dot tile at decode (the smallest tensor-core tile)
 
-# (path, weight bytes per element, N, K) -> config. Filled from benchmarks/fp8_gemm.py --sweep on one H200
-# (benchmarks/RESULTS.md, 2026-12-03): each entry is the fastest config measured for that decode shape.
+# (bucket, weight bytes per element, N, K) -> config, bucket "gemv" for M == 1 and "dot" for 2 <= M <= 64.
+# Filled from benchmarks/fp8_gemm.py --sweep on one H200 (benchmarks/RESULTS.md, 2026-12-03): each entry is the
+# fastest config measured for that decode shape (M = 1 and M = 8), "path" saying which kernel ran it.
 TABLE: dict[tuple[str, int, int, int], dict] = {}
 
 
@@ -256,16 +257,17 @@ def _split_for(programs: int, K: int, block_k: int, sms: int) -> int:
 
 
 def config_for(path: str, N: int, K: int, M: int, elem_bytes: int, sms: int = 132) -> dict:
-    """The config a (path, shape) runs: the measured table's entry, else the rule below."""
-    hit = TABLE.get((path, elem_bytes, N, K))
-    if hit is not None:
-        return dict(hit)
+    """The config of a call: the measured table's entry for its bucket and shape (with the "path" that ran it),
+    else the rule below for ``path``."""
+    hit = TABLE.get(("gemv" if M == 1 else "dot", elem_bytes, N, K))
+    if hit is not None and hit.get("path", "gemv" if M == 1 else "dot") == path:
+        return dict(hit, path=path)
     if path == "gemv":
         block_n, block_k = 8, 1024 // elem_bytes  # 8 KB of W per step (bf16: 512 columns)
-        return dict(BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=1,
+        return dict(path=path, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=1,
                     SPLIT=_split_for(triton.cdiv(N, block_n), K, block_k, sms))
     block_n, block_k = 32, 128
-    return dict(BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=4,
+    return dict(path=path, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=4,
                 SPLIT=_split_for(triton.cdiv(N, block_n), K, block_k, sms))
 
 
@@ -286,8 +288,9 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     M, K = x2.shape
     N = weight.shape[0]
     out_dtype = out_dtype or x2.dtype
-    if path is None:
-        path = "gemv" if M == 1 else "dot"
+    if path is None:  # the table's choice for M == 1 (the GEMV or tl.dot), tl.dot above
+        hit = TABLE.get(("gemv", weight.element_size(), N, K)) if M == 1 else None
+        path = hit.get("path", "gemv") if hit else "gemv" if M == 1 else "dot"
     if path == "gemv" and M != 1:
         raise ValueError(f"gemv_triton: the gemv path takes one row of x, got {M}")
     cfg = dict(config_for(path, N, K, M, weight.element_size(), sm_count(x2.device)), **(config or {}))
