@@ -10,10 +10,11 @@ cuBLAS (torch.mm(out_dtype=float32)) and the kernel alike; the LM head with fp32
   python benchmarks/fp8_gemm.py --out results.json [--tps 1,2,4,8] [--ms 1,8] [--lm-head]
                                 [--sweep [--precompile 15 [--precompile-only]]] [--prefill]
 
---sweep      times each decode GEMM over a grid of kernel configs (BLOCK_N, BLOCK_K, warps, stages, split of K),
-             each checked against the fp32 reference and for the same bits on a second call first; records the
-             fastest per (path, weight dtype, shape) as ``table`` (the form of gemv_triton.TABLE), installs it in
-             this process and then times the layers as shipped with it. How gemv_triton.TABLE was chosen.
+--sweep      times each decode GEMM over a grid of kernel configs (kernel, BLOCK_N, BLOCK_K, warps, stages, split
+             of K), each checked against the fp32 reference and for the same bits on a second call first; records
+             the fastest per (M bucket, weight dtype, shape), writes them as gemv_table.py next to --out (copy it
+             to hf_tp/kernels/gemv_table.py), installs them in this process and then times the layers as shipped
+             with them.
 --precompile compiles the sweep's kernels first in that many processes (Triton's on-disk cache), so the
              sweep itself only times.
 --prefill    also times M = 128 .. 4096 (tp-1 widths): bf16 vs FP8 dequantize + cuBLAS vs the tl.dot kernel,
@@ -29,6 +30,8 @@ import itertools
 import json
 import math
 import multiprocessing as mp
+import os
+import sys
 import time
 
 import torch
@@ -252,6 +255,25 @@ def sweep(weights: dict, ms, sms: int, log, result: dict, save) -> dict:
     return table
 
 
+def write_table(path: str, table: dict, result: dict) -> None:
+    """hf_tp/kernels/gemv_table.py with ``table``: the file to copy into the tree."""
+    doc = open(gemv_table_source()).read().split('"""')[1].split("Not measured yet")[0].rstrip()
+    lines = ['"""' + doc, f"Measured: {result['device']}, torch {result['torch']}, triton {result['triton']}, by",
+             "benchmarks/fp8_gemm.py " + " ".join(result["argv"]) + '.\n"""', "",
+             "TABLE: dict[tuple[str, int, int, int], dict] = {"]
+    for key in sorted(table):
+        lines.append(f"    {key!r}: {table[key]!r},")
+    lines.append("}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def gemv_table_source() -> str:
+    from hf_tp.kernels import gemv_table
+
+    return gemv_table.__file__
+
+
 # ------------------------------------------------------------------------------------------------------ shipped
 
 def decode_rows(weights: dict, ms, log) -> list[dict]:
@@ -347,7 +369,7 @@ def main():
     from hf_tp.kernels import gemv_triton as gt
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, argv=sys.argv[1:],
                   triton=__import__("triton").__version__, rotate_bytes=ROTATE_BYTES, sweep=[], decode=[], layers=[])
     t0 = time.time()
 
@@ -370,6 +392,7 @@ def main():
     if args.sweep:
         table = sweep(weights, ms, sms, log, result, save)
         result["table"] = [[list(k), v] for k, v in table.items()]
+        write_table(os.path.join(os.path.dirname(os.path.abspath(args.out)), "gemv_table.py"), table, result)
         gt.TABLE.update(table)  # the layers below run as shipped with this table
         save()
     result["decode"] = decode_rows(weights, ms, log)

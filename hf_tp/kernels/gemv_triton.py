@@ -26,10 +26,16 @@ form of hf_tp.kernels.fp8; dense weights use 0):
   3  anything else (a tp slice starting inside a group at an odd column): the GEMV scales every element; the
      tl.dot kernel's steps (at most one group long) hold at most two groups and dequantize W in the tile.
 
-Configs (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) come from ``config_for``: a fixed table of the
-configs measured fastest on an H200 for the Llama-3-8B decode shapes at tp 1/2/4/8 (benchmarks/fp8_gemm.py
---sweep, benchmarks/RESULTS.md), and a rule for other shapes. Fixed rather than autotuned at run time, so
-that a shape always runs the same config: results are the same bits in every process, not only within one.
+Configs (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) come from ``config_for``: the table of configs
+measured fastest on an H200 for the Llama-3-8B decode shapes at tp 1/2/4/8 (hf_tp/kernels/gemv_table.py,
+written by benchmarks/fp8_gemm.py --sweep), and a rule for other shapes. Fixed rather than autotuned at run
+time, so that a shape always runs the same config: results are the same bits in every process, not only within
+one.
+
+The rule's choices come from the kernels' SASS for sm_90 (compiled on a CPU host with Triton's ptxas; see
+tests/test_decode_gemm.py::test_kernels_compile_for_hopper and benchmarks/RESULTS.md, 2026-12-03): with 8 rows
+and 1 KB of each row per step and 4 warps, every row's 16-byte loads of a step are issued before its math
+(bf16: 5 loads then 32 FMAs; FP8 block scales: 10 loads, then 224 instructions), at 70 and 126 registers.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ import functools
 import torch
 import triton
 import triton.language as tl
+
+from .gemv_table import TABLE as _MEASURED
 
 
 @triton.jit
@@ -230,10 +238,8 @@ def _split_reduce(ws_ptr, s_ptr, b_ptr, o_ptr, MN, N, S, stride_sn,
 
 DOT_BLOCK_M = 16  # rows of x per tl.dot tile at decode (the smallest tensor-core tile)
 
-# (bucket, weight bytes per element, N, K) -> config, bucket "gemv" for M == 1 and "dot" for 2 <= M <= 64.
-# Filled from benchmarks/fp8_gemm.py --sweep on one H200 (benchmarks/RESULTS.md, 2026-12-03): each entry is the
-# fastest config measured for that decode shape (M = 1 and M = 8), "path" saying which kernel ran it.
-TABLE: dict[tuple[str, int, int, int], dict] = {}
+# The measured configs, (bucket, weight bytes per element, N, K) -> config (hf_tp/kernels/gemv_table.py).
+TABLE = dict(_MEASURED)
 
 
 @functools.cache
@@ -248,10 +254,10 @@ def sm_count(device: torch.device) -> int:
 
 
 def _split_for(programs: int, K: int, block_k: int, sms: int) -> int:
-    """The smallest power-of-two split of K that gives at least two programs per SM (each split at least one
-    step long)."""
+    """The smallest power-of-two split of K that gives at least four programs per SM (each split at least one
+    step long): with about 8 KB of loads in flight per program that covers DRAM latency (a rule, not measured)."""
     split = 1
-    while programs * split < 2 * sms and K >= 2 * split * block_k and split < 16:
+    while programs * split < 4 * sms and K >= 2 * split * block_k and split < 16:
         split *= 2
     return split
 

@@ -18,9 +18,9 @@ from ..kernels.decode_gemm import decode_kernel_available, supports
 from .fused import SharedInputGroup
 from .layers import ColumnParallelLinear, ParallelLMHead, RowParallelLinear
 
-# The LM head too: its GEMM is the largest of the step (a vocabulary's rows) and the kernel reads it as fast
-# as cuBLAS or faster (benchmarks/RESULTS.md, 2026-12-03).
-LM_HEAD = True
+# Whether the LM head takes the kernel too. Off until measured: cuBLAS already reads it at about 4.4 TB/s on an
+# H200 (benchmarks/RESULTS.md, 2026-12-01), and benchmarks/fp8_gemm.py --lm-head times the kernel against it.
+LM_HEAD = False
 
 
 def install_decode_gemm(model: nn.Module, mode: str) -> int:
