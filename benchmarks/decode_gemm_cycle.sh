@@ -4,7 +4,9 @@
 #      (tests/test_decode_gemm.py, tests/test_fp8_kernel.py, tests/test_gpu_fp8.py), each bounded by `timeout`;
 #   2. then, on an otherwise idle GPU: benchmarks/fp8_gemm.py --sweep at tp 2, 1, 4, 8 widths (tp 2 first), M = 1
 #      and 8, bf16 and FP8, the LM head; the layers as shipped with the sweep's table.
-# Usage (repo root, on the device): bash benchmarks/decode_gemm_cycle.sh   (writes 7 files to $OUT)
+#   Outputs ($OUT, 7 files): env.txt, t_decode.log, t_fp8.log, t_gloo.log, gemm.log, gemm.json (sweep rows,
+#   per-GEMM and per-layer "as shipped" rows) and gemv_table.py (copy to hf_tp/kernels/gemv_table.py).
+# Usage (repo root, on the device): bash benchmarks/decode_gemm_cycle.sh   (about 4 minutes)
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD

@@ -33,8 +33,10 @@ ENV_OVERRIDES = {
     "HF_TP_WEIGHTS": "weights",
 }
 
-# TPConfig.decode_gemm's default on CUDA. NOT MEASURED YET on this tree: "cublas" until the kernels' speed at
-# tp-2 widths and the tokens are checked on an H200 (benchmarks/fp8_gemm.py, tests/test_decode_gemm.py -m gpu).
+# TPConfig.decode_gemm's default on CUDA: "cublas", because the Triton kernels have not run on a GPU yet (no
+# device time was left on 2026-12-03). Switch to "triton" when `bash benchmarks/decode_gemm_cycle.sh` on one
+# H200 shows one Llama-3-8B layer's GEMMs faster than cuBLAS at tp-2 widths (M = 1 and 8) and its GPU tests,
+# the bf16 two-gloo-rank check with the option on included, pass (docs/performance.md).
 DECODE_GEMM_DEFAULT = "cublas"
 
 # Options of the single-controller handle (how its workers are supervised and sized), passed to
@@ -71,8 +73,8 @@ class TPConfig:
         head compute calls of at most hf_tp.kernels.decode_gemm.DECODE_MAX_M (16) tokens, i.e. decode steps:
         "triton" (hf_tp's skinny-M kernels, hf_tp/kernels/gemv_triton.py, with a config per shape measured on an
         H200; deterministic, no atomics) or "cublas" (torch's F.linear). Prefill keeps cuBLAS either way; FP8
-        layers have their own kernel (fp8_weights). Default: DECODE_GEMM_DEFAULT below on CUDA (its comment gives
-        the measurement), "cublas" on CPU. "triton" needs CUDA (compute capability 8.0+; a rank whose GPU is older
+        layers have their own kernel (fp8_weights). Default: DECODE_GEMM_DEFAULT above on CUDA ("cublas" until
+        the kernels are measured faster; its comment says how), "cublas" on CPU. "triton" needs CUDA (compute capability 8.0+; a rank whose GPU is older
         falls back to "cublas" at load and shows it) and Triton, or TRITON_INTERPRET=1 on CPU (tests).
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
