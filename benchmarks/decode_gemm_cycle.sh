@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The decode GEMM kernels (hf_tp/kernels/gemv_triton.py) on one GPU, in one call of at most 240 s:
+# The decode GEMM kernels (hf_tp/kernels/gemv_triton.py) on one GPU, in one call (about 4 minutes: give it
+# timeout_s 300 or more; results are written as they come):
 #   1. in parallel: the sweep's kernels compiled into Triton's cache (10 processes) and the GPU tests
 #      (tests/test_decode_gemm.py, tests/test_fp8_kernel.py, tests/test_gpu_fp8.py), each bounded by `timeout`;
 #   2. then, on an otherwise idle GPU: benchmarks/fp8_gemm.py --sweep at tp 2, 1, 4, 8 widths (tp 2 first), M = 1
