@@ -1,47 +1,62 @@
-"""GPU time of one Llama-3-8B layer's four decode GEMMs with FP8 weights (hf_tp's Triton kernel, fp8_linear)
-against bf16 F.linear (cuBLAS), at tp-1 and tp-2 widths, as CUDA-graph replays.
+"""GPU time of one Llama-3-8B layer's four decode GEMMs (and the LM head) at tp 1/2/4/8 widths: cuBLAS bf16
+against hf_tp's Triton kernels (hf_tp/kernels/gemv_triton.py) on bf16 weights (TPConfig.decode_gemm="triton")
+and on FP8 weights (fp8_linear, block 128 x 128 and per-channel scales), as CUDA-graph replays.
 
 Every measurement rotates over several copies of the weights (more bytes than the 50 MB L2 several times over),
 as a model's 32 layers do: one matrix replayed alone would be read from L2 and look faster than it is.
+Row-parallel GEMMs (o, down) at tp > 1 are timed as hf_tp runs them: fp32 output (TPConfig.reduce_fp32), for
+cuBLAS (torch.mm(out_dtype=float32)) and the kernel alike; the LM head with fp32 logits.
 
-  python benchmarks/fp8_gemm.py --out results.json [--sweep] [--prefill]
+  python benchmarks/fp8_gemm.py --out results.json [--tps 1,2,4,8] [--ms 1,8] [--lm-head]
+                                [--sweep [--precompile 15 [--precompile-only]]] [--prefill]
 
---sweep   also times each decode GEMM over a grid of kernel configs (BLOCK_N, BLOCK_K, warps, stages) and
-          records the best per shape: how fp8_triton.gemv_config / skinny_config were chosen.
---prefill also times M = 128 .. 4096 (tp-1 widths): bf16 vs the tl.dot kernel vs dequantize + cuBLAS, which
-          sets fp8_triton.DOT_MAX_M.
+--sweep      times each decode GEMM over a grid of kernel configs (kernel, BLOCK_N, BLOCK_K, warps, stages, split
+             of K), each checked against the fp32 reference and for the same bits on a second call first; records
+             the fastest per (M bucket, weight dtype, shape), writes them as gemv_table.py next to --out (copy it
+             to hf_tp/kernels/gemv_table.py), installs them in this process and then times the layers as shipped
+             with them.
+--precompile compiles the sweep's kernels first in that many processes (Triton's on-disk cache), so the
+             sweep itself only times.
+--prefill    also times M = 128 .. 4096 (tp-1 widths): bf16 vs FP8 dequantize + cuBLAS vs the tl.dot kernel,
+             which sets fp8_triton.DOT_MAX_M.
 TB/s = weight bytes (FP8 + fp32 scales, or bf16) / GPU time.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import itertools
 import json
 import math
+import multiprocessing as mp
+import os
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from hf_tp.kernels import fp8_triton as ft
-from hf_tp.kernels.fp8 import fp8_linear
-
-H, I, Q, KV = 4096, 14336, 4096, 1024
-ROTATE_BYTES = 400e6  # per measured matrix: 8x the H200's L2
+H, I, Q, KV, VOCAB = 4096, 14336, 4096, 1024, 128256
+ROTATE_BYTES = 160e6  # per measured matrix: 3x the H200's L2
+DEVICE = "cuda"
 
 
-def shapes(tp: int) -> list[tuple[str, int, int]]:
-    return [("qkv", (Q + 2 * KV) // tp, H), ("o", H, Q // tp), ("gate_up", 2 * I // tp, H), ("down", H, I // tp)]
+def shapes(tp: int, lm_head: bool = False) -> list[tuple[str, int, int, bool]]:
+    """(name, N, K, fp32 out) of rank 0's decode GEMMs at ``tp``."""
+    rows = [("qkv", (Q + 2 * KV) // tp, H, False), ("o", H, Q // tp, tp > 1), ("gate_up", 2 * I // tp, H, False),
+            ("down", H, I // tp, tp > 1)]
+    return rows + ([("lm_head", -(-VOCAB // tp), H, True)] if lm_head else [])
 
 
-def gtime(fns, reps: int = 5, n: int = 10) -> float:
-    """Microseconds per call: fns run in turn, reps times, inside one CUDA graph; the median of n replays."""
+def gtime(fns, reps: int = 2, n: int = 5) -> float:
+    """Microseconds per call: fns run in turn, reps times (once when there are 8 or more), inside one CUDA
+    graph; the median of n replays."""
+    reps = 1 if len(fns) >= 8 else reps
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for f in fns:
-            f()
+        for f in fns[:2]:  # warm-up (the kernels are compiled by then; the allocator's pool is not)
             f()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
@@ -65,14 +80,17 @@ def gtime(fns, reps: int = 5, n: int = 10) -> float:
 
 
 class Weights:
-    """C copies of one (N, K) matrix in bf16 and in block FP8 (128 x 128 scales expanded per row), and per-channel."""
+    """C copies of one (N, K) matrix in bf16, and (``fp8``) in block FP8 (128 x 128 scales expanded per row, the
+    canonical form) with per-channel scales too."""
 
-    def __init__(self, N: int, K: int, copies: int):
+    def __init__(self, N: int, K: int, copies: int, fp8: bool = True):
         self.N, self.K = N, K
         self.bf16, self.fp8, self.block, self.channel = [], [], [], []
         for _ in range(copies):
-            w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.02
+            w = torch.randn(N, K, device=DEVICE, dtype=torch.bfloat16) * 0.02
             self.bf16.append(w)
+            if not fp8:
+                continue
             amax = w.float().abs().reshape(N, -1, 128).amax(-1).clamp(min=1e-8)  # K % 128 == 0 for these shapes
             scale = amax / 448
             q = (w.float().reshape(N, -1, 128) / scale[..., None]).reshape(N, K).to(torch.float8_e4m3fn)
@@ -90,67 +108,269 @@ def copies_for(N: int, K: int) -> int:
 
 
 def xs(M: int, K: int):
-    return torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    return torch.randn(M, K, device=DEVICE, dtype=torch.bfloat16)
 
 
-def time_bf16(W: Weights, x) -> float:
-    return gtime([lambda w=w: F.linear(x, w) for w in W.bf16])
+def cublas_fn(x, w, fp32_out: bool):
+    if fp32_out:
+        return lambda: torch.mm(x, w.t(), out_dtype=torch.float32)
+    return lambda: F.linear(x, w)
 
 
-def time_fp8(W: Weights, x, kind: str = "block") -> float:
-    scales = W.block if kind == "block" else W.channel
-    group = 128 if kind == "block" else W.K
-    return gtime([lambda w=w, s=s: fp8_linear(x, w, s, group, 0) for w, s in zip(W.fp8, scales)])
+def kernel_fn(gt, x, w, s, kind: str, fp32_out: bool, config=None, path=None):
+    """One launch of the shared kernels as the layers call them: dense (bf16 weights, the output dtype the layer
+    uses) or FP8 block (scales in the canonical form, output in x's dtype)."""
+    if kind == "bf16":
+        out = torch.float32 if fp32_out else None
+        return lambda: gt.launch(x, w, None, 0, 0, None, out_dtype=out, config=config, path=path)
+    return lambda: gt.launch(x, w, s, 128, 0, None, config=config, path=path)
 
 
-def time_cfg(W: Weights, x, path: str, config: dict | None) -> float:
-    return gtime([lambda w=w, s=s: ft.launch(x, w, s, 128, 0, None, config=config, path=path)
-                  for w, s in zip(W.fp8, W.block)], reps=3, n=5)
+def reference(x, w, s, kind: str) -> torch.Tensor:
+    wf = w.float() if kind == "bf16" else w.float() * s.repeat_interleave(128, 1)
+    return F.linear(x.float(), wf)
 
 
-def check(W: Weights, x) -> float:
-    ref = F.linear(x.float(), W.fp8[0].float() * W.block[0].repeat_interleave(128, 1))
-    out = fp8_linear(x, W.fp8[0], W.block[0], 128, 0).float()
-    return ((out - ref).norm() / ref.norm()).item()
+# ------------------------------------------------------------------------------------------------------ sweep
+
+def grid(bucket: str, kind: str, N: int, K: int, sms: int) -> list[dict]:
+    """The configs the sweep tries for one shape ("path" says which kernel): for M == 1 the GEMV's tiles, warps
+    and loop form (num_stages 0: register prefetch, 1: plain, 3: pipelined through shared memory) and the tl.dot
+    kernel's; for M > 1 the tl.dot kernel's. Each with every split of K that keeps the programs under 6 per SM
+    and each split at least one step long."""
+    elem = 2 if kind == "bf16" else 1
+    base = []
+    if bucket == "gemv":
+        stages = (0, 1, 3) if kind == "bf16" else (0, 1)  # FP8 pipelines with 4-byte copies: not worth it
+        for bn, kbytes, warps, st in itertools.product((4, 8, 16), (1024, 2048, 4096), (4, 8), stages):
+            per_thread = bn * kbytes // (32 * warps)
+            if 16 <= per_thread <= 256 and (kbytes == 1024 or kbytes // elem <= K):
+                base.append(dict(path="gemv", BLOCK_N=bn, BLOCK_K=kbytes // elem, num_warps=warps, num_stages=st))
+    for bn, bk, st in itertools.product((16, 32, 64), (64, 128, 256), (3, 5)):
+        if (kind == "fp8" and bk > 128) or (bucket == "gemv" and bk < 128):  # FP8: a step inside one group
+            continue
+        base.append(dict(path="dot", BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=st))
+    out = []
+    for cfg in base:
+        programs = -(-N // cfg["BLOCK_N"])
+        for split in (1, 2, 4, 8, 16):
+            if split > 1 and (programs * split > 6 * sms or K < split * cfg["BLOCK_K"]):
+                break
+            out.append(dict(cfg, SPLIT=split))
+    return out
 
 
-GEMV_GRID = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=3)
-             for bn, bk, nw in itertools.product((4, 8, 16), (512, 1024, 2048), (4, 8))]
-SKINNY_GRID = [dict(BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=ns)
-               for bn, bk, ns in itertools.product((32, 64, 128), (64, 128), (3, 5))]
-PREFILL_CONFIGS = {"skinny_bm64": (64, dict(BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=4)),
-                   "skinny_bm128": (128, dict(BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4)),
-                   "skinny_bm128_k128": (128, dict(BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3))}
+def sweep_tasks(tps, ms, lm_head: bool, sms: int) -> list[tuple]:
+    tasks = []
+    for tp in tps:
+        for name, N, K, fp32_out in shapes(tp, lm_head):
+            for M in ms:
+                bucket = "gemv" if M == 1 else "dot"
+                for kind in ("bf16",) if name == "lm_head" else ("bf16", "fp8"):
+                    for cfg in grid(bucket, kind, N, K, sms):
+                        tasks.append((cfg["path"], kind, N, K, M, fp32_out and kind == "bf16", cfg))
+    return tasks
 
 
-def sweep(weights, log, rows: list, save) -> None:
-    for (tp, name, N, K), W in weights.items():
-        for M, path, grid in ((1, "gemv", GEMV_GRID), (8, "skinny", SKINNY_GRID), (16, "skinny", SKINNY_GRID)):
+def _compile_worker(tasks: list[tuple]) -> list[str]:
+    """Run each task's launch once (empty weights): Triton compiles the kernel into its on-disk cache."""
+    from hf_tp.kernels import gemv_triton as gt
+
+    errors, weights = [], {}
+    for path, kind, N, K, M, fp32_out, cfg in tasks:
+        try:
+            key = (kind, N, K)
+            if key not in weights:
+                weights.clear()
+                dtype = torch.bfloat16 if kind == "bf16" else torch.float8_e4m3fn
+                weights[key] = (torch.empty(N, K, device=DEVICE, dtype=dtype),
+                                torch.ones(N, K // 128, device=DEVICE))
+            w, s = weights[key]
+            kernel_fn(gt, torch.zeros(M, K, device=DEVICE, dtype=torch.bfloat16), w, s, kind, fp32_out, cfg, path)()
+        except Exception as exc:  # noqa: BLE001 - a config that does not compile is skipped by the sweep too
+            errors.append(f"{path} {kind} {N}x{K} {cfg}: {type(exc).__name__}: {str(exc)[:100]}")
+    torch.cuda.synchronize()
+    return errors
+
+
+def precompile(tasks: list[tuple], workers: int, log) -> None:
+    # one compiled kernel per (path, kind, fp32 out, config without the split's value, split or not): tasks that
+    # share one go to the same worker, so no two workers compile the same kernel
+    groups: dict = {}
+    for t in tasks:
+        path, kind, N, K, M, fp32_out, cfg = t
+        key = (path, kind, fp32_out, M == 1, tuple(sorted((k, v) for k, v in cfg.items() if k != "SPLIT")),
+               cfg["SPLIT"] > 1)
+        groups.setdefault(key, []).append(t)
+    chunks = [[] for _ in range(workers)]
+    for i, group in enumerate(sorted(groups.values(), key=len, reverse=True)):
+        min(chunks, key=len).extend(group)
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        errors = sum(pool.map(_compile_worker, [c for c in chunks if c]), [])
+    log(f"precompiled {len(groups)} kernels for {len(tasks)} tasks in {workers} processes; {len(errors)} failed")
+    for e in errors[:10]:
+        log("  " + e)
+
+
+def sweep(weights: dict, ms, sms: int, log, result: dict, save) -> dict:
+    from hf_tp.kernels import gemv_triton as gt
+
+    table = {}
+    for (tp, name, N, K, fp32_out), W in weights.items():
+        for M in ms:
+            bucket = "gemv" if M == 1 else "dot"
             x = xs(M, K)
-            best = None
-            for cfg in grid:
-                try:
-                    us = time_cfg(W, x, path, cfg)
-                except Exception as e:  # a config that does not compile (resources): skip it, say so
-                    log(f"  skip {cfg}: {type(e).__name__}: {str(e)[:80]}")
-                    continue
-                if best is None or us < best[0]:
-                    best = (us, cfg)
-            row = dict(tp=tp, gemm=name, N=N, K=K, M=M, best_us=round(best[0], 2), best_config=best[1],
-                       TBs=round(W.bytes("block") / best[0] / 1e6, 2))
-            rows.append(row)
-            log(json.dumps(row))
+            for kind in ("bf16",) if name == "lm_head" else ("bf16", "fp8"):
+                ws = W.bf16 if kind == "bf16" else W.fp8
+                ss = [None] * len(ws) if kind == "bf16" else W.block
+                ref = reference(x, ws[0], ss[0], kind)
+                out32 = fp32_out and kind == "bf16"
+                tol = 1e-5 if out32 else 5e-3
+                best, bad = None, []
+                for cfg in grid(bucket, kind, N, K, sms):
+                    path = cfg["path"]
+                    try:
+                        one = kernel_fn(gt, x, ws[0], ss[0], kind, out32, cfg, path)
+                        a, b = one(), one()
+                        err = ((a.float() - ref).norm() / ref.norm()).item()
+                        if err > tol or not torch.equal(a, b):
+                            bad.append((cfg, err))
+                            continue
+                        us = gtime([kernel_fn(gt, x, w, s, kind, out32, cfg, path) for w, s in zip(ws, ss)])
+                    except Exception as exc:  # noqa: BLE001 - a config that does not compile: skipped, said
+                        bad.append((cfg, f"{type(exc).__name__}: {str(exc)[:80]}"))
+                        continue
+                    if best is None or us < best[0]:
+                        best = (us, cfg)
+                row = dict(tp=tp, gemm=name, N=N, K=K, M=M, kind=kind, failed=len(bad),
+                           failed_examples=[str(b)[:160] for b in bad[:3]])
+                if best is not None:
+                    nbytes = W.bytes("bf16" if kind == "bf16" else "block")
+                    row.update(best_us=round(best[0], 2), best_config=best[1],
+                               TBs=round(nbytes / best[0] / 1e6, 2))
+                    table[(bucket, 2 if kind == "bf16" else 1, N, K)] = best[1]
+                result["sweep"].append(row)
+                log("SWEEP " + json.dumps(row))
             save()
+    return table
+
+
+def write_table(path: str, table: dict, result: dict) -> None:
+    """hf_tp/kernels/gemv_table.py with ``table``: the file to copy into the tree."""
+    doc = open(gemv_table_source()).read().split('"""')[1].split("Not measured yet")[0].rstrip()
+    lines = ['"""' + doc, f"Measured: {result['device']}, torch {result['torch']}, triton {result['triton']}, by",
+             "benchmarks/fp8_gemm.py " + " ".join(result["argv"]) + '.\n"""', "",
+             "TABLE: dict[tuple[str, int, int, int], dict] = {"]
+    for key in sorted(table):
+        lines.append(f"    {key!r}: {table[key]!r},")
+    lines.append("}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def gemv_table_source() -> str:
+    from hf_tp.kernels import gemv_table
+
+    return gemv_table.__file__
+
+
+# ------------------------------------------------------------------------------------------------------ shipped
+
+def decode_rows(weights: dict, ms, log) -> list[dict]:
+    """The layers' GEMMs as shipped: cuBLAS bf16, the kernel on bf16 (its table's config), FP8 block and
+    per-channel through fp8_linear."""
+    from hf_tp.kernels import gemv_triton as gt
+    from hf_tp.kernels.fp8 import fp8_linear
+
+    rows = []
+    for (tp, name, N, K, fp32_out), W in weights.items():
+        for M in ms:
+            x = xs(M, K)
+            row = dict(tp=tp, gemm=name, N=N, K=K, M=M, fp32_out=fp32_out)
+            row["cublas_us"] = round(gtime([cublas_fn(x, w, fp32_out) for w in W.bf16]), 2)
+            row["triton_us"] = round(gtime([kernel_fn(gt, x, w, None, "bf16", fp32_out) for w in W.bf16]), 2)
+            ref = reference(x, W.bf16[0], None, "bf16")
+            got = kernel_fn(gt, x, W.bf16[0], None, "bf16", fp32_out)()
+            row["triton_err"] = float(f"{((got.float() - ref).norm() / ref.norm()).item():.2e}")
+            row["cublas_TBs"] = round(W.bytes("bf16") / row["cublas_us"] / 1e6, 2)
+            row["triton_TBs"] = round(W.bytes("bf16") / row["triton_us"] / 1e6, 2)
+            if W.fp8:
+                row["fp8_block_us"] = round(gtime([lambda w=w, s=s: fp8_linear(x, w, s, 128, 0)
+                                                   for w, s in zip(W.fp8, W.block)]), 2)
+                row["fp8_channel_us"] = round(gtime([lambda w=w, s=s: fp8_linear(x, w, s, K, 0)
+                                                     for w, s in zip(W.fp8, W.channel)]), 2)
+                row["fp8_block_TBs"] = round(W.bytes("block") / row["fp8_block_us"] / 1e6, 2)
+                ref = reference(x, W.fp8[0], W.block[0], "fp8")
+                got = fp8_linear(x, W.fp8[0], W.block[0], 128, 0)
+                row["fp8_err"] = float(f"{((got.float() - ref).norm() / ref.norm()).item():.2e}")
+            rows.append(row)
+            log("GEMM " + json.dumps(row))
+    return rows
+
+
+def layer_rows(rows: list[dict], tps, ms) -> list[dict]:
+    """One layer's four GEMMs summed, per tp width and M."""
+    out = []
+    for tp in tps:
+        for M in ms:
+            r = [x for x in rows if x["tp"] == tp and x["M"] == M and x["gemm"] != "lm_head"]
+            if not r:
+                continue
+            layer = dict(tp=tp, M=M, **{k: round(sum(x[k] for x in r), 1) for k in ("cublas_us", "triton_us")})
+            layer["triton_speedup"] = round(layer["cublas_us"] / layer["triton_us"], 3)
+            if "fp8_block_us" in r[0]:
+                layer.update({k: round(sum(x[k] for x in r), 1) for k in ("fp8_block_us", "fp8_channel_us")})
+                layer["fp8_block_vs_cublas"] = round(layer["cublas_us"] / layer["fp8_block_us"], 3)
+                layer["fp8_block_vs_triton_bf16"] = round(layer["triton_us"] / layer["fp8_block_us"], 3)
+            out.append(layer)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ prefill
+
+def prefill(weights: dict, log, save, result) -> None:
+    """tp-1 widths, one layer's four GEMMs summed: bf16, FP8 dequantize + cuBLAS (the shipped path above
+    fp8_triton.DOT_MAX_M), and the tl.dot kernel with 64-row tiles."""
+    from hf_tp.kernels import fp8_triton as ft
+
+    result["prefill"] = []
+    for M in (128, 512, 2048, 4096):
+        tot = dict(M=M, bf16_us=0.0, dequant_us=0.0, dot_bm64_us=0.0)
+        for (tp, name, N, K, _), W in weights.items():
+            if tp != 1 or name == "lm_head":
+                continue
+            x = xs(M, K)
+            pairs = list(zip(W.fp8[:2], W.block[:2]))
+            tot["bf16_us"] += gtime([lambda w=w: F.linear(x, w) for w in W.bf16[:2]], reps=2, n=5)
+            tot["dequant_us"] += gtime([lambda w=w, s=s: ft.launch(x, w, s, 128, 0, None, path="dequant")
+                                        for w, s in pairs], reps=2, n=5)
+            cfg = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=4, SPLIT=1)
+            tot["dot_bm64_us"] += gtime([lambda w=w, s=s: ft.launch(x, w, s, 128, 0, None, config=cfg, path="skinny")
+                                         for w, s in pairs], reps=2, n=5)
+        tot = {k: round(v, 1) for k, v in tot.items()}
+        result["prefill"].append(tot)
+        log("PREFILL " + json.dumps(tot))
+        save()
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
+    parser.add_argument("--tps", default="1,2")
+    parser.add_argument("--ms", default="1,8,16")
+    parser.add_argument("--lm-head", action="store_true")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--precompile", type=int, default=0)
+    parser.add_argument("--precompile-only", action="store_true", help="compile the sweep's kernels and exit")
     parser.add_argument("--prefill", action="store_true")
     args = parser.parse_args()
-    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
-                  triton=__import__("triton").__version__, rotate_bytes=ROTATE_BYTES, decode=[], layers=[])
+    tps = [int(t) for t in args.tps.split(",")]
+    ms = [int(m) for m in args.ms.split(",")]
+    from hf_tp.kernels import gemv_triton as gt
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, argv=sys.argv[1:],
+                  triton=__import__("triton").__version__, rotate_bytes=ROTATE_BYTES, sweep=[], decode=[], layers=[])
     t0 = time.time()
 
     def log(msg):
@@ -160,72 +380,28 @@ def main():
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
 
+    if args.sweep and args.precompile:
+        precompile(sweep_tasks(tps, ms, args.lm_head, sms), args.precompile, log)
+        if args.precompile_only:
+            return
     weights = {}
-    for tp in (1, 2):
-        for name, N, K in shapes(tp):
-            weights[(tp, name, N, K)] = Weights(N, K, copies_for(N, K))
+    for tp in tps:
+        for name, N, K, fp32_out in shapes(tp, args.lm_head):
+            weights[(tp, name, N, K, fp32_out)] = Weights(N, K, copies_for(N, K), fp8=name != "lm_head")
     log("weights ready")
-    for (tp, name, N, K), W in weights.items():
-        for M in (1, 8, 16):
-            x = xs(M, K)
-            err = check(W, x)
-            b = time_bf16(W, x)
-            f = time_fp8(W, x)
-            row = dict(tp=tp, gemm=name, N=N, K=K, M=M, bf16_us=round(b, 2), fp8_block_us=round(f, 2),
-                       bf16_TBs=round(W.bytes("bf16") / b / 1e6, 2), fp8_TBs=round(W.bytes("block") / f / 1e6, 2),
-                       speedup=round(b / f, 2), rel_err=float(f"{err:.2e}"))
-            if M == 1:
-                c = time_fp8(W, x, "channel")
-                row.update(fp8_channel_us=round(c, 2), fp8_channel_TBs=round(W.bytes("channel") / c / 1e6, 2))
-            result["decode"].append(row)
-            log(json.dumps(row))
-    for tp in (1, 2):
-        for M in (1, 8, 16):
-            rows = [r for r in result["decode"] if r["tp"] == tp and r["M"] == M]
-            b, f = sum(r["bf16_us"] for r in rows), sum(r["fp8_block_us"] for r in rows)
-            byts = sum(weights[(tp, r["gemm"], r["N"], r["K"])].bytes("block") for r in rows)
-            layer = dict(tp=tp, M=M, bf16_us=round(b, 1), fp8_block_us=round(f, 1), speedup=round(b / f, 2),
-                         bf16_TBs=round(2 * sum(r["N"] * r["K"] for r in rows) / b / 1e6, 2),
-                         fp8_TBs=round(byts / f / 1e6, 2))
-            if M == 1:
-                c = sum(r["fp8_channel_us"] for r in rows)
-                layer.update(fp8_channel_us=round(c, 1), channel_speedup=round(b / c, 2))
-            result["layers"].append(layer)
-            log("LAYER " + json.dumps(layer))
+    if args.sweep:
+        table = sweep(weights, ms, sms, log, result, save)
+        result["table"] = [[list(k), v] for k, v in table.items()]
+        write_table(os.path.join(os.path.dirname(os.path.abspath(args.out)), "gemv_table.py"), table, result)
+        gt.TABLE.update(table)  # the layers below run as shipped with this table
+        save()
+    result["decode"] = decode_rows(weights, ms, log)
+    result["layers"] = layer_rows(result["decode"], tps, ms)
+    for layer in result["layers"]:
+        log("LAYER " + json.dumps(layer))
     save()
     if args.prefill:
-        # tp-1 widths, one layer's four GEMMs summed. skinny_bmX: the tl.dot kernel with X rows per program
-        # (M rounded up to X); dequant: fp8_triton's dequantize kernel + cuBLAS; scaled_mm_rowwise: for
-        # reference only, per-channel scales and per-token FP8 activations (other numerics than weight-only).
-        result["prefill"] = []
-        for M in (128, 512, 2048, 4096):
-            tot = dict(M=M, bf16_us=0.0, dequant_us=0.0, scaled_mm_rowwise_us=0.0, **{k + "_us": 0.0 for k in PREFILL_CONFIGS})
-            for name, N, K in shapes(1):
-                W = weights[(1, name, N, K)]
-                x = xs(M, K)
-                pairs = list(zip(W.fp8[:2], W.block[:2]))
-                tot["bf16_us"] += gtime([lambda w=w: F.linear(x, w) for w in W.bf16[:2]], reps=2, n=5)
-                tot["dequant_us"] += gtime([lambda w=w, s=s: ft.launch(x, w, s, 128, 0, None, path="dequant")
-                                            for w, s in pairs], reps=2, n=5)
-                for key, (bm, cfg) in PREFILL_CONFIGS.items():
-                    cfg = dict(cfg, BLOCK_M=bm)
-                    tot[key + "_us"] += gtime([lambda w=w, s=s: ft.launch(x, w, s, 128, 0, None, config=cfg, path="skinny")
-                                               for w, s in pairs], reps=2, n=5)
-                sb = [c.reshape(1, -1) for c in W.channel[:2]]
-
-                def smm(w, sbw):
-                    sa = x.abs().amax(1, keepdim=True).float().clamp(min=1e-12) / 448
-                    return torch._scaled_mm((x / sa).to(torch.float8_e4m3fn), w.t(), scale_a=sa, scale_b=sbw,
-                                            out_dtype=torch.bfloat16)
-                tot["scaled_mm_rowwise_us"] += gtime([lambda w=w, sbw=sbw: smm(w, sbw) for w, sbw in zip(W.fp8[:2], sb)],
-                                                     reps=2, n=5)
-            tot = {k: round(v, 1) for k, v in tot.items()}
-            result["prefill"].append(tot)
-            log("PREFILL " + json.dumps(tot))
-            save()
-    if args.sweep:
-        result["sweep"] = []
-        sweep(weights, log, result["sweep"], save)
+        prefill(weights, log, save, result)
     log("done")
 
 

@@ -24,6 +24,7 @@ from .agreement import fail_together
 from .parallel.comm import TPGroup, min_int
 from .parallel.fused import fuse_shared_inputs
 from .parallel.decode_attention import install_decode_attention
+from .parallel.decode_gemm import install_decode_gemm, resolve_decode_gemm
 from .parallel.moe_decode import install_moe_decode
 from .parallel.moe_routing import install_moe_routing
 from .parallelize import build_skeleton, parallelize
@@ -147,6 +148,7 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     model = planned.skeleton
     start = time.perf_counter()
     config = resolve_fp8_weights(config, tp.device, planned.index.quantization, planned.dtype)
+    config = resolve_decode_gemm(config, tp.device)
     transposed = parallelize(model, planned.plan, tp, policy=planned.policy, config=config)
     kept = 0
     if (config.fp8_weights == "keep" and planned.index.quantization is not None) or config.weights == "fp8":
@@ -160,6 +162,7 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     install_moe_decode(model, config.moe_decode)  # after loading: it checks the experts' real dtypes and strides
     config = install_decode_attention(model, config, tp.device)  # "sdpa" where the kernel does not apply
     model.hf_tp_moe_routing = install_moe_routing(model, config.moe_decode)  # which routers got the kernel
+    install_decode_gemm(model, config.decode_gemm)  # likewise, the linear layers'
     model.generation_config = load_generation_config(planned.folder, model.generation_config, planned.options)
     if planned.index.quantization is not None and not kept and hasattr(model.config, "quantization_config"):
         # Dequantized at load: the model is no longer quantized, and save_pretrained must not say it is (as

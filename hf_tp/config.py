@@ -29,9 +29,16 @@ ENV_OVERRIDES = {
     "HF_TP_LOAD_BUFFERS": "load_buffers",
     "HF_TP_MOE_DECODE": "moe_decode",
     "HF_TP_DECODE_ATTENTION": "decode_attention",
+    "HF_TP_DECODE_GEMM": "decode_gemm",
     "HF_TP_FP8_WEIGHTS": "fp8_weights",
     "HF_TP_WEIGHTS": "weights",
 }
+
+# TPConfig.decode_gemm's default on CUDA: "cublas", because the Triton kernels have not run on a GPU yet (no
+# device time was left on 2026-12-03). Switch to "triton" when `bash benchmarks/decode_gemm_cycle.sh` on one
+# H200 shows one Llama-3-8B layer's GEMMs faster than cuBLAS at tp-2 widths (M = 1 and 8) and its GPU tests,
+# the bf16 two-gloo-rank check with the option on included, pass (docs/performance.md).
+DECODE_GEMM_DEFAULT = "cublas"
 
 # Options of the single-controller handle (how its workers are supervised and sized), passed to
 # from_pretrained(..., tp_size=N, timeout_s=...) next to tp_config. They change neither speed nor numerics
@@ -74,6 +81,13 @@ class TPConfig:
         Default: "triton" on CUDA (one H200: Transformers' greedy tokens in fp32, the sdpa loop's in bf16 up to
         near-ties, 2-11x less attention time per layer; benchmarks/RESULTS.md 2026-12-03), "sdpa" on CPU.
         "triton" needs CUDA and Triton (or TRITON_INTERPRET=1 on CPU, for tests).
+      decode_gemm: how the dense column/row-parallel linear layers (fused q/k/v and gate/up included) and the LM
+        head compute calls of at most hf_tp.kernels.decode_gemm.DECODE_MAX_M (16) tokens, i.e. decode steps:
+        "triton" (hf_tp's skinny-M kernels, hf_tp/kernels/gemv_triton.py, with a config per shape measured on an
+        H200; deterministic, no atomics) or "cublas" (torch's F.linear). Prefill keeps cuBLAS either way; FP8
+        layers have their own kernel (fp8_weights). Default: DECODE_GEMM_DEFAULT above on CUDA ("cublas" until
+        the kernels are measured faster; its comment says how), "cublas" on CPU. "triton" needs CUDA (compute capability 8.0+; a rank whose GPU is older
+        falls back to "cublas" at load and shows it) and Triton, or TRITON_INTERPRET=1 on CPU (tests).
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
       On CPU neither graphs nor a compiled step exist: resolve() sets cuda_graphs=False and allreduce="gloo"
@@ -127,6 +141,7 @@ class TPConfig:
     worker_env: dict = field(default_factory=lambda: dict(DEFAULT_WORKER_ENV))
     moe_decode: str | None = None
     decode_attention: str | None = None
+    decode_gemm: str | None = None
 
     def __new__(cls, *args, **kwargs):
         misplaced = [name for name in HANDLE_OPTIONS if name in kwargs]
@@ -144,6 +159,9 @@ class TPConfig:
                              "for the device).")
         if self.decode_attention not in (None, "triton", "sdpa"):
             raise ValueError(f"TPConfig(decode_attention={self.decode_attention!r}): use 'triton', 'sdpa' or None (the "
+                             "default for the device).")
+        if self.decode_gemm not in (None, "triton", "cublas"):
+            raise ValueError(f"TPConfig(decode_gemm={self.decode_gemm!r}): use 'triton', 'cublas' or None (the "
                              "default for the device).")
         if self.allreduce not in ("nccl", "one_shot", "gloo"):
             raise ValueError(f"TPConfig(allreduce={self.allreduce!r}): use 'nccl' or 'one_shot' "
@@ -193,6 +211,14 @@ class TPConfig:
                              f"CUDA (device {device_type!r}, Triton "
                              f"{'importable' if _triton_available() else 'not importable'}); use "
                              "decode_attention='sdpa' here.")
+        if config.decode_gemm is None:
+            filled["decode_gemm"] = DECODE_GEMM_DEFAULT if device_type == "cuda" else "cublas"
+        elif config.decode_gemm == "triton" and not (_triton_available() and (
+                device_type == "cuda" or environ.get("TRITON_INTERPRET", "") == "1")):
+            raise ValueError(f"TPConfig(decode_gemm='triton'): hf_tp's decode GEMM kernels need Triton on CUDA "
+                             f"(device {device_type!r}, Triton "
+                             f"{'importable' if _triton_available() else 'not importable'}); use decode_gemm='cublas' "
+                             "here.")
         if config.fp8_weights == "auto" and device_type != "cuda":  # CUDA: each rank decides for its GPU at load
             filled["fp8_weights"] = "dequantize"
         return dataclasses.replace(config, **filled)

@@ -95,11 +95,15 @@ _INTERPRET_CASES = [
     (1, 16, 64, 16, 0, "gemv", "bfloat16", {"BLOCK_K": 32}),            # two whole groups per step
     (1, 16, 128, 32, 16, "gemv", "bfloat16", {"BLOCK_K": 64}),          # offset: half-group steps
     (1, 20, 48, 16, 5, "gemv", "bfloat16", {"BLOCK_K": 32}),            # offset inside a group, tails
+    (1, 20, 200, 48, 32, "gemv", "bfloat16", {"BLOCK_K": 64, "SPLIT": 2}),  # a group that is not a power of 2
+    (1, 16, 512, 128, 0, "gemv", "bfloat16", {"BLOCK_K": 128, "num_stages": 0, "SPLIT": 2}),  # prefetch
+    (1, 20, 48, 16, 5, "gemv", "bfloat16", {"BLOCK_K": 32, "num_stages": 0}),  # prefetch, per-element scales
+    (1, 20, 300, 128, 64, "skinny", "float16", {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT": 2}),  # M = 1 by tl.dot
     (3, 16, 64, 64, 0, "skinny", "float16", {"BLOCK_N": 16, "BLOCK_K": 32}),
     (3, 16, 64, 16, 0, "skinny", "float16", {"BLOCK_N": 16, "BLOCK_K": 32}),
     (17, 20, 48, 16, 5, "skinny", "float16", {"BLOCK_N": 16, "BLOCK_K": 32}),
     (5, 20, 48, 16, 5, "dequant", "bfloat16", None),
-    # the shipped configs (fp8_triton.gemv_config / skinny_config), several row blocks of 16 in the tl.dot kernel
+    # the shipped configs (gemv_triton.config_for), several row blocks of 16 in the tl.dot kernel
     (1, 20, 4096, 128, 0, "gemv", "bfloat16", None),
     (1, 20, 1392, 128, 37, "gemv", "bfloat16", None),
     (1, 20, 576, 576, 0, "gemv", "bfloat16", None),

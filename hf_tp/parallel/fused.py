@@ -21,11 +21,14 @@ from __future__ import annotations
 import fnmatch
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .layers import dense_linear
 
 
 class SharedInputGroup:
+    decode_gemm = False  # set at load by parallel.decode_gemm (TPConfig.decode_gemm="triton")
+
     def __init__(self, members: list[nn.Module], device: torch.device):
         """``members``' parameters are still on the meta device (before loading)."""
         weights = [m.weight for m in members]
@@ -48,7 +51,8 @@ class SharedInputGroup:
     def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
         pending = self.pending
         if pending is None or pending[0] is not x or pending[1][index] is None:
-            pending = (x, list(F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)))
+            product = dense_linear(x, self.weight, self.bias, False, self.decode_gemm)
+            pending = (x, list(product.split(self.sizes, dim=-1)))
         parts = pending[1]
         result = parts[index]
         parts = [None if i == index else part for i, part in enumerate(parts)]

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.decode_gemm import DECODE_MAX_M, decode_linear
 from .comm import TPGroup, all_gather_last_dim, all_reduce
 from .fp8 import fp8_linear
 
@@ -26,6 +27,20 @@ def _linear_fp32_out(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         flat = torch.mm(x.reshape(-1, x.shape[-1]), weight.t(), out_dtype=torch.float32)
         return flat.view(*x.shape[:-1], weight.shape[0])
     return F.linear(x.float(), weight.float())  # CPU has no such kernel; same result, slower
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fp32_out: bool,
+                 decode: bool) -> torch.Tensor:
+    """x @ weight.T (+ bias): the dense layers' one GEMM. ``decode`` (TPConfig.decode_gemm="triton", set at
+    load by parallel.decode_gemm): calls of at most DECODE_MAX_M tokens go to hf_tp's Triton kernel; the branch
+    is on a static shape, so a compiled step holds one or the other. ``fp32_out``: the fp32 accumulator
+    returned unrounded, with the bias added in fp32."""
+    if decode and x.shape[-1] > 0 and x.numel() // x.shape[-1] <= DECODE_MAX_M:
+        return decode_linear(x, weight, bias, fp32_out)
+    if fp32_out:
+        y = _linear_fp32_out(x, weight)
+        return y if bias is None else y + bias.float()
+    return F.linear(x, weight, bias)
 
 
 def _fp8_attrs(layer: nn.Module) -> None:
@@ -51,13 +66,14 @@ class ColumnParallelLinear(nn.Module):
 
     shared_input = None  # a fused.SharedInputGroup when this layer's GEMM is computed with its siblings'
     shared_index = 0
+    decode_gemm = False  # set at load by parallel.decode_gemm (TPConfig.decode_gemm="triton")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared_input is not None:
             return self.shared_input.output(self.shared_index, x)
         if self.fp8_scale is not None:
             return fp8_linear(x, self.weight, self.fp8_scale, self.fp8_group_k, self.fp8_k_offset, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return dense_linear(x, self.weight, self.bias, False, self.decode_gemm)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features_local={self.out_features}, tp={self.tp.tp_rank}/{self.tp.tp_size}"
@@ -65,6 +81,8 @@ class ColumnParallelLinear(nn.Module):
 
 class RowParallelLinear(nn.Module):
     """y = sum_r(x_r @ W_r^T) + b; the input arrives split, the output is full on every rank."""
+
+    decode_gemm = False  # set at load by parallel.decode_gemm (TPConfig.decode_gemm="triton")
 
     def __init__(self, in_features_local, out_features, bias, tp: TPGroup, dtype=None, device=None,
                  reduce_fp32: bool = True):
@@ -92,10 +110,10 @@ class RowParallelLinear(nn.Module):
             y = all_reduce(y, self.tp)
             return y if self.bias is None else y + self.bias
         if self.reduce_fp32 and x.dtype in (torch.bfloat16, torch.float16):
-            y = all_reduce(_linear_fp32_out(x, self.weight), self.tp)
+            y = all_reduce(dense_linear(x, self.weight, None, True, self.decode_gemm), self.tp)
             y = y if self.bias is None else y + self.bias
             return y.to(x.dtype)
-        y = all_reduce(F.linear(x, self.weight), self.tp)
+        y = all_reduce(dense_linear(x, self.weight, None, False, self.decode_gemm), self.tp)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
@@ -154,6 +172,8 @@ class ParallelLMHead(nn.Module):
     generate casts the logits to float32 anyway; ``fp32_logits=False`` keeps the model's dtype.
     """
 
+    decode_gemm = False  # set at load by parallel.decode_gemm (TPConfig.decode_gemm="triton")
+
     def __init__(self, in_features, vocab_size, local_rows, bias, tp: TPGroup, dtype=None, device=None,
                  fp32_logits: bool = True):
         super().__init__()
@@ -164,11 +184,8 @@ class ParallelLMHead(nn.Module):
         self.fp32_logits = fp32_logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fp32_logits and x.dtype in (torch.bfloat16, torch.float16):
-            local = _linear_fp32_out(x, self.weight)
-            local = local if self.bias is None else local + self.bias.float()
-        else:
-            local = F.linear(x, self.weight, self.bias)
+        fp32_out = self.fp32_logits and x.dtype in (torch.bfloat16, torch.float16)
+        local = dense_linear(x, self.weight, self.bias, fp32_out, self.decode_gemm)
         logits = all_gather_last_dim(local, self.tp)
         return logits[..., : self.vocab_size]
 

@@ -1,0 +1,88 @@
+"""The decode GEMV kernel (hf_tp/kernels/gemv_triton.py) built for sm_90 on a host without a GPU, and what its
+main loop does: registers, stack, instructions per loop iteration, and the order of loads and math in it.
+
+  python benchmarks/gemv_sass.py [--dtype bf16|fp8] [--scale 0|1|2|3] [--configs 8x1024x4x1,16x2048x8x0]
+
+A config is BLOCK_N x (bytes of a row per step) x warps x num_stages. The loop pattern reads like "L10c224": 10
+loads, then 224 arithmetic instructions; "L1c45L1c47..." means each load waits for the math before it (one
+DRAM latency per load). Uses Triton's bundled ptxas and cuobjdump (Triton 3.9 on this project's CPU hosts); the
+GPU image's Triton (3.6) may schedule differently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import subprocess
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from hf_tp.kernels import gemv_triton as gt
+
+DIV16 = {"N", "K", "k_split", "stride_wn", "stride_os"}
+
+
+def build(dtype: str, scale: int, block_n: int, row_bytes: int, warps: int, stages: int):
+    elem = 2 if dtype == "bf16" else 1
+    vec = 16 // elem
+    wtype = "*bf16" if dtype == "bf16" else "*fp8e4nv"
+    constexprs = dict(SCALE=scale, GROUP_SHIFT=7 if scale == 2 else -1, SPLIT=False, HAS_BIAS=False, EVEN_N=True,
+                      EVEN_K=True, BLOCK_N=block_n, NV=row_bytes // elem // vec, VEC=vec, STAGES=stages)
+    pointers = dict(x_ptr="*bf16", w_ptr=wtype, s_ptr="*fp32" if scale else "*bf16", b_ptr="*bf16", o_ptr="*bf16")
+    names = list(gt._gemv_kernel.arg_names)
+    signature = {n: "constexpr" if n in constexprs else pointers[n] if n.endswith("_ptr") else "i32" for n in names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr") or n in DIV16}
+    return triton.compile(ASTSource(gt._gemv_kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=warps, num_stages=max(1, stages)))
+
+
+def analyse(compiled) -> dict:
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True).stdout
+    regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
+    lines = sass.splitlines()
+    loop = None  # the backward branch's range
+    for line in lines:
+        branch, at = re.search(r"BRA 0x([0-9a-f]+)", line), re.search(r"/\*([0-9a-f]{4})\*/", line)
+        if branch and at and 0 < int(branch.group(1), 16) < int(at.group(1), 16):
+            loop = (int(branch.group(1), 16), int(at.group(1), 16))
+    ops, seq = Counter(), []
+    for line in lines:
+        m = re.search(r"/\*([0-9a-f]{4})\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)", line)
+        if m and loop and loop[0] <= int(m.group(1), 16) <= loop[1]:
+            op = m.group(3)
+            ops[op] += 1
+            if op.startswith("LDG"):
+                seq.append("L")
+            elif op.startswith(("FFMA", "FMUL", "FADD", "HADD2", "F2FP")):
+                seq.append("c")
+    pattern = "".join(f"{k}{len(list(g))}" for k, g in itertools.groupby(seq))
+    return dict(registers=int(regs), stack=int(stack), loop_instructions=sum(ops.values()), pattern=pattern,
+                top=dict(ops.most_common(6)))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp8"])
+    parser.add_argument("--scale", type=int, default=None, help="0 none, 1 per channel, 2 block, 3 unaligned")
+    parser.add_argument("--configs", default="8x1024x4x1,8x1024x4x0,8x2048x8x1,16x1024x8x1,4x2048x4x1")
+    args = parser.parse_args()
+    scale = args.scale if args.scale is not None else (0 if args.dtype == "bf16" else 2)
+    for cfg in args.configs.split(","):
+        bn, row_bytes, warps, stages = (int(v) for v in cfg.split("x"))
+        print(args.dtype, f"scale {scale}", cfg, analyse(build(args.dtype, scale, bn, row_bytes, warps, stages)),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The dense layers' decode GEMM (TPConfig.decode_gemm="triton"): x @ W^T for at most DECODE_MAX_M rows of x,
+by hf_tp's skinny-M Triton kernels (hf_tp/kernels/gemv_triton.py), as one torch custom op.
+
+Why: at decode a GEMM reads its weight once per token. cuBLAS reads the narrow shards of a tp rank (and the
+q/k/v, o and down projections at any width) below the bandwidth the large ones reach, and adds split-K reduce
+kernels (issue 18; benchmarks/RESULTS.md). The kernels here take a config per shape measured on an H200.
+
+``decode_linear_reference`` is what the op computes, in plain torch (cuBLAS on CUDA): the tests' yardstick and
+the fallback where the kernel cannot run. The op is opaque to torch.compile (Inductor keeps it as one call in
+the compiled decode step) and its launches are captured by the step's CUDA graph.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+
+# Rows of x (tokens in the call) up to which the layers use the kernel: decode steps of up to 16 sequences.
+# Larger calls (prefill) keep cuBLAS, which is compute-efficient there.
+DECODE_MAX_M = 16
+
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def decode_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                            fp32_out: bool) -> torch.Tensor:
+    """x @ weight^T (+ bias), fp32 accumulate; ``fp32_out``: the fp32 sum unrounded (+ bias in fp32), else
+    rounded to x's dtype (F.linear)."""
+    if not fp32_out:
+        return F.linear(x, weight, bias)
+    if x.is_cuda:  # cuBLAS writes the fp32 accumulator directly (torch >= 2.8)
+        y = torch.mm(x.reshape(-1, x.shape[-1]), weight.t(), out_dtype=torch.float32)
+        y = y.view(*x.shape[:-1], weight.shape[0])
+    else:
+        y = F.linear(x.float(), weight.float())
+    return y if bias is None else y + bias.float()
+
+
+@functools.cache
+def _cuda_ok(index: int) -> bool:
+    if torch.cuda.get_device_capability(index) < (8, 0):  # Triton's bf16 and tl.dot need Ampere or later
+        return False
+    try:
+        from hf_tp.kernels import gemv_triton  # noqa: F401
+    except Exception:  # Triton missing or broken: cuBLAS stays
+        return False
+    return True
+
+
+def decode_kernel_available(device) -> bool:
+    """Whether the kernel runs on ``device``: CUDA with compute capability 8.0+ and Triton, or the CPU under
+    Triton's interpreter (TRITON_INTERPRET=1, for tests). Decided once per device."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return False
+        return _cuda_ok(device.index if device.index is not None else torch.cuda.current_device())
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "") == "1":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return False
+
+
+def supports(weight: torch.Tensor) -> bool:
+    """Whether a layer's weight can go through the kernel: a float dtype it reads, unit stride along K."""
+    return weight.dim() == 2 and weight.dtype in DTYPES and weight.stride(1) == 1 and decode_kernel_available(
+        weight.device)
+
+
+@torch.library.custom_op("hf_tp::decode_linear", mutates_args=())
+def _decode_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      fp32_out: bool) -> torch.Tensor:
+    from hf_tp.kernels import gemv_triton
+
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] == 0:
+        return x.new_empty(*x.shape[:-1], weight.shape[0], dtype=torch.float32 if fp32_out else x.dtype)
+    out = gemv_triton.launch(x2.contiguous(), weight, None, 0, 0, None if bias is None else bias.contiguous(),
+                             out_dtype=torch.float32 if fp32_out else x.dtype)
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+@_decode_linear_op.register_fake
+def _(x, weight, bias, fp32_out):
+    return x.new_empty(*x.shape[:-1], weight.shape[0], dtype=torch.float32 if fp32_out else x.dtype)
+
+
+def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  fp32_out: bool = False) -> torch.Tensor:
+    """``decode_linear_reference`` by the Triton kernel: for x of at most DECODE_MAX_M rows and a weight that
+    ``supports`` accepts (the layers check both; this does not). fp32 accumulate in any case; the bias is added
+    to the fp32 sum before the one rounding (F.linear on CUDA rounds the same way)."""
+    return _decode_linear_op(x, weight, bias, bool(fp32_out))

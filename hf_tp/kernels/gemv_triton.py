@@ -1,0 +1,353 @@
+"""Triton GEMMs for decode: y = x @ W^T with few rows of x (M = batch, 1..16), W (N, K) row-major.
+
+At decode the weights are read once per token and the product is bound by that read: what matters is that
+every SM streams its share of W at full width. Shared by the dense layers (bf16/fp16/fp32 weights,
+hf_tp.kernels.decode_gemm) and the FP8 layers (hf_tp.kernels.fp8_triton), which differ only in the scale
+handling.
+
+Two kernels, one optional reduce, one launcher:
+
+- ``_gemv_kernel`` (M == 1): program (n-block, k-split) owns BLOCK_N rows of W and walks its share of K in
+  steps of BLOCK_K columns. The step is loaded as (BLOCK_N, NV, VEC) with VEC = one 16-byte vector per thread,
+  multiplied by x in fp32 and summed over VEC inside the thread (no shuffles in the loop); the (BLOCK_N, NV)
+  partial sums are reduced across threads once, after the loop.
+- ``_dot_kernel`` (2 <= M <= 64): tl.dot on 16-row tiles of x (tensor cores; FP8 values convert exactly to
+  x's 16-bit dtype), fp32 accumulate, its loads software-pipelined (``num_stages``).
+- ``_split_reduce``: with a split of K (``SPLIT`` > 1, for shapes with too few row blocks to fill the GPU),
+  each split writes its fp32 partial sums to a workspace (S, M, N) and this kernel adds them in split order
+  and applies the epilogue. No atomics: the same inputs give the same bits every run.
+
+Scale modes (``SCALE``), for W[n, k] = weight[n, k] * scale[n, (k + k_offset) // group_k] (the canonical FP8
+form of hf_tp.kernels.fp8; dense weights use 0):
+  0  no scale;
+  1  one group spans all of K (per-channel / per-tensor): applied once to the sum, in the epilogue;
+  2  groups aligned to the kernel's unit (the 16-byte vector for the GEMV, the K-step for tl.dot): one scale
+     per unit, applied to its partial sum;
+  3  anything else (a tp slice starting inside a group at an odd column): the GEMV scales every element; the
+     tl.dot kernel's steps (at most one group long) hold at most two groups and dequantize W in the tile.
+
+Configs (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) come from ``config_for``: the table of configs
+measured fastest on an H200 for the Llama-3-8B decode shapes at tp 1/2/4/8 (hf_tp/kernels/gemv_table.py,
+written by benchmarks/fp8_gemm.py --sweep), and a rule for other shapes. Fixed rather than autotuned at run
+time, so that a shape always runs the same config: results are the same bits in every process, not only within
+one.
+
+The rule's choices come from the kernels' SASS for sm_90 (compiled on a CPU host with Triton's ptxas; see
+tests/test_decode_gemm.py::test_kernels_compile_for_hopper and benchmarks/RESULTS.md, 2026-12-03): with 8 rows
+and 1 KB of each row per step and 4 warps, every row's 16-byte loads of a step are issued before its math
+(bf16: 5 loads then 32 FMAs; FP8 block scales: 10 loads, then 224 instructions), at 70 and 126 registers.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .gemv_table import TABLE as _MEASURED
+
+
+@triton.jit
+def _first(a, b):
+    return a
+
+
+@triton.jit
+def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k_offset,
+               SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
+    """One step's x, W and scales. x and the scales are loaded through pointers of W's tile shape (the same
+    address for every row, and for a vector's scale every column): they get W's register layout, so the loop
+    needs no layout conversion through shared memory (at their own shapes they would, with a barrier per step),
+    and the compiler merges the repeated loads."""
+    cols = k0 + kk
+    x_ptrs = x_ptr + x_rows + cols[None, :, :]
+    w_ptrs = w_rows + cols[None, :, :]
+    if EVEN_K:
+        xv = tl.load(x_ptrs)
+        if EVEN_N:
+            w = tl.load(w_ptrs)
+        else:
+            w = tl.load(w_ptrs, mask=n_ok[:, None, None], other=0.0)
+    else:
+        k_ok = cols < K
+        xv = tl.load(x_ptrs, mask=k_ok[None, :, :], other=0.0)
+        w = tl.load(w_ptrs, mask=n_ok[:, None, None] & k_ok[None, :, :], other=0.0)
+    if SCALE == 2:
+        if GROUP_SHIFT >= 0:
+            g = (k0 + kv + k_offset) >> GROUP_SHIFT
+        else:
+            g = (k0 + kv + k_offset) // group_k
+        s = tl.load(s_rows + g[None, :, :], mask=n_ok[:, None, None] & (g < G)[None, :, :], other=0.0)
+    elif SCALE == 3:
+        g = (cols + k_offset) // group_k
+        s = tl.load(s_rows + g[None, :, :], mask=n_ok[:, None, None] & (g < G)[None, :, :], other=0.0)
+    else:
+        s = xv  # unused
+    return xv, w, s
+
+
+@triton.jit
+def _gemv_math(acc3, xv, w, s, SCALE: tl.constexpr):
+    """One FMA per element into the (BLOCK_N, NV, VEC) accumulator, reduced after the loop. Mode 2: x times the
+    vector's group scale first (one scale load per vector). Mode 3: every element scaled.
+    (Summing each vector inside the thread and scaling the sum, into a (BLOCK_N, NV) accumulator, takes fewer
+    instructions, but ptxas then issues a row's loads only after the previous row's math: one DRAM latency per
+    row per step, seen in the SASS.)"""
+    if SCALE == 2:
+        s1 = tl.reduce(s, 2, _first, keep_dims=True)
+        acc3 += w.to(tl.float32) * (xv.to(tl.float32) * s1)
+    elif SCALE == 3:
+        acc3 += (w.to(tl.float32) * s) * xv.to(tl.float32)
+    else:
+        acc3 += w.to(tl.float32) * xv.to(tl.float32)
+    return acc3
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, N, K, G, group_k, k_offset, k_split, stride_wn, stride_sn,
+                 stride_os, SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, SPLIT: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr,
+                 NV: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr):
+    BLOCK_K: tl.constexpr = NV * VEC
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rv = tl.arange(0, NV)
+    kk = rv[:, None] * VEC + tl.arange(0, VEC)[None, :]  # (NV, VEC): column within the step
+    kv = tl.broadcast_to(rv[:, None] * VEC, (NV, VEC))  # the column its vector starts at, same across the vector
+    n_ok = rn < N
+    w_rows = w_ptr + rn[:, None, None].to(tl.int64) * stride_wn
+    x_rows = tl.zeros((BLOCK_N, 1, 1), dtype=tl.int32)
+    s_rows = s_ptr + rn[:, None, None].to(tl.int64) * stride_sn
+    acc3 = tl.zeros((BLOCK_N, NV, VEC), dtype=tl.float32)
+    k_lo = pid_s * k_split
+    k_hi = tl.minimum(k_lo + k_split, K)
+    if STAGES == 0:
+        # the next step's loads issued before this step's math, in registers: every row's loads of a step are
+        # in flight together (without this the compiler may issue a row's loads only after the previous row's
+        # math, one DRAM latency per row)
+        # (the last step re-reads itself, from cache, instead of a masked load: masks cost instructions)
+        k_last = k_lo + ((k_hi - k_lo - 1) // BLOCK_K) * BLOCK_K
+        xv, w, s = _gemv_load(x_ptr, x_rows, w_rows, s_rows, k_lo, kk, kv, n_ok, K, G, group_k, k_offset,
+                              SCALE, GROUP_SHIFT, EVEN_N, EVEN_K)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            xn, wn, sn = _gemv_load(x_ptr, x_rows, w_rows, s_rows, tl.minimum(k0 + BLOCK_K, k_last), kk, kv, n_ok,
+                                    K, G, group_k, k_offset, SCALE, GROUP_SHIFT, EVEN_N, EVEN_K)
+            acc3 = _gemv_math(acc3, xv, w, s, SCALE)
+            xv, w, s = xn, wn, sn
+    else:
+        # STAGES > 1 asks Triton to software-pipeline the loads through shared memory, which it does not do on
+        # its own for a loop without tl.dot
+        for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
+            xv, w, s = _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k_offset,
+                                  SCALE, GROUP_SHIFT, EVEN_N, EVEN_K)
+            acc3 = _gemv_math(acc3, xv, w, s, SCALE)
+    out = tl.sum(tl.sum(acc3, axis=2), axis=1)
+    if SPLIT:
+        tl.store(o_ptr + pid_s * stride_os + rn, out, mask=n_ok)
+    else:
+        if SCALE == 1:
+            out = out * tl.load(s_ptr + rn.to(tl.int64) * stride_sn, mask=n_ok, other=0.0)
+        if HAS_BIAS:
+            out += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+        tl.store(o_ptr + rn, out.to(o_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def _dot_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, k_split,
+                stride_xm, stride_wn, stride_sn, stride_os, stride_om,
+                SCALE: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+                IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < N
+    x_rows = x_ptr + rm[:, None].to(tl.int64) * stride_xm
+    w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_wn
+    s_rows = s_ptr + rn.to(tl.int64) * stride_sn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    k_lo = pid_s * k_split
+    k_hi = tl.minimum(k_lo + k_split, K)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        cols = k0 + rk
+        if EVEN_K:
+            xv = tl.load(x_rows + cols[None, :], mask=m_ok[:, None], other=0.0)
+            w = tl.load(w_rows + cols[None, :], mask=n_ok[:, None], other=0.0)
+        else:
+            k_ok = cols < K
+            xv = tl.load(x_rows + cols[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(w_rows + cols[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        if SCALE == 3:
+            # the step (at most one group long) holds at most two groups, split at column `edge`; W is
+            # dequantized in the tile and rounded to x's dtype, as the reference rounds it
+            g0 = (k0 + k_offset) // group_k
+            edge = (g0 + 1) * group_k - k_offset - k0
+            s0 = tl.load(s_rows + g0, mask=n_ok, other=0.0)
+            s1 = tl.load(s_rows + tl.minimum(g0 + 1, G - 1), mask=n_ok, other=0.0)
+            s = tl.where(rk[None, :] < edge, s0[:, None], s1[:, None])
+            wt = tl.trans((w.to(tl.float32) * s).to(xv.dtype))
+        else:
+            wt = tl.trans(w.to(xv.dtype))
+        if SCALE == 2:  # the step lies inside one group: scale its product
+            s = tl.load(s_rows + (k0 + k_offset) // group_k, mask=n_ok, other=0.0)
+            if IEEE:
+                acc += tl.dot(xv, wt, input_precision="ieee") * s[None, :]
+            else:
+                acc += tl.dot(xv, wt) * s[None, :]
+        else:
+            if IEEE:
+                acc = tl.dot(xv, wt, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(xv, wt, acc)
+    mn_ok = m_ok[:, None] & n_ok[None, :]
+    if SPLIT:
+        tl.store(o_ptr + pid_s * stride_os + rm[:, None] * stride_om + rn[None, :], acc, mask=mn_ok)
+    else:
+        if SCALE == 1:
+            acc = acc * tl.load(s_rows, mask=n_ok, other=0.0)[None, :]
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(o_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :], acc.to(o_ptr.dtype.element_ty),
+                 mask=mn_ok)
+
+
+@triton.jit
+def _split_reduce(ws_ptr, s_ptr, b_ptr, o_ptr, MN, N, S, stride_sn,
+                  SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < MN
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i in range(0, S):  # split order, every run
+        acc += tl.load(ws_ptr + i * MN + offs, mask=ok, other=0.0)
+    n = offs % N
+    if SCALE == 1:
+        acc = acc * tl.load(s_ptr + n.to(tl.int64) * stride_sn, mask=ok, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=ok, other=0.0).to(tl.float32)
+    tl.store(o_ptr + offs, acc.to(o_ptr.dtype.element_ty), mask=ok)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configs
+
+DOT_BLOCK_M = 16  # rows of x per tl.dot tile at decode (the smallest tensor-core tile)
+
+# The measured configs, (bucket, weight bytes per element, N, K) -> config (hf_tp/kernels/gemv_table.py).
+TABLE = dict(_MEASURED)
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132  # the interpreter: any number gives the same result
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _split_for(programs: int, K: int, block_k: int, sms: int) -> int:
+    """The smallest power-of-two split of K that gives at least four programs per SM (each split at least one
+    step long): with about 8 KB of loads in flight per program that covers DRAM latency (a rule, not measured)."""
+    split = 1
+    while programs * split < 4 * sms and K >= 2 * split * block_k and split < 16:
+        split *= 2
+    return split
+
+
+def config_for(path: str, N: int, K: int, M: int, elem_bytes: int, sms: int = 132) -> dict:
+    """The config of a call: the measured table's entry for its bucket and shape (with the "path" that ran it),
+    else the rule below for ``path``."""
+    hit = TABLE.get(("gemv" if M == 1 else "dot", elem_bytes, N, K))
+    if hit is not None and hit.get("path", "gemv" if M == 1 else "dot") == path:
+        return dict(hit, path=path)
+    if path == "gemv":
+        block_n, block_k = 8, 1024 // elem_bytes  # 8 KB of W per step (bf16: 512 columns)
+        return dict(path=path, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=1,
+                    SPLIT=_split_for(triton.cdiv(N, block_n), K, block_k, sms))
+    block_n, block_k = 32, 128
+    return dict(path=path, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=4,
+                SPLIT=_split_for(triton.cdiv(N, block_n), K, block_k, sms))
+
+
+def pow2_at_most(n: int) -> int:
+    return 1 << (max(int(n), 1).bit_length() - 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Launcher
+
+def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None, group_k: int = 0,
+           k_offset: int = 0, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+           config: dict | None = None, path: str | None = None) -> torch.Tensor:
+    """x2 (M, K) contiguous; weight (N, K) with unit stride along K; scale None (dense) or (N, G) float32
+    contiguous, the canonical FP8 scales with ``group_k``/``k_offset``. Returns (M, N) in ``out_dtype``
+    (default x2's dtype). ``path`` ("gemv" for M == 1, "dot") and ``config`` override the choice (tests and
+    the benchmark's sweep)."""
+    M, K = x2.shape
+    N = weight.shape[0]
+    out_dtype = out_dtype or x2.dtype
+    if path is None:  # the table's choice for M == 1 (the GEMV or tl.dot), tl.dot above
+        hit = TABLE.get(("gemv", weight.element_size(), N, K)) if M == 1 else None
+        path = hit.get("path", "gemv") if hit else "gemv" if M == 1 else "dot"
+    if path == "gemv" and M != 1:
+        raise ValueError(f"gemv_triton: the gemv path takes one row of x, got {M}")
+    cfg = dict(config_for(path, N, K, M, weight.element_size(), sm_count(x2.device)), **(config or {}))
+    G = 1 if scale is None else scale.shape[1]
+    if scale is None:
+        mode = 0
+    elif G == 1:
+        mode = 1
+    else:
+        mode = None  # below, per path
+    s = scale if scale is not None else x2  # never read in mode 0
+    b = bias if bias is not None else x2  # never read without HAS_BIAS
+    out = torch.empty((M, N), device=x2.device, dtype=out_dtype)
+
+    if path == "gemv":
+        vec = max(1, 16 // weight.element_size())  # one 16-byte vector of W per thread
+        block_k = max(vec, min(cfg["BLOCK_K"], triton.next_power_of_2(K)))
+        if mode is None:
+            mode = 2 if group_k % vec == 0 and k_offset % vec == 0 else 3
+        # a power-of-two group (block FP8's 128) divides by a shift
+        group_shift = group_k.bit_length() - 1 if mode == 2 and group_k & (group_k - 1) == 0 else -1
+    else:
+        block_k = max(16, min(cfg["BLOCK_K"], triton.next_power_of_2(K)))
+        if mode is None:
+            block_k = max(16, min(block_k, pow2_at_most(group_k)))  # a step never spans more than two groups
+            mode = 2 if group_k % block_k == 0 and k_offset % block_k == 0 else 3
+    k_split = triton.cdiv(triton.cdiv(K, max(1, int(cfg.get("SPLIT", 1)))), block_k) * block_k
+    splits = triton.cdiv(K, k_split)
+    even_k = K % block_k == 0
+    if splits > 1:
+        dest = torch.empty((splits, M, N), device=x2.device, dtype=torch.float32)
+    else:
+        dest = out
+    if path == "gemv":
+        grid = (triton.cdiv(N, cfg["BLOCK_N"]), splits)
+        _gemv_kernel[grid](x2, weight, s, b, dest, N, K, G, group_k, k_offset, k_split, weight.stride(0),
+                           s.stride(0), M * N, SCALE=mode, GROUP_SHIFT=group_shift, SPLIT=splits > 1, HAS_BIAS=bias is not None,
+                           EVEN_N=N % cfg["BLOCK_N"] == 0, EVEN_K=even_k, BLOCK_N=cfg["BLOCK_N"],
+                           NV=block_k // vec, VEC=vec, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"],
+                           num_stages=max(1, cfg["num_stages"]))
+    else:
+        block_m = cfg.get("BLOCK_M") or min(64, max(DOT_BLOCK_M, triton.next_power_of_2(M)))
+        grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, block_m), splits)
+        _dot_kernel[grid](x2, weight, s, b, dest, M, N, K, G, group_k, k_offset, k_split,
+                          x2.stride(0), weight.stride(0), s.stride(0), M * N, N,
+                          SCALE=mode, SPLIT=splits > 1, HAS_BIAS=bias is not None, EVEN_K=even_k,
+                          IEEE=x2.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
+                          num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if splits > 1:
+        block = 1024
+        _split_reduce[(triton.cdiv(M * N, block),)](dest, s, b, out, M * N, N, splits, s.stride(0),
+                                                    SCALE=1 if mode == 1 else 0, HAS_BIAS=bias is not None,
+                                                    BLOCK=block, num_warps=4)
+    return out
