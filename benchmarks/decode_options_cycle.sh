@@ -13,7 +13,17 @@ ROW="python -m hf_tp.bench.run_system --system hf_tp --mode compile --model $MOD
 { nvidia-smi --query-gpu=name,driver_version --format=csv; git log --oneline -1
   python -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"
 } > "$OUT/gpu.txt" 2>&1
+# GPU tests (the groups named in $GPU_TESTS, separated by ';', each its own pytest process, all at once)
+# while the checkpoint is written: both must end before any timing starts.
+if [ -n "${GPU_TESTS:-}" ]; then
+  i=0; IFS=';' read -ra groups <<< "$GPU_TESTS"
+  for g in "${groups[@]}"; do i=$((i + 1))
+    (timeout "${TEST_S:-170}" python -m pytest -q -p no:cacheprovider -m gpu -rfE $g > "$OUT/tests_$i.txt" 2>&1
+     echo "rc=$? $g" >> "$OUT/log.txt") &
+  done
+fi
 step ckpt 120 python -c "from hf_tp.bench.shapes import write_random_checkpoint as w; print(w('llama3-8b', '$MODEL'))"
+wait
 step new_tp1 50 $ROW --batches 1 --out "$OUT/new.jsonl"
 step old_tp1 50 env $OLD_ENV $ROW --batches 1 --out "$OUT/old.jsonl"
 step new_r2 50 $ROW --simulate-tp 2 --batches 1 --profile 64 --out "$OUT/new.jsonl"
