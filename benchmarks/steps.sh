@@ -7,6 +7,8 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 step() {
   local name=$1 need=$2; shift 2
+  # ONLY="a b c": run just those steps (a second call that finishes what the first had no time for)
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   if [ "$(left)" -lt "$need" ]; then echo "SKIP $name ($(left) s left, needs $need)" | tee -a "$OUT/log.txt"; return; fi
   local t0; t0=$(date +%s)
   timeout $(( $(left) - 3 )) "$@" > "$OUT/$name.txt" 2>&1
