@@ -155,13 +155,13 @@ def test_kernels_compile_for_hopper():
         ("gemv fp8 channel", gt._gemv_kernel, fp8, dict(gemv_base, SCALE=1, BLOCK_N=8, NV=64, VEC=16, STAGES=1), 4, 1),
         ("gemv fp8 unaligned, tails, bias", gt._gemv_kernel, fp8,
          dict(gemv_base, SCALE=3, HAS_BIAS=True, EVEN_N=False, EVEN_K=False, BLOCK_N=8, NV=64, VEC=16, STAGES=1), 4, 1),
-        ("dot bf16 split", gt._dot_kernel, dict(dense, o_ptr="*fp32"),
+        ("dot bf16 split", gt._gemv_dot_kernel, dict(dense, o_ptr="*fp32"),
          dict(SCALE=0, SPLIT=True, HAS_BIAS=False, EVEN_K=True, IEEE=False, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128), 4, 4),
-        ("dot fp8 block", gt._dot_kernel, fp8,
+        ("dot fp8 block", gt._gemv_dot_kernel, fp8,
          dict(SCALE=2, SPLIT=False, HAS_BIAS=True, EVEN_K=True, IEEE=False, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128), 4, 4),
-        ("dot fp8 unaligned", gt._dot_kernel, fp8,
+        ("dot fp8 unaligned", gt._gemv_dot_kernel, fp8,
          dict(SCALE=3, SPLIT=False, HAS_BIAS=False, EVEN_K=False, IEEE=False, BLOCK_M=64, BLOCK_N=32, BLOCK_K=128), 4, 3),
-        ("split reduce", gt._split_reduce, {"ws_ptr": "*fp32", "s_ptr": "*fp32", "b_ptr": "*bf16", "o_ptr": "*bf16"},
+        ("split reduce", gt._gemv_split_reduce, {"ws_ptr": "*fp32", "s_ptr": "*fp32", "b_ptr": "*bf16", "o_ptr": "*bf16"},
          dict(SCALE=1, HAS_BIAS=True, BLOCK=1024), 4, 1),
     ]
     for name, kernel, pointers, constexprs, warps, stages in cases:

@@ -59,7 +59,7 @@ def _kernels():
     import triton.language as tl
 
     @triton.jit
-    def split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_o_ptr, part_lse_ptr, scale, kv_len, kv_heads,
+    def decode_attention_split(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_o_ptr, part_lse_ptr, scale, kv_len, kv_heads,
                      stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
                      stride_mb, stride_ms, stride_ob, stride_oh, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
                      GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -122,7 +122,7 @@ def _kernels():
             tl.store(part_lse_ptr + b * stride_lb + heads * stride_lh + split, lse, mask=mask_g)
 
     @triton.jit
-    def reduce_kernel(part_o_ptr, part_lse_ptr, out_ptr, num_splits, q_heads, stride_pb, stride_ph, stride_ps,
+    def decode_attention_reduce(part_o_ptr, part_lse_ptr, out_ptr, num_splits, q_heads, stride_pb, stride_ph, stride_ps,
                       stride_lb, stride_lh, stride_ob, stride_oh,
                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr):
         pid = tl.program_id(0)
@@ -149,7 +149,7 @@ def _kernels():
         out = acc / tl.where(total > 0, total, 1.0)
         tl.store(out_ptr + b * stride_ob + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=mask_d)
 
-    return triton, split_kernel, reduce_kernel
+    return triton, decode_attention_split, decode_attention_reduce
 
 
 @functools.cache
@@ -172,7 +172,7 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
                              num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES) -> torch.Tensor:
     """The kernels' result for ``decode_attention_reference``'s arguments. ``split_len`` (a power of two, at
     least 16) overrides the split sizing (tests, tuning)."""
-    triton, split_kernel, reduce_kernel = _kernels()
+    triton, decode_attention_split, decode_attention_reduce = _kernels()
     batch, q_heads, _, head_dim = query.shape
     kv_heads, slots = key.shape[1], key.shape[2]
     group = q_heads // kv_heads
@@ -202,7 +202,7 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
         part_lse = torch.empty(batch, q_heads, num_splits, dtype=torch.float32, device=query.device)
         part_strides = (part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1))
     block_d = max(16, triton.next_power_of_2(head_dim))
-    split_kernel[(batch * kv_heads, num_splits)](
+    decode_attention_split[(batch * kv_heads, num_splits)](
         query, key, value, mask, out, part_o, part_lse, float(scale), slots, kv_heads,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), stride_mb, stride_ms, out.stride(0), out.stride(2),
@@ -213,7 +213,7 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
         PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         num_warps=num_warps, num_stages=num_stages)
     if not direct:
-        reduce_kernel[(batch * q_heads,)](
+        decode_attention_reduce[(batch * q_heads,)](
             part_o, part_lse, out, num_splits, q_heads, *part_strides, out.stride(0), out.stride(2),
             HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=max(16, triton.next_power_of_2(num_splits)),
             CHUNK=REDUCE_CHUNK, num_warps=4)

@@ -11,9 +11,9 @@ Two kernels, one optional reduce, one launcher:
   steps of BLOCK_K columns. The step is loaded as (BLOCK_N, NV, VEC) with VEC = one 16-byte vector per thread,
   multiplied by x in fp32 and summed over VEC inside the thread (no shuffles in the loop); the (BLOCK_N, NV)
   partial sums are reduced across threads once, after the loop.
-- ``_dot_kernel`` (2 <= M <= 64): tl.dot on 16-row tiles of x (tensor cores; FP8 values convert exactly to
+- ``_gemv_dot_kernel`` (2 <= M <= 64): tl.dot on 16-row tiles of x (tensor cores; FP8 values convert exactly to
   x's 16-bit dtype), fp32 accumulate, its loads software-pipelined (``num_stages``).
-- ``_split_reduce``: with a split of K (``SPLIT`` > 1, for shapes with too few row blocks to fill the GPU),
+- ``_gemv_split_reduce``: with a split of K (``SPLIT`` > 1, for shapes with too few row blocks to fill the GPU),
   each split writes its fp32 partial sums to a workspace (S, M, N) and this kernel adds them in split order
   and applies the epilogue. No atomics: the same inputs give the same bits every run.
 
@@ -156,7 +156,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, N, K, G, group_k, k_offset, 
 
 
 @triton.jit
-def _dot_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, k_split,
+def _gemv_dot_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, k_split,
                 stride_xm, stride_wn, stride_sn, stride_os, stride_om,
                 SCALE: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
                 IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -218,7 +218,7 @@ def _dot_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset
 
 
 @triton.jit
-def _split_reduce(ws_ptr, s_ptr, b_ptr, o_ptr, MN, N, S, stride_sn,
+def _gemv_split_reduce(ws_ptr, s_ptr, b_ptr, o_ptr, MN, N, S, stride_sn,
                   SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < MN
@@ -340,14 +340,14 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     else:
         block_m = cfg.get("BLOCK_M") or min(64, max(DOT_BLOCK_M, triton.next_power_of_2(M)))
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, block_m), splits)
-        _dot_kernel[grid](x2, weight, s, b, dest, M, N, K, G, group_k, k_offset, k_split,
+        _gemv_dot_kernel[grid](x2, weight, s, b, dest, M, N, K, G, group_k, k_offset, k_split,
                           x2.stride(0), weight.stride(0), s.stride(0), M * N, N,
                           SCALE=mode, SPLIT=splits > 1, HAS_BIAS=bias is not None, EVEN_K=even_k,
                           IEEE=x2.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
                           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if splits > 1:
         block = 1024
-        _split_reduce[(triton.cdiv(M * N, block),)](dest, s, b, out, M * N, N, splits, s.stride(0),
+        _gemv_split_reduce[(triton.cdiv(M * N, block),)](dest, s, b, out, M * N, N, splits, s.stride(0),
                                                     SCALE=1 if mode == 1 else 0, HAS_BIAS=bias is not None,
                                                     BLOCK=block, num_warps=4)
     return out
