@@ -272,3 +272,24 @@ def run_ranks_once(cache: dict, fn, world_size: int, *args, timeout: float = 180
     if isinstance(cache[world_size], AssertionError):
         raise cache[world_size]
     return cache[world_size]
+
+
+def run_interpreted(fn, *args):
+    """Run fn(*args) in a spawned process with TRITON_INTERPRET=1 (hf_tp's Triton kernels on CPU); skip if this
+    Triton cannot interpret them."""
+    import multiprocessing as mp
+
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        with mp.get_context("spawn").Pool(1) as pool:
+            return pool.apply(fn, args)
+    except Exception as exc:  # noqa: BLE001
+        if "interpret" in str(exc).lower() and "not supported" in str(exc).lower():
+            pytest.skip(f"Triton's interpreter cannot run the kernels here: {exc}")
+        raise
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old

@@ -9,13 +9,11 @@ decode loop's greedy tokens with the kernel against Transformers' (fp32) and aga
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 
 import pytest
 import torch
 
-from conftest import load_reference, run_ranks, save_tiny_model, sliding_window_configs, tiny_config
+from conftest import load_reference, run_interpreted, run_ranks, save_tiny_model, sliding_window_configs, tiny_config
 from hf_tp.config import TPConfig
 
 PAD = 0
@@ -112,23 +110,6 @@ def _tp2_rank(folder: str, new_tokens: int, batch: dict):
     return model.hf_tp_config.decode_attention, tokens, kv_heads
 
 
-def _interpreted(fn, *args):
-    """Run fn(*args) in a spawned process with TRITON_INTERPRET=1; skip if this Triton cannot interpret it."""
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        with mp.get_context("spawn").Pool(1) as pool:
-            return pool.apply(fn, args)
-    except Exception as exc:  # noqa: BLE001
-        if "interpret" in str(exc).lower() and "not supported" in str(exc).lower():
-            pytest.skip(f"Triton's interpreter cannot run the kernels here: {exc}")
-        raise
-    finally:
-        if old is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = old
-
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> str:
@@ -145,26 +126,26 @@ def batch() -> dict:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def test_kernel_matches_reference_interpreted():
+def test_kernel_matches_referencerun_interpreted():
     pytest.importorskip("triton")
-    failures = _interpreted(_kernel_check)
+    failures = run_interpreted(_kernel_check)
     assert not failures, "\n".join(failures)
 
 
-def test_decode_loop_with_kernel_matches_transformers_interpreted(folder, batch):
+def test_decode_loop_with_kernel_matches_transformersrun_interpreted(folder, batch):
     pytest.importorskip("triton")
     new_tokens = 8
     with torch.no_grad():
         expected = load_reference(folder).generate(**batch, max_new_tokens=new_tokens, do_sample=False,
                                                    pad_token_id=PAD)
-    mode, implementation, calls, tokens = _interpreted(_loop_check, folder, new_tokens, batch)
+    mode, implementation, calls, tokens = run_interpreted(_loop_check, folder, new_tokens, batch)
     assert mode == "triton" and implementation == "hf_tp_sdpa_decode"
     assert calls == 2 * (new_tokens - 1)  # every decode step of both layers; the prefill went to sdpa
     assert torch.equal(tokens, expected)
 
 
 @pytest.mark.parametrize("arch", ["mistral", "gemma3_text"])
-def test_decode_loop_with_kernel_serves_sliding_layers_interpreted(tmp_path, arch):
+def test_decode_loop_with_kernel_serves_sliding_layersrun_interpreted(tmp_path, arch):
     """Sliding window 8, 12-token prompts (one left-padded), 10 new tokens: the loop's sliding layers are as long
     as the cache and the model's mask keeps only the window, which the kernel reads (Mistral: every layer sliding;
     Gemma 3: a local and a global layer). Every decode step of both layers goes through the kernel, with
@@ -178,13 +159,13 @@ def test_decode_loop_with_kernel_serves_sliding_layers_interpreted(tmp_path, arc
     with torch.no_grad():
         expected = load_reference(folder).generate(**batch, max_new_tokens=new_tokens, do_sample=False,
                                                    pad_token_id=PAD)
-    mode, implementation, calls, tokens = _interpreted(_loop_check, folder, new_tokens, batch)
+    mode, implementation, calls, tokens = run_interpreted(_loop_check, folder, new_tokens, batch)
     assert mode == "triton" and implementation == "hf_tp_sdpa_decode"
     assert calls == 2 * (new_tokens - 1)
     assert torch.equal(tokens, expected), (tokens.tolist(), expected.tolist())
 
 
-def test_decode_loop_with_kernel_at_tp2_matches_transformers_interpreted(folder, batch, monkeypatch):
+def test_decode_loop_with_kernel_at_tp2_matches_transformersrun_interpreted(folder, batch, monkeypatch):
     pytest.importorskip("triton")
     for name, value in (("TRITON_INTERPRET", "1"), ("HF_TP_DECODE_ATTENTION", "triton"), ("HF_TP_FAST_DECODE", "1")):
         monkeypatch.setenv(name, value)  # inherited by the spawned ranks

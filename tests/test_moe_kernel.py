@@ -8,7 +8,6 @@ benchmarks/gpu_check.py (two gloo ranks on one GPU against one-GPU Transformers)
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from conftest import run_interpreted
 
 from hf_tp.config import TPConfig
 
@@ -71,31 +71,14 @@ def _decode_check(folder: str, new_tokens: int):
     return model.hf_tp_config.moe_decode, switched, tokens
 
 
-def _interpreted(fn, *args):
-    """Run fn(*args) in a spawned process with TRITON_INTERPRET=1; skip if this Triton cannot interpret it."""
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        with mp.get_context("spawn").Pool(1) as pool:
-            return pool.apply(fn, args)
-    except Exception as exc:  # noqa: BLE001
-        if "interpret" in str(exc).lower() and "not supported" in str(exc).lower():
-            pytest.skip(f"Triton's interpreter cannot run the kernels here: {exc}")
-        raise
-    finally:
-        if old is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = old
 
-
-def test_kernels_match_transformers_blocks_interpreted():
+def test_kernels_match_transformers_blocksrun_interpreted():
     pytest.importorskip("triton")
-    failures = _interpreted(_blocks_check)
+    failures = run_interpreted(_blocks_check)
     assert not failures, "\n".join(failures)
 
 
-def test_decode_loop_with_kernels_matches_transformers_interpreted(tmp_path):
+def test_decode_loop_with_kernels_matches_transformersrun_interpreted(tmp_path):
     pytest.importorskip("triton")
     torch.manual_seed(0)
     ref = transformers.AutoModelForCausalLM.from_config(CONFIGS["qwen3_moe"](), dtype=torch.float32).eval()
@@ -103,7 +86,7 @@ def test_decode_loop_with_kernels_matches_transformers_interpreted(tmp_path):
     new_tokens = 8
     with torch.no_grad():
         expected = ref.generate(torch.tensor([[1, 17, 42, 9, 77, 23]]), max_new_tokens=new_tokens, do_sample=False)
-    mode, switched, tokens = _interpreted(_decode_check, str(tmp_path / "ckpt"), new_tokens)
+    mode, switched, tokens = run_interpreted(_decode_check, str(tmp_path / "ckpt"), new_tokens)
     assert mode == "triton" and switched == 2  # both MoE layers
     assert torch.equal(tokens, expected)
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn as nn
 import transformers
-from test_moe_kernel import _interpreted
+from conftest import run_interpreted
 
 from hf_tp.config import TPConfig
 from hf_tp.parallel.moe_routing import install_moe_routing, router_form
@@ -202,26 +202,26 @@ def test_router_forms_recognised_and_others_kept():
     assert install_moe_routing(nn.ModuleList([copy.deepcopy(qwen)]), "grouped") == {"kernel": [], "transformers": []}
 
 
-def test_kernel_matches_transformers_routers_interpreted():
+def test_kernel_matches_transformers_routersrun_interpreted():
     pytest.importorskip("triton")
-    failures = _interpreted(_random_check)
+    failures = run_interpreted(_random_check)
     assert not failures, "\n".join(failures)
 
 
-def test_ties_resolved_as_torch_topk_on_cuda_interpreted():
+def test_ties_resolved_as_torch_topk_on_cudarun_interpreted():
     pytest.importorskip("triton")
-    failures = _interpreted(_tie_check)
+    failures = run_interpreted(_tie_check)
     assert not failures, "\n".join(failures)
 
 
-def test_router_under_torch_compile_interpreted():
+def test_router_under_torch_compilerun_interpreted():
     pytest.importorskip("triton")
-    failures = _interpreted(_compile_check)
+    failures = run_interpreted(_compile_check)
     assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
-def test_decode_loop_with_routing_kernel_matches_transformers_interpreted(tmp_path, arch):
+def test_decode_loop_with_routing_kernel_matches_transformersrun_interpreted(tmp_path, arch):
     pytest.importorskip("triton")
     torch.manual_seed(0)
     ref = transformers.AutoModelForCausalLM.from_config(CONFIGS[arch](), dtype=torch.float32).eval()
@@ -229,7 +229,7 @@ def test_decode_loop_with_routing_kernel_matches_transformers_interpreted(tmp_pa
     new_tokens = 8
     with torch.no_grad():
         expected = ref.generate(torch.tensor([[1, 17, 42, 9, 77, 23]]), max_new_tokens=new_tokens, do_sample=False)
-    chosen, tokens = _interpreted(_decode_check, str(tmp_path / "ckpt"), new_tokens)
+    chosen, tokens = run_interpreted(_decode_check, str(tmp_path / "ckpt"), new_tokens)
     assert len(chosen["kernel"]) == 2 and not chosen["transformers"]  # both MoE layers' routers
     assert torch.equal(tokens, expected)
 
