@@ -30,6 +30,7 @@ import transformers
 
 from hf_tp.kernels.moe_routing import route
 from hf_tp.parallel.moe_routing import install_moe_routing
+from moe_switch import _time  # CUDA-graph replay timing, shared with the MoE kernels' bench
 
 
 def _routers(n, arch, experts, top_k, hidden, norm, device, seed=0):
@@ -52,28 +53,6 @@ def _routers(n, arch, experts, top_k, hidden, norm, device, seed=0):
     return out
 
 
-def _time(fn, replays) -> float:
-    """Milliseconds per replay of fn() captured in a CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / replays
-
 
 def timing(layers, experts, tokens, top_k, hidden, replays, device):
     routers = _routers(layers, "qwen3_moe", experts, top_k, hidden, True, device)
@@ -89,7 +68,7 @@ def timing(layers, experts, tokens, top_k, hidden, replays, device):
     row = {"case": "timing", "experts": experts, "tokens": tokens, "top_k": top_k, "hidden": hidden, "layers": layers}
     with torch.no_grad():
         for name, fn in systems.items():
-            row[f"{name}_us"] = round(_time(fn, replays) * 1e3 / layers, 2)
+            row[f"{name}_us"] = round(_time(fn, torch.device("cuda"), replays) * 1e3 / layers, 2)
     row["routing_only_transformers_us"] = round(row["transformers_us"] - row["linear_us"], 2)
     row["routing_only_kernel_us"] = round(row["kernel_us"] - row["linear_us"], 2)
     row["speedup"] = round(row["transformers_us"] / row["kernel_us"], 2)
