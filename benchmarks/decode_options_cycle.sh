@@ -7,6 +7,8 @@
 set -u
 CK=${CK:-/tmp/ck}; MODEL=$CK/llama3-8b-bfloat16
 OLD_ENV=${OLD_ENV:-"HF_TP_DECODE_ATTENTION=sdpa HF_TP_DECODE_GEMM=cublas"}
+# "tri" = the defaults with hf_tp's skinny-M GEMM kernels (a candidate default: steps tri_*, tri.jsonl)
+TRI_ENV=${TRI_ENV:-"HF_TP_DECODE_GEMM=triton"}
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 ROW="python -m hf_tp.bench.run_system --system hf_tp --mode compile --model $MODEL --tp-size 1"
@@ -28,6 +30,8 @@ step new_tp1 50 $ROW --batches 1 --out "$OUT/new.jsonl"
 step old_tp1 50 env $OLD_ENV $ROW --batches 1 --out "$OUT/old.jsonl"
 step new_r2 50 $ROW --simulate-tp 2 --batches 1 --profile 64 --out "$OUT/new.jsonl"
 step old_r2 50 env $OLD_ENV $ROW --simulate-tp 2 --batches 1 --out "$OUT/old.jsonl"
+step tri_r2 50 env $TRI_ENV $ROW --simulate-tp 2 --batches 1 --profile 64 --out "$OUT/tri.jsonl"
+step tri_tp1 50 env $TRI_ENV $ROW --batches 1 --out "$OUT/tri.jsonl"
 step new_long 60 $ROW --batches 1 --prompt-len 4096 --out "$OUT/new.jsonl"
 step old_long 60 env $OLD_ENV $ROW --batches 1 --prompt-len 4096 --out "$OUT/old.jsonl"
 for n in 4 8; do step new_r$n 45 $ROW --simulate-tp $n --batches 1 --out "$OUT/new.jsonl"; done
