@@ -34,11 +34,10 @@ ENV_OVERRIDES = {
     "HF_TP_WEIGHTS": "weights",
 }
 
-# TPConfig.decode_gemm's default on CUDA: "cublas", because the Triton kernels have not run on a GPU yet (no
-# device time was left on 2026-12-03). Switch to "triton" when `bash benchmarks/decode_gemm_cycle.sh` on one
-# H200 shows one Llama-3-8B layer's GEMMs faster than cuBLAS at tp-2 widths (M = 1 and 8) and its GPU tests,
-# the bf16 two-gloo-rank check with the option on included, pass (docs/performance.md).
-DECODE_GEMM_DEFAULT = "cublas"
+# TPConfig.decode_gemm's default on CUDA with Triton: "triton". On one H200 (benchmarks/RESULTS.md, 2026-12-03,
+# "skinny-M decode GEMMs measured") one Llama-3-8B layer's four decode GEMMs took 63.1 instead of 71.6 us at
+# tp-2 widths (M = 1) and the rank of tp 2 decoded at 357.7 instead of 321.8 tok/s end to end.
+DECODE_GEMM_DEFAULT = "triton"
 
 # Options of the single-controller handle (how its workers are supervised and sized), passed to
 # from_pretrained(..., tp_size=N, timeout_s=...) next to tp_config. They change neither speed nor numerics
@@ -85,8 +84,8 @@ class TPConfig:
         head compute calls of at most hf_tp.kernels.decode_gemm.DECODE_MAX_M (16) tokens, i.e. decode steps:
         "triton" (hf_tp's skinny-M kernels, hf_tp/kernels/gemv_triton.py, with a config per shape measured on an
         H200; deterministic, no atomics) or "cublas" (torch's F.linear). Prefill keeps cuBLAS either way; FP8
-        layers have their own kernel (fp8_weights). Default: DECODE_GEMM_DEFAULT above on CUDA ("cublas" until
-        the kernels are measured faster; its comment says how), "cublas" on CPU. "triton" needs CUDA (compute capability 8.0+; a rank whose GPU is older
+        layers have their own kernel (fp8_weights). Default: DECODE_GEMM_DEFAULT above ("triton", measured faster on an
+        H200) on CUDA with Triton importable, "cublas" elsewhere. "triton" needs CUDA (compute capability 8.0+; a rank whose GPU is older
         falls back to "cublas" at load and shows it) and Triton, or TRITON_INTERPRET=1 on CPU (tests).
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
@@ -212,7 +211,8 @@ class TPConfig:
                              f"{'importable' if _triton_available() else 'not importable'}); use "
                              "decode_attention='sdpa' here.")
         if config.decode_gemm is None:
-            filled["decode_gemm"] = DECODE_GEMM_DEFAULT if device_type == "cuda" else "cublas"
+            filled["decode_gemm"] = (DECODE_GEMM_DEFAULT if device_type == "cuda" and _triton_available()
+                                     else "cublas")
         elif config.decode_gemm == "triton" and not (_triton_available() and (
                 device_type == "cuda" or environ.get("TRITON_INTERPRET", "") == "1")):
             raise ValueError(f"TPConfig(decode_gemm='triton'): hf_tp's decode GEMM kernels need Triton on CUDA "
