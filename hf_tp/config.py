@@ -68,8 +68,9 @@ class TPConfig:
         experts with one kernel, hf_tp.kernels.moe_routing, as torch.topk does on CUDA, ties included: which
         routers did is in ``model.hf_tp_moe_routing``) or "grouped" (Transformers' experts and routers always).
         Chosen once at load; experts modules the kernels cannot compute (quantized, biased, another activation)
-        keep Transformers' forward either way. Default: "grouped" until the kernels' speed and bf16 agreement
-        are measured on a GPU (benchmarks/moe_switch.py, tests/test_moe_kernel.py -m gpu; docs/moe.md).
+        keep Transformers' forward either way. Default: "triton" on CUDA with Triton importable (measured faster
+        on an H200 at batch 1 and 8, bf16 check passed: benchmarks/RESULTS.md 2026-12-03, docs/moe.md),
+        "grouped" elsewhere.
         "triton" needs CUDA and Triton (or TRITON_INTERPRET=1 on CPU, for tests).
       decode_attention: how attention computes decode steps (one query token per sequence): "triton" (hf_tp's
         split-KV kernel, hf_tp.kernels.decode_attention: reads the KV cache only up to its filled slots, query
@@ -196,7 +197,7 @@ class TPConfig:
             raise ValueError("TPConfig(allreduce='gloo') is what a CPU model resolves to; on CUDA use 'nccl' or "
                              "'one_shot'.")
         if config.moe_decode is None:
-            filled["moe_decode"] = "grouped"
+            filled["moe_decode"] = "triton" if device_type == "cuda" and _triton_available() else "grouped"
         elif config.moe_decode == "triton" and not (_triton_available() and (
                 device_type == "cuda" or environ.get("TRITON_INTERPRET", "") == "1")):
             raise ValueError(f"TPConfig(moe_decode='triton'): hf_tp's MoE kernels need Triton on CUDA (device "

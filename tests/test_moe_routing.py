@@ -235,7 +235,7 @@ def test_decode_loop_with_routing_kernel_matches_transformersrun_interpreted(tmp
 
 
 def test_routing_follows_moe_decode_option(tmp_path):
-    """With the default moe_decode ('grouped'), routers keep Transformers' forward."""
+    """With the default moe_decode on CPU ('grouped'), routers keep Transformers' forward."""
     from hf_tp.assembly import load_parallel_model
     from hf_tp.parallel.comm import TPGroup
 
