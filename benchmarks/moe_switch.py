@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import types
 
 import torch
@@ -112,6 +113,25 @@ def case(layers, tokens, top_k, device, dtype, blocks=None, systems=("kernel", "
     return row
 
 
+# (outputs per program, reduction chunk, warps): a batch-1 call is latency-bound when each program walks the
+# whole reduction in a serial loop, so the grid trades outputs per program against the chunk per step.
+GATE_UP_GRID = [(n, k, w) for n in (4, 8, 16) for k in (256, 512, 1024) for w in (4, 8)]
+DOWN_GRID = [(n, k, w) for n in (8, 16, 32) for k in (128, 256, 512) for w in (4, 8)]
+
+
+def best_blocks(rows):
+    """The sweep's fastest gate/up and down blocks, by their summed time over the swept widths."""
+    best = {}
+    for part, index in (("sweep_gate_up", 0), ("sweep_down", 1)):
+        total = {}
+        for row in rows:
+            if row.get("case") == part and row.get("kernel_rel_err", 1) < 1e-2:
+                key = tuple(row["blocks"][index])
+                total[key] = total.get(key, 0.0) + row["kernel_us_per_layer"]
+        best[part] = min(total, key=total.get) if total else None
+    return best["sweep_gate_up"], best["sweep_down"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -121,6 +141,8 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="kernel block sizes at 1 token, width 768")
     parser.add_argument("--mixtral", action="store_true", help="also Mixtral-8x7B's experts (4 layers)")
     parser.add_argument("--small", action="store_true", help="tiny shapes (a CPU check of this script)")
+    parser.add_argument("--write-best", action="store_true",
+                        help="after --sweep, write the fastest blocks into hf_tp/kernels/moe_decode.py")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -139,14 +161,26 @@ def main() -> int:
         tokens_list = [int(t) for t in args.tokens.split(",")] if width == 768 or args.small else [1, 8]
         for tokens in tokens_list:
             emit({"case": "qwen3-moe", **case(layers, tokens, top_k, device, dtype)})
-        if args.sweep and width == 768:
-            for gu, dn in (((8, 256, 4), (32, 128, 4)), ((32, 256, 4), (32, 128, 4)), ((16, 512, 4), (32, 128, 4)),
-                           ((16, 256, 8), (32, 128, 4)), ((16, 256, 4), (16, 128, 4)), ((16, 256, 4), (64, 128, 4)),
-                           ((16, 256, 4), (32, 256, 4)), ((16, 256, 4), (32, 128, 8))):
-                emit({"case": "sweep", **case(layers, 1, top_k, device, dtype, blocks=(gu, dn), systems=("kernel",))})
+        if args.sweep and (width in (768, 384) or args.small):  # tp 1 and the rank of tp 2
+            for gu in GATE_UP_GRID:  # gate/up swept with down at its default, then down with gate/up's default
+                emit({"case": "sweep_gate_up", **case(layers, 1, top_k, device, dtype, blocks=(gu, K.DOWN_BLOCKS),
+                                                      systems=("kernel",))})
+            for dn in DOWN_GRID:
+                emit({"case": "sweep_down", **case(layers, 1, top_k, device, dtype, blocks=(K.GATE_UP_BLOCKS, dn),
+                                                   systems=("kernel",))})
         del layers
         if args.small:
             break
+    if args.sweep and args.write_best:
+        rows = [json.loads(line) for line in open(args.out)]
+        gate_up, down = best_blocks(rows)
+        path = K.__file__
+        text = open(path).read()
+        for name, value in (("GATE_UP_BLOCKS", gate_up), ("DOWN_BLOCKS", down)):
+            if value:
+                text = re.sub(rf"^{name} = \(.*\)$", f"{name} = {tuple(value)}", text, count=1, flags=re.M)
+        open(path, "w").write(text)
+        print(f"wrote GATE_UP_BLOCKS = {gate_up}, DOWN_BLOCKS = {down} into {path}", flush=True)
     if args.mixtral and not args.small:
         layers = _layers(4, 8, 4096, 14336, dtype, device)
         for tokens in (1, 2, 8):
