@@ -30,15 +30,19 @@ import torch.nn.functional as F
 
 # Tokens per experts call at or below which the kernels run; above it the grouped GEMM path reads each
 # touched expert once for all its tokens, while the kernels read an expert once per (token, expert) pair.
-# NOT MEASURED YET: 8 (64 pairs at top-8) is a starting point. benchmarks/moe_switch.py times both paths per
-# token count on a GPU; set this to the largest count where the kernels are faster.
+# Measured on one H200 (benchmarks/moe_switch.py, benchmarks/RESULTS.md 2026-12-03 second session), Qwen3-30B-A3B
+# experts, µs per layer, kernels (the earlier blocks) / grouped: 48.4 / 104.0 at 1 token, 151.5 / 225.1 at 8,
+# 257.9 / 266.3 at 16. 16 would still pay, barely; 8 is kept until a decode step at 9-16 tokens is measured.
 MOE_DECODE_MAX_TOKENS = 8
 
-# Block sizes: (outputs per program, reduction chunk, warps); not tuned yet (moe_switch.py --sweep). Matrix-vector
-# work, bound by weight reads: small output blocks give enough programs to keep every SM streaming at batch 1 (768 intermediate / 16 x 8 pairs =
-# 384 programs for gate/up; 2048 hidden / 32 x 8 = 512 for down).
-GATE_UP_BLOCKS = (16, 256, 4)
-DOWN_BLOCKS = (32, 128, 4)
+# Block sizes: (outputs per program, reduction chunk, warps), the fastest of `benchmarks/moe_switch.py --sweep`
+# summed over expert widths 768 and 384 at 1 token on one H200. Few outputs per program and long chunks: a
+# batch-1 call is latency-bound, so many programs, each with few long loads in flight, beat fewer programs
+# walking the reduction in many short steps (one experts call, gate/up's blocks swept with down's earlier
+# (32, 128, 4): 33.1 instead of 48.4 µs per layer at width 768 against the earlier (16, 256, 4), 20.7 instead of
+# 41.7 at 384; down (16, 128, 8) then saved about 1 µs more).
+GATE_UP_BLOCKS = (4, 1024, 4)
+DOWN_BLOCKS = (16, 128, 8)
 
 
 def experts_reference(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, ids: torch.Tensor,
