@@ -2,8 +2,8 @@
 hf_tp's Triton kernels (hf_tp/kernels/moe_decode.py), which read only the chosen experts; larger calls
 (prefill, large batches) keep Transformers' own experts forward (grouped GEMM on CUDA).
 
-Chosen once at load (TPConfig.moe_decode, shown in ``model.hf_tp_config``; default "grouped" until measured
-on a GPU): "triton" installs the switch on every experts module the kernels can compute, "grouped" leaves
+Chosen once at load (TPConfig.moe_decode, shown in ``model.hf_tp_config``; default "triton" on CUDA with
+Triton, measured faster on an H200; "grouped" elsewhere): "triton" installs the switch on every experts module the kernels can compute, "grouped" leaves
 Transformers' forward alone. Per module, the
 check is made once here, not per call: fused [gate; up] 3-D weights with unit stride in their last dim, a
 float dtype the kernels read (an FP8 or otherwise quantized experts module keeps its own forward), SiLU
