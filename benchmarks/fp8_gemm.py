@@ -37,15 +37,25 @@ import time
 import torch
 import torch.nn.functional as F
 
-H, I, Q, KV, VOCAB = 4096, 14336, 4096, 1024, 128256
+# The decode GEMMs' shapes per model (--model): hidden, dense MLP width (0: the MLP is experts, timed by
+# benchmarks/moe_switch.py), query and key/value widths (heads x head_dim), vocabulary, head_dim.
+MODELS = {
+    "llama3-8b": dict(H=4096, I=14336, Q=4096, KV=1024, VOCAB=128256, D=128),
+    # qwen3-moe-mini (hf-tp bench --shape): Qwen3-30B-A3B's attention and LM head
+    "qwen3-moe-mini": dict(H=2048, I=0, Q=4096, KV=512, VOCAB=151936, D=128),
+}
+MODEL = MODELS["llama3-8b"]  # main() sets it from --model
 ROTATE_BYTES = 160e6  # per measured matrix: 3x the H200's L2
 DEVICE = "cuda"
 
 
 def shapes(tp: int, lm_head: bool = False) -> list[tuple[str, int, int, bool]]:
-    """(name, N, K, fp32 out) of rank 0's decode GEMMs at ``tp``."""
-    rows = [("qkv", (Q + 2 * KV) // tp, H, False), ("o", H, Q // tp, tp > 1), ("gate_up", 2 * I // tp, H, False),
-            ("down", H, I // tp, tp > 1)]
+    """(name, N, K, fp32 out) of rank 0's decode GEMMs at ``tp`` for MODEL (key/value heads replicated when
+    there are fewer than ``tp``)."""
+    H, I, Q, KV, VOCAB, D = (MODEL[k] for k in ("H", "I", "Q", "KV", "VOCAB", "D"))
+    rows = [("qkv", Q // tp + 2 * max(KV // tp, D), H, False), ("o", H, Q // tp, tp > 1)]
+    if I:
+        rows += [("gate_up", 2 * I // tp, H, False), ("down", H, I // tp, tp > 1)]
     return rows + ([("lm_head", -(-VOCAB // tp), H, True)] if lm_head else [])
 
 
@@ -256,13 +266,17 @@ def sweep(weights: dict, ms, sms: int, log, result: dict, save) -> dict:
 
 
 def write_table(path: str, table: dict, result: dict) -> None:
-    """hf_tp/kernels/gemv_table.py with ``table``: the file to copy into the tree."""
-    doc = open(gemv_table_source()).read().split('"""')[1].split("Not measured yet")[0].rstrip()
-    lines = ['"""' + doc, f"Measured: {result['device']}, torch {result['torch']}, triton {result['triton']}, by",
-             "benchmarks/fp8_gemm.py " + " ".join(result["argv"]) + '.\n"""', "",
+    """hf_tp/kernels/gemv_table.py: the shipped table with ``table``'s entries added (or replaced), its
+    docstring with one more "Measured:" line; the file to copy into the tree."""
+    from hf_tp.kernels import gemv_table
+
+    doc = open(gemv_table_source()).read().split('"""')[1].rstrip()
+    lines = ['"""' + doc, f"Measured ({result['model']}): {result['device']}, torch {result['torch']}, triton "
+             f"{result['triton']}, by", "benchmarks/fp8_gemm.py " + " ".join(result["argv"]) + '.\n"""', "",
              "TABLE: dict[tuple[str, int, int, int], dict] = {"]
-    for key in sorted(table):
-        lines.append(f"    {key!r}: {table[key]!r},")
+    merged = {**gemv_table.TABLE, **table}
+    for key in sorted(merged):
+        lines.append(f"    {key!r}: {merged[key]!r},")
     lines.append("}")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -289,6 +303,10 @@ def decode_rows(weights: dict, ms, log) -> list[dict]:
             row = dict(tp=tp, gemm=name, N=N, K=K, M=M, fp32_out=fp32_out)
             row["cublas_us"] = round(gtime([cublas_fn(x, w, fp32_out) for w in W.bf16]), 2)
             row["triton_us"] = round(gtime([kernel_fn(gt, x, w, None, "bf16", fp32_out) for w in W.bf16]), 2)
+            # the rule's config for this shape (what a shape outside the table runs), next to the table's
+            path = gt.default_path(M, N, 2)
+            rule = gt.rule_config(path, N, K, M, 2, gt.sm_count(x.device))
+            row["rule_us"] = round(gtime([kernel_fn(gt, x, w, None, "bf16", fp32_out, rule, path) for w in W.bf16]), 2)
             ref = reference(x, W.bf16[0], None, "bf16")
             got = kernel_fn(gt, x, W.bf16[0], None, "bf16", fp32_out)()
             row["triton_err"] = float(f"{((got.float() - ref).norm() / ref.norm()).item():.2e}")
@@ -316,7 +334,7 @@ def layer_rows(rows: list[dict], tps, ms) -> list[dict]:
             r = [x for x in rows if x["tp"] == tp and x["M"] == M and x["gemm"] != "lm_head"]
             if not r:
                 continue
-            layer = dict(tp=tp, M=M, **{k: round(sum(x[k] for x in r), 1) for k in ("cublas_us", "triton_us")})
+            layer = dict(tp=tp, M=M, **{k: round(sum(x[k] for x in r), 1) for k in ("cublas_us", "triton_us", "rule_us")})
             layer["triton_speedup"] = round(layer["cublas_us"] / layer["triton_us"], 3)
             if "fp8_block_us" in r[0]:
                 layer.update({k: round(sum(x[k] for x in r), 1) for k in ("fp8_block_us", "fp8_channel_us")})
@@ -363,13 +381,17 @@ def main():
     parser.add_argument("--precompile", type=int, default=0)
     parser.add_argument("--precompile-only", action="store_true", help="compile the sweep's kernels and exit")
     parser.add_argument("--prefill", action="store_true")
+    parser.add_argument("--model", default="llama3-8b", choices=sorted(MODELS),
+                        help="whose decode GEMM shapes (the table keeps every other model's entries)")
     args = parser.parse_args()
+    global MODEL
+    MODEL = MODELS[args.model]
     tps = [int(t) for t in args.tps.split(",")]
     ms = [int(m) for m in args.ms.split(",")]
     from hf_tp.kernels import gemv_triton as gt
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, argv=sys.argv[1:],
+    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, argv=sys.argv[1:], model=args.model,
                   triton=__import__("triton").__version__, rotate_bytes=ROTATE_BYTES, sweep=[], decode=[], layers=[])
     t0 = time.time()
 

@@ -32,10 +32,9 @@ written by benchmarks/fp8_gemm.py --sweep), and a rule for other shapes. Fixed r
 time, so that a shape always runs the same config: results are the same bits in every process, not only within
 one.
 
-The rule's choices come from the kernels' SASS for sm_90 (compiled on a CPU host with Triton's ptxas; see
-tests/test_decode_gemm.py::test_kernels_compile_for_hopper and benchmarks/RESULTS.md, 2026-12-03): with 8 rows
-and 1 KB of each row per step and 4 warps, every row's 16-byte loads of a step are issued before its math
-(bf16: 5 loads then 32 FMAs; FP8 block scales: 10 loads, then 224 instructions), at 70 and 126 registers.
+The rule (``rule_config``) repeats the table's most frequent winners, so that a model whose shapes were never
+swept starts from configs measured on similar ones; ``benchmarks/fp8_gemm.py --model`` sweeps a model's shapes
+and times the rule against the sweep's best (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -253,28 +252,51 @@ def sm_count(device: torch.device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def _split_for(programs: int, K: int, block_k: int, sms: int) -> int:
-    """The smallest power-of-two split of K that gives at least four programs per SM (each split at least one
-    step long): with about 8 KB of loads in flight per program that covers DRAM latency (a rule, not measured)."""
+def _split_for(programs: int, K: int, block_k: int, target: int) -> int:
+    """The smallest power-of-two split of K that gives at least ``target`` programs (each split at least one
+    step long, at most 16 splits)."""
     split = 1
-    while programs * split < 4 * sms and K >= 2 * split * block_k and split < 16:
+    while programs * split < target and K >= 2 * split * block_k and split < 16:
         split *= 2
     return split
 
 
+# The measured table's tl.dot kernel beat the GEMV at M == 1 for bf16/fp16 weights of this many rows or more
+# (N 6144 .. 128256 at K 4096 on an H200); below it, and for FP8 at any N, the GEMV was faster.
+DOT_AT_M1_MIN_N = 6144
+
+
+def default_path(M: int, N: int, elem_bytes: int) -> str:
+    """The kernel the rule picks for a shape the table does not hold: the GEMV for one row (bf16/fp16 weights
+    of DOT_AT_M1_MIN_N rows or more: tl.dot), tl.dot for more."""
+    if M != 1:
+        return "dot"
+    return "dot" if elem_bytes == 2 and N >= DOT_AT_M1_MIN_N else "gemv"
+
+
+def rule_config(path: str, N: int, K: int, M: int, elem_bytes: int, sms: int = 132) -> dict:
+    """The config for a shape the table does not hold: the table's most frequent winners (hf_tp/kernels/gemv_table.py,
+    Llama-3-8B shapes on an H200). GEMV: 4 rows, 1 KB of each row per step, 8 warps, no K split unless the
+    rows give fewer programs than SMs (the split's reduce kernel costs a launch). tl.dot: 32-row tiles (64 from
+    DOT_AT_M1_MIN_N rows), 128 columns a step, split until about four programs per SM for FP8 (its table
+    entries split 2-8), one per SM for 16-bit weights (they mostly did not split)."""
+    if path == "gemv":
+        block_n, block_k = 4, 1024 // elem_bytes
+        return dict(path=path, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8, num_stages=1,
+                    SPLIT=_split_for(triton.cdiv(N, block_n), K, block_k, sms))
+    block_n, block_k = (64 if N >= DOT_AT_M1_MIN_N else 32), 128
+    target = 4 * sms if elem_bytes == 1 else sms
+    return dict(path=path, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=3 if elem_bytes == 1 else 5,
+                SPLIT=_split_for(triton.cdiv(N, block_n) * triton.cdiv(M, 16), K, block_k, target))
+
+
 def config_for(path: str, N: int, K: int, M: int, elem_bytes: int, sms: int = 132) -> dict:
     """The config of a call: the measured table's entry for its bucket and shape (with the "path" that ran it),
-    else the rule below for ``path``."""
+    else ``rule_config`` for ``path``."""
     hit = TABLE.get(("gemv" if M == 1 else "dot", elem_bytes, N, K))
     if hit is not None and hit.get("path", "gemv" if M == 1 else "dot") == path:
         return dict(hit, path=path)
-    if path == "gemv":
-        block_n, block_k = 8, 1024 // elem_bytes  # 8 KB of W per step (bf16: 512 columns)
-        return dict(path=path, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=1,
-                    SPLIT=_split_for(triton.cdiv(N, block_n), K, block_k, sms))
-    block_n, block_k = 32, 128
-    return dict(path=path, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=4,
-                SPLIT=_split_for(triton.cdiv(N, block_n), K, block_k, sms))
+    return rule_config(path, N, K, M, elem_bytes, sms)
 
 
 def pow2_at_most(n: int) -> int:
@@ -294,9 +316,9 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     M, K = x2.shape
     N = weight.shape[0]
     out_dtype = out_dtype or x2.dtype
-    if path is None:  # the table's choice for M == 1 (the GEMV or tl.dot), tl.dot above
+    if path is None:  # the table's choice for M == 1 (the GEMV or tl.dot), else the rule's
         hit = TABLE.get(("gemv", weight.element_size(), N, K)) if M == 1 else None
-        path = hit.get("path", "gemv") if hit else "gemv" if M == 1 else "dot"
+        path = hit.get("path", "gemv") if hit else default_path(M, N, weight.element_size())
     if path == "gemv" and M != 1:
         raise ValueError(f"gemv_triton: the gemv path takes one row of x, got {M}")
     cfg = dict(config_for(path, N, K, M, weight.element_size(), sm_count(x2.device)), **(config or {}))
