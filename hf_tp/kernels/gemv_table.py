@@ -2,18 +2,27 @@
 
 (bucket, weight bytes per element, N, K) -> config; bucket "gemv" for calls of one row (M = 1), "dot" for
 2..64 rows (measured at M = 8); "path" is the kernel that ran fastest for the bucket ("gemv" or "dot"), the rest
-its launch parameters. A shape that is not here runs gemv_triton.config_for's rule.
+its launch parameters. A shape that is not here runs gemv_triton.rule_config.
 
 This file is written whole by ``benchmarks/fp8_gemm.py --sweep`` ($OUT/gemv_table.py): each entry is the fastest
 config of the sweep's grid for that shape, checked against the fp32 reference and for the same bits on a second
 call (benchmarks/RESULTS.md says when, on which GPU, from which command).
-Measured: NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0, by
+Measured (llama3-8b): NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0, by
 benchmarks/fp8_gemm.py --out $OUT/gemm.json --tps 2,1,4,8 --ms 1,8 --lm-head --sweep.
+Measured (qwen3-moe-mini): NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0, by
+benchmarks/fp8_gemm.py --model qwen3-moe-mini --tps 1,2,4,8 --ms 1,8 --lm-head --sweep --out $OUT/gemm.json.
 """
 
 TABLE: dict[tuple[str, int, int, int], dict] = {
+    ('dot', 1, 768, 2048): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 4},
     ('dot', 1, 768, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 8},
+    ('dot', 1, 1280, 2048): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 1, 1536, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 8},
+    ('dot', 1, 2048, 512): {'path': 'dot', 'BLOCK_N': 16, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
+    ('dot', 1, 2048, 1024): {'path': 'dot', 'BLOCK_N': 16, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
+    ('dot', 1, 2048, 2048): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
+    ('dot', 1, 2048, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
+    ('dot', 1, 2560, 2048): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 1, 3072, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 1, 3584, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 1, 4096, 512): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
@@ -24,12 +33,20 @@ TABLE: dict[tuple[str, int, int, int], dict] = {
     ('dot', 1, 4096, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 1, 4096, 7168): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 1, 4096, 14336): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 8},
+    ('dot', 1, 5120, 2048): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 1, 6144, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 1, 7168, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 1, 14336, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 2},
     ('dot', 1, 28672, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
+    ('dot', 2, 768, 2048): {'path': 'dot', 'BLOCK_N': 16, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
     ('dot', 2, 768, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 4},
+    ('dot', 2, 1280, 2048): {'path': 'dot', 'BLOCK_N': 16, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
     ('dot', 2, 1536, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 4},
+    ('dot', 2, 2048, 512): {'path': 'dot', 'BLOCK_N': 16, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
+    ('dot', 2, 2048, 1024): {'path': 'dot', 'BLOCK_N': 16, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
+    ('dot', 2, 2048, 2048): {'path': 'dot', 'BLOCK_N': 16, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
+    ('dot', 2, 2048, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 4},
+    ('dot', 2, 2560, 2048): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
     ('dot', 2, 3072, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 64, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 4},
     ('dot', 2, 3584, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
     ('dot', 2, 4096, 512): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
@@ -40,16 +57,28 @@ TABLE: dict[tuple[str, int, int, int], dict] = {
     ('dot', 2, 4096, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
     ('dot', 2, 4096, 7168): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
     ('dot', 2, 4096, 14336): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 64, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 4},
+    ('dot', 2, 5120, 2048): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
     ('dot', 2, 6144, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
     ('dot', 2, 7168, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
     ('dot', 2, 14336, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 64, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
     ('dot', 2, 16032, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 64, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
+    ('dot', 2, 18992, 2048): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
     ('dot', 2, 28672, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
     ('dot', 2, 32064, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 64, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
+    ('dot', 2, 37984, 2048): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 64, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
     ('dot', 2, 64128, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
+    ('dot', 2, 75968, 2048): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
     ('dot', 2, 128256, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
+    ('dot', 2, 151936, 2048): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
+    ('gemv', 1, 768, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 2048, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 768, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 4096, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
+    ('gemv', 1, 1280, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 1536, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+    ('gemv', 1, 2048, 512): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
+    ('gemv', 1, 2048, 1024): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+    ('gemv', 1, 2048, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+    ('gemv', 1, 2048, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+    ('gemv', 1, 2560, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 3072, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 3584, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 4096, 512): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
@@ -60,12 +89,20 @@ TABLE: dict[tuple[str, int, int, int], dict] = {
     ('gemv', 1, 4096, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 4096, 7168): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 4096, 14336): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+    ('gemv', 1, 5120, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 6144, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 7168, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 14336, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 28672, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+    ('gemv', 2, 768, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 0, 'SPLIT': 1},
     ('gemv', 2, 768, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 2048, 'num_warps': 8, 'num_stages': 0, 'SPLIT': 1},
+    ('gemv', 2, 1280, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 0, 'SPLIT': 1},
     ('gemv', 2, 1536, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 0, 'SPLIT': 1},
+    ('gemv', 2, 2048, 512): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 512, 'num_warps': 8, 'num_stages': 0, 'SPLIT': 1},
+    ('gemv', 2, 2048, 1024): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 512, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+    ('gemv', 2, 2048, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 2048, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+    ('gemv', 2, 2048, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 0, 'SPLIT': 1},
+    ('gemv', 2, 2560, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 2, 3072, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 512, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 2, 3584, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 512, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 2, 4096, 512): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 512, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
@@ -76,12 +113,17 @@ TABLE: dict[tuple[str, int, int, int], dict] = {
     ('gemv', 2, 4096, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 512, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 2, 4096, 7168): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 512, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 2, 4096, 14336): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 512, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+    ('gemv', 2, 5120, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 512, 'num_warps': 4, 'num_stages': 0, 'SPLIT': 1},
     ('gemv', 2, 6144, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
     ('gemv', 2, 7168, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
     ('gemv', 2, 14336, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
     ('gemv', 2, 16032, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
+    ('gemv', 2, 18992, 2048): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
     ('gemv', 2, 28672, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
     ('gemv', 2, 32064, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
+    ('gemv', 2, 37984, 2048): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
     ('gemv', 2, 64128, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
+    ('gemv', 2, 75968, 2048): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
     ('gemv', 2, 128256, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
+    ('gemv', 2, 151936, 2048): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
 }
