@@ -38,12 +38,14 @@ import torch
 import torch.nn.functional as F
 
 # The decode GEMMs' shapes per model (--model): hidden, dense MLP width (0: the MLP is experts, timed by
-# benchmarks/moe_switch.py), query and key/value widths (heads x head_dim), vocabulary, head_dim.
+# benchmarks/moe_switch.py), query and key/value widths (heads x head_dim), vocabulary, head_dim, experts (the
+# MoE router's logits GEMM, replicated: the same shape at every tp).
 MODELS = {
-    "llama3-8b": dict(H=4096, I=14336, Q=4096, KV=1024, VOCAB=128256, D=128),
-    # qwen3-moe-mini (hf-tp bench --shape): Qwen3-30B-A3B's attention and LM head
-    "qwen3-moe-mini": dict(H=2048, I=0, Q=4096, KV=512, VOCAB=151936, D=128),
+    "llama3-8b": dict(H=4096, I=14336, Q=4096, KV=1024, VOCAB=128256, D=128, E=0),
+    # qwen3-moe-mini (hf-tp bench --shape): Qwen3-30B-A3B's attention, router (64 experts) and LM head
+    "qwen3-moe-mini": dict(H=2048, I=0, Q=4096, KV=512, VOCAB=151936, D=128, E=64),
 }
+GEMMS: set | None = None  # main() sets it from --gemms: only these names
 MODEL = MODELS["llama3-8b"]  # main() sets it from --model
 ROTATE_BYTES = 160e6  # per measured matrix: 3x the H200's L2
 DEVICE = "cuda"
@@ -52,11 +54,14 @@ DEVICE = "cuda"
 def shapes(tp: int, lm_head: bool = False) -> list[tuple[str, int, int, bool]]:
     """(name, N, K, fp32 out) of rank 0's decode GEMMs at ``tp`` for MODEL (key/value heads replicated when
     there are fewer than ``tp``)."""
-    H, I, Q, KV, VOCAB, D = (MODEL[k] for k in ("H", "I", "Q", "KV", "VOCAB", "D"))
+    H, I, Q, KV, VOCAB, D, E = (MODEL[k] for k in ("H", "I", "Q", "KV", "VOCAB", "D", "E"))
     rows = [("qkv", Q // tp + 2 * max(KV // tp, D), H, False), ("o", H, Q // tp, tp > 1)]
     if I:
         rows += [("gate_up", 2 * I // tp, H, False), ("down", H, I // tp, tp > 1)]
-    return rows + ([("lm_head", -(-VOCAB // tp), H, True)] if lm_head else [])
+    if E:
+        rows.append(("router", E, H, False))
+    rows += [("lm_head", -(-VOCAB // tp), H, True)] if lm_head else []
+    return [r for r in rows if GEMMS is None or r[0] in GEMMS]
 
 
 def gtime(fns, reps: int = 2, n: int = 5) -> float:
@@ -176,7 +181,7 @@ def sweep_tasks(tps, ms, lm_head: bool, sms: int) -> list[tuple]:
         for name, N, K, fp32_out in shapes(tp, lm_head):
             for M in ms:
                 bucket = "gemv" if M == 1 else "dot"
-                for kind in ("bf16",) if name == "lm_head" else ("bf16", "fp8"):
+                for kind in ("bf16",) if name in ("lm_head", "router") else ("bf16", "fp8"):
                     for cfg in grid(bucket, kind, N, K, sms):
                         tasks.append((cfg["path"], kind, N, K, M, fp32_out and kind == "bf16", cfg))
     return tasks
@@ -230,7 +235,7 @@ def sweep(weights: dict, ms, sms: int, log, result: dict, save) -> dict:
         for M in ms:
             bucket = "gemv" if M == 1 else "dot"
             x = xs(M, K)
-            for kind in ("bf16",) if name == "lm_head" else ("bf16", "fp8"):
+            for kind in ("bf16",) if name in ("lm_head", "router") else ("bf16", "fp8"):
                 ws = W.bf16 if kind == "bf16" else W.fp8
                 ss = [None] * len(ws) if kind == "bf16" else W.block
                 ref = reference(x, ws[0], ss[0], kind)
@@ -337,7 +342,9 @@ def layer_rows(rows: list[dict], tps, ms) -> list[dict]:
             layer = dict(tp=tp, M=M, **{k: round(sum(x[k] for x in r), 1) for k in ("cublas_us", "triton_us", "rule_us")})
             layer["triton_speedup"] = round(layer["cublas_us"] / layer["triton_us"], 3)
             if "fp8_block_us" in r[0]:
-                layer.update({k: round(sum(x[k] for x in r), 1) for k in ("fp8_block_us", "fp8_channel_us")})
+                # the router stays bf16 in an FP8 model
+                layer.update({k: round(sum(x.get(k, x["triton_us"]) for x in r), 1)
+                              for k in ("fp8_block_us", "fp8_channel_us")})
                 layer["fp8_block_vs_cublas"] = round(layer["cublas_us"] / layer["fp8_block_us"], 3)
                 layer["fp8_block_vs_triton_bf16"] = round(layer["triton_us"] / layer["fp8_block_us"], 3)
             out.append(layer)
@@ -383,9 +390,11 @@ def main():
     parser.add_argument("--prefill", action="store_true")
     parser.add_argument("--model", default="llama3-8b", choices=sorted(MODELS),
                         help="whose decode GEMM shapes (the table keeps every other model's entries)")
+    parser.add_argument("--gemms", default="", help="comma-separated GEMM names to time (default: all)")
     args = parser.parse_args()
-    global MODEL
+    global MODEL, GEMMS
     MODEL = MODELS[args.model]
+    GEMMS = set(args.gemms.split(",")) if args.gemms else None
     tps = [int(t) for t in args.tps.split(",")]
     ms = [int(m) for m in args.ms.split(",")]
     from hf_tp.kernels import gemv_triton as gt
@@ -409,7 +418,7 @@ def main():
     weights = {}
     for tp in tps:
         for name, N, K, fp32_out in shapes(tp, args.lm_head):
-            weights[(tp, name, N, K, fp32_out)] = Weights(N, K, copies_for(N, K), fp8=name != "lm_head")
+            weights[(tp, name, N, K, fp32_out)] = Weights(N, K, copies_for(N, K), fp8=name not in ("lm_head", "router"))
     log("weights ready")
     if args.sweep:
         table = sweep(weights, ms, sms, log, result, save)

@@ -116,7 +116,10 @@ def case(layers, tokens, top_k, device, dtype, blocks=None, systems=("kernel", "
 # (outputs per program, reduction chunk, warps): a batch-1 call is latency-bound when each program walks the
 # whole reduction in a serial loop, so the grid trades outputs per program against the chunk per step.
 GATE_UP_GRID = [(n, k, w) for n in (4, 8, 16) for k in (256, 512, 1024) for w in (4, 8)]
-DOWN_GRID = [(n, k, w) for n in (8, 16, 32) for k in (128, 256, 512) for w in (4, 8)]
+# Down: (outputs, chunk, warps, sums the pairs): per-pair programs summed by torch, or one program per token
+# that sums its k pairs (k times fewer programs, so fewer outputs each).
+DOWN_GRID = ([(n, k, w, False) for n in (8, 16, 32) for k in (128, 256, 512) for w in (4, 8)]
+             + [(n, k, w, True) for n in (1, 2, 4, 8) for k in (64, 128, 256) for w in (4, 8)])
 
 
 def best_blocks(rows):

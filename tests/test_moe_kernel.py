@@ -33,6 +33,7 @@ CONFIGS = {
 def _blocks_check() -> list[str]:
     """Transformers' sparse MoE block, then the same block with hf_tp's decode switch installed: outputs for
     1..3 tokens (kernels) and for MOE_DECODE_MAX_TOKENS + 1 tokens (Transformers' forward, bitwise)."""
+    from hf_tp.kernels import moe_decode as K
     from hf_tp.kernels.moe_decode import MOE_DECODE_MAX_TOKENS
     from hf_tp.parallel.moe_decode import install_moe_decode
 
@@ -48,27 +49,38 @@ def _blocks_check() -> list[str]:
             if install_moe_decode(model, "triton") != 2:
                 failures.append(f"{arch}: the switch was not installed on both experts modules")
             got = {t: block(x) for t, x in inputs.items()}
+            # the other down form too: per-pair products summed by torch, or summed in the kernel
+            shipped = K.DOWN_BLOCKS
+            K.DOWN_BLOCKS = (*shipped[:3], not shipped[3])
+            try:
+                other = {t: block(inputs[t]) for t in (1, 3)}
+            finally:
+                K.DOWN_BLOCKS = shipped
         for t in (1, 3):
-            err = float((got[t] - expected[t]).abs().max() / expected[t].abs().max())
-            if err > 1e-5:
-                failures.append(f"{arch}: {t} tokens: kernel rel err {err:.2e}")
+            for form, out in (("shipped", got[t]), ("other down form", other[t])):
+                err = float((out - expected[t]).abs().max() / expected[t].abs().max())
+                if err > 1e-5:
+                    failures.append(f"{arch}: {t} tokens: kernel ({form}) rel err {err:.2e}")
         if not torch.equal(got[MOE_DECODE_MAX_TOKENS + 1], expected[MOE_DECODE_MAX_TOKENS + 1]):
             failures.append(f"{arch}: above the switch point the output is not Transformers' own")
     return failures
 
 
 def _decode_check(folder: str, new_tokens: int):
-    """hf_tp at tp 1 with moe_decode='triton': the decode loop's greedy tokens and the resolved config."""
+    """hf_tp at tp 1 with moe_decode='triton' and decode_gemm='triton' (the CUDA defaults): the decode loop's
+    greedy tokens, the resolved config, and how many routers compute their logits with the decode GEMM kernel."""
     from hf_tp.assembly import load_parallel_model
     from hf_tp.parallel.comm import TPGroup
 
     model = load_parallel_model(folder, TPGroup(tp_rank=0, tp_size=1, device=torch.device("cpu")), dtype=torch.float32,
-                                progress=False, tp_config=TPConfig(fast_decode=True, moe_decode="triton"))
+                                progress=False, tp_config=TPConfig(fast_decode=True, moe_decode="triton",
+                                                                   decode_gemm="triton"))
     switched = sum(hasattr(m, "_hf_tp_grouped_forward") for m in model.modules())
+    routers = sum(hasattr(m, "_hf_tp_route_form") and m.decode_gemm for m in model.modules())
     prompt = torch.tensor([[1, 17, 42, 9, 77, 23]])
     with torch.no_grad():
         tokens = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False)
-    return model.hf_tp_config.moe_decode, switched, tokens
+    return model.hf_tp_config.moe_decode, switched, routers, tokens
 
 
 
@@ -86,8 +98,8 @@ def test_decode_loop_with_kernels_matches_transformersrun_interpreted(tmp_path):
     new_tokens = 8
     with torch.no_grad():
         expected = ref.generate(torch.tensor([[1, 17, 42, 9, 77, 23]]), max_new_tokens=new_tokens, do_sample=False)
-    mode, switched, tokens = run_interpreted(_decode_check, str(tmp_path / "ckpt"), new_tokens)
-    assert mode == "triton" and switched == 2  # both MoE layers
+    mode, switched, routers, tokens = run_interpreted(_decode_check, str(tmp_path / "ckpt"), new_tokens)
+    assert mode == "triton" and switched == 2 and routers == 2  # both MoE layers' experts and routers
     assert torch.equal(tokens, expected)
 
 

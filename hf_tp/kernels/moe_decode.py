@@ -13,6 +13,8 @@ experts each (P = T * k pairs):
      expert's down projection, and stores routing weight * result in fp32 (the weight applied in the epilogue);
   3. the k pairs of each token are summed in fp32 (a fixed order: no atomics, the same result every run) and
      rounded once to the input dtype, as Transformers' grouped path sums them.
+  Steps 2 and 3 can also be one kernel (DOWN_BLOCKS' fourth entry): program (token, block of hidden features)
+  reads all k pairs' activations and down rows and writes the rounded sum.
 
 Every shape depends only on T, k and the weights' shapes, and nothing is read back to the host, so the three
 launches stay inside the decode step's CUDA graph. The ids and weights are the router's: Transformers' own, or
@@ -41,8 +43,11 @@ MOE_DECODE_MAX_TOKENS = 8
 # walking the reduction in many short steps (one experts call, gate/up's blocks swept with down's earlier
 # (32, 128, 4): 33.1 instead of 48.4 µs per layer at width 768 against the earlier (16, 256, 4), 20.7 instead of
 # 41.7 at 384; down (16, 128, 8) then saved about 1 µs more).
+# Down's fourth entry: whether one program sums its token's k pairs itself (grid tokens x hidden blocks: the
+# output is written once, in the input dtype, and no separate sum and cast kernels run) or each pair writes its
+# fp32 product and torch sums them (grid pairs x hidden blocks: k times the programs).
 GATE_UP_BLOCKS = (4, 1024, 4)
-DOWN_BLOCKS = (16, 128, 8)
+DOWN_BLOCKS = (16, 128, 8, False)
 
 
 def experts_reference(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, ids: torch.Tensor,
@@ -108,25 +113,58 @@ def _kernels():
             acc += tl.sum(w * a[None, :], axis=1)
         tl.store(out_ptr + pair * stride_ot + offs_n, acc * route, mask=mask_n)  # routing weight in the epilogue
 
-    return triton, gate_up_kernel, down_kernel
+    @triton.jit
+    def down_sum_kernel(act_ptr, w_ptr, ids_ptr, rw_ptr, out_ptr, hidden, inter, stride_at, stride_we, stride_wn,
+                        stride_ot, TOP_K: tl.constexpr, TOP_K_P2: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr):
+        # One program: BLOCK_N outputs of one token, all k of its experts at once ((k, BLOCK_N, BLOCK_K) tiles:
+        # the k experts' loads of a step are in flight together); the pairs are summed in one fixed order.
+        token = tl.program_id(0)
+        offs_e = tl.arange(0, TOP_K_P2)
+        mask_e = offs_e < TOP_K
+        pairs = token * TOP_K + offs_e
+        experts = tl.load(ids_ptr + pairs, mask=mask_e, other=0).to(tl.int64)
+        routes = tl.load(rw_ptr + pairs, mask=mask_e, other=0.0).to(tl.float32)
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < hidden
+        rows = w_ptr + experts[:, None, None] * stride_we + offs_n[None, :, None].to(tl.int64) * stride_wn
+        acts = act_ptr + pairs[:, None].to(tl.int64) * stride_at
+        mask_en = mask_e[:, None, None] & mask_n[None, :, None]
+        acc = tl.zeros([TOP_K_P2, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, inter, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < inter
+            a = tl.load(acts + offs_k[None, :], mask=mask_e[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+            w = tl.load(rows + offs_k[None, None, :], mask=mask_en & mask_k[None, None, :], other=0.0).to(tl.float32)
+            acc += tl.sum(w * a[:, None, :], axis=2)
+        out = tl.sum(acc * routes[:, None], axis=0)  # routing weights in the epilogue, then the k pairs summed
+        tl.store(out_ptr + token * stride_ot + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+    return triton, gate_up_kernel, down_kernel, down_sum_kernel
 
 
 def experts_decode(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, ids: torch.Tensor,
                    weights: torch.Tensor, gate_up_blocks=None, down_blocks=None) -> torch.Tensor:
     """The kernels' result for ``experts_reference``'s arguments. Weights need unit stride in their last dim
     (checked once at load by hf_tp.parallel.moe_decode); ``ids``/``weights`` (T, k) as the router returns them."""
-    triton, gate_up_kernel, down_kernel = _kernels()
+    triton, gate_up_kernel, down_kernel, down_sum_kernel = _kernels()
     tokens, top_k = ids.shape
     pairs, hidden, inter = tokens * top_k, x.shape[-1], down.shape[-1]
     ids, weights = ids.reshape(-1), weights.reshape(-1)
     x = x.contiguous()
     act = torch.empty(pairs, inter, dtype=x.dtype, device=x.device)
-    out = torch.empty(pairs, hidden, dtype=torch.float32, device=x.device)
     bn, bk, warps = gate_up_blocks or GATE_UP_BLOCKS
     gate_up_kernel[(pairs, triton.cdiv(inter, bn))](
         x, gate_up, ids, act, hidden, inter, x.stride(0), gate_up.stride(0), gate_up.stride(1), act.stride(0),
         TOP_K=top_k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
-    bn, bk, warps = down_blocks or DOWN_BLOCKS
+    bn, bk, warps, sums_pairs = down_blocks or DOWN_BLOCKS
+    if sums_pairs:
+        out = torch.empty(tokens, hidden, dtype=x.dtype, device=x.device)
+        down_sum_kernel[(tokens, triton.cdiv(hidden, bn))](
+            act, down, ids, weights, out, hidden, inter, act.stride(0), down.stride(0), down.stride(1), out.stride(0),
+            TOP_K=top_k, TOP_K_P2=triton.next_power_of_2(top_k), BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+        return out
+    out = torch.empty(pairs, hidden, dtype=torch.float32, device=x.device)
     down_kernel[(pairs, triton.cdiv(hidden, bn))](
         act, down, ids, weights, out, hidden, inter, act.stride(0), down.stride(0), down.stride(1), out.stride(0),
         BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)

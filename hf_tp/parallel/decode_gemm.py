@@ -3,8 +3,8 @@ hf_tp.kernels.decode_gemm.DECODE_MAX_M tokens (decode steps) with hf_tp's skinny
 (prefill) keep cuBLAS.
 
 Chosen once at load: ``install_decode_gemm`` marks every layer whose weight the kernel reads (bf16/fp16/fp32,
-on a device where it runs; FP8 layers have their own kernel, hf_tp.parallel.fp8) and every fused q/k/v or
-gate/up group. The layers branch on the call's token count, a static shape, so the compiled decode step holds
+on a device where it runs; FP8 layers have their own kernel, hf_tp.parallel.fp8), every fused q/k/v or
+gate/up group, and the MoE routers that run hf_tp's routing kernel (their logits GEMM). The layers branch on the call's token count, a static shape, so the compiled decode step holds
 the kernel and the prefill graph holds cuBLAS, with nothing decided per call at run time.
 """
 
@@ -37,7 +37,9 @@ def install_decode_gemm(model: nn.Module, mode: str) -> int:
         if isinstance(group, SharedInputGroup):
             groups[id(group)] = group
             continue
-        if isinstance(module, kinds) and getattr(module, "fp8_scale", None) is None and supports(module.weight):
+        # the MoE routers that took hf_tp's routing kernel (parallel.moe_routing) compute their logits here too
+        router = hasattr(module, "_hf_tp_route_form")
+        if (isinstance(module, kinds) or router) and getattr(module, "fp8_scale", None) is None and supports(module.weight):
             module.decode_gemm = True
             count += 1
     for group in groups.values():

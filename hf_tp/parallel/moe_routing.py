@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kernels.moe_routing import MOE_ROUTE_MAX_EXPERTS, MOE_ROUTE_MAX_TOKENS, MOE_ROUTE_MAX_TOP_K, moe_route
+from .layers import dense_linear
 
 logger = logging.getLogger("hf_tp")
 
@@ -95,7 +96,10 @@ def _forward(self, hidden_states):
     # A Python branch on a static shape: torch.compile specialises the decode step on it, nothing syncs.
     if hidden_states.shape[0] > MOE_ROUTE_MAX_TOKENS:
         return self._hf_tp_router_forward(hidden_states)
-    logits = F.linear(hidden_states, self.weight)  # Transformers' own logits (and returned as it returns them)
+    # The router's logits as Transformers computes them (F.linear), by hf_tp's decode GEMM kernel where
+    # TPConfig.decode_gemm="triton" marked the router (parallel.decode_gemm): cuBLAS took 5.2 us for this
+    # 64 x 2048 product on an H200 (benchmarks/RESULTS.md, 2026-12-04)
+    logits = dense_linear(hidden_states, self.weight, None, False, self.decode_gemm)
     _, renormalize, cast_weights = self._hf_tp_route_form
     if renormalize == "norm_topk_prob":
         renormalize = self.norm_topk_prob
@@ -114,6 +118,7 @@ def install_moe_routing(model: nn.Module, mode: str) -> dict:
         if form is not None:
             module._hf_tp_router_forward = module.forward
             module._hf_tp_route_form = form
+            module.decode_gemm = False  # install_decode_gemm sets it where its kernel reads the weight
             module.forward = types.MethodType(_forward, module)
             chosen["kernel"].append(type(module).__name__)
         elif _looks_like_router(module) and not hasattr(module, "_hf_tp_router_forward"):
