@@ -96,6 +96,8 @@ def main() -> int:
     parser.add_argument("--fallbacks", action="store_true")
     parser.add_argument("--simulate-tp", type=int, default=1, help="one GPU: the widest rank of this tp size")
     parser.add_argument("--json", help="append one JSON line per request here")
+    parser.add_argument("--only", default="", help="comma-separated parts of request names: only those (and the "
+                        "greedy baselines) run")
     args = parser.parse_args()
 
     from gpu_rank import load_rank_model
@@ -134,6 +136,9 @@ def main() -> int:
     vocab = model.config.vocab_size
     prompt = torch.randint(3, vocab, (1, args.prompt_len), generator=torch.Generator().manual_seed(0)).to(device)
     table = requests(word_tokenizer(vocab), args.fallbacks)
+    if args.only:
+        parts = args.only.split(",")
+        table = {name: v for name, v in table.items() if name.startswith("greedy") or any(p in name for p in parts)}
 
     def seconds(kwargs: dict, copies: int, new: int, model=model) -> tuple[float, int, bool]:
         """(seconds, new tokens per row actually generated, whether the loop served it)"""

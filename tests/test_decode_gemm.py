@@ -417,3 +417,40 @@ def test_bf16_two_gloo_ranks_on_one_gpu_with_kernel(tmp_path):
     assert out.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
     result = json.loads(out.read_text())
     assert result["passed"], result["fail_reasons"]
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_kernels_run_where_compiled_or_captured_only():
+    """On CUDA a layer called eagerly (Transformers' generate: beam search and the other fallbacks) takes cuBLAS,
+    whose launch costs less host time; the decode loop's captured step takes the kernel."""
+    from hf_tp.kernels import gemv_triton
+    from hf_tp.kernels.decode_gemm import launch_context_pays
+    from hf_tp.parallel.layers import dense_linear
+
+    x = torch.randn(1, 256, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16)
+    assert launch_context_pays(torch.zeros(1, 8))  # off CUDA: Triton's interpreter in the CPU tests
+    calls = []
+    launch = gemv_triton.launch
+
+    def counted(*args, **kwargs):
+        calls.append(torch.cuda.is_current_stream_capturing())
+        return launch(*args, **kwargs)
+
+    gemv_triton.launch = counted
+    try:
+        eager = dense_linear(x, w, None, False, True)
+        assert not launch_context_pays(x) and calls == []
+        launch(x, w)  # the kernel compiled outside the capture
+
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = dense_linear(x, w, None, False, True)
+        graph.replay()
+        torch.cuda.synchronize()
+    finally:
+        gemv_triton.launch = launch
+    assert calls == [True]
+    err = ((captured.float() - eager.float()).norm() / eager.float().norm()).item()
+    assert err < 5e-3, err

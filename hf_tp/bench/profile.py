@@ -15,7 +15,7 @@ KINDS = (
     ("collectives", ("nccl", "allreduce", "all_reduce", "allgather", "all_gather", "multimem", "one_shot")),
     ("attention", ("flash", "fmha", "attention", "sdpa", "flex", "decoding")),
     # hf_tp's own: the decode GEMMs (gemv_triton) and the MoE experts' kernels (moe_decode)
-    ("GEMM", ("gemm", "gemv", "gate_up_kernel", "down_kernel", "xmma", "cutlass", "nvjet", "cublas", "matmul", "splitk", "triton_tem_fused_mm",
+    ("GEMM", ("gemm", "gemv", "gate_up_kernel", "down_kernel", "down_sum_kernel", "xmma", "cutlass", "nvjet", "cublas", "matmul", "splitk", "triton_tem_fused_mm",
               "triton_tem_fused_addmm", "_mm_", "bmm", "aten::mm", "aten::addmm", "aten::linear")),
 )
 ORDER = ("GEMM", "attention", "norm+pointwise", "collectives")

@@ -67,6 +67,16 @@ def decode_kernel_available(device) -> bool:
     return False
 
 
+def launch_context_pays(x: torch.Tensor) -> bool:
+    """Whether a decode kernel call on ``x`` should run hf_tp's Triton kernels: when torch.compile traces it or a
+    CUDA graph records it (the decode loop's step), or off CUDA (Triton's interpreter, for tests). Called
+    eagerly on CUDA (Transformers' generate on the parallel model: beam search and the other fallbacks), each
+    launch through a custom op and Triton's launcher costs more host time than cuBLAS's or SDPA's, and an eager
+    decode step is bound by host time, not by the weights' bandwidth. Decided from Python state only: a compiled
+    step holds the kernel, nothing is checked on the device."""
+    return not x.is_cuda or torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing()
+
+
 def supports(weight: torch.Tensor) -> bool:
     """Whether a layer's weight can go through the kernel: a float dtype it reads, unit stride along K."""
     return weight.dim() == 2 and weight.dtype in DTYPES and weight.stride(1) == 1 and decode_kernel_available(

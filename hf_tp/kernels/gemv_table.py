@@ -11,6 +11,8 @@ Measured (llama3-8b): NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0, by
 benchmarks/fp8_gemm.py --out $OUT/gemm.json --tps 2,1,4,8 --ms 1,8 --lm-head --sweep.
 Measured (qwen3-moe-mini): NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0, by
 benchmarks/fp8_gemm.py --model qwen3-moe-mini --tps 1,2,4,8 --ms 1,8 --lm-head --sweep --out $OUT/gemm.json.
+Measured (qwen3-moe-mini): NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0, by
+benchmarks/fp8_gemm.py --model qwen3-moe-mini --gemms router --tps 1 --ms 1,8 --sweep --out $OUT/gemm_router.json.
 """
 
 TABLE: dict[tuple[str, int, int, int], dict] = {
@@ -38,6 +40,7 @@ TABLE: dict[tuple[str, int, int, int], dict] = {
     ('dot', 1, 7168, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 1, 14336, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 2},
     ('dot', 1, 28672, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
+    ('dot', 2, 64, 2048): {'path': 'dot', 'BLOCK_N': 16, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 2, 768, 2048): {'path': 'dot', 'BLOCK_N': 16, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
     ('dot', 2, 768, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 4},
     ('dot', 2, 1280, 2048): {'path': 'dot', 'BLOCK_N': 16, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
@@ -94,6 +97,7 @@ TABLE: dict[tuple[str, int, int, int], dict] = {
     ('gemv', 1, 7168, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 14336, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 28672, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+    ('gemv', 2, 64, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 2048, 'num_warps': 8, 'num_stages': 0, 'SPLIT': 1},
     ('gemv', 2, 768, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 0, 'SPLIT': 1},
     ('gemv', 2, 768, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 2048, 'num_warps': 8, 'num_stages': 0, 'SPLIT': 1},
     ('gemv', 2, 1280, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 0, 'SPLIT': 1},

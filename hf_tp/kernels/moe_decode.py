@@ -47,7 +47,7 @@ MOE_DECODE_MAX_TOKENS = 8
 # output is written once, in the input dtype, and no separate sum and cast kernels run) or each pair writes its
 # fp32 product and torch sums them (grid pairs x hidden blocks: k times the programs).
 GATE_UP_BLOCKS = (4, 1024, 4)
-DOWN_BLOCKS = (16, 128, 8, False)
+DOWN_BLOCKS = (2, 256, 4, True)
 
 
 def experts_reference(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, ids: torch.Tensor,

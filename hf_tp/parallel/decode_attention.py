@@ -7,6 +7,9 @@ attention implementation, which Transformers' attention layers look up at every 
 (masking_utils builds no mask at all for a name it does not know), so the masks are the ones sdpa would get:
 the kernel reads them as SDPA does.
 
+Called eagerly on CUDA (Transformers' generate on the parallel model), sdpa runs: the kernel pays where the
+decode step is compiled or captured (``hf_tp.kernels.decode_gemm.launch_context_pays``).
+
 The kernel applies to a call when (decided from shapes, dtypes and Python arguments: nothing read back from
 the device, so the check costs nothing inside the compiled, captured step):
   - one query token per sequence (decode), no dropout, no softcapping, attention sinks, position bias or
@@ -60,7 +63,9 @@ def sdpa_decode_attention(module, query, key, value, attention_mask, *args, **kw
     """Transformers' attention-function signature (sdpa_attention_forward's): (output (B, q, Hq, D), None)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if not args and kernel_applies(query, key, value, attention_mask, kwargs):
+    from ..kernels.decode_gemm import launch_context_pays
+
+    if not args and launch_context_pays(query) and kernel_applies(query, key, value, attention_mask, kwargs):
         from ..kernels.decode_attention import decode_attention
 
         scale = kwargs.get("scaling")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.decode_gemm import DECODE_MAX_M, decode_linear
+from ..kernels.decode_gemm import DECODE_MAX_M, decode_linear, launch_context_pays
 from .comm import TPGroup, all_gather_last_dim, all_reduce
 from .fp8 import fp8_linear
 
@@ -32,10 +32,11 @@ def _linear_fp32_out(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fp32_out: bool,
                  decode: bool) -> torch.Tensor:
     """x @ weight.T (+ bias): the dense layers' one GEMM. ``decode`` (TPConfig.decode_gemm="triton", set at
-    load by parallel.decode_gemm): calls of at most DECODE_MAX_M tokens go to hf_tp's Triton kernel; the branch
-    is on a static shape, so a compiled step holds one or the other. ``fp32_out``: the fp32 accumulator
+    load by parallel.decode_gemm): calls of at most DECODE_MAX_M tokens go to hf_tp's Triton kernel when compiled
+    or captured (``launch_context_pays``); the branch is on a static shape, so a compiled step holds one or the
+    other. ``fp32_out``: the fp32 accumulator
     returned unrounded, with the bias added in fp32."""
-    if decode and x.shape[-1] > 0 and x.numel() // x.shape[-1] <= DECODE_MAX_M:
+    if decode and x.shape[-1] > 0 and x.numel() // x.shape[-1] <= DECODE_MAX_M and launch_context_pays(x):
         return decode_linear(x, weight, bias, fp32_out)
     if fp32_out:
         y = _linear_fp32_out(x, weight)
