@@ -11,6 +11,7 @@ export PYTHONPATH=$PWD
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE"
 (timeout 170 $T tests/test_decode_gemm.py tests/test_gpu_loop.py > "$OUT/tests_1.txt" 2>&1; echo "rc=$? tests_1" >> "$OUT/log.txt") &
 (timeout 170 $T tests/test_decode_attention.py tests/test_gpu_loop_requests.py > "$OUT/tests_2.txt" 2>&1; echo "rc=$? tests_2" >> "$OUT/log.txt") &
+(timeout 170 $T tests/test_moe_kernel.py > "$OUT/tests_3.txt" 2>&1; echo "rc=$? tests_3" >> "$OUT/log.txt") &
 wait
 R="python benchmarks/loop_requests.py --shape llama3-1b --tokens 128 --repeats 2"
 step fallbacks 80 $R --fallbacks --only fallback --json "$OUT/fallbacks.jsonl"
