@@ -12,9 +12,7 @@ TRI_ENV=${TRI_ENV:-"HF_TP_DECODE_GEMM=triton"}
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 ROW="python -m hf_tp.bench.run_system --system hf_tp --mode compile --model $MODEL --tp-size 1"
-{ nvidia-smi --query-gpu=name,driver_version --format=csv; git log --oneline -1
-  python -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"
-} > "$OUT/gpu.txt" 2>&1
+record_env
 # GPU tests (the groups named in $GPU_TESTS, separated by ';', each its own pytest process, all at once)
 # while the checkpoint is written: both must end before any timing starts.
 if [ -n "${GPU_TESTS:-}" ]; then

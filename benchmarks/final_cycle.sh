@@ -5,9 +5,7 @@
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
-{ nvidia-smi --query-gpu=name,driver_version --format=csv
-  python -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"
-} > "$OUT/gpu.txt" 2>&1
+record_env
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE"
 (timeout 170 $T tests/test_decode_gemm.py tests/test_gpu_loop.py > "$OUT/tests_1.txt" 2>&1; echo "rc=$? tests_1" >> "$OUT/log.txt") &
 (timeout 170 $T tests/test_decode_attention.py tests/test_gpu_loop_requests.py > "$OUT/tests_2.txt" 2>&1; echo "rc=$? tests_2" >> "$OUT/log.txt") &

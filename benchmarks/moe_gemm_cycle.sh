@@ -13,9 +13,7 @@ set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}; MODEL=$CK/qwen3-moe-mini-bfloat16
-{ nvidia-smi --query-gpu=name,driver_version --format=csv; git log --oneline -1
-  python -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"
-} > "$OUT/gpu.txt" 2>&1
+record_env
 GEMM="python benchmarks/fp8_gemm.py --model qwen3-moe-mini --tps 1,2,4,8 --ms 1,8 --lm-head --sweep --out $OUT/gemm.json"
 if [ -n "${GPU_TESTS:-}" ]; then
   (timeout "${TEST_S:-170}" python -m pytest -q -p no:cacheprovider -m gpu -rfE $GPU_TESTS > "$OUT/tests.txt" 2>&1

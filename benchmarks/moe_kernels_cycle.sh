@@ -13,9 +13,7 @@ set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}; MODEL=$CK/qwen3-moe-mini-bfloat16
-{ nvidia-smi --query-gpu=name,driver_version --format=csv; git log --oneline -1
-  python -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"
-} > "$OUT/gpu.txt" 2>&1
+record_env
 (timeout 150 python -c "from hf_tp.bench.shapes import write_random_checkpoint as w; print(w('qwen3-moe-mini', '$MODEL'))" \
   > "$OUT/ckpt.txt" 2>&1; echo "rc=$? ckpt" >> "$OUT/log.txt") &
 step gpu_tests 150 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_moe_kernel.py tests/test_moe_routing.py

@@ -7,9 +7,7 @@
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
-{ nvidia-smi --query-gpu=name,driver_version --format=csv; git log --oneline -1
-  python -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"
-} > "$OUT/gpu.txt" 2>&1
+record_env
 [ -n "${GPU_TESTS:-}" ] && step gpu_tests 200 python -m pytest -q -p no:cacheprovider -m gpu -rfE $GPU_TESTS
 MOE="python -m hf_tp.cli bench --shape qwen3-moe-mini --systems hf_tp --modes compile --timeout 200"
 step moe_triton 150 env HF_TP_MOE_DECODE=triton $MOE --batches 1,8 --simulate-tp 2 --profile --json "$OUT/moe_triton.json"

@@ -20,3 +20,9 @@ pack() {
   (cd "$OUT" && tar -czf /tmp/cycle_pack.tgz --exclude log.txt . && find . -type f ! -name log.txt -delete \
     && mv /tmp/cycle_pack.tgz all.tgz)
 }
+# The GPU, the commit and the versions, into $OUT/gpu.txt.
+record_env() {
+  { nvidia-smi --query-gpu=name,driver_version --format=csv; git log --oneline -1
+    python -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"
+  } > "$OUT/gpu.txt" 2>&1
+}
