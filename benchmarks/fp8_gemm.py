@@ -276,9 +276,11 @@ def write_table(path: str, table: dict, result: dict) -> None:
     from hf_tp.kernels import gemv_table
 
     doc = open(gemv_table_source()).read().split('"""')[1].rstrip()
-    lines = ['"""' + doc, f"Measured ({result['model']}): {result['device']}, torch {result['torch']}, triton "
-             f"{result['triton']}, by", "benchmarks/fp8_gemm.py " + " ".join(result["argv"]) + '.\n"""', "",
-             "TABLE: dict[tuple[str, int, int, int], dict] = {"]
+    measured = (f"Measured ({result['model']}): {result['device']}, torch {result['torch']}, triton {result['triton']}, "
+                "by\nbenchmarks/fp8_gemm.py " + " ".join(result["argv"]) + ".")
+    if measured not in doc:
+        doc += "\n" + measured
+    lines = ['"""' + doc + '\n"""', "", "TABLE: dict[tuple[str, int, int, int], dict] = {"]
     merged = {**gemv_table.TABLE, **table}
     for key in sorted(merged):
         lines.append(f"    {key!r}: {merged[key]!r},")

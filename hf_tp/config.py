@@ -85,8 +85,8 @@ class TPConfig:
         head compute calls of at most hf_tp.kernels.decode_gemm.DECODE_MAX_M (16) tokens, i.e. decode steps:
         "triton" (hf_tp's skinny-M kernels, hf_tp/kernels/gemv_triton.py, with a config per shape measured on an
         H200; deterministic, no atomics; the MoE routers' logits too, with moe_decode="triton") or "cublas"
-        (torch's F.linear). Prefill, and calls made eagerly on CUDA (Transformers' generate fallbacks: the kernels
-        run where the decode step is compiled or captured), keep cuBLAS either way; FP8
+        (torch's F.linear). Prefill, and eager calls on CUDA outside hf_tp's decode loop (Transformers' generate
+        fallbacks: the kernels run in the loop and where a step is compiled or captured), keep cuBLAS; FP8
         layers have their own kernel (fp8_weights). Default: DECODE_GEMM_DEFAULT above ("triton", measured faster on an
         H200) on CUDA with Triton importable, "cublas" elsewhere. "triton" needs CUDA (compute capability 8.0+; a rank whose GPU is older
         falls back to "cublas" at load and shows it) and Triton, or TRITON_INTERPRET=1 on CPU (tests).

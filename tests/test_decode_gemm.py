@@ -422,10 +422,11 @@ def test_bf16_two_gloo_ranks_on_one_gpu_with_kernel(tmp_path):
 @pytest.mark.gpu
 @needs_gpu
 def test_kernels_run_where_compiled_or_captured_only():
-    """On CUDA a layer called eagerly (Transformers' generate: beam search and the other fallbacks) takes cuBLAS,
-    whose launch costs less host time; the decode loop's captured step takes the kernel."""
+    """On CUDA a layer called eagerly outside hf_tp's decode loop (Transformers' generate: beam search and the
+    other fallbacks) takes cuBLAS, whose launch costs less host time; inside the loop (eager or not), a compiled
+    function and a captured graph take the kernel."""
     from hf_tp.kernels import gemv_triton
-    from hf_tp.kernels.decode_gemm import launch_context_pays
+    from hf_tp.kernels.decode_gemm import decode_loop_calls, launch_context_pays
     from hf_tp.parallel.layers import dense_linear
 
     x = torch.randn(1, 256, device="cuda", dtype=torch.bfloat16)
@@ -435,15 +436,19 @@ def test_kernels_run_where_compiled_or_captured_only():
     launch = gemv_triton.launch
 
     def counted(*args, **kwargs):
-        calls.append(torch.cuda.is_current_stream_capturing())
+        calls.append("captured" if torch.cuda.is_current_stream_capturing() else "run")
         return launch(*args, **kwargs)
 
     gemv_triton.launch = counted
     try:
         eager = dense_linear(x, w, None, False, True)
         assert not launch_context_pays(x) and calls == []
-        launch(x, w)  # the kernel compiled outside the capture
-
+        with decode_loop_calls():
+            in_loop = dense_linear(x, w, None, False, True)
+        assert calls == ["run"] and not launch_context_pays(x)
+        compiled = torch.compile(lambda a: dense_linear(a, w, None, False, True), fullgraph=True)(x)
+        assert calls == ["run", "run"], calls  # the traced branch holds the kernel
+        calls.clear()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             captured = dense_linear(x, w, None, False, True)
@@ -451,6 +456,7 @@ def test_kernels_run_where_compiled_or_captured_only():
         torch.cuda.synchronize()
     finally:
         gemv_triton.launch = launch
-    assert calls == [True]
-    err = ((captured.float() - eager.float()).norm() / eager.float().norm()).item()
-    assert err < 5e-3, err
+    assert calls == ["captured"]
+    for out in (in_loop, compiled, captured):
+        err = ((out.float() - eager.float()).norm() / eager.float().norm()).item()
+        assert err < 5e-3, err

@@ -39,6 +39,7 @@ from ..compat import (cache_argument_name, default_generation_params, flash_atte
                       logits_process, prepare_generation_config, repetition_penalty_ignores_left_padding,
                       rewind_static_cache, static_cache, unsupported_cache)
 from ..faults import injected_fault
+from ..kernels.decode_gemm import decode_loop_calls
 
 logger = logging.getLogger("hf_tp")
 
@@ -591,6 +592,12 @@ class StaticDecoder:
         return session
 
     def generate(self, request: DecodeRequest) -> torch.Tensor:
+        # hf_tp's decode kernels serve the loop's steps, eager ones included (hf_tp.kernels.decode_gemm.
+        # launch_context_pays): the same kernels, and the same bits, with or without graphs
+        with decode_loop_calls():
+            return self._generate(request)
+
+    def _generate(self, request: DecodeRequest) -> torch.Tensor:
         batch, prompt = request.input_ids.shape
         steps = request.max_new_tokens
         session = self._session(batch, prompt + steps)

@@ -12,6 +12,7 @@ the compiled decode step) and its launches are captured by the step's CUDA graph
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -67,14 +68,32 @@ def decode_kernel_available(device) -> bool:
     return False
 
 
+_LOOP_DEPTH = 0  # > 0 while hf_tp's decode loop runs a request (decode_loop_calls)
+
+
+@contextlib.contextmanager
+def decode_loop_calls():
+    """Marks the calls hf_tp's decode loop makes (its prefill and steps, eager or captured)."""
+    global _LOOP_DEPTH
+    _LOOP_DEPTH += 1
+    try:
+        yield
+    finally:
+        _LOOP_DEPTH -= 1
+
+
 def launch_context_pays(x: torch.Tensor) -> bool:
-    """Whether a decode kernel call on ``x`` should run hf_tp's Triton kernels: when torch.compile traces it or a
-    CUDA graph records it (the decode loop's step), or off CUDA (Triton's interpreter, for tests). Called
-    eagerly on CUDA (Transformers' generate on the parallel model: beam search and the other fallbacks), each
-    launch through a custom op and Triton's launcher costs more host time than cuBLAS's or SDPA's, and an eager
-    decode step is bound by host time, not by the weights' bandwidth. Decided from Python state only: a compiled
-    step holds the kernel, nothing is checked on the device."""
-    return not x.is_cuda or torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing()
+    """Whether a decode-sized call on ``x`` runs hf_tp's Triton kernels (the dense GEMMs, decode attention): in
+    hf_tp's decode loop (eager or captured: the same kernels with or without graphs), wherever torch.compile
+    traces it or a CUDA graph records it, and off CUDA (Triton's interpreter, for tests). Called eagerly on CUDA
+    outside the loop (Transformers' generate on the parallel model: beam search and the other fallbacks), each
+    launch through a custom op and Triton's launcher costs more host time than cuBLAS's or SDPA's, and such a
+    step is bound by host time, not by the weights' bandwidth: num_beams=4 on a 1B model went from 33.2 to 64.3
+    tok/s on an H200 (benchmarks/RESULTS.md, 2026-12-04). Python state only: a compiled graph holds the choice
+    made when it was traced. The MoE experts' and FP8 layers' kernels are not gated (they have no cuBLAS form of
+    the same cost)."""
+    return (not x.is_cuda or torch.compiler.is_compiling() or _LOOP_DEPTH > 0
+            or torch.cuda.is_current_stream_capturing())
 
 
 def supports(weight: torch.Tensor) -> bool:

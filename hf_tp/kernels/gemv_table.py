@@ -4,7 +4,8 @@
 2..64 rows (measured at M = 8); "path" is the kernel that ran fastest for the bucket ("gemv" or "dot"), the rest
 its launch parameters. A shape that is not here runs gemv_triton.rule_config.
 
-This file is written whole by ``benchmarks/fp8_gemm.py --sweep`` ($OUT/gemv_table.py): each entry is the fastest
+This file is written by ``benchmarks/fp8_gemm.py --sweep`` ($OUT/gemv_table.py: this table with the sweep's
+entries added or replaced, one "Measured" line per sweep): each entry is the fastest
 config of the sweep's grid for that shape, checked against the fp32 reference and for the same bits on a second
 call (benchmarks/RESULTS.md says when, on which GPU, from which command).
 Measured (llama3-8b): NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0, by

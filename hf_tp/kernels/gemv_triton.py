@@ -27,8 +27,8 @@ form of hf_tp.kernels.fp8; dense weights use 0):
      tl.dot kernel's steps (at most one group long) hold at most two groups and dequantize W in the tile.
 
 Configs (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) come from ``config_for``: the table of configs
-measured fastest on an H200 for the Llama-3-8B decode shapes at tp 1/2/4/8 (hf_tp/kernels/gemv_table.py,
-written by benchmarks/fp8_gemm.py --sweep), and a rule for other shapes. Fixed rather than autotuned at run
+measured fastest on an H200 for the Llama-3-8B and qwen3-moe-mini decode shapes at tp 1/2/4/8
+(hf_tp/kernels/gemv_table.py, written by benchmarks/fp8_gemm.py --sweep), and a rule for other shapes. Fixed rather than autotuned at run
 time, so that a shape always runs the same config: results are the same bits in every process, not only within
 one.
 
@@ -284,9 +284,11 @@ def rule_config(path: str, N: int, K: int, M: int, elem_bytes: int, sms: int = 1
         block_n, block_k = 4, 1024 // elem_bytes
         return dict(path=path, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8, num_stages=1,
                     SPLIT=_split_for(triton.cdiv(N, block_n), K, block_k, sms))
-    block_n, block_k = (64 if N >= DOT_AT_M1_MIN_N else 32), 128
+    # fp32 weights: 32-row tiles and 3 stages, so the pipeline's buffers fit the 99 KB of shared memory of
+    # sm_86/sm_89 (64 x 5 stages of fp32 tiles needs 160 KB)
+    block_n, block_k = (64 if N >= DOT_AT_M1_MIN_N and elem_bytes <= 2 else 32), 128
     target = 4 * sms if elem_bytes == 1 else sms
-    return dict(path=path, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=3 if elem_bytes == 1 else 5,
+    return dict(path=path, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=5 if elem_bytes == 2 else 3,
                 SPLIT=_split_for(triton.cdiv(N, block_n) * triton.cdiv(M, 16), K, block_k, target))
 
 

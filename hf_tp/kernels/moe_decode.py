@@ -1,4 +1,4 @@
-"""Decode-time MoE experts: one Triton program per (token, chosen expert, block of outputs), reading only the
+"""Decode-time MoE experts: Triton programs per (token, chosen expert, block of outputs), reading only the
 experts the router chose.
 
 Transformers' grouped path sorts the (token, expert) pairs by expert, counts them per expert and runs a
@@ -16,8 +16,8 @@ experts each (P = T * k pairs):
   Steps 2 and 3 can also be one kernel (DOWN_BLOCKS' fourth entry): program (token, block of hidden features)
   reads all k pairs' activations and down rows and writes the rounded sum.
 
-Every shape depends only on T, k and the weights' shapes, and nothing is read back to the host, so the three
-launches stay inside the decode step's CUDA graph. The ids and weights are the router's: Transformers' own, or
+Every shape depends only on T, k and the weights' shapes, and nothing is read back to the host, so the
+launches (two with the summing down kernel, three and torch's sum without) stay inside the decode step's CUDA graph. The ids and weights are the router's: Transformers' own, or
 hf_tp's routing kernel (hf_tp/kernels/moe_routing.py), which chooses the experts torch.topk chooses on CUDA.
 
 ``experts_reference`` is what the kernels compute, in plain torch; it is the tests' yardstick.
@@ -37,12 +37,14 @@ import torch.nn.functional as F
 # 257.9 / 266.3 at 16. 16 would still pay, barely; 8 is kept until a decode step at 9-16 tokens is measured.
 MOE_DECODE_MAX_TOKENS = 8
 
-# Block sizes: (outputs per program, reduction chunk, warps), the fastest of `benchmarks/moe_switch.py --sweep`
-# summed over expert widths 768 and 384 at 1 token on one H200. Few outputs per program and long chunks: a
+# Block sizes: (outputs per program, reduction chunk, warps[, down: sums the pairs]), the fastest of
+# `benchmarks/moe_switch.py --sweep` summed over expert widths 768 and 384 at 1 token on one H200. Few outputs per program and long chunks: a
 # batch-1 call is latency-bound, so many programs, each with few long loads in flight, beat fewer programs
 # walking the reduction in many short steps (one experts call, gate/up's blocks swept with down's earlier
 # (32, 128, 4): 33.1 instead of 48.4 µs per layer at width 768 against the earlier (16, 256, 4), 20.7 instead of
-# 41.7 at 384; down (16, 128, 8) then saved about 1 µs more).
+# 41.7 at 384; down (16, 128, 8) then saved about 1 µs more). 2026-12-04: the summing down kernel, (2, 256, 4),
+# took 23.3 / 14.6 µs per layer at widths 768 / 384 against the best per-pair form's 27.7 / 18.0 with torch's sum
+# (benchmarks/RESULTS.md).
 # Down's fourth entry: whether one program sums its token's k pairs itself (grid tokens x hidden blocks: the
 # output is written once, in the input dtype, and no separate sum and cast kernels run) or each pair writes its
 # fp32 product and torch sums them (grid pairs x hidden blocks: k times the programs).
@@ -157,7 +159,8 @@ def experts_decode(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, i
     gate_up_kernel[(pairs, triton.cdiv(inter, bn))](
         x, gate_up, ids, act, hidden, inter, x.stride(0), gate_up.stride(0), gate_up.stride(1), act.stride(0),
         TOP_K=top_k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
-    bn, bk, warps, sums_pairs = down_blocks or DOWN_BLOCKS
+    bn, bk, warps, *form = down_blocks or DOWN_BLOCKS
+    sums_pairs = bool(form and form[0])  # (outputs, chunk, warps) without the fourth entry: per-pair products
     if sums_pairs:
         out = torch.empty(tokens, hidden, dtype=x.dtype, device=x.device)
         down_sum_kernel[(tokens, triton.cdiv(hidden, bn))](

@@ -7,8 +7,8 @@ attention implementation, which Transformers' attention layers look up at every 
 (masking_utils builds no mask at all for a name it does not know), so the masks are the ones sdpa would get:
 the kernel reads them as SDPA does.
 
-Called eagerly on CUDA (Transformers' generate on the parallel model), sdpa runs: the kernel pays where the
-decode step is compiled or captured (``hf_tp.kernels.decode_gemm.launch_context_pays``).
+Called eagerly on CUDA outside hf_tp's decode loop (Transformers' generate on the parallel model), sdpa runs:
+the kernel serves the loop and compiled or captured steps (``hf_tp.kernels.decode_gemm.launch_context_pays``).
 
 The kernel applies to a call when (decided from shapes, dtypes and Python arguments: nothing read back from
 the device, so the check costs nothing inside the compiled, captured step):

@@ -4,8 +4,10 @@ hf_tp.kernels.decode_gemm.DECODE_MAX_M tokens (decode steps) with hf_tp's skinny
 
 Chosen once at load: ``install_decode_gemm`` marks every layer whose weight the kernel reads (bf16/fp16/fp32,
 on a device where it runs; FP8 layers have their own kernel, hf_tp.parallel.fp8), every fused q/k/v or
-gate/up group, and the MoE routers that run hf_tp's routing kernel (their logits GEMM). The layers branch on the call's token count, a static shape, so the compiled decode step holds
-the kernel and the prefill graph holds cuBLAS, with nothing decided per call at run time.
+gate/up group, and the MoE routers that run hf_tp's routing kernel (their logits GEMM). The layers branch on
+the call's token count, a static shape, and on where the call runs (hf_tp's decode loop, a compiled or captured
+step: the kernel; an eager call outside the loop on CUDA: cuBLAS, hf_tp.kernels.decode_gemm.launch_context_pays),
+Python state only: the compiled decode step holds the kernel and the prefill graph holds cuBLAS.
 """
 
 from __future__ import annotations
