@@ -161,6 +161,12 @@ def test_kernels_compile_for_hopper():
          dict(SCALE=2, SPLIT=False, HAS_BIAS=True, EVEN_K=True, IEEE=False, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128), 4, 4),
         ("dot fp8 unaligned", gt._gemv_dot_kernel, fp8,
          dict(SCALE=3, SPLIT=False, HAS_BIAS=False, EVEN_K=False, IEEE=False, BLOCK_M=64, BLOCK_N=32, BLOCK_K=128), 4, 3),
+        # the rule's configs (gemv_triton.rule_config): 4 rows, 1 KB steps, 8 warps; tl.dot 64-row tiles, 5 stages
+        ("gemv bf16 rule", gt._gemv_kernel, dense, dict(gemv_base, SCALE=0, BLOCK_N=4, NV=64, VEC=8, STAGES=1), 8, 1),
+        ("gemv fp8 rule", gt._gemv_kernel, fp8,
+         dict(gemv_base, SCALE=2, GROUP_SHIFT=7, BLOCK_N=4, NV=64, VEC=16, STAGES=1), 8, 1),
+        ("dot bf16 rule, wide", gt._gemv_dot_kernel, dense,
+         dict(SCALE=0, SPLIT=False, HAS_BIAS=False, EVEN_K=True, IEEE=False, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128), 4, 5),
         ("split reduce", gt._gemv_split_reduce, {"ws_ptr": "*fp32", "s_ptr": "*fp32", "b_ptr": "*bf16", "o_ptr": "*bf16"},
          dict(SCALE=1, HAS_BIAS=True, BLOCK=1024), 4, 1),
     ]
