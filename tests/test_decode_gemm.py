@@ -69,6 +69,8 @@ _CASES = [
     (3, 20, 300, "dot", "float16", False, True, {"BLOCK_N": 32, "BLOCK_K": 128, "SPLIT": 4}),
     (17, 20, 100, "dot", "float32", True, True, {"BLOCK_N": 16, "BLOCK_K": 32}),        # two row blocks of 16
     (2, 40, 72, None, "float32", True, False, None),                                      # the shipped rule
+    (1, 6200, 40, None, "float16", False, False, None),   # the rule's tl.dot at M = 1 (16-bit, N >= 6144), N tail
+    (2, 6200, 40, None, "float32", False, True, None),    # the rule's fp32 tl.dot (32-row tiles, 3 stages)
 ]
 
 
