@@ -28,9 +28,9 @@ form of hf_tp.kernels.fp8; dense weights use 0):
 
 Configs (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT) come from ``config_for``: the table of configs
 measured fastest on an H200 for the Llama-3-8B and qwen3-moe-mini decode shapes at tp 1/2/4/8
-(hf_tp/kernels/gemv_table.py, written by benchmarks/fp8_gemm.py --sweep), and a rule for other shapes. Fixed rather than autotuned at run
-time, so that a shape always runs the same config: results are the same bits in every process, not only within
-one.
+(hf_tp/kernels/gemv_table.py, written by benchmarks/fp8_gemm.py --sweep), and a rule for other shapes. Fixed
+rather than autotuned at run time, so that a shape always runs the same config: results are the same bits in
+every process, not only within one.
 
 The rule (``rule_config``) repeats the table's most frequent winners, so that a model whose shapes were never
 swept starts from configs measured on similar ones; ``benchmarks/fp8_gemm.py --model`` sweeps a model's shapes

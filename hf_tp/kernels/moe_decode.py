@@ -17,7 +17,8 @@ experts each (P = T * k pairs):
   reads all k pairs' activations and down rows and writes the rounded sum.
 
 Every shape depends only on T, k and the weights' shapes, and nothing is read back to the host, so the
-launches (two with the summing down kernel, three and torch's sum without) stay inside the decode step's CUDA graph. The ids and weights are the router's: Transformers' own, or
+launches (two with the summing down kernel, three and torch's sum without) stay inside the decode step's CUDA
+graph. The ids and weights are the router's: Transformers' own, or
 hf_tp's routing kernel (hf_tp/kernels/moe_routing.py), which chooses the experts torch.topk chooses on CUDA.
 
 ``experts_reference`` is what the kernels compute, in plain torch; it is the tests' yardstick.
@@ -38,9 +39,9 @@ import torch.nn.functional as F
 MOE_DECODE_MAX_TOKENS = 8
 
 # Block sizes: (outputs per program, reduction chunk, warps[, down: sums the pairs]), the fastest of
-# `benchmarks/moe_switch.py --sweep` summed over expert widths 768 and 384 at 1 token on one H200. Few outputs per program and long chunks: a
-# batch-1 call is latency-bound, so many programs, each with few long loads in flight, beat fewer programs
-# walking the reduction in many short steps (one experts call, gate/up's blocks swept with down's earlier
+# `benchmarks/moe_switch.py --sweep` summed over expert widths 768 and 384 at 1 token on one H200. Few outputs
+# per program and long chunks: a batch-1 call is latency-bound, so many programs, each with few long loads in
+# flight, beat fewer programs walking the reduction in many short steps (one experts call, gate/up's blocks swept with down's earlier
 # (32, 128, 4): 33.1 instead of 48.4 µs per layer at width 768 against the earlier (16, 256, 4), 20.7 instead of
 # 41.7 at 384; down (16, 128, 8) then saved about 1 µs more). 2026-12-04: the summing down kernel, (2, 256, 4),
 # took 23.3 / 14.6 µs per layer at widths 768 / 384 against the best per-pair form's 27.7 / 18.0 with torch's sum

@@ -41,7 +41,8 @@ def install_decode_gemm(model: nn.Module, mode: str) -> int:
             continue
         # the MoE routers that took hf_tp's routing kernel (parallel.moe_routing) compute their logits here too
         router = hasattr(module, "_hf_tp_route_form")
-        if (isinstance(module, kinds) or router) and getattr(module, "fp8_scale", None) is None and supports(module.weight):
+        if ((isinstance(module, kinds) or router) and getattr(module, "fp8_scale", None) is None
+                and supports(module.weight)):
             module.decode_gemm = True
             count += 1
     for group in groups.values():
