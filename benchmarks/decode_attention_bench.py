@@ -7,9 +7,9 @@ total exceeds the GPU's L2 several times, so every call reads its KV from memory
 layer's weights pass through L2 in between. GPU time per call = CUDA-graph replay of one call per cache.
 Also printed: the KV bytes the mask keeps, their time at --bandwidth TB/s (the floor), and the max error of
 both against an fp32 reference. ``--sweep`` times the kernel's split length and pipeline stages around the
-default on two shapes (for tuning hf_tp/kernels/decode_attention.py).
+default on two shapes, or on ``--shapes`` (for tuning hf_tp/kernels/decode_attention.py).
 
-Usage: python benchmarks/decode_attention_bench.py [--sweep] [--bandwidth 4.8] [--json OUT]
+Usage: python benchmarks/decode_attention_bench.py [--sweep] [--shapes NAME,NAME] [--bandwidth 4.8] [--json OUT]
 """
 import argparse
 import json
@@ -26,6 +26,8 @@ SHAPES = [
     ("tp-1 b1 16384/16000", 1, 32, 8, 16384, 16000),
     ("tp-1 b32 512/300", 32, 32, 8, 512, 300),
     ("tp-2 rank b8 256/192", 8, 16, 4, 256, 192),
+    ("qwen3-moe tp-1 b1 256/192", 1, 32, 4, 256, 192),
+    ("qwen3-moe tp-2 rank b1 256/192", 1, 16, 2, 256, 192),
 ]
 SWEEP_SHAPES = ("tp-2 rank b1 8192/4096", "tp-1 b8 8192/4096")
 HEAD_DIM = 128
@@ -80,6 +82,7 @@ def main():
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--bandwidth", type=float, default=4.8, help="TB/s for the floor (H200: 4.8)")
     parser.add_argument("--json")
+    parser.add_argument("--shapes", help="comma-separated shape names (default: all rows; --sweep: SWEEP_SHAPES)")
     args = parser.parse_args()
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -99,7 +102,10 @@ def main():
     print(f"{'shape':26s} {'sdpa':>9s} {'triton':>9s} {'speedup':>8s} {'floor':>7s} {'x floor':>8s} "
           f"{'err sdpa':>9s} {'err triton':>10s} {'splits':>6s}")
     rows = []
+    chosen = args.shapes.split(",") if args.shapes else None
     for name, batch, q_heads, kv_heads, slots, fill in SHAPES:
+        if chosen and name not in chosen:
+            continue
         q, caches, mask = _inputs(batch, q_heads, kv_heads, slots, fill)
         module = _Attention(q_heads // kv_heads)
         results = {}
@@ -127,7 +133,7 @@ def main():
     if args.sweep:
         print("\nsweep: kernel alone (decode_attention_forward), us per call")
         for name, batch, q_heads, kv_heads, slots, fill in SHAPES:
-            if name not in SWEEP_SHAPES:
+            if name not in (chosen or SWEEP_SHAPES):
                 continue
             q, caches, mask = _inputs(batch, q_heads, kv_heads, slots, fill)
             default = kernel.split_length(batch, kv_heads, slots, kernel._sm_count(q.device))

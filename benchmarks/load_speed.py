@@ -53,7 +53,7 @@ def rank_main(folder: str, rank: int, size: int) -> None:
         "tp": size, "rank": rank, "threads": model.hf_tp_config.load_threads,
         "staging": "pinned" if model.hf_tp_config.pinned_load else "pageable",
         "chunk_mb": model.hf_tp_config.load_chunk_mb, "buffers": model.hf_tp_config.load_buffers,
-        "pin_s": round(stats.pin_seconds, 3),
+        "pin_s": round(stats.pin_seconds, 3), "staging": stats.staging, "phases": stats.phases,
         "weights_s": round(stats.seconds, 3), "from_pretrained_s": round(total, 3),
         "gb": round(stats.bytes_read / 1e9, 2), "gb_per_s": round(stats.gb_per_s, 2)}), flush=True)
     dist.destroy_process_group()

@@ -211,7 +211,7 @@ def main() -> int:
 
             wall = (full - first) / (args.new_tokens - 1)
             extra["profile"] = profile_decode(
-                lambda n: _generate_seconds(model, ids, n, compiled, device), args.profile, wall)
+                lambda n: _generate_seconds(model, ids, n, compiled, device), args.profile, wall, top=24)
         rows.append({"system": args.system, "mode": args.mode,
                      "tp_size": args.simulate_tp or args.tp_size, "batch": batch, **extra,
                      "decode_tok_s": round(decode_tok_s, 2), "ttft_s": round(first, 4), "load_s": round(load_s, 3),

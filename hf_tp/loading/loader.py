@@ -33,6 +33,8 @@ class LoadStats:
     # Where a rank's from_pretrained time went, filled by assembly.load_parallel_model: planning (config,
     # skeleton, plan), building (parallel layers, fused buffers), reading (the weights), each in seconds.
     phases: dict = field(default_factory=dict)
+    # CUDA pinned staging only: seconds summed over the reader threads (PinnedStager.seconds) and chunks moved.
+    staging: dict = field(default_factory=dict)
 
     @property
     def gb_per_s(self) -> float:
@@ -233,6 +235,8 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
             elif buffer.device != device:
                 module._buffers[attr] = buffer.to(device)
     index.close()
-    stats.pin_seconds = stager.pin_seconds if stager is not None else 0.0
+    if stager is not None:
+        stats.pin_seconds = stager.pin_seconds
+        stats.staging = {**{k: round(v, 3) for k, v in stager.seconds.items()}, "chunks": stager.chunks}
     stats.seconds = time.perf_counter() - start
     return stats

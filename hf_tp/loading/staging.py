@@ -51,6 +51,11 @@ class PinnedStager:
         self.device = device
         self.nbytes = nbytes or DEFAULT_CHUNK_BYTES
         self.pin_seconds = 0.0  # how long pinning the pool took (in the background)
+        # Summed over the reader threads: waiting for a free buffer (its previous DMA), copying into it (page
+        # cache -> pinned), issuing the DMA. They tell a host-bound load from a transfer-bound one.
+        self.seconds = {"wait_buffer": 0.0, "host_copy": 0.0, "issue_dma": 0.0}
+        self.chunks = 0
+        self._count_lock = threading.Lock()
         self._pool: queue.Queue[_Slot | BaseException] = queue.Queue()
         self._local = threading.local()
         self._pinning = threading.Thread(target=self._pin, args=(buffers or DEFAULT_BUFFERS,), daemon=True,
@@ -96,17 +101,29 @@ class PinnedStager:
         if source.numel() == 0:
             return
         stream = self._stream()
+        wait = copy = issue = 0.0
+        chunks = 0
         for dst, src in _chunks(target, source, self.nbytes):
             nbytes = src.numel() * src.element_size()
+            t0 = time.perf_counter()
             slot = self._take()
             try:
                 slot.done.synchronize()  # its previous DMA has finished: the buffer may be overwritten
+                t1 = time.perf_counter()
                 staging = slot.buffer[:nbytes].view(src.dtype).view(src.shape)
                 staging.copy_(src)  # page cache (mmap) -> pinned; gathers strided slices
+                t2 = time.perf_counter()
                 self._dma(dst, staging, stream)
                 slot.done.record(stream)
+                t3 = time.perf_counter()
             finally:
                 self._pool.put(slot)
+            wait, copy, issue, chunks = wait + t1 - t0, copy + t2 - t1, issue + t3 - t2, chunks + 1
+        with self._count_lock:
+            self.seconds["wait_buffer"] += wait
+            self.seconds["host_copy"] += copy
+            self.seconds["issue_dma"] += issue
+            self.chunks += chunks
 
     def _dma(self, dst: torch.Tensor, staging: torch.Tensor, stream: torch.cuda.Stream) -> None:
         with torch.cuda.stream(stream):
