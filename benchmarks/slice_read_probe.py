@@ -23,7 +23,10 @@ def main():
     ap.add_argument("--gb", type=float, default=2.0)
     ap.add_argument("--threads", default="1,4")
     ap.add_argument("--path", default="/tmp/slice_read_probe.safetensors")
+    ap.add_argument("--dma", action="store_true", help="only time pinned/pageable -> GPU copies by size")
     args = ap.parse_args()
+    if args.dma:
+        return dma_sizes()
     import safetensors
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -83,6 +86,32 @@ def main():
                     gb = count * rows * 2048 * 2 / 1e9
                     print(f"threads {threads} rows {rows} {'+ DMA' if dma else 'host '} {label:12s} "
                           f"{gb / seconds:7.2f} GB/s", flush=True)
+
+
+def dma_sizes():
+    """Host -> GPU copies alone, one stream, by size: GPU time (CUDA events) and wall time per copy."""
+    for mb in (1, 3, 8, 32, 128):
+        n = mb * 2**20
+        dst = torch.empty(n, dtype=torch.uint8, device="cuda")
+        for kind in ("pinned", "pageable"):
+            src = torch.ones(n, dtype=torch.uint8, pin_memory=kind == "pinned")
+            for _ in range(3):
+                dst.copy_(src, non_blocking=True)
+            torch.cuda.synchronize()
+            reps = max(4, 256 // mb)
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start = time.perf_counter()
+            begin.record()
+            for _ in range(reps):
+                dst.copy_(src, non_blocking=True)
+            end.record()
+            issued = time.perf_counter() - start
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+            gpu_ms = begin.elapsed_time(end) / reps
+            print(f"DMA {kind:8s} {mb:4d} MB: GPU {gpu_ms * 1e3:8.1f} us = {n / gpu_ms / 1e6:6.2f} GB/s; "
+                  f"wall {wall / reps * 1e6:8.1f} us; issue {issued / reps * 1e6:7.1f} us; pinned {src.is_pinned()}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -75,3 +75,29 @@ def test_stager_after_finish_raises_instead_of_waiting():
     stager.finish()  # idempotent
     with pytest.raises(RuntimeError, match="finished"):
         stager.to_device(torch.ones(4), torch.float32)
+
+
+def test_stager_coalesces_back_to_back_pieces():
+    """Pieces that continue each other in device memory share a buffer and one DMA; a gap, another tensor, a
+    piece too large or a cast starts anew; a plain copy from the same thread while pieces are pending (one
+    buffer only) does not wait for ever."""
+    from hf_tp.loading.staging import PinnedStager
+
+    device = torch.device("cuda", 0)
+    stager = PinnedStager(device, nbytes=1024, buffers=1)  # 1 KB: four rows of 64 fp32
+    first = torch.zeros(12, 64, device=device)
+    other = torch.zeros(3, 64, device=device, dtype=torch.bfloat16)
+    rows = torch.randn(12, 64)
+    for i in (0, 1, 2, 3, 4, 6, 7):  # 0-3 fill a buffer, 4 starts the next, 6 leaves a gap
+        stager.copy_into(first[i], rows[i], coalesce=True)
+    stager.copy_into(other[0:2], rows[:2].bfloat16(), coalesce=True)  # another tensor
+    stager.copy_into(first[8], rows[8].double(), coalesce=True)  # a cast: copied alone
+    stager.copy_into(first[9:12], rows[9:12], coalesce=False)  # a plain copy flushes the pending one first
+    stager.copy_into(other[2], rows[2].bfloat16(), coalesce=True)
+    stager.flush()
+    stager.finish()
+    want = rows.clone()
+    want[5] = 0
+    assert torch.equal(first.cpu(), want)
+    assert torch.equal(other.cpu(), rows[:3].bfloat16())
+    assert stager.chunks >= 5

@@ -33,6 +33,10 @@ PROGRAMS_PER_SM = 4  # split programs per SM at a full cache: enough loads in fl
 # 128 slots beat 64 for a tp-2 rank at batch 1 (8192-slot cache, 4096 filled), and 3 pipeline stages beat 2
 # at both swept shapes; 8 warps did not help.
 MIN_SPLIT_LEN = 128
+# Caches of at most SHORT_CACHE slots are latency-bound at small batches: splits of 64 slots beat 128 there (one
+# H200, 2026-12-04, kernel alone at batch 1 with 4 KV heads: 256 slots 6.6 vs 7.7 µs, 1024 slots 7.0 vs 8.2,
+# 2048 slots 8.5 vs 8.6; benchmarks/RESULTS.md).
+SHORT_CACHE, SHORT_MIN_SPLIT_LEN = 2048, 64
 NUM_WARPS, NUM_STAGES = 4, 3
 REDUCE_CHUNK = 16  # splits combined per step of the reduce kernel
 
@@ -160,11 +164,20 @@ def _sm_count(device: torch.device) -> int:
 
 
 def split_length(batch: int, kv_heads: int, slots: int, sms: int) -> int:
-    """Slots per split: a power of two between MIN_SPLIT_LEN and MAX_SPLIT_LEN, small enough that a full cache
-    gives about PROGRAMS_PER_SM split programs per SM. Fixed by the shapes (one CUDA graph per shape)."""
-    splits = max(1, -(-PROGRAMS_PER_SM * sms // (batch * kv_heads)))
-    length = 1 << max(0, math.ceil(math.log2(max(1, -(-slots // splits)))))
-    return max(MIN_SPLIT_LEN, min(MAX_SPLIT_LEN, length))
+    """Slots per split, a power of two up to MAX_SPLIT_LEN. Fixed by the shapes (one CUDA graph per shape).
+
+    When the batch's (sequence, KV head) pairs alone fill the SMs, one split (of at most MAX_SPLIT_LEN) each: at
+    batch 32 with 8 KV heads and 512 slots, one split took 15.4 µs against 21.2 for two. Otherwise splits small
+    enough that a full cache gives about PROGRAMS_PER_SM programs per SM, and at least MIN_SPLIT_LEN slots
+    (SHORT_MIN_SPLIT_LEN for caches of at most SHORT_CACHE slots)."""
+    pairs = batch * kv_heads
+    if pairs >= sms:
+        length = slots
+    else:
+        length = -(-slots // max(1, -(-PROGRAMS_PER_SM * sms // pairs)))
+    length = 1 << max(0, math.ceil(math.log2(max(1, length))))
+    shortest = SHORT_MIN_SPLIT_LEN if slots <= SHORT_CACHE else MIN_SPLIT_LEN
+    return max(shortest, min(MAX_SPLIT_LEN, length))
 
 
 def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

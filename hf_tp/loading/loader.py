@@ -93,10 +93,11 @@ def _to_device(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype, s
     return tensor.contiguous().to(device=device, dtype=dtype)
 
 
-def _copy_into(target: torch.Tensor, tensor: torch.Tensor, stager: PinnedStager | None) -> None:
-    """Host tensor -> an existing device tensor (a view into a fused buffer), cast on the way."""
+def _copy_into(target: torch.Tensor, tensor: torch.Tensor, stager: PinnedStager | None, coalesce: bool = False) -> None:
+    """Host tensor -> an existing device tensor (a view into a fused buffer), cast on the way. ``coalesce``: see
+    PinnedStager.copy_into (the caller flushes)."""
     if stager is not None:
-        stager.copy_into(target, tensor)
+        stager.copy_into(target, tensor, coalesce=coalesce)
         return
     with torch.no_grad():
         target.copy_(tensor)
@@ -179,9 +180,14 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
                 placed = target.device.type != "meta"
                 dest = target if placed else torch.empty(target.shape, dtype=target.dtype, device=device)
                 try:
-                    nbytes = read_experts(index, per_expert[group[0]], shard and shard.dim,
-                                          shard and shard.pieces[tp_rank], dest,
-                                          lambda view, piece: _copy_into(view, piece, stager))
+                    # One DMA for several back-to-back pieces (experts are 3 MB each in Qwen3-30B-A3B).
+                    try:
+                        nbytes = read_experts(index, per_expert[group[0]], shard and shard.dim,
+                                              shard and shard.pieces[tp_rank], dest,
+                                              lambda view, piece: _copy_into(view, piece, stager, coalesce=True))
+                    finally:
+                        if stager is not None:
+                            stager.flush()
                 except CheckpointError:
                     raise
                 except Exception as exc:

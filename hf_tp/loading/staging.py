@@ -95,11 +95,19 @@ class PinnedStager:
         self.copy_into(target, source)
         return target
 
-    def copy_into(self, target: torch.Tensor, source: torch.Tensor) -> None:
+    def copy_into(self, target: torch.Tensor, source: torch.Tensor, coalesce: bool = False) -> None:
         """``target`` (on the GPU; a view such as an expert's column range is cut by rows) gets ``source``'s values,
-        cast to its dtype on the GPU."""
+        cast to its dtype on the GPU.
+
+        ``coalesce=True``: small pieces that land back to back in device memory (a MoE layer's experts, read per
+        expert and part) share one buffer and one DMA, issued when the next piece does not follow or fit, or at
+        ``flush()``, which the caller must call in the same thread before the target is used. Each DMA has a
+        fixed cost that 3 MB pieces do not amortize (benchmarks/RESULTS.md, 2026-12-04)."""
         if source.numel() == 0:
             return
+        if coalesce and self._append(target, source):
+            return
+        self.flush()  # this thread holds at most one buffer at a time: no reader waits on a pool it holds
         stream = self._stream()
         wait = copy = issue = 0.0
         chunks = 0
@@ -125,6 +133,53 @@ class PinnedStager:
             self.seconds["issue_dma"] += issue
             self.chunks += chunks
 
+    def _append(self, target: torch.Tensor, source: torch.Tensor) -> bool:
+        """Copy ``source`` into this thread's pending buffer if ``target`` continues its device range; False when
+        the piece cannot be coalesced (cast, strided, larger than a buffer): the caller copies it alone."""
+        nbytes = source.numel() * source.element_size()
+        if source.dtype != target.dtype or not target.is_contiguous() or source.shape != target.shape or nbytes > self.nbytes:
+            return False
+        pending = getattr(self._local, "pending", None)
+        if pending is not None and (target.untyped_storage().data_ptr() != pending["storage"]
+                                    or target.data_ptr() != pending["end"] or pending["used"] + nbytes > self.nbytes):
+            self.flush()
+            pending = None
+        t0 = time.perf_counter()
+        if pending is None:
+            slot = self._take()
+            slot.done.synchronize()
+            pending = self._local.pending = {"slot": slot, "first": target, "storage": target.untyped_storage().data_ptr(),
+                                             "end": target.data_ptr(), "used": 0}
+        t1 = time.perf_counter()
+        used = pending["used"]
+        pending["slot"].buffer[used:used + nbytes].view(source.dtype).view(source.shape).copy_(source)
+        pending["used"], pending["end"] = used + nbytes, pending["end"] + nbytes
+        with self._count_lock:
+            self.seconds["wait_buffer"] += t1 - t0
+            self.seconds["host_copy"] += time.perf_counter() - t1
+        return True
+
+    def flush(self) -> None:
+        """Issue this thread's pending coalesced DMA (``copy_into(coalesce=True)``), if any."""
+        pending = getattr(self._local, "pending", None)
+        if pending is None:
+            return
+        self._local.pending = None
+        slot, first, used = pending["slot"], pending["first"], pending["used"]
+        try:
+            t0 = time.perf_counter()
+            # The device bytes [first, first + used) of first's storage, as one uint8 tensor.
+            dst = torch.empty(0, dtype=torch.uint8, device=first.device).set_(
+                first.untyped_storage(), first.storage_offset() * first.element_size(), (used,))
+            stream = self._stream()
+            self._dma(dst, slot.buffer[:used], stream)
+            slot.done.record(stream)
+            with self._count_lock:
+                self.seconds["issue_dma"] += time.perf_counter() - t0
+                self.chunks += 1
+        finally:
+            self._pool.put(slot)
+
     def _dma(self, dst: torch.Tensor, staging: torch.Tensor, stream: torch.cuda.Stream) -> None:
         with torch.cuda.stream(stream):
             if staging.dtype == dst.dtype:
@@ -138,6 +193,7 @@ class PinnedStager:
         so a CUDA error here does not hide the error being raised."""
         self._pinning.join()
         try:
+            self.flush()  # the calling thread's coalesced pieces, if it left any
             torch.cuda.synchronize(self.device)
         except Exception:
             if not quiet:
