@@ -117,7 +117,8 @@ class TPConfig:
         slicing, to FP8 in 128 x 128 blocks of the rank's slice, and kept FP8 as with fp8_weights="keep" (half
         the bytes of bf16; on CPU or without hf_tp's FP8 kernel it is as exact but slower than bf16).
       pinned_load, load_chunk_mb, load_buffers: on CUDA, slices go through ``load_buffers`` pinned buffers of
-        ``load_chunk_mb`` MB (8 and 4: the fastest on the lent H100, 2026-11-25); False: plain copies. On CPU
+        ``load_chunk_mb`` MB (32 and 4: on one H200 the Llama-3-8B shape loaded at 34 GB/s with 32 MB, 17.6 with
+        8; benchmarks/RESULTS.md, 2026-12-04); False: plain copies. On CPU
         there is no host-to-device copy: resolve() sets pinned_load=False.
     Processes:
       worker_env: environment every rank gets, in single-controller workers and (set if absent) under a
@@ -136,7 +137,7 @@ class TPConfig:
     fuse: bool | None = None
     load_threads: int | None = None
     pinned_load: bool = True
-    load_chunk_mb: float = 8.0
+    load_chunk_mb: float = 32.0
     load_buffers: int = 4
     fp8_weights: str = "auto"
     weights: str = "checkpoint"

@@ -70,8 +70,9 @@ def test_stager_after_finish_raises_instead_of_waiting():
     from hf_tp.loading.staging import PinnedStager
 
     stager = PinnedStager(torch.device("cuda"), nbytes=1024, buffers=1)  # no index: the current GPU
-    assert torch.equal(stager.to_device(torch.ones(4), torch.float32).cpu(), torch.ones(4))
-    stager.finish()
+    got = stager.to_device(torch.ones(4), torch.float32)
+    stager.finish()  # the copy ran on the stager's stream: finish() waits for it
+    assert torch.equal(got.cpu(), torch.ones(4))
     stager.finish()  # idempotent
     with pytest.raises(RuntimeError, match="finished"):
         stager.to_device(torch.ones(4), torch.float32)

@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 
 from ..errors import CheckpointError
+from .file_ranges import FileRange, RangeReader
 
 # What a model needs besides weights: config, generation config, tokenizer files.
 # (*.py: the modelling code of trust_remote_code models.)
@@ -102,6 +103,7 @@ class CheckpointIndex:
             raise CheckpointError(f"{self.folder}: the index names files that are missing: {missing}.")
         self._handles: dict[Path, object] = {}
         self._lock = threading.Lock()
+        self._ranges = RangeReader()
 
     @staticmethod
     def _keys(file: Path) -> list[str]:
@@ -141,5 +143,11 @@ class CheckpointIndex:
                 raise CheckpointError(f"{file} is not a readable safetensors file ({exc}); re-download or re-save it.") from exc
         return self._handles[file]
 
+    def rows(self, name: str, start: int | None = None, stop: int | None = None) -> FileRange | None:
+        """Rows [start, stop) of dimension 0 of ``name`` as a file range (read with preadv, see
+        loading.file_ranges); None when its dtype is not one torch reads as stored."""
+        return self._ranges.rows(self.files[name], name, start, stop)
+
     def close(self) -> None:
         self._handles.clear()
+        self._ranges.close()

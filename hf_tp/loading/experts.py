@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import CheckpointError
+from .file_ranges import copy_from
 from .keys import checkpoint_names
 from .quantization import is_fp8, read_fp8
 
@@ -46,7 +47,8 @@ def read_experts(index, keys: list[tuple[str, ...]], dim: int | None, pieces, de
     packed parts (gate and up), so it is cut at part boundaries. ``dim=None``: whole tensors, parts packed
     along dim 1. Each piece is copied from its memory-mapped safetensors slice into its view of ``dest``
     (``dest[e, row0:row1, :]`` or ``dest[e, :, col0:col1]``), cast on the way: no per-expert concatenation
-    or stacking copies. FP8 experts (index.quantization) are dequantized piece by piece to ``dest.dtype``
+    or stacking copies. Whole parts and row ranges come as file ranges (``index.rows``, read with preadv),
+    column ranges as safetensors slices. FP8 experts (index.quantization) are dequantized piece by piece to ``dest.dtype``
     (loading.quantization) and the piece is written into its view. ``write(view, source)`` does each copy
     (default ``view.copy_(source)``; the loader passes its pinned CUDA staging). Returns the bytes taken out
     of the checkpoint (FP8: weights and their float32 scales).
@@ -68,10 +70,13 @@ def read_experts(index, keys: list[tuple[str, ...]], dim: int | None, pieces, de
             nbytes += fp8.weight.numel() + fp8.scale.numel() * 4
             source = fp8.dequantize(dest.dtype)
         else:
-            view = index.handle(key).get_slice(key)  # memory-mapped: slicing reads nothing yet
-            source = view[:] if lead_dim is None else view[(*(slice(None),) * lead_dim, slice(start, stop))]
+            # Whole tensors and row ranges are contiguous in the file: read with preadv (loading.file_ranges).
+            source = index.rows(key, start, stop) if lead_dim in (None, 0) else None
+            if source is None:
+                view = index.handle(key).get_slice(key)  # memory-mapped: slicing reads nothing yet
+                source = view[:] if lead_dim is None else view[(*(slice(None),) * lead_dim, slice(start, stop))]
             nbytes += source.numel() * source.element_size()
-        length = source.shape[along - 1] if source.dim() == 2 else 0
+        length = source.shape[along - 1] if len(source.shape) == 2 else 0
         target = dest[expert, at:at + length] if along == 1 else dest[expert, :, at:at + length]
         if tuple(source.shape) != tuple(target.shape):  # copy_ would broadcast a wrong shape silently
             raise CheckpointError(f"{key} in {index.files[key]} gives a slice of shape {tuple(source.shape)}, expected "
@@ -101,6 +106,5 @@ def read_experts(index, keys: list[tuple[str, ...]], dim: int | None, pieces, de
     return nbytes
 
 
-def _copy(target: torch.Tensor, source: torch.Tensor) -> None:
-    with torch.no_grad():
-        target.copy_(source)
+def _copy(target: torch.Tensor, source) -> None:
+    copy_from(target, source)

@@ -19,6 +19,7 @@ from ..errors import CheckpointError
 from ..policies.plan import ParamShard, ShardingPlan
 from .checkpoint import CheckpointIndex
 from .experts import expert_part_keys, read_experts
+from .file_ranges import copy_from
 from .keys import find_key
 from .quantization import FP8Slice, is_fp8, quantize_blocks, read_canonical, read_dequantized
 from .staging import MIN_CHUNK_BYTES, PinnedStager, finished_at_exit
@@ -99,8 +100,7 @@ def _copy_into(target: torch.Tensor, tensor: torch.Tensor, stager: PinnedStager 
     if stager is not None:
         stager.copy_into(target, tensor, coalesce=coalesce)
         return
-    with torch.no_grad():
-        target.copy_(tensor)
+    copy_from(target, tensor)
 
 
 def _tie_groups(model: nn.Module) -> list[list[str]]:

@@ -13,6 +13,7 @@ host-to-device transfers of different chunks and threads overlap.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -20,10 +21,12 @@ from contextlib import contextmanager
 
 import torch
 
+from .file_ranges import FileRange
 
-# Defaults of TPConfig.load_chunk_mb and load_buffers: 8 MB (4 MB was slower) and 4 buffers (8 were no
-# faster), on the lent H100, 2026-11-25.
-DEFAULT_CHUNK_BYTES = 8 * 2**20
+
+# Defaults of TPConfig.load_chunk_mb and load_buffers: 32 MB (one H200, 2026-12-04: the 8B shape at 34 GB/s
+# against 17.6 with 8 MB) and 4 buffers (8 were no faster on the lent H100, 2026-11-25).
+DEFAULT_CHUNK_BYTES = 32 * 2**20
 DEFAULT_BUFFERS = 4
 MIN_CHUNK_BYTES = 64 * 1024  # the smallest buffer make_stager asks for
 
@@ -108,6 +111,13 @@ class PinnedStager:
         if coalesce and self._append(target, source):
             return
         self.flush()  # this thread holds at most one buffer at a time: no reader waits on a pool it holds
+        if isinstance(source, FileRange):
+            if not (target.is_contiguous() and target.dtype == source.dtype and tuple(target.shape) == source.shape):
+                source = source.load()  # a cast or a strided target: through a host tensor
+            else:
+                for dst, piece in _range_chunks(target, source, self.nbytes):
+                    self._stage(dst, piece)
+                return
         stream = self._stream()
         wait = copy = issue = 0.0
         chunks = 0
@@ -133,11 +143,34 @@ class PinnedStager:
             self.seconds["issue_dma"] += issue
             self.chunks += chunks
 
-    def _append(self, target: torch.Tensor, source: torch.Tensor) -> bool:
+    def _stage(self, dst: torch.Tensor, piece: FileRange) -> None:
+        """One file range (at most a buffer) read into a buffer, then its DMA to ``dst``."""
+        t0 = time.perf_counter()
+        slot = self._take()
+        try:
+            slot.done.synchronize()
+            t1 = time.perf_counter()
+            staging = slot.buffer[:piece.nbytes].view(piece.dtype).view(piece.shape)
+            piece.read_into(staging)
+            t2 = time.perf_counter()
+            stream = self._stream()
+            self._dma(dst, staging, stream)
+            slot.done.record(stream)
+            t3 = time.perf_counter()
+        finally:
+            self._pool.put(slot)
+        with self._count_lock:
+            self.seconds["wait_buffer"] += t1 - t0
+            self.seconds["host_copy"] += t2 - t1
+            self.seconds["issue_dma"] += t3 - t2
+            self.chunks += 1
+
+    def _append(self, target: torch.Tensor, source) -> bool:
         """Copy ``source`` into this thread's pending buffer if ``target`` continues its device range; False when
         the piece cannot be coalesced (cast, strided, larger than a buffer): the caller copies it alone."""
         nbytes = source.numel() * source.element_size()
-        if source.dtype != target.dtype or not target.is_contiguous() or source.shape != target.shape or nbytes > self.nbytes:
+        if (source.dtype != target.dtype or not target.is_contiguous() or tuple(source.shape) != tuple(target.shape)
+                or nbytes > self.nbytes):
             return False
         pending = getattr(self._local, "pending", None)
         if pending is not None and (target.untyped_storage().data_ptr() != pending["storage"]
@@ -152,7 +185,11 @@ class PinnedStager:
                                              "end": target.data_ptr(), "used": 0}
         t1 = time.perf_counter()
         used = pending["used"]
-        pending["slot"].buffer[used:used + nbytes].view(source.dtype).view(source.shape).copy_(source)
+        staging = pending["slot"].buffer[used:used + nbytes].view(source.dtype).view(source.shape)
+        if isinstance(source, FileRange):
+            source.read_into(staging)  # file -> pinned, one copy (preadv)
+        else:
+            staging.copy_(source)
         pending["used"], pending["end"] = used + nbytes, pending["end"] + nbytes
         with self._count_lock:
             self.seconds["wait_buffer"] += t1 - t0
@@ -219,6 +256,16 @@ def finished_at_exit(stager: PinnedStager | None):
         stager.finish(quiet=True)
         raise
     stager.finish()
+
+
+def _range_chunks(target: torch.Tensor, source: FileRange, nbytes: int):
+    """Matching (flat target view, file range) pieces of at most ``nbytes``; ``target`` is contiguous."""
+    flat = target.view(-1)
+    step = max(1, nbytes // source.element_size())
+    for start in range(0, flat.numel(), step):
+        piece = flat[start:start + step]
+        yield piece, dataclasses.replace(source, offset=source.offset + start * source.element_size(),
+                                         shape=(piece.numel(),))
 
 
 def _chunks(target: torch.Tensor, source: torch.Tensor, nbytes: int):

@@ -1,0 +1,129 @@
+"""Contiguous byte ranges of safetensors files, read with ``os.preadv`` straight into a caller's memory.
+
+Why not only ``safe_open(...).get_slice``: a MoE checkpoint stores thousands of 3 MB expert tensors, and copying
+each from safetensors' memory map into the pinned staging buffer ran at about 4 GB/s per reader thread on the
+H200 machine (page faults on the mapping, threads that did not scale), where whole 32 MB chunks of dense tensors
+moved at 34 GB/s (benchmarks/RESULTS.md, 2026-12-04). ``preadv`` copies from the page cache in the kernel, with
+the GIL released and no fault per page, into memory that is already mapped (the pinned buffer).
+
+Only the safetensors layout is read here (an 8-byte little-endian header length, a JSON header giving each
+tensor's dtype, shape and data offsets, then the data); safetensors itself still validates every file when the
+index opens it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# safetensors dtype names that map one to one onto torch dtypes (others go through safetensors).
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """Bytes [offset, offset + nbytes) of ``file``: a tensor of ``dtype`` and ``shape``, stored contiguously."""
+    file: Path
+    offset: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    reader: "RangeReader"
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel() * self.element_size()
+
+    def numel(self) -> int:
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count
+
+    def element_size(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    def read_into(self, out: torch.Tensor) -> None:
+        """Fill ``out`` (CPU, contiguous, this range's dtype and number of elements) with the range's bytes."""
+        if out.device.type != "cpu" or not out.is_contiguous() or out.dtype != self.dtype or out.numel() != self.numel():
+            raise ValueError(f"cannot read {self.shape} {self.dtype} into {tuple(out.shape)} {out.dtype} on {out.device}")
+        self.reader.read(self.file, self.offset, out.data_ptr(), self.nbytes)
+
+    def load(self) -> torch.Tensor:
+        """The range as a new CPU tensor."""
+        out = torch.empty(self.shape, dtype=self.dtype)
+        self.read_into(out)
+        return out
+
+
+class RangeReader:
+    """Headers and open file descriptors of a checkpoint's files, shared by the loader's threads."""
+
+    def __init__(self):
+        self._headers: dict[Path, tuple[int, dict]] = {}
+        self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def _header(self, file: Path) -> tuple[int, dict]:
+        with self._lock:
+            if file not in self._headers:
+                with open(file, "rb") as fh:
+                    length = int.from_bytes(fh.read(8), "little")
+                    self._headers[file] = (8 + length, json.loads(fh.read(length)))
+                self._fds[file] = os.open(file, os.O_RDONLY)
+            return self._headers[file]
+
+    def rows(self, file: Path, name: str, start: int | None = None, stop: int | None = None) -> FileRange | None:
+        """Rows [start, stop) of dimension 0 of tensor ``name`` (all rows when None): contiguous on disk. None
+        when the dtype has no torch equivalent here (the caller reads through safetensors)."""
+        data_start, header = self._header(file)
+        info = header[name]
+        dtype = _DTYPES.get(info["dtype"])
+        if dtype is None:
+            return None
+        shape = tuple(info["shape"])
+        begin, end = info["data_offsets"]
+        if not shape:
+            return FileRange(file, data_start + begin, dtype, shape, self)
+        start, stop = 0 if start is None else start, shape[0] if stop is None else stop
+        if not 0 <= start <= stop <= shape[0]:
+            raise IndexError(f"{name}: rows [{start}, {stop}) of {shape[0]}")
+        row_bytes = (end - begin) // shape[0] if shape[0] else 0
+        return FileRange(file, data_start + begin + start * row_bytes, dtype, (stop - start, *shape[1:]), self)
+
+    def read(self, file: Path, offset: int, address: int, nbytes: int) -> None:
+        fd = self._fds[file]
+        done = 0
+        while done < nbytes:  # preadv may return less than asked
+            chunk = (ctypes.c_char * (nbytes - done)).from_address(address + done)
+            got = os.preadv(fd, [chunk], offset + done)
+            if got <= 0:
+                raise OSError(f"{file}: read {done} of {nbytes} bytes at offset {offset}: the file is truncated")
+            done += got
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            self._headers.clear()
+
+
+def copy_from(target: torch.Tensor, source: "FileRange | torch.Tensor") -> None:
+    """``target`` (a tensor or view, on any device) gets ``source``'s values, cast to its dtype, without staging:
+    a file range is read straight into a contiguous CPU target of its dtype, else into a temporary first."""
+    with torch.no_grad():
+        if isinstance(source, FileRange):
+            if (target.device.type == "cpu" and target.is_contiguous() and target.dtype == source.dtype
+                    and tuple(target.shape) == source.shape):
+                source.read_into(target)
+                return
+            source = source.load()
+        target.copy_(source)
