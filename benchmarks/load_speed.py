@@ -1,5 +1,5 @@
 """Load time of each rank's shard: ``python benchmarks/load_speed.py FOLDER [--tp N] [--threads 4,8]
-[--chunk-mb 8] [--buffers 6] [--staging pinned,pageable]`` (comma lists: every combination is run).
+[--chunk-mb 32] [--buffers 6] [--staging pinned,pageable] [--switch-interval 0.005,0.0002]`` (comma lists: every combination is run).
 
 Runs hf_tp's loader as it runs inside ``from_pretrained``: N processes, one per tp rank, joined by
 a gloo group (only the loader's error agreement uses it), rank r on cuda:(r mod GPUs), so on a
@@ -44,6 +44,8 @@ def rank_main(folder: str, rank: int, size: int) -> None:
         torch.cuda.set_device(device)
         torch.empty(1, device=device)  # CUDA context outside the timed part, as after an earlier model
     dist.barrier()
+    if os.environ.get("LOAD_SPEED_SWITCH_INTERVAL"):  # the GIL's switch interval during the load (default 5 ms)
+        sys.setswitchinterval(float(os.environ["LOAD_SPEED_SWITCH_INTERVAL"]))
     start = time.perf_counter()
     model = load_parallel_model(folder, TPGroup(rank, size, device), dtype=torch.bfloat16, progress=False)
     total = time.perf_counter() - start
@@ -53,7 +55,7 @@ def rank_main(folder: str, rank: int, size: int) -> None:
         "tp": size, "rank": rank, "threads": model.hf_tp_config.load_threads,
         "staging": "pinned" if model.hf_tp_config.pinned_load else "pageable",
         "chunk_mb": model.hf_tp_config.load_chunk_mb, "buffers": model.hf_tp_config.load_buffers,
-        "pin_s": round(stats.pin_seconds, 3), "staging": stats.staging, "phases": stats.phases,
+        "switch_interval": sys.getswitchinterval(), "pin_s": round(stats.pin_seconds, 3), "staging": stats.staging, "phases": stats.phases,
         "weights_s": round(stats.seconds, 3), "from_pretrained_s": round(total, 3),
         "gb": round(stats.bytes_read / 1e9, 2), "gb_per_s": round(stats.gb_per_s, 2)}), flush=True)
     dist.destroy_process_group()
@@ -124,9 +126,10 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--threads", default="4")
     ap.add_argument("--staging", default="pinned")
-    ap.add_argument("--chunk-mb", default="8")
+    ap.add_argument("--chunk-mb", default="32")
     ap.add_argument("--buffers", default="4")
     ap.add_argument("--probe", action="store_true")
+    ap.add_argument("--switch-interval", default="", help="comma list of sys.setswitchinterval values to try")
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     if args.rank is not None:
@@ -139,10 +142,12 @@ def main() -> None:
             for t in threads:
                 for mb in args.chunk_mb.split(","):
                     for buffers in args.buffers.split(","):
-                        env = {"HF_TP_LOAD_THREADS": str(t), "HF_TP_PINNED_LOAD": "0" if staging == "pageable" else "1",
-                               "HF_TP_LOAD_CHUNK_MB": mb, "HF_TP_LOAD_BUFFERS": buffers}
-                        for line in run_config(args.folder, args.tp, env):
-                            print(line, flush=True)
+                        for switch in args.switch_interval.split(","):
+                            env = {"HF_TP_LOAD_THREADS": str(t), "HF_TP_PINNED_LOAD": "0" if staging == "pageable" else "1",
+                                   "HF_TP_LOAD_CHUNK_MB": mb, "HF_TP_LOAD_BUFFERS": buffers,
+                                   "LOAD_SPEED_SWITCH_INTERVAL": switch}
+                            for line in run_config(args.folder, args.tp, env):
+                                print(line, flush=True)
 
 
 if __name__ == "__main__":
