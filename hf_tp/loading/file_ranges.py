@@ -83,6 +83,8 @@ class RangeReader:
     def rows(self, file: Path, name: str, start: int | None = None, stop: int | None = None) -> FileRange | None:
         """Rows [start, stop) of dimension 0 of tensor ``name`` (all rows when None): contiguous on disk. None
         when the dtype has no torch equivalent here (the caller reads through safetensors)."""
+        if not hasattr(os, "preadv"):  # not every platform has it: safetensors reads instead
+            return None
         data_start, header = self._header(file)
         info = header[name]
         dtype = _DTYPES.get(info["dtype"])
