@@ -11,10 +11,7 @@ set -u
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}; MOE=$CK/qwen3-moe-mini-bfloat16; DENSE=$CK/llama3-8b-bfloat16
 record_env
-for shape in qwen3-moe-mini llama3-8b; do
-  (timeout 200 python -c "from hf_tp.bench.shapes import write_random_checkpoint as w; print(w('$shape', '$CK/$shape-bfloat16'))" \
-    > "$OUT/ckpt_$shape.txt" 2>&1; echo "rc=$? ckpt $shape" >> "$OUT/log.txt") &
-done
+for shape in qwen3-moe-mini llama3-8b; do write_ckpt $shape "$CK/$shape-bfloat16" 200 & done
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE"
 (timeout 200 $T tests/test_gpu_load.py tests/test_decode_attention.py > "$OUT/tests_1.txt" 2>&1; echo "rc=$? tests_1" >> "$OUT/log.txt") &
 (timeout 200 $T tests/test_gpu_loop.py > "$OUT/tests_2.txt" 2>&1; echo "rc=$? tests_2" >> "$OUT/log.txt") &

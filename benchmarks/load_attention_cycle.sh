@@ -12,8 +12,7 @@ set -u
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}; MODEL=$CK/qwen3-moe-mini-bfloat16
 record_env
-(timeout 170 python -c "from hf_tp.bench.shapes import write_random_checkpoint as w; print(w('qwen3-moe-mini', '$MODEL'))" \
-  > "$OUT/ckpt.txt" 2>&1; echo "rc=$? ckpt" >> "$OUT/log.txt") &
+write_ckpt qwen3-moe-mini "$MODEL" 170 &
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE"
 (timeout 170 $T tests/test_decode_gemm.py tests/test_gpu_loop.py > "$OUT/tests_1.txt" 2>&1; echo "rc=$? tests_1" >> "$OUT/log.txt") &
 (timeout 170 $T tests/test_decode_attention.py tests/test_gpu_loop_requests.py > "$OUT/tests_2.txt" 2>&1; echo "rc=$? tests_2" >> "$OUT/log.txt") &

@@ -8,10 +8,7 @@ set -u
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}; MOE=$CK/qwen3-moe-mini-bfloat16; DENSE=$CK/llama3-8b-bfloat16
 record_env
-for shape in qwen3-moe-mini llama3-8b; do
-  (timeout 200 python -c "from hf_tp.bench.shapes import write_random_checkpoint as w; print(w('$shape', '$CK/$shape-bfloat16'))" \
-    > "$OUT/ckpt_$shape.txt" 2>&1; echo "rc=$? ckpt $shape" >> "$OUT/log.txt") &
-done
+for shape in qwen3-moe-mini llama3-8b; do write_ckpt $shape "$CK/$shape-bfloat16" 200 & done
 wait
 step load_moe 80 python benchmarks/load_speed.py "$MOE" --switch-interval 0.005,0.0002,0.005,0.0002
 step load_dense 50 python benchmarks/load_speed.py "$DENSE" --switch-interval 0.005,0.0002

@@ -14,8 +14,7 @@ set -u
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}; MODEL=$CK/qwen3-moe-mini-bfloat16
 record_env
-(timeout 150 python -c "from hf_tp.bench.shapes import write_random_checkpoint as w; print(w('qwen3-moe-mini', '$MODEL'))" \
-  > "$OUT/ckpt.txt" 2>&1; echo "rc=$? ckpt" >> "$OUT/log.txt") &
+write_ckpt qwen3-moe-mini "$MODEL" 150 &
 step gpu_tests 150 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_moe_kernel.py tests/test_moe_routing.py
 wait
 step router 60 python benchmarks/fp8_gemm.py --model qwen3-moe-mini --gemms router --tps 1 --ms 1,8 --sweep \

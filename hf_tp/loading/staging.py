@@ -104,8 +104,8 @@ class PinnedStager:
 
         ``coalesce=True``: small pieces that land back to back in device memory (a MoE layer's experts, read per
         expert and part) share one buffer and one DMA, issued when the next piece does not follow or fit, or at
-        ``flush()``, which the caller must call in the same thread before the target is used. Each DMA has a
-        fixed cost that 3 MB pieces do not amortize (benchmarks/RESULTS.md, 2026-12-04)."""
+        ``flush()``, which the caller must call in the same thread before the target is used. Fewer, larger DMAs:
+        with the readers contending, issuing one took about 0.5 ms (benchmarks/RESULTS.md, 2026-12-04)."""
         if source.numel() == 0:
             return
         if coalesce and self._append(target, source):
@@ -118,40 +118,18 @@ class PinnedStager:
                 for dst, piece in _range_chunks(target, source, self.nbytes):
                     self._stage(dst, piece)
                 return
-        stream = self._stream()
-        wait = copy = issue = 0.0
-        chunks = 0
         for dst, src in _chunks(target, source, self.nbytes):
-            nbytes = src.numel() * src.element_size()
-            t0 = time.perf_counter()
-            slot = self._take()
-            try:
-                slot.done.synchronize()  # its previous DMA has finished: the buffer may be overwritten
-                t1 = time.perf_counter()
-                staging = slot.buffer[:nbytes].view(src.dtype).view(src.shape)
-                staging.copy_(src)  # page cache (mmap) -> pinned; gathers strided slices
-                t2 = time.perf_counter()
-                self._dma(dst, staging, stream)
-                slot.done.record(stream)
-                t3 = time.perf_counter()
-            finally:
-                self._pool.put(slot)
-            wait, copy, issue, chunks = wait + t1 - t0, copy + t2 - t1, issue + t3 - t2, chunks + 1
-        with self._count_lock:
-            self.seconds["wait_buffer"] += wait
-            self.seconds["host_copy"] += copy
-            self.seconds["issue_dma"] += issue
-            self.chunks += chunks
+            self._stage(dst, src)
 
-    def _stage(self, dst: torch.Tensor, piece: FileRange) -> None:
-        """One file range (at most a buffer) read into a buffer, then its DMA to ``dst``."""
+    def _stage(self, dst: torch.Tensor, source) -> None:
+        """One piece (a tensor or a file range, at most a buffer) into a free buffer, then its DMA to ``dst``."""
         t0 = time.perf_counter()
         slot = self._take()
         try:
-            slot.done.synchronize()
+            slot.done.synchronize()  # its previous DMA has finished: the buffer may be overwritten
             t1 = time.perf_counter()
-            staging = slot.buffer[:piece.nbytes].view(piece.dtype).view(piece.shape)
-            piece.read_into(staging)
+            staging = slot.buffer[:source.numel() * source.element_size()].view(source.dtype).view(source.shape)
+            _fill(staging, source)
             t2 = time.perf_counter()
             stream = self._stream()
             self._dma(dst, staging, stream)
@@ -159,11 +137,14 @@ class PinnedStager:
             t3 = time.perf_counter()
         finally:
             self._pool.put(slot)
+        self._count(t1 - t0, t2 - t1, t3 - t2, 1)
+
+    def _count(self, wait: float, copy: float, issue: float, chunks: int) -> None:
         with self._count_lock:
-            self.seconds["wait_buffer"] += t1 - t0
-            self.seconds["host_copy"] += t2 - t1
-            self.seconds["issue_dma"] += t3 - t2
-            self.chunks += 1
+            self.seconds["wait_buffer"] += wait
+            self.seconds["host_copy"] += copy
+            self.seconds["issue_dma"] += issue
+            self.chunks += chunks
 
     def _append(self, target: torch.Tensor, source) -> bool:
         """Copy ``source`` into this thread's pending buffer if ``target`` continues its device range; False when
@@ -185,15 +166,9 @@ class PinnedStager:
                                              "end": target.data_ptr(), "used": 0}
         t1 = time.perf_counter()
         used = pending["used"]
-        staging = pending["slot"].buffer[used:used + nbytes].view(source.dtype).view(source.shape)
-        if isinstance(source, FileRange):
-            source.read_into(staging)  # file -> pinned, one copy (preadv)
-        else:
-            staging.copy_(source)
+        _fill(pending["slot"].buffer[used:used + nbytes].view(source.dtype).view(source.shape), source)
         pending["used"], pending["end"] = used + nbytes, pending["end"] + nbytes
-        with self._count_lock:
-            self.seconds["wait_buffer"] += t1 - t0
-            self.seconds["host_copy"] += time.perf_counter() - t1
+        self._count(t1 - t0, time.perf_counter() - t1, 0.0, 0)
         return True
 
     def flush(self) -> None:
@@ -211,11 +186,9 @@ class PinnedStager:
             stream = self._stream()
             self._dma(dst, slot.buffer[:used], stream)
             slot.done.record(stream)
-            with self._count_lock:
-                self.seconds["issue_dma"] += time.perf_counter() - t0
-                self.chunks += 1
         finally:
             self._pool.put(slot)
+        self._count(0.0, 0.0, time.perf_counter() - t0, 1)
 
     def _dma(self, dst: torch.Tensor, staging: torch.Tensor, stream: torch.cuda.Stream) -> None:
         with torch.cuda.stream(stream):
@@ -256,6 +229,14 @@ def finished_at_exit(stager: PinnedStager | None):
         stager.finish(quiet=True)
         raise
     stager.finish()
+
+
+def _fill(staging: torch.Tensor, source) -> None:
+    """Page cache -> pinned: a file range with one preadv, a tensor (memory-mapped, any strides) with a copy."""
+    if isinstance(source, FileRange):
+        source.read_into(staging)
+    else:
+        staging.copy_(source)
 
 
 def _range_chunks(target: torch.Tensor, source: FileRange, nbytes: int):
