@@ -180,6 +180,26 @@ def test_decode_loop_with_kernel_at_tp2_matches_transformersrun_interpreted(fold
         assert torch.equal(tokens, expected)
 
 
+def test_split_length_stays_within_the_kernels_limits():
+    """Every split length the rule picks is a power of two between the floors and MAX_SPLIT_LEN (the kernel reads a
+    split's mask as one vector, in tiles of min(BLOCK_N, split)); short caches get 64-slot splits, long ones at
+    least 128; when the batch's KV heads fill the SMs, one split per cache up to MAX_SPLIT_LEN slots."""
+    from hf_tp.kernels import decode_attention as kernel
+
+    for sms in (1, 78, 132):
+        for batch in (1, 2, 8, 32, 1024):
+            for kv_heads in (1, 2, 4, 8):
+                for slots in (1, 63, 64, 200, 256, 1000, 2048, 2049, 8192, 100_000):
+                    length = kernel.split_length(batch, kv_heads, slots, sms)
+                    floor = kernel.SHORT_MIN_SPLIT_LEN if slots <= kernel.SHORT_CACHE else kernel.MIN_SPLIT_LEN
+                    assert length & (length - 1) == 0 and floor <= length <= kernel.MAX_SPLIT_LEN, (batch, slots)
+                    if batch * kv_heads >= sms and slots <= kernel.MAX_SPLIT_LEN:
+                        assert -(-slots // length) == 1, (sms, batch, kv_heads, slots, length)
+    # The measured choices (one H200, 132 SMs): short caches 64, long caches of one sequence 128, batch 32 one split
+    assert kernel.split_length(1, 4, 256, 132) == 64 and kernel.split_length(1, 4, 8192, 132) == 128
+    assert kernel.split_length(32, 8, 512, 132) == 512
+
+
 def test_hook_serves_only_calls_the_kernel_computes():
     from hf_tp.parallel.decode_attention import kernel_applies
 

@@ -78,10 +78,13 @@ def test_stager_after_finish_raises_instead_of_waiting():
         stager.to_device(torch.ones(4), torch.float32)
 
 
-def test_stager_coalesces_back_to_back_pieces():
+def test_stager_coalesces_back_to_back_pieces(tmp_path):
     """Pieces that continue each other in device memory share a buffer and one DMA; a gap, another tensor, a
-    piece too large or a cast starts anew; a plain copy from the same thread while pieces are pending (one
-    buffer only) does not wait for ever."""
+    piece too large or a cast starts anew; file ranges (loading.file_ranges) go the same ways, cut into buffers
+    when larger. Every DMA is counted (stager.chunks): coalescing that stopped working would add DMAs."""
+    from safetensors.torch import save_file
+
+    from hf_tp.loading.checkpoint import CheckpointIndex
     from hf_tp.loading.staging import PinnedStager
 
     device = torch.device("cuda", 0)
@@ -89,16 +92,31 @@ def test_stager_coalesces_back_to_back_pieces():
     first = torch.zeros(12, 64, device=device)
     other = torch.zeros(3, 64, device=device, dtype=torch.bfloat16)
     rows = torch.randn(12, 64)
-    for i in (0, 1, 2, 3, 4, 6, 7):  # 0-3 fill a buffer, 4 starts the next, 6 leaves a gap
+    stager.copy_into(first[0:5], rows[0:5], coalesce=True)  # 1280 B > 1 KB: not coalesced, two DMAs
+    assert stager.chunks == 2
+    for i in (0, 1, 2, 3, 4, 6, 7):  # 0-3 fill a buffer (1 DMA), 4 starts the next (1), 6 leaves a gap (6-7: 1)
         stager.copy_into(first[i], rows[i], coalesce=True)
-    stager.copy_into(other[0:2], rows[:2].bfloat16(), coalesce=True)  # another tensor
-    stager.copy_into(first[8], rows[8].double(), coalesce=True)  # a cast: copied alone
-    stager.copy_into(first[9:12], rows[9:12], coalesce=False)  # a plain copy flushes the pending one first
+    stager.copy_into(other[0:2], rows[:2].bfloat16(), coalesce=True)  # another tensor: 6-7 go
+    assert stager.chunks == 5
+    stager.copy_into(first[8], rows[8].double(), coalesce=True)  # a cast: other[0:2] go, then this alone
+    stager.copy_into(first[9:12], rows[9:12], coalesce=False)
     stager.copy_into(other[2], rows[2].bfloat16(), coalesce=True)
+    assert stager.chunks == 8  # other[2] pending
+    save_file({"w": rows}, tmp_path / "model.safetensors")
+    index = CheckpointIndex(tmp_path)
+    from_file = torch.zeros(12, 64, device=device)
+    stager.copy_into(from_file, index.rows("w"))  # other[2] goes; 3 KB in three buffers
+    assert stager.chunks == 12
+    pieces = torch.zeros(12, 64, device=device)
+    for start in (0, 2, 4, 6):  # two buffers of two ranges each
+        stager.copy_into(pieces[start:start + 2], index.rows("w", start, start + 2), coalesce=True)
     stager.flush()
+    assert stager.chunks == 14
     stager.finish()
+    index.close()
     want = rows.clone()
     want[5] = 0
     assert torch.equal(first.cpu(), want)
     assert torch.equal(other.cpu(), rows[:3].bfloat16())
-    assert stager.chunks >= 5
+    assert torch.equal(from_file.cpu(), rows)
+    assert torch.equal(pieces.cpu()[:8], rows[:8]) and not pieces[8:].any()

@@ -49,8 +49,9 @@ def read_experts(index, keys: list[tuple[str, ...]], dim: int | None, pieces, de
     (``dest[e, row0:row1, :]`` or ``dest[e, :, col0:col1]``), cast on the way: no per-expert concatenation
     or stacking copies. Whole parts and row ranges come as file ranges (``index.rows``, read with preadv),
     column ranges as safetensors slices. FP8 experts (index.quantization) are dequantized piece by piece to ``dest.dtype``
-    (loading.quantization) and the piece is written into its view. ``write(view, source)`` does each copy
-    (default ``view.copy_(source)``; the loader passes its pinned CUDA staging). Returns the bytes taken out
+    (loading.quantization) and the piece is written into its view. ``write(view, source)`` does each copy, ``source``
+    a tensor or a ``loading.file_ranges.FileRange`` (default ``file_ranges.copy_from``; the loader passes its
+    pinned CUDA staging). Returns the bytes taken out
     of the checkpoint (FP8: weights and their float32 scales).
     """
     write = write or _copy

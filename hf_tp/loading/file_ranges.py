@@ -7,13 +7,12 @@ moved at 34 GB/s (benchmarks/RESULTS.md, 2026-12-04). ``preadv`` copies from the
 the GIL released and no fault per page, into memory that is already mapped (the pinned buffer).
 
 Only the safetensors layout is read here (an 8-byte little-endian header length, a JSON header giving each
-tensor's dtype, shape and data offsets, then the data); safetensors itself still validates every file when the
-index opens it.
+tensor's dtype, shape and data offsets, then the data), and checked as far as this reads it: the header inside
+the file, each range's size equal to its shape times its dtype's size, its bytes inside the file.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import threading
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from ..errors import CheckpointError
 
 # safetensors dtype names that map one to one onto torch dtypes (others go through safetensors).
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -54,7 +55,8 @@ class FileRange:
         """Fill ``out`` (CPU, contiguous, this range's dtype and number of elements) with the range's bytes."""
         if out.device.type != "cpu" or not out.is_contiguous() or out.dtype != self.dtype or out.numel() != self.numel():
             raise ValueError(f"cannot read {self.shape} {self.dtype} into {tuple(out.shape)} {out.dtype} on {out.device}")
-        self.reader.read(self.file, self.offset, out.data_ptr(), self.nbytes)
+        if self.nbytes:
+            self.reader.read(self.file, self.offset, out.reshape(-1).view(torch.uint8).numpy())
 
     def load(self) -> torch.Tensor:
         """The range as a new CPU tensor."""
@@ -74,11 +76,16 @@ class RangeReader:
     def _header(self, file: Path) -> tuple[int, dict]:
         with self._lock:
             if file not in self._headers:
+                size = os.path.getsize(file)
                 with open(file, "rb") as fh:
                     length = int.from_bytes(fh.read(8), "little")
-                    self._headers[file] = (8 + length, json.loads(fh.read(length)))
+                    if 8 + length > size:
+                        raise CheckpointError(f"{file}: its header says {length} bytes, past the end of the file; "
+                                              "re-download or re-save it.")
+                    header = json.loads(fh.read(length))
                 self._fds[file] = os.open(file, os.O_RDONLY)
-            return self._headers[file]
+                self._headers[file] = (8 + length, header, size)
+            return self._headers[file][:2]
 
     def rows(self, file: Path, name: str, start: int | None = None, stop: int | None = None) -> FileRange | None:
         """Rows [start, stop) of dimension 0 of tensor ``name`` (all rows when None): contiguous on disk. None
@@ -92,22 +99,31 @@ class RangeReader:
             return None
         shape = tuple(info["shape"])
         begin, end = info["data_offsets"]
+        row_bytes = torch.empty((), dtype=dtype).element_size()
+        for size in shape[1:]:
+            row_bytes *= size
+        stored = row_bytes * (shape[0] if shape else 1)
+        if end - begin != stored or data_start + end > self._headers[file][2]:
+            raise CheckpointError(f"{file}: tensor {name} ({info['dtype']} {list(shape)}) has data offsets {[begin, end]}, "
+                                  f"not {stored} bytes inside the file; the file is corrupt: re-download or re-save it.")
         if not shape:
             return FileRange(file, data_start + begin, dtype, shape, self)
         start, stop = 0 if start is None else start, shape[0] if stop is None else stop
         if not 0 <= start <= stop <= shape[0]:
-            raise IndexError(f"{name}: rows [{start}, {stop}) of {shape[0]}")
-        row_bytes = (end - begin) // shape[0] if shape[0] else 0
+            raise CheckpointError(f"{file}: rows [{start}, {stop}) of tensor {name}, which has {shape[0]}; the "
+                                  "checkpoint does not match its config.")
         return FileRange(file, data_start + begin + start * row_bytes, dtype, (stop - start, *shape[1:]), self)
 
-    def read(self, file: Path, offset: int, address: int, nbytes: int) -> None:
-        fd = self._fds[file]
-        done = 0
+    def read(self, file: Path, offset: int, out) -> None:
+        """``out`` (a writable uint8 buffer, e.g. a tensor's numpy view) <- the file's bytes from ``offset``."""
+        with self._lock:
+            fd = self._fds[file]
+        nbytes, done = len(out), 0
         while done < nbytes:  # preadv may return less than asked
-            chunk = (ctypes.c_char * (nbytes - done)).from_address(address + done)
-            got = os.preadv(fd, [chunk], offset + done)
+            got = os.preadv(fd, [out[done:]], offset + done)
             if got <= 0:
-                raise OSError(f"{file}: read {done} of {nbytes} bytes at offset {offset}: the file is truncated")
+                raise CheckpointError(f"{file}: read {done} of {nbytes} bytes at offset {offset}: the file is truncated; "
+                                      "re-download or re-save it.")
             done += got
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ touched, then cast and moved to the rank's device. No rank materializes the full
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -186,9 +187,13 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
                             nbytes = read_experts(index, per_expert[group[0]], shard and shard.dim,
                                                   shard and shard.pieces[tp_rank], dest,
                                                   lambda view, piece: _copy_into(view, piece, stager, coalesce=True))
-                        finally:
+                        except BaseException:
                             if stager is not None:
-                                stager.flush()
+                                with contextlib.suppress(Exception):  # the read's error is the one to report
+                                    stager.flush()
+                            raise
+                        if stager is not None:
+                            stager.flush()
                     except CheckpointError:
                         raise
                     except Exception as exc:

@@ -60,6 +60,7 @@ class PinnedStager:
         self.chunks = 0
         self._count_lock = threading.Lock()
         self._pool: queue.Queue[_Slot | BaseException] = queue.Queue()
+        self._pinned = 0  # buffers made; finish() expects them all back
         self._local = threading.local()
         self._pinning = threading.Thread(target=self._pin, args=(buffers or DEFAULT_BUFFERS,), daemon=True,
                                          name="hf_tp-pin-staging")
@@ -71,6 +72,7 @@ class PinnedStager:
             torch.cuda.set_device(self.device)
             for _ in range(count):
                 self._pool.put(_Slot(self.nbytes))
+                self._pinned += 1
         except BaseException as exc:  # handed to the reader threads, which raise it
             self._pool.put(exc)
         self.pin_seconds = time.perf_counter() - start
@@ -161,7 +163,11 @@ class PinnedStager:
         t0 = time.perf_counter()
         if pending is None:
             slot = self._take()
-            slot.done.synchronize()
+            try:
+                slot.done.synchronize()
+            except BaseException:
+                self._pool.put(slot)  # a CUDA error: the buffer goes back, or the other readers would wait for it
+                raise
             pending = self._local.pending = {"slot": slot, "first": target, "storage": target.untyped_storage().data_ptr(),
                                              "end": target.data_ptr(), "used": 0}
         t1 = time.perf_counter()
@@ -208,13 +214,19 @@ class PinnedStager:
         except Exception:
             if not quiet:
                 raise
+        returned, again = 0, False
         while not self._pool.empty():
-            self._pool.get()
+            item = self._pool.get()
+            returned += isinstance(item, _Slot)
+            again |= isinstance(item, _Finished)  # finished before: nothing to check
         self._pool.put(_Finished())  # a later copy raises instead of waiting for a buffer for ever
         self._local = threading.local()
         empty = getattr(torch._C, "_host_emptyCache", None)
         if empty is not None:  # hand the staging buffers back to the OS instead of keeping them pinned
             empty()
+        if returned < self._pinned and not again and not quiet:  # another thread's coalesced pieces were never flushed: lost
+            raise RuntimeError(f"PinnedStager.finish: {self._pinned - returned} staging buffer(s) still held by a "
+                               "reader thread: call flush() in each thread that used copy_into(coalesce=True).")
 
 
 @contextmanager
