@@ -49,7 +49,7 @@ class FileRange:
         return count
 
     def element_size(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
+        return self.dtype.itemsize
 
     def read_into(self, out: torch.Tensor) -> None:
         """Fill ``out`` (CPU, contiguous, this range's dtype and number of elements) with the range's bytes."""
@@ -69,7 +69,7 @@ class RangeReader:
     """Headers and open file descriptors of a checkpoint's files, shared by the loader's threads."""
 
     def __init__(self):
-        self._headers: dict[Path, tuple[int, dict]] = {}
+        self._headers: dict[Path, tuple[int, dict, int]] = {}  # data start, header, file size
         self._fds: dict[Path, int] = {}
         self._lock = threading.Lock()
 
@@ -99,7 +99,7 @@ class RangeReader:
             return None
         shape = tuple(info["shape"])
         begin, end = info["data_offsets"]
-        row_bytes = torch.empty((), dtype=dtype).element_size()
+        row_bytes = dtype.itemsize
         for size in shape[1:]:
             row_bytes *= size
         stored = row_bytes * (shape[0] if shape else 1)

@@ -155,99 +155,96 @@ def load_shards(model: nn.Module, plan: ShardingPlan, index: CheckpointIndex, tp
     stager = stager or make_stager(device)
     # Finished on every exit: the asynchronous copies are done before anyone reads a weight, and
     # on errors before their targets can be freed.
-    try:
-        with finished_at_exit(stager):
-            groups = _tie_groups(model)
-            # Fused 3-D expert parameters stored per expert in the checkpoint: name -> per-expert keys.
-            found = {g[0]: find_key(g, index) for g in groups}
-            per_expert = {g[0]: keys for g in groups if found[g[0]] is None
-                          for keys in [expert_part_keys(g[0], index)] if keys}
-            missing = [g[0] for g in groups if found[g[0]] is None and g[0] not in per_expert]
-            if missing:
-                raise CheckpointError(
-                    f"{index.folder}: {len(missing)} weight(s) of the model are not in the checkpoint, e.g. {missing[:3]}. "
-                    "The checkpoint does not match this config (architecture or size)."
-                )
-            def read_group(group):
-                """Read, check, cast and move one (tied) parameter; runs in a worker thread."""
-                shards = {plan.param_shard(n) for n in group}
-                if len(shards) > 1:
-                    raise CheckpointError(f"tied parameters {group} are split differently by the policy; split them the same way.")
-                shard = shards.pop()
-                module_name, _, local = group[0].rpartition(".")
-                target = model.get_submodule(module_name)._parameters[local]
-                if group[0] in per_expert:
-                    # Straight into the rank's 3-D parameter (or the fused buffer it is a view of), expert by expert
-                    # and piece by piece, through the pinned staging on CUDA.
-                    placed = target.device.type != "meta"
-                    dest = target if placed else torch.empty(target.shape, dtype=target.dtype, device=device)
+    with contextlib.closing(index), finished_at_exit(stager):  # the index's open files, also on errors
+        groups = _tie_groups(model)
+        # Fused 3-D expert parameters stored per expert in the checkpoint: name -> per-expert keys.
+        found = {g[0]: find_key(g, index) for g in groups}
+        per_expert = {g[0]: keys for g in groups if found[g[0]] is None
+                      for keys in [expert_part_keys(g[0], index)] if keys}
+        missing = [g[0] for g in groups if found[g[0]] is None and g[0] not in per_expert]
+        if missing:
+            raise CheckpointError(
+                f"{index.folder}: {len(missing)} weight(s) of the model are not in the checkpoint, e.g. {missing[:3]}. "
+                "The checkpoint does not match this config (architecture or size)."
+            )
+        def read_group(group):
+            """Read, check, cast and move one (tied) parameter; runs in a worker thread."""
+            shards = {plan.param_shard(n) for n in group}
+            if len(shards) > 1:
+                raise CheckpointError(f"tied parameters {group} are split differently by the policy; split them the same way.")
+            shard = shards.pop()
+            module_name, _, local = group[0].rpartition(".")
+            target = model.get_submodule(module_name)._parameters[local]
+            if group[0] in per_expert:
+                # Straight into the rank's 3-D parameter (or the fused buffer it is a view of), expert by expert
+                # and piece by piece, through the pinned staging on CUDA.
+                placed = target.device.type != "meta"
+                dest = target if placed else torch.empty(target.shape, dtype=target.dtype, device=device)
+                try:
+                    # One DMA for several back-to-back pieces (experts are 3 MB each in Qwen3-30B-A3B).
                     try:
-                        # One DMA for several back-to-back pieces (experts are 3 MB each in Qwen3-30B-A3B).
-                        try:
-                            nbytes = read_experts(index, per_expert[group[0]], shard and shard.dim,
-                                                  shard and shard.pieces[tp_rank], dest,
-                                                  lambda view, piece: _copy_into(view, piece, stager, coalesce=True))
-                        except BaseException:
-                            if stager is not None:
-                                with contextlib.suppress(Exception):  # the read's error is the one to report
-                                    stager.flush()
-                            raise
+                        nbytes = read_experts(index, per_expert[group[0]], shard and shard.dim,
+                                              shard and shard.pieces[tp_rank], dest,
+                                              lambda view, piece: _copy_into(view, piece, stager, coalesce=True))
+                    except BaseException:
                         if stager is not None:
-                            stager.flush()
-                    except CheckpointError:
+                            with contextlib.suppress(Exception):  # the read's error is the one to report
+                                stager.flush()
                         raise
-                    except Exception as exc:
-                        raise CheckpointError(f"could not read the experts of {group[0]} from {index.folder} ({exc}).") from exc
-                    return group, nbytes, None if placed else dest
-                key = found[group[0]]
-                keep_fp8 = target.dtype == torch.float8_e4m3fn  # a layer that keeps its weight FP8 (keep_fp8_layers)
-                tensor = _read(index, key, shard, tp_rank, target.dtype, keep_fp8=keep_fp8)
-                if keep_fp8 and not isinstance(tensor, FP8Slice):  # unquantized in the file: TPConfig.weights="fp8"
-                    tensor = quantize_blocks(tensor)
-                if keep_fp8:
-                    return group, _checked_fp8(tensor, target, key, index, tp_rank, device, stager), None
-                nbytes = tensor.numel() * tensor.element_size()
-                if group[0] in transposed:
-                    tensor = tensor.t()
-                expected = tuple(target.shape)
-                if tuple(tensor.shape) != expected:
-                    raise CheckpointError(
-                        f"{key} in {index.files[key]} has shape {tuple(tensor.shape)} on tp rank {tp_rank}, expected {expected}; "
-                        "the checkpoint does not match its config."
-                    )
-                if target.device.type != "meta":  # already placed (a view into a fused buffer): write into it
-                    _copy_into(target, tensor, stager)
-                    return group, nbytes, None
-                dtype = target.dtype if tensor.is_floating_point() else tensor.dtype
-                return group, nbytes, _to_device(tensor, device, dtype, stager)
+                    if stager is not None:
+                        stager.flush()
+                except CheckpointError:
+                    raise
+                except Exception as exc:
+                    raise CheckpointError(f"could not read the experts of {group[0]} from {index.folder} ({exc}).") from exc
+                return group, nbytes, None if placed else dest
+            key = found[group[0]]
+            keep_fp8 = target.dtype == torch.float8_e4m3fn  # a layer that keeps its weight FP8 (keep_fp8_layers)
+            tensor = _read(index, key, shard, tp_rank, target.dtype, keep_fp8=keep_fp8)
+            if keep_fp8 and not isinstance(tensor, FP8Slice):  # unquantized in the file: TPConfig.weights="fp8"
+                tensor = quantize_blocks(tensor)
+            if keep_fp8:
+                return group, _checked_fp8(tensor, target, key, index, tp_rank, device, stager), None
+            nbytes = tensor.numel() * tensor.element_size()
+            if group[0] in transposed:
+                tensor = tensor.t()
+            expected = tuple(target.shape)
+            if tuple(tensor.shape) != expected:
+                raise CheckpointError(
+                    f"{key} in {index.files[key]} has shape {tuple(tensor.shape)} on tp rank {tp_rank}, expected {expected}; "
+                    "the checkpoint does not match its config."
+                )
+            if target.device.type != "meta":  # already placed (a view into a fused buffer): write into it
+                _copy_into(target, tensor, stager)
+                return group, nbytes, None
+            dtype = target.dtype if tensor.is_floating_point() else tensor.dtype
+            return group, nbytes, _to_device(tensor, device, dtype, stager)
 
-            # Several reads in flight: copies out of the page cache and host-to-device transfers of
-            # different tensors overlap (torch releases the GIL while copying).
-            with ThreadPoolExecutor(max_workers=threads or default_load_threads()) as pool:
-                for group, nbytes, tensor in tqdm(pool.map(read_group, groups), total=len(groups),
-                                                  desc="hf_tp: loading shards", unit="tensor", disable=not progress):
-                    if isinstance(nbytes, FP8Slice):  # the weight, its scales and their group geometry
-                        fp8, nbytes = nbytes, nbytes.weight.numel() + nbytes.scale.numel() * 4
-                        tensor = fp8.weight
-                        owner = model.get_submodule(group[0].rpartition(".")[0])
-                        owner.fp8_scale, owner.fp8_group_k, owner.fp8_k_offset = fp8.scale, fp8.group_k, fp8.k_offset
-                    stats.bytes_read += nbytes
-                    stats.tensors += 1
-                    if tensor is None:  # written in place
-                        continue
-                    param = nn.Parameter(tensor, requires_grad=False)
-                    for name in group:
-                        owner, _, attr = name.rpartition(".")
-                        model.get_submodule(owner)._parameters[attr] = param
-            for name, buffer in list(model.named_buffers()):
-                owner, _, attr = name.rpartition(".")
-                module = model.get_submodule(owner)
-                if name in index and attr not in module._non_persistent_buffers_set:
-                    module._buffers[attr] = _read(index, name, None, tp_rank).to(device)
-                elif buffer.device != device:
-                    module._buffers[attr] = buffer.to(device)
-    finally:
-        index.close()  # its open files, also when a read failed
+        # Several reads in flight: copies out of the page cache and host-to-device transfers of
+        # different tensors overlap (torch releases the GIL while copying).
+        with ThreadPoolExecutor(max_workers=threads or default_load_threads()) as pool:
+            for group, nbytes, tensor in tqdm(pool.map(read_group, groups), total=len(groups),
+                                              desc="hf_tp: loading shards", unit="tensor", disable=not progress):
+                if isinstance(nbytes, FP8Slice):  # the weight, its scales and their group geometry
+                    fp8, nbytes = nbytes, nbytes.weight.numel() + nbytes.scale.numel() * 4
+                    tensor = fp8.weight
+                    owner = model.get_submodule(group[0].rpartition(".")[0])
+                    owner.fp8_scale, owner.fp8_group_k, owner.fp8_k_offset = fp8.scale, fp8.group_k, fp8.k_offset
+                stats.bytes_read += nbytes
+                stats.tensors += 1
+                if tensor is None:  # written in place
+                    continue
+                param = nn.Parameter(tensor, requires_grad=False)
+                for name in group:
+                    owner, _, attr = name.rpartition(".")
+                    model.get_submodule(owner)._parameters[attr] = param
+        for name, buffer in list(model.named_buffers()):
+            owner, _, attr = name.rpartition(".")
+            module = model.get_submodule(owner)
+            if name in index and attr not in module._non_persistent_buffers_set:
+                module._buffers[attr] = _read(index, name, None, tp_rank).to(device)
+            elif buffer.device != device:
+                module._buffers[attr] = buffer.to(device)
     if stager is not None:
         stats.pin_seconds = stager.pin_seconds
         stats.staging = {**{k: round(v, 3) for k, v in stager.seconds.items()}, "chunks": stager.chunks}
