@@ -156,6 +156,9 @@ def load_lines(rows: list[dict]) -> list[str]:
         lines.append(f"hf_tp {r['mode']} tp {r['tp_size']} weights read: {per_rank}; from_pretrained {r['load_s']:.2f} s")
         for i, phases in enumerate(r.get("load_phases_per_rank") or []):
             lines.append(f"  rank {i} load phases: " + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()))
+        for i, staging in enumerate(r.get("load_staging_per_rank") or []):
+            if staging:  # CUDA only
+                lines.append(f"  rank {i} staging (thread seconds): " + ", ".join(f"{k} {v}" for k, v in staging.items()))
     return lines
 
 

@@ -25,7 +25,7 @@ def _loader_figures(model, tp_size: int) -> dict:
     stats = getattr(model, "hf_tp_load_stats", None)
     if stats is None:
         return {}
-    mine = (stats.bytes_read, round(stats.seconds, 3), round(stats.gb_per_s, 2), stats.phases)
+    mine = (stats.bytes_read, round(stats.seconds, 3), round(stats.gb_per_s, 2), stats.phases, stats.staging)
     ranks = [mine]
     if tp_size > 1:
         import torch.distributed as dist
@@ -35,7 +35,9 @@ def _loader_figures(model, tp_size: int) -> dict:
     return {"read_bytes_per_rank": [r[0] for r in ranks], "read_seconds_per_rank": [r[1] for r in ranks],
             "read_gb_per_s_per_rank": [r[2] for r in ranks],
             # where each rank's load went (plan, build, read, total); the process group start comes before
-            "load_phases_per_rank": [r[3] for r in ranks]}
+            "load_phases_per_rank": [r[3] for r in ranks],
+            # CUDA staging: the readers' seconds waiting for a buffer, copying into it, issuing DMAs (LoadStats.staging)
+            "load_staging_per_rank": [r[4] for r in ranks]}
 
 
 def _weight_bytes(folder: str) -> int:
