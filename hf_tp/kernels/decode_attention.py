@@ -167,9 +167,9 @@ def split_length(batch: int, kv_heads: int, slots: int, sms: int) -> int:
     """Slots per split, a power of two up to MAX_SPLIT_LEN. Fixed by the shapes (one CUDA graph per shape).
 
     When the batch's (sequence, KV head) pairs alone fill the SMs, splits as long as allowed (one split up to
-    MAX_SPLIT_LEN slots): at batch 32 with 8 KV heads and 512 slots, one split took 15.4 µs against 21.2 for two. Otherwise splits small
-    enough that a full cache gives about PROGRAMS_PER_SM programs per SM, and at least MIN_SPLIT_LEN slots
-    (SHORT_MIN_SPLIT_LEN for caches of at most SHORT_CACHE slots)."""
+    MAX_SPLIT_LEN slots): at batch 32 with 8 KV heads and 512 slots, one split took 15.4 µs against 21.2 for
+    two. Otherwise splits small enough that a full cache gives about PROGRAMS_PER_SM programs per SM, and at
+    least MIN_SPLIT_LEN slots (SHORT_MIN_SPLIT_LEN for caches of at most SHORT_CACHE slots)."""
     pairs = batch * kv_heads
     if pairs >= sms:
         length = slots
