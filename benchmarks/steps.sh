@@ -26,10 +26,11 @@ record_env() {
     python -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"
   } > "$OUT/gpu.txt" 2>&1
 }
-# A random checkpoint of a bench shape (hf_tp.bench.shapes), in the background: `write_ckpt SHAPE FOLDER SECONDS &`,
-# then `wait`; its exit status goes to $OUT/log.txt.
+# A random checkpoint of a bench shape (hf_tp.bench.shapes), in the background: `write_ckpt SHAPE FOLDER SECONDS
+# [WEIGHTS] &` (WEIGHTS: bf16, fp8-block or fp8-channel), then `wait`; its exit status goes to $OUT/log.txt.
 write_ckpt() {
-  timeout "$3" python -c "from hf_tp.bench.shapes import write_random_checkpoint as w; print(w('$1', '$2'))" \
-    > "$OUT/ckpt_$1.txt" 2>&1
-  echo "rc=$? ckpt $1" >> "$OUT/log.txt"
+  local weights=${4:-bf16}
+  timeout "$3" python -c "from hf_tp.bench.shapes import write_random_checkpoint as w; print(w('$1', '$2', weights='$weights'))" \
+    > "$OUT/ckpt_$1_$weights.txt" 2>&1
+  echo "rc=$? ckpt $1 $weights" >> "$OUT/log.txt"
 }
