@@ -22,7 +22,7 @@ from .loading.quantization import read_quantization
 from .parallel.fp8 import keep_fp8_layers, resolve_fp8_weights
 from .agreement import fail_together
 from .parallel.comm import TPGroup, min_int
-from .parallel.fused import fuse_shared_inputs
+from .parallel.fused import fuse_fp8_shared_inputs, fuse_shared_inputs
 from .parallel.decode_attention import install_decode_attention
 from .parallel.decode_gemm import install_decode_gemm, resolve_decode_gemm
 from .parallel.moe_decode import install_moe_decode
@@ -152,13 +152,15 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     transposed = parallelize(model, planned.plan, tp, policy=planned.policy, config=config)
     kept = 0
     if (config.fp8_weights == "keep" and planned.index.quantization is not None) or config.weights == "fp8":
-        # Before fusion: FP8 layers are not fused.
+        # Before fusion: the layers that keep FP8 are grouped after loading (fuse_fp8_shared_inputs).
         kept = keep_fp8_layers(model, planned.plan, planned.index, tp.tp_rank, transposed,
                                quantize=config.weights == "fp8")
     fuse_shared_inputs(model, dict(planned.policy.same_input), tp.device, enabled=config.fuse)
     build_s = time.perf_counter() - start
     stats = load_shards(model, planned.plan, planned.index, tp.tp_rank, tp.device, transposed,
                         progress=progress and tp.is_first, stager=stager, threads=config.load_threads)
+    if kept:
+        fuse_fp8_shared_inputs(model, dict(planned.policy.same_input), enabled=config.fuse)
     install_moe_decode(model, config.moe_decode)  # after loading: it checks the experts' real dtypes and strides
     config = install_decode_attention(model, config, tp.device)  # "sdpa" where the kernel does not apply
     model.hf_tp_moe_routing = install_moe_routing(model, config.moe_decode)  # which routers got the kernel

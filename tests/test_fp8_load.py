@@ -118,14 +118,18 @@ def load_all(folders: dict, tp_size: int) -> dict:
             model.save_pretrained(folder.parent / "saved_cut")
     if tp_size == 2:
         for name in ("cut", "channel", "moe"):
-            model = load(folders[name], fp8_weights="keep")
+            # fuse=True (CUDA's default; off on CPU): the FP8 q/k/v (and gate/up) as one FP8 GEMM per group
+            model = load(folders[name], fp8_weights="keep", fuse=True)
             attn = model.model.layers[0].self_attn
             mlp = [] if name == "moe" else [model.model.layers[0].mlp.down_proj]
             out[f"{name}_keep"] = {
                 **_greedy(model), "fp8_weights": model.hf_tp_config.fp8_weights,
                 "weights_bytes": memory_report(model, tp.tp_rank, tp.device, 0)["weights_bytes"],
                 "dtypes": {n: str(getattr(attn, n).weight.dtype) for n in ("q_proj", "o_proj")},
-                "geometry": [(m.fp8_group_k, m.fp8_k_offset) for m in [attn.o_proj, *mlp]]}
+                "geometry": [(m.fp8_group_k, m.fp8_k_offset) for m in [attn.o_proj, *mlp]],
+                "fused": [getattr(attn.q_proj.shared_input, "scale", None) is not None,
+                          attn.q_proj.fp8_scale.data_ptr() == attn.q_proj.shared_input.scale.data_ptr()
+                          if attn.q_proj.shared_input is not None else False]}
             if name != "cut":
                 continue
             try:
@@ -174,6 +178,8 @@ def test_fp8_checkpoints_match_transformers(folders, reference, tp_size):
     _check(results, reference, ["cut_keep", "channel_keep", "moe_keep"])
     r0, r1 = results
     assert r0["cut_keep"]["dtypes"] == {"q_proj": "torch.float8_e4m3fn", "o_proj": "torch.float8_e4m3fn"}
+    for r in results:  # the kept q/k/v computed as one FP8 GEMM, q's scale a view of the group's
+        assert all(r[f"{name}_keep"]["fused"] == [True, True] for name in ("cut", "channel", "moe")), r
     for name in ("cut", "channel", "moe"):
         for r in results:
             assert r[f"{name}_keep"]["weights_bytes"] < r[name]["weights_bytes"]

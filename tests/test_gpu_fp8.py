@@ -31,6 +31,7 @@ def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path):
     assert ours.hf_tp_config.fp8_weights == "keep"
     q = ours.model.layers[0].self_attn.q_proj
     assert q.weight.dtype == torch.float8_e4m3fn
+    assert q.shared_input is not None and q.shared_input.scale is not None  # q/k/v as one FP8 GEMM (TPConfig.fuse)
 
     prompt = torch.randint(3, config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0)).to(device)
     out = ours.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24,
