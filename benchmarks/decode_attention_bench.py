@@ -7,9 +7,12 @@ total exceeds the GPU's L2 several times, so every call reads its KV from memory
 layer's weights pass through L2 in between. GPU time per call = CUDA-graph replay of one call per cache.
 Also printed: the KV bytes the mask keeps, their time at --bandwidth TB/s (the floor), and the max error of
 both against an fp32 reference. ``--sweep`` times the kernel's split length and pipeline stages around the
-default on two shapes, or on ``--shapes`` (for tuning hf_tp/kernels/decode_attention.py).
+default on two shapes, or on ``--shapes`` (for tuning hf_tp/kernels/decode_attention.py). ``--unfused`` also
+times the kernel with its splits combined by a second kernel (``fused_reduce=False``) instead of the last split
+program of each (sequence, KV head), in the table and in the sweep.
 
-Usage: python benchmarks/decode_attention_bench.py [--sweep] [--shapes NAME,NAME] [--bandwidth 4.8] [--json OUT]
+Usage: python benchmarks/decode_attention_bench.py [--sweep] [--unfused] [--shapes NAME,NAME] [--bandwidth 4.8]
+       [--json OUT]
 """
 import argparse
 import json
@@ -83,6 +86,7 @@ def _inputs(batch, q_heads, kv_heads, slots, fill):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--unfused", action="store_true", help="also time the two-kernel reduce")
     parser.add_argument("--bandwidth", type=float, default=4.8, help="TB/s for the floor (H200: 4.8)")
     parser.add_argument("--json")
     parser.add_argument("--shapes", help="comma-separated shape names (default: all rows; --sweep: SWEEP_SHAPES)")
@@ -103,7 +107,7 @@ def main():
     scale = HEAD_DIM ** -0.5
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; GPU us per layer (CUDA-graph replay)")
     print(f"{'shape':26s} {'sdpa':>9s} {'triton':>9s} {'speedup':>8s} {'floor':>7s} {'x floor':>8s} "
-          f"{'err sdpa':>9s} {'err triton':>10s} {'splits':>6s}")
+          f"{'err sdpa':>9s} {'err triton':>10s} {'splits':>6s}" + (f" {'unfused':>9s}" if args.unfused else ""))
     rows = []
     chosen = args.shapes.split(",") if args.shapes else None
     for name, batch, q_heads, kv_heads, slots, fill in SHAPES:
@@ -112,7 +116,11 @@ def main():
         q, caches, mask = _inputs(batch, q_heads, kv_heads, slots, fill)
         module = _Attention(q_heads // kv_heads)
         results = {}
-        for label, fn in (("sdpa", sdpa_attention_forward), ("triton", sdpa_decode_attention)):
+        variants = [("sdpa", sdpa_attention_forward), ("triton", sdpa_decode_attention)]
+        if args.unfused:
+            variants.append(("unfused", sdpa_decode_attention))
+        for label, fn in variants:
+            kernel.FUSED_REDUCE = label != "unfused"  # read by the op at every call (compiled or captured)
             torch._dynamo.reset()
             compiled = torch.compile(lambda q, k, v, m, fn=fn: fn(module, q, k, v, m, dropout=0.0, scaling=scale)[0],
                                      fullgraph=True, dynamic=False)
@@ -121,16 +129,19 @@ def main():
             err = float((out.float() - ref.float()).abs().max())
             us = _graph_us([lambda k=k, v=v, c=compiled: c(q, k, v, mask) for k, v in caches])
             results[label] = (us, err)
+        kernel.FUSED_REDUCE = True
         kept = int(mask.sum())
         floor = 2 * kept * kv_heads * HEAD_DIM * 2 / (args.bandwidth * 1e12) * 1e6
         split = kernel.split_length(batch, kv_heads, slots, kernel._sm_count(q.device))
         row = dict(shape=name, sdpa_us=round(results["sdpa"][0], 2), triton_us=round(results["triton"][0], 2),
                    floor_us=round(floor, 2), sdpa_err=results["sdpa"][1], triton_err=results["triton"][1],
                    split_len=split, splits=-(-slots // split))
+        if args.unfused:
+            row.update(unfused_us=round(results["unfused"][0], 2), unfused_err=results["unfused"][1])
         rows.append(row)
         print(f"{name:26s} {row['sdpa_us']:9.2f} {row['triton_us']:9.2f} {row['sdpa_us'] / row['triton_us']:7.1f}x "
               f"{floor:7.2f} {row['triton_us'] / floor:7.1f}x {row['sdpa_err']:9.2e} {row['triton_err']:10.2e} "
-              f"{row['splits']:6d}", flush=True)
+              f"{row['splits']:6d}" + (f" {row['unfused_us']:9.2f}" if args.unfused else ""), flush=True)
         del caches
     sweep = []
     if args.sweep:
@@ -142,12 +153,21 @@ def main():
             default = kernel.split_length(batch, kv_heads, slots, kernel._sm_count(q.device))
             for split in sorted({max(64, default // 2), default, min(2048, default * 2), max(64, default // 4)}):
                 for warps, stages in ((4, 2), (4, 3), (8, 2)):
-                    us = _graph_us([lambda k=k, v=v, s=split, w=warps, st=stages: kernel.decode_attention_forward(
-                        q, k, v, mask, scale, split_len=s, num_warps=w, num_stages=st) for k, v in caches])
-                    sweep.append(dict(shape=name, split_len=split, warps=warps, stages=stages, us=round(us, 2)))
+                    timed = {}
+                    for fused in (True, False) if args.unfused else (True,):
+                        timed[fused] = _graph_us([
+                            lambda k=k, v=v, s=split, w=warps, st=stages, f=fused: kernel.decode_attention_forward(
+                                q, k, v, mask, scale, split_len=s, num_warps=w, num_stages=st, fused_reduce=f)
+                            for k, v in caches])
+                    us = timed[True]
+                    entry = dict(shape=name, split_len=split, warps=warps, stages=stages, us=round(us, 2))
+                    if args.unfused:
+                        entry["unfused_us"] = round(timed[False], 2)
+                    sweep.append(entry)
                     is_default = (split, warps, stages) == (default, kernel.NUM_WARPS, kernel.NUM_STAGES)
                     print(f"{name:26s} split {split:5d} warps {warps} stages {stages}: {us:8.2f}"
-                          f"{'  (default)' if is_default else ''}", flush=True)
+                          + (f"  unfused {timed[False]:8.2f}" if args.unfused else "")
+                          + f"{'  (default)' if is_default else ''}", flush=True)
             del caches
     if args.json:
         with open(args.json, "w") as f:

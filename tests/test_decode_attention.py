@@ -70,6 +70,65 @@ def _kernel_check() -> list[str]:
     return failures
 
 
+# (batch, query heads, kv heads, slots, head dim, split length): several splits each
+_FUSED_SHAPES = [
+    (1, 8, 2, 112, 24, 16),  # a group of 4, seven splits, head dim 24
+    (2, 6, 3, 40, 16, 16),   # GQA of 2, three splits, the last one partial; more pairs: the counters grow
+    (3, 4, 4, 48, 16, 16),   # no grouping, batch 3
+    (1, 2, 1, 304, 16, 16),  # 19 splits: more than one step of the combine (REDUCE_CHUNK = 16)
+]
+
+
+def _fused_check() -> list[str]:
+    """The fused reduce (the last split program of each (sequence, KV head) combines) against the reference and,
+    bit for bit, against the two-kernel path. Calls follow one another on the same counters, which must be back
+    at zero after each."""
+    import hf_tp.kernels.decode_attention as kernel
+
+    _, _, reduce = kernel._kernels()
+    launches = []
+    run = reduce.run
+    reduce.run = lambda *args, **kwargs: launches.append(1) or run(*args, **kwargs)
+    kernel.MIN_COUNTERS = 1  # a small first buffer: the second shape makes it grow
+    failures = []
+    gen = torch.Generator().manual_seed(1)
+    for batch, q_heads, kv_heads, slots, head_dim, split in _FUSED_SHAPES:
+        shape = (batch, q_heads, kv_heads, slots, head_dim, split)
+        q = torch.randn(batch, q_heads, 1, head_dim, generator=gen)
+        k, v = (torch.randn(batch, kv_heads, slots, head_dim, generator=gen) for _ in range(2))
+        fills = [slots - 3 - 7 * row for row in range(batch)]
+        pads = [0] + [split + 2 + row for row in range(1, batch)]  # left padding over a whole first split
+        mask = _mask(batch, slots, fills, pads)
+        hole = mask.clone()
+        hole[0, ..., split:2 * split] = False  # an empty split between kept ones (the later rows: the first split)
+        hole[0, ..., 1] = False
+        empty = mask.clone()
+        empty[-1] = False  # a row that attends nothing: zeros
+        for name, m in {"mask": mask, "none": None, "empty split": hole, "empty row": empty}.items():
+            ref = kernel.decode_attention_reference(q, k, v, m, head_dim ** -0.5)
+            if name == "empty row":
+                ref[-1] = 0.0
+            before = len(launches)
+            fused = [kernel.decode_attention_forward(q, k, v, m, head_dim ** -0.5, split_len=split)
+                     for _ in range(2 if name == "mask" else 1)]
+            if len(launches) != before:
+                failures.append(f"{shape} {name}: the fused path launched the reduce kernel")
+            two = kernel.decode_attention_forward(q, k, v, m, head_dim ** -0.5, split_len=split, fused_reduce=False)
+            if len(launches) != before + 1:
+                failures.append(f"{shape} {name}: the two-kernel path did not launch the reduce kernel")
+            err = float((fused[0] - ref).abs().max())
+            if not err < 1e-5:
+                failures.append(f"{shape} {name}: max err {err:.2e}")
+            if not all(torch.equal(out, two) for out in fused):
+                failures.append(f"{shape} {name}: fused and two-kernel results differ")
+        held = kernel._COUNTERS[q.device]
+        if held[-1].numel() < batch * kv_heads or any(int(c.abs().sum()) for c in held):
+            failures.append(f"{shape}: counters {[c.tolist() for c in held]}")
+    if len(kernel._COUNTERS[torch.device("cpu")]) < 2:
+        failures.append("the counter buffer never grew")
+    return failures
+
+
 def _loop_check(folder: str, new_tokens: int, batch: dict):
     """tp 1, decode_attention='triton', the decode loop forced on: tokens, resolved option, kernel calls."""
     import hf_tp.kernels.decode_attention as kernels
@@ -130,6 +189,25 @@ def test_kernel_matches_referencerun_interpreted():
     pytest.importorskip("triton")
     failures = run_interpreted(_kernel_check)
     assert not failures, "\n".join(failures)
+
+
+def test_fused_reduce_matches_two_kernels_bit_for_bit():
+    pytest.importorskip("triton")
+    failures = run_interpreted(_fused_check)
+    assert not failures, "\n".join(failures)
+
+
+def test_fused_reduce_counters_are_not_allocated_during_capture(monkeypatch):
+    """A counter buffer allocated inside a CUDA graph capture would be the graph pool's; a call that needs a
+    larger one while capturing takes the two-kernel path instead."""
+    from hf_tp.kernels import decode_attention as kernel
+
+    device = torch.device("cuda", 0)
+    held = torch.zeros(4, dtype=torch.int32)  # stands for the device's buffer (no CUDA here)
+    monkeypatch.setattr(kernel, "_COUNTERS", {device: [held]})
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert kernel._counters(device, 4) is held
+    assert kernel._counters(device, 5) is None and kernel._COUNTERS[device] == [held]
 
 
 def test_decode_loop_with_kernel_matches_transformersrun_interpreted(folder, batch):
@@ -342,6 +420,48 @@ def test_kernel_in_cuda_graph_follows_the_filling_cache():
         torch.cuda.synchronize()
         ref = decode_attention_reference(q, k, v, mask, 0.1)
         assert float((out.float() - ref.float()).abs().max()) < 1e-2, fills
+
+
+@pytest.mark.parametrize("shape", [(8, 32, 8, 8192, 128), (4, 16, 4, 256, 64)], ids=["64-splits", "4-splits"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_reduce_in_cuda_graph_matches_two_kernels(shape):
+    """The fused reduce's last program reads partials that other programs of the same launch wrote (an acq_rel
+    counter, loads through L2). Both paths captured in one graph and replayed with new queries and masks: close
+    (no stale partial read), then the same bits (the same combine code), at every replay; the counters are zero
+    after each. 64 splits over 64 (sequence, KV head) pairs: thousands of programs; 4 short splits: the programs
+    of a pair finish almost together."""
+    import hf_tp.kernels.decode_attention as kernel
+
+    batch, q_heads, kv_heads, slots, split = shape
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(batch, q_heads, 1, 128, device="cuda").bfloat16()
+    k, v = (torch.randn(batch, kv_heads, slots, 128, device="cuda").bfloat16() for _ in range(2))
+    mask = torch.ones(batch, 1, 1, slots, dtype=torch.bool, device="cuda")
+
+    def both():
+        return [kernel.decode_attention_forward(q, k, v, mask, 0.1, split_len=split, fused_reduce=fused)
+                for fused in (True, False)]
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        both()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fused, two = both()
+    for replay in range(30):
+        fills = torch.randint(1, slots + 1, (batch,), generator=gen).tolist()
+        pads = [int(torch.randint(0, fill, (1,), generator=gen)) if replay % 2 else 0 for fill in fills]
+        mask.copy_(_mask(batch, slots, fills, pads).cuda())
+        q.normal_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert float((fused.float() - two.float()).abs().max()) < 1e-2, (replay, fills, pads)
+        assert torch.equal(fused, two), (replay, float((fused.float() - two.float()).abs().max()))
+        assert not kernel._COUNTERS[q.device][-1].any(), replay
 
 
 def _gpu_model(folder: str, dtype, mode: str):

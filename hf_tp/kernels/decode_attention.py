@@ -9,8 +9,13 @@ for a query (B, Hq, 1, D) and a cache layer's keys/values (B, Hkv, S, D):
      mask keeps, so the unfilled tail of the cache and the left padding of the prompt are never read. The
      GROUP query heads that share the KV head are the M rows of one tl.dot (GQA without copies). It stores
      its softmax-normalized partial output and log-sum-exp per query head, in fp32;
-  2. reduce: program (b, query head) combines the splits' partial outputs, weighted by exp(lse - max lse),
-     and rounds once to the query's dtype. With one split the first kernel writes the output directly.
+  2. reduce, in the same launch: each split program then increments its (b, kv head)'s counter (an atomic
+     with acquire-release order); the one that sees every other split done combines the splits' partial
+     outputs of the GROUP query heads, weighted by exp(lse - max lse), rounds once to the query's dtype and
+     sets the counter back to zero. One launch per layer instead of two (each launch costs latency inside the
+     decode step's CUDA graph), and no memset: the counters are zero again at the end of every call.
+     ``fused_reduce=False`` runs the combine as a second kernel, program (b, query head), with the same
+     code (the same bits, at the default 4 warps). With one split the first kernel writes the output directly.
 
 The mask has SDPA's meaning (True = attend; absent = attend every slot), as Transformers' sdpa mask function
 builds it, so this computes what ``F.scaled_dot_product_attention`` computes for these inputs. The grid
@@ -38,7 +43,16 @@ MIN_SPLIT_LEN = 128
 # 2048 slots 8.5 vs 8.6; benchmarks/RESULTS.md).
 SHORT_CACHE, SHORT_MIN_SPLIT_LEN = 2048, 64
 NUM_WARPS, NUM_STAGES = 4, 3
-REDUCE_CHUNK = 16  # splits combined per step of the reduce kernel
+REDUCE_CHUNK = 16  # splits combined per step of the reduce
+FUSED_REDUCE = True  # the op's choice of reduce (decode_attention_forward's fused_reduce); benchmarks flip it
+MIN_COUNTERS = 4096  # (sequence, KV head) pairs the first counter buffer of a device holds
+
+# The fused reduce's counters, one int32 per (sequence, KV head), per device. Zero between calls: the last split
+# program of each pair sets its counter back to zero, so no memset enters the CUDA graph. The op declares no
+# mutation (mutates_args=()) and torch.compile does not see this buffer: it is hidden scratch, zero at every call's
+# start and end. Buffers are never freed: a captured graph keeps the address it was captured with. One buffer per
+# device means two calls must not run at once on two streams of a device (the decode step runs its layers in order).
+_COUNTERS: dict = {}
 
 
 def decode_attention_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -55,6 +69,11 @@ def decode_attention_reference(query: torch.Tensor, key: torch.Tensor, value: to
     return out.transpose(1, 2).to(query.dtype)
 
 
+# The combine both reduce paths call (a Triton function, set by _kernels): a module global, because Triton's
+# interpreter looks a kernel's names up in its module, not in the enclosing function.
+_combine_splits = None
+
+
 @functools.cache
 def _kernels():
     """The Triton kernels, built on first use (so that TRITON_INTERPRET, read when a kernel is defined, can be
@@ -62,13 +81,41 @@ def _kernels():
     import triton
     import triton.language as tl
 
+    global _combine_splits
+
     @triton.jit
-    def decode_attention_split(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_o_ptr, part_lse_ptr, scale, kv_len, kv_heads,
+    def _combine_splits(o_base, lse_base, out_row, num_splits, stride_ps,
+                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr):
+        """One query head's output from its splits' partial outputs (o_base: [split, HEAD_DIM] at stride_ps) and
+        log-sum-exps (lse_base: [split]). Shared by both paths, so that they do the same arithmetic. The loads
+        bypass L1 (.cg): in the fused path other programs wrote the partials during this launch."""
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_d = offs_d < HEAD_DIM
+        offs_s = tl.arange(0, BLOCK_S)
+        lse_all = tl.load(lse_base + offs_s, mask=offs_s < num_splits, other=float("-inf"), cache_modifier=".cg")
+        top = tl.max(lse_all, axis=0)
+        top = tl.where(top == float("-inf"), 0.0, top)  # no split saw a kept slot: every weight is 0 below
+        total = tl.sum(tl.where(lse_all == float("-inf"), 0.0, tl.exp(lse_all - top)), axis=0)
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for s0 in range(0, num_splits, CHUNK):
+            offs_c = s0 + tl.arange(0, CHUNK)
+            lse = tl.load(lse_base + offs_c, mask=offs_c < num_splits, other=float("-inf"), cache_modifier=".cg")
+            used = lse != float("-inf")  # empty splits (past the filled slots) are not read
+            weight = tl.where(used, tl.exp(lse - top), 0.0)
+            o = tl.load(o_base + offs_c[:, None] * stride_ps + offs_d[None, :], mask=used[:, None] & mask_d[None, :],
+                        other=0.0, cache_modifier=".cg")
+            acc += tl.sum(o * weight[:, None], axis=0)
+        out = acc / tl.where(total > 0, total, 1.0)
+        tl.store(out_row + offs_d, out.to(out_row.dtype.element_ty), mask=mask_d)
+
+    @triton.jit
+    def decode_attention_split(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_o_ptr, part_lse_ptr, counter_ptr, scale,
+                     kv_len, kv_heads,
                      stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
                      stride_mb, stride_ms, stride_ob, stride_oh, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
                      GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_N: tl.constexpr, SPLIT_LEN: tl.constexpr, HAS_MASK: tl.constexpr, DIRECT: tl.constexpr,
-                     PRECISION: tl.constexpr):
+                     PRECISION: tl.constexpr, FUSED: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr):
         bh = tl.program_id(0)
         split = tl.program_id(1)
         b = (bh // kv_heads).to(tl.int64)  # 64-bit offsets: a large cache's batch stride times b passes 2**31
@@ -124,6 +171,19 @@ def _kernels():
             tl.store(part_o_ptr + b * stride_pb + heads[:, None] * stride_ph + split * stride_ps + offs_d[None, :],
                      out, mask=mask_g[:, None] & mask_d[None, :])
             tl.store(part_lse_ptr + b * stride_lb + heads * stride_lh + split, lse, mask=mask_g)
+            if FUSED:
+                num_splits = tl.num_programs(1)
+                # Every thread's stores above happen before thread 0's release below (the atomic is one thread's).
+                tl.debug_barrier()
+                done = tl.atomic_add(counter_ptr + bh, 1, sem="acq_rel", scope="gpu")  # the count before this one
+                if done == num_splits - 1:  # the other splits' partials are written: combine them
+                    for g in range(GROUP):
+                        head = kv_head * GROUP + g
+                        _combine_splits(part_o_ptr + b * stride_pb + head * stride_ph,
+                                        part_lse_ptr + b * stride_lb + head * stride_lh,
+                                        out_ptr + b * stride_ob + head * stride_oh, num_splits, stride_ps,
+                                        HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK)
+                    tl.store(counter_ptr + bh, 0)  # zero for the next call: every split has counted
 
     @triton.jit
     def decode_attention_reduce(part_o_ptr, part_lse_ptr, out_ptr, num_splits, q_heads, stride_pb, stride_ph, stride_ps,
@@ -132,26 +192,9 @@ def _kernels():
         pid = tl.program_id(0)
         b = (pid // q_heads).to(tl.int64)
         head = (pid % q_heads).to(tl.int64)
-        offs_d = tl.arange(0, BLOCK_D)
-        mask_d = offs_d < HEAD_DIM
-        lse_base = part_lse_ptr + b * stride_lb + head * stride_lh
-        offs_s = tl.arange(0, BLOCK_S)
-        lse_all = tl.load(lse_base + offs_s, mask=offs_s < num_splits, other=float("-inf"))
-        top = tl.max(lse_all, axis=0)
-        top = tl.where(top == float("-inf"), 0.0, top)  # no split saw a kept slot: every weight is 0 below
-        total = tl.sum(tl.where(lse_all == float("-inf"), 0.0, tl.exp(lse_all - top)), axis=0)
-        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        o_base = part_o_ptr + b * stride_pb + head * stride_ph
-        for s0 in range(0, num_splits, CHUNK):
-            offs_c = s0 + tl.arange(0, CHUNK)
-            lse = tl.load(lse_base + offs_c, mask=offs_c < num_splits, other=float("-inf"))
-            used = lse != float("-inf")  # empty splits (past the filled slots) are not read
-            weight = tl.where(used, tl.exp(lse - top), 0.0)
-            o = tl.load(o_base + offs_c[:, None] * stride_ps + offs_d[None, :], mask=used[:, None] & mask_d[None, :],
-                        other=0.0)
-            acc += tl.sum(o * weight[:, None], axis=0)
-        out = acc / tl.where(total > 0, total, 1.0)
-        tl.store(out_ptr + b * stride_ob + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=mask_d)
+        _combine_splits(part_o_ptr + b * stride_pb + head * stride_ph, part_lse_ptr + b * stride_lb + head * stride_lh,
+                        out_ptr + b * stride_ob + head * stride_oh, num_splits, stride_ps,
+                        HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK)
 
     return triton, decode_attention_split, decode_attention_reduce
 
@@ -180,11 +223,25 @@ def split_length(batch: int, kv_heads: int, slots: int, sms: int) -> int:
     return max(shortest, min(MAX_SPLIT_LEN, length))
 
 
+def _counters(device: torch.device, pairs: int) -> Optional[torch.Tensor]:
+    """The device's zeroed counters, at least ``pairs`` of them; None when a larger buffer would have to be
+    allocated during a CUDA graph capture (that call takes the two-kernel path)."""
+    held = _COUNTERS.setdefault(device, [])
+    if held and held[-1].numel() >= pairs:
+        return held[-1]
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    held.append(torch.zeros(max(MIN_COUNTERS, 2 * pairs), dtype=torch.int32, device=device))
+    return held[-1]
+
+
 def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                              mask: Optional[torch.Tensor], scale: float, split_len: Optional[int] = None,
-                             num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES) -> torch.Tensor:
+                             num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES,
+                             fused_reduce: bool = True) -> torch.Tensor:
     """The kernels' result for ``decode_attention_reference``'s arguments. ``split_len`` (a power of two, at
-    least 16) overrides the split sizing (tests, tuning)."""
+    least 16) overrides the split sizing (tests, tuning); ``fused_reduce=False`` combines the splits in a second
+    kernel (the same result, bit for bit, when ``num_warps`` is the reduce kernel's 4)."""
     triton, decode_attention_split, decode_attention_reduce = _kernels()
     batch, q_heads, _, head_dim = query.shape
     kv_heads, slots = key.shape[1], key.shape[2]
@@ -207,6 +264,7 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
     else:
         mask, stride_mb, stride_ms = key, 0, 0  # never read (HAS_MASK=False)
     direct = num_splits == 1
+    counters = None if direct or not fused_reduce else _counters(query.device, batch * kv_heads)
     if direct:
         part_o = part_lse = out  # never written
         part_strides = (0, 0, 0, 0, 0)
@@ -215,8 +273,10 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
         part_lse = torch.empty(batch, q_heads, num_splits, dtype=torch.float32, device=query.device)
         part_strides = (part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1))
     block_d = max(16, triton.next_power_of_2(head_dim))
+    block_s = max(16, triton.next_power_of_2(num_splits))
+    fused = counters is not None
     decode_attention_split[(batch * kv_heads, num_splits)](
-        query, key, value, mask, out, part_o, part_lse, float(scale), slots, kv_heads,
+        query, key, value, mask, out, part_o, part_lse, counters if fused else out, float(scale), slots, kv_heads,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), stride_mb, stride_ms, out.stride(0), out.stride(2),
         *part_strides,
@@ -224,12 +284,11 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
         BLOCK_N=min(BLOCK_N, split_len), SPLIT_LEN=split_len, HAS_MASK=has_mask, DIRECT=direct,
         # fp32 models: full-precision products (the default would round the operands to tf32)
         PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
-        num_warps=num_warps, num_stages=num_stages)
-    if not direct:
+        FUSED=fused, BLOCK_S=block_s, CHUNK=REDUCE_CHUNK, num_warps=num_warps, num_stages=num_stages)
+    if not direct and not fused:
         decode_attention_reduce[(batch * q_heads,)](
             part_o, part_lse, out, num_splits, q_heads, *part_strides, out.stride(0), out.stride(2),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=max(16, triton.next_power_of_2(num_splits)),
-            CHUNK=REDUCE_CHUNK, num_warps=4)
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=block_s, CHUNK=REDUCE_CHUNK, num_warps=4)
     return out
 
 
@@ -238,7 +297,7 @@ def decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
                      scale: float) -> torch.Tensor:
     """``decode_attention_forward`` as one opaque op: torch.compile (fullgraph) traces the decode step through
     it, and the CUDA graph captures its launches."""
-    return decode_attention_forward(query, key, value, mask, scale)
+    return decode_attention_forward(query, key, value, mask, scale, fused_reduce=FUSED_REDUCE)
 
 
 @decode_attention.register_fake
