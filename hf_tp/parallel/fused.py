@@ -8,7 +8,9 @@ weight becomes a view of its rows, so no memory is added), and the first member 
 the whole product; the others take their columns of it. The model's own code is not changed.
 
 The buffer is allocated before loading and the loader writes each member's slice straight into
-its view, so no rank ever holds the separate tensors and the fused copy at once.
+its view, so no rank ever holds the separate tensors and the fused copy at once. Layers that keep
+their FP8 checkpoint slices (parallel.fp8) are grouped after loading instead, when their scales'
+shapes are known: one group's weights are copied at a time (``SharedInputGroup.from_fp8``).
 
 A member reuses the pending product only for the very same input tensor object, and each part is
 handed out once, so a member called on another input (or twice) computes its own product.
