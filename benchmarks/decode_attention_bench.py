@@ -9,7 +9,8 @@ Also printed: the KV bytes the mask keeps, their time at --bandwidth TB/s (the f
 both against an fp32 reference. ``--sweep`` times the kernel's split length and pipeline stages around the
 default on two shapes, or on ``--shapes`` (for tuning hf_tp/kernels/decode_attention.py). ``--unfused`` also
 times the kernel with its splits combined by a second kernel (``fused_reduce=False``) instead of the last split
-program of each (sequence, KV head), in the table and in the sweep.
+program of each (sequence, KV head), in the table and in the sweep (shapes whose splits exceed the fused combine's
+limits, hf_tp.kernels.decode_attention.fused_combine_fits, run the two-kernel path in both rows).
 
 Usage: python benchmarks/decode_attention_bench.py [--sweep] [--unfused] [--shapes NAME,NAME] [--bandwidth 4.8]
        [--json OUT]

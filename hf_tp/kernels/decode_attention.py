@@ -9,13 +9,16 @@ for a query (B, Hq, 1, D) and a cache layer's keys/values (B, Hkv, S, D):
      mask keeps, so the unfilled tail of the cache and the left padding of the prompt are never read. The
      GROUP query heads that share the KV head are the M rows of one tl.dot (GQA without copies). It stores
      its softmax-normalized partial output and log-sum-exp per query head, in fp32;
-  2. reduce, in the same launch: each split program then increments its (b, kv head)'s counter (an atomic
-     with acquire-release order); the one that sees every other split done combines the splits' partial
-     outputs of the GROUP query heads, weighted by exp(lse - max lse), rounds once to the query's dtype and
-     sets the counter back to zero. One launch per layer instead of two (each launch costs latency inside the
-     decode step's CUDA graph), and no memset: the counters are zero again at the end of every call.
-     ``fused_reduce=False`` runs the combine as a second kernel, program (b, query head), with the same
-     code (the same bits, at the default 4 warps). With one split the first kernel writes the output directly.
+  2. reduce, in the same launch when the splits are few (``fused_combine_fits``): each split program then
+     increments its (b, kv head)'s counter (an atomic with acquire-release order); the one that sees every
+     other split done combines the splits' partial outputs of the GROUP query heads, weighted by
+     exp(lse - max lse), in one pass (all heads and splits as one tile: one round trip to L2, not one per
+     head), rounds once to the query's dtype and sets the counter back to zero. One launch per layer instead
+     of two (each launch costs latency inside the decode step's CUDA graph), and no memset: the counters are
+     zero again at the end of every call. With more splits, or ``fused_reduce=False``, the combine is a
+     second kernel, program (b, query head). The two combines sum in a different order: results agree to
+     rounding, not bit for bit (each is deterministic). With one split the first kernel writes the output
+     directly.
 
 The mask has SDPA's meaning (True = attend; absent = attend every slot), as Transformers' sdpa mask function
 builds it, so this computes what ``F.scaled_dot_product_attention`` computes for these inputs. The grid
@@ -43,7 +46,17 @@ MIN_SPLIT_LEN = 128
 # 2048 slots 8.5 vs 8.6; benchmarks/RESULTS.md).
 SHORT_CACHE, SHORT_MIN_SPLIT_LEN = 2048, 64
 NUM_WARPS, NUM_STAGES = 4, 3
-REDUCE_CHUNK = 16  # splits combined per step of the reduce
+REDUCE_CHUNK = 16  # splits combined per step of the reduce kernel
+# The fused combine (the last split program of each (sequence, KV head)) holds all its partial outputs at once, as a
+# [BLOCK_GC, BLOCK_S, BLOCK_D] fp32 tile (next powers of two of GROUP, splits, head_dim). It runs only while
+#   - splits <= FUSED_MAX_SPLITS: short caches (few splits) are latency-bound, where the launch it saves matters;
+#     long caches have many splits, are bandwidth-bound, and the reduce kernel spreads their combine over
+#     batch * query heads programs instead of one program per (sequence, KV head);
+#   - the tile has at most FUSED_MAX_TILE values: 64 fp32 registers a thread at 4 warps (128 threads), e.g.
+#     head_dim 128 with GROUP 4 up to 16 splits, GROUP 8 up to 8 splits.
+# Otherwise (and for fused_reduce=False) the two-kernel path runs.
+FUSED_MAX_SPLITS = 16
+FUSED_MAX_TILE = 8192
 FUSED_REDUCE = True  # the op's choice of reduce (decode_attention_forward's fused_reduce); benchmarks flip it
 MIN_COUNTERS = 4096  # (sequence, KV head) pairs the first counter buffer of a device holds
 
@@ -69,9 +82,20 @@ def decode_attention_reference(query: torch.Tensor, key: torch.Tensor, value: to
     return out.transpose(1, 2).to(query.dtype)
 
 
-# The combine both reduce paths call (a Triton function, set by _kernels): a module global, because Triton's
-# interpreter looks a kernel's names up in its module, not in the enclosing function.
-_combine_splits = None
+# The combines (Triton functions, set by _kernels): module globals, because Triton's interpreter looks a kernel's
+# names up in its module, not in the enclosing function.
+_combine_splits = None  # one query head, the reduce kernel's
+_combine_group = None  # GROUP query heads at once, the fused path's
+
+
+def fused_combine_fits(group: int, num_splits: int, head_dim: int) -> bool:
+    """Whether the last split program may combine the splits itself (FUSED_MAX_SPLITS, FUSED_MAX_TILE)."""
+    tile = _next_pow2(group) * _next_pow2(num_splits) * max(16, _next_pow2(head_dim))
+    return 1 < num_splits <= FUSED_MAX_SPLITS and tile <= FUSED_MAX_TILE
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, n))))
 
 
 @functools.cache
@@ -81,14 +105,13 @@ def _kernels():
     import triton
     import triton.language as tl
 
-    global _combine_splits
+    global _combine_splits, _combine_group
 
     @triton.jit
     def _combine_splits(o_base, lse_base, out_row, num_splits, stride_ps,
                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr):
         """One query head's output from its splits' partial outputs (o_base: [split, HEAD_DIM] at stride_ps) and
-        log-sum-exps (lse_base: [split]). Shared by both paths, so that they do the same arithmetic. The loads
-        bypass L1 (.cg): in the fused path other programs wrote the partials during this launch."""
+        log-sum-exps (lse_base: [split]): the reduce kernel's combine, CHUNK splits a step."""
         offs_d = tl.arange(0, BLOCK_D)
         mask_d = offs_d < HEAD_DIM
         offs_s = tl.arange(0, BLOCK_S)
@@ -109,13 +132,43 @@ def _kernels():
         tl.store(out_row + offs_d, out.to(out_row.dtype.element_ty), mask=mask_d)
 
     @triton.jit
+    def _combine_group(o_base, lse_base, out_base, num_splits, stride_ph, stride_ps, stride_lh, stride_oh,
+                       GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_GC: tl.constexpr, BLOCK_S: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
+        """The GROUP query heads' outputs (rows of out_base at stride_oh) from their splits' partial outputs
+        (o_base: [head, split, HEAD_DIM]) and log-sum-exps (lse_base: [head, split]), all loaded at once: one
+        [BLOCK_GC, BLOCK_S] tile of lse and one [BLOCK_GC, BLOCK_S, BLOCK_D] tile of partials, so the fused path's
+        last program waits for about one L2 round trip. The loads bypass L1 (.cg): other programs of this launch
+        wrote the partials. Empty splits (lse = -inf) are not read; a head with no kept slot gives zeros."""
+        offs_g = tl.arange(0, BLOCK_GC)
+        offs_s = tl.arange(0, BLOCK_S)
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_g = offs_g < GROUP
+        mask_d = offs_d < HEAD_DIM
+        lse = tl.load(lse_base + offs_g[:, None] * stride_lh + offs_s[None, :],
+                      mask=mask_g[:, None] & (offs_s < num_splits)[None, :], other=float("-inf"),
+                      cache_modifier=".cg")  # [BLOCK_GC, BLOCK_S]
+        top = tl.max(lse, axis=1)
+        top = tl.where(top == float("-inf"), 0.0, top)  # no split saw a kept slot: every weight is 0 below
+        used = lse != float("-inf")
+        weight = tl.where(used, tl.exp(lse - top[:, None]), 0.0)
+        total = tl.sum(weight, axis=1)
+        o = tl.load(o_base + offs_g[:, None, None] * stride_ph + offs_s[None, :, None] * stride_ps
+                    + offs_d[None, None, :], mask=used[:, :, None] & mask_d[None, None, :], other=0.0,
+                    cache_modifier=".cg")  # [BLOCK_GC, BLOCK_S, BLOCK_D]
+        acc = tl.sum(o * weight[:, :, None], axis=1)
+        out = acc / tl.where(total > 0, total, 1.0)[:, None]
+        tl.store(out_base + offs_g[:, None] * stride_oh + offs_d[None, :], out.to(out_base.dtype.element_ty),
+                 mask=mask_g[:, None] & mask_d[None, :])
+
+    @triton.jit
     def decode_attention_split(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, part_o_ptr, part_lse_ptr, counter_ptr, scale,
                      kv_len, kv_heads,
                      stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
                      stride_mb, stride_ms, stride_ob, stride_oh, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
                      GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_N: tl.constexpr, SPLIT_LEN: tl.constexpr, HAS_MASK: tl.constexpr, DIRECT: tl.constexpr,
-                     PRECISION: tl.constexpr, FUSED: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr):
+                     PRECISION: tl.constexpr, FUSED: tl.constexpr, BLOCK_GC: tl.constexpr, BLOCK_S: tl.constexpr):
         bh = tl.program_id(0)
         split = tl.program_id(1)
         b = (bh // kv_heads).to(tl.int64)  # 64-bit offsets: a large cache's batch stride times b passes 2**31
@@ -177,12 +230,12 @@ def _kernels():
                 tl.debug_barrier()
                 done = tl.atomic_add(counter_ptr + bh, 1, sem="acq_rel", scope="gpu")  # the count before this one
                 if done == num_splits - 1:  # the other splits' partials are written: combine them
-                    for g in range(GROUP):
-                        head = kv_head * GROUP + g
-                        _combine_splits(part_o_ptr + b * stride_pb + head * stride_ph,
-                                        part_lse_ptr + b * stride_lb + head * stride_lh,
-                                        out_ptr + b * stride_ob + head * stride_oh, num_splits, stride_ps,
-                                        HEAD_DIM, BLOCK_D, BLOCK_S, CHUNK)
+                    head0 = kv_head * GROUP
+                    _combine_group(part_o_ptr + b * stride_pb + head0 * stride_ph,
+                                   part_lse_ptr + b * stride_lb + head0 * stride_lh,
+                                   out_ptr + b * stride_ob + head0 * stride_oh, num_splits,
+                                   stride_ph, stride_ps, stride_lh, stride_oh,
+                                   GROUP, HEAD_DIM, BLOCK_GC, BLOCK_S, BLOCK_D)
                     tl.store(counter_ptr + bh, 0)  # zero for the next call: every split has counted
 
     @triton.jit
@@ -240,8 +293,9 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
                              num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES,
                              fused_reduce: bool = True) -> torch.Tensor:
     """The kernels' result for ``decode_attention_reference``'s arguments. ``split_len`` (a power of two, at
-    least 16) overrides the split sizing (tests, tuning); ``fused_reduce=False`` combines the splits in a second
-    kernel (the same result, bit for bit, when ``num_warps`` is the reduce kernel's 4)."""
+    least 16) overrides the split sizing (tests, tuning). The splits are combined by the last split program of
+    each (sequence, KV head) when ``fused_combine_fits``, else (and with ``fused_reduce=False``) by a second
+    kernel: the same result up to rounding (a different order of summation), each deterministic."""
     triton, decode_attention_split, decode_attention_reduce = _kernels()
     batch, q_heads, _, head_dim = query.shape
     kv_heads, slots = key.shape[1], key.shape[2]
@@ -264,7 +318,8 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
     else:
         mask, stride_mb, stride_ms = key, 0, 0  # never read (HAS_MASK=False)
     direct = num_splits == 1
-    counters = None if direct or not fused_reduce else _counters(query.device, batch * kv_heads)
+    fits = fused_reduce and not direct and fused_combine_fits(group, num_splits, head_dim)
+    counters = _counters(query.device, batch * kv_heads) if fits else None
     if direct:
         part_o = part_lse = out  # never written
         part_strides = (0, 0, 0, 0, 0)
@@ -284,7 +339,8 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
         BLOCK_N=min(BLOCK_N, split_len), SPLIT_LEN=split_len, HAS_MASK=has_mask, DIRECT=direct,
         # fp32 models: full-precision products (the default would round the operands to tf32)
         PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
-        FUSED=fused, BLOCK_S=block_s, CHUNK=REDUCE_CHUNK, num_warps=num_warps, num_stages=num_stages)
+        FUSED=fused, BLOCK_GC=triton.next_power_of_2(group) if fused else 1,
+        BLOCK_S=triton.next_power_of_2(num_splits) if fused else 1, num_warps=num_warps, num_stages=num_stages)
     if not direct and not fused:
         decode_attention_reduce[(batch * q_heads,)](
             part_o, part_lse, out, num_splits, q_heads, *part_strides, out.stride(0), out.stride(2),
