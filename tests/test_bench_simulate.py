@@ -85,3 +85,21 @@ def test_bench_smoke_simulate_tp_rows(tmp_path):
     for kind in ("GEMM", "attention", "norm+pointwise", "collectives", "gaps"):
         assert kind in proc.stdout, log
     assert all("profile" in r for r in rows if r["batch"] == 1)
+
+
+def test_simulated_rank_counts_kept_fp8_weights_as_held(tmp_path):
+    """A rank that keeps FP8 weights reads one byte per weight plus the scales, not the model dtype's bytes: its
+    floor must count what it holds."""
+    from fp8_checkpoints import write_block_fp8
+
+    import hf_tp
+    from hf_tp.bench.simulate import load_simulated_rank
+
+    config = tiny_config("llama", hidden_size=256, intermediate_size=384, num_attention_heads=8, num_key_value_heads=4)
+    folder = write_block_fp8(save_tiny_model(tmp_path / "m", config, max_shard_size=None), tmp_path / "fp8")
+    model, rank, nbytes = load_simulated_rank(folder, 2, torch.device("cpu"), torch.bfloat16,
+                                              hf_tp.TPConfig(fp8_weights="keep"))
+    held = sum(p.numel() * p.element_size() for p in model.parameters())
+    scales = sum(b.numel() * b.element_size() for n, b in model.named_buffers() if n.endswith("fp8_scale"))
+    assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.float8_e4m3fn
+    assert scales > 0 and nbytes == held + scales, (nbytes, held, scales)

@@ -41,5 +41,16 @@ def load_simulated_rank(model_path, tp_size: int, device: torch.device, dtype=No
     tp = TPGroup(tp_rank=rank, tp_size=tp_size, device=torch.device(device), stand_in=True)
     config = resolve_tp_config(tp_config, tp.device.type, tp_size)
     model = build_rank_model(planned, tp, config, progress=progress)
-    return model, rank, sizes[rank]
+    return model, rank, sizes[rank] + _fp8_difference(model, planned.dtype)
+
+
+def _fp8_difference(model, dtype) -> int:
+    """Bytes a rank holds beyond (negative: below) the plan's count, which sizes every weight in the model's
+    dtype: layers that kept their FP8 slices hold one byte per weight plus their scales."""
+    from ..parallel.fp8 import fp8_scale_bytes
+
+    kept = [m.weight.numel() for m in model.modules() if getattr(m, "fp8_scale", None) is not None]
+    if not kept:
+        return 0
+    return fp8_scale_bytes(model) - sum(kept) * (torch.empty((), dtype=dtype).element_size() - 1)
 
