@@ -98,6 +98,8 @@ def main():
     from hf_tp.kernels import decode_attention as kernel
     from hf_tp.parallel.decode_attention import sdpa_decode_attention
 
+    kernel.reserve_counters(torch.device("cuda", torch.cuda.current_device()))  # as a model's load does
+
     import torch._dynamo.config as dynamo_config
 
     # One lambda compiled per (shape, variant): Dynamo keys its cache on the code object, so the default limit

@@ -159,8 +159,9 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     build_s = time.perf_counter() - start
     stats = load_shards(model, planned.plan, planned.index, tp.tp_rank, tp.device, transposed,
                         progress=progress and tp.is_first, stager=stager, threads=config.load_threads)
-    if kept:
-        fuse_fp8_shared_inputs(model, dict(planned.policy.same_input), enabled=config.fuse)
+    fp8_groups = fuse_fp8_shared_inputs(model, dict(planned.policy.same_input), enabled=config.fuse) if kept else 0
+    if fp8_groups and tp.device.type == "cuda":
+        torch.cuda.empty_cache()  # the members' separate weights, freed group by group, are not left reserved
     install_moe_decode(model, config.moe_decode)  # after loading: it checks the experts' real dtypes and strides
     config = install_decode_attention(model, config, tp.device)  # "sdpa" where the kernel does not apply
     model.hf_tp_moe_routing = install_moe_routing(model, config.moe_decode)  # which routers got the kernel

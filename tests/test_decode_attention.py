@@ -225,17 +225,19 @@ def test_fused_reduce_matches_reference_and_two_kernels():
     assert not failures, "\n".join(failures)
 
 
-def test_fused_reduce_counters_are_not_allocated_during_capture(monkeypatch):
-    """A counter buffer allocated inside a CUDA graph capture would be the graph pool's; a call that needs a
-    larger one while capturing takes the two-kernel path instead."""
+def test_fused_reduce_counters_are_reserved_not_allocated_by_a_call(monkeypatch):
+    """On CUDA a call never allocates the counters: it may run inside a CUDA graph pool (a capture, or the warm-up
+    of torch.compile's CUDA-graph trees), which could hand the block out again. Too few reserved (at load,
+    reserve_counters): the two-kernel path."""
     from hf_tp.kernels import decode_attention as kernel
 
     device = torch.device("cuda", 0)
     held = torch.zeros(4, dtype=torch.int32)  # stands for the device's buffer (no CUDA here)
     monkeypatch.setattr(kernel, "_COUNTERS", {device: [held]})
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     assert kernel._counters(device, 4) is held
     assert kernel._counters(device, 5) is None and kernel._COUNTERS[device] == [held]
+    monkeypatch.setattr(kernel, "_COUNTERS", {})
+    assert kernel._counters(device, 1) is None and device not in kernel._COUNTERS
 
 
 def test_decode_loop_with_kernel_matches_transformersrun_interpreted(folder, batch):
@@ -465,6 +467,7 @@ def test_fused_reduce_in_cuda_graph_matches_two_kernels(shape):
     import hf_tp.kernels.decode_attention as kernel
 
     batch, q_heads, kv_heads, slots, split = shape
+    kernel.reserve_counters(torch.device("cuda", torch.cuda.current_device()), batch * kv_heads)  # as at load
     fuses = kernel.fused_combine_fits(q_heads // kv_heads, slots // split, 128)
     assert fuses == (slots // split <= kernel.FUSED_MAX_SPLITS)
     gen = torch.Generator().manual_seed(2)

@@ -380,3 +380,29 @@ def test_preflight_sizes_kept_fp8_weights_at_their_bytes(folders):
     model = load_parallel_model(folder, TPGroup(0, 1, cpu), dtype=torch.bfloat16, progress=False, tp_config=keep)
     held = sum(p.numel() * p.element_size() for p in model.parameters()) + fp8_scale_bytes(model)
     assert held <= need_keep < need_dequantize, (held, need_keep, need_dequantize)
+
+
+def test_fp8_groups_with_biases_follow_a_dtype_conversion(tmp_path):
+    """Qwen2's q/k/v have biases: kept FP8 and fused into one group (fuse=True), then ``model.to(float64)``, which
+    keeps the FP8 weights and scales but converts the biases. The group must take the converted biases (one copy,
+    shared with the members) and the logits stay those of the dequantized model in Transformers."""
+    from hf_tp.assembly import load_parallel_model
+    from hf_tp.parallel.comm import TPGroup
+
+    config = tiny_config("qwen2", hidden_size=256, intermediate_size=384, num_attention_heads=8, num_key_value_heads=4)
+    folder = write_block_fp8(save_tiny_model(tmp_path / "m", config, max_shard_size=None), tmp_path / "fp8")
+    reference = dequantized_reference(folder, tmp_path / "deq").double()
+    cpu = torch.device("cpu")
+    model = load_parallel_model(str(folder), TPGroup(0, 1, cpu), dtype=torch.float32, progress=False,
+                                tp_config=hf_tp.TPConfig(fp8_weights="keep", fuse=True))
+    q = model.model.layers[0].self_attn.q_proj
+    assert q.weight.dtype == torch.float8_e4m3fn and q.shared_input is not None and q.shared_input.bias is not None
+    model.to(torch.float64)
+    group = q.shared_input
+    assert q.weight.dtype == torch.float8_e4m3fn and group.bias.dtype == torch.float64
+    assert q.bias.untyped_storage().data_ptr() == group.bias.untyped_storage().data_ptr()
+    ids = torch.randint(3, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, want = model(ids).logits, reference(ids).logits
+    assert got.dtype == torch.float64
+    assert float((got - want).abs().max()) <= 1e-6 * float(want.abs().max())

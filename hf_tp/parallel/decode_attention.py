@@ -100,4 +100,8 @@ def install_decode_attention(model: torch.nn.Module, config, device: torch.devic
         return dataclasses.replace(config, decode_attention="sdpa")
     register()
     set_attention_implementation(text_config, ATTENTION_NAME)
+    if device.type == "cuda":  # the fused combine's counters, outside any CUDA graph (reserve_counters says why)
+        from ..kernels.decode_attention import reserve_counters
+
+        reserve_counters(device)
     return config

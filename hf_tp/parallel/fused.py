@@ -93,8 +93,13 @@ class SharedInputGroup:
         """After ``model.to(dtype)`` / ``.half()`` (nn.Module._apply gives each member's weight new storage):
         rebuild the shared buffer from the members' converted weights and make them views of it again.
         Returns whether anything changed."""
+        def shared(tensors, buffer):
+            return all(t.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr() for t in tensors)
+
         current = [m.weight for m in self.members]
-        if all(w.untyped_storage().data_ptr() == self.weight.untyped_storage().data_ptr() for w in current):
+        # FP8 groups keep their weights and scales through a conversion (spmd's _apply) but not their biases
+        if (shared(current, self.weight) and (self.bias is None or shared([m.bias for m in self.members], self.bias))
+                and (self.scale is None or shared([m.fp8_scale for m in self.members], self.scale))):
             return False
         self.weight = torch.cat([w.detach() for w in current])
         if self.bias is not None:
