@@ -100,9 +100,9 @@ class TPConfig:
       fp32_logits: bf16/fp16 models return float32 logits (the LM head's fp32 accumulator): rounded to bf16, a
         near-tie between two tokens can resolve to the lower id depending on the GEMM's shape.
     Layout and loading:
-      fuse: projections that read the same input (q/k/v, gate/up) computed as one GEMM. Default: on for CUDA,
-        off on CPU, where unsplit tensors can be views of the memory-mapped file and a fused copy would hold
-        them twice in resident memory.
+      fuse: projections that read the same input (q/k/v, gate/up) computed as one GEMM (FP8 weights kept on the
+        GPU too: one FP8 GEMM per group). Default: on for CUDA, off on CPU, where unsplit tensors can be views of
+        the memory-mapped file and a fused copy would hold them twice in resident memory.
       load_threads: tensors a rank reads at once. Default min(4, cores).
       fp8_weights: what a rank does with an FP8 checkpoint's weights (docs/fp8.md). "dequantize": each slice is
         multiplied out to the model's dtype at load (float32 math, rounded once, as Transformers does on CPU);
