@@ -452,8 +452,9 @@ def test_kernel_in_cuda_graph_follows_the_filling_cache():
         assert float((out.float() - ref.float()).abs().max()) < 1e-2, fills
 
 
-@pytest.mark.parametrize("shape", [(8, 32, 8, 8192, 128), (4, 16, 4, 256, 64), (64, 32, 8, 1024, 64)],
-                         ids=["64-splits", "4-splits", "16-splits"])
+@pytest.mark.parametrize("shape", [(8, 32, 8, 8192, 128), (4, 16, 4, 256, 64), (64, 32, 8, 1024, 64),
+                                   (2, 8, 8, 256, 64), (1, 32, 4, 256, 64)],
+                         ids=["64-splits", "4-splits", "16-splits", "no-gqa-4-splits", "group-8-4-splits"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fused_reduce_in_cuda_graph_matches_two_kernels(shape):
