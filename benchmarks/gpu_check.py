@@ -1,11 +1,15 @@
 """GPU equivalence check: hf_tp at tp_size N vs single-device Transformers, bf16, with the bf16 noise floor.
 
-Usage: python benchmarks/gpu_check.py [--model PATH | --random-arch ARCH] [--tp-size 2] [--new-tokens 128]
-                                      [--device cuda|cpu] [--one-gpu-gloo] [--json OUT]
+Usage: python benchmarks/gpu_check.py [--model PATH | --random-arch ARCH] [--fp8 channel|block] [--tp-size 2]
+                                      [--new-tokens 128] [--device cuda|cpu] [--one-gpu-gloo] [--json OUT]
 The references run first in this process (Transformers, bf16 and fp32, on cuda:0 or the CPU); the
 TP ranks then run under torchrun (this same file in --rank mode). Default model: the embedded
 SmolLM2-135M-Instruct. ``--random-arch`` (mixtral, qwen3_moe, phi3) writes a small random bf16
-checkpoint of that architecture first (no tokenizer: prompts are random ids).
+checkpoint of that architecture first (no tokenizer: prompts are random ids). ``--fp8`` (issue 19's accuracy on a
+real model): the model is written as an FP8 checkpoint (per-channel compressed-tensors or 128 x 128 blocks, by
+tests/fp8_checkpoints.py) for the TP ranks, which keep it FP8 on a GPU of compute capability 8.9+, and the
+references run Transformers on the same FP8 weights dequantized (a plain checkpoint written beside it): the check
+then says whether hf_tp's FP8 kernels add error beyond bf16's to the weights the checkpoint holds.
 
 Rank transports: NCCL, one GPU per rank (default); ``--one-gpu-gloo``: every rank on cuda:0 joined by
 gloo, for machines with one GPU (gloo stages CUDA tensors through the host; hf_tp all-reduces the
@@ -101,6 +105,25 @@ def write_random_arch(arch: str, folder: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Inputs and model runs
 # --------------------------------------------------------------------------------------------
+
+
+def write_fp8_pair(src: str, fmt: str, folder: str) -> tuple[str, str]:
+    """(plain checkpoint of the FP8 weights dequantized in fp32, the FP8 checkpoint) of ``src``, written in
+    ``folder``; both keep ``src``'s tokenizer files."""
+    import shutil
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from fp8_checkpoints import dequantized_reference, write_block_fp8, write_channel_fp8
+
+    fp8 = (write_channel_fp8 if fmt == "channel" else write_block_fp8)(src, Path(folder) / f"fp8-{fmt}")
+    plain = Path(folder) / "dequantized"
+    dequantized_reference(fp8, plain)  # writes the folder (and loads it once: a check that it loads)
+    for item in Path(src).iterdir():  # the tokenizer and generation config
+        if item.is_file() and not item.name.endswith((".safetensors", ".json")) or item.name in (
+                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+            shutil.copy(item, plain / item.name)
+    return str(plain), str(fp8)
 
 
 def _tokenizer(folder):
@@ -229,7 +252,7 @@ def run_tp(args, work: dict) -> dict:
         work_file, out = os.path.join(tmp, "work.pt"), os.path.join(tmp, "rank0.pt")
         torch.save(work, work_file)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.tp_size}",
-               __file__, "--rank", "--rank-in", work_file, "--rank-out", out, "--model", args.model,
+               __file__, "--rank", "--rank-in", work_file, "--rank-out", out, "--model", args.tp_model or args.model,
                "--tp-size", str(args.tp_size), "--new-tokens", str(args.new_tokens), "--device", args.device]
         if args.one_gpu_gloo:
             cmd.append("--one-gpu-gloo")
@@ -370,6 +393,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model")
     parser.add_argument("--random-arch", choices=sorted(RANDOM_ARCHS))
+    parser.add_argument("--fp8", choices=["channel", "block"],
+                        help="TP ranks load the model written as this FP8 format; references its dequantized weights")
     parser.add_argument("--tp-size", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -391,6 +416,9 @@ def main():
         args.model = write_random_arch(args.random_arch, os.path.join(tempfile.mkdtemp(prefix="hf_tp_gpu_check_"),
                                                                       args.random_arch))
     args.model = args.model or str(demo_model_path())
+    args.tp_model = None
+    if args.fp8:
+        args.model, args.tp_model = write_fp8_pair(args.model, args.fp8, tempfile.mkdtemp(prefix="hf_tp_gpu_check_fp8_"))
     ref_device = "cuda:0" if args.device == "cuda" else "cpu"
     tokenizer = _tokenizer(args.model)
     inputs = prompt_inputs(tokenizer)
