@@ -5,7 +5,8 @@
 #      checkpoints written;
 #   2. qwen3-moe-mini end to end with the attention combine folded (issue 21: tp 1 twice, the rank of tp 2);
 #   3. Llama-3-8B rows the session could not run: the rank of tp 8, the 4096-token prompt (issue 18), and the
-#      fp8-block rank of tp 2 against bf16 (issue 19).
+#      fp8-block rank of tp 2 against bf16 (issue 19);
+#   4. gpu_check.py --fp8 block: kept FP8 ranks against Transformers on the dequantized weights (issue 19).
 # Usage (device): cd <checkout> && OUT=... BUDGET=585 bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -27,6 +28,10 @@ step dense_r8 50 $ROW --model "$CK/llama3-8b-bf16" --simulate-tp 8 --batches 1 -
 step dense_long 60 $ROW --model "$CK/llama3-8b-bf16" --batches 1 --prompt-len 4096 --out "$OUT/dense.jsonl"
 step r2_bf16 50 $ROW --model "$CK/llama3-8b-bf16" --simulate-tp 2 --batches 1 --out "$OUT/dense.jsonl"
 step r2_fp8-block 50 $ROW --model "$CK/llama3-8b-fp8-block" --simulate-tp 2 --batches 1 --out "$OUT/dense.jsonl"
+# FP8 kept on the GPU against Transformers on the same weights dequantized, the strict verdict (random Llama-shaped
+# weights: near-ties are common; the real SmolLM2 needs the GGUF carried as in one_gpu_cycle.sh)
+step fp8_check 90 python benchmarks/gpu_check.py --random-arch phi3 --fp8 block --one-gpu-gloo --tp-size 2 \
+  --json "$OUT/fp8_check.json"
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
 tail -n 2 "$OUT"/tests_*.txt
 python -c "
