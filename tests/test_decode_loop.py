@@ -403,3 +403,25 @@ def test_top_k_tie_larger_than_the_candidates_is_reported():
     sessions[0].cut_ties.zero_()
     select(logits)
     assert not bool(sessions[0].cut_ties)
+
+
+def test_first_argmax_is_argmax_with_ties_and_nans():
+    """The loop's two-step argmax (ARGMAX_CHUNKS pieces, then their maxima) gives torch.argmax's index: the first
+    maximum, across pieces and within one, a NaN counting as the maximum; sizes that do not split fall back."""
+    from hf_tp.generation.decode_loop import ARGMAX_CHUNKS, first_argmax
+
+    gen = torch.Generator().manual_seed(0)
+    n = ARGMAX_CHUNKS * 37
+    rows = torch.randn(12, n, generator=gen)
+    rows[1] = 0.0  # all tied: index 0
+    rows[2, [5, 900, n - 1]] = 50.0  # ties in different pieces: the first
+    rows[3, [37 * 3 + 1, 37 * 3 + 2]] = 50.0  # ties inside one piece
+    rows[4, 1000] = float("nan")  # a NaN is argmax's maximum
+    rows[5, [40, 2000]] = float("nan")
+    rows[6] = float("-inf")
+    rows[7, 17] = float("inf")
+    rows[8] = torch.randint(0, 3, (n,), generator=gen).float()  # many ties
+    rows[9, n - 1] = 99.0  # the last index
+    for values in (rows, rows.bfloat16(), torch.randn(3, n + 1, generator=gen), torch.randn(2, 64, generator=gen)):
+        assert torch.equal(first_argmax(values), values.argmax(-1)), values.shape
+    assert first_argmax(rows)[2] == 5 and first_argmax(rows)[4] == 1000

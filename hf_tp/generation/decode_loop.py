@@ -49,6 +49,26 @@ MAX_SESSIONS = 3  # captured (batch, length) shapes kept; each holds a KV cache 
 MAX_EOS_IDS = 8  # eos ids live in a fixed-size tensor of the captured graph
 SCORE_ROWS = 64  # scores/logits buffers hold max_new_tokens rounded up to this many steps
 
+# A row's argmax over a whole vocabulary is taken in ARGMAX_CHUNKS pieces, then over the pieces' maxima: PyTorch ran
+# the one-row argmax over a 128k vocabulary as a single reduce kernel of 27.8 µs per token on an H200 (1 % of a
+# tp-2 rank's step; benchmarks/RESULTS.md, 2026-12-04 third session), where the pieces spread over the GPU.
+ARGMAX_CHUNKS = 64
+
+
+def first_argmax(values: torch.Tensor) -> torch.Tensor:
+    """``values.argmax(-1)`` for (rows, n): the index of each row's first maximum (a NaN counts as the maximum, as
+    in torch.argmax), computed in two steps when ``n`` splits into ARGMAX_CHUNKS pieces of at least 16. Both steps
+    keep the first maximum: within a piece (torch.max's index) and among pieces (argmax of their maxima), so the
+    result is argmax's, ties and NaNs included."""
+    rows, n = values.shape
+    if n % ARGMAX_CHUNKS or n < 16 * ARGMAX_CHUNKS:
+        return values.argmax(-1)
+    piece = n // ARGMAX_CHUNKS
+    maxima, inner = values.reshape(rows, ARGMAX_CHUNKS, piece).max(-1)
+    best = maxima.argmax(-1, keepdim=True)
+    return (best * piece + inner.gather(-1, best)).squeeze(-1)
+
+
 # Generation-config fields this loop implements; every other field must be at its default.
 _HANDLED_FIELDS = {
     "max_length", "max_new_tokens", "min_length", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p",
@@ -355,7 +375,7 @@ class _Session:
         if not variant.do_sample:
             if variant.scores:
                 self._keep(self.scores, logits)
-            return logits.argmax(-1)
+            return first_argmax(logits)
         # The warpers on one ascending order, with Transformers' formulas (its TopPLogitsWarper sorts ascending
         # too): the whole vocabulary sorted, or, under top-k, only the largest logits (a 128k-entry sort costs
         # ~100 us of GPU time per step; topk of 64 a fraction of it). Tokens outside the candidates are the
@@ -390,7 +410,7 @@ class _Session:
         probs = sorted_logits.softmax(-1)
         # Exponential race (Gumbel-max): argmax(p / E), E ~ Exp(1), is a sample of p; unlike
         # torch.multinomial it needs no host sync and records into a CUDA graph.
-        choice = (probs / torch.empty_like(probs).exponential_()).argmax(-1)
+        choice = first_argmax(probs / torch.empty_like(probs).exponential_())
         return order.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
 
     def _last_position(self, width: int) -> torch.Tensor:
