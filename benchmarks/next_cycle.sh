@@ -6,6 +6,7 @@
 #   2. qwen3-moe-mini end to end with the attention combine folded (issue 21: tp 1 twice, the rank of tp 2);
 #   3. Llama-3-8B rows the session could not run: the rank of tp 8, the 4096-token prompt (issue 18), and the
 #      fp8-block rank of tp 2 against bf16 (issue 19);
+#      The bf16 rank of tp 2 is profiled: the greedy argmax in pieces (first_argmax, was one 27.8 us kernel);
 #   4. gpu_check.py --fp8 block: kept FP8 ranks against Transformers on the dequantized weights (issue 19).
 # Usage (device): cd <checkout> && OUT=... BUDGET=585 bash benchmarks/next_cycle.sh
 set -u
@@ -26,7 +27,7 @@ step moe_tp1_again 50 $ROW --model "$MOE" --batches 1 --out "$OUT/moe.jsonl"
 step moe_r2 50 $ROW --model "$MOE" --simulate-tp 2 --batches 1 --out "$OUT/moe.jsonl"
 step dense_r8 50 $ROW --model "$CK/llama3-8b-bf16" --simulate-tp 8 --batches 1 --out "$OUT/dense.jsonl"
 step dense_long 60 $ROW --model "$CK/llama3-8b-bf16" --batches 1 --prompt-len 4096 --out "$OUT/dense.jsonl"
-step r2_bf16 50 $ROW --model "$CK/llama3-8b-bf16" --simulate-tp 2 --batches 1 --out "$OUT/dense.jsonl"
+step r2_bf16 55 $ROW --model "$CK/llama3-8b-bf16" --simulate-tp 2 --batches 1 --profile 64 --out "$OUT/dense.jsonl"
 step r2_fp8-block 50 $ROW --model "$CK/llama3-8b-fp8-block" --simulate-tp 2 --batches 1 --out "$OUT/dense.jsonl"
 # FP8 kept on the GPU against Transformers on the same weights dequantized, the strict verdict (random Llama-shaped
 # weights: near-ties are common; the real SmolLM2 needs the GGUF carried as in one_gpu_cycle.sh)
