@@ -84,6 +84,9 @@ cases = json.loads(sys.argv[2])
 errs = []
 for M, N, K, group_k, k_offset, path, dtype, config in cases:
     x, w, s, b = make(M, N, K, group_k, k_offset, dtype=getattr(torch, dtype))
+    if config and "X_SCALE" in config:  # activations beyond fp16's range
+        config = dict(config)
+        x = x * config.pop("X_SCALE")
     out = ft.launch(x, w, s, group_k, k_offset, b, config=config, path=path)
     errs.append(rel_err(out, x, w, s, group_k, k_offset, b))
 print(json.dumps(errs))
@@ -103,6 +106,11 @@ _INTERPRET_CASES = [
     (3, 16, 64, 16, 0, "skinny", "float16", {"BLOCK_N": 16, "BLOCK_K": 32}),
     (17, 20, 48, 16, 5, "skinny", "float16", {"BLOCK_N": 16, "BLOCK_K": 32}),
     (5, 20, 48, 16, 5, "dequant", "bfloat16", None),
+    # FP8 weights with bf16 activations multiplied in fp16 ("F16"): block and per-channel scales, M = 1, a split
+    (1, 20, 512, 128, 0, "skinny", "bfloat16", {"F16": True, "BLOCK_N": 16, "BLOCK_K": 128, "SPLIT": 2}),
+    (3, 40, 256, 256, 0, "skinny", "bfloat16", {"F16": True, "BLOCK_N": 32, "BLOCK_K": 128}),
+    # |x| up to about 4e5, beyond fp16's 65504: the tile comes out inf and is computed again in fp32
+    (2, 20, 256, 128, 0, "skinny", "bfloat16", {"F16": True, "BLOCK_N": 16, "BLOCK_K": 128, "X_SCALE": 1e5}),
     # the shipped configs (gemv_triton.config_for), several row blocks of 16 in the tl.dot kernel
     (1, 20, 4096, 128, 0, "gemv", "bfloat16", None),
     (1, 20, 1392, 128, 37, "gemv", "bfloat16", None),

@@ -155,24 +155,10 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, N, K, G, group_k, k_offset, 
 
 
 @triton.jit
-def _gemv_dot_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, k_split,
-                stride_xm, stride_wn, stride_sn, stride_os, stride_om,
-                SCALE: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-                IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_s = tl.program_id(2)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    m_ok = rm < M
-    n_ok = rn < N
-    x_rows = x_ptr + rm[:, None].to(tl.int64) * stride_xm
-    w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_wn
-    s_rows = s_ptr + rn.to(tl.int64) * stride_sn
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_lo = pid_s * k_split
-    k_hi = tl.minimum(k_lo + k_split, K)
+def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, G, group_k, k_offset,
+                    SCALE: tl.constexpr, EVEN_K: tl.constexpr, MMA: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The tl.dot kernel's K loop, in the operand dtype ``MMA`` says: 0 x's own dtype, 1 fp16 (FP8 weights
+    with bf16 activations, below), 2 fp32 with IEEE products (fp32 activations; the fp16 form's fallback)."""
     for k0 in range(k_lo, k_hi, BLOCK_K):
         cols = k0 + rk
         if EVEN_K:
@@ -182,6 +168,10 @@ def _gemv_dot_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_o
             k_ok = cols < K
             xv = tl.load(x_rows + cols[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_rows + cols[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        if MMA == 1:
+            xv = xv.to(tl.float32).to(tl.float16)
+        elif MMA == 2:
+            xv = xv.to(tl.float32)
         if SCALE == 3:
             # the step (at most one group long) holds at most two groups, split at column `edge`; W is
             # dequantized in the tile and rounded to x's dtype, as the reference rounds it
@@ -195,15 +185,48 @@ def _gemv_dot_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_o
             wt = tl.trans(w.to(xv.dtype))
         if SCALE == 2:  # the step lies inside one group: scale its product
             s = tl.load(s_rows + (k0 + k_offset) // group_k, mask=n_ok, other=0.0)
-            if IEEE:
+            if MMA == 2:
                 acc += tl.dot(xv, wt, input_precision="ieee") * s[None, :]
             else:
                 acc += tl.dot(xv, wt) * s[None, :]
         else:
-            if IEEE:
+            if MMA == 2:
                 acc = tl.dot(xv, wt, acc, input_precision="ieee")
             else:
                 acc = tl.dot(xv, wt, acc)
+    return acc
+
+
+@triton.jit
+def _gemv_dot_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, k_split,
+                stride_xm, stride_wn, stride_sn, stride_os, stride_om,
+                SCALE: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+                MMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < N
+    x_rows = x_ptr + rm[:, None].to(tl.int64) * stride_xm
+    w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_wn
+    s_rows = s_ptr + rn.to(tl.int64) * stride_sn
+    k_lo = pid_s * k_split
+    k_hi = tl.minimum(k_lo + k_split, K)
+    acc = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_rows, w_rows, s_rows, m_ok, n_ok, rk,
+                          k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, MMA, BLOCK_K)
+    if MMA == 1:
+        # fp16 holds every bf16 value from 2^-14 to 65504 exactly (11 significant bits against 8), so the products
+        # are the bf16 kernel's; a larger |x| becomes inf. A tile that came out inf or NaN is computed again in
+        # fp32 (the sum of real inf/NaN inputs comes out the same), so the fast form never changes a result's
+        # range. Values below 2^-14 keep fp16's subnormal precision (2^-24): a relative error under 2^-10 of
+        # a sum's largest term.
+        bad = tl.max(tl.max(((acc != acc) | (tl.abs(acc) > 3.0e38)).to(tl.int32), axis=1), axis=0)
+        if bad != 0:
+            acc = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_rows, w_rows, s_rows, m_ok,
+                                  n_ok, rk, k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, 2, BLOCK_K)
     mn_ok = m_ok[:, None] & n_ok[None, :]
     if SPLIT:
         tl.store(o_ptr + pid_s * stride_os + rm[:, None] * stride_om + rn[None, :], acc, mask=mn_ok)
@@ -363,11 +386,19 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                            num_stages=max(1, cfg["num_stages"]))
     else:
         block_m = cfg.get("BLOCK_M") or min(64, max(DOT_BLOCK_M, triton.next_power_of_2(M)))
+        # "F16": FP8 weights with bf16 activations multiplied in fp16 (see _gemv_dot_kernel): FP8 widens to
+        # fp16 in one instruction per pair, to bf16 only through fp32, at the GPU's slow conversion rate
+        if x2.dtype == torch.float32:
+            mma = 2
+        elif cfg.get("F16") and weight.element_size() == 1 and x2.dtype == torch.bfloat16 and mode in (1, 2):
+            mma = 1
+        else:
+            mma = 0
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, block_m), splits)
         _gemv_dot_kernel[grid](x2, weight, s, b, dest, M, N, K, G, group_k, k_offset, k_split,
                           x2.stride(0), weight.stride(0), s.stride(0), M * N, N,
                           SCALE=mode, SPLIT=splits > 1, HAS_BIAS=bias is not None, EVEN_K=even_k,
-                          IEEE=x2.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
+                          MMA=mma, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
                           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if splits > 1:
         block = 1024
