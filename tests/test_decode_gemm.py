@@ -144,7 +144,8 @@ def test_kernels_compile_for_hopper():
     from hf_tp.kernels import gemv_triton as gt
 
     gemv_base = dict(GROUP_SHIFT=-1, SPLIT=False, HAS_BIAS=False, EVEN_N=True, EVEN_K=True)
-    dense = {"x_ptr": "*bf16", "w_ptr": "*bf16", "s_ptr": "*bf16", "b_ptr": "*bf16", "o_ptr": "*bf16"}
+    dense = {"x_ptr": "*bf16", "x16_ptr": "*fp16", "w_ptr": "*bf16", "s_ptr": "*bf16", "b_ptr": "*bf16",
+             "o_ptr": "*bf16"}
     fp8 = dict(dense, w_ptr="*fp8e4nv", s_ptr="*fp32")
     cases = [  # (name, kernel, pointers, constexprs, warps, stages)
         ("gemv bf16", gt._gemv_kernel, dense, dict(gemv_base, SCALE=0, BLOCK_N=8, NV=64, VEC=8, STAGES=1), 4, 1),

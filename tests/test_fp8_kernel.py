@@ -106,11 +106,11 @@ _INTERPRET_CASES = [
     (3, 16, 64, 16, 0, "skinny", "float16", {"BLOCK_N": 16, "BLOCK_K": 32}),
     (17, 20, 48, 16, 5, "skinny", "float16", {"BLOCK_N": 16, "BLOCK_K": 32}),
     (5, 20, 48, 16, 5, "dequant", "bfloat16", None),
-    # FP8 weights with bf16 activations multiplied in fp16 ("F16"): block and per-channel scales, M = 1, a split
-    (1, 20, 512, 128, 0, "skinny", "bfloat16", {"F16": True, "BLOCK_N": 16, "BLOCK_K": 128, "SPLIT": 2}),
-    (3, 40, 256, 256, 0, "skinny", "bfloat16", {"F16": True, "BLOCK_N": 32, "BLOCK_K": 128}),
+    # FP8 weights with bf16 activations multiplied in fp16 ("X16", the fp16 copy made by the launcher): block and per-channel scales, M = 1, a split
+    (1, 20, 512, 128, 0, "skinny", "bfloat16", {"X16": True, "BLOCK_N": 16, "BLOCK_K": 128, "SPLIT": 2}),
+    (3, 40, 256, 256, 0, "skinny", "bfloat16", {"X16": True, "BLOCK_N": 32, "BLOCK_K": 128}),
     # |x| up to about 4e5, beyond fp16's 65504: the tile comes out inf and is computed again in fp32
-    (2, 20, 256, 128, 0, "skinny", "bfloat16", {"F16": True, "BLOCK_N": 16, "BLOCK_K": 128, "X_SCALE": 1e5}),
+    (2, 20, 256, 128, 0, "skinny", "bfloat16", {"X16": True, "BLOCK_N": 16, "BLOCK_K": 128, "X_SCALE": 1e5}),
     # the shipped configs (gemv_triton.config_for), several row blocks of 16 in the tl.dot kernel
     (1, 20, 4096, 128, 0, "gemv", "bfloat16", None),
     (1, 20, 1392, 128, 37, "gemv", "bfloat16", None),
@@ -201,3 +201,41 @@ def test_compiled_and_graph_captured():
             graph.replay()
             expect = ref(static)
             assert ((out.float() - expect).norm() / expect.norm()).item() < 1e-2
+
+
+@pytest.mark.gpu
+@needs_fp8_gpu
+@pytest.mark.parametrize("M", [1, 8])
+def test_fp16_form_at_its_measured_shapes(M):
+    """A shape whose measured config multiplies bf16 activations in fp16 ("X16" in gemv_table.py), block and
+    per-channel scales: against the reference; with |x| beyond fp16's range (the tile computed again in fp32);
+    compiled and captured, where the caller makes the fp16 copy (fused by Inductor), the same bits as eagerly,
+    where the launcher makes it."""
+    from hf_tp.kernels import fp8_triton
+
+    N, K = 14336, 4096
+    for group_k in (128, K):
+        x, w, s, b = make(M, N, K, group_k, 0, device="cuda", seed=M)
+        assert fp8_triton.takes_fp16(M, N, K, s.shape[1], group_k, 0), "the table no longer names this shape"
+        assert rel_err(fp8_linear(x, w, s, group_k, 0, b), x, w, s, group_k, 0, b) < TOL
+        big = x * 1e5  # beyond 65504: inf in fp16
+        assert rel_err(fp8_linear(big, w, s, group_k, 0, b), big, w, s, group_k, 0, b) < TOL
+
+        def step(t):  # t * 2 is exact in bf16, so Inductor's fp32 intermediate rounds to fp16 as bf16 does
+            return fp8_linear(t * 2, w, s, group_k, 0, b)
+
+        fn = torch.compile(step, fullgraph=True, dynamic=False)
+        static = x.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn(static)
+        for seed in (5, 6):
+            static.copy_(make(M, 1, K, group_k, 0, device="cuda", seed=seed)[0])
+            graph.replay()
+            assert torch.equal(out, step(static)), (group_k, seed)

@@ -94,7 +94,7 @@ def _use_kernel(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, grou
 
 @torch.library.custom_op("hf_tp::fp8_linear", mutates_args=())
 def _fp8_linear_op(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
-                   bias: torch.Tensor | None) -> torch.Tensor:
+                   bias: torch.Tensor | None, x16: torch.Tensor | None = None) -> torch.Tensor:
     if not _use_kernel(x, weight, scale, group_k):
         return fp8_linear_reference(x, weight, scale, group_k, k_offset, bias)
     from hf_tp.kernels import fp8_triton
@@ -103,13 +103,24 @@ def _fp8_linear_op(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, g
     if x2.numel() == 0:
         return x.new_empty(*x.shape[:-1], weight.shape[0])
     out = fp8_triton.launch(x2.contiguous(), weight, scale.float().contiguous(), group_k, k_offset,
-                            None if bias is None else bias.contiguous())
+                            None if bias is None else bias.contiguous(),
+                            x16=None if x16 is None else x16.reshape(-1, x.shape[-1]).contiguous())
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
 @_fp8_linear_op.register_fake
-def _(x, weight, scale, group_k, k_offset, bias):
+def _(x, weight, scale, group_k, k_offset, bias, x16=None):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+@torch.compiler.assume_constant_result
+def _fp16_copy_wanted(device_index: int, M: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> bool:
+    """Decided once per shape while tracing (a constant of the compiled step)."""
+    if not fp8_kernel_available(torch.device("cuda", device_index)) or (G != 1 and group_k < 16):
+        return False
+    from hf_tp.kernels import fp8_triton
+
+    return fp8_triton.takes_fp16(M, N, K, G, group_k, k_offset)
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
@@ -119,6 +130,17 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group
     On CUDA with compute capability >= 8.9 (``fp8_kernel_available``) and bf16/fp16 x, a Triton kernel reads the
     FP8 weight once (half the bytes of bf16), applies the scales per K-group in fp32 and accumulates in fp32;
     above ``fp8_triton.DOT_MAX_M`` rows (prefill) it dequantizes once and calls cuBLAS. Elsewhere it is
-    ``fp8_linear_reference``. Works under torch.compile and CUDA-graph capture (a custom op)."""
+    ``fp8_linear_reference``. Works under torch.compile and CUDA-graph capture (a custom op).
+
+    Where the measured config multiplies bf16 activations in fp16 (FP8 widens to fp16 cheaply; see
+    hf_tp/kernels/gemv_triton.py, "X16"), a compiled caller makes the activations' fp16 copy here, so that
+    Inductor fuses it into the kernel that produced them (the RMSNorm, silu * mul); eagerly the kernel's
+    launcher makes it."""
     _check(x, weight, scale, group_k, k_offset, bias)
-    return _fp8_linear_op(x, weight, scale, int(group_k), int(k_offset), bias)
+    x16 = None
+    if (torch.compiler.is_compiling() and x.is_cuda and x.dtype == torch.bfloat16
+            and weight.dtype == torch.float8_e4m3fn and weight.stride(1) == 1
+            and _fp16_copy_wanted(x.device.index if x.device.index is not None else 0, x.numel() // x.shape[-1],
+                                  weight.shape[0], weight.shape[1], scale.shape[1], int(group_k), int(k_offset))):
+        x16 = x.to(torch.float16)
+    return _fp8_linear_op(x, weight, scale, int(group_k), int(k_offset), bias, x16)

@@ -43,10 +43,28 @@ def _dequant(w_ptr, s_ptr, o_ptr, N, K, G, group_k, k_offset, stride_wn, stride_
 DOT_MAX_M = 64
 
 
+def takes_fp16(M: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> bool:
+    """Whether a call of M bf16 rows runs the tl.dot kernel in fp16 ("X16" in its measured config), so that the
+    caller can make the activations' fp16 copy where Inductor fuses it into the step that made them."""
+    if M > DOT_MAX_M:
+        return False
+    path, cfg = gemv_triton.choose(M, N, K, 1, path=None)
+    if path != "dot":
+        return False
+    if G == 1:
+        mode = 1
+    else:
+        block_k = max(16, min(cfg["BLOCK_K"], triton.next_power_of_2(K), gemv_triton.pow2_at_most(group_k)))
+        mode = 2 if group_k % block_k == 0 and k_offset % block_k == 0 else 3
+    return gemv_triton.takes_fp16(cfg, 1, torch.bfloat16, mode)
+
+
 def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
-           bias: torch.Tensor | None, config: dict | None = None, path: str | None = None) -> torch.Tensor:
+           bias: torch.Tensor | None, config: dict | None = None, path: str | None = None,
+           x16: torch.Tensor | None = None) -> torch.Tensor:
     """x2 (M, K) contiguous; returns (M, N) in x2's dtype. ``path`` ("gemv", "skinny" for the tl.dot kernel,
-    "dequant") and ``config`` override the measured choice (tests and the benchmark's sweep use them)."""
+    "dequant") and ``config`` override the measured choice (tests and the benchmark's sweep use them).
+    ``x16``: x2 in fp16 (contiguous), for the calls ``takes_fp16`` names."""
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
     if path is None and M > DOT_MAX_M:
@@ -59,4 +77,4 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
                        wd.stride(0), BLOCK_N=32, BLOCK_K=block_k, num_warps=4)
         return torch.nn.functional.linear(x2, wd, bias)
     return gemv_triton.launch(x2, weight, scale, group_k, k_offset, bias, config=config,
-                              path={None: None, "gemv": "gemv", "skinny": "dot"}[path])
+                              path={None: None, "gemv": "gemv", "skinny": "dot"}[path], x16=x16)

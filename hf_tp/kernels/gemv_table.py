@@ -14,6 +14,10 @@ Measured (qwen3-moe-mini): NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0, by
 benchmarks/fp8_gemm.py --model qwen3-moe-mini --tps 1,2,4,8 --ms 1,8 --lm-head --sweep --out $OUT/gemm.json.
 Measured (qwen3-moe-mini): NVIDIA H200, torch 2.11.0+cu130, triton 3.6.0, by
 benchmarks/fp8_gemm.py --model qwen3-moe-mini --gemms router --tps 1 --ms 1,8 --sweep --out $OUT/gemm_router.json.
+Entries with "X16" (FP8 weights, bf16 activations multiplied in fp16 by the tl.dot kernel): NVIDIA H200, torch
+2.11.0+cu130, triton 3.6.0, by benchmarks/fp8_f16_probe.py --out $OUT/fp8_f16.json (the "x16" variant's best
+config, for the shapes where it beat the shipped kernel with block scales; not for o_proj, whose input comes
+from the attention kernel, so that its fp16 copy would be a kernel of its own).
 """
 
 TABLE: dict[tuple[str, int, int, int], dict] = {
@@ -26,7 +30,7 @@ TABLE: dict[tuple[str, int, int, int], dict] = {
     ('dot', 1, 2048, 2048): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 1, 2048, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 1, 2560, 2048): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
-    ('dot', 1, 3072, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
+    ('dot', 1, 3072, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 8, 'X16': True},
     ('dot', 1, 3584, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 1, 4096, 512): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
     ('dot', 1, 4096, 1024): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
@@ -34,13 +38,13 @@ TABLE: dict[tuple[str, int, int, int], dict] = {
     ('dot', 1, 4096, 2048): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 1, 4096, 3584): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 1, 4096, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
-    ('dot', 1, 4096, 7168): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
-    ('dot', 1, 4096, 14336): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 8},
+    ('dot', 1, 4096, 7168): {'path': 'dot', 'BLOCK_N': 128, 'BLOCK_K': 128, 'num_warps': 8, 'num_stages': 3, 'SPLIT': 8, 'X16': True},
+    ('dot', 1, 4096, 14336): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 8, 'X16': True},
     ('dot', 1, 5120, 2048): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
-    ('dot', 1, 6144, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
+    ('dot', 1, 6144, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4, 'X16': True},
     ('dot', 1, 7168, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
-    ('dot', 1, 14336, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 2},
-    ('dot', 1, 28672, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
+    ('dot', 1, 14336, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1, 'X16': True},
+    ('dot', 1, 28672, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1, 'X16': True},
     ('dot', 2, 64, 2048): {'path': 'dot', 'BLOCK_N': 16, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 4},
     ('dot', 2, 768, 2048): {'path': 'dot', 'BLOCK_N': 16, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1},
     ('dot', 2, 768, 4096): {'path': 'dot', 'BLOCK_N': 32, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 4},
@@ -91,13 +95,13 @@ TABLE: dict[tuple[str, int, int, int], dict] = {
     ('gemv', 1, 4096, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 4096, 3584): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 4096, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
-    ('gemv', 1, 4096, 7168): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
-    ('gemv', 1, 4096, 14336): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+    ('gemv', 1, 4096, 7168): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 4, 'X16': True},
+    ('gemv', 1, 4096, 14336): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 8, 'X16': True},
     ('gemv', 1, 5120, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 6144, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 7168, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
-    ('gemv', 1, 14336, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
-    ('gemv', 1, 28672, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+    ('gemv', 1, 14336, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1, 'X16': True},
+    ('gemv', 1, 28672, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1, 'X16': True},
     ('gemv', 2, 64, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 2048, 'num_warps': 8, 'num_stages': 0, 'SPLIT': 1},
     ('gemv', 2, 768, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 0, 'SPLIT': 1},
     ('gemv', 2, 768, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 2048, 'num_warps': 8, 'num_stages': 0, 'SPLIT': 1},

@@ -158,7 +158,8 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, N, K, G, group_k, k_offset, 
 def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, G, group_k, k_offset,
                     SCALE: tl.constexpr, EVEN_K: tl.constexpr, MMA: tl.constexpr, BLOCK_K: tl.constexpr):
     """The tl.dot kernel's K loop, in the operand dtype ``MMA`` says: 0 x's own dtype, 1 fp16 (FP8 weights
-    with bf16 activations, below), 2 fp32 with IEEE products (fp32 activations; the fp16 form's fallback)."""
+    with an fp16 copy of bf16 activations, below), 2 fp32 with IEEE products (fp32 activations; the fp16 form's
+    fallback)."""
     for k0 in range(k_lo, k_hi, BLOCK_K):
         cols = k0 + rk
         if EVEN_K:
@@ -168,9 +169,7 @@ def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, 
             k_ok = cols < K
             xv = tl.load(x_rows + cols[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_rows + cols[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        if MMA == 1:
-            xv = xv.to(tl.float32).to(tl.float16)
-        elif MMA == 2:
+        if MMA == 2:
             xv = xv.to(tl.float32)
         if SCALE == 3:
             # the step (at most one group long) holds at most two groups, split at column `edge`; W is
@@ -198,7 +197,7 @@ def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, 
 
 
 @triton.jit
-def _gemv_dot_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, k_split,
+def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, k_split,
                 stride_xm, stride_wn, stride_sn, stride_os, stride_om,
                 SCALE: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
                 MMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -215,14 +214,17 @@ def _gemv_dot_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_o
     s_rows = s_ptr + rn.to(tl.int64) * stride_sn
     k_lo = pid_s * k_split
     k_hi = tl.minimum(k_lo + k_split, K)
-    acc = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_rows, w_rows, s_rows, m_ok, n_ok, rk,
+    if MMA == 1:  # the activations' fp16 copy (same strides)
+        steps_rows = x16_ptr + rm[:, None].to(tl.int64) * stride_xm
+    else:
+        steps_rows = x_rows
+    acc = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), steps_rows, w_rows, s_rows, m_ok, n_ok, rk,
                           k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, MMA, BLOCK_K)
     if MMA == 1:
         # fp16 holds every bf16 value from 2^-14 to 65504 exactly (11 significant bits against 8), so the products
-        # are the bf16 kernel's; a larger |x| becomes inf. A tile that came out inf or NaN is computed again in
-        # fp32 (the sum of real inf/NaN inputs comes out the same), so the fast form never changes a result's
-        # range. Values below 2^-14 keep fp16's subnormal precision (2^-24): a relative error under 2^-10 of
-        # a sum's largest term.
+        # are the bf16 kernel's; a larger |x| became inf in the copy. A tile that came out inf or NaN is computed
+        # again from the bf16 activations in fp32 (the sum of real inf/NaN inputs comes out the same), so the
+        # fast form never changes a result's range. Values below 2^-14 keep fp16's subnormal precision (2^-24).
         bad = tl.max(tl.max(((acc != acc) | (tl.abs(acc) > 3.0e38)).to(tl.int32), axis=1), axis=0)
         if bad != 0:
             acc = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_rows, w_rows, s_rows, m_ok,
@@ -328,25 +330,38 @@ def pow2_at_most(n: int) -> int:
     return 1 << (max(int(n), 1).bit_length() - 1)
 
 
+def choose(M: int, N: int, K: int, elem_bytes: int, sms: int = 132, path: str | None = None) -> tuple[str, dict]:
+    """The kernel ("gemv" or "dot") and config of a call: the table's choice for M == 1 (the GEMV or tl.dot),
+    else the rule's; ``path`` forces the kernel."""
+    if path is None:
+        hit = TABLE.get(("gemv", elem_bytes, N, K)) if M == 1 else None
+        path = hit.get("path", "gemv") if hit else default_path(M, N, elem_bytes)
+    if path == "gemv" and M != 1:
+        raise ValueError(f"gemv_triton: the gemv path takes one row of x, got {M}")
+    return path, config_for(path, N, K, M, elem_bytes, sms)
+
+
+def takes_fp16(cfg: dict, elem_bytes: int, x_dtype: torch.dtype, mode: int) -> bool:
+    """Whether a tl.dot call multiplies in fp16: its config says "X16", the weight is FP8 with scales per channel
+    or aligned groups (modes 1 and 2) and the activations are bf16 (fp16 ones already are)."""
+    return bool(cfg.get("X16")) and elem_bytes == 1 and x_dtype == torch.bfloat16 and mode in (1, 2)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Launcher
 
 def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None, group_k: int = 0,
            k_offset: int = 0, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-           config: dict | None = None, path: str | None = None) -> torch.Tensor:
+           config: dict | None = None, path: str | None = None, x16: torch.Tensor | None = None) -> torch.Tensor:
     """x2 (M, K) contiguous; weight (N, K) with unit stride along K; scale None (dense) or (N, G) float32
     contiguous, the canonical FP8 scales with ``group_k``/``k_offset``. Returns (M, N) in ``out_dtype``
     (default x2's dtype). ``path`` ("gemv" for M == 1, "dot") and ``config`` override the choice (tests and
-    the benchmark's sweep)."""
+    the benchmark's sweep). ``x16``: x2 in fp16, for a config with "X16" (made here when not given)."""
     M, K = x2.shape
     N = weight.shape[0]
     out_dtype = out_dtype or x2.dtype
-    if path is None:  # the table's choice for M == 1 (the GEMV or tl.dot), else the rule's
-        hit = TABLE.get(("gemv", weight.element_size(), N, K)) if M == 1 else None
-        path = hit.get("path", "gemv") if hit else default_path(M, N, weight.element_size())
-    if path == "gemv" and M != 1:
-        raise ValueError(f"gemv_triton: the gemv path takes one row of x, got {M}")
-    cfg = dict(config_for(path, N, K, M, weight.element_size(), sm_count(x2.device)), **(config or {}))
+    path, cfg = choose(M, N, K, weight.element_size(), sm_count(x2.device), path)
+    cfg = dict(cfg, **(config or {}))
     G = 1 if scale is None else scale.shape[1]
     if scale is None:
         mode = 0
@@ -386,16 +401,16 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                            num_stages=max(1, cfg["num_stages"]))
     else:
         block_m = cfg.get("BLOCK_M") or min(64, max(DOT_BLOCK_M, triton.next_power_of_2(M)))
-        # "F16": FP8 weights with bf16 activations multiplied in fp16 (see _gemv_dot_kernel): FP8 widens to
-        # fp16 in one instruction per pair, to bf16 only through fp32, at the GPU's slow conversion rate
+        # "X16": FP8 weights with bf16 activations multiplied in fp16 (see _gemv_dot_kernel): FP8 widens to
+        # fp16 in one instruction per pair, to bf16 only through fp32 at the GPU's slow conversion rate, and the
+        # activations' fp16 copy comes from the caller (fused by Inductor into the step that made x) or from here
+        mma, xh = 0, x2
         if x2.dtype == torch.float32:
             mma = 2
-        elif cfg.get("F16") and weight.element_size() == 1 and x2.dtype == torch.bfloat16 and mode in (1, 2):
-            mma = 1
-        else:
-            mma = 0
+        elif takes_fp16(cfg, weight.element_size(), x2.dtype, mode):
+            mma, xh = 1, (x16 if x16 is not None else x2.to(torch.float16))
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, block_m), splits)
-        _gemv_dot_kernel[grid](x2, weight, s, b, dest, M, N, K, G, group_k, k_offset, k_split,
+        _gemv_dot_kernel[grid](x2, xh, weight, s, b, dest, M, N, K, G, group_k, k_offset, k_split,
                           x2.stride(0), weight.stride(0), s.stride(0), M * N, N,
                           SCALE=mode, SPLIT=splits > 1, HAS_BIAS=bias is not None, EVEN_K=even_k,
                           MMA=mma, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
