@@ -17,7 +17,8 @@ benchmarks/fp8_gemm.py --model qwen3-moe-mini --gemms router --tps 1 --ms 1,8 --
 Entries with "X16" (FP8 weights, bf16 activations multiplied in fp16 by the tl.dot kernel): NVIDIA H200, torch
 2.11.0+cu130, triton 3.6.0, by benchmarks/fp8_f16_probe.py --out $OUT/fp8_f16.json (the "x16" variant's best
 config, for the shapes where it beat the shipped kernel with block scales; not for o_proj, whose input comes
-from the attention kernel, so that its fp16 copy would be a kernel of its own).
+from the attention kernel, so that its fp16 copy would be a kernel of its own; not for tp-1 widths at M = 1,
+where the decode step end to end was not faster with them: benchmarks/RESULTS.md, 2026-12-04, fourth session).
 """
 
 TABLE: dict[tuple[str, int, int, int], dict] = {
@@ -96,12 +97,12 @@ TABLE: dict[tuple[str, int, int, int], dict] = {
     ('gemv', 1, 4096, 3584): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 4096, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 4096, 7168): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 4, 'X16': True},
-    ('gemv', 1, 4096, 14336): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 8, 'X16': True},
+    ('gemv', 1, 4096, 14336): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 5120, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 6144, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 7168, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 1, 14336, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1, 'X16': True},
-    ('gemv', 1, 28672, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1, 'X16': True},
+    ('gemv', 1, 28672, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
     ('gemv', 2, 64, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 2048, 'num_warps': 8, 'num_stages': 0, 'SPLIT': 1},
     ('gemv', 2, 768, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 0, 'SPLIT': 1},
     ('gemv', 2, 768, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 2048, 'num_warps': 8, 'num_stages': 0, 'SPLIT': 1},
