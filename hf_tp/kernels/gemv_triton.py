@@ -11,8 +11,11 @@ Two kernels, one optional reduce, one launcher:
   steps of BLOCK_K columns. The step is loaded as (BLOCK_N, NV, VEC) with VEC = one 16-byte vector per thread,
   multiplied by x in fp32 and summed over VEC inside the thread (no shuffles in the loop); the (BLOCK_N, NV)
   partial sums are reduced across threads once, after the loop.
-- ``_gemv_dot_kernel`` (2 <= M <= 64): tl.dot on 16-row tiles of x (tensor cores; FP8 values convert exactly to
-  x's 16-bit dtype), fp32 accumulate, its loads software-pipelined (``num_stages``).
+- ``_gemv_dot_kernel`` (2 <= M <= 64, and M == 1 where the table says so): tl.dot on 16-row tiles of x (tensor
+  cores; FP8 values convert exactly to x's 16-bit dtype), fp32 accumulate, its loads software-pipelined
+  (``num_stages``). With "X16" in the config (FP8 weights, bf16 x), it multiplies in fp16 instead, reading an
+  fp16 copy of x (``MMA`` 1): FP8 widens to fp16 in one instruction per pair, to bf16 only through fp32 at the
+  GPU's slow conversion rate. A tile that comes out inf or NaN is computed again from bf16 x in fp32.
 - ``_gemv_split_reduce``: with a split of K (``SPLIT`` > 1, for shapes with too few row blocks to fill the GPU),
   each split writes its fp32 partial sums to a workspace (S, M, N) and this kernel adds them in split order
   and applies the epilogue. No atomics: the same inputs give the same bits every run.
