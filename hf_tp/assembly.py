@@ -166,6 +166,12 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     config = install_decode_attention(model, config, tp.device)  # "sdpa" where the kernel does not apply
     model.hf_tp_moe_routing = install_moe_routing(model, config.moe_decode)  # which routers got the kernel
     install_decode_gemm(model, config.decode_gemm)  # likewise, the linear layers'
+    if tp.device.type == "cuda" and (config.decode_gemm == "triton" or kept):
+        # the decode GEMMs' counters for a split of K summed in the GEMM (gemv_triton.FOLD_SPLIT), reserved here,
+        # outside any CUDA graph (reserve_counters says why); 256 KB
+        from .kernels.gemv_triton import reserve_counters
+
+        reserve_counters(tp.device)
     model.generation_config = load_generation_config(planned.folder, model.generation_config, planned.options)
     if planned.index.quantization is not None and not kept and hasattr(model.config, "quantization_config"):
         # Dequantized at load: the model is no longer quantized, and save_pretrained must not say it is (as

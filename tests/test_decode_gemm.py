@@ -143,9 +143,9 @@ def test_kernels_compile_for_hopper():
         pytest.skip(f"this Triton cannot build for NVIDIA GPUs here: {exc}")
     from hf_tp.kernels import gemv_triton as gt
 
-    gemv_base = dict(GROUP_SHIFT=-1, SPLIT=False, HAS_BIAS=False, EVEN_N=True, EVEN_K=True)
+    gemv_base = dict(GROUP_SHIFT=-1, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_N=True, EVEN_K=True)
     dense = {"x_ptr": "*bf16", "x16_ptr": "*fp16", "w_ptr": "*bf16", "s_ptr": "*bf16", "b_ptr": "*bf16",
-             "o_ptr": "*bf16"}
+             "o_ptr": "*bf16", "f_ptr": "*bf16", "c_ptr": "*i32"}
     fp8 = dict(dense, w_ptr="*fp8e4nv", s_ptr="*fp32")
     cases = [  # (name, kernel, pointers, constexprs, warps, stages)
         ("gemv bf16", gt._gemv_kernel, dense, dict(gemv_base, SCALE=0, BLOCK_N=8, NV=64, VEC=8, STAGES=1), 4, 1),
@@ -159,21 +159,25 @@ def test_kernels_compile_for_hopper():
         ("gemv fp8 unaligned, tails, bias", gt._gemv_kernel, fp8,
          dict(gemv_base, SCALE=3, HAS_BIAS=True, EVEN_N=False, EVEN_K=False, BLOCK_N=8, NV=64, VEC=16, STAGES=1), 4, 1),
         ("dot bf16 split", gt._gemv_dot_kernel, dict(dense, o_ptr="*fp32"),
-         dict(SCALE=0, SPLIT=True, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128), 4, 4),
+         dict(SCALE=0, SPLIT=True, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128), 4, 4),
         ("dot fp8 block", gt._gemv_dot_kernel, fp8,
-         dict(SCALE=2, SPLIT=False, HAS_BIAS=True, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128), 4, 4),
+         dict(SCALE=2, SPLIT=False, FOLD=False, HAS_BIAS=True, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128), 4, 4),
         ("dot fp8 block in fp16, its fp32 fallback", gt._gemv_dot_kernel, fp8,
-         dict(SCALE=2, SPLIT=False, HAS_BIAS=True, EVEN_K=True, MMA=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128), 4, 4),
+         dict(SCALE=2, SPLIT=False, FOLD=False, HAS_BIAS=True, EVEN_K=True, MMA=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128), 4, 4),
         ("dot fp8 channel in fp16, split", gt._gemv_dot_kernel, dict(fp8, o_ptr="*fp32"),
-         dict(SCALE=1, SPLIT=True, HAS_BIAS=False, EVEN_K=True, MMA=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=256), 8, 3),
+         dict(SCALE=1, SPLIT=True, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=256), 8, 3),
+        ("gemv fp8 channel, split folded", gt._gemv_kernel, dict(fp8, o_ptr="*fp32"),
+         dict(gemv_base, SCALE=1, SPLIT=True, FOLD=True, BLOCK_N=4, NV=64, VEC=16, STAGES=1), 8, 1),
+        ("dot fp8 block in fp16, split folded", gt._gemv_dot_kernel, dict(fp8, o_ptr="*fp32"),
+         dict(SCALE=2, SPLIT=True, FOLD=True, HAS_BIAS=True, EVEN_K=True, MMA=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128), 4, 5),
         ("dot fp8 unaligned", gt._gemv_dot_kernel, fp8,
-         dict(SCALE=3, SPLIT=False, HAS_BIAS=False, EVEN_K=False, MMA=0, BLOCK_M=64, BLOCK_N=32, BLOCK_K=128), 4, 3),
+         dict(SCALE=3, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_K=False, MMA=0, BLOCK_M=64, BLOCK_N=32, BLOCK_K=128), 4, 3),
         # the rule's configs (gemv_triton.rule_config): 4 rows, 1 KB steps, 8 warps; tl.dot 64-row tiles, 5 stages
         ("gemv bf16 rule", gt._gemv_kernel, dense, dict(gemv_base, SCALE=0, BLOCK_N=4, NV=64, VEC=8, STAGES=1), 8, 1),
         ("gemv fp8 rule", gt._gemv_kernel, fp8,
          dict(gemv_base, SCALE=2, GROUP_SHIFT=7, BLOCK_N=4, NV=64, VEC=16, STAGES=1), 8, 1),
         ("dot bf16 rule, wide", gt._gemv_dot_kernel, dense,
-         dict(SCALE=0, SPLIT=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128), 4, 5),
+         dict(SCALE=0, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128), 4, 5),
         ("split reduce", gt._gemv_split_reduce, {"ws_ptr": "*fp32", "s_ptr": "*fp32", "b_ptr": "*bf16", "o_ptr": "*bf16"},
          dict(SCALE=1, HAS_BIAS=True, BLOCK=1024), 4, 1),
     ]

@@ -139,6 +139,51 @@ def test_triton_kernels_in_interpreter():
     assert all(e < TOL for e in errs), list(zip(_INTERPRET_CASES, errs))
 
 
+_FOLD_SCRIPT = r"""
+import json, sys, torch
+from hf_tp.kernels import gemv_triton as gt
+sys.path.insert(0, sys.argv[1])
+from test_fp8_kernel import make
+results = []
+# (M, N, K, group_k, dtype, scaled, bias, config): the GEMV and tl.dot kernels, FP8 block / per-channel and dense
+for M, N, K, group_k, dtype, scaled, bias, config in json.loads(sys.argv[2]):
+    x, w, s, b = make(M, N, K, group_k, 0, dtype=getattr(torch, dtype), bias=bias)
+    if not scaled:  # dense weights in x's dtype
+        w, s, group_k = (w.float() * 0.01).to(x.dtype), None, 0
+    two = gt.launch(x, w, s, group_k, 0, b, config=dict(config, FOLD=False))
+    runs = [gt.launch(x, w, s, group_k, 0, b, config=dict(config, FOLD=True)) for _ in range(2)]
+    counters = gt._COUNTERS[x.device][-1]
+    results.append([bool(torch.equal(two, r)) for r in runs] + [int(counters.abs().sum())])
+print(json.dumps(results))
+"""
+
+_FOLD_CASES = [
+    (1, 20, 512, 128, "bfloat16", True, True, {"path": "gemv", "BLOCK_N": 4, "BLOCK_K": 128, "SPLIT": 4}),
+    (1, 20, 512, 512, "bfloat16", True, True, {"path": "gemv", "BLOCK_N": 4, "BLOCK_K": 128, "SPLIT": 2}),
+    (1, 24, 256, 256, "bfloat16", False, False, {"path": "gemv", "BLOCK_N": 8, "BLOCK_K": 64, "SPLIT": 2}),
+    (3, 40, 256, 128, "float16", True, True, {"path": "dot", "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT": 2}),
+    (20, 20, 256, 256, "float16", True, False, {"path": "dot", "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT": 4}),
+    (2, 20, 256, 128, "bfloat16", True, True, {"path": "dot", "BLOCK_N": 16, "BLOCK_K": 128, "SPLIT": 2, "X16": True}),
+]
+
+
+def test_folded_split_sum_in_interpreter():
+    """The split-K sum folded into the GEMM's last program (gemv_triton FOLD) gives the reduce kernel's bits, for
+    the GEMV and the tl.dot kernels (several row blocks, fp16 form included), twice in a row; the counters are
+    back to zero after each call."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pytest.skip("Triton is not installed")
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
+    proc = subprocess.run([sys.executable, "-c", _FOLD_SCRIPT, str(ROOT / "tests"), json.dumps(_FOLD_CASES)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert results == [[True, True, 0]] * len(_FOLD_CASES), list(zip(_FOLD_CASES, results))
+
+
 # ------------------------------------------------------------------------------------------------ GPU
 
 needs_fp8_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and fp8_kernel_available("cuda")),
@@ -239,3 +284,37 @@ def test_fp16_form_at_its_measured_shapes(M):
             static.copy_(make(M, 1, K, group_k, 0, device="cuda", seed=seed)[0])
             graph.replay()
             assert torch.equal(out, step(static)), (group_k, seed)
+
+
+@pytest.mark.gpu
+@needs_fp8_gpu
+def test_folded_split_sum_on_gpu():
+    """The split-K sum folded into the GEMM's last program (gemv_triton FOLD, counters reserved first) gives the
+    reduce kernel's bits on the GPU: the GEMV and the tl.dot kernel (fp16 form, batch 8), inside a captured CUDA
+    graph replayed 20 times; the counters are back to zero after."""
+    from hf_tp.kernels import gemv_triton as gt
+
+    counters = gt.reserve_counters("cuda")
+    cases = [  # (M, N, K, group_k, config)
+        (1, 4096, 7168, 128, dict(path="dot", BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=5, SPLIT=4, X16=True)),
+        (1, 3072, 4096, 4096, dict(path="gemv", BLOCK_N=4, BLOCK_K=1024, num_warps=8, num_stages=1, SPLIT=4)),
+        (8, 4096, 14336, 128, dict(path="dot", BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3, SPLIT=8, X16=True)),
+    ]
+    for M, N, K, group_k, config in cases:
+        x, w, s, b = make(M, N, K, group_k, 0, device="cuda", seed=M + N)
+        expect = gt.launch(x, w, s, group_k, 0, b, config=dict(config, FOLD=False))
+        static = x.clone()
+        gt.launch(static, w, s, group_k, 0, b, config=dict(config, FOLD=True))  # compiled outside the capture
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            gt.launch(static, w, s, group_k, 0, b, config=dict(config, FOLD=True))
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = gt.launch(static, w, s, group_k, 0, b, config=dict(config, FOLD=True))
+        for _ in range(20):
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out, expect), config
+        assert int(counters.abs().sum()) == 0

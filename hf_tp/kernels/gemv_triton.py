@@ -108,10 +108,10 @@ def _gemv_math(acc3, xv, w, s, SCALE: tl.constexpr):
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, N, K, G, group_k, k_offset, k_split, stride_wn, stride_sn,
-                 stride_os, SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, SPLIT: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                 NV: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr):
+def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, N, K, G, group_k, k_offset, k_split, stride_wn,
+                 stride_sn, stride_os, SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, SPLIT: tl.constexpr,
+                 FOLD: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+                 BLOCK_N: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr):
     BLOCK_K: tl.constexpr = NV * VEC
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -149,6 +149,9 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, N, K, G, group_k, k_offset, 
     out = tl.sum(tl.sum(acc3, axis=2), axis=1)
     if SPLIT:
         tl.store(o_ptr + pid_s * stride_os + rn, out, mask=n_ok)
+        if FOLD:
+            _fold_splits(o_ptr, s_ptr, b_ptr, f_ptr, c_ptr + pid_n, tl.num_programs(1), rn, n_ok, rn, n_ok,
+                         stride_os, stride_sn, SCALE, HAS_BIAS)
     else:
         if SCALE == 1:
             out = out * tl.load(s_ptr + rn.to(tl.int64) * stride_sn, mask=n_ok, other=0.0)
@@ -200,9 +203,9 @@ def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, 
 
 
 @triton.jit
-def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, k_split,
-                stride_xm, stride_wn, stride_sn, stride_os, stride_om,
-                SCALE: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, M, N, K, G, group_k, k_offset,
+                k_split, stride_xm, stride_wn, stride_sn, stride_os, stride_om,
+                SCALE: tl.constexpr, SPLIT: tl.constexpr, FOLD: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
                 MMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -235,6 +238,10 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, gro
     mn_ok = m_ok[:, None] & n_ok[None, :]
     if SPLIT:
         tl.store(o_ptr + pid_s * stride_os + rm[:, None] * stride_om + rn[None, :], acc, mask=mn_ok)
+        if FOLD:
+            _fold_splits(o_ptr, s_ptr, b_ptr, f_ptr, c_ptr + pid_n * tl.num_programs(1) + pid_m, tl.num_programs(2),
+                         rm[:, None] * stride_om + rn[None, :], mn_ok, rn[None, :], n_ok[None, :], stride_os, stride_sn,
+                         SCALE, HAS_BIAS)
     else:
         if SCALE == 1:
             acc = acc * tl.load(s_rows, mask=n_ok, other=0.0)[None, :]
@@ -242,6 +249,30 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, gro
             acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(o_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :], acc.to(o_ptr.dtype.element_ty),
                  mask=mn_ok)
+
+
+@triton.jit
+def _fold_splits(ws_ptr, s_ptr, b_ptr, f_ptr, counter_ptr, splits, offs, ok, rn, n_ok, stride_os, stride_sn,
+                 SCALE: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The split-K sum in the GEMM itself (``FOLD``): each split program, its partial sums stored, counts itself
+    on its output block's counter (acquire-release); the last one adds every split's partials in split order
+    (the same bits as ``_gemv_split_reduce``), applies the epilogue, writes the output and sets the counter back
+    to zero for the next call. No reduce kernel: one launch less between this GEMM and the next kernel.
+    ``offs``/``ok``: the block's offsets and mask in one split's (M, N) partials, which is also the output's
+    layout; ``rn``/``n_ok``: its output columns."""
+    # every thread's partial sums are stored before the one thread's release below
+    tl.debug_barrier()
+    done = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")  # the count before this one
+    if done == splits - 1:  # every other split's partials are written
+        acc = tl.load(ws_ptr + offs, mask=ok, other=0.0)
+        for i in range(1, splits):
+            acc += tl.load(ws_ptr + i * stride_os + offs, mask=ok, other=0.0)
+        if SCALE == 1:
+            acc = acc * tl.load(s_ptr + rn.to(tl.int64) * stride_sn, mask=n_ok, other=0.0)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+        tl.store(f_ptr + offs, acc.to(f_ptr.dtype.element_ty), mask=ok)
+        tl.store(counter_ptr, 0)  # zero for the next call: every split has counted
 
 
 @triton.jit
@@ -333,6 +364,41 @@ def pow2_at_most(n: int) -> int:
     return 1 << (max(int(n), 1).bit_length() - 1)
 
 
+# Splits of K summed inside the GEMM (``_fold_splits``) instead of by ``_gemv_split_reduce``: off until measured on a
+# GPU (benchmarks flip it; a config's "FOLD" overrides it).
+FOLD_SPLIT = False
+MIN_COUNTERS = 65536  # output blocks the first counter buffer of a device holds (256 KB)
+
+# The folded sum's counters, one int32 per output block, per device; zero between calls (the last split program
+# of each block sets its counter back), so no memset enters a CUDA graph. Kernels on one stream run one at a
+# time, so every GEMM shares them.
+_COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
+
+
+def reserve_counters(device: torch.device, blocks: int = MIN_COUNTERS) -> torch.Tensor:
+    """Allocate the device's zeroed counters for at least ``blocks`` output blocks, once, outside any CUDA graph
+    (at load: hf_tp.assembly; and in tests): a call never allocates them on CUDA, since a call may run inside a
+    graph pool that could hand the block out again (the same rule as the decode attention's counters)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    held = _COUNTERS.setdefault(device, [])
+    if not held or held[-1].numel() < blocks:
+        held.append(torch.zeros(max(MIN_COUNTERS, 2 * blocks), dtype=torch.int32, device=device))
+    return held[-1]
+
+
+def _counters(device: torch.device, blocks: int) -> torch.Tensor | None:
+    """The device's zeroed counters, at least ``blocks``; None on CUDA when not reserved (that call runs the
+    reduce kernel). Off CUDA (Triton's interpreter) allocated on first use."""
+    held = _COUNTERS.get(device)
+    if held and held[-1].numel() >= blocks:
+        return held[-1]
+    if device.type == "cuda":
+        return None
+    return reserve_counters(device, blocks)
+
+
 def choose(M: int, N: int, K: int, elem_bytes: int, sms: int = 132, path: str | None = None) -> tuple[str, dict]:
     """The kernel ("gemv" or "dot") and config of a call: the table's choice for M == 1 (the GEMV or tl.dot),
     else the rule's; ``path`` forces the kernel."""
@@ -395,10 +461,17 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         dest = torch.empty((splits, M, N), device=x2.device, dtype=torch.float32)
     else:
         dest = out
+    # the split's sum folded into the GEMM's last program per output block, where counters are reserved
+    blocks = triton.cdiv(N, cfg["BLOCK_N"]) * (1 if path == "gemv" else triton.cdiv(M, cfg.get("BLOCK_M") or min(
+        64, max(DOT_BLOCK_M, triton.next_power_of_2(M)))))
+    counters = _counters(x2.device, blocks) if splits > 1 and cfg.get("FOLD", FOLD_SPLIT) else None
+    fold = counters is not None
+    c = counters if fold else x2  # never read without FOLD
     if path == "gemv":
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), splits)
-        _gemv_kernel[grid](x2, weight, s, b, dest, N, K, G, group_k, k_offset, k_split, weight.stride(0),
-                           s.stride(0), M * N, SCALE=mode, GROUP_SHIFT=group_shift, SPLIT=splits > 1, HAS_BIAS=bias is not None,
+        _gemv_kernel[grid](x2, weight, s, b, dest, out, c, N, K, G, group_k, k_offset, k_split, weight.stride(0),
+                           s.stride(0), M * N, SCALE=mode, GROUP_SHIFT=group_shift, SPLIT=splits > 1, FOLD=fold,
+                           HAS_BIAS=bias is not None,
                            EVEN_N=N % cfg["BLOCK_N"] == 0, EVEN_K=even_k, BLOCK_N=cfg["BLOCK_N"],
                            NV=block_k // vec, VEC=vec, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"],
                            num_stages=max(1, cfg["num_stages"]))
@@ -413,12 +486,12 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         elif takes_fp16(cfg, weight.element_size(), x2.dtype, mode):
             mma, xh = 1, (x16 if x16 is not None else x2.to(torch.float16))
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, block_m), splits)
-        _gemv_dot_kernel[grid](x2, xh, weight, s, b, dest, M, N, K, G, group_k, k_offset, k_split,
+        _gemv_dot_kernel[grid](x2, xh, weight, s, b, dest, out, c, M, N, K, G, group_k, k_offset, k_split,
                           x2.stride(0), weight.stride(0), s.stride(0), M * N, N,
-                          SCALE=mode, SPLIT=splits > 1, HAS_BIAS=bias is not None, EVEN_K=even_k,
+                          SCALE=mode, SPLIT=splits > 1, FOLD=fold, HAS_BIAS=bias is not None, EVEN_K=even_k,
                           MMA=mma, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
                           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    if splits > 1:
+    if splits > 1 and not fold:
         block = 1024
         _gemv_split_reduce[(triton.cdiv(M * N, block),)](dest, s, b, out, M * N, N, splits, s.stride(0),
                                                     SCALE=1 if mode == 1 else 0, HAS_BIAS=bias is not None,
