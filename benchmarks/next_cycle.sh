@@ -1,44 +1,50 @@
 #!/usr/bin/env bash
-# The first device call of the session after 2026-12-04 (third session): what that session left unrun on a GPU.
-#   1. in parallel: the GPU tests of its last commits (875b6eb: the attention counters reserved at load and never
-#      allocated by a call on CUDA; FP8 groups rebinding their biases), the loop's and the FP8 tests; the random
-#      checkpoints written;
-#   2. qwen3-moe-mini end to end with the attention combine folded (issue 21: tp 1 twice, the rank of tp 2);
-#   3. Llama-3-8B rows the session could not run: the rank of tp 8, the 4096-token prompt (issue 18), and the
-#      fp8-block rank of tp 2 against bf16 (issue 19);
-#      The bf16 rank of tp 2 is profiled: the greedy argmax in pieces (first_argmax, was one 27.8 us kernel);
-#   4. gpu_check.py --fp8 block: kept FP8 ranks against Transformers on the dequantized weights (issue 19).
+# The first device call of the session after 2026-12-04 (fourth session): what that session left unrun on a GPU.
+#   1. the GPU tests of its last commits (the split-K sum folded into the GEMM, gemv_triton FOLD_SPLIT; the fp16
+#      form of the FP8 GEMMs, "X16"), test_decode_gemm and test_moe_kernel with room for their two-process tests;
+#      the random checkpoints written meanwhile;
+#   2. issue 19: the fp8-channel Llama-3-8B shape at tp 1 batch 1, profiled, with the tp-1 "X16" entries off (as
+#      shipped) and on (as measured alone: not faster end to end in one call, unprofiled); the rank of tp 2 with
+#      the folded split sum off and on (flip FOLD_SPLIT to True in gemv_triton.py if it is faster);
+#   3. issue 18: the bf16 rank of tp 2 profiled (the argmax in 64 pieces); issue 19: the fp8-block rank of tp 2 and
+#      gpu_check.py --fp8 block (kept FP8 ranks against Transformers on the dequantized weights).
 # Usage (device): cd <checkout> && OUT=... BUDGET=585 bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
-CK=${CK:-/tmp/ck}; MOE=$CK/qwen3-moe-mini-bfloat16
+CK=${CK:-/tmp/ck}
 record_env
-write_ckpt qwen3-moe-mini "$MOE" 200 &
-for w in bf16 fp8-block; do write_ckpt llama3-8b "$CK/llama3-8b-$w" 200 $w & done
-T="python -m pytest -q -p no:cacheprovider -m gpu -rfE"
-(timeout 200 $T tests/test_decode_attention.py tests/test_gpu_loop.py > "$OUT/tests_1.txt" 2>&1; echo "rc=$? tests_1" >> "$OUT/log.txt") &
-(timeout 200 $T tests/test_gpu_fp8.py tests/test_fp8_kernel.py tests/test_moe_kernel.py > "$OUT/tests_2.txt" 2>&1
- echo "rc=$? tests_2" >> "$OUT/log.txt") &
+for w in bf16 fp8-channel fp8-block; do write_ckpt llama3-8b "$CK/llama3-8b-$w" 200 $w & done
+T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
+(timeout 240 $T tests/test_fp8_kernel.py tests/test_decode_gemm.py > "$OUT/tests_1.txt" 2>&1; echo "rc=$? tests_1" >> "$OUT/log.txt") &
 wait
+step tests_moe 150 $T tests/test_moe_kernel.py
 ROW="python -m hf_tp.bench.run_system --system hf_tp --mode compile --tp-size 1"
-step moe_tp1 75 $ROW --model "$MOE" --batches 1,8 --out "$OUT/moe.jsonl"
-step moe_tp1_again 50 $ROW --model "$MOE" --batches 1 --out "$OUT/moe.jsonl"
-step moe_r2 50 $ROW --model "$MOE" --simulate-tp 2 --batches 1 --out "$OUT/moe.jsonl"
-step dense_r8 50 $ROW --model "$CK/llama3-8b-bf16" --simulate-tp 8 --batches 1 --out "$OUT/dense.jsonl"
-step dense_long 60 $ROW --model "$CK/llama3-8b-bf16" --batches 1 --prompt-len 4096 --out "$OUT/dense.jsonl"
-step r2_bf16 55 $ROW --model "$CK/llama3-8b-bf16" --simulate-tp 2 --batches 1 --profile 64 --out "$OUT/dense.jsonl"
-step r2_fp8-block 50 $ROW --model "$CK/llama3-8b-fp8-block" --simulate-tp 2 --batches 1 --out "$OUT/dense.jsonl"
-# FP8 kept on the GPU against Transformers on the same weights dequantized, the strict verdict (random Llama-shaped
-# weights: near-ties are common; the real SmolLM2 needs the GGUF carried as in one_gpu_cycle.sh)
+# run_system with module constants set first (in-process): "X16_TP1=1" puts the fourth session's tp-1 M = 1 fp16
+# entries back; "FOLD=1" sums splits of K in the GEMM
+FLIP="import os, runpy, sys
+from hf_tp.kernels import gemv_triton as gt
+if os.environ.get('X16_TP1'):
+    for n, k, st, sp in ((28672, 4096, 3, 1), (4096, 14336, 3, 8)):
+        gt.TABLE[('gemv', 1, n, k)] = dict(path='dot', BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=st, SPLIT=sp, X16=True)
+gt.FOLD_SPLIT = bool(os.environ.get('FOLD'))
+sys.argv[0] = 'run_system'
+runpy.run_module('hf_tp.bench.run_system', run_name='__main__')"
+step tp1_fp8c 55 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/llama3-8b-fp8-channel" --batches 1 --profile 64 --out "$OUT/e2e.jsonl"
+X16_TP1=1 step tp1_fp8c_x16 55 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/llama3-8b-fp8-channel" --batches 1 --profile 64 --out "$OUT/e2e_x16.jsonl"
+step tp1_bf16 50 $ROW --model "$CK/llama3-8b-bf16" --batches 1 --out "$OUT/e2e.jsonl"
+step r2_fp8c 50 $ROW --model "$CK/llama3-8b-fp8-channel" --simulate-tp 2 --batches 1 --out "$OUT/e2e.jsonl"
+FOLD=1 step r2_fp8c_fold 50 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/llama3-8b-fp8-channel" --simulate-tp 2 --batches 1,8 --out "$OUT/e2e_fold.jsonl"
+step r2_bf16 55 $ROW --model "$CK/llama3-8b-bf16" --simulate-tp 2 --batches 1 --profile 64 --out "$OUT/e2e.jsonl"
+step r2_fp8b 50 $ROW --model "$CK/llama3-8b-fp8-block" --simulate-tp 2 --batches 1 --out "$OUT/e2e.jsonl"
 step fp8_check 90 python benchmarks/gpu_check.py --random-arch phi3 --fp8 block --one-gpu-gloo --tp-size 2 \
   --json "$OUT/fp8_check.json"
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
-tail -n 2 "$OUT"/tests_*.txt
+tail -n 3 "$OUT"/tests_*.txt "$OUT/tests_moe.txt"
 python -c "
 import json
-for f in ('moe', 'dense'):
+for f in ('e2e', 'e2e_x16', 'e2e_fold'):
     try:
-        for l in open('$OUT/' + f + '.jsonl'): r = json.loads(l); print(f, r['tp_size'], r['batch'], r['decode_tok_s'])
+        for l in open('$OUT/' + f + '.jsonl'): r = json.loads(l); print(f, r.get('simulated_tp', 1), r['batch'], r['decode_tok_s'], r['ttft_s'])
     except OSError: pass"
 pack
