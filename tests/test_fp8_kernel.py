@@ -154,6 +154,11 @@ for M, N, K, group_k, dtype, scaled, bias, config in json.loads(sys.argv[2]):
     runs = [gt.launch(x, w, s, group_k, 0, b, config=dict(config, FOLD=True)) for _ in range(2)]
     counters = gt._COUNTERS[x.device][-1]
     results.append([bool(torch.equal(two, r)) for r in runs] + [int(counters.abs().sum())])
+# an fp16 copy given by the caller is what the fp16 form reads: zeros give the bias alone
+x, w, s, b = make(3, 20, 256, 128, 0)
+zero = gt.launch(x, w, s, 128, 0, b, config=dict(path="dot", BLOCK_N=16, BLOCK_K=128, X16=True),
+                 x16=torch.zeros_like(x, dtype=torch.float16))
+results.append(bool(torch.equal(zero, b.expand(3, -1))))
 print(json.dumps(results))
 """
 
@@ -181,7 +186,18 @@ def test_folded_split_sum_in_interpreter():
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert results == [[True, True, 0]] * len(_FOLD_CASES), list(zip(_FOLD_CASES, results))
+    assert results[:-1] == [[True, True, 0]] * len(_FOLD_CASES), list(zip(_FOLD_CASES, results))
+    assert results[-1], "the fp16 form did not read the caller's fp16 copy"
+
+
+def test_traced_row_limit_matches_the_kernels():
+    """fp8.fp8_linear decides the fp16 copy with its own copy of fp8_triton.DOT_MAX_M (no Triton import while
+    tracing): they must agree."""
+    pytest.importorskip("triton")
+    from hf_tp.kernels import fp8 as fp8_module
+    from hf_tp.kernels import fp8_triton
+
+    assert fp8_module._DOT_MAX_M == fp8_triton.DOT_MAX_M
 
 
 # ------------------------------------------------------------------------------------------------ GPU
@@ -284,6 +300,11 @@ def test_fp16_form_at_its_measured_shapes(M):
             static.copy_(make(M, 1, K, group_k, 0, device="cuda", seed=seed)[0])
             graph.replay()
             assert torch.equal(out, step(static)), (group_k, seed)
+        # a dynamic-shape trace (a plain torch.compile of a model): the decision takes no symbolic row count
+        dyn = torch.compile(step, fullgraph=True, dynamic=True)
+        for rows in (M, M + 2):
+            t = make(rows, 1, K, group_k, 0, device="cuda", seed=rows)[0]
+            assert rel_err(dyn(t), t * 2, w, s, group_k, 0, b) < TOL, (group_k, rows)
 
 
 @pytest.mark.gpu

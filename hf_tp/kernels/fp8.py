@@ -47,6 +47,7 @@ def fp8_linear_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Ten
 # decode step and the CUDA graph captures its launch.
 
 _AVAILABLE: dict[int, bool] = {}
+_DOT_MAX_M = 64  # fp8_triton.DOT_MAX_M (tests check they agree), here so that tracing imports no Triton
 
 
 def fp8_kernel_available(device) -> bool:
@@ -114,13 +115,16 @@ def _(x, weight, scale, group_k, k_offset, bias, x16=None):
 
 
 @torch.compiler.assume_constant_result
-def _fp16_copy_wanted(device_index: int, M: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> bool:
-    """Decided once per shape while tracing (a constant of the compiled step)."""
-    if not fp8_kernel_available(torch.device("cuda", device_index)) or (G != 1 and group_k < 16):
-        return False
+def _fp16_copy_wanted(device_index: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> tuple[bool, bool]:
+    """Whether a call of one row, and one of 2..DOT_MAX_M rows, runs the fp16 form on this weight. Decided once
+    per weight shape while tracing (a constant of the compiled step); it takes no row count, so that a
+    dynamic-shape trace has no symbolic argument here."""
+    if not fp8_kernel_available(torch.device("cuda", device_index)) or K == 0 or (G != 1 and group_k < 16):
+        return False, False
     from hf_tp.kernels import fp8_triton
 
-    return fp8_triton.takes_fp16(M, N, K, G, group_k, k_offset)
+    return (fp8_triton.takes_fp16(1, N, K, G, group_k, k_offset),
+            fp8_triton.takes_fp16(2, N, K, G, group_k, k_offset))
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
@@ -135,12 +139,16 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group
     Where the measured config multiplies bf16 activations in fp16 (FP8 widens to fp16 cheaply; see
     hf_tp/kernels/gemv_triton.py, "X16"), a compiled caller makes the activations' fp16 copy here, so that
     Inductor fuses it into the kernel that produced them (the RMSNorm, silu * mul); eagerly the kernel's
-    launcher makes it."""
+    launcher makes it. Inductor may round that copy from the producer's fp32 value rather than from the bf16 x it
+    also stores (it does not round fused intermediates to bf16): the compiled product can then be a little more
+    precise than the eager one, never of another range."""
     _check(x, weight, scale, group_k, k_offset, bias)
     x16 = None
     if (torch.compiler.is_compiling() and x.is_cuda and x.dtype == torch.bfloat16
-            and weight.dtype == torch.float8_e4m3fn and weight.stride(1) == 1
-            and _fp16_copy_wanted(x.device.index if x.device.index is not None else 0, x.numel() // x.shape[-1],
-                                  weight.shape[0], weight.shape[1], scale.shape[1], int(group_k), int(k_offset))):
-        x16 = x.to(torch.float16)
+            and weight.dtype == torch.float8_e4m3fn and weight.stride(1) == 1):
+        at_one, at_few = _fp16_copy_wanted(x.device.index, weight.shape[0], weight.shape[1], scale.shape[1],
+                                           int(group_k), int(k_offset))
+        rows = x.numel() // max(1, x.shape[-1])
+        if (at_one and rows == 1) or (at_few and 2 <= rows <= _DOT_MAX_M):
+            x16 = x.to(torch.float16)
     return _fp8_linear_op(x, weight, scale, int(group_k), int(k_offset), bias, x16)

@@ -1,24 +1,27 @@
-"""Triton GEMMs for decode: y = x @ W^T with few rows of x (M = batch, 1..16), W (N, K) row-major.
+"""Triton GEMMs for decode: y = x @ W^T with few rows of x (M = batch, 1..64), W (N, K) row-major.
 
 At decode the weights are read once per token and the product is bound by that read: what matters is that
 every SM streams its share of W at full width. Shared by the dense layers (bf16/fp16/fp32 weights,
 hf_tp.kernels.decode_gemm) and the FP8 layers (hf_tp.kernels.fp8_triton), which differ only in the scale
 handling.
 
-Two kernels, one optional reduce, one launcher:
+Two kernels, one optional reduce (or the same sum folded into the GEMM), one launcher:
 
 - ``_gemv_kernel`` (M == 1): program (n-block, k-split) owns BLOCK_N rows of W and walks its share of K in
   steps of BLOCK_K columns. The step is loaded as (BLOCK_N, NV, VEC) with VEC = one 16-byte vector per thread,
   multiplied by x in fp32 and summed over VEC inside the thread (no shuffles in the loop); the (BLOCK_N, NV)
   partial sums are reduced across threads once, after the loop.
 - ``_gemv_dot_kernel`` (2 <= M <= 64, and M == 1 where the table says so): tl.dot on 16-row tiles of x (tensor
-  cores; FP8 values convert exactly to x's 16-bit dtype), fp32 accumulate, its loads software-pipelined
-  (``num_stages``). With "X16" in the config (FP8 weights, bf16 x), it multiplies in fp16 instead, reading an
-  fp16 copy of x (``MMA`` 1): FP8 widens to fp16 in one instruction per pair, to bf16 only through fp32 at the
-  GPU's slow conversion rate. A tile that comes out inf or NaN is computed again from bf16 x in fp32.
+  cores; FP8 values convert exactly to x's 16-bit dtype; fp32 x multiplies in fp32, ``MMA`` 2), fp32
+  accumulate, its loads software-pipelined (``num_stages``). With "X16" in the config (FP8 weights with
+  per-channel or aligned block scales, bf16 x), it multiplies in fp16 instead, reading an fp16 copy of x
+  (``MMA`` 1): FP8 widens to fp16 in one instruction per pair, to bf16 only through fp32 at the GPU's slow
+  conversion rate. A tile that comes out inf or NaN is computed again from bf16 x in fp32.
 - ``_gemv_split_reduce``: with a split of K (``SPLIT`` > 1, for shapes with too few row blocks to fill the GPU),
   each split writes its fp32 partial sums to a workspace (S, M, N) and this kernel adds them in split order
-  and applies the epilogue. No atomics: the same inputs give the same bits every run.
+  and applies the epilogue. No atomics: the same inputs give the same bits every run. With ``FOLD_SPLIT`` the
+  last split program of each output block does the same sum itself (``_fold_splits``, one atomic counter per
+  block), in the same order: the same bits, one launch less.
 
 Scale modes (``SCALE``), for W[n, k] = weight[n, k] * scale[n, (k + k_offset) // group_k] (the canonical FP8
 form of hf_tp.kernels.fp8; dense weights use 0):
@@ -228,7 +231,7 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, M
                           k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, MMA, BLOCK_K)
     if MMA == 1:
         # fp16 holds every bf16 value from 2^-14 to 65504 exactly (11 significant bits against 8), so the products
-        # are the bf16 kernel's; a larger |x| became inf in the copy. A tile that came out inf or NaN is computed
+        # are the bf16 kernel's (of a copy made from bf16 x; see fp8.fp8_linear); a larger |x| became inf in it. A tile that came out inf or NaN is computed
         # again from the bf16 activations in fp32 (the sum of real inf/NaN inputs comes out the same), so the
         # fast form never changes a result's range. Values below 2^-14 keep fp16's subnormal precision (2^-24).
         bad = tl.max(tl.max(((acc != acc) | (tl.abs(acc) > 3.0e38)).to(tl.int32), axis=1), axis=0)
@@ -484,6 +487,10 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         if x2.dtype == torch.float32:
             mma = 2
         elif takes_fp16(cfg, weight.element_size(), x2.dtype, mode):
+            if x16 is not None and (x16.shape != x2.shape or x16.dtype != torch.float16
+                                    or (M > 1 and x16.stride() != x2.stride())):
+                raise ValueError(f"gemv_triton: x16 must be x in fp16 with its strides, got {tuple(x16.shape)} "
+                                 f"{x16.dtype} strides {x16.stride()} for x {tuple(x2.shape)} {x2.stride()}")
             mma, xh = 1, (x16 if x16 is not None else x2.to(torch.float16))
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, block_m), splits)
         _gemv_dot_kernel[grid](x2, xh, weight, s, b, dest, out, c, M, N, K, G, group_k, k_offset, k_split,
