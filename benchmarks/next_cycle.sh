@@ -6,8 +6,9 @@
 #   2. issue 19: the fp8-channel Llama-3-8B shape at tp 1 batch 1, profiled, with the tp-1 "X16" entries off (as
 #      shipped) and on (as measured alone: not faster end to end in one call, unprofiled); the rank of tp 2 with
 #      the folded split sum off and on (flip FOLD_SPLIT to True in gemv_triton.py if it is faster);
-#   3. issue 18: the bf16 rank of tp 2 profiled (the argmax in 64 pieces); issue 19: the fp8-block rank of tp 2 and
-#      gpu_check.py --fp8 block (kept FP8 ranks against Transformers on the dequantized weights).
+#   3. issue 18: the bf16 rank of tp 2 profiled (the argmax in 64 pieces); issue 19: the fp8-block rank of tp 2, the
+#      fp16 form at prefill sizes (fp8_f16_probe.py --prefill) and gpu_check.py --fp8 block (kept FP8 ranks
+#      against Transformers on the dequantized weights).
 # Usage (device): cd <checkout> && OUT=... BUDGET=585 bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -37,6 +38,8 @@ step r2_fp8c 50 $ROW --model "$CK/llama3-8b-fp8-channel" --simulate-tp 2 --batch
 FOLD=1 step r2_fp8c_fold 50 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/llama3-8b-fp8-channel" --simulate-tp 2 --batches 1,8 --out "$OUT/e2e_fold.jsonl"
 step r2_bf16 55 $ROW --model "$CK/llama3-8b-bf16" --simulate-tp 2 --batches 1 --profile 64 --out "$OUT/e2e.jsonl"
 step r2_fp8b 50 $ROW --model "$CK/llama3-8b-fp8-block" --simulate-tp 2 --batches 1 --out "$OUT/e2e.jsonl"
+# issue 19's prefill: can the fp16 form with prefill tiles make FP8 prefill as fast as bf16 (then route M > 64 to it)?
+step fp8_prefill 120 python benchmarks/fp8_f16_probe.py --prefill 128,512,2048 --out "$OUT/fp8_prefill.json"
 step fp8_check 90 python benchmarks/gpu_check.py --random-arch phi3 --fp8 block --one-gpu-gloo --tp-size 2 \
   --json "$OUT/fp8_check.json"
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
