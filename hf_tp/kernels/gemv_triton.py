@@ -464,10 +464,10 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         dest = torch.empty((splits, M, N), device=x2.device, dtype=torch.float32)
     else:
         dest = out
-    # the split's sum folded into the GEMM's last program per output block, where counters are reserved
-    blocks = triton.cdiv(N, cfg["BLOCK_N"]) * (1 if path == "gemv" else triton.cdiv(M, cfg.get("BLOCK_M") or min(
-        64, max(DOT_BLOCK_M, triton.next_power_of_2(M)))))
-    counters = _counters(x2.device, blocks) if splits > 1 and cfg.get("FOLD", FOLD_SPLIT) else None
+    block_m = 1 if path == "gemv" else cfg.get("BLOCK_M") or min(64, max(DOT_BLOCK_M, triton.next_power_of_2(M)))
+    counters = None
+    if splits > 1 and cfg.get("FOLD", FOLD_SPLIT):  # the sum in the GEMM's last program per output block
+        counters = _counters(x2.device, triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(M, block_m))
     fold = counters is not None
     c = counters if fold else x2  # never read without FOLD
     if path == "gemv":
@@ -479,7 +479,6 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                            NV=block_k // vec, VEC=vec, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"],
                            num_stages=max(1, cfg["num_stages"]))
     else:
-        block_m = cfg.get("BLOCK_M") or min(64, max(DOT_BLOCK_M, triton.next_power_of_2(M)))
         # "X16": FP8 weights with bf16 activations multiplied in fp16 (see _gemv_dot_kernel): FP8 widens to
         # fp16 in one instruction per pair, to bf16 only through fp32 at the GPU's slow conversion rate, and the
         # activations' fp16 copy comes from the caller (fused by Inductor into the step that made x) or from here
