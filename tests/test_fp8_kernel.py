@@ -106,7 +106,8 @@ _INTERPRET_CASES = [
     (3, 16, 64, 16, 0, "skinny", "float16", {"BLOCK_N": 16, "BLOCK_K": 32}),
     (17, 20, 48, 16, 5, "skinny", "float16", {"BLOCK_N": 16, "BLOCK_K": 32}),
     (5, 20, 48, 16, 5, "dequant", "bfloat16", None),
-    # FP8 weights with bf16 activations multiplied in fp16 ("X16", the fp16 copy made by the launcher): block and per-channel scales, M = 1, a split
+    # FP8 weights with bf16 activations multiplied in fp16 ("X16", the fp16 copy made by the launcher): block and
+    # per-channel scales, M = 1, a split
     (1, 20, 512, 128, 0, "skinny", "bfloat16", {"X16": True, "BLOCK_N": 16, "BLOCK_K": 128, "SPLIT": 2}),
     (3, 40, 256, 256, 0, "skinny", "bfloat16", {"X16": True, "BLOCK_N": 32, "BLOCK_K": 128}),
     # |x| up to about 4e5, beyond fp16's 65504: the tile comes out inf and is computed again in fp32
@@ -168,7 +169,8 @@ _FOLD_CASES = [
     (1, 24, 256, 256, "bfloat16", False, False, {"path": "gemv", "BLOCK_N": 8, "BLOCK_K": 64, "SPLIT": 2}),
     (3, 40, 256, 128, "float16", True, True, {"path": "dot", "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT": 2}),
     (20, 20, 256, 256, "float16", True, False, {"path": "dot", "BLOCK_N": 16, "BLOCK_K": 64, "SPLIT": 4}),
-    (2, 20, 256, 128, "bfloat16", True, True, {"path": "dot", "BLOCK_N": 16, "BLOCK_K": 128, "SPLIT": 2, "X16": True}),
+    (2, 20, 256, 128, "bfloat16", True, True,
+     {"path": "dot", "BLOCK_N": 16, "BLOCK_K": 128, "SPLIT": 2, "X16": True}),
 ]
 
 

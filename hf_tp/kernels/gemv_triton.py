@@ -207,9 +207,10 @@ def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, 
 
 @triton.jit
 def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, M, N, K, G, group_k, k_offset,
-                k_split, stride_xm, stride_wn, stride_sn, stride_os, stride_om,
-                SCALE: tl.constexpr, SPLIT: tl.constexpr, FOLD: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-                MMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                     k_split, stride_xm, stride_wn, stride_sn, stride_os, stride_om,
+                     SCALE: tl.constexpr, SPLIT: tl.constexpr, FOLD: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     EVEN_K: tl.constexpr, MMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -227,13 +228,14 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, M
         steps_rows = x16_ptr + rm[:, None].to(tl.int64) * stride_xm
     else:
         steps_rows = x_rows
-    acc = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), steps_rows, w_rows, s_rows, m_ok, n_ok, rk,
-                          k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, MMA, BLOCK_K)
+    acc = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), steps_rows, w_rows, s_rows, m_ok, n_ok,
+                          rk, k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, MMA, BLOCK_K)
     if MMA == 1:
         # fp16 holds every bf16 value from 2^-14 to 65504 exactly (11 significant bits against 8), so the products
-        # are the bf16 kernel's (of a copy made from bf16 x; see fp8.fp8_linear); a larger |x| became inf in it. A tile that came out inf or NaN is computed
-        # again from the bf16 activations in fp32 (the sum of real inf/NaN inputs comes out the same), so the
-        # fast form never changes a result's range. Values below 2^-14 keep fp16's subnormal precision (2^-24).
+        # are the bf16 kernel's (of a copy made from bf16 x; see fp8.fp8_linear); a larger |x| became inf in it.
+        # A tile that came out inf or NaN is computed again from the bf16 activations in fp32 (the sum of real
+        # inf/NaN inputs comes out the same), so the fast form never changes a result's range. Values below
+        # 2^-14 keep fp16's subnormal precision (2^-24).
         bad = tl.max(tl.max(((acc != acc) | (tl.abs(acc) > 3.0e38)).to(tl.int32), axis=1), axis=0)
         if bad != 0:
             acc = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_rows, w_rows, s_rows, m_ok,
