@@ -121,22 +121,28 @@ _INTERPRET_CASES = [
 ]
 
 
-def test_triton_kernels_in_interpreter():
-    """The Triton kernels themselves, run by Triton's CPU interpreter.
-
-    The tl.dot kernel runs here with fp16 activations only: the interpreter of triton 3.9 computes bf16 tl.dot
-    wrongly on CPU (a plain 16x16 bf16 tl.dot differed from torch by 3e10), so its bf16 form is checked on the
-    GPU only (test_kernel_matches_reference)."""
+def _interpret(script: str, cases: list) -> list:
+    """Run ``script`` (given this folder and the cases as JSON) under Triton's CPU interpreter in a fresh
+    process (TRITON_INTERPRET is read at import); returns the JSON its last line prints."""
     try:
         import triton  # noqa: F401
     except ImportError:
         pytest.skip("Triton is not installed")
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, "-c", _INTERPRET_SCRIPT, str(ROOT / "tests"), json.dumps(_INTERPRET_CASES)],
+    proc = subprocess.run([sys.executable, "-c", script, str(ROOT / "tests"), json.dumps(cases)],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    errs = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_triton_kernels_in_interpreter():
+    """The Triton kernels themselves, run by Triton's CPU interpreter.
+
+    The tl.dot kernel runs here with fp16 activations only: the interpreter of triton 3.9 computes bf16 tl.dot
+    wrongly on CPU (a plain 16x16 bf16 tl.dot differed from torch by 3e10), so its bf16 form is checked on the
+    GPU only (test_kernel_matches_reference)."""
+    errs = _interpret(_INTERPRET_SCRIPT, _INTERPRET_CASES)
     assert all(e < TOL for e in errs), list(zip(_INTERPRET_CASES, errs))
 
 
@@ -178,16 +184,7 @@ def test_folded_split_sum_in_interpreter():
     """The split-K sum folded into the GEMM's last program (gemv_triton FOLD) gives the reduce kernel's bits, for
     the GEMV and the tl.dot kernels (several row blocks, fp16 form included), twice in a row; the counters are
     back to zero after each call."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        pytest.skip("Triton is not installed")
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, "-c", _FOLD_SCRIPT, str(ROOT / "tests"), json.dumps(_FOLD_CASES)],
-                          capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = _interpret(_FOLD_SCRIPT, _FOLD_CASES)
     assert results[:-1] == [[True, True, 0]] * len(_FOLD_CASES), list(zip(_FOLD_CASES, results))
     assert results[-1], "the fp16 form did not read the caller's fp16 copy"
 

@@ -34,6 +34,8 @@ from typing import Optional
 
 import torch
 
+from . import counters as counter_pool
+
 BLOCK_N = 64  # slots per inner step: a [64, head_dim] tile of keys and of values
 MAX_SPLIT_LEN = 2048  # a split's mask is read in one [SPLIT_LEN] vector
 PROGRAMS_PER_SM = 4  # split programs per SM at a full cache: enough loads in flight to stream the KV
@@ -278,29 +280,16 @@ def split_length(batch: int, kv_heads: int, slots: int, sms: int) -> int:
 
 def reserve_counters(device: torch.device, pairs: int = MIN_COUNTERS) -> torch.Tensor:
     """Allocate the device's zeroed counters for at least ``pairs`` (sequence, KV head) pairs, once, outside any
-    CUDA graph: at load (parallel.decode_attention.install_decode_attention) and in tests. A call never allocates
-    them on CUDA: a call may run inside a graph pool (the warm-up of CUDA-graph trees, torch.compile's
-    "reduce-overhead", allocates from the trees' private pool), which could hand the block out again. Only fewer
-    pairs than SMs ever split (split_length), so the default covers every batch."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:  # the key a call looks up: its query's device
-        device = torch.device("cuda", torch.cuda.current_device())
-    held = _COUNTERS.setdefault(device, [])
-    if not held or held[-1].numel() < pairs:
-        held.append(torch.zeros(max(MIN_COUNTERS, 2 * pairs), dtype=torch.int32, device=device))
-    return held[-1]
+    CUDA graph: at load (parallel.decode_attention.install_decode_attention) and in tests (hf_tp.kernels.counters
+    says why a call never allocates them on CUDA). Only fewer pairs than SMs ever split (split_length), so the
+    default covers every batch."""
+    return counter_pool.reserve(_COUNTERS, device, pairs, MIN_COUNTERS)
 
 
 def _counters(device: torch.device, pairs: int) -> Optional[torch.Tensor]:
     """The device's zeroed counters, at least ``pairs`` of them; None (that call takes the two-kernel path) on
-    CUDA when ``reserve_counters`` has not reserved enough. Off CUDA (Triton's interpreter) they are allocated
-    on first use: no graph pools there."""
-    held = _COUNTERS.get(device)
-    if held and held[-1].numel() >= pairs:
-        return held[-1]
-    if device.type == "cuda":
-        return None
-    return reserve_counters(device, pairs)
+    CUDA when ``reserve_counters`` has not reserved enough."""
+    return counter_pool.lookup(_COUNTERS, device, pairs, MIN_COUNTERS)
 
 
 def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -51,6 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import counters as counter_pool
 from .gemv_table import TABLE as _MEASURED
 
 
@@ -374,34 +375,20 @@ def pow2_at_most(n: int) -> int:
 FOLD_SPLIT = False
 MIN_COUNTERS = 65536  # output blocks the first counter buffer of a device holds (256 KB)
 
-# The folded sum's counters, one int32 per output block, per device; zero between calls (the last split program
-# of each block sets its counter back), so no memset enters a CUDA graph. Kernels on one stream run one at a
-# time, so every GEMM shares them.
+# The folded sum's counters, one int32 per output block, per device (hf_tp.kernels.counters: zero between calls).
 _COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
 
 
 def reserve_counters(device: torch.device, blocks: int = MIN_COUNTERS) -> torch.Tensor:
     """Allocate the device's zeroed counters for at least ``blocks`` output blocks, once, outside any CUDA graph
-    (at load: hf_tp.assembly; and in tests): a call never allocates them on CUDA, since a call may run inside a
-    graph pool that could hand the block out again (the same rule as the decode attention's counters)."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    held = _COUNTERS.setdefault(device, [])
-    if not held or held[-1].numel() < blocks:
-        held.append(torch.zeros(max(MIN_COUNTERS, 2 * blocks), dtype=torch.int32, device=device))
-    return held[-1]
+    (at load: hf_tp.assembly; and in tests)."""
+    return counter_pool.reserve(_COUNTERS, device, blocks, MIN_COUNTERS)
 
 
 def _counters(device: torch.device, blocks: int) -> torch.Tensor | None:
     """The device's zeroed counters, at least ``blocks``; None on CUDA when not reserved (that call runs the
-    reduce kernel). Off CUDA (Triton's interpreter) allocated on first use."""
-    held = _COUNTERS.get(device)
-    if held and held[-1].numel() >= blocks:
-        return held[-1]
-    if device.type == "cuda":
-        return None
-    return reserve_counters(device, blocks)
+    reduce kernel)."""
+    return counter_pool.lookup(_COUNTERS, device, blocks, MIN_COUNTERS)
 
 
 def choose(M: int, N: int, K: int, elem_bytes: int, sms: int = 132, path: str | None = None) -> tuple[str, dict]:
