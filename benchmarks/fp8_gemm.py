@@ -138,7 +138,15 @@ def kernel_fn(gt, x, w, s, kind: str, fp32_out: bool, config=None, path=None):
     if kind == "bf16":
         out = torch.float32 if fp32_out else None
         return lambda: gt.launch(x, w, None, 0, 0, None, out_dtype=out, config=config, path=path)
-    return lambda: gt.launch(x, w, s, 128, 0, None, config=config, path=path)
+    # the fp16 form reads an fp16 copy of x that the decode step makes inside the kernel before it (fused by
+    # Inductor): made once here, so the time is the GEMM's alone, as in the step
+    x16 = x.to(torch.float16) if (config or {}).get("X16") or (config is None and _table_x16(gt, x, w)) else None
+    return lambda: gt.launch(x, w, s, 128, 0, None, config=config, path=path, x16=x16)
+
+
+def _table_x16(gt, x, w) -> bool:
+    path, cfg = gt.choose(x.shape[0], w.shape[0], w.shape[1], w.element_size())
+    return path == "dot" and bool(cfg.get("X16"))
 
 
 def reference(x, w, s, kind: str) -> torch.Tensor:
@@ -151,7 +159,7 @@ def reference(x, w, s, kind: str) -> torch.Tensor:
 def grid(bucket: str, kind: str, N: int, K: int, sms: int) -> list[dict]:
     """The configs the sweep tries for one shape ("path" says which kernel): for M == 1 the GEMV's tiles, warps
     and loop form (num_stages 0: register prefetch, 1: plain, 3: pipelined through shared memory) and the tl.dot
-    kernel's; for M > 1 the tl.dot kernel's. Each with every split of K that keeps the programs under 6 per SM
+    kernel's; for M > 1 the tl.dot kernel's; for FP8 also the tl.dot kernel's fp16 form ("X16"). Each with every split of K that keeps the programs under 6 per SM
     and each split at least one step long."""
     elem = 2 if kind == "bf16" else 1
     base = []
@@ -165,6 +173,9 @@ def grid(bucket: str, kind: str, N: int, K: int, sms: int) -> list[dict]:
         if (kind == "fp8" and bk > 128) or (bucket == "gemv" and bk < 128):  # FP8: a step inside one group
             continue
         base.append(dict(path="dot", BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=st))
+    if kind == "fp8":  # the fp16 form (gemv_triton "X16"): its winners in fp8_f16_probe.py were these tiles
+        for bn, warps, st in itertools.product((64, 128), (4, 8), (3, 5)):
+            base.append(dict(path="dot", BLOCK_N=bn, BLOCK_K=128, num_warps=warps, num_stages=st, X16=True))
     out = []
     for cfg in base:
         programs = -(-N // cfg["BLOCK_N"])
