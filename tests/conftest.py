@@ -293,3 +293,18 @@ def run_interpreted(fn, *args):
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = old
+
+
+def capture_graph(fn, *args, warmup: int = 3):
+    """``fn(*args)`` run ``warmup`` times on a side stream (compiling it and filling the allocator's pool), then
+    captured in a CUDA graph: returns (graph, the captured call's output), for tests that replay on new inputs."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(*args)
+    return graph, out

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import load_reference, run_ranks, save_tiny_model, tiny_config
+from conftest import capture_graph, load_reference, run_ranks, save_tiny_model, tiny_config
 from hf_tp.config import TPConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -378,15 +378,7 @@ def test_compiled_and_graph_captured():
     for M in (1, 4):
         fn = torch.compile(step, fullgraph=True, dynamic=False)
         static = torch.randn(M, 4096, device="cuda", generator=g).bfloat16()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn(static)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = fn(static)
+        graph, out = capture_graph(fn, static)
         for _ in range(2):
             static.copy_(torch.randn(M, 4096, device="cuda", generator=g).bfloat16())
             graph.replay()

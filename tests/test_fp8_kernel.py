@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import capture_graph
 from hf_tp.kernels.fp8 import fp8_kernel_available, fp8_linear, fp8_linear_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,15 +248,7 @@ def test_compiled_and_graph_captured():
     for M in (1, 4):
         fn = torch.compile(step, fullgraph=True, dynamic=False)
         static = x[:M].clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn(static)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = fn(static)
+        graph, out = capture_graph(fn, static)
         for seed in (5, 6):
             static.copy_(make(M, 1, 4096, 128, 0, device="cuda", seed=seed)[0])
             graph.replay()
@@ -286,15 +279,7 @@ def test_fp16_form_at_its_measured_shapes(M):
 
         fn = torch.compile(step, fullgraph=True, dynamic=False)
         static = x.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn(static)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = fn(static)
+        graph, out = capture_graph(fn, static)
         for seed in (5, 6):
             static.copy_(make(M, 1, K, group_k, 0, device="cuda", seed=seed)[0])
             graph.replay()
@@ -324,15 +309,8 @@ def test_folded_split_sum_on_gpu():
         x, w, s, b = make(M, N, K, group_k, 0, device="cuda", seed=M + N)
         expect = gt.launch(x, w, s, group_k, 0, b, config=dict(config, FOLD=False))
         static = x.clone()
-        gt.launch(static, w, s, group_k, 0, b, config=dict(config, FOLD=True))  # compiled outside the capture
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            gt.launch(static, w, s, group_k, 0, b, config=dict(config, FOLD=True))
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = gt.launch(static, w, s, group_k, 0, b, config=dict(config, FOLD=True))
+        graph, out = capture_graph(
+            lambda: gt.launch(static, w, s, group_k, 0, b, config=dict(config, FOLD=True)), warmup=2)
         for _ in range(20):
             graph.replay()
             torch.cuda.synchronize()
