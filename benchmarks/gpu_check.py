@@ -238,6 +238,9 @@ def load_rank_model(args):
 
 
 def rank_main(args):
+    from hf_tp.bench import dump_stacks_if_hung
+
+    dump_stacks_if_hung()  # HF_TP_DUMP_AFTER (device runs): a rank that hangs prints where it waits
     model, device = load_rank_model(args)
     work = torch.load(args.rank_in)  # the exact inputs the references saw, from the parent
     result = run_model(model, device, work, args.new_tokens, timed=True)

@@ -15,10 +15,9 @@ def load_rank_model(folder: str, dtype=torch.bfloat16):
     from hf_tp.auto import init_spmd_group, load_parallel_model
     from hf_tp.parallel.comm import TPGroup
 
-    if os.environ.get("HF_TP_DUMP_AFTER"):  # a hang shows where every rank's Python is, then exits
-        import faulthandler
+    from hf_tp.bench import dump_stacks_if_hung
 
-        faulthandler.dump_traceback_later(float(os.environ["HF_TP_DUMP_AFTER"]), exit=True)
+    dump_stacks_if_hung()  # a hang shows where every rank's Python is, then exits
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     torch.cuda.set_device(device)

@@ -43,13 +43,20 @@ def main():
         for _ in range(3):
             out = step(x)
     torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    eager = out.clone()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = step(x)
     graph.replay()
     torch.cuda.synchronize()
     expected = (x * 2 * dist.get_world_size() + 1)
-    print(f"rank {dist.get_rank()} replay correct: {torch.allclose(out, expected)}", flush=True)
+    # x is the same on every rank (CUDA's default seed), so the sum is world_size times each rank's term.
+    same_x = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(same_x, x)
+    print(f"rank {dist.get_rank()} x equal on all ranks: {all(torch.equal(x, y) for y in same_x)}; eager correct: "
+          f"{torch.allclose(eager, expected)}; replay correct: {torch.allclose(out, expected)} "
+          f"(max diff {float((out - expected).abs().max()):.3g})", flush=True)
 
     start = time.perf_counter()
     if args.variant == "keep":

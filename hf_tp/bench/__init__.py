@@ -23,6 +23,16 @@ from pathlib import Path
 from ..config import DEFAULT_WORKER_ENV
 
 
+def dump_stacks_if_hung() -> None:
+    """Device runs: with HF_TP_DUMP_AFTER=SECONDS set, every thread's Python stack is printed to stderr after that
+    many seconds and the process exits, so a rank stuck in a collective shows where it waits instead of being
+    killed silently by the call's timeout (faulthandler's timer runs outside the GIL)."""
+    if os.environ.get("HF_TP_DUMP_AFTER"):
+        import faulthandler
+
+        faulthandler.dump_traceback_later(float(os.environ["HF_TP_DUMP_AFTER"]), exit=True)
+
+
 def plan_runs(tp_size: int, device: str, smoke: bool, systems: list[str],
               modes: list[str] | None = None) -> list[tuple[str, str, int]]:
     """(system, mode, tp_size) for every row group of the table."""
