@@ -4,6 +4,9 @@ rank makes every rank decode without graphs, with the right tokens (issue 12).
 
 On CPU there is no graph to capture; the warm-up and both agreements run as on CUDA (Dynamo traces the
 step whole, with its eager backend), and HF_TP_FAULT_INJECT="1:compile:raise" makes rank 1's compile fail.
+The "inductor" case compiles each rank's step with Inductor, as on CUDA, the functional all-reduces included
+(over gloo): each rank's generated code, different per rank with uneven heads, must keep the collectives in
+one order.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ def decode_with_warm_up(folder: str, ids: torch.Tensor, mask: torch.Tensor, faul
     from hf_tp.generation.decode_loop import StaticDecoder
 
     os.environ["HF_TP_FAST_DECODE"] = "1"
+    if fault == "inductor":  # the loop compiles with backend="eager" off CUDA; this rank process uses Inductor
+        compile_ = torch.compile
+        torch.compile = lambda fn, **kwargs: compile_(fn, **{**kwargs, "backend": "inductor", "options": None})
+        fault = ""
     if fault:
         os.environ["HF_TP_FAULT_INJECT"] = fault
     model = hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=2, device="cpu", dtype=torch.float32)
@@ -31,10 +38,15 @@ def decode_with_warm_up(folder: str, ids: torch.Tensor, mask: torch.Tensor, faul
     model._hf_tp_static_decoder = decoder = StaticDecoder(model, model.hf_tp, use_graphs=True)
     first = model.generate(ids, attention_mask=mask, **GREEDY)
     second = model.generate(ids, attention_mask=mask, **GREEDY)
-    return {"first": first, "second": second, "use_graphs": decoder.use_graphs}
+    from torch._dynamo.utils import counters
+
+    inductor = counters["inductor"]  # each Inductor compile either hits or misses its FX-graph cache
+    return {"first": first, "second": second, "use_graphs": decoder.use_graphs,
+            "inductor_compiles": inductor["fxgraph_cache_hit"] + inductor["fxgraph_cache_miss"]}
 
 
-@pytest.mark.parametrize("fault", ["", "1:compile:raise"], ids=["all-compile", "rank1-compile-fails"])
+@pytest.mark.parametrize("fault", ["", "1:compile:raise", "inductor"],
+                         ids=["all-compile", "rank1-compile-fails", "inductor"])
 def test_ranks_agree_on_the_compiled_step(tmp_path, fault):
     # 9 query / 3 KV heads: rank 0 holds 6 heads, rank 1 holds 3, so the ranks trace different graphs.
     config = tiny_config("llama", hidden_size=72, num_attention_heads=9, num_key_value_heads=3)
@@ -50,4 +62,5 @@ def test_ranks_agree_on_the_compiled_step(tmp_path, fault):
         assert torch.equal(out["first"], expected), f"rank {rank}"
         assert torch.equal(out["second"], expected), f"rank {rank}"
         # Both ranks keep the compiled step, or both give it up: never one of each.
-        assert out["use_graphs"] is (not fault), (rank, out["use_graphs"])
+        assert out["use_graphs"] is (fault != "1:compile:raise"), (rank, out["use_graphs"])
+        assert (out["inductor_compiles"] > 0) is (fault == "inductor"), (rank, out["inductor_compiles"])
