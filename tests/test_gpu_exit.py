@@ -23,17 +23,21 @@ for _ in range(2):  # the second call replays the graph the first captured
     out = model.generate(ids, max_new_tokens=24, do_sample=False)
 assert model._hf_tp_static_decoder.use_graphs, "the loop did not capture: this test would prove nothing"
 print("LAST_GENERATE_DONE", flush=True)
+if sys.argv[2] == "own-destroy":  # a script that ends with its own destroy_process_group() (teardown.guard_destroy)
+    torch.distributed.destroy_process_group()
 """
 
 
-def test_torchrun_script_with_captured_nccl_exits_within_10_s(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("ending", ["hf_tp-teardown", "own-destroy"])
+def test_torchrun_script_with_captured_nccl_exits_within_10_s(tiny_checkpoint, tmp_path, ending):
     path = tiny_checkpoint("llama", num_attention_heads=4, num_key_value_heads=2)
     script = tmp_path / "script.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "HF_TP_FAST_DECODE": "1", "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
            "NVSHMEM_DISABLE_NVLS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             str(script), str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                             str(script), str(path), ending], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
     lines, done_at = [], []
     try:
         for line in proc.stdout:

@@ -34,6 +34,33 @@ def test_graphs_released_before_the_group_is_destroyed():
         assert out["outcome"] == "destroyed" and not out["initialized_after"]
 
 
+def user_destroys_the_group():
+    import torch.distributed as dist
+
+    from hf_tp.parallel import teardown
+
+    dist.init_process_group("gloo")
+    seen = []
+
+    class Owner:
+        def release_graphs(self):
+            seen.append(("released with the group alive", dist.is_initialized()))
+
+    owner = Owner()
+    teardown.register_graph_owner(owner)
+    dist.destroy_process_group()  # what a torchrun script's last line often is, hf_tp's exit teardown not yet run
+    return {"seen": seen, "initialized_after": dist.is_initialized(),
+            "c10d_wrapped_too": dist.distributed_c10d.destroy_process_group is dist.destroy_process_group}
+
+
+def test_a_scripts_own_destroy_process_group_releases_the_graphs_first():
+    """NCCL waits for live graphs that hold its kernels: a script's own destroy_process_group() after decoding
+    with the loop must drop them first, as hf_tp's teardown at exit does."""
+    for out in run_ranks(user_destroys_the_group, 2):
+        assert out["seen"] == [("released with the group alive", True)]
+        assert not out["initialized_after"] and out["c10d_wrapped_too"]
+
+
 def leave_without_peer(marker: str):
     import logging
 

@@ -11,6 +11,10 @@ runs the steps in the order that cannot hang:
   3. ``destroy_process_group()`` runs in a helper thread, bounded; past the bound the group is
      aborted (``_abort_process_group``), which returns whatever NCCL is waiting for.
 
+A script that calls ``torch.distributed.destroy_process_group()`` itself (common at the end of torchrun scripts)
+would reach NCCL before step 1: ``guard_destroy`` (installed when the first graph owner registers) wraps that
+function so that it releases the graphs first.
+
 The barrier waits up to ``barrier_timeout_s`` for the slowest rank, the destroy up to ``destroy_timeout_s``;
 when nothing is wrong both return at once (world size 1 on an H200: 2.4 s including the graph release and
 NCCL's barrier, benchmarks/RESULTS.md).
@@ -18,6 +22,7 @@ NCCL's barrier, benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -34,8 +39,36 @@ _graph_owners: "weakref.WeakSet" = weakref.WeakSet()
 
 
 def register_graph_owner(owner) -> None:
-    """``owner.release_graphs()`` will be called before the process group is destroyed."""
+    """``owner.release_graphs()`` will be called before the process group is destroyed: by hf_tp's own teardown
+    at exit, and by ``torch.distributed.destroy_process_group`` called from user code (``guard_destroy``)."""
     _graph_owners.add(owner)
+    guard_destroy()
+
+
+_unguarded_destroy = None  # torch's own destroy_process_group, once guard_destroy() has wrapped it
+
+
+def guard_destroy() -> None:
+    """Wrap ``torch.distributed.destroy_process_group`` (once) so that it releases every registered owner's
+    graphs before destroying a group: NCCL waits for live graphs that hold its kernels (the module docstring). On
+    2 x H200 (2026-12-04, benchmarks/RESULTS.md) benchmarks/gpu_check.py, whose ranks call it themselves after
+    decoding with the loop at tp 2, never finished, while a script that left the teardown to hf_tp exited in 3 s.
+    Releasing costs nothing the model needs: the loop captures again on its next call. A
+    script that bound the function by name before hf_tp registered a graph owner (``from torch.distributed import
+    destroy_process_group`` at its top) calls the unwrapped one; hf_tp's exit teardown still releases first."""
+    global _unguarded_destroy
+    if _unguarded_destroy is not None:
+        return
+    original = dist.destroy_process_group
+
+    @functools.wraps(original)
+    def destroy_process_group(*args, **kwargs):
+        release_graphs()
+        return original(*args, **kwargs)
+
+    _unguarded_destroy = original
+    dist.destroy_process_group = destroy_process_group
+    dist.distributed_c10d.destroy_process_group = destroy_process_group
 
 
 def release_graphs() -> int:
@@ -92,7 +125,7 @@ def shutdown_group(barrier_timeout_s: float = 10.0, destroy_timeout_s: float = 5
     if not _bounded(lambda: _barrier(barrier_timeout_s), barrier_timeout_s + 1):
         logger.warning("hf_tp: the other ranks did not reach the exit barrier within %.0f s; leaving without them.",
                        barrier_timeout_s)
-    if _bounded(dist.destroy_process_group, destroy_timeout_s):
+    if _bounded(_unguarded_destroy or dist.destroy_process_group, destroy_timeout_s):  # released above
         return "destroyed"
     logger.warning("hf_tp: destroy_process_group did not return within %.0f s; aborting the process group.",
                    destroy_timeout_s)
