@@ -3,10 +3,13 @@
 #   OUT=$OUT BUDGET=555 bash benchmarks/x2_cycle.sh CALL
 # 2026-12-04 (fifth session) ran the checks: NCCL tokens (SmolLM2 and three random architectures, generate's default
 # path), the torchrun exit test, the handle on two GPUs (with the loop) all passed; SmolLM2 through gpu_check.py with
-# the loop under torchrun did not finish (368 s and 295 s), nor did the 8B bench at tp 2 within its 200 s. The calls
-# below find out where that hangs (HF_TP_DUMP_AFTER prints every rank's stacks) before anything else:
+# the loop under torchrun did not finish (368 s and 295 s), nor did the 8B bench at tp 2 within its 200 s. Likely
+# cause: gpu_check's ranks call destroy_process_group() with the graphs alive, which hf_tp now guards
+# (teardown.guard_destroy). The calls below confirm it (HF_TP_DUMP_AFTER prints every rank's stacks if not); if
+# smol_loop passes (Paris, identical or near-tie), make the loop the default at tp > 1 (TPConfig.resolve):
 #   call1  carry .carry/p1 and .carry/wheels: keep the first half of the SmolLM2 GGUF (98 MB, over one call's carry
-#          limit) in /root/gg; the exit probe (eager and replayed all-reduce checked); the loop under torchrun on a
+#          limit) in /root/gg; the exit probe (eager and replayed all-reduce checked), the exit tests (hf_tp's
+#          teardown, and the script's own destroy_process_group); the loop under torchrun on a
 #          random uneven Llama (gpu_check.py); the 8B bench at tp 1 and 2 with the loop; the all-reduce probe
 #   call2  carry .carry/p2 (within idle_release_s of call1, so /root/gg and /root/ck are still there): join the GGUF;
 #          SmolLM2 with the loop under torchrun (16 tokens) as shipped, without CUDA graphs, without the Triton decode
@@ -27,6 +30,7 @@ call1)
   python3 -m pip install -q --no-deps --target /root/pk .carry/wheels/gguf-*.whl > "$OUT/pip.txt" 2>&1
   write_ckpt llama3-8b "$CK/llama3-8b-bfloat16" 240 &
   step exit_probe 60 python3 -m torch.distributed.run --standalone --nproc-per-node 2 benchmarks/nccl_exit_probe.py --variant hf_tp
+  step exit_tests 130 $T tests/test_gpu_exit.py
   HF_TP_FAST_DECODE=1 HF_TP_DUMP_AFTER=120 step loop_uneven 150 python3 benchmarks/gpu_check.py --tp-size 2 \
     --random-arch llama_uneven --new-tokens 32 --json "$OUT/loop_uneven.json"
   wait
