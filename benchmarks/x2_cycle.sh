@@ -12,7 +12,7 @@
 #          teardown, and the script's own destroy_process_group); the loop under torchrun on a
 #          random uneven Llama (gpu_check.py); the 8B bench at tp 1 and 2 with the loop; the all-reduce probe
 #   call2  carry .carry/p2 (within idle_release_s of call1, so /root/gg and /root/ck are still there): join the GGUF;
-#          SmolLM2 with the loop under torchrun (16 tokens) as shipped, without CUDA graphs, without the Triton decode
+#          SmolLM2 with the loop under torchrun as shipped (128 tokens), then 16 without CUDA graphs, without the Triton decode
 #          kernels, and through the handle (hf-tp generate)
 #   call3  the one-shot all-reduce bench and the tp-2 profile; FP8 at tp 2; Transformers' baselines (one GPU, native TP)
 # NVLink multicast stays off in every process (steps.sh exports the three variables; children inherit them).
@@ -49,7 +49,7 @@ call2)
   # kernels (SDPA and cuBLAS), and through the handle instead of torchrun (where a tiny Llama's loop passed).
   SMOL="python3 benchmarks/gpu_check.py --tp-size 2 --new-tokens 16"
   export HF_TP_FAST_DECODE=1 HF_TP_DUMP_AFTER=100
-  step smol_loop 130 $SMOL --json "$OUT/smol_loop.json"
+  step smol_loop 150 python3 benchmarks/gpu_check.py --tp-size 2 --new-tokens 128 --json "$OUT/smol_loop.json"
   HF_TP_CUDA_GRAPHS=0 step smol_no_graphs 130 $SMOL --json "$OUT/smol_no_graphs.json"
   HF_TP_DECODE_ATTENTION=sdpa HF_TP_DECODE_GEMM=cublas step smol_no_kernels 130 $SMOL --json "$OUT/smol_no_kernels.json"
   unset HF_TP_DUMP_AFTER
