@@ -10,7 +10,8 @@
 #   call1  carry .carry/p1 and .carry/wheels: keep the first half of the SmolLM2 GGUF (98 MB, over one call's carry
 #          limit) in /root/gg; the exit probe (eager and replayed all-reduce checked), the exit tests (hf_tp's
 #          teardown, and the script's own destroy_process_group); the loop under torchrun on a
-#          random uneven Llama (gpu_check.py); the 8B bench at tp 1 and 2 with the loop; the all-reduce probe
+#          random uneven Llama (gpu_check.py); the 8B shape at tp 2 (batch 1, 8) and tp 1 (batch 1) with the loop; the
+#          all-reduce probe
 #   call2  carry .carry/p2 (within idle_release_s of call1, so /root/gg and /root/ck are still there): join the GGUF;
 #          SmolLM2 with the loop under torchrun as shipped (128 tokens), then 16 without CUDA graphs, without the Triton decode
 #          kernels, and through the handle (hf-tp generate)
@@ -34,7 +35,11 @@ call1)
   HF_TP_FAST_DECODE=1 HF_TP_DUMP_AFTER=120 step loop_uneven 150 python3 benchmarks/gpu_check.py --tp-size 2 \
     --random-arch llama_uneven --new-tokens 32 --json "$OUT/loop_uneven.json"
   wait
-  HF_TP_DUMP_AFTER=200 step bench 240 $BENCH --systems hf_tp --timeout 230 --json "$OUT/bench_8b_hf_tp.json"
+  # hf_tp's loop at tp 2 (rows appended to e2e.jsonl by rank 0), then tp 1 batch 1 in the same call for the ratio
+  ROW="-m hf_tp.bench.run_system --system hf_tp --mode compile --model $CK/llama3-8b-bfloat16 --out $OUT/e2e.jsonl"
+  HF_TP_DUMP_AFTER=200 step tp2 210 python3 -m torch.distributed.run --standalone --nproc-per-node 2 $ROW --tp-size 2 \
+    --batches 1,8
+  step tp1 80 python3 $ROW --tp-size 1 --batches 1
   step allreduce 40 python3 -m torch.distributed.run --standalone --nproc-per-node 2 benchmarks/allreduce_probe.py --json "$OUT/allreduce_x2.json"
   ;;
 call2)
