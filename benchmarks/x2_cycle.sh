@@ -8,7 +8,9 @@
 # (teardown.guard_destroy). The calls below confirm it (HF_TP_DUMP_AFTER prints every rank's stacks if not); if
 # smol_loop passes (Paris, identical or near-tie), make the loop the default at tp > 1 (TPConfig.resolve):
 #   call1  carry .carry/p1 and .carry/wheels: keep the first half of the SmolLM2 GGUF (98 MB, over one call's carry
-#          limit) in /root/gg; the exit probe (eager and replayed all-reduce checked), the exit tests (hf_tp's
+#          limit) in /root/gg; the exit probe (eager and replayed all-reduce checked: the probe printed "replay
+#          correct: False" on 2026-12-04); the captured step's tokens over NCCL (test_gpu_nccl_graph.py, graphs
+#          asserted: no earlier 2-GPU test proved its tokens came from replays); the exit tests (hf_tp's
 #          teardown, and the script's own destroy_process_group); the loop under torchrun on a
 #          random uneven Llama (gpu_check.py); the 8B shape at tp 2 (batch 1, 8) and tp 1 (batch 1) with the loop; the
 #          all-reduce probe
@@ -31,7 +33,7 @@ call1)
   python3 -m pip install -q --no-deps --target /root/pk .carry/wheels/gguf-*.whl > "$OUT/pip.txt" 2>&1
   write_ckpt llama3-8b "$CK/llama3-8b-bfloat16" 240 &
   step exit_probe 60 python3 -m torch.distributed.run --standalone --nproc-per-node 2 benchmarks/nccl_exit_probe.py --variant hf_tp
-  step exit_tests 130 $T tests/test_gpu_exit.py
+  step exit_tests 170 $T tests/test_gpu_nccl_graph.py tests/test_gpu_exit.py
   HF_TP_FAST_DECODE=1 HF_TP_DUMP_AFTER=120 step loop_uneven 150 python3 benchmarks/gpu_check.py --tp-size 2 \
     --random-arch llama_uneven --new-tokens 32 --json "$OUT/loop_uneven.json"
   wait
