@@ -180,8 +180,18 @@ def test_kernels_compile_for_hopper():
          dict(SCALE=0, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128), 4, 5),
         ("split reduce", gt._gemv_split_reduce, {"ws_ptr": "*fp32", "s_ptr": "*fp32", "b_ptr": "*bf16", "o_ptr": "*bf16"},
          dict(SCALE=1, HAS_BIAS=True, BLOCK=1024), 4, 1),
+        # programmatic dependent launch (gemv_triton.PDL_LAUNCH): the wait and the trigger in each kernel
+        ("PDL gemv bf16", gt._gemv_kernel, dense, dict(gemv_base, SCALE=0, BLOCK_N=8, NV=64, VEC=8, STAGES=1, PDL=True),
+         4, 1),
+        ("PDL dot fp8 block in fp16, split", gt._gemv_dot_kernel, dict(fp8, o_ptr="*fp32"),
+         dict(SCALE=2, SPLIT=True, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
+              PDL=True), 4, 4),
+        ("PDL split reduce", gt._gemv_split_reduce,
+         {"ws_ptr": "*fp32", "s_ptr": "*fp32", "b_ptr": "*bf16", "o_ptr": "*bf16"},
+         dict(SCALE=0, HAS_BIAS=False, BLOCK=1024, PDL=True), 4, 1),
     ]
     for name, kernel, pointers, constexprs, warps, stages in cases:
+        constexprs = {"PDL": False, **constexprs}  # ASTSource does not fill a constexpr's default in
         try:
             built = _hopper_build(kernel, pointers, constexprs, warps, stages)
         except (TypeError, AttributeError) as exc:  # another Triton's compile API: nothing to check here
@@ -192,6 +202,8 @@ def test_kernels_compile_for_hopper():
         assert stack == 0, (name, regs, stack)
         if name.startswith("gemv") and "unaligned" not in name:
             assert "LDG.E.128" in sass or "LDGSTS.E.BYPASS.128" in sass, name
+        # griddepcontrol.wait and .launch_dependents in SASS: only where PDL asks for them
+        assert ("ACQBULK" in sass and "PREEXIT" in sass) is name.startswith("PDL"), name
 
 
 # ------------------------------------------------------------------------------------------------ CPU: the loop
@@ -469,3 +481,44 @@ def test_kernels_run_where_compiled_or_captured_only():
     for out in (in_loop, compiled, captured):
         err = ((out.float() - eager.float()).norm() / eager.float().norm()).item()
         assert err < 5e-3, err
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch):
+    """gemv_triton.PDL_LAUNCH: each GEMM kernel waits for the kernel before it (gdc_wait) before touching memory,
+    so a chain of them, an Inductor kernel between, gives the bits it gives without PDL: eagerly and replayed from
+    a CUDA graph on new inputs, at M = 1 (the GEMV, one shape with a split of K and its reduce) and M = 4 (tl.dot)."""
+    from hf_tp.kernels import gemv_triton as gt
+    from hf_tp.kernels.decode_gemm import decode_linear
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs a Hopper or later GPU")
+    g = torch.Generator(device="cuda").manual_seed(5)
+    w1 = (torch.randn(3072, 4096, device="cuda", generator=g) * 0.02).bfloat16()
+    w2 = (torch.randn(4096, 3072, device="cuda", generator=g) * 0.02).bfloat16()
+    w3 = (torch.randn(256, 14336, device="cuda", generator=g) * 0.02).bfloat16()  # few rows, long K: split
+
+    def step(t):
+        h = decode_linear(torch.nn.functional.silu(decode_linear(t, w1)), w2)
+        return decode_linear(h.repeat(1, 4)[:, :14336].contiguous(), w3, None, True)
+
+    for M in (1, 4):
+        inputs = [torch.randn(M, 4096, device="cuda", generator=g).bfloat16() for _ in range(3)]
+        results = {}
+        for pdl in (False, True):
+            monkeypatch.setattr(gt, "PDL_LAUNCH", pdl)
+            assert bool(gt.pdl_launch_args(inputs[0].device)) is pdl, "this GPU and Triton should launch with PDL"
+            eager = [step(x).clone() for x in inputs]
+            torch._dynamo.reset()
+            static = inputs[0].clone()
+            graph, out = capture_graph(torch.compile(step, fullgraph=True, dynamic=False), static)
+            replayed = []
+            for x in inputs:
+                static.copy_(x)
+                graph.replay()
+                replayed.append(out.clone())
+            results[pdl] = (eager, replayed)
+        for name, without, with_pdl in zip(("eager", "replayed"), results[False], results[True]):
+            for a, b in zip(without, with_pdl):
+                assert torch.equal(a, b), (M, name, float((a - b).abs().max()))

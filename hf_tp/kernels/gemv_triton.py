@@ -112,11 +112,23 @@ def _gemv_math(acc3, xv, w, s, SCALE: tl.constexpr):
 
 
 @triton.jit
+def _after_previous_kernel(PDL: tl.constexpr):
+    """With PDL (a kernel launched with programmatic dependent launch, ``PDL_LAUNCH``): wait until the kernel
+    before it on the stream has finished and its writes are visible, before this kernel reads or writes
+    anything; then let the next such kernel be placed on the SMs. Without PDL, nothing."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, N, K, G, group_k, k_offset, k_split, stride_wn,
                  stride_sn, stride_os, SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, SPLIT: tl.constexpr,
                  FOLD: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-                 BLOCK_N: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr):
+                 BLOCK_N: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
+                 PDL: tl.constexpr = False):
     BLOCK_K: tl.constexpr = NV * VEC
+    _after_previous_kernel(PDL)
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -211,7 +223,8 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, M
                      k_split, stride_xm, stride_wn, stride_sn, stride_os, stride_om,
                      SCALE: tl.constexpr, SPLIT: tl.constexpr, FOLD: tl.constexpr, HAS_BIAS: tl.constexpr,
                      EVEN_K: tl.constexpr, MMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+                     BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
+    _after_previous_kernel(PDL)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -283,7 +296,8 @@ def _fold_splits(ws_ptr, s_ptr, b_ptr, f_ptr, counter_ptr, splits, offs, ok, rn,
 
 @triton.jit
 def _gemv_split_reduce(ws_ptr, s_ptr, b_ptr, o_ptr, MN, N, S, stride_sn,
-                  SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+                  SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    _after_previous_kernel(PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < MN
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -375,6 +389,36 @@ def pow2_at_most(n: int) -> int:
 FOLD_SPLIT = False
 MIN_COUNTERS = 65536  # output blocks the first counter buffer of a device holds (256 KB)
 
+# Programmatic dependent launch (Hopper and later): the GEMM kernels launched with ``launch_pdl``, so that their
+# programs are placed on the SMs while the kernel before them on the stream is still finishing; each waits for
+# that kernel (``_after_previous_kernel``) before it reads or writes memory. What it can save is the launch
+# latency between two kernels, at most a microsecond or two each (inside a CUDA graph too). Off until measured on
+# a GPU (benchmarks flip it).
+PDL_LAUNCH = False
+
+
+@functools.cache
+def _pdl_supported(device_index: int) -> bool:
+    """This Triton launches with PDL (its CUDA options have ``launch_pdl`` and its language the wait) and the GPU
+    is a Hopper or later. Not in Triton's interpreter, which has no such launch."""
+    try:
+        import triton.language.extra.cuda as cuda_language
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    fields = getattr(CUDAOptions, "__dataclass_fields__", {})
+    return (hasattr(cuda_language, "gdc_wait") and "launch_pdl" in fields
+            and torch.cuda.get_device_capability(device_index)[0] >= 9)
+
+
+def pdl_launch_args(device: torch.device) -> dict:
+    """The extra launch arguments of a decode GEMM kernel on ``device``: PDL on where ``PDL_LAUNCH`` asks and the
+    device and Triton support it, else none."""
+    if not PDL_LAUNCH or device.type != "cuda":
+        return {}
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return {"PDL": True, "launch_pdl": True} if _pdl_supported(index) else {}
+
 # The folded sum's counters, one int32 per output block, per device (hf_tp.kernels.counters: zero between calls).
 _COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
 
@@ -459,6 +503,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         counters = _counters(x2.device, triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(M, block_m))
     fold = counters is not None
     c = counters if fold else x2  # never read without FOLD
+    pdl = pdl_launch_args(x2.device)
     if path == "gemv":
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), splits)
         _gemv_kernel[grid](x2, weight, s, b, dest, out, c, N, K, G, group_k, k_offset, k_split, weight.stride(0),
@@ -466,7 +511,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                            HAS_BIAS=bias is not None,
                            EVEN_N=N % cfg["BLOCK_N"] == 0, EVEN_K=even_k, BLOCK_N=cfg["BLOCK_N"],
                            NV=block_k // vec, VEC=vec, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"],
-                           num_stages=max(1, cfg["num_stages"]))
+                           num_stages=max(1, cfg["num_stages"]), **pdl)
     else:
         # "X16": FP8 weights with bf16 activations multiplied in fp16 (see _gemv_dot_kernel): FP8 widens to
         # fp16 in one instruction per pair, to bf16 only through fp32 at the GPU's slow conversion rate, and the
@@ -485,10 +530,10 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                           x2.stride(0), weight.stride(0), s.stride(0), M * N, N,
                           SCALE=mode, SPLIT=splits > 1, FOLD=fold, HAS_BIAS=bias is not None, EVEN_K=even_k,
                           MMA=mma, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
-                          num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                          num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl)
     if splits > 1 and not fold:
         block = 1024
         _gemv_split_reduce[(triton.cdiv(M * N, block),)](dest, s, b, out, M * N, N, splits, s.stride(0),
                                                     SCALE=1 if mode == 1 else 0, HAS_BIAS=bias is not None,
-                                                    BLOCK=block, num_warps=4)
+                                                    BLOCK=block, num_warps=4, **pdl)
     return out
