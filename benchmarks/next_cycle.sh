@@ -6,8 +6,8 @@
 #   2. issue 19: the fp8-channel Llama-3-8B shape at tp 1 batch 1, profiled, with the tp-1 "X16" entries off (as
 #      shipped) and on (as measured alone: not faster end to end in one call, unprofiled); the rank of tp 2 with
 #      the folded split sum off and on (flip FOLD_SPLIT to True in gemv_triton.py if it is faster);
-#   2b. issue 18: the GEMMs launched with programmatic dependent launch (gemv_triton.PDL_LAUNCH), tp 1 and the rank
-#      of tp 2, bf16, against the same rows without (flip PDL_LAUNCH to True if faster);
+#   2b. issue 18: the GEMMs and decode attention launched with programmatic dependent launch (hf_tp.kernels.pdl),
+#      tp 1 and the rank of tp 2, bf16, against the same rows without (flip PDL_LAUNCH to True if faster);
 #   3. issue 18: the bf16 rank of tp 2 profiled (the argmax in 64 pieces); issue 19: the fp8-block rank of tp 2, the
 #      fp16 form at prefill sizes (fp8_f16_probe.py --prefill) and gpu_check.py --fp8 block (kept FP8 ranks
 #      against Transformers on the dequantized weights).
@@ -24,14 +24,15 @@ wait
 step tests_moe 150 $T tests/test_moe_kernel.py
 ROW="python -m hf_tp.bench.run_system --system hf_tp --mode compile --tp-size 1"
 # run_system with module constants set first (in-process): "X16_TP1=1" puts the fourth session's tp-1 M = 1 fp16
-# entries back; "FOLD=1" sums splits of K in the GEMM; "PDL=1" launches the GEMMs with programmatic dependent launch
+# entries back; "FOLD=1" sums splits of K in the GEMM; "PDL=1" launches the GEMMs and decode attention with programmatic dependent launch
 FLIP="import os, runpy, sys
 from hf_tp.kernels import gemv_triton as gt
 if os.environ.get('X16_TP1'):
     for n, k, st, sp in ((28672, 4096, 3, 1), (4096, 14336, 3, 8)):
         gt.TABLE[('gemv', 1, n, k)] = dict(path='dot', BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=st, SPLIT=sp, X16=True)
 gt.FOLD_SPLIT = bool(os.environ.get('FOLD'))
-gt.PDL_LAUNCH = bool(os.environ.get('PDL'))
+from hf_tp.kernels import pdl
+pdl.PDL_LAUNCH = bool(os.environ.get('PDL'))
 sys.argv[0] = 'run_system'
 runpy.run_module('hf_tp.bench.run_system', run_name='__main__')"
 step tp1_fp8c 55 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/llama3-8b-fp8-channel" --batches 1 --profile 64 --out "$OUT/e2e.jsonl"

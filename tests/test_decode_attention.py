@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import load_reference, run_interpreted, run_ranks, save_tiny_model, sliding_window_configs, tiny_config
+from conftest import (capture_graph, load_reference, run_interpreted, run_ranks, save_tiny_model, sliding_window_configs,
+                      tiny_config)
 from hf_tp.config import TPConfig
 
 PAD = 0
@@ -558,3 +559,45 @@ def test_decode_loop_bf16_with_kernel_matches_sdpa_loop(tmp_path):
             logits = want.logits[step][row].float()
             gap = float(logits[new_want[row, step]] - logits[new_got[row, step]])
             assert gap < 0.02 * float(logits.abs().max()), (row, step, gap)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch):
+    """hf_tp.kernels.pdl.PDL_LAUNCH: the split kernel and the reduce kernel wait for the kernel before them, so the
+    fused and the two-kernel paths, each right after a kernel that writes the query, give the bits they give
+    without PDL, eagerly and replayed from a CUDA graph."""
+    import hf_tp.kernels.decode_attention as kernel
+    from hf_tp.kernels import pdl
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs a Hopper or later GPU")
+    batch, q_heads, kv_heads, slots, split = 2, 16, 4, 512, 64
+    kernel.reserve_counters(torch.device("cuda", torch.cuda.current_device()), batch * kv_heads)
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    k, v = (torch.randn(batch, kv_heads, slots, 128, device="cuda", generator=gen).bfloat16() for _ in range(2))
+    mask = _mask(batch, slots, [500, 300], [0, 7]).cuda()
+    base = torch.randn(batch, q_heads, 1, 128, device="cuda", generator=gen)
+    scale = torch.ones((), device="cuda")
+
+    def both():
+        q = (base * scale).bfloat16()  # a kernel right before each attention call, writing what it reads
+        return [kernel.decode_attention_forward(q, k, v, mask, 0.1, split_len=split, fused_reduce=fused)
+                for fused in (True, False)]
+
+    results = {}
+    for on in (False, True):
+        monkeypatch.setattr(pdl, "PDL_LAUNCH", on)
+        assert bool(pdl.launch_args(base.device)) is on, "this GPU and Triton should launch with PDL"
+        scale.fill_(1.0)
+        eager = [t.clone() for t in both()]
+        graph, outs = capture_graph(both)
+        replayed = []
+        for factor in (0.5, 2.0):
+            scale.fill_(factor)
+            graph.replay()
+            replayed.append([t.clone() for t in outs])
+        results[on] = (eager, replayed)
+    assert all(torch.equal(a, b) for a, b in zip(results[False][0], results[True][0]))
+    for without, with_pdl in zip(results[False][1], results[True][1]):
+        assert all(torch.equal(a, b) for a, b in zip(without, with_pdl))

@@ -180,7 +180,7 @@ def test_kernels_compile_for_hopper():
          dict(SCALE=0, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128), 4, 5),
         ("split reduce", gt._gemv_split_reduce, {"ws_ptr": "*fp32", "s_ptr": "*fp32", "b_ptr": "*bf16", "o_ptr": "*bf16"},
          dict(SCALE=1, HAS_BIAS=True, BLOCK=1024), 4, 1),
-        # programmatic dependent launch (gemv_triton.PDL_LAUNCH): the wait and the trigger in each kernel
+        # programmatic dependent launch (hf_tp.kernels.pdl): the wait and the trigger in each kernel
         ("PDL gemv bf16", gt._gemv_kernel, dense, dict(gemv_base, SCALE=0, BLOCK_N=8, NV=64, VEC=8, STAGES=1, PDL=True),
          4, 1),
         ("PDL dot fp8 block in fp16, split", gt._gemv_dot_kernel, dict(fp8, o_ptr="*fp32"),
@@ -486,10 +486,10 @@ def test_kernels_run_where_compiled_or_captured_only():
 @pytest.mark.gpu
 @needs_gpu
 def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch):
-    """gemv_triton.PDL_LAUNCH: each GEMM kernel waits for the kernel before it (gdc_wait) before touching memory,
+    """hf_tp.kernels.pdl.PDL_LAUNCH: each GEMM kernel waits for the kernel before it (gdc_wait) before touching memory,
     so a chain of them, an Inductor kernel between, gives the bits it gives without PDL: eagerly and replayed from
     a CUDA graph on new inputs, at M = 1 (the GEMV, one shape with a split of K and its reduce) and M = 4 (tl.dot)."""
-    from hf_tp.kernels import gemv_triton as gt
+    from hf_tp.kernels import pdl as pdl_module
     from hf_tp.kernels.decode_gemm import decode_linear
 
     if torch.cuda.get_device_capability()[0] < 9:
@@ -507,8 +507,8 @@ def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch):
         inputs = [torch.randn(M, 4096, device="cuda", generator=g).bfloat16() for _ in range(3)]
         results = {}
         for pdl in (False, True):
-            monkeypatch.setattr(gt, "PDL_LAUNCH", pdl)
-            assert bool(gt.pdl_launch_args(inputs[0].device)) is pdl, "this GPU and Triton should launch with PDL"
+            monkeypatch.setattr(pdl_module, "PDL_LAUNCH", pdl)
+            assert bool(pdl_module.launch_args(inputs[0].device)) is pdl, "this GPU and Triton should launch with PDL"
             eager = [step(x).clone() for x in inputs]
             torch._dynamo.reset()
             static = inputs[0].clone()

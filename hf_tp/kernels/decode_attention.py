@@ -35,6 +35,7 @@ from typing import Optional
 import torch
 
 from . import counters as counter_pool
+from . import pdl as pdl_launch
 
 BLOCK_N = 64  # slots per inner step: a [64, head_dim] tile of keys and of values
 MAX_SPLIT_LEN = 2048  # a split's mask is read in one [SPLIT_LEN] vector
@@ -170,7 +171,11 @@ def _kernels():
                      stride_mb, stride_ms, stride_ob, stride_oh, stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
                      GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_N: tl.constexpr, SPLIT_LEN: tl.constexpr, HAS_MASK: tl.constexpr, DIRECT: tl.constexpr,
-                     PRECISION: tl.constexpr, FUSED: tl.constexpr, BLOCK_GC: tl.constexpr, BLOCK_S: tl.constexpr):
+                     PRECISION: tl.constexpr, FUSED: tl.constexpr, BLOCK_GC: tl.constexpr, BLOCK_S: tl.constexpr,
+                     PDL: tl.constexpr = False):
+        if PDL:  # launched with programmatic dependent launch (hf_tp.kernels.pdl): nothing touched before this
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         bh = tl.program_id(0)
         split = tl.program_id(1)
         b = (bh // kv_heads).to(tl.int64)  # 64-bit offsets: a large cache's batch stride times b passes 2**31
@@ -243,7 +248,11 @@ def _kernels():
     @triton.jit
     def decode_attention_reduce(part_o_ptr, part_lse_ptr, out_ptr, num_splits, q_heads, stride_pb, stride_ph, stride_ps,
                       stride_lb, stride_lh, stride_ob, stride_oh,
-                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr):
+                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK: tl.constexpr,
+                      PDL: tl.constexpr = False):
+        if PDL:  # as in decode_attention_split
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         pid = tl.program_id(0)
         b = (pid // q_heads).to(tl.int64)
         head = (pid % q_heads).to(tl.int64)
@@ -334,6 +343,7 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
     block_d = max(16, triton.next_power_of_2(head_dim))
     block_s = max(16, triton.next_power_of_2(num_splits))
     fused = counters is not None
+    pdl = pdl_launch.launch_args(query.device)  # programmatic dependent launch, where on
     decode_attention_split[(batch * kv_heads, num_splits)](
         query, key, value, mask, out, part_o, part_lse, counters if fused else out, float(scale), slots, kv_heads,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
@@ -344,11 +354,12 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
         # fp32 models: full-precision products (the default would round the operands to tf32)
         PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         FUSED=fused, BLOCK_GC=triton.next_power_of_2(group) if fused else 1,
-        BLOCK_S=triton.next_power_of_2(num_splits) if fused else 1, num_warps=num_warps, num_stages=num_stages)
+        BLOCK_S=triton.next_power_of_2(num_splits) if fused else 1, num_warps=num_warps, num_stages=num_stages,
+        **pdl)
     if not direct and not fused:
         decode_attention_reduce[(batch * q_heads,)](
             part_o, part_lse, out, num_splits, q_heads, *part_strides, out.stride(0), out.stride(2),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=block_s, CHUNK=REDUCE_CHUNK, num_warps=4)
+            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=block_s, CHUNK=REDUCE_CHUNK, num_warps=4, **pdl)
     return out
 
 

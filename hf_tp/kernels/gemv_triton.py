@@ -52,6 +52,7 @@ import triton
 import triton.language as tl
 
 from . import counters as counter_pool
+from . import pdl as pdl_launch
 from .gemv_table import TABLE as _MEASURED
 
 
@@ -113,9 +114,9 @@ def _gemv_math(acc3, xv, w, s, SCALE: tl.constexpr):
 
 @triton.jit
 def _after_previous_kernel(PDL: tl.constexpr):
-    """With PDL (a kernel launched with programmatic dependent launch, ``PDL_LAUNCH``): wait until the kernel
-    before it on the stream has finished and its writes are visible, before this kernel reads or writes
-    anything; then let the next such kernel be placed on the SMs. Without PDL, nothing."""
+    """With PDL (launched with programmatic dependent launch, hf_tp.kernels.pdl): wait until the kernel before it
+    on the stream has finished and its writes are visible, before this kernel reads or writes anything; then let
+    the next such kernel be placed on the SMs. Without PDL, nothing."""
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
@@ -389,36 +390,6 @@ def pow2_at_most(n: int) -> int:
 FOLD_SPLIT = False
 MIN_COUNTERS = 65536  # output blocks the first counter buffer of a device holds (256 KB)
 
-# Programmatic dependent launch (Hopper and later): the GEMM kernels launched with ``launch_pdl``, so that their
-# programs are placed on the SMs while the kernel before them on the stream is still finishing; each waits for
-# that kernel (``_after_previous_kernel``) before it reads or writes memory. What it can save is the launch
-# latency between two kernels, at most a microsecond or two each (inside a CUDA graph too). Off until measured on
-# a GPU (benchmarks flip it).
-PDL_LAUNCH = False
-
-
-@functools.cache
-def _pdl_supported(device_index: int) -> bool:
-    """This Triton launches with PDL (its CUDA options have ``launch_pdl`` and its language the wait) and the GPU
-    is a Hopper or later. Not in Triton's interpreter, which has no such launch."""
-    try:
-        import triton.language.extra.cuda as cuda_language
-        from triton.backends.nvidia.compiler import CUDAOptions
-    except ImportError:
-        return False
-    fields = getattr(CUDAOptions, "__dataclass_fields__", {})
-    return (hasattr(cuda_language, "gdc_wait") and "launch_pdl" in fields
-            and torch.cuda.get_device_capability(device_index)[0] >= 9)
-
-
-def pdl_launch_args(device: torch.device) -> dict:
-    """The extra launch arguments of a decode GEMM kernel on ``device``: PDL on where ``PDL_LAUNCH`` asks and the
-    device and Triton support it, else none."""
-    if not PDL_LAUNCH or device.type != "cuda":
-        return {}
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return {"PDL": True, "launch_pdl": True} if _pdl_supported(index) else {}
-
 # The folded sum's counters, one int32 per output block, per device (hf_tp.kernels.counters: zero between calls).
 _COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
 
@@ -503,7 +474,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         counters = _counters(x2.device, triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(M, block_m))
     fold = counters is not None
     c = counters if fold else x2  # never read without FOLD
-    pdl = pdl_launch_args(x2.device)
+    pdl = pdl_launch.launch_args(x2.device)  # programmatic dependent launch, where on (hf_tp.kernels.pdl)
     if path == "gemv":
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), splits)
         _gemv_kernel[grid](x2, weight, s, b, dest, out, c, N, K, G, group_k, k_offset, k_split, weight.stride(0),
