@@ -64,9 +64,14 @@ call2)
   wait
   ;;
 call3)
-  HF_TP_FAST_DECODE=1 HF_TP_ALLREDUCE=one_shot step oneshot 150 $BENCH --batches 1,8 --systems hf_tp --timeout 150 --json "$OUT/bench_8b_one_shot.json"
-  HF_TP_FAST_DECODE=1 step profile 90 $BENCH --batches 1 --systems hf_tp --profile --timeout 90 --json "$OUT/bench_8b_profile.json"
-  HF_TP_FAST_DECODE=1 step fp8 150 $BENCH --weights fp8-channel --batches 1,8 --systems hf_tp --timeout 150 --json "$OUT/bench_8b_fp8c.json"
+  # needs /root/ck/llama3-8b-bfloat16 from call 1 (same warm machine)
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  ROW="-m hf_tp.bench.run_system --system hf_tp --mode compile --tp-size 2"
+  TP2="python3 -m torch.distributed.run --standalone --nproc-per-node 2"
+  HF_TP_ALLREDUCE=one_shot step oneshot 150 $TP2 $ROW --model $CK/llama3-8b-bfloat16 --batches 1,8 --out "$OUT/e2e.jsonl"
+  step profile 120 $TP2 $ROW --model $CK/llama3-8b-bfloat16 --batches 1 --profile 64 --out "$OUT/e2e_profile.jsonl"
+  wait
+  step fp8 150 $TP2 $ROW --model $CK/llama3-8b-fp8-channel --batches 1,8 --out "$OUT/e2e.jsonl"
   step baselines 200 $BENCH --batches 1,8 --systems transformers,transformers_tp --timeout 200 --json "$OUT/bench_8b_transformers.json"
   ;;
 esac
