@@ -238,16 +238,19 @@ def load_rank_model(args):
 
 
 def rank_main(args):
-    from hf_tp.bench import dump_stacks_if_hung
+    from hf_tp.bench import dump_stacks_periodically
 
-    dump_stacks_if_hung()  # HF_TP_DUMP_AFTER (device runs): a rank that hangs prints where it waits
+    dump_stacks_periodically()  # HF_TP_DUMP_AFTER (device runs): a rank that hangs shows where it waits
     model, device = load_rank_model(args)
     work = torch.load(args.rank_in)  # the exact inputs the references saw, from the parent
     result = run_model(model, device, work, args.new_tokens, timed=True)
     result["load_s"] = model.hf_tp_load_stats.seconds
     if int(os.environ["RANK"]) == 0:
         torch.save(result, args.rank_out)
+    # printed, so that a hang shows whether it was in the decoding or in the destroy (the loop's graphs alive)
+    print(f"rank {os.environ['RANK']}: decoded; destroy_process_group", flush=True)
     torch.distributed.destroy_process_group()
+    print(f"rank {os.environ['RANK']}: destroyed", flush=True)
 
 
 def run_tp(args, work: dict) -> dict:

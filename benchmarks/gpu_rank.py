@@ -15,9 +15,9 @@ def load_rank_model(folder: str, dtype=torch.bfloat16):
     from hf_tp.auto import init_spmd_group, load_parallel_model
     from hf_tp.parallel.comm import TPGroup
 
-    from hf_tp.bench import dump_stacks_if_hung
+    from hf_tp.bench import dump_stacks_periodically
 
-    dump_stacks_if_hung()  # a hang shows where every rank's Python is, then exits
+    dump_stacks_periodically()  # a hang shows where every rank's Python is
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     torch.cuda.set_device(device)

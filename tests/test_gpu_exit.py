@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -23,6 +24,8 @@ for _ in range(2):  # the second call replays the graph the first captured
     out = model.generate(ids, max_new_tokens=24, do_sample=False)
 assert model._hf_tp_static_decoder.use_graphs, "the loop did not capture: this test would prove nothing"
 print("LAST_GENERATE_DONE", flush=True)
+import faulthandler
+faulthandler.dump_traceback_later(20, exit=True)  # a rank still here after 20 s prints where it waits, and ends
 if sys.argv[2] == "own-destroy":  # a script that ends with its own destroy_process_group() (teardown.guard_destroy)
     torch.distributed.destroy_process_group()
 """
@@ -39,15 +42,22 @@ def test_torchrun_script_with_captured_nccl_exits_within_10_s(tiny_checkpoint, t
                              str(script), str(path), ending], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env)
     lines, done_at = [], []
-    try:
+
+    def read():  # in a thread, so that the deadline below holds even while no rank prints
         for line in proc.stdout:
             lines.append(line)
             if "LAST_GENERATE_DONE" in line:
                 done_at.append(time.monotonic())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
         proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        reader.join(5)
+        pytest.fail("the script did not end within 300 s:\n" + "".join(lines[-60:]))
     end = time.monotonic()
+    reader.join(5)
     assert proc.returncode == 0 and len(done_at) == 2, "".join(lines[-40:])
     assert end - max(done_at) < 10, f"ranks took {end - max(done_at):.1f} s to exit after their last generate"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
 from conftest import run_ranks
 
 
@@ -34,7 +35,7 @@ def test_graphs_released_before_the_group_is_destroyed():
         assert out["outcome"] == "destroyed" and not out["initialized_after"]
 
 
-def user_destroys_the_group():
+def user_destroys_the_group(failing_release: bool):
     import torch.distributed as dist
 
     from hf_tp.parallel import teardown
@@ -48,17 +49,29 @@ def user_destroys_the_group():
 
     owner = Owner()
     teardown.register_graph_owner(owner)
+    teardown.guard_destroy()  # a second registration or call wraps nothing twice
+    dist.destroy_process_group(dist.new_group([0, 1]))  # a subgroup: not the communicator the graphs hold
+    after_subgroup = list(seen)
+    if failing_release:  # a release that raises (a CUDA error, say): the destroy asked for happens all the same
+        def fail():
+            raise RuntimeError("injected release failure")
+
+        teardown.release_graphs = fail
     dist.destroy_process_group()  # what a torchrun script's last line often is, hf_tp's exit teardown not yet run
-    return {"seen": seen, "initialized_after": dist.is_initialized(),
-            "c10d_wrapped_too": dist.distributed_c10d.destroy_process_group is dist.destroy_process_group}
+    return {"seen": seen, "after_subgroup": after_subgroup, "initialized_after": dist.is_initialized(),
+            "c10d_wrapped_too": dist.distributed_c10d.destroy_process_group is dist.destroy_process_group,
+            # the wrapper wraps torch's own function, not another wrapper
+            "wrapped_once": not hasattr(dist.destroy_process_group.hf_tp_unguarded, "hf_tp_unguarded")}
 
 
-def test_a_scripts_own_destroy_process_group_releases_the_graphs_first():
+@pytest.mark.parametrize("failing_release", [False, True], ids=["release", "release-fails"])
+def test_a_scripts_own_destroy_process_group_releases_the_graphs_first(failing_release):
     """NCCL waits for live graphs that hold its kernels: a script's own destroy_process_group() after decoding
-    with the loop must drop them first, as hf_tp's teardown at exit does."""
-    for out in run_ranks(user_destroys_the_group, 2):
-        assert out["seen"] == [("released with the group alive", True)]
-        assert not out["initialized_after"] and out["c10d_wrapped_too"]
+    with the loop must drop them first, as hf_tp's teardown at exit does; a subgroup's destroy leaves them."""
+    for out in run_ranks(user_destroys_the_group, 2, failing_release):
+        assert out["after_subgroup"] == []
+        assert out["seen"] == ([] if failing_release else [("released with the group alive", True)])
+        assert not out["initialized_after"] and out["c10d_wrapped_too"] and out["wrapped_once"]
 
 
 def leave_without_peer(marker: str):

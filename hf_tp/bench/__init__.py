@@ -23,14 +23,14 @@ from pathlib import Path
 from ..config import DEFAULT_WORKER_ENV
 
 
-def dump_stacks_if_hung() -> None:
-    """Device runs: with HF_TP_DUMP_AFTER=SECONDS set, every thread's Python stack is printed to stderr after that
-    many seconds and the process exits, so a rank stuck in a collective shows where it waits instead of being
-    killed silently by the call's timeout (faulthandler's timer runs outside the GIL)."""
+def dump_stacks_periodically() -> None:
+    """Device runs: with HF_TP_DUMP_AFTER=SECONDS set, every thread's Python stack is printed to stderr every that
+    many seconds, so a rank stuck in a collective shows where it waits before the call's timeout kills it
+    (faulthandler's timer runs outside the GIL). The process is not stopped: a slow run that is not stuck goes on."""
     if os.environ.get("HF_TP_DUMP_AFTER"):
         import faulthandler
 
-        faulthandler.dump_traceback_later(float(os.environ["HF_TP_DUMP_AFTER"]), exit=True)
+        faulthandler.dump_traceback_later(float(os.environ["HF_TP_DUMP_AFTER"]), repeat=True)
 
 
 def plan_runs(tp_size: int, device: str, smoke: bool, systems: list[str],

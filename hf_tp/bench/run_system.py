@@ -150,9 +150,9 @@ def _step_bytes(model, bytes_per_gpu: float, sequences, prompt_len: int) -> tupl
 
 
 def main() -> int:
-    from . import dump_stacks_if_hung
+    from . import dump_stacks_periodically
 
-    dump_stacks_if_hung()
+    dump_stacks_periodically()
     parser = argparse.ArgumentParser()
     parser.add_argument("--system", required=True)
     parser.add_argument("--mode", default="eager", help="eager | compile (static cache + torch.compile)")

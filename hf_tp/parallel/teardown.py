@@ -12,8 +12,8 @@ runs the steps in the order that cannot hang:
      aborted (``_abort_process_group``), which returns whatever NCCL is waiting for.
 
 A script that calls ``torch.distributed.destroy_process_group()`` itself (common at the end of torchrun scripts)
-would reach NCCL before step 1: ``guard_destroy`` (installed when the first graph owner registers) wraps that
-function so that it releases the graphs first.
+would reach NCCL before step 1: ``guard_destroy`` (installed when a graph owner registers in a process of a group
+of several ranks) wraps that function so that it releases the graphs first.
 
 The barrier waits up to ``barrier_timeout_s`` for the slowest rank, the destroy up to ``destroy_timeout_s``;
 when nothing is wrong both return at once (world size 1 on an H200: 2.4 s including the graph release and
@@ -40,35 +40,43 @@ _graph_owners: "weakref.WeakSet" = weakref.WeakSet()
 
 def register_graph_owner(owner) -> None:
     """``owner.release_graphs()`` will be called before the process group is destroyed: by hf_tp's own teardown
-    at exit, and by ``torch.distributed.destroy_process_group`` called from user code (``guard_destroy``)."""
+    at exit, and, in a process of a group of several ranks, by ``torch.distributed.destroy_process_group`` called
+    from user code (``guard_destroy``)."""
     _graph_owners.add(owner)
-    guard_destroy()
-
-
-_unguarded_destroy = None  # torch's own destroy_process_group, once guard_destroy() has wrapped it
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        guard_destroy()
 
 
 def guard_destroy() -> None:
-    """Wrap ``torch.distributed.destroy_process_group`` (once) so that it releases every registered owner's
-    graphs before destroying a group: NCCL waits for live graphs that hold its kernels (the module docstring). On
-    2 x H200 (2026-12-04, benchmarks/RESULTS.md) benchmarks/gpu_check.py, whose ranks call it themselves after
-    decoding with the loop at tp 2, never finished, while a script that left the teardown to hf_tp exited in 3 s.
-    Releasing costs nothing the model needs: the loop captures again on its next call. A
-    script that bound the function by name before hf_tp registered a graph owner (``from torch.distributed import
-    destroy_process_group`` at its top) calls the unwrapped one; hf_tp's exit teardown still releases first."""
-    global _unguarded_destroy
-    if _unguarded_destroy is not None:
+    """Wrap ``torch.distributed.destroy_process_group`` (once) so that destroying the default group first releases
+    every registered owner's graphs: NCCL waits for live graphs that hold its kernels (the module docstring). The
+    suspected hang of benchmarks/gpu_check.py's ranks, which call it themselves after decoding with the loop at tp 2
+    (2 x H200, 2026-12-04, benchmarks/RESULTS.md). Releasing costs nothing the model needs: the loop captures again
+    on its next call. If the release fails (a CUDA error), the group is destroyed all the same. A script that bound
+    the function by name before a graph owner registered (``from torch.distributed import destroy_process_group``
+    at its top) calls the unwrapped one; hf_tp's exit teardown still releases first."""
+    current = dist.destroy_process_group
+    if getattr(current, "hf_tp_unguarded", None) is not None:  # wrapped already (also across a module reload)
         return
-    original = dist.destroy_process_group
 
-    @functools.wraps(original)
-    def destroy_process_group(*args, **kwargs):
-        release_graphs()
-        return original(*args, **kwargs)
+    @functools.wraps(current)
+    def destroy_process_group(group=None, *args, **kwargs):
+        if group is None or group is dist.GroupMember.WORLD:  # a subgroup's communicator is not the graphs'
+            try:
+                release_graphs()
+            except Exception as exc:  # noqa: BLE001 - the destroy asked for still happens
+                logger.warning("hf_tp: releasing CUDA graphs before destroy_process_group failed (%s: %s)",
+                               type(exc).__name__, exc)
+        return current(group, *args, **kwargs)
 
-    _unguarded_destroy = original
+    destroy_process_group.hf_tp_unguarded = current
     dist.destroy_process_group = destroy_process_group
     dist.distributed_c10d.destroy_process_group = destroy_process_group
+
+
+def _unguarded_destroy():
+    """torch's own destroy_process_group, whether or not guard_destroy wrapped it."""
+    return getattr(dist.destroy_process_group, "hf_tp_unguarded", dist.destroy_process_group)
 
 
 def release_graphs() -> int:
@@ -125,7 +133,7 @@ def shutdown_group(barrier_timeout_s: float = 10.0, destroy_timeout_s: float = 5
     if not _bounded(lambda: _barrier(barrier_timeout_s), barrier_timeout_s + 1):
         logger.warning("hf_tp: the other ranks did not reach the exit barrier within %.0f s; leaving without them.",
                        barrier_timeout_s)
-    if _bounded(_unguarded_destroy or dist.destroy_process_group, destroy_timeout_s):  # released above
+    if _bounded(_unguarded_destroy(), destroy_timeout_s):  # the graphs were released above
         return "destroyed"
     logger.warning("hf_tp: destroy_process_group did not return within %.0f s; aborting the process group.",
                    destroy_timeout_s)
