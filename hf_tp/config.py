@@ -30,6 +30,7 @@ ENV_OVERRIDES = {
     "HF_TP_MOE_DECODE": "moe_decode",
     "HF_TP_DECODE_ATTENTION": "decode_attention",
     "HF_TP_DECODE_GEMM": "decode_gemm",
+    "HF_TP_PDL": "pdl",
     "HF_TP_FP8_WEIGHTS": "fp8_weights",
     "HF_TP_WEIGHTS": "weights",
 }
@@ -90,6 +91,13 @@ class TPConfig:
         layers have their own kernel (fp8_weights). Default: DECODE_GEMM_DEFAULT above ("triton", measured faster on an
         H200) on CUDA with Triton importable, "cublas" elsewhere. "triton" needs CUDA (compute capability 8.0+; a rank whose GPU is older
         falls back to "cublas" at load and shows it) and Triton, or TRITON_INTERPRET=1 on CPU (tests).
+      pdl: programmatic dependent launch in the decode loop (Hopper and later): hf_tp's decode kernels (the GEMMs,
+        decode attention) and the kernels Inductor generates for the compiled step (where this torch has
+        ``torch._inductor.config.triton.enable_pdl``) are launched so that a kernel is placed on the GPU while the
+        one before it finishes, and waits for its results there (hf_tp/kernels/pdl.py). Tokens are the same bits
+        either way. Default: on for CUDA (older GPUs, and Triton without the launch, run without it), off on CPU.
+        One H200, Llama-3-8B shape, batch 1: tp 1 219.4 -> 227.7 tok/s, rank of tp 2 364.4 -> 387.1, rank of tp 8
+        697.0 -> 787.8 (benchmarks/RESULTS.md, 2026-12-04, sixth session); either half alone was not faster.
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
       On CPU neither graphs nor a compiled step exist: resolve() sets cuda_graphs=False and allreduce="gloo"
@@ -145,6 +153,7 @@ class TPConfig:
     moe_decode: str | None = None
     decode_attention: str | None = None
     decode_gemm: str | None = None
+    pdl: bool | None = None
 
     def __new__(cls, *args, **kwargs):
         misplaced = [name for name in HANDLE_OPTIONS if name in kwargs]
@@ -223,6 +232,8 @@ class TPConfig:
                              f"(device {device_type!r}, Triton "
                              f"{'importable' if _triton_available() else 'not importable'}); use decode_gemm='cublas' "
                              "here.")
+        if config.pdl is None or device_type != "cuda":
+            filled["pdl"] = device_type == "cuda"
         if config.fp8_weights == "auto" and device_type != "cuda":  # CUDA: each rank decides for its GPU at load
             filled["fp8_weights"] = "dequantize"
         return dataclasses.replace(config, **filled)

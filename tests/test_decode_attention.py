@@ -564,7 +564,7 @@ def test_decode_loop_bf16_with_kernel_matches_sdpa_loop(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch):
-    """hf_tp.kernels.pdl.PDL_LAUNCH: the split kernel and the reduce kernel wait for the kernel before them, so the
+    """hf_tp.kernels.pdl (TPConfig.pdl): the split kernel and the reduce kernel wait for the kernel before them, so the
     fused and the two-kernel paths, each right after a kernel that writes the query, give the bits they give
     without PDL, eagerly and replayed from a CUDA graph."""
     import hf_tp.kernels.decode_attention as kernel
@@ -587,7 +587,7 @@ def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch):
 
     results = {}
     for on in (False, True):
-        monkeypatch.setattr(pdl, "PDL_LAUNCH", on)
+        monkeypatch.setattr(pdl, "_ACTIVE", on)
         assert bool(pdl.launch_args(base.device)) is on, "this GPU and Triton should launch with PDL"
         scale.fill_(1.0)
         eager = [t.clone() for t in both()]

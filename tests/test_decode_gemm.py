@@ -186,12 +186,19 @@ def test_kernels_compile_for_hopper():
         ("PDL dot fp8 block in fp16, split", gt._gemv_dot_kernel, dict(fp8, o_ptr="*fp32"),
          dict(SCALE=2, SPLIT=True, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
               PDL=True), 4, 4),
+        # with the weights' first lines asked of L2 before the wait (gemv_triton.PREFETCH_WEIGHTS)
+        ("PDL prefetch gemv bf16", gt._gemv_kernel, dense,
+         dict(gemv_base, SCALE=0, BLOCK_N=8, NV=64, VEC=8, STAGES=1, PDL=True, PREFETCH=64, LINE=64), 4, 1),
+        ("PDL prefetch dot fp8 block in fp16, split", gt._gemv_dot_kernel, dict(fp8, o_ptr="*fp32"),
+         dict(SCALE=2, SPLIT=True, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
+              PDL=True, PREFETCH=32, LINE=128), 4, 4),
         ("PDL split reduce", gt._gemv_split_reduce,
          {"ws_ptr": "*fp32", "s_ptr": "*fp32", "b_ptr": "*bf16", "o_ptr": "*bf16"},
          dict(SCALE=0, HAS_BIAS=False, BLOCK=1024, PDL=True), 4, 1),
     ]
     for name, kernel, pointers, constexprs, warps, stages in cases:
-        constexprs = {"PDL": False, **constexprs}  # ASTSource does not fill a constexpr's default in
+        defaults = {"PDL": False, "PREFETCH": 0, "LINE": 64}  # ASTSource does not fill a constexpr's default in
+        constexprs = {**{k: v for k, v in defaults.items() if k in kernel.arg_names}, **constexprs}
         try:
             built = _hopper_build(kernel, pointers, constexprs, warps, stages)
         except (TypeError, AttributeError) as exc:  # another Triton's compile API: nothing to check here
@@ -204,6 +211,11 @@ def test_kernels_compile_for_hopper():
             assert "LDG.E.128" in sass or "LDGSTS.E.BYPASS.128" in sass, name
         # griddepcontrol.wait and .launch_dependents in SASS: only where PDL asks for them
         assert ("ACQBULK" in sass and "PREEXIT" in sass) is name.startswith("PDL"), name
+        # prefetch.global.L2 (CCTL.E.PF2), all of them before the wait (ACQBULK)
+        if name.startswith("PDL prefetch"):
+            assert "CCTL.E.PF2" in sass and sass.rindex("CCTL.E.PF2") < sass.index("ACQBULK"), name
+        else:
+            assert "CCTL.E.PF2" not in sass, name
 
 
 # ------------------------------------------------------------------------------------------------ CPU: the loop
@@ -486,9 +498,10 @@ def test_kernels_run_where_compiled_or_captured_only():
 @pytest.mark.gpu
 @needs_gpu
 def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch):
-    """hf_tp.kernels.pdl.PDL_LAUNCH: each GEMM kernel waits for the kernel before it (gdc_wait) before touching memory,
-    so a chain of them, an Inductor kernel between, gives the bits it gives without PDL: eagerly and replayed from
-    a CUDA graph on new inputs, at M = 1 (the GEMV, one shape with a split of K and its reduce) and M = 4 (tl.dot)."""
+    """hf_tp.kernels.pdl (TPConfig.pdl): each GEMM kernel waits for the kernel before it (gdc_wait) before touching
+    memory, so a chain of them, an Inductor kernel between (compiled with Inductor's own PDL when on), gives the bits
+    it gives without PDL: eagerly and replayed from a CUDA graph on new inputs, at M = 1 (the GEMV, one shape with a
+    split of K and its reduce) and M = 4 (tl.dot)."""
     from hf_tp.kernels import pdl as pdl_module
     from hf_tp.kernels.decode_gemm import decode_linear
 
@@ -507,12 +520,13 @@ def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch):
         inputs = [torch.randn(M, 4096, device="cuda", generator=g).bfloat16() for _ in range(3)]
         results = {}
         for pdl in (False, True):
-            monkeypatch.setattr(pdl_module, "PDL_LAUNCH", pdl)
+            monkeypatch.setattr(pdl_module, "_ACTIVE", pdl)
             assert bool(pdl_module.launch_args(inputs[0].device)) is pdl, "this GPU and Triton should launch with PDL"
             eager = [step(x).clone() for x in inputs]
             torch._dynamo.reset()
             static = inputs[0].clone()
-            graph, out = capture_graph(torch.compile(step, fullgraph=True, dynamic=False), static)
+            compiled = torch.compile(step, fullgraph=True, dynamic=False, options=pdl_module.inductor_options(pdl) or None)
+            graph, out = capture_graph(compiled, static)
             replayed = []
             for x in inputs:
                 static.copy_(x)

@@ -284,11 +284,17 @@ def test_fp16_form_at_its_measured_shapes(M):
             static.copy_(make(M, 1, K, group_k, 0, device="cuda", seed=seed)[0])
             graph.replay()
             assert torch.equal(out, step(static)), (group_k, seed)
-        # a dynamic-shape trace (a plain torch.compile of a model): the decision takes no symbolic row count
-        dyn = torch.compile(step, fullgraph=True, dynamic=True)
-        for rows in (M, M + 2):
-            t = make(rows, 1, K, group_k, 0, device="cuda", seed=rows)[0]
-            assert rel_err(dyn(t), t * 2, w, s, group_k, 0, b) < TOL, (group_k, rows)
+        # dynamic-shape traces: of a module (its parameters keep static shapes: the copy is decided while tracing,
+        # from the weight's shape alone, with a symbolic row count) and of the function (the weight's shape is
+        # symbolic too: the launcher makes the copy)
+        layer = torch.nn.Module()
+        layer.w, layer.s = (torch.nn.Parameter(t, requires_grad=False) for t in (w, s))
+        by_module = torch.compile(lambda t: fp8_linear(t * 2, layer.w, layer.s, group_k, 0, b), fullgraph=True,
+                                  dynamic=True)
+        for dyn in (by_module, torch.compile(step, fullgraph=True, dynamic=True)):
+            for rows in (M, M + 2):
+                t = make(rows, 1, K, group_k, 0, device="cuda", seed=rows)[0]
+                assert rel_err(dyn(t), t * 2, w, s, group_k, 0, b) < TOL, (group_k, rows)
 
 
 @pytest.mark.gpu

@@ -3,7 +3,10 @@ from torch.profiler, against the wall time per token.
 
 A generate of N tokens is profiled, then one of 1 token (prefill and setup only); the difference divided by
 N - 1 is the decode steps' own kernel time. "gaps" is wall time per token minus kernel time: launch gaps,
-host work, and (in the captured step) the time between graph nodes.
+host work, and (in the captured step) the time between graph nodes. With programmatic dependent launch
+(TPConfig.pdl, the default on CUDA) a kernel starts while the one before it finishes and waits for it on the GPU:
+kernel times then overlap and include that wait, so the kinds add up to more than the wall time and "gaps" can be
+negative. Profile with ``pdl=False`` (HF_TP_PDL=0) for a breakdown whose parts add up.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ def profile_lines(row: dict) -> list[str]:
     for kind in ORDER:
         lines.append(f"  {kind:<16}{prof['us_per_token'][kind] / 1e3:9.3f} ms")
     lines.append(f"  {'gaps':<16}{prof['gaps_us'] / 1e3:9.3f} ms  (wall minus kernels)")
+    if prof["gaps_us"] < 0:
+        lines.append("  (kernel times overlap: programmatic dependent launch; HF_TP_PDL=0 for parts that add up)")
     for us, calls, kind, name in prof["top"]:
         lines.append(f"    {us:9.1f} us {calls:6.1f} calls  [{kind}] {name}")
     return lines

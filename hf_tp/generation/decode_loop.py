@@ -39,6 +39,7 @@ from ..compat import (cache_argument_name, default_generation_params, flash_atte
                       logits_process, prepare_generation_config, repetition_penalty_ignores_left_padding,
                       rewind_static_cache, static_cache, unsupported_cache)
 from ..faults import injected_fault
+from ..kernels import pdl
 from ..kernels.decode_gemm import decode_loop_calls
 
 logger = logging.getLogger("hf_tp")
@@ -555,6 +556,7 @@ class StaticDecoder:
 
         self.model, self.tp, self.device, self.use_graphs = model, tp, tp.device, use_graphs
         self.config = config or TPConfig()  # the all-reduce options of the compiled step
+        self._pdl = self.device.type == "cuda" and self.config.pdl is not False  # None: the CUDA default
         self.cache_argument = cache_argument_name(model)
         self.sessions: OrderedDict[tuple[int, int], _Session] = OrderedDict()
         self._compiled = None
@@ -589,6 +591,7 @@ class StaticDecoder:
 
             options = decode_compile_options(self.tp, self.config.allreduce, self.config.one_shot_max_kb)
             self._one_shot = bool(options)
+            options.update(pdl.inductor_options(self._pdl))
             # Only tests warm the step up on CPU (there is no graph to capture): Dynamo traces it whole,
             # as on CUDA, and runs it without Inductor's C++ build.
             backend = "inductor" if self.device.type == "cuda" else "eager"
@@ -614,7 +617,8 @@ class StaticDecoder:
     def generate(self, request: DecodeRequest) -> torch.Tensor:
         # hf_tp's decode kernels serve the loop's steps, eager ones included (hf_tp.kernels.decode_gemm.
         # launch_context_pays): the same kernels, and the same bits, with or without graphs
-        with decode_loop_calls():
+        # and, with TPConfig.pdl, launched with programmatic dependent launch (hf_tp.kernels.pdl)
+        with decode_loop_calls(), pdl.launching(self._pdl):
             return self._generate(request)
 
     def _generate(self, request: DecodeRequest) -> torch.Tensor:

@@ -123,16 +123,34 @@ def _after_previous_kernel(PDL: tl.constexpr):
 
 
 @triton.jit
+def _prefetch_weight_rows(w_ptr, rn, N, stride_wn, k_lo, k_hi, LINES: tl.constexpr, LINE: tl.constexpr):
+    """Ask L2 for the first LINES lines (LINE elements, 128 bytes, each) of this program's weight rows within its
+    K range, without waiting for them. Called before the PDL wait: the weights are written by no kernel of the
+    step, so their read can start while the kernel before is still finishing (the DRAM is idle then: those
+    kernels are short and latency-bound), and the loop's first loads find them in L2. Rows past N and lines
+    past the range ask for a line already asked for."""
+    rows = tl.minimum(rn, N - 1)
+    cols = k_lo + tl.minimum(tl.arange(0, LINES) * LINE, k_hi - k_lo - 1)
+    ptrs = w_ptr + rows[:, None].to(tl.int64) * stride_wn + cols[None, :]
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, N, K, G, group_k, k_offset, k_split, stride_wn,
                  stride_sn, stride_os, SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, SPLIT: tl.constexpr,
                  FOLD: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
                  BLOCK_N: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
-                 PDL: tl.constexpr = False):
+                 PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0, LINE: tl.constexpr = 64):
     BLOCK_K: tl.constexpr = NV * VEC
-    _after_previous_kernel(PDL)
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_lo = pid_s * k_split
+    k_hi = tl.minimum(k_lo + k_split, K)
+    if PREFETCH > 0:
+        _prefetch_weight_rows(w_ptr, rn, N, stride_wn, k_lo, k_hi, PREFETCH, LINE)
+    _after_previous_kernel(PDL)
     rv = tl.arange(0, NV)
     kk = rv[:, None] * VEC + tl.arange(0, VEC)[None, :]  # (NV, VEC): column within the step
     kv = tl.broadcast_to(rv[:, None] * VEC, (NV, VEC))  # the column its vector starts at, same across the vector
@@ -141,8 +159,6 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, N, K, G, group
     x_rows = tl.zeros((BLOCK_N, 1, 1), dtype=tl.int32)
     s_rows = s_ptr + rn[:, None, None].to(tl.int64) * stride_sn
     acc3 = tl.zeros((BLOCK_N, NV, VEC), dtype=tl.float32)
-    k_lo = pid_s * k_split
-    k_hi = tl.minimum(k_lo + k_split, K)
     if STAGES == 0:
         # the next step's loads issued before this step's math, in registers: every row's loads of a step are
         # in flight together (without this the compiler may issue a row's loads only after the previous row's
@@ -224,21 +240,24 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, M
                      k_split, stride_xm, stride_wn, stride_sn, stride_os, stride_om,
                      SCALE: tl.constexpr, SPLIT: tl.constexpr, FOLD: tl.constexpr, HAS_BIAS: tl.constexpr,
                      EVEN_K: tl.constexpr, MMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
-    _after_previous_kernel(PDL)
+                     BLOCK_K: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
+                     LINE: tl.constexpr = 64):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_lo = pid_s * k_split
+    k_hi = tl.minimum(k_lo + k_split, K)
+    if PREFETCH > 0:
+        _prefetch_weight_rows(w_ptr, rn, N, stride_wn, k_lo, k_hi, PREFETCH, LINE)
+    _after_previous_kernel(PDL)
     rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
     n_ok = rn < N
     x_rows = x_ptr + rm[:, None].to(tl.int64) * stride_xm
     w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_wn
     s_rows = s_ptr + rn.to(tl.int64) * stride_sn
-    k_lo = pid_s * k_split
-    k_hi = tl.minimum(k_lo + k_split, K)
     if MMA == 1:  # the activations' fp16 copy (same strides)
         steps_rows = x16_ptr + rm[:, None].to(tl.int64) * stride_xm
     else:
@@ -388,6 +407,11 @@ def pow2_at_most(n: int) -> int:
 # Splits of K summed inside the GEMM (``_fold_splits``) instead of by ``_gemv_split_reduce``: off until measured on a
 # GPU (benchmarks flip it; a config's "FOLD" overrides it).
 FOLD_SPLIT = False
+# With PDL, each GEMM program asks L2 for the start of its weight rows before it waits for the kernel before it
+# (``_prefetch_weight_rows``): at most PREFETCH_MAX_LINES 128-byte lines per program. Benchmarks flip it off to
+# measure what it gives.
+PREFETCH_WEIGHTS = True
+PREFETCH_MAX_LINES = 2048
 MIN_COUNTERS = 65536  # output blocks the first counter buffer of a device holds (256 KB)
 
 # The folded sum's counters, one int32 per output block, per device (hf_tp.kernels.counters: zero between calls).
@@ -475,6 +499,13 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     fold = counters is not None
     c = counters if fold else x2  # never read without FOLD
     pdl = pdl_launch.launch_args(x2.device)  # programmatic dependent launch, where on (hf_tp.kernels.pdl)
+    if pdl and PREFETCH_WEIGHTS:  # the weights' first lines asked of L2 before the wait (_prefetch_weight_rows)
+        line = 128 // weight.element_size()
+        lines = min(triton.next_power_of_2(triton.cdiv(k_split, line)),
+                    max(1, pow2_at_most(PREFETCH_MAX_LINES // cfg["BLOCK_N"])))
+        gemm_pdl = dict(pdl, PREFETCH=lines, LINE=line)
+    else:
+        gemm_pdl = pdl
     if path == "gemv":
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), splits)
         _gemv_kernel[grid](x2, weight, s, b, dest, out, c, N, K, G, group_k, k_offset, k_split, weight.stride(0),
@@ -482,7 +513,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                            HAS_BIAS=bias is not None,
                            EVEN_N=N % cfg["BLOCK_N"] == 0, EVEN_K=even_k, BLOCK_N=cfg["BLOCK_N"],
                            NV=block_k // vec, VEC=vec, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"],
-                           num_stages=max(1, cfg["num_stages"]), **pdl)
+                           num_stages=max(1, cfg["num_stages"]), **gemm_pdl)
     else:
         # "X16": FP8 weights with bf16 activations multiplied in fp16 (see _gemv_dot_kernel): FP8 widens to
         # fp16 in one instruction per pair, to bf16 only through fp32 at the GPU's slow conversion rate, and the
@@ -501,7 +532,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                           x2.stride(0), weight.stride(0), s.stride(0), M * N, N,
                           SCALE=mode, SPLIT=splits > 1, FOLD=fold, HAS_BIAS=bias is not None, EVEN_K=even_k,
                           MMA=mma, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
-                          num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl)
+                          num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **gemm_pdl)
     if splits > 1 and not fold:
         block = 1024
         _gemv_split_reduce[(triton.cdiv(M * N, block),)](dest, s, b, out, M * N, N, splits, s.stride(0),

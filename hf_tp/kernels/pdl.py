@@ -5,16 +5,42 @@ stream is still finishing (also inside a CUDA graph, where the launch becomes a 
 kernel starts with ``griddepcontrol.wait`` (Triton's ``tl.extra.cuda.gdc_wait``), which returns once the kernel
 before has finished and its writes are visible, so it reads and writes nothing earlier; then it lets the next
 kernel be placed (``gdc_launch_dependents``). What this can save is the launch latency between two kernels, a
-microsecond or two each. Off (``PDL_LAUNCH``) until measured on a GPU: benchmarks flip it.
+microsecond or two each. hf_tp's decode loop turns it on for its calls where ``TPConfig.pdl`` says so
+(:func:`launching`); Inductor's kernels of the compiled step get the same from its own ``triton.enable_pdl``
+option (:func:`inductor_options`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
 
-PDL_LAUNCH = False
+# Set by launching() around the decode loop's calls: the kernels launched (or captured) meanwhile use PDL.
+_ACTIVE = False
+
+
+@contextlib.contextmanager
+def launching(enabled: bool):
+    """hf_tp's decode kernels launched inside this block use PDL when ``enabled`` (and the device and Triton
+    support it); the previous setting comes back after it."""
+    global _ACTIVE
+    previous, _ACTIVE = _ACTIVE, bool(enabled)
+    try:
+        yield
+    finally:
+        _ACTIVE = previous
+
+
+def inductor_options(enabled: bool) -> dict:
+    """Inductor options that make the kernels it generates use PDL too: empty when not ``enabled`` or when this
+    torch has no such option."""
+    if not enabled:
+        return {}
+    import torch._inductor.config as inductor_config
+
+    return {"triton.enable_pdl": True} if hasattr(inductor_config.triton, "enable_pdl") else {}
 
 
 @functools.cache
@@ -33,8 +59,8 @@ def _supported(device_index: int) -> bool:
 
 def launch_args(device: torch.device) -> dict:
     """The extra launch arguments of a decode kernel on ``device`` (its ``PDL`` constexpr and Triton's
-    ``launch_pdl``): PDL where ``PDL_LAUNCH`` asks and the device and Triton support it, else none."""
-    if not PDL_LAUNCH or device.type != "cuda":
+    ``launch_pdl``): PDL inside :func:`launching` (True) where the device and Triton support it, else none."""
+    if not _ACTIVE or device.type != "cuda":
         return {}
     index = device.index if device.index is not None else torch.cuda.current_device()
     return {"PDL": True, "launch_pdl": True} if _supported(index) else {}
