@@ -95,9 +95,12 @@ class TPConfig:
         decode attention) and the kernels Inductor generates for the compiled step (where this torch has
         ``torch._inductor.config.triton.enable_pdl``) are launched so that a kernel is placed on the GPU while the
         one before it finishes, and waits for its results there (hf_tp/kernels/pdl.py). Tokens are the same bits
-        either way. Default: on for CUDA (older GPUs, and Triton without the launch, run without it), off on CPU.
-        One H200, Llama-3-8B shape, batch 1: tp 1 219.4 -> 227.7 tok/s, rank of tp 2 364.4 -> 387.1, rank of tp 8
-        697.0 -> 787.8 (benchmarks/RESULTS.md, 2026-12-04, sixth session); either half alone was not faster.
+        either way. Default: off (True needs CUDA; older GPUs, and Triton without the launch, run without it).
+        One H200, Llama-3-8B shape, batch 1, with both halves switched on for the whole process: tp 1 219.4 ->
+        227.7 tok/s, rank of tp 2 364.4 -> 387.1, rank of tp 8 697.0 -> 787.8; either half alone was not faster;
+        the first form wired to this option (Inductor's half as torch.compile options) measured 363.8 against
+        364.7 without (benchmarks/RESULTS.md, 2026-12-04, sixth session). The loop now sets Inductor's option
+        around each generate call, as the faster measurement did: on by default once that is measured.
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
       On CPU neither graphs nor a compiled step exist: resolve() sets cuda_graphs=False and allreduce="gloo"
@@ -233,7 +236,7 @@ class TPConfig:
                              f"{'importable' if _triton_available() else 'not importable'}); use decode_gemm='cublas' "
                              "here.")
         if config.pdl is None or device_type != "cuda":
-            filled["pdl"] = device_type == "cuda"
+            filled["pdl"] = False  # opt-in until the shipped form is measured faster (see the docstring)
         if config.fp8_weights == "auto" and device_type != "cuda":  # CUDA: each rank decides for its GPU at load
             filled["fp8_weights"] = "dequantize"
         return dataclasses.replace(config, **filled)

@@ -525,8 +525,8 @@ def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch):
             eager = [step(x).clone() for x in inputs]
             torch._dynamo.reset()
             static = inputs[0].clone()
-            compiled = torch.compile(step, fullgraph=True, dynamic=False, options=pdl_module.inductor_options(pdl) or None)
-            graph, out = capture_graph(compiled, static)
+            with pdl_module.inductor_launching(pdl):  # as the decode loop does around each generate call
+                graph, out = capture_graph(torch.compile(step, fullgraph=True, dynamic=False), static)
             replayed = []
             for x in inputs:
                 static.copy_(x)

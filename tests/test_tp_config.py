@@ -20,9 +20,9 @@ def test_defaults_resolve_per_device():
     # What applies on CPU, not the CUDA options (issue 20: a CPU model showed allreduce='nccl', cuda_graphs=True).
     assert (cpu.cuda_graphs, cpu.allreduce, cpu.pinned_load) == (False, "gloo", False)
     assert (cuda2.cuda_graphs, cuda2.allreduce, cuda2.pinned_load) == (True, "nccl", True)
-    assert (cpu.pdl, cuda1.pdl, cuda2.pdl) == (False, True, True)  # programmatic dependent launch: a CUDA launch
-    assert hf_tp.TPConfig(pdl=True).resolve("cpu", 2, environ={}).pdl is False
-    assert hf_tp.TPConfig().resolve("cuda", 1, environ={"HF_TP_PDL": "0"}).pdl is False
+    assert (cpu.pdl, cuda1.pdl, cuda2.pdl) == (False, False, False)  # programmatic dependent launch: opt-in
+    assert hf_tp.TPConfig(pdl=True).resolve("cpu", 2, environ={}).pdl is False  # a CUDA launch
+    assert hf_tp.TPConfig().resolve("cuda", 1, environ={"HF_TP_PDL": "1"}).pdl is True
     # Asked for or set by the environment, they still do not apply on CPU.
     asked = hf_tp.TPConfig(cuda_graphs=True, allreduce="one_shot", pinned_load=True)
     assert asked.resolve("cpu", 2, environ={"HF_TP_CUDA_GRAPHS": "1"}) == cpu

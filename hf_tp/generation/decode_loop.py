@@ -556,7 +556,7 @@ class StaticDecoder:
 
         self.model, self.tp, self.device, self.use_graphs = model, tp, tp.device, use_graphs
         self.config = config or TPConfig()  # the all-reduce options of the compiled step
-        self._pdl = self.device.type == "cuda" and self.config.pdl is not False  # None: the CUDA default
+        self._pdl = self.device.type == "cuda" and bool(self.config.pdl)  # TPConfig.pdl (off by default)
         self.cache_argument = cache_argument_name(model)
         self.sessions: OrderedDict[tuple[int, int], _Session] = OrderedDict()
         self._compiled = None
@@ -591,7 +591,6 @@ class StaticDecoder:
 
             options = decode_compile_options(self.tp, self.config.allreduce, self.config.one_shot_max_kb)
             self._one_shot = bool(options)
-            options.update(pdl.inductor_options(self._pdl))
             # Only tests warm the step up on CPU (there is no graph to capture): Dynamo traces it whole,
             # as on CUDA, and runs it without Inductor's C++ build.
             backend = "inductor" if self.device.type == "cuda" else "eager"
@@ -618,7 +617,7 @@ class StaticDecoder:
         # hf_tp's decode kernels serve the loop's steps, eager ones included (hf_tp.kernels.decode_gemm.
         # launch_context_pays): the same kernels, and the same bits, with or without graphs
         # and, with TPConfig.pdl, launched with programmatic dependent launch (hf_tp.kernels.pdl)
-        with decode_loop_calls(), pdl.launching(self._pdl):
+        with decode_loop_calls(), pdl.launching(self._pdl), pdl.inductor_launching(self._pdl):
             return self._generate(request)
 
     def _generate(self, request: DecodeRequest) -> torch.Tensor:

@@ -144,10 +144,9 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group
     precise than the eager one, never of another range."""
     _check(x, weight, scale, group_k, k_offset, bias)
     x16 = None
-    # A trace where the weight's shape is symbolic (dynamic=True on a function given plain tensors; a model's
-    # parameters keep static shapes) leaves the copy to the launcher: the decision needs the shape as numbers.
-    static_shape = all(isinstance(d, int) for d in (*weight.shape, scale.shape[1]))
-    if (torch.compiler.is_compiling() and x.is_cuda and x.dtype == torch.bfloat16 and static_shape
+    # Under a dynamic-shape trace the decision needs the weight's shape and group_k as constants: a module's
+    # parameters and int attributes are (hf_tp's layers); plain tensors and ints captured by a closure are not.
+    if (torch.compiler.is_compiling() and x.is_cuda and x.dtype == torch.bfloat16
             and weight.dtype == torch.float8_e4m3fn and weight.stride(1) == 1):
         at_one, at_few = _fp16_copy_wanted(x.device.index, weight.shape[0], weight.shape[1], scale.shape[1],
                                            int(group_k), int(k_offset))

@@ -407,10 +407,11 @@ def pow2_at_most(n: int) -> int:
 # Splits of K summed inside the GEMM (``_fold_splits``) instead of by ``_gemv_split_reduce``: off until measured on a
 # GPU (benchmarks flip it; a config's "FOLD" overrides it).
 FOLD_SPLIT = False
-# With PDL, each GEMM program asks L2 for the start of its weight rows before it waits for the kernel before it
-# (``_prefetch_weight_rows``): at most PREFETCH_MAX_LINES 128-byte lines per program. Benchmarks flip it off to
-# measure what it gives.
-PREFETCH_WEIGHTS = True
+# With PDL, each GEMM program may ask L2 for the start of its weight rows before it waits for the kernel before it
+# (``_prefetch_weight_rows``): at most PREFETCH_MAX_LINES 128-byte lines per program. Off: measured slower on one
+# H200 (rank of tp 2 320.6 against 363.8 tok/s without, tp 1 183.6; benchmarks/RESULTS.md, 2026-12-04 sixth
+# session); benchmarks flip it to try smaller prefetches.
+PREFETCH_WEIGHTS = False
 PREFETCH_MAX_LINES = 2048
 MIN_COUNTERS = 65536  # output blocks the first counter buffer of a device holds (256 KB)
 

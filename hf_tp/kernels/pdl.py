@@ -43,6 +43,20 @@ def inductor_options(enabled: bool) -> dict:
     return {"triton.enable_pdl": True} if hasattr(inductor_config.triton, "enable_pdl") else {}
 
 
+def inductor_launching(enabled: bool):
+    """A block in which Inductor generates and launches its kernels with PDL (``inductor_options`` set in its
+    config for the block's duration, compiling and capturing included), or nothing. The decode loop wraps each
+    generate call in it: the form measured faster (benchmarks/RESULTS.md, 2026-12-04 sixth session) set the
+    option for the whole process; passing it only as torch.compile's ``options`` was not faster in the same
+    measurement."""
+    options = inductor_options(enabled)
+    if not options:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(options)
+
+
 @functools.cache
 def _supported(device_index: int) -> bool:
     """This Triton launches with PDL (its CUDA options have ``launch_pdl`` and its language the wait) and the GPU
