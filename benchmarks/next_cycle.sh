@@ -7,7 +7,7 @@
 #      ranks of tp 2 and 8, the rank of tp 2 profiled without PDL; the GPU tests of the session's fixes first.
 #      Make it the default (TPConfig.resolve) if it is as fast as the process-wide form.
 #   CALL=2: what the sixth session had no time for (the fp16 form at prefill sizes, gpu_check.py --fp8 block, the
-#      tp-1 fp16 entries) and a small weight prefetch before the PDL wait (PF=1 PFL=16: 16 lines per program).
+#      tp-1 fp16 entries) and a small weight prefetch before the PDL wait (PF=1 PFL=16: max(1, 16 // BLOCK_N) lines per weight row).
 # Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -35,16 +35,16 @@ if os.environ.get('GLOBAL_PDL'):  # the form measured faster on 2026-12-04: both
     pdl._ACTIVE = True
 sys.argv[0] = 'run_system'
 runpy.run_module('hf_tp.bench.run_system', run_name='__main__')"
-row() {  # row NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : one run_system row into $OUT/e2e.jsonl (env flips apply)
+row() {  # row NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : one run_system row into $OUT/e2e_NAME.jsonl (env flips apply)
   local name=$1 need=$2 w=$3; shift 3
   step "$name" "$need" python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/llama3-8b-$w" \
     --out "$OUT/e2e_$name.jsonl" "$@"
 }
 if [ "$CALL" = 1 ]; then
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
-  (timeout 200 $T tests/test_fp8_kernel.py tests/test_decode_gemm.py -k "fp16_form or programmatic" \
+  (timeout 120 $T tests/test_fp8_kernel.py tests/test_decode_gemm.py -k "fp16_form or programmatic" \
      > "$OUT/tests_1.txt" 2>&1; echo "rc=$? tests_1" >> "$OUT/log.txt"
-   HF_TP_PDL=1 timeout 120 $T tests/test_gpu_loop.py tests/test_decode_attention.py -k "loop or programmatic" \
+   HF_TP_PDL=1 timeout 90 $T tests/test_gpu_loop.py tests/test_decode_attention.py -k "loop or programmatic" \
      > "$OUT/tests_1b.txt" 2>&1; echo "rc=$? tests_1b" >> "$OUT/log.txt") &
   wait
   HF_TP_PDL=0 row r2_off 45 bf16 --simulate-tp 2 --batches 1
@@ -65,6 +65,7 @@ else
     --json "$OUT/fp8_check.json"
   [ -d "$CK/llama3-8b-fp8-channel" ] || write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 150 fp8-channel
   X16_TP1=1 row tp1_fp8c_x16 55 fp8-channel --batches 1
+  [ -d "$CK/llama3-8b-bf16" ] || write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16
   HF_TP_PDL=1 PF=1 PFL=16 row r2_pf16 45 bf16 --simulate-tp 2 --batches 1
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"

@@ -408,7 +408,7 @@ def pow2_at_most(n: int) -> int:
 # GPU (benchmarks flip it; a config's "FOLD" overrides it).
 FOLD_SPLIT = False
 # With PDL, each GEMM program may ask L2 for the start of its weight rows before it waits for the kernel before it
-# (``_prefetch_weight_rows``): at most PREFETCH_MAX_LINES 128-byte lines per program. Off: measured slower on one
+# (``_prefetch_weight_rows``): max(1, PREFETCH_MAX_LINES // BLOCK_N) 128-byte lines per weight row. Off: measured slower on one
 # H200 (rank of tp 2 320.6 against 363.8 tok/s without, tp 1 183.6; benchmarks/RESULTS.md, 2026-12-04 sixth
 # session); benchmarks flip it to try smaller prefetches.
 PREFETCH_WEIGHTS = False

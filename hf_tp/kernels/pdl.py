@@ -7,7 +7,7 @@ before has finished and its writes are visible, so it reads and writes nothing e
 kernel be placed (``gdc_launch_dependents``). What this can save is the launch latency between two kernels, a
 microsecond or two each. hf_tp's decode loop turns it on for its calls where ``TPConfig.pdl`` says so
 (:func:`launching`); Inductor's kernels of the compiled step get the same from its own ``triton.enable_pdl``
-option (:func:`inductor_options`).
+option, set around the same calls (:func:`inductor_launching`).
 """
 
 from __future__ import annotations
