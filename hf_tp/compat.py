@@ -7,6 +7,7 @@ pinned Transformers range.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from contextlib import contextmanager
 
@@ -84,7 +85,7 @@ def repetition_penalty_ignores_left_padding() -> bool:
     return _PENALTY_IGNORES_PADDING
 
 
-def static_cache(config, max_cache_len: int):
+def static_cache(config, max_cache_len: int, shared_length: torch.Tensor | None = None):
     """Transformers' StaticCache for ``config``, with every sliding-window layer replaced by a plain static layer
     of the full length. Transformers' StaticSlidingWindowLayer keeps only the window and decides between "not
     full", "becoming full" and "full" on a Python int, which a CUDA graph would freeze; the plain layer keeps
@@ -92,15 +93,79 @@ def static_cache(config, max_cache_len: int):
     sliding-window mask for those layers (``create_sliding_window_causal_mask``, from ``config.sliding_window``),
     and that mask hides every position outside the window, so the tokens are the same as with Transformers'
     window-sized layers. The cost is memory: a sliding layer holds ``max_cache_len`` positions instead of the
-    window (docs/generation.md)."""
+    window (docs/generation.md).
+
+    With ``shared_length`` (a 0-d long tensor on the cache's device), the layers are ``_SharedLengthLayer`` where
+    this Transformers allows it (``shared_length_layer``): they all count positions in that one tensor, which the
+    caller advances once per forward, instead of one tensor per layer advanced by each layer's update (a kernel
+    per layer per decode step). See ``link_shared_length``."""
     from transformers import StaticCache
     from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
 
     cache = StaticCache(config=config, max_cache_len=max_cache_len)
+    shared = shared_length is not None and shared_length_layer() is not None
     for index, layer in enumerate(cache.layers):
-        if type(layer) is StaticSlidingWindowLayer:
+        if shared:
+            cache.layers[index] = shared_length_layer()(max_cache_len=max_cache_len)
+        elif type(layer) is StaticSlidingWindowLayer:
             cache.layers[index] = StaticLayer(max_cache_len=max_cache_len)
+    if shared:
+        link_shared_length(cache, shared_length)
     return cache
+
+
+@functools.cache
+def shared_length_layer():
+    """Transformers' StaticLayer whose ``update``, while linked to a shared length (``link_shared_length``),
+    writes the new keys and values at that length and leaves it alone: the caller advances it once for all
+    layers. Unlinked, it is Transformers' StaticLayer. None when this Transformers' ``StaticLayer.update`` is not
+    the form this override repeats (position = its own length, ``index_copy_`` along the sequence, length +=
+    tokens): the loop then keeps Transformers' layers."""
+    from transformers.cache_utils import StaticLayer
+
+    try:
+        source = inspect.getsource(StaticLayer.update)
+    except (OSError, TypeError):
+        return None
+    expected = ("torch.arange(kv_length, device=self.device) + self.cumulative_length",
+                "self.cumulative_length.add_(kv_length)", "self.keys.index_copy_(2, cache_position, key_states)")
+    if not all(part in source for part in expected):
+        return None
+
+    class _SharedLengthLayer(StaticLayer):
+        linked = False
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.linked:
+                return super().update(key_states, value_states, *args, **kwargs)
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            cache_position = torch.arange(key_states.shape[-2], device=self.device) + self.cumulative_length
+            self.keys.index_copy_(2, cache_position, key_states)
+            self.values.index_copy_(2, cache_position, value_states)
+            return self.keys, self.values
+
+    return _SharedLengthLayer
+
+
+def link_shared_length(cache, length: torch.Tensor) -> bool:
+    """Point every layer of ``cache`` (made by ``static_cache`` with a shared length) at ``length``, which the
+    caller then advances by the tokens of each forward. False when the cache has other layers (nothing changed)."""
+    kind = shared_length_layer()
+    if kind is None or not all(type(layer) is kind for layer in cache.layers):
+        return False
+    for layer in cache.layers:
+        layer.cumulative_length, layer.linked = length, True
+    return True
+
+
+def unlink_shared_length(cache) -> None:
+    """Give each linked layer its own copy of the length again, counted by its own updates as in Transformers'
+    StaticLayer: the cache generate returns then works with Transformers' own forward."""
+    kind = shared_length_layer()
+    for layer in cache.layers:
+        if kind is not None and type(layer) is kind and layer.linked:
+            layer.cumulative_length, layer.linked = layer.cumulative_length.clone(), False
 
 
 def unsupported_cache(model) -> str | None:

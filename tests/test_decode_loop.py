@@ -425,3 +425,48 @@ def test_first_argmax_is_argmax_with_ties_and_nans():
     for values in (rows, rows.bfloat16(), torch.randn(3, n + 1, generator=gen), torch.randn(2, 64, generator=gen)):
         assert torch.equal(first_argmax(values), values.argmax(-1)), values.shape
     assert first_argmax(rows)[2] == 5 and first_argmax(rows)[4] == 1000
+
+
+def test_one_length_for_every_cache_layer(folder, batch, reference):
+    """The loop's cache counts its positions in one tensor for all layers, advanced once per forward
+    (compat.static_cache with a shared length; Transformers' layers advance one tensor each, a kernel per layer
+    per step on a GPU): Transformers' greedy tokens, twice from the same session; the cache generate returns
+    counts its own positions again, so Transformers' forward continues from it with the unsplit model's logits."""
+    from hf_tp.assembly import load_parallel_model
+    from hf_tp.compat import shared_length_layer
+    from hf_tp.config import TPConfig
+    from hf_tp.parallel.comm import TPGroup
+
+    if shared_length_layer() is None:
+        pytest.skip("this Transformers' StaticLayer.update is not the form the shared length repeats")
+    model = load_parallel_model(folder, TPGroup(0, 1, torch.device("cpu")), dtype=torch.float32, progress=False,
+                                tp_config=TPConfig(fast_decode=True))
+    greedy = dict(do_sample=False, max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=None)
+    with torch.no_grad():
+        first = model.generate(**batch, **greedy, return_dict_in_generate=True)
+        again = model.generate(**batch, **greedy)
+    assert torch.equal(first.sequences, reference["free"]) and torch.equal(again, reference["free"])
+    sessions = list(model._hf_tp_decoder().sessions.values())
+    assert sessions and all(session.shared_length for session in sessions)
+    assert all(layer.linked for layer in sessions[0].cache.layers)  # relinked by the second call
+    cache = first.past_key_values if hasattr(first, "past_key_values") else first.cache
+    lengths = [layer.cumulative_length for layer in cache.layers]
+    assert first.sequences.shape[1] - 1 == int(lengths[0])  # every position but the last token's
+    # The first call's cache object is the session's: unlink it as that call returned it, and continue it with
+    # Transformers' forward on the unsplit model
+    from hf_tp.compat import rewind_static_cache, unlink_shared_length
+
+    rewind_static_cache(cache, first.sequences.shape[1] - 1)
+    unlink_shared_length(cache)
+    assert len({id(layer.cumulative_length) for layer in cache.layers}) == len(cache.layers)
+    sequences = first.sequences
+    mask = torch.cat([batch["attention_mask"], torch.ones(2, NEW, dtype=torch.long)], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    full_mask = torch.ones(2, cache.layers[0].max_cache_len, dtype=torch.long)
+    full_mask[:, :mask.shape[1]] = mask
+    with torch.no_grad():
+        want = reference["model"](input_ids=sequences, attention_mask=mask).logits[:, -1]
+        got = reference["model"](input_ids=sequences[:, -1:], attention_mask=full_mask, position_ids=positions[:, -1:],
+                                 past_key_values=cache, use_cache=True).logits[:, -1]
+    assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
+    assert all(int(layer.cumulative_length) == sequences.shape[1] for layer in cache.layers)

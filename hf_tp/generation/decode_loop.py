@@ -37,7 +37,8 @@ import torch.distributed as dist
 
 from ..compat import (cache_argument_name, default_generation_params, flash_attention, generate_output,
                       logits_process, prepare_generation_config, repetition_penalty_ignores_left_padding,
-                      rewind_static_cache, static_cache, unsupported_cache)
+                      link_shared_length, rewind_static_cache, static_cache, unlink_shared_length,
+                      unsupported_cache)
 from ..faults import injected_fault
 from ..kernels import pdl
 from ..kernels.decode_gemm import decode_loop_calls
@@ -322,8 +323,12 @@ class _Session:
     def __init__(self, decoder: "StaticDecoder", batch: int, length: int):
         device = decoder.device
         self.decoder, self.length, self.batch = decoder, length, batch
-        self.cache = static_cache(decoder.model.config.get_text_config(decoder=True), length)
         long = dict(dtype=torch.long, device=device)
+        # The positions the cache holds, one tensor for every layer, advanced here once per forward (with
+        # Transformers' layers each layer advances its own: one more kernel per layer per step; compat.static_cache)
+        self.cache_length = torch.zeros((), **long)
+        self.cache = static_cache(decoder.model.config.get_text_config(decoder=True), length, self.cache_length)
+        self.shared_length = link_shared_length(self.cache, self.cache_length)
         fp32 = dict(dtype=torch.float32, device=device)
         self.tokens = torch.zeros(batch, 1, **long)
         self.position_ids = torch.zeros(batch, 1, **long)
@@ -435,6 +440,8 @@ class _Session:
 
     def _decode_step(self, forward) -> None:
         logits = forward(self.tokens, self.position_ids, self.attention_mask, self.cache)
+        if self.shared_length:
+            self.cache_length.add_(1)
         self._advance(logits)
 
     # -- per request --------------------------------------------------------------------------
@@ -456,6 +463,8 @@ class _Session:
     def start(self, request: DecodeRequest) -> None:
         """Reset the buffers for ``request`` and prefill its prompt (eagerly: its shape varies)."""
         prompt = request.input_ids.shape[1]
+        if self.shared_length:  # the last call returned the cache unlinked (compat.unlink_shared_length)
+            link_shared_length(self.cache, self.cache_length)
         self.cache.reset()
         self.out.zero_()
         self.step.zero_()
@@ -479,6 +488,8 @@ class _Session:
         # Positions as Transformers computes them for padded prompts: count real tokens only.
         positions = (request.attention_mask.cumsum(-1) - 1).masked_fill(request.attention_mask == 0, 0)
         logits = self.decoder.eager_forward(request.input_ids, positions, self.attention_mask, self.cache)
+        if self.shared_length:
+            self.cache_length.add_(prompt)
         vocab = logits.shape[-1]
         if self.vocab_positions is None or self.vocab_positions.numel() != vocab:
             self.vocab_positions = torch.arange(vocab, device=logits.device)
@@ -675,6 +686,7 @@ class StaticDecoder:
             return sequences
         scores, logits = session.release_outputs(length)
         rewind_static_cache(session.cache, sequences.shape[1] - 1)
+        unlink_shared_length(session.cache)  # the returned cache counts its own positions, as Transformers' does
         return generate_output(sequences, session.cache, scores=scores, logits=logits)
 
     def _may_compile(self, batch: int, session: _Session) -> bool:
