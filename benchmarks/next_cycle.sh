@@ -4,10 +4,14 @@
 # not faster in the first form wired to TPConfig.pdl (benchmarks/RESULTS.md). This version:
 #   call 1 (default): TPConfig.pdl as it ships now (HF_TP_PDL=1: Inductor's option set around each generate
 #      call) against off and against the process-wide switches (GLOBAL_PDL=1), rows interleaved, tp 1 and the
-#      ranks of tp 2 and 8, the rank of tp 2 profiled without PDL; the GPU tests of the session's fixes first.
+#      ranks of tp 2 and 8, the rank of tp 2 profiled without PDL (triton_poi_fused_add_copy_, 32 calls per token
+#      before, should be gone: the cache length is now one tensor advanced once per step, commit c949e93); the GPU
+#      tests of the session's fixes first (test_gpu_loop: the loop's tokens with the shared length).
 #      Make it the default (TPConfig.resolve) if it is as fast as the process-wide form.
 #   CALL=2: what the sixth session had no time for (the fp16 form at prefill sizes, gpu_check.py --fp8 block, the
-#      tp-1 fp16 entries) and a small weight prefetch before the PDL wait (PF=1 PFL=16: max(1, 16 // BLOCK_N) lines per weight row).
+#      tp-1 fp16 entries), a small weight prefetch before the PDL wait (PF=1 PFL=16: max(1, 16 // BLOCK_N) lines
+#      per weight row), and Inductor's combo kernels (COMBO=1: the per-layer rope, cache-write and mask kernels
+#      launched as one) against the same row without.
 # Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -28,6 +32,9 @@ if os.environ.get('X16_TP1'):
 gt.FOLD_SPLIT = bool(os.environ.get('FOLD'))
 gt.PREFETCH_WEIGHTS = os.environ.get('PF') == '1'
 gt.PREFETCH_MAX_LINES = int(os.environ.get('PFL', gt.PREFETCH_MAX_LINES))
+if os.environ.get('COMBO'):  # Inductor's horizontal fusion of independent kernels (rope, cache writes, mask)
+    import torch._inductor.config as c
+    c.combo_kernels = True
 if os.environ.get('GLOBAL_PDL'):  # the form measured faster on 2026-12-04: both switches on for the whole process
     import torch._inductor.config as c
     from hf_tp.kernels import pdl
@@ -67,6 +74,8 @@ else
   X16_TP1=1 row tp1_fp8c_x16 55 fp8-channel --batches 1
   [ -d "$CK/llama3-8b-bf16" ] || write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16
   HF_TP_PDL=1 PF=1 PFL=16 row r2_pf16 45 bf16 --simulate-tp 2 --batches 1
+  HF_TP_PDL=0 row r2_base 45 bf16 --simulate-tp 2 --batches 1
+  HF_TP_PDL=0 COMBO=1 row r2_combo 50 bf16 --simulate-tp 2 --batches 1 --profile 64
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
 tail -n 3 "$OUT"/tests_*.txt
