@@ -92,7 +92,7 @@ class TPConfig:
         H200) on CUDA with Triton importable, "cublas" elsewhere. "triton" needs CUDA (compute capability 8.0+; a rank whose GPU is older
         falls back to "cublas" at load and shows it) and Triton, or TRITON_INTERPRET=1 on CPU (tests).
       pdl: programmatic dependent launch in the decode loop (Hopper and later): hf_tp's decode kernels (the GEMMs,
-        decode attention) and the kernels Inductor generates for the compiled step (where this torch has
+        decode attention, the MoE router and experts) and the kernels Inductor generates for the compiled step (where this torch has
         ``torch._inductor.config.triton.enable_pdl``) are launched so that a kernel is placed on the GPU while the
         one before it finishes, and waits for its results there (hf_tp/kernels/pdl.py). Tokens are the same bits
         either way. Default: off (True needs CUDA; older GPUs, and Triton without the launch, run without it).

@@ -135,6 +135,85 @@ def test_moe_decode_option_resolves_once():
         TPConfig(moe_decode="fast")
 
 
+def test_kernels_wait_for_the_kernel_before_only_with_pdl():
+    """TPConfig.pdl: each MoE kernel (gate/up, down, down summing its pairs, the router), built for sm_90 on this
+    CPU host, has the PDL wait and trigger (ACQBULK, PREEXIT in SASS) only when launched with PDL."""
+    pytest.importorskip("triton")
+    from test_decode_gemm import _hopper_build
+
+    from hf_tp.kernels.moe_decode import _kernels
+    from hf_tp.kernels.moe_routing_triton import route_kernel
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the kernels were defined for Triton's interpreter in this process")
+    _, gate_up, down, down_sum = _kernels()
+    moe = {"x_ptr": "*bf16", "w_ptr": "*bf16", "ids_ptr": "*i64", "act_ptr": "*bf16", "rw_ptr": "*fp32",
+           "out_ptr": "*fp32"}
+    cases = [(gate_up, moe, dict(TOP_K=8, BLOCK_N=16, BLOCK_K=256)),
+             (down, moe, dict(BLOCK_N=16, BLOCK_K=256)),
+             (down_sum, dict(moe, out_ptr="*bf16"), dict(TOP_K=8, TOP_K_P2=8, BLOCK_N=16, BLOCK_K=256)),
+             (route_kernel, {"logits_ptr": "*fp32", "weights_ptr": "*fp32", "ids_ptr": "*i64"},
+              dict(TOP_K=8, BLOCK_E=128, WARP=32, LANES_K=8, RENORMALIZE=True, ROUND_BF16=False, LIBDEVICE_EXP=True,
+                   TORCH_ORDER=True))]
+    for kernel, pointers, constexprs in cases:
+        for pdl in (False, True):
+            try:
+                built = _hopper_build(kernel, pointers, dict(constexprs, PDL=pdl), 4, 1)
+            except (TypeError, AttributeError) as exc:  # another Triton's compile API: nothing to check here
+                pytest.skip(f"this Triton's ASTSource/compile API differs: {exc}")
+            if built is None:
+                pytest.skip("no cuobjdump to read the SASS")
+            sass = built[2]
+            assert ("ACQBULK" in sass and "PREEXIT" in sass) is pdl, (kernel.fn.__name__, pdl)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pdl_gives_the_same_bits(monkeypatch):
+    """TPConfig.pdl: the router and the expert kernels, each right after a kernel that writes what it reads,
+    give the bits they give without PDL, eagerly and replayed from a CUDA graph with other inputs."""
+    from hf_tp.kernels import pdl as pdl_module
+    from hf_tp.kernels.moe_decode import moe_experts_decode
+    from hf_tp.kernels.moe_routing import moe_route
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs a Hopper or later GPU")
+    gen = torch.Generator(device="cuda").manual_seed(6)
+    experts, hidden, inter, top_k = 64, 2048, 768, 8
+    gate_up = (torch.randn(experts, 2 * inter, hidden, device="cuda", generator=gen) * 0.02).bfloat16()
+    down = (torch.randn(experts, hidden, inter, device="cuda", generator=gen) * 0.02).bfloat16()
+    router = torch.randn(experts, hidden, device="cuda", generator=gen) * 0.05
+    base = torch.randn(2, hidden, device="cuda", generator=gen)
+    scale = torch.ones((), device="cuda")
+
+    def block():
+        x = (base * scale).bfloat16()  # a kernel right before the router and the experts, writing what they read
+        weights, ids = moe_route((x.float() @ router.T), top_k, True, False)
+        return moe_experts_decode(x, gate_up, down, ids, weights)
+
+    results = {}
+    for on in (False, True):
+        monkeypatch.setattr(pdl_module, "_ACTIVE", on)
+        assert bool(pdl_module.launch_args(base.device)) is on, "this GPU and Triton should launch with PDL"
+        scale.fill_(1.0)
+        eager = block().clone()
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            block()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = block()
+        replayed = []
+        for factor in (0.5, 2.0):
+            scale.fill_(factor)
+            graph.replay()
+            replayed.append(out.clone())
+        results[on] = (eager, replayed)
+    assert torch.equal(results[False][0], results[True][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[False][1], results[True][1]))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_kernels_bf16_and_cuda_graph():

@@ -31,6 +31,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from . import pdl as pdl_launch
+
 # Tokens per experts call at or below which the kernels run; above it the grouped GEMM path reads each
 # touched expert once for all its tokens, while the kernels read an expert once per (token, expert) pair.
 # Measured on one H200 (benchmarks/moe_switch.py, benchmarks/RESULTS.md 2026-12-03 second session), Qwen3-30B-A3B
@@ -76,7 +78,10 @@ def _kernels():
 
     @triton.jit
     def gate_up_kernel(x_ptr, w_ptr, ids_ptr, act_ptr, hidden, inter, stride_xt, stride_we, stride_wn, stride_at,
-                       TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
+        if PDL:  # launched with programmatic dependent launch (hf_tp.kernels.pdl): nothing touched before this
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         pair = tl.program_id(0)
         token = pair // TOP_K
         expert = tl.load(ids_ptr + pair).to(tl.int64)
@@ -100,7 +105,10 @@ def _kernels():
 
     @triton.jit
     def down_kernel(act_ptr, w_ptr, ids_ptr, rw_ptr, out_ptr, hidden, inter, stride_at, stride_we, stride_wn,
-                    stride_ot, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    stride_ot, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
+        if PDL:  # as in gate_up_kernel
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         pair = tl.program_id(0)
         expert = tl.load(ids_ptr + pair).to(tl.int64)
         route = tl.load(rw_ptr + pair).to(tl.float32)
@@ -119,7 +127,10 @@ def _kernels():
     @triton.jit
     def down_sum_kernel(act_ptr, w_ptr, ids_ptr, rw_ptr, out_ptr, hidden, inter, stride_at, stride_we, stride_wn,
                         stride_ot, TOP_K: tl.constexpr, TOP_K_P2: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr):
+                        BLOCK_K: tl.constexpr, PDL: tl.constexpr = False):
+        if PDL:  # as in gate_up_kernel
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         # One program: BLOCK_N outputs of one token, all k of its experts at once ((k, BLOCK_N, BLOCK_K) tiles:
         # the k experts' loads of a step are in flight together); the pairs are summed in one fixed order.
         token = tl.program_id(0)
@@ -156,22 +167,23 @@ def experts_decode(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, i
     ids, weights = ids.reshape(-1), weights.reshape(-1)
     x = x.contiguous()
     act = torch.empty(pairs, inter, dtype=x.dtype, device=x.device)
+    pdl = pdl_launch.launch_args(x.device)  # programmatic dependent launch, where on (TPConfig.pdl)
     bn, bk, warps = gate_up_blocks or GATE_UP_BLOCKS
     gate_up_kernel[(pairs, triton.cdiv(inter, bn))](
         x, gate_up, ids, act, hidden, inter, x.stride(0), gate_up.stride(0), gate_up.stride(1), act.stride(0),
-        TOP_K=top_k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+        TOP_K=top_k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, **pdl)
     bn, bk, warps, *form = down_blocks or DOWN_BLOCKS
     sums_pairs = bool(form and form[0])  # (outputs, chunk, warps) without the fourth entry: per-pair products
     if sums_pairs:
         out = torch.empty(tokens, hidden, dtype=x.dtype, device=x.device)
         down_sum_kernel[(tokens, triton.cdiv(hidden, bn))](
             act, down, ids, weights, out, hidden, inter, act.stride(0), down.stride(0), down.stride(1), out.stride(0),
-            TOP_K=top_k, TOP_K_P2=triton.next_power_of_2(top_k), BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+            TOP_K=top_k, TOP_K_P2=triton.next_power_of_2(top_k), BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, **pdl)
         return out
     out = torch.empty(pairs, hidden, dtype=torch.float32, device=x.device)
     down_kernel[(pairs, triton.cdiv(hidden, bn))](
         act, down, ids, weights, out, hidden, inter, act.stride(0), down.stride(0), down.stride(1), out.stride(0),
-        BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+        BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, **pdl)
     return out.view(tokens, top_k, hidden).sum(1).to(x.dtype)
 
 

@@ -35,6 +35,8 @@ import os
 
 import torch
 
+from . import pdl as pdl_launch
+
 # Router calls of at most this many tokens go through the kernel (decode steps, small prefills); larger calls
 # keep Transformers' router. benchmarks/moe_routing_bench.py times both at 1..8 tokens (docs/moe.md).
 MOE_ROUTE_MAX_TOKENS = 8
@@ -127,7 +129,7 @@ def route(logits: torch.Tensor, top_k: int, renormalize: bool, cast_weights: boo
                          TOP_K=top_k, BLOCK_E=block, WARP=min(block, 32), LANES_K=_pow2_at_most(top_k),
                          RENORMALIZE=renormalize, ROUND_BF16=weights.dtype == torch.bfloat16,
                          LIBDEVICE_EXP=os.environ.get("TRITON_INTERPRET", "") != "1", TORCH_ORDER=torch_order,
-                         num_warps=1 if block <= 128 else 2)
+                         num_warps=1 if block <= 128 else 2, **pdl_launch.launch_args(logits.device))
     return weights, ids
 
 

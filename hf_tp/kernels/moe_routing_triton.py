@@ -59,7 +59,10 @@ def _bitonic_stage(keys, ids, valid, SIZE: tl.constexpr, STRIDE: tl.constexpr, F
 def route_kernel(logits_ptr, weights_ptr, ids_ptr, experts, stride_l, stride_w, stride_i,
                  TOP_K: tl.constexpr, BLOCK_E: tl.constexpr, WARP: tl.constexpr, LANES_K: tl.constexpr,
                  RENORMALIZE: tl.constexpr, ROUND_BF16: tl.constexpr, LIBDEVICE_EXP: tl.constexpr,
-                 TORCH_ORDER: tl.constexpr):
+                 TORCH_ORDER: tl.constexpr, PDL: tl.constexpr = False):
+    if PDL:  # launched with programmatic dependent launch (hf_tp.kernels.pdl): nothing touched before this
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     token = tl.program_id(0)
     offs = tl.arange(0, BLOCK_E)
     valid_e = offs < experts
