@@ -11,7 +11,7 @@
 #   CALL=2: what the sixth session had no time for (the fp16 form at prefill sizes, gpu_check.py --fp8 block, the
 #      tp-1 fp16 entries), a small weight prefetch before the PDL wait (PF=1 PFL=16: max(1, 16 // BLOCK_N) lines
 #      per weight row), and Inductor's combo kernels (COMBO=1: the per-layer rope, cache-write and mask kernels
-#      launched as one) against the same row without.
+#      launched as one) against the same row without; qwen3-moe-mini at tp 1 with PDL off and on.
 # Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -49,7 +49,7 @@ row() {  # row NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : one run_system row in
 }
 if [ "$CALL" = 1 ]; then
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
-  (timeout 120 $T tests/test_fp8_kernel.py tests/test_decode_gemm.py -k "fp16_form or programmatic" \
+  (timeout 120 $T tests/test_fp8_kernel.py tests/test_decode_gemm.py tests/test_moe_kernel.py -k "fp16_form or programmatic or pdl" \
      > "$OUT/tests_1.txt" 2>&1; echo "rc=$? tests_1" >> "$OUT/log.txt"
    HF_TP_PDL=1 timeout 90 $T tests/test_gpu_loop.py tests/test_decode_attention.py -k "loop or programmatic" \
      > "$OUT/tests_1b.txt" 2>&1; echo "rc=$? tests_1b" >> "$OUT/log.txt") &
@@ -76,6 +76,10 @@ else
   HF_TP_PDL=1 PF=1 PFL=16 row r2_pf16 45 bf16 --simulate-tp 2 --batches 1
   HF_TP_PDL=0 row r2_base 45 bf16 --simulate-tp 2 --batches 1
   HF_TP_PDL=0 COMBO=1 row r2_combo 50 bf16 --simulate-tp 2 --batches 1 --profile 64
+  # issue 21: qwen3-moe-mini at tp 1 with PDL off and on (the MoE kernels launch with it too since 4755ef1)
+  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 120 bf16
+  for p in 0 1; do HF_TP_PDL=$p step moe_pdl$p 50 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 \
+    --model "$CK/qwen3-moe-mini" --batches 1 --out "$OUT/e2e_moe_pdl$p.jsonl"; done
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
 tail -n 3 "$OUT"/tests_*.txt
