@@ -8,10 +8,10 @@
 #      before, should be gone: the cache length is now one tensor advanced once per step, commit c949e93); the GPU
 #      tests of the session's fixes first (test_gpu_loop: the loop's tokens with the shared length).
 #      Make it the default (TPConfig.resolve) if it is as fast as the process-wide form.
-#   CALL=2: what the sixth session had no time for (the fp16 form at prefill sizes, gpu_check.py --fp8 block, the
-#      tp-1 fp16 entries), a small weight prefetch before the PDL wait (PF=1 PFL=16: max(1, 16 // BLOCK_N) lines
-#      per weight row), and Inductor's combo kernels (COMBO=1: the per-layer rope, cache-write and mask kernels
-#      launched as one) against the same row without; qwen3-moe-mini at tp 1 with PDL off and on.
+#   CALL=2, in priority order: Inductor's combo kernels (COMBO=1: the per-layer rope, cache-write and mask kernels
+#      launched as one) against the same row without; qwen3-moe-mini at tp 1 with PDL off and on; a small weight
+#      prefetch before the PDL wait (PF=1 PFL=16: max(1, 16 // BLOCK_N) lines per weight row); then what the sixth
+#      session had no time for: gpu_check.py --fp8 block, the fp16 form at prefill sizes.
 # Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -64,22 +64,20 @@ if [ "$CALL" = 1 ]; then
   HF_TP_PDL=0 row r8_off 45 bf16 --simulate-tp 8 --batches 1
   HF_TP_PDL=1 row r8_on 45 bf16 --simulate-tp 8 --batches 1
 else
-  # what the sixth session had no time for; a small prefetch of the weights before the PDL wait
-  write_ckpt llama3-8b "$CK/llama3-8b-fp8-block" 150 fp8-block & wait
-  # issue 19's prefill: can the fp16 form with prefill tiles make FP8 prefill as fast as bf16 (then route M > 64 to it)?
-  step fp8_prefill 120 python benchmarks/fp8_f16_probe.py --prefill 128,512,2048 --out "$OUT/fp8_prefill.json"
-  step fp8_check 90 python benchmarks/gpu_check.py --random-arch phi3 --fp8 block --one-gpu-gloo --tp-size 2 \
-    --json "$OUT/fp8_check.json"
-  [ -d "$CK/llama3-8b-fp8-channel" ] || write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 150 fp8-channel
-  X16_TP1=1 row tp1_fp8c_x16 55 fp8-channel --batches 1
+  # in priority order (each step runs only if the call's budget still holds it): issue 18's combo kernels; issue
+  # 21's MoE rows with PDL; a small weight prefetch; then what the sixth session had no time for (issue 19)
   [ -d "$CK/llama3-8b-bf16" ] || write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16
-  HF_TP_PDL=1 PF=1 PFL=16 row r2_pf16 45 bf16 --simulate-tp 2 --batches 1
   HF_TP_PDL=0 row r2_base 45 bf16 --simulate-tp 2 --batches 1
   HF_TP_PDL=0 COMBO=1 row r2_combo 50 bf16 --simulate-tp 2 --batches 1 --profile 64
-  # issue 21: qwen3-moe-mini at tp 1 with PDL off and on (the MoE kernels launch with it too since 4755ef1)
+  # qwen3-moe-mini at tp 1 with PDL off and on (the MoE kernels launch with it too since 4755ef1)
   write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 120 bf16
   for p in 0 1; do HF_TP_PDL=$p step moe_pdl$p 50 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 \
     --model "$CK/qwen3-moe-mini" --batches 1 --out "$OUT/e2e_moe_pdl$p.jsonl"; done
+  HF_TP_PDL=1 PF=1 PFL=16 row r2_pf16 45 bf16 --simulate-tp 2 --batches 1
+  step fp8_check 90 python benchmarks/gpu_check.py --random-arch phi3 --fp8 block --one-gpu-gloo --tp-size 2 \
+    --json "$OUT/fp8_check.json"
+  # issue 19's prefill: can the fp16 form with prefill tiles make FP8 prefill as fast as bf16 (then route M > 64 to it)?
+  step fp8_prefill 120 python benchmarks/fp8_f16_probe.py --prefill 128,512,2048 --out "$OUT/fp8_prefill.json"
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
 tail -n 3 "$OUT"/tests_*.txt
