@@ -103,14 +103,14 @@ def static_cache(config, max_cache_len: int, shared_length: torch.Tensor | None 
     from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
 
     cache = StaticCache(config=config, max_cache_len=max_cache_len)
-    shared = shared_length is not None and shared_length_layer() is not None
+    kind = shared_length_layer() if shared_length is not None else None
     for index, layer in enumerate(cache.layers):
-        if shared:
-            cache.layers[index] = shared_length_layer()(max_cache_len=max_cache_len)
+        if kind is not None and type(layer) in (StaticLayer, StaticSlidingWindowLayer):
+            cache.layers[index] = kind(max_cache_len=max_cache_len)
         elif type(layer) is StaticSlidingWindowLayer:
             cache.layers[index] = StaticLayer(max_cache_len=max_cache_len)
-    if shared:
-        link_shared_length(cache, shared_length)
+    if kind is not None:
+        link_shared_length(cache, shared_length)  # nothing linked if another kind of layer remains
     return cache
 
 
