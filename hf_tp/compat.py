@@ -135,6 +135,14 @@ def shared_length_layer():
     class _SharedLengthLayer(StaticLayer):
         linked = False
 
+        def lazy_initialization(self, key_states, value_states):
+            shared = self.cumulative_length
+            super().lazy_initialization(key_states, value_states)
+            if self.linked:  # keep the one tensor (a copy on another device would be counted by nobody)
+                if self.cumulative_length is not shared:
+                    raise RuntimeError(f"hf_tp: the decode loop's cache length lives on {shared.device}, the keys "
+                                       f"on {key_states.device}: the cache must be made on the model's device")
+
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.linked:
                 return super().update(key_states, value_states, *args, **kwargs)
