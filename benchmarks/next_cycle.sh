@@ -7,7 +7,8 @@
 #      ranks of tp 2 and 8, the rank of tp 2 profiled without PDL (triton_poi_fused_add_copy_, 32 calls per token
 #      before, should be gone: the cache length is now one tensor advanced once per step, commit c949e93); the GPU
 #      tests of the session's fixes first (test_gpu_loop: the loop's tokens with the shared length).
-#      Make it the default (TPConfig.resolve) if it is as fast as the process-wide form.
+#      Make it the default (TPConfig.resolve) if it is as fast as the process-wide form. Each row prints how many
+#      of Inductor's kernels got PDL code ("inductor output code: ... gdc_wait"), to tell the two forms apart.
 #   CALL=2, in priority order: Inductor's combo kernels (COMBO=1: the per-layer rope, cache-write and mask kernels
 #      launched as one) against the same row without; qwen3-moe-mini at tp 1 with PDL off and on; a small weight
 #      prefetch before the PDL wait (PF=1 PFL=16: max(1, 16 // BLOCK_N) lines per weight row); then what the sixth
@@ -41,7 +42,13 @@ if os.environ.get('GLOBAL_PDL'):  # the form measured faster on 2026-12-04: both
     c.triton.enable_pdl = True
     pdl._ACTIVE = True
 sys.argv[0] = 'run_system'
-runpy.run_module('hf_tp.bench.run_system', run_name='__main__')"
+try:
+    runpy.run_module('hf_tp.bench.run_system', run_name='__main__')
+finally:  # did Inductor generate PDL code? (its output code holds each kernel's source and launch options)
+    from torch._inductor.codecache import PyCodeCache
+    texts = [open(m.__file__).read() for m in list(PyCodeCache.modules) if getattr(m, '__file__', None)]
+    print('inductor output code:', len(texts), 'modules;', sum(t.count('gdc_wait') for t in texts), 'gdc_wait;',
+          sum(t.count(\"'launch_pdl': True\") for t in texts), 'launch_pdl True', flush=True)"
 row() {  # row NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : one run_system row into $OUT/e2e_NAME.jsonl (env flips apply)
   local name=$1 need=$2 w=$3; shift 3
   step "$name" "$need" python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/llama3-8b-$w" \
