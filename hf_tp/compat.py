@@ -98,7 +98,7 @@ def static_cache(config, max_cache_len: int, shared_length: torch.Tensor | None 
     With ``shared_length`` (a 0-d long tensor on the cache's device), the layers are ``_SharedLengthLayer`` where
     this Transformers allows it (``shared_length_layer``): they all count positions in that one tensor, which the
     caller advances once per forward, instead of one tensor per layer advanced by each layer's update (a kernel
-    per layer per decode step). See ``link_shared_length``."""
+    per layer per decode step), once the caller links them (``link_shared_length``)."""
     from transformers import StaticCache
     from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
 
@@ -109,8 +109,6 @@ def static_cache(config, max_cache_len: int, shared_length: torch.Tensor | None 
             cache.layers[index] = kind(max_cache_len=max_cache_len)
         elif type(layer) is StaticSlidingWindowLayer:
             cache.layers[index] = StaticLayer(max_cache_len=max_cache_len)
-    if kind is not None:
-        link_shared_length(cache, shared_length)  # nothing linked if another kind of layer remains
     return cache
 
 
