@@ -9,7 +9,7 @@
 #      tests of the session's fixes first (test_gpu_loop: the loop's tokens with the shared length).
 #      Make it the default (TPConfig.resolve) if it is as fast as the process-wide form. Each row prints how many
 #      of Inductor's kernels got PDL code ("inductor output code: ... gdc_wait"), to tell the two forms apart.
-#   CALL=2, in priority order: Inductor's combo kernels (COMBO=1: the per-layer rope, cache-write and mask kernels
+#   CALL=2, in priority order: issue 20's requests at the 8B shape (tp 1, rank of tp 2); Inductor's combo kernels (COMBO=1: the per-layer rope, cache-write and mask kernels
 #      launched as one) against the same row without; qwen3-moe-mini at tp 1 with PDL off and on; a small weight
 #      prefetch before the PDL wait (PF=1 PFL=16: max(1, 16 // BLOCK_N) lines per weight row); then what the sixth
 #      session had no time for: gpu_check.py --fp8 block, the fp16 form at prefill sizes.
@@ -71,15 +71,20 @@ if [ "$CALL" = 1 ]; then
   HF_TP_PDL=0 row r8_off 45 bf16 --simulate-tp 8 --batches 1
   HF_TP_PDL=1 row r8_on 45 bf16 --simulate-tp 8 --batches 1
 else
-  # in priority order (each step runs only if the call's budget still holds it): issue 18's combo kernels; issue
-  # 21's MoE rows with PDL; a small weight prefetch; then what the sixth session had no time for (issue 19)
+  # in priority order (each step runs only if the call's budget still holds it): issue 20's request speeds at the
+  # 8B shape (tp 1 and the rank of tp 2; only the 1B shape was measured so far); issue 21's MoE rows with PDL;
+  # issue 18's combo kernels; a small weight prefetch; then what the sixth session had no time for (issue 19)
+  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 240 bf16 &
   [ -d "$CK/llama3-8b-bf16" ] || write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16
-  HF_TP_PDL=0 row r2_base 45 bf16 --simulate-tp 2 --batches 1
-  HF_TP_PDL=0 COMBO=1 row r2_combo 50 bf16 --simulate-tp 2 --batches 1 --profile 64
+  R="python benchmarks/loop_requests.py --model $CK/llama3-8b-bf16 --tokens 128 --repeats 2"
+  step requests_8b 140 $R --json "$OUT/requests_8b.jsonl"
+  step requests_8b_r2 120 $R --simulate-tp 2 --json "$OUT/requests_8b_r2.jsonl"
+  wait
   # qwen3-moe-mini at tp 1 with PDL off and on (the MoE kernels launch with it too since 4755ef1)
-  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 120 bf16
   for p in 0 1; do HF_TP_PDL=$p step moe_pdl$p 50 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 \
     --model "$CK/qwen3-moe-mini" --batches 1 --out "$OUT/e2e_moe_pdl$p.jsonl"; done
+  HF_TP_PDL=0 row r2_base 45 bf16 --simulate-tp 2 --batches 1
+  HF_TP_PDL=0 COMBO=1 row r2_combo 50 bf16 --simulate-tp 2 --batches 1 --profile 64
   HF_TP_PDL=1 PF=1 PFL=16 row r2_pf16 45 bf16 --simulate-tp 2 --batches 1
   step fp8_check 90 python benchmarks/gpu_check.py --random-arch phi3 --fp8 block --one-gpu-gloo --tp-size 2 \
     --json "$OUT/fp8_check.json"
@@ -87,7 +92,8 @@ else
   step fp8_prefill 120 python benchmarks/fp8_f16_probe.py --prefill 128,512,2048 --out "$OUT/fp8_prefill.json"
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
-tail -n 3 "$OUT"/tests_*.txt
+tail -n 3 "$OUT"/tests_*.txt 2>/dev/null
+tail -n 15 "$OUT"/requests_*.txt 2>/dev/null
 python -c "
 import glob, json
 for f in sorted(glob.glob('$OUT/e2e_*.jsonl')):
