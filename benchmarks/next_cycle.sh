@@ -13,7 +13,8 @@
 #      launched as one) against the same row without; qwen3-moe-mini at tp 1 with PDL off and on; a small weight
 #      prefetch before the PDL wait (PF=1 PFL=16: max(1, 16 // BLOCK_N) lines per weight row); then what the sixth
 #      session had no time for: gpu_check.py --fp8 block, the fp16 form at prefill sizes.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2] bash benchmarks/next_cycle.sh
+#   CALL=3: the defaults that call 2 decided (combo kernels on; PDL on for MoE kernel models), tested and measured.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
@@ -54,7 +55,23 @@ row() {  # row NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : one run_system row in
   step "$name" "$need" python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/llama3-8b-$w" \
     --out "$OUT/e2e_$name.jsonl" "$@"
 }
-if [ "$CALL" = 1 ]; then
+if [ "$CALL" = 3 ]; then
+  # The defaults as they ship after call 2 (TPConfig.combo_kernels on with CUDA; TPConfig.pdl decided at load: on
+  # for MoE kernel models): the loop's GPU tests with them, then rows with no option set, against combo off
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 240 bf16 &
+  timeout 150 $T tests/test_gpu_loop.py tests/test_moe_kernel.py > "$OUT/tests_3.txt" 2>&1; echo "rc=$? tests_3" >> "$OUT/log.txt"
+  wait
+  row r2_default 45 bf16 --simulate-tp 2 --batches 1 --profile 64
+  row tp1_default 80 bf16 --batches 1,8
+  moe() { local name=$1; shift; step "$name" 50 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 \
+    --model "$CK/qwen3-moe-mini" --batches 1 --out "$OUT/e2e_$name.jsonl" "$@"; }
+  moe moe_default
+  moe moe_r2_default --simulate-tp 2
+  row r8_default 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_COMBO_KERNELS=0 row r8_nocombo 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_COMBO_KERNELS=0 moe moe_nocombo
+elif [ "$CALL" = 1 ]; then
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   (timeout 120 $T tests/test_fp8_kernel.py tests/test_decode_gemm.py tests/test_moe_kernel.py -k "fp16_form or programmatic or pdl" \
      > "$OUT/tests_1.txt" 2>&1; echo "rc=$? tests_1" >> "$OUT/log.txt"

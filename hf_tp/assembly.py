@@ -25,6 +25,7 @@ from .parallel.comm import TPGroup, min_int
 from .parallel.fused import fuse_fp8_shared_inputs, fuse_shared_inputs
 from .parallel.decode_attention import install_decode_attention
 from .parallel.decode_gemm import install_decode_gemm, resolve_decode_gemm
+from .kernels.pdl import resolve_pdl
 from .parallel.moe_decode import install_moe_decode
 from .parallel.moe_routing import install_moe_routing
 from .parallelize import build_skeleton, parallelize
@@ -162,7 +163,8 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     fp8_groups = fuse_fp8_shared_inputs(model, dict(planned.policy.same_input), enabled=config.fuse) if kept else 0
     if fp8_groups and tp.device.type == "cuda":
         torch.cuda.empty_cache()  # the members' separate weights, freed group by group, are not left reserved
-    install_moe_decode(model, config.moe_decode)  # after loading: it checks the experts' real dtypes and strides
+    moe_kernel_modules = install_moe_decode(model, config.moe_decode)  # after loading: the experts' real dtypes, strides
+    config = resolve_pdl(config, tp.device, moe_kernel_modules)
     config = install_decode_attention(model, config, tp.device)  # "sdpa" where the kernel does not apply
     model.hf_tp_moe_routing = install_moe_routing(model, config.moe_decode)  # which routers got the kernel
     install_decode_gemm(model, config.decode_gemm)  # likewise, the linear layers'

@@ -31,6 +31,7 @@ ENV_OVERRIDES = {
     "HF_TP_DECODE_ATTENTION": "decode_attention",
     "HF_TP_DECODE_GEMM": "decode_gemm",
     "HF_TP_PDL": "pdl",
+    "HF_TP_COMBO_KERNELS": "combo_kernels",
     "HF_TP_FP8_WEIGHTS": "fp8_weights",
     "HF_TP_WEIGHTS": "weights",
 }
@@ -92,15 +93,19 @@ class TPConfig:
         H200) on CUDA with Triton importable, "cublas" elsewhere. "triton" needs CUDA (compute capability 8.0+; a rank whose GPU is older
         falls back to "cublas" at load and shows it) and Triton, or TRITON_INTERPRET=1 on CPU (tests).
       pdl: programmatic dependent launch in the decode loop (Hopper and later): hf_tp's decode kernels (the GEMMs,
-        decode attention, the MoE router and experts) and the kernels Inductor generates for the compiled step (where this torch has
-        ``torch._inductor.config.triton.enable_pdl``) are launched so that a kernel is placed on the GPU while the
-        one before it finishes, and waits for its results there (hf_tp/kernels/pdl.py). Tokens are the same bits
-        either way. Default: off (True needs CUDA; older GPUs, and Triton without the launch, run without it).
-        One H200, Llama-3-8B shape, batch 1, with both halves switched on for the whole process: tp 1 219.4 ->
-        227.7 tok/s, rank of tp 2 364.4 -> 387.1, rank of tp 8 697.0 -> 787.8; either half alone was not faster;
-        the first form wired to this option (Inductor's half as torch.compile options) measured 363.8 against
-        364.7 without (benchmarks/RESULTS.md, 2026-12-04, sixth session). The loop now sets Inductor's option
-        around each generate call, as the faster measurement did: on by default once that is measured.
+        decode attention, the MoE router and experts) and the kernels Inductor generates for the compiled step (where
+        this torch has ``torch._inductor.config.triton.enable_pdl``) are launched so that a kernel is placed on the
+        GPU while the one before it finishes, and waits for its results there (hf_tp/kernels/pdl.py). Tokens are
+        the same bits either way. Default (None): on for models whose MoE experts run hf_tp's decode kernels, off
+        for the others, decided at load (``resolve_pdl``) and shown in ``model.hf_tp_config``; True needs CUDA
+        (older GPUs, and Triton without the launch, run without it). Measured on one H200 (benchmarks/RESULTS.md,
+        2026-12-04, seventh session), batch 1: qwen3-moe-mini tp 1 609.9 -> 653.1 tok/s with it; the Llama-3-8B
+        shape 222.4 -> 214.1 at tp 1 and 367.6 -> 363.8 at the rank of tp 2 (not faster).
+      combo_kernels: Inductor's combo kernels (``torch._inductor.config.combo_kernels``) for the decode loop's
+        compiled step: independent small kernels of a layer (rope, the KV cache writes, the mask) launched as
+        one. Same tokens (each element is computed as before). Default (None): on with CUDA, where one H200
+        measured the rank of tp 2 of the Llama-3-8B shape at 370.1 -> 383.0 tok/s (benchmarks/RESULTS.md,
+        2026-12-04, seventh session); off elsewhere (no compiled step on CPU).
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
       On CPU neither graphs nor a compiled step exist: resolve() sets cuda_graphs=False and allreduce="gloo"
@@ -157,6 +162,7 @@ class TPConfig:
     decode_attention: str | None = None
     decode_gemm: str | None = None
     pdl: bool | None = None
+    combo_kernels: bool | None = None
 
     def __new__(cls, *args, **kwargs):
         misplaced = [name for name in HANDLE_OPTIONS if name in kwargs]
@@ -235,8 +241,10 @@ class TPConfig:
                              f"(device {device_type!r}, Triton "
                              f"{'importable' if _triton_available() else 'not importable'}); use decode_gemm='cublas' "
                              "here.")
-        if config.pdl is None or device_type != "cuda":
-            filled["pdl"] = False  # opt-in until the shipped form is measured faster (see the docstring)
+        if device_type != "cuda":  # a CUDA launch; on CUDA, None is decided at load (resolve_pdl)
+            filled["pdl"] = False
+        if config.combo_kernels is None or device_type != "cuda":
+            filled["combo_kernels"] = device_type == "cuda"
         if config.fp8_weights == "auto" and device_type != "cuda":  # CUDA: each rank decides for its GPU at load
             filled["fp8_weights"] = "dequantize"
         return dataclasses.replace(config, **filled)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 import hf_tp
 from hf_tp.config import DEFAULT_WORKER_ENV
+from hf_tp.kernels.pdl import resolve_pdl
 
 
 def test_defaults_resolve_per_device():
@@ -20,9 +22,17 @@ def test_defaults_resolve_per_device():
     # What applies on CPU, not the CUDA options (issue 20: a CPU model showed allreduce='nccl', cuda_graphs=True).
     assert (cpu.cuda_graphs, cpu.allreduce, cpu.pinned_load) == (False, "gloo", False)
     assert (cuda2.cuda_graphs, cuda2.allreduce, cuda2.pinned_load) == (True, "nccl", True)
-    assert (cpu.pdl, cuda1.pdl, cuda2.pdl) == (False, False, False)  # programmatic dependent launch: opt-in
-    assert hf_tp.TPConfig(pdl=True).resolve("cpu", 2, environ={}).pdl is False  # a CUDA launch
+    # Programmatic dependent launch: a CUDA launch; on CUDA decided at load, on for MoE kernel models only.
+    assert (cpu.pdl, cuda1.pdl, cuda2.pdl) == (False, None, None)
+    assert hf_tp.TPConfig(pdl=True).resolve("cpu", 2, environ={}).pdl is False
     assert hf_tp.TPConfig().resolve("cuda", 1, environ={"HF_TP_PDL": "1"}).pdl is True
+    assert [resolve_pdl(cuda1, torch.device("cuda", 0), moe).pdl for moe in (0, 24)] == [False, True]
+    assert resolve_pdl(cuda1, torch.device("cpu"), 24).pdl is False
+    assert resolve_pdl(hf_tp.TPConfig(pdl=False).resolve("cuda", 1, environ={}), torch.device("cuda"), 24).pdl is False
+    # Inductor's combo kernels for the compiled step: on with CUDA, where there is a compiled step.
+    assert (cpu.combo_kernels, cuda1.combo_kernels, cuda2.combo_kernels) == (False, True, True)
+    assert hf_tp.TPConfig().resolve("cuda", 1, environ={"HF_TP_COMBO_KERNELS": "0"}).combo_kernels is False
+    assert hf_tp.TPConfig(combo_kernels=True).resolve("cpu", 1, environ={}).combo_kernels is False
     # Asked for or set by the environment, they still do not apply on CPU.
     asked = hf_tp.TPConfig(cuda_graphs=True, allreduce="one_shot", pinned_load=True)
     assert asked.resolve("cpu", 2, environ={"HF_TP_CUDA_GRAPHS": "1"}) == cpu

@@ -57,6 +57,17 @@ SCORE_ROWS = 64  # scores/logits buffers hold max_new_tokens rounded up to this 
 ARGMAX_CHUNKS = 64
 
 
+def inductor_config_patch(options: dict):
+    """A block with ``options`` set in Inductor's config (none: nothing). Inductor reads its config when it
+    compiles, and the compiled step's FX-graph cache key includes it, so a block with other options compiles
+    its own code."""
+    if not options:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(options)
+
+
 def first_argmax(values: torch.Tensor) -> torch.Tensor:
     """``values.argmax(-1)`` for (rows, n): the index of each row's first maximum (a NaN counts as the maximum, as
     in torch.argmax), computed in two steps when ``n`` splits into ARGMAX_CHUNKS pieces of at least 16. Both steps
@@ -567,7 +578,8 @@ class StaticDecoder:
 
         self.model, self.tp, self.device, self.use_graphs = model, tp, tp.device, use_graphs
         self.config = config or TPConfig()  # the all-reduce options of the compiled step
-        self._pdl = self.device.type == "cuda" and bool(self.config.pdl)  # TPConfig.pdl (off by default)
+        self._pdl = self.device.type == "cuda" and bool(self.config.pdl)  # TPConfig.pdl (decided at load)
+        self._inductor_options = self.inductor_options()
         self.cache_argument = cache_argument_name(model)
         self.sessions: OrderedDict[tuple[int, int], _Session] = OrderedDict()
         self._compiled = None
@@ -578,6 +590,15 @@ class StaticDecoder:
             from ..parallel.teardown import register_graph_owner
 
             register_graph_owner(self)  # its graphs must go before the process group does
+
+    def inductor_options(self) -> dict:
+        """Inductor options of the compiled step, from TPConfig: PDL for its kernels (TPConfig.pdl) and combo
+        kernels (TPConfig.combo_kernels). Set in Inductor's config around each generate call (compiling and
+        capturing included), the form in which both were measured (benchmarks/RESULTS.md, 2026-12-04)."""
+        options = dict(pdl.inductor_options(self._pdl))
+        if self.device.type == "cuda" and self.config.combo_kernels:
+            options["combo_kernels"] = True
+        return options
 
     def release_graphs(self) -> None:
         """Drop every captured graph (and the sessions' caches). NCCL cannot destroy a communicator
@@ -628,7 +649,7 @@ class StaticDecoder:
         # hf_tp's decode kernels serve the loop's steps, eager ones included (hf_tp.kernels.decode_gemm.
         # launch_context_pays): the same kernels, and the same bits, with or without graphs
         # and, with TPConfig.pdl, launched with programmatic dependent launch (hf_tp.kernels.pdl)
-        with decode_loop_calls(), pdl.launching(self._pdl), pdl.inductor_launching(self._pdl):
+        with decode_loop_calls(), pdl.launching(self._pdl), inductor_config_patch(self._inductor_options):
             return self._generate(request)
 
     def _generate(self, request: DecodeRequest) -> torch.Tensor:
