@@ -4,7 +4,7 @@ from torch.profiler, against the wall time per token.
 A generate of N tokens is profiled, then one of 1 token (prefill and setup only); the difference divided by
 N - 1 is the decode steps' own kernel time. "gaps" is wall time per token minus kernel time: launch gaps,
 host work, and (in the captured step) the time between graph nodes. With programmatic dependent launch
-(TPConfig.pdl=True or HF_TP_PDL=1; off by default) a kernel starts while the one before it finishes and waits for it on the GPU:
+(TPConfig.pdl=True or HF_TP_PDL=1; by default on for MoE kernel models only) a kernel starts while the one before it finishes and waits for it on the GPU:
 kernel times then overlap and include that wait, so the kinds add up to more than the wall time and "gaps" can be
 negative. Profile with ``pdl=False`` (HF_TP_PDL=0) for a breakdown whose parts add up.
 """
