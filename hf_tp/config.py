@@ -97,7 +97,8 @@ class TPConfig:
         this torch has ``torch._inductor.config.triton.enable_pdl``) are launched so that a kernel is placed on the
         GPU while the one before it finishes, and waits for its results there (hf_tp/kernels/pdl.py). Tokens are
         the same bits either way. Default (None): on for models whose MoE experts run hf_tp's decode kernels, off
-        for the others, decided at load (``resolve_pdl``) and shown in ``model.hf_tp_config``; True needs CUDA
+        for the others, decided at load (``resolve_pdl``) and shown in a launched model's ``hf_tp_config`` (the
+        handle's shows None: each worker decides); True needs CUDA
         (older GPUs, and Triton without the launch, run without it). Measured on one H200 (benchmarks/RESULTS.md,
         2026-12-04, seventh session), batch 1: qwen3-moe-mini tp 1 609.9 -> 653.1 tok/s with it; the Llama-3-8B
         shape 222.4 -> 214.1 at tp 1 and 367.6 -> 363.8 at the rank of tp 2 (not faster).

@@ -84,7 +84,7 @@ def resolve_pdl(config, device: torch.device, moe_kernel_modules: int):
     """``config`` with ``pdl`` decided where it is None (the default): on for a model whose MoE experts run hf_tp's
     decode kernels (``moe_kernel_modules`` > 0), where one H200 measured it faster (qwen3-moe-mini tp 1: 609.9 ->
     653.1 tok/s), off for the others (dense Llama-3-8B shapes: not faster; benchmarks/RESULTS.md, 2026-12-04,
-    seventh session). Chosen once at load, so ``model.hf_tp_config`` shows it."""
+    seventh session). Chosen once at load, so a launched model's ``hf_tp_config`` shows it."""
     if config.pdl is not None:
         return config
     import dataclasses
