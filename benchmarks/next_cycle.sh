@@ -14,7 +14,9 @@
 #      prefetch before the PDL wait (PF=1 PFL=16: max(1, 16 // BLOCK_N) lines per weight row); then what the sixth
 #      session had no time for: gpu_check.py --fp8 block, the fp16 form at prefill sizes.
 #   CALL=3: the defaults that call 2 decided (combo kernels on; PDL on for MoE kernel models), tested and measured.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3] bash benchmarks/next_cycle.sh
+#   CALL=4 (the next session's first): TPConfig.gemm_prologues (silu·mul inside the down projection's GEMM), its GPU
+#      tests and rows off/on; then flip its default in TPConfig.resolve if faster, and run the rest of CALL=3.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
@@ -55,7 +57,20 @@ row() {  # row NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : one run_system row in
   step "$name" "$need" python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/llama3-8b-$w" \
     --out "$OUT/e2e_$name.jsonl" "$@"
 }
-if [ "$CALL" = 3 ]; then
+if [ "$CALL" = 4 ]; then
+  # TPConfig.gemm_prologues (built after the seventh session's calls, CPU-tested only): its GPU tests, then the
+  # rows with it off and on, interleaved, the rank of tp 2 profiled with it (silu·mul's kernel should be gone)
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  timeout 150 $T tests/test_prologue_pass.py > "$OUT/tests_4.txt" 2>&1; echo "rc=$? tests_4" >> "$OUT/log.txt"
+  wait
+  HF_TP_GEMM_PROLOGUES=0 row r2_glu0 45 bf16 --simulate-tp 2 --batches 1
+  HF_TP_GEMM_PROLOGUES=1 row r2_glu1 45 bf16 --simulate-tp 2 --batches 1 --profile 64
+  HF_TP_GEMM_PROLOGUES=0 row r8_glu0 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_GEMM_PROLOGUES=1 row r8_glu1 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_GEMM_PROLOGUES=1 row tp1_glu1 80 bf16 --batches 1,8
+  HF_TP_GEMM_PROLOGUES=0 row tp1_glu0 80 bf16 --batches 1,8
+  HF_TP_GEMM_PROLOGUES=1 row r2_glu1_again 45 bf16 --simulate-tp 2 --batches 1
+elif [ "$CALL" = 3 ]; then
   # The defaults as they ship after call 2 (TPConfig.combo_kernels on with CUDA; TPConfig.pdl decided at load: on
   # for MoE kernel models): the loop's GPU tests with them, then rows with no option set, against combo off
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &

@@ -32,6 +32,7 @@ ENV_OVERRIDES = {
     "HF_TP_DECODE_GEMM": "decode_gemm",
     "HF_TP_PDL": "pdl",
     "HF_TP_COMBO_KERNELS": "combo_kernels",
+    "HF_TP_GEMM_PROLOGUES": "gemm_prologues",
     "HF_TP_FP8_WEIGHTS": "fp8_weights",
     "HF_TP_WEIGHTS": "weights",
 }
@@ -107,6 +108,10 @@ class TPConfig:
         one. Same tokens (each element is computed as before). Default (None): on with CUDA, where one H200
         measured the rank of tp 2 of the Llama-3-8B shape at 370.1 -> 383.0 tok/s (benchmarks/RESULTS.md,
         2026-12-04, seventh session); off elsewhere (no compiled step on CPU).
+      gemm_prologues: the decode loop's compiled step makes the MLP's silu(gate) * up inside the down projection's
+        GEMM (an Inductor pass, hf_tp/kernels/prologue_pass.py, with decode_gemm="triton"): one kernel less per
+        layer. Values as without it up to one bf16 unit in the last place of the activation (the GEMM's exp
+        against Inductor's). Default: off until measured on a GPU; True needs CUDA.
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
       On CPU neither graphs nor a compiled step exist: resolve() sets cuda_graphs=False and allreduce="gloo"
@@ -164,6 +169,7 @@ class TPConfig:
     decode_gemm: str | None = None
     pdl: bool | None = None
     combo_kernels: bool | None = None
+    gemm_prologues: bool | None = None
 
     def __new__(cls, *args, **kwargs):
         misplaced = [name for name in HANDLE_OPTIONS if name in kwargs]
@@ -246,6 +252,8 @@ class TPConfig:
             filled["pdl"] = False
         if config.combo_kernels is None or device_type != "cuda":
             filled["combo_kernels"] = device_type == "cuda"
+        if config.gemm_prologues is None or device_type != "cuda":
+            filled["gemm_prologues"] = False  # opt-in until measured on a GPU (see the docstring)
         if config.fp8_weights == "auto" and device_type != "cuda":  # CUDA: each rank decides for its GPU at load
             filled["fp8_weights"] = "dequantize"
         return dataclasses.replace(config, **filled)

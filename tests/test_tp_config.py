@@ -33,6 +33,10 @@ def test_defaults_resolve_per_device():
     assert (cpu.combo_kernels, cuda1.combo_kernels, cuda2.combo_kernels) == (False, True, True)
     assert hf_tp.TPConfig().resolve("cuda", 1, environ={"HF_TP_COMBO_KERNELS": "0"}).combo_kernels is False
     assert hf_tp.TPConfig(combo_kernels=True).resolve("cpu", 1, environ={}).combo_kernels is False
+    # The GEMM prologue pass (silu * up inside the down projection's GEMM): opt-in, and only with CUDA.
+    assert (cpu.gemm_prologues, cuda1.gemm_prologues, cuda2.gemm_prologues) == (False, False, False)
+    assert hf_tp.TPConfig().resolve("cuda", 2, environ={"HF_TP_GEMM_PROLOGUES": "1"}).gemm_prologues is True
+    assert hf_tp.TPConfig(gemm_prologues=True).resolve("cpu", 1, environ={}).gemm_prologues is False
     # Asked for or set by the environment, they still do not apply on CPU.
     asked = hf_tp.TPConfig(cuda_graphs=True, allreduce="one_shot", pinned_load=True)
     assert asked.resolve("cpu", 2, environ={"HF_TP_CUDA_GRAPHS": "1"}) == cpu

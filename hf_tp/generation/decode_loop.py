@@ -40,7 +40,7 @@ from ..compat import (cache_argument_name, default_generation_params, flash_atte
                       link_shared_length, rewind_static_cache, static_cache, unlink_shared_length,
                       unsupported_cache)
 from ..faults import injected_fault
-from ..kernels import pdl
+from ..kernels import pdl, prologue_pass
 from ..kernels.decode_gemm import decode_loop_calls
 
 logger = logging.getLogger("hf_tp")
@@ -592,12 +592,14 @@ class StaticDecoder:
             register_graph_owner(self)  # its graphs must go before the process group does
 
     def inductor_options(self) -> dict:
-        """Inductor options of the compiled step, from TPConfig: PDL for its kernels (TPConfig.pdl) and combo
-        kernels (TPConfig.combo_kernels). Set in Inductor's config around each generate call (compiling and
+        """Inductor options of the compiled step, from TPConfig: PDL for its kernels (TPConfig.pdl), combo
+        kernels (TPConfig.combo_kernels) and the GEMM prologue pass (TPConfig.gemm_prologues). Set in Inductor's config around each generate call (compiling and
         capturing included), the form in which both were measured (benchmarks/RESULTS.md, 2026-12-04)."""
         options = dict(pdl.inductor_options(self._pdl))
         if self.device.type == "cuda" and self.config.combo_kernels:
             options["combo_kernels"] = True
+        if self.device.type == "cuda" and self.config.gemm_prologues and self.config.decode_gemm == "triton":
+            options.update(prologue_pass.inductor_options(True))
         return options
 
     def release_graphs(self) -> None:

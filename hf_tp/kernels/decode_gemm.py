@@ -120,6 +120,40 @@ def _(x, weight, bias, fp32_out):
     return x.new_empty(*x.shape[:-1], weight.shape[0], dtype=torch.float32 if fp32_out else x.dtype)
 
 
+def glu_reference(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of [gate | up] along the last dim, in its dtype, rounded as eager torch rounds it (silu's
+    result, then the product): the activation of Llama-style MLPs between the fused gate/up GEMM and down_proj."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+@torch.library.custom_op("hf_tp::decode_linear_glu", mutates_args=())
+def _decode_linear_glu_op(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          fp32_out: bool) -> torch.Tensor:
+    from hf_tp.kernels import gemv_triton
+
+    x2 = gate_up.reshape(-1, gate_up.shape[-1])
+    if x2.shape[0] == 0:
+        return gate_up.new_empty(*gate_up.shape[:-1], weight.shape[0],
+                                 dtype=torch.float32 if fp32_out else gate_up.dtype)
+    out = gemv_triton.launch(x2.contiguous(), weight, None, 0, 0, None if bias is None else bias.contiguous(),
+                             out_dtype=torch.float32 if fp32_out else gate_up.dtype, glu=True)
+    return out.view(*gate_up.shape[:-1], weight.shape[0])
+
+
+@_decode_linear_glu_op.register_fake
+def _(gate_up, weight, bias, fp32_out):
+    return gate_up.new_empty(*gate_up.shape[:-1], weight.shape[0], dtype=torch.float32 if fp32_out else gate_up.dtype)
+
+
+def decode_linear_glu(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                      fp32_out: bool = False) -> torch.Tensor:
+    """``decode_linear(glu_reference(gate_up), weight, bias, fp32_out)`` in one kernel: the GEMM makes
+    silu(gate) * up while it loads x, so no kernel before it writes the activation (TPConfig.gemm_prologues;
+    the step's compiled graph is rewritten to it by hf_tp.kernels.prologue_pass)."""
+    return _decode_linear_glu_op(gate_up, weight, bias, bool(fp32_out))
+
+
 def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   fp32_out: bool = False) -> torch.Tensor:
     """``decode_linear_reference`` by the Triton kernel: for x of at most DECODE_MAX_M rows and a weight that

@@ -62,8 +62,33 @@ def _first(a, b):
 
 
 @triton.jit
+def _silu_mul(gate, up):
+    """silu(gate) * up as the unfused step computes it: silu in fp32 (gate / (1 + exp(-gate))) rounded to the
+    activations' dtype, the product in fp32 rounded again (``glu_reference``)."""
+    g = gate.to(tl.float32)
+    act = (g / (1.0 + tl.exp(-g))).to(gate.dtype)
+    return (act.to(tl.float32) * up.to(tl.float32)).to(gate.dtype)
+
+
+@triton.jit
+def _load_x(x_ptrs, K, mask, GLU: tl.constexpr, MASKED: tl.constexpr):
+    """A tile of x (``mask`` read only if ``MASKED``); with ``GLU`` x is silu(gate) * up of a [gate | up] row
+    (gate at column k, up at K + k), made here from the two halves instead of by a kernel before the GEMM."""
+    if MASKED:
+        xv = tl.load(x_ptrs, mask=mask, other=0.0)
+        if GLU:
+            xv = _silu_mul(xv, tl.load(x_ptrs + K, mask=mask, other=0.0))
+    else:
+        xv = tl.load(x_ptrs)
+        if GLU:
+            xv = _silu_mul(xv, tl.load(x_ptrs + K))
+    return xv
+
+
+@triton.jit
 def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k_offset,
-               SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
+               SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+               GLU: tl.constexpr = False):
     """One step's x, W and scales. x and the scales are loaded through pointers of W's tile shape (the same
     address for every row, and for a vector's scale every column): they get W's register layout, so the loop
     needs no layout conversion through shared memory (at their own shapes they would, with a barrier per step),
@@ -72,14 +97,14 @@ def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k
     x_ptrs = x_ptr + x_rows + cols[None, :, :]
     w_ptrs = w_rows + cols[None, :, :]
     if EVEN_K:
-        xv = tl.load(x_ptrs)
+        xv = _load_x(x_ptrs, K, x_ptrs, GLU, False)
         if EVEN_N:
             w = tl.load(w_ptrs)
         else:
             w = tl.load(w_ptrs, mask=n_ok[:, None, None], other=0.0)
     else:
         k_ok = cols < K
-        xv = tl.load(x_ptrs, mask=k_ok[None, :, :], other=0.0)
+        xv = _load_x(x_ptrs, K, k_ok[None, :, :], GLU, True)
         w = tl.load(w_ptrs, mask=n_ok[:, None, None] & k_ok[None, :, :], other=0.0)
     if SCALE == 2:
         if GROUP_SHIFT >= 0:
@@ -141,7 +166,8 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, N, K, G, group
                  stride_sn, stride_os, SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, SPLIT: tl.constexpr,
                  FOLD: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
                  BLOCK_N: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
-                 PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0, LINE: tl.constexpr = 64):
+                 PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0, LINE: tl.constexpr = 64,
+                 GLU: tl.constexpr = False):
     BLOCK_K: tl.constexpr = NV * VEC
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -166,10 +192,10 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, N, K, G, group
         # (the last step re-reads itself, from cache, instead of a masked load: masks cost instructions)
         k_last = k_lo + ((k_hi - k_lo - 1) // BLOCK_K) * BLOCK_K
         xv, w, s = _gemv_load(x_ptr, x_rows, w_rows, s_rows, k_lo, kk, kv, n_ok, K, G, group_k, k_offset,
-                              SCALE, GROUP_SHIFT, EVEN_N, EVEN_K)
+                              SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             xn, wn, sn = _gemv_load(x_ptr, x_rows, w_rows, s_rows, tl.minimum(k0 + BLOCK_K, k_last), kk, kv, n_ok,
-                                    K, G, group_k, k_offset, SCALE, GROUP_SHIFT, EVEN_N, EVEN_K)
+                                    K, G, group_k, k_offset, SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU)
             acc3 = _gemv_math(acc3, xv, w, s, SCALE)
             xv, w, s = xn, wn, sn
     else:
@@ -177,7 +203,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, N, K, G, group
         # its own for a loop without tl.dot
         for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
             xv, w, s = _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k_offset,
-                                  SCALE, GROUP_SHIFT, EVEN_N, EVEN_K)
+                                  SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU)
             acc3 = _gemv_math(acc3, xv, w, s, SCALE)
     out = tl.sum(tl.sum(acc3, axis=2), axis=1)
     if SPLIT:
@@ -195,18 +221,19 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, N, K, G, group
 
 @triton.jit
 def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, G, group_k, k_offset,
-                    SCALE: tl.constexpr, EVEN_K: tl.constexpr, MMA: tl.constexpr, BLOCK_K: tl.constexpr):
+                    SCALE: tl.constexpr, EVEN_K: tl.constexpr, MMA: tl.constexpr, BLOCK_K: tl.constexpr,
+                    GLU: tl.constexpr = False):
     """The tl.dot kernel's K loop, in the operand dtype ``MMA`` says: 0 x's own dtype, 1 fp16 (FP8 weights
     with an fp16 copy of bf16 activations, below), 2 fp32 with IEEE products (fp32 activations; the fp16 form's
     fallback)."""
     for k0 in range(k_lo, k_hi, BLOCK_K):
         cols = k0 + rk
         if EVEN_K:
-            xv = tl.load(x_rows + cols[None, :], mask=m_ok[:, None], other=0.0)
+            xv = _load_x(x_rows + cols[None, :], K, m_ok[:, None], GLU, True)
             w = tl.load(w_rows + cols[None, :], mask=n_ok[:, None], other=0.0)
         else:
             k_ok = cols < K
-            xv = tl.load(x_rows + cols[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            xv = _load_x(x_rows + cols[None, :], K, m_ok[:, None] & k_ok[None, :], GLU, True)
             w = tl.load(w_rows + cols[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         if MMA == 2:
             xv = xv.to(tl.float32)
@@ -241,7 +268,7 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, M
                      SCALE: tl.constexpr, SPLIT: tl.constexpr, FOLD: tl.constexpr, HAS_BIAS: tl.constexpr,
                      EVEN_K: tl.constexpr, MMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-                     LINE: tl.constexpr = 64):
+                     LINE: tl.constexpr = 64, GLU: tl.constexpr = False):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -263,7 +290,7 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, M
     else:
         steps_rows = x_rows
     acc = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), steps_rows, w_rows, s_rows, m_ok, n_ok,
-                          rk, k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, MMA, BLOCK_K)
+                          rk, k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, MMA, BLOCK_K, GLU)
     if MMA == 1:
         # fp16 holds every bf16 value from 2^-14 to 65504 exactly (11 significant bits against 8), so the products
         # are the bf16 kernel's (of a copy made from bf16 x; see fp8.fp8_linear); a larger |x| became inf in it.
@@ -453,12 +480,20 @@ def takes_fp16(cfg: dict, elem_bytes: int, x_dtype: torch.dtype, mode: int) -> b
 
 def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None, group_k: int = 0,
            k_offset: int = 0, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-           config: dict | None = None, path: str | None = None, x16: torch.Tensor | None = None) -> torch.Tensor:
+           config: dict | None = None, path: str | None = None, x16: torch.Tensor | None = None,
+           glu: bool = False) -> torch.Tensor:
     """x2 (M, K) contiguous; weight (N, K) with unit stride along K; scale None (dense) or (N, G) float32
     contiguous, the canonical FP8 scales with ``group_k``/``k_offset``. Returns (M, N) in ``out_dtype``
     (default x2's dtype). ``path`` ("gemv" for M == 1, "dot") and ``config`` override the choice (tests and
-    the benchmark's sweep). ``x16``: x2 in fp16, for a config with "X16" (made here when not given)."""
+    the benchmark's sweep). ``x16``: x2 in fp16, for a config with "X16" (made here when not given).
+    ``glu``: x2 is (M, 2K) [gate | up] and the product is silu(gate) * up times W^T (dense weights only), the
+    activation made in the GEMM's loads (``_load_x``)."""
     M, K = x2.shape
+    if glu:
+        if scale is not None or K % 2 or weight.shape[1] != K // 2:
+            raise ValueError(f"gemv_triton: glu takes dense weights (N, K) and x (M, 2K), got x {tuple(x2.shape)}, "
+                             f"weight {tuple(weight.shape)}, scale {'given' if scale is not None else None}")
+        K //= 2
     N = weight.shape[0]
     out_dtype = out_dtype or x2.dtype
     path, cfg = choose(M, N, K, weight.element_size(), sm_count(x2.device), path)
@@ -514,7 +549,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                            HAS_BIAS=bias is not None,
                            EVEN_N=N % cfg["BLOCK_N"] == 0, EVEN_K=even_k, BLOCK_N=cfg["BLOCK_N"],
                            NV=block_k // vec, VEC=vec, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"],
-                           num_stages=max(1, cfg["num_stages"]), **gemm_pdl)
+                           num_stages=max(1, cfg["num_stages"]), GLU=glu, **gemm_pdl)
     else:
         # "X16": FP8 weights with bf16 activations multiplied in fp16 (see _gemv_dot_kernel): FP8 widens to
         # fp16 in one instruction per pair, to bf16 only through fp32 at the GPU's slow conversion rate, and the
@@ -533,7 +568,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                           x2.stride(0), weight.stride(0), s.stride(0), M * N, N,
                           SCALE=mode, SPLIT=splits > 1, FOLD=fold, HAS_BIAS=bias is not None, EVEN_K=even_k,
                           MMA=mma, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
-                          num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **gemm_pdl)
+                          num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], GLU=glu, **gemm_pdl)
     if splits > 1 and not fold:
         block = 1024
         _gemv_split_reduce[(triton.cdiv(M * N, block),)](dest, s, b, out, M * N, N, splits, s.stride(0),
