@@ -97,14 +97,18 @@ def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k
     x_ptrs = x_ptr + x_rows + cols[None, :, :]
     w_ptrs = w_rows + cols[None, :, :]
     if EVEN_K:
-        xv = _load_x(x_ptrs, K, x_ptrs, GLU, False)
+        xv = tl.load(x_ptrs)
+        if GLU:
+            xv = _silu_mul(xv, tl.load(x_ptrs + K))
         if EVEN_N:
             w = tl.load(w_ptrs)
         else:
             w = tl.load(w_ptrs, mask=n_ok[:, None, None], other=0.0)
     else:
         k_ok = cols < K
-        xv = _load_x(x_ptrs, K, k_ok[None, :, :], GLU, True)
+        xv = tl.load(x_ptrs, mask=k_ok[None, :, :], other=0.0)
+        if GLU:
+            xv = _silu_mul(xv, tl.load(x_ptrs + K, mask=k_ok[None, :, :], other=0.0))
         w = tl.load(w_ptrs, mask=n_ok[:, None, None] & k_ok[None, :, :], other=0.0)
     if SCALE == 2:
         if GROUP_SHIFT >= 0:
