@@ -205,7 +205,8 @@ class TPConfig:
             raise ValueError("TPConfig: load_buffers >= 1, load_chunk_mb > 0 and one_shot_max_kb >= 0 are required.")
 
     def resolve(self, device_type: str, tp_size: int, environ=None) -> "TPConfig":
-        """This config with environment overrides applied and every ``None`` filled in for the device."""
+        """This config with environment overrides applied and every ``None`` filled in for the device, but
+        ``pdl`` on CUDA, which each rank decides at load (hf_tp.kernels.pdl.resolve_pdl)."""
         environ = os.environ if environ is None else environ
         changes = {}
         for name, attr in ENV_OVERRIDES.items():

@@ -96,10 +96,25 @@ def product_used_twice(x, r):
     gate, up = decode_linear(x, wgu).split([I, I], -1)
     h = F.silu(gate) * up
     return decode_linear(h, wd) + h[..., :H]
+def chunk_form(x, r):  # aten.split.Tensor
+    gate, up = decode_linear(x, wgu).chunk(2, -1)
+    return decode_linear(F.silu(gate) * up, wd) + r
+def swapped_halves(x, r):  # silu of the second half: not this kernel's activation
+    up, gate = decode_linear(x, wgu).split([I, I], -1)
+    return decode_linear(F.silu(gate) * up, wd) + r
+def scaled_add(x, r):  # silu's form, but 1 + 3 exp(-x) (an add with alpha)
+    gate, up = decode_linear(x, wgu).split([I, I], -1)
+    g = gate.float()
+    return decode_linear((g / torch.add(1, torch.exp(-g), alpha=3)).to(gate.dtype) * up, wd) + r
+def three_parts(x, r):  # a three-way split whose first two parts are equal
+    gate, up, rest = decode_linear(x, wgu).split([I // 2, I // 2, I], -1)
+    return decode_linear(F.silu(gate) * up, wd[:, :I // 2]) + r + rest[..., :H]
+FNS = (split_form, slice_form, chunk_form, gelu_mlp, product_used_twice, swapped_halves, scaled_add, three_parts)
+REWRITTEN = ("split_form", "slice_form", "chunk_form")
 out = {}
 for rows, dtype in ((1, torch.float32), (3, torch.float32), (1, torch.float16), (3, torch.float16)):
     x = torch.randn(1, rows, H, generator=g)  # 1: the GEMV kernel; 3: tl.dot
-    for fn in (split_form, slice_form, gelu_mlp, product_used_twice):
+    for fn in FNS:
         args = (x.to(dtype), x.to(dtype))
         wgu_, wd_ = wgu, wd
         globals()["wgu"], globals()["wd"] = wgu_.to(dtype), wd_.to(dtype)
@@ -111,7 +126,7 @@ for rows, dtype in ((1, torch.float32), (3, torch.float32), (1, torch.float16), 
         globals()["wgu"], globals()["wd"] = wgu_, wd_
         err = ((compiled.double() - eager.double()).norm() / eager.double().norm()).item()
         out[f"{fn.__name__} {rows} {dtype}"] = dict(rewrites=sum(counts), err=err)
-print(json.dumps(out))
+print(json.dumps(dict(out=out, names=[f.__name__ for f in FNS], rewritten=REWRITTEN)))
 """
 
 _MODEL_SCRIPT = r"""
@@ -167,16 +182,17 @@ def test_glu_kernel_matches_silu_mul_then_the_gemm():
 
 def test_pass_rewrites_exactly_the_silu_product_and_keeps_the_values():
     pytest.importorskip("triton")
-    out = _run(_PASS_SCRIPT)
+    result = _run(_PASS_SCRIPT)
+    out, names, rewritten = result["out"], result["names"], set(result["rewritten"])
+    assert len(names) == 8 and rewritten == {"split_form", "slice_form", "chunk_form"}
     for case in ("1 torch.float32", "3 torch.float32", "1 torch.float16", "3 torch.float16"):
-        assert out[f"split_form {case}"]["rewrites"] == 1, out
-        assert out[f"slice_form {case}"]["rewrites"] == 1, out
-        assert out[f"gelu_mlp {case}"]["rewrites"] == 0, out  # another activation: left alone
-        assert out[f"product_used_twice {case}"]["rewrites"] == 0, out  # h is needed as well: left alone
-        # fp32: summation order; fp16: Inductor computes the unfused activation in fp32 without rounding it
-        # (eager rounds silu's result), so the two differ by the activation's rounding
-        bound = 1e-5 if case.endswith("float32") else 2e-3
-        for name in ("split_form", "slice_form", "gelu_mlp", "product_used_twice"):
+        for name in names:
+            # the three forms of silu(gate) * up are rewritten; another activation, a product needed elsewhere,
+            # swapped halves, 1 + 3 exp(-x) and a three-way split are left alone
+            assert out[f"{name} {case}"]["rewrites"] == (name in rewritten), (name, case, out)
+            # fp32: summation order; fp16: Inductor computes the unfused activation in fp32 without rounding
+            # it (eager rounds silu's result), so the two differ by the activation's rounding
+            bound = 1e-5 if case.endswith("float32") else 2e-3
             assert out[f"{name} {case}"]["err"] < bound, (name, case, out)
 
 
@@ -241,3 +257,24 @@ def test_gpu_loop_with_gemm_prologues_matches_transformers(tmp_path, monkeypatch
                             pad_token_id=0)
     assert torch.equal(got, want), (got[:, 11:].tolist(), want[:, 11:].tolist())
     assert ours._hf_tp_static_decoder.use_graphs and sum(counts) == config.num_hidden_layers, counts
+
+
+def test_decode_loop_sets_the_inductor_options_its_config_asks_for():
+    """StaticDecoder.inductor_options: what the loop sets in Inductor's config around each generate call."""
+    import types
+
+    from hf_tp.config import TPConfig
+    from hf_tp.generation.decode_loop import StaticDecoder
+    from hf_tp.kernels.prologue_pass import GemmPrologues
+
+    def options(device, pdl=False, **config):
+        config = TPConfig(**{"combo_kernels": True, "gemm_prologues": False, "decode_gemm": "triton", **config})
+        return StaticDecoder.inductor_options(types.SimpleNamespace(device=torch.device(device), config=config,
+                                                                    _pdl=pdl))
+
+    assert options("cpu", gemm_prologues=True) == {}  # no compiled step on CPU
+    assert options("cuda") == {"combo_kernels": True}
+    assert options("cuda", combo_kernels=False) == {}
+    assert isinstance(options("cuda", gemm_prologues=True)["post_grad_custom_post_pass"], GemmPrologues)
+    assert "post_grad_custom_post_pass" not in options("cuda", gemm_prologues=True, decode_gemm="cublas")
+    assert options("cuda", pdl=True).get("triton.enable_pdl") is True

@@ -304,7 +304,7 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, M
         bad = tl.max(tl.max(((acc != acc) | (tl.abs(acc) > 3.0e38)).to(tl.int32), axis=1), axis=0)
         if bad != 0:
             acc = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_rows, w_rows, s_rows, m_ok,
-                                  n_ok, rk, k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, 2, BLOCK_K)
+                                  n_ok, rk, k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, 2, BLOCK_K, GLU)
     mn_ok = m_ok[:, None] & n_ok[None, :]
     if SPLIT:
         tl.store(o_ptr + pid_s * stride_os + rm[:, None] * stride_om + rn[None, :], acc, mask=mn_ok)

@@ -7,7 +7,7 @@ before has finished and its writes are visible, so it reads and writes nothing e
 kernel be placed (``gdc_launch_dependents``). What this can save is the launch latency between two kernels, a
 microsecond or two each. hf_tp's decode loop turns it on for its calls where ``TPConfig.pdl`` says so
 (:func:`launching`); Inductor's kernels of the compiled step get the same from its own ``triton.enable_pdl``
-option, set around the same calls (:func:`inductor_launching`).
+option (:func:`inductor_options`), which the decode loop sets around the same calls.
 """
 
 from __future__ import annotations
@@ -45,10 +45,9 @@ def inductor_options(enabled: bool) -> dict:
 
 def inductor_launching(enabled: bool):
     """A block in which Inductor generates and launches its kernels with PDL (``inductor_options`` set in its
-    config for the block's duration, compiling and capturing included), or nothing. The decode loop wraps each
-    generate call in it: the form measured faster (benchmarks/RESULTS.md, 2026-12-04 sixth session) set the
-    option for the whole process; passing it only as torch.compile's ``options`` was not faster in the same
-    measurement."""
+    config for the block's duration, compiling and capturing included), or nothing: what the decode loop does
+    around each generate call (with its other Inductor options, StaticDecoder.inductor_options), for tests that
+    compile outside the loop."""
     options = inductor_options(enabled)
     if not options:
         return contextlib.nullcontext()

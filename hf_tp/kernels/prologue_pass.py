@@ -36,61 +36,85 @@ aten = torch.ops.aten
 prims = torch.ops.prims
 
 
-def _is(node, target) -> bool:
-    return isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target == target
+def _is(node, target, nargs: tuple[int, ...] | None = None) -> bool:
+    """``node`` calls ``target`` with positional arguments only (``nargs`` of them, when given): a keyword (an
+    add's ``alpha``, a slice's ``step``) would mean another computation than the one matched."""
+    return (isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target == target
+            and not node.kwargs and (nargs is None or len(node.args) in nargs))
 
 
 def _last_dim(node, dim) -> bool:
     value = node.meta.get("val")
-    return value is not None and dim in (-1, value.dim() - 1)
+    return value is not None and isinstance(dim, int) and dim in (-1, value.dim() - 1)
 
 
 def _halves(gate, up):
-    """The (..., 2I) tensor whose first half is ``gate`` and second half ``up``, or None."""
-    if _is(gate, operator.getitem) and _is(up, operator.getitem) and gate.args[0] is up.args[0]:
+    """(the (..., 2I) tensor whose first half is ``gate`` and second half ``up``, the nodes that cut it), or
+    None."""
+    if _is(gate, operator.getitem, (2,)) and _is(up, operator.getitem, (2,)) and gate.args[0] is up.args[0]:
         split = gate.args[0]
-        if (_is(split, aten.split_with_sizes.default) and (gate.args[1], up.args[1]) == (0, 1)
-                and len(split.args[1]) == 2 and split.args[1][0] == split.args[1][1]
-                and _last_dim(split.args[0], split.args[2] if len(split.args) > 2 else 0)):
-            return split.args[0]
+        if (gate.args[1], up.args[1]) != (0, 1):
+            return None
+        if _is(split, aten.split_with_sizes.default, (2, 3)):  # split([I, I], -1)
+            sizes, dim = split.args[1], split.args[2] if len(split.args) > 2 else 0
+            halves = len(sizes) == 2 and sizes[0] == sizes[1]
+        elif _is(split, aten.split.Tensor, (2, 3)):  # chunk(2, -1), split(I, -1)
+            size, dim = split.args[1], split.args[2] if len(split.args) > 2 else 0
+            value = split.args[0].meta.get("val") if isinstance(split.args[0], torch.fx.Node) else None
+            halves = value is not None and isinstance(size, int) and 2 * size == value.shape[-1]
+        else:
+            return None
+        if halves and _last_dim(split.args[0], dim):
+            return split.args[0], [gate, up, split]
         return None
-    if _is(gate, aten.slice.Tensor) and _is(up, aten.slice.Tensor) and gate.args[0] is up.args[0]:
+    if _is(gate, aten.slice.Tensor, (1, 2, 3, 4, 5)) and _is(up, aten.slice.Tensor, (1, 2, 3, 4, 5)) \
+            and gate.args[0] is up.args[0]:
         source = gate.args[0]
         value = source.meta.get("val")
-        if value is None or not _last_dim(source, gate.args[1]) or not _last_dim(source, up.args[1]):
+        dims = [s.args[1] if len(s.args) > 1 else 0 for s in (gate, up)]
+        if value is None or not all(_last_dim(source, d) for d in dims):
+            return None
+        if any(len(s.args) > 4 and s.args[4] != 1 for s in (gate, up)):  # a step
             return None
         width = value.shape[-1]
         # a slice's start and end as given (None, or an end past the dim such as sys.maxsize for ``[..., I:]``)
         bounds = [(s.args[2] if len(s.args) > 2 and s.args[2] is not None else 0,
                    min(s.args[3], width) if len(s.args) > 3 and s.args[3] is not None else width)
                   for s in (gate, up)]
-        if any(len(s.args) > 4 and s.args[4] != 1 for s in (gate, up)):  # a step
-            return None
         if width % 2 == 0 and bounds == [(0, width // 2), (width // 2, width)]:
-            return source
+            return source, [gate, up]
     return None
 
 
 def _silu_input(node):
-    """x if ``node`` is silu(x) in x's dtype (aten.silu, or Inductor's decomposition: x in fp32 divided by
-    1 + exp(-x), rounded back to x's dtype), else None."""
-    if _is(node, aten.silu.default):
-        return node.args[0]
+    """(x, the nodes computing silu from x, users first) if ``node`` is silu(x) in x's dtype (aten.silu, or
+    Inductor's decomposition: x in fp32 divided by 1 + exp(-x), rounded back to x's dtype), else None."""
+    if _is(node, aten.silu.default, (1,)):
+        return node.args[0], [node]
+    chain = [node]
     rounded = node
-    if _is(node, prims.convert_element_type.default):
+    if _is(node, prims.convert_element_type.default, (2,)):
         node = node.args[0]
-    if not _is(node, aten.div.Tensor):
+        chain.append(node)
+    if not _is(node, aten.div.Tensor, (2,)):
         return None
     x32, denominator = node.args
-    if not (_is(denominator, aten.add.Tensor) and denominator.args[1] == 1 and _is(denominator.args[0], aten.exp.default)
-            and _is(denominator.args[0].args[0], aten.neg.default) and denominator.args[0].args[0].args[0] is x32):
+    if not (_is(denominator, aten.add.Tensor, (2,)) and denominator.args[1] == 1):
         return None
-    x = x32.args[0] if _is(x32, prims.convert_element_type.default) else x32
-    expected = x.meta.get("val")
+    exp = denominator.args[0]
+    neg = exp.args[0] if _is(exp, aten.exp.default, (1,)) else None
+    if not (_is(neg, aten.neg.default, (1,)) and neg.args[0] is x32):
+        return None
+    chain += [denominator, exp, neg]
+    x = x32
+    if _is(x32, prims.convert_element_type.default, (2,)):
+        x = x32.args[0]
+        chain.append(x32)
+    expected = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
     produced = rounded.meta.get("val")
     if expected is None or produced is None or expected.dtype != produced.dtype:
         return None
-    return x
+    return x, chain
 
 
 def fuse_glu_into_decode_linear(graph: torch.fx.Graph) -> int:
@@ -100,15 +124,16 @@ def fuse_glu_into_decode_linear(graph: torch.fx.Graph) -> int:
         if not _is(node, torch.ops.hf_tp.decode_linear.default):
             continue
         product = node.args[0]
-        if not _is(product, aten.mul.Tensor) or len(product.users) != 1:
+        if not _is(product, aten.mul.Tensor, (2,)) or len(product.users) != 1:
             continue
         for act, up in (product.args, product.args[::-1]):
-            gate = _silu_input(act) if isinstance(act, torch.fx.Node) and len(act.users) == 1 else None
-            source = _halves(gate, up) if gate is not None else None
-            if source is not None and source.meta["val"].dtype == product.meta["val"].dtype:
+            silu = _silu_input(act) if isinstance(act, torch.fx.Node) and len(act.users) == 1 else None
+            halves = _halves(silu[0], up) if silu is not None else None
+            if halves is not None and halves[0].meta["val"].dtype == product.meta["val"].dtype:
                 break
         else:
             continue
+        source = halves[0]
         with graph.inserting_before(node):
             replacement = graph.call_function(torch.ops.hf_tp.decode_linear_glu.default, (source, *node.args[1:]))
         # Only the output's fake value: the old node's other metadata describes its own inputs (Inductor's
@@ -119,9 +144,11 @@ def fuse_glu_into_decode_linear(graph: torch.fx.Graph) -> int:
                 replacement.meta[key] = node.meta[key]
         node.replace_all_uses_with(replacement)
         graph.erase_node(node)
+        # the nodes the rewrite left unused, users before what they use (no other dead code is touched)
+        for dead in [product, *silu[1], *halves[1]]:
+            if not dead.users and dead.graph is graph:
+                graph.erase_node(dead)
         fused += 1
-    if fused:
-        graph.eliminate_dead_code()
     return fused
 
 
