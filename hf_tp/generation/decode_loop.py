@@ -593,8 +593,9 @@ class StaticDecoder:
 
     def inductor_options(self) -> dict:
         """Inductor options of the compiled step, from TPConfig: PDL for its kernels (TPConfig.pdl), combo
-        kernels (TPConfig.combo_kernels) and the GEMM prologue pass (TPConfig.gemm_prologues). Set in Inductor's config around each generate call (compiling and
-        capturing included), the form in which both were measured (benchmarks/RESULTS.md, 2026-12-04)."""
+        kernels (TPConfig.combo_kernels) and the GEMM prologue pass (TPConfig.gemm_prologues). Set in
+        Inductor's config around each generate call, compiling and capturing included: the form in which PDL
+        and combo kernels were measured (benchmarks/RESULTS.md, 2026-12-04)."""
         options = dict(pdl.inductor_options(self._pdl))
         if self.device.type == "cuda" and self.config.combo_kernels:
             options["combo_kernels"] = True
