@@ -16,7 +16,8 @@
 #   CALL=3: the defaults that call 2 decided (combo kernels on; PDL on for MoE kernel models), tested and measured.
 #   CALL=4 (the next session's first): TPConfig.gemm_prologues (silu·mul inside the down projection's GEMM), its GPU
 #      tests and rows off/on; then flip its default in TPConfig.resolve if faster, and run the rest of CALL=3.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4] bash benchmarks/next_cycle.sh
+#   CALL=5 (the eighth session's second): TPConfig.persistent_norms off/on (call 4 measured gemm_prologues slower).
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
@@ -51,13 +52,33 @@ finally:  # did Inductor generate PDL code? (its output code holds each kernel's
     from torch._inductor.codecache import PyCodeCache
     texts = [open(m.__file__).read() for m in list(PyCodeCache.modules) if getattr(m, '__file__', None)]
     print('inductor output code:', len(texts), 'modules;', sum(t.count('gdc_wait') for t in texts), 'gdc_wait;',
-          sum(t.count(\"'launch_pdl': True\") for t in texts), 'launch_pdl True', flush=True)"
+          sum(t.count(\"'launch_pdl': True\") for t in texts), 'launch_pdl True;',
+          sum(t.count('def triton_per_') for t in texts), 'persistent and', sum(t.count('def triton_red_') for t in texts),
+          'looped reductions', flush=True)"
 row() {  # row NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : one run_system row into $OUT/e2e_NAME.jsonl (env flips apply)
   local name=$1 need=$2 w=$3; shift 3
   step "$name" "$need" python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/llama3-8b-$w" \
     --out "$OUT/e2e_$name.jsonl" "$@"
 }
-if [ "$CALL" = 4 ]; then
+if [ "$CALL" = 5 ]; then
+  # TPConfig.persistent_norms (the fused residual add + RMSNorm as one persistent reduction: its row read once;
+  # built in the eighth session, CPU-tested only): its GPU tests and rows off/on, interleaved, the rank of tp 2
+  # profiled with it (the four norm kernels, 155 µs per token in the seventh session, should shrink); the MoE gloo
+  # test that the seventh session's call 3 had no time for
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  (timeout 90 $T tests/test_persistent_norms.py > "$OUT/tests_5.txt" 2>&1; echo "rc=$? tests_5" >> "$OUT/log.txt"
+   timeout 100 $T tests/test_moe_kernel.py -k "two_gloo_ranks_on_one_gpu_with_kernels and qwen3_moe" \
+     > "$OUT/tests_5b.txt" 2>&1; echo "rc=$? tests_5b" >> "$OUT/log.txt") &
+  wait
+  HF_TP_PERSISTENT_NORMS=0 row r2_pn0 45 bf16 --simulate-tp 2 --batches 1
+  HF_TP_PERSISTENT_NORMS=1 row r2_pn1 50 bf16 --simulate-tp 2 --batches 1 --profile 64
+  HF_TP_PERSISTENT_NORMS=0 row r8_pn0 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_PERSISTENT_NORMS=1 row r8_pn1 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_PERSISTENT_NORMS=1 row tp1_pn1 55 bf16 --batches 1
+  HF_TP_PERSISTENT_NORMS=0 row tp1_pn0 55 bf16 --batches 1
+  HF_TP_PERSISTENT_NORMS=1 row r2_pn1_again 45 bf16 --simulate-tp 2 --batches 1
+  HF_TP_PERSISTENT_NORMS=0 row r2_pn0_again 45 bf16 --simulate-tp 2 --batches 1
+elif [ "$CALL" = 4 ]; then
   # TPConfig.gemm_prologues (built after the seventh session's calls, CPU-tested only): its GPU tests, then the
   # rows with it off and on, interleaved, the rank of tp 2 profiled with it (silu·mul's kernel should be gone)
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &

@@ -40,7 +40,7 @@ from ..compat import (cache_argument_name, default_generation_params, flash_atte
                       link_shared_length, rewind_static_cache, static_cache, unlink_shared_length,
                       unsupported_cache)
 from ..faults import injected_fault
-from ..kernels import pdl, prologue_pass
+from ..kernels import pdl, persistent_norms, prologue_pass
 from ..kernels.decode_gemm import decode_loop_calls
 
 logger = logging.getLogger("hf_tp")
@@ -65,7 +65,13 @@ def inductor_config_patch(options: dict):
         return contextlib.nullcontext()
     import torch._inductor.config as inductor_config
 
-    return inductor_config.patch(options)
+    @contextlib.contextmanager
+    def block():
+        # The reduction choices are installed too: Inductor reads their config entry only once per thread.
+        with inductor_config.patch(options), persistent_norms.choosing(options):
+            yield
+
+    return block()
 
 
 def first_argmax(values: torch.Tensor) -> torch.Tensor:
@@ -593,7 +599,8 @@ class StaticDecoder:
 
     def inductor_options(self) -> dict:
         """Inductor options of the compiled step, from TPConfig: PDL for its kernels (TPConfig.pdl), combo
-        kernels (TPConfig.combo_kernels) and the GEMM prologue pass (TPConfig.gemm_prologues). Set in
+        kernels (TPConfig.combo_kernels), the GEMM prologue pass (TPConfig.gemm_prologues) and the reduction
+        choices (TPConfig.persistent_norms). Set in
         Inductor's config around each generate call, compiling and capturing included: the form in which PDL
         and combo kernels were measured (benchmarks/RESULTS.md, 2026-12-04)."""
         options = dict(pdl.inductor_options(self._pdl))
@@ -601,6 +608,8 @@ class StaticDecoder:
             options["combo_kernels"] = True
         if self.device.type == "cuda" and self.config.gemm_prologues and self.config.decode_gemm == "triton":
             options.update(prologue_pass.inductor_options(True))
+        if self.device.type == "cuda" and self.config.persistent_norms:
+            options.update(persistent_norms.inductor_options(True))
         return options
 
     def release_graphs(self) -> None:
