@@ -17,7 +17,8 @@
 #   CALL=4 (the next session's first): TPConfig.gemm_prologues (silu·mul inside the down projection's GEMM), its GPU
 #      tests and rows off/on; then flip its default in TPConfig.resolve if faster, and run the rest of CALL=3.
 #   CALL=5 (the eighth session's second): TPConfig.persistent_norms off/on (call 4 measured gemm_prologues slower).
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5] bash benchmarks/next_cycle.sh
+#   CALL=6 (the eighth session's third): TPConfig.gemm_epilogues off/on, persistent norms on.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5|6] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
@@ -60,7 +61,22 @@ row() {  # row NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : one run_system row in
   step "$name" "$need" python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/llama3-8b-$w" \
     --out "$OUT/e2e_$name.jsonl" "$@"
 }
-if [ "$CALL" = 5 ]; then
+if [ "$CALL" = 6 ]; then
+  # TPConfig.gemm_epilogues (silu(gate) * up in the gate/up GEMM's epilogue; built in the eighth session, CPU-tested
+  # only) off and on, interleaved, with TPConfig.persistent_norms on (its new default); the rank of tp 2 profiled
+  # with it (the silu·mul kernel, 36 µs per token, should be gone)
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  timeout 120 $T tests/test_prologue_pass.py -k "epilogue or fusions" > "$OUT/tests_6.txt" 2>&1
+  echo "rc=$? tests_6" >> "$OUT/log.txt"
+  wait
+  HF_TP_GEMM_EPILOGUES=0 row r2_ep0 45 bf16 --simulate-tp 2 --batches 1
+  HF_TP_GEMM_EPILOGUES=1 row r2_ep1 50 bf16 --simulate-tp 2 --batches 1 --profile 64
+  HF_TP_GEMM_EPILOGUES=1 row r8_ep1 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_GEMM_EPILOGUES=0 row r8_ep0 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_GEMM_EPILOGUES=0 row tp1_ep0 55 bf16 --batches 1
+  HF_TP_GEMM_EPILOGUES=1 row tp1_ep1 55 bf16 --batches 1
+  HF_TP_GEMM_EPILOGUES=1 row r2_ep1_again 45 bf16 --simulate-tp 2 --batches 1
+elif [ "$CALL" = 5 ]; then
   # TPConfig.persistent_norms (the fused residual add + RMSNorm as one persistent reduction: its row read once;
   # built in the eighth session, CPU-tested only): its GPU tests and rows off/on, interleaved, the rank of tp 2
   # profiled with it (the four norm kernels, 155 µs per token in the seventh session, should shrink); the MoE gloo

@@ -33,6 +33,7 @@ ENV_OVERRIDES = {
     "HF_TP_PDL": "pdl",
     "HF_TP_COMBO_KERNELS": "combo_kernels",
     "HF_TP_GEMM_PROLOGUES": "gemm_prologues",
+    "HF_TP_GEMM_EPILOGUES": "gemm_epilogues",
     "HF_TP_PERSISTENT_NORMS": "persistent_norms",
     "HF_TP_FP8_WEIGHTS": "fp8_weights",
     "HF_TP_WEIGHTS": "weights",
@@ -115,11 +116,19 @@ class TPConfig:
         against Inductor's). Default: off, because it measured slower: one H200, Llama-3-8B shape, batch 1, rank
         of tp 2 382.9 -> 323.7 tok/s, tp 1 228.7 -> 194.9 (benchmarks/RESULTS.md, 2026-12-04, eighth session):
         every program of the down projection re-reads [gate | up] and computes silu on it. True needs CUDA.
+      gemm_epilogues: the decode loop's compiled step makes the MLP's silu(gate) * up in the epilogue of the fused
+        gate/up GEMM (an Inductor pass, hf_tp/kernels/prologue_pass.py, with decode_gemm="triton", where that
+        GEMM's config does not split K): one kernel less per layer, and each program computes both halves of its
+        outputs, so nothing is read twice. Values as without it up to one bf16 unit in the last place of the
+        activation (the GEMM's exp against Inductor's). Default: off until measured on a GPU; True needs CUDA.
       persistent_norms: Inductor compiles the decode loop's step with each row reduction up to 8192 wide (a fused
         residual add + RMSNorm over the hidden size) held in registers and read once, where by default it loops
         over rows wider than 1024 and reads them twice (hf_tp/kernels/persistent_norms.py). The fp32 mean of
-        squares is summed in another order, so values may differ in its last bits. Default: off until measured
-        on a GPU; True needs CUDA.
+        squares is summed in another order, so values may differ in its last bits. Default: on with CUDA. On one
+        H200 (benchmarks/RESULTS.md, 2026-12-04, eighth session), Llama-3-8B shape, batch 1: the four norm
+        kernels of the rank of tp 2 took 140.2 µs per token (155.6 looped); tp 1 228.6 -> 234.5 tok/s, rank of
+        tp 8 761.7 -> 777.9, rank of tp 2 392.2 -> 383.1 and 386.8 (the rows move by about 2 % from run to run).
+        Off elsewhere (no compiled step on CPU).
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
       On CPU neither graphs nor a compiled step exist: resolve() sets cuda_graphs=False and allreduce="gloo"
@@ -178,6 +187,7 @@ class TPConfig:
     pdl: bool | None = None
     combo_kernels: bool | None = None
     gemm_prologues: bool | None = None
+    gemm_epilogues: bool | None = None
     persistent_norms: bool | None = None
 
     def __new__(cls, *args, **kwargs):
@@ -264,8 +274,10 @@ class TPConfig:
             filled["combo_kernels"] = device_type == "cuda"
         if config.gemm_prologues is None or device_type != "cuda":
             filled["gemm_prologues"] = False  # opt-in: measured slower (see the docstring)
+        if config.gemm_epilogues is None or device_type != "cuda":
+            filled["gemm_epilogues"] = False  # opt-in until measured on a GPU (see the docstring)
         if config.persistent_norms is None or device_type != "cuda":
-            filled["persistent_norms"] = False  # opt-in until measured on a GPU (see the docstring)
+            filled["persistent_norms"] = device_type == "cuda"
         if config.fp8_weights == "auto" and device_type != "cuda":  # CUDA: each rank decides for its GPU at load
             filled["fp8_weights"] = "dequantize"
         return dataclasses.replace(config, **filled)

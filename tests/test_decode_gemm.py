@@ -186,6 +186,12 @@ def test_kernels_compile_for_hopper():
         ("dot bf16 glu", gt._gemv_dot_kernel, dense,
          dict(SCALE=0, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
               GLU=True), 4, 5),
+        # silu(gate) * up made in the epilogue (TPConfig.gemm_epilogues): the gate/up GEMM's configs at tp 8 / tp 2
+        ("gemv bf16 glu epilogue", gt._gemv_kernel, dense,
+         dict(gemv_base, SCALE=0, BLOCK_N=4, NV=64, VEC=8, STAGES=1, GLU_OUT=True), 8, 1),
+        ("dot bf16 glu epilogue", gt._gemv_dot_kernel, dense,
+         dict(SCALE=0, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
+              GLU_OUT=True), 4, 3),
         ("split reduce", gt._gemv_split_reduce, {"ws_ptr": "*fp32", "s_ptr": "*fp32", "b_ptr": "*bf16", "o_ptr": "*bf16"},
          dict(SCALE=1, HAS_BIAS=True, BLOCK=1024), 4, 1),
         # programmatic dependent launch (hf_tp.kernels.pdl): the wait and the trigger in each kernel
@@ -206,7 +212,7 @@ def test_kernels_compile_for_hopper():
     ]
     for name, kernel, pointers, constexprs, warps, stages in cases:
         # ASTSource does not fill a constexpr's default in
-        defaults = {"PDL": False, "PREFETCH": 0, "LINE": 64, "GLU": False}
+        defaults = {"PDL": False, "PREFETCH": 0, "LINE": 64, "GLU": False, "GLU_OUT": False}
         constexprs = {**{k: v for k, v in defaults.items() if k in kernel.arg_names}, **constexprs}
         try:
             built = _hopper_build(kernel, pointers, constexprs, warps, stages)

@@ -49,7 +49,8 @@ def test_the_loop_asks_for_the_choices_only_on_cuda_and_when_configured():
     assert options("cuda", persistent_norms=False) == {}
     chosen = options("cuda", persistent_norms=True)["inductor_choices_class"]()
     assert isinstance(chosen, persistent_norms.PersistentRowNorms)
-    assert TPConfig().resolve("cuda", 1, environ={"HF_TP_PERSISTENT_NORMS": "1"}).persistent_norms is True
+    assert TPConfig().resolve("cuda", 1, environ={}).persistent_norms is True  # the default with CUDA
+    assert TPConfig().resolve("cuda", 1, environ={"HF_TP_PERSISTENT_NORMS": "0"}).persistent_norms is False
     assert TPConfig(persistent_norms=True).resolve("cpu", 1, environ={}).persistent_norms is False
 
 

@@ -67,17 +67,20 @@ print(json.dumps(rows))
 """
 
 _PASS_SCRIPT = r"""
-import json, torch, torch.nn.functional as F
+import json, sys, torch, torch.nn.functional as F
 import torch._inductor.config as inductor_config
 from hf_tp.kernels import prologue_pass
 from hf_tp.kernels.decode_gemm import decode_linear
 
+MODE = sys.argv[1]  # "prologues" or "epilogues"
+REWRITE = "fuse_glu_into_decode_linear" if MODE == "prologues" else "fuse_glu_into_gate_up"
+OPTIONS = prologue_pass.inductor_options(MODE == "prologues", MODE == "epilogues")
 counts = []
-real = prologue_pass.fuse_glu_into_decode_linear
+real = getattr(prologue_pass, REWRITE)
 def counting(graph):
     counts.append(real(graph))
     return counts[-1]
-prologue_pass.fuse_glu_into_decode_linear = counting
+setattr(prologue_pass, REWRITE, counting)
 
 I, H = 48, 32
 g = torch.Generator().manual_seed(0)
@@ -109,8 +112,17 @@ def scaled_add(x, r):  # silu's form, but 1 + 3 exp(-x) (an add with alpha)
 def three_parts(x, r):  # a three-way split whose first two parts are equal
     gate, up, rest = decode_linear(x, wgu).split([I // 2, I // 2, I], -1)
     return decode_linear(F.silu(gate) * up, wd[:, :I // 2]) + r + rest[..., :H]
-FNS = (split_form, slice_form, chunk_form, gelu_mlp, product_used_twice, swapped_halves, scaled_add, three_parts)
-REWRITTEN = ("split_form", "slice_form", "chunk_form")
+def gate_up_used_twice(x, r):  # [gate | up] needed elsewhere: the gate/up GEMM must still write it
+    gu = decode_linear(x, wgu)
+    gate, up = gu.split([I, I], -1)
+    return decode_linear(F.silu(gate) * up, wd) + gu[..., :H]
+def k_split_gate_up(x, r):  # a gate/up GEMM whose config splits K (a GEMV of 2I = 96 rows, K = 2048)
+    gate, up = decode_linear(x.repeat(1, 1, 64), wgu.repeat(1, 64) / 8).split([I, I], -1)
+    return decode_linear(F.silu(gate) * up, wd) + r
+FNS = (split_form, slice_form, chunk_form, gelu_mlp, product_used_twice, swapped_halves, scaled_add, three_parts,
+       gate_up_used_twice, k_split_gate_up)
+REWRITTEN = ("split_form", "slice_form", "chunk_form") + (
+    ("gate_up_used_twice", "k_split_gate_up") if MODE == "prologues" else ("product_used_twice",))
 out = {}
 for rows, dtype in ((1, torch.float32), (3, torch.float32), (1, torch.float16), (3, torch.float16)):
     x = torch.randn(1, rows, H, generator=g)  # 1: the GEMV kernel; 3: tl.dot
@@ -121,7 +133,7 @@ for rows, dtype in ((1, torch.float32), (3, torch.float32), (1, torch.float16), 
         eager = fn(*args)
         torch._dynamo.reset()
         counts.clear()
-        with inductor_config.patch({**prologue_pass.inductor_options(True), "fx_graph_cache": False}):  # the pass runs
+        with inductor_config.patch({**OPTIONS, "fx_graph_cache": False}):  # the pass runs
             compiled = torch.compile(fn, fullgraph=True, dynamic=False)(*args)
         globals()["wgu"], globals()["wd"] = wgu_, wd_
         err = ((compiled.double() - eager.double()).norm() / eager.double().norm()).item()
@@ -137,9 +149,11 @@ from hf_tp.config import TPConfig
 from hf_tp.kernels import prologue_pass
 from hf_tp.parallel.comm import TPGroup
 
+MODE = sys.argv[2]  # "prologues" or "epilogues"
+REWRITE = "fuse_glu_into_decode_linear" if MODE == "prologues" else "fuse_glu_into_gate_up"
 counts = []
-real = prologue_pass.fuse_glu_into_decode_linear
-prologue_pass.fuse_glu_into_decode_linear = lambda graph: counts.append(real(graph)) or counts[-1]
+real = getattr(prologue_pass, REWRITE)
+setattr(prologue_pass, REWRITE, lambda graph: counts.append(real(graph)) or counts[-1])
 model = load_parallel_model(sys.argv[1], TPGroup(0, 1, torch.device("cpu")), dtype=torch.float32, progress=False,
                             tp_config=TPConfig(decode_gemm="triton", fuse=True))  # fused gate/up, as on CUDA
 ids = torch.tensor([[5, 9, 2]])
@@ -148,11 +162,56 @@ def last_logits(ids):
     return model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[:, -1]
 with torch.no_grad():
     eager = last_logits(ids)
-    with inductor_config.patch({**prologue_pass.inductor_options(True), "fx_graph_cache": False}):  # the pass runs
+    options = prologue_pass.inductor_options(MODE == "prologues", MODE == "epilogues")
+    with inductor_config.patch({**options, "fx_graph_cache": False}):  # the pass runs
         compiled = torch.compile(last_logits, fullgraph=True, dynamic=False)(ids)
 print(json.dumps(dict(rewrites=sum(counts), layers=model.config.num_hidden_layers,
                       max_diff=(compiled - eager).abs().max().item(), scale=eager.abs().max().item(),
                       same_token=bool(torch.equal(compiled.argmax(-1), eager.argmax(-1))))))
+"""
+
+
+_EPILOGUE_KERNEL_SCRIPT = r"""
+import json, torch
+from hf_tp.kernels import gemv_triton as gt
+from hf_tp.kernels.decode_gemm import glu_reference
+# (M, I, K, path, dtype, bias, fp32 out, config): the [gate | up] GEMM of 2I rows with silu(gate) * up in its
+# epilogue, against the same GEMM then glu_reference; a config's split of K is dropped (the last cases)
+cases = [
+    (1, 20, 48, "gemv", "float32", True, False, {"BLOCK_N": 8, "BLOCK_K": 16}),
+    (1, 22, 100, "gemv", "float16", False, False, {"BLOCK_N": 4, "BLOCK_K": 32}),
+    (1, 24, 96, "dot", "float16", True, False, {"BLOCK_N": 16, "BLOCK_K": 32}),
+    (17, 20, 100, "dot", "float32", True, False, {"BLOCK_N": 16, "BLOCK_K": 32}),
+    (2, 40, 72, None, "float16", True, True, None),
+    (1, 20, 300, "gemv", "float16", True, False, {"BLOCK_N": 4, "BLOCK_K": 64, "SPLIT": 2}),
+    (3, 20, 300, "dot", "float32", False, True, {"BLOCK_N": 16, "BLOCK_K": 64, "SPLIT": 3}),
+]
+rows = []
+for M, I, K, path, dtype, bias, fp32_out, config in cases:
+    g = torch.Generator().manual_seed(M * 1000 + I + K)
+    dt = getattr(torch, dtype)
+    x = torch.randn(M, K, generator=g).to(dt)
+    w = (torch.randn(2 * I, K, generator=g) * 0.3).to(dt)
+    b = torch.randn(2 * I, generator=g).to(dt) if bias else None
+    out_dtype = torch.float32 if fp32_out else None
+    fused = gt.launch(x, w, None, 0, 0, b, out_dtype=out_dtype, config=config, path=path, glu_out=True)
+    unfused = glu_reference(gt.launch(x, w, None, 0, 0, b, out_dtype=out_dtype, config=dict(config or {}, SPLIT=1),
+                                      path=path))
+    ref = glu_reference(torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double()))
+    rel = lambda a, r: ((a.double() - r.double()).norm() / r.double().norm()).item()
+    rows.append(dict(case=[M, I, K, path, dtype], err=rel(fused, ref), vs_unfused=rel(fused, unfused),
+                     same_bits=bool(torch.equal(fused, unfused)), dtype=str(fused.dtype),
+                     out_dtype=str(unfused.dtype), shape=list(fused.shape), expected=[M, I]))
+errors = []
+for args, kwargs in (((torch.zeros(1, 6), torch.zeros(5, 6)), {}), ((torch.zeros(1, 12), torch.zeros(4, 6)),
+                                                                   {"glu": True})):
+    try:
+        gt.launch(*args, glu_out=True, **kwargs)
+        errors.append(None)
+    except ValueError as exc:
+        errors.append(str(exc))
+rows.append(dict(errors=errors))
+print(json.dumps(rows))
 """
 
 
@@ -180,15 +239,34 @@ def test_glu_kernel_matches_silu_mul_then_the_gemm():
         assert row["vs_unfused"] < (1e-5 if row["case"][4] == "float32" else 1e-12), row  # the unfused kernel's bits
 
 
-def test_pass_rewrites_exactly_the_silu_product_and_keeps_the_values():
+def test_glu_epilogue_kernel_matches_the_gemm_then_silu_mul():
     pytest.importorskip("triton")
-    result = _run(_PASS_SCRIPT)
+    rows = _run(_EPILOGUE_KERNEL_SCRIPT)
+    errors = rows.pop()["errors"]
+    assert all(e is not None and "glu_out takes a dense [gate | up] weight" in e for e in errors), errors
+    for row in rows:
+        assert row["shape"] == row["expected"] and row["dtype"] == row["out_dtype"], row
+        # 16-bit: the output's rounding; fp32: the activation's exp (the kernel's against torch's)
+        assert row["err"] < (1e-5 if row["dtype"] == "torch.float32" else 5e-3), row
+        if row["dtype"] == "torch.float16":
+            assert row["same_bits"], row  # rounded as the unfused step rounds: [gate | up], silu, the product
+        else:
+            assert row["vs_unfused"] < 1e-6, row
+
+
+@pytest.mark.parametrize("mode", ["prologues", "epilogues"])
+def test_pass_rewrites_exactly_the_silu_product_and_keeps_the_values(mode):
+    pytest.importorskip("triton")
+    result = _run(_PASS_SCRIPT, mode)
     out, names, rewritten = result["out"], result["names"], set(result["rewritten"])
-    assert len(names) == 8 and rewritten == {"split_form", "slice_form", "chunk_form"}
+    forms = {"split_form", "slice_form", "chunk_form"}
+    assert len(names) == 10 and rewritten == forms | (
+        {"gate_up_used_twice", "k_split_gate_up"} if mode == "prologues" else {"product_used_twice"})
     for case in ("1 torch.float32", "3 torch.float32", "1 torch.float16", "3 torch.float16"):
         for name in names:
-            # the three forms of silu(gate) * up are rewritten; another activation, a product needed elsewhere,
-            # swapped halves, 1 + 3 exp(-x) and a three-way split are left alone
+            # the three forms of silu(gate) * up are rewritten; another activation, swapped halves, 1 + 3 exp(-x)
+            # and a three-way split are left alone. The prologue form also leaves a product needed elsewhere; the
+            # epilogue form, a [gate | up] needed elsewhere and a gate/up GEMM that splits K
             assert out[f"{name} {case}"]["rewrites"] == (name in rewritten), (name, case, out)
             # fp32: summation order; fp16: Inductor computes the unfused activation in fp32 without rounding
             # it (eager rounds silu's result), so the two differ by the activation's rounding
@@ -196,10 +274,11 @@ def test_pass_rewrites_exactly_the_silu_product_and_keeps_the_values():
             assert out[f"{name} {case}"]["err"] < bound, (name, case, out)
 
 
-def test_every_mlp_of_a_tiny_llama_is_rewritten_with_the_same_logits(tmp_path):
+@pytest.mark.parametrize("mode", ["prologues", "epilogues"])
+def test_every_mlp_of_a_tiny_llama_is_rewritten_with_the_same_logits(tmp_path, mode):
     pytest.importorskip("triton")
     folder = save_tiny_model(tmp_path / "llama", tiny_config("llama"))
-    out = _run(_MODEL_SCRIPT, str(folder))
+    out = _run(_MODEL_SCRIPT, str(folder), mode)
     assert out["rewrites"] == out["layers"] == 2, out
     assert out["max_diff"] <= 1e-4 * max(1.0, out["scale"]), out
     assert out["same_token"], out
@@ -228,23 +307,47 @@ def test_gpu_glu_kernel_at_llama3_8b_widths(tp, rows):
     assert torch.equal(fused, gemv_triton.launch(gate_up, weight, glu=True))  # the same bits every call
 
 
+@pytest.mark.parametrize("tp", [1, 2, 4, 8])
+@pytest.mark.parametrize("rows", [1, 4])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none visible here")
-def test_gpu_loop_with_gemm_prologues_matches_transformers(tmp_path, monkeypatch):
+def test_gpu_glu_epilogue_kernel_at_llama3_8b_widths(tp, rows):
+    from hf_tp.kernels import gemv_triton
+    from hf_tp.kernels.decode_gemm import glu_reference
+
+    g = torch.Generator(device="cuda").manual_seed(tp * 10 + rows)
+    inter = 14336 // tp
+    x = torch.randn(rows, 4096, device="cuda", generator=g).to(torch.bfloat16)
+    weight = (torch.randn(2 * inter, 4096, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
+    fused = gemv_triton.launch(x, weight, glu_out=True)
+    unfused = glu_reference(gemv_triton.launch(x, weight, config={"SPLIT": 1}))
+    ref = glu_reference(x.float() @ weight.float().t())
+    rel = lambda a, r: ((a.float() - r.float()).norm() / r.float().norm()).item()
+    assert fused.shape == (rows, inter) and rel(fused, ref) < 1e-2  # the bf16 roundings of [gate | up] and after
+    # the activation's exp (the GEMM's against torch's silu) may move a bf16 value by one unit
+    assert rel(fused, unfused) < 5e-3
+    assert torch.equal(fused, gemv_triton.launch(x, weight, glu_out=True))  # the same bits every call
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none visible here")
+@pytest.mark.parametrize("option, rewrite", [("gemm_prologues", "fuse_glu_into_decode_linear"),
+                                             ("gemm_epilogues", "fuse_glu_into_gate_up")])
+def test_gpu_loop_with_gemm_fusions_matches_transformers(tmp_path, monkeypatch, option, rewrite):
     from hf_tp.auto import load_parallel_model
     from hf_tp.config import TPConfig
     from hf_tp.kernels import prologue_pass
     from hf_tp.parallel.comm import TPGroup
 
     counts = []
-    real = prologue_pass.fuse_glu_into_decode_linear
-    monkeypatch.setattr(prologue_pass, "fuse_glu_into_decode_linear", lambda graph: counts.append(real(graph)))
+    real = getattr(prologue_pass, rewrite)
+    monkeypatch.setattr(prologue_pass, rewrite, lambda graph: counts.append(real(graph)))
     config = tiny_config("llama", hidden_size=72, num_attention_heads=9, num_key_value_heads=3)
     folder = save_tiny_model(tmp_path / "m", config)
     device = torch.device("cuda", 0)
     ours = load_parallel_model(str(folder), TPGroup(0, 1, device), dtype=torch.float32, progress=False,
-                               tp_config=TPConfig(gemm_prologues=True))
-    assert ours.hf_tp_config.gemm_prologues and ours.hf_tp_config.decode_gemm == "triton"
+                               tp_config=TPConfig(**{option: True}))
+    assert getattr(ours.hf_tp_config, option) and ours.hf_tp_config.decode_gemm == "triton"
     ref = load_reference(folder).to(device)
     ids = torch.randint(1, 101, (2, 11), generator=torch.Generator().manual_seed(5)).to(device)
     import torch._inductor.config as inductor_config
@@ -265,7 +368,7 @@ def test_decode_loop_sets_the_inductor_options_its_config_asks_for():
 
     from hf_tp.config import TPConfig
     from hf_tp.generation.decode_loop import StaticDecoder
-    from hf_tp.kernels.prologue_pass import GemmPrologues
+    from hf_tp.kernels.prologue_pass import GemmFusions
 
     def options(device, pdl=False, **config):
         config = TPConfig(**{"combo_kernels": True, "gemm_prologues": False, "decode_gemm": "triton", **config})
@@ -275,6 +378,10 @@ def test_decode_loop_sets_the_inductor_options_its_config_asks_for():
     assert options("cpu", gemm_prologues=True) == {}  # no compiled step on CPU
     assert options("cuda") == {"combo_kernels": True}
     assert options("cuda", combo_kernels=False) == {}
-    assert isinstance(options("cuda", gemm_prologues=True)["post_grad_custom_post_pass"], GemmPrologues)
+    fusions = options("cuda", gemm_prologues=True)["post_grad_custom_post_pass"]
+    assert isinstance(fusions, GemmFusions) and (fusions.prologues, fusions.epilogues) == (True, False)
+    fusions = options("cuda", gemm_epilogues=True)["post_grad_custom_post_pass"]
+    assert isinstance(fusions, GemmFusions) and (fusions.prologues, fusions.epilogues) == (False, True)
+    assert "post_grad_custom_post_pass" not in options("cuda", gemm_epilogues=True, decode_gemm="cublas")
     assert "post_grad_custom_post_pass" not in options("cuda", gemm_prologues=True, decode_gemm="cublas")
     assert options("cuda", pdl=True).get("triton.enable_pdl") is True

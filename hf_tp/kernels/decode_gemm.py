@@ -154,6 +154,33 @@ def decode_linear_glu(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return _decode_linear_glu_op(gate_up, weight, bias, bool(fp32_out))
 
 
+@torch.library.custom_op("hf_tp::decode_linear_glu_out", mutates_args=())
+def _decode_linear_glu_out_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                              fp32_out: bool) -> torch.Tensor:
+    from hf_tp.kernels import gemv_triton
+
+    x2 = x.reshape(-1, x.shape[-1])
+    dtype = torch.float32 if fp32_out else x.dtype
+    if x2.shape[0] == 0:
+        return x.new_empty(*x.shape[:-1], weight.shape[0] // 2, dtype=dtype)
+    out = gemv_triton.launch(x2.contiguous(), weight, None, 0, 0, None if bias is None else bias.contiguous(),
+                             out_dtype=dtype, glu_out=True)
+    return out.view(*x.shape[:-1], weight.shape[0] // 2)
+
+
+@_decode_linear_glu_out_op.register_fake
+def _(x, weight, bias, fp32_out):
+    return x.new_empty(*x.shape[:-1], weight.shape[0] // 2, dtype=torch.float32 if fp32_out else x.dtype)
+
+
+def decode_linear_glu_out(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                          fp32_out: bool = False) -> torch.Tensor:
+    """``glu_reference(decode_linear(x, weight, bias, fp32_out))`` in one kernel, for a [gate | up] ``weight``
+    (2I, K): the GEMM makes silu(gate) * up in its epilogue, so no kernel after it reads [gate | up] back
+    (TPConfig.gemm_epilogues; the step's compiled graph is rewritten to it by hf_tp.kernels.prologue_pass)."""
+    return _decode_linear_glu_out_op(x, weight, bias, bool(fp32_out))
+
+
 def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   fp32_out: bool = False) -> torch.Tensor:
     """``decode_linear_reference`` by the Triton kernel: for x of at most DECODE_MAX_M rows and a weight that

@@ -86,6 +86,36 @@ def _load_x(x_ptrs, K, mask, GLU: tl.constexpr, MASKED: tl.constexpr):
 
 
 @triton.jit
+def _glu_rows(pid_n, N, BLOCK_N: tl.constexpr, GLU_OUT: tl.constexpr):
+    """The weight rows of a program's BLOCK_N-row tile and their mask. Plain: rows pid_n * BLOCK_N + i. With
+    ``GLU_OUT`` (W is [gate | up], N = 2I rows), tile row 2j is gate row p and 2j + 1 up row p, for the output
+    column p = pid_n * BLOCK_N / 2 + j: each program holds both halves of its outputs (``_glu_store``)."""
+    if GLU_OUT:
+        c = tl.arange(0, BLOCK_N)
+        cols_out = pid_n * (BLOCK_N // 2) + c // 2
+        return (c % 2) * (N // 2) + cols_out, cols_out < N // 2
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rn, rn < N
+
+
+@triton.jit
+def _glu_store(o_ptr, acc, pid_n, N, rm, m_ok, stride_om, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``GLU_OUT``'s epilogue: the tile's sums, in ``_glu_rows``' order, rounded to the output dtype as the
+    unfused GEMM rounds [gate | up]; then silu(gate) * up as the unfused step computes it (``_silu_mul``), stored
+    at the I = N / 2 output columns. ``acc`` is (BLOCK_N,) with BLOCK_M 0 (the GEMV: ``rm`` unused) or
+    (BLOCK_M, BLOCK_N) (tl.dot, rows ``rm``)."""
+    v = acc.to(o_ptr.dtype.element_ty)
+    cols = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    if BLOCK_M == 0:
+        gate, up = tl.split(tl.reshape(v, (BLOCK_N // 2, 2)))
+        tl.store(o_ptr + cols, _silu_mul(gate, up), mask=cols < N // 2)
+    else:
+        gate, up = tl.split(tl.reshape(v, (BLOCK_M, BLOCK_N // 2, 2)))
+        tl.store(o_ptr + rm[:, None].to(tl.int64) * stride_om + cols[None, :], _silu_mul(gate, up),
+                 mask=m_ok[:, None] & (cols < N // 2)[None, :])
+
+
+@triton.jit
 def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k_offset,
                SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
                GLU: tl.constexpr = False):
@@ -171,11 +201,12 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, N, K, G, group
                  FOLD: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
                  BLOCK_N: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
                  PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0, LINE: tl.constexpr = 64,
-                 GLU: tl.constexpr = False):
+                 GLU: tl.constexpr = False, GLU_OUT: tl.constexpr = False):
     BLOCK_K: tl.constexpr = NV * VEC
+    tl.static_assert(not (GLU_OUT and SPLIT), "GLU_OUT needs the whole sum in one program")
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rn, n_ok = _glu_rows(pid_n, N, BLOCK_N, GLU_OUT)
     k_lo = pid_s * k_split
     k_hi = tl.minimum(k_lo + k_split, K)
     if PREFETCH > 0:
@@ -184,7 +215,6 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, N, K, G, group
     rv = tl.arange(0, NV)
     kk = rv[:, None] * VEC + tl.arange(0, VEC)[None, :]  # (NV, VEC): column within the step
     kv = tl.broadcast_to(rv[:, None] * VEC, (NV, VEC))  # the column its vector starts at, same across the vector
-    n_ok = rn < N
     w_rows = w_ptr + rn[:, None, None].to(tl.int64) * stride_wn
     x_rows = tl.zeros((BLOCK_N, 1, 1), dtype=tl.int32)
     s_rows = s_ptr + rn[:, None, None].to(tl.int64) * stride_sn
@@ -220,7 +250,10 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, N, K, G, group
             out = out * tl.load(s_ptr + rn.to(tl.int64) * stride_sn, mask=n_ok, other=0.0)
         if HAS_BIAS:
             out += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-        tl.store(o_ptr + rn, out.to(o_ptr.dtype.element_ty), mask=n_ok)
+        if GLU_OUT:
+            _glu_store(o_ptr, out, pid_n, N, pid_n, n_ok, 0, 0, BLOCK_N)
+        else:
+            tl.store(o_ptr + rn, out.to(o_ptr.dtype.element_ty), mask=n_ok)
 
 
 @triton.jit
@@ -272,12 +305,13 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, M
                      SCALE: tl.constexpr, SPLIT: tl.constexpr, FOLD: tl.constexpr, HAS_BIAS: tl.constexpr,
                      EVEN_K: tl.constexpr, MMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-                     LINE: tl.constexpr = 64, GLU: tl.constexpr = False):
+                     LINE: tl.constexpr = 64, GLU: tl.constexpr = False, GLU_OUT: tl.constexpr = False):
+    tl.static_assert(not (GLU_OUT and SPLIT), "GLU_OUT needs the whole sum in one program")
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rn, n_ok = _glu_rows(pid_n, N, BLOCK_N, GLU_OUT)
     k_lo = pid_s * k_split
     k_hi = tl.minimum(k_lo + k_split, K)
     if PREFETCH > 0:
@@ -285,7 +319,6 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, M
     _after_previous_kernel(PDL)
     rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
-    n_ok = rn < N
     x_rows = x_ptr + rm[:, None].to(tl.int64) * stride_xm
     w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_wn
     s_rows = s_ptr + rn.to(tl.int64) * stride_sn
@@ -317,8 +350,11 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, M
             acc = acc * tl.load(s_rows, mask=n_ok, other=0.0)[None, :]
         if HAS_BIAS:
             acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(o_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :], acc.to(o_ptr.dtype.element_ty),
-                 mask=mn_ok)
+        if GLU_OUT:
+            _glu_store(o_ptr, acc, pid_n, N, rm, m_ok, stride_om, BLOCK_M, BLOCK_N)
+        else:
+            tl.store(o_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :], acc.to(o_ptr.dtype.element_ty),
+                     mask=mn_ok)
 
 
 @triton.jit
@@ -485,13 +521,15 @@ def takes_fp16(cfg: dict, elem_bytes: int, x_dtype: torch.dtype, mode: int) -> b
 def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None, group_k: int = 0,
            k_offset: int = 0, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
            config: dict | None = None, path: str | None = None, x16: torch.Tensor | None = None,
-           glu: bool = False) -> torch.Tensor:
+           glu: bool = False, glu_out: bool = False) -> torch.Tensor:
     """x2 (M, K) contiguous; weight (N, K) with unit stride along K; scale None (dense) or (N, G) float32
     contiguous, the canonical FP8 scales with ``group_k``/``k_offset``. Returns (M, N) in ``out_dtype``
     (default x2's dtype). ``path`` ("gemv" for M == 1, "dot") and ``config`` override the choice (tests and
     the benchmark's sweep). ``x16``: x2 in fp16, for a config with "X16" (made here when not given).
     ``glu``: x2 is (M, 2K) [gate | up] and the product is silu(gate) * up times W^T (dense weights only), the
-    activation made in the GEMM's loads (``_load_x``)."""
+    activation made in the GEMM's loads (``_load_x``). ``glu_out``: the weight is [gate | up] (2I, K) (dense) and
+    the result is silu(gate) * up of the product, (M, I), made in the GEMM's epilogue (``_glu_store``), with the
+    config of the (2I, K) GEMM but no split of K (the activation needs each whole sum)."""
     M, K = x2.shape
     if glu:
         if scale is not None or K % 2 or weight.shape[1] != K // 2:
@@ -499,9 +537,17 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                              f"weight {tuple(weight.shape)}, scale {'given' if scale is not None else None}")
         K //= 2
     N = weight.shape[0]
+    if glu_out and (glu or scale is not None or N % 2):
+        raise ValueError(f"gemv_triton: glu_out takes a dense [gate | up] weight of an even number of rows and no "
+                         f"glu, got weight {tuple(weight.shape)}, scale {'given' if scale is not None else None}, "
+                         f"glu={glu}")
     out_dtype = out_dtype or x2.dtype
     path, cfg = choose(M, N, K, weight.element_size(), sm_count(x2.device), path)
     cfg = dict(cfg, **(config or {}))
+    if glu_out:
+        cfg["SPLIT"] = 1
+        if cfg["BLOCK_N"] < 2:
+            raise ValueError(f"gemv_triton: glu_out needs BLOCK_N >= 2, got {cfg['BLOCK_N']}")
     G = 1 if scale is None else scale.shape[1]
     if scale is None:
         mode = 0
@@ -511,7 +557,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         mode = None  # below, per path
     s = scale if scale is not None else x2  # never read in mode 0
     b = bias if bias is not None else x2  # never read without HAS_BIAS
-    out = torch.empty((M, N), device=x2.device, dtype=out_dtype)
+    out = torch.empty((M, N // 2 if glu_out else N), device=x2.device, dtype=out_dtype)
 
     if path == "gemv":
         vec = max(1, 16 // weight.element_size())  # one 16-byte vector of W per thread
@@ -553,7 +599,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                            HAS_BIAS=bias is not None,
                            EVEN_N=N % cfg["BLOCK_N"] == 0, EVEN_K=even_k, BLOCK_N=cfg["BLOCK_N"],
                            NV=block_k // vec, VEC=vec, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"],
-                           num_stages=max(1, cfg["num_stages"]), GLU=glu, **gemm_pdl)
+                           num_stages=max(1, cfg["num_stages"]), GLU=glu, GLU_OUT=glu_out, **gemm_pdl)
     else:
         # "X16": FP8 weights with bf16 activations multiplied in fp16 (see _gemv_dot_kernel): FP8 widens to
         # fp16 in one instruction per pair, to bf16 only through fp32 at the GPU's slow conversion rate, and the
@@ -569,10 +615,11 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
             mma, xh = 1, (x16 if x16 is not None else x2.to(torch.float16))
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, block_m), splits)
         _gemv_dot_kernel[grid](x2, xh, weight, s, b, dest, out, c, M, N, K, G, group_k, k_offset, k_split,
-                          x2.stride(0), weight.stride(0), s.stride(0), M * N, N,
+                          x2.stride(0), weight.stride(0), s.stride(0), M * N, out.stride(0),
                           SCALE=mode, SPLIT=splits > 1, FOLD=fold, HAS_BIAS=bias is not None, EVEN_K=even_k,
                           MMA=mma, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
-                          num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], GLU=glu, **gemm_pdl)
+                          num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], GLU=glu, GLU_OUT=glu_out,
+                          **gemm_pdl)
     if splits > 1 and not fold:
         block = 1024
         _gemv_split_reduce[(triton.cdiv(M * N, block),)](dest, s, b, out, M * N, N, splits, s.stride(0),

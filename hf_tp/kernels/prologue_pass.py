@@ -1,6 +1,10 @@
-"""An Inductor graph pass for the decode loop's compiled step (TPConfig.gemm_prologues): the activation of a
-Llama-style MLP, silu(gate) * up of the fused gate/up GEMM's output, is made inside the down projection's GEMM
-(``hf_tp::decode_linear_glu``) instead of by a kernel of its own before it.
+"""Inductor graph passes for the decode loop's compiled step: the activation of a Llama-style MLP, silu(gate) * up
+of the fused gate/up GEMM's output, made inside a GEMM instead of by a kernel of its own between the two.
+
+- TPConfig.gemm_epilogues: in the gate/up GEMM's epilogue (``hf_tp::decode_linear_glu_out``,
+  ``fuse_glu_into_gate_up`` below): each program computes the gate and the up rows of its outputs.
+- TPConfig.gemm_prologues: in the down projection's GEMM, as it loads x (``hf_tp::decode_linear_glu``), the
+  rest of this docstring. Measured slower (every program re-reads [gate | up]; benchmarks/RESULTS.md).
 
 Why: at decode that kernel is short (about 1.1 µs per layer at the rank of tp 2 of the Llama-3-8B shape) but it
 is one more launch, and its gap, in a chain of about ten kernels per layer whose fixed cost is what keeps a rank's
@@ -152,18 +156,90 @@ def fuse_glu_into_decode_linear(graph: torch.fx.Graph) -> int:
     return fused
 
 
-class GemmPrologues(CustomGraphPass):
-    """The pass as Inductor's ``post_grad_custom_post_pass``; the decode loop sets it around its generate calls."""
+def _only_used_within(nodes, pattern) -> bool:
+    return all(user in pattern for node in nodes for user in node.users)
+
+
+def _splits_k(x, weight) -> bool:
+    """Whether the decode GEMM of ``x`` (fake value) by ``weight`` (N, K) would split K (its config's SPLIT):
+    then its sums are not whole in one program, and the epilogue form would have to drop the split."""
+    from . import gemv_triton
+
+    shape, (n, k) = x.shape, weight.shape
+    if not all(isinstance(d, int) for d in (*shape, n, k)):
+        return True  # symbolic: no config to look up
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    _, cfg = gemv_triton.choose(max(rows, 1), n, k, weight.element_size(), gemv_triton.sm_count(x.device))
+    return int(cfg.get("SPLIT", 1)) > 1
+
+
+def fuse_glu_into_gate_up(graph: torch.fx.Graph) -> int:
+    """Rewrite every ``silu(gate) * up`` whose [gate | up] is a ``decode_linear`` that nothing else uses into
+    ``hf_tp::decode_linear_glu_out`` (TPConfig.gemm_epilogues: the activation made in the gate/up GEMM's
+    epilogue, hf_tp/kernels/gemv_triton.py ``_glu_store``), where that GEMM's config does not split K; returns
+    how many. Each program computes both halves of its outputs, so nothing is read twice (unlike the prologue
+    form above, where every program of the down projection re-reads [gate | up])."""
+    fused = 0
+    for node in list(graph.nodes):
+        if not _is(node, aten.mul.Tensor, (2,)):
+            continue
+        for act, up in (node.args, node.args[::-1]):
+            silu = _silu_input(act) if isinstance(act, torch.fx.Node) else None
+            halves = _halves(silu[0], up) if silu is not None else None
+            if halves is not None:
+                break
+        else:
+            continue
+        source, cut = halves
+        if not _is(source, torch.ops.hf_tp.decode_linear.default, (4,)):
+            continue
+        if source.meta["val"].dtype != node.meta["val"].dtype:
+            continue
+        pattern = {node, *silu[1], *cut}
+        if not _only_used_within([source, *silu[1], *cut], pattern):
+            continue
+        x, weight = source.args[0], source.args[1]
+        if _splits_k(x.meta["val"], weight.meta["val"]):
+            continue
+        with graph.inserting_before(node):
+            replacement = graph.call_function(torch.ops.hf_tp.decode_linear_glu_out.default, tuple(source.args))
+        replacement.meta["val"] = node.meta["val"]  # only the output's fake value (as in the prologue form)
+        for key in ("stack_trace", "nn_module_stack", "source_fn_stack"):
+            if key in node.meta:
+                replacement.meta[key] = node.meta[key]
+        node.replace_all_uses_with(replacement)
+        graph.erase_node(node)
+        for dead in [*silu[1], *cut, source]:  # users before what they use
+            if not dead.users and dead.graph is graph:
+                graph.erase_node(dead)
+        fused += 1
+    return fused
+
+
+class GemmFusions(CustomGraphPass):
+    """The rewrites as Inductor's ``post_grad_custom_post_pass`` (the epilogue form first: where it applies, the
+    prologue form finds nothing left); the decode loop sets it around its generate calls."""
+
+    def __init__(self, prologues: bool = True, epilogues: bool = False):
+        self.prologues, self.epilogues = prologues, epilogues
 
     def __call__(self, graph: torch.fx.Graph) -> None:
-        fuse_glu_into_decode_linear(graph)
+        if self.epilogues:
+            fuse_glu_into_gate_up(graph)
+        if self.prologues:
+            fuse_glu_into_decode_linear(graph)
 
     def uuid(self):
-        return get_hash_for_files((__file__,)) if get_hash_for_files is not None else None
+        if get_hash_for_files is None:
+            return None
+        return (get_hash_for_files((__file__,)), self.prologues, self.epilogues)
 
 
-def inductor_options(enabled: bool) -> dict:
-    """The Inductor options that install the pass (none when not ``enabled`` or this torch has no custom passes)."""
-    if not enabled or get_hash_for_files is None:
+def inductor_options(prologues: bool, epilogues: bool = False) -> dict:
+    """The Inductor options that install the rewrites asked for (none when neither is, or this torch has no
+    custom passes)."""
+    if not (prologues or epilogues) or get_hash_for_files is None:
         return {}
-    return {"post_grad_custom_post_pass": GemmPrologues()}
+    return {"post_grad_custom_post_pass": GemmFusions(prologues, epilogues)}
