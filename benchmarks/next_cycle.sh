@@ -66,7 +66,7 @@ if [ "$CALL" = 6 ]; then
   # only) off and on, interleaved, with TPConfig.persistent_norms on (its new default); the rank of tp 2 profiled
   # with it (the silu·mul kernel, 36 µs per token, should be gone)
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
-  timeout 120 $T tests/test_prologue_pass.py -k "epilogue or fusions" > "$OUT/tests_6.txt" 2>&1
+  timeout 120 $T tests/test_prologue_pass.py -k "epilogue or fusions or glu_kernels" > "$OUT/tests_6.txt" 2>&1
   echo "rc=$? tests_6" >> "$OUT/log.txt"
   wait
   HF_TP_GEMM_EPILOGUES=0 row r2_ep0 45 bf16 --simulate-tp 2 --batches 1

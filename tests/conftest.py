@@ -104,6 +104,29 @@ def load_reference(path, **kwargs) -> transformers.PreTrainedModel:
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs).eval()
 
 
+def gpu_loop_and_transformers_tokens(folder, tp_config):
+    """(hf_tp's model of ``folder`` at tp 1 on cuda:0 in fp32 with ``tp_config``, its greedy tokens through the
+    decode loop, Transformers' tokens from the unsplit model): 2 prompts of 11 tokens, 24 new ones. The step is
+    compiled here (no FX-graph cache), so graph passes and Inductor choices run."""
+    import torch._inductor.config as inductor_config
+
+    from hf_tp.auto import load_parallel_model
+    from hf_tp.parallel.comm import TPGroup
+
+    device = torch.device("cuda", 0)
+    ours = load_parallel_model(str(folder), TPGroup(0, 1, device), dtype=torch.float32, progress=False,
+                               tp_config=tp_config)
+    ref = load_reference(folder).to(device)
+    ids = torch.randint(1, 101, (2, 11), generator=torch.Generator().manual_seed(5)).to(device)
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                  pad_token_id=0)
+    with inductor_config.patch(fx_graph_cache=False):
+        got = ours.generate(**kwargs)
+    with torch.no_grad():
+        want = ref.generate(**kwargs)
+    return ours, got, want
+
+
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     """max|got - ref| / max|ref|, the SPEC 4.5 measure."""
     got, ref = got.detach().double(), ref.detach().double()

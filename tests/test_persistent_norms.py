@@ -18,7 +18,7 @@ import pytest
 import sympy
 import torch
 
-from conftest import load_reference, save_tiny_model, tiny_config
+from conftest import gpu_loop_and_transformers_tokens, save_tiny_model, tiny_config
 
 from hf_tp.kernels import persistent_norms
 
@@ -105,9 +105,7 @@ def test_gpu_add_rms_norm_compiles_to_one_persistent_reduction(width):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none visible here")
 def test_gpu_loop_with_persistent_norms_matches_transformers(tmp_path, monkeypatch):
-    from hf_tp.auto import load_parallel_model
     from hf_tp.config import TPConfig
-    from hf_tp.parallel.comm import TPGroup
 
     chosen = []
     real = persistent_norms.wide_inner_row
@@ -115,20 +113,8 @@ def test_gpu_loop_with_persistent_norms_matches_transformers(tmp_path, monkeypat
                         lambda *args: chosen.append(real(*args)) or chosen[-1])
     config = tiny_config("llama", hidden_size=1280, num_attention_heads=10, num_key_value_heads=2,
                          intermediate_size=256)
-    folder = save_tiny_model(tmp_path / "m", config)
-    device = torch.device("cuda", 0)
-    ours = load_parallel_model(str(folder), TPGroup(0, 1, device), dtype=torch.float32, progress=False,
-                               tp_config=TPConfig(persistent_norms=True))
+    ours, got, want = gpu_loop_and_transformers_tokens(save_tiny_model(tmp_path / "m", config),
+                                                       TPConfig(persistent_norms=True))
     assert ours.hf_tp_config.persistent_norms
-    ref = load_reference(folder).to(device)
-    ids = torch.randint(1, 101, (2, 11), generator=torch.Generator().manual_seed(5)).to(device)
-    import torch._inductor.config as inductor_config
-
-    with inductor_config.patch(fx_graph_cache=False):  # compile here, so the choices are asked
-        got = ours.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
-                            pad_token_id=0)
-    with torch.no_grad():
-        want = ref.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
-                            pad_token_id=0)
     assert torch.equal(got, want), (got[:, 11:].tolist(), want[:, 11:].tolist())
     assert ours._hf_tp_static_decoder.use_graphs and any(chosen), chosen  # the 1280-wide norms became persistent

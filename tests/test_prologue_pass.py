@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import load_reference, save_tiny_model, tiny_config
+from conftest import gpu_loop_and_transformers_tokens, save_tiny_model, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -286,47 +286,35 @@ def test_every_mlp_of_a_tiny_llama_is_rewritten_with_the_same_logits(tmp_path, m
 
 @pytest.mark.parametrize("tp", [1, 2, 4, 8])
 @pytest.mark.parametrize("rows", [1, 4])
+@pytest.mark.parametrize("form", ["prologue", "epilogue"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none visible here")
-def test_gpu_glu_kernel_at_llama3_8b_widths(tp, rows):
+def test_gpu_glu_kernels_at_llama3_8b_widths(tp, rows, form):
+    """The activation in the down projection's loads (``glu``) or in the gate/up GEMM's epilogue (``glu_out``),
+    bf16, at the MLP widths of a Llama-3-8B rank of tp 1/2/4/8."""
     from hf_tp.kernels import gemv_triton
     from hf_tp.kernels.decode_gemm import glu_reference
 
     g = torch.Generator(device="cuda").manual_seed(tp * 10 + rows)
     inter = 14336 // tp
-    gate_up = torch.randn(rows, 2 * inter, device="cuda", generator=g).to(torch.bfloat16)
-    weight = (torch.randn(4096, inter, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
-    act = glu_reference(gate_up)
-    fused = gemv_triton.launch(gate_up, weight, glu=True)
-    unfused = gemv_triton.launch(act, weight)
-    ref = act.float() @ weight.float().t()
+    if form == "prologue":
+        gate_up = torch.randn(rows, 2 * inter, device="cuda", generator=g).to(torch.bfloat16)
+        weight = (torch.randn(4096, inter, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
+        fused = lambda: gemv_triton.launch(gate_up, weight, glu=True)
+        unfused = gemv_triton.launch(glu_reference(gate_up), weight)
+        ref, bound = glu_reference(gate_up).float() @ weight.float().t(), 5e-3  # the output's bf16 rounding
+    else:
+        x = torch.randn(rows, 4096, device="cuda", generator=g).to(torch.bfloat16)
+        weight = (torch.randn(2 * inter, 4096, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
+        fused = lambda: gemv_triton.launch(x, weight, glu_out=True)
+        unfused = glu_reference(gemv_triton.launch(x, weight, config={"SPLIT": 1}))
+        ref, bound = glu_reference(x.float() @ weight.float().t()), 1e-2  # [gate | up]'s rounding, then silu's
+    got = fused()
     rel = lambda a, r: ((a.float() - r.float()).norm() / r.float().norm()).item()
-    assert rel(fused, ref) < 5e-3  # the output's bf16 rounding (tests/test_decode_gemm.py's bound)
+    assert got.shape == unfused.shape and rel(got, ref) < bound
     # the activation's exp (the GEMM's against torch's silu) may move a bf16 activation by one unit
-    assert rel(fused, unfused) < 5e-3
-    assert torch.equal(fused, gemv_triton.launch(gate_up, weight, glu=True))  # the same bits every call
-
-
-@pytest.mark.parametrize("tp", [1, 2, 4, 8])
-@pytest.mark.parametrize("rows", [1, 4])
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none visible here")
-def test_gpu_glu_epilogue_kernel_at_llama3_8b_widths(tp, rows):
-    from hf_tp.kernels import gemv_triton
-    from hf_tp.kernels.decode_gemm import glu_reference
-
-    g = torch.Generator(device="cuda").manual_seed(tp * 10 + rows)
-    inter = 14336 // tp
-    x = torch.randn(rows, 4096, device="cuda", generator=g).to(torch.bfloat16)
-    weight = (torch.randn(2 * inter, 4096, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
-    fused = gemv_triton.launch(x, weight, glu_out=True)
-    unfused = glu_reference(gemv_triton.launch(x, weight, config={"SPLIT": 1}))
-    ref = glu_reference(x.float() @ weight.float().t())
-    rel = lambda a, r: ((a.float() - r.float()).norm() / r.float().norm()).item()
-    assert fused.shape == (rows, inter) and rel(fused, ref) < 1e-2  # the bf16 roundings of [gate | up] and after
-    # the activation's exp (the GEMM's against torch's silu) may move a bf16 value by one unit
-    assert rel(fused, unfused) < 5e-3
-    assert torch.equal(fused, gemv_triton.launch(x, weight, glu_out=True))  # the same bits every call
+    assert rel(got, unfused) < 5e-3
+    assert torch.equal(got, fused())  # the same bits every call
 
 
 @pytest.mark.gpu
@@ -334,30 +322,16 @@ def test_gpu_glu_epilogue_kernel_at_llama3_8b_widths(tp, rows):
 @pytest.mark.parametrize("option, rewrite", [("gemm_prologues", "fuse_glu_into_decode_linear"),
                                              ("gemm_epilogues", "fuse_glu_into_gate_up")])
 def test_gpu_loop_with_gemm_fusions_matches_transformers(tmp_path, monkeypatch, option, rewrite):
-    from hf_tp.auto import load_parallel_model
     from hf_tp.config import TPConfig
     from hf_tp.kernels import prologue_pass
-    from hf_tp.parallel.comm import TPGroup
 
     counts = []
     real = getattr(prologue_pass, rewrite)
     monkeypatch.setattr(prologue_pass, rewrite, lambda graph: counts.append(real(graph)))
     config = tiny_config("llama", hidden_size=72, num_attention_heads=9, num_key_value_heads=3)
-    folder = save_tiny_model(tmp_path / "m", config)
-    device = torch.device("cuda", 0)
-    ours = load_parallel_model(str(folder), TPGroup(0, 1, device), dtype=torch.float32, progress=False,
-                               tp_config=TPConfig(**{option: True}))
+    ours, got, want = gpu_loop_and_transformers_tokens(save_tiny_model(tmp_path / "m", config),
+                                                       TPConfig(**{option: True}))
     assert getattr(ours.hf_tp_config, option) and ours.hf_tp_config.decode_gemm == "triton"
-    ref = load_reference(folder).to(device)
-    ids = torch.randint(1, 101, (2, 11), generator=torch.Generator().manual_seed(5)).to(device)
-    import torch._inductor.config as inductor_config
-
-    with inductor_config.patch(fx_graph_cache=False):  # compile here, so the pass runs
-        got = ours.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
-                            pad_token_id=0)
-    with torch.no_grad():
-        want = ref.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
-                            pad_token_id=0)
     assert torch.equal(got, want), (got[:, 11:].tolist(), want[:, 11:].tolist())
     assert ours._hf_tp_static_decoder.use_graphs and sum(counts) == config.num_hidden_layers, counts
 
