@@ -17,7 +17,7 @@
 #   CALL=4 (the next session's first): TPConfig.gemm_prologues (silu·mul inside the down projection's GEMM), its GPU
 #      tests and rows off/on; then flip its default in TPConfig.resolve if faster, and run the rest of CALL=3.
 #   CALL=5 (the eighth session's second): TPConfig.persistent_norms off/on (call 4 measured gemm_prologues slower).
-#   CALL=6 (the eighth session's third): TPConfig.gemm_epilogues off/on, persistent norms on.
+#   CALL=6 (the eighth session's third): TPConfig.gemm_epilogues and the compiled greedy advance, off/on.
 # Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5|6] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -38,6 +38,9 @@ if os.environ.get('X16_TP1'):
 gt.FOLD_SPLIT = bool(os.environ.get('FOLD'))
 gt.PREFETCH_WEIGHTS = os.environ.get('PF') == '1'
 gt.PREFETCH_MAX_LINES = int(os.environ.get('PFL', gt.PREFETCH_MAX_LINES))
+if os.environ.get('ADVANCE') == '0':  # the greedy selection and bookkeeping eager, as before the eighth session
+    from hf_tp.generation import decode_loop
+    decode_loop.COMPILE_ADVANCE = False
 if os.environ.get('COMBO'):  # Inductor's horizontal fusion of independent kernels (rope, cache writes, mask)
     import torch._inductor.config as c
     c.combo_kernels = True
@@ -62,20 +65,23 @@ row() {  # row NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : one run_system row in
     --out "$OUT/e2e_$name.jsonl" "$@"
 }
 if [ "$CALL" = 6 ]; then
-  # TPConfig.gemm_epilogues (silu(gate) * up in the gate/up GEMM's epilogue; built in the eighth session, CPU-tested
-  # only) off and on, interleaved, with TPConfig.persistent_norms on (its new default); the rank of tp 2 profiled
-  # with it (the silu·mul kernel, 36 µs per token, should be gone)
+  # Built in the eighth session, CPU-tested only: TPConfig.gemm_epilogues (silu(gate) * up in the gate/up GEMM's
+  # epilogue) and the greedy selection + bookkeeping compiled (StaticDecoder.advance, ADVANCE=0 turns it off);
+  # persistent norms on (their new default). Their GPU tests first (the loop's tokens against Transformers), then
+  # rows interleaved; the rank of tp 2 profiled with both (silu·mul, 36 µs per token, and about fifteen small
+  # selection kernels should be gone)
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
-  timeout 120 $T tests/test_prologue_pass.py -k "epilogue or fusions or glu_kernels" > "$OUT/tests_6.txt" 2>&1
-  echo "rc=$? tests_6" >> "$OUT/log.txt"
+  (timeout 80 $T tests/test_prologue_pass.py -k "epilogue or fusions or glu_kernels" > "$OUT/tests_6.txt" 2>&1
+   echo "rc=$? tests_6" >> "$OUT/log.txt"
+   timeout 100 $T tests/test_gpu_loop.py > "$OUT/tests_6b.txt" 2>&1; echo "rc=$? tests_6b" >> "$OUT/log.txt") &
   wait
-  HF_TP_GEMM_EPILOGUES=0 row r2_ep0 45 bf16 --simulate-tp 2 --batches 1
-  HF_TP_GEMM_EPILOGUES=1 row r2_ep1 50 bf16 --simulate-tp 2 --batches 1 --profile 64
-  HF_TP_GEMM_EPILOGUES=1 row r8_ep1 45 bf16 --simulate-tp 8 --batches 1
-  HF_TP_GEMM_EPILOGUES=0 row r8_ep0 45 bf16 --simulate-tp 8 --batches 1
-  HF_TP_GEMM_EPILOGUES=0 row tp1_ep0 55 bf16 --batches 1
-  HF_TP_GEMM_EPILOGUES=1 row tp1_ep1 55 bf16 --batches 1
-  HF_TP_GEMM_EPILOGUES=1 row r2_ep1_again 45 bf16 --simulate-tp 2 --batches 1
+  HF_TP_GEMM_EPILOGUES=0 ADVANCE=0 row r2_base 45 bf16 --simulate-tp 2 --batches 1
+  HF_TP_GEMM_EPILOGUES=1 row r2_both 50 bf16 --simulate-tp 2 --batches 1 --profile 64
+  HF_TP_GEMM_EPILOGUES=0 ADVANCE=0 row r8_base 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_GEMM_EPILOGUES=1 row r8_both 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_GEMM_EPILOGUES=1 row tp1_both 55 bf16 --batches 1
+  HF_TP_GEMM_EPILOGUES=0 ADVANCE=0 row tp1_base 55 bf16 --batches 1
+  HF_TP_GEMM_EPILOGUES=0 row r2_advance 45 bf16 --simulate-tp 2 --batches 1
 elif [ "$CALL" = 5 ]; then
   # TPConfig.persistent_norms (the fused residual add + RMSNorm as one persistent reduction: its row read once;
   # built in the eighth session, CPU-tested only): its GPU tests and rows off/on, interleaved, the rank of tp 2

@@ -56,6 +56,10 @@ SCORE_ROWS = 64  # scores/logits buffers hold max_new_tokens rounded up to this 
 # tp-2 rank's step; benchmarks/RESULTS.md, 2026-12-04 third session), where the pieces spread over the GPU.
 ARGMAX_CHUNKS = 64
 
+# Greedy steps' selection and bookkeeping compiled with the forward's backend (StaticDecoder.advance); benchmarks
+# flip it to measure the eager form.
+COMPILE_ADVANCE = True
+
 
 def inductor_config_patch(options: dict):
     """A block with ``options`` set in Inductor's config (none: nothing). Inductor reads its config when it
@@ -459,7 +463,10 @@ class _Session:
         logits = forward(self.tokens, self.position_ids, self.attention_mask, self.cache)
         if self.shared_length:
             self.cache_length.add_(1)
-        self._advance(logits)
+        if forward == self.decoder.eager_forward:
+            self._advance(logits)
+        else:
+            self.decoder.advance(self, logits)
 
     # -- per request --------------------------------------------------------------------------
     def prepare(self, request: DecodeRequest, vocab: int) -> None:
@@ -589,6 +596,8 @@ class StaticDecoder:
         self.cache_argument = cache_argument_name(model)
         self.sessions: OrderedDict[tuple[int, int], _Session] = OrderedDict()
         self._compiled = None
+        self._compiled_advance = None  # the greedy selection and bookkeeping, compiled (advance)
+        self._advance_failed = False
         self._one_shot = False  # the compiled forward's all-reduces use symmetric memory
         self._compiled_shapes: set[tuple[int, int]] = set()
         self._warned_limit = False
@@ -612,6 +621,30 @@ class StaticDecoder:
         if self.device.type == "cuda" and self.config.persistent_norms:
             options.update(persistent_norms.inductor_options(True))
         return options
+
+    def advance(self, session: "_Session", logits: torch.Tensor) -> None:
+        """``session._advance(logits)`` after the compiled forward: for greedy requests compiled too, so that
+        the selection and the bookkeeping (the argmax, the eos and min-length masks, the token, position and
+        step updates: about fifteen small kernels, each a launch and a gap in the captured step) become a few
+        fused kernels. Sampling keeps the eager selection (its random draw is the eager generator's). The
+        same values either way: every op is exact (comparisons, argmax, copies, integer adds). A compile that
+        fails (before anything runs) leaves this decoder's advance eager; it runs no collective, so each rank
+        may decide alone."""
+        if session.variant.do_sample or self._advance_failed or not COMPILE_ADVANCE:
+            session._advance(logits)
+            return
+        if self._compiled_advance is None:
+            backend = "inductor" if self.device.type == "cuda" else "eager"  # CPU: traced only, as the forward
+            self._compiled_advance = torch.compile(_Session._advance, fullgraph=True, dynamic=False, backend=backend)
+        try:
+            self._compiled_advance(session, logits)
+        except Exception as exc:  # noqa: BLE001 - a compile failure: stay correct, lose a little speed
+            if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise  # a recompile inside the capture: the capture's own handling decides
+            self._advance_failed = True
+            logger.warning("hf_tp: the decode step's selection could not be compiled (%s: %s)",
+                           type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            session._advance(logits)
 
     def release_graphs(self) -> None:
         """Drop every captured graph (and the sessions' caches). NCCL cannot destroy a communicator
