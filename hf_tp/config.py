@@ -120,7 +120,9 @@ class TPConfig:
         gate/up GEMM (an Inductor pass, hf_tp/kernels/prologue_pass.py, with decode_gemm="triton", where that
         GEMM's config does not split K): one kernel less per layer, and each program computes both halves of its
         outputs, so nothing is read twice. Values as without it up to one bf16 unit in the last place of the
-        activation (the GEMM's exp against Inductor's). Default: off until measured on a GPU; True needs CUDA.
+        activation (the GEMM's exp against Inductor's). Default: on with CUDA. One H200, Llama-3-8B shape, batch 1
+        (benchmarks/RESULTS.md, 2026-12-04, eighth session; with the compiled greedy selection): rank of tp 2
+        388.9 -> 400.0 tok/s, tp 1 230.3 -> 234.1, rank of tp 8 802.6 -> 811.3. Off elsewhere.
       persistent_norms: Inductor compiles the decode loop's step with each row reduction up to 8192 wide (a fused
         residual add + RMSNorm over the hidden size) held in registers and read once, where by default it loops
         over rows wider than 1024 and reads them twice (hf_tp/kernels/persistent_norms.py). The fp32 mean of
@@ -275,7 +277,7 @@ class TPConfig:
         if config.gemm_prologues is None or device_type != "cuda":
             filled["gemm_prologues"] = False  # opt-in: measured slower (see the docstring)
         if config.gemm_epilogues is None or device_type != "cuda":
-            filled["gemm_epilogues"] = False  # opt-in until measured on a GPU (see the docstring)
+            filled["gemm_epilogues"] = device_type == "cuda"
         if config.persistent_norms is None or device_type != "cuda":
             filled["persistent_norms"] = device_type == "cuda"
         if config.fp8_weights == "auto" and device_type != "cuda":  # CUDA: each rank decides for its GPU at load

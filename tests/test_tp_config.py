@@ -37,6 +37,12 @@ def test_defaults_resolve_per_device():
     assert (cpu.gemm_prologues, cuda1.gemm_prologues, cuda2.gemm_prologues) == (False, False, False)
     assert hf_tp.TPConfig().resolve("cuda", 2, environ={"HF_TP_GEMM_PROLOGUES": "1"}).gemm_prologues is True
     assert hf_tp.TPConfig(gemm_prologues=True).resolve("cpu", 1, environ={}).gemm_prologues is False
+    # The epilogue form (silu * up in the gate/up GEMM) and persistent norms: on with CUDA, where there is a
+    # compiled step.
+    assert (cpu.gemm_epilogues, cuda1.gemm_epilogues, cuda2.gemm_epilogues) == (False, True, True)
+    assert hf_tp.TPConfig().resolve("cuda", 2, environ={"HF_TP_GEMM_EPILOGUES": "0"}).gemm_epilogues is False
+    assert hf_tp.TPConfig(gemm_epilogues=True).resolve("cpu", 1, environ={}).gemm_epilogues is False
+    assert (cpu.persistent_norms, cuda1.persistent_norms, cuda2.persistent_norms) == (False, True, True)
     # Asked for or set by the environment, they still do not apply on CPU.
     asked = hf_tp.TPConfig(cuda_graphs=True, allreduce="one_shot", pinned_load=True)
     assert asked.resolve("cpu", 2, environ={"HF_TP_CUDA_GRAPHS": "1"}) == cpu
