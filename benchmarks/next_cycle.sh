@@ -18,12 +18,16 @@
 #      tests and rows off/on; then flip its default in TPConfig.resolve if faster, and run the rest of CALL=3.
 #   CALL=5 (the eighth session's second): TPConfig.persistent_norms off/on (call 4 measured gemm_prologues slower).
 #   CALL=6 (the eighth session's third): TPConfig.gemm_epilogues and the compiled greedy advance, off/on.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5|6] bash benchmarks/next_cycle.sh
+#   CALL=7 (for the ninth session's first call): the rows the eighth session's defaults (persistent norms, GEMM
+#      epilogues, the compiled greedy selection) have not run: qwen3-moe-mini at tp 1 and the rank of tp 2 (issue
+#      21's 1.5x), the rank of tp 4, tp 1 at batch 8 and 32 and with a 4096-token prompt (issue 18), the eager
+#      fallbacks at the 1B shape (issue 20's num_beams=4 after the eager-overhead work), FP8 per channel (issue 19).
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5|6|7] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-1}
+CALL=${CALL:-7}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -64,7 +68,24 @@ row() {  # row NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : one run_system row in
   step "$name" "$need" python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/llama3-8b-$w" \
     --out "$OUT/e2e_$name.jsonl" "$@"
 }
-if [ "$CALL" = 6 ]; then
+if [ "$CALL" = 7 ]; then
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 240 bf16 &
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  (timeout 150 $T tests/test_moe_kernel.py tests/test_gpu_loop_requests.py > "$OUT/tests_7.txt" 2>&1
+   echo "rc=$? tests_7" >> "$OUT/log.txt") &
+  wait
+  moe() { local name=$1; shift; step "$name" 50 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 \
+    --model "$CK/qwen3-moe-mini" --batches 1 --out "$OUT/e2e_$name.jsonl" "$@"; }
+  moe moe_tp1
+  moe moe_r2 --simulate-tp 2 --profile 64
+  row r4 45 bf16 --simulate-tp 4 --batches 1
+  row tp1_batches 80 bf16 --batches 8,32
+  row tp1_4k 60 bf16 --batches 1 --prompt-len 4096
+  step fallbacks_1b 120 python benchmarks/loop_requests.py --shape llama3-1b --tokens 128 --repeats 2 --fallbacks \
+    --only fallback --json "$OUT/fallbacks_1b.jsonl"
+  row tp1_fp8c 55 fp8-channel --batches 1
+elif [ "$CALL" = 6 ]; then
   # Built in the eighth session, CPU-tested only: TPConfig.gemm_epilogues (silu(gate) * up in the gate/up GEMM's
   # epilogue) and the greedy selection + bookkeeping compiled (StaticDecoder.advance, ADVANCE=0 turns it off);
   # persistent norms on (their new default). Their GPU tests first (the loop's tokens against Transformers), then
