@@ -74,20 +74,24 @@ class SharedInputGroup:
             member.shared_input, member.shared_index = self, index
             start += size
         self.members = members
+        self.everyone = (1 << len(members)) - 1  # output's mask once every member has its part
 
     def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        pending = self.pending
-        if pending is None or pending[0] is not x or pending[1][index] is None:
+        # pending: (input, parts, bit mask of the members handed their part). Ints and a tuple, no list rebuilt
+        # per call: an eager step outside the loop (Transformers' generate: beam search) is bound by host time,
+        # and this runs for every q/k/v and gate/up call.
+        pending, bit = self.pending, 1 << index
+        if pending is not None and pending[0] is x and not pending[2] & bit:
+            parts, handed = pending[1], pending[2] | bit
+        else:
             if self.scale is not None:
                 product = fp8_linear(x, self.weight, self.scale, self.group_k, self.k_offset, self.bias)
             else:
                 product = dense_linear(x, self.weight, self.bias, False, self.decode_gemm)
-            pending = (x, list(product.split(self.sizes, dim=-1)))
-        parts = pending[1]
-        result = parts[index]
-        parts = [None if i == index else part for i, part in enumerate(parts)]
-        self.pending = None if all(part is None for part in parts) else (x, parts)
-        return result
+            # split_with_sizes: Tensor.split's Python wrapper picks this for a list of sizes anyway
+            parts, handed = product.split_with_sizes(self.sizes, -1), bit
+        self.pending = None if handed == self.everyone else (x, parts, handed)
+        return parts[index]
 
     def rebind(self) -> bool:
         """After ``model.to(dtype)`` / ``.half()`` (nn.Module._apply gives each member's weight new storage):
