@@ -54,7 +54,8 @@ def cuda_paths(model) -> None:
     def eager_cuda_answer(x):  # launch_context_pays's evaluation on CUDA, without the CUDA-only capture query
         return torch.compiler.is_compiling() or decode_gemm._LOOP_DEPTH > 0
 
-    decode_gemm.launch_context_pays = layers.launch_context_pays = eager_cuda_answer
+    for module in (decode_gemm, layers, decode_attention):  # the name where each caller looks it up
+        module.launch_context_pays = eager_cuda_answer
     kinds = (layers.ColumnParallelLinear, layers.RowParallelLinear) + ((layers.ParallelLMHead,) if LM_HEAD else ())
     for module in model.modules():
         if isinstance(module, kinds):

@@ -26,6 +26,9 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from ..kernels.decode_gemm import launch_context_pays
 
 ATTENTION_NAME = "hf_tp_sdpa_decode"
 MAX_HEAD_DIM = 256
@@ -60,11 +63,9 @@ def kernel_applies(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
 
 
 def sdpa_decode_attention(module, query, key, value, attention_mask, *args, **kwargs):
-    """Transformers' attention-function signature (sdpa_attention_forward's): (output (B, q, Hq, D), None)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    from ..kernels.decode_gemm import launch_context_pays
-
+    """Transformers' attention-function signature (sdpa_attention_forward's): (output (B, q, Hq, D), None).
+    Imports at module level, not here: an eager step outside the loop (Transformers' generate: beam search) is
+    bound by host time, and two import statements per layer and step cost as much as the rest of this wrapper."""
     if not args and launch_context_pays(query) and kernel_applies(query, key, value, attention_mask, kwargs):
         from ..kernels.decode_attention import decode_attention
 
