@@ -20,11 +20,7 @@ checked once), and ``beams`` (generate(num_beams=4): (time for --tokens new - ti
 That answer comes from a stand-in (CPU tensors are never CUDA), which makes the calls the CUDA answer makes
 except ``torch.cuda.is_current_stream_capturing`` (not in a CPU build).
 
-Measured (2026-12-04, 2-core CPU shared with other work, --repeats 15 --cuda-paths, two runs each; ratio =
-Transformers' ms / hf_tp's): before the changes of branch eager-overhead, forward 0.897 / 0.902 and beams 0.899 /
-0.908 (hf_tp 4.80 / 5.66 ms against 4.31 / 5.09); after them forward 0.971 / 0.986, beams 0.990 / 0.970 (hf_tp 4.31 /
-5.06 ms against 4.19 / 5.00). What had cost: the fused groups' part bookkeeping (SharedInputGroup.output) and
-two import statements per attention call (parallel/decode_attention.py). Runs move by about 5 % here.
+Figures: benchmarks/RESULTS.md (2026-12-04, eighth session).
 
 Usage: python benchmarks/eager_overhead.py [--tokens 32] [--repeats 7] [--fuse] [--cuda-paths]
                                            [--profile hf_tp|transformers]
