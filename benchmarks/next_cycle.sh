@@ -18,10 +18,10 @@
 #      tests and rows off/on; then flip its default in TPConfig.resolve if faster, and run the rest of CALL=3.
 #   CALL=5 (the eighth session's second): TPConfig.persistent_norms off/on (call 4 measured gemm_prologues slower).
 #   CALL=6 (the eighth session's third): TPConfig.gemm_epilogues and the compiled greedy advance, off/on.
-#   CALL=7 (for the ninth session's first call): the rows the eighth session's defaults (persistent norms, GEMM
-#      epilogues, the compiled greedy selection) have not run: qwen3-moe-mini at tp 1 and the rank of tp 2 (issue
-#      21's 1.5x), the rank of tp 4, tp 1 at batch 8 and 32 and with a 4096-token prompt (issue 18), the eager
-#      fallbacks at the 1B shape (issue 20's num_beams=4 after the eager-overhead work), FP8 per channel (issue 19).
+#   CALL=7 (the ninth session's first call): the rows the eighth session's defaults (persistent norms, GEMM
+#      epilogues, the compiled greedy selection) have not run: the eager fallbacks at the 1B shape (issue 20's
+#      num_beams=4 after the eager-overhead work), qwen3-moe-mini at tp 1 and the rank of tp 2 (issue 21's 1.5x),
+#      the rank of tp 4, tp 1 at batch 8 and 32, the rank of tp 8 profiled, a 4096-token prompt (issue 18).
 # Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5|6|7] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -69,22 +69,26 @@ row() {  # row NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : one run_system row in
     --out "$OUT/e2e_$name.jsonl" "$@"
 }
 if [ "$CALL" = 7 ]; then
+  # The ninth session's first call. GPU tests first (in parallel with the checkpoint writes): the MoE kernels, the
+  # loop's requests, and the eighth session's helper changes (the fused groups' bit-mask bookkeeping, decode
+  # attention's imports), never run on a GPU: test_gpu_loop, test_gpu_fp8, test_decode_attention
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 240 bf16 &
-  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
   (timeout 150 $T tests/test_moe_kernel.py tests/test_gpu_loop_requests.py > "$OUT/tests_7.txt" 2>&1
-   echo "rc=$? tests_7" >> "$OUT/log.txt") &
+   echo "rc=$? tests_7" >> "$OUT/log.txt"
+   timeout 120 $T tests/test_gpu_loop.py tests/test_gpu_fp8.py tests/test_decode_attention.py > "$OUT/tests_7b.txt" 2>&1
+   echo "rc=$? tests_7b" >> "$OUT/log.txt") &
   wait
+  step fallbacks_1b 120 python benchmarks/loop_requests.py --shape llama3-1b --tokens 128 --repeats 2 --fallbacks \
+    --only fallback --json "$OUT/fallbacks_1b.jsonl"
   moe() { local name=$1; shift; step "$name" 50 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 \
     --model "$CK/qwen3-moe-mini" --batches 1 --out "$OUT/e2e_$name.jsonl" "$@"; }
   moe moe_tp1
   moe moe_r2 --simulate-tp 2 --profile 64
   row r4 45 bf16 --simulate-tp 4 --batches 1
   row tp1_batches 80 bf16 --batches 8,32
+  row r8_profile 45 bf16 --simulate-tp 8 --batches 1 --profile 64
   row tp1_4k 60 bf16 --batches 1 --prompt-len 4096
-  step fallbacks_1b 120 python benchmarks/loop_requests.py --shape llama3-1b --tokens 128 --repeats 2 --fallbacks \
-    --only fallback --json "$OUT/fallbacks_1b.jsonl"
-  row tp1_fp8c 55 fp8-channel --batches 1
 elif [ "$CALL" = 6 ]; then
   # Built in the eighth session, CPU-tested only: TPConfig.gemm_epilogues (silu(gate) * up in the gate/up GEMM's
   # epilogue) and the greedy selection + bookkeeping compiled (StaticDecoder.advance, ADVANCE=0 turns it off);
