@@ -22,12 +22,14 @@
 #      epilogues, the compiled greedy selection) have not run: the eager fallbacks at the 1B shape (issue 20's
 #      num_beams=4 after the eager-overhead work), qwen3-moe-mini at tp 1 and the rank of tp 2 (issue 21's 1.5x),
 #      the rank of tp 4, tp 1 at batch 8 and 32, the rank of tp 8 profiled, a 4096-token prompt (issue 18).
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5|6|7] bash benchmarks/next_cycle.sh
+#   CALL=8 (the ninth session's second): the compiled sampling selection on/off (issue 20), PDL at the rank of
+#      tp 8, FP8 per channel, tp 1 at batch 8 and 32 and with a 4096-token prompt.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5|6|7|8] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-7}
+CALL=${CALL:-8}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -45,6 +47,9 @@ gt.PREFETCH_MAX_LINES = int(os.environ.get('PFL', gt.PREFETCH_MAX_LINES))
 if os.environ.get('ADVANCE') == '0':  # the greedy selection and bookkeeping eager, as before the eighth session
     from hf_tp.generation import decode_loop
     decode_loop.COMPILE_ADVANCE = False
+if os.environ.get('SAMPLE') == '0':  # the sampling selection eager, as before the ninth session
+    from hf_tp.generation import decode_loop
+    decode_loop.COMPILE_SAMPLING = False
 if os.environ.get('COMBO'):  # Inductor's horizontal fusion of independent kernels (rope, cache writes, mask)
     import torch._inductor.config as c
     c.combo_kernels = True
@@ -53,9 +58,10 @@ if os.environ.get('GLOBAL_PDL'):  # the form measured faster on 2026-12-04: both
     from hf_tp.kernels import pdl
     c.triton.enable_pdl = True
     pdl._ACTIVE = True
-sys.argv[0] = 'run_system'
+script = os.environ.get('SCRIPT')  # a benchmark script by path (its arguments follow), else run_system
+sys.argv[0] = script or 'run_system'
 try:
-    runpy.run_module('hf_tp.bench.run_system', run_name='__main__')
+    runpy.run_path(script, run_name='__main__') if script else runpy.run_module('hf_tp.bench.run_system', run_name='__main__')
 finally:  # did Inductor generate PDL code? (its output code holds each kernel's source and launch options)
     from torch._inductor.codecache import PyCodeCache
     texts = [open(m.__file__).read() for m in list(PyCodeCache.modules) if getattr(m, '__file__', None)]
@@ -68,7 +74,27 @@ row() {  # row NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : one run_system row in
   step "$name" "$need" python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/llama3-8b-$w" \
     --out "$OUT/e2e_$name.jsonl" "$@"
 }
-if [ "$CALL" = 7 ]; then
+if [ "$CALL" = 8 ]; then
+  # The compiled sampling selection (COMPILE_SAMPLING, built after call 1; SAMPLE=0 is the eager one): its GPU tests
+  # (the loop's requests against Transformers, seeds, the capturing call) and issue 20's requests at the 1B shape,
+  # rank of tp 2, on and off, while the checkpoints are written; then PDL at the rank of tp 8 (its GEMMs are a few
+  # µs each: call 1's profile), FP8 per channel (issue 19), and what call 1 had no time for (issue 18)
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  (timeout 170 $T tests/test_gpu_loop_requests.py tests/test_gpu_loop.py > "$OUT/tests_8.txt" 2>&1
+   echo "rc=$? tests_8" >> "$OUT/log.txt"
+   A="--shape llama3-1b --tokens 128 --repeats 2 --simulate-tp 2 --only sampling,num_return"
+   SCRIPT=benchmarks/loop_requests.py step req_1b_r2_on 100 python -c "$FLIP" $A --json "$OUT/req_1b_r2_on.jsonl"
+   SAMPLE=0 SCRIPT=benchmarks/loop_requests.py step req_1b_r2_off 100 python -c "$FLIP" $A \
+     --json "$OUT/req_1b_r2_off.jsonl") &
+  wait
+  HF_TP_PDL=1 row r8_pdl1 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_PDL=0 row r8_pdl0 45 bf16 --simulate-tp 8 --batches 1
+  row tp1_fp8c 55 fp8-channel --batches 1
+  row r2_fp8c 45 fp8-channel --simulate-tp 2 --batches 1
+  row tp1_batches 80 bf16 --batches 1,8,32
+  row tp1_4k 60 bf16 --batches 1 --prompt-len 4096
+elif [ "$CALL" = 7 ]; then
   # The ninth session's first call. GPU tests first (in parallel with the checkpoint writes): the MoE kernels, the
   # loop's requests, and the eighth session's helper changes (the fused groups' bit-mask bookkeeping, decode
   # attention's imports), never run on a GPU: test_gpu_loop, test_gpu_fp8, test_decode_attention

@@ -156,14 +156,16 @@ def _load(folder: str, tp: int):
     return hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=tp, device="cpu", dtype=torch.float32)
 
 
-def _compiled_steps(model, batch: dict, steps: int):
+def _compiled_steps(model, batch: dict, steps: int, compiled: bool = True, **settings):
     """The loop's compiled forward (what the GPU captures: fullgraph, collectives traced) run step by step
-    through a session, and the number of graphs Dynamo compiled for it."""
+    through a session, and the number of graphs Dynamo compiled for it (``compiled=False``: the same steps
+    eagerly; ``settings``: generate's, greedy by default)."""
     from torch._dynamo.utils import counters
 
     from hf_tp.generation.decode_loop import plan_request
 
-    kwargs = dict(attention_mask=batch["attention_mask"], do_sample=False, max_new_tokens=steps, pad_token_id=PAD)
+    kwargs = {**dict(attention_mask=batch["attention_mask"], do_sample=False, max_new_tokens=steps, pad_token_id=PAD),
+              **settings}
     request, reason = plan_request(model, (batch["input_ids"],), kwargs)
     assert request is not None, reason
     decoder = model._hf_tp_decoder()
@@ -174,10 +176,38 @@ def _compiled_steps(model, batch: dict, steps: int):
         with torch.no_grad():
             session.start(request)
             for _ in range(steps - 1):
-                session._decode_step(decoder.compiled_forward)
+                session._decode_step(decoder.compiled_forward if compiled else decoder.eager_forward)
     finally:
         model._hf_tp_in_generate = False
     return torch.cat([batch["input_ids"], session.out[:, :steps]], dim=1), counters["stats"]["unique_graphs"]
+
+
+# Sampling settings whose selection the compiled step traces: the whole vocabulary sorted (top-k off) with every
+# processor, and the top-k candidates' path.
+COMPILED_SAMPLING = {
+    "whole_vocabulary": dict(do_sample=True, temperature=0.8, top_k=0, top_p=0.95, min_p=0.1, repetition_penalty=1.2),
+    "top_k": dict(do_sample=True, temperature=0.8, top_k=5, top_p=0.9),
+}
+
+
+def _compiled_sampling_steps(model, batch: dict) -> dict:
+    """Per setting: the tokens of the compiled steps and of the eager steps from the same seed, whether the
+    sampling selection was compiled (not left eager by a failed trace), and the graphs the compiled run added."""
+    from hf_tp.generation import decode_loop
+
+    out = {}
+    decoder = model._hf_tp_decoder()
+    for name, settings in COMPILED_SAMPLING.items():
+        torch.manual_seed(11)
+        eager, _ = _compiled_steps(model, batch, 6, compiled=False, **settings)
+        torch.manual_seed(11)
+        _, before = _compiled_steps(model, batch, 6, compiled=False, **settings)  # graphs so far
+        torch.manual_seed(11)
+        tokens, after = _compiled_steps(model, batch, 6, **settings)
+        out[name] = dict(eager=eager, compiled=tokens, graphs=after - before,
+                         traced="sample" in decoder._compiled_advance and "sample" not in decoder._advance_failed,
+                         enabled=decode_loop.COMPILE_SAMPLING)
+    return out
 
 
 def requests_on_ranks(folder: str, batch: dict, stops: list[str], eos: int, sliding: dict[str, str]) -> dict:
@@ -215,6 +245,8 @@ def requests_on_ranks(folder: str, batch: dict, stops: list[str], eos: int, slid
             out["served"][f"{arch}_{name}"] = len(calls) > before
         if tp == 2 and arch == "gemma3_text":  # local and global layers in one compiled step, past the window
             out["gemma3_compiled"] = _compiled_steps(sliding_model, small, SLIDING_NEW)
+    if tp == 2:
+        out["sampling_compiled"] = _compiled_sampling_steps(model, batch)
     return out
 
 
@@ -340,6 +372,22 @@ def test_the_sliding_window_changes_the_tokens(sliding_folders, arch):
             unbounded = load_reference(sliding_folders[arch], sliding_window=1000).generate(**sliding_batch(), **kwargs)
         sequences = [getattr(out, "sequences", out) for out in (windowed, unbounded)]
         assert not torch.equal(*sequences), f"{arch} {kwargs}: the window changed no token"
+
+
+@pytest.mark.parametrize("setting", list(COMPILED_SAMPLING))
+def test_compiled_sampling_step_matches_eager_steps(ranks, setting):
+    """The sampling selection compiled with the step (StaticDecoder.advance: fullgraph, its random draw the
+    generator's own) gives the eager steps' tokens from the same seed, on every rank; one graph per setting."""
+    if "sampling_compiled" not in ranks[0]:
+        pytest.skip("the compiled sampling step is checked once, by the tp 2 ranks (tp 1 and 3 trace the same code)")
+    for rank, out in enumerate(ranks):
+        got = out["sampling_compiled"][setting]
+        assert got["enabled"], "decode_loop.COMPILE_SAMPLING is off: nothing to check"
+        assert got["traced"], f"rank {rank}: the sampling selection was not compiled (left eager)"
+        assert torch.equal(got["compiled"], got["eager"]), f"rank {rank}: {got['compiled'].tolist()} != {got['eager'].tolist()}"
+        # the forward was compiled for this shape already by the greedy case; the selection adds its graph
+        assert got["graphs"] >= 1, f"rank {rank}: no graph compiled for the sampling selection"
+    assert torch.equal(ranks[0]["sampling_compiled"][setting]["compiled"], ranks[1]["sampling_compiled"][setting]["compiled"])
 
 
 def test_gemma3_compiled_step_matches_eager(ranks):

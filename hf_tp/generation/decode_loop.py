@@ -56,9 +56,11 @@ SCORE_ROWS = 64  # scores/logits buffers hold max_new_tokens rounded up to this 
 # tp-2 rank's step; benchmarks/RESULTS.md, 2026-12-04 third session), where the pieces spread over the GPU.
 ARGMAX_CHUNKS = 64
 
-# Greedy steps' selection and bookkeeping compiled with the forward's backend (StaticDecoder.advance); benchmarks
-# flip it to measure the eager form.
+# Each step's selection and bookkeeping compiled with the forward's backend (StaticDecoder.advance): greedy
+# steps, and sampling steps (COMPILE_SAMPLING, their random draw kept eager's); benchmarks flip them to measure
+# the eager forms.
 COMPILE_ADVANCE = True
+COMPILE_SAMPLING = True
 
 
 def inductor_config_patch(options: dict):
@@ -583,6 +585,19 @@ class _Session:
         self.graphs[self.variant] = graph
 
 
+def _greedy_advance(session: _Session, logits: torch.Tensor) -> None:
+    session._advance(logits)
+
+
+def _sample_advance(session: _Session, logits: torch.Tensor) -> None:
+    session._advance(logits)
+
+
+# One function (one code object) per kind: Dynamo keeps its compiled graphs, and counts them against its
+# recompile limit, per code object, so sampling's variants do not use up greedy's.
+_ADVANCE_BY_KIND = {"greedy": _greedy_advance, "sample": _sample_advance}
+
+
 class StaticDecoder:
     """The decode loop of one parallel model; kept on the model, sessions reused across calls."""
 
@@ -596,8 +611,8 @@ class StaticDecoder:
         self.cache_argument = cache_argument_name(model)
         self.sessions: OrderedDict[tuple[int, int], _Session] = OrderedDict()
         self._compiled = None
-        self._compiled_advance = None  # the greedy selection and bookkeeping, compiled (advance)
-        self._advance_failed = False
+        self._compiled_advance: dict[str, object] = {}  # "greedy" / "sample": the selection and bookkeeping, compiled
+        self._advance_failed: set[str] = set()  # the kinds whose compile failed: eager for this decoder
         self._one_shot = False  # the compiled forward's all-reduces use symmetric memory
         self._compiled_shapes: set[tuple[int, int]] = set()
         self._warned_limit = False
@@ -623,26 +638,35 @@ class StaticDecoder:
         return options
 
     def advance(self, session: "_Session", logits: torch.Tensor) -> None:
-        """``session._advance(logits)`` after the compiled forward: for greedy requests compiled too, so that
-        the selection and the bookkeeping (the argmax, the eos and min-length masks, the token, position and
-        step updates: about fifteen small kernels, each a launch and a gap in the captured step) become a few
-        fused kernels. Sampling keeps the eager selection (its random draw is the eager generator's). The
-        same values either way: every op is exact (comparisons, argmax, copies, integer adds). A compile that
-        fails (before anything runs) leaves this decoder's advance eager; it runs no collective, so each rank
-        may decide alone."""
-        if session.variant.do_sample or self._advance_failed or not COMPILE_ADVANCE:
+        """``session._advance(logits)`` after the compiled forward, compiled too, so that the selection and the
+        bookkeeping (for greedy: the argmax, the eos and min-length masks, the token, position and step updates,
+        about fifteen small kernels, each a launch and a gap in the captured step; for sampling twice as many:
+        temperature, top-k, the softmax and cumulative sum of top-p, min-p, the exponential race) become a few
+        fused kernels. The same values as eager: greedy's ops are exact (comparisons, argmax, copies, integer
+        adds); sampling's softmax and sums may round differently in the last bit, and its random draw stays
+        eager's (Inductor's ``fallback_random``: the generator's own kernel, so a seed gives the tokens it gives
+        without compiling, captured graphs included). A compile that fails (before anything runs) leaves that
+        kind of step eager for this decoder; it runs no collective, so each rank may decide alone."""
+        kind = "sample" if session.variant.do_sample else "greedy"
+        if (kind in self._advance_failed or not COMPILE_ADVANCE
+                or (kind == "sample" and not COMPILE_SAMPLING)):
             session._advance(logits)
             return
-        if self._compiled_advance is None:
-            backend = "inductor" if self.device.type == "cuda" else "eager"  # CPU: traced only, as the forward
-            self._compiled_advance = torch.compile(_Session._advance, fullgraph=True, dynamic=False, backend=backend)
+        compiled = self._compiled_advance.get(kind)
+        if compiled is None:
+            if self.device.type == "cuda":  # inductor; sampling's random draw as eager's (see above)
+                options = dict(backend="inductor", options={"fallback_random": True} if kind == "sample" else None)
+            else:  # CPU: traced only, as the forward
+                options = dict(backend="eager")
+            compiled = self._compiled_advance[kind] = torch.compile(_ADVANCE_BY_KIND[kind], fullgraph=True,
+                                                                    dynamic=False, **options)
         try:
-            self._compiled_advance(session, logits)
+            compiled(session, logits)
         except Exception as exc:  # noqa: BLE001 - a compile failure: stay correct, lose a little speed
             if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
                 raise  # a recompile inside the capture: the capture's own handling decides
-            self._advance_failed = True
-            logger.warning("hf_tp: the decode step's selection could not be compiled (%s: %s)",
+            self._advance_failed.add(kind)
+            logger.warning("hf_tp: the decode step's %s selection could not be compiled (%s: %s)", kind,
                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
             session._advance(logits)
 
