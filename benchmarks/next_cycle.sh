@@ -47,9 +47,9 @@ gt.PREFETCH_MAX_LINES = int(os.environ.get('PFL', gt.PREFETCH_MAX_LINES))
 if os.environ.get('ADVANCE') == '0':  # the greedy selection and bookkeeping eager, as before the eighth session
     from hf_tp.generation import decode_loop
     decode_loop.COMPILE_ADVANCE = False
-if os.environ.get('SAMPLE') == '0':  # the sampling selection eager, as before the ninth session
+if os.environ.get('SAMPLE'):  # SAMPLE=1: the sampling selection compiled (decode_loop.COMPILE_SAMPLING), 0: eager
     from hf_tp.generation import decode_loop
-    decode_loop.COMPILE_SAMPLING = False
+    decode_loop.COMPILE_SAMPLING = os.environ['SAMPLE'] == '1'
 if os.environ.get('COMBO'):  # Inductor's horizontal fusion of independent kernels (rope, cache writes, mask)
     import torch._inductor.config as c
     c.combo_kernels = True
@@ -75,7 +75,8 @@ row() {  # row NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : one run_system row in
     --out "$OUT/e2e_$name.jsonl" "$@"
 }
 if [ "$CALL" = 8 ]; then
-  # The compiled sampling selection (COMPILE_SAMPLING, built after call 1; SAMPLE=0 is the eager one): its GPU tests
+  # The compiled sampling selection (COMPILE_SAMPLING, built after call 1, off until measured: SAMPLE=1 turns it
+  # on, SAMPLE=0 is the eager one; make it the default if faster): its GPU tests
   # (the loop's requests against Transformers, seeds, the capturing call) and issue 20's requests at the 1B shape,
   # rank of tp 2, on and off, while the checkpoints are written; then PDL at the rank of tp 8 (its GEMMs are a few
   # µs each: call 1's profile), FP8 per channel (issue 19), and what call 1 had no time for (issue 18)
@@ -84,7 +85,7 @@ if [ "$CALL" = 8 ]; then
   (timeout 170 $T tests/test_gpu_loop_requests.py tests/test_gpu_loop.py > "$OUT/tests_8.txt" 2>&1
    echo "rc=$? tests_8" >> "$OUT/log.txt"
    A="--shape llama3-1b --tokens 128 --repeats 2 --simulate-tp 2 --only sampling,num_return"
-   SCRIPT=benchmarks/loop_requests.py step req_1b_r2_on 100 python -c "$FLIP" $A --json "$OUT/req_1b_r2_on.jsonl"
+   SAMPLE=1 SCRIPT=benchmarks/loop_requests.py step req_1b_r2_on 100 python -c "$FLIP" $A --json "$OUT/req_1b_r2_on.jsonl"
    SAMPLE=0 SCRIPT=benchmarks/loop_requests.py step req_1b_r2_off 100 python -c "$FLIP" $A \
      --json "$OUT/req_1b_r2_off.jsonl") &
   wait

@@ -57,6 +57,32 @@ def test_sampling_same_seed_same_tokens_including_the_capturing_call(models):
     torch.rand(2, device=device)  # the CUDA generator is usable after captures
 
 
+@pytest.mark.parametrize("setting", ["top_k", "whole_vocabulary"])
+def test_compiled_sampling_selection_gives_the_eager_selections_tokens(models, monkeypatch, setting):
+    """decode_loop.COMPILE_SAMPLING: the sampling selection compiled by Inductor into the captured step (its
+    random draw the generator's own kernel) gives the eager selection's tokens from the same seed, in the
+    capturing call and in a replay."""
+    from hf_tp.generation import decode_loop
+
+    ours, _, device = models
+    kwargs = dict(top_k=dict(top_k=20),
+                  whole_vocabulary=dict(top_k=0, top_p=0.9, min_p=0.05, repetition_penalty=1.2))[setting]
+    ids = torch.randint(1, 101, (1, 9), generator=torch.Generator().manual_seed(5)).to(device)
+    decoder = ours._hf_tp_decoder()
+    runs = []
+    for compiled in (False, True, True):
+        if compiled != decode_loop.COMPILE_SAMPLING:
+            monkeypatch.setattr(decode_loop, "COMPILE_SAMPLING", compiled)
+            decoder.release_graphs()  # the next call captures its step again, with this selection
+        torch.manual_seed(7)
+        runs.append(ours.generate(input_ids=ids, do_sample=True, temperature=0.8, max_new_tokens=30, pad_token_id=0,
+                                  **kwargs))
+    assert "sample" in decoder._compiled_advance and "sample" not in decoder._advance_failed, "not compiled"
+    eager, capturing, replay = runs
+    assert torch.equal(capturing, replay), (capturing.tolist(), replay.tolist())
+    assert torch.equal(capturing, eager), (capturing.tolist(), eager.tolist())
+
+
 def _tp2_gloo_generate(folder):
     """One rank of tp 2 on cuda:0, joined by gloo: eager path, then the decode loop."""
     import dataclasses
