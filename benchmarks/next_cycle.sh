@@ -22,9 +22,10 @@
 #      epilogues, the compiled greedy selection) have not run: the eager fallbacks at the 1B shape (issue 20's
 #      num_beams=4 after the eager-overhead work), qwen3-moe-mini at tp 1 and the rank of tp 2 (issue 21's 1.5x),
 #      the rank of tp 4, tp 1 at batch 8 and 32, the rank of tp 8 profiled, a 4096-token prompt (issue 18).
-#   CALL=8 (the ninth session's second): the compiled sampling selection on/off (issue 20), PDL at the rank of
-#      tp 8, FP8 per channel, tp 1 at batch 8 and 32 and with a 4096-token prompt.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5|6|7|8] bash benchmarks/next_cycle.sh
+#   CALL=8 (the ninth session's second call was lost: the device stopped answering; so, the next session's first):
+#      the compiled sampling selection and the sort-free one, on/off (issue 20), PDL at the rank of tp 8.
+#   CALL=9: FP8 per channel, tp 1 at batch 8 and 32 and with a 4096-token prompt, the 8B requests.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5|6|7|8|9] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
@@ -50,6 +51,9 @@ if os.environ.get('ADVANCE') == '0':  # the greedy selection and bookkeeping eag
 if os.environ.get('SAMPLE'):  # SAMPLE=1: the sampling selection compiled (decode_loop.COMPILE_SAMPLING), 0: eager
     from hf_tp.generation import decode_loop
     decode_loop.COMPILE_SAMPLING = os.environ['SAMPLE'] == '1'
+if os.environ.get('SORTFREE'):  # SORTFREE=1: whole-vocabulary sampling by radix select (SORT_FREE_SAMPLING)
+    from hf_tp.generation import decode_loop
+    decode_loop.SORT_FREE_SAMPLING = os.environ['SORTFREE'] == '1'
 if os.environ.get('COMBO'):  # Inductor's horizontal fusion of independent kernels (rope, cache writes, mask)
     import torch._inductor.config as c
     c.combo_kernels = True
@@ -75,26 +79,37 @@ row() {  # row NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : one run_system row in
     --out "$OUT/e2e_$name.jsonl" "$@"
 }
 if [ "$CALL" = 8 ]; then
-  # The compiled sampling selection (COMPILE_SAMPLING, built after call 1, off until measured: SAMPLE=1 turns it
-  # on, SAMPLE=0 is the eager one; make it the default if faster): its GPU tests
-  # (the loop's requests against Transformers, seeds, the capturing call) and issue 20's requests at the 1B shape,
-  # rank of tp 2, on and off, while the checkpoints are written; then PDL at the rank of tp 8 (its GEMMs are a few
-  # µs each: call 1's profile), FP8 per channel (issue 19), and what call 1 had no time for (issue 18)
+  # Issue 20's sampling selection, built in the ninth session after its first call (the second call was lost with
+  # the device): decode_loop.COMPILE_SAMPLING (the selection compiled into the step; SAMPLE=1 on, SAMPLE=0 eager)
+  # and decode_loop.SORT_FREE_SAMPLING (top-k/top-p thresholds by radix select, no sort of the vocabulary;
+  # SORTFREE=1). Their GPU tests first, then the 1B shape's rank of tp 2 (the harshest case: a 0.8 ms step) with
+  # each, while the 8B checkpoint is written; then PDL at the rank of tp 8 (its GEMMs are a few µs each: call 1's
+  # profile). Make a switch the default where its rows are faster and its tests pass.
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
-  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
-  (timeout 170 $T tests/test_gpu_loop_requests.py tests/test_gpu_loop.py > "$OUT/tests_8.txt" 2>&1
-   echo "rc=$? tests_8" >> "$OUT/log.txt"
-   A="--shape llama3-1b --tokens 128 --repeats 2 --simulate-tp 2 --only sampling,num_return"
-   SAMPLE=1 SCRIPT=benchmarks/loop_requests.py step req_1b_r2_on 100 python -c "$FLIP" $A --json "$OUT/req_1b_r2_on.jsonl"
-   SAMPLE=0 SCRIPT=benchmarks/loop_requests.py step req_1b_r2_off 100 python -c "$FLIP" $A \
-     --json "$OUT/req_1b_r2_off.jsonl") &
+  timeout 150 $T tests/test_gpu_loop.py tests/test_sort_free.py tests/test_gpu_loop_requests.py > "$OUT/tests_8.txt" 2>&1
+  echo "rc=$? tests_8" >> "$OUT/log.txt"
+  A="--shape llama3-1b --tokens 128 --repeats 2 --simulate-tp 2"
+  req() { local name=$1; shift; SCRIPT=benchmarks/loop_requests.py step "$name" 70 python -c "$FLIP" $A \
+    --json "$OUT/$name.jsonl" "$@"; }
+  SAMPLE=1 req req_1b_r2_compiled --only sampling,num_return
+  SAMPLE=0 req req_1b_r2_eager --only sampling,num_return
+  SAMPLE=1 SORTFREE=1 req req_1b_r2_compiled_sortfree --only top_k=0
+  SAMPLE=0 SORTFREE=1 req req_1b_r2_eager_sortfree --only top_k=0
   wait
   HF_TP_PDL=1 row r8_pdl1 45 bf16 --simulate-tp 8 --batches 1
   HF_TP_PDL=0 row r8_pdl0 45 bf16 --simulate-tp 8 --batches 1
+elif [ "$CALL" = 9 ]; then
+  # What the ninth session's calls had no time for: FP8 per channel against bf16 (issue 19), tp 1 at batch 8 and
+  # 32 and with a 4096-token prompt (issue 18); the 8B requests with the sampling switches CALL=8 decided
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  wait
+  row tp1_batches 80 bf16 --batches 1,8,32
   row tp1_fp8c 55 fp8-channel --batches 1
   row r2_fp8c 45 fp8-channel --simulate-tp 2 --batches 1
-  row tp1_batches 80 bf16 --batches 1,8,32
   row tp1_4k 60 bf16 --batches 1 --prompt-len 4096
+  step requests_8b_r2 120 python benchmarks/loop_requests.py --model "$CK/llama3-8b-bf16" --tokens 128 --repeats 2 \
+    --simulate-tp 2 --json "$OUT/requests_8b_r2.jsonl"
 elif [ "$CALL" = 7 ]; then
   # The ninth session's first call. GPU tests first (in parallel with the checkpoint writes): the MoE kernels, the
   # loop's requests, and the eighth session's helper changes (the fused groups' bit-mask bookkeeping, decode

@@ -57,16 +57,18 @@ def test_sampling_same_seed_same_tokens_including_the_capturing_call(models):
     torch.rand(2, device=device)  # the CUDA generator is usable after captures
 
 
-@pytest.mark.parametrize("setting", ["top_k", "whole_vocabulary"])
+@pytest.mark.parametrize("setting", ["top_k", "whole_vocabulary", "whole_vocabulary_sort_free"])
 def test_compiled_sampling_selection_gives_the_eager_selections_tokens(models, monkeypatch, setting):
     """decode_loop.COMPILE_SAMPLING: the sampling selection compiled by Inductor into the captured step (its
     random draw the generator's own kernel) gives the eager selection's tokens from the same seed, in the
-    capturing call and in a replay."""
+    capturing call and in a replay; "sort_free": with the top-p threshold by radix select
+    (decode_loop.SORT_FREE_SAMPLING)."""
     from hf_tp.generation import decode_loop
 
     ours, _, device = models
-    kwargs = dict(top_k=dict(top_k=20),
-                  whole_vocabulary=dict(top_k=0, top_p=0.9, min_p=0.05, repetition_penalty=1.2))[setting]
+    whole = dict(top_k=0, top_p=0.9, min_p=0.05, repetition_penalty=1.2)
+    kwargs = dict(top_k=dict(top_k=20), whole_vocabulary=whole, whole_vocabulary_sort_free=whole)[setting]
+    monkeypatch.setattr(decode_loop, "SORT_FREE_SAMPLING", setting.endswith("sort_free"))
     ids = torch.randint(1, 101, (1, 9), generator=torch.Generator().manual_seed(5)).to(device)
     decoder = ours._hf_tp_decoder()
     runs = []

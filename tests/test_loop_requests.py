@@ -248,6 +248,12 @@ def requests_on_ranks(folder: str, batch: dict, stops: list[str], eos: int, slid
             out["gemma3_compiled"] = _compiled_steps(sliding_model, small, SLIDING_NEW)
     if tp == 2:
         out["sampling_compiled"] = _compiled_sampling_steps(model, batch)
+    from hf_tp.generation import decode_loop
+
+    decode_loop.SORT_FREE_SAMPLING = True  # off by default until measured on a GPU
+    torch.manual_seed(7)
+    out["sample_sort_free"] = _plain(model.generate(**batch, **SAMPLING, **SAMPLED_OUTPUTS))
+    decode_loop.SORT_FREE_SAMPLING = False
     return out
 
 
@@ -312,7 +318,7 @@ def test_stop_strings_are_exercised(reference, batch):
 def test_sampling_agrees_across_ranks_and_is_reproducible(ranks):
     first = ranks[0]
     for rank, out in enumerate(ranks):
-        for key in ("sample_a", "sample_b", "sample_rank_seeds"):
+        for key in ("sample_a", "sample_b", "sample_rank_seeds", "sample_sort_free"):
             same = torch.equal(out[key]["sequences"], first[key]["sequences"])
             assert same, f"rank {rank} sampled other tokens ({key})"
     seqs = first["sample_a"]["sequences"]
@@ -322,15 +328,17 @@ def test_sampling_agrees_across_ranks_and_is_reproducible(ranks):
     assert not torch.equal(seqs[0::2], seqs[1::2])  # the two samples of a prompt were drawn independently
 
 
-def test_sampled_scores_are_transformers_processors(ranks, reference, batch):
+@pytest.mark.parametrize("run", ["sample_a", "sample_sort_free"], ids=["sorted", "sort_free"])
+def test_sampled_scores_are_transformers_processors(ranks, reference, batch, run):
     """Each step's scores (and raw logits) of the sampled run equal what Transformers' generate computes
-    for that step: its own processors (penalty, temperature, top-p, min-p) on the same prefix."""
+    for that step: its own processors (penalty, temperature, top-p, min-p) on the same prefix. "sort_free":
+    the loop's top-p threshold by radix select (decode_loop.SORT_FREE_SAMPLING), not by a sort."""
     model = reference["model"]
     one_each = {k: v for k, v in SAMPLING.items() if k != "num_return_sequences"}
     ids = batch["input_ids"].repeat_interleave(2, dim=0)
     mask = batch["attention_mask"].repeat_interleave(2, dim=0)
     for rank, out in enumerate(ranks):
-        sampled = out["sample_a"]
+        sampled = out[run]
         seqs = sampled["sequences"]
         assert sampled["scores"].shape[0] == seqs.shape[1] - PROMPT
         for step in range(seqs.shape[1] - PROMPT):

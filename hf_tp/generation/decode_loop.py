@@ -42,6 +42,7 @@ from ..compat import (cache_argument_name, default_generation_params, flash_atte
 from ..faults import injected_fault
 from ..kernels import pdl, persistent_norms, prologue_pass
 from ..kernels.decode_gemm import decode_loop_calls
+from . import sort_free
 
 logger = logging.getLogger("hf_tp")
 
@@ -62,6 +63,10 @@ ARGMAX_CHUNKS = 64
 # (benchmarks/next_cycle.sh CALL=8 measures both; the CPU tests turn it on).
 COMPILE_ADVANCE = True
 COMPILE_SAMPLING = False
+# Sampling over the whole vocabulary (top_k 0 or above the largest candidate count) finds its top-k and top-p
+# thresholds by radix select (generation/sort_free.py) instead of sorting the vocabulary. Off until a GPU run
+# shows it faster; the CPU tests check it against Transformers' warpers.
+SORT_FREE_SAMPLING = False
 
 
 def inductor_config_patch(options: dict):
@@ -411,6 +416,8 @@ class _Session:
         # ~100 us of GPU time per step; topk of 64 a fraction of it). Tokens outside the candidates are the
         # ones top-k removes, so both give the same distribution.
         logits = logits / self.temperature
+        if SORT_FREE_SAMPLING and not (variant.candidates and variant.candidates < logits.shape[-1]):
+            return self._sample_sort_free(logits)
         if variant.candidates and variant.candidates < logits.shape[-1]:
             values, order = logits.topk(variant.candidates, dim=-1)  # descending
             sorted_logits, order = values.flip(-1), order.flip(-1)
@@ -442,6 +449,20 @@ class _Session:
         # torch.multinomial it needs no host sync and records into a CUDA graph.
         choice = first_argmax(probs / torch.empty_like(probs).exponential_())
         return order.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+
+    def _sample_sort_free(self, logits: torch.Tensor) -> torch.Tensor:
+        """_select's warpers and draw over the whole vocabulary in vocabulary order: top-k and top-p thresholds
+        by radix select (sort_free.py), then min-p, then the exponential race; the same distribution as the
+        sorted form (a seed draws other tokens: the race runs over another order)."""
+        logits = logits.masked_fill(~sort_free.top_k_mask(logits, self.top_k), float("-inf"))
+        logits = logits.masked_fill(~sort_free.top_p_mask(logits, self.top_p_rest), float("-inf"))
+        if self.variant.min_p:  # MinPLogitsWarper: drop the tokens less likely than min_p x the best one
+            probs = logits.softmax(-1)
+            logits = logits.masked_fill(probs < self.min_p * probs.amax(-1, keepdim=True), float("-inf"))
+        if self.variant.scores:
+            self._keep(self.scores, logits)
+        probs = logits.softmax(-1)
+        return first_argmax(probs / torch.empty_like(probs).exponential_())
 
     def _last_position(self, width: int) -> torch.Tensor:
         """(width,) mask of the last position; made on the first (uncaptured) step of a shape, then reused."""
