@@ -24,7 +24,8 @@
 #      the rank of tp 4, tp 1 at batch 8 and 32, the rank of tp 8 profiled, a 4096-token prompt (issue 18).
 #   CALL=8 (the ninth session's second call was lost: the device stopped answering; so, the next session's first):
 #      the compiled sampling selection and the sort-free one, on/off (issue 20), PDL at the rank of tp 8.
-#   CALL=9: FP8 per channel, tp 1 at batch 8 and 32 and with a 4096-token prompt, the 8B requests.
+#   CALL=9: FP8 per channel, tp 1 at batch 8 and 32 and with a 4096-token prompt, the MoE rank of tp 2 profiled
+#      without PDL.
 # Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5|6|7|8|9] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -100,16 +101,18 @@ if [ "$CALL" = 8 ]; then
   HF_TP_PDL=0 row r8_pdl0 45 bf16 --simulate-tp 8 --batches 1
 elif [ "$CALL" = 9 ]; then
   # What the ninth session's calls had no time for: FP8 per channel against bf16 (issue 19), tp 1 at batch 8 and
-  # 32 and with a 4096-token prompt (issue 18); the 8B requests with the sampling switches CALL=8 decided
+  # 32 and with a 4096-token prompt (issue 18); qwen3-moe-mini's rank of tp 2 profiled with PDL off (issue 21: with
+  # PDL the kernels' times overlap, so call 1's profile could not say where its 0.96 ms go)
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 240 bf16 &
   wait
   row tp1_batches 80 bf16 --batches 1,8,32
   row tp1_fp8c 55 fp8-channel --batches 1
   row r2_fp8c 45 fp8-channel --simulate-tp 2 --batches 1
+  HF_TP_PDL=0 step moe_r2_pdl0 50 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 \
+    --model "$CK/qwen3-moe-mini" --batches 1 --simulate-tp 2 --profile 64 --out "$OUT/e2e_moe_r2_pdl0.jsonl"
   row tp1_4k 60 bf16 --batches 1 --prompt-len 4096
-  step requests_8b_r2 120 python benchmarks/loop_requests.py --model "$CK/llama3-8b-bf16" --tokens 128 --repeats 2 \
-    --simulate-tp 2 --json "$OUT/requests_8b_r2.jsonl"
 elif [ "$CALL" = 7 ]; then
   # The ninth session's first call. GPU tests first (in parallel with the checkpoint writes): the MoE kernels, the
   # loop's requests, and the eighth session's helper changes (the fused groups' bit-mask bookkeeping, decode
