@@ -323,8 +323,9 @@ def _selector(vocab: int, temperature: float, top_k: int, top_p: float, min_p: f
     session.eos_in_vocab = torch.zeros(vocab, dtype=torch.bool)
     session.vocab_positions = torch.arange(vocab)
     session.best_position = session.vocab_positions == vocab - 1
+    candidates = sampling_candidates(True, top_k)
     session.variant = Variant(do_sample=True, penalty=False, scores=session_out is not None, logits=False,
-                              min_p=min_p > 0, candidates=sampling_candidates(True, top_k))
+                              min_p=min_p > 0, candidates=candidates, whole_top_k=top_k > 0 and not candidates)
     session.cut_ties = torch.zeros((), dtype=torch.bool)
     session._last_candidate = {}
     if session_out is not None:
@@ -387,6 +388,37 @@ def test_top_k_sampling_on_candidates_is_transformers_warpers(top_k, top_p, min_
     assert torch.allclose(got[kept], warped[kept], rtol=0, atol=1e-6)
     assert bool(kept[torch.arange(3), chosen].all())  # the sample is a kept token
     assert not bool(session.cut_ties)
+
+
+@pytest.mark.parametrize("top_k,top_p,min_p", [(0, 0.9, 0.0), (0, 0.95, 0.05), (1500, 0.9, 0.0), (1500, 1.0, 0.1)])
+def test_sort_free_whole_vocabulary_sampling_is_transformers_warpers(monkeypatch, top_k, top_p, min_p):
+    """decode_loop.SORT_FREE_SAMPLING: over the whole vocabulary (top_k off, or above the largest candidate
+    count) the warped scores, thresholds found by radix select, equal Transformers' processors."""
+    from transformers.generation.logits_process import (MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper,
+                                                         TopPLogitsWarper)
+
+    from hf_tp.generation import decode_loop
+
+    monkeypatch.setattr(decode_loop, "SORT_FREE_SAMPLING", True)
+    vocab = 3000
+    logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(top_k + 1)) * 2
+    warped = TemperatureLogitsWarper(0.7)(None, logits)
+    for warper in ([TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p < 1 else []) + (
+            [MinPLogitsWarper(min_p)] if min_p > 0 else []):
+        warped = warper(None, warped)
+    sessions = []
+    select = _selector(vocab, 0.7, top_k, top_p, min_p, session_out=sessions)
+    session = sessions[0]
+    assert session.variant.candidates == 0 and session.variant.whole_top_k == (top_k > 0)
+    session.scores = torch.zeros(1, 3, vocab)
+    torch.manual_seed(0)
+    chosen = select(logits)
+    got = session.scores[0]
+    assert torch.equal(torch.isinf(got), torch.isinf(warped))  # the same tokens kept
+    kept = ~torch.isinf(warped)
+    assert bool(kept.sum(-1).gt(1).all()) and bool((~kept).any())  # each filter left a choice and removed some
+    assert torch.allclose(got[kept], warped[kept], rtol=0, atol=1e-6)
+    assert bool(kept[torch.arange(3), chosen].all())  # the sample is a kept token
 
 
 def test_top_k_tie_larger_than_the_candidates_is_reported():

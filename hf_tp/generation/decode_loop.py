@@ -125,6 +125,9 @@ class Variant(NamedTuple):
     # Sampling with 0 < top_k < candidates: the warpers run on the `candidates` largest logits (torch.topk)
     # instead of a sort of the whole vocabulary; 0 = the full sort (top_k off, or too large).
     candidates: int = 0
+    # Sampling over the whole vocabulary with a top_k (one above the largest candidate count): the sort-free
+    # selection (SORT_FREE_SAMPLING) runs its top-k pass only then.
+    whole_top_k: bool = False
 
 
 # The candidate counts a top-k sampling step may use (one captured graph each). Top-k keeps every token whose
@@ -163,8 +166,9 @@ class DecodeRequest:
 
     @property
     def variant(self) -> Variant:
+        candidates = sampling_candidates(self.do_sample, self.top_k)
         return Variant(self.do_sample, self.repetition_penalty != 1.0, self.output_scores, self.output_logits,
-                       self.do_sample and self.min_p > 0, sampling_candidates(self.do_sample, self.top_k))
+                       self.do_sample and self.min_p > 0, candidates, self.do_sample and self.top_k > 0 and not candidates)
 
 
 def _is_default(value, default) -> bool:
@@ -454,7 +458,8 @@ class _Session:
         """_select's warpers and draw over the whole vocabulary in vocabulary order: top-k and top-p thresholds
         by radix select (sort_free.py), then min-p, then the exponential race; the same distribution as the
         sorted form (a seed draws other tokens: the race runs over another order)."""
-        logits = logits.masked_fill(~sort_free.top_k_mask(logits, self.top_k), float("-inf"))
+        if self.variant.whole_top_k:
+            logits = logits.masked_fill(~sort_free.top_k_mask(logits, self.top_k), float("-inf"))
         logits = logits.masked_fill(~sort_free.top_p_mask(logits, self.top_p_rest), float("-inf"))
         if self.variant.min_p:  # MinPLogitsWarper: drop the tokens less likely than min_p x the best one
             probs = logits.softmax(-1)
