@@ -83,22 +83,23 @@ if [ "$CALL" = 8 ]; then
   # Issue 20's sampling selection, built in the ninth session after its first call (the second call was lost with
   # the device): decode_loop.COMPILE_SAMPLING (the selection compiled into the step; SAMPLE=1 on, SAMPLE=0 eager)
   # and decode_loop.SORT_FREE_SAMPLING (top-k/top-p thresholds by radix select, no sort of the vocabulary;
-  # SORTFREE=1). Their GPU tests first, then the 1B shape's rank of tp 2 (the harshest case: a 0.8 ms step) with
-  # each, while the 8B checkpoint is written; then PDL at the rank of tp 8 (its GEMMs are a few µs each: call 1's
-  # profile). Make a switch the default where its rows are faster and its tests pass.
+  # SORTFREE=1). Their GPU tests first (while the 8B checkpoint is written), then the 1B shape's rank of tp 2 (the
+  # harshest case: a 0.8 ms step) with and without the compiled selection, PDL at the rank of tp 8 (its GEMMs are
+  # a few µs each: the ninth session's call 1 profile), then the sort-free selection's top_k=0 requests. Make a
+  # switch the default where its rows are faster and its tests pass.
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
-  timeout 150 $T tests/test_gpu_loop.py tests/test_sort_free.py tests/test_gpu_loop_requests.py > "$OUT/tests_8.txt" 2>&1
+  timeout 240 $T tests/test_gpu_loop.py tests/test_sort_free.py tests/test_gpu_loop_requests.py > "$OUT/tests_8.txt" 2>&1
   echo "rc=$? tests_8" >> "$OUT/log.txt"
+  wait
   A="--shape llama3-1b --tokens 128 --repeats 2 --simulate-tp 2"
   req() { local name=$1; shift; SCRIPT=benchmarks/loop_requests.py step "$name" 70 python -c "$FLIP" $A \
     --json "$OUT/$name.jsonl" "$@"; }
   SAMPLE=1 req req_1b_r2_compiled --only sampling,num_return
   SAMPLE=0 req req_1b_r2_eager --only sampling,num_return
-  SAMPLE=1 SORTFREE=1 req req_1b_r2_compiled_sortfree --only top_k=0
-  SAMPLE=0 SORTFREE=1 req req_1b_r2_eager_sortfree --only top_k=0
-  wait
   HF_TP_PDL=1 row r8_pdl1 45 bf16 --simulate-tp 8 --batches 1
   HF_TP_PDL=0 row r8_pdl0 45 bf16 --simulate-tp 8 --batches 1
+  SAMPLE=1 SORTFREE=1 req req_1b_r2_compiled_sortfree --only top_k=0
+  SAMPLE=0 SORTFREE=1 req req_1b_r2_eager_sortfree --only top_k=0
 elif [ "$CALL" = 9 ]; then
   # What the ninth session's calls had no time for: FP8 per channel against bf16 (issue 19), tp 1 at batch 8 and
   # 32 and with a 4096-token prompt (issue 18); qwen3-moe-mini's rank of tp 2 profiled with PDL off (issue 21: with
