@@ -355,14 +355,38 @@ def test_sampling_keeps_top_k_ties(top_k, top_p):
     assert got == want  # every kept token has probability > 0.1: 4096 draws see them all
 
 
+def _transformers_warped(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                         min_p: float) -> torch.Tensor:
+    """Transformers' sampling processors, in its order (temperature, top-k, top-p, min-p), on ``logits``."""
+    from transformers.generation.logits_process import (MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper,
+                                                         TopPLogitsWarper)
+
+    warped = TemperatureLogitsWarper(temperature)(None, logits)
+    for warper in ([TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p < 1 else []) + (
+            [MinPLogitsWarper(min_p)] if min_p > 0 else []):
+        warped = warper(None, warped)
+    return warped
+
+
+def _select_with_scores(session, select, logits: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+    """Run one selection step keeping its warped scores; check them against Transformers' ``warped`` (the same
+    tokens kept, the same values) and that the chosen tokens are kept ones. Returns the kept mask."""
+    session.scores = torch.zeros(1, *logits.shape)
+    torch.manual_seed(0)
+    chosen = select(logits)
+    got = session.scores[0]
+    assert torch.equal(torch.isinf(got), torch.isinf(warped))  # the same tokens kept
+    kept = ~torch.isinf(warped)
+    assert torch.allclose(got[kept], warped[kept], rtol=0, atol=1e-6)
+    assert bool(kept[torch.arange(logits.shape[0]), chosen].all())  # the sample is a kept token
+    return kept
+
+
 @pytest.mark.parametrize("top_k,top_p,min_p", [(5, 1.0, 0.0), (50, 0.9, 0.0), (50, 0.95, 0.05), (200, 0.8, 0.0)])
 def test_top_k_sampling_on_candidates_is_transformers_warpers(top_k, top_p, min_p):
     """Under top-k the loop warps only the largest logits (topk, not a sort of the vocabulary): the warped
     scores, back in vocabulary order, equal Transformers' processors on the whole vocabulary, ties at the
     k-th logit included while they fit the candidates' spare room."""
-    from transformers.generation.logits_process import (MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper,
-                                                         TopPLogitsWarper)
-
     from hf_tp.generation.decode_loop import sampling_candidates
 
     vocab = 3000
@@ -371,22 +395,12 @@ def test_top_k_sampling_on_candidates_is_transformers_warpers(top_k, top_p, min_
     kth = logits[2].topk(top_k).values[-1]
     tied = torch.nonzero(logits[2] < kth).flatten()[:5]
     logits[2, tied] = kth  # row 2: five more tokens tie with its k-th largest logit
-    warped = TemperatureLogitsWarper(0.7)(None, logits)
-    for warper in [TopKLogitsWarper(top_k)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else []) + (
-            [MinPLogitsWarper(min_p)] if min_p > 0 else []):
-        warped = warper(None, warped)
+    warped = _transformers_warped(logits, 0.7, top_k, top_p, min_p)
     sessions = []
     select = _selector(vocab, 0.7, top_k, top_p, min_p, session_out=sessions)
     session = sessions[0]
     assert session.variant.candidates == sampling_candidates(True, top_k) > top_k  # the topk path ran
-    session.scores = torch.zeros(1, 3, vocab)
-    torch.manual_seed(0)
-    chosen = select(logits)
-    got = session.scores[0]
-    assert torch.equal(torch.isinf(got), torch.isinf(warped))  # the same tokens kept
-    kept = ~torch.isinf(warped)
-    assert torch.allclose(got[kept], warped[kept], rtol=0, atol=1e-6)
-    assert bool(kept[torch.arange(3), chosen].all())  # the sample is a kept token
+    _select_with_scores(session, select, logits, warped)
     assert not bool(session.cut_ties)
 
 
@@ -394,31 +408,18 @@ def test_top_k_sampling_on_candidates_is_transformers_warpers(top_k, top_p, min_
 def test_sort_free_whole_vocabulary_sampling_is_transformers_warpers(monkeypatch, top_k, top_p, min_p):
     """decode_loop.SORT_FREE_SAMPLING: over the whole vocabulary (top_k off, or above the largest candidate
     count) the warped scores, thresholds found by radix select, equal Transformers' processors."""
-    from transformers.generation.logits_process import (MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper,
-                                                         TopPLogitsWarper)
-
     from hf_tp.generation import decode_loop
 
     monkeypatch.setattr(decode_loop, "SORT_FREE_SAMPLING", True)
     vocab = 3000
     logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(top_k + 1)) * 2
-    warped = TemperatureLogitsWarper(0.7)(None, logits)
-    for warper in ([TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p < 1 else []) + (
-            [MinPLogitsWarper(min_p)] if min_p > 0 else []):
-        warped = warper(None, warped)
+    warped = _transformers_warped(logits, 0.7, top_k, top_p, min_p)
     sessions = []
     select = _selector(vocab, 0.7, top_k, top_p, min_p, session_out=sessions)
     session = sessions[0]
     assert session.variant.candidates == 0 and session.variant.whole_top_k == (top_k > 0)
-    session.scores = torch.zeros(1, 3, vocab)
-    torch.manual_seed(0)
-    chosen = select(logits)
-    got = session.scores[0]
-    assert torch.equal(torch.isinf(got), torch.isinf(warped))  # the same tokens kept
-    kept = ~torch.isinf(warped)
+    kept = _select_with_scores(session, select, logits, warped)
     assert bool(kept.sum(-1).gt(1).all()) and bool((~kept).any())  # each filter left a choice and removed some
-    assert torch.allclose(got[kept], warped[kept], rtol=0, atol=1e-6)
-    assert bool(kept[torch.arange(3), chosen].all())  # the sample is a kept token
 
 
 def test_top_k_tie_larger_than_the_candidates_is_reported():
