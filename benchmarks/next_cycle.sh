@@ -83,13 +83,16 @@ if [ "$CALL" = 8 ]; then
   # Issue 20's sampling selection, built in the ninth session after its first call (the second call was lost with
   # the device): decode_loop.COMPILE_SAMPLING (the selection compiled into the step; SAMPLE=1 on, SAMPLE=0 eager)
   # and decode_loop.SORT_FREE_SAMPLING (top-k/top-p thresholds by radix select, no sort of the vocabulary;
-  # SORTFREE=1). Their GPU tests first (while the 8B checkpoint is written), then the 1B shape's rank of tp 2 (the
+  # SORTFREE=1). Their GPU tests first and the selection's own GPU time (benchmarks/select_cost.py, while the 8B
+  # checkpoint is written), then the 1B shape's rank of tp 2 (the
   # harshest case: a 0.8 ms step) with and without the compiled selection, PDL at the rank of tp 8 (its GEMMs are
   # a few µs each: the ninth session's call 1 profile), then the sort-free selection's top_k=0 requests. Make a
   # switch the default where its rows are faster and its tests pass.
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
-  timeout 240 $T tests/test_gpu_loop.py tests/test_sort_free.py tests/test_gpu_loop_requests.py > "$OUT/tests_8.txt" 2>&1
+  timeout 200 $T tests/test_gpu_loop.py tests/test_sort_free.py tests/test_gpu_loop_requests.py > "$OUT/tests_8.txt" 2>&1
   echo "rc=$? tests_8" >> "$OUT/log.txt"
+  # the selection alone, GPU time per call in a CUDA graph: sorted / sort-free, eager / compiled
+  step select_cost 110 python benchmarks/select_cost.py --batch 1
   wait
   A="--shape llama3-1b --tokens 128 --repeats 2 --simulate-tp 2"
   req() { local name=$1; shift; SCRIPT=benchmarks/loop_requests.py step "$name" 70 python -c "$FLIP" $A \

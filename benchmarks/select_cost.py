@@ -1,7 +1,9 @@
 """GPU time of the decode loop's token selection alone (hf_tp/generation/decode_loop.py `_Session._select`),
-per variant, eager kernels vs the same function compiled by Inductor, each captured in a CUDA graph and timed
+per variant, eager kernels vs the same function compiled by Inductor (as StaticDecoder.advance compiles it
+with decode_loop.COMPILE_SAMPLING: the random draw kept eager's), each captured in a CUDA graph and timed
 with CUDA events over replays. Issue 20 asks sampling requests to run at >= 0.9 of greedy: this says how
-much of a step the selection costs.
+much of a step the selection costs. Rows marked "sort-free" run the whole-vocabulary variants with
+decode_loop.SORT_FREE_SAMPLING (top-k/top-p thresholds by radix select instead of a sort).
 
     python benchmarks/select_cost.py [--vocab 128256] [--batch 1,4] [--replays 200]
 """
@@ -9,15 +11,17 @@ much of a step the selection costs.
 from __future__ import annotations
 
 import argparse
-import types
-
 import torch
 
+from hf_tp.generation import decode_loop
 from hf_tp.generation.decode_loop import Variant, _Session
 
 
-def fake_session(batch: int, vocab: int, variant: Variant, device) -> types.SimpleNamespace:
-    s = types.SimpleNamespace(variant=variant)
+def fake_session(batch: int, vocab: int, variant: Variant, device) -> _Session:
+    """A _Session with only what _select reads (no model, no cache): an instance of the class itself, so that
+    Dynamo traces the in-place updates of its attributes as in the loop."""
+    s = object.__new__(_Session)
+    s.variant = variant
     s.penalty = torch.tensor(1.1, device=device)
     s.seen = torch.rand(batch, vocab, device=device) < 0.01
     s.eos_in_vocab = torch.zeros(vocab, dtype=torch.bool, device=device)
@@ -33,8 +37,6 @@ def fake_session(batch: int, vocab: int, variant: Variant, device) -> types.Simp
     s.vocab_positions = torch.arange(vocab, device=device)
     s.cut_ties = torch.zeros((), dtype=torch.bool, device=device)
     s._last_candidate = {}
-    s._keep = types.MethodType(_Session._keep, s)
-    s._last_position = types.MethodType(_Session._last_position, s)
     return s
 
 
@@ -76,19 +78,27 @@ def main() -> None:
         "sampling top_k 50 + top_p + min_p": Variant(True, False, False, False, True, 64),
         "greedy + scores + logits": Variant(False, False, True, True, False),
     }
-    print(f"{'variant':32s} {'batch':>5s} {'eager us':>9s} {'compiled us':>11s}")
+    whole_vocabulary = [name for name, v in variants.items() if v.do_sample and not v.candidates]
+    rows = [(name, False) for name in variants] + [(name, True) for name in whole_vocabulary]
+    print(f"{'variant':44s} {'batch':>5s} {'eager us':>9s} {'compiled us':>11s}")
     for batch in [int(b) for b in args.batch.split(",")]:
         logits = torch.randn(batch, args.vocab, device=device, dtype=torch.bfloat16) * 3
-        for name, variant in variants.items():
+        for name, sort_free in rows:
+            decode_loop.SORT_FREE_SAMPLING = sort_free
+            variant = variants[name]
             s = fake_session(batch, args.vocab, variant, device)
-            select = types.MethodType(_Session._select, s)
+            select = s._select
             eager = time_graph(lambda: select(logits), args.replays)
-            compiled_fn = torch.compile(select, fullgraph=True, dynamic=False)
+            torch._dynamo.reset()  # a fresh compile: SORT_FREE_SAMPLING is read while tracing
+            options = {"fallback_random": True} if variant.do_sample else None  # as StaticDecoder.advance
+            compiled_fn = torch.compile(select, fullgraph=True, dynamic=False, options=options)
             try:
                 compiled = f"{time_graph(lambda: compiled_fn(logits), args.replays):11.1f}"
             except Exception as exc:  # noqa: BLE001 - report and go on
                 compiled = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
-            print(f"{name:32s} {batch:5d} {eager:9.1f} {compiled}", flush=True)
+            label = f"{name}, sort-free" if sort_free else name
+            print(f"{label:44s} {batch:5d} {eager:9.1f} {compiled}", flush=True)
+    decode_loop.SORT_FREE_SAMPLING = False
 
 
 if __name__ == "__main__":
