@@ -422,6 +422,26 @@ def test_sort_free_whole_vocabulary_sampling_is_transformers_warpers(monkeypatch
     assert bool(kept.sum(-1).gt(1).all()) and bool((~kept).any())  # each filter left a choice and removed some
 
 
+@pytest.mark.parametrize("sort_free", [False, True], ids=["sorted", "sort_free"])
+def test_selection_compiled_by_inductor_draws_the_eager_tokens(monkeypatch, sort_free):
+    """The sampling selection as StaticDecoder.advance compiles it on CUDA (Inductor, ``fallback_random``),
+    here through Inductor's CPU backend: the same tokens as eager from the same seed, over the whole vocabulary
+    (top-p and min-p, by sort or by radix select) and on the top-k candidates."""
+    from hf_tp.generation import decode_loop
+
+    monkeypatch.setattr(decode_loop, "SORT_FREE_SAMPLING", sort_free)
+    vocab = 3000
+    logits = torch.randn(2, vocab, generator=torch.Generator().manual_seed(2)) * 3
+    for top_k, top_p, min_p in ((0, 0.9, 0.05), (20, 0.9, 0.0)):
+        select = _selector(vocab, 0.7, top_k, top_p, min_p)
+        compiled = torch.compile(select, fullgraph=True, dynamic=False, options={"fallback_random": True})
+        for seed in (1, 2, 3):
+            torch.manual_seed(seed)
+            want = select(logits)
+            torch.manual_seed(seed)
+            assert torch.equal(compiled(logits), want), (top_k, seed)
+
+
 def test_top_k_tie_larger_than_the_candidates_is_reported():
     """A tie at the k-th logit wider than the candidates' spare room cannot be sampled exactly from the
     candidates: the step says so (the loop warns after the call)."""
