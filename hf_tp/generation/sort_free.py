@@ -33,14 +33,14 @@ def sortable_keys(values: torch.Tensor) -> torch.Tensor:
 
 
 def _crossing_bucket(hist: torch.Tensor, need: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the highest bucket b with weight(buckets >= b) >= need among non-empty buckets, and the weight
-    of the buckets above it. A row whose whole weight is below ``need`` gets bucket 0 and weight 0 above it."""
-    at_or_above = hist.sum(-1, keepdim=True) - hist.cumsum(-1) + hist
-    crosses = (at_or_above >= need.unsqueeze(-1)) & (hist > 0)
-    positions = torch.arange(hist.shape[-1], device=hist.device)
-    bucket = torch.where(crosses, positions, 0).amax(-1)
+    """Per row, the highest bucket b with weight(buckets >= b) >= need (``need`` > 0: a non-empty bucket), and
+    the weight of the buckets above it. A row whose whole weight is below ``need`` gets bucket 0."""
+    # A cumulative sum of non-negative terms never decreases, in floating point too: the buckets that reach
+    # ``need`` are the lowest ones, and their count is the crossing bucket + 1 (no search, no sort).
+    at_or_above = hist.flip(-1).cumsum(-1).flip(-1)
+    bucket = ((at_or_above >= need.unsqueeze(-1)).sum(-1) - 1).clamp(min=0)
     above = (at_or_above - hist).gather(-1, bucket.unsqueeze(-1)).squeeze(-1)
-    return bucket, torch.where(crosses.any(-1), above, 0.0)
+    return bucket, above
 
 
 def keep_largest(keys: torch.Tensor, weights: torch.Tensor, need: torch.Tensor) -> torch.Tensor:
@@ -51,17 +51,17 @@ def keep_largest(keys: torch.Tensor, weights: torch.Tensor, need: torch.Tensor) 
     An entry is kept when the weight of the entries before it (larger keys, and tied ones at lower positions)
     is below ``need``: Transformers' top-p rule with weights = probabilities, its top-k rule with weights = 1."""
     weights = weights.double()
-    need = need.double()
+    # need <= 0 asks for the largest key alone: the smallest positive need finds its (non-empty) bucket
+    need = need.double().clamp(min=torch.finfo(torch.float64).tiny)
     total = weights.sum(-1)
     high, low = keys >> _LOW_BITS, keys & (_BUCKETS - 1)
     rows = keys.shape[0]
     hist = torch.zeros(rows, _BUCKETS, dtype=torch.float64, device=keys.device)
-    top, above_top = _crossing_bucket(hist.scatter_add(-1, high, weights), need.clamp(min=0))
+    top, above_top = _crossing_bucket(hist.scatter_add(-1, high, weights), need)
     inside = high == top.unsqueeze(-1)
-    rest = need - above_top
+    rest = (need - above_top).clamp(min=torch.finfo(torch.float64).tiny)
     hist = torch.zeros(rows, _BUCKETS, dtype=torch.float64, device=keys.device)
-    bottom, above_bottom = _crossing_bucket(hist.scatter_add(-1, low, torch.where(inside, weights, 0.0)),
-                                            rest.clamp(min=0))
+    bottom, above_bottom = _crossing_bucket(hist.scatter_add(-1, low, torch.where(inside, weights, 0.0)), rest)
     threshold = (top << _LOW_BITS) | bottom
     rest = rest - above_bottom
     # The entries at the threshold key all weigh the same (equal keys, equal values): keep as many as the
