@@ -26,7 +26,8 @@
 #      the compiled sampling selection and the sort-free one, on/off (issue 20), PDL at the rank of tp 8.
 #   CALL=9: FP8 per channel, tp 1 at batch 8 and 32 and with a 4096-token prompt, the MoE rank of tp 2 profiled
 #      without PDL.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5|6|7|8|9] bash benchmarks/next_cycle.sh
+#   CALL=10 (the tenth session had no device; run it second, before 9): TPConfig.gemm_norms off/on (issue 18).
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5|6|7|8|9|10] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
@@ -103,6 +104,23 @@ if [ "$CALL" = 8 ]; then
   HF_TP_PDL=0 row r8_pdl0 45 bf16 --simulate-tp 8 --batches 1
   SAMPLE=1 SORTFREE=1 req req_1b_r2_compiled_sortfree --only top_k=0
   SAMPLE=0 SORTFREE=1 req req_1b_r2_eager_sortfree --only top_k=0
+elif [ "$CALL" = 10 ]; then
+  # TPConfig.gemm_norms (built in the tenth session, CPU-tested only): the residual add + RMSNorm computed in the
+  # q/k/v and gate/up GEMMs' programs (two kernels fewer per layer; about 2.3 µs each plus a gap in the eighth
+  # session's profiles). Its GPU tests first (bf16 kernels at the 8B ranks' widths, the loop's tokens against
+  # Transformers), then rows off/on interleaved, the rank of tp 2 profiled with it, batch 8 (the tl.dot form's
+  # statistic pass at 8 rows must not make it slower). Make it the default where faster and its tests pass.
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  timeout 150 $T tests/test_gemm_norms.py > "$OUT/tests_10.txt" 2>&1; echo "rc=$? tests_10" >> "$OUT/log.txt"
+  wait
+  HF_TP_GEMM_NORMS=0 row r2_gn0 45 bf16 --simulate-tp 2 --batches 1
+  HF_TP_GEMM_NORMS=1 row r2_gn1 50 bf16 --simulate-tp 2 --batches 1 --profile 64
+  HF_TP_GEMM_NORMS=0 row r8_gn0 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_GEMM_NORMS=1 row r8_gn1 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_GEMM_NORMS=1 row tp1_gn1 80 bf16 --batches 1,8
+  HF_TP_GEMM_NORMS=0 row tp1_gn0 80 bf16 --batches 1,8
+  HF_TP_GEMM_NORMS=1 row r2_gn1_again 45 bf16 --simulate-tp 2 --batches 1
+  HF_TP_GEMM_NORMS=1 row r4_gn1 45 bf16 --simulate-tp 4 --batches 1
 elif [ "$CALL" = 9 ]; then
   # What the ninth session's calls had no time for: FP8 per channel against bf16 (issue 19), tp 1 at batch 8 and
   # 32 and with a 4096-token prompt (issue 18); qwen3-moe-mini's rank of tp 2 profiled with PDL off (issue 21: with

@@ -34,6 +34,7 @@ ENV_OVERRIDES = {
     "HF_TP_COMBO_KERNELS": "combo_kernels",
     "HF_TP_GEMM_PROLOGUES": "gemm_prologues",
     "HF_TP_GEMM_EPILOGUES": "gemm_epilogues",
+    "HF_TP_GEMM_NORMS": "gemm_norms",
     "HF_TP_PERSISTENT_NORMS": "persistent_norms",
     "HF_TP_FP8_WEIGHTS": "fp8_weights",
     "HF_TP_WEIGHTS": "weights",
@@ -123,6 +124,13 @@ class TPConfig:
         activation (the GEMM's exp against Inductor's). Default: on with CUDA. One H200, Llama-3-8B shape, batch 1
         (benchmarks/RESULTS.md, 2026-12-04, eighth session; with the compiled greedy selection): rank of tp 2
         388.9 -> 400.0 tok/s, tp 1 230.3 -> 234.1, rank of tp 8 802.6 -> 811.3. Off elsewhere.
+      gemm_norms: the decode loop's compiled step computes each Llama-style RMSNorm (and the residual add before
+        it) inside the GEMM that reads its output: every program of the q/k/v and gate/up GEMMs computes its rows'
+        statistic itself from the layer's input and normalizes x as it loads it, and one program writes the
+        residual sum (an Inductor pass, hf_tp/kernels/prologue_pass.py, with decode_gemm="triton"; other norm
+        forms, such as Gemma's 1 + weight, are left as they are). Two kernels fewer per layer. Values as without
+        it up to the last bits of the fp32 statistic (summed in another order). Default: off until measured on a
+        GPU (benchmarks/next_cycle.sh; the same per-program re-read made gemm_prologues slower). True needs CUDA.
       persistent_norms: Inductor compiles the decode loop's step with each row reduction up to 8192 wide (a fused
         residual add + RMSNorm over the hidden size) held in registers and read once, where by default it loops
         over rows wider than 1024 and reads them twice (hf_tp/kernels/persistent_norms.py). The fp32 mean of
@@ -190,6 +198,7 @@ class TPConfig:
     combo_kernels: bool | None = None
     gemm_prologues: bool | None = None
     gemm_epilogues: bool | None = None
+    gemm_norms: bool | None = None
     persistent_norms: bool | None = None
 
     def __new__(cls, *args, **kwargs):
@@ -278,6 +287,8 @@ class TPConfig:
             filled["gemm_prologues"] = False  # opt-in: measured slower (see the docstring)
         if config.gemm_epilogues is None or device_type != "cuda":
             filled["gemm_epilogues"] = device_type == "cuda"
+        if config.gemm_norms is None or device_type != "cuda":
+            filled["gemm_norms"] = False  # opt-in until measured on a GPU (see the docstring)
         if config.persistent_norms is None or device_type != "cuda":
             filled["persistent_norms"] = device_type == "cuda"
         if config.fp8_weights == "auto" and device_type != "cuda":  # CUDA: each rank decides for its GPU at load

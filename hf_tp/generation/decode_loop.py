@@ -650,16 +650,17 @@ class StaticDecoder:
 
     def inductor_options(self) -> dict:
         """Inductor options of the compiled step, from TPConfig: PDL for its kernels (TPConfig.pdl), combo
-        kernels (TPConfig.combo_kernels), the GEMM fusion passes (TPConfig.gemm_epilogues, gemm_prologues) and
-        the reduction choices (TPConfig.persistent_norms). Set in
-        Inductor's config around each generate call, compiling and capturing included: the form in which PDL
-        and combo kernels were measured (benchmarks/RESULTS.md, 2026-12-04)."""
+        kernels (TPConfig.combo_kernels), the GEMM fusion passes (TPConfig.gemm_epilogues, gemm_norms,
+        gemm_prologues) and the reduction choices (TPConfig.persistent_norms). Set in Inductor's config around
+        each generate call, compiling and capturing included: the form in which PDL and combo kernels were
+        measured (benchmarks/RESULTS.md, 2026-12-04)."""
         options = dict(pdl.inductor_options(self._pdl))
         if self.device.type == "cuda" and self.config.combo_kernels:
             options["combo_kernels"] = True
         if self.device.type == "cuda" and self.config.decode_gemm == "triton":
             options.update(prologue_pass.inductor_options(bool(self.config.gemm_prologues),
-                                                          bool(self.config.gemm_epilogues)))
+                                                          bool(self.config.gemm_epilogues),
+                                                          bool(self.config.gemm_norms)))
         if self.device.type == "cuda" and self.config.persistent_norms:
             options.update(persistent_norms.inductor_options(True))
         return options

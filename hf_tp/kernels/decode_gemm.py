@@ -181,6 +181,62 @@ def decode_linear_glu_out(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return _decode_linear_glu_out_op(x, weight, bias, bool(fp32_out))
 
 
+def norm_reference(h: torch.Tensor, norm_weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm as Llama-style models compute it (Transformers' LlamaRMSNorm, Qwen2/3, Mistral, ...): h in fp32
+    times 1 / sqrt(mean(h^2) + eps), rounded to h's dtype, times the weight in that dtype."""
+    h32 = h.float()
+    return norm_weight * (h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)
+
+
+def decode_linear_norm_reference(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
+                                 eps: float, weight: torch.Tensor, bias: torch.Tensor | None, fp32_out: bool,
+                                 glu_out: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``decode_linear_norm`` computes, unfused: h = x (+ residual), the GEMM of RMSNorm(h) (then
+    silu(gate) * up with ``glu_out``), and h (empty without a residual)."""
+    h = x if residual is None else x + residual
+    y = decode_linear_reference(norm_reference(h, norm_weight, eps), weight, bias, fp32_out)
+    return (glu_reference(y) if glu_out else y), (h if residual is not None else x.new_empty(0))
+
+
+@torch.library.custom_op("hf_tp::decode_linear_norm", mutates_args=())
+def _decode_linear_norm_op(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                           weight: torch.Tensor, bias: torch.Tensor | None, fp32_out: bool,
+                           glu_out: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from hf_tp.kernels import gemv_triton
+
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    n = weight.shape[0] // 2 if glu_out else weight.shape[0]
+    dtype = torch.float32 if fp32_out else x.dtype
+    h = torch.empty_like(x2) if residual is not None else x.new_empty(0)
+    if x2.shape[0] == 0:
+        return x.new_empty(*x.shape[:-1], n, dtype=dtype), h.view(x.shape) if residual is not None else h
+    out = gemv_triton.launch(x2, weight, None, 0, 0, None if bias is None else bias.contiguous(), out_dtype=dtype,
+                             glu_out=glu_out, norm_weight=norm_weight.contiguous(), eps=eps,
+                             residual=None if residual is None else residual.reshape(x2.shape).contiguous(),
+                             h_out=h if residual is not None else None)
+    return out.view(*x.shape[:-1], n), (h.view(x.shape) if residual is not None else h)
+
+
+@_decode_linear_norm_op.register_fake
+def _(x, residual, norm_weight, eps, weight, bias, fp32_out, glu_out):
+    n = weight.shape[0] // 2 if glu_out else weight.shape[0]
+    y = x.new_empty(*x.shape[:-1], n, dtype=torch.float32 if fp32_out else x.dtype)
+    return y, (torch.empty_like(x, memory_format=torch.contiguous_format) if residual is not None
+               else x.new_empty(0))
+
+
+def decode_linear_norm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                       weight: torch.Tensor, bias: torch.Tensor | None = None, fp32_out: bool = False,
+                       glu_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``decode_linear_norm_reference`` in one kernel (TPConfig.gemm_norms; the step's compiled graph is rewritten
+    to it by hf_tp.kernels.prologue_pass): every program of the GEMM computes the RMSNorm statistic of its rows
+    of h = x (+ residual) itself, from L2, and normalizes x as it loads it, so no norm kernel runs between the
+    GEMM and the one before it; with a residual, one program per row block also writes h (the next residual).
+    Returns (the product, h)."""
+    return _decode_linear_norm_op(x, residual, norm_weight, float(eps), weight, bias, bool(fp32_out),
+                                  bool(glu_out))
+
+
 def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   fp32_out: bool = False) -> torch.Tensor:
     """``decode_linear_reference`` by the Triton kernel: for x of at most DECODE_MAX_M rows and a weight that

@@ -23,6 +23,11 @@ Two kernels, one optional reduce (or the same sum folded into the GEMM), one lau
   last split program of each output block does the same sum itself (``_fold_splits``, one atomic counter per
   block), in the same order: the same bits, one launch less.
 
+Both kernels can also make x themselves (dense weights): silu(gate) * up of a [gate | up] row (``GLU``), or an
+RMSNorm of h = x (+ a residual) (``NORM``: each program computes its rows' statistic over the whole row first,
+``_rows_rstd``, and one program per row block writes h); and ``GLU_OUT`` makes silu(gate) * up of their own
+[gate | up] outputs in the epilogue. hf_tp/kernels/prologue_pass.py rewrites the decode step's graph to them.
+
 Scale modes (``SCALE``), for W[n, k] = weight[n, k] * scale[n, (k + k_offset) // group_k] (the canonical FP8
 form of hf_tp.kernels.fp8; dense weights use 0):
   0  no scale;
@@ -116,13 +121,47 @@ def _glu_store(o_ptr, acc, pid_n, N, rm, m_ok, stride_om, BLOCK_M: tl.constexpr,
 
 
 @triton.jit
+def _rows_rstd(x_ptr, r_ptr, h_ptr, rows, rows_ok, stride, K, eps, store_h, NORM: tl.constexpr,
+               BLOCK: tl.constexpr):
+    """``NORM``'s statistic: 1 / sqrt(mean(h^2) + eps) of each of ``rows`` (R,) of h, over all K columns, in fp32,
+    where h is x (NORM 1) or x + r rounded to x's dtype (NORM 2, the residual add before the norm, as eager
+    rounds it). With NORM 2 and ``store_h`` the program also writes those rows of h (the next residual): one
+    program per row block does, the others read the same rows only for the statistic (from L2; every program
+    needs the whole row's statistic before its first product)."""
+    acc = tl.zeros((rows.shape[0], BLOCK), dtype=tl.float32)
+    base = rows[:, None].to(tl.int64) * stride
+    for k0 in range(0, K, BLOCK):
+        offs = k0 + tl.arange(0, BLOCK)
+        ok = rows_ok[:, None] & (offs < K)[None, :]
+        h = tl.load(x_ptr + base + offs[None, :], mask=ok, other=0.0)
+        if NORM == 2:
+            h = (h.to(tl.float32) + tl.load(r_ptr + base + offs[None, :], mask=ok, other=0.0).to(tl.float32)
+                 ).to(h.dtype)
+            if store_h:
+                tl.store(h_ptr + base + offs[None, :], h, mask=ok)
+        hf = h.to(tl.float32)
+        acc += hf * hf
+    return tl.math.rsqrt(tl.sum(acc, axis=1) / K + eps)
+
+
+@triton.jit
+def _rms_normalized(h, nw, rstd):
+    """RMSNorm's output as Llama-style models compute it (``norm_reference``): h in fp32 times its row's
+    ``rstd``, rounded to h's dtype, times the norm weight ``nw``, rounded again."""
+    n = (h.to(tl.float32) * rstd).to(h.dtype)
+    return (nw.to(tl.float32) * n.to(tl.float32)).to(h.dtype)
+
+
+@triton.jit
 def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k_offset,
                SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-               GLU: tl.constexpr = False):
+               GLU: tl.constexpr = False, r_ptr=None, nw_ptr=None, NORM: tl.constexpr = 0):
     """One step's x, W and scales. x and the scales are loaded through pointers of W's tile shape (the same
     address for every row, and for a vector's scale every column): they get W's register layout, so the loop
     needs no layout conversion through shared memory (at their own shapes they would, with a barrier per step),
-    and the compiler merges the repeated loads."""
+    and the compiler merges the repeated loads. With ``NORM`` (dense weights only), x is h (NORM 2: x + r rounded)
+    and the scale slot carries the norm weight's tile: ``_gemv_math`` normalizes, so that the first step's loads
+    are in flight while the program computes the statistic (``_rows_rstd``)."""
     cols = k0 + kk
     x_ptrs = x_ptr + x_rows + cols[None, :, :]
     w_ptrs = w_rows + cols[None, :, :]
@@ -130,6 +169,8 @@ def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k
         xv = tl.load(x_ptrs)
         if GLU:
             xv = _silu_mul(xv, tl.load(x_ptrs + K))
+        if NORM == 2:
+            xv = (xv.to(tl.float32) + tl.load(r_ptr + x_rows + cols[None, :, :]).to(tl.float32)).to(xv.dtype)
         if EVEN_N:
             w = tl.load(w_ptrs)
         else:
@@ -139,8 +180,16 @@ def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k
         xv = tl.load(x_ptrs, mask=k_ok[None, :, :], other=0.0)
         if GLU:
             xv = _silu_mul(xv, tl.load(x_ptrs + K, mask=k_ok[None, :, :], other=0.0))
+        if NORM == 2:
+            xv = (xv.to(tl.float32) + tl.load(r_ptr + x_rows + cols[None, :, :], mask=k_ok[None, :, :],
+                                              other=0.0).to(tl.float32)).to(xv.dtype)
         w = tl.load(w_ptrs, mask=n_ok[:, None, None] & k_ok[None, :, :], other=0.0)
-    if SCALE == 2:
+    if NORM:
+        if EVEN_K:
+            s = tl.load(nw_ptr + x_rows + cols[None, :, :])
+        else:
+            s = tl.load(nw_ptr + x_rows + cols[None, :, :], mask=(cols < K)[None, :, :], other=0.0)
+    elif SCALE == 2:
         if GROUP_SHIFT >= 0:
             g = (k0 + kv + k_offset) >> GROUP_SHIFT
         else:
@@ -155,13 +204,15 @@ def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k
 
 
 @triton.jit
-def _gemv_math(acc3, xv, w, s, SCALE: tl.constexpr):
+def _gemv_math(acc3, xv, w, s, SCALE: tl.constexpr, rstd=1.0, NORM: tl.constexpr = 0):
     """One FMA per element into the (BLOCK_N, NV, VEC) accumulator, reduced after the loop. Mode 2: x times the
     vector's group scale first (one scale load per vector). Mode 3: every element scaled.
     (Summing each vector inside the thread and scaling the sum, into a (BLOCK_N, NV) accumulator, takes fewer
     instructions, but ptxas then issues a row's loads only after the previous row's math: one DRAM latency per
     row per step, seen in the SASS.)"""
-    if SCALE == 2:
+    if NORM:  # s is the norm weight's tile (``_gemv_load``)
+        acc3 += w.to(tl.float32) * _rms_normalized(xv, s, rstd).to(tl.float32)
+    elif SCALE == 2:
         s1 = tl.reduce(s, 2, _first, keep_dims=True)
         acc3 += w.to(tl.float32) * (xv.to(tl.float32) * s1)
     elif SCALE == 3:
@@ -196,14 +247,16 @@ def _prefetch_weight_rows(w_ptr, rn, N, stride_wn, k_lo, k_hi, LINES: tl.constex
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, N, K, G, group_k, k_offset, k_split, stride_wn,
-                 stride_sn, stride_os, SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, SPLIT: tl.constexpr,
-                 FOLD: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-                 BLOCK_N: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
-                 PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0, LINE: tl.constexpr = 64,
-                 GLU: tl.constexpr = False, GLU_OUT: tl.constexpr = False):
+def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr, h_ptr, eps, N, K, G, group_k,
+                 k_offset, k_split, stride_wn, stride_sn, stride_os, SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr,
+                 SPLIT: tl.constexpr, FOLD: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr,
+                 EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr,
+                 STAGES: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0, LINE: tl.constexpr = 64,
+                 GLU: tl.constexpr = False, GLU_OUT: tl.constexpr = False, NORM: tl.constexpr = 0,
+                 NORM_BLOCK: tl.constexpr = 16):
     BLOCK_K: tl.constexpr = NV * VEC
     tl.static_assert(not (GLU_OUT and SPLIT), "GLU_OUT needs the whole sum in one program")
+    tl.static_assert(not (NORM and (GLU or SCALE != 0)), "NORM takes dense weights and a plain x")
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     rn, n_ok = _glu_rows(pid_n, N, BLOCK_N, GLU_OUT)
@@ -219,18 +272,25 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, N, K, G, group
     x_rows = tl.zeros((BLOCK_N, 1, 1), dtype=tl.int32)
     s_rows = s_ptr + rn[:, None, None].to(tl.int64) * stride_sn
     acc3 = tl.zeros((BLOCK_N, NV, VEC), dtype=tl.float32)
-    if STAGES == 0:
+    if STAGES == 0 or NORM:
         # the next step's loads issued before this step's math, in registers: every row's loads of a step are
         # in flight together (without this the compiler may issue a row's loads only after the previous row's
         # math, one DRAM latency per row)
         # (the last step re-reads itself, from cache, instead of a masked load: masks cost instructions)
         k_last = k_lo + ((k_hi - k_lo - 1) // BLOCK_K) * BLOCK_K
+        # (with NORM the loop always has this form: the first step's weights are in flight while the statistic
+        # is computed)
         xv, w, s = _gemv_load(x_ptr, x_rows, w_rows, s_rows, k_lo, kk, kv, n_ok, K, G, group_k, k_offset,
-                              SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU)
+                              SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU, r_ptr, nw_ptr, NORM)
+        rstd = 1.0
+        if NORM:
+            rstd = tl.sum(_rows_rstd(x_ptr, r_ptr, h_ptr, tl.arange(0, 1), tl.arange(0, 1) < 1, 0, K, eps,
+                                     (pid_n == 0) & (pid_s == 0), NORM, NORM_BLOCK), axis=0)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             xn, wn, sn = _gemv_load(x_ptr, x_rows, w_rows, s_rows, tl.minimum(k0 + BLOCK_K, k_last), kk, kv, n_ok,
-                                    K, G, group_k, k_offset, SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU)
-            acc3 = _gemv_math(acc3, xv, w, s, SCALE)
+                                    K, G, group_k, k_offset, SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU, r_ptr,
+                                    nw_ptr, NORM)
+            acc3 = _gemv_math(acc3, xv, w, s, SCALE, rstd, NORM)
             xv, w, s = xn, wn, sn
     else:
         # STAGES > 1 asks Triton to software-pipeline the loads through shared memory, which it does not do on
@@ -259,18 +319,27 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, N, K, G, group
 @triton.jit
 def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, G, group_k, k_offset,
                     SCALE: tl.constexpr, EVEN_K: tl.constexpr, MMA: tl.constexpr, BLOCK_K: tl.constexpr,
-                    GLU: tl.constexpr = False):
+                    GLU: tl.constexpr = False, r_rows=None, nw_ptr=None, rstd=1.0, NORM: tl.constexpr = 0):
     """The tl.dot kernel's K loop, in the operand dtype ``MMA`` says: 0 x's own dtype, 1 fp16 (FP8 weights
     with an fp16 copy of bf16 activations, below), 2 fp32 with IEEE products (fp32 activations; the fp16 form's
-    fallback)."""
+    fallback). With ``NORM``, x is normalized as it is loaded (``_rms_normalized``, each row by its ``rstd``)."""
     for k0 in range(k_lo, k_hi, BLOCK_K):
         cols = k0 + rk
         if EVEN_K:
-            xv = _load_x(x_rows + cols[None, :], K, m_ok[:, None], GLU, True)
-            w = tl.load(w_rows + cols[None, :], mask=n_ok[:, None], other=0.0)
+            x_ok = m_ok[:, None]
         else:
             k_ok = cols < K
-            xv = _load_x(x_rows + cols[None, :], K, m_ok[:, None] & k_ok[None, :], GLU, True)
+            x_ok = m_ok[:, None] & k_ok[None, :]
+        xv = _load_x(x_rows + cols[None, :], K, x_ok, GLU, True)
+        if NORM == 2:
+            xv = (xv.to(tl.float32) + tl.load(r_rows + cols[None, :], mask=x_ok, other=0.0).to(tl.float32)
+                  ).to(xv.dtype)
+        if NORM:
+            xv = _rms_normalized(xv, tl.load(nw_ptr + cols[None, :], mask=cols[None, :] < K, other=0.0),
+                                 rstd[:, None])
+        if EVEN_K:
+            w = tl.load(w_rows + cols[None, :], mask=n_ok[:, None], other=0.0)
+        else:
             w = tl.load(w_rows + cols[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         if MMA == 2:
             xv = xv.to(tl.float32)
@@ -300,13 +369,15 @@ def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, 
 
 
 @triton.jit
-def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, M, N, K, G, group_k, k_offset,
-                     k_split, stride_xm, stride_wn, stride_sn, stride_os, stride_om,
+def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr, h_ptr, eps, M, N, K,
+                     G, group_k, k_offset, k_split, stride_xm, stride_wn, stride_sn, stride_os, stride_om,
                      SCALE: tl.constexpr, SPLIT: tl.constexpr, FOLD: tl.constexpr, HAS_BIAS: tl.constexpr,
                      EVEN_K: tl.constexpr, MMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-                     LINE: tl.constexpr = 64, GLU: tl.constexpr = False, GLU_OUT: tl.constexpr = False):
+                     LINE: tl.constexpr = 64, GLU: tl.constexpr = False, GLU_OUT: tl.constexpr = False,
+                     NORM: tl.constexpr = 0, NORM_ROWS: tl.constexpr = 1, NORM_BLOCK: tl.constexpr = 16):
     tl.static_assert(not (GLU_OUT and SPLIT), "GLU_OUT needs the whole sum in one program")
+    tl.static_assert(not (NORM and (GLU or MMA == 1)), "NORM takes dense weights and a plain x")
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -326,8 +397,14 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, M
         steps_rows = x16_ptr + rm[:, None].to(tl.int64) * stride_xm
     else:
         steps_rows = x_rows
+    rstd = tl.full((NORM_ROWS,), 1.0, dtype=tl.float32)
+    if NORM:  # NORM_ROWS: 1 when x has one row (M == 1), else BLOCK_M
+        norm_rows = pid_m * BLOCK_M + tl.arange(0, NORM_ROWS)
+        rstd = _rows_rstd(x_ptr, r_ptr, h_ptr, norm_rows, norm_rows < M, stride_xm, K, eps,
+                          (pid_n == 0) & (pid_s == 0), NORM, NORM_BLOCK)
     acc = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), steps_rows, w_rows, s_rows, m_ok, n_ok,
-                          rk, k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, MMA, BLOCK_K, GLU)
+                          rk, k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, MMA, BLOCK_K, GLU,
+                          r_ptr + rm[:, None].to(tl.int64) * stride_xm, nw_ptr, rstd, NORM)
     if MMA == 1:
         # fp16 holds every bf16 value from 2^-14 to 65504 exactly (11 significant bits against 8), so the products
         # are the bf16 kernel's (of a copy made from bf16 x; see fp8.fp8_linear); a larger |x| became inf in it.
@@ -481,6 +558,10 @@ FOLD_SPLIT = False
 PREFETCH_WEIGHTS = False
 PREFETCH_MAX_LINES = 2048
 MIN_COUNTERS = 65536  # output blocks the first counter buffer of a device holds (256 KB)
+# The norm form's statistic pass holds at most this many elements of x a program at a time: one step of 8192
+# columns for one row (Llama-3-70B's hidden size; 32 fp32 registers a thread at 8 warps), 512 columns a step for a
+# 16-row tile.
+NORM_ELEMENTS = 8192
 
 # The folded sum's counters, one int32 per output block, per device (hf_tp.kernels.counters: zero between calls).
 _COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
@@ -521,7 +602,8 @@ def takes_fp16(cfg: dict, elem_bytes: int, x_dtype: torch.dtype, mode: int) -> b
 def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None, group_k: int = 0,
            k_offset: int = 0, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
            config: dict | None = None, path: str | None = None, x16: torch.Tensor | None = None,
-           glu: bool = False, glu_out: bool = False) -> torch.Tensor:
+           glu: bool = False, glu_out: bool = False, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+           residual: torch.Tensor | None = None, h_out: torch.Tensor | None = None) -> torch.Tensor:
     """x2 (M, K) contiguous; weight (N, K) with unit stride along K; scale None (dense) or (N, G) float32
     contiguous, the canonical FP8 scales with ``group_k``/``k_offset``. Returns (M, N) in ``out_dtype``
     (default x2's dtype). ``path`` ("gemv" for M == 1, "dot") and ``config`` override the choice (tests and
@@ -529,8 +611,25 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     ``glu``: x2 is (M, 2K) [gate | up] and the product is silu(gate) * up times W^T (dense weights only), the
     activation made in the GEMM's loads (``_load_x``). ``glu_out``: the weight is [gate | up] (2I, K) (dense) and
     the result is silu(gate) * up of the product, (M, I), made in the GEMM's epilogue (``_glu_store``), with the
-    config of the (2I, K) GEMM but no split of K (the activation needs each whole sum)."""
+    config of the (2I, K) GEMM but no split of K (the activation needs each whole sum).
+    ``norm_weight`` (K,): the GEMM's x is RMSNorm(h) * norm_weight with ``eps`` (``norm_reference``), where h is
+    x2, or x2 + ``residual`` rounded to x2's dtype; each program computes its rows' statistic over the whole row
+    itself, and with ``residual`` one program per row block writes h into ``h_out`` (M, K) (dense weights, x2,
+    residual, norm weight and h_out of one dtype)."""
     M, K = x2.shape
+    norm = 0 if norm_weight is None else (2 if residual is not None else 1)
+    if norm:
+        parts = [t for t in (x2, norm_weight, residual, h_out) if t is not None]
+        if (glu or scale is not None or norm_weight.shape != (K,) or any(t.dtype != x2.dtype for t in parts)
+                or (norm == 2 and (h_out is None or residual.shape != x2.shape or h_out.shape != x2.shape))
+                or not all(t.is_contiguous() for t in parts)):
+            raise ValueError(f"gemv_triton: the norm form takes dense weights, x (M, K), a norm weight (K,), and "
+                             f"with a residual (M, K) an h_out (M, K), contiguous and of x's dtype; got x "
+                             f"{tuple(x2.shape)} {x2.dtype}, norm weight {tuple(norm_weight.shape)} "
+                             f"{norm_weight.dtype}, residual "
+                             f"{None if residual is None else (tuple(residual.shape), residual.dtype)}, h_out "
+                             f"{None if h_out is None else (tuple(h_out.shape), h_out.dtype)}, scale "
+                             f"{'given' if scale is not None else None}, glu={glu}")
     if glu:
         if scale is not None or K % 2 or weight.shape[1] != K // 2:
             raise ValueError(f"gemv_triton: glu takes dense weights (N, K) and x (M, 2K), got x {tuple(x2.shape)}, "
@@ -584,6 +683,11 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         counters = _counters(x2.device, triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(M, block_m))
     fold = counters is not None
     c = counters if fold else x2  # never read without FOLD
+    # the norm form's inputs (x2 itself where there is none: never read)
+    r, nw, h = (residual if norm == 2 else x2), (norm_weight if norm else x2), (h_out if norm == 2 else x2)
+    norm_rows = 1 if M == 1 or path == "gemv" else block_m
+    norm_block = max(16, min(triton.next_power_of_2(K), NORM_ELEMENTS // norm_rows))
+    norm_args = dict(NORM=norm, NORM_BLOCK=norm_block) if norm else {}
     pdl = pdl_launch.launch_args(x2.device)  # programmatic dependent launch, where on (hf_tp.kernels.pdl)
     if pdl and PREFETCH_WEIGHTS:  # the weights' first lines asked of L2 before the wait (_prefetch_weight_rows)
         line = 128 // weight.element_size()
@@ -594,12 +698,13 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         gemm_pdl = pdl
     if path == "gemv":
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), splits)
-        _gemv_kernel[grid](x2, weight, s, b, dest, out, c, N, K, G, group_k, k_offset, k_split, weight.stride(0),
-                           s.stride(0), M * N, SCALE=mode, GROUP_SHIFT=group_shift, SPLIT=splits > 1, FOLD=fold,
-                           HAS_BIAS=bias is not None,
+        _gemv_kernel[grid](x2, weight, s, b, dest, out, c, r, nw, h, eps, N, K, G, group_k, k_offset, k_split,
+                           weight.stride(0), s.stride(0), M * N, SCALE=mode, GROUP_SHIFT=group_shift,
+                           SPLIT=splits > 1, FOLD=fold, HAS_BIAS=bias is not None,
                            EVEN_N=N % cfg["BLOCK_N"] == 0, EVEN_K=even_k, BLOCK_N=cfg["BLOCK_N"],
                            NV=block_k // vec, VEC=vec, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"],
-                           num_stages=max(1, cfg["num_stages"]), GLU=glu, GLU_OUT=glu_out, **gemm_pdl)
+                           num_stages=max(1, cfg["num_stages"]), GLU=glu, GLU_OUT=glu_out, **norm_args,
+                           **gemm_pdl)
     else:
         # "X16": FP8 weights with bf16 activations multiplied in fp16 (see _gemv_dot_kernel): FP8 widens to
         # fp16 in one instruction per pair, to bf16 only through fp32 at the GPU's slow conversion rate, and the
@@ -614,12 +719,14 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                                  f"{x16.dtype} strides {x16.stride()} for x {tuple(x2.shape)} {x2.stride()}")
             mma, xh = 1, (x16 if x16 is not None else x2.to(torch.float16))
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, block_m), splits)
-        _gemv_dot_kernel[grid](x2, xh, weight, s, b, dest, out, c, M, N, K, G, group_k, k_offset, k_split,
-                          x2.stride(0), weight.stride(0), s.stride(0), M * N, out.stride(0),
+        if norm:
+            norm_args["NORM_ROWS"] = norm_rows
+        _gemv_dot_kernel[grid](x2, xh, weight, s, b, dest, out, c, r, nw, h, eps, M, N, K, G, group_k, k_offset,
+                          k_split, x2.stride(0), weight.stride(0), s.stride(0), M * N, out.stride(0),
                           SCALE=mode, SPLIT=splits > 1, FOLD=fold, HAS_BIAS=bias is not None, EVEN_K=even_k,
                           MMA=mma, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
                           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], GLU=glu, GLU_OUT=glu_out,
-                          **gemm_pdl)
+                          **norm_args, **gemm_pdl)
     if splits > 1 and not fold:
         block = 1024
         _gemv_split_reduce[(triton.cdiv(M * N, block),)](dest, s, b, out, M * N, N, splits, s.stride(0),

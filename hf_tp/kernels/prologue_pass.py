@@ -1,5 +1,6 @@
-"""Inductor graph passes for the decode loop's compiled step: the activation of a Llama-style MLP, silu(gate) * up
-of the fused gate/up GEMM's output, made inside a GEMM instead of by a kernel of its own between the two.
+"""Inductor graph passes for the decode loop's compiled step: work between two GEMMs made inside one of them
+instead of by a kernel of its own. The activation of a Llama-style MLP, silu(gate) * up of the fused gate/up
+GEMM's output:
 
 - TPConfig.gemm_epilogues: in the gate/up GEMM's epilogue (``hf_tp::decode_linear_glu_out``,
   ``fuse_glu_into_gate_up`` below): each program computes the gate and the up rows of its outputs.
@@ -23,6 +24,10 @@ The pass rewrites only what it recognises exactly, after Inductor's decompositio
 Anything else (another activation, a scale, an extra user of h) stays as it was. The values are the unfused
 step's up to the rounding of silu's exp (the GEMM's own exp against Inductor's), which can move a bf16 value of
 the activation by one unit in the last place.
+
+And the residual add + RMSNorm before the q/k/v and gate/up GEMMs (TPConfig.gemm_norms,
+``fuse_rmsnorm_into_decode_linear``, ``hf_tp::decode_linear_norm``): every program of the GEMM computes its rows'
+statistic and normalizes x as it loads it; one writes the residual sum.
 """
 
 from __future__ import annotations
@@ -156,6 +161,123 @@ def fuse_glu_into_decode_linear(graph: torch.fx.Graph) -> int:
     return fused
 
 
+def _rms_norm_input(x):
+    """(h, the norm weight, eps, the nodes computing the norm from h, users first) if ``x`` is
+    ``decode_gemm.norm_reference(h, weight, eps)`` after Inductor's decompositions, else None::
+
+        h32 = convert_element_type(h, float32)       # absent when h is fp32
+        rstd = rsqrt(mean(pow(h32, 2), [-1], True) + eps)
+        n = convert_element_type(h32 * rstd, h.dtype)  # absent when h is fp32
+        x = weight * n                                 # weight (K,) in h's dtype
+
+    Every node of the chain is used only within it (h and the weight may have other users)."""
+    if not _is(x, aten.mul.Tensor, (2,)):
+        return None
+    x_val = x.meta.get("val")
+    if x_val is None:
+        return None
+    for weight, rounded in (x.args, x.args[::-1]):
+        chain, n = [x], rounded
+        if _is(rounded, prims.convert_element_type.default, (2,)):
+            chain.append(rounded)
+            n = rounded.args[0]
+        if not _is(n, aten.mul.Tensor, (2,)):
+            continue
+        for h32, rstd in (n.args, n.args[::-1]):
+            if not _is(rstd, aten.rsqrt.default, (1,)):
+                continue
+            plus_eps = rstd.args[0]
+            if not (_is(plus_eps, aten.add.Tensor, (2,)) and isinstance(plus_eps.args[1], (int, float))
+                    and not isinstance(plus_eps.args[1], bool)):
+                continue
+            mean = plus_eps.args[0]
+            if not (_is(mean, aten.mean.dim, (3,)) and mean.args[2] is True and len(mean.args[1]) == 1
+                    and _last_dim(mean.args[0], mean.args[1][0])):
+                continue
+            square = mean.args[0]
+            if not (_is(square, aten.pow.Tensor_Scalar, (2,)) and square.args[0] is h32 and square.args[1] == 2):
+                continue
+            nodes = [*chain, n, rstd, plus_eps, mean, square]
+            h = h32
+            if _is(h32, prims.convert_element_type.default, (2,)):
+                h = h32.args[0]
+                nodes.append(h32)
+            vals = [getattr(t, "meta", {}).get("val") for t in (h, h32, n, rounded, weight)]
+            if any(v is None for v in vals):
+                continue
+            h_val, h32_val, n_val, rounded_val, w_val = vals
+            if not (h32_val.dtype == n_val.dtype == torch.float32 and h_val.dtype == rounded_val.dtype == x_val.dtype
+                    == w_val.dtype and w_val.dim() == 1 and w_val.shape[0] == h_val.shape[-1]
+                    and x_val.shape == h_val.shape):
+                continue
+            if not _only_used_within(nodes[1:], set(nodes)):
+                continue
+            return h, weight, float(plus_eps.args[1]), nodes
+    return None
+
+
+def _fake_call(op, args):
+    """``op`` on the fake values of ``args`` (its registered fake implementation): the new node's meta value."""
+    vals = [a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in args]
+    fake_mode = next(v.fake_mode for v in vals if isinstance(v, torch.Tensor) and hasattr(v, "fake_mode"))
+    with fake_mode:
+        return op(*vals)
+
+
+def fuse_rmsnorm_into_decode_linear(graph: torch.fx.Graph) -> int:
+    """Rewrite every ``decode_linear`` (or ``decode_linear_glu_out``) whose x is an RMSNorm of h (``_rms_norm_input``)
+    into ``hf_tp::decode_linear_norm`` (TPConfig.gemm_norms: each program of the GEMM computes the statistic of its
+    rows itself and normalizes x as it loads it); where h is the residual add a + b, the op takes a and b, writes
+    h, and h's other users (the next residual add) read it from there. Returns how many."""
+    targets = {torch.ops.hf_tp.decode_linear.default: False, torch.ops.hf_tp.decode_linear_glu_out.default: True}
+    fused = 0
+    for node in list(graph.nodes):
+        if not (node.op == "call_function" and node.target in targets and _is(node, node.target, (4,))):
+            continue
+        x = node.args[0]
+        if not isinstance(x, torch.fx.Node) or set(x.users) != {node}:
+            continue
+        match = _rms_norm_input(x)
+        if match is None:
+            continue
+        h, norm_weight, eps, chain = match
+        weight, bias, fp32_out = node.args[1:]
+        h_val = h.meta["val"]
+        adds = _is(h, aten.add.Tensor, (2,)) and all(
+            isinstance(t, torch.fx.Node) and t.meta.get("val") is not None and t.meta["val"].shape == h_val.shape
+            and t.meta["val"].dtype == h_val.dtype for t in h.args)
+        a, b = h.args if adds else (h, None)
+        order = {n: i for i, n in enumerate(graph.nodes)}
+        others = [u for u in h.users if u not in chain] if adds else []
+        first = min([node, *others], key=order.__getitem__)
+        inputs = [t for t in (a, b, norm_weight, weight, bias) if isinstance(t, torch.fx.Node)]
+        if any(order[t] >= order[first] for t in inputs):
+            continue
+        args = (a, b, norm_weight, eps, weight, bias, fp32_out, targets[node.target])
+        op = torch.ops.hf_tp.decode_linear_norm.default
+        with graph.inserting_before(first):
+            call = graph.call_function(op, args)
+            call.meta["val"] = _fake_call(op, args)
+            product = graph.call_function(operator.getitem, (call, 0))
+            product.meta["val"] = call.meta["val"][0]
+            if adds:
+                new_h = graph.call_function(operator.getitem, (call, 1))
+                new_h.meta["val"] = call.meta["val"][1]
+        for key in ("stack_trace", "nn_module_stack", "source_fn_stack"):
+            if key in node.meta:
+                call.meta[key] = node.meta[key]
+        node.replace_all_uses_with(product)
+        graph.erase_node(node)
+        for dead in chain:  # users before what they use
+            if not dead.users and dead.graph is graph:
+                graph.erase_node(dead)
+        if adds:
+            h.replace_all_uses_with(new_h)
+            graph.erase_node(h)
+        fused += 1
+    return fused
+
+
 def _only_used_within(nodes, pattern) -> bool:
     return all(user in pattern for node in nodes for user in node.users)
 
@@ -222,24 +344,26 @@ class GemmFusions(CustomGraphPass):
     """The rewrites as Inductor's ``post_grad_custom_post_pass`` (the epilogue form first: where it applies, the
     prologue form finds nothing left); the decode loop sets it around its generate calls."""
 
-    def __init__(self, prologues: bool = True, epilogues: bool = False):
-        self.prologues, self.epilogues = prologues, epilogues
+    def __init__(self, prologues: bool = True, epilogues: bool = False, norms: bool = False):
+        self.prologues, self.epilogues, self.norms = prologues, epilogues, norms
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         if self.epilogues:
             fuse_glu_into_gate_up(graph)
+        if self.norms:  # after the epilogue form: the gate/up GEMM it made takes the post-attention norm too
+            fuse_rmsnorm_into_decode_linear(graph)
         if self.prologues:
             fuse_glu_into_decode_linear(graph)
 
     def uuid(self):
         if get_hash_for_files is None:
             return None
-        return (get_hash_for_files((__file__,)), self.prologues, self.epilogues)
+        return (get_hash_for_files((__file__,)), self.prologues, self.epilogues, self.norms)
 
 
-def inductor_options(prologues: bool, epilogues: bool = False) -> dict:
-    """The Inductor options that install the rewrites asked for (none when neither is, or this torch has no
+def inductor_options(prologues: bool, epilogues: bool = False, norms: bool = False) -> dict:
+    """The Inductor options that install the rewrites asked for (none when none is, or this torch has no
     custom passes)."""
-    if not (prologues or epilogues) or get_hash_for_files is None:
+    if not (prologues or epilogues or norms) or get_hash_for_files is None:
         return {}
-    return {"post_grad_custom_post_pass": GemmFusions(prologues, epilogues)}
+    return {"post_grad_custom_post_pass": GemmFusions(prologues, epilogues, norms)}
