@@ -32,11 +32,15 @@ def build(dtype: str, scale: int, block_n: int, row_bytes: int, warps: int, stag
     elem = 2 if dtype == "bf16" else 1
     vec = 16 // elem
     wtype = "*bf16" if dtype == "bf16" else "*fp8e4nv"
-    constexprs = dict(SCALE=scale, GROUP_SHIFT=7 if scale == 2 else -1, SPLIT=False, HAS_BIAS=False, EVEN_N=True,
-                      EVEN_K=True, BLOCK_N=block_n, NV=row_bytes // elem // vec, VEC=vec, STAGES=stages)
-    pointers = dict(x_ptr="*bf16", w_ptr=wtype, s_ptr="*fp32" if scale else "*bf16", b_ptr="*bf16", o_ptr="*bf16")
+    constexprs = dict(SCALE=scale, GROUP_SHIFT=7 if scale == 2 else -1, SPLIT=False, FOLD=False, HAS_BIAS=False,
+                      EVEN_N=True, EVEN_K=True, BLOCK_N=block_n, NV=row_bytes // elem // vec, VEC=vec, STAGES=stages,
+                      PDL=False, PREFETCH=0, LINE=64, GLU=False, GLU_OUT=False, NORM=0, NORM_BLOCK=16,
+                      KEEP_X=False)
+    pointers = dict(x_ptr="*bf16", w_ptr=wtype, s_ptr="*fp32" if scale else "*bf16", b_ptr="*bf16", o_ptr="*bf16",
+                    f_ptr="*bf16", c_ptr="*i32", r_ptr="*bf16", nw_ptr="*bf16", h_ptr="*bf16", xn_ptr="*bf16")
     names = list(gt._gemv_kernel.arg_names)
-    signature = {n: "constexpr" if n in constexprs else pointers[n] if n.endswith("_ptr") else "i32" for n in names}
+    signature = {n: "constexpr" if n in constexprs else pointers[n] if n.endswith("_ptr") else "fp32" if n == "eps"
+                 else "i32" for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr") or n in DIV16}
     return triton.compile(ASTSource(gt._gemv_kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=warps, num_stages=max(1, stages)))

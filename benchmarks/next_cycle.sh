@@ -106,21 +106,25 @@ if [ "$CALL" = 8 ]; then
   SAMPLE=0 SORTFREE=1 req req_1b_r2_eager_sortfree --only top_k=0
 elif [ "$CALL" = 10 ]; then
   # TPConfig.gemm_norms (built in the tenth session, CPU-tested only): the residual add + RMSNorm computed in the
-  # q/k/v and gate/up GEMMs' programs (two kernels fewer per layer; about 2.3 µs each plus a gap in the eighth
-  # session's profiles). Its GPU tests first (bf16 kernels at the 8B ranks' widths, the loop's tokens against
-  # Transformers), then rows off/on interleaved, the rank of tp 2 profiled with it, batch 8 (the tl.dot form's
-  # statistic pass at 8 rows must not make it slower). Make it the default where faster and its tests pass.
+  # programs of the GEMM that reads it (q/k/v, gate/up; an MoE block's router, which then writes the normalized x
+  # for the experts): two kernels fewer per layer, about 2.3 µs each plus a gap in the eighth session's profiles.
+  # Its GPU tests first (bf16 kernels at the 8B ranks' widths, the bf16 step's rewrites, the loop's tokens against
+  # Transformers), then rows off/on in priority order (a step runs only if the budget still holds it): the rank
+  # of tp 2 (profiled with it), the rank of tp 8, qwen3-moe-mini's rank of tp 2 (issue 21's 1.5x), tp 1 at batch
+  # 1 and 8 (the tl.dot form's statistic pass at 8 rows must not make it slower). Make it the default where faster
+  # and its tests pass.
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 240 bf16 &
   timeout 150 $T tests/test_gemm_norms.py > "$OUT/tests_10.txt" 2>&1; echo "rc=$? tests_10" >> "$OUT/log.txt"
   wait
   HF_TP_GEMM_NORMS=0 row r2_gn0 45 bf16 --simulate-tp 2 --batches 1
   HF_TP_GEMM_NORMS=1 row r2_gn1 50 bf16 --simulate-tp 2 --batches 1 --profile 64
   HF_TP_GEMM_NORMS=0 row r8_gn0 45 bf16 --simulate-tp 8 --batches 1
   HF_TP_GEMM_NORMS=1 row r8_gn1 45 bf16 --simulate-tp 8 --batches 1
+  for g in 0 1; do HF_TP_GEMM_NORMS=$g step moe_r2_gn$g 50 python -c "$FLIP" --system hf_tp --mode compile \
+    --tp-size 1 --model "$CK/qwen3-moe-mini" --batches 1 --simulate-tp 2 --out "$OUT/e2e_moe_r2_gn$g.jsonl"; done
   HF_TP_GEMM_NORMS=1 row tp1_gn1 80 bf16 --batches 1,8
   HF_TP_GEMM_NORMS=0 row tp1_gn0 80 bf16 --batches 1,8
-  HF_TP_GEMM_NORMS=1 row r2_gn1_again 45 bf16 --simulate-tp 2 --batches 1
-  HF_TP_GEMM_NORMS=1 row r4_gn1 45 bf16 --simulate-tp 4 --batches 1
 elif [ "$CALL" = 9 ]; then
   # What the ninth session's calls had no time for: FP8 per channel against bf16 (issue 19), tp 1 at batch 8 and
   # 32 and with a 4096-token prompt (issue 18); qwen3-moe-mini's rank of tp 2 profiled with PDL off (issue 21: with

@@ -127,10 +127,12 @@ class TPConfig:
       gemm_norms: the decode loop's compiled step computes each Llama-style RMSNorm (and the residual add before
         it) inside the GEMM that reads its output: every program of the q/k/v and gate/up GEMMs computes its rows'
         statistic itself from the layer's input and normalizes x as it loads it, and one program writes the
-        residual sum (an Inductor pass, hf_tp/kernels/prologue_pass.py, with decode_gemm="triton"; other norm
-        forms, such as Gemma's 1 + weight, are left as they are). Two kernels fewer per layer. Values as without
-        it up to the last bits of the fp32 statistic (summed in another order). Default: off until measured on a
-        GPU (benchmarks/next_cycle.sh; the same per-program re-read made gemm_prologues slower). True needs CUDA.
+        residual sum, and the normalized x where something else reads it too (an MoE block's experts beside its
+        router's GEMM). An Inductor pass, hf_tp/kernels/prologue_pass.py, with decode_gemm="triton"; other norm
+        forms, such as Gemma's 1 + weight in bf16, are left as they are. Two kernels fewer per layer. Values as
+        without it up to the last bits of the fp32 statistic (summed in another order). Default: off until
+        measured on a GPU (benchmarks/next_cycle.sh; the same per-program re-read made gemm_prologues slower).
+        True needs CUDA.
       persistent_norms: Inductor compiles the decode loop's step with each row reduction up to 8192 wide (a fused
         residual add + RMSNorm over the hidden size) held in registers and read once, where by default it loops
         over rows wider than 1024 and reads them twice (hf_tp/kernels/persistent_norms.py). The fp32 mean of

@@ -146,7 +146,8 @@ def test_kernels_compile_for_hopper():
 
     gemv_base = dict(GROUP_SHIFT=-1, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_N=True, EVEN_K=True)
     dense = {"x_ptr": "*bf16", "x16_ptr": "*fp16", "w_ptr": "*bf16", "s_ptr": "*bf16", "b_ptr": "*bf16",
-             "o_ptr": "*bf16", "f_ptr": "*bf16", "c_ptr": "*i32", "r_ptr": "*bf16", "nw_ptr": "*bf16", "h_ptr": "*bf16"}
+             "o_ptr": "*bf16", "f_ptr": "*bf16", "c_ptr": "*i32", "r_ptr": "*bf16", "nw_ptr": "*bf16", "h_ptr": "*bf16",
+             "xn_ptr": "*bf16"}
     fp8 = dict(dense, w_ptr="*fp8e4nv", s_ptr="*fp32")
     cases = [  # (name, kernel, pointers, constexprs, warps, stages)
         ("gemv bf16", gt._gemv_kernel, dense, dict(gemv_base, SCALE=0, BLOCK_N=8, NV=64, VEC=8, STAGES=1), 4, 1),
@@ -194,18 +195,21 @@ def test_kernels_compile_for_hopper():
          dict(SCALE=0, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
               GLU_OUT=True), 4, 3),
         # the residual add + RMSNorm made in the loads (TPConfig.gemm_norms): the q/k/v GEMV of a rank of tp 8, the
-        # gate/up GEMV with its epilogue, tl.dot at one row and at a 16-row tile
+        # gate/up GEMV with its epilogue, tl.dot at one row and at a 16-row tile; an MoE router's GEMV writing the
+        # normalized x for the experts (KEEP_X)
         ("gemv bf16 norm", gt._gemv_kernel, dense,
          dict(gemv_base, SCALE=0, BLOCK_N=4, NV=256, VEC=8, STAGES=0, NORM=2, NORM_BLOCK=4096), 8, 1),
+        ("gemv bf16 norm, router keeping x", gt._gemv_kernel, dense,
+         dict(gemv_base, SCALE=0, BLOCK_N=4, NV=256, VEC=8, STAGES=0, NORM=2, NORM_BLOCK=2048, KEEP_X=True), 8, 1),
         ("gemv bf16 norm glu epilogue, tails", gt._gemv_kernel, dense,
          dict(gemv_base, SCALE=0, EVEN_N=False, EVEN_K=False, BLOCK_N=4, NV=64, VEC=8, STAGES=1, GLU_OUT=True, NORM=1,
               NORM_BLOCK=4096), 8, 1),
         ("dot bf16 norm, one row", gt._gemv_dot_kernel, dense,
          dict(SCALE=0, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
               GLU_OUT=True, NORM=2, NORM_ROWS=1, NORM_BLOCK=4096), 4, 3),
-        ("dot bf16 norm, 16 rows, split", gt._gemv_dot_kernel, dict(dense, o_ptr="*fp32"),
+        ("dot bf16 norm, 16 rows, split, keeping x", gt._gemv_dot_kernel, dict(dense, o_ptr="*fp32"),
          dict(SCALE=0, SPLIT=True, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128,
-              NORM=2, NORM_ROWS=16, NORM_BLOCK=512), 4, 3),
+              NORM=2, NORM_ROWS=16, NORM_BLOCK=256, KEEP_X=True), 4, 3),
         ("split reduce", gt._gemv_split_reduce, {"ws_ptr": "*fp32", "s_ptr": "*fp32", "b_ptr": "*bf16", "o_ptr": "*bf16"},
          dict(SCALE=1, HAS_BIAS=True, BLOCK=1024), 4, 1),
         # programmatic dependent launch (hf_tp.kernels.pdl): the wait and the trigger in each kernel
@@ -227,7 +231,7 @@ def test_kernels_compile_for_hopper():
     for name, kernel, pointers, constexprs, warps, stages in cases:
         # ASTSource does not fill a constexpr's default in
         defaults = {"PDL": False, "PREFETCH": 0, "LINE": 64, "GLU": False, "GLU_OUT": False, "NORM": 0,
-                    "NORM_ROWS": 1, "NORM_BLOCK": 16}
+                    "NORM_ROWS": 1, "NORM_BLOCK": 16, "KEEP_X": False}
         constexprs = {**{k: v for k, v in defaults.items() if k in kernel.arg_names}, **constexprs}
         try:
             built = _hopper_build(kernel, pointers, constexprs, warps, stages)

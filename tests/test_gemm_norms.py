@@ -44,6 +44,10 @@ cases = [
     (5, 40, 100, "dot", "float32", True, True, False, False, {"BLOCK_N": 16, "BLOCK_K": 32}),
     (17, 24, 96, "dot", "float16", False, False, False, False, {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT": 3}),
     (3, 24, 40, None, "float32", True, False, True, True, None),
+    # the residual's sum written by one program per row block: with splits of K, two row blocks, GLU_OUT and an N tail
+    (20, 40, 96, "dot", "float16", True, False, False, False, {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT": 2}),
+    (1, 20, 96, "gemv", "float32", True, False, False, False, {"BLOCK_N": 4, "BLOCK_K": 16, "SPLIT": 3}),
+    (33, 22, 64, "dot", "float32", True, True, True, False, {"BLOCK_N": 16, "BLOCK_K": 32}),
 ]
 rows = []
 rel = lambda a, r: ((a.double() - r.double()).norm() / r.double().norm()).item()
@@ -56,27 +60,43 @@ for M, N, K, path, dtype, res, glu_out, bias, fp32_out, cfg in cases:
     w = (torch.randn(N, K, generator=g) * 0.2).to(dt)
     b = torch.randn(N, generator=g).to(dt) if bias else None
     out_dtype = torch.float32 if fp32_out else None
-    h = torch.empty_like(x) if res else None
+    h = torch.full_like(x, float("nan")) if res else None  # an element no program writes stays NaN
+    xn = torch.full_like(x, float("nan"))  # the normalized x, written for its other readers (x_out)
     out = gt.launch(x, w, None, 0, 0, b, out_dtype=out_dtype, config=cfg, path=path, glu_out=glu_out,
-                    norm_weight=nw, eps=1e-5, residual=r, h_out=h)
-    ref, h_ref = decode_linear_norm_reference(x, r, nw, 1e-5, w, b, fp32_out, glu_out)
+                    norm_weight=nw, eps=1e-5, residual=r, h_out=h, x_out=xn)
+    ref, h_ref, xn_ref = decode_linear_norm_reference(x, r, nw, 1e-5, w, b, fp32_out, glu_out, True)
     unfused = gt.launch(norm_reference(x if r is None else x + r, nw, 1e-5), w, None, 0, 0, b, out_dtype=out_dtype,
                         config=cfg, path=path, glu_out=glu_out)
-    op_out, op_h = decode_linear_norm(x, r, nw, 1e-5, w, b, fp32_out, glu_out)  # the custom op, default config
+    # the custom op, default config, without the normalized x
+    op_out, op_h, op_x = decode_linear_norm(x, r, nw, 1e-5, w, b, fp32_out, glu_out)
+    out_again = gt.launch(x, w, None, 0, 0, b, out_dtype=out_dtype, config=cfg, path=path, glu_out=glu_out,
+                          norm_weight=nw, eps=1e-5, residual=r, h_out=None if h is None else torch.empty_like(h))
     rows.append(dict(case=[M, N, K, path, dtype], err=rel(out, ref), vs_unfused=rel(out, unfused),
                      op_err=rel(op_out, ref), dtype=str(out.dtype), ref_dtype=str(ref.dtype),
                      shape=list(out.shape), expected=[M, N // 2 if glu_out else N],
                      h_same=None if h is None else bool(torch.equal(h, h_ref) and torch.equal(op_h, h_ref)),
-                     op_h_shape=list(op_h.shape)))
+                     op_h_shape=list(op_h.shape), op_x_shape=list(op_x.shape),
+                     xn_err=rel(xn, xn_ref), xn_nan=bool(xn.isnan().any()),
+                     same_without_x_out=bool(torch.equal(out, out_again))))
 errors = []
+x0 = torch.zeros(1, 6)
 for kwargs in (dict(norm_weight=torch.ones(7)), dict(norm_weight=torch.ones(6), residual=torch.zeros(1, 6)),
                dict(norm_weight=torch.ones(6, dtype=torch.float16)),
-               dict(norm_weight=torch.ones(6), glu=True)):
+               dict(norm_weight=torch.ones(6), glu=True),
+               dict(residual=torch.zeros(1, 6), h_out=torch.zeros(1, 6)),  # no norm weight
+               dict(norm_weight=torch.ones(6), h_out=torch.zeros(1, 6)),  # h_out without a residual
+               dict(norm_weight=torch.ones(6), residual=torch.zeros(1, 6), h_out=x0),  # h_out is x
+               dict(norm_weight=torch.ones(6), x_out=x0)):  # x_out is x
     try:
-        gt.launch(torch.zeros(1, 12 if kwargs.get("glu") else 6), torch.zeros(4, 6), **kwargs)
+        gt.launch(torch.zeros(1, 12) if kwargs.get("glu") else x0, torch.zeros(4, 6), **kwargs)
         errors.append(None)
     except ValueError as exc:
         errors.append(str(exc))
+try:
+    decode_linear_norm(torch.zeros(1, 2, 6), torch.zeros(2, 1, 6), torch.ones(6), 1e-5, torch.zeros(4, 6))
+    errors.append(None)
+except ValueError as exc:  # a residual that would broadcast
+    errors.append(str(exc))
 rows.append(dict(errors=errors))
 print(json.dumps(rows))
 """
@@ -115,13 +135,33 @@ def gemma_norm(a, b):  # 1 + weight, in fp32: another norm
     h32 = (a + b).float()
     n = h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + 1e-6) * (1.0 + W["nw"].float())
     return decode_linear(n.to(a.dtype), W["w"])
-def normalized_used_twice(a, b):
+def normalized_used_twice(a, b):  # the op also writes the normalized x for its other reader
     x = llama_norm(a + b, W["nw"])
     return decode_linear(x, W["w"]) + x[..., :N]
+def moe_block(a, b):  # the router's GEMM and the experts read the tokens flattened: (B, S, H) -> (B * S, H)
+    flat = llama_norm(a + b, W["nw"]).reshape(-1, H)
+    return decode_linear(flat, W["w"]).sum(-1, keepdim=True) + flat * 2
+def unfused_projections(a, b):  # q, k and v as three GEMMs of one normalized x
+    x = llama_norm(a + b, W["nw"])
+    return torch.cat([decode_linear(x, W["w"]), decode_linear(x, W["w"] * 2), decode_linear(x, W["w"] / 2)], -1)
+def reshape_of_another_width(a, b):  # a reshape that changes the last dim: not the GEMM's x as normalized
+    x = llama_norm(a + b, W["nw"]).reshape(*a.shape[:-1], 2, H // 2).transpose(-1, -2).reshape(a.shape)
+    return decode_linear(x, W["w"])
 def weight_in_fp32(a, b):  # a norm weight of another dtype than h: the product is fp32, not the GEMM's x dtype
     return decode_linear(llama_norm(a + b, W["nw"].float()).to(a.dtype), W["w"])
-FNS = (norm_only, residual_add, gate_up_epilogue, gemma_norm, normalized_used_twice, weight_in_fp32)
-REWRITTEN = ("norm_only", "residual_add", "gate_up_epilogue")
+def mean_over_rows(a, b):  # the statistic over dim 1 (tokens), not the hidden size
+    h32 = (a + b).float()
+    return decode_linear(W["nw"] * (h32 * torch.rsqrt(h32.pow(2).mean(1, keepdim=True) + 1e-6)).to(a.dtype), W["w"])
+def eps_as_a_tensor(a, b):
+    h32 = (a + b).float()
+    eps = torch.full((1,), 1e-6, dtype=torch.float32)
+    return decode_linear(W["nw"] * (h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + eps)).to(a.dtype), W["w"])
+def weight_of_rank_3(a, b):
+    return decode_linear(llama_norm(a + b, W["nw"].view(1, 1, -1)), W["w"])
+FNS = (norm_only, residual_add, gate_up_epilogue, gemma_norm, normalized_used_twice, weight_in_fp32,
+       mean_over_rows, eps_as_a_tensor, weight_of_rank_3, moe_block, unfused_projections, reshape_of_another_width)
+REWRITTEN = ("norm_only", "residual_add", "gate_up_epilogue", "normalized_used_twice", "moe_block",
+             "unfused_projections")
 out = {}
 for rows, dtype in ((1, torch.float32), (3, torch.float32), (1, torch.float16), (3, torch.float16)):
     a = torch.randn(1, rows, H, generator=g)  # 1: the GEMV kernel; 3: tl.dot
@@ -153,8 +193,9 @@ EPILOGUES = sys.argv[2] == "1"
 counts = []
 real = prologue_pass.fuse_rmsnorm_into_decode_linear
 prologue_pass.fuse_rmsnorm_into_decode_linear = lambda graph: counts.append(real(graph)) or counts[-1]
+# fused q/k/v and gate/up as on CUDA; an MoE model's router and experts on hf_tp's decode kernels
 model = load_parallel_model(sys.argv[1], TPGroup(0, 1, torch.device("cpu")), dtype=torch.float32, progress=False,
-                            tp_config=TPConfig(decode_gemm="triton", fuse=True))  # fused q/k/v and gate/up
+                            tp_config=TPConfig(decode_gemm="triton", fuse=True, moe_decode="triton"))
 model._hf_tp_in_generate = True  # as the decode loop's compiled step runs: inside generate, inputs checked once
 def last_logits(ids):
     return model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[:, -1]
@@ -189,7 +230,10 @@ def test_norm_kernel_matches_the_norm_then_the_gemm():
     pytest.importorskip("triton")
     rows = _run(_KERNEL_SCRIPT)
     errors = rows.pop()["errors"]
-    assert all(e is not None and "the norm form takes dense weights" in e for e in errors), errors
+    assert len(errors) == 9 and all(e is not None for e in errors), errors
+    assert all("the norm form takes dense weights" in e for e in errors[:4]), errors
+    assert all("belongs to the norm form" in e for e in errors[4:6]), errors
+    assert all("must not share memory" in e for e in errors[6:8]) and "no broadcasting" in errors[8], errors
     for row in rows:
         assert row["shape"] == row["expected"] and row["dtype"] == row["ref_dtype"], row
         # fp32: summation order (the statistic's and the GEMM's); fp16: the output's rounding, and a normalized x
@@ -200,13 +244,18 @@ def test_norm_kernel_matches_the_norm_then_the_gemm():
         # the residual sum the op writes is x + residual rounded once, as eager's add
         assert row["h_same"] in (None, True), row
         assert row["op_h_shape"] == ([row["case"][0], row["case"][2]] if row["h_same"] is not None else [0]), row
+        # the normalized x, written whole (no NaN left) for its other readers, as the reference normalizes (fp16:
+        # up to the statistic's last bits); and the product does not depend on whether it is written
+        assert not row["xn_nan"] and row["xn_err"] < (1e-6 if row["case"][4] == "float32" else 1e-3), row
+        assert row["op_x_shape"] == [0] and row["same_without_x_out"], row
 
 
 def test_pass_rewrites_exactly_the_llama_norm_and_keeps_the_values():
     pytest.importorskip("triton")
     result = _run(_PASS_SCRIPT)
     out, names, rewritten = result["out"], result["names"], set(result["rewritten"])
-    assert len(names) == 6 and rewritten == {"norm_only", "residual_add", "gate_up_epilogue"}
+    assert len(names) == 12 and rewritten == {"norm_only", "residual_add", "gate_up_epilogue",
+                                               "normalized_used_twice", "moe_block", "unfused_projections"}
     for case in ("1 torch.float32", "3 torch.float32", "1 torch.float16", "3 torch.float16"):
         for name in names:
             # in fp32 Gemma's form and a weight in fp32 are the same computation with the weight 1 + w (or w):
@@ -219,13 +268,22 @@ def test_pass_rewrites_exactly_the_llama_norm_and_keeps_the_values():
             assert out[f"{name} {case}"]["err"] < bound, (name, case, out)
 
 
-@pytest.mark.parametrize("epilogues", [False, True])
-def test_both_norms_of_every_layer_of_a_tiny_llama_are_rewritten_with_the_same_logits(tmp_path, epilogues):
+@pytest.mark.parametrize("arch, epilogues", [("llama", False), ("llama", True), ("qwen3_moe", True)])
+def test_both_norms_of_every_layer_are_rewritten_with_the_same_logits(tmp_path, arch, epilogues):
     pytest.importorskip("triton")
-    folder = save_tiny_model(tmp_path / "llama", tiny_config("llama"))
+    if arch == "qwen3_moe":  # the post-attention norm feeds the router's GEMM and the experts (keep_x)
+        import transformers
+
+        config = transformers.Qwen3MoeConfig(
+            vocab_size=101, hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=3,
+            head_dim=16, intermediate_size=80, moe_intermediate_size=40, num_experts=6, num_experts_per_tok=3,
+            norm_topk_prob=True, max_position_embeddings=128, pad_token_id=0, tie_word_embeddings=False)
+    else:
+        config = tiny_config(arch)
+    folder = save_tiny_model(tmp_path / arch, config)
     for row in _run(_MODEL_SCRIPT, str(folder), "1" if epilogues else "0"):
         # the input and post-attention norms of each layer; the final norm reaches the LM head through
-        # logits_to_keep's slice and stays
+        # logits_to_keep's slice and stays (and Qwen3's per-head q/k norms feed attention, not a GEMM)
         assert row["rewrites"] == 2 * row["layers"] == 4, row
         assert row["max_diff"] <= 1e-4 * max(1.0, row["scale"]), row
         assert row["same_token"], row
@@ -347,3 +405,41 @@ def test_gpu_loop_with_gemm_norms_matches_transformers(tmp_path, monkeypatch, ep
     assert torch.equal(got, want), (got[:, 11:].tolist(), want[:, 11:].tolist())
     # both norms of each layer, in the decode step's graph (the prefill runs eagerly)
     assert ours._hf_tp_static_decoder.use_graphs and max(counts) == 2 * config.num_hidden_layers, counts
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none visible here")
+def test_gpu_bf16_step_has_both_norms_of_every_layer_rewritten(tmp_path, monkeypatch):
+    """The bf16 form of the norm (its converts, as Inductor decomposes them on CUDA) is the one the pass must
+    match in the real decode step: a tiny Llama in bf16 on the GPU, one decode-sized token, with the gate/up
+    epilogue as by default; the compiled forward's logits against the eager forward's."""
+    import torch._inductor.config as inductor_config
+
+    from hf_tp.assembly import load_parallel_model
+    from hf_tp.config import TPConfig
+    from hf_tp.kernels import prologue_pass
+    from hf_tp.parallel.comm import TPGroup
+
+    counts = []
+    real = prologue_pass.fuse_rmsnorm_into_decode_linear
+    monkeypatch.setattr(prologue_pass, "fuse_rmsnorm_into_decode_linear", lambda graph: counts.append(real(graph)))
+    config = tiny_config("llama", hidden_size=256, intermediate_size=512, num_attention_heads=8,
+                         num_key_value_heads=2)
+    device = torch.device("cuda", 0)
+    model = load_parallel_model(str(save_tiny_model(tmp_path / "m", config)), TPGroup(0, 1, device),
+                                dtype=torch.bfloat16, progress=False,
+                                tp_config=TPConfig(decode_gemm="triton", fuse=True))  # fused q/k/v and gate/up
+    model._hf_tp_in_generate = True  # as the decode loop's compiled step runs
+    ids = torch.tensor([[5], [17]], device=device)
+    last_logits = lambda ids: model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+    with torch.no_grad():
+        eager = last_logits(ids)
+        options = prologue_pass.inductor_options(False, True, True)
+        with inductor_config.patch({**options, "fx_graph_cache": False}):
+            compiled = torch.compile(last_logits, fullgraph=True, dynamic=False)(ids)
+    assert counts and max(counts) == 2 * config.num_hidden_layers, counts
+    assert (compiled - eager).abs().max() <= 3e-2 * eager.abs().max()  # bf16 roundings of a 2-layer step
+    for row in range(ids.shape[0]):  # the same token, or a near-tie in eager's logits
+        if compiled[row].argmax() != eager[row].argmax():
+            top = eager[row].topk(2).values
+            assert top[0] - top[1] <= 3e-2 * eager.abs().max(), (row, top)

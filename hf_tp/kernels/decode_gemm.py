@@ -190,51 +190,64 @@ def norm_reference(h: torch.Tensor, norm_weight: torch.Tensor, eps: float) -> to
 
 def decode_linear_norm_reference(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
                                  eps: float, weight: torch.Tensor, bias: torch.Tensor | None, fp32_out: bool,
-                                 glu_out: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                                 glu_out: bool, keep_x: bool = False
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What ``decode_linear_norm`` computes, unfused: h = x (+ residual), the GEMM of RMSNorm(h) (then
-    silu(gate) * up with ``glu_out``), and h (empty without a residual)."""
+    silu(gate) * up with ``glu_out``), h (empty without a residual) and, with ``keep_x``, RMSNorm(h) (else
+    empty)."""
     h = x if residual is None else x + residual
-    y = decode_linear_reference(norm_reference(h, norm_weight, eps), weight, bias, fp32_out)
-    return (glu_reference(y) if glu_out else y), (h if residual is not None else x.new_empty(0))
+    normed = norm_reference(h, norm_weight, eps)
+    y = decode_linear_reference(normed, weight, bias, fp32_out)
+    return ((glu_reference(y) if glu_out else y), (h if residual is not None else x.new_empty(0)),
+            (normed if keep_x else x.new_empty(0)))
 
 
 @torch.library.custom_op("hf_tp::decode_linear_norm", mutates_args=())
 def _decode_linear_norm_op(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                           weight: torch.Tensor, bias: torch.Tensor | None, fp32_out: bool,
-                           glu_out: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                           weight: torch.Tensor, bias: torch.Tensor | None, fp32_out: bool, glu_out: bool,
+                           keep_x: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from hf_tp.kernels import gemv_triton
 
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"hf_tp::decode_linear_norm: the residual's shape {tuple(residual.shape)} must be x's "
+                         f"{tuple(x.shape)} (no broadcasting)")
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     n = weight.shape[0] // 2 if glu_out else weight.shape[0]
     dtype = torch.float32 if fp32_out else x.dtype
     h = torch.empty_like(x2) if residual is not None else x.new_empty(0)
-    if x2.shape[0] == 0:
-        return x.new_empty(*x.shape[:-1], n, dtype=dtype), h.view(x.shape) if residual is not None else h
-    out = gemv_triton.launch(x2, weight, None, 0, 0, None if bias is None else bias.contiguous(), out_dtype=dtype,
-                             glu_out=glu_out, norm_weight=norm_weight.contiguous(), eps=eps,
-                             residual=None if residual is None else residual.reshape(x2.shape).contiguous(),
-                             h_out=h if residual is not None else None)
-    return out.view(*x.shape[:-1], n), (h.view(x.shape) if residual is not None else h)
+    normed = torch.empty_like(x2) if keep_x else x.new_empty(0)
+    if x2.shape[0] > 0:
+        out = gemv_triton.launch(x2, weight, None, 0, 0, None if bias is None else bias.contiguous(),
+                                 out_dtype=dtype, glu_out=glu_out, norm_weight=norm_weight.contiguous(), eps=eps,
+                                 residual=None if residual is None else residual.reshape(x2.shape).contiguous(),
+                                 h_out=h if residual is not None else None, x_out=normed if keep_x else None)
+    else:
+        out = x2.new_empty(0, n, dtype=dtype)
+    return (out.view(*x.shape[:-1], n), h.view(x.shape) if residual is not None else h,
+            normed.view(x.shape) if keep_x else normed)
 
 
 @_decode_linear_norm_op.register_fake
-def _(x, residual, norm_weight, eps, weight, bias, fp32_out, glu_out):
+def _(x, residual, norm_weight, eps, weight, bias, fp32_out, glu_out, keep_x):
     n = weight.shape[0] // 2 if glu_out else weight.shape[0]
     y = x.new_empty(*x.shape[:-1], n, dtype=torch.float32 if fp32_out else x.dtype)
-    return y, (torch.empty_like(x, memory_format=torch.contiguous_format) if residual is not None
-               else x.new_empty(0))
+    like_x = lambda wanted: torch.empty_like(x, memory_format=torch.contiguous_format) if wanted else x.new_empty(0)
+    return y, like_x(residual is not None), like_x(keep_x)
 
 
 def decode_linear_norm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
                        weight: torch.Tensor, bias: torch.Tensor | None = None, fp32_out: bool = False,
-                       glu_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                       glu_out: bool = False, keep_x: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``decode_linear_norm_reference`` in one kernel (TPConfig.gemm_norms; the step's compiled graph is rewritten
     to it by hf_tp.kernels.prologue_pass): every program of the GEMM computes the RMSNorm statistic of its rows
     of h = x (+ residual) itself, from L2, and normalizes x as it loads it, so no norm kernel runs between the
-    GEMM and the one before it; with a residual, one program per row block also writes h (the next residual).
-    Returns (the product, h)."""
+    GEMM and the one before it; with a residual, one program per row block also writes h (the next residual),
+    and with ``keep_x`` the first row block writes the normalized x (for its other readers: an MoE block's
+    experts beside its router, projections not fused into one GEMM). Returns (the product, h, the normalized x);
+    h and the normalized x are empty where not asked for."""
     return _decode_linear_norm_op(x, residual, norm_weight, float(eps), weight, bias, bool(fp32_out),
-                                  bool(glu_out))
+                                  bool(glu_out), bool(keep_x))
 
 
 def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -25,7 +25,8 @@ Two kernels, one optional reduce (or the same sum folded into the GEMM), one lau
 
 Both kernels can also make x themselves (dense weights): silu(gate) * up of a [gate | up] row (``GLU``), or an
 RMSNorm of h = x (+ a residual) (``NORM``: each program computes its rows' statistic over the whole row first,
-``_rows_rstd``, and one program per row block writes h); and ``GLU_OUT`` makes silu(gate) * up of their own
+``_rows_rstd``; one program per row block writes h, and with ``KEEP_X`` the first row block the normalized x);
+and ``GLU_OUT`` makes silu(gate) * up of their own
 [gate | up] outputs in the epilogue. hf_tp/kernels/prologue_pass.py rewrites the decode step's graph to them.
 
 Scale modes (``SCALE``), for W[n, k] = weight[n, k] * scale[n, (k + k_offset) // group_k] (the canonical FP8
@@ -160,8 +161,8 @@ def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k
     address for every row, and for a vector's scale every column): they get W's register layout, so the loop
     needs no layout conversion through shared memory (at their own shapes they would, with a barrier per step),
     and the compiler merges the repeated loads. With ``NORM`` (dense weights only), x is h (NORM 2: x + r rounded)
-    and the scale slot carries the norm weight's tile: ``_gemv_math`` normalizes, so that the first step's loads
-    are in flight while the program computes the statistic (``_rows_rstd``)."""
+    and the scale slot carries the norm weight's tile: the loop normalizes it once the statistic is known
+    (``_rows_rstd``), so that the first step's loads are in flight while the program computes it."""
     cols = k0 + kk
     x_ptrs = x_ptr + x_rows + cols[None, :, :]
     w_ptrs = w_rows + cols[None, :, :]
@@ -204,15 +205,13 @@ def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k
 
 
 @triton.jit
-def _gemv_math(acc3, xv, w, s, SCALE: tl.constexpr, rstd=1.0, NORM: tl.constexpr = 0):
+def _gemv_math(acc3, xv, w, s, SCALE: tl.constexpr):
     """One FMA per element into the (BLOCK_N, NV, VEC) accumulator, reduced after the loop. Mode 2: x times the
     vector's group scale first (one scale load per vector). Mode 3: every element scaled.
     (Summing each vector inside the thread and scaling the sum, into a (BLOCK_N, NV) accumulator, takes fewer
     instructions, but ptxas then issues a row's loads only after the previous row's math: one DRAM latency per
     row per step, seen in the SASS.)"""
-    if NORM:  # s is the norm weight's tile (``_gemv_load``)
-        acc3 += w.to(tl.float32) * _rms_normalized(xv, s, rstd).to(tl.float32)
-    elif SCALE == 2:
+    if SCALE == 2:
         s1 = tl.reduce(s, 2, _first, keep_dims=True)
         acc3 += w.to(tl.float32) * (xv.to(tl.float32) * s1)
     elif SCALE == 3:
@@ -247,13 +246,14 @@ def _prefetch_weight_rows(w_ptr, rn, N, stride_wn, k_lo, k_hi, LINES: tl.constex
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr, h_ptr, eps, N, K, G, group_k,
+def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr, h_ptr, xn_ptr, eps, N, K, G,
+                 group_k,
                  k_offset, k_split, stride_wn, stride_sn, stride_os, SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr,
                  SPLIT: tl.constexpr, FOLD: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr,
                  EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr,
                  STAGES: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0, LINE: tl.constexpr = 64,
                  GLU: tl.constexpr = False, GLU_OUT: tl.constexpr = False, NORM: tl.constexpr = 0,
-                 NORM_BLOCK: tl.constexpr = 16):
+                 NORM_BLOCK: tl.constexpr = 16, KEEP_X: tl.constexpr = False):
     BLOCK_K: tl.constexpr = NV * VEC
     tl.static_assert(not (GLU_OUT and SPLIT), "GLU_OUT needs the whole sum in one program")
     tl.static_assert(not (NORM and (GLU or SCALE != 0)), "NORM takes dense weights and a plain x")
@@ -290,7 +290,14 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr,
             xn, wn, sn = _gemv_load(x_ptr, x_rows, w_rows, s_rows, tl.minimum(k0 + BLOCK_K, k_last), kk, kv, n_ok,
                                     K, G, group_k, k_offset, SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU, r_ptr,
                                     nw_ptr, NORM)
-            acc3 = _gemv_math(acc3, xv, w, s, SCALE, rstd, NORM)
+            if NORM:
+                xv = _rms_normalized(xv, s, rstd)
+                if KEEP_X:  # the normalized x for its other readers: the tile's first row, by the first row block
+                    if pid_n == 0:
+                        cols = k0 + kk[None, :, :]
+                        first = (tl.arange(0, BLOCK_N) == 0)[:, None, None]
+                        tl.store(xn_ptr + x_rows + cols, xv, mask=first & (cols < K))
+            acc3 = _gemv_math(acc3, xv, w, s, SCALE)
             xv, w, s = xn, wn, sn
     else:
         # STAGES > 1 asks Triton to software-pipeline the loads through shared memory, which it does not do on
@@ -319,10 +326,12 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr,
 @triton.jit
 def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, G, group_k, k_offset,
                     SCALE: tl.constexpr, EVEN_K: tl.constexpr, MMA: tl.constexpr, BLOCK_K: tl.constexpr,
-                    GLU: tl.constexpr = False, r_rows=None, nw_ptr=None, rstd=1.0, NORM: tl.constexpr = 0):
+                    GLU: tl.constexpr = False, r_rows=None, nw_ptr=None, rstd=1.0, NORM: tl.constexpr = 0,
+                    xn_rows=None, store_x=False, KEEP_X: tl.constexpr = False):
     """The tl.dot kernel's K loop, in the operand dtype ``MMA`` says: 0 x's own dtype, 1 fp16 (FP8 weights
     with an fp16 copy of bf16 activations, below), 2 fp32 with IEEE products (fp32 activations; the fp16 form's
-    fallback). With ``NORM``, x is normalized as it is loaded (``_rms_normalized``, each row by its ``rstd``)."""
+    fallback). With ``NORM``, x is normalized as it is loaded (``_rms_normalized``, each row by its ``rstd``);
+    with ``KEEP_X`` and ``store_x`` also written to ``xn_rows``."""
     for k0 in range(k_lo, k_hi, BLOCK_K):
         cols = k0 + rk
         if EVEN_K:
@@ -337,6 +346,9 @@ def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, 
         if NORM:
             xv = _rms_normalized(xv, tl.load(nw_ptr + cols[None, :], mask=cols[None, :] < K, other=0.0),
                                  rstd[:, None])
+            if KEEP_X:
+                if store_x:
+                    tl.store(xn_rows + cols[None, :], xv, mask=x_ok)
         if EVEN_K:
             w = tl.load(w_rows + cols[None, :], mask=n_ok[:, None], other=0.0)
         else:
@@ -369,13 +381,14 @@ def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, 
 
 
 @triton.jit
-def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr, h_ptr, eps, M, N, K,
-                     G, group_k, k_offset, k_split, stride_xm, stride_wn, stride_sn, stride_os, stride_om,
+def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr, h_ptr, xn_ptr, eps, M,
+                     N, K, G, group_k, k_offset, k_split, stride_xm, stride_wn, stride_sn, stride_os, stride_om,
                      SCALE: tl.constexpr, SPLIT: tl.constexpr, FOLD: tl.constexpr, HAS_BIAS: tl.constexpr,
                      EVEN_K: tl.constexpr, MMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
                      LINE: tl.constexpr = 64, GLU: tl.constexpr = False, GLU_OUT: tl.constexpr = False,
-                     NORM: tl.constexpr = 0, NORM_ROWS: tl.constexpr = 1, NORM_BLOCK: tl.constexpr = 16):
+                     NORM: tl.constexpr = 0, NORM_ROWS: tl.constexpr = 1, NORM_BLOCK: tl.constexpr = 16,
+                     KEEP_X: tl.constexpr = False):
     tl.static_assert(not (GLU_OUT and SPLIT), "GLU_OUT needs the whole sum in one program")
     tl.static_assert(not (NORM and (GLU or MMA == 1)), "NORM takes dense weights and a plain x")
     pid_n = tl.program_id(0)
@@ -404,7 +417,8 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r
                           (pid_n == 0) & (pid_s == 0), NORM, NORM_BLOCK)
     acc = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), steps_rows, w_rows, s_rows, m_ok, n_ok,
                           rk, k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, MMA, BLOCK_K, GLU,
-                          r_ptr + rm[:, None].to(tl.int64) * stride_xm, nw_ptr, rstd, NORM)
+                          r_ptr + rm[:, None].to(tl.int64) * stride_xm, nw_ptr, rstd, NORM,
+                          xn_ptr + rm[:, None].to(tl.int64) * stride_xm, pid_n == 0, KEEP_X)
     if MMA == 1:
         # fp16 holds every bf16 value from 2^-14 to 65504 exactly (11 significant bits against 8), so the products
         # are the bf16 kernel's (of a copy made from bf16 x; see fp8.fp8_linear); a larger |x| became inf in it.
@@ -558,10 +572,10 @@ FOLD_SPLIT = False
 PREFETCH_WEIGHTS = False
 PREFETCH_MAX_LINES = 2048
 MIN_COUNTERS = 65536  # output blocks the first counter buffer of a device holds (256 KB)
-# The norm form's statistic pass holds at most this many elements of x a program at a time: one step of 8192
-# columns for one row (Llama-3-70B's hidden size; 32 fp32 registers a thread at 8 warps), 512 columns a step for a
-# 16-row tile.
-NORM_ELEMENTS = 8192
+# The norm form's statistic pass holds at most this many elements of x per warp of the program at a time (32 fp32
+# registers a thread): at 8 warps one step of 8192 columns for one row (Llama-3-70B's hidden size), at 4 warps
+# 4096, or 256 columns a step for a 16-row tile. (Built for sm_90, 8192 elements at 4 warps took 204 registers.)
+NORM_ELEMENTS_PER_WARP = 1024
 
 # The folded sum's counters, one int32 per output block, per device (hf_tp.kernels.counters: zero between calls).
 _COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
@@ -603,7 +617,8 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
            k_offset: int = 0, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
            config: dict | None = None, path: str | None = None, x16: torch.Tensor | None = None,
            glu: bool = False, glu_out: bool = False, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
-           residual: torch.Tensor | None = None, h_out: torch.Tensor | None = None) -> torch.Tensor:
+           residual: torch.Tensor | None = None, h_out: torch.Tensor | None = None,
+           x_out: torch.Tensor | None = None) -> torch.Tensor:
     """x2 (M, K) contiguous; weight (N, K) with unit stride along K; scale None (dense) or (N, G) float32
     contiguous, the canonical FP8 scales with ``group_k``/``k_offset``. Returns (M, N) in ``out_dtype``
     (default x2's dtype). ``path`` ("gemv" for M == 1, "dot") and ``config`` override the choice (tests and
@@ -614,21 +629,35 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     config of the (2I, K) GEMM but no split of K (the activation needs each whole sum).
     ``norm_weight`` (K,): the GEMM's x is RMSNorm(h) * norm_weight with ``eps`` (``norm_reference``), where h is
     x2, or x2 + ``residual`` rounded to x2's dtype; each program computes its rows' statistic over the whole row
-    itself, and with ``residual`` one program per row block writes h into ``h_out`` (M, K) (dense weights, x2,
-    residual, norm weight and h_out of one dtype)."""
+    itself, and with ``residual`` one program per row block writes h into ``h_out`` (M, K); ``x_out`` (M, K):
+    the normalized x is written there too, for its other readers (dense weights, x2, residual, norm weight,
+    h_out and x_out of one dtype)."""
     M, K = x2.shape
     norm = 0 if norm_weight is None else (2 if residual is not None else 1)
+    if (norm_weight is None and (residual is not None or h_out is not None or x_out is not None)) or (
+            norm == 1 and h_out is not None):
+        raise ValueError("gemv_triton: a residual, an h_out or an x_out belongs to the norm form: give norm_weight, "
+                         "and h_out together with a residual")
+    inputs = {t.untyped_storage().data_ptr() for t in (x2, residual) if t is not None}
+    for name, t in (("h_out", h_out), ("x_out", x_out)):
+        if t is not None and (t.untyped_storage().data_ptr() in inputs or (
+                name == "x_out" and h_out is not None and t.untyped_storage().data_ptr()
+                == h_out.untyped_storage().data_ptr())):
+            raise ValueError(f"gemv_triton: {name} must not share memory with x, the residual or h_out: one program "
+                             "writes it while the others still read them")
     if norm:
-        parts = [t for t in (x2, norm_weight, residual, h_out) if t is not None]
+        parts = [t for t in (x2, norm_weight, residual, h_out, x_out) if t is not None]
         if (glu or scale is not None or norm_weight.shape != (K,) or any(t.dtype != x2.dtype for t in parts)
                 or (norm == 2 and (h_out is None or residual.shape != x2.shape or h_out.shape != x2.shape))
+                or (x_out is not None and x_out.shape != x2.shape)
                 or not all(t.is_contiguous() for t in parts)):
             raise ValueError(f"gemv_triton: the norm form takes dense weights, x (M, K), a norm weight (K,), and "
                              f"with a residual (M, K) an h_out (M, K), contiguous and of x's dtype; got x "
                              f"{tuple(x2.shape)} {x2.dtype}, norm weight {tuple(norm_weight.shape)} "
                              f"{norm_weight.dtype}, residual "
                              f"{None if residual is None else (tuple(residual.shape), residual.dtype)}, h_out "
-                             f"{None if h_out is None else (tuple(h_out.shape), h_out.dtype)}, scale "
+                             f"{None if h_out is None else (tuple(h_out.shape), h_out.dtype)}, x_out "
+                             f"{None if x_out is None else (tuple(x_out.shape), x_out.dtype)}, scale "
                              f"{'given' if scale is not None else None}, glu={glu}")
     if glu:
         if scale is not None or K % 2 or weight.shape[1] != K // 2:
@@ -685,9 +714,10 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     c = counters if fold else x2  # never read without FOLD
     # the norm form's inputs (x2 itself where there is none: never read)
     r, nw, h = (residual if norm == 2 else x2), (norm_weight if norm else x2), (h_out if norm == 2 else x2)
+    xn = x_out if x_out is not None else x2
     norm_rows = 1 if M == 1 or path == "gemv" else block_m
-    norm_block = max(16, min(triton.next_power_of_2(K), NORM_ELEMENTS // norm_rows))
-    norm_args = dict(NORM=norm, NORM_BLOCK=norm_block) if norm else {}
+    norm_block = max(16, min(triton.next_power_of_2(K), NORM_ELEMENTS_PER_WARP * cfg["num_warps"] // norm_rows))
+    norm_args = dict(NORM=norm, NORM_BLOCK=norm_block, KEEP_X=x_out is not None) if norm else {}
     pdl = pdl_launch.launch_args(x2.device)  # programmatic dependent launch, where on (hf_tp.kernels.pdl)
     if pdl and PREFETCH_WEIGHTS:  # the weights' first lines asked of L2 before the wait (_prefetch_weight_rows)
         line = 128 // weight.element_size()
@@ -698,7 +728,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         gemm_pdl = pdl
     if path == "gemv":
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), splits)
-        _gemv_kernel[grid](x2, weight, s, b, dest, out, c, r, nw, h, eps, N, K, G, group_k, k_offset, k_split,
+        _gemv_kernel[grid](x2, weight, s, b, dest, out, c, r, nw, h, xn, eps, N, K, G, group_k, k_offset, k_split,
                            weight.stride(0), s.stride(0), M * N, SCALE=mode, GROUP_SHIFT=group_shift,
                            SPLIT=splits > 1, FOLD=fold, HAS_BIAS=bias is not None,
                            EVEN_N=N % cfg["BLOCK_N"] == 0, EVEN_K=even_k, BLOCK_N=cfg["BLOCK_N"],
@@ -721,7 +751,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, block_m), splits)
         if norm:
             norm_args["NORM_ROWS"] = norm_rows
-        _gemv_dot_kernel[grid](x2, xh, weight, s, b, dest, out, c, r, nw, h, eps, M, N, K, G, group_k, k_offset,
+        _gemv_dot_kernel[grid](x2, xh, weight, s, b, dest, out, c, r, nw, h, xn, eps, M, N, K, G, group_k, k_offset,
                           k_split, x2.stride(0), weight.stride(0), s.stride(0), M * N, out.stride(0),
                           SCALE=mode, SPLIT=splits > 1, FOLD=fold, HAS_BIAS=bias is not None, EVEN_K=even_k,
                           MMA=mma, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,

@@ -224,19 +224,37 @@ def _fake_call(op, args):
         return op(*vals)
 
 
+def _views_keeping_last_dim(node):
+    """(x, the reshape) if ``node`` reshapes x keeping its last dim (an MoE block flattening its tokens for the
+    router: (B, S, H) -> (B * S, H)), else (node, None)."""
+    if _is(node, aten.reshape.default, (2,)) or _is(node, aten.view.default, (2,)):
+        source = node.args[0]
+        src_val = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
+        val = node.meta.get("val")
+        if src_val is not None and val is not None and src_val.dim() >= 1 and val.dim() >= 1 and \
+                src_val.shape[-1] == val.shape[-1]:
+            return source, node
+    return node, None
+
+
 def fuse_rmsnorm_into_decode_linear(graph: torch.fx.Graph) -> int:
-    """Rewrite every ``decode_linear`` (or ``decode_linear_glu_out``) whose x is an RMSNorm of h (``_rms_norm_input``)
-    into ``hf_tp::decode_linear_norm`` (TPConfig.gemm_norms: each program of the GEMM computes the statistic of its
-    rows itself and normalizes x as it loads it); where h is the residual add a + b, the op takes a and b, writes
-    h, and h's other users (the next residual add) read it from there. Returns how many."""
+    """Rewrite every ``decode_linear`` (or ``decode_linear_glu_out``) whose x is an RMSNorm of h (``_rms_norm_input``;
+    possibly through a reshape that keeps the last dim) into ``hf_tp::decode_linear_norm`` (TPConfig.gemm_norms:
+    each program of the GEMM computes the statistic of its rows itself and normalizes x as it loads it):
+    - where h is the residual add a + b, the op takes a and b and writes h, and h's other users (the next residual
+      add) read it from there;
+    - where the normalized x has other users (an MoE block's experts beside its router, q/k/v projections not
+      fused into one GEMM), the op also writes it (``keep_x``) and they read it from there.
+    Returns how many."""
     targets = {torch.ops.hf_tp.decode_linear.default: False, torch.ops.hf_tp.decode_linear_glu_out.default: True}
+    op = torch.ops.hf_tp.decode_linear_norm.default
     fused = 0
     for node in list(graph.nodes):
         if not (node.op == "call_function" and node.target in targets and _is(node, node.target, (4,))):
             continue
-        x = node.args[0]
-        if not isinstance(x, torch.fx.Node) or set(x.users) != {node}:
+        if not isinstance(node.args[0], torch.fx.Node):
             continue
+        x, view = _views_keeping_last_dim(node.args[0])
         match = _rms_norm_input(x)
         if match is None:
             continue
@@ -247,28 +265,43 @@ def fuse_rmsnorm_into_decode_linear(graph: torch.fx.Graph) -> int:
             isinstance(t, torch.fx.Node) and t.meta.get("val") is not None and t.meta["val"].shape == h_val.shape
             and t.meta["val"].dtype == h_val.dtype for t in h.args)
         a, b = h.args if adds else (h, None)
+        x_others = [u for u in x.users if u is not view and u is not node]
+        view_others = [u for u in view.users if u is not node] if view is not None else []
+        keep_x = bool(x_others or view_others)
         order = {n: i for i, n in enumerate(graph.nodes)}
-        others = [u for u in h.users if u not in chain] if adds else []
-        first = min([node, *others], key=order.__getitem__)
+        h_others = [u for u in h.users if u not in chain] if adds else []
+        first = min([node, *h_others, *x_others, *view_others], key=order.__getitem__)
         inputs = [t for t in (a, b, norm_weight, weight, bias) if isinstance(t, torch.fx.Node)]
         if any(order[t] >= order[first] for t in inputs):
             continue
-        args = (a, b, norm_weight, eps, weight, bias, fp32_out, targets[node.target])
-        op = torch.ops.hf_tp.decode_linear_norm.default
+        args = (a, b, norm_weight, eps, weight, bias, fp32_out, targets[node.target], keep_x)
         with graph.inserting_before(first):
             call = graph.call_function(op, args)
             call.meta["val"] = _fake_call(op, args)
             product = graph.call_function(operator.getitem, (call, 0))
             product.meta["val"] = call.meta["val"][0]
+            if product.meta["val"].shape != node.meta["val"].shape:  # the GEMM read x through the reshape
+                product = graph.call_function(aten.reshape.default, (product, list(node.meta["val"].shape)))
+                product.meta["val"] = node.meta["val"]
             if adds:
                 new_h = graph.call_function(operator.getitem, (call, 1))
                 new_h.meta["val"] = call.meta["val"][1]
+            if keep_x:
+                new_x = graph.call_function(operator.getitem, (call, 2))
+                new_x.meta["val"] = call.meta["val"][2]
+                if view_others:
+                    new_view = graph.call_function(view.target, (new_x, view.args[1]))
+                    new_view.meta["val"] = view.meta["val"]
         for key in ("stack_trace", "nn_module_stack", "source_fn_stack"):
             if key in node.meta:
                 call.meta[key] = node.meta[key]
         node.replace_all_uses_with(product)
         graph.erase_node(node)
-        for dead in chain:  # users before what they use
+        for user in x_others:
+            user.replace_input_with(x, new_x)
+        for user in view_others:
+            user.replace_input_with(view, new_view)
+        for dead in ([view] if view is not None else []) + chain:  # users before what they use
             if not dead.users and dead.graph is graph:
                 graph.erase_node(dead)
         if adds:
@@ -358,7 +391,10 @@ class GemmFusions(CustomGraphPass):
     def uuid(self):
         if get_hash_for_files is None:
             return None
-        return (get_hash_for_files((__file__,)), self.prologues, self.epilogues, self.norms)
+        # the ops' schemas are in decode_gemm.py: a cached graph must not call an older argument list
+        from . import decode_gemm
+
+        return (get_hash_for_files((__file__, decode_gemm.__file__)), self.prologues, self.epilogues, self.norms)
 
 
 def inductor_options(prologues: bool, epilogues: bool = False, norms: bool = False) -> dict:
