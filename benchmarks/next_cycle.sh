@@ -116,6 +116,9 @@ elif [ "$CALL" = 10 ]; then
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 240 bf16 &
   timeout 150 $T tests/test_gemm_norms.py > "$OUT/tests_10.txt" 2>&1; echo "rc=$? tests_10" >> "$OUT/log.txt"
+  # per GEMM, GPU time in a CUDA graph: Inductor's add + RMSNorm then the GEMM, against the one kernel
+  step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
+  step norm_gemm_cost_b8 60 python benchmarks/norm_gemm_cost.py --rows 8 --tp 1,2,8 --json "$OUT/norm_gemm_cost.jsonl"
   wait
   HF_TP_GEMM_NORMS=0 row r2_gn0 45 bf16 --simulate-tp 2 --batches 1
   HF_TP_GEMM_NORMS=1 row r2_gn1 50 bf16 --simulate-tp 2 --batches 1 --profile 64
