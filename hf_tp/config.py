@@ -128,8 +128,9 @@ class TPConfig:
         it) inside the GEMM that reads its output: every program of the q/k/v and gate/up GEMMs computes its rows'
         statistic itself from the layer's input and normalizes x as it loads it, and one program writes the
         residual sum, and the normalized x where something else reads it too (an MoE block's experts beside its
-        router's GEMM). An Inductor pass, hf_tp/kernels/prologue_pass.py, with decode_gemm="triton"; other norm
-        forms, such as Gemma's 1 + weight in bf16, are left as they are. Two kernels fewer per layer. Values as
+        router's GEMM); FP8 layers the same way. An Inductor pass, hf_tp/kernels/prologue_pass.py, with
+        decode_gemm="triton"; other norm forms, such as Gemma's 1 + weight in bf16, are left as they are. Two
+        kernels fewer per layer. Values as
         without it up to the last bits of the fp32 statistic (summed in another order). Default: off until
         measured on a GPU (benchmarks/next_cycle.sh; the same per-program re-read made gemm_prologues slower).
         True needs CUDA.

@@ -210,6 +210,12 @@ def test_kernels_compile_for_hopper():
         ("dot bf16 norm, 16 rows, split, keeping x", gt._gemv_dot_kernel, dict(dense, o_ptr="*fp32"),
          dict(SCALE=0, SPLIT=True, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128,
               NORM=2, NORM_ROWS=16, NORM_BLOCK=256, KEEP_X=True), 4, 3),
+        # the norm with FP8 weights: block scales in the GEMV, the fp16 form of tl.dot (fp16 x made from h)
+        ("gemv fp8 block norm", gt._gemv_kernel, fp8,
+         dict(gemv_base, SCALE=2, GROUP_SHIFT=7, BLOCK_N=4, NV=64, VEC=16, STAGES=1, NORM=2, NORM_BLOCK=4096), 8, 1),
+        ("dot fp8 block in fp16, norm", gt._gemv_dot_kernel, fp8,
+         dict(SCALE=2, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
+              NORM=2, NORM_ROWS=1, NORM_BLOCK=4096), 4, 3),  # the launcher's stages with the norm: at most 3
         ("split reduce", gt._gemv_split_reduce, {"ws_ptr": "*fp32", "s_ptr": "*fp32", "b_ptr": "*bf16", "o_ptr": "*bf16"},
          dict(SCALE=1, HAS_BIAS=True, BLOCK=1024), 4, 1),
         # programmatic dependent launch (hf_tp.kernels.pdl): the wait and the trigger in each kernel

@@ -98,13 +98,39 @@ try:
 except ValueError as exc:  # a residual that would broadcast
     errors.append(str(exc))
 rows.append(dict(errors=errors))
+# FP8 weights (canonical form) with the norm: per channel, aligned blocks, a slice starting inside a group; the
+# GEMV and tl.dot (with a config asking for the fp16 form, which fp16 x runs in its own dtype)
+from hf_tp.kernels.fp8 import fp8_linear_norm, fp8_linear_norm_reference, fp8_linear_reference
+fp8_rows = []
+for M, N, K, group_k, k_off, path, cfg in [(1, 20, 96, 96, 0, "gemv", {"BLOCK_N": 4, "BLOCK_K": 32}),
+                                          (1, 20, 96, 32, 0, "gemv", {"BLOCK_N": 4, "BLOCK_K": 64}),
+                                          (1, 20, 96, 24, 8, "gemv", {"BLOCK_N": 4, "BLOCK_K": 32}),
+                                          (1, 40, 96, 32, 0, "dot", {"BLOCK_N": 16, "BLOCK_K": 32, "X16": True}),
+                                          (3, 40, 96, 96, 0, "dot", {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT": 2}),
+                                          (3, 40, 96, 24, 8, "dot", {"BLOCK_N": 16, "BLOCK_K": 16})]:
+    g = torch.Generator().manual_seed(M + N + K + group_k)
+    x = (torch.randn(M, K, generator=g) * 2).half()
+    r = torch.randn(M, K, generator=g).half()
+    nw = (1 + 0.3 * torch.randn(K, generator=g)).half()
+    w = (torch.randn(N, K, generator=g) * 0.2).to(torch.float8_e4m3fn)
+    scale = torch.rand(N, 1 if group_k == K else (K + k_off + group_k - 1) // group_k, generator=g) + 0.5
+    h, xn = torch.full_like(x, float("nan")), torch.full_like(x, float("nan"))
+    out = gt.launch(x, w, scale, group_k, k_off, None, config=cfg, path=path, norm_weight=nw, eps=1e-5, residual=r,
+                    h_out=h, x_out=xn)
+    ref, h_ref, xn_ref = fp8_linear_norm_reference(x, r, nw, 1e-5, w, scale, group_k, k_off, None, True)
+    unfused = gt.launch(xn_ref, w, scale, group_k, k_off, None, config=cfg, path=path)
+    op = fp8_linear_norm(x, r, nw, 1e-5, w, scale, group_k, k_off)  # CPU: the op's reference path
+    fp8_rows.append(dict(case=[M, N, K, group_k, k_off, path], err=rel(out, ref), vs_unfused=rel(out, unfused),
+                         h_same=bool(torch.equal(h, h_ref)), xn_err=rel(xn, xn_ref), op_err=rel(op[0], ref),
+                         op_shapes=[list(t.shape) for t in op]))
+rows.append(dict(fp8=fp8_rows))
 print(json.dumps(rows))
 """
 
 _PASS_SCRIPT = r"""
 import json, sys, torch
 import torch._inductor.config as inductor_config
-from hf_tp.kernels import prologue_pass
+from hf_tp.kernels import fp8, prologue_pass  # fp8: registers hf_tp::fp8_linear
 from hf_tp.kernels.decode_gemm import decode_linear, decode_linear_glu_out
 
 counts = []
@@ -158,10 +184,21 @@ def eps_as_a_tensor(a, b):
     return decode_linear(W["nw"] * (h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + eps)).to(a.dtype), W["w"])
 def weight_of_rank_3(a, b):
     return decode_linear(llama_norm(a + b, W["nw"].view(1, 1, -1)), W["w"])
+W8 = (torch.randn(N, H, generator=g) * 0.2).to(torch.float8_e4m3fn)
+S8 = torch.rand(N, 2, generator=g) + 0.5  # two groups of 32 columns
+def fp8_layer(a, b):  # an FP8 layer after the norm (hf_tp::fp8_linear; its fp16 copy of x is made on CUDA only)
+    return torch.ops.hf_tp.fp8_linear(llama_norm(a + b, W["nw"]), W8, S8, 32, 0, None)
+def fp8_with_fp16_copy(a, b):  # the fp16 form's copy of x made beside the call, as fp8_linear makes it on CUDA
+    x = llama_norm(a + b, W["nw"])
+    return torch.ops.hf_tp.fp8_linear(x, W8, S8, 32, 0, None, x.to(torch.float16))
+def fp8_with_another_copy(a, b):  # an fp16 "copy" of something else: not the form the rewrite knows
+    x = llama_norm(a + b, W["nw"])
+    return torch.ops.hf_tp.fp8_linear(x, W8, S8, 32, 0, None, (x * 2).to(torch.float16))
 FNS = (norm_only, residual_add, gate_up_epilogue, gemma_norm, normalized_used_twice, weight_in_fp32,
-       mean_over_rows, eps_as_a_tensor, weight_of_rank_3, moe_block, unfused_projections, reshape_of_another_width)
+       mean_over_rows, eps_as_a_tensor, weight_of_rank_3, moe_block, unfused_projections, reshape_of_another_width,
+       fp8_layer, fp8_with_fp16_copy, fp8_with_another_copy)
 REWRITTEN = ("norm_only", "residual_add", "gate_up_epilogue", "normalized_used_twice", "moe_block",
-             "unfused_projections")
+             "unfused_projections", "fp8_layer", "fp8_with_fp16_copy")
 out = {}
 for rows, dtype in ((1, torch.float32), (3, torch.float32), (1, torch.float16), (3, torch.float16)):
     a = torch.randn(1, rows, H, generator=g)  # 1: the GEMV kernel; 3: tl.dot
@@ -229,9 +266,15 @@ def _run(script: str, *args: str, timeout: int = 600) -> object:
 def test_norm_kernel_matches_the_norm_then_the_gemm():
     pytest.importorskip("triton")
     rows = _run(_KERNEL_SCRIPT)
+    for row in rows.pop()["fp8"]:
+        # FP8 weights: the product of the normalized x as the unfused kernel computes it (fp16: one rounding of
+        # the output), h and the normalized x as eager's
+        assert row["err"] < 5e-3 and row["vs_unfused"] < 2e-3 and row["op_err"] < 5e-3, row
+        assert row["h_same"] and row["xn_err"] < 1e-3, row
+        assert row["op_shapes"] == [[row["case"][0], row["case"][1]], [row["case"][0], row["case"][2]], [0]], row
     errors = rows.pop()["errors"]
     assert len(errors) == 9 and all(e is not None for e in errors), errors
-    assert all("the norm form takes dense weights" in e for e in errors[:4]), errors
+    assert all("the norm form takes a plain x" in e for e in errors[:4]), errors
     assert all("belongs to the norm form" in e for e in errors[4:6]), errors
     assert all("must not share memory" in e for e in errors[6:8]) and "no broadcasting" in errors[8], errors
     for row in rows:
@@ -254,8 +297,9 @@ def test_pass_rewrites_exactly_the_llama_norm_and_keeps_the_values():
     pytest.importorskip("triton")
     result = _run(_PASS_SCRIPT)
     out, names, rewritten = result["out"], result["names"], set(result["rewritten"])
-    assert len(names) == 12 and rewritten == {"norm_only", "residual_add", "gate_up_epilogue",
-                                               "normalized_used_twice", "moe_block", "unfused_projections"}
+    assert len(names) == 15 and rewritten == {"norm_only", "residual_add", "gate_up_epilogue",
+                                               "normalized_used_twice", "moe_block", "unfused_projections",
+                                               "fp8_layer", "fp8_with_fp16_copy"}
     for case in ("1 torch.float32", "3 torch.float32", "1 torch.float16", "3 torch.float16"):
         for name in names:
             # in fp32 Gemma's form and a weight in fp32 are the same computation with the weight 1 + w (or w):
@@ -385,6 +429,39 @@ def test_gpu_norm_kernels_at_llama3_8b_widths(tp, rows, gemm):
     # the statistic's last bits (summed in another order than torch's mean) may move a normalized bf16 value by one
     # unit
     assert rel(got, unfused) < 5e-3
+    assert torch.equal(got, fused())  # the same bits every call
+
+
+@pytest.mark.parametrize("tp", [1, 2, 8])
+@pytest.mark.parametrize("rows", [1, 4])
+@pytest.mark.parametrize("scales", ["channel", "block"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none visible here")
+def test_gpu_fp8_norm_kernels_at_llama3_8b_widths(tp, rows, scales):
+    """FP8 weights (per channel, 128 x 128 blocks) with the norm inside, bf16 x, at the gate/up widths of a
+    Llama-3-8B rank (the table's GEMV, or tl.dot in fp16 with the fp16 x made from the normalized h)."""
+    from hf_tp.kernels import fp8_triton
+    from hf_tp.kernels.decode_gemm import norm_reference
+    from hf_tp.kernels.fp8 import fp8_linear_reference
+
+    g = torch.Generator(device="cuda").manual_seed(tp * 10 + rows)
+    n, k = 2 * 14336 // tp, 4096
+    x = torch.randn(rows, k, device="cuda", generator=g).to(torch.bfloat16)
+    r = torch.randn(rows, k, device="cuda", generator=g).to(torch.bfloat16)
+    nw = (1 + 0.1 * torch.randn(k, device="cuda", generator=g)).to(torch.bfloat16)
+    weight = (torch.randn(n, k, device="cuda", generator=g) * 0.5).to(torch.float8_e4m3fn)
+    group_k = k if scales == "channel" else 128
+    scale = torch.rand(n, k // group_k, device="cuda", generator=g) * 0.05 + 0.01
+    h, xn = torch.empty_like(x), torch.empty_like(x)
+    fused = lambda: fp8_triton.launch(x, weight, scale, group_k, 0, None,
+                                      norm=dict(norm_weight=nw, eps=1e-5, residual=r, h_out=h, x_out=xn))
+    got = fused()
+    normed = norm_reference(x + r, nw, 1e-5)
+    unfused = fp8_triton.launch(normed, weight, scale, group_k, 0, None)
+    ref = fp8_linear_reference(normed.float(), weight, scale, group_k, 0)
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
+    assert torch.equal(h, x + r) and rel(xn, normed) < 5e-3
+    assert rel(got, ref) < 1e-2 and rel(got, unfused) < 5e-3
     assert torch.equal(got, fused())  # the same bits every call
 
 

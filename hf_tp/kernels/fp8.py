@@ -114,6 +114,62 @@ def _(x, weight, scale, group_k, k_offset, bias, x16=None):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
+def fp8_linear_norm_reference(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                              weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
+                              bias: torch.Tensor | None, keep_x: bool = False
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What ``fp8_linear_norm`` computes, unfused: h = x (+ residual), fp8_linear_reference of RMSNorm(h), h (empty
+    without a residual) and, with ``keep_x``, RMSNorm(h) (else empty)."""
+    from .decode_gemm import norm_reference
+
+    h = x if residual is None else x + residual
+    normed = norm_reference(h, norm_weight, eps)
+    return (fp8_linear_reference(normed, weight, scale, group_k, k_offset, bias),
+            h if residual is not None else x.new_empty(0), normed if keep_x else x.new_empty(0))
+
+
+@torch.library.custom_op("hf_tp::fp8_linear_norm", mutates_args=())
+def _fp8_linear_norm_op(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                        weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
+                        bias: torch.Tensor | None, keep_x: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"hf_tp::fp8_linear_norm: the residual's shape {tuple(residual.shape)} must be x's "
+                         f"{tuple(x.shape)} (no broadcasting)")
+    x2 = x.reshape(-1, x.shape[-1])
+    if not _use_kernel(x, weight, scale, group_k) or x2.shape[0] == 0 or x2.shape[0] > _DOT_MAX_M:
+        return fp8_linear_norm_reference(x, residual, norm_weight, eps, weight, scale, group_k, k_offset, bias,
+                                         keep_x)
+    from hf_tp.kernels import fp8_triton
+
+    x2 = x2.contiguous()
+    h = torch.empty_like(x2) if residual is not None else x.new_empty(0)
+    normed = torch.empty_like(x2) if keep_x else x.new_empty(0)
+    out = fp8_triton.launch(x2, weight, scale.float().contiguous(), group_k, k_offset,
+                            None if bias is None else bias.contiguous(),
+                            norm=dict(norm_weight=norm_weight.contiguous(), eps=eps,
+                                      residual=None if residual is None else residual.reshape(x2.shape).contiguous(),
+                                      h_out=h if residual is not None else None, x_out=normed if keep_x else None))
+    return (out.reshape(*x.shape[:-1], weight.shape[0]), h.view(x.shape) if residual is not None else h,
+            normed.view(x.shape) if keep_x else normed)
+
+
+@_fp8_linear_norm_op.register_fake
+def _(x, residual, norm_weight, eps, weight, scale, group_k, k_offset, bias, keep_x):
+    like_x = lambda wanted: torch.empty_like(x, memory_format=torch.contiguous_format) if wanted else x.new_empty(0)
+    return x.new_empty(*x.shape[:-1], weight.shape[0]), like_x(residual is not None), like_x(keep_x)
+
+
+def fp8_linear_norm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                    weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
+                    bias: torch.Tensor | None = None, keep_x: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``fp8_linear_norm_reference`` in one kernel where ``fp8_linear`` runs one (TPConfig.gemm_norms; the step's
+    compiled graph is rewritten to it by hf_tp.kernels.prologue_pass): as ``decode_gemm.decode_linear_norm``,
+    for FP8 weights in the canonical form. Returns (the product, h, the normalized x)."""
+    return _fp8_linear_norm_op(x, residual, norm_weight, float(eps), weight, scale, int(group_k), int(k_offset),
+                               bias, bool(keep_x))
+
+
 @torch.compiler.assume_constant_result
 def _fp16_copy_wanted(device_index: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> tuple[bool, bool]:
     """Whether a call of one row, and one of 2..DOT_MAX_M rows, runs the fp16 form on this weight. Decided once

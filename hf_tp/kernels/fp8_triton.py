@@ -61,14 +61,18 @@ def takes_fp16(M: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> b
 
 def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
            bias: torch.Tensor | None, config: dict | None = None, path: str | None = None,
-           x16: torch.Tensor | None = None) -> torch.Tensor:
+           x16: torch.Tensor | None = None, norm: dict | None = None) -> torch.Tensor:
     """x2 (M, K) contiguous; returns (M, N) in x2's dtype. ``path`` ("gemv", "skinny" for the tl.dot kernel,
     "dequant") and ``config`` override the measured choice (tests and the benchmark's sweep use them).
-    ``x16``: x2 in fp16 (contiguous), for the calls ``takes_fp16`` names."""
+    ``x16``: x2 in fp16 (contiguous), for the calls ``takes_fp16`` names. ``norm``: gemv_triton.launch's norm
+    arguments (norm_weight, eps, residual, h_out, x_out): the GEMM of the RMSNorm of x2 (+ residual), decode
+    sizes only."""
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
     if path is None and M > DOT_MAX_M:
         path = "dequant"
+    if path == "dequant" and norm:
+        raise ValueError(f"fp8_triton: the norm form runs at decode sizes (at most {DOT_MAX_M} rows), got {M}")
     if path == "dequant":
         wd = torch.empty((N, K), device=x2.device, dtype=x2.dtype)
         block_k = 128 if G == 1 else min(128, gemv_triton.pow2_at_most(group_k))
@@ -77,4 +81,4 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
                        wd.stride(0), BLOCK_N=32, BLOCK_K=block_k, num_warps=4)
         return torch.nn.functional.linear(x2, wd, bias)
     return gemv_triton.launch(x2, weight, scale, group_k, k_offset, bias, config=config,
-                              path={None: None, "gemv": "gemv", "skinny": "dot"}[path], x16=x16)
+                              path={None: None, "gemv": "gemv", "skinny": "dot"}[path], x16=x16, **(norm or {}))

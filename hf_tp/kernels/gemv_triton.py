@@ -23,7 +23,7 @@ Two kernels, one optional reduce (or the same sum folded into the GEMM), one lau
   last split program of each output block does the same sum itself (``_fold_splits``, one atomic counter per
   block), in the same order: the same bits, one launch less.
 
-Both kernels can also make x themselves (dense weights): silu(gate) * up of a [gate | up] row (``GLU``), or an
+Both kernels can also make x themselves: silu(gate) * up of a [gate | up] row (``GLU``, dense weights), or an
 RMSNorm of h = x (+ a residual) (``NORM``: each program computes its rows' statistic over the whole row first,
 ``_rows_rstd``; one program per row block writes h, and with ``KEEP_X`` the first row block the normalized x);
 and ``GLU_OUT`` makes silu(gate) * up of their own
@@ -160,9 +160,9 @@ def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k
     """One step's x, W and scales. x and the scales are loaded through pointers of W's tile shape (the same
     address for every row, and for a vector's scale every column): they get W's register layout, so the loop
     needs no layout conversion through shared memory (at their own shapes they would, with a barrier per step),
-    and the compiler merges the repeated loads. With ``NORM`` (dense weights only), x is h (NORM 2: x + r rounded)
-    and the scale slot carries the norm weight's tile: the loop normalizes it once the statistic is known
-    (``_rows_rstd``), so that the first step's loads are in flight while the program computes it."""
+    and the compiler merges the repeated loads. With ``NORM``, x is h (NORM 2: x + r rounded) and ``nwv`` the
+    norm weight's tile (else x again, unused): the loop normalizes h once the statistic is known (``_rows_rstd``),
+    so that the first step's loads are in flight while the program computes it."""
     cols = k0 + kk
     x_ptrs = x_ptr + x_rows + cols[None, :, :]
     w_ptrs = w_rows + cols[None, :, :]
@@ -185,12 +185,13 @@ def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k
             xv = (xv.to(tl.float32) + tl.load(r_ptr + x_rows + cols[None, :, :], mask=k_ok[None, :, :],
                                               other=0.0).to(tl.float32)).to(xv.dtype)
         w = tl.load(w_ptrs, mask=n_ok[:, None, None] & k_ok[None, :, :], other=0.0)
+    nwv = xv  # unused without NORM
     if NORM:
         if EVEN_K:
-            s = tl.load(nw_ptr + x_rows + cols[None, :, :])
+            nwv = tl.load(nw_ptr + x_rows + cols[None, :, :])
         else:
-            s = tl.load(nw_ptr + x_rows + cols[None, :, :], mask=(cols < K)[None, :, :], other=0.0)
-    elif SCALE == 2:
+            nwv = tl.load(nw_ptr + x_rows + cols[None, :, :], mask=(cols < K)[None, :, :], other=0.0)
+    if SCALE == 2:
         if GROUP_SHIFT >= 0:
             g = (k0 + kv + k_offset) >> GROUP_SHIFT
         else:
@@ -201,7 +202,7 @@ def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k
         s = tl.load(s_rows + g[None, :, :], mask=n_ok[:, None, None] & (g < G)[None, :, :], other=0.0)
     else:
         s = xv  # unused
-    return xv, w, s
+    return xv, w, s, nwv
 
 
 @triton.jit
@@ -256,7 +257,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr,
                  NORM_BLOCK: tl.constexpr = 16, KEEP_X: tl.constexpr = False):
     BLOCK_K: tl.constexpr = NV * VEC
     tl.static_assert(not (GLU_OUT and SPLIT), "GLU_OUT needs the whole sum in one program")
-    tl.static_assert(not (NORM and (GLU or SCALE != 0)), "NORM takes dense weights and a plain x")
+    tl.static_assert(not (NORM and GLU), "NORM takes a plain x")
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     rn, n_ok = _glu_rows(pid_n, N, BLOCK_N, GLU_OUT)
@@ -280,31 +281,31 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr,
         k_last = k_lo + ((k_hi - k_lo - 1) // BLOCK_K) * BLOCK_K
         # (with NORM the loop always has this form: the first step's weights are in flight while the statistic
         # is computed)
-        xv, w, s = _gemv_load(x_ptr, x_rows, w_rows, s_rows, k_lo, kk, kv, n_ok, K, G, group_k, k_offset,
-                              SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU, r_ptr, nw_ptr, NORM)
+        xv, w, s, nwv = _gemv_load(x_ptr, x_rows, w_rows, s_rows, k_lo, kk, kv, n_ok, K, G, group_k, k_offset,
+                                   SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU, r_ptr, nw_ptr, NORM)
         rstd = 1.0
         if NORM:
             rstd = tl.sum(_rows_rstd(x_ptr, r_ptr, h_ptr, tl.arange(0, 1), tl.arange(0, 1) < 1, 0, K, eps,
                                      (pid_n == 0) & (pid_s == 0), NORM, NORM_BLOCK), axis=0)
         for k0 in range(k_lo, k_hi, BLOCK_K):
-            xn, wn, sn = _gemv_load(x_ptr, x_rows, w_rows, s_rows, tl.minimum(k0 + BLOCK_K, k_last), kk, kv, n_ok,
-                                    K, G, group_k, k_offset, SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU, r_ptr,
-                                    nw_ptr, NORM)
+            xn, wn, sn, nwn = _gemv_load(x_ptr, x_rows, w_rows, s_rows, tl.minimum(k0 + BLOCK_K, k_last), kk, kv,
+                                         n_ok, K, G, group_k, k_offset, SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU,
+                                         r_ptr, nw_ptr, NORM)
             if NORM:
-                xv = _rms_normalized(xv, s, rstd)
+                xv = _rms_normalized(xv, nwv, rstd)
                 if KEEP_X:  # the normalized x for its other readers: the tile's first row, by the first row block
                     if pid_n == 0:
                         cols = k0 + kk[None, :, :]
                         first = (tl.arange(0, BLOCK_N) == 0)[:, None, None]
                         tl.store(xn_ptr + x_rows + cols, xv, mask=first & (cols < K))
             acc3 = _gemv_math(acc3, xv, w, s, SCALE)
-            xv, w, s = xn, wn, sn
+            xv, w, s, nwv = xn, wn, sn, nwn
     else:
         # STAGES > 1 asks Triton to software-pipeline the loads through shared memory, which it does not do on
         # its own for a loop without tl.dot
         for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
-            xv, w, s = _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k_offset,
-                                  SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU)
+            xv, w, s, _ = _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k_offset,
+                                     SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU)
             acc3 = _gemv_math(acc3, xv, w, s, SCALE)
     out = tl.sum(tl.sum(acc3, axis=2), axis=1)
     if SPLIT:
@@ -349,6 +350,8 @@ def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, 
             if KEEP_X:
                 if store_x:
                     tl.store(xn_rows + cols[None, :], xv, mask=x_ok)
+            if MMA == 1:  # the fp16 form: the normalized bf16 x in fp16 (exact in its range; see the kernel)
+                xv = xv.to(tl.float16)
         if EVEN_K:
             w = tl.load(w_rows + cols[None, :], mask=n_ok[:, None], other=0.0)
         else:
@@ -390,7 +393,7 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r
                      NORM: tl.constexpr = 0, NORM_ROWS: tl.constexpr = 1, NORM_BLOCK: tl.constexpr = 16,
                      KEEP_X: tl.constexpr = False):
     tl.static_assert(not (GLU_OUT and SPLIT), "GLU_OUT needs the whole sum in one program")
-    tl.static_assert(not (NORM and (GLU or MMA == 1)), "NORM takes dense weights and a plain x")
+    tl.static_assert(not (NORM and GLU), "NORM takes a plain x")
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -406,7 +409,7 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r
     x_rows = x_ptr + rm[:, None].to(tl.int64) * stride_xm
     w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_wn
     s_rows = s_ptr + rn.to(tl.int64) * stride_sn
-    if MMA == 1:  # the activations' fp16 copy (same strides)
+    if MMA == 1 and not NORM:  # the activations' fp16 copy (same strides); with NORM made from h in the steps
         steps_rows = x16_ptr + rm[:, None].to(tl.int64) * stride_xm
     else:
         steps_rows = x_rows
@@ -428,7 +431,8 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r
         bad = tl.max(tl.max(((acc != acc) | (tl.abs(acc) > 3.0e38)).to(tl.int32), axis=1), axis=0)
         if bad != 0:
             acc = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_rows, w_rows, s_rows, m_ok,
-                                  n_ok, rk, k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, 2, BLOCK_K, GLU)
+                                  n_ok, rk, k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, 2, BLOCK_K, GLU,
+                                  r_ptr + rm[:, None].to(tl.int64) * stride_xm, nw_ptr, rstd, NORM)
     mn_ok = m_ok[:, None] & n_ok[None, :]
     if SPLIT:
         tl.store(o_ptr + pid_s * stride_os + rm[:, None] * stride_om + rn[None, :], acc, mask=mn_ok)
@@ -630,8 +634,9 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     ``norm_weight`` (K,): the GEMM's x is RMSNorm(h) * norm_weight with ``eps`` (``norm_reference``), where h is
     x2, or x2 + ``residual`` rounded to x2's dtype; each program computes its rows' statistic over the whole row
     itself, and with ``residual`` one program per row block writes h into ``h_out`` (M, K); ``x_out`` (M, K):
-    the normalized x is written there too, for its other readers (dense weights, x2, residual, norm weight,
-    h_out and x_out of one dtype)."""
+    the normalized x is written there too, for its other readers (x2, residual, norm weight, h_out and x_out of
+    one dtype; dense or FP8 weights: with a config's "X16" the fp16 x is made from the normalized h in the
+    kernel)."""
     M, K = x2.shape
     norm = 0 if norm_weight is None else (2 if residual is not None else 1)
     if (norm_weight is None and (residual is not None or h_out is not None or x_out is not None)) or (
@@ -647,18 +652,17 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                              "writes it while the others still read them")
     if norm:
         parts = [t for t in (x2, norm_weight, residual, h_out, x_out) if t is not None]
-        if (glu or scale is not None or norm_weight.shape != (K,) or any(t.dtype != x2.dtype for t in parts)
+        if (glu or norm_weight.shape != (K,) or any(t.dtype != x2.dtype for t in parts)
                 or (norm == 2 and (h_out is None or residual.shape != x2.shape or h_out.shape != x2.shape))
                 or (x_out is not None and x_out.shape != x2.shape)
                 or not all(t.is_contiguous() for t in parts)):
-            raise ValueError(f"gemv_triton: the norm form takes dense weights, x (M, K), a norm weight (K,), and "
-                             f"with a residual (M, K) an h_out (M, K), contiguous and of x's dtype; got x "
+            raise ValueError(f"gemv_triton: the norm form takes a plain x (M, K), a norm weight (K,), and with a "
+                             f"residual (M, K) an h_out (M, K), contiguous and of x's dtype; got x "
                              f"{tuple(x2.shape)} {x2.dtype}, norm weight {tuple(norm_weight.shape)} "
                              f"{norm_weight.dtype}, residual "
                              f"{None if residual is None else (tuple(residual.shape), residual.dtype)}, h_out "
                              f"{None if h_out is None else (tuple(h_out.shape), h_out.dtype)}, x_out "
-                             f"{None if x_out is None else (tuple(x_out.shape), x_out.dtype)}, scale "
-                             f"{'given' if scale is not None else None}, glu={glu}")
+                             f"{None if x_out is None else (tuple(x_out.shape), x_out.dtype)}, glu={glu}")
     if glu:
         if scale is not None or K % 2 or weight.shape[1] != K // 2:
             raise ValueError(f"gemv_triton: glu takes dense weights (N, K) and x (M, 2K), got x {tuple(x2.shape)}, "
@@ -747,15 +751,20 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                                     or (M > 1 and x16.stride() != x2.stride())):
                 raise ValueError(f"gemv_triton: x16 must be x in fp16 with its strides, got {tuple(x16.shape)} "
                                  f"{x16.dtype} strides {x16.stride()} for x {tuple(x2.shape)} {x2.stride()}")
-            mma, xh = 1, (x16 if x16 is not None else x2.to(torch.float16))
+            # (the norm form makes its fp16 x from the normalized h in the kernel: no copy here)
+            mma, xh = 1, (x2 if norm else x16 if x16 is not None else x2.to(torch.float16))
         grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, block_m), splits)
+        stages = cfg["num_stages"]
         if norm:
             norm_args["NORM_ROWS"] = norm_rows
+            # the residual's and the norm weight's tiles pipelined too: at 5 stages the fp16 form of FP8 block
+            # weights spilled (255 registers built for sm_90), at 3 it did not
+            stages = min(stages, 3)
         _gemv_dot_kernel[grid](x2, xh, weight, s, b, dest, out, c, r, nw, h, xn, eps, M, N, K, G, group_k, k_offset,
                           k_split, x2.stride(0), weight.stride(0), s.stride(0), M * N, out.stride(0),
                           SCALE=mode, SPLIT=splits > 1, FOLD=fold, HAS_BIAS=bias is not None, EVEN_K=even_k,
                           MMA=mma, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
-                          num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], GLU=glu, GLU_OUT=glu_out,
+                          num_warps=cfg["num_warps"], num_stages=stages, GLU=glu, GLU_OUT=glu_out,
                           **norm_args, **gemm_pdl)
     if splits > 1 and not fold:
         block = 1024

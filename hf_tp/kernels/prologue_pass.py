@@ -245,36 +245,53 @@ def fuse_rmsnorm_into_decode_linear(graph: torch.fx.Graph) -> int:
       add) read it from there;
     - where the normalized x has other users (an MoE block's experts beside its router, q/k/v projections not
       fused into one GEMM), the op also writes it (``keep_x``) and they read it from there.
+    FP8 layers (``hf_tp::fp8_linear``) become ``hf_tp::fp8_linear_norm`` the same way; the fp16 copy of x that
+    their fp16 form reads, made beside the call, is then made from the normalized h in the kernel.
     Returns how many."""
-    targets = {torch.ops.hf_tp.decode_linear.default: False, torch.ops.hf_tp.decode_linear_glu_out.default: True}
-    op = torch.ops.hf_tp.decode_linear_norm.default
+    from . import decode_gemm, fp8  # noqa: F401 - the ops below are registered by these modules
+
+    ops = torch.ops.hf_tp
+    dense = (ops.decode_linear.default, ops.decode_linear_glu_out.default)
     fused = 0
     for node in list(graph.nodes):
-        if not (node.op == "call_function" and node.target in targets and _is(node, node.target, (4,))):
+        if node.op != "call_function":
+            continue
+        if node.target in dense and _is(node, node.target, (4,)):
+            op, glu_out, x16 = ops.decode_linear_norm.default, node.target is ops.decode_linear_glu_out.default, None
+        elif node.target is ops.fp8_linear.default and _is(node, node.target, (6, 7)):
+            op, glu_out, x16 = ops.fp8_linear_norm.default, False, (node.args[6] if len(node.args) > 6 else None)
+        else:
             continue
         if not isinstance(node.args[0], torch.fx.Node):
             continue
+        if x16 is node.args[0]:  # x already fp16: its "copy" is x itself
+            x16 = None
+        if x16 is not None and not (_is(x16, prims.convert_element_type.default, (2,)) and x16.args[0] is
+                                    node.args[0] and x16.args[1] == torch.float16 and set(x16.users) == {node}):
+            continue  # an fp16 copy of something else than this x: not a form this rewrite knows
         x, view = _views_keeping_last_dim(node.args[0])
         match = _rms_norm_input(x)
         if match is None:
             continue
         h, norm_weight, eps, chain = match
-        weight, bias, fp32_out = node.args[1:]
         h_val = h.meta["val"]
         adds = _is(h, aten.add.Tensor, (2,)) and all(
             isinstance(t, torch.fx.Node) and t.meta.get("val") is not None and t.meta["val"].shape == h_val.shape
             and t.meta["val"].dtype == h_val.dtype for t in h.args)
         a, b = h.args if adds else (h, None)
-        x_others = [u for u in x.users if u is not view and u is not node]
-        view_others = [u for u in view.users if u is not node] if view is not None else []
+        x_others = [u for u in x.users if u is not view and u is not node and u is not x16]
+        view_others = [u for u in view.users if u is not node and u is not x16] if view is not None else []
         keep_x = bool(x_others or view_others)
         order = {n: i for i, n in enumerate(graph.nodes)}
         h_others = [u for u in h.users if u not in chain] if adds else []
         first = min([node, *h_others, *x_others, *view_others], key=order.__getitem__)
-        inputs = [t for t in (a, b, norm_weight, weight, bias) if isinstance(t, torch.fx.Node)]
+        if op is ops.fp8_linear_norm.default:  # (x, weight, scale, group_k, k_offset, bias[, x16])
+            args = (a, b, norm_weight, eps, *node.args[1:6], keep_x)
+        else:  # (x, weight, bias, fp32_out)
+            args = (a, b, norm_weight, eps, *node.args[1:4], glu_out, keep_x)
+        inputs = [t for t in args if isinstance(t, torch.fx.Node)]
         if any(order[t] >= order[first] for t in inputs):
             continue
-        args = (a, b, norm_weight, eps, weight, bias, fp32_out, targets[node.target], keep_x)
         with graph.inserting_before(first):
             call = graph.call_function(op, args)
             call.meta["val"] = _fake_call(op, args)
@@ -297,6 +314,8 @@ def fuse_rmsnorm_into_decode_linear(graph: torch.fx.Graph) -> int:
                 call.meta[key] = node.meta[key]
         node.replace_all_uses_with(product)
         graph.erase_node(node)
+        if x16 is not None:
+            graph.erase_node(x16)
         for user in x_others:
             user.replace_input_with(x, new_x)
         for user in view_others:
