@@ -8,9 +8,12 @@ rank functions live at module level in the test files so that spawned processes 
 from __future__ import annotations
 
 import io
+import json
 import os
 import queue
 import socket
+import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -295,6 +298,20 @@ def run_ranks_once(cache: dict, fn, world_size: int, *args, timeout: float = 180
     if isinstance(cache[world_size], AssertionError):
         raise cache[world_size]
     return cache[world_size]
+
+
+def run_interpreter_script(script: str, *args: str, timeout: int = 600) -> object:
+    """Run ``script`` (Python source) in a fresh interpreter with TRITON_INTERPRET=1 and the repository and tests/
+    on PYTHONPATH; returns the JSON of its last stdout line. Skips where this Triton cannot interpret the kernels."""
+    root = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join([str(root), str(root / "tests"), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
+    result = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if result.returncode != 0 and "interpret" in result.stderr.lower() and "not supported" in result.stderr.lower():
+        pytest.skip(f"Triton's interpreter cannot run the kernels here: {result.stderr[-300:]}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def run_interpreted(fn, *args):

@@ -14,18 +14,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import gpu_loop_and_transformers_tokens, save_tiny_model, tiny_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import gpu_loop_and_transformers_tokens, run_interpreter_script, save_tiny_model, tiny_config
 
 _KERNEL_SCRIPT = r"""
 import json, torch
@@ -215,15 +208,7 @@ print(json.dumps(rows))
 """
 
 
-def _run(script: str, *args: str, timeout: int = 600) -> object:
-    path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
-    result = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    if result.returncode != 0 and "interpret" in result.stderr.lower() and "not supported" in result.stderr.lower():
-        pytest.skip(f"Triton's interpreter cannot run the kernels here: {result.stderr[-300:]}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+_run = run_interpreter_script
 
 
 def test_glu_kernel_matches_silu_mul_then_the_gemm():

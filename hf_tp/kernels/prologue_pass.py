@@ -126,6 +126,14 @@ def _silu_input(node):
     return x, chain
 
 
+def _keep_provenance(old: torch.fx.Node, new: torch.fx.Node) -> None:
+    """The source location metadata of the node a rewrite replaces, for the new node (profiles and errors name
+    the model's line); not its other metadata, which describes the old node's own inputs."""
+    for key in ("stack_trace", "nn_module_stack", "source_fn_stack"):
+        if key in old.meta:
+            new.meta[key] = old.meta[key]
+
+
 def fuse_glu_into_decode_linear(graph: torch.fx.Graph) -> int:
     """Rewrite every ``decode_linear(silu(gate) * up)`` of ``graph`` (see the module docstring); returns how many."""
     fused = 0
@@ -148,9 +156,7 @@ def fuse_glu_into_decode_linear(graph: torch.fx.Graph) -> int:
         # Only the output's fake value: the old node's other metadata describes its own inputs (Inductor's
         # "eager_input_vals" would make it lay [gate | up] out with the strides of the old (..., I) input).
         replacement.meta["val"] = node.meta["val"]
-        for key in ("stack_trace", "nn_module_stack", "source_fn_stack"):
-            if key in node.meta:
-                replacement.meta[key] = node.meta[key]
+        _keep_provenance(node, replacement)
         node.replace_all_uses_with(replacement)
         graph.erase_node(node)
         # the nodes the rewrite left unused, users before what they use (no other dead code is touched)
@@ -309,9 +315,7 @@ def fuse_rmsnorm_into_decode_linear(graph: torch.fx.Graph) -> int:
                 if view_others:
                     new_view = graph.call_function(view.target, (new_x, view.args[1]))
                     new_view.meta["val"] = view.meta["val"]
-        for key in ("stack_trace", "nn_module_stack", "source_fn_stack"):
-            if key in node.meta:
-                call.meta[key] = node.meta[key]
+        _keep_provenance(node, call)
         node.replace_all_uses_with(product)
         graph.erase_node(node)
         if x16 is not None:
@@ -380,9 +384,7 @@ def fuse_glu_into_gate_up(graph: torch.fx.Graph) -> int:
         with graph.inserting_before(node):
             replacement = graph.call_function(torch.ops.hf_tp.decode_linear_glu_out.default, tuple(source.args))
         replacement.meta["val"] = node.meta["val"]  # only the output's fake value (as in the prologue form)
-        for key in ("stack_trace", "nn_module_stack", "source_fn_stack"):
-            if key in node.meta:
-                replacement.meta[key] = node.meta[key]
+        _keep_provenance(node, replacement)
         node.replace_all_uses_with(replacement)
         graph.erase_node(node)
         for dead in [*silu[1], *cut, source]:  # users before what they use
