@@ -195,7 +195,7 @@ def _compiled_sampling_steps(model, batch: dict) -> dict:
     sampling selection was compiled (not left eager by a failed trace), and the graphs the compiled run added."""
     from hf_tp.generation import decode_loop
 
-    decode_loop.COMPILE_SAMPLING = True  # off by default until measured on a GPU; the code is traced here
+    decode_loop.COMPILE_SAMPLING = True  # the default; set in case a test before flipped it
     out = {}
     decoder = model._hf_tp_decoder()
     for name, settings in COMPILED_SAMPLING.items():

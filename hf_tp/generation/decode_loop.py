@@ -58,14 +58,15 @@ SCORE_ROWS = 64  # scores/logits buffers hold max_new_tokens rounded up to this 
 ARGMAX_CHUNKS = 64
 
 # Each step's selection and bookkeeping compiled with the forward's backend (StaticDecoder.advance): greedy
-# steps, and, with COMPILE_SAMPLING, sampling steps (their random draw kept eager's). Benchmarks flip them to
-# measure the eager forms. COMPILE_SAMPLING stays off until a GPU run shows it faster than the eager selection
-# (benchmarks/next_cycle.sh CALL=8 measures both; the CPU tests turn it on).
+# steps and sampling steps (their random draw kept eager's). On an H200 the compiled sampling selection kept
+# 0.91-0.96 of greedy's tok/s at the 1B shape's rank of tp 2, the eager one 0.73-0.86 (benchmarks/RESULTS.md,
+# 2026-12-05). Benchmarks flip them to measure the eager forms.
 COMPILE_ADVANCE = True
-COMPILE_SAMPLING = False
+COMPILE_SAMPLING = True
 # Sampling over the whole vocabulary (top_k 0 or above the largest candidate count) finds its top-k and top-p
-# thresholds by radix select (generation/sort_free.py) instead of sorting the vocabulary. Off until a GPU run
-# shows it faster; the CPU tests check it against Transformers' warpers.
+# thresholds by radix select (generation/sort_free.py) instead of sorting the vocabulary. Off: on an H200 it was
+# slower than the sort (0.59 against 0.94 of greedy's tok/s, compiled; 2026-12-05), and Inductor 2.11 could not
+# compile its selection alone (select_cost.py); the CPU tests check it against Transformers' warpers.
 SORT_FREE_SAMPLING = False
 
 
