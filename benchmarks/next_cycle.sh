@@ -27,6 +27,9 @@
 #   CALL=9: FP8 per channel, tp 1 at batch 8 and 32 and with a 4096-token prompt, the MoE rank of tp 2 profiled
 #      without PDL.
 #   CALL=10 (the tenth session had no device; run it second, before 9): TPConfig.gemm_norms off/on (issue 18).
+#   CALL=11 (the eleventh session's third call): gemm_norms again after call 1 measured it slower (the statistic
+#      first in every program): the statistic summed in the loop (NORM_RSTD_LAST), per GEMM and end to end; PDL
+#      at the rank of tp 4 (call 2 measured it faster at the rank of tp 8).
 # Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5|6|7|8|9|10] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -128,6 +131,22 @@ elif [ "$CALL" = 10 ]; then
     --tp-size 1 --model "$CK/qwen3-moe-mini" --batches 1 --simulate-tp 2 --out "$OUT/e2e_moe_r2_gn$g.jsonl"; done
   HF_TP_GEMM_NORMS=1 row tp1_gn1 80 bf16 --batches 1,8
   HF_TP_GEMM_NORMS=0 row tp1_gn0 80 bf16 --batches 1,8
+elif [ "$CALL" = 11 ]; then
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 240 bf16 &
+  timeout 150 $T tests/test_gemm_norms.py > "$OUT/tests_11.txt" 2>&1; echo "rc=$? tests_11" >> "$OUT/log.txt"
+  step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
+  step norm_gemm_cost_b8 60 python benchmarks/norm_gemm_cost.py --rows 8 --tp 1,2,8 --json "$OUT/norm_gemm_cost.jsonl"
+  wait
+  HF_TP_GEMM_NORMS=1 row r2_gn1 50 bf16 --simulate-tp 2 --batches 1 --profile 64
+  HF_TP_GEMM_NORMS=0 row r2_gn0 45 bf16 --simulate-tp 2 --batches 1
+  HF_TP_GEMM_NORMS=1 row r8_gn1 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_GEMM_NORMS=1 row tp1_gn1 70 bf16 --batches 1,8
+  for g in 1 0; do HF_TP_GEMM_NORMS=$g step moe_r2_gn$g 50 python -c "$FLIP" --system hf_tp --mode compile \
+    --tp-size 1 --model "$CK/qwen3-moe-mini" --batches 1 --simulate-tp 2 --out "$OUT/e2e_moe_r2_gn$g.jsonl"; done
+  HF_TP_PDL=1 row r4_pdl1 45 bf16 --simulate-tp 4 --batches 1
+  HF_TP_PDL=0 row r4_pdl0 45 bf16 --simulate-tp 4 --batches 1
+  HF_TP_GEMM_NORMS=1 HF_TP_PDL=1 row r8_gn1_pdl1 45 bf16 --simulate-tp 8 --batches 1
 elif [ "$CALL" = 9 ]; then
   # What the ninth session's calls had no time for: FP8 per channel against bf16 (issue 19), tp 1 at batch 8 and
   # 32 and with a 4096-token prompt (issue 18); qwen3-moe-mini's rank of tp 2 profiled with PDL off (issue 21: with

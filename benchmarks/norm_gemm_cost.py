@@ -1,6 +1,7 @@
 """GPU time of a layer's residual add + RMSNorm and the GEMM that reads it, unfused (Inductor's add + RMSNorm
 kernel, persistent as in the decode loop, then hf_tp's decode GEMM) against TPConfig.gemm_norms's one kernel
-(hf_tp/kernels/gemv_triton.py with ``norm_weight``/``residual``), at the Llama-3-8B widths of a rank of tp 1/2/4/8
+(hf_tp/kernels/gemv_triton.py with ``norm_weight``/``residual``; ``statistic_first_us``: its form that computes
+the statistic before the loop, NORM_RSTD_LAST off), at the Llama-3-8B widths of a rank of tp 1/2/4/8
 (q/k/v, and gate/up with its silu(gate) * up epilogue) and at qwen3-moe-mini's router (the normalized x written
 for the experts). Each pair is captured 20 times in one CUDA graph and timed with CUDA events over replays, so
 the figures are GPU time with the launch gaps a captured step has. The end-to-end rows are
@@ -99,14 +100,22 @@ def main() -> None:
             return gemv_triton.launch(a, weight, glu_out=glu_out, norm_weight=norm_weight, eps=EPS, residual=b,
                                       h_out=h_out, x_out=x_out)
 
+        def fused_statistic_first():  # the form that computes the statistic before the loop (_rows_rstd)
+            saved, gemv_triton.NORM_RSTD_LAST = gemv_triton.NORM_RSTD_LAST, False
+            try:
+                return fused()
+            finally:
+                gemv_triton.NORM_RSTD_LAST = saved
+
         got, want = fused(), unfused()
         ref = torch.nn.functional.linear(norm_reference(a + b, norm_weight, EPS).float(), weight.float())
         ref = glu_reference(ref) if glu_out else ref
         rel = lambda t: float((t.float() - ref).norm() / ref.norm())
         row = dict(shape=shape["name"], n=n, k=k, rows=args.rows, err_fused=rel(got), err_unfused=rel(want),
-                   h_same=bool(torch.equal(h_out, a + b)))
+                   h_same=bool(torch.equal(h_out, a + b)), err_statistic_first=rel(fused_statistic_first()))
         if not args.smoke:
             row.update(unfused_us=gpu_us(unfused, args.replays), fused_us=gpu_us(fused, args.replays),
+                       statistic_first_us=gpu_us(fused_statistic_first, args.replays),
                        gemm_only_us=gpu_us(gemm_only, args.replays),
                        norm_only_us=gpu_us(lambda: norm(a, b, norm_weight), args.replays))
             row["saved_us"] = row["unfused_us"] - row["fused_us"]

@@ -210,6 +210,21 @@ def test_kernels_compile_for_hopper():
         ("dot bf16 norm, 16 rows, split, keeping x", gt._gemv_dot_kernel, dict(dense, o_ptr="*fp32"),
          dict(SCALE=0, SPLIT=True, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128,
               NORM=2, NORM_ROWS=16, NORM_BLOCK=256, KEEP_X=True), 4, 3),
+        # the statistic summed in the loop (RSTD_LAST, the launcher's choice for unsplit GEMMs without KEEP_X):
+        # both GEMV loop forms, tl.dot at the 5 stages of q/k/v at tp 1 and with FP8 in fp16
+        ("gemv bf16 norm, rstd last", gt._gemv_kernel, dense,
+         dict(gemv_base, SCALE=0, BLOCK_N=4, NV=64, VEC=8, STAGES=1, NORM=2, RSTD_LAST=True), 8, 1),
+        ("gemv bf16 norm, rstd last, registers' loop", gt._gemv_kernel, dense,
+         dict(gemv_base, SCALE=0, BLOCK_N=4, NV=256, VEC=8, STAGES=0, NORM=2, RSTD_LAST=True), 8, 1),
+        ("dot bf16 norm, rstd last, one row", gt._gemv_dot_kernel, dense,
+         dict(SCALE=0, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
+              NORM=2, RSTD_LAST=True), 4, 5),
+        ("dot bf16 norm, rstd last, glu epilogue", gt._gemv_dot_kernel, dense,
+         dict(SCALE=0, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=64, BLOCK_K=256,
+              GLU_OUT=True, NORM=2, RSTD_LAST=True), 4, 3),
+        ("dot fp8 block in fp16, norm, rstd last", gt._gemv_dot_kernel, fp8,
+         dict(SCALE=2, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
+              NORM=2, RSTD_LAST=True), 4, 3),
         # the norm with FP8 weights: block scales in the GEMV, the fp16 form of tl.dot (fp16 x made from h)
         ("gemv fp8 block norm", gt._gemv_kernel, fp8,
          dict(gemv_base, SCALE=2, GROUP_SHIFT=7, BLOCK_N=4, NV=64, VEC=16, STAGES=1, NORM=2, NORM_BLOCK=4096), 8, 1),
@@ -237,7 +252,7 @@ def test_kernels_compile_for_hopper():
     for name, kernel, pointers, constexprs, warps, stages in cases:
         # ASTSource does not fill a constexpr's default in
         defaults = {"PDL": False, "PREFETCH": 0, "LINE": 64, "GLU": False, "GLU_OUT": False, "NORM": 0,
-                    "NORM_ROWS": 1, "NORM_BLOCK": 16, "KEEP_X": False}
+                    "NORM_ROWS": 1, "NORM_BLOCK": 16, "KEEP_X": False, "RSTD_LAST": False}
         constexprs = {**{k: v for k, v in defaults.items() if k in kernel.arg_names}, **constexprs}
         try:
             built = _hopper_build(kernel, pointers, constexprs, warps, stages)
@@ -246,7 +261,7 @@ def test_kernels_compile_for_hopper():
         if built is None:
             continue
         regs, stack, sass = built
-        if name == "dot bf16 glu":
+        if name in ("dot bf16 glu", "dot bf16 norm, rstd last, one row"):
             # ptxas keeps one 8-byte value in local memory across the K loop (stored before it, reloaded after
             # it, seen in the SASS): allowed here, nothing more
             assert stack <= 8 and sass.count("STL") <= 1 and sass.count("LDL") <= 1, (name, regs, stack)

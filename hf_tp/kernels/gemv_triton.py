@@ -24,8 +24,11 @@ Two kernels, one optional reduce (or the same sum folded into the GEMM), one lau
   block), in the same order: the same bits, one launch less.
 
 Both kernels can also make x themselves: silu(gate) * up of a [gate | up] row (``GLU``, dense weights), or an
-RMSNorm of h = x (+ a residual) (``NORM``: each program computes its rows' statistic over the whole row first,
-``_rows_rstd``; one program per row block writes h, and with ``KEEP_X`` the first row block the normalized x);
+RMSNorm of h = x (+ a residual) (``NORM``; one program per row block writes h). Where one program holds all of K
+and nothing else reads the normalized x, the products take h times the norm weight and the statistic is summed
+beside them, applied to the sums at the end (``RSTD_LAST``: 1 / rms is one scalar per row); otherwise each
+program computes its rows' statistic over the whole row first (``_rows_rstd``), and with ``KEEP_X`` the first
+row block writes the normalized x;
 and ``GLU_OUT`` makes silu(gate) * up of their own
 [gate | up] outputs in the epilogue. hf_tp/kernels/prologue_pass.py rewrites the decode step's graph to them.
 
@@ -154,6 +157,19 @@ def _rms_normalized(h, nw, rstd):
 
 
 @triton.jit
+def _norm_step_rstd_last(h, nw, sq, h_ptrs, h_mask, store_h):
+    """``RSTD_LAST``'s work in one step of the K loop: h (x + r already rounded as eager rounds it) written as the
+    next residual where ``store_h``, its squares added to ``sq`` (fp32, h's tile shape), and returned times the
+    norm weight in fp32. Since RMSNorm's 1 / rms is one scalar per row, rstd * (W @ (h * nw)) is the GEMM of the
+    normalized x: the statistic is summed alongside the products and applied to the sums in the epilogue, so
+    the loop needs nothing before its first weights arrive (``_rows_rstd`` needs the whole row first)."""
+    if store_h:
+        tl.store(h_ptrs, h, mask=h_mask)
+    hf = h.to(tl.float32)
+    return hf * nw.to(tl.float32), sq + hf * hf
+
+
+@triton.jit
 def _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k_offset,
                SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
                GLU: tl.constexpr = False, r_ptr=None, nw_ptr=None, NORM: tl.constexpr = 0):
@@ -254,10 +270,12 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr,
                  EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr,
                  STAGES: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0, LINE: tl.constexpr = 64,
                  GLU: tl.constexpr = False, GLU_OUT: tl.constexpr = False, NORM: tl.constexpr = 0,
-                 NORM_BLOCK: tl.constexpr = 16, KEEP_X: tl.constexpr = False):
+                 NORM_BLOCK: tl.constexpr = 16, KEEP_X: tl.constexpr = False, RSTD_LAST: tl.constexpr = False):
     BLOCK_K: tl.constexpr = NV * VEC
     tl.static_assert(not (GLU_OUT and SPLIT), "GLU_OUT needs the whole sum in one program")
     tl.static_assert(not (NORM and GLU), "NORM takes a plain x")
+    tl.static_assert(not (RSTD_LAST and SPLIT), "RSTD_LAST needs the whole of K in one program")
+    tl.static_assert(not (RSTD_LAST and KEEP_X), "RSTD_LAST writes no normalized x")
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     rn, n_ok = _glu_rows(pid_n, N, BLOCK_N, GLU_OUT)
@@ -273,7 +291,10 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr,
     x_rows = tl.zeros((BLOCK_N, 1, 1), dtype=tl.int32)
     s_rows = s_ptr + rn[:, None, None].to(tl.int64) * stride_sn
     acc3 = tl.zeros((BLOCK_N, NV, VEC), dtype=tl.float32)
-    if STAGES == 0 or NORM:
+    sq3 = tl.zeros((BLOCK_N, NV, VEC), dtype=tl.float32)  # RSTD_LAST: h's squares (every row the same)
+    first_row = (tl.arange(0, BLOCK_N) == 0)[:, None, None]
+    store_h = (NORM == 2) & (pid_n == 0)  # RSTD_LAST: the first row block writes h, the next residual
+    if STAGES == 0 or (NORM and not RSTD_LAST):
         # the next step's loads issued before this step's math, in registers: every row's loads of a step are
         # in flight together (without this the compiler may issue a row's loads only after the previous row's
         # math, one DRAM latency per row)
@@ -284,30 +305,37 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr,
         xv, w, s, nwv = _gemv_load(x_ptr, x_rows, w_rows, s_rows, k_lo, kk, kv, n_ok, K, G, group_k, k_offset,
                                    SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU, r_ptr, nw_ptr, NORM)
         rstd = 1.0
-        if NORM:
+        if NORM and not RSTD_LAST:
             rstd = tl.sum(_rows_rstd(x_ptr, r_ptr, h_ptr, tl.arange(0, 1), tl.arange(0, 1) < 1, 0, K, eps,
                                      (pid_n == 0) & (pid_s == 0), NORM, NORM_BLOCK), axis=0)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             xn, wn, sn, nwn = _gemv_load(x_ptr, x_rows, w_rows, s_rows, tl.minimum(k0 + BLOCK_K, k_last), kk, kv,
                                          n_ok, K, G, group_k, k_offset, SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU,
                                          r_ptr, nw_ptr, NORM)
-            if NORM:
+            if RSTD_LAST:
+                xv, sq3 = _norm_step_rstd_last(xv, nwv, sq3, h_ptr + x_rows + k0 + kk[None, :, :], first_row
+                                               & (k0 + kk[None, :, :] < K), store_h)
+            elif NORM:
                 xv = _rms_normalized(xv, nwv, rstd)
                 if KEEP_X:  # the normalized x for its other readers: the tile's first row, by the first row block
                     if pid_n == 0:
                         cols = k0 + kk[None, :, :]
-                        first = (tl.arange(0, BLOCK_N) == 0)[:, None, None]
-                        tl.store(xn_ptr + x_rows + cols, xv, mask=first & (cols < K))
+                        tl.store(xn_ptr + x_rows + cols, xv, mask=first_row & (cols < K))
             acc3 = _gemv_math(acc3, xv, w, s, SCALE)
             xv, w, s, nwv = xn, wn, sn, nwn
     else:
         # STAGES > 1 asks Triton to software-pipeline the loads through shared memory, which it does not do on
         # its own for a loop without tl.dot
         for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
-            xv, w, s, _ = _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k_offset,
-                                     SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU)
+            xv, w, s, nwv = _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k_offset,
+                                       SCALE, GROUP_SHIFT, EVEN_N, EVEN_K, GLU, r_ptr, nw_ptr, NORM)
+            if RSTD_LAST:
+                xv, sq3 = _norm_step_rstd_last(xv, nwv, sq3, h_ptr + x_rows + k0 + kk[None, :, :], first_row
+                                               & (k0 + kk[None, :, :] < K), store_h)
             acc3 = _gemv_math(acc3, xv, w, s, SCALE)
     out = tl.sum(tl.sum(acc3, axis=2), axis=1)
+    if RSTD_LAST:  # every row of sq3 holds the same squares: the max picks one row's sum exactly
+        out = out * tl.math.rsqrt(tl.max(tl.sum(tl.sum(sq3, axis=2), axis=1), axis=0) / K + eps)
     if SPLIT:
         tl.store(o_ptr + pid_s * stride_os + rn, out, mask=n_ok)
         if FOLD:
@@ -328,11 +356,16 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr,
 def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, G, group_k, k_offset,
                     SCALE: tl.constexpr, EVEN_K: tl.constexpr, MMA: tl.constexpr, BLOCK_K: tl.constexpr,
                     GLU: tl.constexpr = False, r_rows=None, nw_ptr=None, rstd=1.0, NORM: tl.constexpr = 0,
-                    xn_rows=None, store_x=False, KEEP_X: tl.constexpr = False):
+                    xn_rows=None, store_x=False, KEEP_X: tl.constexpr = False, RSTD_LAST: tl.constexpr = False,
+                    h_rows=None, store_h=False):
     """The tl.dot kernel's K loop, in the operand dtype ``MMA`` says: 0 x's own dtype, 1 fp16 (FP8 weights
     with an fp16 copy of bf16 activations, below), 2 fp32 with IEEE products (fp32 activations; the fp16 form's
     fallback). With ``NORM``, x is normalized as it is loaded (``_rms_normalized``, each row by its ``rstd``);
-    with ``KEEP_X`` and ``store_x`` also written to ``xn_rows``."""
+    with ``KEEP_X`` and ``store_x`` also written to ``xn_rows``. With ``RSTD_LAST`` x is h times the norm weight
+    instead, h written to ``h_rows`` where ``store_h``, and the squares of h summed: returns (acc, their sums
+    per row); otherwise (acc, zeros)."""
+    sq = tl.zeros((acc.shape[0], BLOCK_K), dtype=tl.float32)
+    zero_rows = tl.zeros_like(m_ok.to(tl.int32))[:, None]
     for k0 in range(k_lo, k_hi, BLOCK_K):
         cols = k0 + rk
         if EVEN_K:
@@ -344,9 +377,20 @@ def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, 
         if NORM == 2:
             xv = (xv.to(tl.float32) + tl.load(r_rows + cols[None, :], mask=x_ok, other=0.0).to(tl.float32)
                   ).to(xv.dtype)
-        if NORM:
+        if RSTD_LAST:
+            # the norm weight loaded at x's tile shape (every row the same address): a (1, BLOCK_K) tile is a
+            # 2-byte load per thread, which the pipeliner does not prefetch (one L2 latency per step). (Not in
+            # the statistic-first form: with FP8 in fp16 it spilled there, 255 registers and 24 bytes of stack.)
+            if EVEN_K:
+                nw = tl.load(nw_ptr + zero_rows + cols[None, :])
+            else:
+                nw = tl.load(nw_ptr + zero_rows + cols[None, :], mask=(cols < K)[None, :], other=0.0)
+            xw, sq = _norm_step_rstd_last(xv, nw, sq, h_rows + cols[None, :], x_ok, store_h)
+            xv = xw.to(xv.dtype)
+        elif NORM:
             xv = _rms_normalized(xv, tl.load(nw_ptr + cols[None, :], mask=cols[None, :] < K, other=0.0),
                                  rstd[:, None])
+        if NORM:
             if KEEP_X:
                 if store_x:
                     tl.store(xn_rows + cols[None, :], xv, mask=x_ok)
@@ -380,7 +424,7 @@ def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, 
                 acc = tl.dot(xv, wt, acc, input_precision="ieee")
             else:
                 acc = tl.dot(xv, wt, acc)
-    return acc
+    return acc, tl.sum(sq, axis=1)
 
 
 @triton.jit
@@ -391,9 +435,11 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r
                      BLOCK_K: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
                      LINE: tl.constexpr = 64, GLU: tl.constexpr = False, GLU_OUT: tl.constexpr = False,
                      NORM: tl.constexpr = 0, NORM_ROWS: tl.constexpr = 1, NORM_BLOCK: tl.constexpr = 16,
-                     KEEP_X: tl.constexpr = False):
+                     KEEP_X: tl.constexpr = False, RSTD_LAST: tl.constexpr = False):
     tl.static_assert(not (GLU_OUT and SPLIT), "GLU_OUT needs the whole sum in one program")
     tl.static_assert(not (NORM and GLU), "NORM takes a plain x")
+    tl.static_assert(not (RSTD_LAST and SPLIT), "RSTD_LAST needs the whole of K in one program")
+    tl.static_assert(not (RSTD_LAST and KEEP_X), "RSTD_LAST writes no normalized x")
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -414,14 +460,15 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r
     else:
         steps_rows = x_rows
     rstd = tl.full((NORM_ROWS,), 1.0, dtype=tl.float32)
-    if NORM:  # NORM_ROWS: 1 when x has one row (M == 1), else BLOCK_M
+    if NORM and not RSTD_LAST:  # NORM_ROWS: 1 when x has one row (M == 1), else BLOCK_M
         norm_rows = pid_m * BLOCK_M + tl.arange(0, NORM_ROWS)
         rstd = _rows_rstd(x_ptr, r_ptr, h_ptr, norm_rows, norm_rows < M, stride_xm, K, eps,
                           (pid_n == 0) & (pid_s == 0), NORM, NORM_BLOCK)
-    acc = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), steps_rows, w_rows, s_rows, m_ok, n_ok,
-                          rk, k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, MMA, BLOCK_K, GLU,
-                          r_ptr + rm[:, None].to(tl.int64) * stride_xm, nw_ptr, rstd, NORM,
-                          xn_ptr + rm[:, None].to(tl.int64) * stride_xm, pid_n == 0, KEEP_X)
+    acc, sq = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), steps_rows, w_rows, s_rows, m_ok,
+                              n_ok, rk, k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, MMA, BLOCK_K, GLU,
+                              r_ptr + rm[:, None].to(tl.int64) * stride_xm, nw_ptr, rstd, NORM,
+                              xn_ptr + rm[:, None].to(tl.int64) * stride_xm, pid_n == 0, KEEP_X, RSTD_LAST,
+                              h_ptr + rm[:, None].to(tl.int64) * stride_xm, (NORM == 2) & (pid_n == 0))
     if MMA == 1:
         # fp16 holds every bf16 value from 2^-14 to 65504 exactly (11 significant bits against 8), so the products
         # are the bf16 kernel's (of a copy made from bf16 x; see fp8.fp8_linear); a larger |x| became inf in it.
@@ -430,9 +477,12 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r
         # 2^-14 keep fp16's subnormal precision (2^-24).
         bad = tl.max(tl.max(((acc != acc) | (tl.abs(acc) > 3.0e38)).to(tl.int32), axis=1), axis=0)
         if bad != 0:
-            acc = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_rows, w_rows, s_rows, m_ok,
-                                  n_ok, rk, k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, 2, BLOCK_K, GLU,
-                                  r_ptr + rm[:, None].to(tl.int64) * stride_xm, nw_ptr, rstd, NORM)
+            acc, _ = _gemv_dot_steps(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x_rows, w_rows, s_rows, m_ok,
+                                     n_ok, rk, k_lo, k_hi, K, G, group_k, k_offset, SCALE, EVEN_K, 2, BLOCK_K, GLU,
+                                     r_ptr + rm[:, None].to(tl.int64) * stride_xm, nw_ptr, rstd, NORM,
+                                     RSTD_LAST=RSTD_LAST, h_rows=x_rows)
+    if RSTD_LAST:  # RMSNorm's scalar per row, applied to the sums (_norm_step_rstd_last)
+        acc = acc * tl.math.rsqrt(sq / K + eps)[:, None]
     mn_ok = m_ok[:, None] & n_ok[None, :]
     if SPLIT:
         tl.store(o_ptr + pid_s * stride_os + rm[:, None] * stride_om + rn[None, :], acc, mask=mn_ok)
@@ -580,6 +630,10 @@ MIN_COUNTERS = 65536  # output blocks the first counter buffer of a device holds
 # registers a thread): at 8 warps one step of 8192 columns for one row (Llama-3-70B's hidden size), at 4 warps
 # 4096, or 256 columns a step for a 16-row tile. (Built for sm_90, 8192 elements at 4 warps took 204 registers.)
 NORM_ELEMENTS_PER_WARP = 1024
+# The norm form of an unsplit GEMM sums the statistic in its loop and applies it to the sums (``RSTD_LAST``)
+# instead of computing it before the loop: on an H200 the statistic first made the GEMMs slower than the norm
+# kernel and the GEMM apart (benchmarks/RESULTS.md, 2026-12-05). Benchmarks flip it to compare.
+NORM_RSTD_LAST = True
 
 # The folded sum's counters, one int32 per output block, per device (hf_tp.kernels.counters: zero between calls).
 _COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
@@ -721,7 +775,11 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     xn = x_out if x_out is not None else x2
     norm_rows = 1 if M == 1 or path == "gemv" else block_m
     norm_block = max(16, min(triton.next_power_of_2(K), NORM_ELEMENTS_PER_WARP * cfg["num_warps"] // norm_rows))
-    norm_args = dict(NORM=norm, NORM_BLOCK=norm_block, KEEP_X=x_out is not None) if norm else {}
+    # the statistic summed in the loop and applied to the sums (_norm_step_rstd_last) where one program holds a
+    # whole row of K and no normalized x is written; else computed first by every program (_rows_rstd)
+    rstd_last = bool(norm) and splits == 1 and x_out is None and NORM_RSTD_LAST
+    norm_args = dict(NORM=norm, NORM_BLOCK=norm_block, KEEP_X=x_out is not None,
+                     RSTD_LAST=rstd_last) if norm else {}
     pdl = pdl_launch.launch_args(x2.device)  # programmatic dependent launch, where on (hf_tp.kernels.pdl)
     if pdl and PREFETCH_WEIGHTS:  # the weights' first lines asked of L2 before the wait (_prefetch_weight_rows)
         line = 128 // weight.element_size()
@@ -759,7 +817,8 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
             norm_args["NORM_ROWS"] = norm_rows
             # the residual's and the norm weight's tiles pipelined too: at 5 stages the fp16 form of FP8 block
             # weights spilled (255 registers built for sm_90), at 3 it did not
-            stages = min(stages, 3)
+            if weight.element_size() == 1 or not rstd_last:
+                stages = min(stages, 3)
         _gemv_dot_kernel[grid](x2, xh, weight, s, b, dest, out, c, r, nw, h, xn, eps, M, N, K, G, group_k, k_offset,
                           k_split, x2.stride(0), weight.stride(0), s.stride(0), M * N, out.stride(0),
                           SCALE=mode, SPLIT=splits > 1, FOLD=fold, HAS_BIAS=bias is not None, EVEN_K=even_k,
