@@ -147,6 +147,7 @@ elif [ "$CALL" = 11 ]; then
   HF_TP_PDL=1 row r4_pdl1 45 bf16 --simulate-tp 4 --batches 1
   HF_TP_PDL=0 row r4_pdl0 45 bf16 --simulate-tp 4 --batches 1
   HF_TP_GEMM_NORMS=1 HF_TP_PDL=1 row r8_gn1_pdl1 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_GEMM_NORMS=1 HF_TP_PDL=1 row r2_gn1_pdl1 45 bf16 --simulate-tp 2 --batches 1
 elif [ "$CALL" = 9 ]; then
   # What the ninth session's calls had no time for: FP8 per channel against bf16 (issue 19), tp 1 at batch 8 and
   # 32 and with a 4096-token prompt (issue 18); qwen3-moe-mini's rank of tp 2 profiled with PDL off (issue 21: with
