@@ -79,13 +79,20 @@ def launch_args(device: torch.device) -> dict:
     return {"PDL": True, "launch_pdl": True} if _supported(index) else {}
 
 
-def resolve_pdl(config, device: torch.device, moe_kernel_modules: int):
-    """``config`` with ``pdl`` decided where it is None (the default): on for a model whose MoE experts run hf_tp's
-    decode kernels (``moe_kernel_modules`` > 0), where one H200 measured it faster (qwen3-moe-mini tp 1: 609.9 ->
-    653.1 tok/s), off for the others (dense Llama-3-8B shapes: not faster; benchmarks/RESULTS.md, 2026-12-04,
-    seventh session). Chosen once at load, so a launched model's ``hf_tp_config`` shows it."""
+# Dense models get PDL from this tensor-parallel width on: a rank's GEMMs are short enough there for the launch
+# overlap to pay (one H200, Llama-3-8B's rank of tp 8: 774.3 -> 885.0 tok/s; its rank of tp 2 was not faster,
+# 367.6 -> 363.8; benchmarks/RESULTS.md, 2026-12-04 seventh session and 2026-12-05).
+PDL_MIN_TP_SIZE = 8
+
+
+def resolve_pdl(config, device: torch.device, moe_kernel_modules: int, tp_size: int = 1):
+    """``config`` with ``pdl`` decided where it is None (the default), on CUDA: on for a model whose MoE experts
+    run hf_tp's decode kernels (``moe_kernel_modules`` > 0; qwen3-moe-mini tp 1: 609.9 -> 653.1 tok/s), and for
+    dense ranks of ``tp_size`` >= PDL_MIN_TP_SIZE; off for the others (dense Llama-3-8B at tp 1 and the rank of
+    tp 2: not faster). Chosen once at load, so a launched model's ``hf_tp_config`` shows it."""
     if config.pdl is not None:
         return config
     import dataclasses
 
-    return dataclasses.replace(config, pdl=device.type == "cuda" and moe_kernel_modules > 0)
+    wanted = moe_kernel_modules > 0 or tp_size >= PDL_MIN_TP_SIZE
+    return dataclasses.replace(config, pdl=device.type == "cuda" and wanted)
