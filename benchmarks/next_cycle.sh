@@ -140,13 +140,13 @@ elif [ "$CALL" = 11 ]; then
   wait
   HF_TP_GEMM_NORMS=1 row r2_gn1 50 bf16 --simulate-tp 2 --batches 1 --profile 64
   HF_TP_GEMM_NORMS=0 row r2_gn0 45 bf16 --simulate-tp 2 --batches 1
-  HF_TP_GEMM_NORMS=1 row r8_gn1 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_GEMM_NORMS=1 HF_TP_PDL=1 row r8_gn1_pdl1 45 bf16 --simulate-tp 8 --batches 1
+  HF_TP_GEMM_NORMS=0 HF_TP_PDL=1 row r8_gn0_pdl1 45 bf16 --simulate-tp 8 --batches 1
   HF_TP_GEMM_NORMS=1 row tp1_gn1 70 bf16 --batches 1,8
   for g in 1 0; do HF_TP_GEMM_NORMS=$g step moe_r2_gn$g 50 python -c "$FLIP" --system hf_tp --mode compile \
     --tp-size 1 --model "$CK/qwen3-moe-mini" --batches 1 --simulate-tp 2 --out "$OUT/e2e_moe_r2_gn$g.jsonl"; done
   HF_TP_PDL=1 row r4_pdl1 45 bf16 --simulate-tp 4 --batches 1
   HF_TP_PDL=0 row r4_pdl0 45 bf16 --simulate-tp 4 --batches 1
-  HF_TP_GEMM_NORMS=1 HF_TP_PDL=1 row r8_gn1_pdl1 45 bf16 --simulate-tp 8 --batches 1
   HF_TP_GEMM_NORMS=1 HF_TP_PDL=1 row r2_gn1_pdl1 45 bf16 --simulate-tp 2 --batches 1
 elif [ "$CALL" = 9 ]; then
   # What the ninth session's calls had no time for: FP8 per channel against bf16 (issue 19), tp 1 at batch 8 and
