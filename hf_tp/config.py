@@ -126,14 +126,13 @@ class TPConfig:
         (benchmarks/RESULTS.md, 2026-12-04, eighth session; with the compiled greedy selection): rank of tp 2
         388.9 -> 400.0 tok/s, tp 1 230.3 -> 234.1, rank of tp 8 802.6 -> 811.3. Off elsewhere.
       gemm_norms: the decode loop's compiled step computes each Llama-style RMSNorm (and the residual add before
-        it) inside the GEMM that reads its output (q/k/v, gate/up, an MoE block's router); one program writes the
-        residual sum. Where one program holds all of K the GEMM multiplies W by h * weight, sums h's squares beside
-        it and scales its sums by the statistic at the end; otherwise each program computes its rows' statistic
-        first, and writes the normalized x where something else reads it too (an MoE block's experts). FP8 layers
-        the same way. An Inductor pass, hf_tp/kernels/prologue_pass.py, with decode_gemm="triton"; other norm
-        forms, such as Gemma's 1 + weight in bf16, are left as they are. Two kernels fewer per layer; values as
-        without it up to roundings. Default: off (the statistic-first form measured slower on one H200 in every
-        row, benchmarks/RESULTS.md 2026-12-05; docs/performance.md). True needs CUDA.
+        it) inside the GEMM that reads its output (q/k/v, gate/up, an MoE block's router): every program computes
+        its rows' statistic first and normalizes x as it loads it; one program writes the residual sum, and the
+        normalized x where something else reads it too (an MoE block's experts). FP8 layers the same way. An
+        Inductor pass, hf_tp/kernels/prologue_pass.py, with decode_gemm="triton"; other norm forms, such as
+        Gemma's 1 + weight in bf16, are left as they are. Two kernels fewer per layer; values as without it up to
+        the statistic's last bits. Default: off (slower on one H200 in every row: rank of tp 2 279.3 against
+        395.3 tok/s; benchmarks/RESULTS.md 2026-12-05, docs/performance.md). True needs CUDA.
       persistent_norms: Inductor compiles the decode loop's step with each row reduction up to 8192 wide (a fused
         residual add + RMSNorm over the hidden size) held in registers and read once, where by default it loops
         over rows wider than 1024 and reads them twice (hf_tp/kernels/persistent_norms.py). The fp32 mean of

@@ -630,10 +630,11 @@ MIN_COUNTERS = 65536  # output blocks the first counter buffer of a device holds
 # registers a thread): at 8 warps one step of 8192 columns for one row (Llama-3-70B's hidden size), at 4 warps
 # 4096, or 256 columns a step for a 16-row tile. (Built for sm_90, 8192 elements at 4 warps took 204 registers.)
 NORM_ELEMENTS_PER_WARP = 1024
-# The norm form of an unsplit GEMM sums the statistic in its loop and applies it to the sums (``RSTD_LAST``)
-# instead of computing it before the loop: on an H200 the statistic first made the GEMMs slower than the norm
-# kernel and the GEMM apart (benchmarks/RESULTS.md, 2026-12-05). Benchmarks flip it to compare.
-NORM_RSTD_LAST = True
+# The norm form of an unsplit GEMM may sum the statistic in its loop and apply it to the sums (``RSTD_LAST``)
+# instead of computing it before the loop. Off: on an H200 it was slower still than the statistic first (gate/up
+# at tp 2: 99.4 µs against 59.5, and 33.1 for the norm kernel then the GEMM) and its tl.dot form, rounding
+# h * weight before normalizing, less exact (benchmarks/RESULTS.md, 2026-12-05). Benchmarks flip it to compare.
+NORM_RSTD_LAST = False
 
 # The folded sum's counters, one int32 per output block, per device (hf_tp.kernels.counters: zero between calls).
 _COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
