@@ -36,6 +36,9 @@ def build(dtype: str, scale: int, block_n: int, row_bytes: int, warps: int, stag
                       EVEN_N=True, EVEN_K=True, BLOCK_N=block_n, NV=row_bytes // elem // vec, VEC=vec, STAGES=stages,
                       PDL=False, PREFETCH=0, LINE=64, GLU=False, GLU_OUT=False, NORM=0, NORM_BLOCK=16,
                       KEEP_X=False)
+    # Flags added to the kernel after this script: off (each one's default path).
+    for i in gt._gemv_kernel.constexprs:
+        constexprs.setdefault(gt._gemv_kernel.arg_names[i], False)
     pointers = dict(x_ptr="*bf16", w_ptr=wtype, s_ptr="*fp32" if scale else "*bf16", b_ptr="*bf16", o_ptr="*bf16",
                     f_ptr="*bf16", c_ptr="*i32", r_ptr="*bf16", nw_ptr="*bf16", h_ptr="*bf16", xn_ptr="*bf16")
     names = list(gt._gemv_kernel.arg_names)

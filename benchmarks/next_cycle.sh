@@ -30,12 +30,14 @@
 #   CALL=11 (the eleventh session's third call): gemm_norms again after call 1 measured it slower (the statistic
 #      first in every program): the statistic summed in the loop (NORM_RSTD_LAST), per GEMM and end to end; PDL
 #      at the rank of tp 4 (call 2 measured it faster at the rank of tp 8).
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|3|4|5|6|7|8|9|10] bash benchmarks/next_cycle.sh
+#   CALL=12 (the twelfth session had no device; run it first, then 9): issue 20's requests at the 1B shape with
+#      today's defaults, the GPU tests of kernels changed without a GPU, PDL at the rank of tp 4 both ways.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|12] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-8}
+CALL=${CALL:-12}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -148,6 +150,23 @@ elif [ "$CALL" = 11 ]; then
   HF_TP_PDL=1 row r4_pdl1 45 bf16 --simulate-tp 4 --batches 1
   HF_TP_PDL=0 row r4_pdl0 45 bf16 --simulate-tp 4 --batches 1
   HF_TP_GEMM_NORMS=1 HF_TP_PDL=1 row r2_gn1_pdl1 45 bf16 --simulate-tp 2 --batches 1
+elif [ "$CALL" = 12 ]; then
+  # The rows that decide open items, in priority order (a step runs only if the budget still holds it):
+  # issue 20's requests at the 1B shape with today's defaults (the compiled greedy and sampling selections; tp 1
+  # was last measured with both eager, and the rank of tp 2's scores + logits row measured 0.899 before the
+  # compiled greedy selection); the GPU tests of the kernels changed without a GPU run (gemv_triton.py with the
+  # norm forms off, PDL on by default at tp >= 8); PDL at the rank of tp 4 both ways (PDL_MIN_TP_SIZE = 4 if
+  # faster); the rank of tp 8 with the defaults (PDL on without HF_TP_PDL).
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  A="--shape llama3-1b --tokens 128 --repeats 2"
+  step req_1b_tp1 160 python benchmarks/loop_requests.py $A --json "$OUT/req_1b_tp1.jsonl"
+  wait
+  timeout 150 $T tests/test_decode_gemm.py tests/test_gpu_loop.py > "$OUT/tests_12.txt" 2>&1
+  echo "rc=$? tests_12" >> "$OUT/log.txt"
+  HF_TP_PDL=1 row r4_pdl1 45 bf16 --simulate-tp 4 --batches 1
+  HF_TP_PDL=0 row r4_pdl0 45 bf16 --simulate-tp 4 --batches 1
+  step req_1b_r2 150 python benchmarks/loop_requests.py $A --simulate-tp 2 --json "$OUT/req_1b_r2.jsonl"
+  row r8_default 45 bf16 --simulate-tp 8 --batches 1
 elif [ "$CALL" = 9 ]; then
   # What the ninth session's calls had no time for: FP8 per channel against bf16 (issue 19), tp 1 at batch 8 and
   # 32 and with a 4096-token prompt (issue 18); qwen3-moe-mini's rank of tp 2 profiled with PDL off (issue 21: with
