@@ -2,6 +2,11 @@
 main loop does: registers, stack, instructions per loop iteration, and the order of loads and math in it.
 
   python benchmarks/gemv_sass.py [--dtype bf16|fp8] [--scale 0|1|2|3] [--configs 8x1024x4x1,16x2048x8x0]
+  python benchmarks/gemv_sass.py --kernel dot --norm 0,2 [--rstd-last] [--dot 64x128x4x3] [--ir DIR]
+
+The second form builds the tl.dot kernel (_gemv_dot_kernel) at one row (BLOCK_M 16) as gate/up with its GLU
+epilogue, with the RMSNorm inside it (NORM 2: the residual add too) or not; ``--ir DIR`` writes each build's
+TTGIR (layouts, which loads are pipelined) and SASS there.
 
 A config is BLOCK_N x (bytes of a row per step) x warps x num_stages. The loop pattern reads like "L10c224": 10
 loads, then 224 arithmetic instructions; "L1c45L1c47..." means each load waits for the math before it (one
@@ -49,13 +54,20 @@ def build(dtype: str, scale: int, block_n: int, row_bytes: int, warps: int, stag
                           options=dict(num_warps=warps, num_stages=max(1, stages)))
 
 
-def analyse(compiled) -> dict:
+def _cuobjdump(compiled, flag: str) -> str:
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
-        usage = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-        sass = subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True).stdout
+        return subprocess.run([str(tool), flag, f.name], capture_output=True, text=True).stdout
+
+
+def sass_of(compiled) -> str:
+    return _cuobjdump(compiled, "-sass")
+
+
+def analyse(compiled) -> dict:
+    usage, sass = _cuobjdump(compiled, "--dump-resource-usage"), sass_of(compiled)
     regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
     lines = sass.splitlines()
     loop = None  # the backward branch's range
@@ -78,12 +90,47 @@ def analyse(compiled) -> dict:
                 top=dict(ops.most_common(6)))
 
 
+def build_dot(norm: int, rstd_last: bool, block_n: int, block_k: int, warps: int, stages: int):
+    """The tl.dot kernel at one row of x, bf16 weights, as gate/up (GLU_OUT), NORM 0 / 1 / 2."""
+    kernel = gt._gemv_dot_kernel
+    constexprs = dict(SCALE=0, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16,
+                      BLOCK_N=block_n, BLOCK_K=block_k, GLU_OUT=True, NORM=norm, NORM_ROWS=1, NORM_BLOCK=512,
+                      RSTD_LAST=rstd_last)
+    for i in kernel.constexprs:
+        constexprs.setdefault(kernel.arg_names[i], 0 if kernel.arg_names[i] in ("PREFETCH",) else False)
+    constexprs["LINE"] = 64
+    names = list(kernel.arg_names)
+    signature = {n: "constexpr" if n in constexprs else "*i32" if n == "c_ptr" else "*fp32" if n == "s_ptr"
+                 else "*bf16" if n.endswith("_ptr") else "fp32" if n == "eps" else "i32" for n in names}
+    div16 = DIV16 | {"stride_xm", "stride_om"}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr") or n in div16}
+    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=warps, num_stages=stages))
+
+
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--kernel", default="gemv", choices=["gemv", "dot"])
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp8"])
     parser.add_argument("--scale", type=int, default=None, help="0 none, 1 per channel, 2 block, 3 unaligned")
     parser.add_argument("--configs", default="8x1024x4x1,8x1024x4x0,8x2048x8x1,16x1024x8x1,4x2048x4x1")
+    parser.add_argument("--norm", default="0,2", help="dot: NORM values to build (0 none, 1 norm, 2 add + norm)")
+    parser.add_argument("--rstd-last", action="store_true", help="dot: the statistic summed in the loop")
+    parser.add_argument("--dot", default="64x128x4x3", help="dot: BLOCK_N x BLOCK_K x warps x num_stages")
+    parser.add_argument("--ir", help="dot: write each build's TTGIR and SASS into this folder")
     args = parser.parse_args()
+    if args.kernel == "dot":
+        bn, bk, warps, stages = (int(v) for v in args.dot.split("x"))
+        for norm in (int(v) for v in args.norm.split(",")):
+            rstd_last = args.rstd_last and norm > 0
+            compiled = build_dot(norm, rstd_last, bn, bk, warps, stages)
+            print(f"dot norm {norm} rstd_last {rstd_last}", args.dot, analyse(compiled), flush=True)
+            if args.ir:
+                stem = Path(args.ir) / f"dot_norm{norm}{'_last' if rstd_last else ''}_{args.dot}"
+                stem.parent.mkdir(parents=True, exist_ok=True)
+                Path(f"{stem}.ttgir").write_text(compiled.asm["ttgir"])
+                Path(f"{stem}.sass").write_text(sass_of(compiled))
+        return
     scale = args.scale if args.scale is not None else (0 if args.dtype == "bf16" else 2)
     for cfg in args.configs.split(","):
         bn, row_bytes, warps, stages = (int(v) for v in cfg.split("x"))

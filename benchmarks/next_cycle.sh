@@ -167,6 +167,10 @@ elif [ "$CALL" = 12 ]; then
   HF_TP_PDL=0 row r4_pdl0 45 bf16 --simulate-tp 4 --batches 1
   step req_1b_r2 150 python benchmarks/loop_requests.py $A --simulate-tp 2 --json "$OUT/req_1b_r2.jsonl"
   row r8_default 45 bf16 --simulate-tp 8 --batches 1
+  # gemm_norms' statistic-first form with the norm weight now pipelined for bf16 (the twelfth session's SASS
+  # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
+  step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
+  step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
 elif [ "$CALL" = 9 ]; then
   # What the ninth session's calls had no time for: FP8 per channel against bf16 (issue 19), tp 1 at batch 8 and
   # 32 and with a 4096-token prompt (issue 18); qwen3-moe-mini's rank of tp 2 profiled with PDL off (issue 21: with
@@ -270,6 +274,10 @@ elif [ "$CALL" = 3 ]; then
   moe moe_default
   moe moe_r2_default --simulate-tp 2
   row r8_default 45 bf16 --simulate-tp 8 --batches 1
+  # gemm_norms' statistic-first form with the norm weight now pipelined for bf16 (the twelfth session's SASS
+  # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
+  step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
+  step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
   HF_TP_COMBO_KERNELS=0 row r8_nocombo 45 bf16 --simulate-tp 8 --batches 1
   HF_TP_COMBO_KERNELS=0 moe moe_nocombo
 elif [ "$CALL" = 1 ]; then

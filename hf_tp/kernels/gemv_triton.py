@@ -388,8 +388,11 @@ def _gemv_dot_steps(acc, x_rows, w_rows, s_rows, m_ok, n_ok, rk, k_lo, k_hi, K, 
             xw, sq = _norm_step_rstd_last(xv, nw, sq, h_rows + cols[None, :], x_ok, store_h)
             xv = xw.to(xv.dtype)
         elif NORM:
-            xv = _rms_normalized(xv, tl.load(nw_ptr + cols[None, :], mask=cols[None, :] < K, other=0.0),
-                                 rstd[:, None])
+            if MMA == 0:  # at x's tile shape, so that the pipeliner prefetches it (see RSTD_LAST above)
+                nw = tl.load(nw_ptr + zero_rows + cols[None, :], mask=(cols < K)[None, :], other=0.0)
+            else:  # FP8 in fp16: at the tile shape it spilled (255 registers, built for sm_90)
+                nw = tl.load(nw_ptr + cols[None, :], mask=cols[None, :] < K, other=0.0)
+            xv = _rms_normalized(xv, nw, rstd[:, None])
         if NORM:
             if KEEP_X:
                 if store_x:
