@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 DESCRIPTION = "Tensor-parallel inference for Hugging Face Transformers causal LMs."
@@ -37,7 +38,14 @@ def _generate(args) -> int:
     path = args.model or str(demo_model_path())
     dtype = getattr(torch, args.dtype) if args.dtype != "auto" else "auto"
     model = hf_tp.AutoModelForCausalLM.from_pretrained(path, tp_size=args.tp_size, dtype=dtype, device=args.device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:  # e.g. a folder written by save_pretrained of the model alone
+        if hasattr(model, "shutdown"):
+            model.shutdown()
+        raise ValueError(f"{path} has no usable tokenizer (AutoTokenizer.from_pretrained raised {type(exc).__name__}); "
+                         f"hf-tp generate needs the tokenizer files beside the weights: save them there with "
+                         f"AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained({path!r})") from exc
     if tokenizer.chat_template and not args.no_chat_template:
         messages = [{"role": "user", "content": args.prompt}]
         inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -92,9 +100,11 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
 
 def _one_line(exc: BaseException) -> str:
-    """The error's first line: a worker's error carries its traceback below, which --debug shows."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    """The whole message on one line, without the worker's traceback that a worker's error carries below it
+    (--debug shows it): a message's advice often comes after its first line."""
+    text = re.split(r"\n\s*(?:--- traceback from tp rank|Traceback \(most recent call last\))", str(exc))[0]
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def main(argv=None) -> int:
@@ -120,7 +130,7 @@ def main(argv=None) -> int:
     gen.add_argument("--dtype", default="auto", choices=_DTYPES, help="weights' dtype; auto: the checkpoint's")
     gen.add_argument("--no-chat-template", action="store_true", help="send the prompt as raw text")
     gen.set_defaults(func=_generate)
-    bench = sub.add_parser("bench", parents=[debug], help="hf_tp vs Transformers side by side: decode tok/s, load time, peak memory "
+    bench = sub.add_parser("bench", parents=[debug], formatter_class=_DefaultsFormatter, help="hf_tp vs Transformers side by side: decode tok/s, load time, peak memory "
                                         "(--smoke: a tiny model on CPU)")
     from hf_tp.bench import add_arguments, run_bench
 

@@ -80,3 +80,32 @@ def test_info_lists_hand_written_and_automatic_policies(capsys):
     assert not set(auto) & set(supported_model_types())
     line = next(line for line in out.splitlines() if line.startswith("automatic policy"))
     assert all(t in line for t in auto), line
+
+
+def test_a_folder_without_a_tokenizer_is_named_with_the_fix(tmp_path, capsys):
+    """A checkpoint saved without its tokenizer: the whole message, on one line, says what is missing and how to
+    add it (the CLI used to keep only the first line of Transformers' error, which named neither)."""
+    from conftest import save_tiny_model, tiny_config
+
+    folder = save_tiny_model(tmp_path / "no_tokenizer", tiny_config("llama"))
+    capsys.readouterr()  # the save's progress bar
+    assert main(["generate", str(folder), "--tp-size", "1", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "has no usable tokenizer" in err, err
+    assert "save_pretrained" in err  # the fix
+
+
+def test_bench_refuses_a_missing_device_before_writing_a_checkpoint(tmp_path, capsys):
+    """`hf-tp bench` with its defaults (--device cuda, the 16 GB llama3-8b shape) on a host without CUDA used
+    to start writing the checkpoint and print nothing; it must fail at once, with the way out, and write nothing."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA: the defaults are valid here")
+    root = tmp_path / "ck"
+    assert main(["bench", "--checkpoint-dir", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no CUDA device" in err and "--smoke" in err, err
+    assert not root.exists()
+    assert main(["bench", "--device", "gpu", "--checkpoint-dir", str(root)]) == 1
+    assert "--device must be cuda or cpu" in capsys.readouterr().err and not root.exists()

@@ -172,6 +172,23 @@ def load_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def check_device(device: str, processes: int) -> None:
+    """A bench on a device this host lacks fails here, in one line, before a checkpoint of many GB is written."""
+    import torch
+
+    if device.startswith("cuda"):
+        have = torch.cuda.device_count()
+        if have == 0:
+            raise ValueError("--device is cuda (the default) but no CUDA device is visible: run "
+                             "`hf-tp bench --smoke` (a tiny model on CPU) or pass --device cpu --shape tiny")
+        if processes > have:
+            raise ValueError(f"--tp-size {processes} needs {processes} CUDA devices but {have} "
+                             f"{'is' if have == 1 else 'are'} visible; lower --tp-size, or use --simulate-tp N to "
+                             f"measure one rank of tp N on one device")
+    elif device != "cpu":
+        raise ValueError(f"--device must be cuda or cpu, got {device!r}")
+
+
 def run_bench(args) -> int:
     from .shapes import write_random_checkpoint
 
@@ -183,6 +200,7 @@ def run_bench(args) -> int:
     simulate = parse_sizes(args.simulate_tp) if args.simulate_tp else None
     if simulate and args.smoke:
         args.tp_size = max(simulate)
+    check_device(args.device, 1 if simulate else args.tp_size)  # before any checkpoint is written
     if args.model:
         checkpoint = Path(args.model)
     else:
@@ -212,6 +230,9 @@ def run_bench(args) -> int:
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=1))
     print()
+    if any(r.get("device") == "cpu" for r in rows):
+        print("CPU rows check the harness; they are not speed figures (the ranks share the host's cores). Their "
+              "'peak GiB' is each process's peak resident memory, the interpreter and libraries included.")
     from .profile import profile_lines
 
     for line in scaling_lines(rows) + floor_lines(rows) + load_lines(rows):
@@ -230,13 +251,15 @@ def add_arguments(parser) -> None:
                         help="how the random checkpoint stores the decoder layers' linear weights: in --dtype, or FP8 "
                              "with 128 x 128 block scales (Transformers/DeepSeek format) or per-channel scales "
                              "(compressed-tensors); see hf_tp.bench.shapes.quantize_fp8")
-    parser.add_argument("--tp-size", type=int, default=2)
-    parser.add_argument("--batches", default="1,8,32")
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--systems", default="hf_tp,transformers,transformers_tp")
+    parser.add_argument("--tp-size", type=int, default=2, help="tensor-parallel size of the tp > 1 rows (tp 1 "
+                                                               "is measured too)")
+    parser.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes")
+    parser.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per row")
+    parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per row")
+    parser.add_argument("--device", default="cuda", help="cuda or cpu")
+    parser.add_argument("--dtype", default="bfloat16", help="the random checkpoint's and the run's dtype")
+    parser.add_argument("--systems", default="hf_tp,transformers,transformers_tp",
+                        help="which to measure: hf_tp, transformers (one device), transformers_tp (its tp_plan)")
     parser.add_argument("--modes", default="eager,compile",
                         help="eager and/or compile (hf_tp: its fast path; Transformers: static cache + compile)")
     parser.add_argument("--checkpoint-dir", help="where random checkpoints are written (default: $TMPDIR/hf_tp_bench)")

@@ -140,15 +140,29 @@ def write_random_checkpoint(shape: str, folder: Path, dtype: torch.dtype = torch
     """
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight format {weights!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
+    folder = Path(folder)
+    if (folder / "model.safetensors.index.json").is_file():
+        return folder
+    config = shape_config(shape, dtype)
+    print(f"hf_tp bench: writing a random {shape} checkpoint ({weights}) into {folder}, once (later runs reuse "
+          f"it)", flush=True)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_shards(config, folder, dtype, shard_bytes, weights)
+    except BaseException:  # interrupted or failed: leave no partial checkpoint of many GB behind
+        if created:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _write_shards(config, folder: Path, dtype: torch.dtype, shard_bytes: int, weights: str) -> Path:
     from safetensors.torch import save_file
 
     from ..parallelize import build_skeleton
 
-    folder = Path(folder)
-    if (folder / "model.safetensors.index.json").is_file():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    config = shape_config(shape, dtype)
     skeleton = build_skeleton(config, dtype)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     generator = torch.Generator(device=device).manual_seed(0)
