@@ -524,3 +524,24 @@ def test_one_length_for_every_cache_layer(folder, batch, reference):
                                  past_key_values=cache, use_cache=True).logits[:, -1]
     assert torch.allclose(got, want, atol=1e-4), float((got - want).abs().max())
     assert all(int(layer.cumulative_length) == sequences.shape[1] for layer in cache.layers)
+
+
+def test_the_reason_for_leaving_the_loop_is_the_users_request(plain_model):
+    """The handle's workers add their own cancel criterion to beam search calls; the log line used to name
+    ``stopping_criteria`` as the reason, which the user never passed. The reason is their request; a criterion
+    of theirs is still named beside it."""
+    from transformers import StoppingCriteriaList
+
+    from hf_tp.generation.decode_loop import plan_request
+    from hf_tp.orchestration.cancel import CancelCriterion
+
+    class Theirs(CancelCriterion):
+        hf_tp_internal = False
+
+    ids = torch.tensor([[5, 6, 7]])
+    ours = StoppingCriteriaList([CancelCriterion(lambda: None)])
+    request, reason = plan_request(plain_model, (ids,), dict(max_new_tokens=4, num_beams=2, stopping_criteria=ours))
+    assert request is None and reason == "num_beams=2", reason
+    theirs = StoppingCriteriaList([*ours, Theirs(lambda: None)])
+    request, reason = plan_request(plain_model, (ids,), dict(max_new_tokens=4, num_beams=2, stopping_criteria=theirs))
+    assert request is None and reason == "stopping_criteria,num_beams=2", reason

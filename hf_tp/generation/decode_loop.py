@@ -204,12 +204,12 @@ def _plan_request(model, args: tuple, kwargs: dict) -> tuple[DecodeRequest | Non
     others = {k: v for k, v in kwargs.items() if k not in _HANDLED_ARGS}
     user_config = kwargs.get("generation_config")
     config, model_kwargs = prepare_generation_config(model, user_config, others)
-    extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _HANDLED_ARGS)
-    if extra:
-        return None, ",".join(extra)
+    # hf_tp's own per-step hooks (the handle's cancel criterion under beam search) are not the user's request
+    extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _HANDLED_ARGS
+                   and not (k == "stopping_criteria" and all(getattr(c, "hf_tp_internal", False) for c in v)))
     defaults = default_generation_params(config)
-    unhandled = sorted(field for field, value in config.to_dict().items()
-                       if field not in _HANDLED_FIELDS and not _is_default(value, defaults.get(field)))
+    unhandled = extra + sorted(field for field, value in config.to_dict().items()
+                               if field not in _HANDLED_FIELDS and not _is_default(value, defaults.get(field)))
     if config.num_beams not in (None, 1):
         unhandled.append(f"num_beams={config.num_beams}")
     copies = config.num_return_sequences or 1

@@ -20,9 +20,14 @@ _warned: set[str] = set()
 
 
 def _warn_once(key: str, message: str, *args) -> None:
+    """Once per process, and only on the first rank: every rank decides the same for the same request, and one
+    terminal (the handle's workers, torchrun's ranks) should not show the line once per rank."""
+    import torch.distributed as dist
+
     if key not in _warned:
         _warned.add(key)
-        logger.warning(message, *args)
+        if not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
+            logger.warning(message, *args)
 
 
 def plan_fast_decode(model, args: tuple, kwargs: dict, fast_decode: bool):

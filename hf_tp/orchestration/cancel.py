@@ -33,6 +33,8 @@ class CancelCriterion(StoppingCriteria):
     """The same agreement for beam search, where generate() refuses a streamer: stopping criteria run
     once per step on every rank. It never stops a sequence itself; it raises when the call was cancelled."""
 
+    hf_tp_internal = True  # not the user's: the decode loop's planner does not count it as a request
+
     def __init__(self, check):
         self.check = check
 
