@@ -200,6 +200,13 @@ def test_killed_worker_raises_then_restart(tiny_checkpoint):
         model.restart()
         assert [h["alive"] for h in model.health()] == [True, True] and victim not in [h["pid"] for h in model.health()]
         assert model.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=4, do_sample=False).shape == (1, 7)
+        # Killed between calls (out of memory while idle, say): the next call names the signal too, not only the
+        # closed connection it meets first.
+        victim = model.health()[1]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(1.0)
+        with pytest.raises(hf_tp.WorkerError, match=r"tp rank 1 .*killed by SIGKILL"):
+            _guarded(model.generate, torch.tensor([[3, 4, 5]]), max_new_tokens=4, do_sample=False)
     finally:
         model.shutdown()
 

@@ -228,6 +228,17 @@ class TPModel(TransformersSurface):
                 proc.kill()
                 proc.wait()
 
+    def _unreachable(self, rank: int, error: OSError) -> str:
+        """Why a request could not be sent to ``rank``: usually the worker died since the last call (killed
+        for memory, say), which its exit status tells, as _check_alive words it."""
+        proc = self._procs[rank]
+        try:
+            code = proc.wait(timeout=2)  # a closed connection: the process is gone or going
+        except subprocess.TimeoutExpired:
+            return f"could not be reached ({error})"
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        return f"(pid {proc.pid}) {how} since the last call (the request could not be sent: {error})"
+
     def _exit_summary(self) -> str:
         parts = []
         for rank, proc in enumerate(self._procs):
@@ -316,7 +327,7 @@ class TPModel(TransformersSurface):
         failures, interrupted = self._broadcast((call_id, op, data))
         if failures:
             rank = min(failures)
-            raise self._fail(rank, f"could not be reached ({failures[rank]})", what) from None
+            raise self._fail(rank, self._unreachable(rank, failures[rank]), what) from None
         try:
             if interrupted:
                 raise KeyboardInterrupt
