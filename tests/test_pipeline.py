@@ -75,5 +75,11 @@ def test_model_attributes_clients_read(tiny_checkpoint):
             with pytest.raises(AttributeError, match="hf_tp.TPModel handle.*worker processes"):
                 getattr(model, name)
         assert not hasattr(model, "hf_device_map")  # accelerate's marker: pipelines probe it with getattr
+        # As on the launcher's model (tests/test_spmd_parity.py): inference only, the vocabulary split fixed
+        assert model.train(False) is model and model.eval() is model
+        with pytest.raises(NotImplementedError, match="inference only"):
+            model.train()
+        with pytest.raises(NotImplementedError, match="resize_token_embeddings.*save_pretrained"):
+            model.resize_token_embeddings(128)
         with pytest.raises(AttributeError, match="no attribute 'no_such_thing'$"):
             model.no_such_thing

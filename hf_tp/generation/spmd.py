@@ -42,7 +42,12 @@ def validate_prompt_length(input_ids, max_positions: int | None) -> None:
 
 
 # Gradients through the collectives would be silently wrong (they have no backward), so training is refused.
-_INFERENCE_ONLY = (
+RESIZE_REFUSED = (
+    "resize_token_embeddings is not supported on an hf_tp tensor-parallel model: its embedding and LM head "
+    "are split by vocabulary rows across the ranks, planned at load time. Resize the model with plain "
+    "Transformers (tp_size=None), save_pretrained it, and load the saved folder with tp_size."
+)
+INFERENCE_ONLY = (
     "{what} not supported on an hf_tp tensor-parallel model: it is for inference only, and its collectives "
     "have no backward, so gradients would be wrong. Run it under torch.no_grad() (detach inputs that require "
     "grad), or train with plain Transformers (tp_size=None) or a training framework's tensor parallelism."
@@ -95,7 +100,7 @@ class TensorParallelMixin:
         if self._hf_tp_in_generate:
             return super().forward(*args, **kwargs)
         if torch.is_grad_enabled() and any(t.requires_grad for t in _tensors((args, kwargs))):
-            raise NotImplementedError(_INFERENCE_ONLY.format(what="An input that requires grad is"))
+            raise NotImplementedError(INFERENCE_ONLY.format(what="An input that requires grad is"))
         args, kwargs = _to(args, self.hf_tp.device), _to(kwargs, self.hf_tp.device)
         self._hf_tp_check_inputs("The inputs of model(...)", args, kwargs)
         with self._hf_tp_ids_checked():
@@ -147,7 +152,7 @@ class TensorParallelMixin:
 
     def train(self, mode: bool = True):
         if mode:
-            raise NotImplementedError(_INFERENCE_ONLY.format(what="model.train() is"))
+            raise NotImplementedError(INFERENCE_ONLY.format(what="model.train() is"))
         return super().train(False)
 
     @contextmanager
@@ -212,11 +217,7 @@ class TensorParallelMixin:
         return total
 
     def resize_token_embeddings(self, *args, **kwargs):
-        raise NotImplementedError(
-            "resize_token_embeddings is not supported on an hf_tp tensor-parallel model: its embedding and LM head "
-            "are split by vocabulary rows across the ranks, planned at load time. Resize the model with plain "
-            "Transformers (tp_size=None), save_pretrained it, and load the saved folder with tp_size."
-        )
+        raise NotImplementedError(RESIZE_REFUSED)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Write the unsplit checkpoint, as Transformers writes it, from tp rank 0. Every rank must call

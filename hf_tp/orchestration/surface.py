@@ -57,6 +57,21 @@ class TransformersSurface:
         """No-op, for scripts written for a Transformers model: the workers' model is always in eval mode."""
         return self
 
+    def train(self, mode: bool = True):
+        """``train(False)`` is eval(); training raises NotImplementedError, as on the launcher's model: hf_tp is
+        for inference only."""
+        if not mode:
+            return self
+        from ..generation.spmd import INFERENCE_ONLY
+
+        raise NotImplementedError(INFERENCE_ONLY.format(what="model.train() is"))
+
+    def resize_token_embeddings(self, *args, **kwargs):
+        """Refused, as on the launcher's model (the vocabulary split is planned at load)."""
+        from ..generation.spmd import RESIZE_REFUSED
+
+        raise NotImplementedError(RESIZE_REFUSED)
+
     def to(self, *args, **kwargs):
         """``model.to(device)`` returns the handle unchanged: each rank's device was fixed by
         from_pretrained(device=...), and the handle takes input tensors on any device and returns CPU
