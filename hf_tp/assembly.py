@@ -48,7 +48,14 @@ def resolve_dtype(dtype, config, index: CheckpointIndex | None = None) -> torch.
         dtype = (getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
                  or (index.float_dtype() if index is not None else None) or torch.float32)
     if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+        named = getattr(torch, dtype, None)
+        if not isinstance(named, torch.dtype):
+            raise ValueError(f"dtype={dtype!r} names no torch dtype: pass torch.bfloat16, torch.float16, "
+                             "torch.float32 (or their names), or 'auto' for the checkpoint's.")
+        dtype = named
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype={dtype!r} is not a torch dtype: pass torch.bfloat16, torch.float16, torch.float32 "
+                         "(or their names), or 'auto' for the checkpoint's.")
     return dtype
 
 
@@ -87,6 +94,14 @@ def resolve_config(name_or_path, hf_kwargs: dict):
             )
         config = copy.deepcopy(config)
     else:  # Transformers' AutoModel reads the checkpoint's own config when config= is not a config object
+        from pathlib import Path
+
+        if not (Path(folder) / "config.json").is_file():  # Transformers would say "Unrecognized model"
+            from .errors import CheckpointError
+
+            raise CheckpointError(f"{folder} has no config.json, so it is not a Transformers checkpoint folder (one "
+                                  "holds config.json and *.safetensors files, as save_pretrained writes them). Pass "
+                                  "the folder that holds them, or a hub id.")
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
         for key, value in kwargs.items():
             if not hasattr(config, key):

@@ -16,7 +16,16 @@ from .policies.plan import validate_tp_size
 logger = logging.getLogger("hf_tp")
 
 # Arguments that place or quantize weights in ways that conflict with hf_tp's own split.
-_CONFLICTING = ("device_map", "tp_plan", "tp_size_hf", "quantization_config", "load_in_8bit", "load_in_4bit", "gguf_file", "max_memory")
+# from_pretrained arguments that cannot go with tp_size, each with why (the error names only the groups given)
+_CONFLICTING = {
+    **dict.fromkeys(("device_map", "tp_plan", "tp_size_hf", "max_memory"),
+                    "hf_tp places every weight itself (device= picks the devices, tp_size their number)"),
+    **dict.fromkeys(("quantization_config", "load_in_8bit", "load_in_4bit"),
+                    "hf_tp reads a checkpoint's own quantization (FP8, docs/fp8.md) but does not quantize one (for "
+                    "FP8 at load: tp_config=hf_tp.TPConfig(weights='fp8'))"),
+    "gguf_file": "hf_tp reads safetensors only (convert the GGUF once with Transformers: from_pretrained(..., "
+                 "gguf_file=...) then save_pretrained)",
+}
 
 # Set by `accelerate launch` in every process it starts, also when it starts only one (with --cpu, or
 # --num_processes 1), where it sets no WORLD_SIZE.
@@ -51,10 +60,11 @@ def check_arguments(tp_size, hf_kwargs: dict) -> None:
         )
     conflicting = sorted(k for k in _CONFLICTING if hf_kwargs.get(k) is not None)
     if conflicting:
+        why = "; ".join(dict.fromkeys(_CONFLICTING[k] for k in conflicting))
         raise ValueError(
-            f"{', '.join(conflicting)} cannot be combined with tp_size={tp_size}: hf_tp places every weight itself "
-            "and reads a checkpoint's own quantization (FP8, docs/fp8.md) but does not quantize one (for FP8 at load: "
-            "tp_config=hf_tp.TPConfig(weights='fp8')). Drop those arguments, or use tp_size=None for plain Transformers."
+            f"{', '.join(conflicting)} cannot be combined with tp_size={tp_size}: {why}. Drop "
+            f"{'that argument' if len(conflicting) == 1 else 'those arguments'}, or use tp_size=None for plain "
+            "Transformers."
         )
 
 

@@ -211,6 +211,15 @@ class TPConfig:
                 f"TPConfig({given}): {', '.join(misplaced)} is an option of the single-controller handle, not of "
                 f"TPConfig (which holds speed and numerics options). Pass it to from_pretrained: "
                 f"hf_tp.AutoModelForCausalLM.from_pretrained(name, tp_size=2, {given}).")
+        options = [f.name for f in dataclasses.fields(cls)]
+        unknown = [name for name in kwargs if name not in options]
+        if unknown:
+            import difflib
+
+            hints = [f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, options, 1))
+                     else repr(name) for name in unknown]
+            raise TypeError(f"TPConfig has no option {', '.join(hints)}. Its options: {', '.join(options)} "
+                            f"(docs/api.md).")
         return super().__new__(cls)
 
     def __post_init__(self):
@@ -322,5 +331,5 @@ def _parse(attr: str, text: str, name: str):
             return float(text)
         return text
     except ValueError:
-        raise ValueError(f"${name}={text!r} is not a valid value for TPConfig.{attr} ({kind}); "
-                         "booleans are 0 or 1.") from None
+        expected = ("0 or 1" if "bool" in kind else "an integer" if "int" in kind else "a number")
+        raise ValueError(f"${name}={text!r} is not a valid value for TPConfig.{attr}: it takes {expected}.") from None

@@ -24,7 +24,10 @@ def resolve_device(device) -> torch.device:
     """'cuda' / 'cpu' / None (cuda when available) -> the device type this process uses."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's message lists every device type it knows
+        raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}.") from None
     if device.type not in ("cuda", "cpu"):
         raise ValueError(f"device must be 'cuda' or 'cpu', got {str(device)!r}.")
     if device.type == "cuda" and not torch.cuda.is_available():

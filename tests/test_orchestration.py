@@ -414,3 +414,14 @@ def test_bad_input_before_spawn_and_at_load(tiny_checkpoint, tmp_path):
         hf_tp.AutoModelForCausalLM.from_pretrained(broken, tp_size=2, device="cpu")
     with pytest.raises(hf_tp.ShardingError, match="max_memory_per_gpu"):
         hf_tp.AutoModelForCausalLM.from_pretrained(path, tp_size=2, device="cpu", max_memory_per_gpu=1000)
+    # Mistakes a user makes in the call itself: hf_tp's own message, not a library's internals
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(hf_tp.CheckpointError, match="no config.json"):
+        hf_tp.AutoModelForCausalLM.from_pretrained(empty, tp_size=2, device="cpu")
+    with pytest.raises(ValueError, match="dtype='bfloat' names no torch dtype"):
+        hf_tp.AutoModelForCausalLM.from_pretrained(path, tp_size=2, device="cpu", dtype="bfloat")
+    with pytest.raises(ValueError, match="device must be 'cuda' or 'cpu', got 'gpu'"):
+        hf_tp.AutoModelForCausalLM.from_pretrained(path, tp_size=2, device="gpu")
+    with pytest.raises(TypeError, match="did you mean 'fast_decode'"):
+        hf_tp.TPConfig(fast_decoding=True)

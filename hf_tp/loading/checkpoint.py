@@ -37,7 +37,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, *, revision=None, cache_
     except Exception as exc:  # hub errors come in many types; one message says what to do
         raise CheckpointError(
             f"Could not find {name_or_path!r} locally or download it from the Hugging Face Hub "
-            f"({type(exc).__name__}: {exc}). Check the id, your network or HF_HUB_OFFLINE, or pass a local folder."
+            f"({type(exc).__name__}: {' '.join(str(exc).split())}). Check the id, your network or HF_HUB_OFFLINE, "
+            "or pass a local folder."
         ) from exc
     return _subfolder(folder, subfolder)
 
