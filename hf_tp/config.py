@@ -266,30 +266,19 @@ class TPConfig:
         elif config.allreduce == "gloo":
             raise ValueError("TPConfig(allreduce='gloo') is what a CPU model resolves to; on CUDA use 'nccl' or "
                              "'one_shot'.")
-        if config.moe_decode is None:
-            filled["moe_decode"] = "triton" if device_type == "cuda" and _triton_available() else "grouped"
-        elif config.moe_decode == "triton" and not (_triton_available() and (
-                device_type == "cuda" or environ.get("TRITON_INTERPRET", "") == "1")):
-            raise ValueError(f"TPConfig(moe_decode='triton'): hf_tp's MoE kernels need Triton on CUDA (device "
-                             f"{device_type!r}, Triton {'importable' if _triton_available() else 'not importable'}); "
-                             "use moe_decode='grouped' here.")
-        if config.decode_attention is None:
-            filled["decode_attention"] = "triton" if device_type == "cuda" and _triton_available() else "sdpa"
-        elif config.decode_attention == "triton" and not (_triton_available() and (
-                device_type == "cuda" or environ.get("TRITON_INTERPRET", "") == "1")):
-            raise ValueError(f"TPConfig(decode_attention='triton'): hf_tp's decode attention kernel needs Triton on "
-                             f"CUDA (device {device_type!r}, Triton "
-                             f"{'importable' if _triton_available() else 'not importable'}); use "
-                             "decode_attention='sdpa' here.")
-        if config.decode_gemm is None:
-            filled["decode_gemm"] = (DECODE_GEMM_DEFAULT if device_type == "cuda" and _triton_available()
-                                     else "cublas")
-        elif config.decode_gemm == "triton" and not (_triton_available() and (
-                device_type == "cuda" or environ.get("TRITON_INTERPRET", "") == "1")):
-            raise ValueError(f"TPConfig(decode_gemm='triton'): hf_tp's decode GEMM kernels need Triton on CUDA "
-                             f"(device {device_type!r}, Triton "
-                             f"{'importable' if _triton_available() else 'not importable'}); use decode_gemm='cublas' "
-                             "here.")
+        # hf_tp's Triton kernels where they run (CUDA with Triton; the interpreter in tests), else the fallback
+        triton_here = _triton_available() and (device_type == "cuda" or environ.get("TRITON_INTERPRET", "") == "1")
+        for name, default, fallback, what in (
+                ("moe_decode", "triton", "grouped", "hf_tp's MoE kernels need"),
+                ("decode_attention", "triton", "sdpa", "hf_tp's decode attention kernel needs"),
+                ("decode_gemm", DECODE_GEMM_DEFAULT, "cublas", "hf_tp's decode GEMM kernels need")):
+            asked = getattr(config, name)
+            if asked is None:
+                filled[name] = default if device_type == "cuda" and _triton_available() else fallback
+            elif asked == "triton" and not triton_here:
+                raise ValueError(f"TPConfig({name}='triton'): {what} Triton on CUDA (device {device_type!r}, Triton "
+                                 f"{'importable' if _triton_available() else 'not importable'}); use "
+                                 f"{name}={fallback!r} here.")
         if device_type != "cuda":  # a CUDA launch; on CUDA, None is decided at load (resolve_pdl)
             filled["pdl"] = False
         if config.combo_kernels is None or device_type != "cuda":
