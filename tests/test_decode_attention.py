@@ -214,7 +214,7 @@ def batch() -> dict:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def test_kernel_matches_referencerun_interpreted():
+def test_kernel_matches_reference_interpreted():
     pytest.importorskip("triton")
     failures = run_interpreted(_kernel_check)
     assert not failures, "\n".join(failures)
@@ -241,7 +241,7 @@ def test_fused_reduce_counters_are_reserved_not_allocated_by_a_call(monkeypatch)
     assert kernel._counters(device, 1) is None and device not in kernel._COUNTERS
 
 
-def test_decode_loop_with_kernel_matches_transformersrun_interpreted(folder, batch):
+def test_decode_loop_with_kernel_matches_transformers_interpreted(folder, batch):
     pytest.importorskip("triton")
     new_tokens = 8
     with torch.no_grad():
@@ -254,7 +254,7 @@ def test_decode_loop_with_kernel_matches_transformersrun_interpreted(folder, bat
 
 
 @pytest.mark.parametrize("arch", ["mistral", "gemma3_text"])
-def test_decode_loop_with_kernel_serves_sliding_layersrun_interpreted(tmp_path, arch):
+def test_decode_loop_with_kernel_serves_sliding_layers_interpreted(tmp_path, arch):
     """Sliding window 8, 12-token prompts (one left-padded), 10 new tokens: the loop's sliding layers are as long
     as the cache and the model's mask keeps only the window, which the kernel reads (Mistral: every layer sliding;
     Gemma 3: a local and a global layer). Every decode step of both layers goes through the kernel, with
@@ -274,7 +274,7 @@ def test_decode_loop_with_kernel_serves_sliding_layersrun_interpreted(tmp_path, 
     assert torch.equal(tokens, expected), (tokens.tolist(), expected.tolist())
 
 
-def test_decode_loop_with_kernel_at_tp2_matches_transformersrun_interpreted(folder, batch, monkeypatch):
+def test_decode_loop_with_kernel_at_tp2_matches_transformers_interpreted(folder, batch, monkeypatch):
     pytest.importorskip("triton")
     for name, value in (("TRITON_INTERPRET", "1"), ("HF_TP_DECODE_ATTENTION", "triton"), ("HF_TP_FAST_DECODE", "1")):
         monkeypatch.setenv(name, value)  # inherited by the spawned ranks

@@ -84,13 +84,13 @@ def _decode_check(folder: str, new_tokens: int):
 
 
 
-def test_kernels_match_transformers_blocksrun_interpreted():
+def test_kernels_match_transformers_blocks_interpreted():
     pytest.importorskip("triton")
     failures = run_interpreted(_blocks_check)
     assert not failures, "\n".join(failures)
 
 
-def test_decode_loop_with_kernels_matches_transformersrun_interpreted(tmp_path):
+def test_decode_loop_with_kernels_matches_transformers_interpreted(tmp_path):
     pytest.importorskip("triton")
     torch.manual_seed(0)
     ref = transformers.AutoModelForCausalLM.from_config(CONFIGS["qwen3_moe"](), dtype=torch.float32).eval()

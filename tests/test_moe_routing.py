@@ -202,26 +202,26 @@ def test_router_forms_recognised_and_others_kept():
     assert install_moe_routing(nn.ModuleList([copy.deepcopy(qwen)]), "grouped") == {"kernel": [], "transformers": []}
 
 
-def test_kernel_matches_transformers_routersrun_interpreted():
+def test_kernel_matches_transformers_routers_interpreted():
     pytest.importorskip("triton")
     failures = run_interpreted(_random_check)
     assert not failures, "\n".join(failures)
 
 
-def test_ties_resolved_as_torch_topk_on_cudarun_interpreted():
+def test_ties_resolved_as_torch_topk_on_cuda_interpreted():
     pytest.importorskip("triton")
     failures = run_interpreted(_tie_check)
     assert not failures, "\n".join(failures)
 
 
-def test_router_under_torch_compilerun_interpreted():
+def test_router_under_torch_compile_interpreted():
     pytest.importorskip("triton")
     failures = run_interpreted(_compile_check)
     assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
-def test_decode_loop_with_routing_kernel_matches_transformersrun_interpreted(tmp_path, arch):
+def test_decode_loop_with_routing_kernel_matches_transformers_interpreted(tmp_path, arch):
     pytest.importorskip("triton")
     torch.manual_seed(0)
     ref = transformers.AutoModelForCausalLM.from_config(CONFIGS[arch](), dtype=torch.float32).eval()
