@@ -202,3 +202,11 @@ def test_skeleton_buffers_equal_transformers_own_init(model_type, extra):
     for name, buffer in ours.named_buffers():
         assert torch.equal(buffer, want[name]), name
     assert all(p.device.type == "meta" for p in ours.parameters())
+
+
+def test_a_multimodal_model_is_refused_by_name_not_by_its_vision_tower():
+    """Gemma 3's multimodal config carries a text config with a base_model_tp_plan: the text policy used to be
+    taken, and the load then failed on a vision-tower weight with a head-geometry ShardingError."""
+    with pytest.raises(hf_tp.PolicyError, match=r"'gemma3' is a multimodal model \(vision_config\).*'gemma3_text'"):
+        get_policy(transformers.Gemma3Config())
+    assert get_policy(transformers.Gemma3TextConfig()).name == "gemma"  # the text-only model keeps its policy

@@ -38,6 +38,14 @@ def get_policy(config) -> Policy:
     if model_type in _REGISTRY:
         return _REGISTRY[model_type]
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    towers = [name for name in ("vision_config", "audio_config") if getattr(config, name, None) is not None]
+    if text_config is not config and towers:
+        # A multimodal model: its text policy would be applied to the vision/audio tower's weights too.
+        raise PolicyError(
+            f"model_type={model_type!r} is a multimodal model ({', '.join(towers)}); hf_tp splits text-only causal "
+            f"LMs. Load a text-only checkpoint of it (model_type={getattr(text_config, 'model_type', None)!r}), or "
+            "use tp_size=None for plain Transformers."
+        )
     policy = auto_policy(text_config)
     if policy is not None:
         return policy
