@@ -71,7 +71,7 @@ def test_model_attributes_clients_read(tiny_checkpoint):
         assert model.to("cpu") is model and model.to(torch.device("cpu"), dtype=torch.float32) is model
         with pytest.raises(ValueError, match="cannot change its dtype in place"):
             model.to(torch.float16)
-        for name in ("parameters", "state_dict", "half", "get_input_embeddings"):
+        for name in ("parameters", "state_dict", "half", "get_input_embeddings", "model", "lm_head"):
             with pytest.raises(AttributeError, match="hf_tp.TPModel handle.*worker processes"):
                 getattr(model, name)
         assert not hasattr(model, "hf_device_map")  # accelerate's marker: pipelines probe it with getattr

@@ -91,7 +91,9 @@ class TransformersSurface:
         if not name.startswith("_"):
             from transformers import PreTrainedModel
 
-            if hasattr(PreTrainedModel, name):
+            plan = self.__dict__.get("hf_tp_plan")
+            submodules = {m.split(".")[0] for m in getattr(plan, "modules", {})}  # model, lm_head, transformer...
+            if hasattr(PreTrainedModel, name) or name in submodules:
                 message += (
                     f": this is an hf_tp.TPModel handle, and the model it serves lives split across "
                     f"{self.__dict__.get('tp_size', 'its')} worker processes, so what reads or changes modules, "
