@@ -382,12 +382,17 @@ def _select_with_scores(session, select, logits: torch.Tensor, warped: torch.Ten
     return kept
 
 
+@pytest.mark.parametrize("piece", [0, 256], ids=["one_topk", "in_pieces"])
 @pytest.mark.parametrize("top_k,top_p,min_p", [(5, 1.0, 0.0), (50, 0.9, 0.0), (50, 0.95, 0.05), (200, 0.8, 0.0)])
-def test_top_k_sampling_on_candidates_is_transformers_warpers(top_k, top_p, min_p):
+def test_top_k_sampling_on_candidates_is_transformers_warpers(monkeypatch, top_k, top_p, min_p, piece):
     """Under top-k the loop warps only the largest logits (topk, not a sort of the vocabulary): the warped
     scores, back in vocabulary order, equal Transformers' processors on the whole vocabulary, ties at the
-    k-th logit included while they fit the candidates' spare room."""
+    k-th logit included while they fit the candidates' spare room; the candidates found by one topk per row
+    or in two passes over pieces of the vocabulary (TOPK_PIECE; 256 here so that 3000 tokens are 12 pieces)."""
+    from hf_tp.generation import decode_loop
     from hf_tp.generation.decode_loop import sampling_candidates
+
+    monkeypatch.setattr(decode_loop, "TOPK_PIECE", piece)
 
     vocab = 3000
     gen = torch.Generator().manual_seed(top_k)
@@ -426,10 +431,12 @@ def test_sort_free_whole_vocabulary_sampling_is_transformers_warpers(monkeypatch
 def test_selection_compiled_by_inductor_draws_the_eager_tokens(monkeypatch, sort_free):
     """The sampling selection as StaticDecoder.advance compiles it on CUDA (Inductor, ``fallback_random``),
     here through Inductor's CPU backend: the same tokens as eager from the same seed, over the whole vocabulary
-    (top-p and min-p, by sort or by radix select) and on the top-k candidates."""
+    (top-p and min-p, by sort or by radix select) and on the top-k candidates (found in two passes over
+    pieces of the vocabulary: TOPK_PIECE 256 makes 3000 tokens 12 pieces)."""
     from hf_tp.generation import decode_loop
 
     monkeypatch.setattr(decode_loop, "SORT_FREE_SAMPLING", sort_free)
+    monkeypatch.setattr(decode_loop, "TOPK_PIECE", 256)
     vocab = 3000
     logits = torch.randn(2, vocab, generator=torch.Generator().manual_seed(2)) * 3
     for top_k, top_p, min_p in ((0, 0.9, 0.05), (20, 0.9, 0.0)):
@@ -440,6 +447,24 @@ def test_selection_compiled_by_inductor_draws_the_eager_tokens(monkeypatch, sort
             want = select(logits)
             torch.manual_seed(seed)
             assert torch.equal(compiled(logits), want), (top_k, seed)
+
+
+@pytest.mark.parametrize("piece,width,count", [(256, 3000, 64), (1024, 128256, 64), (1024, 50001, 256)])
+def test_top_candidates_in_pieces_are_topk(monkeypatch, piece, width, count):
+    """The two-pass top-k (the largest of each piece, then of those) gives torch.topk's values, descending, at
+    positions holding them, each once; ties across pieces, -inf logits and a last piece cut short included."""
+    from hf_tp.generation import decode_loop
+
+    monkeypatch.setattr(decode_loop, "TOPK_PIECE", piece)
+    gen = torch.Generator().manual_seed(width)
+    logits = (torch.randn(3, width, generator=gen) * 2).to(torch.bfloat16).float()  # bf16 values: many ties
+    logits[1, ::3] = float("-inf")
+    logits[2, -5:] = 50.0  # the best five in the short last piece, tied
+    values, positions = decode_loop.top_candidates(logits, count)
+    assert torch.equal(values, logits.topk(count, dim=-1).values)
+    assert torch.equal(logits.gather(-1, positions), values)
+    assert all(len(set(row.tolist())) == count for row in positions)
+    assert set(positions[2, :5].tolist()) == set(range(width - 5, width))
 
 
 def test_top_k_tie_larger_than_the_candidates_is_reported():

@@ -28,8 +28,8 @@ def test_defaults_resolve_per_device():
     assert hf_tp.TPConfig().resolve("cuda", 1, environ={"HF_TP_PDL": "1"}).pdl is True
     assert [resolve_pdl(cuda1, torch.device("cuda", 0), moe).pdl for moe in (0, 24)] == [False, True]
     assert resolve_pdl(cuda1, torch.device("cpu"), 24).pdl is False
-    # dense ranks from PDL_MIN_TP_SIZE on (measured faster at the rank of tp 8, not at tp 2)
-    assert [resolve_pdl(cuda1, torch.device("cuda", 0), 0, tp).pdl for tp in (2, 8)] == [False, True]
+    # dense ranks from PDL_MIN_TP_SIZE on (measured faster at the ranks of tp 4 and 8, not at tp 2)
+    assert [resolve_pdl(cuda1, torch.device("cuda", 0), 0, tp).pdl for tp in (2, 4, 8)] == [False, True, True]
     assert resolve_pdl(cuda1, torch.device("cpu"), 0, 8).pdl is False
     assert resolve_pdl(hf_tp.TPConfig(pdl=False).resolve("cuda", 1, environ={}), torch.device("cuda"), 24).pdl is False
     # Inductor's combo kernels for the compiled step: on with CUDA, where there is a compiled step.

@@ -135,6 +135,28 @@ class Variant(NamedTuple):
 # logit equals the k-th largest, so the count must exceed top_k: the spare room holds such ties, and a tie
 # larger than it is detected and reported (_Session.cut_ties).
 SAMPLING_CANDIDATES = (64, 256, 1024)
+# A row's top-k candidates are found in two passes, the largest of each TOPK_PIECE-wide piece of the vocabulary, then
+# the largest of those: many short rows for torch.topk, spread over the GPU, then one short row, instead of one
+# 128k-wide row per batch row (a top_k 50 + top_p selection took 70 µs per step compiled, greedy's 5 µs; one H200,
+# benchmarks/RESULTS.md 2026-12-05; `benchmarks/select_cost.py --topk-piece 0,1024` times both). The same values
+# and, but for the order of equal logits, the same positions. 0: one torch.topk per row.
+TOPK_PIECE = 1024
+
+
+def top_candidates(logits: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``count`` largest logits of each row, descending, and their vocabulary positions: ``logits.topk(count)``
+    (equal logits may come in another order), in two passes over TOPK_PIECE-wide pieces where the row is wide."""
+    rows, width = logits.shape
+    piece = TOPK_PIECE
+    if not piece or count * 4 > piece or width < 4 * piece:
+        return logits.topk(count, dim=-1)
+    pieces = -(-width // piece)
+    padded = torch.nn.functional.pad(logits, (0, pieces * piece - width), value=float("-inf"))
+    values, positions = padded.view(rows, pieces, piece).topk(count, dim=-1, sorted=False)
+    positions = positions + torch.arange(0, pieces * piece, piece, device=logits.device).view(1, pieces, 1)
+    values, picked = values.view(rows, pieces * count).topk(count, dim=-1)
+    # A padding position is picked only with fewer than `count` logits above -inf; it stands for a -inf logit.
+    return values, positions.view(rows, pieces * count).gather(-1, picked).clamp(max=width - 1)
 
 
 def sampling_candidates(do_sample: bool, top_k: int) -> int:
@@ -424,7 +446,7 @@ class _Session:
         if SORT_FREE_SAMPLING and not (variant.candidates and variant.candidates < logits.shape[-1]):
             return self._sample_sort_free(logits)
         if variant.candidates and variant.candidates < logits.shape[-1]:
-            values, order = logits.topk(variant.candidates, dim=-1)  # descending
+            values, order = top_candidates(logits, variant.candidates)  # descending
             sorted_logits, order = values.flip(-1), order.flip(-1)
         else:
             sorted_logits, order = logits.sort(dim=-1)

@@ -80,9 +80,10 @@ def launch_args(device: torch.device) -> dict:
 
 
 # Dense models get PDL from this tensor-parallel width on: a rank's GEMMs are short enough there for the launch
-# overlap to pay (one H200, Llama-3-8B's rank of tp 8: 774.3 -> 885.0 tok/s; its rank of tp 2 was not faster,
-# 367.6 -> 363.8; benchmarks/RESULTS.md, 2026-12-04 seventh session and 2026-12-05).
-PDL_MIN_TP_SIZE = 8
+# overlap to pay (one H200, Llama-3-8B's rank of tp 8: 774.3 -> 885.0 tok/s; one H100, its rank of tp 4: 500.3 ->
+# 515.0; its rank of tp 2 was not faster on the H200, 367.6 -> 363.8; benchmarks/RESULTS.md, 2026-12-04 seventh
+# session, 2026-12-05 and 2026-12-05 thirteenth session).
+PDL_MIN_TP_SIZE = 4
 
 
 def resolve_pdl(config, device: torch.device, moe_kernel_modules: int, tp_size: int = 1):
