@@ -177,25 +177,29 @@ elif [ "$CALL" = 12 ]; then
 elif [ "$CALL" = 13 ]; then
   # The thirteenth session's second call. Call 1 (CALL=12, one H100) measured num_return_sequences=4 sampling at
   # 0.841 of 4 greedy rows at the 1B shape's rank of tp 2 (issue 20 asks >= 0.9), and its rows' two repeats
-  # differed by up to 16 %. Now: sampling's top-k candidates in two passes (decode_loop.TOPK_PIECE, new): the
-  # selection alone, GPU time, one topk against pieces; the requests again with 5 repeats, pieces on, then the
-  # 4-row rows with one topk; the GPU tests of the sampling loop and of gemm_norms (changed without a GPU run).
-  step select_cost 100 python benchmarks/select_cost.py --batch 1,4 --only "greedy,top_k" --topk-piece 0,1024,2048
+  # differed by up to 16 %. Now, in priority order (refusals left little device time): sampling's top-k
+  # candidates in two passes (decode_loop.TOPK_PIECE, new): the selection alone, GPU time, one topk against
+  # pieces; the requests again with 5 repeats, pieces on, then the top-k and 4-row rows with one topk; the GPU
+  # tests of the sampling loop; then, if the budget holds them, gemm_norms' GPU tests and FP8 per channel.
+  step select_cost 60 python benchmarks/select_cost.py --batch 1,4 --only top_k --topk-piece 0,1024
   A="--shape llama3-1b --tokens 128 --repeats 5"
   req() { local name=$1; shift; SCRIPT=benchmarks/loop_requests.py step "$name" 60 python -c "$FLIP" $A \
     --json "$OUT/$name.jsonl" "$@"; }
   req req_1b_r2 --simulate-tp 2
   TOPK_PIECE=0 req req_1b_r2_onetopk --simulate-tp 2 --only num_return,top_k
-  # the checkpoints written after the timed requests (call 1's requests ran beside a write), beside the tests
-  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
-  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
-  timeout 150 $T tests/test_gpu_loop_requests.py tests/test_gemm_norms.py > "$OUT/tests_13.txt" 2>&1
-  echo "rc=$? tests_13" >> "$OUT/log.txt"
-  wait
-  row tp1_fp8c 55 fp8-channel --batches 1
-  row tp1_bf16 55 bf16 --batches 1
-  row r2_fp8c 45 fp8-channel --simulate-tp 2 --batches 1
-  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
+  step tests_requests 90 $T tests/test_gpu_loop_requests.py
+  if [ "$(left)" -ge 330 ]; then  # the checkpoints after the timed requests (call 1's requests ran beside a write)
+    write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+    write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+    step tests_gemm_norms 120 $T tests/test_gemm_norms.py
+    wait
+    row tp1_fp8c 55 fp8-channel --batches 1
+    row tp1_bf16 55 bf16 --batches 1
+    row r2_fp8c 45 fp8-channel --simulate-tp 2 --batches 1
+    row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
+  else
+    step tests_gemm_norms 120 $T tests/test_gemm_norms.py
+  fi
 elif [ "$CALL" = 9 ]; then
   # What the ninth session's calls had no time for: FP8 per channel against bf16 (issue 19), tp 1 at batch 8 and
   # 32 and with a 4096-token prompt (issue 18); qwen3-moe-mini's rank of tp 2 profiled with PDL off (issue 21: with
