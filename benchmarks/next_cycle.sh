@@ -181,13 +181,13 @@ elif [ "$CALL" = 13 ]; then
   # candidates in two passes (decode_loop.TOPK_PIECE, new): the selection alone, GPU time, one topk against
   # pieces; the requests again with 5 repeats, pieces on, then the top-k and 4-row rows with one topk; the GPU
   # tests of the sampling loop; then, if the budget holds them, gemm_norms' GPU tests and FP8 per channel.
-  step select_cost 60 python benchmarks/select_cost.py --batch 1,4 --only top_k --topk-piece 0,1024
   A="--shape llama3-1b --tokens 128 --repeats 5"
   req() { local name=$1; shift; SCRIPT=benchmarks/loop_requests.py step "$name" 60 python -c "$FLIP" $A \
     --json "$OUT/$name.jsonl" "$@"; }
   req req_1b_r2 --simulate-tp 2
+  step tests_requests 60 $T tests/test_gpu_loop_requests.py
+  step select_cost 45 python benchmarks/select_cost.py --batch 1,4 --only top_k --topk-piece 0,1024
   TOPK_PIECE=0 req req_1b_r2_onetopk --simulate-tp 2 --only num_return,top_k
-  step tests_requests 90 $T tests/test_gpu_loop_requests.py
   if [ "$(left)" -ge 330 ]; then  # the checkpoints after the timed requests (call 1's requests ran beside a write)
     write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
     write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
