@@ -184,9 +184,9 @@ elif [ "$CALL" = 13 ]; then
   A="--shape llama3-1b --tokens 128 --repeats 5"
   req() { local name=$1; shift; SCRIPT=benchmarks/loop_requests.py step "$name" 60 python -c "$FLIP" $A \
     --json "$OUT/$name.jsonl" "$@"; }
-  req req_1b_r2 --simulate-tp 2
-  step tests_requests 60 $T tests/test_gpu_loop_requests.py
   step select_cost 45 python benchmarks/select_cost.py --batch 1,4 --only top_k --topk-piece 0,1024
+  TOPK_PIECE=1024 req req_1b_r2 --simulate-tp 2
+  step tests_requests 60 $T tests/test_gpu_loop_requests.py
   TOPK_PIECE=0 req req_1b_r2_onetopk --simulate-tp 2 --only num_return,top_k
   if [ "$(left)" -ge 330 ]; then  # the checkpoints after the timed requests (call 1's requests ran beside a write)
     write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
