@@ -32,12 +32,15 @@
 #      at the rank of tp 4 (call 2 measured it faster at the rank of tp 8).
 #   CALL=12 (the twelfth session had no device; run it first, then 9): issue 20's requests at the 1B shape with
 #      today's defaults, the GPU tests of kernels changed without a GPU, PDL at the rank of tp 4 both ways.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|12] bash benchmarks/next_cycle.sh
+#   CALL=13 (the thirteenth session's second call, refused: run it first): sampling's top-k candidates in two passes
+#      (decode_loop.TOPK_PIECE, off) timed against one topk, issue 20's 1B requests at the rank of tp 2 with 5
+#      repeats, the sampling loop's GPU tests, gemm_norms' GPU tests, FP8 per channel against bf16. Then CALL=9.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|13] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-12}
+CALL=${CALL:-13}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
