@@ -135,12 +135,12 @@ class Variant(NamedTuple):
 # logit equals the k-th largest, so the count must exceed top_k: the spare room holds such ties, and a tie
 # larger than it is detected and reported (_Session.cut_ties).
 SAMPLING_CANDIDATES = (64, 256, 1024)
-# A row's top-k candidates are found in two passes, the largest of each TOPK_PIECE-wide piece of the vocabulary, then
-# the largest of those: many short rows for torch.topk, spread over the GPU, then one short row, instead of one
-# 128k-wide row per batch row (a top_k 50 + top_p selection took 70 µs per step compiled, greedy's 5 µs; one H200,
-# benchmarks/RESULTS.md 2026-12-05; `benchmarks/select_cost.py --topk-piece 0,1024` times both). The same values
-# and, but for the order of equal logits, the same positions. 0: one torch.topk per row (the default until a GPU
-# has timed the two passes).
+# With TOPK_PIECE > 0 a row's top-k candidates are found in two passes, the largest of each TOPK_PIECE-wide piece of
+# the vocabulary, then the largest of those: many short rows for torch.topk, spread over the GPU, then one short
+# row, instead of one 128k-wide row per batch row (a top_k 50 + top_p selection took 70 µs per step compiled,
+# greedy's 5 µs; one H200, benchmarks/RESULTS.md 2026-12-05; `benchmarks/select_cost.py --topk-piece 0,1024` times
+# both). The same values and, but for the order of equal logits, the same positions. 0: one torch.topk per row
+# (the default until a GPU has timed the two passes).
 TOPK_PIECE = 0
 
 
