@@ -35,12 +35,15 @@
 #   CALL=13 (the thirteenth session's second call, refused: run it first): sampling's top-k candidates in two passes
 #      (decode_loop.TOPK_PIECE, off) timed against one topk, issue 20's 1B requests at the rank of tp 2 with 5
 #      repeats, the sampling loop's GPU tests, gemm_norms' GPU tests, FP8 per channel against bf16. Then CALL=9.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|13] bash benchmarks/next_cycle.sh
+#   CALL=14 (the fourteenth session's second call): sampling's top-k candidates by sampling_topk's Triton kernels
+#      (decode_loop.TOPK_KERNEL, off) against torch.topk: the selection alone, their GPU tests, issue 20's 1B
+#      requests at the rank of tp 2 and at tp 1 with 5 repeats, both ways; then FP8 per channel against bf16.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|14] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-13}
+CALL=${CALL:-14}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -64,9 +67,9 @@ if os.environ.get('SAMPLE'):  # SAMPLE=1: the sampling selection compiled (decod
 if os.environ.get('SORTFREE'):  # SORTFREE=1: whole-vocabulary sampling by radix select (SORT_FREE_SAMPLING)
     from hf_tp.generation import decode_loop
     decode_loop.SORT_FREE_SAMPLING = os.environ['SORTFREE'] == '1'
-if os.environ.get('TOPK_PIECE'):  # sampling's top-k candidates: 0 one torch.topk per row, else two passes
+if os.environ.get('TOPK_KERNEL'):  # sampling's top-k candidates: 0 torch.topk, 1 sampling_topk's Triton kernels
     from hf_tp.generation import decode_loop
-    decode_loop.TOPK_PIECE = int(os.environ['TOPK_PIECE'])
+    decode_loop.TOPK_KERNEL = os.environ['TOPK_KERNEL'] == '1'
 if os.environ.get('COMBO'):  # Inductor's horizontal fusion of independent kernels (rope, cache writes, mask)
     import torch._inductor.config as c
     c.combo_kernels = True
@@ -177,6 +180,26 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 14 ]; then
+  # Call 1 (CALL=13, H200) measured the top-k selection at 71 µs compiled (greedy: 5), most of it torch.topk's
+  # radix select on a 128k row, and the 1B sampling requests at the rank of tp 2 at 0.89-0.91 of greedy.
+  A="--shape llama3-1b --tokens 128 --repeats 5"
+  req() { local name=$1; shift; SCRIPT=benchmarks/loop_requests.py step "$name" 60 python -c "$FLIP" $A \
+    --json "$OUT/$name.jsonl" "$@"; }
+  step select_cost 60 python benchmarks/select_cost.py --batch 1,4 --only top_k --topk-kernel 0,1
+  step tests_topk 90 $T tests/test_decode_loop.py
+  TOPK_KERNEL=1 req req_1b_r2_kernel --simulate-tp 2
+  TOPK_KERNEL=0 req req_1b_r2_topk --simulate-tp 2 --only top_k,num_return
+  TOPK_KERNEL=1 req req_1b_tp1_kernel
+  if [ "$(left)" -ge 330 ]; then
+    write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+    write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+    wait
+    row tp1_fp8c 55 fp8-channel --batches 1
+    row tp1_bf16 55 bf16 --batches 1
+    row r2_fp8c 45 fp8-channel --simulate-tp 2 --batches 1
+    row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
+  fi
 elif [ "$CALL" = 13 ]; then
   # The thirteenth session's second call. Call 1 (CALL=12, one H100) measured num_return_sequences=4 sampling at
   # 0.841 of 4 greedy rows at the 1B shape's rank of tp 2 (issue 20 asks >= 0.9), and its rows' two repeats

@@ -5,7 +5,7 @@ with CUDA events over replays. Issue 20 asks sampling requests to run at >= 0.9 
 much of a step the selection costs. Rows marked "sort-free" run the whole-vocabulary variants with
 decode_loop.SORT_FREE_SAMPLING (top-k/top-p thresholds by radix select instead of a sort).
 
-    python benchmarks/select_cost.py [--vocab 128256] [--batch 1,4] [--replays 200] [--only top_k] [--topk-piece 0,1024]
+    python benchmarks/select_cost.py [--vocab 128256] [--batch 1,4] [--replays 200] [--only top_k] [--topk-kernel 0,1]
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ def main() -> None:
     parser.add_argument("--batch", default="1,4")
     parser.add_argument("--replays", type=int, default=200)
     parser.add_argument("--only", default="", help="comma-separated parts of variant names: only those")
-    parser.add_argument("--topk-piece", default=str(decode_loop.TOPK_PIECE),
-                        help="comma-separated decode_loop.TOPK_PIECE values to time the top-k variants with "
-                             "(0: one torch.topk per row; default %(default)s, the shipped value)")
+    parser.add_argument("--topk-kernel", default=str(int(decode_loop.TOPK_KERNEL)),
+                        help="comma-separated decode_loop.TOPK_KERNEL values (0/1) to time the top-k variants with "
+                             "(0: torch.topk, 1: sampling_topk's Triton kernels; default %(default)s, the shipped value)")
     args = parser.parse_args()
     device = torch.device("cuda")
     variants = {
@@ -85,16 +85,16 @@ def main() -> None:
     if args.only:
         variants = {name: v for name, v in variants.items() if any(p in name for p in args.only.split(","))}
     whole_vocabulary = [name for name, v in variants.items() if v.do_sample and not v.candidates]
-    pieces = [int(p) for p in args.topk_piece.split(",")]
-    # (name, sort-free, TOPK_PIECE): the top-k variants once per piece width asked for
-    rows = [(name, False, piece) for name, v in variants.items() for piece in (pieces if v.candidates else pieces[:1])]
-    rows += [(name, True, pieces[0]) for name in whole_vocabulary]
+    kernels = [bool(int(k)) for k in args.topk_kernel.split(",")]
+    # (name, sort-free, TOPK_KERNEL): the top-k variants once per setting asked for
+    rows = [(name, False, k) for name, v in variants.items() for k in (kernels if v.candidates else kernels[:1])]
+    rows += [(name, True, kernels[0]) for name in whole_vocabulary]
     print(f"{'variant':44s} {'batch':>5s} {'eager us':>9s} {'compiled us':>11s}")
     for batch in [int(b) for b in args.batch.split(",")]:
         logits = torch.randn(batch, args.vocab, device=device, dtype=torch.bfloat16) * 3
-        for name, sort_free, piece in rows:
+        for name, sort_free, kernel in rows:
             decode_loop.SORT_FREE_SAMPLING = sort_free
-            decode_loop.TOPK_PIECE = piece
+            decode_loop.TOPK_KERNEL = kernel
             variant = variants[name]
             s = fake_session(batch, args.vocab, variant, device)
             select = s._select
@@ -107,8 +107,8 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - report and go on
                 compiled = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
             label = f"{name}, sort-free" if sort_free else name
-            if variant.candidates and len(pieces) > 1:
-                label = f"{label}, pieces {piece}" if piece else f"{label}, one topk"
+            if variant.candidates and len(kernels) > 1:
+                label = f"{label}, {'Triton top-k' if kernel else 'torch.topk'}"
             print(f"{label:44s} {batch:5d} {eager:9.1f} {compiled}", flush=True)
     decode_loop.SORT_FREE_SAMPLING = False
 

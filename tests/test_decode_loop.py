@@ -312,28 +312,29 @@ def test_settings_transformers_rejects_are_refused(plain_model, case):
     assert request is None, f"{case} was served; Transformers raises on it"
 
 
-def _selector(vocab: int, temperature: float, top_k: int, top_p: float, min_p: float = 0.0, session_out=None):
+def _selector(vocab: int, temperature: float, top_k: int, top_p: float, min_p: float = 0.0, session_out=None,
+              device: str = "cpu"):
     """A _Session's token selection alone (no model, no cache), sampling with these settings; with
     ``session_out`` (a list) the session is appended to it and keeps each step's warped scores."""
     from hf_tp.generation.decode_loop import Variant, _Session, sampling_candidates
 
     session = object.__new__(_Session)
-    long = dict(dtype=torch.long)
+    long = dict(dtype=torch.long, device=device)
     session.step, session.min_new = torch.zeros((), **long), torch.zeros((), **long)
-    session.eos_in_vocab = torch.zeros(vocab, dtype=torch.bool)
-    session.vocab_positions = torch.arange(vocab)
+    session.eos_in_vocab = torch.zeros(vocab, dtype=torch.bool, device=device)
+    session.vocab_positions = torch.arange(vocab, device=device)
     session.best_position = session.vocab_positions == vocab - 1
     candidates = sampling_candidates(True, top_k)
     session.variant = Variant(do_sample=True, penalty=False, scores=session_out is not None, logits=False,
                               min_p=min_p > 0, candidates=candidates, whole_top_k=top_k > 0 and not candidates)
-    session.cut_ties = torch.zeros((), dtype=torch.bool)
+    session.cut_ties = torch.zeros((), dtype=torch.bool, device=device)
     session._last_candidate = {}
     if session_out is not None:
         session_out.append(session)
-    session.temperature = torch.tensor(temperature)
-    session.top_k = torch.tensor(top_k)
-    session.top_p_rest = torch.tensor(1 - top_p if top_p < 1 else -1.0)
-    session.min_p = torch.tensor(min_p)
+    session.temperature = torch.tensor(temperature, device=device)
+    session.top_k = torch.tensor(top_k, device=device)
+    session.top_p_rest = torch.tensor(1 - top_p if top_p < 1 else -1.0, device=device)
+    session.min_p = torch.tensor(min_p, device=device)
     return session._select
 
 
@@ -371,7 +372,7 @@ def _transformers_warped(logits: torch.Tensor, temperature: float, top_k: int, t
 def _select_with_scores(session, select, logits: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
     """Run one selection step keeping its warped scores; check them against Transformers' ``warped`` (the same
     tokens kept, the same values) and that the chosen tokens are kept ones. Returns the kept mask."""
-    session.scores = torch.zeros(1, *logits.shape)
+    session.scores = torch.zeros(1, *logits.shape, device=logits.device)
     torch.manual_seed(0)
     chosen = select(logits)
     got = session.scores[0]
@@ -382,17 +383,16 @@ def _select_with_scores(session, select, logits: torch.Tensor, warped: torch.Ten
     return kept
 
 
-@pytest.mark.parametrize("piece", [0, 256], ids=["one_topk", "in_pieces"])
 @pytest.mark.parametrize("top_k,top_p,min_p", [(5, 1.0, 0.0), (50, 0.9, 0.0), (50, 0.95, 0.05), (200, 0.8, 0.0)])
-def test_top_k_sampling_on_candidates_is_transformers_warpers(monkeypatch, top_k, top_p, min_p, piece):
+def test_top_k_sampling_on_candidates_is_transformers_warpers(top_k, top_p, min_p):
     """Under top-k the loop warps only the largest logits (topk, not a sort of the vocabulary): the warped
     scores, back in vocabulary order, equal Transformers' processors on the whole vocabulary, ties at the
-    k-th logit included while they fit the candidates' spare room; the candidates found by one topk per row
-    or in two passes over pieces of the vocabulary (TOPK_PIECE; 256 here so that 3000 tokens are 12 pieces)."""
-    from hf_tp.generation import decode_loop
-    from hf_tp.generation.decode_loop import sampling_candidates
+    k-th logit included while they fit the candidates' spare room."""
+    _check_top_k_warpers(top_k, top_p, min_p, "cpu")
 
-    monkeypatch.setattr(decode_loop, "TOPK_PIECE", piece)
+
+def _check_top_k_warpers(top_k: int, top_p: float, min_p: float, device: str) -> None:
+    from hf_tp.generation.decode_loop import sampling_candidates
 
     vocab = 3000
     gen = torch.Generator().manual_seed(top_k)
@@ -402,10 +402,10 @@ def test_top_k_sampling_on_candidates_is_transformers_warpers(monkeypatch, top_k
     logits[2, tied] = kth  # row 2: five more tokens tie with its k-th largest logit
     warped = _transformers_warped(logits, 0.7, top_k, top_p, min_p)
     sessions = []
-    select = _selector(vocab, 0.7, top_k, top_p, min_p, session_out=sessions)
+    select = _selector(vocab, 0.7, top_k, top_p, min_p, session_out=sessions, device=device)
     session = sessions[0]
     assert session.variant.candidates == sampling_candidates(True, top_k) > top_k  # the topk path ran
-    _select_with_scores(session, select, logits, warped)
+    _select_with_scores(session, select, logits.to(device), warped.to(device))
     assert not bool(session.cut_ties)
 
 
@@ -431,12 +431,10 @@ def test_sort_free_whole_vocabulary_sampling_is_transformers_warpers(monkeypatch
 def test_selection_compiled_by_inductor_draws_the_eager_tokens(monkeypatch, sort_free):
     """The sampling selection as StaticDecoder.advance compiles it on CUDA (Inductor, ``fallback_random``),
     here through Inductor's CPU backend: the same tokens as eager from the same seed, over the whole vocabulary
-    (top-p and min-p, by sort or by radix select) and on the top-k candidates (found in two passes over
-    pieces of the vocabulary: TOPK_PIECE 256 makes 3000 tokens 12 pieces)."""
+    (top-p and min-p, by sort or by radix select) and on the top-k candidates."""
     from hf_tp.generation import decode_loop
 
     monkeypatch.setattr(decode_loop, "SORT_FREE_SAMPLING", sort_free)
-    monkeypatch.setattr(decode_loop, "TOPK_PIECE", 256)
     vocab = 3000
     logits = torch.randn(2, vocab, generator=torch.Generator().manual_seed(2)) * 3
     for top_k, top_p, min_p in ((0, 0.9, 0.05), (20, 0.9, 0.0)):
@@ -449,22 +447,81 @@ def test_selection_compiled_by_inductor_draws_the_eager_tokens(monkeypatch, sort
             assert torch.equal(compiled(logits), want), (top_k, seed)
 
 
-@pytest.mark.parametrize("piece,width,count", [(256, 3000, 64), (1024, 128256, 64), (1024, 50001, 256)])
-def test_top_candidates_in_pieces_are_topk(monkeypatch, piece, width, count):
-    """The two-pass top-k (the largest of each piece, then of those) gives torch.topk's values, descending, at
-    positions holding them, each once; ties across pieces, -inf logits and a last piece cut short included."""
+def _sampling_top_check(piece: int, cases) -> list:
+    """In a TRITON_INTERPRET=1 process: sampling_topk's kernels with pieces of ``piece`` logits against
+    torch.topk, for each (rows, width, count); returns the failures."""
+    from hf_tp.kernels import sampling_topk
+
+    sampling_topk.PIECE = piece
+    failures = []
+    for rows, width, count in cases:
+        gen = torch.Generator().manual_seed(width)
+        logits = (torch.randn(rows, width, generator=gen) * 2).to(torch.bfloat16).float()  # bf16 values: ties
+        logits[rows - 1, ::3] = float("-inf")
+        logits[0, -5:] = 50.0  # the best five in the short last piece, tied
+        values, positions = sampling_topk.top_candidates_triton(logits, count)
+        ties_in_order = all(bool((positions[r, :-1] < positions[r, 1:])[values[r, :-1] == values[r, 1:]].all())
+                            for r in range(rows))
+        if not (torch.equal(values, logits.topk(count, dim=-1).values)
+                and torch.equal(logits.gather(-1, positions), values) and ties_in_order
+                and positions[0, :5].tolist() == list(range(width - 5, width))):
+            failures.append((rows, width, count))
+    return failures
+
+
+def test_sampling_top_kernel_is_topk():
+    """The Triton top-k candidates (Triton's interpreter on CPU; pieces of 256 so that small rows have several):
+    torch.topk's values, descending, at positions holding them, equal logits in position order; ties across
+    pieces, -inf logits and a last piece cut short included."""
+    from conftest import run_interpreted
+
+    assert run_interpreted(_sampling_top_check, 256, [(3, 3000, 64), (2, 1100, 256), (1, 200, 64)]) == []
+
+
+def test_sampling_top_plan_keeps_torch_topk_outside_the_kernels_range():
+    """Counts that are not powers of two or above MAX_COUNT, and rows the candidates would fill, go to
+    torch.topk; a wide vocabulary gets wider pieces so that the merge stays within MAX_MERGED keys."""
+    from hf_tp.kernels import sampling_topk
+
+    assert sampling_topk.plan(128256, 64) == (4096, 32)
+    assert sampling_topk.plan(128256, 1024) is None and sampling_topk.plan(128256, 48) is None
+    assert sampling_topk.plan(64, 64) is None
+    piece, pieces = sampling_topk.plan(262144, 256)
+    assert pieces * 256 <= sampling_topk.MAX_MERGED and piece * pieces >= 262144
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none visible here")
+@pytest.mark.parametrize("rows,count", [(1, 64), (4, 64), (4, 256)])
+def test_gpu_sampling_top_kernel_is_topk_at_llama3_vocabulary(rows, count):
+    """On the GPU, at Llama 3's vocabulary (128256: 32 pieces), the kernels in a CUDA graph give torch.topk's
+    values at positions holding them, equal logits in position order."""
+    from conftest import capture_graph
+    from hf_tp.kernels import sampling_topk
+
+    logits = torch.zeros(rows, 128256, device="cuda")
+    graph, (values, positions) = capture_graph(sampling_topk.sampling_top, logits, count)
+    for seed in range(3):
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        logits.copy_((torch.randn(rows, 128256, device="cuda", generator=gen) * 3).bfloat16().float())
+        logits[0, -3:] = logits[0].max() + 1  # a tie at the top, in the last piece
+        graph.replay()
+        assert torch.equal(values, logits.topk(count, dim=-1).values), seed
+        assert torch.equal(logits.gather(-1, positions), values), seed
+        tied = values[:, :-1] == values[:, 1:]
+        assert bool((positions[:, :-1] < positions[:, 1:])[tied].all()), seed
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none visible here")
+@pytest.mark.parametrize("top_k,top_p,min_p", [(50, 0.9, 0.0), (50, 0.95, 0.05), (200, 0.8, 0.0)])
+def test_gpu_top_k_sampling_with_the_kernel_is_transformers_warpers(monkeypatch, top_k, top_p, min_p):
+    """decode_loop.TOPK_KERNEL on a GPU: the selection's warped scores equal Transformers' processors (ties at
+    the k-th logit included), as with torch.topk."""
     from hf_tp.generation import decode_loop
 
-    monkeypatch.setattr(decode_loop, "TOPK_PIECE", piece)
-    gen = torch.Generator().manual_seed(width)
-    logits = (torch.randn(3, width, generator=gen) * 2).to(torch.bfloat16).float()  # bf16 values: many ties
-    logits[1, ::3] = float("-inf")
-    logits[2, -5:] = 50.0  # the best five in the short last piece, tied
-    values, positions = decode_loop.top_candidates(logits, count)
-    assert torch.equal(values, logits.topk(count, dim=-1).values)
-    assert torch.equal(logits.gather(-1, positions), values)
-    assert all(len(set(row.tolist())) == count for row in positions)
-    assert set(positions[2, :5].tolist()) == set(range(width - 5, width))
+    monkeypatch.setattr(decode_loop, "TOPK_KERNEL", True)
+    _check_top_k_warpers(top_k, top_p, min_p, "cuda")
 
 
 def test_top_k_tie_larger_than_the_candidates_is_reported():

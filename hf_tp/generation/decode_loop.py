@@ -40,7 +40,7 @@ from ..compat import (cache_argument_name, default_generation_params, flash_atte
                       link_shared_length, rewind_static_cache, static_cache, unlink_shared_length,
                       unsupported_cache)
 from ..faults import injected_fault
-from ..kernels import pdl, persistent_norms, prologue_pass
+from ..kernels import pdl, persistent_norms, prologue_pass, sampling_topk
 from ..kernels.decode_gemm import decode_loop_calls
 from . import sort_free
 
@@ -135,29 +135,20 @@ class Variant(NamedTuple):
 # logit equals the k-th largest, so the count must exceed top_k: the spare room holds such ties, and a tie
 # larger than it is detected and reported (_Session.cut_ties).
 SAMPLING_CANDIDATES = (64, 256, 1024)
-# With TOPK_PIECE > 0 a row's top-k candidates are found in two passes, the largest of each TOPK_PIECE-wide piece of
-# the vocabulary, then the largest of those: many short rows for torch.topk, spread over the GPU, then one short
-# row, instead of one 128k-wide row per batch row (a top_k 50 + top_p selection took 70 µs per step compiled,
-# greedy's 5 µs; one H200, benchmarks/RESULTS.md 2026-12-05; `benchmarks/select_cost.py --topk-piece 0,1024` times
-# both). The same values and, but for the order of equal logits, the same positions. 0: one torch.topk per row
-# (the default until a GPU has timed the two passes).
-TOPK_PIECE = 0
+# With TOPK_KERNEL, a CUDA row's top-k candidates come from two Triton launches (hf_tp/kernels/sampling_topk.py:
+# the largest of each piece of the vocabulary by sorting networks, then of those) instead of torch.topk, whose
+# radix select over a 128k-wide row costs about 65 µs of GPU time per step (a top_k 50 + top_p selection took 70
+# µs compiled, greedy's 5; one H200, benchmarks/RESULTS.md 2026-12-05). The same values; equal logits in position
+# order. Off until a GPU has timed it (`benchmarks/select_cost.py --topk-kernel 0,1`).
+TOPK_KERNEL = False
 
 
 def top_candidates(logits: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``count`` largest logits of each row, descending, and their vocabulary positions: ``logits.topk(count)``
-    (equal logits may come in another order), in two passes over TOPK_PIECE-wide pieces where the row is wide."""
-    rows, width = logits.shape
-    piece = TOPK_PIECE
-    if not piece or count * 4 > piece or width < 4 * piece:
-        return logits.topk(count, dim=-1)
-    pieces = -(-width // piece)
-    padded = torch.nn.functional.pad(logits, (0, pieces * piece - width), value=float("-inf"))
-    values, positions = padded.view(rows, pieces, piece).topk(count, dim=-1, sorted=False)
-    positions = positions + torch.arange(0, pieces * piece, piece, device=logits.device).view(1, pieces, 1)
-    values, picked = values.view(rows, pieces * count).topk(count, dim=-1)
-    # A padding position is picked only with fewer than `count` logits above -inf; it stands for a -inf logit.
-    return values, positions.view(rows, pieces * count).gather(-1, picked).clamp(max=width - 1)
+    (equal logits may come in another order), by sampling_topk's kernels on CUDA with TOPK_KERNEL."""
+    if TOPK_KERNEL and logits.is_cuda and sampling_topk.plan(logits.shape[-1], count) is not None:
+        return torch.ops.hf_tp.sampling_top(logits.float(), count)
+    return logits.topk(count, dim=-1)
 
 
 def sampling_candidates(do_sample: bool, top_k: int) -> int:
