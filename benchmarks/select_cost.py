@@ -5,7 +5,7 @@ with CUDA events over replays. Issue 20 asks sampling requests to run at >= 0.9 
 much of a step the selection costs. Rows marked "sort-free" run the whole-vocabulary variants with
 decode_loop.SORT_FREE_SAMPLING (top-k/top-p thresholds by radix select instead of a sort).
 
-    python benchmarks/select_cost.py [--vocab 128256] [--batch 1,4] [--replays 200] [--only top_k] [--topk-kernel 0,1]
+    python benchmarks/select_cost.py [--vocab 128256] [--batch 1,4] [--replays 200] [--only top_k] [--topk-kernel 0,1] [--profile]
 """
 
 from __future__ import annotations
@@ -61,6 +61,37 @@ def time_graph(fn, replays: int) -> float:
     return start.elapsed_time(end) * 1e3 / replays
 
 
+def kernel_lines(fn, replays: int) -> list[str]:
+    """The kernels of one ``fn()`` as a CUDA graph replays it (torch.profiler, ``replays`` replays): per kernel
+    its launches and GPU µs per call, then their sum, to set against the replay's time (the rest is the
+    time between the graph's nodes)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+        if us:
+            rows.append((us / replays, event.count / replays, event.key))
+    rows.sort(reverse=True)
+    lines = [f"    {us:7.2f} us  x{count:4.1f}  {name[:110]}" for us, count, name in rows]
+    lines.append(f"    {sum(r[0] for r in rows):7.2f} us in {sum(r[1] for r in rows):.0f} kernels per call")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--vocab", type=int, default=128256)
@@ -70,6 +101,8 @@ def main() -> None:
     parser.add_argument("--topk-kernel", default=str(int(decode_loop.TOPK_KERNEL)),
                         help="comma-separated decode_loop.TOPK_KERNEL values (0/1) to time the top-k variants with "
                              "(0: torch.topk, 1: sampling_topk's Triton kernels; default %(default)s, the shipped value)")
+    parser.add_argument("--profile", action="store_true",
+                        help="under each row, the compiled selection's kernels in its CUDA graph (torch.profiler)")
     args = parser.parse_args()
     device = torch.device("cuda")
     variants = {
@@ -110,6 +143,8 @@ def main() -> None:
             if variant.candidates and len(kernels) > 1:
                 label = f"{label}, {'Triton top-k' if kernel else 'torch.topk'}"
             print(f"{label:44s} {batch:5d} {eager:9.1f} {compiled}", flush=True)
+            if args.profile and not compiled.startswith("failed"):
+                print("\n".join(kernel_lines(lambda: compiled_fn(logits), 20)), flush=True)
     decode_loop.SORT_FREE_SAMPLING = False
 
 
