@@ -38,12 +38,15 @@
 #   CALL=14 (the fourteenth session's second call): sampling's top-k candidates by sampling_topk's Triton kernels
 #      (decode_loop.TOPK_KERNEL, off) against torch.topk: the selection alone, their GPU tests, issue 20's 1B
 #      requests at the rank of tp 2 and at tp 1 with 5 repeats, both ways; then FP8 per channel against bf16.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|14] bash benchmarks/next_cycle.sh
+#   CALL=15 (the fifteenth session's first): where the compiled sampling selection's ~70 µs go (select_cost
+#      --profile, torch.topk and the Triton top-k), FP8 per channel against bf16 at the rank of tp 2 in one call,
+#      FP8 prefill (fp8_f16_probe --prefill), qwen3-moe-mini tp 1 against its rank of tp 2 in one call.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|15] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-14}
+CALL=${CALL:-15}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -180,6 +183,23 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 15 ]; then
+  # The fourteenth session's calls: the Triton top-k timed the same as torch.topk in the selection (75 against 74
+  # µs compiled, one H100), so the ~70 µs over greedy lie elsewhere; FP8 per channel was 1.48x bf16 at tp 1, its
+  # rank-of-tp-2 bf16 row did not run; the MoE rank of tp 2 was profiled without its tp 1 row.
+  step select_profile 90 python benchmarks/select_cost.py --batch 1 --only "top_k 50 + top_p,top_p + min_p" \
+    --topk-kernel 0,1 --profile
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 240 bf16 &
+  wait
+  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
+  row r2_fp8c 45 fp8-channel --simulate-tp 2 --batches 1
+  step moe_tp1 50 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/qwen3-moe-mini" \
+    --batches 1 --out "$OUT/e2e_moe_tp1.jsonl"
+  step moe_r2 50 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/qwen3-moe-mini" \
+    --batches 1 --simulate-tp 2 --out "$OUT/e2e_moe_r2.jsonl"
+  step fp8_prefill 90 python benchmarks/fp8_f16_probe.py --prefill 128,512,2048 --out "$OUT/fp8_prefill.json"
 elif [ "$CALL" = 14 ]; then
   # Call 1 (CALL=13, H200) measured the top-k selection at 71 µs compiled (greedy: 5), most of it torch.topk's
   # radix select on a 128k row, and the 1B sampling requests at the rank of tp 2 at 0.89-0.91 of greedy.
