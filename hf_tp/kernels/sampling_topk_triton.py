@@ -45,20 +45,9 @@ def _largest(packed, ROWS: tl.constexpr, COUNT: tl.constexpr):
     largest of both rows (the bitonic top-k merge); sorting that row again readies the next level."""
     tl.static_assert(ROWS <= 256, "at most 256 rows of COUNT keys (8 merge levels)")
     x = _sort_alternating(tl.reshape(packed, (ROWS, COUNT)), ROWS)
-    if ROWS >= 2:
-        x = _sort_alternating(tl.max(tl.reshape(x, (ROWS // 2, 2, COUNT)), axis=1), ROWS // 2)
-    if ROWS >= 4:
-        x = _sort_alternating(tl.max(tl.reshape(x, (ROWS // 4, 2, COUNT)), axis=1), ROWS // 4)
-    if ROWS >= 8:
-        x = _sort_alternating(tl.max(tl.reshape(x, (ROWS // 8, 2, COUNT)), axis=1), ROWS // 8)
-    if ROWS >= 16:
-        x = _sort_alternating(tl.max(tl.reshape(x, (ROWS // 16, 2, COUNT)), axis=1), ROWS // 16)
-    if ROWS >= 32:
-        x = _sort_alternating(tl.max(tl.reshape(x, (ROWS // 32, 2, COUNT)), axis=1), ROWS // 32)
-    if ROWS >= 64:
-        x = _sort_alternating(tl.max(tl.reshape(x, (ROWS // 64, 2, COUNT)), axis=1), ROWS // 64)
-    if ROWS >= 128:
-        x = _sort_alternating(tl.max(tl.reshape(x, (ROWS // 128, 2, COUNT)), axis=1), ROWS // 128)
+    for level in tl.static_range(8):  # unrolled; the rows halve at each level
+        if (ROWS >> level) >= 2:
+            x = _sort_alternating(tl.max(tl.reshape(x, (ROWS >> (level + 1), 2, COUNT)), axis=1), ROWS >> (level + 1))
     return tl.reshape(x, (COUNT,))
 
 
