@@ -40,7 +40,8 @@
 #      requests at the rank of tp 2 and at tp 1 with 5 repeats, both ways; then FP8 per channel against bf16.
 #   CALL=15 (the fifteenth session's first): where the compiled sampling selection's ~70 µs go (select_cost
 #      --profile, torch.topk and the Triton top-k), FP8 per channel against bf16 at the rank of tp 2 in one call,
-#      FP8 prefill (fp8_f16_probe --prefill), qwen3-moe-mini tp 1 against its rank of tp 2 in one call.
+#      FP8 prefill (fp8_f16_probe --prefill), qwen3-moe-mini tp 1 against its rank of tp 2 in one call, the
+#      Triton top-k's GPU tests.
 # Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|15] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -200,6 +201,7 @@ elif [ "$CALL" = 15 ]; then
   step moe_r2 50 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/qwen3-moe-mini" \
     --batches 1 --simulate-tp 2 --out "$OUT/e2e_moe_r2.jsonl"
   step fp8_prefill 90 python benchmarks/fp8_f16_probe.py --prefill 128,512,2048 --out "$OUT/fp8_prefill.json"
+  step tests_topk 90 $T tests/test_decode_loop.py  # sampling_topk's merge levels became a loop after call 2
 elif [ "$CALL" = 14 ]; then
   # Call 1 (CALL=13, H200) measured the top-k selection at 71 µs compiled (greedy: 5), most of it torch.topk's
   # radix select on a 128k row, and the 1B sampling requests at the rank of tp 2 at 0.89-0.91 of greedy.
