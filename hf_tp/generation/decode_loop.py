@@ -136,10 +136,9 @@ class Variant(NamedTuple):
 # larger than it is detected and reported (_Session.cut_ties).
 SAMPLING_CANDIDATES = (64, 256, 1024)
 # With TOPK_KERNEL, a CUDA row's top-k candidates come from two Triton launches (hf_tp/kernels/sampling_topk.py:
-# the largest of each piece of the vocabulary by sorting networks, then of those) instead of torch.topk, whose
-# radix select over a 128k-wide row costs about 65 µs of GPU time per step (a top_k 50 + top_p selection took 70
-# µs compiled, greedy's 5; one H200, benchmarks/RESULTS.md 2026-12-05). The same values; equal logits in position
-# order. Off until a GPU has timed it (`benchmarks/select_cost.py --topk-kernel 0,1`).
+# the largest of each piece of the vocabulary by sorting networks, then of those) instead of torch.topk. The same
+# values; equal logits in position order. Off: it timed no faster than torch.topk in the selection, and slower
+# inside the decode step (benchmarks/RESULTS.md; `benchmarks/select_cost.py --topk-kernel 0,1 --profile`).
 TOPK_KERNEL = False
 
 
