@@ -2,9 +2,10 @@
 vocabulary positions, descending, equal logits in position order.
 
 Why: a sampling step with Transformers' default ``top_k=50`` runs its warpers on the 64 largest logits
-(hf_tp/generation/decode_loop.py, ``top_candidates``). torch.topk on one 128k-wide row is a radix select of
-several passes, each a few kernels, then a sort: about 65 µs of GPU time per step on an H200 against greedy's 5
-(benchmarks/RESULTS.md, 2026-12-05), 10 % of a small model's decode step. Here:
+(hf_tp/generation/decode_loop.py, ``top_candidates``), and torch.topk on one 128k-wide row is a radix select of
+several passes, each a few kernels, then a sort; the whole top-k selection costs about 70 µs of GPU time per step
+against greedy's 5, 10 % of a small model's decode step. Measured, these kernels do not make it cheaper
+(benchmarks/RESULTS.md, 2026-12-05), so decode_loop.TOPK_KERNEL leaves them off. Here:
 
   1. ``piece_top_kernel``, one program per (row, PIECE-wide piece of the vocabulary): the piece's ``count``
      largest, by sorting rows of ``count`` and merging them in pairs (a bitonic top-k merge);
