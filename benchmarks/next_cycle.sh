@@ -42,12 +42,15 @@
 #      --profile, torch.topk and the Triton top-k), FP8 per channel against bf16 at the rank of tp 2 in one call,
 #      FP8 prefill (fp8_f16_probe --prefill), qwen3-moe-mini tp 1 against its rank of tp 2 in one call, the
 #      Triton top-k's GPU tests.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|15] bash benchmarks/next_cycle.sh
+#   CALL=16 (the fifteenth session's second): sampling_topk rebuilt as a radix select (call 15's profile: torch.topk's
+#      multi-block radix select is ~45 µs of the selection's ~64; the sorting-network kernels 62): its GPU tests,
+#      the selection timed and profiled both ways, issue 20's 1B requests at the rank of tp 2 and tp 1 both ways.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|16] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-15}
+CALL=${CALL:-16}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -184,6 +187,19 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 16 ]; then
+  # Call 15 (H100): the compiled top_k 50 selection is 64 µs of kernels, 45 of them torch.topk's 28-kernel radix
+  # select; the earlier Triton top-k took 62 (sorting networks). sampling_topk is now a two-launch radix select.
+  A="--shape llama3-1b --tokens 128 --repeats 5"
+  req() { local name=$1; shift; SCRIPT=benchmarks/loop_requests.py step "$name" 60 python -c "$FLIP" $A \
+    --json "$OUT/$name.jsonl" "$@"; }
+  step tests_topk 120 $T tests/test_decode_loop.py
+  step select_profile 90 python benchmarks/select_cost.py --batch 1,4 --only "top_k,top_p + min_p" \
+    --topk-kernel 0,1 --profile
+  TOPK_KERNEL=1 req req_1b_r2_kernel --simulate-tp 2
+  TOPK_KERNEL=0 req req_1b_r2_topk --simulate-tp 2
+  TOPK_KERNEL=1 req req_1b_tp1_kernel
+  TOPK_KERNEL=0 req req_1b_tp1_topk --only greedy,top_k,num_return
 elif [ "$CALL" = 15 ]; then
   # The fourteenth session's calls: the Triton top-k timed the same as torch.topk in the selection (75 against 74
   # µs compiled, one H100), so the ~70 µs over greedy lie elsewhere; FP8 per channel was 1.48x bf16 at tp 1, its

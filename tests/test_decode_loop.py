@@ -447,12 +447,12 @@ def test_selection_compiled_by_inductor_draws_the_eager_tokens(monkeypatch, sort
             assert torch.equal(compiled(logits), want), (top_k, seed)
 
 
-def _sampling_top_check(piece: int, cases) -> list:
-    """In a TRITON_INTERPRET=1 process: sampling_topk's kernels with pieces of ``piece`` logits against
-    torch.topk, for each (rows, width, count); returns the failures."""
+def _sampling_top_check(piece: int, chunk: int, cases) -> list:
+    """In a TRITON_INTERPRET=1 process: sampling_topk's kernels with pieces of at least ``piece`` logits and
+    merges read in ``chunk``s against torch.topk, for each (rows, width, count); returns the failures."""
     from hf_tp.kernels import sampling_topk
 
-    sampling_topk.PIECE = piece
+    sampling_topk.PIECE, sampling_topk.CHUNK = piece, chunk
     failures = []
     for rows, width, count in cases:
         gen = torch.Generator().manual_seed(width)
@@ -470,31 +470,31 @@ def _sampling_top_check(piece: int, cases) -> list:
 
 
 def test_sampling_top_kernel_is_topk():
-    """The Triton top-k candidates (Triton's interpreter on CPU; pieces of 256 so that small rows have several):
-    torch.topk's values, descending, at positions holding them, equal logits in position order; ties across
-    pieces, -inf logits and a last piece cut short included."""
+    """The Triton top-k candidates (Triton's interpreter on CPU; small pieces and merge chunks so that small rows
+    have several): torch.topk's values, descending, at positions holding them, equal logits in position order;
+    ties across pieces and chunks, -inf logits, a last piece cut short and a row of one piece included."""
     from conftest import run_interpreted
 
-    assert run_interpreted(_sampling_top_check, 256, [(3, 3000, 64), (2, 1100, 256), (1, 200, 64)]) == []
+    cases = [(3, 3000, 64), (2, 5000, 256), (1, 200, 64), (1, 2100, 1024)]
+    assert run_interpreted(_sampling_top_check, 256, 256, cases) == []
 
 
 def test_sampling_top_plan_keeps_torch_topk_outside_the_kernels_range():
     """Counts that are not powers of two or above MAX_COUNT, and rows the candidates would fill, go to
-    torch.topk; a wide vocabulary gets wider pieces so that the merge stays within MAX_MERGED keys."""
+    torch.topk; larger counts get wider pieces (8 x count), up to MAX_PIECE."""
     from hf_tp.kernels import sampling_topk
 
-    assert sampling_topk.plan(128256, 64) == (4096, 32)
-    assert sampling_topk.plan(128256, 1024) is None and sampling_topk.plan(128256, 48) is None
+    assert sampling_topk.plan(128256, 64) == sampling_topk.PIECE
+    assert sampling_topk.plan(128256, 1024) == 8192
+    assert sampling_topk.plan(128256, 2048) is None and sampling_topk.plan(128256, 48) is None
     assert sampling_topk.plan(64, 64) is None
-    piece, pieces = sampling_topk.plan(262144, 256)
-    assert pieces * 256 <= sampling_topk.MAX_MERGED and piece * pieces >= 262144
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none visible here")
-@pytest.mark.parametrize("rows,count", [(1, 64), (4, 64), (4, 256)])
+@pytest.mark.parametrize("rows,count", [(1, 64), (4, 64), (4, 256), (2, 1024)])
 def test_gpu_sampling_top_kernel_is_topk_at_llama3_vocabulary(rows, count):
-    """On the GPU, at Llama 3's vocabulary (128256: 32 pieces), the kernels in a CUDA graph give torch.topk's
+    """On the GPU, at Llama 3's vocabulary (128256: 63 pieces at count 64), the kernels in a CUDA graph give torch.topk's
     values at positions holding them, equal logits in position order."""
     from conftest import capture_graph
     from hf_tp.kernels import sampling_topk

@@ -453,19 +453,26 @@ class _Session:
             self.cut_ties |= (sorted_logits[..., 0:1] >= kth_value).any()
         remove = (sorted_logits < kth_value) & (self.top_k > 0)
         sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        # Every softmax below is exp(x - best) over a sum: in ascending order the best logit is the last, so
+        # softmax's max is read, not reduced, and the top-p cumulative sum ends with softmax's sum. Over a whole
+        # vocabulary this saves the GPU five reductions of the row per step.
+        weights = (sorted_logits - sorted_logits[..., -1:]).exp()
+        mass = weights.cumsum(-1)
         # Top-p: drop the tokens whose mass, with every worse token's, is at most 1 - top_p.
-        remove = (sorted_logits.softmax(-1).cumsum(-1) <= self.top_p_rest) & ~last
+        remove = (mass / mass[..., -1:] <= self.top_p_rest) & ~last
         sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
-        if variant.min_p:  # MinPLogitsWarper: drop the tokens less likely than min_p x the best one (the last)
-            probs = sorted_logits.softmax(-1)
-            remove = (probs < self.min_p * probs[..., -1:]) & ~last
+        weights = weights.masked_fill(remove, 0.0)
+        if variant.min_p:
+            # MinPLogitsWarper: drop the tokens less likely than min_p x the best one (the last, weight 1): the
+            # probability ratio is the weight ratio, whatever the sum.
+            remove = (weights < self.min_p) & ~last
             sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+            weights = weights.masked_fill(remove, 0.0)
         if variant.scores:  # the warped logits, back in vocabulary order (-inf outside the candidates)
             self._keep(self.scores, torch.full_like(logits, float("-inf")).scatter_(-1, order, sorted_logits))
-        probs = sorted_logits.softmax(-1)
-        # Exponential race (Gumbel-max): argmax(p / E), E ~ Exp(1), is a sample of p; unlike
-        # torch.multinomial it needs no host sync and records into a CUDA graph.
-        choice = first_argmax(probs / torch.empty_like(probs).exponential_())
+        # Exponential race (Gumbel-max): argmax(p / E), E ~ Exp(1), is a sample of p, and p's sum does not
+        # change the argmax; unlike torch.multinomial it needs no host sync and records into a CUDA graph.
+        choice = first_argmax(weights / torch.empty_like(weights).exponential_())
         return order.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
 
     def _sample_sort_free(self, logits: torch.Tensor) -> torch.Tensor:

@@ -2,14 +2,14 @@
 vocabulary positions, descending, equal logits in position order.
 
 Why: a sampling step with Transformers' default ``top_k=50`` runs its warpers on the 64 largest logits
-(hf_tp/generation/decode_loop.py, ``top_candidates``), and torch.topk on one 128k-wide row is a radix select of
-several passes, each a few kernels, then a sort; the whole top-k selection costs about 70 µs of GPU time per step
-against greedy's 5, 10 % of a small model's decode step. Measured, these kernels do not make it cheaper
-(benchmarks/RESULTS.md, 2026-12-05), so decode_loop.TOPK_KERNEL leaves them off. Here:
+(hf_tp/generation/decode_loop.py, ``top_candidates``). torch.topk on one 128k-wide row is a multi-block radix
+select of four passes of three kernels each, then a sort: 28 kernels and about 45 µs of the selection's ~64 µs of
+GPU time per step on an H100 (`benchmarks/select_cost.py --profile`, benchmarks/RESULTS.md, 2026-12-05), against
+greedy's 5. Here, by radix select (sampling_topk_triton.py says how):
 
-  1. ``piece_top_kernel``, one program per (row, PIECE-wide piece of the vocabulary): the piece's ``count``
-     largest, by sorting rows of ``count`` and merging them in pairs (a bitonic top-k merge);
-  2. ``merge_top_kernel``, one program per row: the same over the pieces' results.
+  1. ``piece_select_kernel``, one program per (row, PIECE-wide piece of the vocabulary): the piece's ``count``
+     largest, so that the pieces spread the read of the row over the GPU;
+  2. ``merge_select_kernel``, one program per row: the ``count`` largest of the pieces' results, sorted.
 
 Every shape depends only on (rows, width, count), nothing is read back to the host, so the launches stay inside
 the decode step's CUDA graph; ``sampling_top`` is a custom op so that torch.compile traces through it.
@@ -21,44 +21,41 @@ import functools
 
 import torch
 
-# One program's piece of the vocabulary (doubled up to MAX_PIECE for wide vocabularies), and the most keys the
-# merging program takes (pieces x count): rows wider than MAX_PIECE x MAX_MERGED / count (2M logits at count 64),
-# or counts above MAX_COUNT, keep torch.topk (top_candidates).
-PIECE = 4096
+# One program's piece of the vocabulary: PIECE, or wider for large counts (a piece keeps count of its logits;
+# 8 x count wide keeps the merge small), at most MAX_PIECE; the merging program reads the pieces' results in
+# CHUNKs. Counts that are not powers of two (tl.sort's length) or above MAX_COUNT keep torch.topk
+# (top_candidates), as do rows not wider than the candidates.
+PIECE = 2048
 MAX_PIECE = 16384
-MAX_MERGED = 8192
-MAX_COUNT = 256
+CHUNK = 4096
+MAX_COUNT = 1024
 
 
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def plan(width: int, count: int) -> tuple[int, int] | None:
-    """(piece width, pieces rounded up to a power of two) for rows of ``width`` logits and ``count`` candidates,
-    or None where the kernels do not apply (count not a power of two or above MAX_COUNT, or too many pieces)."""
+def plan(width: int, count: int) -> int | None:
+    """The piece width for rows of ``width`` logits and ``count`` candidates, or None where the kernels do not
+    apply (count not a power of two or above MAX_COUNT, or not below the width)."""
     if count > MAX_COUNT or count & (count - 1) or count >= width:
         return None
-    piece = PIECE
-    while _pow2_at_least(-(-width // piece)) * count > MAX_MERGED and piece < MAX_PIECE:
-        piece *= 2
-    pieces = _pow2_at_least(-(-width // piece))
-    return (piece, pieces) if pieces * count <= MAX_MERGED else None
+    return min(MAX_PIECE, max(PIECE, _pow2_at_least(8 * count)))
 
 
 @functools.cache
 def _kernels():
     """The Triton kernels, imported on first use (TRITON_INTERPRET is read when a kernel is defined)."""
-    from .sampling_topk_triton import merge_top_kernel, piece_top_kernel
+    from .sampling_topk_triton import merge_select_kernel, piece_select_kernel
 
-    return piece_top_kernel, merge_top_kernel
+    return piece_select_kernel, merge_select_kernel
 
 
 def top_candidates_triton(logits: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values float32, positions int64), each (rows, count): the count largest logits of each row of the 2-D
-    ``logits``, descending, equal ones in position order. ``plan(width, count)`` must not be None."""
+    float32 ``logits``, descending, equal ones in position order. ``plan(width, count)`` must not be None."""
     rows, width = logits.shape
-    piece, pieces_pow2 = plan(width, count)
+    piece = plan(width, count)
     pieces = -(-width // piece)
     logits = logits.contiguous()
     parts = torch.empty(rows, pieces, count, dtype=torch.int64, device=logits.device)
@@ -69,8 +66,8 @@ def top_candidates_triton(logits: torch.Tensor, count: int) -> tuple[torch.Tenso
     piece_kernel, merge_kernel = _kernels()
     piece_kernel[(rows, pieces)](logits, parts, width, logits.stride(0), pieces, PIECE=piece, COUNT=count,
                                  num_warps=8 if piece <= 4096 else 16)
-    merge_kernel[(rows,)](parts, values, positions, pieces, values.stride(0), positions.stride(0),
-                          PIECES=pieces_pow2, COUNT=count, num_warps=4 if pieces_pow2 * count <= 2048 else 16)
+    merge_kernel[(rows,)](parts, values, positions, pieces * count, values.stride(0), positions.stride(0),
+                          CHUNK=CHUNK, COUNT=count, num_warps=8)
     return values, positions
 
 
