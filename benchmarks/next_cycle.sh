@@ -45,12 +45,14 @@
 #   CALL=16 (the fifteenth session's second): sampling_topk rebuilt as a radix select (call 15's profile: torch.topk's
 #      multi-block radix select is ~45 µs of the selection's ~64; the sorting-network kernels 62): its GPU tests,
 #      the selection timed and profiled both ways, issue 20's 1B requests at the rank of tp 2 and tp 1 both ways.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|16] bash benchmarks/next_cycle.sh
+#   CALL=17 (the fifteenth session's third): the radix top-k on by default (call 16: 36 against 66 µs), its digits
+#      of 4 against 8 bits, issue 20's 1B requests with 384 tokens and the rate from median call times.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|17] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-16}
+CALL=${CALL:-17}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -187,6 +189,15 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 17 ]; then
+  A="--shape llama3-1b --tokens 384 --repeats 5"
+  req() { local name=$1; shift; SCRIPT=benchmarks/loop_requests.py step "$name" 80 python -c "$FLIP" $A \
+    --json "$OUT/$name.jsonl" "$@"; }
+  step tests_topk 70 $T tests/test_decode_loop.py
+  step select_bits 60 python benchmarks/select_cost.py --batch 1 --only "top_k 50 + top_p,top_p + min_p" \
+    --topk-kernel 0,4,8
+  req req_1b_r2 --simulate-tp 2
+  req req_1b_tp1
 elif [ "$CALL" = 16 ]; then
   # Call 15 (H100): the compiled top_k 50 selection is 64 µs of kernels, 45 of them torch.topk's 28-kernel radix
   # select; the earlier Triton top-k took 62 (sorting networks). sampling_topk is now a two-launch radix select.

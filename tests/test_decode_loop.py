@@ -6,6 +6,8 @@ Truth: Transformers' generate on the unsplit model, same folder, same arguments.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -449,12 +451,14 @@ def test_selection_compiled_by_inductor_draws_the_eager_tokens(monkeypatch, sort
 
 def _sampling_top_check(piece: int, chunk: int, cases) -> list:
     """In a TRITON_INTERPRET=1 process: sampling_topk's kernels with pieces of at least ``piece`` logits and
-    merges read in ``chunk``s against torch.topk, for each (rows, width, count); returns the failures."""
+    merges read in ``chunk``s against torch.topk, for each (rows, width, count) and radix digits of 4 and 8
+    bits; returns the failures."""
     from hf_tp.kernels import sampling_topk
 
     sampling_topk.PIECE, sampling_topk.CHUNK = piece, chunk
     failures = []
-    for rows, width, count in cases:
+    for (rows, width, count), bits in itertools.product(cases, (4, 8)):
+        sampling_topk.DIGIT_BITS = bits
         gen = torch.Generator().manual_seed(width)
         logits = (torch.randn(rows, width, generator=gen) * 2).to(torch.bfloat16).float()  # bf16 values: ties
         logits[rows - 1, ::3] = float("-inf")
@@ -465,7 +469,7 @@ def _sampling_top_check(piece: int, chunk: int, cases) -> list:
         if not (torch.equal(values, logits.topk(count, dim=-1).values)
                 and torch.equal(logits.gather(-1, positions), values) and ties_in_order
                 and positions[0, :5].tolist() == list(range(width - 5, width))):
-            failures.append((rows, width, count))
+            failures.append((rows, width, count, bits))
     return failures
 
 
@@ -492,12 +496,15 @@ def test_sampling_top_plan_keeps_torch_topk_outside_the_kernels_range():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none visible here")
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("rows,count", [(1, 64), (4, 64), (4, 256), (2, 1024)])
-def test_gpu_sampling_top_kernel_is_topk_at_llama3_vocabulary(rows, count):
-    """On the GPU, at Llama 3's vocabulary (128256: 63 pieces at count 64), the kernels in a CUDA graph give torch.topk's
-    values at positions holding them, equal logits in position order."""
+def test_gpu_sampling_top_kernel_is_topk_at_llama3_vocabulary(monkeypatch, rows, count, bits):
+    """On the GPU, at Llama 3's vocabulary (128256: 63 pieces at count 64), with radix digits of 4 and 8 bits, the
+    kernels in a CUDA graph give torch.topk's values at positions holding them, equal logits in position order."""
     from conftest import capture_graph
     from hf_tp.kernels import sampling_topk
+
+    monkeypatch.setattr(sampling_topk, "DIGIT_BITS", bits)
 
     logits = torch.zeros(rows, 128256, device="cuda")
     graph, (values, positions) = capture_graph(sampling_topk.sampling_top, logits, count)

@@ -136,10 +136,11 @@ class Variant(NamedTuple):
 # larger than it is detected and reported (_Session.cut_ties).
 SAMPLING_CANDIDATES = (64, 256, 1024)
 # With TOPK_KERNEL, a CUDA row's top-k candidates come from two Triton launches (hf_tp/kernels/sampling_topk.py:
-# the largest of each piece of the vocabulary by sorting networks, then of those) instead of torch.topk. The same
-# values; equal logits in position order. Off: it timed no faster than torch.topk in the selection, and slower
-# inside the decode step (benchmarks/RESULTS.md; `benchmarks/select_cost.py --topk-kernel 0,1 --profile`).
-TOPK_KERNEL = False
+# the largest of each piece of the vocabulary by radix select, then of those) instead of torch.topk's 28-kernel
+# radix select. The same values; equal logits in position order. On an H100 the compiled top_k 50 selection
+# took 36 µs of GPU time with them, 66 with torch.topk (benchmarks/RESULTS.md, 2026-12-05 fifteenth session;
+# `benchmarks/select_cost.py --topk-kernel 0,1 --profile`).
+TOPK_KERNEL = True
 
 
 def top_candidates(logits: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,6 +29,8 @@ PIECE = 2048
 MAX_PIECE = 16384
 CHUNK = 4096
 MAX_COUNT = 1024
+# Bits per radix round (4 or 8): 32 / DIGIT_BITS rounds of a 2**DIGIT_BITS-bin histogram.
+DIGIT_BITS = 4
 
 
 def _pow2_at_least(n: int) -> int:
@@ -65,9 +67,10 @@ def top_candidates_triton(logits: torch.Tensor, count: int) -> tuple[torch.Tenso
         return values, positions
     piece_kernel, merge_kernel = _kernels()
     piece_kernel[(rows, pieces)](logits, parts, width, logits.stride(0), pieces, PIECE=piece, COUNT=count,
-                                 num_warps=8 if piece <= 4096 else 16)
+                                 BITS=DIGIT_BITS, num_warps=8 if piece <= 4096 else 16)
     merge_kernel[(rows,)](parts, values, positions, pieces * count, values.stride(0), positions.stride(0),
-                          CHUNK=CHUNK, COUNT=count, num_warps=8)
+                          CHUNK=CHUNK, COUNT=count, BITS=DIGIT_BITS,
+                          num_warps=8)
     return values, positions
 
 

@@ -2,8 +2,8 @@
 kernel is defined, so a CPU test can set it before). Why two kernels and what they return is said there.
 
 Both kernels find the ``COUNT`` largest of a set of logits by radix select: each float32 logit becomes a uint32
-key of the same order, and eight rounds of a 16-bin histogram, each over the next 4 bits of the keys that still
-share the chosen prefix, find the COUNT-th largest key T exactly. The selected are then every key above T and,
+key of the same order, and 32 / BITS rounds of a 2**BITS-bin histogram, each over the next BITS bits of the keys
+that still share the chosen prefix, find the COUNT-th largest key T exactly. The selected are then every key above T and,
 of the keys equal to T, the first ones in position order, as many as COUNT leaves room for. Only integer
 counts and compares: nothing depends on float rounding or on the order threads run in.
 
@@ -47,34 +47,34 @@ def _unpack(packed):
 
 
 @triton.jit
-def _digits(keys, valid, prefix, LEVEL: tl.constexpr):
-    """The LEVEL-th 4-bit digit (from the top) of each key; 16 for keys outside the search: invalid, or not
-    sharing the digits chosen so far (``prefix``)."""
-    shift: tl.constexpr = 28 - 4 * LEVEL
-    digit = ((keys >> shift) & 15).to(tl.int32)
+def _digits(keys, valid, prefix, LEVEL: tl.constexpr, BITS: tl.constexpr):
+    """The LEVEL-th BITS-bit digit (from the top) of each key; 2**BITS for keys outside the search: invalid, or
+    not sharing the digits chosen so far (``prefix``)."""
+    shift: tl.constexpr = 32 - BITS * (LEVEL + 1)
+    digit = ((keys >> shift) & ((1 << BITS) - 1)).to(tl.int32)
     inside = valid
     if LEVEL > 0:
-        inside = inside & ((keys >> (shift + 4)) == (prefix >> (shift + 4)))
-    return tl.where(inside, digit, 16)
+        inside = inside & ((keys >> (shift + BITS)) == (prefix >> (shift + BITS)))
+    return tl.where(inside, digit, 1 << BITS)
 
 
 @triton.jit
-def _choose(hist, prefix, above, LEVEL: tl.constexpr, COUNT: tl.constexpr):
-    """One radix round: from the histogram (32 bins, the first 16 the digits) of the keys still searched, the
-    largest digit d with ``above`` + (keys with digit >= d) >= COUNT. Returns the prefix with d set and
-    ``above`` + the keys with a digit above d (they are all selected)."""
-    bins = tl.arange(0, 32)
-    hist = tl.where(bins < 16, hist, 0)
+def _choose(hist, prefix, above, LEVEL: tl.constexpr, BITS: tl.constexpr, COUNT: tl.constexpr):
+    """One radix round: from the histogram (2**(BITS + 1) bins, the first 2**BITS the digits) of the keys still
+    searched, the largest digit d with ``above`` + (keys with digit >= d) >= COUNT. Returns the prefix with d
+    set and ``above`` + the keys with a digit above d (they are all selected)."""
+    bins = tl.arange(0, 2 << BITS)
+    hist = tl.where(bins < (1 << BITS), hist, 0)
     at_or_above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0) + hist
-    fits = (above + at_or_above >= COUNT) & (bins < 16)
+    fits = (above + at_or_above >= COUNT) & (bins < (1 << BITS))
     digit = tl.max(tl.where(fits, bins, 0), axis=0)
     above = above + tl.sum(tl.where(bins == digit, at_or_above - hist, 0), axis=0)
-    return prefix | (digit.to(tl.uint32) << (28 - 4 * LEVEL)), above
+    return prefix | (digit.to(tl.uint32) << (32 - BITS * (LEVEL + 1))), above
 
 
 @triton.jit
 def piece_select_kernel(logits_ptr, parts_ptr, width, stride_row, pieces,
-                        PIECE: tl.constexpr, COUNT: tl.constexpr):
+                        PIECE: tl.constexpr, COUNT: tl.constexpr, BITS: tl.constexpr):
     """Program (row, piece): the COUNT largest of logits[row, piece * PIECE : (piece + 1) * PIECE] as packed
     keys, in position order, into parts[row, piece, :]. Past the row's end: -inf at positions that rank below
     every real one."""
@@ -86,9 +86,9 @@ def piece_select_kernel(logits_ptr, parts_ptr, width, stride_row, pieces,
     keys = _ordered(x.to(tl.float32))
     prefix = tl.full((), 0, tl.uint32)
     above = tl.full((), 0, tl.int32)
-    for level in tl.static_range(8):
-        hist = tl.histogram(_digits(keys, positions >= 0, prefix, level), 32)
-        prefix, above = _choose(hist, prefix, above, level, COUNT)
+    for level in tl.static_range(32 // BITS):
+        hist = tl.histogram(_digits(keys, positions >= 0, prefix, level, BITS), 2 << BITS)
+        prefix, above = _choose(hist, prefix, above, level, BITS, COUNT)
     tied = keys == prefix
     take = (keys > prefix) | (tied & (tl.cumsum(tied.to(tl.int32), axis=0) <= COUNT - above))
     slots = tl.cumsum(take.to(tl.int32), axis=0) - 1
@@ -97,7 +97,7 @@ def piece_select_kernel(logits_ptr, parts_ptr, width, stride_row, pieces,
 
 @triton.jit
 def merge_select_kernel(parts_ptr, values_ptr, positions_ptr, total, stride_values, stride_positions,
-                        CHUNK: tl.constexpr, COUNT: tl.constexpr):
+                        CHUNK: tl.constexpr, COUNT: tl.constexpr, BITS: tl.constexpr):
     """Program row: the COUNT largest of parts[row] (``total`` packed keys, pieces in position order), read in
     CHUNKs, descending, as float32 logits and int64 vocabulary positions. The selected keys are gathered in
     the row's positions output first, then read back (volatile, after a barrier), sorted and unpacked."""
@@ -105,14 +105,14 @@ def merge_select_kernel(parts_ptr, values_ptr, positions_ptr, total, stride_valu
     parts = parts_ptr + row.to(tl.int64) * total
     prefix = tl.full((), 0, tl.uint32)
     above = tl.full((), 0, tl.int32)
-    for level in tl.static_range(8):
-        hist = tl.zeros((32,), tl.int32)
+    for level in tl.static_range(32 // BITS):
+        hist = tl.zeros((2 << BITS,), tl.int32)
         for start in range(0, total, CHUNK):
             offsets = start + tl.arange(0, CHUNK)
             valid = offsets < total
             keys = _keys_of(tl.load(parts + offsets, mask=valid, other=0))
-            hist += tl.histogram(_digits(keys, valid, prefix, level), 32)
-        prefix, above = _choose(hist, prefix, above, level, COUNT)
+            hist += tl.histogram(_digits(keys, valid, prefix, level, BITS), 2 << BITS)
+        prefix, above = _choose(hist, prefix, above, level, BITS, COUNT)
     gathered = positions_ptr + row.to(tl.int64) * stride_positions
     ties_before = tl.full((), 0, tl.int32)
     taken_before = tl.full((), 0, tl.int32)
