@@ -146,7 +146,8 @@ TOPK_KERNEL = True
 def top_candidates(logits: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``count`` largest logits of each row, descending, and their vocabulary positions: ``logits.topk(count)``
     (equal logits may come in another order), by sampling_topk's kernels on CUDA with TOPK_KERNEL."""
-    if TOPK_KERNEL and logits.is_cuda and sampling_topk.plan(logits.shape[-1], count) is not None:
+    if (TOPK_KERNEL and logits.is_cuda and sampling_topk.plan(logits.shape[-1], count) is not None
+            and sampling_topk.available()):
         return torch.ops.hf_tp.sampling_top(logits.float(), count)
     return logits.topk(count, dim=-1)
 

@@ -4,8 +4,9 @@ vocabulary positions, descending, equal logits in position order.
 Why: a sampling step with Transformers' default ``top_k=50`` runs its warpers on the 64 largest logits
 (hf_tp/generation/decode_loop.py, ``top_candidates``). torch.topk on one 128k-wide row is a multi-block radix
 select of four passes of three kernels each, then a sort: 28 kernels and about 45 µs of the selection's ~64 µs of
-GPU time per step on an H100 (`benchmarks/select_cost.py --profile`, benchmarks/RESULTS.md, 2026-12-05), against
-greedy's 5. Here, by radix select (sampling_topk_triton.py says how):
+GPU time per step on an H100, against greedy's 5. With these two launches the selection's kernels take 36 µs
+(`benchmarks/select_cost.py --topk-kernel 0,1 --profile`; benchmarks/RESULTS.md, 2026-12-05, fifteenth
+session). Here, by radix select (sampling_topk_triton.py says how):
 
   1. ``piece_select_kernel``, one program per (row, PIECE-wide piece of the vocabulary): the piece's ``count``
      largest, so that the pieces spread the read of the row over the GPU;
@@ -43,6 +44,16 @@ def plan(width: int, count: int) -> int | None:
     if count > MAX_COUNT or count & (count - 1) or count >= width:
         return None
     return min(MAX_PIECE, max(PIECE, _pow2_at_least(8 * count)))
+
+
+@functools.cache
+def available() -> bool:
+    """Whether Triton imports here (the decode loop keeps torch.topk where it does not)."""
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 - missing or broken: torch.topk still works
+        return False
+    return True
 
 
 @functools.cache
