@@ -47,12 +47,15 @@
 #      the selection timed and profiled both ways, issue 20's 1B requests at the rank of tp 2 and tp 1 both ways.
 #   CALL=17 (the fifteenth session's third): the radix top-k on by default (call 16: 36 against 66 µs), its digits
 #      of 4 against 8 bits, issue 20's 1B requests with 384 tokens and the rate from median call times.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|17] bash benchmarks/next_cycle.sh
+#   CALL=18 (the sixteenth session's first): the GPU tests of the selection's softmax change (test_gpu_loop_requests,
+#      not run since), the radix top-k's piece width 2048 against 4096 (its merge, one program, was 20 of its 36
+#      µs), then the rows the issues still wait for: the 8B tp 1 and ranks of tp 2/4/8, FP8 per channel.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|18] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-17}
+CALL=${CALL:-18}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -189,6 +192,19 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 18 ]; then
+  step tests_requests 120 $T tests/test_gpu_loop_requests.py tests/test_decode_loop.py
+  step select_piece 60 python benchmarks/select_cost.py --batch 1,4 --only "top_k 50 + top_p" \
+    --topk-kernel 0,1 --topk-piece 2048,4096 --profile
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  wait
+  row tp1_bf16 55 bf16 --batches 1
+  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
+  row r4_bf16 45 bf16 --simulate-tp 4 --batches 1
+  row r8_bf16 45 bf16 --simulate-tp 8 --batches 1
+  row tp1_fp8c 55 fp8-channel --batches 1
+  row r2_fp8c 45 fp8-channel --simulate-tp 2 --batches 1
 elif [ "$CALL" = 17 ]; then
   A="--shape llama3-1b --tokens 384 --repeats 5"
   req() { local name=$1; shift; SCRIPT=benchmarks/loop_requests.py step "$name" 80 python -c "$FLIP" $A \

@@ -5,7 +5,7 @@ with CUDA events over replays. Issue 20 asks sampling requests to run at >= 0.9 
 much of a step the selection costs. Rows marked "sort-free" run the whole-vocabulary variants with
 decode_loop.SORT_FREE_SAMPLING (top-k/top-p thresholds by radix select instead of a sort).
 
-    python benchmarks/select_cost.py [--vocab 128256] [--batch 1,4] [--replays 200] [--only top_k] [--topk-kernel 0,1,4,8] [--profile]
+    python benchmarks/select_cost.py [--vocab 128256] [--batch 1,4] [--replays 200] [--only top_k] [--topk-kernel 0,1,4,8] [--topk-piece 2048,4096] [--profile]
 """
 
 from __future__ import annotations
@@ -101,6 +101,9 @@ def main() -> None:
                         help="comma-separated settings to time the top-k variants with: 0 torch.topk, 1 sampling_topk's "
                              "Triton kernels as shipped, 4 or 8 those kernels with radix digits of that many bits "
                              "(default %(default)s, the shipped decode_loop.TOPK_KERNEL)")
+    parser.add_argument("--topk-piece", default="",
+                        help="comma-separated sampling_topk.PIECE values (the kernels' piece of the vocabulary) to "
+                             "time the kernel rows with (default: the shipped one)")
     parser.add_argument("--profile", action="store_true",
                         help="under each row, the compiled selection's kernels in its CUDA graph (torch.profiler)")
     args = parser.parse_args()
@@ -122,7 +125,11 @@ def main() -> None:
 
     shipped_bits = sampling_topk.DIGIT_BITS
     kernels = [int(k) for k in args.topk_kernel.split(",")]
-    # (name, sort-free, TOPK_KERNEL): the top-k variants once per setting asked for
+    shipped_piece = sampling_topk.PIECE
+    pieces = [int(p) for p in args.topk_piece.split(",")] if args.topk_piece else [shipped_piece]
+    # a kernel setting with each piece width asked for: (setting, piece)
+    kernels = [(k, p) for k in kernels for p in (pieces if k else [shipped_piece])]
+    # (name, sort-free, (setting, piece)): the top-k variants once per kernel setting asked for
     rows = [(name, False, k) for name, v in variants.items() for k in (kernels if v.candidates else kernels[:1])]
     rows += [(name, True, kernels[0]) for name in whole_vocabulary]
     print(f"{'variant':44s} {'batch':>5s} {'eager us':>9s} {'compiled us':>11s}")
@@ -130,6 +137,7 @@ def main() -> None:
         logits = torch.randn(batch, args.vocab, device=device, dtype=torch.bfloat16) * 3
         for name, sort_free, kernel in rows:
             decode_loop.SORT_FREE_SAMPLING = sort_free
+            kernel, sampling_topk.PIECE = kernel
             decode_loop.TOPK_KERNEL = bool(kernel)
             sampling_topk.DIGIT_BITS = kernel if kernel > 1 else shipped_bits
             variant = variants[name]
@@ -145,7 +153,7 @@ def main() -> None:
                 compiled = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
             label = f"{name}, sort-free" if sort_free else name
             if variant.candidates and len(kernels) > 1:
-                label = f"{label}, {f'Triton top-k {sampling_topk.DIGIT_BITS}b' if kernel else 'torch.topk'}"
+                label = f"{label}, {f'Triton top-k {sampling_topk.DIGIT_BITS}b/{sampling_topk.PIECE}' if kernel else 'torch.topk'}"
             print(f"{label:44s} {batch:5d} {eager:9.1f} {compiled}", flush=True)
             if args.profile and not compiled.startswith("failed"):
                 print("\n".join(kernel_lines(lambda: compiled_fn(logits), 20)), flush=True)
