@@ -457,7 +457,7 @@ class _Session:
         sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
         # Every softmax below is exp(x - best) over a sum: in ascending order the best logit is the last, so
         # softmax's max is read, not reduced, and the top-p cumulative sum ends with softmax's sum. Over a whole
-        # vocabulary this saves the GPU five reductions of the row per step.
+        # vocabulary this saves the GPU up to six reductions of the row per step (three softmaxes, two each).
         weights = (sorted_logits - sorted_logits[..., -1:]).exp()
         mass = weights.cumsum(-1)
         # Top-p: drop the tokens whose mass, with every worse token's, is at most 1 - top_p.
