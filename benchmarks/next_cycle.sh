@@ -50,12 +50,16 @@
 #   CALL=18 (the sixteenth session's first): the GPU tests of the selection's softmax change (test_gpu_loop_requests,
 #      not run since), the radix top-k's piece width 2048 against 4096 (its merge, one program, was 20 of its 36
 #      µs), then the rows the issues still wait for: the 8B tp 1 and ranks of tp 2/4/8, FP8 per channel.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|18] bash benchmarks/next_cycle.sh
+#   CALL=19 (the sixteenth session's first): issue 19's FP8 prefill kernel (fp8_triton._prefill: the weight read
+#      as FP8 once, M tiles fastest so the programs in flight share weight tiles), its GPU tests and a tile sweep
+#      against bf16 and dequantize + cuBLAS at M = 128..4096 (benchmarks/fp8_prefill.py); CALL=18's GPU tests; the
+#      radix top-k's piece widths.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|19] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-18}
+CALL=${CALL:-19}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -192,6 +196,11 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 19 ]; then
+  step tests_fp8 150 $T tests/test_fp8_kernel.py tests/test_gpu_loop_requests.py tests/test_decode_loop.py
+  step fp8_prefill 120 python benchmarks/fp8_prefill.py --ms 128,512,2048,4096 --out "$OUT/fp8_prefill.json"
+  step select_piece 60 python benchmarks/select_cost.py --batch 1,4 --only "top_k 50 + top_p" \
+    --topk-kernel 0,1 --topk-piece 2048,4096 --profile
 elif [ "$CALL" = 18 ]; then
   step tests_requests 120 $T tests/test_gpu_loop_requests.py tests/test_decode_loop.py
   step select_piece 60 python benchmarks/select_cost.py --batch 1,4 --only "top_k 50 + top_p" \

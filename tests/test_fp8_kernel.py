@@ -119,6 +119,13 @@ _INTERPRET_CASES = [
     (1, 20, 576, 576, 0, "gemv", "bfloat16", None),
     (40, 20, 256, 128, 64, "skinny", "float16", None),
     (40, 20, 200, 128, 37, "skinny", "float16", None),
+    # the prefill kernel: M and N tiles in groups (a short last group), block scales cut by an offset, K tails;
+    # per-channel scales applied to the sums and, as a choice, in the tile
+    (70, 40, 200, 128, 37, "prefill", "float16", {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "GROUP_N": 2}),
+    (65, 20, 256, 64, 0, "prefill", "float16", {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 64, "GROUP_N": 4}),
+    (65, 40, 96, 96, 0, "prefill", "float16", {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_N": 2}),
+    (65, 40, 96, 96, 0, "prefill", "float16", {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 32, "SCALE_LAST": False}),
+    (80, 20, 300, 128, 0, "prefill", "float16", None),
 ]
 
 
@@ -219,6 +226,22 @@ def test_kernel_matches_reference(M, shape):
     N, K, group_k, k_offset = shape
     x, w, s, b = make(M, N, K, group_k, k_offset, device="cuda", seed=M + N)
     assert rel_err(fp8_linear(x, w, s, group_k, k_offset, b), x, w, s, group_k, k_offset, b) < TOL
+
+
+@pytest.mark.gpu
+@needs_fp8_gpu
+@pytest.mark.parametrize("M", [65, 200, 600])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_prefill_kernel_matches_reference(M, shape):
+    """The prefill kernel itself (whichever path fp8_linear picks at these sizes), bf16, with its own tiles, a
+    narrow tile with K steps of 64, and per-channel scales applied in the tile instead of to the sums."""
+    from hf_tp.kernels import fp8_triton
+
+    N, K, group_k, k_offset = shape
+    x, w, s, b = make(M, N, K, group_k, k_offset, device="cuda", seed=M + N)
+    for config in (None, {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4}, {"SCALE_LAST": False}):
+        out = fp8_triton.launch(x, w, s, group_k, k_offset, b, config=config, path="prefill")
+        assert rel_err(out, x, w, s, group_k, k_offset, b) < TOL, config
 
 
 @pytest.mark.gpu

@@ -1,0 +1,114 @@
+"""Issue 19: FP8 prefill "not slower than bf16". Times one Llama-3-8B layer's four GEMMs at prefill sizes.
+
+For each GEMM (tp-1 widths, or --tp 2) and each M, GPU time (CUDA-graph replay over weight copies beyond L2,
+benchmarks/fp8_gemm.py's gtime) of:
+  bf16      cuBLAS on the bf16 weight (what FP8 must not be slower than);
+  dequant   the FP8 path shipped before the prefill kernel: dequantize the weight (one Triton pass), then cuBLAS;
+  rule      hf_tp.kernels.fp8_triton's prefill kernel with its own tiles (prefill_config);
+  best      the same kernel at the best tile of a sweep (each tile checked against the fp32 reference first).
+Block scales (128 x 128) throughout; per-channel scales (one group per row) at the best block tile, with the scale
+applied to the sums (SCALE_LAST, the default there) and in the tile.
+
+  python benchmarks/fp8_prefill.py --out $OUT/fp8_prefill.json [--ms 128,512,2048] [--tp 1] [--quick]
+
+The per-layer sums of each column print last (LAYER lines); the JSON holds every row and every tile timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import fp8_gemm as fg  # noqa: E402
+
+
+def tiles(quick: bool):
+    """The sweep's tiles: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)."""
+    for bm, bn, bk, warps, stages in itertools.product((64, 128), (32, 64, 128, 256), (64, 128), (4, 8), (3, 4)):
+        if (bm * bn >= 128 * 256 and warps == 4) or (bm * bn <= 64 * 32 and warps == 8):
+            continue
+        if bm * bn * 3 + bn * bk * stages + bm * bk * 2 * stages > 200 * 1024:  # rough shared-memory bound
+            continue
+        if quick and (stages == 4 or bk == 64):
+            continue
+        yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages, GROUP_N=8)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--ms", default="128,256,512,1024,2048,4096")
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="a third of the tiles (3 stages, K steps of 128)")
+    args = ap.parse_args()
+    from hf_tp.kernels import fp8_triton as ft
+
+    ms = [int(m) for m in args.ms.split(",")]
+    rows, layer, t0 = [], {}, time.time()
+    for name, N, K, _ in fg.shapes(args.tp):
+        W = fg.Weights(N, K, fg.copies_for(N, K))
+        channel = W.channel  # one scale per row (the per-channel layout; timing only, not a fit of the weight)
+        for M in ms:
+            x = fg.xs(M, K)
+            ref = torch.nn.functional.linear(x.float(), W.fp8[0].float() * W.block[0].repeat_interleave(128, 1)[:, :K])
+            ref_c = torch.nn.functional.linear(x.float(), W.fp8[0].float() * channel[0])
+
+            def run(cfg, scales=W.block, gk=128):
+                return [lambda w=w, s=s: ft.launch(x, w, s, gk, 0, None, config=cfg, path="prefill")
+                        for w, s in zip(W.fp8, scales)]
+
+            def err(out, r):
+                return ((out.float() - r).norm() / r.norm()).item()
+
+            res = {"bf16": fg.gtime([fg.cublas_fn(x, w, False) for w in W.bf16]),
+                   "dequant": fg.gtime([lambda w=w, s=s: ft.launch(x, w, s, 128, 0, None, path="dequant")
+                                        for w, s in zip(W.fp8, W.block)])}
+            res["rule_config"] = ft.prefill_config(M, N, K)
+            res["rule"] = fg.gtime(run(None))
+            res["rule_err"] = err(ft.launch(x, W.fp8[0], W.block[0], 128, 0, None, path="prefill"), ref)
+            timed, best = [], None
+            for cfg in tiles(args.quick):
+                try:
+                    e = err(run(cfg)[0](), ref)
+                    if not e < 5e-3:
+                        timed.append(dict(cfg, error=e))
+                        continue
+                    us = fg.gtime(run(cfg))
+                except Exception as exc:  # noqa: BLE001 - a tile that does not build (shared memory): skipped
+                    timed.append(dict(cfg, skipped=f"{type(exc).__name__}: {str(exc)[:80]}"))
+                    continue
+                timed.append(dict(cfg, us=round(us, 2)))
+                if best is None or us < best[0]:
+                    best = (us, cfg)
+            if best:
+                res["best"], res["best_config"] = best
+                for last in (True, False):
+                    cfg = dict(best[1], SCALE_LAST=last)
+                    e = err(run(cfg, channel, K)[0](), ref_c)
+                    res[f"channel_{'last' if last else 'tile'}"] = fg.gtime(run(cfg, channel, K)) if e < 5e-3 else None
+                    res[f"channel_{'last' if last else 'tile'}_err"] = e
+                res["channel_bf16_ratio"] = res["bf16"] / min(v for v in (res["channel_last"], res["channel_tile"])
+                                                              if v)
+            row = dict(gemm=name, N=N, K=K, M=M, **{k: (round(v, 2) if isinstance(v, float) and "err" not in k
+                                                        else v) for k, v in res.items()}, tiles=timed)
+            rows.append(row)
+            for k in ("bf16", "dequant", "rule", "best", "channel_last", "channel_tile"):
+                if isinstance(res.get(k), float):
+                    layer[f"{M} {k}"] = layer.get(f"{M} {k}", 0.0) + res[k]
+            print(json.dumps({k: v for k, v in row.items() if k != "tiles"}), f"{time.time() - t0:.0f}s", flush=True)
+            json.dump(dict(tp=args.tp, rows=rows, layers={k: round(v, 2) for k, v in layer.items()}),
+                      open(args.out, "w"), indent=1)
+        del W
+        torch.cuda.empty_cache()
+    for k, v in layer.items():
+        print("LAYER", k, round(v, 2))
+
+
+if __name__ == "__main__":
+    main()
