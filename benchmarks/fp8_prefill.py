@@ -5,7 +5,8 @@ benchmarks/fp8_gemm.py's gtime) of:
   bf16      cuBLAS on the bf16 weight (what FP8 must not be slower than);
   dequant   the FP8 path shipped before the prefill kernel: dequantize the weight (one Triton pass), then cuBLAS;
   rule      hf_tp.kernels.fp8_triton's prefill kernel with its own tiles (prefill_config);
-  best      the same kernel at the best tile of a sweep (each tile checked against the fp32 reference first).
+  best      the same kernel at the best tile of a sweep (each tile checked against the fp32 reference first),
+            x @ W^T and W @ x^T (W_LEFT); best_left / best_right: the best of each form.
 Block scales (128 x 128) throughout; per-channel scales (one group per row) at the best block tile, with the scale
 applied to the sums (SCALE_LAST, the default there) and in the tile.
 
@@ -28,16 +29,20 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import fp8_gemm as fg  # noqa: E402
 
 
-def tiles(quick: bool):
-    """The sweep's tiles: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)."""
-    for bm, bn, bk, warps, stages in itertools.product((64, 128), (32, 64, 128, 256), (64, 128), (4, 8), (3, 4)):
-        if (bm * bn >= 128 * 256 and warps == 4) or (bm * bn <= 64 * 32 and warps == 8):
-            continue
-        if bm * bn * 3 + bn * bk * stages + bm * bk * 2 * stages > 200 * 1024:  # rough shared-memory bound
-            continue
-        if quick and (stages == 4 or bk == 64):
-            continue
-        yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages, GROUP_N=8)
+def tiles(quick: bool, w_left=(False, True)):
+    """The sweep's tiles: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), x @ W^T and (W_LEFT) W @ x^T,
+    whose weight rows are the warp-group MMA's M (at least 64)."""
+    for left in w_left:
+        bms, bns = ((32, 64, 128, 256), (64, 128, 256)) if left else ((64, 128), (32, 64, 128, 256))
+        for bm, bn, bk, warps, stages in itertools.product(bms, bns, (64, 128), (4, 8), (3, 4)):
+            if (bm * bn >= 128 * 256 and warps == 4) or (bm * bn <= 64 * 32 and warps == 8):
+                continue
+            if bm * bn * 3 + bn * bk * stages + bm * bk * 2 * stages > 200 * 1024:  # rough shared-memory bound
+                continue
+            if quick and (stages == 4 or bk == 64):
+                continue
+            yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages, GROUP_N=8,
+                       W_LEFT=left)
 
 
 def main():
@@ -86,6 +91,9 @@ def main():
                 timed.append(dict(cfg, us=round(us, 2)))
                 if best is None or us < best[0]:
                     best = (us, cfg)
+                form = "best_left" if cfg["W_LEFT"] else "best_right"
+                if form not in res or us < res[form]:
+                    res[form], res[form + "_config"] = us, cfg
             if best:
                 res["best"], res["best_config"] = best
                 for last in (True, False):
@@ -98,7 +106,7 @@ def main():
             row = dict(gemm=name, N=N, K=K, M=M, **{k: (round(v, 2) if isinstance(v, float) and "err" not in k
                                                         else v) for k, v in res.items()}, tiles=timed)
             rows.append(row)
-            for k in ("bf16", "dequant", "rule", "best", "channel_last", "channel_tile"):
+            for k in ("bf16", "dequant", "rule", "best", "best_left", "best_right", "channel_last", "channel_tile"):
                 if isinstance(res.get(k), float):
                     layer[f"{M} {k}"] = layer.get(f"{M} {k}", 0.0) + res[k]
             print(json.dumps({k: v for k, v in row.items() if k != "tiles"}), f"{time.time() - t0:.0f}s", flush=True)

@@ -198,7 +198,7 @@ elif [ "$CALL" = 12 ]; then
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
 elif [ "$CALL" = 19 ]; then
   step tests_fp8 150 $T tests/test_fp8_kernel.py tests/test_gpu_loop_requests.py tests/test_decode_loop.py
-  step fp8_prefill 120 python benchmarks/fp8_prefill.py --ms 128,512,2048,4096 --out "$OUT/fp8_prefill.json"
+  step fp8_prefill 120 python benchmarks/fp8_prefill.py --ms ${PREFILL_MS:-128,512,2048,4096} --out "$OUT/fp8_prefill.json"
   step select_piece 60 python benchmarks/select_cost.py --batch 1,4 --only "top_k 50 + top_p" \
     --topk-kernel 0,1 --topk-piece 2048,4096 --profile
 elif [ "$CALL" = 18 ]; then

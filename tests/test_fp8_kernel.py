@@ -126,6 +126,8 @@ _INTERPRET_CASES = [
     (65, 40, 96, 96, 0, "prefill", "float16", {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_N": 2}),
     (65, 40, 96, 96, 0, "prefill", "float16", {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 32, "SCALE_LAST": False}),
     (80, 20, 300, 128, 0, "prefill", "float16", None),
+    (70, 40, 200, 128, 37, "prefill", "float16", {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "W_LEFT": True}),
+    (65, 40, 96, 96, 0, "prefill", "float16", {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "W_LEFT": True}),
 ]
 
 
@@ -239,7 +241,8 @@ def test_prefill_kernel_matches_reference(M, shape):
 
     N, K, group_k, k_offset = shape
     x, w, s, b = make(M, N, K, group_k, k_offset, device="cuda", seed=M + N)
-    for config in (None, {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4}, {"SCALE_LAST": False}):
+    for config in (None, {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4}, {"SCALE_LAST": False},
+                   {"W_LEFT": True}, {"W_LEFT": False}):
         out = fp8_triton.launch(x, w, s, group_k, k_offset, b, config=config, path="prefill")
         assert rel_err(out, x, w, s, group_k, k_offset, b) < TOL, config
 

@@ -40,7 +40,8 @@ def _dequant(w_ptr, s_ptr, o_ptr, N, K, G, group_k, k_offset, stride_wn, stride_
 @triton.jit
 def _prefill(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, stride_xm, stride_wn, stride_sn,
              stride_om, SCALE_LAST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr):
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr,
+             W_LEFT: tl.constexpr):
     """x @ W^T at prefill sizes, W read as FP8 (half of bf16's bytes) and widened in the tile: one pass, no
     dequantized copy of the weight.
 
@@ -50,7 +51,9 @@ def _prefill(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, s
     and rounded to x's dtype, the reference's rounding (``hf_tp.kernels.fp8.dequantize``); with SCALE_LAST
     (one group per row: per-channel scales) W is widened exactly (every e4m3 value is a bf16 and an fp16) and
     the scale multiplies the fp32 sums once per output. BLOCK_K <= group_k (or G == 1), so that a step holds
-    at most two groups."""
+    at most two groups. With W_LEFT the product is computed transposed, W @ x^T: the widened weight is then the
+    left operand, which Hopper's warp-group MMA takes from registers (a right operand must be in shared memory,
+    so a weight widened in registers on the right goes back through shared memory first)."""
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BLOCK_M)
     tiles_n = tl.cdiv(N, BLOCK_N)
@@ -67,7 +70,10 @@ def _prefill(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, s
     x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn
     s_rows = s_ptr + rn.to(tl.int64) * stride_sn
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if W_LEFT:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + rk
         if EVEN_K:
@@ -86,13 +92,24 @@ def _prefill(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, s
             s1 = tl.load(s_rows + tl.minimum(g0 + 1, G - 1), mask=n_ok, other=0.0)
             s = tl.where(rk[None, :] < edge, s0[:, None], s1[:, None])
             wt = (w.to(tl.float32) * s).to(x.dtype)
-        acc = tl.dot(x, tl.trans(wt), acc)
-    if SCALE_LAST:
-        acc = acc * tl.load(s_rows, mask=n_ok, other=0.0)[None, :]
-    if HAS_BIAS:
-        acc = acc + tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(o_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :], acc.to(o_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+        if W_LEFT:
+            acc = tl.dot(wt, tl.trans(x), acc)
+        else:
+            acc = tl.dot(x, tl.trans(wt), acc)
+    if W_LEFT:
+        if SCALE_LAST:
+            acc = acc * tl.load(s_rows, mask=n_ok, other=0.0)[:, None]
+        if HAS_BIAS:
+            acc = acc + tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+        tl.store(o_ptr + rm.to(tl.int64)[None, :] * stride_om + rn[:, None], acc.to(o_ptr.dtype.element_ty),
+                 mask=m_ok[None, :] & n_ok[:, None])
+    else:
+        if SCALE_LAST:
+            acc = acc * tl.load(s_rows, mask=n_ok, other=0.0)[None, :]
+        if HAS_BIAS:
+            acc = acc + tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(o_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :], acc.to(o_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
 
 
 def prefill_config(M: int, N: int, K: int) -> dict:
@@ -102,7 +119,7 @@ def prefill_config(M: int, N: int, K: int) -> dict:
     while block_n > 32 and triton.cdiv(M, 128) * triton.cdiv(N, block_n) < 132:
         block_n //= 2
     return dict(BLOCK_M=128 if M >= 128 else 64, BLOCK_N=block_n, BLOCK_K=128, GROUP_N=8, num_warps=8,
-                num_stages=3, SCALE_LAST=None)
+                num_stages=3, SCALE_LAST=None, W_LEFT=False)
 
 
 def launch_prefill(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
@@ -121,7 +138,8 @@ def launch_prefill(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, 
     _prefill[grid](x2, weight, scale, bias if bias is not None else x2, out, M, N, K, G, group_k, k_offset,
                    x2.stride(0), weight.stride(0), scale.stride(0), out.stride(0), SCALE_LAST=scale_last,
                    HAS_BIAS=bias is not None, EVEN_K=K % block_k == 0, BLOCK_M=cfg["BLOCK_M"],
-                   BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k, GROUP_N=cfg["GROUP_N"], num_warps=cfg["num_warps"],
+                   BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k, GROUP_N=cfg["GROUP_N"], W_LEFT=bool(cfg["W_LEFT"]),
+                   num_warps=cfg["num_warps"],
                    num_stages=cfg["num_stages"])
     return out
 
