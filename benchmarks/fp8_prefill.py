@@ -9,6 +9,9 @@ benchmarks/fp8_gemm.py's gtime) of:
             x @ W^T and W @ x^T (W_LEFT); best_left / best_right: the best of each form.
 Block scales (128 x 128) throughout; per-channel scales (one group per row) at the best block tile, with the scale
 applied to the sums (SCALE_LAST, the default there) and in the tile.
+  w8a8_block / w8a8_channel   (--forms w8a8) the activations quantized to FP8 per row and weight group, then the
+            FP8 x FP8 kernel (fp8_triton.launch_prefill_fp8, both launches timed), best tile; the error against
+            the unquantized product is reported (the tile must be within 5 %).
 
   python benchmarks/fp8_prefill.py --out $OUT/fp8_prefill.json [--ms 128,512,2048] [--tp 1] [--quick]
 
@@ -45,16 +48,28 @@ def tiles(quick: bool, w_left=(False, True)):
                        W_LEFT=left)
 
 
+def fp8_tiles():
+    """The W8A8 kernel's tiles (K steps of 128: one block group, the FP8 MMA's natural depth)."""
+    for bm, bn, warps, stages in itertools.product((64, 128), (64, 128, 256), (4, 8), (3, 4, 5)):
+        if (bm * bn >= 128 * 256 and warps == 4) or (bm * bn <= 64 * 64 and warps == 8):
+            continue
+        if stages * (bm + bn) * 128 + bm * bn * 4 > 220 * 1024:
+            continue
+        yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, num_warps=warps, num_stages=stages, GROUP_N=8)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--ms", default="128,256,512,1024,2048,4096")
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="a third of the tiles (3 stages, K steps of 128)")
+    ap.add_argument("--forms", default="w16,w8a8", help="w16: the weight-only kernel's sweep; w8a8: FP8 activations")
     args = ap.parse_args()
     from hf_tp.kernels import fp8_triton as ft
 
     ms = [int(m) for m in args.ms.split(",")]
+    forms = args.forms.split(",")
     rows, layer, t0 = [], {}, time.time()
     for name, N, K, _ in fg.shapes(args.tp):
         W = fg.Weights(N, K, fg.copies_for(N, K))
@@ -64,8 +79,8 @@ def main():
             ref = torch.nn.functional.linear(x.float(), W.fp8[0].float() * W.block[0].repeat_interleave(128, 1)[:, :K])
             ref_c = torch.nn.functional.linear(x.float(), W.fp8[0].float() * channel[0])
 
-            def run(cfg, scales=W.block, gk=128):
-                return [lambda w=w, s=s: ft.launch(x, w, s, gk, 0, None, config=cfg, path="prefill")
+            def run(cfg, path, scales=W.block, gk=128):
+                return [lambda w=w, s=s: ft.launch(x, w, s, gk, 0, None, config=cfg, path=path)
                         for w, s in zip(W.fp8, scales)]
 
             def err(out, r):
@@ -74,39 +89,43 @@ def main():
             res = {"bf16": fg.gtime([fg.cublas_fn(x, w, False) for w in W.bf16]),
                    "dequant": fg.gtime([lambda w=w, s=s: ft.launch(x, w, s, 128, 0, None, path="dequant")
                                         for w, s in zip(W.fp8, W.block)])}
-            res["rule_config"] = ft.prefill_config(M, N, K)
-            res["rule"] = fg.gtime(run(None))
-            res["rule_err"] = err(ft.launch(x, W.fp8[0], W.block[0], 128, 0, None, path="prefill"), ref)
-            timed, best = [], None
-            for cfg in tiles(args.quick):
-                try:
-                    e = err(run(cfg)[0](), ref)
-                    if not e < 5e-3:
-                        timed.append(dict(cfg, error=e))
+            timed = []
+
+            def sweep(form, path, grid, scales, gk, r, tol):
+                """The best tile of ``grid`` into res[form] (and per W_LEFT for the weight-only kernel)."""
+                for cfg in grid:
+                    try:
+                        e = err(run(cfg, path, scales, gk)[0](), r)
+                        if not e < tol:
+                            timed.append(dict(cfg, form=form, error=e))
+                            continue
+                        us = fg.gtime(run(cfg, path, scales, gk))
+                    except Exception as exc:  # noqa: BLE001 - a tile that does not build (shared memory)
+                        timed.append(dict(cfg, form=form, skipped=f"{type(exc).__name__}: {str(exc)[:80]}"))
                         continue
-                    us = fg.gtime(run(cfg))
-                except Exception as exc:  # noqa: BLE001 - a tile that does not build (shared memory): skipped
-                    timed.append(dict(cfg, skipped=f"{type(exc).__name__}: {str(exc)[:80]}"))
-                    continue
-                timed.append(dict(cfg, us=round(us, 2)))
-                if best is None or us < best[0]:
-                    best = (us, cfg)
-                form = "best_left" if cfg["W_LEFT"] else "best_right"
-                if form not in res or us < res[form]:
-                    res[form], res[form + "_config"] = us, cfg
-            if best:
-                res["best"], res["best_config"] = best
-                for last in (True, False):
-                    cfg = dict(best[1], SCALE_LAST=last)
-                    e = err(run(cfg, channel, K)[0](), ref_c)
-                    res[f"channel_{'last' if last else 'tile'}"] = fg.gtime(run(cfg, channel, K)) if e < 5e-3 else None
-                    res[f"channel_{'last' if last else 'tile'}_err"] = e
-                res["channel_bf16_ratio"] = res["bf16"] / min(v for v in (res["channel_last"], res["channel_tile"])
-                                                              if v)
+                    timed.append(dict(cfg, form=form, us=round(us, 2), error=e))
+                    keys = [form] + ([form + ("_left" if cfg["W_LEFT"] else "_right")] if "W_LEFT" in cfg else [])
+                    for key in keys:
+                        if key not in res or us < res[key]:
+                            res[key], res[key + "_config"], res[key + "_err"] = us, cfg, e
+
+            if "w16" in forms:
+                res["rule_config"] = ft.prefill_config(M, N, K)
+                res["rule"] = fg.gtime(run(None, "prefill"))
+                res["rule_err"] = err(run(None, "prefill")[0](), ref)
+                sweep("best", "prefill", tiles(args.quick), W.block, 128, ref, 5e-3)
+                if "best" in res:
+                    sweep("channel_last", "prefill", [dict(res["best_config"], SCALE_LAST=True)], channel, K, ref_c, 5e-3)
+                    sweep("channel_tile", "prefill", [dict(res["best_config"], SCALE_LAST=False)], channel, K, ref_c,
+                          5e-3)
+            if "w8a8" in forms:
+                sweep("w8a8_block", "prefill_fp8", fp8_tiles(), W.block, 128, ref, 0.05)
+                sweep("w8a8_channel", "prefill_fp8", fp8_tiles(), channel, K, ref_c, 0.05)
             row = dict(gemm=name, N=N, K=K, M=M, **{k: (round(v, 2) if isinstance(v, float) and "err" not in k
                                                         else v) for k, v in res.items()}, tiles=timed)
             rows.append(row)
-            for k in ("bf16", "dequant", "rule", "best", "best_left", "best_right", "channel_last", "channel_tile"):
+            for k in ("bf16", "dequant", "rule", "best", "best_left", "best_right", "channel_last", "channel_tile",
+                      "w8a8_block", "w8a8_channel"):
                 if isinstance(res.get(k), float):
                     layer[f"{M} {k}"] = layer.get(f"{M} {k}", 0.0) + res[k]
             print(json.dumps({k: v for k, v in row.items() if k != "tiles"}), f"{time.time() - t0:.0f}s", flush=True)

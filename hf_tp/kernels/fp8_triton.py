@@ -144,6 +144,127 @@ def launch_prefill(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, 
     return out
 
 
+@triton.jit
+def _quantize_groups(x_ptr, q_ptr, qs_ptr, K, group_k, k_offset, stride_xm, stride_qm, stride_sm,
+                     BLOCK_K: tl.constexpr):
+    """One (row, group) of x to float8_e4m3fn with one fp32 scale, amax / 448 (dynamic per-token activation
+    quantization, per group): the groups are the weight's (local column k in group (k + k_offset) // group_k),
+    so that a K step of the GEMM multiplies under one activation scale and one weight scale."""
+    row = tl.program_id(0)
+    g = tl.program_id(1)
+    lo = tl.maximum(g * group_k - k_offset, 0)
+    hi = tl.minimum((g + 1) * group_k - k_offset, K)
+    x_row = x_ptr + row.to(tl.int64) * stride_xm
+    q_row = q_ptr + row.to(tl.int64) * stride_qm
+    rk = tl.arange(0, BLOCK_K)
+    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k0 in range(lo, hi, BLOCK_K):
+        amax = tl.maximum(amax, tl.abs(tl.load(x_row + k0 + rk, mask=k0 + rk < hi, other=0.0).to(tl.float32)))
+    scale = tl.maximum(tl.max(amax, axis=0), 1e-12) / 448.0
+    for k0 in range(lo, hi, BLOCK_K):
+        v = tl.load(x_row + k0 + rk, mask=k0 + rk < hi, other=0.0).to(tl.float32) / scale
+        # clamped: x / (amax / 448) may round just past 448, which e4m3fn (no infinity) would make NaN
+        tl.store(q_row + k0 + rk, tl.minimum(tl.maximum(v, -448.0), 448.0).to(q_ptr.dtype.element_ty),
+                 mask=k0 + rk < hi)
+    tl.store(qs_ptr + row.to(tl.int64) * stride_sm + g, scale)
+
+
+@triton.jit
+def _prefill_fp8(q_ptr, qs_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, group_k, k_offset, stride_qm, stride_qsm,
+                 stride_wn, stride_sn, stride_om, ONE_GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 GROUP_N: tl.constexpr):
+    """x @ W^T with x quantized to FP8 per (row, weight group) by ``_quantize_groups``: both operands FP8, the
+    tensor cores' FP8 rate (twice bf16's). Tile order as ``_prefill``. Each K step lies in one group (BLOCK_K
+    divides group_k and k_offset): its product is scaled by the row's and the weight row's scale of that group
+    and summed in fp32; with ONE_GROUP (per-channel weights) the products chain and the scales apply once."""
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_N * tiles_m
+    first_n = (pid // per_group) * GROUP_N
+    group_n = tl.minimum(tiles_n - first_n, GROUP_N)
+    pid_m = (pid % per_group) // group_n
+    pid_n = first_n + (pid % per_group) % group_n
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < N
+    q_rows = q_ptr + rm.to(tl.int64)[:, None] * stride_qm
+    qs_rows = qs_ptr + rm.to(tl.int64) * stride_qsm
+    w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn
+    s_rows = s_ptr + rn.to(tl.int64) * stride_sn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + rk
+        if EVEN_K:
+            a = tl.load(q_rows + cols[None, :], mask=m_ok[:, None], other=0.0)
+            b = tl.load(w_rows + cols[None, :], mask=n_ok[:, None], other=0.0)
+        else:
+            k_ok = cols < K
+            a = tl.load(q_rows + cols[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_rows + cols[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        if ONE_GROUP:
+            acc = tl.dot(a, tl.trans(b), acc)
+        else:
+            g = (k0 + k_offset) // group_k
+            sa = tl.load(qs_rows + g, mask=m_ok, other=0.0)
+            sb = tl.load(s_rows + g, mask=n_ok, other=0.0)
+            acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
+    if ONE_GROUP:
+        acc = acc * (tl.load(qs_rows, mask=m_ok, other=0.0)[:, None] * tl.load(s_rows, mask=n_ok, other=0.0)[None, :])
+    if HAS_BIAS:
+        acc = acc + tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(o_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :], acc.to(o_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+def fp8_step(G: int, K: int, group_k: int, k_offset: int, block_k: int = 128) -> int:
+    """The K step of ``_prefill_fp8`` for these groups, or 0 where none fits (a step must lie in one group and
+    hold at least 32 columns): the caller then keeps the activations in their dtype (``_prefill``)."""
+    if G == 1:
+        return max(32, min(block_k, triton.next_power_of_2(K)))
+    step = block_k
+    while step >= 32 and (group_k % step or k_offset % step):
+        step //= 2
+    return step if step >= 32 else 0
+
+
+def quantize_groups(x2: torch.Tensor, G: int, group_k: int, k_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x2 (M, K) to float8_e4m3fn (M, K) and fp32 scales (M, G), per row and weight group (``_quantize_groups``);
+    G == 1: one group per row."""
+    M, K = x2.shape
+    q = torch.empty((M, K), device=x2.device, dtype=torch.float8_e4m3fn)
+    qs = torch.empty((M, G), device=x2.device, dtype=torch.float32)
+    if G == 1:
+        group_k, k_offset = K, 0
+    _quantize_groups[(M, G)](x2, q, qs, K, group_k, k_offset, x2.stride(0), q.stride(0), qs.stride(0),
+                             BLOCK_K=max(16, min(1024, triton.next_power_of_2(min(group_k, K)))), num_warps=4)
+    return q, qs
+
+
+def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
+                       bias: torch.Tensor | None, config: dict | None = None) -> torch.Tensor:
+    """x2 (M, K) contiguous bf16/fp16, quantized to FP8 per row and weight group, times the FP8 weight on the
+    FP8 tensor cores; (M, N) in x2's dtype. ``fp8_step`` must be nonzero for these groups."""
+    M, K = x2.shape
+    N, G = weight.shape[0], scale.shape[1]
+    cfg = dict(dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_N=8, num_warps=8, num_stages=3), **(config or {}))
+    block_k = fp8_step(G, K, group_k, k_offset, cfg["BLOCK_K"])
+    if not block_k:
+        raise ValueError(f"fp8_triton: no FP8 K step fits groups of {group_k} at offset {k_offset}")
+    q, qs = quantize_groups(x2, G, group_k, k_offset)
+    out = torch.empty((M, N), device=x2.device, dtype=x2.dtype)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
+    _prefill_fp8[grid](q, qs, weight, scale, bias if bias is not None else x2, out, M, N, K, group_k, k_offset,
+                       q.stride(0), qs.stride(0), weight.stride(0), scale.stride(0), out.stride(0),
+                       ONE_GROUP=G == 1, HAS_BIAS=bias is not None, EVEN_K=K % block_k == 0,
+                       BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k, GROUP_N=cfg["GROUP_N"],
+                       num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return out
+
+
 # Above DOT_MAX_M rows the launcher dequantizes the weight (one Triton pass) and calls cuBLAS: at M = 128 that
 # measured 337 us per 8B layer against 673 us for a tl.dot kernel with 128-row tiles (and 144 us for bf16:
 # prefill is slower than bf16, see docs/fp8.md, "Speed"). The crossover below 128 was not measured.
@@ -180,6 +301,8 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
         path = "dequant"
     if path == "dequant" and norm:
         raise ValueError(f"fp8_triton: the norm form runs at decode sizes (at most {DOT_MAX_M} rows), got {M}")
+    if path == "prefill_fp8":
+        return launch_prefill_fp8(x2, weight, scale, group_k, k_offset, bias, config)
     if path == "prefill":
         if norm:
             raise ValueError(f"fp8_triton: the norm form runs at decode sizes (at most {DOT_MAX_M} rows), got {M}")
