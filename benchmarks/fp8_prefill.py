@@ -64,7 +64,8 @@ def main():
     ap.add_argument("--ms", default="128,256,512,1024,2048,4096")
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="a third of the tiles (3 stages, K steps of 128)")
-    ap.add_argument("--forms", default="w16,w8a8", help="w16: the weight-only kernel's sweep; w8a8: FP8 activations")
+    ap.add_argument("--forms", default="w16,w8a8", help="w16: the weight-only kernel's sweep; w8a8: FP8 activations'"
+                    " sweep; rule: the shipped tiles of both")
     args = ap.parse_args()
     from hf_tp.kernels import fp8_triton as ft
 
@@ -109,6 +110,11 @@ def main():
                         if key not in res or us < res[key]:
                             res[key], res[key + "_config"], res[key + "_err"] = us, cfg, e
 
+            if "rule" in forms:  # the shipped tiles only
+                res["rule"] = fg.gtime(run(None, "prefill"))
+                res["rule_err"] = err(run(None, "prefill")[0](), ref)
+                res["w8a8_rule_block"] = fg.gtime(run(None, "prefill_fp8"))
+                res["w8a8_rule_channel"] = fg.gtime(run(None, "prefill_fp8", channel, K))
             if "w16" in forms:
                 res["rule_config"] = ft.prefill_config(M, N, K)
                 res["rule"] = fg.gtime(run(None, "prefill"))
@@ -125,7 +131,7 @@ def main():
                                                         else v) for k, v in res.items()}, tiles=timed)
             rows.append(row)
             for k in ("bf16", "dequant", "rule", "best", "best_left", "best_right", "channel_last", "channel_tile",
-                      "w8a8_block", "w8a8_channel"):
+                      "w8a8_block", "w8a8_channel", "w8a8_rule_block", "w8a8_rule_channel"):
                 if isinstance(res.get(k), float):
                     layer[f"{M} {k}"] = layer.get(f"{M} {k}", 0.0) + res[k]
             print(json.dumps({k: v for k, v in row.items() if k != "tiles"}), f"{time.time() - t0:.0f}s", flush=True)

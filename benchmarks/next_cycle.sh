@@ -54,12 +54,15 @@
 #      as FP8 once, M tiles fastest so the programs in flight share weight tiles), its GPU tests and a tile sweep
 #      against bf16 and dequantize + cuBLAS at M = 128..4096 (benchmarks/fp8_prefill.py); CALL=18's GPU tests; the
 #      radix top-k's piece widths.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|19] bash benchmarks/next_cycle.sh
+#   CALL=20 (the sixteenth session's third): TPConfig.fp8_activations (FP8 x FP8 at prefill sizes) and the prefill
+#      kernels as dispatched: their GPU tests, the shipped tiles at M = 128..2048, the block form's W8A8 sweep
+#      after its scales became contiguous loads, gpu_check's FP8 accuracy with the activations kept and in FP8.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|20] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-19}
+CALL=${CALL:-20}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -196,6 +199,16 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 20 ]; then
+  step tests_prefill 120 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "activation or prefill or fp8_kept"
+  step prefill_rule 60 python benchmarks/fp8_prefill.py --forms rule --ms 128,192,256,512,2048 \
+    --out "$OUT/fp8_prefill_rule.json"
+  step check_fp8c 100 python benchmarks/gpu_check.py --random-arch phi3 --fp8 channel --one-gpu-gloo --tp-size 2 \
+    --json "$OUT/fp8_check_channel.json"
+  HF_TP_FP8_ACTIVATIONS=1 step check_fp8c_act 100 python benchmarks/gpu_check.py --random-arch phi3 --fp8 channel \
+    --one-gpu-gloo --tp-size 2 --json "$OUT/fp8_check_channel_act.json"
+  step prefill_w8a8 90 python benchmarks/fp8_prefill.py --forms w8a8 --ms 128,512,2048 \
+    --out "$OUT/fp8_prefill_w8a8.json"
 elif [ "$CALL" = 19 ]; then
   step tests_fp8 150 $T tests/test_fp8_kernel.py tests/test_gpu_loop_requests.py tests/test_decode_loop.py
   step fp8_prefill 120 python benchmarks/fp8_prefill.py --ms ${PREFILL_MS:-128,512,2048,4096} --out "$OUT/fp8_prefill.json"

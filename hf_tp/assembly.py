@@ -19,7 +19,7 @@ from .config import TPConfig
 from .generation.spmd import make_tensor_parallel
 from .loading import CheckpointIndex, load_shards, loading_info, make_stager, resolve_checkpoint
 from .loading.quantization import read_quantization
-from .parallel.fp8 import keep_fp8_layers, resolve_fp8_weights
+from .parallel.fp8 import install_fp8_activations, keep_fp8_layers, resolve_fp8_weights
 from .agreement import fail_together
 from .parallel.comm import TPGroup, min_int
 from .parallel.fused import fuse_fp8_shared_inputs, fuse_shared_inputs
@@ -183,6 +183,7 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     config = install_decode_attention(model, config, tp.device)  # "sdpa" where the kernel does not apply
     model.hf_tp_moe_routing = install_moe_routing(model, config.moe_decode)  # which routers got the kernel
     install_decode_gemm(model, config.decode_gemm)  # likewise, the linear layers'
+    install_fp8_activations(model, config.fp8_activations and kept > 0)
     if tp.device.type == "cuda" and (config.decode_gemm == "triton" or kept):
         # the decode GEMMs' counters for a split of K summed in the GEMM (gemv_triton.FOLD_SPLIT), reserved here,
         # outside any CUDA graph (reserve_counters says why); 256 KB

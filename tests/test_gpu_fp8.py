@@ -14,7 +14,15 @@ pytestmark = [pytest.mark.gpu,
                                  reason="needs a CUDA GPU with FP8 (compute capability 8.9+); none visible here")]
 
 
-def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path):
+# (prompt length, TPConfig.fp8_activations, near-tie bound as a share of the logits' range, exact share):
+# 12 tokens: every call at decode sizes; 80 (two rows: 160 > 64): the prompt through the prefill kernels, the
+# weight-only one, or the FP8-activation one, whose error is larger (about 2.6 % of a GEMM's output).
+CASES = [(12, False, 0.02, 0.9), (80, False, 0.02, 0.9), (80, True, 0.05, 0.75)]
+
+
+@pytest.mark.parametrize("prompt_len,fp8_activations,near,exact_share", CASES)
+def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, prompt_len, fp8_activations, near,
+                                                                  exact_share):
     from hf_tp.config import TPConfig
     from hf_tp.assembly import load_parallel_model
     from hf_tp.parallel.comm import TPGroup
@@ -27,24 +35,28 @@ def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path):
     device = torch.device("cuda", 0)
     reference = dequantized_reference(folder, tmp_path / "deq").to(device)
     ours = load_parallel_model(str(folder), TPGroup(0, 1, device), dtype=torch.bfloat16, progress=False,
-                               tp_config=TPConfig(fp8_weights="auto", fast_decode=True))
+                               tp_config=TPConfig(fp8_weights="auto", fast_decode=True,
+                                                  fp8_activations=fp8_activations))
     assert ours.hf_tp_config.fp8_weights == "keep"
     q = ours.model.layers[0].self_attn.q_proj
     assert q.weight.dtype == torch.float8_e4m3fn
     assert q.shared_input is not None and q.shared_input.scale is not None  # q/k/v as one FP8 GEMM (TPConfig.fuse)
+    assert q.shared_input.fp8_activations is fp8_activations
+    assert ours.model.layers[0].self_attn.o_proj.fp8_activations is fp8_activations
 
-    prompt = torch.randint(3, config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0)).to(device)
+    prompt = torch.randint(3, config.vocab_size, (2, prompt_len), generator=torch.Generator().manual_seed(0)).to(device)
     out = ours.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24,
                         do_sample=False, pad_token_id=0)
     assert ours._hf_tp_static_decoder.use_graphs and ours._hf_tp_static_decoder.sessions  # the captured loop ran
     new = out[:, prompt.shape[1]:]
     # Every token the FP8 model chose must be the fp32 reference's argmax on the same prefix, or a near-tie:
-    # its fp32 logit within bf16 noise (2 % of the logits' range, the kernel's bf16 activations) of the best.
+    # its fp32 logit within bf16 noise (2 % of the logits' range, the kernel's bf16 activations; 5 % with FP8
+    # activations) of the best.
     with torch.no_grad():
         logits = reference(out).logits[:, prompt.shape[1] - 1:-1].float()
     chosen = logits.gather(-1, new.unsqueeze(-1)).squeeze(-1)
     best = logits.max(-1).values
     span = logits.amax(-1) - logits.amin(-1)
-    assert torch.all(best - chosen <= 0.02 * span), (best - chosen) / span
+    assert torch.all(best - chosen <= near * span), (best - chosen) / span
     exact = (logits.argmax(-1) == new).float().mean().item()
-    assert exact >= 0.9, exact
+    assert exact >= exact_share, exact

@@ -95,7 +95,8 @@ def _use_kernel(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, grou
 
 @torch.library.custom_op("hf_tp::fp8_linear", mutates_args=())
 def _fp8_linear_op(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
-                   bias: torch.Tensor | None, x16: torch.Tensor | None = None) -> torch.Tensor:
+                   bias: torch.Tensor | None, x16: torch.Tensor | None = None,
+                   act_fp8: bool = False) -> torch.Tensor:
     if not _use_kernel(x, weight, scale, group_k):
         return fp8_linear_reference(x, weight, scale, group_k, k_offset, bias)
     from hf_tp.kernels import fp8_triton
@@ -105,12 +106,13 @@ def _fp8_linear_op(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, g
         return x.new_empty(*x.shape[:-1], weight.shape[0])
     out = fp8_triton.launch(x2.contiguous(), weight, scale.float().contiguous(), group_k, k_offset,
                             None if bias is None else bias.contiguous(),
-                            x16=None if x16 is None else x16.reshape(-1, x.shape[-1]).contiguous())
+                            x16=None if x16 is None else x16.reshape(-1, x.shape[-1]).contiguous(),
+                            act_fp8=act_fp8)
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
 @_fp8_linear_op.register_fake
-def _(x, weight, scale, group_k, k_offset, bias, x16=None):
+def _(x, weight, scale, group_k, k_offset, bias, x16=None, act_fp8=False):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
@@ -184,13 +186,15 @@ def _fp16_copy_wanted(device_index: int, N: int, K: int, G: int, group_k: int, k
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
+               bias: torch.Tensor | None = None, act_fp8: bool = False) -> torch.Tensor:
     """x @ W^T (+ bias) with W in the canonical FP8 form, output in x's dtype.
 
     On CUDA with compute capability >= 8.9 (``fp8_kernel_available``) and bf16/fp16 x, a Triton kernel reads the
     FP8 weight once (half the bytes of bf16), applies the scales per K-group in fp32 and accumulates in fp32;
-    above ``fp8_triton.DOT_MAX_M`` rows (prefill) it dequantizes once and calls cuBLAS. Elsewhere it is
-    ``fp8_linear_reference``. Works under torch.compile and CUDA-graph capture (a custom op).
+    above ``fp8_triton.DOT_MAX_M`` rows (prefill) a kernel reads the FP8 weight once up to
+    ``fp8_triton.PREFILL_MAX_M`` rows, and larger calls dequantize it once and call cuBLAS; with ``act_fp8``
+    (TPConfig.fp8_activations) prefill-size calls quantize x to FP8 per row and weight group and multiply on the
+    FP8 tensor cores instead (``fp8_triton.launch_prefill_fp8``). Elsewhere it is ``fp8_linear_reference``. Works under torch.compile and CUDA-graph capture (a custom op).
 
     Where the measured config multiplies bf16 activations in fp16 (FP8 widens to fp16 cheaply; see
     hf_tp/kernels/gemv_triton.py, "X16"), a compiled caller makes the activations' fp16 copy here, so that
@@ -209,4 +213,4 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group
         rows = x.numel() // max(1, x.shape[-1])
         if (at_one and rows == 1) or (at_few and 2 <= rows <= _DOT_MAX_M):
             x16 = x.to(torch.float16)
-    return _fp8_linear_op(x, weight, scale, int(group_k), int(k_offset), bias, x16)
+    return _fp8_linear_op(x, weight, scale, int(group_k), int(k_offset), bias, x16, bool(act_fp8))

@@ -113,13 +113,18 @@ def _prefill(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, s
 
 
 def prefill_config(M: int, N: int, K: int) -> dict:
-    """The prefill kernel's tiles for an (M, N, K) product. Unmeasured so far: a square-ish tile, narrower where
-    there would be fewer programs than SMs (a weight-bound product needs every SM reading)."""
-    block_n = 128
-    while block_n > 32 and triton.cdiv(M, 128) * triton.cdiv(N, block_n) < 132:
-        block_n //= 2
-    return dict(BLOCK_M=128 if M >= 128 else 64, BLOCK_N=block_n, BLOCK_K=128, GROUP_N=8, num_warps=8,
-                num_stages=3, SCALE_LAST=None, W_LEFT=False)
+    """The prefill kernel's tiles for an (M, N, K) product, from the sweep of benchmarks/fp8_prefill.py (one H100,
+    the Llama-3-8B layer's four GEMMs; benchmarks/RESULTS.md, 2026-12-05, sixteenth session). Up to 128 rows one
+    row tile, and weight tiles as wide as leave at least 96 programs (the product reads weights: every SM must
+    be reading); up to PREFILL_MAX_M, 128 x 64 tiles."""
+    if M <= 128:
+        block_n = 128
+        while block_n > 32 and triton.cdiv(N, block_n) < 96:
+            block_n //= 2
+        return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=128, GROUP_N=8, num_warps=4, num_stages=4,
+                    SCALE_LAST=None, W_LEFT=False)
+    return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, GROUP_N=8, num_warps=8, num_stages=3, SCALE_LAST=None,
+                W_LEFT=False)
 
 
 def launch_prefill(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
@@ -145,11 +150,12 @@ def launch_prefill(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, 
 
 
 @triton.jit
-def _quantize_groups(x_ptr, q_ptr, qs_ptr, K, group_k, k_offset, stride_xm, stride_qm, stride_sm,
+def _quantize_groups(x_ptr, q_ptr, qs_ptr, K, group_k, k_offset, stride_xm, stride_qm, stride_sg,
                      BLOCK_K: tl.constexpr):
     """One (row, group) of x to float8_e4m3fn with one fp32 scale, amax / 448 (dynamic per-token activation
     quantization, per group): the groups are the weight's (local column k in group (k + k_offset) // group_k),
-    so that a K step of the GEMM multiplies under one activation scale and one weight scale."""
+    so that a K step of the GEMM multiplies under one activation scale and one weight scale. The scales are
+    stored group-major, (G, M): a K step's scales of a tile's rows are then contiguous."""
     row = tl.program_id(0)
     g = tl.program_id(1)
     lo = tl.maximum(g * group_k - k_offset, 0)
@@ -166,18 +172,20 @@ def _quantize_groups(x_ptr, q_ptr, qs_ptr, K, group_k, k_offset, stride_xm, stri
         # clamped: x / (amax / 448) may round just past 448, which e4m3fn (no infinity) would make NaN
         tl.store(q_row + k0 + rk, tl.minimum(tl.maximum(v, -448.0), 448.0).to(q_ptr.dtype.element_ty),
                  mask=k0 + rk < hi)
-    tl.store(qs_ptr + row.to(tl.int64) * stride_sm + g, scale)
+    tl.store(qs_ptr + g.to(tl.int64) * stride_sg + row, scale)
 
 
 @triton.jit
-def _prefill_fp8(q_ptr, qs_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, group_k, k_offset, stride_qm, stride_qsm,
-                 stride_wn, stride_sn, stride_om, ONE_GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _prefill_fp8(q_ptr, qs_ptr, w_ptr, st_ptr, b_ptr, o_ptr, M, N, K, group_k, k_offset, stride_qm, stride_qsg,
+                 stride_wn, stride_stg, stride_om, ONE_GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
                  EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  GROUP_N: tl.constexpr):
     """x @ W^T with x quantized to FP8 per (row, weight group) by ``_quantize_groups``: both operands FP8, the
     tensor cores' FP8 rate (twice bf16's). Tile order as ``_prefill``. Each K step lies in one group (BLOCK_K
     divides group_k and k_offset): its product is scaled by the row's and the weight row's scale of that group
-    and summed in fp32; with ONE_GROUP (per-channel weights) the products chain and the scales apply once."""
+    and summed in fp32; with ONE_GROUP (per-channel weights) the products chain and the scales apply once.
+    Both scales come group-major ((G, M) and (G, N)): a step's scales are contiguous loads, which the pipeliner
+    prefetches (a strided gather of one scale per row was waited for every step: 1.8x slower at M = 2048)."""
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BLOCK_M)
     tiles_n = tl.cdiv(N, BLOCK_N)
@@ -192,9 +200,9 @@ def _prefill_fp8(q_ptr, qs_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, group_k, k_
     m_ok = rm < M
     n_ok = rn < N
     q_rows = q_ptr + rm.to(tl.int64)[:, None] * stride_qm
-    qs_rows = qs_ptr + rm.to(tl.int64) * stride_qsm
+    qs_rows = qs_ptr + rm
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn
-    s_rows = s_ptr + rn.to(tl.int64) * stride_sn
+    st_cols = st_ptr + rn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + rk
@@ -209,11 +217,11 @@ def _prefill_fp8(q_ptr, qs_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, group_k, k_
             acc = tl.dot(a, tl.trans(b), acc)
         else:
             g = (k0 + k_offset) // group_k
-            sa = tl.load(qs_rows + g, mask=m_ok, other=0.0)
-            sb = tl.load(s_rows + g, mask=n_ok, other=0.0)
+            sa = tl.load(qs_rows + g * stride_qsg, mask=m_ok, other=0.0)
+            sb = tl.load(st_cols + g * stride_stg, mask=n_ok, other=0.0)
             acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
     if ONE_GROUP:
-        acc = acc * (tl.load(qs_rows, mask=m_ok, other=0.0)[:, None] * tl.load(s_rows, mask=n_ok, other=0.0)[None, :])
+        acc = acc * (tl.load(qs_rows, mask=m_ok, other=0.0)[:, None] * tl.load(st_cols, mask=n_ok, other=0.0)[None, :])
     if HAS_BIAS:
         acc = acc + tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     tl.store(o_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :], acc.to(o_ptr.dtype.element_ty),
@@ -232,16 +240,29 @@ def fp8_step(G: int, K: int, group_k: int, k_offset: int, block_k: int = 128) ->
 
 
 def quantize_groups(x2: torch.Tensor, G: int, group_k: int, k_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x2 (M, K) to float8_e4m3fn (M, K) and fp32 scales (M, G), per row and weight group (``_quantize_groups``);
-    G == 1: one group per row."""
+    """x2 (M, K) to float8_e4m3fn (M, K) and fp32 scales (M, G) (a view of the (G, M) tensor the GEMM reads),
+    per row and weight group (``_quantize_groups``); G == 1: one group per row."""
     M, K = x2.shape
     q = torch.empty((M, K), device=x2.device, dtype=torch.float8_e4m3fn)
-    qs = torch.empty((M, G), device=x2.device, dtype=torch.float32)
+    qs = torch.empty((G, M), device=x2.device, dtype=torch.float32)
     if G == 1:
         group_k, k_offset = K, 0
     _quantize_groups[(M, G)](x2, q, qs, K, group_k, k_offset, x2.stride(0), q.stride(0), qs.stride(0),
                              BLOCK_K=max(16, min(1024, triton.next_power_of_2(min(group_k, K)))), num_warps=4)
-    return q, qs
+    return q, qs.t()
+
+
+def prefill_fp8_config(M: int, N: int) -> dict:
+    """The W8A8 kernel's tiles, from the same sweep: 128 x 128, halved (N first, down to 64) while there are
+    fewer programs than an H100 has SMs."""
+    block_m, block_n = 128, 128
+    while block_n > 64 and triton.cdiv(M, block_m) * triton.cdiv(N, block_n) < 132:
+        block_n //= 2
+    while block_m > 64 and triton.cdiv(M, block_m) * triton.cdiv(N, block_n) < 132:
+        block_m //= 2
+    big = block_m * block_n >= 128 * 128
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=128, GROUP_N=8, num_warps=8 if big else 4,
+                num_stages=3 if big else 5)
 
 
 def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
@@ -250,25 +271,34 @@ def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
     FP8 tensor cores; (M, N) in x2's dtype. ``fp8_step`` must be nonzero for these groups."""
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
-    cfg = dict(dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_N=8, num_warps=8, num_stages=3), **(config or {}))
+    cfg = dict(prefill_fp8_config(M, N), **(config or {}))
     block_k = fp8_step(G, K, group_k, k_offset, cfg["BLOCK_K"])
     if not block_k:
         raise ValueError(f"fp8_triton: no FP8 K step fits groups of {group_k} at offset {k_offset}")
     q, qs = quantize_groups(x2, G, group_k, k_offset)
+    st = scale.t().contiguous()  # (G, N): 1/32 of the weight's bytes at 128-wide groups, per call
     out = torch.empty((M, N), device=x2.device, dtype=x2.dtype)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
-    _prefill_fp8[grid](q, qs, weight, scale, bias if bias is not None else x2, out, M, N, K, group_k, k_offset,
-                       q.stride(0), qs.stride(0), weight.stride(0), scale.stride(0), out.stride(0),
+    _prefill_fp8[grid](q, qs, weight, st, bias if bias is not None else x2, out, M, N, K, group_k, k_offset,
+                       q.stride(0), qs.stride(1), weight.stride(0), st.stride(0), out.stride(0),
                        ONE_GROUP=G == 1, HAS_BIAS=bias is not None, EVEN_K=K % block_k == 0,
                        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k, GROUP_N=cfg["GROUP_N"],
                        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
 
 
-# Above DOT_MAX_M rows the launcher dequantizes the weight (one Triton pass) and calls cuBLAS: at M = 128 that
-# measured 337 us per 8B layer against 673 us for a tl.dot kernel with 128-row tiles (and 144 us for bf16:
-# prefill is slower than bf16, see docs/fp8.md, "Speed"). The crossover below 128 was not measured.
+# Above DOT_MAX_M rows (prefill) the skinny kernels stop. Up to PREFILL_MAX_M rows ``_prefill`` reads the FP8
+# weight once; above, the launcher dequantizes the weight (one Triton pass) and calls cuBLAS, which is faster
+# there: one H100, one Llama-3-8B layer's four GEMMs, block scales, us (benchmarks/RESULTS.md, 2026-12-05):
+#   M     bf16   _prefill (best tile)   dequantize + cuBLAS
+#   128   181    262                    434
+#   256   204    386                    462
+#   512   303    677                    547
+# (the weight widened in registers cannot feed Hopper's warp-group MMA from the right, so the kernel runs the
+# older MMA path: it wins while the weight's bytes dominate). With FP8 activations (TPConfig.fp8_activations)
+# every prefill size runs ``_prefill_fp8``, where its K step fits the groups (``fp8_step``).
 DOT_MAX_M = 64
+PREFILL_MAX_M = 256
 
 
 def takes_fp16(M: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> bool:
@@ -289,16 +319,20 @@ def takes_fp16(M: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> b
 
 def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
            bias: torch.Tensor | None, config: dict | None = None, path: str | None = None,
-           x16: torch.Tensor | None = None, norm: dict | None = None) -> torch.Tensor:
+           x16: torch.Tensor | None = None, norm: dict | None = None, act_fp8: bool = False) -> torch.Tensor:
     """x2 (M, K) contiguous; returns (M, N) in x2's dtype. ``path`` ("gemv", "skinny" for the tl.dot kernel,
-    "dequant") and ``config`` override the measured choice (tests and the benchmark's sweep use them).
+    "prefill", "prefill_fp8", "dequant") and ``config`` override the measured choice (tests and the benchmark's
+    sweep use them). ``act_fp8``: above DOT_MAX_M rows, x quantized to FP8 (TPConfig.fp8_activations).
     ``x16``: x2 in fp16 (contiguous), for the calls ``takes_fp16`` names. ``norm``: gemv_triton.launch's norm
     arguments (norm_weight, eps, residual, h_out, x_out): the GEMM of the RMSNorm of x2 (+ residual), decode
     sizes only."""
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
     if path is None and M > DOT_MAX_M:
-        path = "dequant"
+        if act_fp8 and not norm and fp8_step(G, K, group_k, k_offset):
+            path = "prefill_fp8"
+        else:
+            path = "prefill" if M <= PREFILL_MAX_M and not norm else "dequant"
     if path == "dequant" and norm:
         raise ValueError(f"fp8_triton: the norm form runs at decode sizes (at most {DOT_MAX_M} rows), got {M}")
     if path == "prefill_fp8":

@@ -18,10 +18,27 @@ from ..kernels import fp8 as _kernels
 FP8 = torch.float8_e4m3fn
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
+               bias: torch.Tensor | None = None, act_fp8: bool = False) -> torch.Tensor:
     """x @ W^T (+ bias) for an FP8 weight in canonical form: the single dispatch point of the FP8 layers.
-    hf_tp.kernels.fp8.fp8_linear runs the Triton kernel where it applies and the reference elsewhere."""
-    return _kernels.fp8_linear(x, weight, scale, group_k, k_offset, bias)
+    hf_tp.kernels.fp8.fp8_linear runs the Triton kernel where it applies and the reference elsewhere;
+    ``act_fp8``: the layer's ``fp8_activations`` (TPConfig.fp8_activations, set by ``install_fp8_activations``)."""
+    return _kernels.fp8_linear(x, weight, scale, group_k, k_offset, bias, act_fp8)
+
+
+def install_fp8_activations(model: nn.Module, enabled: bool) -> int:
+    """TPConfig.fp8_activations: mark the layers (and fused groups) that keep FP8 weights so that their
+    prefill-size calls quantize x to FP8; returns how many."""
+    if not enabled:
+        return 0
+    count = 0
+    for module in model.modules():
+        group = getattr(module, "shared_input", None)
+        target = group if group is not None else module
+        if getattr(target, "fp8_activations", None) is False and (
+                getattr(target, "fp8_scale", None) is not None or getattr(target, "scale", None) is not None):
+            target.fp8_activations = True
+            count += 1
+    return count
 
 
 def kernel_available(device: torch.device) -> bool:

@@ -33,6 +33,7 @@ class SharedInputGroup:
     decode_gemm = False  # set at load by parallel.decode_gemm (TPConfig.decode_gemm="triton")
 
     scale = None  # FP8 groups (from_fp8): the members' canonical scales, concatenated like their weights
+    fp8_activations = False  # set at load by parallel.fp8.install_fp8_activations (TPConfig.fp8_activations)
     group_k = k_offset = 0
 
     def __init__(self, members: list[nn.Module], device: torch.device):
@@ -85,7 +86,8 @@ class SharedInputGroup:
             parts, handed = pending[1], pending[2] | bit
         else:
             if self.scale is not None:
-                product = fp8_linear(x, self.weight, self.scale, self.group_k, self.k_offset, self.bias)
+                product = fp8_linear(x, self.weight, self.scale, self.group_k, self.k_offset, self.bias,
+                                     self.fp8_activations)
             else:
                 product = dense_linear(x, self.weight, self.bias, False, self.decode_gemm)
             # split_with_sizes: Tensor.split's Python wrapper picks this for a list of sizes anyway

@@ -68,12 +68,14 @@ class ColumnParallelLinear(nn.Module):
     shared_input = None  # a fused.SharedInputGroup when this layer's GEMM is computed with its siblings'
     shared_index = 0
     decode_gemm = False  # set at load by parallel.decode_gemm (TPConfig.decode_gemm="triton")
+    fp8_activations = False  # set at load by parallel.fp8.install_fp8_activations (TPConfig.fp8_activations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared_input is not None:
             return self.shared_input.output(self.shared_index, x)
         if self.fp8_scale is not None:
-            return fp8_linear(x, self.weight, self.fp8_scale, self.fp8_group_k, self.fp8_k_offset, self.bias)
+            return fp8_linear(x, self.weight, self.fp8_scale, self.fp8_group_k, self.fp8_k_offset, self.bias,
+                              self.fp8_activations)
         return dense_linear(x, self.weight, self.bias, False, self.decode_gemm)
 
     def extra_repr(self) -> str:
@@ -84,6 +86,7 @@ class RowParallelLinear(nn.Module):
     """y = sum_r(x_r @ W_r^T) + b; the input arrives split, the output is full on every rank."""
 
     decode_gemm = False  # set at load by parallel.decode_gemm (TPConfig.decode_gemm="triton")
+    fp8_activations = False  # set at load by parallel.fp8.install_fp8_activations (TPConfig.fp8_activations)
 
     def __init__(self, in_features_local, out_features, bias, tp: TPGroup, dtype=None, device=None,
                  reduce_fp32: bool = True):
@@ -104,7 +107,8 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fp8_scale is not None:
-            y = fp8_linear(x, self.weight, self.fp8_scale, self.fp8_group_k, self.fp8_k_offset)
+            y = fp8_linear(x, self.weight, self.fp8_scale, self.fp8_group_k, self.fp8_k_offset,
+                           act_fp8=self.fp8_activations)
             if self.reduce_fp32 and x.dtype in (torch.bfloat16, torch.float16):  # partials summed in fp32
                 y = all_reduce(y.float(), self.tp)
                 return (y if self.bias is None else y + self.bias).to(x.dtype)
