@@ -57,12 +57,15 @@
 #   CALL=20 (the sixteenth session's third): TPConfig.fp8_activations (FP8 x FP8 at prefill sizes) and the prefill
 #      kernels as dispatched: their GPU tests, the shipped tiles at M = 128..2048, the block form's W8A8 sweep
 #      after its scales became contiguous loads, gpu_check's FP8 accuracy with the activations kept and in FP8.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|20] bash benchmarks/next_cycle.sh
+#   CALL=21 (the sixteenth session's fourth): the FP8 prefill dispatch as call 20 decided it (the weight-once kernel
+#      up to 128 rows, block W8A8 up to 512), its GPU tests, and time to first token end to end at the 1B shape:
+#      bf16 against FP8 per channel with the activations kept and in FP8, prompts of 128 and 1024 tokens.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|21] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-20}
+CALL=${CALL:-21}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -199,6 +202,21 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 21 ]; then
+  step tests_prefill 110 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "activation or prefill or fp8_kept"
+  write_ckpt llama3-1b "$CK/llama3-1b-bf16" 90 bf16 &
+  write_ckpt llama3-1b "$CK/llama3-1b-fp8-channel" 90 fp8-channel &
+  wait
+  ttft() {  # ttft NAME WEIGHTS PROMPT_LEN: one compiled tp-1 row of 16 new tokens at the 1B shape
+    step "$1" 40 python -m hf_tp.bench.run_system --system hf_tp --mode compile --tp-size 1 --model "$CK/llama3-1b-$2" \
+      --batches 1 --prompt-len "$3" --new-tokens 16 --out "$OUT/e2e_$1.jsonl"
+  }
+  ttft bf16_p128 bf16 128
+  ttft fp8c_p128 fp8-channel 128
+  HF_TP_FP8_ACTIVATIONS=1 ttft fp8c_act_p128 fp8-channel 128
+  ttft bf16_p1024 bf16 1024
+  ttft fp8c_p1024 fp8-channel 1024
+  HF_TP_FP8_ACTIVATIONS=1 ttft fp8c_act_p1024 fp8-channel 1024
 elif [ "$CALL" = 20 ]; then
   step tests_prefill 120 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "activation or prefill or fp8_kept"
   step prefill_rule 60 python benchmarks/fp8_prefill.py --forms rule --ms 128,192,256,512,2048 \

@@ -14,15 +14,14 @@ pytestmark = [pytest.mark.gpu,
                                  reason="needs a CUDA GPU with FP8 (compute capability 8.9+); none visible here")]
 
 
-# (prompt length, TPConfig.fp8_activations, near-tie bound as a share of the logits' range, exact share):
-# 12 tokens: every call at decode sizes; 80 (two rows: 160 > 64): the prompt through the prefill kernels, the
-# weight-only one, or the FP8-activation one, whose error is larger (about 2.6 % of a GEMM's output).
-CASES = [(12, False, 0.02, 0.9), (80, False, 0.02, 0.9), (80, True, 0.05, 0.75)]
+# (prompt length, TPConfig.fp8_activations): 12 tokens (two rows): every call at decode sizes; 60: the prompt's
+# 120 rows through the prefill kernel that reads the FP8 weight once; 80: the prompt's 160 rows through the
+# FP8-activation kernel (with TPConfig.fp8_activations) or dequantize + cuBLAS.
+CASES = [(12, False), (60, False), (80, False), (80, True)]
 
 
-@pytest.mark.parametrize("prompt_len,fp8_activations,near,exact_share", CASES)
-def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, prompt_len, fp8_activations, near,
-                                                                  exact_share):
+@pytest.mark.parametrize("prompt_len,fp8_activations", CASES)
+def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, prompt_len, fp8_activations):
     from hf_tp.config import TPConfig
     from hf_tp.assembly import load_parallel_model
     from hf_tp.parallel.comm import TPGroup
@@ -49,14 +48,23 @@ def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, promp
                         do_sample=False, pad_token_id=0)
     assert ours._hf_tp_static_decoder.use_graphs and ours._hf_tp_static_decoder.sessions  # the captured loop ran
     new = out[:, prompt.shape[1]:]
+    if fp8_activations:
+        # FP8 activations trade accuracy for speed (each GEMM about 2.6 % off on random data; gpu_check's phi3
+        # prompt logits measured 0.14 from the bf16 reference): the prompt's logits must stay near the fp32
+        # reference's (a model without its scales, or garbage activations, is at about 1), not the tokens.
+        with torch.no_grad():
+            ref_logits = reference(prompt).logits.float()
+            ours_logits = ours(input_ids=prompt).logits.float()
+        rel = ((ours_logits - ref_logits).norm() / ref_logits.norm()).item()
+        assert rel < 0.25, rel
+        return
     # Every token the FP8 model chose must be the fp32 reference's argmax on the same prefix, or a near-tie:
-    # its fp32 logit within bf16 noise (2 % of the logits' range, the kernel's bf16 activations; 5 % with FP8
-    # activations) of the best.
+    # its fp32 logit within bf16 noise (2 % of the logits' range, the kernel's bf16 activations) of the best.
     with torch.no_grad():
         logits = reference(out).logits[:, prompt.shape[1] - 1:-1].float()
     chosen = logits.gather(-1, new.unsqueeze(-1)).squeeze(-1)
     best = logits.max(-1).values
     span = logits.amax(-1) - logits.amin(-1)
-    assert torch.all(best - chosen <= near * span), (best - chosen) / span
+    assert torch.all(best - chosen <= 0.02 * span), (best - chosen) / span
     exact = (logits.argmax(-1) == new).float().mean().item()
-    assert exact >= exact_share, exact
+    assert exact >= 0.9, exact

@@ -114,9 +114,9 @@ def _prefill(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, s
 
 def prefill_config(M: int, N: int, K: int) -> dict:
     """The prefill kernel's tiles for an (M, N, K) product, from the sweep of benchmarks/fp8_prefill.py (one H100,
-    the Llama-3-8B layer's four GEMMs; benchmarks/RESULTS.md, 2026-12-05, sixteenth session). Up to 128 rows one
-    row tile, and weight tiles as wide as leave at least 96 programs (the product reads weights: every SM must
-    be reading); up to PREFILL_MAX_M, 128 x 64 tiles."""
+    the Llama-3-8B layer's four GEMMs; benchmarks/RESULTS.md, 2026-12-05, sixteenth session). Up to 128 rows
+    (PREFILL_MAX_M) one row tile, and weight tiles as wide as leave at least 96 programs (the product reads
+    weights: every SM must be reading); above (only when asked for: tests, the sweep), 128 x 64 tiles."""
     if M <= 128:
         block_n = 128
         while block_n > 32 and triton.cdiv(N, block_n) < 96:
@@ -290,15 +290,19 @@ def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
 # Above DOT_MAX_M rows (prefill) the skinny kernels stop. Up to PREFILL_MAX_M rows ``_prefill`` reads the FP8
 # weight once; above, the launcher dequantizes the weight (one Triton pass) and calls cuBLAS, which is faster
 # there: one H100, one Llama-3-8B layer's four GEMMs, block scales, us (benchmarks/RESULTS.md, 2026-12-05):
-#   M     bf16   _prefill (best tile)   dequantize + cuBLAS
-#   128   181    262                    434
-#   256   204    386                    462
-#   512   303    677                    547
+#   M     bf16   _prefill (prefill_config's tiles)   dequantize + cuBLAS
+#   128   191    295                                 434
+#   192   198    483                                 447
+#   512   300    902                                 543
 # (the weight widened in registers cannot feed Hopper's warp-group MMA from the right, so the kernel runs the
 # older MMA path: it wins while the weight's bytes dominate). With FP8 activations (TPConfig.fp8_activations)
-# every prefill size runs ``_prefill_fp8``, where its K step fits the groups (``fp8_step``).
+# prefill sizes run ``_prefill_fp8`` where its K step fits the groups (``fp8_step``): per-channel weights at
+# every size (128 / 265 / 885 us at M = 128 / 512 / 2048 against bf16's 191 / 300 / 1141), block weights up to
+# PREFILL_FP8_BLOCK_MAX_M rows (250 / 611 / 1759 us: each K step's product is scaled before it is summed, which
+# serializes the MMAs; above 512 rows dequantize + cuBLAS is faster).
 DOT_MAX_M = 64
-PREFILL_MAX_M = 256
+PREFILL_MAX_M = 128
+PREFILL_FP8_BLOCK_MAX_M = 512
 
 
 def takes_fp16(M: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> bool:
@@ -329,7 +333,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
     if path is None and M > DOT_MAX_M:
-        if act_fp8 and not norm and fp8_step(G, K, group_k, k_offset):
+        if act_fp8 and not norm and (G == 1 or M <= PREFILL_FP8_BLOCK_MAX_M) and fp8_step(G, K, group_k, k_offset):
             path = "prefill_fp8"
         else:
             path = "prefill" if M <= PREFILL_MAX_M and not norm else "dequant"
