@@ -60,12 +60,16 @@
 #   CALL=21 (the sixteenth session's fourth): the FP8 prefill dispatch as call 20 decided it (the weight-once kernel
 #      up to 128 rows, block W8A8 up to 512), its GPU tests, and time to first token end to end at the 1B shape:
 #      bf16 against FP8 per channel with the activations kept and in FP8, prompts of 128 and 1024 tokens.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|21] bash benchmarks/next_cycle.sh
+#   CALL=22 (the seventeenth session's first): the FP8 prefill kernels' GPU tests after their tile order moved into
+#      one helper (fp8_triton._tile_rows, run only in the interpreter since), the weight-once kernel's tiles at
+#      129-256 rows (its rule there was slower than dequantize + cuBLAS; the sweep's best was not), then the 8B
+#      rows issues 18 and 19 wait for (CALL=18's), FP8 per channel with TPConfig.fp8_activations among them.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|22] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-21}
+CALL=${CALL:-22}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -202,6 +206,19 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 22 ]; then
+  step tests_prefill 110 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "activation or prefill or fp8_kept"
+  step prefill_256 100 python benchmarks/fp8_prefill.py --forms w16 --quick --ms 192,256 --out "$OUT/fp8_prefill_256.json"
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  wait
+  row tp1_bf16 55 bf16 --batches 1
+  row tp1_fp8c 55 fp8-channel --batches 1
+  HF_TP_FP8_ACTIVATIONS=1 row tp1_fp8c_act 55 fp8-channel --batches 1
+  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
+  row r2_fp8c 45 fp8-channel --simulate-tp 2 --batches 1
+  row r4_bf16 45 bf16 --simulate-tp 4 --batches 1
+  row r8_bf16 45 bf16 --simulate-tp 8 --batches 1
 elif [ "$CALL" = 21 ]; then
   step tests_prefill 110 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "activation or prefill or fp8_kept"
   write_ckpt llama3-1b "$CK/llama3-1b-bf16" 90 bf16 &

@@ -38,22 +38,10 @@ def _dequant(w_ptr, s_ptr, o_ptr, N, K, G, group_k, k_offset, stride_wn, stride_
 
 
 @triton.jit
-def _prefill(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, stride_xm, stride_wn, stride_sn,
-             stride_om, SCALE_LAST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr,
-             W_LEFT: tl.constexpr):
-    """x @ W^T at prefill sizes, W read as FP8 (half of bf16's bytes) and widened in the tile: one pass, no
-    dequantized copy of the weight.
-
-    Programs go through the M tiles fastest inside groups of GROUP_N weight tiles: the programs in flight then
-    share their weight tiles, which come from HBM once and from L2 after (ordering the grid by weight tile
-    first read each weight once per M tile: 16 times at M = 2048). Each step's W tile is dequantized in fp32
-    and rounded to x's dtype, the reference's rounding (``hf_tp.kernels.fp8.dequantize``); with SCALE_LAST
-    (one group per row: per-channel scales) W is widened exactly (every e4m3 value is a bf16 and an fp16) and
-    the scale multiplies the fp32 sums once per output. BLOCK_K <= group_k (or G == 1), so that a step holds
-    at most two groups. With W_LEFT the product is computed transposed, W @ x^T: the widened weight is then the
-    left operand, which Hopper's warp-group MMA takes from registers (a right operand must be in shared memory,
-    so a weight widened in registers on the right goes back through shared memory first)."""
+def _tile_rows(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_N: tl.constexpr):
+    """This program's rows of x and of W at prefill sizes: the row tiles of x go fastest inside groups of GROUP_N
+    weight tiles, so that the programs in flight share their weight tiles (from HBM once, then L2); ordering by
+    weight tile first read each weight once per row tile (16 times at M = 2048)."""
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BLOCK_M)
     tiles_n = tl.cdiv(N, BLOCK_N)
@@ -62,8 +50,25 @@ def _prefill(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, s
     group_n = tl.minimum(tiles_n - first_n, GROUP_N)
     pid_m = (pid % per_group) // group_n
     pid_n = first_n + (pid % per_group) % group_n
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+
+
+@triton.jit
+def _prefill(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, stride_xm, stride_wn, stride_sn,
+             stride_om, SCALE_LAST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr,
+             W_LEFT: tl.constexpr):
+    """x @ W^T at prefill sizes, W read as FP8 (half of bf16's bytes) and widened in the tile: one pass, no
+    dequantized copy of the weight.
+
+    Tiles in ``_tile_rows``'s order. Each step's W tile is dequantized in fp32
+    and rounded to x's dtype, the reference's rounding (``hf_tp.kernels.fp8.dequantize``); with SCALE_LAST
+    (one group per row: per-channel scales) W is widened exactly (every e4m3 value is a bf16 and an fp16) and
+    the scale multiplies the fp32 sums once per output. BLOCK_K <= group_k (or G == 1), so that a step holds
+    at most two groups. With W_LEFT the product is computed transposed, W @ x^T: the widened weight is then the
+    left operand, which Hopper's warp-group MMA takes from registers (a right operand must be in shared memory,
+    so a weight widened in registers on the right goes back through shared memory first)."""
+    rm, rn = _tile_rows(M, N, BLOCK_M, BLOCK_N, GROUP_N)
     rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
     n_ok = rn < N
@@ -185,17 +190,8 @@ def _prefill_fp8(q_ptr, qs_ptr, w_ptr, st_ptr, b_ptr, o_ptr, M, N, K, group_k, k
     divides group_k and k_offset): its product is scaled by the row's and the weight row's scale of that group
     and summed in fp32; with ONE_GROUP (per-channel weights) the products chain and the scales apply once.
     Both scales come group-major ((G, M) and (G, N)): a step's scales are contiguous loads, which the pipeliner
-    prefetches (a strided gather of one scale per row was waited for every step: 1.8x slower at M = 2048)."""
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_N * tiles_m
-    first_n = (pid // per_group) * GROUP_N
-    group_n = tl.minimum(tiles_n - first_n, GROUP_N)
-    pid_m = (pid % per_group) // group_n
-    pid_n = first_n + (pid % per_group) % group_n
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    prefetches (one scale per row gathered with a stride: 2074 against 1662 µs per 8B layer at M = 2048)."""
+    rm, rn = _tile_rows(M, N, BLOCK_M, BLOCK_N, GROUP_N)
     rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
     n_ok = rn < N
