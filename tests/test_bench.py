@@ -29,9 +29,10 @@ def test_bench_smoke_writes_every_system(tmp_path):
     assert not errors, "bench rows that errored:\n" + "\n".join(json.dumps(r) for r in errors) + "\n" + log
     got = [(r["system"], r["mode"], r["tp_size"], r["batch"]) for r in rows]
     assert sorted(got) == sorted(SMOKE_ROWS), f"rows {sorted(got)} != the smoke run's promise {sorted(SMOKE_ROWS)}"
-    keys = {"system", "tp_size", "batch", "decode_tok_s", "load_s", "peak_bytes_per_gpu", "device"}
+    keys = {"system", "tp_size", "batch", "decode_tok_s", "prefill_ms", "load_s", "peak_bytes_per_gpu", "device"}
     assert all(keys <= set(r) for r in rows)
-    assert all(r["decode_tok_s"] > 0 and r["load_s"] > 0 and r["peak_bytes_per_gpu"] > 0 for r in rows)
+    assert all(r["decode_tok_s"] > 0 and r["prefill_ms"] > 0 and r["load_s"] > 0 and r["peak_bytes_per_gpu"] > 0
+               for r in rows)
     assert "decode tok/s" in proc.stdout and "FAILED" not in proc.stdout
     # hf_tp rows carry every rank's read figures; each rank read part of the checkpoint, together at least all of it.
     for r in rows:

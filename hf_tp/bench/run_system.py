@@ -139,6 +139,28 @@ def _generate_seconds(model, ids, new_tokens, compiled, device, keep=None) -> fl
     return seconds
 
 
+def _prefill_ms(model, ids, device) -> float:
+    """One forward of the prompt batch (what a prefill computes: every layer and the LM head, no generation), the
+    median of three, in ms: on CUDA the time between CUDA events around it (so time to first token without
+    generate()'s host work; host time inside the forward counts where the GPU waits for it), elsewhere wall."""
+    times = []
+    for _ in range(3):
+        _sync(device)
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if device.type == "cuda" else None
+        start = time.perf_counter()
+        if events:
+            events[0].record()
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        if events:
+            events[1].record()
+            events[1].synchronize()
+            times.append(events[0].elapsed_time(events[1]))
+        else:
+            times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[1]
+
+
 def _step_bytes(model, bytes_per_gpu: float, sequences, prompt_len: int) -> tuple[float, dict]:
     """Bytes one decode step reads per GPU: all of this GPU's weights for a dense model; for a mixture of
     experts the non-expert weights plus the distinct experts the batch chose, measured (bench/moe_floor.py)."""
@@ -197,6 +219,7 @@ def main() -> int:
         outputs = []
         full = sorted(_generate_seconds(model, ids, args.new_tokens, compiled, device, outputs) for _ in range(3))[1]
         decode_tok_s = batch * (args.new_tokens - 1) / max(full - first, 1e-9)
+        prefill_ms = _prefill_ms(model, ids, device)
         step_bytes, moe_fields = _step_bytes(model, bytes_per_gpu, outputs[-1], args.prompt_len)
         floor_tok_s = batch * bandwidth / step_bytes
         peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
@@ -219,7 +242,7 @@ def main() -> int:
                 lambda n: _generate_seconds(model, ids, n, compiled, device), args.profile, wall, top=24)
         rows.append({"system": args.system, "mode": args.mode,
                      "tp_size": args.simulate_tp or args.tp_size, "batch": batch, **extra,
-                     "decode_tok_s": round(decode_tok_s, 2), "ttft_s": round(first, 4), "load_s": round(load_s, 3),
+                     "decode_tok_s": round(decode_tok_s, 2), "ttft_s": round(first, 4), "prefill_ms": round(prefill_ms, 3), "load_s": round(load_s, 3),
                      "peak_bytes_per_gpu": peak, **loader, "copy_bandwidth_bytes_s": round(bandwidth),
                      "bandwidth_floor_tok_s": round(floor_tok_s, 1), "floor_fraction": round(decode_tok_s / floor_tok_s, 4), **moe_fields, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      # hf_tp's resolved options (None for the Transformers baselines): a row says what produced it
