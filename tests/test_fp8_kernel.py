@@ -188,6 +188,7 @@ _W8A8_CASES = [
     (70, 40, 256, 128, 0, "float16", {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "GROUP_N": 2}),
     (65, 40, 96, 96, 0, "float16", {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 32}),
     (20, 24, 200, 128, 64, "float16", {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 128}),
+    (70, 40, 456, 128, 64, "float16", {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "LAG": True}),  # scaled a step late
 ]
 
 

@@ -184,13 +184,15 @@ def _quantize_groups(x_ptr, q_ptr, qs_ptr, K, group_k, k_offset, stride_xm, stri
 def _prefill_fp8(q_ptr, qs_ptr, w_ptr, st_ptr, b_ptr, o_ptr, M, N, K, group_k, k_offset, stride_qm, stride_qsg,
                  stride_wn, stride_stg, stride_om, ONE_GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
                  EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_N: tl.constexpr):
+                 GROUP_N: tl.constexpr, LAG: tl.constexpr):
     """x @ W^T with x quantized to FP8 per (row, weight group) by ``_quantize_groups``: both operands FP8, the
     tensor cores' FP8 rate (twice bf16's). Tile order as ``_prefill``. Each K step lies in one group (BLOCK_K
     divides group_k and k_offset): its product is scaled by the row's and the weight row's scale of that group
     and summed in fp32; with ONE_GROUP (per-channel weights) the products chain and the scales apply once.
     Both scales come group-major ((G, M) and (G, N)): a step's scales are contiguous loads, which the pipeliner
-    prefetches (one scale per row gathered with a stride: 2074 against 1662 µs per 8B layer at M = 2048)."""
+    prefetches (one scale per row gathered with a stride: 2074 against 1662 µs per 8B layer at M = 2048).
+    With LAG (groups only) a step's product is scaled and summed one step later, after the next step's MMA is
+    issued, so that the scaling need not wait for the MMA it scales (unmeasured: the sweep decides)."""
     rm, rn = _tile_rows(M, N, BLOCK_M, BLOCK_N, GROUP_N)
     rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
@@ -200,6 +202,9 @@ def _prefill_fp8(q_ptr, qs_ptr, w_ptr, st_ptr, b_ptr, o_ptr, M, N, K, group_k, k
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn
     st_cols = st_ptr + rn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    prev = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # LAG: the last step's product and its scales
+    prev_sa = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    prev_sb = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + rk
         if EVEN_K:
@@ -215,7 +220,14 @@ def _prefill_fp8(q_ptr, qs_ptr, w_ptr, st_ptr, b_ptr, o_ptr, M, N, K, group_k, k
             g = (k0 + k_offset) // group_k
             sa = tl.load(qs_rows + g * stride_qsg, mask=m_ok, other=0.0)
             sb = tl.load(st_cols + g * stride_stg, mask=n_ok, other=0.0)
-            acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
+            if LAG:
+                product = tl.dot(a, tl.trans(b))
+                acc += prev * (prev_sa[:, None] * prev_sb[None, :])
+                prev, prev_sa, prev_sb = product, sa, sb
+            else:
+                acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
+    if LAG and not ONE_GROUP:
+        acc += prev * (prev_sa[:, None] * prev_sb[None, :])
     if ONE_GROUP:
         acc = acc * (tl.load(qs_rows, mask=m_ok, other=0.0)[:, None] * tl.load(st_cols, mask=n_ok, other=0.0)[None, :])
     if HAS_BIAS:
@@ -279,7 +291,7 @@ def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
                        q.stride(0), qs.stride(1), weight.stride(0), st.stride(0), out.stride(0),
                        ONE_GROUP=G == 1, HAS_BIAS=bias is not None, EVEN_K=K % block_k == 0,
                        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k, GROUP_N=cfg["GROUP_N"],
-                       num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                       LAG=bool(cfg.get("LAG")) and G > 1, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
 
 
