@@ -183,7 +183,7 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     config = install_decode_attention(model, config, tp.device)  # "sdpa" where the kernel does not apply
     model.hf_tp_moe_routing = install_moe_routing(model, config.moe_decode)  # which routers got the kernel
     install_decode_gemm(model, config.decode_gemm)  # likewise, the linear layers'
-    install_fp8_activations(model, config.fp8_activations and kept > 0)
+    config = install_fp8_activations(model, config, tp.device)  # False where no layer kept FP8 takes it
     if tp.device.type == "cuda" and (config.decode_gemm == "triton" or kept):
         # the decode GEMMs' counters for a split of K summed in the GEMM (gemv_triton.FOLD_SPLIT), reserved here,
         # outside any CUDA graph (reserve_counters says why); 256 KB

@@ -406,3 +406,22 @@ def test_fp8_groups_with_biases_follow_a_dtype_conversion(tmp_path):
         got, want = model(ids).logits, reference(ids).logits
     assert got.dtype == torch.float64
     assert float((got - want).abs().max()) <= 1e-6 * float(want.abs().max())
+
+
+def test_fp8_activations_resolve_to_what_runs(folders):
+    """TPConfig(fp8_activations=True) shows in ``model.hf_tp_config`` only where it runs: on CPU (no FP8 kernel)
+    it resolves to False and no layer is marked, so the model is the one without it, token for token."""
+    from hf_tp.assembly import load_parallel_model
+    from hf_tp.config import TPConfig
+    from hf_tp.parallel.comm import TPGroup
+
+    folder, cpu = str(folders["cut"]), torch.device("cpu")
+    models = [load_parallel_model(folder, TPGroup(0, 1, cpu), dtype=torch.float32, progress=False,
+                                  tp_config=TPConfig(fp8_weights="keep", fp8_activations=flag)) for flag in (True, False)]
+    assert [m.hf_tp_config.fp8_activations for m in models] == [False, False]
+    assert not any(getattr(m, "fp8_activations", False) for m in models[0].modules())
+    assert any(getattr(m, "fp8_scale", None) is not None for m in models[0].modules())  # FP8 layers were kept
+    ids = torch.randint(3, models[0].config.vocab_size, (1, 70), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = [m(input_ids=ids).logits for m in models]
+    assert torch.equal(logits[0], logits[1])

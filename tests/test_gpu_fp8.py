@@ -36,7 +36,7 @@ def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, promp
     ours = load_parallel_model(str(folder), TPGroup(0, 1, device), dtype=torch.bfloat16, progress=False,
                                tp_config=TPConfig(fp8_weights="auto", fast_decode=True,
                                                   fp8_activations=fp8_activations))
-    assert ours.hf_tp_config.fp8_weights == "keep"
+    assert ours.hf_tp_config.fp8_weights == "keep" and ours.hf_tp_config.fp8_activations is fp8_activations
     q = ours.model.layers[0].self_attn.q_proj
     assert q.weight.dtype == torch.float8_e4m3fn
     assert q.shared_input is not None and q.shared_input.scale is not None  # q/k/v as one FP8 GEMM (TPConfig.fuse)

@@ -194,7 +194,8 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group
     above ``fp8_triton.DOT_MAX_M`` rows (prefill) a kernel reads the FP8 weight once up to
     ``fp8_triton.PREFILL_MAX_M`` rows, and larger calls dequantize it once and call cuBLAS; with ``act_fp8``
     (TPConfig.fp8_activations) prefill-size calls quantize x to FP8 per row and weight group and multiply on the
-    FP8 tensor cores instead (``fp8_triton.launch_prefill_fp8``). Elsewhere it is ``fp8_linear_reference``. Works under torch.compile and CUDA-graph capture (a custom op).
+    FP8 tensor cores instead (``fp8_triton.launch_prefill_fp8``). Elsewhere it is ``fp8_linear_reference``.
+    Works under torch.compile and CUDA-graph capture (a custom op).
 
     Where the measured config multiplies bf16 activations in fp16 (FP8 widens to fp16 cheaply; see
     hf_tp/kernels/gemv_triton.py, "X16"), a compiled caller makes the activations' fp16 copy here, so that

@@ -134,7 +134,7 @@ def prefill_config(M: int, N: int, K: int) -> dict:
 
 def launch_prefill(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
                    bias: torch.Tensor | None, config: dict | None = None) -> torch.Tensor:
-    """x2 (M, K) contiguous, bf16/fp16/fp32; returns (M, N) in x2's dtype. ``config`` overrides
+    """x2 (M, K) contiguous, bf16/fp16; returns (M, N) in x2's dtype. ``config`` overrides
     ``prefill_config`` (the benchmark's sweep); its SCALE_LAST None means: on for per-channel scales."""
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]

@@ -25,11 +25,14 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group
     return _kernels.fp8_linear(x, weight, scale, group_k, k_offset, bias, act_fp8)
 
 
-def install_fp8_activations(model: nn.Module, enabled: bool) -> int:
+def install_fp8_activations(model: nn.Module, config, device: torch.device):
     """TPConfig.fp8_activations: mark the layers (and fused groups) that keep FP8 weights so that their
-    prefill-size calls quantize x to FP8; returns how many."""
-    if not enabled:
-        return 0
+    prefill-size calls quantize x to FP8. Returns ``config``, with fp8_activations False where nothing takes it
+    (no layer kept FP8, or no FP8 kernel on ``device``), so that ``model.hf_tp_config`` says what runs."""
+    if not config.fp8_activations:
+        return config
+    if not kernel_available(device):
+        return dataclasses.replace(config, fp8_activations=False)
     count = 0
     for module in model.modules():
         group = getattr(module, "shared_input", None)
@@ -38,7 +41,7 @@ def install_fp8_activations(model: nn.Module, enabled: bool) -> int:
                 getattr(target, "fp8_scale", None) is not None or getattr(target, "scale", None) is not None):
             target.fp8_activations = True
             count += 1
-    return count
+    return config if count else dataclasses.replace(config, fp8_activations=False)
 
 
 def kernel_available(device: torch.device) -> bool:
