@@ -260,9 +260,17 @@ def quantize_groups(x2: torch.Tensor, G: int, group_k: int, k_offset: int) -> tu
     return q, qs.t()
 
 
-def prefill_fp8_config(M: int, N: int) -> dict:
-    """The W8A8 kernel's tiles, from the same sweep: 128 x 128, halved (N first, down to 64) while there are
-    fewer programs than an H100 has SMs."""
+def prefill_fp8_config(M: int, N: int, G: int = 1) -> dict:
+    """The W8A8 kernel's tiles, from the sweeps of benchmarks/fp8_prefill.py (one H100, benchmarks/RESULTS.md,
+    2026-12-05, sixteenth session). One group per row: 128 x 128, halved (N first, down to 64) while there are
+    fewer programs than an H100 has SMs. Block groups: the tiles most of the four 8B GEMMs chose at 128, 512
+    and 2048 rows in call 4's sweep (each K step's scaling favours smaller tiles at small M)."""
+    if G > 1:
+        if M <= 128:
+            return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_N=8, num_warps=4, num_stages=4)
+        if M <= 512:
+            return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_N=8, num_warps=8, num_stages=3)
+        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_N=8, num_warps=8, num_stages=4)
     block_m, block_n = 128, 128
     while block_n > 64 and triton.cdiv(M, block_m) * triton.cdiv(N, block_n) < 132:
         block_n //= 2
@@ -279,7 +287,7 @@ def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
     FP8 tensor cores; (M, N) in x2's dtype. ``fp8_step`` must be nonzero for these groups."""
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
-    cfg = dict(prefill_fp8_config(M, N), **(config or {}))
+    cfg = dict(prefill_fp8_config(M, N, G), **(config or {}))
     block_k = fp8_step(G, K, group_k, k_offset, cfg["BLOCK_K"])
     if not block_k:
         raise ValueError(f"fp8_triton: no FP8 K step fits groups of {group_k} at offset {k_offset}")
@@ -306,8 +314,9 @@ def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
 # older MMA path: it wins while the weight's bytes dominate). With FP8 activations (TPConfig.fp8_activations)
 # prefill sizes run ``_prefill_fp8`` where its K step fits the groups (``fp8_step``): per-channel weights at
 # every size (128 / 265 / 885 us at M = 128 / 512 / 2048 against bf16's 191 / 300 / 1141), block weights up to
-# PREFILL_FP8_BLOCK_MAX_M rows (250 / 611 / 1759 us: each K step's product is scaled before it is summed, which
-# serializes the MMAs; above 512 rows dequantize + cuBLAS is faster).
+# PREFILL_FP8_BLOCK_MAX_M rows (233 / 470 / 1662 us at the sweep's best tiles, which prefill_fp8_config now picks:
+# each K step's product is scaled before it is summed, which serializes the MMAs; above 512 rows dequantize +
+# cuBLAS is faster).
 DOT_MAX_M = 64
 PREFILL_MAX_M = 128
 PREFILL_FP8_BLOCK_MAX_M = 512
