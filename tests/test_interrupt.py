@@ -24,8 +24,13 @@ PROMPT = [[3, 4, 5]]
 LONG = 100_000
 
 _DRIVER = textwrap.dedent(f"""
-    import sys, time, torch, hf_tp
+    import signal, sys, time, torch, hf_tp
     from transformers.generation.streamers import BaseStreamer
+
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal or a notebook, even where this test was started from a
+    # background job: a shell without job control starts those with SIGINT ignored, the driver would inherit
+    # that, and Python then installs no handler (the interrupt would never arrive).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     class Announce(BaseStreamer):
         '''Says when the workers are well into the long generate: the test's cue to interrupt.'''
