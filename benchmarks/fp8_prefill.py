@@ -13,6 +13,9 @@ applied to the sums (SCALE_LAST, the default there) and in the tile.
             FP8 x FP8 kernel (fp8_triton.launch_prefill_fp8, both launches timed), best tile; the error against
             the unquantized product is reported (the tile must be within 5 %); block tiles with and without LAG
             (w8a8_block_lag / _nolag: the best of each).
+  split     (--forms split) x as two FP8 terms (fp8_triton.launch path "prefill_split", per-channel scales: bf16's
+            accuracy, twice one term's MMAs), best tile, held to the weight-only tolerance (5e-3); split_rule: its
+            shipped tile (with --forms rule).
 
   python benchmarks/fp8_prefill.py --out $OUT/fp8_prefill.json [--ms 128,512,2048] [--tp 1] [--quick]
 
@@ -60,6 +63,17 @@ def fp8_tiles(lags=(False,)):
         yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, num_warps=warps, num_stages=stages, GROUP_N=8, LAG=lag)
 
 
+def split_tiles(quick: bool):
+    """Tiles of the two-term kernel (x as two FP8 terms, per-channel weights): BLOCK_M rows of x are 2 x BLOCK_M
+    rows of the MMA. ``quick``: 3 stages only."""
+    for bm, bn, warps, stages in itertools.product((32, 64, 128), (64, 128, 256), (4, 8), (3,) if quick else (3, 4, 5)):
+        if (2 * bm * bn >= 128 * 256 and warps == 4) or (2 * bm * bn <= 64 * 64 and warps == 8):
+            continue
+        if stages * (2 * bm + bn) * 128 + 2 * bm * bn * 4 > 220 * 1024:
+            continue
+        yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, num_warps=warps, num_stages=stages, GROUP_N=8)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -67,7 +81,7 @@ def main():
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="a third of the tiles (3 stages, K steps of 128)")
     ap.add_argument("--forms", default="w16,w8a8", help="w16: the weight-only kernel's sweep; w8a8: FP8 activations'"
-                    " sweep; rule: the shipped tiles of both")
+                    " sweep; split: x as two FP8 terms (per-channel), its sweep; rule: the shipped tiles of all")
     args = ap.parse_args()
     from hf_tp.kernels import fp8_triton as ft
 
@@ -118,8 +132,10 @@ def main():
                 res["rule_err"] = err(run(None, "prefill")[0](), ref)
                 res["w8a8_rule_block"] = fg.gtime(run(None, "prefill_fp8"))
                 res["w8a8_rule_channel"] = fg.gtime(run(None, "prefill_fp8", channel, K))
+                res["split_rule"] = fg.gtime(run(None, "prefill_split", channel, K))
+                res["split_rule_err"] = err(run(None, "prefill_split", channel, K)[0](), ref_c)
             if "w16" in forms:
-                res["rule_config"] = ft.prefill_config(M, N, K)
+                res["rule_config"] = ft.prefill_config(M, N, K, -(-K // 128))
                 res["rule"] = fg.gtime(run(None, "prefill"))
                 res["rule_err"] = err(run(None, "prefill")[0](), ref)
                 sweep("best", "prefill", tiles(args.quick), W.block, 128, ref, 5e-3)
@@ -130,12 +146,14 @@ def main():
             if "w8a8" in forms:
                 sweep("w8a8_block", "prefill_fp8", fp8_tiles((False, True)), W.block, 128, ref, 0.05)
                 sweep("w8a8_channel", "prefill_fp8", fp8_tiles(), channel, K, ref_c, 0.05)
+            if "split" in forms:
+                sweep("split", "prefill_split", split_tiles(args.quick), channel, K, ref_c, 5e-3)
             row = dict(gemm=name, N=N, K=K, M=M, **{k: (round(v, 2) if isinstance(v, float) and "err" not in k
                                                         else v) for k, v in res.items()}, tiles=timed)
             rows.append(row)
             for k in ("bf16", "dequant", "rule", "best", "best_left", "best_right", "channel_last", "channel_tile",
                       "w8a8_block", "w8a8_block_lag", "w8a8_block_nolag", "w8a8_channel", "w8a8_rule_block",
-                      "w8a8_rule_channel"):
+                      "w8a8_rule_channel", "split", "split_rule"):
                 if isinstance(res.get(k), float):
                     layer[f"{M} {k}"] = layer.get(f"{M} {k}", 0.0) + res[k]
             print(json.dumps({k: v for k, v in row.items() if k != "tiles"}), f"{time.time() - t0:.0f}s", flush=True)

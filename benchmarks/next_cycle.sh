@@ -65,12 +65,16 @@
 #      129-256 rows (its rule there was slower than dequantize + cuBLAS; the sweep's best was not), block W8A8
 #      with each step's product scaled a step late (LAG: fp8_prefill.py's w8a8_block_lag / _nolag), then the 8B
 #      rows issues 18 and 19 wait for (CALL=18's), FP8 per channel with TPConfig.fp8_activations among them.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|22] bash benchmarks/next_cycle.sh
+#   CALL=23 (the seventeenth session had no device; run it first, then 22): per-channel FP8 prefill with x as two
+#      FP8 terms (fp8_triton "prefill_split", bf16's accuracy in fp8_act_emulation.py's CPU emulation), its GPU
+#      tests, its tile sweep against bf16, dequantize + cuBLAS and the weight-once kernel, and gpu_check's accuracy
+#      with it forced at every prefill size. Set fp8_triton.PREFILL_SPLIT_MAX_M (0: off) to where it wins.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|23] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-22}
+CALL=${CALL:-23}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -207,6 +211,15 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 23 ]; then
+  step tests_prefill 120 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "activation or prefill or fp8_kept"
+  step prefill_split 150 python benchmarks/fp8_prefill.py --forms split,rule --quick --ms 128,256,512,2048 \
+    --out "$OUT/fp8_prefill_split.json"
+  step check_split 100 python benchmarks/gpu_check.py --random-arch phi3 --fp8 channel --one-gpu-gloo --tp-size 2 \
+    --fp8-split-max-m 1000000 --json "$OUT/fp8_check_channel_split.json"
+  step check_split_uneven 100 python benchmarks/gpu_check.py --random-arch llama_uneven --fp8 channel --one-gpu-gloo \
+    --tp-size 2 --fp8-split-max-m 1000000 --json "$OUT/fp8_check_uneven_split.json"
+  step prefill_256 100 python benchmarks/fp8_prefill.py --forms w16 --quick --ms 192,256 --out "$OUT/fp8_prefill_256.json"
 elif [ "$CALL" = 22 ]; then
   step tests_prefill 110 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "activation or prefill or fp8_kept"
   step prefill_256 100 python benchmarks/fp8_prefill.py --forms w16 --quick --ms 192,256 --out "$OUT/fp8_prefill_256.json"

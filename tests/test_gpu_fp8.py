@@ -7,30 +7,42 @@ import pytest
 import torch
 
 from conftest import save_tiny_model, tiny_config
-from fp8_checkpoints import dequantized_reference, write_block_fp8
+from fp8_checkpoints import dequantized_reference, write_block_fp8, write_channel_fp8
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability(0) < (8, 9),
                                  reason="needs a CUDA GPU with FP8 (compute capability 8.9+); none visible here")]
 
 
-# (prompt length, TPConfig.fp8_activations): 12 tokens (two rows): every call at decode sizes; 60: the prompt's
-# 120 rows through the prefill kernel that reads the FP8 weight once; 80: the prompt's 160 rows through the
-# FP8-activation kernel (with TPConfig.fp8_activations) or dequantize + cuBLAS.
-CASES = [(12, False), (60, False), (80, False), (80, True)]
+# (prompt length, TPConfig.fp8_activations, format): 12 tokens (two rows): every call at decode sizes; 60: the
+# prompt's 120 rows through the prefill kernel that reads the FP8 weight once; 80: the prompt's 160 rows through
+# the FP8-activation kernel (with TPConfig.fp8_activations) or dequantize + cuBLAS; "channel-split": per-channel
+# weights, the prompt's rows as two FP8 terms (fp8_triton.PREFILL_SPLIT_MAX_M raised), held to the tokens.
+CASES = [(12, False, "block"), (60, False, "block"), (80, False, "block"), (80, True, "block"),
+         (80, False, "channel-split")]
 
 
-@pytest.mark.parametrize("prompt_len,fp8_activations", CASES)
-def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, prompt_len, fp8_activations):
+@pytest.mark.parametrize("prompt_len,fp8_activations,fmt", CASES)
+def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, monkeypatch, prompt_len, fp8_activations,
+                                                                  fmt):
     from hf_tp.config import TPConfig
     from hf_tp.assembly import load_parallel_model
+    from hf_tp.kernels import fp8_triton
     from hf_tp.parallel.comm import TPGroup
 
     # 320 and 384 are not multiples of 128: the last K-block of every GEMM is partial.
     config = tiny_config("llama", hidden_size=320, intermediate_size=384, num_attention_heads=10,
                          num_key_value_heads=5, head_dim=32)
     src = save_tiny_model(tmp_path / "bf", config, max_shard_size=None)
-    folder = write_block_fp8(src, tmp_path / "fp8")
+    if fmt == "block":
+        folder = write_block_fp8(src, tmp_path / "fp8")
+    else:
+        folder = write_channel_fp8(src, tmp_path / "fp8")
+        monkeypatch.setattr(fp8_triton, "PREFILL_SPLIT_MAX_M", 1 << 20)
+        launched = []  # the two-term calls: the split path must have run, not only be allowed
+        launch = fp8_triton.launch_prefill_fp8
+        monkeypatch.setattr(fp8_triton, "launch_prefill_fp8",
+                            lambda *a, terms=1, **k: launched.append(terms) or launch(*a, terms=terms, **k))
     device = torch.device("cuda", 0)
     reference = dequantized_reference(folder, tmp_path / "deq").to(device)
     ours = load_parallel_model(str(folder), TPGroup(0, 1, device), dtype=torch.bfloat16, progress=False,
@@ -68,3 +80,5 @@ def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, promp
     assert torch.all(best - chosen <= 0.02 * span), (best - chosen) / span
     exact = (logits.argmax(-1) == new).float().mean().item()
     assert exact >= 0.9, exact
+    if fmt == "channel-split":
+        assert launched and set(launched) == {2}, launched

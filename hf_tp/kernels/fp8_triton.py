@@ -4,8 +4,10 @@ Imported lazily (only where a kernel may run), so that CPU-only installs never t
 
 Decode sizes (M <= DOT_MAX_M rows) run the skinny-M kernels shared with the dense layers
 (hf_tp/kernels/gemv_triton.py: the GEMV for M == 1, tl.dot above), which read the FP8 weight once and apply
-its scales per K-group in fp32. Prefill (M > DOT_MAX_M) dequantizes the weight once with ``_dequant`` below
-and calls cuBLAS.
+its scales per K-group in fp32. Prefill sizes (M > DOT_MAX_M) run one of: ``_prefill`` (the weight widened in
+the tile), ``_dequant`` + cuBLAS, or the FP8 x FP8 ``_prefill_fp8`` on activations quantized by
+``_quantize_groups`` (one term: TPConfig.fp8_activations; two terms: bf16's accuracy). ``launch`` chooses by the
+measured limits at the end of this file.
 """
 
 from __future__ import annotations
@@ -117,17 +119,20 @@ def _prefill(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, M, N, K, G, group_k, k_offset, s
                  mask=m_ok[:, None] & n_ok[None, :])
 
 
-def prefill_config(M: int, N: int, K: int) -> dict:
-    """The prefill kernel's tiles for an (M, N, K) product, from the sweep of benchmarks/fp8_prefill.py (one H100,
-    the Llama-3-8B layer's four GEMMs; benchmarks/RESULTS.md, 2026-12-05, sixteenth session). Up to 128 rows
-    (PREFILL_MAX_M) one row tile, and weight tiles as wide as leave at least 96 programs (the product reads
-    weights: every SM must be reading); above (only when asked for: tests, the sweep), 128 x 64 tiles."""
+def prefill_config(M: int, N: int, K: int, G: int = 1) -> dict:
+    """The prefill kernel's tiles for an (M, N, K) product with G scale groups per row, from the sweep of
+    benchmarks/fp8_prefill.py (one H100, the Llama-3-8B layer's four GEMMs; benchmarks/RESULTS.md, 2026-12-05,
+    sixteenth session). Up to 128 rows (PREFILL_MAX_M) one row tile, and weight tiles as wide as leave at least 96
+    programs (the product reads weights: every SM must be reading); above (only when asked for: tests, the
+    sweep), 128 x 64 tiles. Block scales are applied in the tile, which widens it to fp32: a 128 x 128 weight
+    tile then spills at 4 warps (208 bytes in the sm_90 build of Triton 3.6, 184 in 3.9), so it steps 64 columns
+    of K (gate/up at 128 rows: 108.5 against 121.9 us in the sweep's call)."""
     if M <= 128:
         block_n = 128
         while block_n > 32 and triton.cdiv(N, block_n) < 96:
             block_n //= 2
-        return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=128, GROUP_N=8, num_warps=4, num_stages=4,
-                    SCALE_LAST=None, W_LEFT=False)
+        return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=64 if G > 1 and block_n == 128 else 128, GROUP_N=8,
+                    num_warps=4, num_stages=4, SCALE_LAST=None, W_LEFT=False)
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, GROUP_N=8, num_warps=8, num_stages=3, SCALE_LAST=None,
                 W_LEFT=False)
 
@@ -138,7 +143,7 @@ def launch_prefill(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, 
     ``prefill_config`` (the benchmark's sweep); its SCALE_LAST None means: on for per-channel scales."""
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
-    cfg = dict(prefill_config(M, N, K), **(config or {}))
+    cfg = dict(prefill_config(M, N, K, G), **(config or {}))
     block_k = max(16, min(cfg["BLOCK_K"], triton.next_power_of_2(K)))
     if G > 1:
         block_k = max(16, min(block_k, gemv_triton.pow2_at_most(group_k)))  # a step spans at most two groups
@@ -155,12 +160,17 @@ def launch_prefill(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, 
 
 
 @triton.jit
-def _quantize_groups(x_ptr, q_ptr, qs_ptr, K, group_k, k_offset, stride_xm, stride_qm, stride_sg,
-                     BLOCK_K: tl.constexpr):
+def _quantize_groups(x_ptr, q_ptr, qs_ptr, K, group_k, k_offset, stride_xm, stride_qm, stride_sg, stride_qt,
+                     stride_st, BLOCK_K: tl.constexpr, TWO_TERM: tl.constexpr):
     """One (row, group) of x to float8_e4m3fn with one fp32 scale, amax / 448 (dynamic per-token activation
     quantization, per group): the groups are the weight's (local column k in group (k + k_offset) // group_k),
     so that a K step of the GEMM multiplies under one activation scale and one weight scale. The scales are
-    stored group-major, (G, M): a K step's scales of a tile's rows are then contiguous."""
+    stored group-major, (G, M): a K step's scales of a tile's rows are then contiguous.
+
+    TWO_TERM: x ~ s1 * q1 + s2 * q2, q2 the FP8 rounding of what q1 leaves (x - s1 * q1, in fp32) under its own
+    amax / 448. Each term keeps e4m3's 4 significant bits of what it holds, so the pair holds about 8: as close
+    to x as bf16's rounding of it (relative L2 6.5e-4 against bf16's 1.7e-3 on a Gaussian row). Term t's values
+    and scales lie ``stride_qt`` and ``stride_st`` after term 0's."""
     row = tl.program_id(0)
     g = tl.program_id(1)
     lo = tl.maximum(g * group_k - k_offset, 0)
@@ -172,19 +182,32 @@ def _quantize_groups(x_ptr, q_ptr, qs_ptr, K, group_k, k_offset, stride_xm, stri
     for k0 in range(lo, hi, BLOCK_K):
         amax = tl.maximum(amax, tl.abs(tl.load(x_row + k0 + rk, mask=k0 + rk < hi, other=0.0).to(tl.float32)))
     scale = tl.maximum(tl.max(amax, axis=0), 1e-12) / 448.0
+    if TWO_TERM:
+        amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for k0 in range(lo, hi, BLOCK_K):
+            v = tl.load(x_row + k0 + rk, mask=k0 + rk < hi, other=0.0).to(tl.float32)
+            q = tl.minimum(tl.maximum(v / scale, -448.0), 448.0).to(q_ptr.dtype.element_ty)
+            amax = tl.maximum(amax, tl.abs(v - q.to(tl.float32) * scale))
+        scale2 = tl.maximum(tl.max(amax, axis=0), 1e-30) / 448.0
     for k0 in range(lo, hi, BLOCK_K):
-        v = tl.load(x_row + k0 + rk, mask=k0 + rk < hi, other=0.0).to(tl.float32) / scale
+        v = tl.load(x_row + k0 + rk, mask=k0 + rk < hi, other=0.0).to(tl.float32)
         # clamped: x / (amax / 448) may round just past 448, which e4m3fn (no infinity) would make NaN
-        tl.store(q_row + k0 + rk, tl.minimum(tl.maximum(v, -448.0), 448.0).to(q_ptr.dtype.element_ty),
-                 mask=k0 + rk < hi)
+        q = tl.minimum(tl.maximum(v / scale, -448.0), 448.0).to(q_ptr.dtype.element_ty)
+        tl.store(q_row + k0 + rk, q, mask=k0 + rk < hi)
+        if TWO_TERM:
+            rest = v - q.to(tl.float32) * scale
+            tl.store(q_row + stride_qt + k0 + rk,
+                     tl.minimum(tl.maximum(rest / scale2, -448.0), 448.0).to(q_ptr.dtype.element_ty), mask=k0 + rk < hi)
     tl.store(qs_ptr + g.to(tl.int64) * stride_sg + row, scale)
+    if TWO_TERM:
+        tl.store(qs_ptr + stride_st + g.to(tl.int64) * stride_sg + row, scale2)
 
 
 @triton.jit
 def _prefill_fp8(q_ptr, qs_ptr, w_ptr, st_ptr, b_ptr, o_ptr, M, N, K, group_k, k_offset, stride_qm, stride_qsg,
-                 stride_wn, stride_stg, stride_om, ONE_GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 GROUP_N: tl.constexpr, LAG: tl.constexpr):
+                 stride_wn, stride_stg, stride_om, stride_qt, stride_qst, ONE_GROUP: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr, LAG: tl.constexpr, TWO_TERM: tl.constexpr):
     """x @ W^T with x quantized to FP8 per (row, weight group) by ``_quantize_groups``: both operands FP8, the
     tensor cores' FP8 rate (twice bf16's). Tile order as ``_prefill``. Each K step lies in one group (BLOCK_K
     divides group_k and k_offset): its product is scaled by the row's and the weight row's scale of that group
@@ -192,27 +215,40 @@ def _prefill_fp8(q_ptr, qs_ptr, w_ptr, st_ptr, b_ptr, o_ptr, M, N, K, group_k, k
     Both scales come group-major ((G, M) and (G, N)): a step's scales are contiguous loads, which the pipeliner
     prefetches (one scale per row gathered with a stride: 2074 against 1662 µs per 8B layer at M = 2048).
     With LAG (groups only) a step's product is scaled and summed one step later, after the next step's MMA is
-    issued, so that the scaling need not wait for the MMA it scales (unmeasured: the sweep decides)."""
+    issued, so that the scaling need not wait for the MMA it scales (unmeasured: the sweep decides).
+    TWO_TERM (ONE_GROUP only): x came as two FP8 terms (``_quantize_groups``). A tile then multiplies 2 x BLOCK_M
+    rows, both terms of its BLOCK_M rows stacked, in one MMA per step (one pipelined load: a second load and dot
+    per step were not pipelined by Triton 3.6, whose build waited for each step's MMAs), and the stacked halves
+    are scaled and summed once per output: twice the MMAs of one term, bf16's accuracy."""
     rm, rn = _tile_rows(M, N, BLOCK_M, BLOCK_N, GROUP_N)
     rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
     n_ok = rn < N
-    q_rows = q_ptr + rm.to(tl.int64)[:, None] * stride_qm
+    if TWO_TERM:
+        stacked = tl.arange(0, 2 * BLOCK_M)
+        term = stacked // BLOCK_M
+        a_m = tl.min(rm, axis=0) + stacked % BLOCK_M
+        q_rows = q_ptr + term.to(tl.int64)[:, None] * stride_qt + a_m.to(tl.int64)[:, None] * stride_qm
+        acc = tl.zeros((2 * BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        a_m = rm
+        q_rows = q_ptr + rm.to(tl.int64)[:, None] * stride_qm
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    a_ok = a_m < M
     qs_rows = qs_ptr + rm
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn
     st_cols = st_ptr + rn
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     prev = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # LAG: the last step's product and its scales
     prev_sa = tl.zeros((BLOCK_M,), dtype=tl.float32)
     prev_sb = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + rk
         if EVEN_K:
-            a = tl.load(q_rows + cols[None, :], mask=m_ok[:, None], other=0.0)
+            a = tl.load(q_rows + cols[None, :], mask=a_ok[:, None], other=0.0)
             b = tl.load(w_rows + cols[None, :], mask=n_ok[:, None], other=0.0)
         else:
             k_ok = cols < K
-            a = tl.load(q_rows + cols[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            a = tl.load(q_rows + cols[None, :], mask=a_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(w_rows + cols[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         if ONE_GROUP:
             acc = tl.dot(a, tl.trans(b), acc)
@@ -228,7 +264,11 @@ def _prefill_fp8(q_ptr, qs_ptr, w_ptr, st_ptr, b_ptr, o_ptr, M, N, K, group_k, k
                 acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
     if LAG and not ONE_GROUP:
         acc += prev * (prev_sa[:, None] * prev_sb[None, :])
-    if ONE_GROUP:
+    if TWO_TERM:
+        sa = tl.load(qs_ptr + term * stride_qst + a_m, mask=a_ok, other=0.0)
+        acc = tl.sum(tl.reshape(acc * sa[:, None], (2, BLOCK_M, BLOCK_N)), axis=0)
+        acc = acc * tl.load(st_cols, mask=n_ok, other=0.0)[None, :]
+    elif ONE_GROUP:
         acc = acc * (tl.load(qs_rows, mask=m_ok, other=0.0)[:, None] * tl.load(st_cols, mask=n_ok, other=0.0)[None, :])
     if HAS_BIAS:
         acc = acc + tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -247,59 +287,69 @@ def fp8_step(G: int, K: int, group_k: int, k_offset: int, block_k: int = 128) ->
     return step if step >= 32 else 0
 
 
-def quantize_groups(x2: torch.Tensor, G: int, group_k: int, k_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x2 (M, K) to float8_e4m3fn (M, K) and fp32 scales (M, G) (a view of the (G, M) tensor the GEMM reads),
-    per row and weight group (``_quantize_groups``); G == 1: one group per row."""
+def quantize_groups(x2: torch.Tensor, G: int, group_k: int, k_offset: int,
+                    terms: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """x2 (M, K) to float8_e4m3fn and fp32 scales per row and weight group (``_quantize_groups``); G == 1: one
+    group per row. ``terms`` 1: (M, K) values and (M, G) scales (a view of the (G, M) tensor the GEMM reads);
+    2 (G == 1 only): x ~ q[0] * qs[0] + q[1] * qs[1], values (2, M, K) and scales (2, M, 1)."""
     M, K = x2.shape
-    q = torch.empty((M, K), device=x2.device, dtype=torch.float8_e4m3fn)
-    qs = torch.empty((G, M), device=x2.device, dtype=torch.float32)
+    if terms not in (1, 2) or (terms == 2 and G != 1):
+        raise ValueError(f"fp8_triton.quantize_groups: terms must be 1, or 2 with one group per row; got {terms}, G={G}")
+    q = torch.empty((terms, M, K), device=x2.device, dtype=torch.float8_e4m3fn)
+    qs = torch.empty((terms, G, M), device=x2.device, dtype=torch.float32)
     if G == 1:
         group_k, k_offset = K, 0
-    _quantize_groups[(M, G)](x2, q, qs, K, group_k, k_offset, x2.stride(0), q.stride(0), qs.stride(0),
-                             BLOCK_K=max(16, min(1024, triton.next_power_of_2(min(group_k, K)))), num_warps=4)
-    return q, qs.t()
+    _quantize_groups[(M, G)](x2, q, qs, K, group_k, k_offset, x2.stride(0), q.stride(1), qs.stride(1), q.stride(0),
+                             qs.stride(0), BLOCK_K=max(16, min(1024, triton.next_power_of_2(min(group_k, K)))),
+                             TWO_TERM=terms == 2, num_warps=4)
+    return (q[0], qs[0].t()) if terms == 1 else (q, qs.transpose(1, 2))
 
 
-def prefill_fp8_config(M: int, N: int, G: int = 1) -> dict:
+def prefill_fp8_config(M: int, N: int, G: int = 1, terms: int = 1) -> dict:
     """The W8A8 kernel's tiles, from the sweeps of benchmarks/fp8_prefill.py (one H100, benchmarks/RESULTS.md,
     2026-12-05, sixteenth session). One group per row: 128 x 128, halved (N first, down to 64) while there are
     fewer programs than an H100 has SMs. Block groups: the tiles most of the four 8B GEMMs chose at 128, 512
-    and 2048 rows in call 4's sweep (each K step's scaling favours smaller tiles at small M)."""
+    and 2048 rows in call 4's sweep (each K step's scaling favours smaller tiles at small M). Two terms: the
+    one-term tile's MMA rows, half of them per term (BLOCK_M 64; not yet swept)."""
     if G > 1:
         if M <= 128:
             return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_N=8, num_warps=4, num_stages=4)
         if M <= 512:
             return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_N=8, num_warps=8, num_stages=3)
         return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_N=8, num_warps=8, num_stages=4)
-    block_m, block_n = 128, 128
+    block_m, block_n = 128 // terms, 128
     while block_n > 64 and triton.cdiv(M, block_m) * triton.cdiv(N, block_n) < 132:
         block_n //= 2
-    while block_m > 64 and triton.cdiv(M, block_m) * triton.cdiv(N, block_n) < 132:
+    while block_m > 64 // terms and triton.cdiv(M, block_m) * triton.cdiv(N, block_n) < 132:
         block_m //= 2
-    big = block_m * block_n >= 128 * 128
+    big = terms * block_m * block_n >= 128 * 128
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=128, GROUP_N=8, num_warps=8 if big else 4,
                 num_stages=3 if big else 5)
 
 
 def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
-                       bias: torch.Tensor | None, config: dict | None = None) -> torch.Tensor:
-    """x2 (M, K) contiguous bf16/fp16, quantized to FP8 per row and weight group, times the FP8 weight on the
-    FP8 tensor cores; (M, N) in x2's dtype. ``fp8_step`` must be nonzero for these groups."""
+                       bias: torch.Tensor | None, config: dict | None = None, terms: int = 1) -> torch.Tensor:
+    """x2 (M, K) contiguous bf16/fp16, quantized to FP8 per row and weight group (``terms`` 2: as two FP8 terms,
+    per-channel weights only), times the FP8 weight on the FP8 tensor cores; (M, N) in x2's dtype. ``fp8_step``
+    must be nonzero for these groups."""
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
-    cfg = dict(prefill_fp8_config(M, N, G), **(config or {}))
+    cfg = dict(prefill_fp8_config(M, N, G, terms), **(config or {}))
     block_k = fp8_step(G, K, group_k, k_offset, cfg["BLOCK_K"])
     if not block_k:
         raise ValueError(f"fp8_triton: no FP8 K step fits groups of {group_k} at offset {k_offset}")
-    q, qs = quantize_groups(x2, G, group_k, k_offset)
+    q, qs = quantize_groups(x2, G, group_k, k_offset, terms)
+    if terms == 1:
+        q, qs = q[None], qs[None]
     st = scale.t().contiguous()  # (G, N): 1/32 of the weight's bytes at 128-wide groups, per call
     out = torch.empty((M, N), device=x2.device, dtype=x2.dtype)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     _prefill_fp8[grid](q, qs, weight, st, bias if bias is not None else x2, out, M, N, K, group_k, k_offset,
-                       q.stride(0), qs.stride(1), weight.stride(0), st.stride(0), out.stride(0),
-                       ONE_GROUP=G == 1, HAS_BIAS=bias is not None, EVEN_K=K % block_k == 0,
+                       q.stride(1), qs.stride(2), weight.stride(0), st.stride(0), out.stride(0), q.stride(0),
+                       qs.stride(0), ONE_GROUP=G == 1, HAS_BIAS=bias is not None, EVEN_K=K % block_k == 0,
                        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k, GROUP_N=cfg["GROUP_N"],
-                       LAG=bool(cfg.get("LAG")) and G > 1, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+                       LAG=bool(cfg.get("LAG")) and G > 1, TWO_TERM=terms == 2, num_warps=cfg["num_warps"],
+                       num_stages=cfg["num_stages"])
     return out
 
 
@@ -317,9 +367,14 @@ def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
 # PREFILL_FP8_BLOCK_MAX_M rows (233 / 470 / 1662 us at the sweep's best tiles, which prefill_fp8_config now picks:
 # each K step's product is scaled before it is summed, which serializes the MMAs; above 512 rows dequantize +
 # cuBLAS is faster).
+# Per-channel weights can also take x as two FP8 terms (``_quantize_groups`` TWO_TERM): as accurate as keeping x
+# in bf16 (benchmarks/fp8_act_emulation.py: SmolLM2 passes gpu_check's criterion, one term fails it), at twice
+# one term's MMAs. Up to PREFILL_SPLIT_MAX_M rows the default path takes it: 0 until a GPU has timed it
+# (benchmarks/fp8_prefill.py --forms split); one term's times suggest about 256 rows (170 us at 256 rows).
 DOT_MAX_M = 64
 PREFILL_MAX_M = 128
 PREFILL_FP8_BLOCK_MAX_M = 512
+PREFILL_SPLIT_MAX_M = 0
 
 
 def takes_fp16(M: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> bool:
@@ -342,7 +397,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
            bias: torch.Tensor | None, config: dict | None = None, path: str | None = None,
            x16: torch.Tensor | None = None, norm: dict | None = None, act_fp8: bool = False) -> torch.Tensor:
     """x2 (M, K) contiguous; returns (M, N) in x2's dtype. ``path`` ("gemv", "skinny" for the tl.dot kernel,
-    "prefill", "prefill_fp8", "dequant") and ``config`` override the measured choice (tests and the benchmark's
+    "prefill", "prefill_fp8", "prefill_split" for x as two FP8 terms, "dequant") and ``config`` override the measured choice (tests and the benchmark's
     sweep use them). ``act_fp8``: above DOT_MAX_M rows, x quantized to FP8 (TPConfig.fp8_activations).
     ``x16``: x2 in fp16 (contiguous), for the calls ``takes_fp16`` names. ``norm``: gemv_triton.launch's norm
     arguments (norm_weight, eps, residual, h_out, x_out): the GEMM of the RMSNorm of x2 (+ residual), decode
@@ -352,12 +407,15 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
     if path is None and M > DOT_MAX_M:
         if act_fp8 and not norm and (G == 1 or M <= PREFILL_FP8_BLOCK_MAX_M) and fp8_step(G, K, group_k, k_offset):
             path = "prefill_fp8"
+        elif G == 1 and M <= PREFILL_SPLIT_MAX_M and not norm:
+            path = "prefill_split"
         else:
             path = "prefill" if M <= PREFILL_MAX_M and not norm else "dequant"
-    if path == "dequant" and norm:
+    if path in ("dequant", "prefill_fp8", "prefill_split") and norm:
         raise ValueError(f"fp8_triton: the norm form runs at decode sizes (at most {DOT_MAX_M} rows), got {M}")
-    if path == "prefill_fp8":
-        return launch_prefill_fp8(x2, weight, scale, group_k, k_offset, bias, config)
+    if path in ("prefill_fp8", "prefill_split"):
+        return launch_prefill_fp8(x2, weight, scale, group_k, k_offset, bias, config,
+                                  terms=2 if path == "prefill_split" else 1)
     if path == "prefill":
         if norm:
             raise ValueError(f"fp8_triton: the norm form runs at decode sizes (at most {DOT_MAX_M} rows), got {M}")
