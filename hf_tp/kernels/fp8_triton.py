@@ -360,8 +360,10 @@ def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
 #   128   191    295                                 434
 #   192   198    483                                 447
 #   512   300    902                                 543
-# (the weight widened in registers cannot feed Hopper's warp-group MMA from the right, so the kernel runs the
-# older MMA path: it wins while the weight's bytes dominate). With FP8 activations (TPConfig.fp8_activations)
+# (it wins while the weight's bytes dominate: built for sm_90 by Triton 3.6, every tile runs the warp-group MMA,
+# but the widened weight goes back to shared memory and each K step waits for its MMAs (the W @ x^T form keeps
+# it in registers, and ptxas then serializes the MMAs, C7515, in most tiles): 414 TFLOPs at best at 2048 rows
+# against cuBLAS's 776; benchmarks/RESULTS.md, seventeenth session). With FP8 activations (TPConfig.fp8_activations)
 # prefill sizes run ``_prefill_fp8`` where its K step fits the groups (``fp8_step``): per-channel weights at
 # every size (128 / 265 / 885 us at M = 128 / 512 / 2048 against bf16's 191 / 300 / 1141), block weights up to
 # PREFILL_FP8_BLOCK_MAX_M rows (233 / 470 / 1662 us at the sweep's best tiles, which prefill_fp8_config now picks:
