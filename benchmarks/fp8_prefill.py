@@ -11,8 +11,7 @@ Block scales (128 x 128) throughout; per-channel scales (one group per row) at t
 applied to the sums (SCALE_LAST, the default there) and in the tile.
   w8a8_block / w8a8_channel   (--forms w8a8) the activations quantized to FP8 per row and weight group, then the
             FP8 x FP8 kernel (fp8_triton.launch_prefill_fp8, both launches timed), best tile; the error against
-            the unquantized product is reported (the tile must be within 5 %); block tiles with and without LAG
-            (w8a8_block_lag / _nolag: the best of each).
+            the unquantized product is reported (the tile must be within 5 %).
   split     (--forms split) x as two FP8 terms (fp8_triton.launch path "prefill_split", per-channel scales: bf16's
             accuracy, twice one term's MMAs), best tile, held to the weight-only tolerance (5e-3); split_rule: its
             shipped tile (with --forms rule).
@@ -52,15 +51,14 @@ def tiles(quick: bool, w_left=(False, True)):
                        W_LEFT=left)
 
 
-def fp8_tiles(lags=(False,)):
-    """The W8A8 kernel's tiles (K steps of 128: one block group, the FP8 MMA's natural depth); ``lags``: with
-    block scales, each step's product also scaled one step late (LAG)."""
-    for bm, bn, warps, stages, lag in itertools.product((64, 128), (64, 128, 256), (4, 8), (3, 4, 5), lags):
+def fp8_tiles():
+    """The W8A8 kernel's tiles (K steps of 128: one block group, the FP8 MMA's natural depth)."""
+    for bm, bn, warps, stages in itertools.product((64, 128), (64, 128, 256), (4, 8), (3, 4, 5)):
         if (bm * bn >= 128 * 256 and warps == 4) or (bm * bn <= 64 * 64 and warps == 8):
             continue
-        if stages * (bm + bn) * 128 + bm * bn * 4 * (2 if lag else 1) > 220 * 1024:
+        if stages * (bm + bn) * 128 + bm * bn * 4 > 220 * 1024:
             continue
-        yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, num_warps=warps, num_stages=stages, GROUP_N=8, LAG=lag)
+        yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, num_warps=warps, num_stages=stages, GROUP_N=8)
 
 
 def split_tiles(quick: bool):
@@ -122,7 +120,6 @@ def main():
                         continue
                     timed.append(dict(cfg, form=form, us=round(us, 2), error=e))
                     keys = [form] + ([form + ("_left" if cfg["W_LEFT"] else "_right")] if "W_LEFT" in cfg else [])
-                    keys += [form + ("_lag" if cfg["LAG"] else "_nolag")] if "LAG" in cfg else []
                     for key in keys:
                         if key not in res or us < res[key]:
                             res[key], res[key + "_config"], res[key + "_err"] = us, cfg, e
@@ -144,7 +141,7 @@ def main():
                     sweep("channel_tile", "prefill", [dict(res["best_config"], SCALE_LAST=False)], channel, K, ref_c,
                           5e-3)
             if "w8a8" in forms:
-                sweep("w8a8_block", "prefill_fp8", fp8_tiles((False, True)), W.block, 128, ref, 0.05)
+                sweep("w8a8_block", "prefill_fp8", fp8_tiles(), W.block, 128, ref, 0.05)
                 sweep("w8a8_channel", "prefill_fp8", fp8_tiles(), channel, K, ref_c, 0.05)
             if "split" in forms:
                 sweep("split", "prefill_split", split_tiles(args.quick), channel, K, ref_c, 5e-3)
@@ -152,7 +149,7 @@ def main():
                                                         else v) for k, v in res.items()}, tiles=timed)
             rows.append(row)
             for k in ("bf16", "dequant", "rule", "best", "best_left", "best_right", "channel_last", "channel_tile",
-                      "w8a8_block", "w8a8_block_lag", "w8a8_block_nolag", "w8a8_channel", "w8a8_rule_block",
+                      "w8a8_block", "w8a8_channel", "w8a8_rule_block",
                       "w8a8_rule_channel", "split", "split_rule"):
                 if isinstance(res.get(k), float):
                     layer[f"{M} {k}"] = layer.get(f"{M} {k}", 0.0) + res[k]

@@ -62,8 +62,8 @@
 #      bf16 against FP8 per channel with the activations kept and in FP8, prompts of 128 and 1024 tokens.
 #   CALL=22 (the seventeenth session's first): the FP8 prefill kernels' GPU tests after their tile order moved into
 #      one helper (fp8_triton._tile_rows, run only in the interpreter since), the weight-once kernel's tiles at
-#      129-256 rows (its rule there was slower than dequantize + cuBLAS; the sweep's best was not), block W8A8
-#      with each step's product scaled a step late (LAG: fp8_prefill.py's w8a8_block_lag / _nolag), then the 8B
+#      129-256 rows (its rule there was slower than dequantize + cuBLAS; the sweep's best was not; block W8A8 with
+#      each step's product scaled a step late, LAG, was dropped: its sm_90 build waited as before), then the 8B
 #      rows issues 18 and 19 wait for (CALL=18's), FP8 per channel with TPConfig.fp8_activations among them.
 #   CALL=23 (the seventeenth session had no device; run it first, then 22): per-channel FP8 prefill with x as two
 #      FP8 terms (fp8_triton "prefill_split", bf16's accuracy in fp8_act_emulation.py's CPU emulation), its GPU
@@ -223,7 +223,6 @@ elif [ "$CALL" = 23 ]; then
 elif [ "$CALL" = 22 ]; then
   step tests_prefill 110 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "activation or prefill or fp8_kept"
   step prefill_256 100 python benchmarks/fp8_prefill.py --forms w16 --quick --ms 192,256 --out "$OUT/fp8_prefill_256.json"
-  step prefill_lag 90 python benchmarks/fp8_prefill.py --forms w8a8 --ms 128,512,2048 --out "$OUT/fp8_prefill_lag.json"
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
   wait

@@ -188,7 +188,7 @@ _W8A8_CASES = [
     (70, 40, 256, 128, 0, "float16", {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "GROUP_N": 2}),
     (65, 40, 96, 96, 0, "float16", {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 32}),
     (20, 24, 200, 128, 64, "float16", {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 128}),
-    (70, 40, 456, 128, 64, "float16", {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "LAG": True}),  # scaled a step late
+    (70, 40, 456, 128, 64, "float16", {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64}),  # K tail over several groups
 ]
 
 
@@ -318,13 +318,12 @@ def test_prefill_kernels_compile_for_hopper():
                           dict(SCALE_LAST=scale_last, HAS_BIAS=True, EVEN_K=True, BLOCK_M=cfg["BLOCK_M"],
                                BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_N=8, W_LEFT=False),
                           cfg["num_warps"], cfg["num_stages"], "HGMMA"))
-    for M, N, G, terms, lag in ((128, 6144, 1, 1, False), (2048, 28672, 1, 1, False), (128, 6144, 32, 1, False),
-                                (512, 28672, 32, 1, True), (2048, 28672, 32, 1, False), (128, 6144, 1, 2, False),
-                                (512, 28672, 1, 2, False), (2048, 4096, 1, 2, False)):
+    for M, N, G, terms in ((128, 6144, 1, 1), (2048, 28672, 1, 1), (128, 6144, 32, 1), (512, 28672, 32, 1),
+                           (2048, 28672, 32, 1), (128, 6144, 1, 2), (512, 28672, 1, 2), (2048, 4096, 1, 2)):
         cfg = ft.prefill_fp8_config(M, N, G, terms)
-        cases.append((f"W8A8 {M}x{N} G={G} terms={terms} lag={lag}", ft._prefill_fp8, w8a8,
+        cases.append((f"W8A8 {M}x{N} G={G} terms={terms}", ft._prefill_fp8, w8a8,
                       dict(ONE_GROUP=G == 1, HAS_BIAS=False, EVEN_K=True, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                           BLOCK_K=128, GROUP_N=8, LAG=lag, TWO_TERM=terms == 2),
+                           BLOCK_K=128, GROUP_N=8, TWO_TERM=terms == 2),
                       cfg["num_warps"], cfg["num_stages"], "QGMMA"))
     quantize = {"x_ptr": "*bf16", "q_ptr": "*fp8e4nv", "qs_ptr": "*fp32"}
     for two in (False, True):

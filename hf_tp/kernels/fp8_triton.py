@@ -207,15 +207,16 @@ def _quantize_groups(x_ptr, q_ptr, qs_ptr, K, group_k, k_offset, stride_xm, stri
 def _prefill_fp8(q_ptr, qs_ptr, w_ptr, st_ptr, b_ptr, o_ptr, M, N, K, group_k, k_offset, stride_qm, stride_qsg,
                  stride_wn, stride_stg, stride_om, stride_qt, stride_qst, ONE_GROUP: tl.constexpr,
                  HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr, LAG: tl.constexpr, TWO_TERM: tl.constexpr):
+                 BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr, TWO_TERM: tl.constexpr):
     """x @ W^T with x quantized to FP8 per (row, weight group) by ``_quantize_groups``: both operands FP8, the
     tensor cores' FP8 rate (twice bf16's). Tile order as ``_prefill``. Each K step lies in one group (BLOCK_K
     divides group_k and k_offset): its product is scaled by the row's and the weight row's scale of that group
     and summed in fp32; with ONE_GROUP (per-channel weights) the products chain and the scales apply once.
     Both scales come group-major ((G, M) and (G, N)): a step's scales are contiguous loads, which the pipeliner
     prefetches (one scale per row gathered with a stride: 2074 against 1662 µs per 8B layer at M = 2048).
-    With LAG (groups only) a step's product is scaled and summed one step later, after the next step's MMA is
-    issued, so that the scaling need not wait for the MMA it scales (unmeasured: the sweep decides).
+    With groups, Triton (3.6, sm_90 build) waits for each step's MMAs before it scales them: a product that is not
+    the next step's accumulator is not kept in flight (scaling it a step later, in a second accumulator, built the
+    same wait: benchmarks/RESULTS.md, seventeenth session).
     TWO_TERM (ONE_GROUP only): x came as two FP8 terms (``_quantize_groups``). A tile then multiplies 2 x BLOCK_M
     rows, both terms of its BLOCK_M rows stacked, in one MMA per step (one pipelined load: a second load and dot
     per step were not pipelined by Triton 3.6, whose build waited for each step's MMAs), and the stacked halves
@@ -238,9 +239,6 @@ def _prefill_fp8(q_ptr, qs_ptr, w_ptr, st_ptr, b_ptr, o_ptr, M, N, K, group_k, k
     qs_rows = qs_ptr + rm
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * stride_wn
     st_cols = st_ptr + rn
-    prev = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # LAG: the last step's product and its scales
-    prev_sa = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    prev_sb = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + rk
         if EVEN_K:
@@ -256,14 +254,7 @@ def _prefill_fp8(q_ptr, qs_ptr, w_ptr, st_ptr, b_ptr, o_ptr, M, N, K, group_k, k
             g = (k0 + k_offset) // group_k
             sa = tl.load(qs_rows + g * stride_qsg, mask=m_ok, other=0.0)
             sb = tl.load(st_cols + g * stride_stg, mask=n_ok, other=0.0)
-            if LAG:
-                product = tl.dot(a, tl.trans(b))
-                acc += prev * (prev_sa[:, None] * prev_sb[None, :])
-                prev, prev_sa, prev_sb = product, sa, sb
-            else:
-                acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
-    if LAG and not ONE_GROUP:
-        acc += prev * (prev_sa[:, None] * prev_sb[None, :])
+            acc += tl.dot(a, tl.trans(b)) * (sa[:, None] * sb[None, :])
     if TWO_TERM:
         sa = tl.load(qs_ptr + term * stride_qst + a_m, mask=a_ok, other=0.0)
         acc = tl.sum(tl.reshape(acc * sa[:, None], (2, BLOCK_M, BLOCK_N)), axis=0)
@@ -348,7 +339,7 @@ def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
                        q.stride(1), qs.stride(2), weight.stride(0), st.stride(0), out.stride(0), q.stride(0),
                        qs.stride(0), ONE_GROUP=G == 1, HAS_BIAS=bias is not None, EVEN_K=K % block_k == 0,
                        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k, GROUP_N=cfg["GROUP_N"],
-                       LAG=bool(cfg.get("LAG")) and G > 1, TWO_TERM=terms == 2, num_warps=cfg["num_warps"],
+                       TWO_TERM=terms == 2, num_warps=cfg["num_warps"],
                        num_stages=cfg["num_stages"])
     return out
 
