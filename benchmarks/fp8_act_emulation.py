@@ -3,10 +3,11 @@
 The GPU check of TPConfig(fp8_activations=True) (benchmarks/gpu_check.py --fp8 channel, 2026-12-05) failed on a random
 phi3: its teacher-forced logits were 1.84x as far from the fp32 truth as the bf16 model's (bound 1.1x). This script
 asks the same question of other models and of other ways to quantize the activations, without a GPU: a
-Transformers bf16 model of the FP8 checkpoint's dequantized weights, each quantized Linear's input quantized as
-the kernels would (fp8_triton._quantize_groups: per row, scale amax / 448, clamp, e4m3) when the call has more than
-``--min-rows`` rows (hf_tp's prefill sizes, fp8_triton.DOT_MAX_M), the product then taken in fp32 (the kernels'
-accumulation) and rounded to bf16. gpu_check's references and verdict judge it (its TP run replaced by this model).
+Transformers bf16 model of the FP8 checkpoint's dequantized weights; the input of each Linear that the checkpoint
+quantized (hf_tp keeps exactly those FP8; ``--only`` narrows them by name) is quantized as the kernels would
+(fp8_triton._quantize_groups: per row, scale amax / 448, clamp, e4m3) when the call has more than ``--min-rows``
+rows (hf_tp's prefill sizes, fp8_triton.DOT_MAX_M), the product then taken in fp32 (the kernels' accumulation) and
+rounded to bf16. gpu_check's references and verdict judge it (its TP run replaced by this model).
 
 Modes (--modes):
   none      activations kept (hf_tp's default): the check of the harness, expect a ratio near 1.0
@@ -14,7 +15,8 @@ Modes (--modes):
   group     one scale per row and 128 columns (the block W8A8 kernel)
   two_term  x ~ s1 * q1 + s2 * q2 per row, q2 the FP8 rounding of what q1 left (two FP8 products per GEMM)
 
-  python benchmarks/fp8_act_emulation.py [--random-arch phi3 | --model DIR] [--fp8 channel|block] [--json PATH]
+  python benchmarks/fp8_act_emulation.py [--random-arch phi3 | --model DIR] [--fp8 channel|block] [--tp 2]
+      [--only o_proj,down_proj] [--json PATH]
 """
 
 from __future__ import annotations
@@ -59,13 +61,24 @@ def quantize_activations(x: torch.Tensor, mode: str, group: int = 128) -> torch.
 ROW_PARALLEL = ("o_proj", "down_proj")  # hf_tp's plans split these along K: a rank quantizes its slice of x
 
 
-def install(model, mode: str, min_rows: int, tp: int) -> int:
-    """Replace the forward of every Linear but the LM head; returns how many. With ``tp`` > 1 the row-parallel
-    Linears quantize each of ``tp`` equal K slices on its own (each rank's kernel sees only its slice)."""
-    head = model.get_output_embeddings()
+def quantized_modules(fp8_folder: str) -> set[str]:
+    """The modules whose weights the FP8 checkpoint quantized (those with a scale beside the weight)."""
+    from safetensors import safe_open
+
+    names = set()
+    for file in Path(fp8_folder).glob("*.safetensors"):
+        with safe_open(str(file), "pt") as f:
+            names |= {k.rsplit(".", 1)[0] for k in f.keys() if k.endswith((".weight_scale", ".weight_scale_inv"))}
+    return names
+
+
+def install(model, mode: str, min_rows: int, tp: int, quantized: set[str]) -> int:
+    """Replace the forward of every Linear in ``quantized`` (as hf_tp keeps only those FP8); returns how many.
+    With ``tp`` > 1 the row-parallel Linears quantize each of ``tp`` equal K slices on its own (each rank's kernel
+    sees only its slice)."""
     count = 0
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and module is not head:
+        if isinstance(module, torch.nn.Linear) and name in quantized:
             slices = tp if name.rsplit(".", 1)[-1] in ROW_PARALLEL else 1
 
             def forward(x, module=module, slices=slices):
@@ -89,6 +102,7 @@ def main() -> int:
     parser.add_argument("--modes", default="none,token,group,two_term")
     parser.add_argument("--min-rows", type=int, default=64)
     parser.add_argument("--tp", type=int, default=1, help="row-parallel Linears quantize tp K slices apart")
+    parser.add_argument("--only", help="quantize only the Linears whose last name is one of these (comma-separated)")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -99,7 +113,10 @@ def main() -> int:
     if args.random_arch:
         args.model = gc.write_random_arch(args.random_arch, tempfile.mkdtemp(prefix="hf_tp_act_emul_"))
     args.model = args.model or str(demo_model_path())
-    plain, _ = gc.write_fp8_pair(args.model, args.fp8, tempfile.mkdtemp(prefix="hf_tp_act_emul_fp8_"))
+    plain, fp8 = gc.write_fp8_pair(args.model, args.fp8, tempfile.mkdtemp(prefix="hf_tp_act_emul_fp8_"))
+    quantized = quantized_modules(fp8)
+    if args.only:
+        quantized = {name for name in quantized if name.rsplit(".", 1)[-1] in args.only.split(",")}
     tokenizer = gc._tokenizer(plain)
     inputs = gc.prompt_inputs(tokenizer)
     work = {"inputs": inputs, "pad_token_id": tokenizer.pad_token_id if tokenizer else 0, "teacher_forced": None}
@@ -110,7 +127,7 @@ def main() -> int:
     for mode in args.modes.split(","):
         model = AutoModelForCausalLM.from_pretrained(plain, dtype=torch.bfloat16).eval()
         if mode != "none":
-            install(model, mode, args.min_rows, args.tp)
+            install(model, mode, args.min_rows, args.tp, quantized)
         test = gc.run_model(model, "cpu", work, args.new_tokens, timed=False)
         c = gc.compare(ref, fp32, test, inputs, work["teacher_forced"], args.new_tokens)
         passed, reasons = gc.verdict(c)
@@ -124,7 +141,7 @@ def main() -> int:
                              for v in c["free_running_tp_vs_bf16_ref"]],
             "passed": passed, "fail_reasons": reasons}
         print(mode, json.dumps(rows[mode]), flush=True)
-    summary = {"model": args.model, "fp8": args.fp8, "min_rows": args.min_rows, "tp": args.tp, "new_tokens": args.new_tokens,
+    summary = {"model": args.model, "fp8": args.fp8, "quantized_modules": len(quantized), "only": args.only, "min_rows": args.min_rows, "tp": args.tp, "new_tokens": args.new_tokens,
                "prompt_rows": int(inputs["input_ids"].numel()), "torch": torch.__version__, "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))

@@ -27,7 +27,10 @@ from safetensors.torch import load_file, save_file
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max
 
-_LINEAR = re.compile(r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$")
+# the Linears FP8 checkpoints quantize: Llama-style projections, Phi-3's fused qkv_proj / gate_up_proj, Mixtral's
+# experts
+_LINEAR = re.compile(r"\.(q_proj|k_proj|v_proj|qkv_proj|o_proj|gate_proj|up_proj|gate_up_proj|down_proj|w1|w2|w3)"
+                     r"\.weight$")
 
 
 def _listed(module: str, entry: str) -> bool:

@@ -58,6 +58,12 @@ def folders(tmp_path_factory) -> dict:
         "llama", hidden_size=192, num_attention_heads=3, num_key_value_heads=1, head_dim=64, intermediate_size=320),
         seed=1)
     moe = save_tiny_model(root / "src_moe", _mixtral(), max_shard_size=None)
+    # Phi-3's own fused qkv_proj ([q | k | v], 384 + 192 + 192 rows: each rank's q, k and v pieces start inside
+    # 128-row blocks at tp 2 and 3) and gate_up_proj
+    phi3 = save_tiny_model(root / "src_phi3", transformers.Phi3Config(
+        vocab_size=101, hidden_size=384, intermediate_size=320, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=3, max_position_embeddings=128, tie_word_embeddings=False, bos_token_id=1,
+        eos_token_id=None, pad_token_id=0, initializer_range=0.1))
     return {
         "src_cut": cut,  # unquantized, for TPConfig(weights="fp8"); not an FP8 case
         "aligned": write_block_fp8(aligned, root / "aligned"),
@@ -68,6 +74,7 @@ def folders(tmp_path_factory) -> dict:
         "channel": write_channel_fp8(cut, root / "channel", skip=(r"re:.*layers\.1\.self_attn\.o_proj$",)),
         "tensor": write_tensor_fp8(ragged, root / "tensor"),
         "moe": write_block_fp8(moe, root / "moe"),
+        "phi3": write_block_fp8(phi3, root / "phi3"),
     }
 
 
@@ -140,6 +147,12 @@ def load_all(folders: dict, tp_size: int) -> dict:
             model.to(torch.float64)  # a dtype conversion leaves FP8 layers FP8; they compute in the input's dtype
             out["after"]["float64"] = {"logits": model(PROMPT).logits.float().detach(), "scale": str(attn.o_proj.fp8_scale.dtype),
                                    "dtypes": {n: str(getattr(attn, n).weight.dtype) for n in ("q_proj", "o_proj")}}
+        # Phi-3's fused projections kept FP8: each rank's q, k and v (gate, up) pieces in one FP8 weight
+        model = load(folders["phi3"], fp8_weights="keep", fuse=True)
+        layer = model.model.layers[0]
+        out["phi3_keep"] = {**_greedy(model), "fp8_weights": model.hf_tp_config.fp8_weights,
+                            "dtypes": {n: str(m.weight.dtype) for n, m in (("qkv_proj", layer.self_attn.qkv_proj),
+                                                                           ("gate_up_proj", layer.mlp.gate_up_proj))}}
         # TPConfig(weights="fp8"): the unquantized checkpoint quantized per rank, after slicing
         model = load(folders["src_cut"], weights="fp8")
         layers = {n: model.get_submodule(f"model.layers.0.{n}") for n in ("self_attn.q_proj", "mlp.down_proj")}
@@ -175,8 +188,10 @@ def test_fp8_checkpoints_match_transformers(folders, reference, tp_size):
     if tp_size != 2:
         return
     # fp8_weights="keep": same tokens through the FP8 layers (fp8_linear), FP8 weights and fewer bytes
-    _check(results, reference, ["cut_keep", "channel_keep", "moe_keep"])
+    _check(results, reference, ["cut_keep", "channel_keep", "moe_keep", "phi3_keep"])
     r0, r1 = results
+    for r in results:
+        assert set(r["phi3_keep"]["dtypes"].values()) == {"torch.float8_e4m3fn"}, r["phi3_keep"]["dtypes"]
     assert r0["cut_keep"]["dtypes"] == {"q_proj": "torch.float8_e4m3fn", "o_proj": "torch.float8_e4m3fn"}
     for r in results:  # the kept q/k/v computed as one FP8 GEMM, q's scale a view of the group's
         assert all(r[f"{name}_keep"]["fused"] == [True, True] for name in ("cut", "channel", "moe")), r
