@@ -68,7 +68,9 @@
 #   CALL=23 (the seventeenth session had no device; run it first, then 22): per-channel FP8 prefill with x as two
 #      FP8 terms (fp8_triton "prefill_split", bf16's accuracy in fp8_act_emulation.py's CPU emulation), its GPU
 #      tests, its tile sweep against bf16, dequantize + cuBLAS and the weight-once kernel, and gpu_check's accuracy
-#      with it forced at every prefill size. Set fp8_triton.PREFILL_SPLIT_MAX_M (0: off) to where it wins.
+#      with it forced at every prefill size. Set fp8_triton.PREFILL_SPLIT_MAX_M (0: off) to where it wins. Then
+#      the same kernel at decode sizes (fp8_decode_split.py: 1 and 8 rows against the shipped FP8 decode kernels,
+#      which widen every weight in registers): a lead for issue 19's decode bars if it wins.
 # Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|23] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -217,6 +219,7 @@ elif [ "$CALL" = 23 ]; then
     --out "$OUT/fp8_prefill_split.json"
   step check_split 100 python benchmarks/gpu_check.py --random-arch phi3 --fp8 channel --one-gpu-gloo --tp-size 2 \
     --fp8-split-max-m 1000000 --json "$OUT/fp8_check_channel_split.json"
+  step decode_split 100 python benchmarks/fp8_decode_split.py --out "$OUT/fp8_decode_split.json"
   step check_split_uneven 100 python benchmarks/gpu_check.py --random-arch llama_uneven --fp8 channel --one-gpu-gloo \
     --tp-size 2 --fp8-split-max-m 1000000 --json "$OUT/fp8_check_uneven_split.json"
   step prefill_256 100 python benchmarks/fp8_prefill.py --forms w16 --quick --ms 192,256 --out "$OUT/fp8_prefill_256.json"

@@ -236,6 +236,8 @@ _SPLIT_CASES = [
     (70, 40, 256, "float16", {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "GROUP_N": 2}),
     (65, 40, 200, "bfloat16", {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 64}),
     (33, 24, 96, "float16", None),
+    (1, 40, 256, "float16", {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 64}),  # decode sizes (fp8_decode_split.py)
+    (3, 40, 200, "bfloat16", {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64}),
 ]
 
 
