@@ -7,7 +7,8 @@ cores as it is read. This times, per Llama-3-8B layer's four GEMMs (per-channel 
 over weight copies beyond L2, benchmarks/fp8_gemm.py's ``gtime``), at tp-1 and tp-2 widths and a few rows:
   bf16      cuBLAS on bf16 weights
   fp8       hf_tp's FP8 decode path as shipped (fp8_triton.launch, its measured table)
-  split     quantize x to two FP8 terms + the FP8 x FP8 kernel, best tile of a small sweep (both launches timed)
+  split     quantize x to two FP8 terms + the FP8 x FP8 kernel, best tile of a small sweep (both launches timed);
+            split_promote / split_fp8acc: the best with each K step's product summed in fp32 / not
 Row-parallel GEMMs (o, down) at tp 2 are timed with bf16 output here (the decode path's fp32 output is not an
 option of the split kernel yet).
 
@@ -29,9 +30,10 @@ import fp8_gemm as fg  # noqa: E402
 
 
 def split_tiles():
-    """Tiles for a few rows: 2 x BLOCK_M MMA rows (both terms), narrow weight tiles so every SM reads."""
-    for bm, bn, stages in itertools.product((16, 32), (32, 64, 128), (4, 6)):
-        yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, num_warps=4, num_stages=stages, GROUP_N=8)
+    """Tiles for a few rows: 2 x BLOCK_M MMA rows (both terms), narrow weight tiles so every SM reads; each K
+    step's product summed in fp32 (PROMOTE) or not."""
+    for bm, bn, stages, promote in itertools.product((16, 32), (32, 64, 128), (4,), (True, False)):
+        yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, num_warps=4, num_stages=stages, GROUP_N=8, PROMOTE=promote)
 
 
 def main():
@@ -50,8 +52,13 @@ def main():
                 x = fg.xs(M, K)
                 ref = torch.nn.functional.linear(x.float(), W.fp8[0].float() * W.channel[0])
 
+                # the shipped path's fp16 form reads an fp16 copy of x that the decode step makes inside the kernel
+                # before it (fused by Inductor): made once here, so that its time is the GEMM's alone
+                x16 = x.to(torch.float16) if ft.takes_fp16(M, N, K, 1, K, 0) else None
+
                 def run(path, cfg=None):
-                    return [lambda w=w, s=s: ft.launch(x, w, s, K, 0, None, config=cfg, path=path)
+                    return [lambda w=w, s=s: ft.launch(x, w, s, K, 0, None, config=cfg, path=path,
+                                                       x16=x16 if path is None else None)
                             for w, s in zip(W.fp8, W.channel)]
 
                 def err(fn):
@@ -68,11 +75,12 @@ def main():
                         tiles.append(dict(cfg, skipped=f"{type(exc).__name__}: {str(exc)[:80]}"))
                         continue
                     tiles.append(dict(cfg, us=us, error=e))
-                    if us is not None and us < res.get("split", float("inf")):
-                        res["split"], res["split_config"], res["split_err"] = us, cfg, e
+                    for key in ("split", "split_promote" if cfg["PROMOTE"] else "split_fp8acc"):
+                        if us is not None and us < res.get(key, float("inf")):
+                            res[key], res[key + "_config"], res[key + "_err"] = us, cfg, e
                 row = dict(tp=tp, gemm=name, N=N, K=K, M=M, **res, tiles=tiles)
                 rows.append(row)
-                for k in ("bf16", "fp8", "split"):
+                for k in ("bf16", "fp8", "split", "split_promote", "split_fp8acc"):
                     if k in res:
                         layer[f"tp{tp} M{M} {k}"] = layer.get(f"tp{tp} M{M} {k}", 0.0) + res[k]
                 print(json.dumps({k: v for k, v in row.items() if k != "tiles"}), f"{time.time() - t0:.0f}s", flush=True)

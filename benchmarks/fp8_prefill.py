@@ -13,8 +13,9 @@ applied to the sums (SCALE_LAST, the default there) and in the tile.
             FP8 x FP8 kernel (fp8_triton.launch_prefill_fp8, both launches timed), best tile; the error against
             the unquantized product is reported (the tile must be within 5 %).
   split     (--forms split) x as two FP8 terms (fp8_triton.launch path "prefill_split", per-channel scales: bf16's
-            accuracy, twice one term's MMAs), best tile, held to the weight-only tolerance (5e-3); split_rule: its
-            shipped tile (with --forms rule).
+            accuracy, twice one term's MMAs), best tile, held to the weight-only tolerance (5e-3); split_promote /
+            split_fp8acc: the best with each K step's product summed in fp32 / left in the tensor cores'
+            accumulator (each tile's error is in the JSON); split_rule: its shipped tile (with --forms rule).
 
   python benchmarks/fp8_prefill.py --out $OUT/fp8_prefill.json [--ms 128,512,2048] [--tp 1] [--quick]
 
@@ -63,13 +64,16 @@ def fp8_tiles():
 
 def split_tiles(quick: bool):
     """Tiles of the two-term kernel (x as two FP8 terms, per-channel weights): BLOCK_M rows of x are 2 x BLOCK_M
-    rows of the MMA. ``quick``: 3 stages only."""
-    for bm, bn, warps, stages in itertools.product((32, 64, 128), (64, 128, 256), (4, 8), (3,) if quick else (3, 4, 5)):
+    rows of the MMA; each K step's product summed in fp32 (PROMOTE) or left in the tensor cores' accumulator.
+    ``quick``: 3 stages only."""
+    for bm, bn, warps, stages, promote in itertools.product((32, 64, 128), (64, 128, 256), (4, 8),
+                                                            (3,) if quick else (3, 4, 5), (True, False)):
         if (2 * bm * bn >= 128 * 256 and warps == 4) or (2 * bm * bn <= 64 * 64 and warps == 8):
             continue
         if stages * (2 * bm + bn) * 128 + 2 * bm * bn * 4 > 220 * 1024:
             continue
-        yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, num_warps=warps, num_stages=stages, GROUP_N=8)
+        yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, num_warps=warps, num_stages=stages, GROUP_N=8,
+                   PROMOTE=promote)
 
 
 def main():
@@ -120,6 +124,7 @@ def main():
                         continue
                     timed.append(dict(cfg, form=form, us=round(us, 2), error=e))
                     keys = [form] + ([form + ("_left" if cfg["W_LEFT"] else "_right")] if "W_LEFT" in cfg else [])
+                    keys += [form + ("_promote" if cfg["PROMOTE"] else "_fp8acc")] if "PROMOTE" in cfg else []
                     for key in keys:
                         if key not in res or us < res[key]:
                             res[key], res[key + "_config"], res[key + "_err"] = us, cfg, e
@@ -150,7 +155,7 @@ def main():
             rows.append(row)
             for k in ("bf16", "dequant", "rule", "best", "best_left", "best_right", "channel_last", "channel_tile",
                       "w8a8_block", "w8a8_channel", "w8a8_rule_block",
-                      "w8a8_rule_channel", "split", "split_rule"):
+                      "w8a8_rule_channel", "split", "split_promote", "split_fp8acc", "split_rule"):
                 if isinstance(res.get(k), float):
                     layer[f"{M} {k}"] = layer.get(f"{M} {k}", 0.0) + res[k]
             print(json.dumps({k: v for k, v in row.items() if k != "tiles"}), f"{time.time() - t0:.0f}s", flush=True)

@@ -67,8 +67,9 @@
 #      rows issues 18 and 19 wait for (CALL=18's), FP8 per channel with TPConfig.fp8_activations among them.
 #   CALL=23 (the seventeenth session had no device; run it first, then 22): per-channel FP8 prefill with x as two
 #      FP8 terms (fp8_triton "prefill_split", bf16's accuracy in fp8_act_emulation.py's CPU emulation), its GPU
-#      tests, its tile sweep against bf16, dequantize + cuBLAS and the weight-once kernel, and gpu_check's accuracy
-#      with it forced at every prefill size. Set fp8_triton.PREFILL_SPLIT_MAX_M (0: off) to where it wins. Then
+#      tests, its tile sweep against bf16, dequantize + cuBLAS and the weight-once kernel (each K step's product
+#      summed in fp32 or not: PROMOTE), and gpu_check's accuracy with it forced for every call above 64 rows (the
+#      teacher-forced forward). Set fp8_triton.PREFILL_SPLIT_MAX_M (0: off) to where it wins. Then
 #      the same kernel at decode sizes (fp8_decode_split.py: 1 and 8 rows against the shipped FP8 decode kernels,
 #      which widen every weight in registers): a lead for issue 19's decode bars if it wins.
 # Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|23] bash benchmarks/next_cycle.sh
@@ -215,7 +216,7 @@ elif [ "$CALL" = 12 ]; then
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
 elif [ "$CALL" = 23 ]; then
   step tests_prefill 120 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "activation or prefill or fp8_kept"
-  step prefill_split 150 python benchmarks/fp8_prefill.py --forms split,rule --quick --ms 128,256,512,2048 \
+  step prefill_split 150 python benchmarks/fp8_prefill.py --forms split,rule --quick --ms 128,512,2048 \
     --out "$OUT/fp8_prefill_split.json"
   step check_split 100 python benchmarks/gpu_check.py --random-arch phi3 --fp8 channel --one-gpu-gloo --tp-size 2 \
     --fp8-split-max-m 1000000 --json "$OUT/fp8_check_channel_split.json"

@@ -2,7 +2,7 @@
 GPU measured for the same tiles: registers, spills, which MMA runs, and whether ptxas serialized the warp-group
 MMAs (its C7515 note) or the K loop waits for them.
 
-  python benchmarks/prefill_sass.py SWEEP.json [--rows gate_up@2048,qkv@128] [--kernel prefill]
+  python benchmarks/prefill_sass.py SWEEP.json [--rows gate_up@2048,qkv@128]
 
 SWEEP.json is benchmarks/fp8_prefill.py's output (its "tiles" per row; the weight-once kernel's sweep, block
 scales). Columns: µs and TFLOPs as measured; regs; spill bytes; "serialized": ptxas -v said C7515 (the MMAs wait

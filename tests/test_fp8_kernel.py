@@ -218,9 +218,11 @@ for M, N, K, dtype, config in json.loads(sys.argv[2]):
     q, qs = ft.quantize_groups(x, 1, K, 0, terms=2)
     xf = x.float()
     first = q[0].float() * qs[0]
-    rest = xf - first
+    # what term 1 left, with one rounding (as the GPU's fused multiply-add computes it; the interpreter rounds
+    # the product first, about 1e-6 off)
+    rest = (xf.double() - q[0].double() * qs[0].double()).float()
     want = [xf.abs().amax(1) / 448, rest.abs().amax(1) / 448]
-    scale_err = max(((qs[t, :, 0] - want[t]).abs() / want[t]).max().item() for t in (0, 1))
+    scale_err = [((qs[t, :, 0] - want[t]).abs() / want[t]).max().item() for t in (0, 1)]
     pair = first + q[1].float() * qs[1]
     pair_err = ((pair - xf).norm() / xf.norm()).item()  # the two terms against x itself
     out = ft.launch(x, w, s, K, 0, b, config=config, path="prefill_split")
@@ -238,23 +240,26 @@ _SPLIT_CASES = [
     (33, 24, 96, "float16", None),
     (1, 40, 256, "float16", {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 64}),  # decode sizes (fp8_decode_split.py)
     (3, 40, 200, "bfloat16", {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64}),
+    (70, 40, 256, "float16", {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 64, "PROMOTE": False}),  # FP8 accumulation
 ]
 
 
 def _check_split(results, pair_bound: float):
     for case, (scale_err, pair_err, gemm_err, finite) in zip(_SPLIT_CASES, results):
+        # scales: term 1's amax / 448 to fp32's rounding; term 2's within the interpreter's unfused residual.
         # gemm_err: the GEMM's error over its bound (1e-3 with fp16 output, TOL with bf16)
-        assert scale_err < 1e-6 and pair_err < pair_bound and gemm_err < 1 and finite, (case, scale_err, pair_err,
-                                                                                          gemm_err)
+        assert scale_err[0] < 1e-6 and scale_err[1] < 1e-5 and pair_err < pair_bound and gemm_err < 1 and finite, (
+            case, scale_err, pair_err, gemm_err)
 
 
 def test_two_term_activation_kernels_in_interpreter():
     """x as two FP8 terms (``quantize_groups(terms=2)``, ``launch(path="prefill_split")``) in Triton's interpreter:
     each term's scale is the amax / 448 of what it holds, the pair is close to x, and the GEMM is the exact
-    product of the pair and the dequantized weight. The pair's bound is loose here: the interpreter's FP8
-    rounding loses carries (test_fp8_activation_kernels_in_interpreter), which leaves the second term more to hold;
-    on the GPU it must be within bf16's rounding (test_fp8_activation_kernels_on_gpu)."""
-    _check_split(_interpret(_SPLIT_SCRIPT, _SPLIT_CASES, "cpu"), pair_bound=2e-2)
+    product of the pair and the dequantized weight. The pair's bound is looser here (5e-3; measured 1.3-2.1e-3,
+    one term alone 2.6e-2): the interpreter's FP8 rounding loses carries (test_fp8_activation_kernels_in_interpreter),
+    which leaves the second term more to hold; on the GPU it must be within bf16's rounding
+    (test_fp8_activation_kernels_on_gpu)."""
+    _check_split(_interpret(_SPLIT_SCRIPT, _SPLIT_CASES, "cpu"), pair_bound=5e-3)
 
 
 _FOLD_SCRIPT = r"""
@@ -320,12 +325,13 @@ def test_prefill_kernels_compile_for_hopper():
                           dict(SCALE_LAST=scale_last, HAS_BIAS=True, EVEN_K=True, BLOCK_M=cfg["BLOCK_M"],
                                BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_N=8, W_LEFT=False),
                           cfg["num_warps"], cfg["num_stages"], "HGMMA"))
-    for M, N, G, terms in ((128, 6144, 1, 1), (2048, 28672, 1, 1), (128, 6144, 32, 1), (512, 28672, 32, 1),
-                           (2048, 28672, 32, 1), (128, 6144, 1, 2), (512, 28672, 1, 2), (2048, 4096, 1, 2)):
+    for M, N, G, terms, promote in ((128, 6144, 1, 1, False), (2048, 28672, 1, 1, False), (128, 6144, 32, 1, False),
+                                    (512, 28672, 32, 1, False), (2048, 28672, 32, 1, False), (128, 6144, 1, 2, True),
+                                    (512, 28672, 1, 2, True), (2048, 4096, 1, 2, True), (512, 28672, 1, 2, False)):
         cfg = ft.prefill_fp8_config(M, N, G, terms)
-        cases.append((f"W8A8 {M}x{N} G={G} terms={terms}", ft._prefill_fp8, w8a8,
+        cases.append((f"W8A8 {M}x{N} G={G} terms={terms} promote={promote}", ft._prefill_fp8, w8a8,
                       dict(ONE_GROUP=G == 1, HAS_BIAS=False, EVEN_K=True, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                           BLOCK_K=128, GROUP_N=8, TWO_TERM=terms == 2),
+                           BLOCK_K=128, GROUP_N=8, TWO_TERM=terms == 2, PROMOTE=promote),
                       cfg["num_warps"], cfg["num_stages"], "QGMMA"))
     quantize = {"x_ptr": "*bf16", "q_ptr": "*fp8e4nv", "qs_ptr": "*fp32"}
     for two in (False, True):

@@ -126,7 +126,7 @@ def prefill_config(M: int, N: int, K: int, G: int = 1) -> dict:
     programs (the product reads weights: every SM must be reading); above (only when asked for: tests, the
     sweep), 128 x 64 tiles. Block scales are applied in the tile, which widens it to fp32: a 128 x 128 weight
     tile then spills at 4 warps (208 bytes in the sm_90 build of Triton 3.6, 184 in 3.9), so it steps 64 columns
-    of K (gate/up at 128 rows: 108.5 against 121.9 us in the sweep's call)."""
+    of K (gate/up at 128 rows: 108.5 us in the sweep, against 121.8-126.1 for K steps of 128)."""
     if M <= 128:
         block_n = 128
         while block_n > 32 and triton.cdiv(N, block_n) < 96:
@@ -207,7 +207,7 @@ def _quantize_groups(x_ptr, q_ptr, qs_ptr, K, group_k, k_offset, stride_xm, stri
 def _prefill_fp8(q_ptr, qs_ptr, w_ptr, st_ptr, b_ptr, o_ptr, M, N, K, group_k, k_offset, stride_qm, stride_qsg,
                  stride_wn, stride_stg, stride_om, stride_qt, stride_qst, ONE_GROUP: tl.constexpr,
                  HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr, TWO_TERM: tl.constexpr):
+                 BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr, TWO_TERM: tl.constexpr, PROMOTE: tl.constexpr):
     """x @ W^T with x quantized to FP8 per (row, weight group) by ``_quantize_groups``: both operands FP8, the
     tensor cores' FP8 rate (twice bf16's). Tile order as ``_prefill``. Each K step lies in one group (BLOCK_K
     divides group_k and k_offset): its product is scaled by the row's and the weight row's scale of that group
@@ -220,7 +220,11 @@ def _prefill_fp8(q_ptr, qs_ptr, w_ptr, st_ptr, b_ptr, o_ptr, M, N, K, group_k, k
     TWO_TERM (ONE_GROUP only): x came as two FP8 terms (``_quantize_groups``). A tile then multiplies 2 x BLOCK_M
     rows, both terms of its BLOCK_M rows stacked, in one MMA per step (one pipelined load: a second load and dot
     per step were not pipelined by Triton 3.6, whose build waited for each step's MMAs), and the stacked halves
-    are scaled and summed once per output: twice the MMAs of one term, bf16's accuracy."""
+    are scaled and summed once per output: twice the MMAs of one term, bf16's accuracy.
+    PROMOTE (ONE_GROUP): each K step's FP8 product is summed into the fp32 accumulator by the CUDA cores
+    (``max_num_imprecise_acc``: BLOCK_K), not left in the tensor cores' FP8 accumulator across all of K, whose
+    precision is lower than fp32's (DeepSeek-V3 measured about 14 bits on H800 and promotes every 128 products).
+    It costs a wait for each step's MMAs (one in the K loop of the sm_90 build)."""
     rm, rn = _tile_rows(M, N, BLOCK_M, BLOCK_N, GROUP_N)
     rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
@@ -249,7 +253,10 @@ def _prefill_fp8(q_ptr, qs_ptr, w_ptr, st_ptr, b_ptr, o_ptr, M, N, K, group_k, k
             a = tl.load(q_rows + cols[None, :], mask=a_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(w_rows + cols[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         if ONE_GROUP:
-            acc = tl.dot(a, tl.trans(b), acc)
+            if PROMOTE:
+                acc = tl.dot(a, tl.trans(b), acc, max_num_imprecise_acc=BLOCK_K)
+            else:
+                acc = tl.dot(a, tl.trans(b), acc)
         else:
             g = (k0 + k_offset) // group_k
             sa = tl.load(qs_rows + g * stride_qsg, mask=m_ok, other=0.0)
@@ -322,7 +329,8 @@ def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
                        bias: torch.Tensor | None, config: dict | None = None, terms: int = 1) -> torch.Tensor:
     """x2 (M, K) contiguous bf16/fp16, quantized to FP8 per row and weight group (``terms`` 2: as two FP8 terms,
     per-channel weights only), times the FP8 weight on the FP8 tensor cores; (M, N) in x2's dtype. ``fp8_step``
-    must be nonzero for these groups."""
+    must be nonzero for these groups. ``config["PROMOTE"]`` (per-channel weights): sum each K step's product in
+    fp32 (``_prefill_fp8``); by default on for two terms, whose point is accuracy, off for one term (measured so)."""
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
     cfg = dict(prefill_fp8_config(M, N, G, terms), **(config or {}))
@@ -339,8 +347,8 @@ def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
                        q.stride(1), qs.stride(2), weight.stride(0), st.stride(0), out.stride(0), q.stride(0),
                        qs.stride(0), ONE_GROUP=G == 1, HAS_BIAS=bias is not None, EVEN_K=K % block_k == 0,
                        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k, GROUP_N=cfg["GROUP_N"],
-                       TWO_TERM=terms == 2, num_warps=cfg["num_warps"],
-                       num_stages=cfg["num_stages"])
+                       TWO_TERM=terms == 2, PROMOTE=bool(cfg.get("PROMOTE", terms == 2)) and G == 1,
+                       num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
 
 
