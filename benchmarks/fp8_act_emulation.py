@@ -7,7 +7,8 @@ Transformers bf16 model of the FP8 checkpoint's dequantized weights; the input o
 quantized (hf_tp keeps exactly those FP8; ``--only`` narrows them by name) is quantized as the kernels would
 (fp8_triton._quantize_groups: per row, scale amax / 448, clamp, e4m3) when the call has more than ``--min-rows``
 rows (hf_tp's prefill sizes, fp8_triton.DOT_MAX_M), the product then taken in fp32 (the kernels' accumulation) and
-rounded to bf16. gpu_check's references and verdict judge it (its TP run replaced by this model).
+rounded to bf16. gpu_check's references and verdict judge it (its TP run replaced by this model). Not modelled:
+the FP8 tensor cores' own accumulator, narrower than fp32 (fp8_triton's PROMOTE sums each K step in fp32).
 
 Modes (--modes):
   none      activations kept (hf_tp's default): the check of the harness, expect a ratio near 1.0
