@@ -2,7 +2,7 @@
 
 At decode sizes hf_tp's FP8 kernels (gemv_triton: the GEMV at one row, tl.dot above) widen every weight to bf16,
 fp16 or fp32 in registers before multiplying: instructions per weight, where bf16 weights need none. x as two FP8
-terms (fp8_triton path "prefill_split": x ~ s1 q1 + s2 q2, bf16's accuracy) lets the weight go to the FP8 tensor
+terms (fp8_triton path "two_term": x ~ s1 q1 + s2 q2, bf16's accuracy) lets the weight go to the FP8 tensor
 cores as it is read. This times, per Llama-3-8B layer's four GEMMs (per-channel scales, GPU time in a CUDA graph
 over weight copies beyond L2, benchmarks/fp8_gemm.py's ``gtime``), at tp-1 and tp-2 widths and a few rows:
   bf16      cuBLAS on bf16 weights
@@ -69,8 +69,8 @@ def main():
                 tiles = []
                 for cfg in split_tiles():
                     try:
-                        e = err(run("prefill_split", cfg)[0])
-                        us = fg.gtime(run("prefill_split", cfg)) if e < 5e-3 else None
+                        e = err(run("two_term", cfg)[0])
+                        us = fg.gtime(run("two_term", cfg)) if e < 5e-3 else None
                     except Exception as exc:  # noqa: BLE001 - a tile that does not build
                         tiles.append(dict(cfg, skipped=f"{type(exc).__name__}: {str(exc)[:80]}"))
                         continue

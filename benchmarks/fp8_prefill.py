@@ -12,7 +12,7 @@ applied to the sums (SCALE_LAST, the default there) and in the tile.
   w8a8_block / w8a8_channel   (--forms w8a8) the activations quantized to FP8 per row and weight group, then the
             FP8 x FP8 kernel (fp8_triton.launch_prefill_fp8, both launches timed), best tile; the error against
             the unquantized product is reported (the tile must be within 5 %).
-  split     (--forms split) x as two FP8 terms (fp8_triton.launch path "prefill_split", per-channel scales: bf16's
+  split     (--forms split) x as two FP8 terms (fp8_triton.launch path "two_term", per-channel scales: bf16's
             accuracy, twice one term's MMAs), best tile, held to the weight-only tolerance (5e-3); split_promote /
             split_fp8acc: the best with each K step's product summed in fp32 / left in the tensor cores'
             accumulator (each tile's error is in the JSON); split_rule: its shipped tile (with --forms rule).
@@ -134,8 +134,8 @@ def main():
                 res["rule_err"] = err(run(None, "prefill")[0](), ref)
                 res["w8a8_rule_block"] = fg.gtime(run(None, "prefill_fp8"))
                 res["w8a8_rule_channel"] = fg.gtime(run(None, "prefill_fp8", channel, K))
-                res["split_rule"] = fg.gtime(run(None, "prefill_split", channel, K))
-                res["split_rule_err"] = err(run(None, "prefill_split", channel, K)[0](), ref_c)
+                res["split_rule"] = fg.gtime(run(None, "two_term", channel, K))
+                res["split_rule_err"] = err(run(None, "two_term", channel, K)[0](), ref_c)
             if "w16" in forms:
                 res["rule_config"] = ft.prefill_config(M, N, K, -(-K // 128))
                 res["rule"] = fg.gtime(run(None, "prefill"))
@@ -149,7 +149,7 @@ def main():
                 sweep("w8a8_block", "prefill_fp8", fp8_tiles(), W.block, 128, ref, 0.05)
                 sweep("w8a8_channel", "prefill_fp8", fp8_tiles(), channel, K, ref_c, 0.05)
             if "split" in forms:
-                sweep("split", "prefill_split", split_tiles(args.quick), channel, K, ref_c, 5e-3)
+                sweep("split", "two_term", split_tiles(args.quick), channel, K, ref_c, 5e-3)
             row = dict(gemm=name, N=N, K=K, M=M, **{k: (round(v, 2) if isinstance(v, float) and "err" not in k
                                                         else v) for k, v in res.items()}, tiles=timed)
             rows.append(row)

@@ -241,10 +241,10 @@ def rank_main(args):
     from hf_tp.bench import dump_stacks_periodically
 
     dump_stacks_periodically()  # HF_TP_DUMP_AFTER (device runs): a rank that hangs shows where it waits
-    if args.fp8_split_max_m is not None:  # a kernel limit under test, not an option: set before any call
+    if args.fp8_two_term_max_m is not None:  # a kernel limit under test, not an option: set before any call
         from hf_tp.kernels import fp8_triton
 
-        fp8_triton.PREFILL_SPLIT_MAX_M = args.fp8_split_max_m
+        fp8_triton.PREFILL_TWO_TERM_MAX_M = args.fp8_two_term_max_m
     model, device = load_rank_model(args)
     work = torch.load(args.rank_in)  # the exact inputs the references saw, from the parent
     result = run_model(model, device, work, args.new_tokens, timed=True)
@@ -266,8 +266,8 @@ def run_tp(args, work: dict) -> dict:
                "--tp-size", str(args.tp_size), "--new-tokens", str(args.new_tokens), "--device", args.device]
         if args.one_gpu_gloo:
             cmd.append("--one-gpu-gloo")
-        if args.fp8_split_max_m is not None:
-            cmd += ["--fp8-split-max-m", str(args.fp8_split_max_m)]
+        if args.fp8_two_term_max_m is not None:
+            cmd += ["--fp8-two-term-max-m", str(args.fp8_two_term_max_m)]
         subprocess.run(cmd, check=True, timeout=600)
         return torch.load(out)
 
@@ -411,8 +411,8 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--one-gpu-gloo", action="store_true", help="all TP ranks on cuda:0, joined by gloo")
-    parser.add_argument("--fp8-split-max-m", type=int,
-                        help="hf_tp.kernels.fp8_triton.PREFILL_SPLIT_MAX_M in the ranks: prefill calls of up to this "
+    parser.add_argument("--fp8-two-term-max-m", type=int,
+                        help="hf_tp.kernels.fp8_triton.PREFILL_TWO_TERM_MAX_M in the ranks: prefill calls of up to this "
                              "many rows take x as two FP8 terms (per-channel FP8 weights)")
     parser.add_argument("--json")
     parser.add_argument("--rank", action="store_true")

@@ -66,13 +66,16 @@
 #      each step's product scaled a step late, LAG, was dropped: its sm_90 build waited as before), then the 8B
 #      rows issues 18 and 19 wait for (CALL=18's), FP8 per channel with TPConfig.fp8_activations among them.
 #   CALL=23 (the seventeenth session had no device; run it first, then 22): per-channel FP8 prefill with x as two
-#      FP8 terms (fp8_triton "prefill_split", bf16's accuracy in fp8_act_emulation.py's CPU emulation), its GPU
+#      FP8 terms (fp8_triton "two_term", bf16's accuracy in fp8_act_emulation.py's CPU emulation), its GPU
 #      tests, its tile sweep against bf16, dequantize + cuBLAS and the weight-once kernel (each K step's product
 #      summed in fp32 or not: PROMOTE), and gpu_check's accuracy with it forced for every call above 64 rows (the
-#      teacher-forced forward). Set fp8_triton.PREFILL_SPLIT_MAX_M (0: off) to where it wins. Then
+#      teacher-forced forward). Set fp8_triton.PREFILL_TWO_TERM_MAX_M (0: off) to where it wins. Then
 #      the same kernel at decode sizes (fp8_decode_split.py: 1 and 8 rows against the shipped FP8 decode kernels,
 #      which widen every weight in registers): a lead for issue 19's decode bars if it wins.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|23] bash benchmarks/next_cycle.sh
+#   CALL=24 (after 23): per-channel FP8 end to end with x as two FP8 terms at decode sizes (TWO_TERM_DECODE=64)
+#      and at prefill (TWO_TERM_PREFILL=1024) against the shipped paths, 8B shape, tp 1 at batch 1 and 8 and the
+#      rank of tp 2, prefill_ms and decode tok/s; bf16 in the same call.
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|24] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
@@ -104,6 +107,10 @@ if os.environ.get('SORTFREE'):  # SORTFREE=1: whole-vocabulary sampling by radix
 if os.environ.get('TOPK_KERNEL'):  # sampling's top-k candidates: 0 torch.topk, 1 sampling_topk's Triton kernels
     from hf_tp.generation import decode_loop
     decode_loop.TOPK_KERNEL = os.environ['TOPK_KERNEL'] == '1'
+if os.environ.get('TWO_TERM_DECODE') or os.environ.get('TWO_TERM_PREFILL'):  # x as two FP8 terms up to these rows
+    from hf_tp.kernels import fp8_triton
+    fp8_triton.DECODE_TWO_TERM_MAX_M = int(os.environ.get('TWO_TERM_DECODE', 0))
+    fp8_triton.PREFILL_TWO_TERM_MAX_M = int(os.environ.get('TWO_TERM_PREFILL', 0))
 if os.environ.get('COMBO'):  # Inductor's horizontal fusion of independent kernels (rope, cache writes, mask)
     import torch._inductor.config as c
     c.combo_kernels = True
@@ -214,15 +221,25 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 24 ]; then
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  wait
+  row tp1_fp8c 60 fp8-channel --batches 1,8
+  TWO_TERM_DECODE=64 TWO_TERM_PREFILL=1024 row tp1_fp8c_2t 60 fp8-channel --batches 1,8
+  row tp1_bf16 60 bf16 --batches 1,8
+  row r2_fp8c 45 fp8-channel --simulate-tp 2 --batches 1
+  TWO_TERM_DECODE=64 TWO_TERM_PREFILL=1024 row r2_fp8c_2t 45 fp8-channel --simulate-tp 2 --batches 1
+  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
 elif [ "$CALL" = 23 ]; then
   step tests_prefill 120 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "activation or prefill or fp8_kept"
   step prefill_split 150 python benchmarks/fp8_prefill.py --forms split,rule --quick --ms 128,512,2048 \
     --out "$OUT/fp8_prefill_split.json"
   step check_split 100 python benchmarks/gpu_check.py --random-arch phi3 --fp8 channel --one-gpu-gloo --tp-size 2 \
-    --fp8-split-max-m 1000000 --json "$OUT/fp8_check_channel_split.json"
+    --fp8-two-term-max-m 1000000 --json "$OUT/fp8_check_channel_split.json"
   step decode_split 100 python benchmarks/fp8_decode_split.py --out "$OUT/fp8_decode_split.json"
   step check_split_uneven 100 python benchmarks/gpu_check.py --random-arch llama_uneven --fp8 channel --one-gpu-gloo \
-    --tp-size 2 --fp8-split-max-m 1000000 --json "$OUT/fp8_check_uneven_split.json"
+    --tp-size 2 --fp8-two-term-max-m 1000000 --json "$OUT/fp8_check_uneven_split.json"
   step prefill_256 100 python benchmarks/fp8_prefill.py --forms w16 --quick --ms 192,256 --out "$OUT/fp8_prefill_256.json"
 elif [ "$CALL" = 22 ]; then
   step tests_prefill 110 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "activation or prefill or fp8_kept"

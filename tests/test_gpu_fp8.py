@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.gpu,
 # (prompt length, TPConfig.fp8_activations, format): 12 tokens (two rows): every call at decode sizes; 60: the
 # prompt's 120 rows through the prefill kernel that reads the FP8 weight once; 80: the prompt's 160 rows through
 # the FP8-activation kernel (with TPConfig.fp8_activations) or dequantize + cuBLAS; "channel-split": per-channel
-# weights, the prompt's rows as two FP8 terms (fp8_triton.PREFILL_SPLIT_MAX_M raised), held to the tokens.
+# weights, x as two FP8 terms at prefill and decode sizes (fp8_triton.PREFILL_TWO_TERM_MAX_M and
+# DECODE_TWO_TERM_MAX_M raised, in the captured loop too), held to the tokens.
 CASES = [(12, False, "block"), (60, False, "block"), (80, False, "block"), (80, True, "block"),
          (80, False, "channel-split")]
 
@@ -38,11 +39,13 @@ def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, monke
         folder = write_block_fp8(src, tmp_path / "fp8")
     else:
         folder = write_channel_fp8(src, tmp_path / "fp8")
-        monkeypatch.setattr(fp8_triton, "PREFILL_SPLIT_MAX_M", 1 << 20)
-        launched = []  # the two-term calls: the split path must have run, not only be allowed
+        monkeypatch.setattr(fp8_triton, "PREFILL_TWO_TERM_MAX_M", 1 << 20)
+        monkeypatch.setattr(fp8_triton, "DECODE_TWO_TERM_MAX_M", fp8_triton.DOT_MAX_M)
+        launched = []  # (terms, rows) of the FP8 x FP8 calls: the two-term path must have run, not only be allowed
         launch = fp8_triton.launch_prefill_fp8
         monkeypatch.setattr(fp8_triton, "launch_prefill_fp8",
-                            lambda *a, terms=1, **k: launched.append(terms) or launch(*a, terms=terms, **k))
+                            lambda x2, *a, terms=1, **k: launched.append((terms, x2.shape[0]))
+                            or launch(x2, *a, terms=terms, **k))
     device = torch.device("cuda", 0)
     reference = dequantized_reference(folder, tmp_path / "deq").to(device)
     ours = load_parallel_model(str(folder), TPGroup(0, 1, device), dtype=torch.bfloat16, progress=False,
@@ -80,5 +83,5 @@ def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, monke
     assert torch.all(best - chosen <= 0.02 * span), (best - chosen) / span
     exact = (logits.argmax(-1) == new).float().mean().item()
     assert exact >= 0.9, exact
-    if fmt == "channel-split":
-        assert launched and set(launched) == {2}, launched
+    if fmt == "channel-split":  # the prompt's 160 rows and the decode steps' 2 rows, every call in two terms
+        assert {terms for terms, _ in launched} == {2} and {rows for _, rows in launched} >= {160, 2}, launched

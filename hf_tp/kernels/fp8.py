@@ -193,7 +193,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group
     FP8 weight once (half the bytes of bf16), applies the scales per K-group in fp32 and accumulates in fp32;
     above ``fp8_triton.DOT_MAX_M`` rows (prefill) a kernel reads the FP8 weight once up to
     ``fp8_triton.PREFILL_MAX_M`` rows, and larger calls dequantize it once and call cuBLAS (per-channel weights
-    up to ``fp8_triton.PREFILL_SPLIT_MAX_M`` rows: x as two FP8 terms, as accurate as bf16); with ``act_fp8``
+    up to ``fp8_triton.PREFILL_TWO_TERM_MAX_M`` rows: x as two FP8 terms, as accurate as bf16); with ``act_fp8``
     (TPConfig.fp8_activations) prefill-size calls quantize x to FP8 per row and weight group and multiply on the
     FP8 tensor cores instead (``fp8_triton.launch_prefill_fp8``). Elsewhere it is ``fp8_linear_reference``.
     Works under torch.compile and CUDA-graph capture (a custom op).

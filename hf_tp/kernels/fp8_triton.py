@@ -309,6 +309,12 @@ def prefill_fp8_config(M: int, N: int, G: int = 1, terms: int = 1) -> dict:
     fewer programs than an H100 has SMs. Block groups: the tiles most of the four 8B GEMMs chose at 128, 512
     and 2048 rows in call 4's sweep (each K step's scaling favours smaller tiles at small M). Two terms: the
     one-term tile's MMA rows, half of them per term (BLOCK_M 64; not yet swept)."""
+    if terms == 2 and M <= DOT_MAX_M:  # decode sizes (not yet swept): 32 or 64 MMA rows, narrow weight tiles
+        block_n = 64
+        while block_n > 32 and triton.cdiv(N, block_n) < 2 * 132:
+            block_n //= 2
+        return dict(BLOCK_M=16 if M <= 8 else 32, BLOCK_N=block_n, BLOCK_K=128, GROUP_N=8, num_warps=4,
+                    num_stages=4)
     if G > 1:
         if M <= 128:
             return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_N=8, num_warps=4, num_stages=4)
@@ -370,19 +376,23 @@ def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
 # cuBLAS is faster).
 # Per-channel weights can also take x as two FP8 terms (``_quantize_groups`` TWO_TERM): as accurate as keeping x
 # in bf16 (benchmarks/fp8_act_emulation.py: SmolLM2 passes gpu_check's criterion, one term fails it), at twice
-# one term's MMAs. Up to PREFILL_SPLIT_MAX_M rows the default path takes it: 0 until a GPU has timed it
+# one term's MMAs. Up to PREFILL_TWO_TERM_MAX_M rows the default path takes it: 0 until a GPU has timed it
 # (benchmarks/fp8_prefill.py --forms split). Two terms of M rows should cost about one term of 2M rows: 170 us
 # at 128 rows against the default's 295 and bf16's 191, and ahead of dequantize + cuBLAS to about 1024 rows.
 DOT_MAX_M = 64
 PREFILL_MAX_M = 128
 PREFILL_FP8_BLOCK_MAX_M = 512
-PREFILL_SPLIT_MAX_M = 0
+PREFILL_TWO_TERM_MAX_M = 0
+# The same kernel at decode sizes (per-channel weights, up to DECODE_TWO_TERM_MAX_M rows): the weight goes to the
+# FP8 tensor cores as read, where the decode kernels widen every weight in registers (the GEMV's loop: about 4.9
+# instructions per weight in its sm_90 build). 0 until benchmarks/fp8_decode_split.py has timed it on a GPU.
+DECODE_TWO_TERM_MAX_M = 0
 
 
 def takes_fp16(M: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> bool:
     """Whether a call of M bf16 rows runs the tl.dot kernel in fp16 ("X16" in its measured config), so that the
     caller can make the activations' fp16 copy where Inductor fuses it into the step that made them."""
-    if M > DOT_MAX_M:
+    if M > DOT_MAX_M or (G == 1 and M <= DECODE_TWO_TERM_MAX_M):
         return False
     path, cfg = gemv_triton.choose(M, N, K, 1, path=None)
     if path != "dot":
@@ -399,25 +409,27 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
            bias: torch.Tensor | None, config: dict | None = None, path: str | None = None,
            x16: torch.Tensor | None = None, norm: dict | None = None, act_fp8: bool = False) -> torch.Tensor:
     """x2 (M, K) contiguous; returns (M, N) in x2's dtype. ``path`` ("gemv", "skinny" for the tl.dot kernel,
-    "prefill", "prefill_fp8", "prefill_split" for x as two FP8 terms, "dequant") and ``config`` override the measured choice (tests and the benchmark's
+    "prefill", "prefill_fp8", "two_term" for x as two FP8 terms, "dequant") and ``config`` override the measured choice (tests and the benchmark's
     sweep use them). ``act_fp8``: above DOT_MAX_M rows, x quantized to FP8 (TPConfig.fp8_activations).
     ``x16``: x2 in fp16 (contiguous), for the calls ``takes_fp16`` names. ``norm``: gemv_triton.launch's norm
     arguments (norm_weight, eps, residual, h_out, x_out): the GEMM of the RMSNorm of x2 (+ residual), decode
     sizes only."""
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
+    if path is None and M <= DOT_MAX_M and G == 1 and M <= DECODE_TWO_TERM_MAX_M and not norm:
+        path = "two_term"
     if path is None and M > DOT_MAX_M:
         if act_fp8 and not norm and (G == 1 or M <= PREFILL_FP8_BLOCK_MAX_M) and fp8_step(G, K, group_k, k_offset):
             path = "prefill_fp8"
-        elif G == 1 and M <= PREFILL_SPLIT_MAX_M and not norm:
-            path = "prefill_split"
+        elif G == 1 and M <= PREFILL_TWO_TERM_MAX_M and not norm:
+            path = "two_term"
         else:
             path = "prefill" if M <= PREFILL_MAX_M and not norm else "dequant"
-    if path in ("dequant", "prefill_fp8", "prefill_split") and norm:
+    if path in ("dequant", "prefill_fp8", "two_term") and norm:
         raise ValueError(f"fp8_triton: the norm form runs at decode sizes (at most {DOT_MAX_M} rows), got {M}")
-    if path in ("prefill_fp8", "prefill_split"):
+    if path in ("prefill_fp8", "two_term"):
         return launch_prefill_fp8(x2, weight, scale, group_k, k_offset, bias, config,
-                                  terms=2 if path == "prefill_split" else 1)
+                                  terms=2 if path == "two_term" else 1)
     if path == "prefill":
         if norm:
             raise ValueError(f"fp8_triton: the norm form runs at decode sizes (at most {DOT_MAX_M} rows), got {M}")
