@@ -30,9 +30,10 @@ import fp8_gemm as fg  # noqa: E402
 
 
 def split_tiles():
-    """Tiles for a few rows: 2 x BLOCK_M MMA rows (both terms), narrow weight tiles so every SM reads; each K
-    step's product summed in fp32 (PROMOTE) or not."""
-    for bm, bn, stages, promote in itertools.product((16, 32), (32, 64, 128), (4,), (True, False)):
+    """Tiles for a few rows: 2 x BLOCK_M MMA rows (both terms; at least 64, below which Triton builds FP8 tiles as
+    fp16 MMAs on widened operands), narrow weight tiles so every SM reads; each K step's product summed in fp32
+    (PROMOTE) or not."""
+    for bm, bn, stages, promote in itertools.product((32,), (32, 64, 128), (4, 6), (True, False)):
         yield dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=128, num_warps=4, num_stages=stages, GROUP_N=8, PROMOTE=promote)
 
 

@@ -332,7 +332,8 @@ def test_prefill_kernels_compile_for_hopper():
                           cfg["num_warps"], cfg["num_stages"], "HGMMA"))
     for M, N, G, terms, promote in ((128, 6144, 1, 1, False), (2048, 28672, 1, 1, False), (128, 6144, 32, 1, False),
                                     (512, 28672, 32, 1, False), (2048, 28672, 32, 1, False), (128, 6144, 1, 2, True),
-                                    (512, 28672, 1, 2, True), (2048, 4096, 1, 2, True), (512, 28672, 1, 2, False)):
+                                    (512, 28672, 1, 2, True), (2048, 4096, 1, 2, True), (512, 28672, 1, 2, False),
+                                    (1, 6144, 1, 2, True), (16, 28672, 1, 2, True)):  # the last two: decode sizes
         cfg = ft.prefill_fp8_config(M, N, G, terms)
         cases.append((f"W8A8 {M}x{N} G={G} terms={terms} promote={promote}", ft._prefill_fp8, w8a8,
                       dict(ONE_GROUP=G == 1, HAS_BIAS=False, EVEN_K=True, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],

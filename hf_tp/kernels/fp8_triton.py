@@ -309,11 +309,14 @@ def prefill_fp8_config(M: int, N: int, G: int = 1, terms: int = 1) -> dict:
     fewer programs than an H100 has SMs. Block groups: the tiles most of the four 8B GEMMs chose at 128, 512
     and 2048 rows in call 4's sweep (each K step's scaling favours smaller tiles at small M). Two terms: the
     one-term tile's MMA rows, half of them per term (BLOCK_M 64; not yet swept)."""
-    if terms == 2 and M <= DOT_MAX_M:  # decode sizes (not yet swept): 32 or 64 MMA rows, narrow weight tiles
+    if terms == 2 and M <= DOT_MAX_M:
+        # decode sizes (not yet swept): at least 64 MMA rows, since Triton builds FP8 tiles of fewer as fp16 MMAs
+        # on the widened operands (HMMA in the sm_90 build: the widening this path is for avoiding); narrow weight
+        # tiles so every SM reads
         block_n = 64
         while block_n > 32 and triton.cdiv(N, block_n) < 2 * 132:
             block_n //= 2
-        return dict(BLOCK_M=16 if M <= 8 else 32, BLOCK_N=block_n, BLOCK_K=128, GROUP_N=8, num_warps=4,
+        return dict(BLOCK_M=32 if M <= 32 else 64, BLOCK_N=block_n, BLOCK_K=128, GROUP_N=8, num_warps=4,
                     num_stages=4)
     if G > 1:
         if M <= 128:
