@@ -142,7 +142,8 @@ def main() -> int:
                              for v in c["free_running_tp_vs_bf16_ref"]],
             "passed": passed, "fail_reasons": reasons}
         print(mode, json.dumps(rows[mode]), flush=True)
-    summary = {"model": args.model, "fp8": args.fp8, "quantized_modules": len(quantized), "only": args.only, "min_rows": args.min_rows, "tp": args.tp, "new_tokens": args.new_tokens,
+    summary = {"model": args.model, "fp8": args.fp8, "quantized_modules": len(quantized), "only": args.only,
+               "min_rows": args.min_rows, "tp": args.tp, "new_tokens": args.new_tokens,
                "prompt_rows": int(inputs["input_ids"].numel()), "torch": torch.__version__, "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))

@@ -194,8 +194,8 @@ _W8A8_CASES = [
 
 def _check_w8a8(results, exact_rounding: bool):
     for case, (quant_err, scale_err, gemm_err, finite) in zip(_W8A8_CASES, results):
-        assert (quant_err == 0 or not exact_rounding) and scale_err < 1e-6 and gemm_err < 1e-3 and finite, (case, quant_err, scale_err,
-                                                                                     gemm_err)
+        assert (quant_err == 0 or not exact_rounding) and scale_err < 1e-6 and gemm_err < 1e-3 and finite, (
+            case, quant_err, scale_err, gemm_err)
 
 
 def test_fp8_activation_kernels_in_interpreter():
@@ -336,8 +336,8 @@ def test_prefill_kernels_compile_for_hopper():
                                     (1, 6144, 1, 2, True), (16, 28672, 1, 2, True)):  # the last two: decode sizes
         cfg = ft.prefill_fp8_config(M, N, G, terms)
         cases.append((f"W8A8 {M}x{N} G={G} terms={terms} promote={promote}", ft._prefill_fp8, w8a8,
-                      dict(ONE_GROUP=G == 1, HAS_BIAS=False, EVEN_K=True, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                           BLOCK_K=128, GROUP_N=8, TWO_TERM=terms == 2, PROMOTE=promote),
+                      dict(ONE_GROUP=G == 1, HAS_BIAS=False, EVEN_K=True, BLOCK_M=cfg["BLOCK_M"],
+                           BLOCK_N=cfg["BLOCK_N"], BLOCK_K=128, GROUP_N=8, TWO_TERM=terms == 2, PROMOTE=promote),
                       cfg["num_warps"], cfg["num_stages"], "QGMMA"))
     quantize = {"x_ptr": "*bf16", "q_ptr": "*fp8e4nv", "qs_ptr": "*fp32"}
     for two in (False, True):

@@ -292,7 +292,8 @@ def quantize_groups(x2: torch.Tensor, G: int, group_k: int, k_offset: int,
     2 (G == 1 only): x ~ q[0] * qs[0] + q[1] * qs[1], values (2, M, K) and scales (2, M, 1)."""
     M, K = x2.shape
     if terms not in (1, 2) or (terms == 2 and G != 1):
-        raise ValueError(f"fp8_triton.quantize_groups: terms must be 1, or 2 with one group per row; got {terms}, G={G}")
+        raise ValueError(f"fp8_triton.quantize_groups: terms must be 1, or 2 with one group per row; got {terms}, "
+                         f"G={G}")
     q = torch.empty((terms, M, K), device=x2.device, dtype=torch.float8_e4m3fn)
     qs = torch.empty((terms, G, M), device=x2.device, dtype=torch.float32)
     if G == 1:
@@ -412,8 +413,9 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
            bias: torch.Tensor | None, config: dict | None = None, path: str | None = None,
            x16: torch.Tensor | None = None, norm: dict | None = None, act_fp8: bool = False) -> torch.Tensor:
     """x2 (M, K) contiguous; returns (M, N) in x2's dtype. ``path`` ("gemv", "skinny" for the tl.dot kernel,
-    "prefill", "prefill_fp8", "two_term" for x as two FP8 terms, "dequant") and ``config`` override the measured choice (tests and the benchmark's
-    sweep use them). ``act_fp8``: above DOT_MAX_M rows, x quantized to FP8 (TPConfig.fp8_activations).
+    "prefill", "prefill_fp8", "two_term" for x as two FP8 terms, "dequant") and ``config`` override the measured
+    choice (tests and the benchmark's sweep use them). ``act_fp8``: above DOT_MAX_M rows, x quantized to FP8
+    (TPConfig.fp8_activations).
     ``x16``: x2 in fp16 (contiguous), for the calls ``takes_fp16`` names. ``norm``: gemv_triton.launch's norm
     arguments (norm_weight, eps, residual, h_out, x_out): the GEMM of the RMSNorm of x2 (+ residual), decode
     sizes only."""
@@ -428,14 +430,13 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
             path = "two_term"
         else:
             path = "prefill" if M <= PREFILL_MAX_M and not norm else "dequant"
-    if path in ("dequant", "prefill_fp8", "two_term") and norm:
-        raise ValueError(f"fp8_triton: the norm form runs at decode sizes (at most {DOT_MAX_M} rows), got {M}")
+    if norm and path in ("prefill", "dequant", "prefill_fp8", "two_term"):
+        raise ValueError(f"fp8_triton: the norm form runs on the decode kernels only (at most {DOT_MAX_M} rows, "
+                         f"paths gemv and skinny), not on path {path!r} ({M} rows)")
     if path in ("prefill_fp8", "two_term"):
         return launch_prefill_fp8(x2, weight, scale, group_k, k_offset, bias, config,
                                   terms=2 if path == "two_term" else 1)
     if path == "prefill":
-        if norm:
-            raise ValueError(f"fp8_triton: the norm form runs at decode sizes (at most {DOT_MAX_M} rows), got {M}")
         return launch_prefill(x2, weight, scale, group_k, k_offset, bias, config)
     if path == "dequant":
         wd = torch.empty((N, K), device=x2.device, dtype=x2.dtype)
