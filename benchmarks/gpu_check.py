@@ -245,6 +245,7 @@ def rank_main(args):
         from hf_tp.kernels import fp8_triton
 
         fp8_triton.PREFILL_TWO_TERM_MAX_M = args.fp8_two_term_max_m
+        fp8_triton.DECODE_TWO_TERM_MAX_M = min(args.fp8_two_term_max_m, fp8_triton.DOT_MAX_M)
     model, device = load_rank_model(args)
     work = torch.load(args.rank_in)  # the exact inputs the references saw, from the parent
     result = run_model(model, device, work, args.new_tokens, timed=True)
@@ -412,8 +413,9 @@ def main():
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--one-gpu-gloo", action="store_true", help="all TP ranks on cuda:0, joined by gloo")
     parser.add_argument("--fp8-two-term-max-m", type=int,
-                        help="hf_tp.kernels.fp8_triton.PREFILL_TWO_TERM_MAX_M in the ranks: prefill calls of up to this "
-                             "many rows take x as two FP8 terms (per-channel FP8 weights)")
+                        help="hf_tp.kernels.fp8_triton.PREFILL_TWO_TERM_MAX_M (and DECODE_TWO_TERM_MAX_M, at most "
+                             "DOT_MAX_M) in the ranks: calls of up to this many rows take x as two FP8 terms "
+                             "(per-channel FP8 weights), the decode steps' included")
     parser.add_argument("--json")
     parser.add_argument("--rank", action="store_true")
     parser.add_argument("--rank-in")

@@ -68,10 +68,10 @@
 #   CALL=23 (the seventeenth session had no device; run it first, then 22): per-channel FP8 prefill with x as two
 #      FP8 terms (fp8_triton "two_term", bf16's accuracy in fp8_act_emulation.py's CPU emulation), its GPU
 #      tests, its tile sweep against bf16, dequantize + cuBLAS and the weight-once kernel (each K step's product
-#      summed in fp32 or not: PROMOTE), and gpu_check's accuracy with it forced for every call above 64 rows (the
-#      teacher-forced forward). Set fp8_triton.PREFILL_TWO_TERM_MAX_M (0: off) to where it wins. Then
-#      the same kernel at decode sizes (fp8_decode_split.py: 1 and 8 rows against the shipped FP8 decode kernels,
-#      which widen every weight in registers): a lead for issue 19's decode bars if it wins.
+#      summed in fp32 or not: PROMOTE), the same kernel at decode sizes (fp8_decode_split.py: 1 and 8 rows against
+#      the shipped FP8 decode kernels, which widen every weight in registers: a lead for issue 19's decode bars),
+#      and gpu_check's accuracy with it forced for every call, decode steps included. Set
+#      fp8_triton.PREFILL_TWO_TERM_MAX_M / DECODE_TWO_TERM_MAX_M (0: off) to where it wins; then CALL=24.
 #   CALL=24 (after 23): per-channel FP8 end to end with x as two FP8 terms at decode sizes (TWO_TERM_DECODE=64)
 #      and at prefill (TWO_TERM_PREFILL=1024) against the shipped paths, 8B shape, tp 1 at batch 1 and 8 and the
 #      rank of tp 2, prefill_ms and decode tok/s; bf16 in the same call.
@@ -233,11 +233,11 @@ elif [ "$CALL" = 24 ]; then
   row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
 elif [ "$CALL" = 23 ]; then
   step tests_prefill 120 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "activation or prefill or fp8_kept"
+  step decode_split 100 python benchmarks/fp8_decode_split.py --out "$OUT/fp8_decode_split.json"
   step prefill_split 150 python benchmarks/fp8_prefill.py --forms split,rule --quick --ms 128,512,2048 \
     --out "$OUT/fp8_prefill_split.json"
   step check_split 100 python benchmarks/gpu_check.py --random-arch phi3 --fp8 channel --one-gpu-gloo --tp-size 2 \
     --fp8-two-term-max-m 1000000 --json "$OUT/fp8_check_channel_split.json"
-  step decode_split 100 python benchmarks/fp8_decode_split.py --out "$OUT/fp8_decode_split.json"
   step check_split_uneven 100 python benchmarks/gpu_check.py --random-arch llama_uneven --fp8 channel --one-gpu-gloo \
     --tp-size 2 --fp8-two-term-max-m 1000000 --json "$OUT/fp8_check_uneven_split.json"
   step prefill_256 100 python benchmarks/fp8_prefill.py --forms w16 --quick --ms 192,256 --out "$OUT/fp8_prefill_256.json"
