@@ -15,7 +15,9 @@ applied to the sums (SCALE_LAST, the default there) and in the tile.
   split     (--forms split) x as two FP8 terms (fp8_triton.launch path "two_term", per-channel scales: bf16's
             accuracy, twice one term's MMAs), best tile, held to the weight-only tolerance (5e-3); split_promote /
             split_fp8acc: the best with each K step's product summed in fp32 / left in the tensor cores'
-            accumulator (each tile's error is in the JSON); split_rule: its shipped tile (with --forms rule).
+            accumulator (each tile's error is in the JSON); split_rule: its shipped tile (with --forms rule);
+            split_mm / split_mm_fast: both terms' rows stacked in one cuBLAS FP8 GEMM (torch._scaled_mm, row-wise
+            scales; each K step summed in fp32 / fast accumulation), the halves summed after.
 
   python benchmarks/fp8_prefill.py --out $OUT/fp8_prefill.json [--ms 128,512,2048] [--tp 1] [--quick]
 
@@ -150,12 +152,20 @@ def main():
                 sweep("w8a8_channel", "prefill_fp8", fp8_tiles(), channel, K, ref_c, 0.05)
             if "split" in forms:
                 sweep("split", "two_term", split_tiles(args.quick), channel, K, ref_c, 5e-3)
+                for key, fast in (("split_mm", False), ("split_mm_fast", True)):  # the same by cuBLAS
+                    try:
+                        fns = [lambda w=w, s=s: ft.launch_two_term_scaled_mm(x, w, s, None, fast)
+                               for w, s in zip(W.fp8, channel)]
+                        res[key + "_err"] = err(fns[0](), ref_c)
+                        res[key] = fg.gtime(fns)
+                    except Exception as exc:  # noqa: BLE001 - torch._scaled_mm's row-wise form missing here
+                        res[key + "_skipped"] = f"{type(exc).__name__}: {str(exc)[:120]}"
             row = dict(gemm=name, N=N, K=K, M=M, **{k: (round(v, 2) if isinstance(v, float) and "err" not in k
                                                         else v) for k, v in res.items()}, tiles=timed)
             rows.append(row)
             for k in ("bf16", "dequant", "rule", "best", "best_left", "best_right", "channel_last", "channel_tile",
                       "w8a8_block", "w8a8_channel", "w8a8_rule_block",
-                      "w8a8_rule_channel", "split", "split_promote", "split_fp8acc", "split_rule"):
+                      "w8a8_rule_channel", "split", "split_promote", "split_fp8acc", "split_rule", "split_mm", "split_mm_fast"):
                 if isinstance(res.get(k), float):
                     layer[f"{M} {k}"] = layer.get(f"{M} {k}", 0.0) + res[k]
             print(json.dumps({k: v for k, v in row.items() if k != "tiles"}), f"{time.time() - t0:.0f}s", flush=True)

@@ -246,6 +246,7 @@ def rank_main(args):
 
         fp8_triton.PREFILL_TWO_TERM_MAX_M = args.fp8_two_term_max_m
         fp8_triton.DECODE_TWO_TERM_MAX_M = min(args.fp8_two_term_max_m, fp8_triton.DOT_MAX_M)
+        fp8_triton.TWO_TERM_SCALED_MM = args.fp8_two_term_scaled_mm
     model, device = load_rank_model(args)
     work = torch.load(args.rank_in)  # the exact inputs the references saw, from the parent
     result = run_model(model, device, work, args.new_tokens, timed=True)
@@ -269,6 +270,7 @@ def run_tp(args, work: dict) -> dict:
             cmd.append("--one-gpu-gloo")
         if args.fp8_two_term_max_m is not None:
             cmd += ["--fp8-two-term-max-m", str(args.fp8_two_term_max_m)]
+            cmd += ["--fp8-two-term-scaled-mm"] if args.fp8_two_term_scaled_mm else []
         subprocess.run(cmd, check=True, timeout=600)
         return torch.load(out)
 
@@ -416,6 +418,8 @@ def main():
                         help="hf_tp.kernels.fp8_triton.PREFILL_TWO_TERM_MAX_M (and DECODE_TWO_TERM_MAX_M, at most "
                              "DOT_MAX_M) in the ranks: calls of up to this many rows take x as two FP8 terms "
                              "(per-channel FP8 weights), the decode steps' included")
+    parser.add_argument("--fp8-two-term-scaled-mm", action="store_true",
+                        help="with --fp8-two-term-max-m: prefill sizes' two terms by cuBLAS (fp8_triton.TWO_TERM_SCALED_MM)")
     parser.add_argument("--json")
     parser.add_argument("--rank", action="store_true")
     parser.add_argument("--rank-in")

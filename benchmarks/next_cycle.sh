@@ -72,6 +72,10 @@
 #      the shipped FP8 decode kernels, which widen every weight in registers: a lead for issue 19's decode bars),
 #      and gpu_check's accuracy with it forced for every call, decode steps included. Set
 #      fp8_triton.PREFILL_TWO_TERM_MAX_M / DECODE_TWO_TERM_MAX_M (0: off) to where it wins; then CALL=24.
+#   CALL=25 (the eighteenth session's second, after 23 measured two terms slower than the shipped FP8 decode
+#      kernels and faster than bf16 at 128 prefill rows without PROMOTE, slower with it): the same two terms by
+#      cuBLAS's FP8 GEMM on the stacked terms (fp8_triton.TWO_TERM_SCALED_MM), its GPU test and gpu_check, the
+#      sweep at 128-1024 rows, then prefill_ms at the 8B shape: bf16, shipped FP8, two terms by Triton and cuBLAS.
 #   CALL=24 (after 23): per-channel FP8 end to end with x as two FP8 terms at decode sizes (TWO_TERM_DECODE=64)
 #      and at prefill (TWO_TERM_PREFILL=1024) against the shipped paths, 8B shape, tp 1 at batch 1 and 8 and the
 #      rank of tp 2, prefill_ms and decode tok/s; bf16 in the same call.
@@ -111,6 +115,7 @@ if os.environ.get('TWO_TERM_DECODE') or os.environ.get('TWO_TERM_PREFILL'):  # x
     from hf_tp.kernels import fp8_triton
     fp8_triton.DECODE_TWO_TERM_MAX_M = int(os.environ.get('TWO_TERM_DECODE', 0))
     fp8_triton.PREFILL_TWO_TERM_MAX_M = int(os.environ.get('TWO_TERM_PREFILL', 0))
+    fp8_triton.TWO_TERM_SCALED_MM = os.environ.get('TWO_TERM_MM') == '1'  # prefill's two terms by cuBLAS
 if os.environ.get('COMBO'):  # Inductor's horizontal fusion of independent kernels (rope, cache writes, mask)
     import torch._inductor.config as c
     c.combo_kernels = True
@@ -221,6 +226,19 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 25 ]; then
+  step tests_split 90 $T tests/test_fp8_kernel.py -k "activation"
+  step prefill_split 120 python benchmarks/fp8_prefill.py --forms split,rule --quick --ms 128,256,512,1024 \
+    --out "$OUT/fp8_prefill_split.json"
+  step check_split_mm 70 python benchmarks/gpu_check.py --random-arch phi3 --fp8 channel --one-gpu-gloo --tp-size 2 \
+    --fp8-two-term-max-m 1000000 --fp8-two-term-scaled-mm --json "$OUT/fp8_check_channel_split_mm.json"
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  wait
+  row tp1_bf16 50 bf16 --batches 1
+  row tp1_fp8c 50 fp8-channel --batches 1
+  TWO_TERM_PREFILL=512 row tp1_fp8c_2t 50 fp8-channel --batches 1
+  TWO_TERM_PREFILL=1024 TWO_TERM_MM=1 row tp1_fp8c_2tmm 50 fp8-channel --batches 1
 elif [ "$CALL" = 24 ]; then
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &

@@ -413,8 +413,8 @@ def test_prefill_kernel_matches_reference(M, shape):
 def test_fp8_activation_kernels_on_gpu():
     """test_fp8_activation_kernels_in_interpreter's and test_two_term_activation_kernels_in_interpreter's cases
     compiled: there the FP8 activations round as torch rounds x / scale, and the shipped tiles at real widths
-    stay close to the unquantized reference (block groups on and off the grid, per-channel); with two terms,
-    as close as the weight-only kernels (TOL)."""
+    stay close to the unquantized reference (block groups on and off the grid, per-channel); with two terms
+    (Triton's kernel and cuBLAS's), as close as the weight-only kernels (TOL)."""
     _check_w8a8(_interpret(_W8A8_SCRIPT, _W8A8_CASES, "cuda", interpret=False), exact_rounding=True)
     # two terms: the pair within bf16's rounding of x (about 1.7e-3 relative L2 on Gaussian rows)
     _check_split(_interpret(_SPLIT_SCRIPT, _SPLIT_CASES, "cuda", interpret=False), pair_bound=1.5e-3)
@@ -428,8 +428,9 @@ def test_fp8_activation_kernels_on_gpu():
         if s.shape[1] == 1:  # two terms: the weight-only path's tolerance
             for M in (65, 300, 1000):
                 x, w, s, b = make(M, N, K, group_k, k_offset, device="cuda", seed=N + M)
-                out = fp8_triton.launch(x, w, s, group_k, k_offset, b, path="two_term")
-                assert rel_err(out, x, w, s, group_k, k_offset, b) < TOL, (M, N, K)
+                for path in ("two_term", "two_term_mm"):  # the Triton kernel, and cuBLAS on the stacked terms
+                    out = fp8_triton.launch(x, w, s, group_k, k_offset, b, path=path)
+                    assert rel_err(out, x, w, s, group_k, k_offset, b) < TOL, (path, M, N, K)
 
 
 @pytest.mark.gpu

@@ -309,7 +309,7 @@ def prefill_fp8_config(M: int, N: int, G: int = 1, terms: int = 1) -> dict:
     2026-12-05, sixteenth session). One group per row: 128 x 128, halved (N first, down to 64) while there are
     fewer programs than an H100 has SMs. Block groups: the tiles most of the four 8B GEMMs chose at 128, 512
     and 2048 rows in call 4's sweep (each K step's scaling favours smaller tiles at small M). Two terms: the
-    one-term tile's MMA rows, half of them per term (BLOCK_M 64; not yet swept)."""
+    tiles their sweep chose (eighteenth session)."""
     if terms == 2 and M <= DOT_MAX_M:
         # decode sizes (not yet swept): at least 64 MMA rows, since Triton builds FP8 tiles of fewer as fp16 MMAs
         # on the widened operands (HMMA in the sm_90 build: the widening this path is for avoiding); narrow weight
@@ -319,6 +319,12 @@ def prefill_fp8_config(M: int, N: int, G: int = 1, terms: int = 1) -> dict:
             block_n //= 2
         return dict(BLOCK_M=32 if M <= 32 else 64, BLOCK_N=block_n, BLOCK_K=128, GROUP_N=8, num_warps=4,
                     num_stages=4)
+    if terms == 2:
+        # the sweep's fastest tiles with PROMOTE (one H100, benchmarks/RESULTS.md, eighteenth session): 64 MMA rows
+        # and 64-wide weight tiles for 128 rows on all but the widest weight, 128 x 128 MMA tiles above
+        small = M <= 128 and N < 16384
+        return dict(BLOCK_M=32 if small else 64, BLOCK_N=64 if small else 128, BLOCK_K=128, GROUP_N=8,
+                    num_warps=4, num_stages=3)
     if G > 1:
         if M <= 128:
             return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_N=8, num_warps=4, num_stages=4)
@@ -391,6 +397,23 @@ PREFILL_TWO_TERM_MAX_M = 0
 # FP8 tensor cores as read, where the decode kernels widen every weight in registers (the GEMV's loop: about 4.9
 # instructions per weight in its sm_90 build). 0 until benchmarks/fp8_decode_split.py has timed it on a GPU.
 DECODE_TWO_TERM_MAX_M = 0
+# Two terms at prefill sizes by cuBLAS (``launch_two_term_scaled_mm``) instead of ``_prefill_fp8``: not yet timed.
+TWO_TERM_SCALED_MM = False
+
+
+def launch_two_term_scaled_mm(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                              bias: torch.Tensor | None, fast_accum: bool = False) -> torch.Tensor:
+    """x2 (M, K) as two FP8 terms (``quantize_groups``, terms 2) times a per-channel FP8 weight (scale (N, 1)) by
+    one cuBLAS FP8 GEMM (``torch._scaled_mm``, row-wise scales): both terms' rows stacked as 2M rows, the halves
+    summed once in fp32 and rounded to x2's dtype. ``fast_accum`` False: each K step's product summed in fp32, as
+    PROMOTE does in ``_prefill_fp8``."""
+    M, K = x2.shape
+    q, qs = quantize_groups(x2, 1, K, 0, terms=2)
+    scale_b = scale.reshape(1, -1).float().contiguous()
+    both = torch._scaled_mm(q.view(2 * M, K), weight.t(), scale_a=qs.reshape(2 * M, 1).contiguous(),
+                            scale_b=scale_b, out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
+    out = torch.add(both[:M], both[M:]) if x2.dtype == torch.bfloat16 else (both[:M].float() + both[M:]).to(x2.dtype)
+    return out if bias is None else out.add_(bias)
 
 
 def takes_fp16(M: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> bool:
@@ -413,7 +436,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
            bias: torch.Tensor | None, config: dict | None = None, path: str | None = None,
            x16: torch.Tensor | None = None, norm: dict | None = None, act_fp8: bool = False) -> torch.Tensor:
     """x2 (M, K) contiguous; returns (M, N) in x2's dtype. ``path`` ("gemv", "skinny" for the tl.dot kernel,
-    "prefill", "prefill_fp8", "two_term" for x as two FP8 terms, "dequant") and ``config`` override the measured
+    "prefill", "prefill_fp8", "two_term" for x as two FP8 terms, "two_term_mm" for the same by cuBLAS, "dequant") and ``config`` override the measured
     choice (tests and the benchmark's sweep use them). ``act_fp8``: above DOT_MAX_M rows, x quantized to FP8
     (TPConfig.fp8_activations).
     ``x16``: x2 in fp16 (contiguous), for the calls ``takes_fp16`` names. ``norm``: gemv_triton.launch's norm
@@ -433,6 +456,10 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
     if norm and path in ("prefill", "dequant", "prefill_fp8", "two_term"):
         raise ValueError(f"fp8_triton: the norm form runs on the decode kernels only (at most {DOT_MAX_M} rows, "
                          f"paths gemv and skinny), not on path {path!r} ({M} rows)")
+    if path == "two_term" and TWO_TERM_SCALED_MM and M > DOT_MAX_M and config is None:
+        path = "two_term_mm"
+    if path == "two_term_mm":
+        return launch_two_term_scaled_mm(x2, weight, scale, bias)
     if path in ("prefill_fp8", "two_term"):
         return launch_prefill_fp8(x2, weight, scale, group_k, k_offset, bias, config,
                                   terms=2 if path == "two_term" else 1)
