@@ -355,6 +355,11 @@ def test_prefill_kernels_compile_for_hopper():
             # Triton 3.9's ptxas keeps one value in local memory (8 bytes; stored before the K loop, loaded once per
             # step from L1; Triton 3.6, the GPU image's, spills nothing): allowed here, nothing more
             assert stack <= 8 and sass.count("STL") <= 1 and sass.count("LDL") <= 1, (name, regs, stack)
+        elif "terms=2 promote=True" in name and constexprs["BLOCK_M"] * constexprs["BLOCK_N"] == 64 * 128:
+            # two terms' 128 x 128 MMA tile with PROMOTE in 4 warps: 255 registers and 16 bytes on the stack
+            # (Triton 3.6 and 3.9), yet the fastest tile of the eighteenth session's sweep at 512 and 2048 rows
+            # (gate/up at 512: 272.6 us, the next 323.7; benchmarks/RESULTS.md): allowed that much, nothing more
+            assert stack <= 16 and regs <= 255, (name, regs, stack)
         else:
             assert stack == 0, (name, regs, stack)
         assert mma is None or mma in sass, name
