@@ -76,6 +76,10 @@
 #      kernels and faster than bf16 at 128 prefill rows without PROMOTE, slower with it): the same two terms by
 #      cuBLAS's FP8 GEMM on the stacked terms (fp8_triton.TWO_TERM_SCALED_MM), its GPU test and gpu_check, the
 #      sweep at 128-1024 rows, then prefill_ms at the 8B shape: bf16, shipped FP8, two terms by Triton and cuBLAS.
+#   CALL=26 (the eighteenth session's third): the FP8 GEMV with x widened to fp32 outside it
+#      (benchmarks/fp8_gemv_x32.py: is the GEMV's instruction count what holds FP8 decode back?), then issue 19's
+#      rows with the prefill default call 25 decided: tp 1 at batch 1 and 8, the rank of tp 2, bf16 and FP8 per
+#      channel.
 #   CALL=24 (after 23): per-channel FP8 end to end with x as two FP8 terms at decode sizes (TWO_TERM_DECODE=64)
 #      and at prefill (TWO_TERM_PREFILL=1024) against the shipped paths, 8B shape, tp 1 at batch 1 and 8 and the
 #      rank of tp 2, prefill_ms and decode tok/s; bf16 in the same call.
@@ -226,6 +230,15 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 26 ]; then
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &  # on the CPUs, while the GPU times
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  step gemv_x32 90 python benchmarks/fp8_gemv_x32.py --out "$OUT/fp8_gemv_x32.json"
+  wait
+  row tp1_bf16 60 bf16 --batches 1,8
+  row tp1_fp8c 60 fp8-channel --batches 1,8
+  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
+  row r2_fp8c 45 fp8-channel --simulate-tp 2 --batches 1
 elif [ "$CALL" = 25 ]; then
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &  # on the CPUs, while the GPU times
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
