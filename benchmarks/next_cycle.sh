@@ -80,6 +80,7 @@
 #      (benchmarks/fp8_gemv_x32.py: is the GEMV's instruction count what holds FP8 decode back?), then issue 19's
 #      rows with the prefill default call 25 decided: tp 1 at batch 1 and 8, the rank of tp 2, bf16 and FP8 per
 #      channel.
+#   CALL=27 (the eighteenth session, after failed starts left one call's device time): CALL=25 and 26 in one.
 #   CALL=24 (after 23): per-channel FP8 end to end with x as two FP8 terms at decode sizes (TWO_TERM_DECODE=64)
 #      and at prefill (TWO_TERM_PREFILL=1024) against the shipped paths, 8B shape, tp 1 at batch 1 and 8 and the
 #      rank of tp 2, prefill_ms and decode tok/s; bf16 in the same call.
@@ -230,6 +231,22 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 27 ]; then
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &  # on the CPUs, while the GPU times
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  step tests_split 80 $T tests/test_fp8_kernel.py -k "activation"
+  step prefill_split 70 python benchmarks/fp8_prefill.py --forms split,rule --quick --ms 128,256,512 \
+    --out "$OUT/fp8_prefill_split.json"
+  step check_split_mm 60 python benchmarks/gpu_check.py --random-arch phi3 --fp8 channel --one-gpu-gloo --tp-size 2 \
+    --fp8-two-term-max-m 1000000 --fp8-two-term-scaled-mm --json "$OUT/fp8_check_channel_split_mm.json"
+  step gemv_x32 40 python benchmarks/fp8_gemv_x32.py --out "$OUT/fp8_gemv_x32.json"
+  wait
+  row tp1_bf16 55 bf16 --batches 1,8
+  row tp1_fp8c 55 fp8-channel --batches 1,8
+  TWO_TERM_PREFILL=512 TWO_TERM_MM=1 row tp1_fp8c_2tmm 40 fp8-channel --batches 1
+  TWO_TERM_PREFILL=512 row tp1_fp8c_2t 40 fp8-channel --batches 1
+  row r2_bf16 40 bf16 --simulate-tp 2 --batches 1
+  row r2_fp8c 40 fp8-channel --simulate-tp 2 --batches 1
 elif [ "$CALL" = 26 ]; then
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &  # on the CPUs, while the GPU times
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
