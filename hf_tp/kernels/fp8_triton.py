@@ -12,6 +12,8 @@ measured limits at the end of this file.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -397,8 +399,16 @@ PREFILL_TWO_TERM_MAX_M = 0
 # FP8 tensor cores as read, where the decode kernels widen every weight in registers (the GEMV's loop: about 4.9
 # instructions per weight in its sm_90 build). 0 until benchmarks/fp8_decode_split.py has timed it on a GPU.
 DECODE_TWO_TERM_MAX_M = 0
-# Two terms at prefill sizes by cuBLAS (``launch_two_term_scaled_mm``) instead of ``_prefill_fp8``: not yet timed.
+# Two terms at prefill sizes by cuBLAS (``launch_two_term_scaled_mm``) instead of ``_prefill_fp8``, on sm_90 only
+# (``_on_hopper``): not yet timed.
 TWO_TERM_SCALED_MM = False
+
+
+@functools.lru_cache(maxsize=None)
+def _on_hopper(device: torch.device) -> bool:
+    """Where cuBLAS's two terms were measured (sm_90); elsewhere row-wise ``torch._scaled_mm`` may be missing or
+    slower, and the Triton kernel runs."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
 
 
 def launch_two_term_scaled_mm(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
@@ -456,7 +466,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
     if norm and path in ("prefill", "dequant", "prefill_fp8", "two_term"):
         raise ValueError(f"fp8_triton: the norm form runs on the decode kernels only (at most {DOT_MAX_M} rows, "
                          f"paths gemv and skinny), not on path {path!r} ({M} rows)")
-    if path == "two_term" and TWO_TERM_SCALED_MM and M > DOT_MAX_M and config is None:
+    if path == "two_term" and TWO_TERM_SCALED_MM and M > DOT_MAX_M and config is None and _on_hopper(x2.device):
         path = "two_term_mm"
     if path == "two_term_mm":
         return launch_two_term_scaled_mm(x2, weight, scale, bias)
