@@ -231,6 +231,20 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 28 ]; then  # CALL=27 in less device time (failed starts spent the rest)
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &  # on the CPUs, while the GPU times
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  step tests_split 60 $T tests/test_fp8_kernel.py -k "fp8_activation_kernels_on_gpu"
+  step prefill_split 60 python benchmarks/fp8_prefill.py --forms split,rule --quick --ms 128,512 \
+    --out "$OUT/fp8_prefill_split.json"
+  step check_split_mm 50 python benchmarks/gpu_check.py --random-arch phi3 --fp8 channel --one-gpu-gloo --tp-size 2 \
+    --fp8-two-term-max-m 1000000 --fp8-two-term-scaled-mm --json "$OUT/fp8_check_channel_split_mm.json"
+  step gemv_x32 40 python benchmarks/fp8_gemv_x32.py --out "$OUT/fp8_gemv_x32.json"
+  wait
+  row tp1_bf16 45 bf16 --batches 1
+  row tp1_fp8c 45 fp8-channel --batches 1
+  TWO_TERM_PREFILL=512 TWO_TERM_MM=1 row tp1_fp8c_2tmm 40 fp8-channel --batches 1
+  TWO_TERM_PREFILL=512 row tp1_fp8c_2t 40 fp8-channel --batches 1
 elif [ "$CALL" = 27 ]; then
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &  # on the CPUs, while the GPU times
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
