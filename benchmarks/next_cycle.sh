@@ -81,6 +81,9 @@
 #      rows with the prefill default call 25 decided: tp 1 at batch 1 and 8, the rank of tp 2, bf16 and FP8 per
 #      channel.
 #   CALL=27 (the eighteenth session, after failed starts left one call's device time): CALL=25 and 26 in one.
+#   CALL=29 (the eighteenth session's last): the eager prefill forward profiled at the 1B shape, bf16 against FP8
+#      per channel (shipped, two terms by Triton and by cuBLAS): call 28's prefill_ms put FP8 at 36.4 ms against
+#      bf16's 21.6 at the 8B shape, far more than its GEMMs' difference.
 #   CALL=24 (after 23): per-channel FP8 end to end with x as two FP8 terms at decode sizes (TWO_TERM_DECODE=64)
 #      and at prefill (TWO_TERM_PREFILL=1024) against the shipped paths, 8B shape, tp 1 at batch 1 and 8 and the
 #      rank of tp 2, prefill_ms and decode tok/s; bf16 in the same call.
@@ -231,6 +234,16 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 29 ]; then  # where the eager prefill's time goes, bf16 against FP8 (benchmarks/prefill_profile.py)
+  write_ckpt llama3-1b "$CK/llama3-1b-bf16" 60 bf16 &
+  write_ckpt llama3-1b "$CK/llama3-1b-fp8-channel" 60 fp8-channel &
+  wait
+  step prof_bf16 40 python benchmarks/prefill_profile.py --model "$CK/llama3-1b-bf16" --json "$OUT/prof_bf16.json"
+  step prof_fp8c 40 python benchmarks/prefill_profile.py --model "$CK/llama3-1b-fp8-channel" --json "$OUT/prof_fp8c.json"
+  step prof_fp8c_2t 40 python benchmarks/prefill_profile.py --model "$CK/llama3-1b-fp8-channel" --two-term 512 \
+    --json "$OUT/prof_fp8c_2t.json"
+  step prof_fp8c_2tmm 40 python benchmarks/prefill_profile.py --model "$CK/llama3-1b-fp8-channel" --two-term 512 \
+    --scaled-mm --json "$OUT/prof_fp8c_2tmm.json"
 elif [ "$CALL" = 28 ]; then  # CALL=27 in less device time (failed starts spent the rest)
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &  # on the CPUs, while the GPU times
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &

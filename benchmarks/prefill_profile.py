@@ -1,0 +1,87 @@
+"""Where an eager prefill forward's time goes: GPU kernels, or host work the GPU waits for (issue 19's "prefill not
+slower than bf16").
+
+Bench rows time a prefill (``prefill_ms``: one forward of the prompt between CUDA events) of FP8 per channel well
+above bf16 at the 8B shape (36.4 against 21.6 ms on an H100), while one layer's prefill GEMMs differ by 79 µs
+(2.5 ms over 32 layers). This loads a checkpoint as the bench does at tp 1 (hf_tp's parallel layers, the
+defaults), runs one forward of a 128-token prompt under torch.profiler and prints: the forward's time between
+CUDA events, the GPU's busy time (kernels summed), the host time of the forward, the kernels by GPU time and the
+host ops by their own host time (where hf_tp's FP8 op and Triton's launches show).
+
+  python benchmarks/prefill_profile.py --model CKPT [--prompt-len 128] [--two-term N [--scaled-mm]] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--two-term", type=int, default=0, help="fp8_triton.PREFILL_TWO_TERM_MAX_M")
+    ap.add_argument("--scaled-mm", action="store_true", help="fp8_triton.TWO_TERM_SCALED_MM")
+    ap.add_argument("--json")
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args()
+    from torch.profiler import ProfilerActivity, profile
+
+    from hf_tp.assembly import load_parallel_model
+    from hf_tp.bench.run_system import tp_config
+    from hf_tp.kernels import fp8_triton
+    from hf_tp.parallel.comm import TPGroup
+
+    fp8_triton.PREFILL_TWO_TERM_MAX_M = args.two_term
+    fp8_triton.TWO_TERM_SCALED_MM = args.scaled_mm
+    device = torch.device(args.device, 0) if args.device == "cuda" else torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    model = load_parallel_model(args.model, TPGroup(tp_rank=0, tp_size=1, device=device), dtype=torch.bfloat16,
+                                progress=False, tp_config=tp_config(argparse.Namespace(mode="compile", tp_size=1),
+                                                                    device)).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), device=device)
+
+    def forward():
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+
+    for _ in range(3):
+        forward()
+    sync()
+    events, host = [], []
+    for _ in range(5):
+        pair = [torch.cuda.Event(enable_timing=True) for _ in range(2)] if device.type == "cuda" else None
+        t0 = time.perf_counter()
+        if pair:
+            pair[0].record()
+        forward()
+        host.append((time.perf_counter() - t0) * 1e3)
+        if pair:
+            pair[1].record()
+            pair[1].synchronize()
+            events.append(pair[0].elapsed_time(pair[1]))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        forward()
+        sync()
+    averages = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in averages if e.device_type == torch.autograd.DeviceType.CUDA)
+    kernels = sum(e.count for e in averages if e.device_type == torch.autograd.DeviceType.CUDA)
+    result = dict(model=args.model, two_term=args.two_term, scaled_mm=args.scaled_mm,
+                  forward_ms_events=sorted(events)[2] if events else None, forward_ms_host=sorted(host)[2], gpu_busy_ms=gpu_us / 1e3,
+                  kernels=kernels)
+    print(json.dumps(result), flush=True)
+    print(averages.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=70))
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70))
+    if args.json:
+        result["top_host_ops"] = [dict(name=e.key, count=e.count, self_cpu_us=e.self_cpu_time_total)
+                                  for e in sorted(averages, key=lambda e: -e.self_cpu_time_total)[:40]]
+        json.dump(result, open(args.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
