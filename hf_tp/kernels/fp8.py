@@ -93,10 +93,11 @@ def _use_kernel(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, grou
             and (scale.shape[1] == 1 or group_k >= 16))
 
 
-@torch.library.custom_op("hf_tp::fp8_linear", mutates_args=())
-def _fp8_linear_op(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
-                   bias: torch.Tensor | None, x16: torch.Tensor | None = None,
-                   act_fp8: bool = False) -> torch.Tensor:
+def _fp8_linear_impl(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
+                     bias: torch.Tensor | None, x16: torch.Tensor | None = None,
+                     act_fp8: bool = False) -> torch.Tensor:
+    """The op's body: eager calls run it directly (the custom op's dispatch is host time that an eager prefill,
+    host-bound, pays on every layer); traced calls go through ``_fp8_linear_op``, which Inductor keeps opaque."""
     if not _use_kernel(x, weight, scale, group_k):
         return fp8_linear_reference(x, weight, scale, group_k, k_offset, bias)
     from hf_tp.kernels import fp8_triton
@@ -109,6 +110,9 @@ def _fp8_linear_op(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, g
                             x16=None if x16 is None else x16.reshape(-1, x.shape[-1]).contiguous(),
                             act_fp8=act_fp8)
     return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+_fp8_linear_op = torch.library.custom_op("hf_tp::fp8_linear", mutates_args=())(_fp8_linear_impl)
 
 
 @_fp8_linear_op.register_fake
@@ -215,4 +219,6 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group
         rows = x.numel() // max(1, x.shape[-1])
         if (at_one and rows == 1) or (at_few and 2 <= rows <= _DOT_MAX_M):
             x16 = x.to(torch.float16)
+    if not torch.compiler.is_compiling():
+        return _fp8_linear_impl(x, weight, scale, int(group_k), int(k_offset), bias, x16, bool(act_fp8))
     return _fp8_linear_op(x, weight, scale, int(group_k), int(k_offset), bias, x16, bool(act_fp8))
