@@ -65,7 +65,7 @@
 #      129-256 rows (its rule there was slower than dequantize + cuBLAS; the sweep's best was not; block W8A8 with
 #      each step's product scaled a step late, LAG, was dropped: its sm_90 build waited as before), then the 8B
 #      rows issues 18 and 19 wait for (CALL=18's), FP8 per channel with TPConfig.fp8_activations among them.
-#   CALL=23 (the seventeenth session had no device; run it first, then 22): per-channel FP8 prefill with x as two
+#   CALL=23 (the seventeenth session had no device; ran as the eighteenth session's first call): per-channel FP8 prefill with x as two
 #      FP8 terms (fp8_triton "two_term", bf16's accuracy in fp8_act_emulation.py's CPU emulation), its GPU
 #      tests, its tile sweep against bf16, dequantize + cuBLAS and the weight-once kernel (each K step's product
 #      summed in fp32 or not: PROMOTE), the same kernel at decode sizes (fp8_decode_split.py: 1 and 8 rows against
@@ -81,18 +81,18 @@
 #      rows with the prefill default call 25 decided: tp 1 at batch 1 and 8, the rank of tp 2, bf16 and FP8 per
 #      channel.
 #   CALL=27 (the eighteenth session, after failed starts left one call's device time): CALL=25 and 26 in one.
-#   CALL=29 (the eighteenth session's last): the eager prefill forward profiled at the 1B shape, bf16 against FP8
+#   CALL=29 (the default; the eighteenth session had no device time left for it): the eager prefill forward profiled at the 1B shape, bf16 against FP8
 #      per channel (shipped, two terms by Triton and by cuBLAS): call 28's prefill_ms put FP8 at 36.4 ms against
 #      bf16's 21.6 at the 8B shape, far more than its GEMMs' difference.
 #   CALL=24 (after 23): per-channel FP8 end to end with x as two FP8 terms at decode sizes (TWO_TERM_DECODE=64)
 #      and at prefill (TWO_TERM_PREFILL=1024) against the shipped paths, 8B shape, tp 1 at batch 1 and 8 and the
 #      rank of tp 2, prefill_ms and decode tok/s; bf16 in the same call.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|24] bash benchmarks/next_cycle.sh
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|29] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-23}
+CALL=${CALL:-29}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
