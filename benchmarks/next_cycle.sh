@@ -81,9 +81,9 @@
 #      rows with the prefill default call 25 decided: tp 1 at batch 1 and 8, the rank of tp 2, bf16 and FP8 per
 #      channel.
 #   CALL=27 (the eighteenth session, after failed starts left one call's device time): CALL=25 and 26 in one.
-#   CALL=29 (the default; the eighteenth session had no device time left for it): the eager prefill forward profiled at the 1B shape, bf16 against FP8
-#      per channel (shipped, two terms by Triton and by cuBLAS): call 28's prefill_ms put FP8 at 36.4 ms against
-#      bf16's 21.6 at the 8B shape, far more than its GEMMs' difference.
+#   CALL=29 (the default; the eighteenth session had no device time left for it): the eager prefill forward
+#      profiled at the 1B shape, bf16 against FP8 per channel (shipped, two terms by Triton and by cuBLAS): call
+#      28's prefill_ms put FP8 at 36.4 ms against bf16's 21.6 at the 8B shape, far more than its GEMMs' difference.
 #   CALL=24 (after 23): per-channel FP8 end to end with x as two FP8 terms at decode sizes (TWO_TERM_DECODE=64)
 #      and at prefill (TWO_TERM_PREFILL=1024) against the shipped paths, 8B shape, tp 1 at batch 1 and 8 and the
 #      rank of tp 2, prefill_ms and decode tok/s; bf16 in the same call.
