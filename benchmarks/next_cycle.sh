@@ -71,22 +71,15 @@
 #      summed in fp32 or not: PROMOTE), the same kernel at decode sizes (fp8_decode_split.py: 1 and 8 rows against
 #      the shipped FP8 decode kernels, which widen every weight in registers: a lead for issue 19's decode bars),
 #      and gpu_check's accuracy with it forced for every call, decode steps included. Set
-#      fp8_triton.PREFILL_TWO_TERM_MAX_M / DECODE_TWO_TERM_MAX_M (0: off) to where it wins; then CALL=24.
-#   CALL=25 (the eighteenth session's second, after 23 measured two terms slower than the shipped FP8 decode
-#      kernels and faster than bf16 at 128 prefill rows without PROMOTE, slower with it): the same two terms by
+#      fp8_triton.PREFILL_TWO_TERM_MAX_M / DECODE_TWO_TERM_MAX_M (0: off) to where it wins.
+#   CALL=28 (the eighteenth session's second, after 23 measured two terms slower than the shipped FP8 decode
+#      kernels, and at 128 prefill rows faster than bf16 without PROMOTE, slower with it): the two terms by
 #      cuBLAS's FP8 GEMM on the stacked terms (fp8_triton.TWO_TERM_SCALED_MM), its GPU test and gpu_check, the
-#      sweep at 128-1024 rows, then prefill_ms at the 8B shape: bf16, shipped FP8, two terms by Triton and cuBLAS.
-#   CALL=26 (the eighteenth session's third): the FP8 GEMV with x widened to fp32 outside it
-#      (benchmarks/fp8_gemv_x32.py: is the GEMV's instruction count what holds FP8 decode back?), then issue 19's
-#      rows with the prefill default call 25 decided: tp 1 at batch 1 and 8, the rank of tp 2, bf16 and FP8 per
-#      channel.
-#   CALL=27 (the eighteenth session, after failed starts left one call's device time): CALL=25 and 26 in one.
+#      sweep at 128 and 512 rows, the FP8 GEMV on an fp32 x (benchmarks/fp8_gemv_x32.py), then prefill_ms at the
+#      8B shape: bf16, shipped FP8, two terms by Triton and by cuBLAS.
 #   CALL=29 (the default; the eighteenth session had no device time left for it): the eager prefill forward
 #      profiled at the 1B shape, bf16 against FP8 per channel (shipped, two terms by Triton and by cuBLAS): call
 #      28's prefill_ms put FP8 at 36.4 ms against bf16's 21.6 at the 8B shape, far more than its GEMMs' difference.
-#   CALL=24 (after 23): per-channel FP8 end to end with x as two FP8 terms at decode sizes (TWO_TERM_DECODE=64)
-#      and at prefill (TWO_TERM_PREFILL=1024) against the shipped paths, 8B shape, tp 1 at batch 1 and 8 and the
-#      rank of tp 2, prefill_ms and decode tok/s; bf16 in the same call.
 # Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|29] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -244,7 +237,7 @@ elif [ "$CALL" = 29 ]; then  # where the eager prefill's time goes, bf16 against
     --json "$OUT/prof_fp8c_2t.json"
   step prof_fp8c_2tmm 40 python benchmarks/prefill_profile.py --model "$CK/llama3-1b-fp8-channel" --two-term 512 \
     --scaled-mm --json "$OUT/prof_fp8c_2tmm.json"
-elif [ "$CALL" = 28 ]; then  # CALL=27 in less device time (failed starts spent the rest)
+elif [ "$CALL" = 28 ]; then
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &  # on the CPUs, while the GPU times
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
   step tests_split 60 $T tests/test_fp8_kernel.py -k "fp8_activation_kernels_on_gpu"
@@ -258,54 +251,6 @@ elif [ "$CALL" = 28 ]; then  # CALL=27 in less device time (failed starts spent 
   row tp1_fp8c 45 fp8-channel --batches 1
   TWO_TERM_PREFILL=512 TWO_TERM_MM=1 row tp1_fp8c_2tmm 40 fp8-channel --batches 1
   TWO_TERM_PREFILL=512 row tp1_fp8c_2t 40 fp8-channel --batches 1
-elif [ "$CALL" = 27 ]; then
-  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &  # on the CPUs, while the GPU times
-  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
-  step tests_split 80 $T tests/test_fp8_kernel.py -k "activation"
-  step prefill_split 70 python benchmarks/fp8_prefill.py --forms split,rule --quick --ms 128,256,512 \
-    --out "$OUT/fp8_prefill_split.json"
-  step check_split_mm 60 python benchmarks/gpu_check.py --random-arch phi3 --fp8 channel --one-gpu-gloo --tp-size 2 \
-    --fp8-two-term-max-m 1000000 --fp8-two-term-scaled-mm --json "$OUT/fp8_check_channel_split_mm.json"
-  step gemv_x32 40 python benchmarks/fp8_gemv_x32.py --out "$OUT/fp8_gemv_x32.json"
-  wait
-  row tp1_bf16 55 bf16 --batches 1,8
-  row tp1_fp8c 55 fp8-channel --batches 1,8
-  TWO_TERM_PREFILL=512 TWO_TERM_MM=1 row tp1_fp8c_2tmm 40 fp8-channel --batches 1
-  TWO_TERM_PREFILL=512 row tp1_fp8c_2t 40 fp8-channel --batches 1
-  row r2_bf16 40 bf16 --simulate-tp 2 --batches 1
-  row r2_fp8c 40 fp8-channel --simulate-tp 2 --batches 1
-elif [ "$CALL" = 26 ]; then
-  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &  # on the CPUs, while the GPU times
-  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
-  step gemv_x32 90 python benchmarks/fp8_gemv_x32.py --out "$OUT/fp8_gemv_x32.json"
-  wait
-  row tp1_bf16 60 bf16 --batches 1,8
-  row tp1_fp8c 60 fp8-channel --batches 1,8
-  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
-  row r2_fp8c 45 fp8-channel --simulate-tp 2 --batches 1
-elif [ "$CALL" = 25 ]; then
-  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &  # on the CPUs, while the GPU times
-  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
-  step tests_split 90 $T tests/test_fp8_kernel.py -k "activation"
-  step prefill_split 110 python benchmarks/fp8_prefill.py --forms split,rule --quick --ms 128,256,512 \
-    --out "$OUT/fp8_prefill_split.json"
-  step check_split_mm 70 python benchmarks/gpu_check.py --random-arch phi3 --fp8 channel --one-gpu-gloo --tp-size 2 \
-    --fp8-two-term-max-m 1000000 --fp8-two-term-scaled-mm --json "$OUT/fp8_check_channel_split_mm.json"
-  wait
-  row tp1_bf16 50 bf16 --batches 1
-  row tp1_fp8c 50 fp8-channel --batches 1
-  TWO_TERM_PREFILL=512 row tp1_fp8c_2t 50 fp8-channel --batches 1
-  TWO_TERM_PREFILL=1024 TWO_TERM_MM=1 row tp1_fp8c_2tmm 50 fp8-channel --batches 1
-elif [ "$CALL" = 24 ]; then
-  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
-  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
-  wait
-  row tp1_fp8c 60 fp8-channel --batches 1,8
-  TWO_TERM_DECODE=64 TWO_TERM_PREFILL=1024 row tp1_fp8c_2t 60 fp8-channel --batches 1,8
-  row tp1_bf16 60 bf16 --batches 1,8
-  row r2_fp8c 45 fp8-channel --simulate-tp 2 --batches 1
-  TWO_TERM_DECODE=64 TWO_TERM_PREFILL=1024 row r2_fp8c_2t 45 fp8-channel --simulate-tp 2 --batches 1
-  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
 elif [ "$CALL" = 23 ]; then
   step tests_prefill 120 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "activation or prefill or fp8_kept"
   step decode_split 100 python benchmarks/fp8_decode_split.py --out "$OUT/fp8_decode_split.json"
