@@ -65,8 +65,8 @@
 #      129-256 rows (its rule there was slower than dequantize + cuBLAS; the sweep's best was not; block W8A8 with
 #      each step's product scaled a step late, LAG, was dropped: its sm_90 build waited as before), then the 8B
 #      rows issues 18 and 19 wait for (CALL=18's), FP8 per channel with TPConfig.fp8_activations among them.
-#   CALL=23 (the seventeenth session had no device; ran as the eighteenth session's first call): per-channel FP8 prefill with x as two
-#      FP8 terms (fp8_triton "two_term", bf16's accuracy in fp8_act_emulation.py's CPU emulation), its GPU
+#   CALL=23 (the seventeenth session had no device; the eighteenth session's first call): per-channel FP8
+#      prefill with x as two FP8 terms (fp8_triton "two_term", bf16's accuracy in fp8_act_emulation.py's CPU emulation), its GPU
 #      tests, its tile sweep against bf16, dequantize + cuBLAS and the weight-once kernel (each K step's product
 #      summed in fp32 or not: PROMOTE), the same kernel at decode sizes (fp8_decode_split.py: 1 and 8 rows against
 #      the shipped FP8 decode kernels, which widen every weight in registers: a lead for issue 19's decode bars),
