@@ -72,8 +72,8 @@ def main():
     gpu_us = sum(e.self_device_time_total for e in averages if e.device_type == torch.autograd.DeviceType.CUDA)
     kernels = sum(e.count for e in averages if e.device_type == torch.autograd.DeviceType.CUDA)
     result = dict(model=args.model, two_term=args.two_term, scaled_mm=args.scaled_mm,
-                  forward_ms_events=sorted(events)[2] if events else None, forward_ms_host=sorted(host)[2], gpu_busy_ms=gpu_us / 1e3,
-                  kernels=kernels)
+                  forward_ms_events=sorted(events)[2] if events else None, forward_ms_host=sorted(host)[2],
+                  gpu_busy_ms=gpu_us / 1e3, kernels=kernels)
     print(json.dumps(result), flush=True)
     print(averages.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=70))
     print(averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70))

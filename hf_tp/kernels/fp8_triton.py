@@ -313,9 +313,9 @@ def prefill_fp8_config(M: int, N: int, G: int = 1, terms: int = 1) -> dict:
     and 2048 rows in call 4's sweep (each K step's scaling favours smaller tiles at small M). Two terms: the
     tiles their sweep chose (eighteenth session)."""
     if terms == 2 and M <= DOT_MAX_M:
-        # decode sizes (not yet swept): at least 64 MMA rows, since Triton builds FP8 tiles of fewer as fp16 MMAs
-        # on the widened operands (HMMA in the sm_90 build: the widening this path is for avoiding); narrow weight
-        # tiles so every SM reads
+        # decode sizes (DECODE_TWO_TERM_MAX_M, off: slower than the decode kernels): at least 64 MMA rows, since
+        # Triton builds FP8 tiles of fewer as fp16 MMAs on the widened operands (HMMA in the sm_90 build: the
+        # widening this path is for avoiding); narrow weight tiles so every SM reads
         block_n = 64
         while block_n > 32 and triton.cdiv(N, block_n) < 2 * 132:
             block_n //= 2
@@ -387,20 +387,25 @@ def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
 # each K step's product is scaled before it is summed, which serializes the MMAs; above 512 rows dequantize +
 # cuBLAS is faster).
 # Per-channel weights can also take x as two FP8 terms (``_quantize_groups`` TWO_TERM): as accurate as keeping x
-# in bf16 (benchmarks/fp8_act_emulation.py: SmolLM2 passes gpu_check's criterion, one term fails it), at twice
-# one term's MMAs. Up to PREFILL_TWO_TERM_MAX_M rows the default path takes it: 0 until a GPU has timed it
-# (benchmarks/fp8_prefill.py --forms split). Two terms of M rows should cost about one term of 2M rows: 170 us
-# at 128 rows against the default's 295 and bf16's 191, and ahead of dequantize + cuBLAS to about 1024 rows.
+# in bf16 (benchmarks/fp8_act_emulation.py: SmolLM2 passes gpu_check's criterion, one term fails it; on the GPU,
+# gpu_check passed with every call forced onto it), at twice one term's MMAs. Up to PREFILL_TWO_TERM_MAX_M rows the
+# default path takes it. Its GEMMs win (one H100, per 8B layer, benchmarks/RESULTS.md, eighteenth session: 202.6 us
+# at 128 rows by _prefill_fp8 with PROMOTE, 171.4 by cuBLAS (TWO_TERM_SCALED_MM), against the default's 264.6 and
+# bf16's 185.4; at 512 rows 538.3 / 445.9 against dequantize + cuBLAS's 541.5), but an eager prefill forward is
+# host-bound and got slower with them (8B, 128 tokens: 43.8 / 45.6 ms against 36.4; bf16 21.6): off (0) until
+# benchmarks/prefill_profile.py shows where that host time goes.
 DOT_MAX_M = 64
 PREFILL_MAX_M = 128
 PREFILL_FP8_BLOCK_MAX_M = 512
 PREFILL_TWO_TERM_MAX_M = 0
 # The same kernel at decode sizes (per-channel weights, up to DECODE_TWO_TERM_MAX_M rows): the weight goes to the
-# FP8 tensor cores as read, where the decode kernels widen every weight in registers (the GEMV's loop: about 4.9
-# instructions per weight in its sm_90 build). 0 until benchmarks/fp8_decode_split.py has timed it on a GPU.
+# FP8 tensor cores as read, where the decode kernels widen every weight in registers. Slower all the same (one
+# H100, per 8B layer at 1 / 8 rows: 118.4 / 120.5 us against 96.9 / 111.9; benchmarks/fp8_decode_split.py): the
+# FP8 MMA needs 64 rows, so one row pays for 64. Off.
 DECODE_TWO_TERM_MAX_M = 0
-# Two terms at prefill sizes by cuBLAS (``launch_two_term_scaled_mm``) instead of ``_prefill_fp8``, on sm_90 only
-# (``_on_hopper``): not yet timed.
+# Prefill's two terms by cuBLAS (``launch_two_term_scaled_mm``) instead of ``_prefill_fp8``, on sm_90 only
+# (``_on_hopper``): faster per GEMM (above), a little less exact (2.44e-3 against 1.79e-3 relative L2 from the
+# exact product: its halves are rounded to bf16 before the sum). Applies where PREFILL_TWO_TERM_MAX_M does.
 TWO_TERM_SCALED_MM = False
 
 
@@ -446,9 +451,9 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
            bias: torch.Tensor | None, config: dict | None = None, path: str | None = None,
            x16: torch.Tensor | None = None, norm: dict | None = None, act_fp8: bool = False) -> torch.Tensor:
     """x2 (M, K) contiguous; returns (M, N) in x2's dtype. ``path`` ("gemv", "skinny" for the tl.dot kernel,
-    "prefill", "prefill_fp8", "two_term" for x as two FP8 terms, "two_term_mm" for the same by cuBLAS, "dequant") and ``config`` override the measured
-    choice (tests and the benchmark's sweep use them). ``act_fp8``: above DOT_MAX_M rows, x quantized to FP8
-    (TPConfig.fp8_activations).
+    "prefill", "prefill_fp8", "two_term" for x as two FP8 terms, "two_term_mm" for the same by cuBLAS, "dequant")
+    and ``config`` override the measured choice (tests and the benchmark's sweep use them). ``act_fp8``: above
+    DOT_MAX_M rows, x quantized to FP8 (TPConfig.fp8_activations).
     ``x16``: x2 in fp16 (contiguous), for the calls ``takes_fp16`` names. ``norm``: gemv_triton.launch's norm
     arguments (norm_weight, eps, residual, h_out, x_out): the GEMM of the RMSNorm of x2 (+ residual), decode
     sizes only."""
