@@ -36,6 +36,7 @@ import torch
 
 from . import counters as counter_pool
 from . import pdl as pdl_launch
+from .sizes import cdiv, next_power_of_2
 
 BLOCK_N = 64  # slots per inner step: a [64, head_dim] tile of keys and of values
 MAX_SPLIT_LEN = 2048  # a split's mask is read in one [SPLIT_LEN] vector
@@ -309,7 +310,7 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
     least 16) overrides the split sizing (tests, tuning). The splits are combined by the last split program of
     each (sequence, KV head) when ``fused_combine_fits``, else (and with ``fused_reduce=False``) by a second
     kernel: the same result up to rounding (a different order of summation), each deterministic."""
-    triton, decode_attention_split, decode_attention_reduce = _kernels()
+    _, decode_attention_split, decode_attention_reduce = _kernels()
     batch, q_heads, _, head_dim = query.shape
     kv_heads, slots = key.shape[1], key.shape[2]
     group = q_heads // kv_heads
@@ -321,7 +322,7 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
         value = value.contiguous()
     if split_len is None:
         split_len = split_length(batch, kv_heads, slots, _sm_count(query.device))
-    num_splits = triton.cdiv(slots, split_len)
+    num_splits = cdiv(slots, split_len)
     out = torch.empty(batch, 1, q_heads, head_dim, dtype=query.dtype, device=query.device)
     has_mask = mask is not None
     if has_mask:
@@ -340,8 +341,8 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
         part_o = torch.empty(batch, q_heads, num_splits, head_dim, dtype=torch.float32, device=query.device)
         part_lse = torch.empty(batch, q_heads, num_splits, dtype=torch.float32, device=query.device)
         part_strides = (part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1))
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    block_s = max(16, triton.next_power_of_2(num_splits))
+    block_d = max(16, next_power_of_2(head_dim))
+    block_s = max(16, next_power_of_2(num_splits))
     fused = counters is not None
     pdl = pdl_launch.launch_args(query.device)  # programmatic dependent launch, where on
     decode_attention_split[(batch * kv_heads, num_splits)](
@@ -349,12 +350,12 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), stride_mb, stride_ms, out.stride(0), out.stride(2),
         *part_strides,
-        GROUP=group, HEAD_DIM=head_dim, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_D=block_d,
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_G=max(16, next_power_of_2(group)), BLOCK_D=block_d,
         BLOCK_N=min(BLOCK_N, split_len), SPLIT_LEN=split_len, HAS_MASK=has_mask, DIRECT=direct,
         # fp32 models: full-precision products (the default would round the operands to tf32)
         PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
-        FUSED=fused, BLOCK_GC=triton.next_power_of_2(group) if fused else 1,
-        BLOCK_S=triton.next_power_of_2(num_splits) if fused else 1, num_warps=num_warps, num_stages=num_stages,
+        FUSED=fused, BLOCK_GC=next_power_of_2(group) if fused else 1,
+        BLOCK_S=next_power_of_2(num_splits) if fused else 1, num_warps=num_warps, num_stages=num_stages,
         **pdl)
     if not direct and not fused:
         decode_attention_reduce[(batch * q_heads,)](

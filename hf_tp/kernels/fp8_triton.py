@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from . import gemv_triton
+from .sizes import cdiv, next_power_of_2
 
 
 @triton.jit
@@ -131,7 +132,7 @@ def prefill_config(M: int, N: int, K: int, G: int = 1) -> dict:
     of K (gate/up at 128 rows: 108.5 us in the sweep, against 121.8-126.1 for K steps of 128)."""
     if M <= 128:
         block_n = 128
-        while block_n > 32 and triton.cdiv(N, block_n) < 96:
+        while block_n > 32 and cdiv(N, block_n) < 96:
             block_n //= 2
         return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=64 if G > 1 and block_n == 128 else 128, GROUP_N=8,
                     num_warps=4, num_stages=4, SCALE_LAST=None, W_LEFT=False)
@@ -146,12 +147,12 @@ def launch_prefill(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, 
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
     cfg = dict(prefill_config(M, N, K, G), **(config or {}))
-    block_k = max(16, min(cfg["BLOCK_K"], triton.next_power_of_2(K)))
+    block_k = max(16, min(cfg["BLOCK_K"], next_power_of_2(K)))
     if G > 1:
         block_k = max(16, min(block_k, gemv_triton.pow2_at_most(group_k)))  # a step spans at most two groups
     scale_last = G == 1 if cfg["SCALE_LAST"] is None else bool(cfg["SCALE_LAST"]) and G == 1
     out = torch.empty((M, N), device=x2.device, dtype=x2.dtype)
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
+    grid = (cdiv(M, cfg["BLOCK_M"]) * cdiv(N, cfg["BLOCK_N"]),)
     _prefill[grid](x2, weight, scale, bias if bias is not None else x2, out, M, N, K, G, group_k, k_offset,
                    x2.stride(0), weight.stride(0), scale.stride(0), out.stride(0), SCALE_LAST=scale_last,
                    HAS_BIAS=bias is not None, EVEN_K=K % block_k == 0, BLOCK_M=cfg["BLOCK_M"],
@@ -280,7 +281,7 @@ def fp8_step(G: int, K: int, group_k: int, k_offset: int, block_k: int = 128) ->
     """The K step of ``_prefill_fp8`` for these groups, or 0 where none fits (a step must lie in one group and
     hold at least 32 columns): the caller then keeps the activations in their dtype (``_prefill``)."""
     if G == 1:
-        return max(32, min(block_k, triton.next_power_of_2(K)))
+        return max(32, min(block_k, next_power_of_2(K)))
     step = block_k
     while step >= 32 and (group_k % step or k_offset % step):
         step //= 2
@@ -301,7 +302,7 @@ def quantize_groups(x2: torch.Tensor, G: int, group_k: int, k_offset: int,
     if G == 1:
         group_k, k_offset = K, 0
     _quantize_groups[(M, G)](x2, q, qs, K, group_k, k_offset, x2.stride(0), q.stride(1), qs.stride(1), q.stride(0),
-                             qs.stride(0), BLOCK_K=max(16, min(1024, triton.next_power_of_2(min(group_k, K)))),
+                             qs.stride(0), BLOCK_K=max(16, min(1024, next_power_of_2(min(group_k, K)))),
                              TWO_TERM=terms == 2, num_warps=4)
     return (q[0], qs[0].t()) if terms == 1 else (q, qs.transpose(1, 2))
 
@@ -317,7 +318,7 @@ def prefill_fp8_config(M: int, N: int, G: int = 1, terms: int = 1) -> dict:
         # Triton builds FP8 tiles of fewer as fp16 MMAs on the widened operands (HMMA in the sm_90 build: the
         # widening this path is for avoiding); narrow weight tiles so every SM reads
         block_n = 64
-        while block_n > 32 and triton.cdiv(N, block_n) < 2 * 132:
+        while block_n > 32 and cdiv(N, block_n) < 2 * 132:
             block_n //= 2
         return dict(BLOCK_M=32 if M <= 32 else 64, BLOCK_N=block_n, BLOCK_K=128, GROUP_N=8, num_warps=4,
                     num_stages=4)
@@ -334,9 +335,9 @@ def prefill_fp8_config(M: int, N: int, G: int = 1, terms: int = 1) -> dict:
             return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_N=8, num_warps=8, num_stages=3)
         return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_N=8, num_warps=8, num_stages=4)
     block_m, block_n = 128 // terms, 128
-    while block_n > 64 and triton.cdiv(M, block_m) * triton.cdiv(N, block_n) < 132:
+    while block_n > 64 and cdiv(M, block_m) * cdiv(N, block_n) < 132:
         block_n //= 2
-    while block_m > 64 // terms and triton.cdiv(M, block_m) * triton.cdiv(N, block_n) < 132:
+    while block_m > 64 // terms and cdiv(M, block_m) * cdiv(N, block_n) < 132:
         block_m //= 2
     big = terms * block_m * block_n >= 128 * 128
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=128, GROUP_N=8, num_warps=8 if big else 4,
@@ -360,7 +361,7 @@ def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
         q, qs = q[None], qs[None]
     st = scale.t().contiguous()  # (G, N): 1/32 of the weight's bytes at 128-wide groups, per call
     out = torch.empty((M, N), device=x2.device, dtype=x2.dtype)
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
+    grid = (cdiv(M, cfg["BLOCK_M"]) * cdiv(N, cfg["BLOCK_N"]),)
     _prefill_fp8[grid](q, qs, weight, st, bias if bias is not None else x2, out, M, N, K, group_k, k_offset,
                        q.stride(1), qs.stride(2), weight.stride(0), st.stride(0), out.stride(0), q.stride(0),
                        qs.stride(0), ONE_GROUP=G == 1, HAS_BIAS=bias is not None, EVEN_K=K % block_k == 0,
@@ -442,7 +443,7 @@ def takes_fp16(M: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> b
     if G == 1:
         mode = 1
     else:
-        block_k = max(16, min(cfg["BLOCK_K"], triton.next_power_of_2(K), gemv_triton.pow2_at_most(group_k)))
+        block_k = max(16, min(cfg["BLOCK_K"], next_power_of_2(K), gemv_triton.pow2_at_most(group_k)))
         mode = 2 if group_k % block_k == 0 and k_offset % block_k == 0 else 3
     return gemv_triton.takes_fp16(cfg, 1, torch.bfloat16, mode)
 
@@ -483,7 +484,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
     if path == "dequant":
         wd = torch.empty((N, K), device=x2.device, dtype=x2.dtype)
         block_k = 128 if G == 1 else min(128, gemv_triton.pow2_at_most(group_k))
-        grid = (triton.cdiv(N, 32), triton.cdiv(K, block_k))
+        grid = (cdiv(N, 32), cdiv(K, block_k))
         _dequant[grid](weight, scale, wd, N, K, G, group_k, k_offset, weight.stride(0), scale.stride(0),
                        wd.stride(0), BLOCK_N=32, BLOCK_K=block_k, num_warps=4)
         return torch.nn.functional.linear(x2, wd, bias)

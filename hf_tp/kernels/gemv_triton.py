@@ -63,6 +63,7 @@ import triton.language as tl
 from . import counters as counter_pool
 from . import pdl as pdl_launch
 from .gemv_table import TABLE as _MEASURED
+from .sizes import cdiv, next_power_of_2
 
 
 @triton.jit
@@ -597,13 +598,13 @@ def rule_config(path: str, N: int, K: int, M: int, elem_bytes: int, sms: int = 1
     if path == "gemv":
         block_n, block_k = 4, 1024 // elem_bytes
         return dict(path=path, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=8, num_stages=1,
-                    SPLIT=_split_for(triton.cdiv(N, block_n), K, block_k, sms))
+                    SPLIT=_split_for(cdiv(N, block_n), K, block_k, sms))
     # fp32 weights: 32-row tiles and 3 stages, so the pipeline's buffers fit the 99 KB of shared memory of
     # sm_86/sm_89 (64 x 5 stages of fp32 tiles needs 160 KB)
     block_n, block_k = (64 if N >= DOT_AT_M1_MIN_N and elem_bytes <= 2 else 32), 128
     target = 4 * sms if elem_bytes == 1 else sms
     return dict(path=path, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=5 if elem_bytes == 2 else 3,
-                SPLIT=_split_for(triton.cdiv(N, block_n) * triton.cdiv(M, 16), K, block_k, target))
+                SPLIT=_split_for(cdiv(N, block_n) * cdiv(M, 16), K, block_k, target))
 
 
 def config_for(path: str, N: int, K: int, M: int, elem_bytes: int, sms: int = 132) -> dict:
@@ -751,34 +752,34 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
 
     if path == "gemv":
         vec = max(1, 16 // weight.element_size())  # one 16-byte vector of W per thread
-        block_k = max(vec, min(cfg["BLOCK_K"], triton.next_power_of_2(K)))
+        block_k = max(vec, min(cfg["BLOCK_K"], next_power_of_2(K)))
         if mode is None:
             mode = 2 if group_k % vec == 0 and k_offset % vec == 0 else 3
         # a power-of-two group (block FP8's 128) divides by a shift
         group_shift = group_k.bit_length() - 1 if mode == 2 and group_k & (group_k - 1) == 0 else -1
     else:
-        block_k = max(16, min(cfg["BLOCK_K"], triton.next_power_of_2(K)))
+        block_k = max(16, min(cfg["BLOCK_K"], next_power_of_2(K)))
         if mode is None:
             block_k = max(16, min(block_k, pow2_at_most(group_k)))  # a step never spans more than two groups
             mode = 2 if group_k % block_k == 0 and k_offset % block_k == 0 else 3
-    k_split = triton.cdiv(triton.cdiv(K, max(1, int(cfg.get("SPLIT", 1)))), block_k) * block_k
-    splits = triton.cdiv(K, k_split)
+    k_split = cdiv(cdiv(K, max(1, int(cfg.get("SPLIT", 1)))), block_k) * block_k
+    splits = cdiv(K, k_split)
     even_k = K % block_k == 0
     if splits > 1:
         dest = torch.empty((splits, M, N), device=x2.device, dtype=torch.float32)
     else:
         dest = out
-    block_m = 1 if path == "gemv" else cfg.get("BLOCK_M") or min(64, max(DOT_BLOCK_M, triton.next_power_of_2(M)))
+    block_m = 1 if path == "gemv" else cfg.get("BLOCK_M") or min(64, max(DOT_BLOCK_M, next_power_of_2(M)))
     counters = None
     if splits > 1 and cfg.get("FOLD", FOLD_SPLIT):  # the sum in the GEMM's last program per output block
-        counters = _counters(x2.device, triton.cdiv(N, cfg["BLOCK_N"]) * triton.cdiv(M, block_m))
+        counters = _counters(x2.device, cdiv(N, cfg["BLOCK_N"]) * cdiv(M, block_m))
     fold = counters is not None
     c = counters if fold else x2  # never read without FOLD
     # the norm form's inputs (x2 itself where there is none: never read)
     r, nw, h = (residual if norm == 2 else x2), (norm_weight if norm else x2), (h_out if norm == 2 else x2)
     xn = x_out if x_out is not None else x2
     norm_rows = 1 if M == 1 or path == "gemv" else block_m
-    norm_block = max(16, min(triton.next_power_of_2(K), NORM_ELEMENTS_PER_WARP * cfg["num_warps"] // norm_rows))
+    norm_block = max(16, min(next_power_of_2(K), NORM_ELEMENTS_PER_WARP * cfg["num_warps"] // norm_rows))
     # the statistic summed in the loop and applied to the sums (_norm_step_rstd_last) where one program holds a
     # whole row of K and no normalized x is written; else computed first by every program (_rows_rstd)
     rstd_last = bool(norm) and splits == 1 and x_out is None and NORM_RSTD_LAST
@@ -787,13 +788,13 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     pdl = pdl_launch.launch_args(x2.device)  # programmatic dependent launch, where on (hf_tp.kernels.pdl)
     if pdl and PREFETCH_WEIGHTS:  # the weights' first lines asked of L2 before the wait (_prefetch_weight_rows)
         line = 128 // weight.element_size()
-        lines = min(triton.next_power_of_2(triton.cdiv(k_split, line)),
+        lines = min(next_power_of_2(cdiv(k_split, line)),
                     max(1, pow2_at_most(PREFETCH_MAX_LINES // cfg["BLOCK_N"])))
         gemm_pdl = dict(pdl, PREFETCH=lines, LINE=line)
     else:
         gemm_pdl = pdl
     if path == "gemv":
-        grid = (triton.cdiv(N, cfg["BLOCK_N"]), splits)
+        grid = (cdiv(N, cfg["BLOCK_N"]), splits)
         _gemv_kernel[grid](x2, weight, s, b, dest, out, c, r, nw, h, xn, eps, N, K, G, group_k, k_offset, k_split,
                            weight.stride(0), s.stride(0), M * N, SCALE=mode, GROUP_SHIFT=group_shift,
                            SPLIT=splits > 1, FOLD=fold, HAS_BIAS=bias is not None,
@@ -815,7 +816,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                                  f"{x16.dtype} strides {x16.stride()} for x {tuple(x2.shape)} {x2.stride()}")
             # (the norm form makes its fp16 x from the normalized h in the kernel: no copy here)
             mma, xh = 1, (x2 if norm else x16 if x16 is not None else x2.to(torch.float16))
-        grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, block_m), splits)
+        grid = (cdiv(N, cfg["BLOCK_N"]), cdiv(M, block_m), splits)
         stages = cfg["num_stages"]
         if norm:
             norm_args["NORM_ROWS"] = norm_rows
@@ -831,7 +832,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                           **norm_args, **gemm_pdl)
     if splits > 1 and not fold:
         block = 1024
-        _gemv_split_reduce[(triton.cdiv(M * N, block),)](dest, s, b, out, M * N, N, splits, s.stride(0),
+        _gemv_split_reduce[(cdiv(M * N, block),)](dest, s, b, out, M * N, N, splits, s.stride(0),
                                                     SCALE=1 if mode == 1 else 0, HAS_BIAS=bias is not None,
                                                     BLOCK=block, num_warps=4, **pdl)
     return out

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import pdl as pdl_launch
+from .sizes import cdiv, next_power_of_2
 
 # Tokens per experts call at or below which the kernels run; above it the grouped GEMM path reads each
 # touched expert once for all its tokens, while the kernels read an expert once per (token, expert) pair.
@@ -161,7 +162,7 @@ def experts_decode(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, i
                    weights: torch.Tensor, gate_up_blocks=None, down_blocks=None) -> torch.Tensor:
     """The kernels' result for ``experts_reference``'s arguments. Weights need unit stride in their last dim
     (checked once at load by hf_tp.parallel.moe_decode); ``ids``/``weights`` (T, k) as the router returns them."""
-    triton, gate_up_kernel, down_kernel, down_sum_kernel = _kernels()
+    _, gate_up_kernel, down_kernel, down_sum_kernel = _kernels()
     tokens, top_k = ids.shape
     pairs, hidden, inter = tokens * top_k, x.shape[-1], down.shape[-1]
     ids, weights = ids.reshape(-1), weights.reshape(-1)
@@ -169,19 +170,19 @@ def experts_decode(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, i
     act = torch.empty(pairs, inter, dtype=x.dtype, device=x.device)
     pdl = pdl_launch.launch_args(x.device)  # programmatic dependent launch, where on (TPConfig.pdl)
     bn, bk, warps = gate_up_blocks or GATE_UP_BLOCKS
-    gate_up_kernel[(pairs, triton.cdiv(inter, bn))](
+    gate_up_kernel[(pairs, cdiv(inter, bn))](
         x, gate_up, ids, act, hidden, inter, x.stride(0), gate_up.stride(0), gate_up.stride(1), act.stride(0),
         TOP_K=top_k, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, **pdl)
     bn, bk, warps, *form = down_blocks or DOWN_BLOCKS
     sums_pairs = bool(form and form[0])  # (outputs, chunk, warps) without the fourth entry: per-pair products
     if sums_pairs:
         out = torch.empty(tokens, hidden, dtype=x.dtype, device=x.device)
-        down_sum_kernel[(tokens, triton.cdiv(hidden, bn))](
+        down_sum_kernel[(tokens, cdiv(hidden, bn))](
             act, down, ids, weights, out, hidden, inter, act.stride(0), down.stride(0), down.stride(1), out.stride(0),
-            TOP_K=top_k, TOP_K_P2=triton.next_power_of_2(top_k), BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, **pdl)
+            TOP_K=top_k, TOP_K_P2=next_power_of_2(top_k), BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, **pdl)
         return out
     out = torch.empty(pairs, hidden, dtype=torch.float32, device=x.device)
-    down_kernel[(pairs, triton.cdiv(hidden, bn))](
+    down_kernel[(pairs, cdiv(hidden, bn))](
         act, down, ids, weights, out, hidden, inter, act.stride(0), down.stride(0), down.stride(1), out.stride(0),
         BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, **pdl)
     return out.view(tokens, top_k, hidden).sum(1).to(x.dtype)
