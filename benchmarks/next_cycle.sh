@@ -77,7 +77,8 @@
 #      cuBLAS's FP8 GEMM on the stacked terms (fp8_triton.TWO_TERM_SCALED_MM), its GPU test and gpu_check, the
 #      sweep at 128 and 512 rows, the FP8 GEMV on an fp32 x (benchmarks/fp8_gemv_x32.py), then prefill_ms at the
 #      8B shape: bf16, shipped FP8, two terms by Triton and by cuBLAS.
-#   CALL=29 (the default; the eighteenth session had no device time left for it): the eager prefill forward
+#   CALL=29 (the default; the eighteenth session had no device time left for it): the GPU tests of the kernels
+#      whose launchers changed after call 28 (hf_tp/kernels/sizes.py, fp8_linear's eager path), the eager prefill forward
 #      profiled at the 1B shape, bf16 against FP8 per channel (shipped, two terms by Triton and by cuBLAS): call
 #      28's prefill_ms put FP8 at 36.4 ms against bf16's 21.6 at the 8B shape, far more than its GEMMs' difference.
 # Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|29] bash benchmarks/next_cycle.sh
@@ -228,6 +229,9 @@ elif [ "$CALL" = 12 ]; then
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
 elif [ "$CALL" = 29 ]; then  # where the eager prefill's time goes, bf16 against FP8 (benchmarks/prefill_profile.py)
+  # first the GPU tests of every launcher hf_tp/kernels/sizes.py touched, and of fp8_linear's eager path
+  step tests_launchers 200 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py tests/test_decode_gemm.py \
+    tests/test_decode_attention.py tests/test_moe_kernel.py
   write_ckpt llama3-1b "$CK/llama3-1b-bf16" 60 bf16 &
   write_ckpt llama3-1b "$CK/llama3-1b-fp8-channel" 60 fp8-channel &
   wait
