@@ -78,9 +78,10 @@
 #      sweep at 128 and 512 rows, the FP8 GEMV on an fp32 x (benchmarks/fp8_gemv_x32.py), then prefill_ms at the
 #      8B shape: bf16, shipped FP8, two terms by Triton and by cuBLAS.
 #   CALL=29 (the default; the eighteenth session had no device time left for it): the GPU tests of the kernels
-#      whose launchers changed after call 28 (hf_tp/kernels/sizes.py, fp8_linear's eager path), the eager prefill forward
-#      profiled at the 1B shape, bf16 against FP8 per channel (shipped, two terms by Triton and by cuBLAS): call
-#      28's prefill_ms put FP8 at 36.4 ms against bf16's 21.6 at the 8B shape, far more than its GEMMs' difference.
+#      whose launchers changed after call 28 (hf_tp/kernels/sizes.py, fp8_linear's eager path), then the eager
+#      prefill forward profiled at the 1B shape, bf16 against FP8 per channel (shipped, two terms by Triton and by
+#      cuBLAS): call 28's prefill_ms put FP8 at 36.4 ms against bf16's 21.6 at the 8B shape, far more than its
+#      GEMMs' difference.
 # Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|29] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
