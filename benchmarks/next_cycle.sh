@@ -82,6 +82,9 @@
 #      prefill forward profiled at the 1B shape, bf16 against FP8 per channel (shipped, two terms by Triton and by
 #      cuBLAS): call 28's prefill_ms put FP8 at 36.4 ms against bf16's 21.6 at the 8B shape, far more than its
 #      GEMMs' difference.
+#   CALL=30 (the nineteenth session's second): issue 19's decode bars at the 8B shape, FP8 per channel against
+#      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
+#      with prefill_ms in every row.
 # Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|29] bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -229,6 +232,14 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 30 ]; then  # issue 19's decode bars, 8B shape
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  wait
+  row tp1_bf16 60 bf16 --batches 1,8
+  row tp1_fp8c 60 fp8-channel --batches 1,8
+  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
+  row r2_fp8c 45 fp8-channel --simulate-tp 2 --batches 1
 elif [ "$CALL" = 29 ]; then  # where the eager prefill's time goes, bf16 against FP8 (benchmarks/prefill_profile.py)
   # first the GPU tests of every launcher hf_tp/kernels/sizes.py touched, and of fp8_linear's eager path
   step tests_launchers 200 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py tests/test_decode_gemm.py \
