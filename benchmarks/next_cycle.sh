@@ -82,6 +82,11 @@
 #      prefill forward profiled at the 1B shape, bf16 against FP8 per channel (shipped, two terms by Triton and by
 #      cuBLAS): call 28's prefill_ms put FP8 at 36.4 ms against bf16's 21.6 at the 8B shape, far more than its
 #      GEMMs' difference.
+#   CALL=31 (the twentieth session's third): the eager FP8 prefill's host time per call and per Python function
+#      (call 29 measured the 1B forward host-bound: 23.7 ms bf16 against 36.9 FP8 per channel, GPU busy 2.7 / 3.6).
+#   CALL=32 (the default; the twentieth session's fourth): hf_tp/kernels/launch_cache.py (call 31: Triton's dispatch
+#      is most of an FP8 layer's host time in the eager prefill): its GPU tests and the FP8 prefill paths' tests,
+#      host time per call cached and not, the 1B prefill forward at 128 and 1024 tokens, bf16 against FP8.
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
 #      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
 #      with prefill_ms in every row.
@@ -90,7 +95,7 @@ set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-29}
+CALL=${CALL:-32}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -232,6 +237,31 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 32 ]; then  # hf_tp/kernels/launch_cache.py: the FP8 prefill launches without Triton's dispatch
+  step tests_cache 200 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "launch_cache or prefill or fp8_activation or reference_tokens"
+  step launch_cost 60 python benchmarks/fp8_launch_cost.py
+  write_ckpt llama3-1b "$CK/llama3-1b-bf16" 60 bf16 &
+  write_ckpt llama3-1b "$CK/llama3-1b-fp8-channel" 60 fp8-channel &
+  wait
+  for p in 128 1024; do
+    step prof${p}_bf16 30 python benchmarks/prefill_profile.py --model "$CK/llama3-1b-bf16" --prompt-len $p
+    step prof${p}_fp8c 30 python benchmarks/prefill_profile.py --model "$CK/llama3-1b-fp8-channel" --prompt-len $p
+    step prof${p}_fp8c_off 30 python benchmarks/prefill_profile.py --model "$CK/llama3-1b-fp8-channel" --prompt-len $p \
+      --no-launch-cache
+    step prof${p}_fp8c_2t 30 python benchmarks/prefill_profile.py --model "$CK/llama3-1b-fp8-channel" --prompt-len $p \
+      --two-term 2048
+  done
+elif [ "$CALL" = 31 ]; then  # the eager FP8 prefill's host time (call 29: bf16 23.7 ms, FP8 36.9, GPU busy 2.7 / 3.6)
+  step launch_cost 60 python benchmarks/fp8_launch_cost.py
+  write_ckpt llama3-1b "$CK/llama3-1b-bf16" 60 bf16 &
+  write_ckpt llama3-1b "$CK/llama3-1b-fp8-channel" 60 fp8-channel &
+  wait
+  step cprof_bf16 45 python benchmarks/prefill_profile.py --model "$CK/llama3-1b-bf16" --cprofile 3
+  step cprof_fp8c 45 python benchmarks/prefill_profile.py --model "$CK/llama3-1b-fp8-channel" --cprofile 3
+  step prof1k_bf16 40 python benchmarks/prefill_profile.py --model "$CK/llama3-1b-bf16" --prompt-len 1024
+  step prof1k_fp8c 40 python benchmarks/prefill_profile.py --model "$CK/llama3-1b-fp8-channel" --prompt-len 1024
+  step prof1k_fp8c_2t 40 python benchmarks/prefill_profile.py --model "$CK/llama3-1b-fp8-channel" --prompt-len 1024 \
+    --two-term 2048
 elif [ "$CALL" = 30 ]; then  # issue 19's decode bars, 8B shape
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &

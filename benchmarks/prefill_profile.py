@@ -9,6 +9,10 @@ CUDA events, the GPU's busy time (kernels summed), the host time of the forward,
 host ops by their own host time (where hf_tp's FP8 op and Triton's launches show).
 
   python benchmarks/prefill_profile.py --model CKPT [--prompt-len 128] [--two-term N [--scaled-mm]] [--json F]
+      [--cprofile N] [--no-launch-cache]
+
+``--cprofile N`` also prints the Python functions of N forwards by their own time (cProfile): the host time that
+torch.profiler does not see (a Triton launcher's Python, hf_tp's wrappers).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ def main():
     ap.add_argument("--scaled-mm", action="store_true", help="fp8_triton.TWO_TERM_SCALED_MM")
     ap.add_argument("--json")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--no-launch-cache", action="store_true", help="hf_tp.kernels.launch_cache off")
+    ap.add_argument("--cprofile", type=int, default=0, help="forwards to run under cProfile (0: none)")
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
@@ -36,6 +42,9 @@ def main():
     from hf_tp.kernels import fp8_triton
     from hf_tp.parallel.comm import TPGroup
 
+    from hf_tp.kernels import launch_cache
+
+    launch_cache.ENABLED = not args.no_launch_cache
     fp8_triton.PREFILL_TWO_TERM_MAX_M = args.two_term
     fp8_triton.TWO_TERM_SCALED_MM = args.scaled_mm
     device = torch.device(args.device, 0) if args.device == "cuda" else torch.device(args.device)
@@ -72,11 +81,28 @@ def main():
     gpu_us = sum(e.self_device_time_total for e in averages if e.device_type == torch.autograd.DeviceType.CUDA)
     kernels = sum(e.count for e in averages if e.device_type == torch.autograd.DeviceType.CUDA)
     result = dict(model=args.model, two_term=args.two_term, scaled_mm=args.scaled_mm,
+                  launch_cache=launch_cache.ENABLED,
                   forward_ms_events=sorted(events)[2] if events else None, forward_ms_host=sorted(host)[2],
                   gpu_busy_ms=gpu_us / 1e3, kernels=kernels)
     print(json.dumps(result), flush=True)
     print(averages.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=70))
     print(averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70))
+    if args.cprofile:
+        import cProfile
+        import pstats
+
+        sync()
+        profiler = cProfile.Profile()
+        t0 = time.perf_counter()
+        profiler.enable()
+        for _ in range(args.cprofile):
+            forward()
+        profiler.disable()
+        sync()
+        print(f"cProfile: {args.cprofile} forwards in {(time.perf_counter() - t0) * 1e3:.1f} ms", flush=True)
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats(40)
     if args.json:
         result["top_host_ops"] = [dict(name=e.key, count=e.count, self_cpu_us=e.self_cpu_time_total)
                                   for e in sorted(averages, key=lambda e: -e.self_cpu_time_total)[:40]]

@@ -547,3 +547,34 @@ def test_folded_split_sum_on_gpu():
             torch.cuda.synchronize()
             assert torch.equal(out, expect), config
         assert int(counters.abs().sum()) == 0
+
+
+@pytest.mark.gpu
+@needs_fp8_gpu
+@pytest.mark.parametrize("path", ["prefill", "dequant", "two_term", "prefill_fp8"])
+def test_launch_cache_matches_tritons_dispatch(path):
+    """hf_tp/kernels/launch_cache.py: a repeat launch goes to the compiled kernel's own launcher, and its output
+    is bit-identical to Triton's usual dispatch, for each prefill path, at several row counts in turn, with x at
+    an address that is not 16-byte aligned (another compiled form) and with and without a bias."""
+    from hf_tp.kernels import fp8_triton, launch_cache
+
+    N, K = 1392, 1024
+    for M in (65, 128, 200):
+        for aligned in (True, False):
+            for bias in (True, False):
+                x, w, s, b = make(M, N, K, K, 0, bias=bias, device="cuda", seed=M)
+                if not aligned:
+                    flat = torch.empty(M * K + 1, device="cuda", dtype=x.dtype)
+                    x = flat[1:].view(M, K).copy_(x)
+                    assert x.data_ptr() % 16 != 0
+                launch_cache.ENABLED = False
+                try:
+                    want = fp8_triton.launch(x, w, s, K, 0, b, path=path)
+                finally:
+                    launch_cache.ENABLED = True
+                for _ in range(2):  # the first call records the compiled kernel, the second launches it directly
+                    got = fp8_triton.launch(x, w, s, K, 0, b, path=path)
+                    torch.testing.assert_close(got, want, rtol=0, atol=0)
+                assert rel_err(got, x, w, s, K, 0, b) < (0.05 if path == "prefill_fp8" else TOL)
+    direct = [entry for entry in launch_cache._COMPILED.values() if entry is not launch_cache._SLOW]
+    assert direct, "no compiled kernel could be launched directly: the cache saves nothing on this Triton"

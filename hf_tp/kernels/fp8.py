@@ -46,7 +46,7 @@ def fp8_linear_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Ten
 # reference elsewhere. It is a torch custom op, so that Inductor keeps it as one opaque call inside the compiled
 # decode step and the CUDA graph captures its launch.
 
-_AVAILABLE: dict[int, bool] = {}
+_AVAILABLE: dict[int | torch.device, bool] = {}  # by device index, and by torch.device where it names one
 _DOT_MAX_M = 64  # fp8_triton.DOT_MAX_M (tests check they agree), here so that tracing imports no Triton
 
 
@@ -54,6 +54,9 @@ def fp8_kernel_available(device) -> bool:
     """Whether ``fp8_linear`` runs the Triton kernel on ``device``: CUDA, compute capability >= 8.9 (FP8
     conversions in hardware), Triton importable. Decided once per device; the loader keeps weights FP8 only when
     this holds, and dequantizes them at load otherwise."""
+    hit = _AVAILABLE.get(device)  # a CUDA tensor's device (with its index): the eager prefill's per-call check
+    if hit is not None:
+        return hit
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return False
@@ -66,6 +69,8 @@ def fp8_kernel_available(device) -> bool:
             except Exception:  # Triton missing or broken: the reference path still works
                 ok = False
         _AVAILABLE[index] = ok
+    if device.index is not None:
+        _AVAILABLE[device] = _AVAILABLE[index]
     return _AVAILABLE[index]
 
 

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import gemv_triton
+from . import gemv_triton, launch_cache
 from .sizes import cdiv, next_power_of_2
 
 
@@ -140,25 +140,39 @@ def prefill_config(M: int, N: int, K: int, G: int = 1) -> dict:
                 W_LEFT=False)
 
 
+@functools.lru_cache(maxsize=4096)
+def _prefill_plan(M: int, N: int, K: int, G: int, group_k: int) -> tuple[tuple, dict]:
+    """``launch_prefill``'s grid and constexprs with ``prefill_config``'s tiles, once per shape: an eager prefill
+    is host-bound, so the per-call Python counts."""
+    cfg = prefill_config(M, N, K, G)
+    return _prefill_meta(M, N, K, G, group_k, cfg)
+
+
+def _prefill_meta(M: int, N: int, K: int, G: int, group_k: int, cfg: dict) -> tuple[tuple, dict]:
+    block_k = max(16, min(cfg["BLOCK_K"], next_power_of_2(K)))
+    if G > 1:
+        block_k = max(16, min(block_k, gemv_triton.pow2_at_most(group_k)))  # a step spans at most two groups
+    scale_last = G == 1 if cfg["SCALE_LAST"] is None else bool(cfg["SCALE_LAST"]) and G == 1
+    grid = (cdiv(M, cfg["BLOCK_M"]) * cdiv(N, cfg["BLOCK_N"]),)
+    return grid, dict(SCALE_LAST=scale_last, EVEN_K=K % block_k == 0, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                      BLOCK_K=block_k, GROUP_N=cfg["GROUP_N"], W_LEFT=bool(cfg["W_LEFT"]),
+                      num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
 def launch_prefill(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
                    bias: torch.Tensor | None, config: dict | None = None) -> torch.Tensor:
     """x2 (M, K) contiguous, bf16/fp16; returns (M, N) in x2's dtype. ``config`` overrides
     ``prefill_config`` (the benchmark's sweep); its SCALE_LAST None means: on for per-channel scales."""
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
-    cfg = dict(prefill_config(M, N, K, G), **(config or {}))
-    block_k = max(16, min(cfg["BLOCK_K"], next_power_of_2(K)))
-    if G > 1:
-        block_k = max(16, min(block_k, gemv_triton.pow2_at_most(group_k)))  # a step spans at most two groups
-    scale_last = G == 1 if cfg["SCALE_LAST"] is None else bool(cfg["SCALE_LAST"]) and G == 1
+    if config:
+        grid, meta = _prefill_meta(M, N, K, G, group_k, dict(prefill_config(M, N, K, G), **config))
+    else:
+        grid, meta = _prefill_plan(M, N, K, G, group_k)
     out = torch.empty((M, N), device=x2.device, dtype=x2.dtype)
-    grid = (cdiv(M, cfg["BLOCK_M"]) * cdiv(N, cfg["BLOCK_N"]),)
-    _prefill[grid](x2, weight, scale, bias if bias is not None else x2, out, M, N, K, G, group_k, k_offset,
-                   x2.stride(0), weight.stride(0), scale.stride(0), out.stride(0), SCALE_LAST=scale_last,
-                   HAS_BIAS=bias is not None, EVEN_K=K % block_k == 0, BLOCK_M=cfg["BLOCK_M"],
-                   BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k, GROUP_N=cfg["GROUP_N"], W_LEFT=bool(cfg["W_LEFT"]),
-                   num_warps=cfg["num_warps"],
-                   num_stages=cfg["num_stages"])
+    launch_cache.launch(_prefill, grid, x2, weight, scale, bias if bias is not None else x2, out, M, N, K, G,
+                        group_k, k_offset, x2.stride(0), weight.stride(0), scale.stride(0), out.stride(0),
+                        HAS_BIAS=bias is not None, **meta)
     return out
 
 
@@ -301,9 +315,10 @@ def quantize_groups(x2: torch.Tensor, G: int, group_k: int, k_offset: int,
     qs = torch.empty((terms, G, M), device=x2.device, dtype=torch.float32)
     if G == 1:
         group_k, k_offset = K, 0
-    _quantize_groups[(M, G)](x2, q, qs, K, group_k, k_offset, x2.stride(0), q.stride(1), qs.stride(1), q.stride(0),
-                             qs.stride(0), BLOCK_K=max(16, min(1024, next_power_of_2(min(group_k, K)))),
-                             TWO_TERM=terms == 2, num_warps=4)
+    launch_cache.launch(_quantize_groups, (M, G), x2, q, qs, K, group_k, k_offset, x2.stride(0), q.stride(1),
+                        qs.stride(1), q.stride(0), qs.stride(0),
+                        BLOCK_K=max(16, min(1024, next_power_of_2(min(group_k, K)))), TWO_TERM=terms == 2,
+                        num_warps=4)
     return (q[0], qs[0].t()) if terms == 1 else (q, qs.transpose(1, 2))
 
 
@@ -362,12 +377,13 @@ def launch_prefill_fp8(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tens
     st = scale.t().contiguous()  # (G, N): 1/32 of the weight's bytes at 128-wide groups, per call
     out = torch.empty((M, N), device=x2.device, dtype=x2.dtype)
     grid = (cdiv(M, cfg["BLOCK_M"]) * cdiv(N, cfg["BLOCK_N"]),)
-    _prefill_fp8[grid](q, qs, weight, st, bias if bias is not None else x2, out, M, N, K, group_k, k_offset,
-                       q.stride(1), qs.stride(2), weight.stride(0), st.stride(0), out.stride(0), q.stride(0),
-                       qs.stride(0), ONE_GROUP=G == 1, HAS_BIAS=bias is not None, EVEN_K=K % block_k == 0,
-                       BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k, GROUP_N=cfg["GROUP_N"],
-                       TWO_TERM=terms == 2, PROMOTE=bool(cfg.get("PROMOTE", terms == 2)) and G == 1,
-                       num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    launch_cache.launch(_prefill_fp8, grid, q, qs, weight, st, bias if bias is not None else x2, out, M, N, K,
+                        group_k, k_offset, q.stride(1), qs.stride(2), weight.stride(0), st.stride(0), out.stride(0),
+                        q.stride(0), qs.stride(0), ONE_GROUP=G == 1, HAS_BIAS=bias is not None,
+                        EVEN_K=K % block_k == 0, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
+                        GROUP_N=cfg["GROUP_N"], TWO_TERM=terms == 2,
+                        PROMOTE=bool(cfg.get("PROMOTE", terms == 2)) and G == 1, num_warps=cfg["num_warps"],
+                        num_stages=cfg["num_stages"])
     return out
 
 
@@ -485,8 +501,8 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
         wd = torch.empty((N, K), device=x2.device, dtype=x2.dtype)
         block_k = 128 if G == 1 else min(128, gemv_triton.pow2_at_most(group_k))
         grid = (cdiv(N, 32), cdiv(K, block_k))
-        _dequant[grid](weight, scale, wd, N, K, G, group_k, k_offset, weight.stride(0), scale.stride(0),
-                       wd.stride(0), BLOCK_N=32, BLOCK_K=block_k, num_warps=4)
+        launch_cache.launch(_dequant, grid, weight, scale, wd, N, K, G, group_k, k_offset, weight.stride(0),
+                            scale.stride(0), wd.stride(0), BLOCK_N=32, BLOCK_K=block_k, num_warps=4)
         return torch.nn.functional.linear(x2, wd, bias)
     return gemv_triton.launch(x2, weight, scale, group_k, k_offset, bias, config=config,
                               path={None: None, "gemv": "gemv", "skinny": "dot"}[path], x16=x16, **(norm or {}))
