@@ -43,13 +43,14 @@ def launch(kernel, grid: tuple, *args, **meta):
         tail = tuple(names[len(args):]) if names is not None else ()
         direct = (names is not None and all(n in meta for n in tail) and hasattr(compiled, "__getitem__")
                   and hasattr(compiled, "function"))
-        _COMPILED[key] = (compiled, tail) if direct else _SLOW
+        # the compiled kernel's launcher takes all three grid dimensions
+        _COMPILED[key] = (compiled, tuple(grid) + (1,) * (3 - len(grid)), tail) if direct else _SLOW
         return
     if entry is _SLOW:
         kernel[grid](*args, **meta)
         return
-    compiled, tail = entry
-    compiled[grid](*args, *(meta[n] for n in tail))
+    compiled, grid3, tail = entry
+    compiled[grid3](*args, *(meta[n] for n in tail))
 
 
 def clear() -> None:
