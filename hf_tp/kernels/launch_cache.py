@@ -1,15 +1,17 @@
 """Launching an already compiled Triton kernel again without Triton's per-call dispatch.
 
 ``kernel[grid](...)`` binds and specializes every argument, builds a cache key and looks the compiled kernel up on
-each call: about 15-20 µs of host time in Triton 3.6, against about 5 µs for the launch itself. An eager prefill
+each call, and its launcher builds launch metadata and calls the launch hooks: about 15 µs of host time per launch
+in Triton 3.6 on the H100 machine, more than all of bf16's ``F.linear`` (13 µs). An eager prefill
 forward is host-bound (one H100, Llama-3.2-1B shape, 128 tokens: 10.9 ms wall for 2.7 ms of GPU work in bf16;
 benchmarks/RESULTS.md, twentieth session), so each FP8 layer's launch cost is the prefill's time.
 
 ``launch`` keeps the compiled kernel per everything its compiled form can depend on: each tensor's dtype, device
 and 16-byte alignment, every other argument's exact value (ints, floats, bools, None), the constexprs and the
-launch options. A repeat call then goes to the compiled kernel's own launcher (``CompiledKernel[grid]``, which
-still calls Triton's launch hooks, so profilers see it). The first call of each key goes through Triton's dispatch
-as usual, as does every call where the compiled kernel has no such launcher (Triton's CPU interpreter).
+launch options. A repeat call then goes straight to the compiled kernel's launcher (``CompiledKernel.run``, the
+C function that JITFunction.run ends in). The first call of each key goes through Triton's dispatch as usual, as
+does every call while a launch hook is registered (a profiler such as Proton; torch.profiler sees the launches
+either way) and every call where the compiled kernel has no such launcher (Triton's CPU interpreter).
 """
 
 from __future__ import annotations
@@ -23,25 +25,36 @@ ENABLED = True
 
 
 def _arg_key(arg):
+    if type(arg) is int:
+        return arg
     if isinstance(arg, torch.Tensor):
         return (arg.dtype, arg.get_device(), arg.data_ptr() % 16 == 0)
     return (type(arg), arg)
+
+
+def _hooks_set() -> bool:
+    """Whether a launch hook is registered (a profiler such as Proton): then every call takes Triton's dispatch,
+    which calls it. Triton 3.x keeps the hooks as a chain that is never None (``knobs.runtime``)."""
+    from triton import knobs
+
+    hook = knobs.runtime.launch_enter_hook
+    return hook is not None and bool(getattr(hook, "calls", True))
 
 
 def launch(kernel, grid: tuple, *args, **meta):
     """``kernel[grid](*args, **meta)``: ``args`` are the kernel's leading parameters in order, ``meta`` its
     remaining parameters (constexprs) by name and the launch options (num_warps, num_stages, ...). Returns
     nothing."""
-    if not ENABLED:
+    if not ENABLED or _hooks_set():
         kernel[grid](*args, **meta)
         return
-    key = (kernel, grid, tuple(_arg_key(a) for a in args), tuple(meta.items()))
+    key = (kernel, grid, tuple(map(_arg_key, args)), tuple(meta.items()))
     entry = _COMPILED.get(key)
     if entry is None:
         compiled = kernel[grid](*args, **meta)
         names = getattr(kernel, "arg_names", None)
         tail = tuple(names[len(args):]) if names is not None else ()
-        direct = (names is not None and all(n in meta for n in tail) and hasattr(compiled, "__getitem__")
+        direct = (names is not None and all(n in meta for n in tail) and hasattr(compiled, "packed_metadata")
                   and hasattr(compiled, "function"))
         # the compiled kernel's launcher takes all three grid dimensions
         _COMPILED[key] = (compiled, tuple(grid) + (1,) * (3 - len(grid)), tail) if direct else _SLOW
@@ -49,8 +62,13 @@ def launch(kernel, grid: tuple, *args, **meta):
     if entry is _SLOW:
         kernel[grid](*args, **meta)
         return
-    compiled, grid3, tail = entry
-    compiled[grid3](*args, *(meta[n] for n in tail))
+    compiled, (g0, g1, g2), tail = entry
+    from triton.runtime import driver
+
+    stream = driver.active.get_current_stream(driver.active.get_current_device())
+    # the launcher's arguments as JITFunction.run passes them, with no launch metadata or hooks (none are set)
+    compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None, *args,
+                 *(meta[n] for n in tail))
 
 
 def clear() -> None:
