@@ -19,6 +19,9 @@ from __future__ import annotations
 import torch
 
 _COMPILED: dict = {}
+# Keys hold exact sizes, so every prompt length adds entries (Triton's own cache keys sizes by divisibility only):
+# past this many the cache starts again, and Triton's dispatch refills it.
+MAX_ENTRIES = 4096
 _SLOW = object()  # a key whose compiled kernel cannot be launched directly: always Triton's dispatch
 # The usual dispatch for every call (tests compare the two).
 ENABLED = True
@@ -51,6 +54,8 @@ def launch(kernel, grid: tuple, *args, **meta):
     key = (kernel, grid, tuple(map(_arg_key, args)), tuple(meta.items()))
     entry = _COMPILED.get(key)
     if entry is None:
+        if len(_COMPILED) >= MAX_ENTRIES:
+            _COMPILED.clear()
         compiled = kernel[grid](*args, **meta)
         names = getattr(kernel, "arg_names", None)
         tail = tuple(names[len(args):]) if names is not None else ()
