@@ -87,6 +87,9 @@
 #   CALL=32 (the default; the twentieth session's fourth): hf_tp/kernels/launch_cache.py (call 31: Triton's dispatch
 #      is most of an FP8 layer's host time in the eager prefill): its GPU tests and the FP8 prefill paths' tests,
 #      host time per call cached and not, the 1B prefill forward at 128 and 1024 tokens, bf16 against FP8.
+#   CALL=33 (the default; the next session's first): every GPU test of the FP8 kernels after launch_cache (calls 7-8
+#      ran those of the cache, the prefill kernel and the FP8 token checks; test_fp8_activation_kernels_on_gpu ran
+#      only with call 5's form), then issue 19's 8B rows with prefill_ms and the FP8 rank of tp 2 profiled.
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
 #      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
 #      with prefill_ms in every row.
@@ -95,7 +98,7 @@ set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-32}
+CALL=${CALL:-33}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -237,6 +240,15 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 33 ]; then  # after launch_cache (calls 5-8): the rest of its GPU tests, then issue 19's 8B rows again
+  step tests_fp8 240 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  wait
+  row tp1_bf16 60 bf16 --batches 1,8
+  row tp1_fp8c 60 fp8-channel --batches 1,8
+  row r2_fp8c_prof 60 fp8-channel --simulate-tp 2 --batches 1 --profile 64
+  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
 elif [ "$CALL" = 32 ]; then  # hf_tp/kernels/launch_cache.py: the FP8 prefill launches without Triton's dispatch
   step tests_cache 200 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "launch_cache or prefill or fp8_activation or reference_tokens"
   step launch_cost 60 python benchmarks/fp8_launch_cost.py
