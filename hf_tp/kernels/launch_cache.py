@@ -38,8 +38,10 @@ def _arg_key(arg):
 def _hooks_set() -> bool:
     """Whether a launch hook is registered (a profiler such as Proton): then every call takes Triton's dispatch,
     which calls it. Triton 3.x keeps the hooks as a chain that is never None (``knobs.runtime``)."""
-    from triton import knobs
-
+    try:
+        from triton import knobs
+    except ImportError:  # Triton before 3.4 keeps its hooks elsewhere: its dispatch every time
+        return True
     hook = knobs.runtime.launch_enter_hook
     return hook is not None and bool(getattr(hook, "calls", True))
 
