@@ -90,6 +90,10 @@
 #   CALL=33 (the default; the next session's first): every GPU test of the FP8 kernels after launch_cache (calls 7-8
 #      ran those of the cache, the prefill kernel and the FP8 token checks; test_fp8_activation_kernels_on_gpu ran
 #      only with call 5's form), then issue 19's 8B rows with prefill_ms and the FP8 rank of tp 2 profiled.
+#   CALL=34 (the default; the twenty-first session's second): FP8 per channel with PDL (TPConfig.pdl, off by default
+#      below tp 4; never measured with FP8, whose rank of tp 2 reads as few bytes as a bf16 rank of tp 4, where PDL
+#      paid), with and without the split-K sum folded into the GEMM (FOLD=1), interleaved with the default; tp 1
+#      profiled; bf16 rows in the same call for the ratios of issue 19.
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
 #      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
 #      with prefill_ms in every row.
@@ -98,7 +102,7 @@ set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-33}
+CALL=${CALL:-34}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -240,6 +244,19 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 34 ]; then  # PDL and the folded split sum for FP8 (call 1 of the 21st session: r2 1.38x, tp 1 1.49x)
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  wait
+  HF_TP_PDL=0 row r2_fp8c_pdl0 50 fp8-channel --simulate-tp 2 --batches 1
+  HF_TP_PDL=1 row r2_fp8c_pdl1 50 fp8-channel --simulate-tp 2 --batches 1
+  HF_TP_PDL=1 FOLD=1 row r2_fp8c_pdl1_fold 50 fp8-channel --simulate-tp 2 --batches 1
+  HF_TP_PDL=0 row r2_fp8c_pdl0b 50 fp8-channel --simulate-tp 2 --batches 1
+  HF_TP_PDL=1 row r2_fp8c_pdl1_prof 50 fp8-channel --simulate-tp 2 --batches 1 --profile 64
+  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
+  HF_TP_PDL=1 row tp1_fp8c_pdl1 60 fp8-channel --batches 1
+  row tp1_fp8c_prof 60 fp8-channel --batches 1 --profile 64
+  row tp1_bf16 60 bf16 --batches 1
 elif [ "$CALL" = 33 ]; then  # after launch_cache (calls 5-8): the rest of its GPU tests, then issue 19's 8B rows again
   step tests_fp8 240 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
