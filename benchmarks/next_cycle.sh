@@ -94,6 +94,10 @@
 #      below tp 4; never measured with FP8, whose rank of tp 2 reads as few bytes as a bf16 rank of tp 4, where PDL
 #      paid), with and without the split-K sum folded into the GEMM (FOLD=1), interleaved with the default; tp 1
 #      profiled; bf16 rows in the same call for the ratios of issue 19.
+#   CALL=35 (the default; the twenty-first session's third): PDL on by default for FP8 layers from the rank of tp 2
+#      (call 34: 426.3 / 429.5 -> 465.3 tok/s): its GPU tests (FP8 GEMM chains with PDL and folded sums give the same
+#      bits; FP8 tokens with pdl=True), then the folded split sum (FOLD=1) against the reduce kernel at the rank of
+#      tp 2, interleaved twice (call 34: 465.3 -> 478.4), and tp 1 with and without PDL.
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
 #      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
 #      with prefill_ms in every row.
@@ -102,7 +106,7 @@ set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-34}
+CALL=${CALL:-35}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -114,7 +118,8 @@ from hf_tp.kernels import gemv_triton as gt
 if os.environ.get('X16_TP1'):
     for n, k, st, sp in ((28672, 4096, 3, 1), (4096, 14336, 3, 8)):
         gt.TABLE[('gemv', 1, n, k)] = dict(path='dot', BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=st, SPLIT=sp, X16=True)
-gt.FOLD_SPLIT = bool(os.environ.get('FOLD'))
+if os.environ.get('FOLD'):  # FOLD=1 / FOLD=0: the split-K sum in the GEMM or by the reduce kernel
+    gt.FOLD_SPLIT = os.environ['FOLD'] == '1'
 gt.PREFETCH_WEIGHTS = os.environ.get('PF') == '1'
 gt.PREFETCH_MAX_LINES = int(os.environ.get('PFL', gt.PREFETCH_MAX_LINES))
 if os.environ.get('ADVANCE') == '0':  # the greedy selection and bookkeeping eager, as before the eighth session
@@ -244,6 +249,18 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 35 ]; then  # FP8 with PDL from the rank of tp 2 (the new default); the folded split sum again
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  step tests_pdl 150 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "pdl or folded_split_sum_on_gpu"
+  wait
+  FOLD=0 row r2_fp8c_fold0 50 fp8-channel --simulate-tp 2 --batches 1
+  FOLD=1 row r2_fp8c_fold1 50 fp8-channel --simulate-tp 2 --batches 1
+  FOLD=0 row r2_fp8c_fold0b 50 fp8-channel --simulate-tp 2 --batches 1
+  FOLD=1 row r2_fp8c_fold1b 50 fp8-channel --simulate-tp 2 --batches 1
+  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
+  row tp1_fp8c 60 fp8-channel --batches 1
+  HF_TP_PDL=1 row tp1_fp8c_pdl1 60 fp8-channel --batches 1
 elif [ "$CALL" = 34 ]; then  # PDL and the folded split sum for FP8 (call 1 of the 21st session: r2 1.38x, tp 1 1.49x)
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &

@@ -179,7 +179,7 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     if fp8_groups and tp.device.type == "cuda":
         torch.cuda.empty_cache()  # the members' separate weights, freed group by group, are not left reserved
     moe_kernel_modules = install_moe_decode(model, config.moe_decode)  # after loading: the experts' real dtypes, strides
-    config = resolve_pdl(config, tp.device, moe_kernel_modules, tp.tp_size)
+    config = resolve_pdl(config, tp.device, moe_kernel_modules, tp.tp_size, fp8_layers=kept)
     config = install_decode_attention(model, config, tp.device)  # "sdpa" where the kernel does not apply
     model.hf_tp_moe_routing = install_moe_routing(model, config.moe_decode)  # which routers got the kernel
     install_decode_gemm(model, config.decode_gemm)  # likewise, the linear layers'

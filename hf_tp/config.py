@@ -102,12 +102,14 @@ class TPConfig:
         this torch has ``torch._inductor.config.triton.enable_pdl``) are launched so that a kernel is placed on the
         GPU while the one before it finishes, and waits for its results there (hf_tp/kernels/pdl.py). Tokens are
         the same bits either way. Default (None): on for models whose MoE experts run hf_tp's decode kernels and for
-        dense models at tp_size >= 4 (``pdl.PDL_MIN_TP_SIZE``), off for the others, decided at load (``resolve_pdl``) and shown in a launched model's ``hf_tp_config`` (the
-        handle's shows None: each worker decides); True needs CUDA
+        dense models at tp_size >= 4 (``pdl.PDL_MIN_TP_SIZE``), or >= 2 where layers keep FP8 weights (half the
+        bytes per GEMM), off for the others, decided at load (``resolve_pdl``) and shown in a launched model's
+        ``hf_tp_config`` (the handle's shows None: each worker decides); True needs CUDA
         (older GPUs, and Triton without the launch, run without it). Measured on one H200 (benchmarks/RESULTS.md,
         2026-12-04, seventh session), batch 1: qwen3-moe-mini tp 1 609.9 -> 653.1 tok/s with it; the Llama-3-8B
         shape 222.4 -> 214.1 at tp 1 and 367.6 -> 363.8 at the rank of tp 2 (not faster); 774.3 -> 885.0 at the
-        rank of tp 8 (2026-12-05); on one H100, 500.3 -> 515.0 at the rank of tp 4 (2026-12-05, thirteenth session).
+        rank of tp 8 (2026-12-05); on one H100, 500.3 -> 515.0 at the rank of tp 4 (2026-12-05, thirteenth session),
+        and FP8 per channel at the rank of tp 2, 426.3 / 429.5 -> 465.3 (2026-12-06, twenty-first session).
       combo_kernels: Inductor's combo kernels (``torch._inductor.config.combo_kernels``) for the decode loop's
         compiled step: independent small kernels of a layer (rope, the KV cache writes, the mask) launched as
         one. Same tokens (each element is computed as before). Default (None): on with CUDA, where one H200

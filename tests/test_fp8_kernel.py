@@ -551,6 +551,53 @@ def test_folded_split_sum_on_gpu():
 
 @pytest.mark.gpu
 @needs_fp8_gpu
+def test_fp8_gemms_with_pdl_and_folded_sums_give_the_same_bits(monkeypatch):
+    """FP8 layers get PDL at the rank of tp 2 (hf_tp.kernels.pdl.resolve_pdl): a chain of FP8 GEMMs as a decode
+    layer runs them (the per-channel GEMV, the fp16 form with block scales and a split of K, the GEMV with a split)
+    gives the same bits with PDL as without, and with the split-K sums folded into the GEMM (FOLD) as with the
+    reduce kernel, eagerly and replayed from a CUDA graph on new inputs, at batch 1 and 8."""
+    from hf_tp.kernels import gemv_triton as gt
+    from hf_tp.kernels import pdl as pdl_module
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs a Hopper or later GPU")
+    gt.reserve_counters("cuda")
+    _, w1, s1, b1 = make(1, 7168, 4096, 4096, 0, device="cuda", seed=1)  # per channel: gate/up-like
+    _, w2, s2, _ = make(1, 4096, 7168, 128, 0, device="cuda", seed=2)  # block scales: down-like
+    _, w3, s3, _ = make(1, 3072, 4096, 4096, 0, device="cuda", seed=3)
+    dot_split = dict(path="dot", BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3, SPLIT=4, X16=True)
+    gemv_split = dict(path="gemv", BLOCK_N=4, BLOCK_K=1024, num_warps=8, num_stages=1, SPLIT=4)
+
+    def step(x, fold):
+        h = gt.launch(x, w1, s1, 4096, 0, b1)
+        h = gt.launch(torch.nn.functional.silu(h), w2, s2, 128, 0, None, config=dict(dot_split, FOLD=fold))
+        last = gemv_split if x.shape[0] == 1 else dict(dot_split, X16=False)
+        return gt.launch(h, w3, s3, 4096, 0, None, config=dict(last, FOLD=fold))
+
+    for M in (1, 8):
+        inputs = [make(M, 1, 4096, 4096, 0, device="cuda", seed=10 + i)[0] for i in range(3)]
+        results = {}
+        for pdl in (False, True):
+            monkeypatch.setattr(pdl_module, "_ACTIVE", pdl)
+            assert bool(pdl_module.launch_args(inputs[0].device)) is pdl, "this GPU and Triton should launch with PDL"
+            for fold in (False, True):
+                eager = [step(x, fold).clone() for x in inputs]
+                static = inputs[0].clone()
+                graph, out = capture_graph(lambda: step(static, fold), warmup=2)
+                replayed = []
+                for x in inputs:
+                    static.copy_(x)
+                    graph.replay()
+                    replayed.append(out.clone())
+                results[pdl, fold] = eager + replayed
+        want = results[False, False]
+        for key, got in results.items():
+            for a, b in zip(want, got):
+                assert torch.equal(a, b), (M, key, float((a.float() - b.float()).abs().max()))
+
+
+@pytest.mark.gpu
+@needs_fp8_gpu
 @pytest.mark.parametrize("path", ["prefill", "dequant", "two_term", "prefill_fp8"])
 def test_launch_cache_matches_tritons_dispatch(path):
     """hf_tp/kernels/launch_cache.py: a repeat launch goes to the compiled kernel's own launcher, and its output

@@ -19,8 +19,9 @@ pytestmark = [pytest.mark.gpu,
 # the FP8-activation kernel (with TPConfig.fp8_activations) or dequantize + cuBLAS; "channel-split": per-channel
 # weights, x as two FP8 terms at prefill and decode sizes (fp8_triton.PREFILL_TWO_TERM_MAX_M and
 # DECODE_TWO_TERM_MAX_M raised, in the captured loop too), held to the tokens.
+# "block-pdl": the 12-token case with TPConfig(pdl=True), as FP8 layers run from the rank of tp 2 on (resolve_pdl).
 CASES = [(12, False, "block"), (60, False, "block"), (80, False, "block"), (80, True, "block"),
-         (80, False, "channel-split")]
+         (80, False, "channel-split"), (12, False, "block-pdl")]
 
 
 @pytest.mark.parametrize("prompt_len,fp8_activations,fmt", CASES)
@@ -35,7 +36,8 @@ def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, monke
     config = tiny_config("llama", hidden_size=320, intermediate_size=384, num_attention_heads=10,
                          num_key_value_heads=5, head_dim=32)
     src = save_tiny_model(tmp_path / "bf", config, max_shard_size=None)
-    if fmt == "block":
+    pdl = fmt == "block-pdl"
+    if fmt in ("block", "block-pdl"):
         folder = write_block_fp8(src, tmp_path / "fp8")
     else:
         folder = write_channel_fp8(src, tmp_path / "fp8")
@@ -50,8 +52,9 @@ def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, monke
     reference = dequantized_reference(folder, tmp_path / "deq").to(device)
     ours = load_parallel_model(str(folder), TPGroup(0, 1, device), dtype=torch.bfloat16, progress=False,
                                tp_config=TPConfig(fp8_weights="auto", fast_decode=True,
-                                                  fp8_activations=fp8_activations))
+                                                  fp8_activations=fp8_activations, pdl=pdl or None))
     assert ours.hf_tp_config.fp8_weights == "keep" and ours.hf_tp_config.fp8_activations is fp8_activations
+    assert ours.hf_tp_config.pdl is pdl  # tp 1 with FP8 layers: off unless asked
     q = ours.model.layers[0].self_attn.q_proj
     assert q.weight.dtype == torch.float8_e4m3fn
     assert q.shared_input is not None and q.shared_input.scale is not None  # q/k/v as one FP8 GEMM (TPConfig.fuse)

@@ -31,6 +31,10 @@ def test_defaults_resolve_per_device():
     # dense ranks from PDL_MIN_TP_SIZE on (measured faster at the ranks of tp 4 and 8, not at tp 2)
     assert [resolve_pdl(cuda1, torch.device("cuda", 0), 0, tp).pdl for tp in (2, 4, 8)] == [False, True, True]
     assert resolve_pdl(cuda1, torch.device("cpu"), 0, 8).pdl is False
+    # layers kept in FP8 count the width twice (half the bytes): from tp 2 on (measured faster at its rank of tp 2)
+    assert [resolve_pdl(cuda1, torch.device("cuda", 0), 0, tp, fp8_layers=224).pdl for tp in (1, 2, 4)] == [
+        False, True, True]
+    assert resolve_pdl(cuda1, torch.device("cpu"), 0, 2, fp8_layers=224).pdl is False
     assert resolve_pdl(hf_tp.TPConfig(pdl=False).resolve("cuda", 1, environ={}), torch.device("cuda"), 24).pdl is False
     # Inductor's combo kernels for the compiled step: on with CUDA, where there is a compiled step.
     assert (cpu.combo_kernels, cuda1.combo_kernels, cuda2.combo_kernels) == (False, True, True)

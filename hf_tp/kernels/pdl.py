@@ -79,21 +79,25 @@ def launch_args(device: torch.device) -> dict:
     return {"PDL": True, "launch_pdl": True} if _supported(index) else {}
 
 
-# Dense models get PDL from this tensor-parallel width on: a rank's GEMMs are short enough there for the launch
-# overlap to pay (one H200, Llama-3-8B's rank of tp 8: 774.3 -> 885.0 tok/s; one H100, its rank of tp 4: 500.3 ->
-# 515.0; its rank of tp 2 was not faster on the H200, 367.6 -> 363.8; benchmarks/RESULTS.md, 2026-12-04 seventh
-# session, 2026-12-05 and 2026-12-05 thirteenth session).
+# Ranks get PDL from this tensor-parallel width on, where a rank's GEMMs are short enough for the launch overlap to
+# pay (one H200, Llama-3-8B's rank of tp 8: 774.3 -> 885.0 tok/s; one H100, its rank of tp 4: 500.3 -> 515.0; its
+# rank of tp 2 was not faster on the H200, 367.6 -> 363.8; benchmarks/RESULTS.md, 2026-12-04 seventh session,
+# 2026-12-05 and 2026-12-05 thirteenth session). Layers kept in FP8 read half the bytes, so they count twice the
+# width: the FP8 rank of tp 2 reads what a bf16 rank of tp 4 does (one H100: 426.3 and 429.5 -> 465.3 tok/s with
+# PDL; benchmarks/RESULTS.md, 2026-12-06 twenty-first session).
 PDL_MIN_TP_SIZE = 4
 
 
-def resolve_pdl(config, device: torch.device, moe_kernel_modules: int, tp_size: int = 1):
+def resolve_pdl(config, device: torch.device, moe_kernel_modules: int, tp_size: int = 1, fp8_layers: int = 0):
     """``config`` with ``pdl`` decided where it is None (the default), on CUDA: on for a model whose MoE experts
     run hf_tp's decode kernels (``moe_kernel_modules`` > 0; qwen3-moe-mini tp 1: 609.9 -> 653.1 tok/s), and for
-    dense ranks of ``tp_size`` >= PDL_MIN_TP_SIZE; off for the others (dense Llama-3-8B at tp 1 and the rank of
-    tp 2: not faster). Chosen once at load, so a launched model's ``hf_tp_config`` shows it."""
+    ranks whose width reaches PDL_MIN_TP_SIZE, counting ``tp_size`` twice where layers keep FP8 weights
+    (``fp8_layers`` > 0: half the bytes per GEMM); off for the others (dense Llama-3-8B at tp 1 and the rank of
+    tp 2, FP8 at tp 1: not shown faster). Chosen once at load, so a launched model's ``hf_tp_config`` shows it."""
     if config.pdl is not None:
         return config
     import dataclasses
 
-    wanted = moe_kernel_modules > 0 or tp_size >= PDL_MIN_TP_SIZE
+    width = tp_size * (2 if fp8_layers > 0 else 1)
+    wanted = moe_kernel_modules > 0 or width >= PDL_MIN_TP_SIZE
     return dataclasses.replace(config, pdl=device.type == "cuda" and wanted)
