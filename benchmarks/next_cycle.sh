@@ -98,6 +98,10 @@
 #      (call 34: 426.3 / 429.5 -> 465.3 tok/s): its GPU tests (FP8 GEMM chains with PDL and folded sums give the same
 #      bits; FP8 tokens with pdl=True), then the folded split sum (FOLD=1) against the reduce kernel at the rank of
 #      tp 2, interleaved twice (call 34: 465.3 -> 478.4), and tp 1 with and without PDL.
+#   CALL=36 (the default; the next session's first): prologue_pass.FP8_GLU_EPILOGUE (built on the CPU host in the
+#      twenty-first session after its device time ran out): its GPU tests, then FP8 per channel with and without it
+#      (FP8_GLU=1/0), interleaved, at the rank of tp 2 (PDL on, the default) and at tp 1, bf16 rows for the ratios.
+#      Flip the default where the rows are faster and the tests pass.
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
 #      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
 #      with prefill_ms in every row.
@@ -106,7 +110,7 @@ set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-35}
+CALL=${CALL:-36}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -139,6 +143,9 @@ if os.environ.get('TWO_TERM_DECODE') or os.environ.get('TWO_TERM_PREFILL'):  # x
     fp8_triton.DECODE_TWO_TERM_MAX_M = int(os.environ.get('TWO_TERM_DECODE', 0))
     fp8_triton.PREFILL_TWO_TERM_MAX_M = int(os.environ.get('TWO_TERM_PREFILL', 0))
     fp8_triton.TWO_TERM_SCALED_MM = os.environ.get('TWO_TERM_MM') == '1'  # prefill's two terms by cuBLAS
+if os.environ.get('FP8_GLU'):  # FP8_GLU=1: the FP8 gate/up GEMM makes silu * up and its fp16 copy in its epilogue
+    from hf_tp.kernels import prologue_pass
+    prologue_pass.FP8_GLU_EPILOGUE = os.environ['FP8_GLU'] == '1'
 if os.environ.get('COMBO'):  # Inductor's horizontal fusion of independent kernels (rope, cache writes, mask)
     import torch._inductor.config as c
     c.combo_kernels = True
@@ -249,6 +256,20 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 36 ]; then  # the FP8 gate/up GEMM's GLU epilogue (prologue_pass.FP8_GLU_EPILOGUE), off by default
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  step tests_glu 200 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py tests/test_prologue_pass.py -k "glu"
+  wait
+  FP8_GLU=0 row r2_fp8c_glu0 50 fp8-channel --simulate-tp 2 --batches 1
+  FP8_GLU=1 row r2_fp8c_glu1 50 fp8-channel --simulate-tp 2 --batches 1
+  FP8_GLU=0 row r2_fp8c_glu0b 50 fp8-channel --simulate-tp 2 --batches 1
+  FP8_GLU=1 row r2_fp8c_glu1b 50 fp8-channel --simulate-tp 2 --batches 1
+  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
+  FP8_GLU=0 row tp1_fp8c_glu0 60 fp8-channel --batches 1
+  FP8_GLU=1 row tp1_fp8c_glu1 60 fp8-channel --batches 1
+  FP8_GLU=1 row r2_fp8c_glu1_prof 50 fp8-channel --simulate-tp 2 --batches 1 --profile 64
+  row tp1_bf16 60 bf16 --batches 1
 elif [ "$CALL" = 35 ]; then  # FP8 with PDL from the rank of tp 2 (the new default); the folded split sum again
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &

@@ -310,6 +310,69 @@ def test_folded_split_sum_in_interpreter():
     assert results[-1], "the fp16 form did not read the caller's fp16 copy"
 
 
+_GLU_OUT_SCRIPT = r"""
+import json, sys, torch
+from hf_tp.kernels import gemv_triton as gt
+from hf_tp.kernels.decode_gemm import glu_reference
+from hf_tp.kernels.fp8 import fp8_linear_glu_out_reference
+sys.path.insert(0, sys.argv[1])
+from test_fp8_kernel import make
+results = []
+# (M, I, K, group_k, k_offset, dtype, bias, config): an FP8 [gate | up] GEMM (2I rows) with silu(gate) * up and its
+# fp16 copy in the epilogue, against the same kernel unfused then glu_reference, and the fp32 reference
+for M, I, K, group_k, k_offset, dtype, bias, config in json.loads(sys.argv[2]):
+    x, w, s, b = make(M, 2 * I, K, group_k, k_offset, dtype=getattr(torch, dtype), bias=bias, seed=M + I + K)
+    out16 = torch.empty(M, I, dtype=torch.float16)
+    act = gt.launch(x, w, s, group_k, k_offset, b, config=config, glu_out=True, out16=out16)
+    unfused = glu_reference(gt.launch(x, w, s, group_k, k_offset, b, config=dict(config, SPLIT=1)))
+    ref, _ = fp8_linear_glu_out_reference(x.double(), w, s, group_k, k_offset, None if b is None else b.double())
+    err = ((act.double() - ref).norm() / ref.norm()).item()
+    results.append(dict(same_bits=bool(torch.equal(act, unfused)), copy=bool(torch.equal(out16, act.half())),
+                        shape=list(act.shape), dtype=str(act.dtype), err=err))
+errors = []
+x, w, s, b = make(1, 8, 64, 64, 0)
+for kwargs in (dict(out16=torch.empty(1, 4, dtype=torch.float16)),  # out16 without glu_out
+               dict(glu_out=True, out16=torch.empty(1, 4, dtype=torch.bfloat16))):  # not fp16
+    try:
+        gt.launch(x, w, s, 64, 0, b, **kwargs)
+        errors.append(None)
+    except ValueError as exc:
+        errors.append(str(exc))
+results.append(errors)
+print(json.dumps(results))
+"""
+
+# The GEMV (per channel, block, a slice starting inside a block) and tl.dot (17 rows; bf16 x in the fp16 form).
+# fp16 activations for the bit comparison: the interpreter rounds to bf16 by truncation, torch to nearest.
+_GLU_OUT_CASES = [
+    (1, 20, 512, 512, 0, "float16", True, {"path": "gemv", "BLOCK_N": 4, "BLOCK_K": 128}),
+    (1, 22, 256, 128, 0, "float16", False, {"path": "gemv", "BLOCK_N": 8, "BLOCK_K": 64, "SPLIT": 2}),
+    (1, 20, 200, 128, 40, "float16", True, {"path": "gemv", "BLOCK_N": 4, "BLOCK_K": 64}),
+    (17, 20, 256, 128, 0, "float16", False, {"path": "dot", "BLOCK_N": 16, "BLOCK_K": 128}),
+    (3, 20, 200, 128, 40, "float16", True, {"path": "dot", "BLOCK_N": 32, "BLOCK_K": 64}),
+    (1, 24, 256, 256, 0, "bfloat16", True, {"path": "dot", "BLOCK_N": 16, "BLOCK_K": 64, "X16": True}),
+    (1, 20, 512, 512, 0, "bfloat16", True, {"path": "gemv", "BLOCK_N": 4, "BLOCK_K": 128}),
+]
+
+
+def test_fp8_glu_epilogue_in_interpreter():
+    """``glu_out`` with FP8 weights (prologue_pass.FP8_GLU_EPILOGUE): silu(gate) * up made in the [gate | up]
+    GEMM's epilogue is the unfused kernel's GEMM then ``glu_reference``, bit for bit (fp16 activations), for the
+    GEMV and the tl.dot kernel, per-channel and block scales, a slice starting inside a block; with bf16
+    activations (the fp16 form included) near the fp32 reference; its fp16 copy (``out16``) is the activation
+    rounded to fp16. tests/test_gpu_fp8.py checks the bf16 bits on a GPU."""
+    results = _interpret(_GLU_OUT_SCRIPT, _GLU_OUT_CASES)
+    errors = results.pop()
+    assert all(e is not None and "out16 is glu_out's fp16 copy" in e for e in errors), errors
+    for case, row in zip(_GLU_OUT_CASES, results):
+        assert row["shape"] == [case[0], case[1]] and row["dtype"] == f"torch.{case[5]}", (case, row)
+        assert row["copy"], (case, row)
+        if case[5] == "float16":
+            assert row["same_bits"] and row["err"] < 5e-3, (case, row)
+        else:  # the interpreter's truncating bf16 rounding, three times: a few units in the last place
+            assert row["err"] < 3e-2, (case, row)
+
+
 def test_prefill_kernels_compile_for_hopper():
     """The prefill kernels at their shipped tiles, built for sm_90 on this CPU host (test_decode_gemm's
     ``_hopper_build``): no spills, and the products on the warp-group MMA (HGMMA for the widened weight, QGMMA
@@ -547,6 +610,29 @@ def test_folded_split_sum_on_gpu():
             torch.cuda.synchronize()
             assert torch.equal(out, expect), config
         assert int(counters.abs().sum()) == 0
+
+
+@pytest.mark.gpu
+@needs_fp8_gpu
+@pytest.mark.parametrize("tp", [1, 2])
+def test_fp8_glu_epilogue_on_gpu(tp):
+    """``glu_out`` with FP8 weights at the Llama-3-8B gate/up widths of tp 1 and the rank of tp 2 (I = 14336 / tp,
+    K = 4096), per channel and block scales, batch 1 and 8, through the measured configs (the GEMV at tp 1, the fp16
+    form at the rank of tp 2): the activation is the unfused kernel's [gate | up] then ``glu_reference``, bit for
+    bit, and ``out16`` its fp16 copy."""
+    from hf_tp.kernels import gemv_triton as gt
+    from hf_tp.kernels.decode_gemm import glu_reference
+
+    inter = 14336 // tp
+    for group_k in (4096, 128):
+        for M in (1, 8):
+            x, w, s, b = make(M, 2 * inter, 4096, group_k, 0, bias=False, device="cuda", seed=tp * 100 + M)
+            path, cfg = gt.choose(M, 2 * inter, 4096, 1, gt.sm_count(x.device))
+            out16 = torch.empty(M, inter, device="cuda", dtype=torch.float16)
+            act = gt.launch(x, w, s, group_k, 0, None, glu_out=True, out16=out16)
+            unfused = glu_reference(gt.launch(x, w, s, group_k, 0, None, config=dict(cfg, SPLIT=1), path=path))
+            assert torch.equal(act, unfused), (tp, group_k, M, float((act.float() - unfused.float()).abs().max()))
+            assert torch.equal(out16, act.half()), (tp, group_k, M)
 
 
 @pytest.mark.gpu

@@ -20,8 +20,10 @@ pytestmark = [pytest.mark.gpu,
 # weights, x as two FP8 terms at prefill and decode sizes (fp8_triton.PREFILL_TWO_TERM_MAX_M and
 # DECODE_TWO_TERM_MAX_M raised, in the captured loop too), held to the tokens.
 # "block-pdl": the 12-token case with TPConfig(pdl=True), as FP8 layers run from the rank of tp 2 on (resolve_pdl).
+# "block-glu": one prompt (the gate/up GEMV keeps K whole at one row) with prologue_pass.FP8_GLU_EPILOGUE: the MLP's
+# activation made in the FP8 gate/up GEMM's epilogue, checked to have been rewritten.
 CASES = [(12, False, "block"), (60, False, "block"), (80, False, "block"), (80, True, "block"),
-         (80, False, "channel-split"), (12, False, "block-pdl")]
+         (80, False, "channel-split"), (12, False, "block-pdl"), (12, False, "block-glu")]
 
 
 @pytest.mark.parametrize("prompt_len,fp8_activations,fmt", CASES)
@@ -37,7 +39,18 @@ def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, monke
                          num_key_value_heads=5, head_dim=32)
     src = save_tiny_model(tmp_path / "bf", config, max_shard_size=None)
     pdl = fmt == "block-pdl"
-    if fmt in ("block", "block-pdl"):
+    rewritten = []
+    if fmt == "block-glu":
+        from hf_tp.kernels import prologue_pass
+
+        monkeypatch.setattr(prologue_pass, "FP8_GLU_EPILOGUE", True)
+        import torch._inductor.config as inductor_config
+
+        monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # the pass runs, not a cached graph
+        real = prologue_pass.fuse_glu_into_gate_up
+        monkeypatch.setattr(prologue_pass, "fuse_glu_into_gate_up", lambda graph: rewritten.append(real(graph))
+                            or rewritten[-1])
+    if fmt in ("block", "block-pdl", "block-glu"):
         folder = write_block_fp8(src, tmp_path / "fp8")
     else:
         folder = write_channel_fp8(src, tmp_path / "fp8")
@@ -61,10 +74,14 @@ def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, monke
     assert q.shared_input.fp8_activations is fp8_activations
     assert ours.model.layers[0].self_attn.o_proj.fp8_activations is fp8_activations
 
-    prompt = torch.randint(3, config.vocab_size, (2, prompt_len), generator=torch.Generator().manual_seed(0)).to(device)
+    batch = 1 if fmt == "block-glu" else 2
+    prompt = torch.randint(3, config.vocab_size, (batch, prompt_len),
+                           generator=torch.Generator().manual_seed(0)).to(device)
     out = ours.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24,
                         do_sample=False, pad_token_id=0)
     assert ours._hf_tp_static_decoder.use_graphs and ours._hf_tp_static_decoder.sessions  # the captured loop ran
+    if fmt == "block-glu":
+        assert sum(rewritten) >= config.num_hidden_layers, rewritten  # every layer's MLP, in the compiled step
     new = out[:, prompt.shape[1]:]
     if fp8_activations:
         # FP8 activations trade accuracy for speed (each GEMM about 2.6 % off on random data; gpu_check's phi3

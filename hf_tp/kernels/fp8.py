@@ -181,6 +181,57 @@ def fp8_linear_norm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight:
                                bias, bool(keep_x))
 
 
+def fp8_linear_glu_out_reference(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int,
+                                 k_offset: int, bias: torch.Tensor | None, f16: bool = False
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``fp8_linear_glu_out`` computes, unfused: silu(gate) * up of ``fp8_linear_reference``'s [gate | up]
+    (``glu_reference``: rounded as the unfused step rounds), and with ``f16`` its fp16 copy (else empty)."""
+    from .decode_gemm import glu_reference
+
+    act = glu_reference(fp8_linear_reference(x, weight, scale, group_k, k_offset, bias))
+    return act, act.to(torch.float16) if f16 else x.new_empty(0)
+
+
+@torch.library.custom_op("hf_tp::fp8_linear_glu_out", mutates_args=())
+def _fp8_linear_glu_out_op(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
+                           bias: torch.Tensor | None, x16: torch.Tensor | None, act_fp8: bool,
+                           f16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x2 = x.reshape(-1, x.shape[-1])
+    if not _use_kernel(x, weight, scale, group_k) or x2.shape[0] == 0 or x2.shape[0] > _DOT_MAX_M:
+        from .decode_gemm import glu_reference
+
+        act = glu_reference(_fp8_linear_impl(x, weight, scale, group_k, k_offset, bias, x16, act_fp8))
+        return act, act.to(torch.float16) if f16 else x.new_empty(0)
+    from hf_tp.kernels import fp8_triton
+
+    half = weight.shape[0] // 2
+    out16 = torch.empty((x2.shape[0], half), device=x.device, dtype=torch.float16) if f16 else None
+    act = fp8_triton.launch(x2.contiguous(), weight, scale.float().contiguous(), group_k, k_offset,
+                            None if bias is None else bias.contiguous(),
+                            x16=None if x16 is None else x16.reshape(x2.shape).contiguous(), glu_out=True,
+                            out16=out16)
+    return (act.view(*x.shape[:-1], half),
+            out16.view(*x.shape[:-1], half) if out16 is not None else x.new_empty(0))
+
+
+@_fp8_linear_glu_out_op.register_fake
+def _(x, weight, scale, group_k, k_offset, bias, x16, act_fp8, f16):
+    half = weight.shape[0] // 2
+    return (x.new_empty(*x.shape[:-1], half),
+            x.new_empty(*x.shape[:-1], half, dtype=torch.float16) if f16 else x.new_empty(0))
+
+
+def fp8_linear_glu_out(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
+                       bias: torch.Tensor | None = None, x16: torch.Tensor | None = None, act_fp8: bool = False,
+                       f16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """silu(gate) * up of the FP8 [gate | up] GEMM, made in its epilogue (TPConfig.gemm_epilogues; the step's
+    compiled graph is rewritten to it by hf_tp.kernels.prologue_pass): the arguments are ``fp8_linear``'s (``x16``
+    its fp16 x, where its config multiplies in fp16), ``f16`` asks for the activation's fp16 copy too, the x of an
+    FP8 down projection's fp16 form. Returns (the activation, its fp16 copy or an empty tensor). Where the kernel
+    does not run (CPU, more than ``fp8_triton.DOT_MAX_M`` rows) it is ``fp8_linear`` followed by the activation."""
+    return _fp8_linear_glu_out_op(x, weight, scale, int(group_k), int(k_offset), bias, x16, bool(act_fp8), bool(f16))
+
+
 @torch.compiler.assume_constant_result
 def _fp16_copy_wanted(device_index: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> tuple[bool, bool]:
     """Whether a call of one row, and one of 2..DOT_MAX_M rows, runs the fp16 form on this weight. Decided once

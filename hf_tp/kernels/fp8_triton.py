@@ -466,28 +466,32 @@ def takes_fp16(M: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> b
 
 def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
            bias: torch.Tensor | None, config: dict | None = None, path: str | None = None,
-           x16: torch.Tensor | None = None, norm: dict | None = None, act_fp8: bool = False) -> torch.Tensor:
+           x16: torch.Tensor | None = None, norm: dict | None = None, act_fp8: bool = False,
+           glu_out: bool = False, out16: torch.Tensor | None = None) -> torch.Tensor:
     """x2 (M, K) contiguous; returns (M, N) in x2's dtype. ``path`` ("gemv", "skinny" for the tl.dot kernel,
     "prefill", "prefill_fp8", "two_term" for x as two FP8 terms, "two_term_mm" for the same by cuBLAS, "dequant")
     and ``config`` override the measured choice (tests and the benchmark's sweep use them). ``act_fp8``: above
     DOT_MAX_M rows, x quantized to FP8 (TPConfig.fp8_activations).
     ``x16``: x2 in fp16 (contiguous), for the calls ``takes_fp16`` names. ``norm``: gemv_triton.launch's norm
     arguments (norm_weight, eps, residual, h_out, x_out): the GEMM of the RMSNorm of x2 (+ residual), decode
-    sizes only."""
+    sizes only. ``glu_out`` (with ``out16``): the weight is [gate | up] and the result silu(gate) * up (M, N / 2),
+    made in the GEMM's epilogue (gemv_triton.launch's arguments), decode sizes only."""
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
-    if path is None and M <= DOT_MAX_M and G == 1 and M <= DECODE_TWO_TERM_MAX_M and not norm:
+    epilogue = bool(norm) or glu_out
+    if path is None and M <= DOT_MAX_M and G == 1 and M <= DECODE_TWO_TERM_MAX_M and not epilogue:
         path = "two_term"
     if path is None and M > DOT_MAX_M:
-        if act_fp8 and not norm and (G == 1 or M <= PREFILL_FP8_BLOCK_MAX_M) and fp8_step(G, K, group_k, k_offset):
+        if act_fp8 and not epilogue and (G == 1 or M <= PREFILL_FP8_BLOCK_MAX_M) and fp8_step(G, K, group_k,
+                                                                                             k_offset):
             path = "prefill_fp8"
-        elif G == 1 and M <= PREFILL_TWO_TERM_MAX_M and not norm:
+        elif G == 1 and M <= PREFILL_TWO_TERM_MAX_M and not epilogue:
             path = "two_term"
         else:
-            path = "prefill" if M <= PREFILL_MAX_M and not norm else "dequant"
-    if norm and path in ("prefill", "dequant", "prefill_fp8", "two_term"):
-        raise ValueError(f"fp8_triton: the norm form runs on the decode kernels only (at most {DOT_MAX_M} rows, "
-                         f"paths gemv and skinny), not on path {path!r} ({M} rows)")
+            path = "prefill" if M <= PREFILL_MAX_M and not epilogue else "dequant"
+    if epilogue and path in ("prefill", "dequant", "prefill_fp8", "two_term"):
+        raise ValueError(f"fp8_triton: the norm and glu_out forms run on the decode kernels only (at most "
+                         f"{DOT_MAX_M} rows, paths gemv and skinny), not on path {path!r} ({M} rows)")
     if path == "two_term" and TWO_TERM_SCALED_MM and M > DOT_MAX_M and config is None and _on_hopper(x2.device):
         path = "two_term_mm"
     if path == "two_term_mm":
@@ -505,4 +509,5 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
                             scale.stride(0), wd.stride(0), BLOCK_N=32, BLOCK_K=block_k, num_warps=4)
         return torch.nn.functional.linear(x2, wd, bias)
     return gemv_triton.launch(x2, weight, scale, group_k, k_offset, bias, config=config,
-                              path={None: None, "gemv": "gemv", "skinny": "dot"}[path], x16=x16, **(norm or {}))
+                              path={None: None, "gemv": "gemv", "skinny": "dot"}[path], x16=x16, glu_out=glu_out,
+                              out16=out16, **(norm or {}))

@@ -109,20 +109,27 @@ def _glu_rows(pid_n, N, BLOCK_N: tl.constexpr, GLU_OUT: tl.constexpr):
 
 
 @triton.jit
-def _glu_store(o_ptr, acc, pid_n, N, rm, m_ok, stride_om, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _glu_store(o_ptr, acc, pid_n, N, rm, m_ok, stride_om, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               o16_ptr=None, F16: tl.constexpr = False):
     """``GLU_OUT``'s epilogue: the tile's sums, in ``_glu_rows``' order, rounded to the output dtype as the
     unfused GEMM rounds [gate | up]; then silu(gate) * up as the unfused step computes it (``_silu_mul``), stored
     at the I = N / 2 output columns. ``acc`` is (BLOCK_N,) with BLOCK_M 0 (the GEMV: ``rm`` unused) or
-    (BLOCK_M, BLOCK_N) (tl.dot, rows ``rm``)."""
+    (BLOCK_M, BLOCK_N) (tl.dot, rows ``rm``). With ``F16`` the activation is also stored in fp16 at ``o16_ptr``
+    (same layout): the fp16 copy of x that an FP8 down projection's fp16 form reads (``GLU_OUT_F16``), rounded
+    from the stored value as the unfused step's copy is."""
     v = acc.to(o_ptr.dtype.element_ty)
     cols = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
     if BLOCK_M == 0:
         gate, up = tl.split(tl.reshape(v, (BLOCK_N // 2, 2)))
-        tl.store(o_ptr + cols, _silu_mul(gate, up), mask=cols < N // 2)
+        offs, ok = cols, cols < N // 2
     else:
         gate, up = tl.split(tl.reshape(v, (BLOCK_M, BLOCK_N // 2, 2)))
-        tl.store(o_ptr + rm[:, None].to(tl.int64) * stride_om + cols[None, :], _silu_mul(gate, up),
-                 mask=m_ok[:, None] & (cols < N // 2)[None, :])
+        offs = rm[:, None].to(tl.int64) * stride_om + cols[None, :]
+        ok = m_ok[:, None] & (cols < N // 2)[None, :]
+    act = _silu_mul(gate, up)
+    tl.store(o_ptr + offs, act, mask=ok)
+    if F16:
+        tl.store(o16_ptr + offs, act.to(tl.float16), mask=ok)
 
 
 @triton.jit
@@ -271,9 +278,11 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr,
                  EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, NV: tl.constexpr, VEC: tl.constexpr,
                  STAGES: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0, LINE: tl.constexpr = 64,
                  GLU: tl.constexpr = False, GLU_OUT: tl.constexpr = False, NORM: tl.constexpr = 0,
-                 NORM_BLOCK: tl.constexpr = 16, KEEP_X: tl.constexpr = False, RSTD_LAST: tl.constexpr = False):
+                 NORM_BLOCK: tl.constexpr = 16, KEEP_X: tl.constexpr = False, RSTD_LAST: tl.constexpr = False,
+                 GLU_OUT_F16: tl.constexpr = False):
     BLOCK_K: tl.constexpr = NV * VEC
     tl.static_assert(not (GLU_OUT and SPLIT), "GLU_OUT needs the whole sum in one program")
+    tl.static_assert(GLU_OUT or not GLU_OUT_F16, "GLU_OUT_F16 is GLU_OUT's fp16 copy")
     tl.static_assert(not (NORM and GLU), "NORM takes a plain x")
     tl.static_assert(not (RSTD_LAST and SPLIT), "RSTD_LAST needs the whole of K in one program")
     tl.static_assert(not (RSTD_LAST and KEEP_X), "RSTD_LAST writes no normalized x")
@@ -348,7 +357,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr,
         if HAS_BIAS:
             out += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
         if GLU_OUT:
-            _glu_store(o_ptr, out, pid_n, N, pid_n, n_ok, 0, 0, BLOCK_N)
+            _glu_store(o_ptr, out, pid_n, N, pid_n, n_ok, 0, 0, BLOCK_N, f_ptr, GLU_OUT_F16)
         else:
             tl.store(o_ptr + rn, out.to(o_ptr.dtype.element_ty), mask=n_ok)
 
@@ -439,8 +448,10 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r
                      BLOCK_K: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
                      LINE: tl.constexpr = 64, GLU: tl.constexpr = False, GLU_OUT: tl.constexpr = False,
                      NORM: tl.constexpr = 0, NORM_ROWS: tl.constexpr = 1, NORM_BLOCK: tl.constexpr = 16,
-                     KEEP_X: tl.constexpr = False, RSTD_LAST: tl.constexpr = False):
+                     KEEP_X: tl.constexpr = False, RSTD_LAST: tl.constexpr = False,
+                     GLU_OUT_F16: tl.constexpr = False):
     tl.static_assert(not (GLU_OUT and SPLIT), "GLU_OUT needs the whole sum in one program")
+    tl.static_assert(GLU_OUT or not GLU_OUT_F16, "GLU_OUT_F16 is GLU_OUT's fp16 copy")
     tl.static_assert(not (NORM and GLU), "NORM takes a plain x")
     tl.static_assert(not (RSTD_LAST and SPLIT), "RSTD_LAST needs the whole of K in one program")
     tl.static_assert(not (RSTD_LAST and KEEP_X), "RSTD_LAST writes no normalized x")
@@ -500,7 +511,7 @@ def _gemv_dot_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r
         if HAS_BIAS:
             acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if GLU_OUT:
-            _glu_store(o_ptr, acc, pid_n, N, rm, m_ok, stride_om, BLOCK_M, BLOCK_N)
+            _glu_store(o_ptr, acc, pid_n, N, rm, m_ok, stride_om, BLOCK_M, BLOCK_N, f_ptr, GLU_OUT_F16)
         else:
             tl.store(o_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :], acc.to(o_ptr.dtype.element_ty),
                      mask=mn_ok)
@@ -681,15 +692,17 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
            config: dict | None = None, path: str | None = None, x16: torch.Tensor | None = None,
            glu: bool = False, glu_out: bool = False, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
            residual: torch.Tensor | None = None, h_out: torch.Tensor | None = None,
-           x_out: torch.Tensor | None = None) -> torch.Tensor:
+           x_out: torch.Tensor | None = None, out16: torch.Tensor | None = None) -> torch.Tensor:
     """x2 (M, K) contiguous; weight (N, K) with unit stride along K; scale None (dense) or (N, G) float32
     contiguous, the canonical FP8 scales with ``group_k``/``k_offset``. Returns (M, N) in ``out_dtype``
     (default x2's dtype). ``path`` ("gemv" for M == 1, "dot") and ``config`` override the choice (tests and
     the benchmark's sweep). ``x16``: x2 in fp16, for a config with "X16" (made here when not given).
     ``glu``: x2 is (M, 2K) [gate | up] and the product is silu(gate) * up times W^T (dense weights only), the
-    activation made in the GEMM's loads (``_load_x``). ``glu_out``: the weight is [gate | up] (2I, K) (dense) and
-    the result is silu(gate) * up of the product, (M, I), made in the GEMM's epilogue (``_glu_store``), with the
-    config of the (2I, K) GEMM but no split of K (the activation needs each whole sum).
+    activation made in the GEMM's loads (``_load_x``). ``glu_out``: the weight is [gate | up] (2I, K) (dense, or FP8
+    with the scales of its rows) and the result is silu(gate) * up of the product, (M, I), made in the GEMM's
+    epilogue (``_glu_store``), with the config of the (2I, K) GEMM but no split of K (the activation needs each
+    whole sum); ``out16`` (M, I) fp16 contiguous: the activation is also written there in fp16 (the fp16 x of an
+    FP8 down projection's "X16" form; the kernel's ``f_ptr``, which only a split of K uses otherwise).
     ``norm_weight`` (K,): the GEMM's x is RMSNorm(h) * norm_weight with ``eps`` (``norm_reference``), where h is
     x2, or x2 + ``residual`` rounded to x2's dtype; each program computes its rows' statistic over the whole row
     itself, and with ``residual`` one program per row block writes h into ``h_out`` (M, K); ``x_out`` (M, K):
@@ -728,10 +741,13 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
                              f"weight {tuple(weight.shape)}, scale {'given' if scale is not None else None}")
         K //= 2
     N = weight.shape[0]
-    if glu_out and (glu or scale is not None or N % 2):
-        raise ValueError(f"gemv_triton: glu_out takes a dense [gate | up] weight of an even number of rows and no "
-                         f"glu, got weight {tuple(weight.shape)}, scale {'given' if scale is not None else None}, "
-                         f"glu={glu}")
+    if glu_out and (glu or N % 2):
+        raise ValueError(f"gemv_triton: glu_out takes a [gate | up] weight of an even number of rows and no glu, "
+                         f"got weight {tuple(weight.shape)}, glu={glu}")
+    if out16 is not None and (not glu_out or out16.shape != (M, N // 2) or out16.dtype != torch.float16
+                              or not out16.is_contiguous()):
+        raise ValueError(f"gemv_triton: out16 is glu_out's fp16 copy, ({M}, {N // 2}) float16 contiguous; got "
+                         f"{tuple(out16.shape)} {out16.dtype}, glu_out={glu_out}")
     out_dtype = out_dtype or x2.dtype
     path, cfg = choose(M, N, K, weight.element_size(), sm_count(x2.device), path)
     cfg = dict(cfg, **(config or {}))
@@ -775,6 +791,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         counters = _counters(x2.device, cdiv(N, cfg["BLOCK_N"]) * cdiv(M, block_m))
     fold = counters is not None
     c = counters if fold else x2  # never read without FOLD
+    f = out16 if out16 is not None else out  # the folded sum's output, or glu_out's fp16 copy (no split there)
     # the norm form's inputs (x2 itself where there is none: never read)
     r, nw, h = (residual if norm == 2 else x2), (norm_weight if norm else x2), (h_out if norm == 2 else x2)
     xn = x_out if x_out is not None else x2
@@ -795,13 +812,13 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         gemm_pdl = pdl
     if path == "gemv":
         grid = (cdiv(N, cfg["BLOCK_N"]), splits)
-        _gemv_kernel[grid](x2, weight, s, b, dest, out, c, r, nw, h, xn, eps, N, K, G, group_k, k_offset, k_split,
+        _gemv_kernel[grid](x2, weight, s, b, dest, f, c, r, nw, h, xn, eps, N, K, G, group_k, k_offset, k_split,
                            weight.stride(0), s.stride(0), M * N, SCALE=mode, GROUP_SHIFT=group_shift,
                            SPLIT=splits > 1, FOLD=fold, HAS_BIAS=bias is not None,
                            EVEN_N=N % cfg["BLOCK_N"] == 0, EVEN_K=even_k, BLOCK_N=cfg["BLOCK_N"],
                            NV=block_k // vec, VEC=vec, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"],
-                           num_stages=max(1, cfg["num_stages"]), GLU=glu, GLU_OUT=glu_out, **norm_args,
-                           **gemm_pdl)
+                           num_stages=max(1, cfg["num_stages"]), GLU=glu, GLU_OUT=glu_out,
+                           GLU_OUT_F16=out16 is not None, **norm_args, **gemm_pdl)
     else:
         # "X16": FP8 weights with bf16 activations multiplied in fp16 (see _gemv_dot_kernel): FP8 widens to
         # fp16 in one instruction per pair, to bf16 only through fp32 at the GPU's slow conversion rate, and the
@@ -824,12 +841,12 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
             # weights spilled (255 registers built for sm_90), at 3 it did not
             if weight.element_size() == 1 or not rstd_last:
                 stages = min(stages, 3)
-        _gemv_dot_kernel[grid](x2, xh, weight, s, b, dest, out, c, r, nw, h, xn, eps, M, N, K, G, group_k, k_offset,
+        _gemv_dot_kernel[grid](x2, xh, weight, s, b, dest, f, c, r, nw, h, xn, eps, M, N, K, G, group_k, k_offset,
                           k_split, x2.stride(0), weight.stride(0), s.stride(0), M * N, out.stride(0),
                           SCALE=mode, SPLIT=splits > 1, FOLD=fold, HAS_BIAS=bias is not None, EVEN_K=even_k,
                           MMA=mma, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=block_k,
                           num_warps=cfg["num_warps"], num_stages=stages, GLU=glu, GLU_OUT=glu_out,
-                          **norm_args, **gemm_pdl)
+                          GLU_OUT_F16=out16 is not None, **norm_args, **gemm_pdl)
     if splits > 1 and not fold:
         block = 1024
         _gemv_split_reduce[(cdiv(M * N, block),)](dest, s, b, out, M * N, N, splits, s.stride(0),

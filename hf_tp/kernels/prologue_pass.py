@@ -353,12 +353,48 @@ def _splits_k(x, weight) -> bool:
     return int(cfg.get("SPLIT", 1)) > 1
 
 
+# FP8 gate/up GEMMs (``hf_tp::fp8_linear``) take the epilogue form too (``fuse_glu_into_gate_up``), with the fp16
+# copy of the activation that an FP8 down projection's fp16 form reads written beside it: one Inductor kernel less
+# per layer (silu * mul and the copy). Off until measured on a GPU (benchmarks flip it).
+FP8_GLU_EPILOGUE = False
+
+
+def _fp8_glu_out_applies(x, weight, scale) -> bool:
+    """Whether the FP8 GEMM of ``x`` by ``weight`` (fake values) runs a decode kernel whose config keeps K whole
+    (the epilogue needs each whole sum): at most DOT_MAX_M rows, not as two FP8 terms (per-channel scales up to
+    fp8_triton.DECODE_TWO_TERM_MAX_M rows), no split of K."""
+    from . import fp8
+
+    shape = x.shape
+    if not all(isinstance(d, int) for d in (*shape, *weight.shape, *scale.shape)):
+        return False
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    if not 1 <= rows <= fp8._DOT_MAX_M:
+        return False
+    if scale.shape[1] == 1:
+        try:
+            from . import fp8_triton
+        except ImportError:  # no Triton: the op falls back to the unfused computation anyway
+            return not _splits_k(x, weight)
+        if rows <= fp8_triton.DECODE_TWO_TERM_MAX_M:
+            return False
+    return not _splits_k(x, weight)
+
+
 def fuse_glu_into_gate_up(graph: torch.fx.Graph) -> int:
     """Rewrite every ``silu(gate) * up`` whose [gate | up] is a ``decode_linear`` that nothing else uses into
     ``hf_tp::decode_linear_glu_out`` (TPConfig.gemm_epilogues: the activation made in the gate/up GEMM's
     epilogue, hf_tp/kernels/gemv_triton.py ``_glu_store``), where that GEMM's config does not split K; returns
     how many. Each program computes both halves of its outputs, so nothing is read twice (unlike the prologue
-    form above, where every program of the down projection re-reads [gate | up])."""
+    form above, where every program of the down projection re-reads [gate | up]).
+    With FP8_GLU_EPILOGUE, an ``fp8_linear`` [gate | up] the same way (``hf_tp::fp8_linear_glu_out``); where the
+    activation's users include its fp16 copy (``convert_element_type(h, float16)``, the x16 of an FP8 down
+    projection), the op writes that copy too and the copy's users read it from there."""
+    from . import fp8  # noqa: F401 - registers hf_tp::fp8_linear_glu_out
+
+    ops = torch.ops.hf_tp
     fused = 0
     for node in list(graph.nodes):
         if not _is(node, aten.mul.Tensor, (2,)):
@@ -371,7 +407,8 @@ def fuse_glu_into_gate_up(graph: torch.fx.Graph) -> int:
         else:
             continue
         source, cut = halves
-        if not _is(source, torch.ops.hf_tp.decode_linear.default, (4,)):
+        dense = _is(source, ops.decode_linear.default, (4,))
+        if not dense and not (FP8_GLU_EPILOGUE and _is(source, ops.fp8_linear.default, (6, 7, 8))):
             continue
         if source.meta["val"].dtype != node.meta["val"].dtype:
             continue
@@ -379,12 +416,30 @@ def fuse_glu_into_gate_up(graph: torch.fx.Graph) -> int:
         if not _only_used_within([source, *silu[1], *cut], pattern):
             continue
         x, weight = source.args[0], source.args[1]
-        if _splits_k(x.meta["val"], weight.meta["val"]):
+        if dense and _splits_k(x.meta["val"], weight.meta["val"]):
             continue
+        if not dense and not _fp8_glu_out_applies(x.meta["val"], weight.meta["val"], source.args[2].meta["val"]):
+            continue
+        copies = [u for u in node.users if _is(u, prims.convert_element_type.default, (2,))
+                  and u.args[1] == torch.float16] if not dense else []
         with graph.inserting_before(node):
-            replacement = graph.call_function(torch.ops.hf_tp.decode_linear_glu_out.default, tuple(source.args))
-        replacement.meta["val"] = node.meta["val"]  # only the output's fake value (as in the prologue form)
-        _keep_provenance(node, replacement)
+            if dense:
+                replacement = graph.call_function(ops.decode_linear_glu_out.default, tuple(source.args))
+                replacement.meta["val"] = node.meta["val"]  # only the output's fake value (as in the prologue form)
+                call = replacement
+            else:  # (x, weight, scale, group_k, k_offset, bias[, x16[, act_fp8]]) + the fp16 copy's flag
+                args = tuple(source.args) + (None, False)[len(source.args) - 6:] + (bool(copies),)
+                call = graph.call_function(ops.fp8_linear_glu_out.default, args)
+                call.meta["val"] = _fake_call(ops.fp8_linear_glu_out.default, args)
+                replacement = graph.call_function(operator.getitem, (call, 0))
+                replacement.meta["val"] = call.meta["val"][0]
+                if copies:
+                    copy = graph.call_function(operator.getitem, (call, 1))
+                    copy.meta["val"] = call.meta["val"][1]
+        _keep_provenance(node, call)
+        for old_copy in copies:
+            old_copy.replace_all_uses_with(copy)
+            graph.erase_node(old_copy)
         node.replace_all_uses_with(replacement)
         graph.erase_node(node)
         for dead in [*silu[1], *cut, source]:  # users before what they use
@@ -412,10 +467,11 @@ class GemmFusions(CustomGraphPass):
     def uuid(self):
         if get_hash_for_files is None:
             return None
-        # the ops' schemas are in decode_gemm.py: a cached graph must not call an older argument list
-        from . import decode_gemm
+        # the ops' schemas are in decode_gemm.py and fp8.py: a cached graph must not call an older argument list
+        from . import decode_gemm, fp8
 
-        return (get_hash_for_files((__file__, decode_gemm.__file__)), self.prologues, self.epilogues, self.norms)
+        return (get_hash_for_files((__file__, decode_gemm.__file__, fp8.__file__)), self.prologues, self.epilogues,
+                self.norms, FP8_GLU_EPILOGUE)
 
 
 def inductor_options(prologues: bool, epilogues: bool = False, norms: bool = False) -> dict:
