@@ -113,6 +113,8 @@ def _hopper_build(kernel, pointers: dict, constexprs: dict, num_warps: int, num_
     from triton.compiler import ASTSource
 
     names = list(kernel.arg_names)
+    # constexprs a launch leaves at their defaults are constants there too, not run-time ints
+    constexprs = {**{p.name: p.default for p in kernel.params if p.is_constexpr and p.has_default}, **constexprs}
     signature = {n: "constexpr" if n in constexprs else pointers[n] if n.endswith("_ptr") else "fp32" if n == "eps"
                  else "i32" for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr") or n in _DIV16}
@@ -196,6 +198,13 @@ def test_kernels_compile_for_hopper():
         ("dot bf16 glu epilogue", gt._gemv_dot_kernel, dense,
          dict(SCALE=0, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=0, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128,
               GLU_OUT=True), 4, 3),
+        # FP8 gate/up with the epilogue and its fp16 copy (prologue_pass.FP8_GLU_EPILOGUE): tp 1's GEMV, the rank of
+        # tp 2's fp16 form (their measured configs)
+        ("gemv fp8 channel glu epilogue, fp16 copy", gt._gemv_kernel, dict(fp8, f_ptr="*fp16"),
+         dict(gemv_base, SCALE=1, BLOCK_N=4, NV=64, VEC=16, STAGES=1, GLU_OUT=True, GLU_OUT_F16=True), 8, 1),
+        ("dot fp8 channel in fp16 glu epilogue, fp16 copy", gt._gemv_dot_kernel, dict(fp8, f_ptr="*fp16"),
+         dict(SCALE=1, SPLIT=False, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=1, BLOCK_M=16, BLOCK_N=64,
+              BLOCK_K=128, GLU_OUT=True, GLU_OUT_F16=True), 4, 5),
         # the residual add + RMSNorm made in the loads (TPConfig.gemm_norms): the q/k/v GEMV of a rank of tp 8, the
         # gate/up GEMV with its epilogue, tl.dot at one row and at a 16-row tile; an MoE router's GEMV writing the
         # normalized x for the experts (KEEP_X)
