@@ -143,13 +143,17 @@ from hf_tp.kernels import prologue_pass
 from hf_tp.parallel.comm import TPGroup
 
 MODE = sys.argv[2]  # "prologues" or "epilogues"
+FP8 = len(sys.argv) > 3  # an FP8 checkpoint kept FP8 (its reference form on CPU), with FP8_GLU_EPILOGUE
 REWRITE = "fuse_glu_into_decode_linear" if MODE == "prologues" else "fuse_glu_into_gate_up"
 counts = []
 real = getattr(prologue_pass, REWRITE)
 setattr(prologue_pass, REWRITE, lambda graph: counts.append(real(graph)) or counts[-1])
-model = load_parallel_model(sys.argv[1], TPGroup(0, 1, torch.device("cpu")), dtype=torch.float32, progress=False,
-                            tp_config=TPConfig(decode_gemm="triton", fuse=True))  # fused gate/up, as on CUDA
-ids = torch.tensor([[5, 9, 2]])
+prologue_pass.FP8_GLU_EPILOGUE = FP8
+config = TPConfig(fp8_weights="keep", fuse=True) if FP8 else TPConfig(decode_gemm="triton", fuse=True)
+model = load_parallel_model(sys.argv[1], TPGroup(0, 1, torch.device("cpu")), progress=False, tp_config=config,
+                            dtype=torch.bfloat16 if FP8 else torch.float32)  # fused gate/up, as on CUDA
+assert not FP8 or model.model.layers[0].mlp.gate_proj.weight.dtype == torch.float8_e4m3fn
+ids = torch.tensor([[5, 9, 2]]) if not FP8 else torch.tensor([[5]])  # FP8: one row (the GEMV keeps K whole)
 model._hf_tp_in_generate = True  # as the decode loop's compiled step runs: inside generate, inputs checked once
 def last_logits(ids):
     return model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[:, -1]
@@ -339,6 +343,19 @@ def test_every_mlp_of_a_tiny_llama_is_rewritten_with_the_same_logits(tmp_path, m
     assert out["rewrites"] == out["layers"] == 2, out
     assert out["max_diff"] <= 1e-4 * max(1.0, out["scale"]), out
     assert out["same_token"], out
+
+
+def test_every_mlp_of_a_tiny_fp8_llama_is_rewritten(tmp_path):
+    """prologue_pass.FP8_GLU_EPILOGUE on hf_tp's own model graph: every layer's FP8 [gate | up] GEMM (fused, kept
+    FP8) takes silu(gate) * up in its epilogue; compiled and eager logits agree to bf16 noise (the op's CPU form
+    is the reference; Inductor keeps the step's other intermediates in fp32)."""
+    pytest.importorskip("triton")
+    from fp8_checkpoints import write_channel_fp8
+
+    src = save_tiny_model(tmp_path / "llama", tiny_config("llama"), max_shard_size=None)
+    out = _run(_MODEL_SCRIPT, str(write_channel_fp8(src, tmp_path / "fp8")), "epilogues", "fp8")
+    assert out["rewrites"] == out["layers"] == 2, out
+    assert out["max_diff"] <= 0.05 * max(1.0, out["scale"]), out
 
 
 @pytest.mark.parametrize("tp", [1, 2, 4, 8])
