@@ -170,6 +170,16 @@ row() {  # row NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : one run_system row in
   step "$name" "$need" python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/llama3-8b-$w" \
     --out "$OUT/e2e_$name.jsonl" "$@"
 }
+ab() {  # ab VAR NAME SECONDS_NEEDED WEIGHTS EXTRA_ARGS... : rows with VAR=0 and VAR=1, interleaved twice
+  local var=$1 name=$2; shift 2
+  for pass in "" b; do
+    for v in 0 1; do ( export "$var=$v"; row "${name}$v$pass" "$@" ); done
+  done
+}
+write_8b_ckpts() {  # the Llama-3-8B shape in bf16 and FP8 per channel, from the same draw, in the background
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+}
 if [ "$CALL" = 8 ]; then
   # Issue 20's sampling selection, built in the ninth session after its first call (the second call was lost with
   # the device): decode_loop.COMPILE_SAMPLING (the selection compiled into the step; SAMPLE=1 on, SAMPLE=0 eager)
@@ -257,28 +267,20 @@ elif [ "$CALL" = 12 ]; then
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
 elif [ "$CALL" = 36 ]; then  # the FP8 gate/up GEMM's GLU epilogue (prologue_pass.FP8_GLU_EPILOGUE), off by default
-  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
-  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  write_8b_ckpts
   step tests_glu 200 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py tests/test_prologue_pass.py -k "glu"
   wait
-  FP8_GLU=0 row r2_fp8c_glu0 50 fp8-channel --simulate-tp 2 --batches 1
-  FP8_GLU=1 row r2_fp8c_glu1 50 fp8-channel --simulate-tp 2 --batches 1
-  FP8_GLU=0 row r2_fp8c_glu0b 50 fp8-channel --simulate-tp 2 --batches 1
-  FP8_GLU=1 row r2_fp8c_glu1b 50 fp8-channel --simulate-tp 2 --batches 1
+  ab FP8_GLU r2_fp8c_glu 50 fp8-channel --simulate-tp 2 --batches 1
   row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
   FP8_GLU=0 row tp1_fp8c_glu0 60 fp8-channel --batches 1
   FP8_GLU=1 row tp1_fp8c_glu1 60 fp8-channel --batches 1
   FP8_GLU=1 row r2_fp8c_glu1_prof 50 fp8-channel --simulate-tp 2 --batches 1 --profile 64
   row tp1_bf16 60 bf16 --batches 1
 elif [ "$CALL" = 35 ]; then  # FP8 with PDL from the rank of tp 2 (the new default); the folded split sum again
-  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
-  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  write_8b_ckpts
   step tests_pdl 150 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py -k "pdl or folded_split_sum_on_gpu"
   wait
-  FOLD=0 row r2_fp8c_fold0 50 fp8-channel --simulate-tp 2 --batches 1
-  FOLD=1 row r2_fp8c_fold1 50 fp8-channel --simulate-tp 2 --batches 1
-  FOLD=0 row r2_fp8c_fold0b 50 fp8-channel --simulate-tp 2 --batches 1
-  FOLD=1 row r2_fp8c_fold1b 50 fp8-channel --simulate-tp 2 --batches 1
+  ab FOLD r2_fp8c_fold 50 fp8-channel --simulate-tp 2 --batches 1
   row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
   row tp1_fp8c 60 fp8-channel --batches 1
   HF_TP_PDL=1 row tp1_fp8c_pdl1 60 fp8-channel --batches 1
