@@ -196,6 +196,11 @@ def fp8_linear_glu_out_reference(x: torch.Tensor, weight: torch.Tensor, scale: t
 def _fp8_linear_glu_out_op(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
                            bias: torch.Tensor | None, x16: torch.Tensor | None, act_fp8: bool,
                            f16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """silu(gate) * up of the FP8 [gate | up] GEMM, made in its epilogue (prologue_pass.FP8_GLU_EPILOGUE rewrites
+    the decode step's compiled graph to this op): the arguments are ``fp8_linear``'s (``x16`` its fp16 x, where
+    its config multiplies in fp16), ``f16`` asks for the activation's fp16 copy too, the x of an FP8 down
+    projection's fp16 form. Returns (the activation, its fp16 copy or an empty tensor). Where the kernel does not
+    run (CPU, more than DOT_MAX_M rows) it is ``fp8_linear`` followed by the activation."""
     x2 = x.reshape(-1, x.shape[-1])
     if not _use_kernel(x, weight, scale, group_k) or x2.shape[0] == 0 or x2.shape[0] > _DOT_MAX_M:
         from .decode_gemm import glu_reference
@@ -219,17 +224,6 @@ def _(x, weight, scale, group_k, k_offset, bias, x16, act_fp8, f16):
     half = weight.shape[0] // 2
     return (x.new_empty(*x.shape[:-1], half),
             x.new_empty(*x.shape[:-1], half, dtype=torch.float16) if f16 else x.new_empty(0))
-
-
-def fp8_linear_glu_out(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
-                       bias: torch.Tensor | None = None, x16: torch.Tensor | None = None, act_fp8: bool = False,
-                       f16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """silu(gate) * up of the FP8 [gate | up] GEMM, made in its epilogue (TPConfig.gemm_epilogues; the step's
-    compiled graph is rewritten to it by hf_tp.kernels.prologue_pass): the arguments are ``fp8_linear``'s (``x16``
-    its fp16 x, where its config multiplies in fp16), ``f16`` asks for the activation's fp16 copy too, the x of an
-    FP8 down projection's fp16 form. Returns (the activation, its fp16 copy or an empty tensor). Where the kernel
-    does not run (CPU, more than ``fp8_triton.DOT_MAX_M`` rows) it is ``fp8_linear`` followed by the activation."""
-    return _fp8_linear_glu_out_op(x, weight, scale, int(group_k), int(k_offset), bias, x16, bool(act_fp8), bool(f16))
 
 
 @torch.compiler.assume_constant_result

@@ -363,7 +363,7 @@ def _fp8_glu_out_applies(x, weight, scale) -> bool:
     """Whether the FP8 GEMM of ``x`` by ``weight`` (fake values) runs a decode kernel whose config keeps K whole
     (the epilogue needs each whole sum): at most DOT_MAX_M rows, not as two FP8 terms (per-channel scales up to
     fp8_triton.DECODE_TWO_TERM_MAX_M rows), no split of K."""
-    from . import fp8
+    from . import fp8_triton
 
     shape = x.shape
     if not all(isinstance(d, int) for d in (*shape, *weight.shape, *scale.shape)):
@@ -371,15 +371,8 @@ def _fp8_glu_out_applies(x, weight, scale) -> bool:
     rows = 1
     for d in shape[:-1]:
         rows *= d
-    if not 1 <= rows <= fp8._DOT_MAX_M:
+    if not 1 <= rows <= fp8_triton.DOT_MAX_M or (scale.shape[1] == 1 and rows <= fp8_triton.DECODE_TWO_TERM_MAX_M):
         return False
-    if scale.shape[1] == 1:
-        try:
-            from . import fp8_triton
-        except ImportError:  # no Triton: the op falls back to the unfused computation anyway
-            return not _splits_k(x, weight)
-        if rows <= fp8_triton.DECODE_TWO_TERM_MAX_M:
-            return False
     return not _splits_k(x, weight)
 
 
