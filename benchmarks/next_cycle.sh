@@ -102,6 +102,9 @@
 #      twenty-first session after its device time ran out): its GPU tests, then FP8 per channel with and without it
 #      (FP8_GLU=1/0), interleaved, at the rank of tp 2 (PDL on, the default) and at tp 1, bf16 rows for the ratios.
 #      Flip the default where the rows are faster and the tests pass.
+#   CALL=37 (after 36): issue 19's tp-1 bar (1.6x; 1.49-1.54x in the twenty-first session, its FP8 GEMVs at 2.36
+#      TB/s): the tl.dot kernel's fp16 form for tp 1's gate/up and down (X16_TP1=1, slower end to end on an H200 in
+#      the fourth session, never run on an H100) against the GEMV, interleaved, with PDL on and off.
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
 #      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
 #      with prefill_ms in every row.
@@ -119,7 +122,7 @@ T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
 # before the PDL wait; HF_TP_PDL=0/1 is TPConfig.pdl; "GLOBAL_PDL=1" sets both PDL switches for the whole process
 FLIP="import os, runpy, sys
 from hf_tp.kernels import gemv_triton as gt
-if os.environ.get('X16_TP1'):
+if os.environ.get('X16_TP1') == '1':
     for n, k, st, sp in ((28672, 4096, 3, 1), (4096, 14336, 3, 8)):
         gt.TABLE[('gemv', 1, n, k)] = dict(path='dot', BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=st, SPLIT=sp, X16=True)
 if os.environ.get('FOLD'):  # FOLD=1 / FOLD=0: the split-K sum in the GEMM or by the reduce kernel
@@ -266,6 +269,12 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 37 ]; then  # FP8 at tp 1: the fp16 tl.dot form against the GEMV (H100), PDL off and on
+  write_8b_ckpts
+  wait
+  ab X16_TP1 tp1_fp8c_x16_ 60 fp8-channel --batches 1
+  X16_TP1=1 ab HF_TP_PDL tp1_fp8c_x16_pdl 60 fp8-channel --batches 1  # the fp16 form, PDL off and on
+  row tp1_bf16 60 bf16 --batches 1
 elif [ "$CALL" = 36 ]; then  # the FP8 gate/up GEMM's GLU epilogue (prologue_pass.FP8_GLU_EPILOGUE), off by default
   write_8b_ckpts
   step tests_glu 200 $T tests/test_fp8_kernel.py tests/test_gpu_fp8.py tests/test_prologue_pass.py -k "glu"
