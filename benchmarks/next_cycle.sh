@@ -273,7 +273,8 @@ elif [ "$CALL" = 37 ]; then  # FP8 at tp 1: the fp16 tl.dot form against the GEM
   write_8b_ckpts
   wait
   ab X16_TP1 tp1_fp8c_x16_ 60 fp8-channel --batches 1
-  X16_TP1=1 ab HF_TP_PDL tp1_fp8c_x16_pdl 60 fp8-channel --batches 1  # the fp16 form, PDL off and on
+  X16_TP1=1 HF_TP_PDL=1 row tp1_fp8c_x16_pdl1 60 fp8-channel --batches 1  # the fp16 form with PDL
+  X16_TP1=1 row tp1_fp8c_x16_prof 60 fp8-channel --batches 1 --profile 64  # where its time goes (GEMV's: call 2)
   row tp1_bf16 60 bf16 --batches 1
 elif [ "$CALL" = 36 ]; then  # the FP8 gate/up GEMM's GLU epilogue (prologue_pass.FP8_GLU_EPILOGUE), off by default
   write_8b_ckpts
