@@ -269,6 +269,12 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 38 ]; then  # call 36's one failed GPU test again, with its trace; tp 1 FP8 profiled, GEMV and fp16 form
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  step tests_glu_prologue 150 $T --tb=long tests/test_prologue_pass.py -k "test_gpu_loop_with_gemm_fusions_matches_transformers"
+  wait
+  X16_TP1=1 row tp1_fp8c_x16_prof 60 fp8-channel --batches 1 --profile 64
+  row tp1_fp8c_prof 60 fp8-channel --batches 1 --profile 64
 elif [ "$CALL" = 37 ]; then  # FP8 at tp 1: the fp16 tl.dot form against the GEMV (H100), PDL off and on
   write_8b_ckpts
   wait
