@@ -120,7 +120,8 @@ class TPConfig:
         layer. Values as without it up to one bf16 unit in the last place of the activation (the GEMM's exp
         against Inductor's). Default: off, because it measured slower: one H200, Llama-3-8B shape, batch 1, rank
         of tp 2 382.9 -> 323.7 tok/s, tp 1 228.7 -> 194.9 (benchmarks/RESULTS.md, 2026-12-04, eighth session):
-        every program of the down projection re-reads [gate | up] and computes silu on it. True needs CUDA.
+        every program of the down projection re-reads [gate | up] and computes silu on it. True needs CUDA, and
+        turns gemm_epilogues' default off (the same activation, made in the other GEMM); both True is an error.
       gemm_epilogues: the decode loop's compiled step makes the MLP's silu(gate) * up in the epilogue of the fused
         gate/up GEMM (an Inductor pass, hf_tp/kernels/prologue_pass.py, with decode_gemm="triton", where that
         GEMM's config does not split K): one kernel less per layer, and each program computes both halves of its
@@ -301,7 +302,11 @@ class TPConfig:
         if config.gemm_prologues is None or device_type != "cuda":
             filled["gemm_prologues"] = False  # opt-in: measured slower (see the docstring)
         if config.gemm_epilogues is None or device_type != "cuda":
-            filled["gemm_epilogues"] = device_type == "cuda"
+            # the two are places for the same activation: asking for the prologue turns the default epilogue off
+            filled["gemm_epilogues"] = device_type == "cuda" and not config.gemm_prologues
+        elif config.gemm_epilogues and config.gemm_prologues:
+            raise ValueError("TPConfig(gemm_prologues=True, gemm_epilogues=True): both make the MLP's silu(gate) * up, "
+                             "in different GEMMs; choose one (gemm_epilogues is the default on CUDA).")
         if config.gemm_norms is None or device_type != "cuda":
             filled["gemm_norms"] = False  # opt-in until measured on a GPU (see the docstring)
         if config.persistent_norms is None or device_type != "cuda":

@@ -44,6 +44,12 @@ def test_defaults_resolve_per_device():
     assert (cpu.gemm_prologues, cuda1.gemm_prologues, cuda2.gemm_prologues) == (False, False, False)
     assert hf_tp.TPConfig().resolve("cuda", 2, environ={"HF_TP_GEMM_PROLOGUES": "1"}).gemm_prologues is True
     assert hf_tp.TPConfig(gemm_prologues=True).resolve("cpu", 1, environ={}).gemm_prologues is False
+    # The prologue and the epilogue make the same activation: asking for the prologue turns the epilogue's default
+    # off, and asking for both is an error.
+    prologue = hf_tp.TPConfig(gemm_prologues=True).resolve("cuda", 2, environ={})
+    assert (prologue.gemm_prologues, prologue.gemm_epilogues) == (True, False)
+    with pytest.raises(ValueError, match="choose one"):
+        hf_tp.TPConfig(gemm_prologues=True, gemm_epilogues=True).resolve("cuda", 2, environ={})
     # The epilogue form (silu * up in the gate/up GEMM) and persistent norms: on with CUDA, where there is a
     # compiled step.
     assert (cpu.gemm_epilogues, cuda1.gemm_epilogues, cuda2.gemm_epilogues) == (False, True, True)
