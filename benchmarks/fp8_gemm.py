@@ -17,6 +17,7 @@ cuBLAS (torch.mm(out_dtype=float32)) and the kernel alike; the LM head with fp32
              with them.
 --precompile compiles the sweep's kernels first in that many processes (Triton's on-disk cache), so the
              sweep itself only times.
+--kinds      the sweep's weight kinds (default bf16,fp8); --fp8-scales block (default) or channel.
 --prefill    also times M = 128 .. 4096 (tp-1 widths): bf16 vs FP8 dequantize + cuBLAS vs the tl.dot kernel,
              which sets fp8_triton.DOT_MAX_M.
 TB/s = weight bytes (FP8 + fp32 scales, or bf16) / GPU time.
@@ -46,6 +47,8 @@ MODELS = {
     "qwen3-moe-mini": dict(H=2048, I=0, Q=4096, KV=512, VOCAB=151936, D=128, E=64),
 }
 GEMMS: set | None = None  # main() sets it from --gemms: only these names
+KINDS = ("bf16", "fp8")  # main() sets it from --kinds: the sweep's weight kinds
+FP8_SCALES = "block"  # main() sets it from --fp8-scales: the sweep's FP8 scales ("block" 128 x 128, or "channel")
 MODEL = MODELS["llama3-8b"]  # main() sets it from --model
 ROTATE_BYTES = 160e6  # per measured matrix: 3x the H200's L2
 DEVICE = "cuda"
@@ -141,7 +144,7 @@ def kernel_fn(gt, x, w, s, kind: str, fp32_out: bool, config=None, path=None):
     # the fp16 form reads an fp16 copy of x that the decode step makes inside the kernel before it (fused by
     # Inductor): made once here, so the time is the GEMM's alone, as in the step
     x16 = x.to(torch.float16) if (config or {}).get("X16") or (config is None and _table_x16(gt, x, w)) else None
-    return lambda: gt.launch(x, w, s, 128, 0, None, config=config, path=path, x16=x16)
+    return lambda: gt.launch(x, w, s, w.shape[1] // s.shape[1], 0, None, config=config, path=path, x16=x16)
 
 
 def _table_x16(gt, x, w) -> bool:
@@ -150,7 +153,7 @@ def _table_x16(gt, x, w) -> bool:
 
 
 def reference(x, w, s, kind: str) -> torch.Tensor:
-    wf = w.float() if kind == "bf16" else w.float() * s.repeat_interleave(128, 1)
+    wf = w.float() if kind == "bf16" else w.float() * s.repeat_interleave(w.shape[1] // s.shape[1], 1)
     return F.linear(x.float(), wf)
 
 
@@ -186,20 +189,26 @@ def grid(bucket: str, kind: str, N: int, K: int, sms: int) -> list[dict]:
     return out
 
 
+def kinds_of(name: str) -> tuple:
+    """The weight kinds the sweep times for a GEMM: the LM head and the router stay bf16."""
+    return tuple(k for k in KINDS if k == "bf16" or name not in ("lm_head", "router"))
+
+
 def sweep_tasks(tps, ms, lm_head: bool, sms: int) -> list[tuple]:
     tasks = []
     for tp in tps:
         for name, N, K, fp32_out in shapes(tp, lm_head):
             for M in ms:
                 bucket = "gemv" if M == 1 else "dot"
-                for kind in ("bf16",) if name in ("lm_head", "router") else ("bf16", "fp8"):
+                for kind in kinds_of(name):
                     for cfg in grid(bucket, kind, N, K, sms):
                         tasks.append((cfg["path"], kind, N, K, M, fp32_out and kind == "bf16", cfg))
     return tasks
 
 
-def _compile_worker(tasks: list[tuple]) -> list[str]:
-    """Run each task's launch once (empty weights): Triton compiles the kernel into its on-disk cache."""
+def _compile_worker(tasks: list[tuple], fp8_scales: str = "block") -> list[str]:
+    """Run each task's launch once (empty weights, FP8 scales of ``fp8_scales``' form): Triton compiles the
+    kernel into its on-disk cache."""
     from hf_tp.kernels import gemv_triton as gt
 
     errors, weights = [], {}
@@ -210,7 +219,7 @@ def _compile_worker(tasks: list[tuple]) -> list[str]:
                 weights.clear()
                 dtype = torch.bfloat16 if kind == "bf16" else torch.float8_e4m3fn
                 weights[key] = (torch.empty(N, K, device=DEVICE, dtype=dtype),
-                                torch.ones(N, K // 128, device=DEVICE))
+                                torch.ones(N, K // 128 if fp8_scales == "block" else 1, device=DEVICE))
             w, s = weights[key]
             kernel_fn(gt, torch.zeros(M, K, device=DEVICE, dtype=torch.bfloat16), w, s, kind, fp32_out, cfg, path)()
         except Exception as exc:  # noqa: BLE001 - a config that does not compile is skipped by the sweep too
@@ -232,7 +241,8 @@ def precompile(tasks: list[tuple], workers: int, log) -> None:
     for i, group in enumerate(sorted(groups.values(), key=len, reverse=True)):
         min(chunks, key=len).extend(group)
     with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        errors = sum(pool.map(_compile_worker, [c for c in chunks if c]), [])
+        chunks = [c for c in chunks if c]
+        errors = sum(pool.map(_compile_worker, chunks, [FP8_SCALES] * len(chunks)), [])
     log(f"precompiled {len(groups)} kernels for {len(tasks)} tasks in {workers} processes; {len(errors)} failed")
     for e in errors[:10]:
         log("  " + e)
@@ -246,9 +256,9 @@ def sweep(weights: dict, ms, sms: int, log, result: dict, save) -> dict:
         for M in ms:
             bucket = "gemv" if M == 1 else "dot"
             x = xs(M, K)
-            for kind in ("bf16",) if name in ("lm_head", "router") else ("bf16", "fp8"):
+            for kind in kinds_of(name):
                 ws = W.bf16 if kind == "bf16" else W.fp8
-                ss = [None] * len(ws) if kind == "bf16" else W.block
+                ss = [None] * len(ws) if kind == "bf16" else getattr(W, FP8_SCALES)
                 ref = reference(x, ws[0], ss[0], kind)
                 out32 = fp32_out and kind == "bf16"
                 tol = 1e-5 if out32 else 5e-3
@@ -271,7 +281,7 @@ def sweep(weights: dict, ms, sms: int, log, result: dict, save) -> dict:
                 row = dict(tp=tp, gemm=name, N=N, K=K, M=M, kind=kind, failed=len(bad),
                            failed_examples=[str(b)[:160] for b in bad[:3]])
                 if best is not None:
-                    nbytes = W.bytes("bf16" if kind == "bf16" else "block")
+                    nbytes = W.bytes("bf16" if kind == "bf16" else FP8_SCALES)
                     row.update(best_us=round(best[0], 2), best_config=best[1],
                                TBs=round(nbytes / best[0] / 1e6, 2))
                     table[(bucket, 2 if kind == "bf16" else 1, N, K)] = best[1]
@@ -404,8 +414,13 @@ def main():
     parser.add_argument("--model", default="llama3-8b", choices=sorted(MODELS),
                         help="whose decode GEMM shapes (the table keeps every other model's entries)")
     parser.add_argument("--gemms", default="", help="comma-separated GEMM names to time (default: all)")
+    parser.add_argument("--kinds", default="bf16,fp8", help="the sweep's weight kinds (bf16, fp8)")
+    parser.add_argument("--fp8-scales", default="block", choices=("block", "channel"),
+                        help="the sweep's FP8 scales: 128 x 128 blocks or one per output channel")
     args = parser.parse_args()
-    global MODEL, GEMMS
+    global MODEL, GEMMS, KINDS, FP8_SCALES
+    KINDS = tuple(args.kinds.split(","))
+    FP8_SCALES = args.fp8_scales
     MODEL = MODELS[args.model]
     GEMMS = set(args.gemms.split(",")) if args.gemms else None
     tps = [int(t) for t in args.tps.split(",")]

@@ -269,6 +269,10 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 39 ]; then  # the GEMM-fusion GPU tests after TPConfig's prologue/epilogue fix; tp-1 FP8 GEMVs swept here
+  step tests_fusions 90 $T tests/test_prologue_pass.py -k "test_gpu_loop_with_gemm_fusions_matches_transformers"
+  step sweep_tp1_fp8c 200 python benchmarks/fp8_gemm.py --out "$OUT/gemm_tp1_fp8c.json" --tps 1 --ms 1 --sweep \
+    --precompile 15 --kinds fp8 --fp8-scales channel --gemms qkv,o,gate_up,down
 elif [ "$CALL" = 38 ]; then  # call 36's one failed GPU test again, with its trace; tp 1 FP8 profiled, GEMV and fp16 form
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
   step tests_glu_prologue 150 $T --tb=long tests/test_prologue_pass.py -k "test_gpu_loop_with_gemm_fusions_matches_transformers"
