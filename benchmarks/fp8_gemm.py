@@ -172,13 +172,17 @@ def grid(bucket: str, kind: str, N: int, K: int, sms: int) -> list[dict]:
             per_thread = bn * kbytes // (32 * warps)
             if 16 <= per_thread <= 256 and (kbytes == 1024 or kbytes // elem <= K):
                 base.append(dict(path="gemv", BLOCK_N=bn, BLOCK_K=kbytes // elem, num_warps=warps, num_stages=st))
+    # FP8 with block scales: a step inside one 128 group; per-channel scales allow longer steps
+    fp8_bks = (128,) if FP8_SCALES == "block" else (128, 256)
     for bn, bk, st in itertools.product((16, 32, 64), (64, 128, 256), (3, 5)):
-        if (kind == "fp8" and bk > 128) or (bucket == "gemv" and bk < 128):  # FP8: a step inside one group
+        if (kind == "fp8" and bk > max(fp8_bks)) or (bucket == "gemv" and bk < 128):
             continue
         base.append(dict(path="dot", BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=st))
     if kind == "fp8":  # the fp16 form (gemv_triton "X16"): its winners in fp8_f16_probe.py were these tiles
-        for bn, warps, st in itertools.product((64, 128), (4, 8), (3, 5)):
-            base.append(dict(path="dot", BLOCK_N=bn, BLOCK_K=128, num_warps=warps, num_stages=st, X16=True))
+        for bn, bk, warps, st in itertools.product((64, 128), fp8_bks, (4, 8), (3, 4, 5)):
+            if bk == 128 and st == 4:  # the tiles fp8_f16_probe.py measured
+                continue
+            base.append(dict(path="dot", BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=st, X16=True))
     out = []
     for cfg in base:
         programs = -(-N // cfg["BLOCK_N"])

@@ -269,6 +269,9 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 40 ]; then  # tp-1 FP8 gate/up and down swept again with per-channel 256-column steps (fp16 form too)
+  step sweep_tp1_fp8c_bk256 150 python benchmarks/fp8_gemm.py --out "$OUT/gemm_tp1_fp8c_bk256.json" --tps 1 --ms 1 \
+    --sweep --precompile 15 --kinds fp8 --fp8-scales channel --gemms gate_up,down
 elif [ "$CALL" = 39 ]; then  # the GEMM-fusion GPU tests after TPConfig's prologue/epilogue fix; tp-1 FP8 GEMVs swept here
   step tests_fusions 90 $T tests/test_prologue_pass.py -k "test_gpu_loop_with_gemm_fusions_matches_transformers"
   step sweep_tp1_fp8c 200 python benchmarks/fp8_gemm.py --out "$OUT/gemm_tp1_fp8c.json" --tps 1 --ms 1 --sweep \
