@@ -105,6 +105,9 @@
 #   CALL=37 (after 36): issue 19's tp-1 bar (1.6x; 1.49-1.54x in the twenty-first session, its FP8 GEMVs at 2.36
 #      TB/s): the tl.dot kernel's fp16 form for tp 1's gate/up and down (X16_TP1=1, slower end to end on an H200 in
 #      the fourth session, never run on an H100) against the GEMV, interleaved, with PDL on and off.
+#   CALL=41 (the first call on an H200): issues 18 and 19's dense bars as stated (tp 1 bf16 and FP8, ranks of tp 2
+#      bf16 and FP8, ranks of tp 4 and 8, a 4096-token prompt), all in one call; CALL=42 (after it): qwen3-moe-mini
+#      at tp 1 and its rank of tp 2 (issue 21), tp 1 batch 8 bf16 and FP8 (issue 19).
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
 #      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
 #      with prefill_ms in every row.
@@ -269,6 +272,27 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 41 ]; then  # issues 18 and 19's dense bars as their H200 targets state them, one call (run on an H200)
+  write_8b_ckpts
+  wait
+  row tp1_bf16 60 bf16 --batches 1
+  row tp1_fp8c 60 fp8-channel --batches 1
+  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
+  row r2_fp8c 50 fp8-channel --simulate-tp 2 --batches 1
+  row r4_bf16 45 bf16 --simulate-tp 4 --batches 1
+  row r8_bf16 45 bf16 --simulate-tp 8 --batches 1
+  row tp1_bf16_4k 70 bf16 --batches 1 --prompt-len 4096
+elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one call (after 41, on an H200)
+  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 300 bf16 &
+  write_8b_ckpts
+  wait
+  for r in 1 2; do
+    sim=(); [ "$r" = 2 ] && sim=(--simulate-tp 2)
+    step "moe_r$r" 70 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/qwen3-moe-mini" \
+      --batches 1 "${sim[@]}" --out "$OUT/e2e_moe_r$r.jsonl"
+  done
+  row tp1_bf16_b8 60 bf16 --batches 8
+  row tp1_fp8c_b8 60 fp8-channel --batches 8
 elif [ "$CALL" = 40 ]; then  # tp-1 FP8 gate/up and down swept again with per-channel 256-column steps (fp16 form too)
   step sweep_tp1_fp8c_bk256 150 python benchmarks/fp8_gemm.py --out "$OUT/gemm_tp1_fp8c_bk256.json" --tps 1 --ms 1 \
     --sweep --precompile 15 --kinds fp8 --fp8-scales channel --gemms gate_up,down
