@@ -286,11 +286,9 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 300 bf16 &
   write_8b_ckpts
   wait
-  for r in 1 2; do
-    sim=(); [ "$r" = 2 ] && sim=(--simulate-tp 2)
-    step "moe_r$r" 70 python -c "$FLIP" --system hf_tp --mode compile --tp-size 1 --model "$CK/qwen3-moe-mini" \
-      --batches 1 "${sim[@]}" --out "$OUT/e2e_moe_r$r.jsonl"
-  done
+  M="--system hf_tp --mode compile --tp-size 1 --model $CK/qwen3-moe-mini --batches 1"
+  step moe_tp1 70 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1.jsonl"
+  step moe_r2 70 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2.jsonl"
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 elif [ "$CALL" = 40 ]; then  # tp-1 FP8 gate/up and down swept again with per-channel 256-column steps (fp16 form too)
