@@ -98,14 +98,14 @@
 #      (call 34: 426.3 / 429.5 -> 465.3 tok/s): its GPU tests (FP8 GEMM chains with PDL and folded sums give the same
 #      bits; FP8 tokens with pdl=True), then the folded split sum (FOLD=1) against the reduce kernel at the rank of
 #      tp 2, interleaved twice (call 34: 465.3 -> 478.4), and tp 1 with and without PDL.
-#   CALL=36 (the default; the next session's first): prologue_pass.FP8_GLU_EPILOGUE (built on the CPU host in the
+#   CALL=36 (the twenty-second session's first: the epilogue stayed off): prologue_pass.FP8_GLU_EPILOGUE (built on the CPU host in the
 #      twenty-first session after its device time ran out): its GPU tests, then FP8 per channel with and without it
 #      (FP8_GLU=1/0), interleaved, at the rank of tp 2 (PDL on, the default) and at tp 1, bf16 rows for the ratios.
 #      Flip the default where the rows are faster and the tests pass.
 #   CALL=37 (after 36): issue 19's tp-1 bar (1.6x; 1.49-1.54x in the twenty-first session, its FP8 GEMVs at 2.36
 #      TB/s): the tl.dot kernel's fp16 form for tp 1's gate/up and down (X16_TP1=1, slower end to end on an H200 in
 #      the fourth session, never run on an H100) against the GEMV, interleaved, with PDL on and off.
-#   CALL=41 (the first call on an H200): issues 18 and 19's dense bars as stated (tp 1 bf16 and FP8, ranks of tp 2
+#   CALL=41 (the default; the first call on an H200): issues 18 and 19's dense bars as stated (tp 1 bf16 and FP8, ranks of tp 2
 #      bf16 and FP8, ranks of tp 4 and 8, a 4096-token prompt), all in one call; CALL=42 (after it): qwen3-moe-mini
 #      at tp 1 and its rank of tp 2 (issue 21), tp 1 batch 8 bf16 and FP8 (issue 19).
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
@@ -116,7 +116,7 @@ set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-36}
+CALL=${CALL:-41}
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
