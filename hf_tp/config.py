@@ -130,7 +130,7 @@ class TPConfig:
         (benchmarks/RESULTS.md, 2026-12-04, eighth session; with the compiled greedy selection): rank of tp 2
         388.9 -> 400.0 tok/s, tp 1 230.3 -> 234.1, rank of tp 8 802.6 -> 811.3. Off elsewhere. FP8 gate/up GEMMs
         (with the down projection's fp16 x written beside) only where hf_tp.kernels.prologue_pass.FP8_GLU_EPILOGUE
-        is set: off until measured on a GPU.
+        is set: off, not measured faster (one H100, 2026-12-06).
       gemm_norms: the decode loop's compiled step computes each Llama-style RMSNorm (and the residual add before
         it) inside the GEMM that reads its output (q/k/v, gate/up, an MoE block's router): every program computes
         its rows' statistic first and normalizes x as it loads it; one program writes the residual sum, and the

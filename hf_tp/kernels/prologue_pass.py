@@ -355,7 +355,8 @@ def _splits_k(x, weight) -> bool:
 
 # FP8 gate/up GEMMs (``hf_tp::fp8_linear``) take the epilogue form too (``fuse_glu_into_gate_up``), with the fp16
 # copy of the activation that an FP8 down projection's fp16 form reads written beside it: one Inductor kernel less
-# per layer (silu * mul and the copy). Off until measured on a GPU (benchmarks flip it).
+# per layer (silu * mul and the copy). Off: not measured faster on one H100 (FP8 rank of tp 2 +0.4 % and +0.9 %,
+# tp 1 -0.4 %: benchmarks/RESULTS.md, 2026-12-06, twenty-second session); benchmarks flip it.
 FP8_GLU_EPILOGUE = False
 
 
