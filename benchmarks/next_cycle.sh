@@ -273,7 +273,7 @@ elif [ "$CALL" = 12 ]; then
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
 elif [ "$CALL" = 43 ]; then  # the TMA-fed GEMV probe against the shipped kernel, tp-1 FP8 gate/up and down
-  step tma_probe 120 python benchmarks/gemv_tma_probe.py --out "$OUT/tma_probe.json" --gemms gate_up,down --kinds fp8 \
+  step tma_probe 90 python benchmarks/gemv_tma_probe.py --out "$OUT/tma_probe.json" --gemms gate_up,down --kinds fp8 \
     --quick
 elif [ "$CALL" = 41 ]; then  # issues 18 and 19's dense bars as their H200 targets state them, one call (run on an H200)
   write_8b_ckpts
