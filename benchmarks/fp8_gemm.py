@@ -167,7 +167,9 @@ def grid(bucket: str, kind: str, N: int, K: int, sms: int) -> list[dict]:
     elem = 2 if kind == "bf16" else 1
     base = []
     if bucket == "gemv":
-        stages = (0, 1, 3) if kind == "bf16" else (0, 1)  # FP8 pipelines with 4-byte copies: not worth it
+        # 3: copies through shared memory (16-byte LDGSTS for bf16 and FP8 alike, in sm_90 builds by Triton 3.6
+        # and 3.9), two steps ahead of the math
+        stages = (0, 1, 3)
         for bn, kbytes, warps, st in itertools.product((4, 8, 16), (1024, 2048, 4096), (4, 8), stages):
             per_thread = bn * kbytes // (32 * warps)
             if 16 <= per_thread <= 256 and (kbytes == 1024 or kbytes // elem <= K):

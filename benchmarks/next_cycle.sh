@@ -111,7 +111,9 @@
 #   CALL=43 (short; the twenty-second session had too little device time left for it): benchmarks/gemv_tma_probe.py,
 #      the decode GEMV with its weight tiles brought by TMA and pipelined, against the shipped FP8 GEMV at tp-1
 #      gate/up and down (the FP8 GEMVs read 2.3-2.7 TB/s on an H100, bf16 2.85-2.95). If it is faster, the next step
-#      is the full grid (drop --quick) and bf16.
+#      is the full grid (drop --quick) and bf16. First, the FP8 GEMV sweep with its loads pipelined through shared
+#      memory (num_stages 3: the sweep's grid had left it out for FP8, on a note that FP8 copies were 4 bytes wide;
+#      sm_90 builds by Triton 3.6 and 3.9 use 16-byte LDGSTS), tp 1 and 2 widths.
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
 #      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
 #      with prefill_ms in every row.
@@ -277,6 +279,8 @@ elif [ "$CALL" = 12 ]; then
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
 elif [ "$CALL" = 43 ]; then  # the TMA-fed GEMV probe against the shipped kernel, tp-1 FP8 gate/up and down
+  step sweep_fp8c_stages 100 python benchmarks/fp8_gemm.py --out "$OUT/gemm_fp8c_stages.json" --tps 1,2 --ms 1 \
+    --sweep --precompile 15 --kinds fp8 --fp8-scales channel --gemms gate_up,down,qkv,o
   step tma_probe 90 python benchmarks/gemv_tma_probe.py --out "$OUT/tma_probe.json" --gemms gate_up,down --kinds fp8 \
     --quick
 elif [ "$CALL" = 41 ]; then  # issues 18 and 19's dense bars as their H200 targets state them, one call (run on an H200)
