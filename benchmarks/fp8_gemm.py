@@ -17,7 +17,8 @@ cuBLAS (torch.mm(out_dtype=float32)) and the kernel alike; the LM head with fp32
              with them.
 --precompile compiles the sweep's kernels first in that many processes (Triton's on-disk cache), so the
              sweep itself only times.
---kinds      the sweep's weight kinds (default bf16,fp8); --fp8-scales block (default) or channel.
+--kinds      the sweep's weight kinds (default bf16,fp8); --fp8-scales block (default) or channel; --paths the
+             kernels it tries (default gemv,dot).
 --prefill    also times M = 128 .. 4096 (tp-1 widths): bf16 vs FP8 dequantize + cuBLAS vs the tl.dot kernel,
              which sets fp8_triton.DOT_MAX_M.
 TB/s = weight bytes (FP8 + fp32 scales, or bf16) / GPU time.
@@ -49,6 +50,7 @@ MODELS = {
 GEMMS: set | None = None  # main() sets it from --gemms: only these names
 KINDS = ("bf16", "fp8")  # main() sets it from --kinds: the sweep's weight kinds
 FP8_SCALES = "block"  # main() sets it from --fp8-scales: the sweep's FP8 scales ("block" 128 x 128, or "channel")
+PATHS = ("gemv", "dot")  # main() sets it from --paths: the kernels the sweep tries
 MODEL = MODELS["llama3-8b"]  # main() sets it from --model
 ROTATE_BYTES = 160e6  # per measured matrix: 3x the H200's L2
 DEVICE = "cuda"
@@ -186,7 +188,7 @@ def grid(bucket: str, kind: str, N: int, K: int, sms: int) -> list[dict]:
                 continue
             base.append(dict(path="dot", BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=st, X16=True))
     out = []
-    for cfg in base:
+    for cfg in (c for c in base if c["path"] in PATHS):
         programs = -(-N // cfg["BLOCK_N"])
         for split in (1, 2, 4, 8, 16):
             if split > 1 and (programs * split > 6 * sms or K < split * cfg["BLOCK_K"]):
@@ -423,8 +425,10 @@ def main():
     parser.add_argument("--kinds", default="bf16,fp8", help="the sweep's weight kinds (bf16, fp8)")
     parser.add_argument("--fp8-scales", default="block", choices=("block", "channel"),
                         help="the sweep's FP8 scales: 128 x 128 blocks or one per output channel")
+    parser.add_argument("--paths", default="gemv,dot", help="the kernels the sweep tries (gemv, dot)")
     args = parser.parse_args()
-    global MODEL, GEMMS, KINDS, FP8_SCALES
+    global MODEL, GEMMS, KINDS, FP8_SCALES, PATHS
+    PATHS = tuple(args.paths.split(","))
     KINDS = tuple(args.kinds.split(","))
     FP8_SCALES = args.fp8_scales
     MODEL = MODELS[args.model]

@@ -280,7 +280,7 @@ elif [ "$CALL" = 12 ]; then
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
 elif [ "$CALL" = 43 ]; then  # the TMA-fed GEMV probe against the shipped kernel, tp-1 FP8 gate/up and down
   step sweep_fp8c_stages 100 python benchmarks/fp8_gemm.py --out "$OUT/gemm_fp8c_stages.json" --tps 1,2 --ms 1 \
-    --sweep --precompile 15 --kinds fp8 --fp8-scales channel --gemms gate_up,down,qkv,o
+    --sweep --precompile 15 --kinds fp8 --fp8-scales channel --gemms gate_up,down,qkv,o --paths gemv
   step tma_probe 90 python benchmarks/gemv_tma_probe.py --out "$OUT/tma_probe.json" --gemms gate_up,down --kinds fp8 \
     --quick
 elif [ "$CALL" = 41 ]; then  # issues 18 and 19's dense bars as their H200 targets state them, one call (run on an H200)
