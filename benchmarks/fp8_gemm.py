@@ -270,7 +270,8 @@ def sweep(weights: dict, ms, sms: int, log, result: dict, save) -> dict:
                 ref = reference(x, ws[0], ss[0], kind)
                 out32 = fp32_out and kind == "bf16"
                 tol = 1e-5 if out32 else 5e-3
-                best, bad = None, []
+                best, bad, timed = None, [], []
+                shipped = gt.choose(M, N, K, 2 if kind == "bf16" else 1, sms)[1]
                 for cfg in grid(bucket, kind, N, K, sms):
                     path = cfg["path"]
                     try:
@@ -284,10 +285,13 @@ def sweep(weights: dict, ms, sms: int, log, result: dict, save) -> dict:
                     except Exception as exc:  # noqa: BLE001 - a config that does not compile: skipped, said
                         bad.append((cfg, f"{type(exc).__name__}: {str(exc)[:80]}"))
                         continue
+                    timed.append((round(us, 2), cfg))
                     if best is None or us < best[0]:
                         best = (us, cfg)
                 row = dict(tp=tp, gemm=name, N=N, K=K, M=M, kind=kind, failed=len(bad),
-                           failed_examples=[str(b)[:160] for b in bad[:3]])
+                           failed_examples=[str(b)[:160] for b in bad[:3]],
+                           shipped_config=shipped, shipped_us=next((us for us, c in timed if c == shipped), None),
+                           fastest=sorted(timed, key=lambda t: t[0])[:5])
                 if best is not None:
                     nbytes = W.bytes("bf16" if kind == "bf16" else FP8_SCALES)
                     row.update(best_us=round(best[0], 2), best_config=best[1],
