@@ -39,12 +39,14 @@ def gemv_tma_kernel(w_desc, x_ptr, s_ptr, o_ptr, ws_ptr, N, K, k_split, HAS_SCAL
     n0 = pid_n * BLOCK_N
     k_lo = pid_s * k_split
     k_hi = tl.minimum(k_lo + k_split, K)
-    rk = tl.arange(0, BLOCK_K)
+    # x through pointers of W's tile shape (every row the same address), as the shipped GEMV loads it: x then
+    # gets W's register layout (16 columns a thread) instead of a 1-D one converted through shared memory
+    x_tile = x_ptr + tl.zeros((BLOCK_N, 1), dtype=tl.int32) + tl.arange(0, BLOCK_K)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
         w = w_desc.load([n0, k0])
-        x = tl.load(x_ptr + k0 + rk)
-        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+        x = tl.load(x_tile + k0)
+        acc += w.to(tl.float32) * x.to(tl.float32)
     rn = n0 + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     out = tl.sum(acc, axis=1)
