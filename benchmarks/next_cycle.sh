@@ -114,6 +114,8 @@
 #      is the full grid (drop --quick) and bf16. First, the FP8 GEMV sweep with its loads pipelined through shared
 #      memory (num_stages 3: the sweep's grid had left it out for FP8, on a note that FP8 copies were 4 bytes wide;
 #      sm_90 builds by Triton 3.6 and 3.9 use 16-byte LDGSTS), tp 1 and 2 widths.
+#   CALL=44 (after 43, on an H100): tp-1 FP8 gate/up in the fp16 form with 128-row tiles (call 5 of the twenty-second
+#      session: 44.0 against 47.8 µs alone) end to end against the shipped GEMV, interleaved (GEMV_ENTRIES).
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
 #      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
 #      with prefill_ms in every row.
@@ -137,6 +139,10 @@ if os.environ.get('X16_TP1') == '1':
 if os.environ.get('FOLD'):  # FOLD=1 / FOLD=0: the split-K sum in the GEMM or by the reduce kernel
     gt.FOLD_SPLIT = os.environ['FOLD'] == '1'
 gt.PREFETCH_WEIGHTS = os.environ.get('PF') == '1'
+if os.environ.get('GEMV_ENTRIES'):  # JSON [[bucket, elem_bytes, N, K, config], ...]: table entries set first
+    import json
+    for b, e, n, k, cfg in json.loads(os.environ['GEMV_ENTRIES']):
+        gt.TABLE[(b, e, n, k)] = cfg
 gt.PREFETCH_MAX_LINES = int(os.environ.get('PFL', gt.PREFETCH_MAX_LINES))
 if os.environ.get('ADVANCE') == '0':  # the greedy selection and bookkeeping eager, as before the eighth session
     from hf_tp.generation import decode_loop
@@ -278,6 +284,17 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 44 ]; then  # tp-1 FP8 gate/up in the fp16 form with 128-row tiles (the H100 sweep's best, 8 % faster
+  # alone), end to end against the shipped GEMV, interleaved twice; down stays the GEMV
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  wait
+  E='[["gemv", 1, 28672, 4096, {"path": "dot", "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3, "SPLIT": 1, "X16": true}]]'
+  for pass in "" b; do
+    row "tp1_fp8c_gu_gemv$pass" 60 fp8-channel --batches 1
+    GEMV_ENTRIES=$E row "tp1_fp8c_gu_x16bn128$pass" 60 fp8-channel --batches 1
+  done
+  row tp1_bf16 60 bf16 --batches 1
 elif [ "$CALL" = 43 ]; then  # the TMA-fed GEMV probe against the shipped kernel, tp-1 FP8 gate/up and down
   step sweep_fp8c_stages 100 python benchmarks/fp8_gemm.py --out "$OUT/gemm_fp8c_stages.json" --tps 1,2 --ms 1 \
     --sweep --precompile 15 --kinds fp8 --fp8-scales channel --gemms gate_up,down,qkv,o --paths gemv
