@@ -108,7 +108,8 @@
 #   CALL=41 (the default; the first call on an H200): issues 18 and 19's dense bars as stated (tp 1 bf16 and FP8, ranks of tp 2
 #      bf16 and FP8, ranks of tp 4 and 8, a 4096-token prompt), all in one call; CALL=42 (after it): qwen3-moe-mini
 #      at tp 1 and its rank of tp 2 (issue 21), tp 1 batch 8 bf16 and FP8 (issue 19).
-#   CALL=43 (short; the twenty-second session had too little device time left for it): benchmarks/gemv_tma_probe.py,
+#   CALL=43 (short; the first call on an H100, where CALL=41 cannot test the H200 bars; the twenty-second session had
+#      too little device time left for it): benchmarks/gemv_tma_probe.py,
 #      the decode GEMV with its weight tiles brought by TMA and pipelined, against the shipped FP8 GEMV at tp-1
 #      gate/up and down (the FP8 GEMVs read 2.3-2.7 TB/s on an H100, bf16 2.85-2.95). If it is faster, the next step
 #      is the full grid (drop --quick) and bf16. First, the FP8 GEMV sweep with its loads pipelined through shared
