@@ -114,7 +114,9 @@
 #      gate/up and down (the FP8 GEMVs read 2.3-2.7 TB/s on an H100, bf16 2.85-2.95). If it is faster, the next step
 #      is the full grid (drop --quick) and bf16. First, the FP8 GEMV sweep with its loads pipelined through shared
 #      memory (num_stages 3: the sweep's grid had left it out for FP8, on a note that FP8 copies were 4 bytes wide;
-#      sm_90 builds by Triton 3.6 and 3.9 use 16-byte LDGSTS), tp 1 and 2 widths.
+#      sm_90 builds by Triton 3.6 and 3.9 use 16-byte LDGSTS), tp 1 and 2 widths. gemv_table.py is one table for
+#      every GPU, measured on an H200: an H100 winner replaces an entry only once an H200 agrees (or a per-GPU
+#      table is built).
 #   CALL=44 (after 43, on an H100): tp-1 FP8 gate/up in the fp16 form with 128-row tiles (call 5 of the twenty-second
 #      session: 44.0 against 47.8 µs alone) end to end against the shipped GEMV, interleaved (GEMV_ENTRIES).
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
