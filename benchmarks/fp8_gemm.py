@@ -303,20 +303,30 @@ def sweep(weights: dict, ms, sms: int, log, result: dict, save) -> dict:
     return table
 
 
-def write_table(path: str, table: dict, result: dict) -> None:
-    """hf_tp/kernels/gemv_table.py: the shipped table with ``table``'s entries added (or replaced), its
-    docstring with one more "Measured:" line; the file to copy into the tree."""
+def write_table(path: str, table: dict, result: dict, device_table: str = "") -> None:
+    """hf_tp/kernels/gemv_table.py with ``table``'s entries added (or replaced) in TABLE, or in
+    DEVICE_TABLES[device_table] when given, its docstring with one more "Measured:" line (DEVICE_TABLES' comment
+    kept as it is); the file to copy into the tree."""
     from hf_tp.kernels import gemv_table
 
-    doc = open(gemv_table_source()).read().split('"""')[1].rstrip()
+    source = open(gemv_table_source()).read()
+    doc = source.split('"""')[1].rstrip()
     measured = (f"Measured ({result['model']}): {result['device']}, torch {result['torch']}, triton {result['triton']}, "
                 "by\nbenchmarks/fp8_gemm.py " + " ".join(result["argv"]) + ".")
     if measured not in doc:
         doc += "\n" + measured
+    tables = {key: dict(entries) for key, entries in gemv_table.DEVICE_TABLES.items()}
+    merged = dict(gemv_table.TABLE)
+    (tables.setdefault(device_table, {}) if device_table else merged).update(table)
     lines = ['"""' + doc + '\n"""', "", "TABLE: dict[tuple[str, int, int, int], dict] = {"]
-    merged = {**gemv_table.TABLE, **table}
-    for key in sorted(merged):
-        lines.append(f"    {key!r}: {merged[key]!r},")
+    lines += [f"    {key!r}: {merged[key]!r}," for key in sorted(merged)]
+    lines.append("}")
+    comment = source[source.index("DEVICE_TABLES") - 1::-1].split("\n}", 1)[0][::-1].strip("\n")
+    lines += ["", comment, "DEVICE_TABLES: dict[str, dict[tuple[str, int, int, int], dict]] = {"]
+    for name in sorted(tables):
+        lines.append(f"    {name!r}: {{")
+        lines += [f"        {key!r}: {tables[name][key]!r}," for key in sorted(tables[name])]
+        lines.append("    },")
     lines.append("}")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -430,6 +440,8 @@ def main():
     parser.add_argument("--fp8-scales", default="block", choices=("block", "channel"),
                         help="the sweep's FP8 scales: 128 x 128 blocks or one per output channel")
     parser.add_argument("--paths", default="gemv,dot", help="the kernels the sweep tries (gemv, dot)")
+    parser.add_argument("--device-table", default="",
+                        help="write the sweep's winners into gemv_table.DEVICE_TABLES[this key] instead of TABLE")
     args = parser.parse_args()
     global MODEL, GEMMS, KINDS, FP8_SCALES, PATHS
     PATHS = tuple(args.paths.split(","))
@@ -442,7 +454,9 @@ def main():
     from hf_tp.kernels import gemv_triton as gt
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
+    gt.use_device_table(torch.device("cuda"))  # "shipped" is what this GPU runs
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, argv=sys.argv[1:], model=args.model,
+                  device_table=gt.use_device_table(torch.device("cuda")),
                   triton=__import__("triton").__version__, rotate_bytes=ROTATE_BYTES, sweep=[], decode=[], layers=[])
     t0 = time.time()
 
@@ -465,7 +479,8 @@ def main():
     if args.sweep:
         table = sweep(weights, ms, sms, log, result, save)
         result["table"] = [[list(k), v] for k, v in table.items()]
-        write_table(os.path.join(os.path.dirname(os.path.abspath(args.out)), "gemv_table.py"), table, result)
+        write_table(os.path.join(os.path.dirname(os.path.abspath(args.out)), "gemv_table.py"), table, result,
+                    args.device_table)
         gt.TABLE.update(table)  # the layers below run as shipped with this table
         save()
     result["decode"] = decode_rows(weights, ms, log)

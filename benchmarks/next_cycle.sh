@@ -119,6 +119,9 @@
 #      table is built).
 #   CALL=44 (after 43, on an H100): tp-1 FP8 gate/up in the fp16 form with 128-row tiles (call 5 of the twenty-second
 #      session: 44.0 against 47.8 µs alone) end to end against the shipped GEMV, interleaved (GEMV_ENTRIES).
+#   CALL=45 (the twenty-third session's second, on an H100): gemv_table.DEVICE_TABLES["H100"] (call 1 measured tp-1
+#      gate/up in the fp16 form 3-4 % faster end to end; three sweeps put down and o_proj faster with 4 warps):
+#      its tests, tp-1 FP8 rows with and without it, then bf16 and tp-2 FP8 sweeps for more H100 entries.
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
 #      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
 #      with prefill_ms in every row.
@@ -127,7 +130,7 @@ set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-41}
+CALL=${CALL:-41}  # on an H100: 45
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -142,6 +145,8 @@ if os.environ.get('X16_TP1') == '1':
 if os.environ.get('FOLD'):  # FOLD=1 / FOLD=0: the split-K sum in the GEMM or by the reduce kernel
     gt.FOLD_SPLIT = os.environ['FOLD'] == '1'
 gt.PREFETCH_WEIGHTS = os.environ.get('PF') == '1'
+if os.environ.get('DEVICE_TABLE') == '0':  # DEVICE_TABLE=0: gemv_table.TABLE alone, without this GPU's own entries
+    gt.DEVICE_TABLES.clear()
 if os.environ.get('GEMV_ENTRIES'):  # JSON [[bucket, elem_bytes, N, K, config], ...]: table entries set first
     import json
     for b, e, n, k, cfg in json.loads(os.environ['GEMV_ENTRIES']):
@@ -287,6 +292,21 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 45 ]; then  # the H100's own table entries (gemv_table.DEVICE_TABLES), tested, then tp-1 FP8 with and
+  # without them, interleaved twice (DEVICE_TABLE=0: TABLE alone); then the H100 sweeps a DEVICE_TABLES entry needs:
+  # bf16 at tp 1 and 2 (never swept on an H100), FP8 per channel at tp 2 with both kernels (a second sample)
+  write_8b_ckpts
+  step tests_device_table 150 $T tests/test_fp8_kernel.py -k "device_table or fp16_form or glu_epilogue or folded"
+  wait
+  for pass in "" b; do
+    DEVICE_TABLE=0 row "tp1_fp8c_default$pass" 60 fp8-channel --batches 1
+    row "tp1_fp8c_h100$pass" 60 fp8-channel --batches 1
+  done
+  row tp1_bf16 60 bf16 --batches 1
+  step sweep_bf16 110 python benchmarks/fp8_gemm.py --out "$OUT/gemm_bf16.json" --tps 1,2 --ms 1 --sweep --precompile 15 \
+    --kinds bf16 --gemms qkv,o,gate_up,down --device-table H100
+  mkdir -p "$OUT/r2" && step sweep_fp8c_r2 100 python benchmarks/fp8_gemm.py --out "$OUT/r2/gemm_fp8c_r2.json" --tps 2 \
+    --ms 1 --sweep --precompile 15 --kinds fp8 --fp8-scales channel --gemms qkv,o,gate_up,down --device-table H100
 elif [ "$CALL" = 44 ]; then  # tp-1 FP8 gate/up in the fp16 form with 128-row tiles (the H100 sweep's best, 8 % faster
   # alone), end to end against the shipped GEMV, interleaved twice; down stays the GEMV
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &

@@ -187,9 +187,10 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     if tp.device.type == "cuda" and (config.decode_gemm == "triton" or kept):
         # the decode GEMMs' counters for a split of K summed in the GEMM (gemv_triton.FOLD_SPLIT), reserved here,
         # outside any CUDA graph (reserve_counters says why); 256 KB
-        from .kernels.gemv_triton import reserve_counters
+        from .kernels.gemv_triton import reserve_counters, use_device_table
 
         reserve_counters(tp.device)
+        use_device_table(tp.device)  # this GPU model's measured configs (gemv_table.DEVICE_TABLES), before tracing
     model.generation_config = load_generation_config(planned.folder, model.generation_config, planned.options)
     if planned.index.quantization is not None and not kept and hasattr(model.config, "quantization_config"):
         # Dequantized at load: the model is no longer quantized, and save_pretrained must not say it is (as

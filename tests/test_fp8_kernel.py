@@ -75,6 +75,30 @@ def test_bad_input_raises():
         fp8_linear(x, w, s, 128, 0, b[:3])
 
 
+def test_device_tables_name_gpus_and_keep_callers_entries():
+    """gemv_table.DEVICE_TABLES: a GPU's name picks its entries (an H100's, none for an H200, which TABLE was
+    measured on); they go into the table over TABLE's own entries only, not over one a caller set; each entry is
+    for one of TABLE's buckets and names a kernel."""
+    from hf_tp.kernels import gemv_table
+    from hf_tp.kernels import gemv_triton as gt
+
+    assert gt.device_table_key("NVIDIA H100 80GB HBM3") == "H100"
+    assert gt.device_table_key("NVIDIA H200") == "" and gt.device_table_key("cpu") == ""
+    assert gt.use_device_table("cpu") == ""
+    entries = gemv_table.DEVICE_TABLES["H100"]
+    shipped, changed = sorted(entries)[:2]
+    table = dict(gemv_table.TABLE)
+    table[changed] = {"path": "gemv", "BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 1, "SPLIT": 1}
+    caller = dict(table[changed])
+    gt.put_device_entries(table, entries)
+    assert table[shipped] == entries[shipped] != gemv_table.TABLE[shipped]
+    assert table[changed] == caller
+    for name, device_entries in gemv_table.DEVICE_TABLES.items():
+        for (bucket, elem_bytes, N, K), config in device_entries.items():
+            assert bucket in ("gemv", "dot") and elem_bytes in (1, 2) and N > 0 and K > 0, (name, bucket)
+            assert config["path"] in ("gemv", "dot") and (bucket == "gemv" or config["path"] == "dot"), (name, config)
+
+
 _INTERPRET_SCRIPT = r"""
 import json, sys, torch
 from hf_tp.kernels import fp8_triton as ft
@@ -570,6 +594,28 @@ def test_fp16_form_at_its_measured_shapes(M):
         for rows in (M, M + 2):
             t = make(rows, 1, K, group_k, 0, device="cuda", seed=rows)[0]
             assert rel_err(dyn(t), t * 2, w, s, group_k, 0, b) < TOL, (group_k, rows)
+
+
+@pytest.mark.gpu
+@needs_fp8_gpu
+def test_every_device_table_entry_on_gpu():
+    """Each entry of gemv_table.DEVICE_TABLES (every GPU model's, whichever GPU runs this) at its own shape,
+    per-channel and block scales, bf16 activations: against the float32 reference, the same bits on a second
+    call."""
+    from hf_tp.kernels import gemv_table
+    from hf_tp.kernels import gemv_triton as gt
+
+    for name, entries in gemv_table.DEVICE_TABLES.items():
+        for (bucket, elem_bytes, N, K), config in entries.items():
+            if elem_bytes != 1:
+                continue  # bf16 entries: tests/test_decode_gemm.py's widths run through the table
+            M = 1 if bucket == "gemv" else 8
+            for group_k in (K, 128):
+                x, w, s, b = make(M, N, K, group_k, 0, device="cuda", seed=N + K)
+                out = gt.launch(x, w, s, group_k, 0, b, config=config, path=config["path"])
+                assert rel_err(out, x, w, s, group_k, 0, b) < TOL, (name, N, K, group_k, config)
+                again = gt.launch(x, w, s, group_k, 0, b, config=config, path=config["path"])
+                assert torch.equal(out, again), (name, N, K, group_k, config)
 
 
 class _Fp8Layer(torch.nn.Module):

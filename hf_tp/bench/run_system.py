@@ -124,6 +124,15 @@ def tp_config(args, device, tp_size=None):
     return dataclasses.replace(config, fast_decode=args.mode != "eager")
 
 
+def _gemv_device_table(device) -> str | None:
+    """The gemv_table.DEVICE_TABLES entries the decode GEMMs took on this GPU ("" for TABLE's own); None on CPU."""
+    if device.type != "cuda":
+        return None
+    from hf_tp.kernels.gemv_triton import use_device_table
+
+    return use_device_table(device)
+
+
 def _generate_seconds(model, ids, new_tokens, compiled, device, keep=None) -> float:
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
     if compiled and not hasattr(model, "hf_tp"):
@@ -246,7 +255,8 @@ def main() -> int:
                      "peak_bytes_per_gpu": peak, **loader, "copy_bandwidth_bytes_s": round(bandwidth),
                      "bandwidth_floor_tok_s": round(floor_tok_s, 1), "floor_fraction": round(decode_tok_s / floor_tok_s, 4), **moe_fields, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      # hf_tp's resolved options (None for the Transformers baselines): a row says what produced it
-                     "tp_config": model.hf_tp_config.to_dict() if hasattr(model, "hf_tp_config") else None})
+                     "tp_config": model.hf_tp_config.to_dict() if hasattr(model, "hf_tp_config") else None,
+                     "gemv_device_table": _gemv_device_table(device)})
     if int(os.environ.get("RANK", "0")) == 0:
         with open(args.out, "a") as f:
             for row in rows:

@@ -233,8 +233,9 @@ def _fp16_copy_wanted(device_index: int, N: int, K: int, G: int, group_k: int, k
     dynamic-shape trace has no symbolic argument here."""
     if not fp8_kernel_available(torch.device("cuda", device_index)) or K == 0 or (G != 1 and group_k < 16):
         return False, False
-    from hf_tp.kernels import fp8_triton
+    from hf_tp.kernels import fp8_triton, gemv_triton
 
+    gemv_triton.use_device_table(torch.device("cuda", device_index))  # its entries decide the form too
     return (fp8_triton.takes_fp16(1, N, K, G, group_k, k_offset),
             fp8_triton.takes_fp16(2, N, K, G, group_k, k_offset))
 

@@ -62,6 +62,7 @@ import triton.language as tl
 
 from . import counters as counter_pool
 from . import pdl as pdl_launch
+from .gemv_table import DEVICE_TABLES
 from .gemv_table import TABLE as _MEASURED
 from .sizes import cdiv, next_power_of_2
 
@@ -563,12 +564,41 @@ def _gemv_split_reduce(ws_ptr, s_ptr, b_ptr, o_ptr, MN, N, S, stride_sn,
 
 DOT_BLOCK_M = 16  # rows of x per tl.dot tile at decode (the smallest tensor-core tile)
 
-# The measured configs, (bucket, weight bytes per element, N, K) -> config (hf_tp/kernels/gemv_table.py).
+# The measured configs, (bucket, weight bytes per element, N, K) -> config (hf_tp/kernels/gemv_table.py), with the
+# entries of the process's GPU model put in by use_device_table.
 TABLE = dict(_MEASURED)
+_device_table: str | None = None  # the DEVICE_TABLES key in use ("" for none), once the first CUDA device is seen
+
+
+def device_table_key(device_name: str) -> str:
+    """The gemv_table.DEVICE_TABLES key whose entries a GPU of this name takes ("" for none)."""
+    return next((key for key in DEVICE_TABLES if key in device_name), "")
+
+
+def use_device_table(device: torch.device | str) -> str:
+    """Put the entries measured on this GPU's model (gemv_table.DEVICE_TABLES) into TABLE, once per process: the
+    first CUDA device decides (a process with two GPU models keeps the first one's). An entry a caller changed
+    before (benchmarks set entries) stays. Returns the key in use ("" for TABLE's own entries, and off CUDA)."""
+    global _device_table
+    device = torch.device(device)
+    if device.type != "cuda":
+        return ""
+    if _device_table is None:
+        _device_table = device_table_key(torch.cuda.get_device_name(device))
+        put_device_entries(TABLE, DEVICE_TABLES.get(_device_table, {}))
+    return _device_table
+
+
+def put_device_entries(table: dict, entries: dict) -> None:
+    """``entries`` into ``table``, except over an entry that is no longer gemv_table.TABLE's (a caller set it)."""
+    for shape, config in entries.items():
+        if table.get(shape) == _MEASURED.get(shape):
+            table[shape] = dict(config)
 
 
 @functools.cache
 def _sm_count(index: int) -> int:
+    use_device_table(torch.device("cuda", index))  # before the first config is chosen on this device
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
