@@ -122,6 +122,7 @@
 #   CALL=45 (the twenty-third session's second, on an H100): gemv_table.DEVICE_TABLES["H100"] (call 1 measured tp-1
 #      gate/up in the fp16 form 3-4 % faster end to end; three sweeps put down and o_proj faster with 4 warps):
 #      its tests, tp-1 FP8 rows with and without it, then bf16 and tp-2 FP8 sweeps for more H100 entries.
+#   CALL=46 (after 45): the rank of tp 2's H100 entries end to end, with and without them; tp 1 batch 8.
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
 #      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
 #      with prefill_ms in every row.
@@ -292,6 +293,18 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 46 ]; then  # the H100 entries for the rank of tp 2 (q/k/v, o_proj, down: CALL=45's and CALL=43's
+  # sweeps agree) end to end, with and without the device table, interleaved twice; the table's GPU tests
+  write_8b_ckpts
+  step tests_device_table 150 $T tests/test_fp8_kernel.py -k "device_table or glu_epilogue or pdl"
+  wait
+  for pass in "" b; do
+    DEVICE_TABLE=0 row "r2_fp8c_default$pass" 50 fp8-channel --simulate-tp 2 --batches 1
+    row "r2_fp8c_h100$pass" 50 fp8-channel --simulate-tp 2 --batches 1
+  done
+  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
+  row tp1_fp8c_h100_b8 60 fp8-channel --batches 8
+  row tp1_bf16_b8 60 bf16 --batches 8
 elif [ "$CALL" = 45 ]; then  # the H100's own table entries (gemv_table.DEVICE_TABLES), tested, then tp-1 FP8 with and
   # without them, interleaved twice (DEVICE_TABLE=0: TABLE alone); then the H100 sweeps a DEVICE_TABLES entry needs:
   # bf16 at tp 1 and 2 (never swept on an H100), FP8 per channel at tp 2 with both kernels (a second sample)
