@@ -123,6 +123,8 @@
 #      gate/up in the fp16 form 3-4 % faster end to end; three sweeps put down and o_proj faster with 4 warps):
 #      its tests, tp-1 FP8 rows with and without it, then bf16 and tp-2 FP8 sweeps for more H100 entries.
 #   CALL=46 (after 45): the rank of tp 2's H100 entries end to end, with and without them; tp 1 batch 8.
+#   CALL=47 (the first on an H100 next session): the two decode-GEMM GPU tests that failed in call 4 of the twenty-third
+#      session (run by hand, without this script's PYTHONPATH), then the GPU tests of the loop and its GEMM passes.
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
 #      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
 #      with prefill_ms in every row.
@@ -131,7 +133,7 @@ set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
 CK=${CK:-/tmp/ck}
-CALL=${CALL:-41}  # on an H100: 45
+CALL=${CALL:-41}  # on an H100: 47
 record_env
 python -c "import torch._inductor.config as c; print('inductor enable_pdl:', hasattr(c.triton, 'enable_pdl'))" >> "$OUT/gpu.txt" 2>&1
 T="python -m pytest -q -p no:cacheprovider -m gpu -rfE --durations=5"
@@ -293,6 +295,12 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 47 ]; then  # the two decode-GEMM GPU tests that failed in the twenty-third session's hand-run call
+  # (no PYTHONPATH there: gpu_check.py's subprocess could not import hf_tp; the other's trace was cut), first, with
+  # this script's environment; then the rest of the GPU tests of the files that call touched, and of the loop
+  step tests_rerun 200 $T tests/test_decode_gemm.py -k "gpu_decode_loop_with_kernel or two_gloo_ranks_on_one_gpu"
+  step tests_gemm 200 $T tests/test_decode_gemm.py tests/test_gpu_loop.py tests/test_prologue_pass.py tests/test_gemm_norms.py
+  step tests_moe 150 $T tests/test_moe_kernel.py
 elif [ "$CALL" = 46 ]; then  # the H100 entries for the rank of tp 2 (q/k/v, o_proj, down: CALL=45's and CALL=43's
   # sweeps agree) end to end, with and without the device table, interleaved twice; the table's GPU tests
   write_8b_ckpts
