@@ -125,6 +125,8 @@
 #   CALL=46 (after 45): the rank of tp 2's H100 entries end to end, with and without them; tp 1 batch 8.
 #   CALL=47 (the first on an H100 next session): the two decode-GEMM GPU tests that failed in call 4 of the twenty-third
 #      session (run by hand, without this script's PYTHONPATH), then the GPU tests of the loop and its GEMM passes.
+#   CALL=48 (after 47, on an H100): the sweeps that more H100 entries need, each twice, merged by
+#      benchmarks/device_table_merge.py (a shape's winner must beat the shipped config by 4 % in every sweep).
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
 #      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
 #      with prefill_ms in every row.
@@ -295,6 +297,18 @@ elif [ "$CALL" = 12 ]; then
   # reading: it was a synchronous load per K step): per GEMM against the unfused pair, then its GPU tests
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
+elif [ "$CALL" = 48 ]; then  # more H100 entries: each sweep twice (benchmarks/device_table_merge.py keeps a shape's
+  # winner only where both runs, and both FP8 scale layouts, agree): FP8 per channel and block at tp 4 and 8 widths,
+  # block at tp 1 and 2 (today's H100 entries were chosen on per-channel sweeps)
+  S="python benchmarks/fp8_gemm.py --ms 1 --sweep --precompile 15 --kinds fp8 --gemms qkv,o,gate_up,down --device-table H100"
+  for run in a b; do
+    mkdir -p "$OUT/c48$run" "$OUT/b48$run" "$OUT/b12$run"
+    step "sweep_c48$run" 90 $S --tps 4,8 --fp8-scales channel --out "$OUT/c48$run/sweep.json"
+    step "sweep_b48$run" 90 $S --tps 4,8 --fp8-scales block --out "$OUT/b48$run/sweep.json"
+    step "sweep_b12$run" 90 $S --tps 1,2 --fp8-scales block --out "$OUT/b12$run/sweep.json"
+  done
+  step merge 20 python benchmarks/device_table_merge.py "$OUT"/c48?/sweep.json "$OUT"/b48?/sweep.json \
+    "$OUT"/b12?/sweep.json
 elif [ "$CALL" = 47 ]; then  # the two decode-GEMM GPU tests that failed in the twenty-third session's hand-run call
   # (no PYTHONPATH there: gpu_check.py's subprocess could not import hf_tp; the other's trace was cut), first, with
   # this script's environment; then the rest of the GPU tests of the files that call touched, and of the loop

@@ -1,0 +1,81 @@
+"""Which sweep winners a GPU model's entries in hf_tp/kernels/gemv_table.py (DEVICE_TABLES) should take.
+
+Reads several `benchmarks/fp8_gemm.py --sweep --out FILE.json` results from the same GPU model (two runs, and for
+FP8 both scale layouts: the table's keys do not tell block from per-channel scales). A shape gets an entry only
+where one config is among the five fastest of every sweep that timed the shape and beats the config shipped
+there by at least --min-gain in each; of those, the fastest on average. Prints the entries, as lines to paste
+into DEVICE_TABLES, with each sweep's times beside them, and the shapes left as they are.
+
+  python benchmarks/device_table_merge.py A.json B.json [C.json ...] [--min-gain 0.04]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+
+def table_key(row: dict) -> tuple[str, int, int, int]:
+    return ("gemv" if row["M"] == 1 else "dot", 2 if row["kind"] == "bf16" else 1, row["N"], row["K"])
+
+
+def config_id(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def merge(sweeps: list[list[dict]], min_gain: float) -> tuple[dict, dict]:
+    """(entries, left): entries maps a table key to (config, [(shipped µs, its µs) per sweep]); left maps the
+    keys without one to the reason."""
+    rows_by_key: dict[tuple, list[dict]] = defaultdict(list)
+    for rows in sweeps:
+        for row in rows:
+            rows_by_key[table_key(row)].append(row)
+    entries, left = {}, {}
+    for key, rows in sorted(rows_by_key.items()):
+        if len(rows) < 2:
+            left[key] = "timed by one sweep only"
+            continue
+        if any("shipped_us" not in row for row in rows):
+            left[key] = "a sweep predates shipped_us (fp8_gemm.py before 2026-12-06)"
+            continue
+        if any(row["shipped_us"] is None for row in rows):
+            left[key] = "a sweep did not time the shipped config (its --paths left it out)"
+            continue
+        timed = [{config_id(c): us for us, c in row.get("fastest", [])} for row in rows]
+        candidates = []
+        for cid in set.intersection(*(set(t) for t in timed)):
+            times = [t[cid] for t in timed]
+            if all(us <= row["shipped_us"] * (1 - min_gain) for us, row in zip(times, rows)):
+                candidates.append((sum(times) / len(times), cid, times))
+        if not candidates:
+            left[key] = "no config beat the shipped one by the margin in every sweep"
+            continue
+        _, cid, times = min(candidates)
+        entries[key] = (json.loads(cid), [(row["shipped_us"], us) for row, us in zip(rows, times)])
+    return entries, left
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweeps", nargs="+", help="fp8_gemm.py --sweep --out files (JSON)")
+    parser.add_argument("--min-gain", type=float, default=0.04,
+                        help="the fraction of the shipped config's time a winner must save in every sweep")
+    args = parser.parse_args()
+    results = [json.load(open(path)) for path in args.sweeps]
+    devices = {r.get("device") for r in results}
+    if len(devices) != 1:
+        raise SystemExit(f"device_table_merge: the sweeps come from different GPUs {sorted(map(str, devices))}; "
+                         "give sweeps of one GPU model")
+    entries, left = merge([r["sweep"] for r in results], args.min_gain)
+    print(f"# {devices.pop()}: {len(entries)} entries from {len(results)} sweeps (min gain {args.min_gain:.0%})")
+    for key, (config, evidence) in entries.items():
+        print(f"        {key!r}: {config!r},  # shipped/this µs: "
+              + ", ".join(f"{s:.2f}/{u:.2f}" for s, u in evidence))
+    for key, why in left.items():
+        print(f"# left: {key!r}: {why}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
