@@ -300,12 +300,13 @@ elif [ "$CALL" = 12 ]; then
 elif [ "$CALL" = 48 ]; then  # more H100 entries: each sweep twice (benchmarks/device_table_merge.py keeps a shape's
   # winner only where both runs, and both FP8 scale layouts, agree): FP8 per channel and block at tp 4 and 8 widths,
   # block at tp 1 and 2 (today's H100 entries were chosen on per-channel sweeps)
-  S="python benchmarks/fp8_gemm.py --ms 1 --sweep --precompile 15 --kinds fp8 --gemms qkv,o,gate_up,down --device-table H100"
+  S="python benchmarks/fp8_gemm.py --ms 1 --sweep --precompile 15 --kinds fp8 --gemms qkv,o,gate_up,down"
+  H="H100 80GB HBM3"  # gemv_table.DEVICE_TABLES' key
   for run in a b; do
     mkdir -p "$OUT/c48$run" "$OUT/b48$run" "$OUT/b12$run"
-    step "sweep_c48$run" 90 $S --tps 4,8 --fp8-scales channel --out "$OUT/c48$run/sweep.json"
-    step "sweep_b48$run" 90 $S --tps 4,8 --fp8-scales block --out "$OUT/b48$run/sweep.json"
-    step "sweep_b12$run" 90 $S --tps 1,2 --fp8-scales block --out "$OUT/b12$run/sweep.json"
+    step "sweep_c48$run" 90 $S --tps 4,8 --fp8-scales channel --out "$OUT/c48$run/sweep.json" --device-table "$H"
+    step "sweep_b48$run" 90 $S --tps 4,8 --fp8-scales block --out "$OUT/b48$run/sweep.json" --device-table "$H"
+    step "sweep_b12$run" 90 $S --tps 1,2 --fp8-scales block --out "$OUT/b12$run/sweep.json" --device-table "$H"
   done
   step merge 20 python benchmarks/device_table_merge.py "$OUT"/c48?/sweep.json "$OUT"/b48?/sweep.json \
     "$OUT"/b12?/sweep.json

@@ -76,16 +76,17 @@ def test_bad_input_raises():
 
 
 def test_device_tables_name_gpus_and_keep_callers_entries():
-    """gemv_table.DEVICE_TABLES: a GPU's name picks its entries (an H100's, none for an H200, which TABLE was
+    """gemv_table.DEVICE_TABLES: a GPU's name picks its entries (an H100 SXM's, none for an H200, which TABLE was
     measured on); they go into the table over TABLE's own entries only, not over one a caller set; each entry is
     for one of TABLE's buckets and names a kernel."""
     from hf_tp.kernels import gemv_table
     from hf_tp.kernels import gemv_triton as gt
 
-    assert gt.device_table_key("NVIDIA H100 80GB HBM3") == "H100"
+    assert gt.device_table_key("NVIDIA H100 80GB HBM3") == "H100 80GB HBM3"
+    assert gt.device_table_key("NVIDIA H100 PCIe") == ""  # other memory, other speeds: TABLE's entries
     assert gt.device_table_key("NVIDIA H200") == "" and gt.device_table_key("cpu") == ""
     assert gt.use_device_table("cpu") == ""
-    entries = gemv_table.DEVICE_TABLES["H100"]
+    entries = gemv_table.DEVICE_TABLES["H100 80GB HBM3"]
     shipped, changed = sorted(entries)[:2]
     table = dict(gemv_table.TABLE)
     table[changed] = {"path": "gemv", "BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 1, "SPLIT": 1}
