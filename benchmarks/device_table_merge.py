@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections import defaultdict
 
 
@@ -62,7 +63,12 @@ def main() -> int:
     parser.add_argument("--min-gain", type=float, default=0.04,
                         help="the fraction of the shipped config's time a winner must save in every sweep")
     args = parser.parse_args()
-    results = [json.load(open(path)) for path in args.sweeps]
+    missing = [path for path in args.sweeps if not os.path.exists(path)]
+    for path in missing:
+        print(f"# not found (a sweep that did not run): {path}")
+    results = [json.load(open(path)) for path in args.sweeps if path not in missing]
+    if not results:
+        raise SystemExit("device_table_merge: none of the sweeps exists")
     devices = {r.get("device") for r in results}
     if len(devices) != 1:
         raise SystemExit(f"device_table_merge: the sweeps come from different GPUs {sorted(map(str, devices))}; "

@@ -125,8 +125,9 @@
 #   CALL=46 (after 45): the rank of tp 2's H100 entries end to end, with and without them; tp 1 batch 8.
 #   CALL=47 (the first on an H100 next session): the two decode-GEMM GPU tests that failed in call 4 of the twenty-third
 #      session (run by hand, without this script's PYTHONPATH), then the GPU tests of the loop and its GEMM passes.
-#   CALL=48 (after 47, on an H100): the sweeps that more H100 entries need, each twice, merged by
-#      benchmarks/device_table_merge.py (a shape's winner must beat the shipped config by 4 % in every sweep).
+#   CALL=48 (after 47, on an H100): the sweeps that more H100 entries need (FP8 at tp 4/8 widths, block scales,
+#      qwen3-moe-mini's bf16 attention), each twice, merged by benchmarks/device_table_merge.py (a shape's winner
+#      must beat the shipped config by 4 % in every sweep); then rows with and without the new entries.
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
 #      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
 #      with prefill_ms in every row.
@@ -298,18 +299,24 @@ elif [ "$CALL" = 12 ]; then
   step norm_gemm_cost 60 python benchmarks/norm_gemm_cost.py --json "$OUT/norm_gemm_cost.jsonl"
   step tests_gemm_norms 120 python -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_gemm_norms.py
 elif [ "$CALL" = 48 ]; then  # more H100 entries: each sweep twice (benchmarks/device_table_merge.py keeps a shape's
-  # winner only where both runs, and both FP8 scale layouts, agree): FP8 per channel and block at tp 4 and 8 widths,
-  # block at tp 1 and 2 (today's H100 entries were chosen on per-channel sweeps)
-  S="python benchmarks/fp8_gemm.py --ms 1 --sweep --precompile 15 --kinds fp8 --gemms qkv,o,gate_up,down"
+  # winner only where both runs, and both FP8 scale layouts, agree), in priority order: FP8 per channel at tp 4 and
+  # 8 widths; block scales at tp 1 and 2 (today's H100 entries were chosen on per-channel sweeps);
+  # qwen3-moe-mini's bf16 attention and router GEMMs at tp 1 and 2 (issue 21's rows); block scales at tp 4 and 8
+  S="python benchmarks/fp8_gemm.py --ms 1 --sweep --precompile 15"
   H="H100 80GB HBM3"  # gemv_table.DEVICE_TABLES' key
-  for run in a b; do
-    mkdir -p "$OUT/c48$run" "$OUT/b48$run" "$OUT/b12$run"
-    step "sweep_c48$run" 90 $S --tps 4,8 --fp8-scales channel --out "$OUT/c48$run/sweep.json" --device-table "$H"
-    step "sweep_b48$run" 90 $S --tps 4,8 --fp8-scales block --out "$OUT/b48$run/sweep.json" --device-table "$H"
-    step "sweep_b12$run" 90 $S --tps 1,2 --fp8-scales block --out "$OUT/b12$run/sweep.json" --device-table "$H"
-  done
-  step merge 20 python benchmarks/device_table_merge.py "$OUT"/c48?/sweep.json "$OUT"/b48?/sweep.json \
-    "$OUT"/b12?/sweep.json
+  F="--kinds fp8 --gemms qkv,o,gate_up,down"
+  sweep() {  # sweep NAME SECONDS ARGS...: one sweep into $OUT/NAME/sweep.json (its gemv_table.py beside it)
+    local name=$1 need=$2; shift 2
+    mkdir -p "$OUT/$name"
+    step "sweep_$name" "$need" $S "$@" --out "$OUT/$name/sweep.json" --device-table "$H"
+  }
+  for run in a b; do sweep "c48$run" 90 $F --tps 4,8 --fp8-scales channel; done
+  for run in a b; do sweep "b12$run" 90 $F --tps 1,2 --fp8-scales block; done
+  for run in a b; do sweep "moe$run" 70 --model qwen3-moe-mini --kinds bf16 --gemms qkv,o,router --tps 1,2; done
+  for run in a b; do sweep "b48$run" 90 $F --tps 4,8 --fp8-scales block; done
+  step merge_fp8 20 python benchmarks/device_table_merge.py "$OUT"/c48?/sweep.json "$OUT"/b12?/sweep.json \
+    "$OUT"/b48?/sweep.json
+  step merge_moe 20 python benchmarks/device_table_merge.py "$OUT"/moe?/sweep.json
 elif [ "$CALL" = 47 ]; then  # the two decode-GEMM GPU tests that failed in the twenty-third session's hand-run call
   # (no PYTHONPATH there: gpu_check.py's subprocess could not import hf_tp; the other's trace was cut), first, with
   # this script's environment; then the rest of the GPU tests of the files that call touched, and of the loop
