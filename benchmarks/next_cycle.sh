@@ -376,6 +376,10 @@ elif [ "$CALL" = 41 ]; then  # issues 18 and 19's dense bars as their H200 targe
   row r4_bf16 45 bf16 --simulate-tp 4 --batches 1
   row r8_bf16 45 bf16 --simulate-tp 8 --batches 1
   row tp1_bf16_4k 70 bf16 --batches 1 --prompt-len 4096
+  # with what is left: the H200's FP8 per-channel sweep at tp 1 and 2 with today's grid (the H100 found the fp16
+  # form with 128-row tiles faster at tp-1 gate/up, a config TABLE's H200 sweep may not have tried)
+  step sweep_fp8c_h200 100 python benchmarks/fp8_gemm.py --out "$OUT/gemm_fp8c_h200.json" --tps 1,2 --ms 1 --sweep \
+    --precompile 15 --kinds fp8 --fp8-scales channel --gemms qkv,o,gate_up,down
 elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one call (after 41, on an H200)
   write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 300 bf16 &
   write_8b_ckpts
