@@ -664,8 +664,8 @@ def test_folded_split_sum_on_gpu():
 @pytest.mark.parametrize("tp", [1, 2])
 def test_fp8_glu_epilogue_on_gpu(tp):
     """``glu_out`` with FP8 weights at the Llama-3-8B gate/up widths of tp 1 and the rank of tp 2 (I = 14336 / tp,
-    K = 4096), per channel and block scales, batch 1 and 8, through the measured configs (the GEMV at tp 1, the fp16
-    form at the rank of tp 2): the activation is the unfused kernel's [gate | up] then ``glu_reference``, bit for
+    K = 4096), per channel and block scales, batch 1 and 8, through the measured configs (TABLE's GEMV at tp 1, the
+    fp16 form there on an SXM H100, whose DEVICE_TABLES entry replaces it; the fp16 form at the rank of tp 2): the activation is the unfused kernel's [gate | up] then ``glu_reference``, bit for
     bit, and ``out16`` its fp16 copy."""
     from hf_tp.kernels import gemv_triton as gt
     from hf_tp.kernels.decode_gemm import glu_reference
