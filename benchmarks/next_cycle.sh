@@ -320,6 +320,7 @@ elif [ "$CALL" = 48 ]; then  # more H100 entries: each sweep twice (benchmarks/d
 elif [ "$CALL" = 47 ]; then  # the two decode-GEMM GPU tests that failed in the twenty-third session's hand-run call
   # (no PYTHONPATH there: gpu_check.py's subprocess could not import hf_tp; the other's trace was cut), first, with
   # this script's environment; then the rest of the GPU tests of the files that call touched, and of the loop
+  step tests_8b 200 $T tests/test_gpu_fp8.py -k 8b  # one layer at 8B widths: the decode loop through the H100 entries
   step tests_rerun 200 $T tests/test_decode_gemm.py -k "gpu_decode_loop_with_kernel or two_gloo_ranks_on_one_gpu"
   step tests_gemm 200 $T tests/test_decode_gemm.py tests/test_gpu_loop.py tests/test_prologue_pass.py tests/test_gemm_norms.py
   step tests_moe 150 $T tests/test_moe_kernel.py

@@ -22,8 +22,14 @@ pytestmark = [pytest.mark.gpu,
 # "block-pdl": the 12-token case with TPConfig(pdl=True), as FP8 layers run from the rank of tp 2 on (resolve_pdl).
 # "block-glu": one prompt (the gate/up GEMV keeps K whole at one row) with prologue_pass.FP8_GLU_EPILOGUE: the MLP's
 # activation made in the FP8 gate/up GEMM's epilogue, checked to have been rewritten.
+# "channel-8b-tp1" / "channel-8b-r2": one layer of Llama-3-8B's widths at tp 1 and of a rank of tp 2 (per channel,
+# one prompt), so that batch-1 decode runs the decode GEMM configs of those shapes: the measured table's, and on a
+# GPU model with its own entries (gemv_table.DEVICE_TABLES: the SXM H100) those, checked to be in use.
 CASES = [(12, False, "block"), (60, False, "block"), (80, False, "block"), (80, True, "block"),
-         (80, False, "channel-split"), (12, False, "block-pdl"), (12, False, "block-glu")]
+         (80, False, "channel-split"), (12, False, "block-pdl"), (12, False, "block-glu"),
+         (12, False, "channel-8b-tp1"), (12, False, "channel-8b-r2")]
+WIDTHS_8B = {"channel-8b-tp1": dict(num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336),
+             "channel-8b-r2": dict(num_attention_heads=16, num_key_value_heads=4, intermediate_size=7168)}
 
 
 @pytest.mark.parametrize("prompt_len,fp8_activations,fmt", CASES)
@@ -37,6 +43,8 @@ def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, monke
     # 320 and 384 are not multiples of 128: the last K-block of every GEMM is partial.
     config = tiny_config("llama", hidden_size=320, intermediate_size=384, num_attention_heads=10,
                          num_key_value_heads=5, head_dim=32)
+    if fmt in WIDTHS_8B:
+        config = tiny_config("llama", hidden_size=4096, head_dim=128, num_hidden_layers=1, **WIDTHS_8B[fmt])
     src = save_tiny_model(tmp_path / "bf", config, max_shard_size=None)
     pdl = fmt == "block-pdl"
     rewritten = []
@@ -52,6 +60,8 @@ def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, monke
                             or rewritten[-1])
     if fmt in ("block", "block-pdl", "block-glu"):
         folder = write_block_fp8(src, tmp_path / "fp8")
+    elif fmt in WIDTHS_8B:
+        folder = write_channel_fp8(src, tmp_path / "fp8")
     else:
         folder = write_channel_fp8(src, tmp_path / "fp8")
         monkeypatch.setattr(fp8_triton, "PREFILL_TWO_TERM_MAX_M", 1 << 20)
@@ -74,7 +84,16 @@ def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, monke
     assert q.shared_input.fp8_activations is fp8_activations
     assert ours.model.layers[0].self_attn.o_proj.fp8_activations is fp8_activations
 
-    batch = 1 if fmt == "block-glu" else 2
+    if fmt in WIDTHS_8B:  # the configs batch-1 decode takes at these shapes, as the table (and this GPU's) says
+        from hf_tp.kernels import gemv_table
+        from hf_tp.kernels import gemv_triton as gt
+
+        device_entries = gemv_table.DEVICE_TABLES.get(gt.use_device_table(device), {})
+        inter, heads, kv = config.intermediate_size, config.num_attention_heads, config.num_key_value_heads
+        for N, K in (((heads + 2 * kv) * 128, 4096), (4096, heads * 128), (2 * inter, 4096), (4096, inter)):
+            if ("gemv", 1, N, K) in device_entries:
+                assert gt.choose(1, N, K, 1)[1] == dict(device_entries[("gemv", 1, N, K)]), (N, K)
+    batch = 1 if fmt in ("block-glu", *WIDTHS_8B) else 2
     prompt = torch.randint(3, config.vocab_size, (batch, prompt_len),
                            generator=torch.Generator().manual_seed(0)).to(device)
     out = ours.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24,
