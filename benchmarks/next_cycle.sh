@@ -131,7 +131,10 @@
 #   CALL=30 (after 29): issue 19's decode bars at the 8B shape, FP8 per channel against
 #      bf16 in the same call: tp 1 at batch 1 and 8 (bars 1.6x and 1.3x), the rank of tp 2 at batch 1 (bar 1.5x),
 #      with prefill_ms in every row.
-# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|30] bash benchmarks/next_cycle.sh
+# Usage (device): cd <checkout> && OUT=... BUDGET=575 [CALL=2|...|48] bash benchmarks/next_cycle.sh
+# Asking for nvidia-h200 may bring an H100; the twenty-third session's calls chose by the GPU they got:
+#   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=41 bash
+#   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=47 bash benchmarks/next_cycle.sh; fi
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
