@@ -316,6 +316,9 @@ elif [ "$CALL" = 48 ]; then  # more H100 entries: each sweep twice (benchmarks/d
   for run in a b; do sweep "c48$run" 90 $F --tps 4,8 --fp8-scales channel; done
   for run in a b; do sweep "b12$run" 90 $F --tps 1,2 --fp8-scales block; done
   for run in a b; do sweep "moe$run" 70 --model qwen3-moe-mini --kinds bf16 --gemms qkv,o,router --tps 1,2; done
+  # the MoE expert kernels' blocks (moe_decode.GATE_UP_BLOCKS / DOWN_BLOCKS, swept on an H200), twice on the H100
+  for run in a b; do step "moe_blocks$run" 60 python benchmarks/moe_switch.py --out "$OUT/moe_blocks$run.jsonl" \
+    --widths 768,384 --tokens 1 --sweep; done
   for run in a b; do sweep "b48$run" 90 $F --tps 4,8 --fp8-scales block; done
   step merge_fp8 20 python benchmarks/device_table_merge.py "$OUT"/c48?/sweep.json "$OUT"/b12?/sweep.json \
     "$OUT"/b48?/sweep.json
