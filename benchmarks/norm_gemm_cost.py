@@ -5,7 +5,7 @@ the statistic before the loop, NORM_RSTD_LAST off), at the Llama-3-8B widths of 
 (q/k/v, and gate/up with its silu(gate) * up epilogue) and at qwen3-moe-mini's router (the normalized x written
 for the experts). Each pair is captured 20 times in one CUDA graph and timed with CUDA events over replays, so
 the figures are GPU time with the launch gaps a captured step has. The end-to-end rows are
-benchmarks/next_cycle.sh's (CALL=10); this says which shapes gain and which lose, per GEMM.
+benchmarks/next_cycle.sh's (CALL=10, benchmarks/RESULTS.md); this says which shapes gain and which lose, per GEMM.
 
     python benchmarks/norm_gemm_cost.py [--tp 1,2,4,8] [--rows 1] [--replays 50] [--json OUT]
     python benchmarks/norm_gemm_cost.py --smoke     # CPU, TRITON_INTERPRET=1: the code paths, tiny widths, no timing
