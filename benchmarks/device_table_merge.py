@@ -2,9 +2,10 @@
 
 Reads several `benchmarks/fp8_gemm.py --sweep --out FILE.json` results from the same GPU model (two runs, and for
 FP8 both scale layouts: the table's keys do not tell block from per-channel scales). A shape gets an entry only
-where one config is among the five fastest of every sweep that timed the shape and beats the config shipped
-there by at least --min-gain in each; of those, the fastest on average. Prints the entries, as lines to paste
-into DEVICE_TABLES, with each sweep's times beside them, and the shapes left as they are.
+where two sweeps or more timed it and one config is among the five fastest of every one of them and beats the
+config shipped there by at least --min-gain in each; of those, the fastest on average. Prints the entries, as
+lines to paste into DEVICE_TABLES, with each sweep's times beside them (and, for FP8, a note where only one
+scale layout was timed: check the other before pasting), and the shapes left as they are.
 
   python benchmarks/device_table_merge.py A.json B.json [C.json ...] [--min-gain 0.04]
 """
@@ -25,16 +26,20 @@ def config_id(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 
 
-def merge(sweeps: list[list[dict]], min_gain: float) -> tuple[dict, dict]:
-    """(entries, left): entries maps a table key to (config, [(shipped µs, its µs) per sweep]); left maps the
-    keys without one to the reason."""
-    rows_by_key: dict[tuple, list[dict]] = defaultdict(list)
-    for rows in sweeps:
+def merge(sweeps: list[list[dict]], min_gain: float, layouts: list[str] | None = None) -> tuple[dict, dict]:
+    """(entries, left): entries maps a table key to (config, [(shipped µs, its µs) per row], the FP8 scale layouts
+    seen); left maps the keys without one to the reason. ``layouts``: each sweep's FP8 scales ("block" or
+    "channel"). A sweep may time one shape more than once (the MoE router at every tp): every row counts, but the
+    shape needs rows from two sweeps or more."""
+    layouts = layouts or [""] * len(sweeps)
+    rows_by_key: dict[tuple, list[tuple[int, dict]]] = defaultdict(list)
+    for index, rows in enumerate(sweeps):
         for row in rows:
-            rows_by_key[table_key(row)].append(row)
+            rows_by_key[table_key(row)].append((index, row))
     entries, left = {}, {}
-    for key, rows in sorted(rows_by_key.items()):
-        if len(rows) < 2:
+    for key, indexed in sorted(rows_by_key.items()):
+        rows = [row for _, row in indexed]
+        if len({index for index, _ in indexed}) < 2:
             left[key] = "timed by one sweep only"
             continue
         if any("shipped_us" not in row for row in rows):
@@ -53,8 +58,15 @@ def merge(sweeps: list[list[dict]], min_gain: float) -> tuple[dict, dict]:
             left[key] = "no config beat the shipped one by the margin in every sweep"
             continue
         _, cid, times = min(candidates)
-        entries[key] = (json.loads(cid), [(row["shipped_us"], us) for row, us in zip(rows, times)])
+        seen = sorted({layouts[index] for index, _ in indexed if layouts[index]}) if key[1] == 1 else []
+        entries[key] = (json.loads(cid), [(row["shipped_us"], us) for row, us in zip(rows, times)], seen)
     return entries, left
+
+
+def scales(result: dict) -> str:
+    """A sweep's FP8 scale layout: recorded since 2026-12-06, else read from its command line (block by default)."""
+    argv = result.get("argv", [])
+    return result.get("fp8_scales") or ("channel" if "channel" in argv else "block")
 
 
 def main() -> int:
@@ -73,11 +85,12 @@ def main() -> int:
     if len(devices) != 1:
         raise SystemExit(f"device_table_merge: the sweeps come from different GPUs {sorted(map(str, devices))}; "
                          "give sweeps of one GPU model")
-    entries, left = merge([r["sweep"] for r in results], args.min_gain)
+    entries, left = merge([r["sweep"] for r in results], args.min_gain, [scales(r) for r in results])
     print(f"# {devices.pop()}: {len(entries)} entries from {len(results)} sweeps (min gain {args.min_gain:.0%})")
-    for key, (config, evidence) in entries.items():
+    for key, (config, evidence, seen) in entries.items():
+        note = "" if key[1] != 1 or len(seen) == 2 else f" (FP8 scales timed: {', '.join(seen) or 'not recorded'} only)"
         print(f"        {key!r}: {config!r},  # shipped/this µs: "
-              + ", ".join(f"{s:.2f}/{u:.2f}" for s, u in evidence))
+              + ", ".join(f"{s:.2f}/{u:.2f}" for s, u in evidence) + note)
     for key, why in left.items():
         print(f"# left: {key!r}: {why}")
     return 0

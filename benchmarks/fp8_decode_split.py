@@ -46,6 +46,9 @@ def main():
     from hf_tp.kernels import fp8_triton as ft
 
     rows, layer, t0 = [], {}, time.time()
+    from hf_tp.kernels import gemv_triton
+
+    gemv_triton.use_device_table(torch.device("cuda"))  # the shipped path is what this GPU runs
     for tp in [int(t) for t in args.tps.split(",")]:
         for name, N, K, _ in fg.shapes(tp):
             W = fg.Weights(N, K, fg.copies_for(N, K))

@@ -306,22 +306,23 @@ def sweep(weights: dict, ms, sms: int, log, result: dict, save) -> dict:
 def write_table(path: str, table: dict, result: dict, device_table: str = "") -> None:
     """hf_tp/kernels/gemv_table.py with ``table``'s entries added (or replaced) in TABLE, or in
     DEVICE_TABLES[device_table] when given, its docstring with one more "Measured:" line (DEVICE_TABLES' comment
-    kept as it is); the file to copy into the tree."""
-    from hf_tp.kernels import gemv_table
-
+    kept as it is); the file to copy into the tree. The shipped entries are read from the file itself, not from
+    the imported module, whose dicts a benchmark may have changed."""
     source = open(gemv_table_source()).read()
+    shipped: dict = {}
+    exec(compile(source, gemv_table_source(), "exec"), shipped)
     doc = source.split('"""')[1].rstrip()
     measured = (f"Measured ({result['model']}): {result['device']}, torch {result['torch']}, triton {result['triton']}, "
                 "by\nbenchmarks/fp8_gemm.py " + " ".join(result["argv"]) + ".")
-    if measured not in doc:
+    if measured not in doc and not device_table:  # the docstring tells where TABLE's entries come from
         doc += "\n" + measured
-    tables = {key: dict(entries) for key, entries in gemv_table.DEVICE_TABLES.items()}
-    merged = dict(gemv_table.TABLE)
+    tables = {key: dict(entries) for key, entries in shipped["DEVICE_TABLES"].items()}
+    merged = dict(shipped["TABLE"])
     (tables.setdefault(device_table, {}) if device_table else merged).update(table)
     lines = ['"""' + doc + '\n"""', "", "TABLE: dict[tuple[str, int, int, int], dict] = {"]
     lines += [f"    {key!r}: {merged[key]!r}," for key in sorted(merged)]
     lines.append("}")
-    comment = source[source.index("DEVICE_TABLES") - 1::-1].split("\n}", 1)[0][::-1].strip("\n")
+    comment = source[:source.index("\nDEVICE_TABLES:")].rsplit("\n}", 1)[1].strip("\n")
     lines += ["", comment, "DEVICE_TABLES: dict[str, dict[tuple[str, int, int, int], dict]] = {"]
     for name in sorted(tables):
         lines.append(f"    {name!r}: {{")
@@ -454,9 +455,12 @@ def main():
     from hf_tp.kernels import gemv_triton as gt
 
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    gt.use_device_table(torch.device("cuda"))  # "shipped" is what this GPU runs
+    own_table = gt.use_device_table(torch.device("cuda"))  # "shipped" is what this GPU runs
+    if args.device_table and args.device_table != gt.device_table_key(torch.cuda.get_device_name()):
+        raise SystemExit(f"fp8_gemm.py: --device-table {args.device_table!r} does not name this GPU "
+                         f"({torch.cuda.get_device_name()!r}); add a DEVICE_TABLES key that its name contains first")
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, argv=sys.argv[1:], model=args.model,
-                  device_table=gt.use_device_table(torch.device("cuda")),
+                  device_table=own_table, fp8_scales=FP8_SCALES,
                   triton=__import__("triton").__version__, rotate_bytes=ROTATE_BYTES, sweep=[], decode=[], layers=[])
     t0 = time.time()
 

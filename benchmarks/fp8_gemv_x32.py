@@ -35,6 +35,7 @@ def main():
     from hf_tp.kernels import gemv_triton as gt
 
     rows, layer, t0 = [], {}, time.time()
+    gt.use_device_table(torch.device("cuda"))  # "shipped" is what this GPU runs
     for tp in [int(t) for t in args.tps.split(",")]:
         for name, N, K, fp32_out in fg.shapes(tp):
             W = fg.Weights(N, K, fg.copies_for(N, K))

@@ -41,7 +41,7 @@ if os.environ.get('FOLD'):  # FOLD=1 / FOLD=0: the split-K sum in the GEMM or by
     gt.FOLD_SPLIT = os.environ['FOLD'] == '1'
 gt.PREFETCH_WEIGHTS = os.environ.get('PF') == '1'
 if os.environ.get('DEVICE_TABLE') == '0':  # DEVICE_TABLE=0: gemv_table.TABLE alone, without this GPU's own entries
-    gt.DEVICE_TABLES.clear()
+    gt._device_table = ''  # as if none were measured for it (DEVICE_TABLES itself stays: a sweep writes it out)
 if os.environ.get('GEMV_ENTRIES'):  # JSON [[bucket, elem_bytes, N, K, config], ...]: table entries set first
     import json
     for b, e, n, k, cfg in json.loads(os.environ['GEMV_ENTRIES']):

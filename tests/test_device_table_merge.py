@@ -27,7 +27,7 @@ def test_an_entry_needs_every_sweep_to_agree():
               row(2000, 10.0, [[9.2, DOT], [10.0, WARPS8], [10.1, WARPS4]]),
               row(3000, 10.0, [[9.8, WARPS4], [10.0, WARPS8]])]
     entries, left = device_table_merge.merge([first, second], min_gain=0.04)
-    config, evidence = entries[("gemv", 1, 1000, 4096)]
+    config, evidence, _ = entries[("gemv", 1, 1000, 4096)]
     assert config == WARPS4 and evidence == [(10.0, 9.0), (10.2, 9.6)]  # the fastest on average of the two
     assert set(entries) == {("gemv", 1, 1000, 4096)}
     assert "every sweep" in left[("gemv", 1, 2000, 4096)] and "every sweep" in left[("gemv", 1, 3000, 4096)]
@@ -38,3 +38,14 @@ def test_a_sweep_without_the_shipped_time_gives_no_entry():
     untimed = row(1000, None, [[9.0, WARPS4]])
     entries, left = device_table_merge.merge([[row(1000, 10.0, [[9.0, WARPS4]])], [untimed]], min_gain=0.04)
     assert not entries and "--paths" in left[("gemv", 1, 1000, 4096)]
+
+
+def test_one_sweep_timing_a_shape_twice_is_not_two_sweeps():
+    """The MoE router has the same shape at every tp: one sweep of tp 1 and 2 times it twice, still one sweep."""
+    twice = [row(64, 10.0, [[9.0, WARPS4]]), row(64, 10.1, [[9.1, WARPS4]])]
+    entries, left = device_table_merge.merge([twice], min_gain=0.04)
+    assert not entries and "one sweep" in left[("gemv", 1, 64, 4096)]
+    entries, _ = device_table_merge.merge([twice, [row(64, 10.0, [[9.2, WARPS4]])]], min_gain=0.04,
+                                          layouts=["channel", "block"])
+    config, evidence, seen = entries[("gemv", 1, 64, 4096)]
+    assert config == WARPS4 and len(evidence) == 3 and seen == ["block", "channel"]

@@ -84,21 +84,27 @@ def test_block_fp8_kept_on_gpu_decodes_the_fp32_reference_tokens(tmp_path, monke
     assert q.shared_input.fp8_activations is fp8_activations
     assert ours.model.layers[0].self_attn.o_proj.fp8_activations is fp8_activations
 
-    if fmt in WIDTHS_8B:  # the configs batch-1 decode takes at these shapes, as the table (and this GPU's) says
-        from hf_tp.kernels import gemv_table
+    chosen = {}  # (M, N, K) -> the config each decode GEMM call was launched with
+    if fmt in WIDTHS_8B:
         from hf_tp.kernels import gemv_triton as gt
 
-        device_entries = gemv_table.DEVICE_TABLES.get(gt.use_device_table(device), {})
-        inter, heads, kv = config.intermediate_size, config.num_attention_heads, config.num_key_value_heads
-        for N, K in (((heads + 2 * kv) * 128, 4096), (4096, heads * 128), (2 * inter, 4096), (4096, inter)):
-            if ("gemv", 1, N, K) in device_entries:
-                assert gt.choose(1, N, K, 1)[1] == dict(device_entries[("gemv", 1, N, K)]), (N, K)
+        choose = gt.choose
+        monkeypatch.setattr(gt, "choose", lambda M, N, K, *a, **k: chosen.setdefault((M, N, K), choose(M, N, K, *a, **k)))
     batch = 1 if fmt in ("block-glu", *WIDTHS_8B) else 2
     prompt = torch.randint(3, config.vocab_size, (batch, prompt_len),
                            generator=torch.Generator().manual_seed(0)).to(device)
     out = ours.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=24,
                         do_sample=False, pad_token_id=0)
     assert ours._hf_tp_static_decoder.use_graphs and ours._hf_tp_static_decoder.sessions  # the captured loop ran
+    if fmt in WIDTHS_8B:  # one-row calls ran this GPU's own entries (gemv_table.DEVICE_TABLES) where it has them
+        from hf_tp.kernels import gemv_table
+
+        own = gemv_table.DEVICE_TABLES.get(gt.device_table_key(torch.cuda.get_device_name(device)), {})
+        inter, heads, kv = config.intermediate_size, config.num_attention_heads, config.num_key_value_heads
+        for N, K in (((heads + 2 * kv) * 128, 4096), (4096, heads * 128), (2 * inter, 4096), (4096, inter)):
+            assert (1, N, K) in chosen, (N, K, sorted(chosen))
+            if ("gemv", 1, N, K) in own:
+                assert chosen[(1, N, K)][1] == dict(own[("gemv", 1, N, K)]), (N, K, chosen[(1, N, K)])
     if fmt == "block-glu":
         assert sum(rewritten) >= config.num_hidden_layers, rewritten  # every layer's MLP, in the compiled step
     new = out[:, prompt.shape[1]:]

@@ -256,7 +256,7 @@ def main() -> int:
                      "bandwidth_floor_tok_s": round(floor_tok_s, 1), "floor_fraction": round(decode_tok_s / floor_tok_s, 4), **moe_fields, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      # hf_tp's resolved options (None for the Transformers baselines): a row says what produced it
                      "tp_config": model.hf_tp_config.to_dict() if hasattr(model, "hf_tp_config") else None,
-                     "gemv_device_table": _gemv_device_table(device)})
+                     "gemv_device_table": _gemv_device_table(device) if hasattr(model, "hf_tp_config") else None})
     if int(os.environ.get("RANK", "0")) == 0:
         with open(args.out, "a") as f:
             for row in rows:

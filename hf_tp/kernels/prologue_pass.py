@@ -461,11 +461,19 @@ class GemmFusions(CustomGraphPass):
     def uuid(self):
         if get_hash_for_files is None:
             return None
-        # the ops' schemas are in decode_gemm.py and fp8.py: a cached graph must not call an older argument list
+        # the ops' schemas are in decode_gemm.py and fp8.py: a cached graph must not call an older argument list;
+        # the pass reads the configs' splits of K (gemv_triton.TABLE, with this GPU's own entries): a cached graph
+        # must not keep a rewrite that another table would not make
         from . import decode_gemm, fp8
 
+        try:
+            from . import gemv_triton
+
+            table = repr(sorted(gemv_triton.TABLE.items()))
+        except Exception:  # no usable Triton: the kernels (and their table) are not in the graph either
+            table = None
         return (get_hash_for_files((__file__, decode_gemm.__file__, fp8.__file__)), self.prologues, self.epilogues,
-                self.norms, FP8_GLU_EPILOGUE)
+                self.norms, FP8_GLU_EPILOGUE, table)
 
 
 def inductor_options(prologues: bool, epilogues: bool = False, norms: bool = False) -> dict:
