@@ -145,9 +145,9 @@ TABLE: dict[tuple[str, int, int, int], dict] = {
 # triton 3.6.0, sweeps of benchmarks/fp8_gemm.py --ms 1 --sweep --kinds fp8 --fp8-scales channel (2026-12-06,
 # benchmarks/RESULTS.md). tp 1 (three sweeps): gate/up in the fp16 form with 128-row tiles 43.4-44.0 µs against
 # the GEMV's 45.5-47.8, down and o_proj with 4 warps (25.0-25.5 against 27.2; 9.2-9.6 against 10.3); tp 1 end to
-# end 270-276 tok/s against 257-262. The rank of tp 2 (two
-# sweeps): q/k/v with 8 warps (7.35-7.48 against 8.09-8.27), o_proj with 4 (5.76-5.79 against 6.52-6.57), down
-# by the GEMV (13.81-13.82 against the fp16 form's 15.6). bf16 swept too: TABLE's configs within 2 %.
+# end 270-276 tok/s against 257-262. The rank of tp 2 (two sweeps): q/k/v with 8 warps (7.35-7.48 against
+# 8.09-8.27), o_proj with 4 (5.76-5.79 against 6.52-6.57), down by the GEMV (13.81-13.82 against the fp16 form's
+# 15.6); end to end 494.8-503.3 tok/s against 475.6-480.0. bf16 swept too: TABLE's configs within 2 %.
 DEVICE_TABLES: dict[str, dict[tuple[str, int, int, int], dict]] = {
     'H100 80GB HBM3': {
         ('gemv', 1, 3072, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
