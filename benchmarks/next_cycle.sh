@@ -13,6 +13,7 @@
 #   CALL=47 (H100, the next session's first): the GPU tests that check the H100 entries at the 8B widths end to end
 #      (test_gpu_fp8 -k 8b), the two decode-GEMM tests that failed in the twenty-third session's hand-run call (no
 #      PYTHONPATH there), then the loop's, its GEMM passes' and the MoE kernels' GPU tests.
+#   CALL=49 (H100, after 48): the ranks of tp 4 and 8 in FP8 with and without the entries call 48's sweeps added
 #   CALL=48 (H100, after 47): the sweeps more H100 entries need (FP8 at tp 4/8 widths, block scales,
 #      qwen3-moe-mini's bf16 attention, the MoE expert blocks), each twice, merged by
 #      benchmarks/device_table_merge.py (a shape's winner must beat the shipped config by 4 % in every sweep); then
@@ -101,7 +102,20 @@ write_8b_ckpts() {  # the Llama-3-8B shape in bf16 and FP8 per channel, from the
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
 }
-if [ "$CALL" = 48 ]; then  # more H100 entries: each sweep twice (benchmarks/device_table_merge.py keeps a shape's
+if [ "$CALL" = 49 ]; then  # the ranks of tp 4 and 8 in FP8 with and without the H100 entries the 48th call's
+  # sweeps added (tp 4: o, gate/up, down; tp 8: q/k/v, gate/up, down), interleaved twice; the entry test first, and
+  # the MoE expert blocks sweep call 48 had no time for while the checkpoint is written
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
+  step tests_device_table 100 $T tests/test_fp8_kernel.py -k device_table
+  step moe_blocksa 60 python benchmarks/moe_switch.py --out "$OUT/moe_blocksa.jsonl" --widths 768,384 --tokens 1 --sweep
+  wait
+  for pass in "" b; do
+    for n in 4 8; do
+      DEVICE_TABLE=0 row "r${n}_fp8c_default$pass" 45 fp8-channel --simulate-tp $n --batches 1
+      row "r${n}_fp8c_h100$pass" 45 fp8-channel --simulate-tp $n --batches 1
+    done
+  done
+elif [ "$CALL" = 48 ]; then  # more H100 entries: each sweep twice (benchmarks/device_table_merge.py keeps a shape's
   # winner only where both runs, and both FP8 scale layouts, agree), in priority order: FP8 per channel at tp 4 and
   # 8 widths; block scales at tp 1 and 2 (the H100 entries of 2026-12-06 were chosen on per-channel sweeps);
   # qwen3-moe-mini's bf16 attention and router GEMMs at tp 1 and 2 (issue 21's rows); block scales at tp 4 and 8
@@ -176,7 +190,7 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 else
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45, 46, 47 or 48; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-49; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
