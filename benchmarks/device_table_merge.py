@@ -1,11 +1,12 @@
 """Which sweep winners a GPU model's entries in hf_tp/kernels/gemv_table.py (DEVICE_TABLES) should take.
 
-Reads several `benchmarks/fp8_gemm.py --sweep --out FILE.json` results from the same GPU model (two runs, and for
-FP8 both scale layouts: the table's keys do not tell block from per-channel scales). A shape gets an entry only
-where two sweeps or more timed it and one config is among the five fastest of every one of them and beats the
-config shipped there by at least --min-gain in each; of those, the fastest on average. Prints the entries, as
-lines to paste into DEVICE_TABLES, with each sweep's times beside them (and, for FP8, a note where only one
-scale layout was timed: check the other before pasting), and the shapes left as they are.
+Reads several `benchmarks/fp8_gemm.py --sweep --out FILE.json` results from the same GPU model (two runs or more
+of each). FP8 shapes are merged per scale layout: the key of an FP8 entry ends with "channel" or "block"
+(gemv_triton.table_entry), since one GPU may want different configs for the two. A shape (and layout) gets an
+entry only where two sweeps or more timed it and one config is among the five fastest of every one of them and
+beats the config shipped there by at least --min-gain in each; of those, the fastest on average. Prints the
+entries, as lines to paste into DEVICE_TABLES, with each sweep's times beside them, and the shapes left as they
+are.
 
   python benchmarks/device_table_merge.py A.json B.json [C.json ...] [--min-gain 0.04]
 """
@@ -18,8 +19,11 @@ import os
 from collections import defaultdict
 
 
-def table_key(row: dict) -> tuple[str, int, int, int]:
-    return ("gemv" if row["M"] == 1 else "dot", 2 if row["kind"] == "bf16" else 1, row["N"], row["K"])
+def table_key(row: dict, layout: str = "") -> tuple:
+    """The DEVICE_TABLES key of a sweep row: (bucket, weight bytes, N, K), with the FP8 scale layout last for FP8
+    rows of a sweep whose layout is known."""
+    key = ("gemv" if row["M"] == 1 else "dot", 2 if row["kind"] == "bf16" else 1, row["N"], row["K"])
+    return key + (layout,) if layout and row["kind"] != "bf16" else key
 
 
 def config_id(config: dict) -> str:
@@ -27,15 +31,15 @@ def config_id(config: dict) -> str:
 
 
 def merge(sweeps: list[list[dict]], min_gain: float, layouts: list[str] | None = None) -> tuple[dict, dict]:
-    """(entries, left): entries maps a table key to (config, [(shipped µs, its µs) per row], the FP8 scale layouts
-    seen); left maps the keys without one to the reason. ``layouts``: each sweep's FP8 scales ("block" or
-    "channel"). A sweep may time one shape more than once (the MoE router at every tp): every row counts, but the
+    """(entries, left): entries maps a table key to (config, [(shipped µs, its µs) per row]); left maps the keys
+    without one to the reason. ``layouts``: each sweep's FP8 scales ("block" or "channel"), part of its FP8 rows'
+    keys. A sweep may time one shape more than once (the MoE router at every tp): every row counts, but the
     shape needs rows from two sweeps or more."""
     layouts = layouts or [""] * len(sweeps)
     rows_by_key: dict[tuple, list[tuple[int, dict]]] = defaultdict(list)
     for index, rows in enumerate(sweeps):
         for row in rows:
-            rows_by_key[table_key(row)].append((index, row))
+            rows_by_key[table_key(row, layouts[index])].append((index, row))
     entries, left = {}, {}
     for key, indexed in sorted(rows_by_key.items()):
         rows = [row for _, row in indexed]
@@ -58,8 +62,7 @@ def merge(sweeps: list[list[dict]], min_gain: float, layouts: list[str] | None =
             left[key] = "no config beat the shipped one by the margin in every sweep"
             continue
         _, cid, times = min(candidates)
-        seen = sorted({layouts[index] for index, _ in indexed if layouts[index]}) if key[1] == 1 else []
-        entries[key] = (json.loads(cid), [(row["shipped_us"], us) for row, us in zip(rows, times)], seen)
+        entries[key] = (json.loads(cid), [(row["shipped_us"], us) for row, us in zip(rows, times)])
     return entries, left
 
 
@@ -87,10 +90,8 @@ def main() -> int:
                          "give sweeps of one GPU model")
     entries, left = merge([r["sweep"] for r in results], args.min_gain, [scales(r) for r in results])
     print(f"# {devices.pop()}: {len(entries)} entries from {len(results)} sweeps (min gain {args.min_gain:.0%})")
-    for key, (config, evidence, seen) in entries.items():
-        note = "" if key[1] != 1 or len(seen) == 2 else f" (FP8 scales timed: {', '.join(seen) or 'not recorded'} only)"
-        print(f"        {key!r}: {config!r},  # shipped/this µs: "
-              + ", ".join(f"{s:.2f}/{u:.2f}" for s, u in evidence) + note)
+    for key, (config, evidence) in entries.items():
+        print(f"        {key!r}: {config!r},  # shipped/this µs: " + ", ".join(f"{s:.2f}/{u:.2f}" for s, u in evidence))
     for key, why in left.items():
         print(f"# left: {key!r}: {why}")
     return 0

@@ -51,6 +51,7 @@ GEMMS: set | None = None  # main() sets it from --gemms: only these names
 KINDS = ("bf16", "fp8")  # main() sets it from --kinds: the sweep's weight kinds
 FP8_SCALES = "block"  # main() sets it from --fp8-scales: the sweep's FP8 scales ("block" 128 x 128, or "channel")
 PATHS = ("gemv", "dot")  # main() sets it from --paths: the kernels the sweep tries
+DEVICE_TABLE = ""  # main() sets it from --device-table: the GPU model whose own entries the sweep writes
 MODEL = MODELS["llama3-8b"]  # main() sets it from --model
 ROTATE_BYTES = 160e6  # per measured matrix: 3x the H200's L2
 DEVICE = "cuda"
@@ -145,12 +146,12 @@ def kernel_fn(gt, x, w, s, kind: str, fp32_out: bool, config=None, path=None):
         return lambda: gt.launch(x, w, None, 0, 0, None, out_dtype=out, config=config, path=path)
     # the fp16 form reads an fp16 copy of x that the decode step makes inside the kernel before it (fused by
     # Inductor): made once here, so the time is the GEMM's alone, as in the step
-    x16 = x.to(torch.float16) if (config or {}).get("X16") or (config is None and _table_x16(gt, x, w)) else None
+    x16 = x.to(torch.float16) if (config or {}).get("X16") or (config is None and _table_x16(gt, x, w, s)) else None
     return lambda: gt.launch(x, w, s, w.shape[1] // s.shape[1], 0, None, config=config, path=path, x16=x16)
 
 
-def _table_x16(gt, x, w) -> bool:
-    path, cfg = gt.choose(x.shape[0], w.shape[0], w.shape[1], w.element_size())
+def _table_x16(gt, x, w, s) -> bool:
+    path, cfg = gt.choose(x.shape[0], w.shape[0], w.shape[1], w.element_size(), scales=gt.scale_layout(s))
     return path == "dot" and bool(cfg.get("X16"))
 
 
@@ -271,7 +272,8 @@ def sweep(weights: dict, ms, sms: int, log, result: dict, save) -> dict:
                 out32 = fp32_out and kind == "bf16"
                 tol = 1e-5 if out32 else 5e-3
                 best, bad, timed = None, [], []
-                shipped = gt.choose(M, N, K, 2 if kind == "bf16" else 1, sms)[1]
+                layout = "" if kind == "bf16" else FP8_SCALES  # the table entry a call of these scales takes
+                shipped = gt.choose(M, N, K, 2 if kind == "bf16" else 1, sms, scales=layout)[1]
                 for cfg in grid(bucket, kind, N, K, sms):
                     path = cfg["path"]
                     try:
@@ -296,7 +298,10 @@ def sweep(weights: dict, ms, sms: int, log, result: dict, save) -> dict:
                     nbytes = W.bytes("bf16" if kind == "bf16" else FP8_SCALES)
                     row.update(best_us=round(best[0], 2), best_config=best[1],
                                TBs=round(nbytes / best[0] / 1e6, 2))
-                    table[(bucket, 2 if kind == "bf16" else 1, N, K)] = best[1]
+                    # FP8 winners keyed by their scale layout when they go into a GPU model's own entries
+                    # (DEVICE_TABLES); TABLE's keys serve both layouts
+                    own = (layout,) if layout and DEVICE_TABLE else ()
+                    table[(bucket, 2 if kind == "bf16" else 1, N, K, *own)] = best[1]
                 result["sweep"].append(row)
                 log("SWEEP " + json.dumps(row))
             save()
@@ -323,7 +328,7 @@ def write_table(path: str, table: dict, result: dict, device_table: str = "") ->
     lines += [f"    {key!r}: {merged[key]!r}," for key in sorted(merged)]
     lines.append("}")
     comment = source[:source.index("\nDEVICE_TABLES:")].rsplit("\n}", 1)[1].strip("\n")
-    lines += ["", comment, "DEVICE_TABLES: dict[str, dict[tuple[str, int, int, int], dict]] = {"]
+    lines += ["", comment, "DEVICE_TABLES: dict[str, dict[tuple, dict]] = {"]
     for name in sorted(tables):
         lines.append(f"    {name!r}: {{")
         lines += [f"        {key!r}: {tables[name][key]!r}," for key in sorted(tables[name])]
@@ -444,10 +449,11 @@ def main():
     parser.add_argument("--device-table", default="",
                         help="write the sweep's winners into gemv_table.DEVICE_TABLES[this key] instead of TABLE")
     args = parser.parse_args()
-    global MODEL, GEMMS, KINDS, FP8_SCALES, PATHS
+    global MODEL, GEMMS, KINDS, FP8_SCALES, PATHS, DEVICE_TABLE
     PATHS = tuple(args.paths.split(","))
     KINDS = tuple(args.kinds.split(","))
     FP8_SCALES = args.fp8_scales
+    DEVICE_TABLE = args.device_table
     MODEL = MODELS[args.model]
     GEMMS = set(args.gemms.split(",")) if args.gemms else None
     tps = [int(t) for t in args.tps.split(",")]

@@ -43,7 +43,7 @@ def main():
             x32 = x.float()
             out_dtype = torch.float32 if fp32_out else torch.bfloat16
             ref = torch.nn.functional.linear(x32, W.fp8[0].float() * W.channel[0])
-            path, shipped = gt.choose(1, N, K, 1)
+            path, shipped = gt.choose(1, N, K, 1, scales="channel")
 
             def run(xin, cfg=None, path=None):
                 return [lambda w=w, s=s: gt.launch(xin, w, s, K, 0, None, out_dtype=out_dtype, config=cfg, path=path)

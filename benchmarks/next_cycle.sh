@@ -43,10 +43,10 @@ if os.environ.get('FOLD'):  # FOLD=1 / FOLD=0: the split-K sum in the GEMM or by
 gt.PREFETCH_WEIGHTS = os.environ.get('PF') == '1'
 if os.environ.get('DEVICE_TABLE') == '0':  # DEVICE_TABLE=0: gemv_table.TABLE alone, without this GPU's own entries
     gt._device_table = ''  # as if none were measured for it (DEVICE_TABLES itself stays: a sweep writes it out)
-if os.environ.get('GEMV_ENTRIES'):  # JSON [[bucket, elem_bytes, N, K, config], ...]: table entries set first
+if os.environ.get('GEMV_ENTRIES'):  # JSON [[bucket, elem_bytes, N, K, (FP8 scale layout,) config], ...]: set first
     import json
-    for b, e, n, k, cfg in json.loads(os.environ['GEMV_ENTRIES']):
-        gt.TABLE[(b, e, n, k)] = cfg
+    for *key, cfg in json.loads(os.environ['GEMV_ENTRIES']):
+        gt.TABLE[tuple(key)] = cfg
 gt.PREFETCH_MAX_LINES = int(os.environ.get('PFL', gt.PREFETCH_MAX_LINES))
 if os.environ.get('ADVANCE') == '0':  # the greedy selection and bookkeeping eager, as before the eighth session
     from hf_tp.generation import decode_loop

@@ -1,5 +1,5 @@
-"""benchmarks/device_table_merge.py on hand-made sweep rows (CPU, no GPU): a shape gets a GPU model's entry only
-where one config beats the shipped one by the margin in every sweep that timed it."""
+"""benchmarks/device_table_merge.py on hand-made sweep rows (CPU, no GPU): a shape (per FP8 scale layout) gets a
+GPU model's entry only where one config beats the shipped one by the margin in every sweep that timed it."""
 
 import importlib.util
 from pathlib import Path
@@ -27,7 +27,7 @@ def test_an_entry_needs_every_sweep_to_agree():
               row(2000, 10.0, [[9.2, DOT], [10.0, WARPS8], [10.1, WARPS4]]),
               row(3000, 10.0, [[9.8, WARPS4], [10.0, WARPS8]])]
     entries, left = device_table_merge.merge([first, second], min_gain=0.04)
-    config, evidence, _ = entries[("gemv", 1, 1000, 4096)]
+    config, evidence = entries[("gemv", 1, 1000, 4096)]
     assert config == WARPS4 and evidence == [(10.0, 9.0), (10.2, 9.6)]  # the fastest on average of the two
     assert set(entries) == {("gemv", 1, 1000, 4096)}
     assert "every sweep" in left[("gemv", 1, 2000, 4096)] and "every sweep" in left[("gemv", 1, 3000, 4096)]
@@ -45,7 +45,19 @@ def test_one_sweep_timing_a_shape_twice_is_not_two_sweeps():
     twice = [row(64, 10.0, [[9.0, WARPS4]]), row(64, 10.1, [[9.1, WARPS4]])]
     entries, left = device_table_merge.merge([twice], min_gain=0.04)
     assert not entries and "one sweep" in left[("gemv", 1, 64, 4096)]
-    entries, _ = device_table_merge.merge([twice, [row(64, 10.0, [[9.2, WARPS4]])]], min_gain=0.04,
-                                          layouts=["channel", "block"])
-    config, evidence, seen = entries[("gemv", 1, 64, 4096)]
-    assert config == WARPS4 and len(evidence) == 3 and seen == ["block", "channel"]
+    entries, _ = device_table_merge.merge([twice, [row(64, 10.0, [[9.2, WARPS4]])]], min_gain=0.04)
+    config, evidence = entries[("gemv", 1, 64, 4096)]
+    assert config == WARPS4 and len(evidence) == 3
+
+
+def test_fp8_entries_are_merged_per_scale_layout():
+    """Two per-channel sweeps agree on WARPS4, two block sweeps on DOT (each beating the shipped WARPS8): one
+    entry per layout, keyed with it. One per-channel sweep and one block sweep are one sweep of each: none."""
+    channel = [row(1000, 10.0, [[9.0, WARPS4], [10.0, WARPS8]])]
+    block = [row(1000, 12.0, [[11.0, DOT], [12.0, WARPS8], [12.5, WARPS4]])]
+    entries, left = device_table_merge.merge([channel, channel, block, block], min_gain=0.04,
+                                             layouts=["channel", "channel", "block", "block"])
+    assert entries[("gemv", 1, 1000, 4096, "channel")][0] == WARPS4
+    assert entries[("gemv", 1, 1000, 4096, "block")][0] == DOT
+    entries, left = device_table_merge.merge([channel, block], min_gain=0.04, layouts=["channel", "block"])
+    assert not entries and all("one sweep" in why for why in left.values()) and len(left) == 2

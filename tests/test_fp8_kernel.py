@@ -92,12 +92,39 @@ def test_device_tables_name_gpus_and_keep_callers_entries():
     table[changed] = {"path": "gemv", "BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 1, "SPLIT": 1}
     caller = dict(table[changed])
     gt.put_device_entries(table, entries)
-    assert table[shipped] == entries[shipped] != gemv_table.TABLE[shipped]
+    assert table[shipped] == entries[shipped] != gemv_table.TABLE.get(shipped)
     assert table[changed] == caller
     for name, device_entries in gemv_table.DEVICE_TABLES.items():
-        for (bucket, elem_bytes, N, K), config in device_entries.items():
+        for (bucket, elem_bytes, N, K, *layout), config in device_entries.items():
             assert bucket in ("gemv", "dot") and elem_bytes in (1, 2) and N > 0 and K > 0, (name, bucket)
+            assert layout in ([], ["channel"], ["block"]) and (not layout or elem_bytes == 1), (name, layout)
             assert config["path"] in ("gemv", "dot") and (bucket == "gemv" or config["path"] == "dot"), (name, config)
+
+
+def test_fp8_entries_of_one_scale_layout_leave_the_other_to_table(monkeypatch):
+    """An FP8 entry keyed with its scale layout ("channel" or "block") is the config for weights of that layout
+    only; a weight of the other layout (and any shape without such an entry) takes TABLE's entry for the shape.
+    Checked with the SXM H100's entries put in, through choose, as the kernels' launchers call it."""
+    from hf_tp.kernels import gemv_table
+    from hf_tp.kernels import gemv_triton as gt
+
+    entries = gemv_table.DEVICE_TABLES["H100 80GB HBM3"]
+    table = dict(gemv_table.TABLE)
+    gt.put_device_entries(table, entries)
+    monkeypatch.setattr(gt, "TABLE", table)
+    by_layout = {}
+    for (bucket, elem_bytes, N, K, *layout), config in entries.items():
+        by_layout.setdefault((N, K), {})[layout[0] if layout else ""] = config
+    assert any(len(configs) == 2 for configs in by_layout.values())  # a shape with an entry for each layout
+    for (N, K), configs in by_layout.items():
+        for layout in ("channel", "block"):
+            path, config = gt.choose(1, N, K, 1, scales=layout)
+            expected = configs.get(layout) or configs.get("") or gemv_table.TABLE.get(("gemv", 1, N, K))
+            if expected is None:  # no TABLE entry for a block-scaled call: the rule's choice
+                expected = gt.rule_config(path, N, K, 1, 1)
+            assert dict(config, path=path) == dict(expected, path=path), (N, K, layout, config)
+    assert gt.scale_layout(torch.ones(4, 1)) == "channel" and gt.scale_layout(torch.ones(4, 2)) == "block"
+    assert gt.scale_layout(None) == ""
 
 
 _INTERPRET_SCRIPT = r"""
@@ -600,18 +627,18 @@ def test_fp16_form_at_its_measured_shapes(M):
 @pytest.mark.gpu
 @needs_fp8_gpu
 def test_every_device_table_entry_on_gpu():
-    """Each entry of gemv_table.DEVICE_TABLES (every GPU model's, whichever GPU runs this) at its own shape,
-    per-channel and block scales, bf16 activations: against the float32 reference, the same bits on a second
+    """Each entry of gemv_table.DEVICE_TABLES (every GPU model's, whichever GPU runs this) at its own shape, with
+    the scale layout its key names (per channel and block scales where it names none), bf16 activations: against the float32 reference, the same bits on a second
     call."""
     from hf_tp.kernels import gemv_table
     from hf_tp.kernels import gemv_triton as gt
 
     for name, entries in gemv_table.DEVICE_TABLES.items():
-        for (bucket, elem_bytes, N, K), config in entries.items():
+        for (bucket, elem_bytes, N, K, *layout), config in entries.items():
             if elem_bytes != 1:
                 continue  # bf16 entries: tests/test_decode_gemm.py's widths run through the table
             M = 1 if bucket == "gemv" else 8
-            for group_k in (K, 128):
+            for group_k in {"channel": (K,), "block": (128,)}.get(layout[0] if layout else "", (K, 128)):
                 x, w, s, b = make(M, N, K, group_k, 0, device="cuda", seed=N + K)
                 out = gt.launch(x, w, s, group_k, 0, b, config=config, path=config["path"])
                 assert rel_err(out, x, w, s, group_k, 0, b) < TOL, (name, N, K, group_k, config)
@@ -674,7 +701,7 @@ def test_fp8_glu_epilogue_on_gpu(tp):
     for group_k in (4096, 128):
         for M in (1, 8):
             x, w, s, b = make(M, 2 * inter, 4096, group_k, 0, bias=False, device="cuda", seed=tp * 100 + M)
-            path, cfg = gt.choose(M, 2 * inter, 4096, 1, gt.sm_count(x.device))
+            path, cfg = gt.choose(M, 2 * inter, 4096, 1, gt.sm_count(x.device), scales=gt.scale_layout(s))
             out16 = torch.empty(M, inter, device="cuda", dtype=torch.float16)
             act = gt.launch(x, w, s, group_k, 0, None, glu_out=True, out16=out16)
             unfused = glu_reference(gt.launch(x, w, s, group_k, 0, None, config=dict(cfg, SPLIT=1), path=path))

@@ -453,7 +453,7 @@ def takes_fp16(M: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> b
     caller can make the activations' fp16 copy where Inductor fuses it into the step that made them."""
     if M > DOT_MAX_M or (G == 1 and M <= DECODE_TWO_TERM_MAX_M):
         return False
-    path, cfg = gemv_triton.choose(M, N, K, 1, path=None)
+    path, cfg = gemv_triton.choose(M, N, K, 1, path=None, scales="channel" if G == 1 else "block")
     if path != "dot":
         return False
     if G == 1:

@@ -138,29 +138,35 @@ TABLE: dict[tuple[str, int, int, int], dict] = {
     ('gemv', 2, 151936, 2048): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1},
 }
 
-# Entries that replace TABLE's on one GPU model, keyed by a part of its name (torch.cuda.get_device_name): the
-# shapes where that GPU's own sweeps found a faster config than TABLE's, confirmed by a second sweep (and, for
-# gate/up, end to end). gemv_triton.use_device_table puts them in once per process; TABLE stays the default.
+# Entries that replace or refine TABLE's on one GPU model, keyed by a part of its name (torch.cuda.get_device_name):
+# the shapes where that GPU's own sweeps found a faster config than TABLE's, confirmed by a second sweep (and, for
+# tp-1 and tp-2 widths, end to end). FP8 entries carry the scale layout they were measured with as a fifth key
+# element ("channel" or "block"; gemv_triton.table_entry): on the H100 the two layouts are fastest with different
+# warps at the same shape, so a per-channel winner would slow block-scaled weights down (tp-1 down 32.1 against
+# TABLE's 27.7 µs). gemv_triton.use_device_table puts them in once per process; TABLE stays the default.
 # "H100 80GB HBM3" (the SXM H100; the PCIe and NVL ones, with other memory, keep TABLE's): torch 2.11.0+cu130,
-# triton 3.6.0, sweeps of benchmarks/fp8_gemm.py --ms 1 --sweep --kinds fp8 --fp8-scales channel (2026-12-06,
-# benchmarks/RESULTS.md). tp 1 (three sweeps): gate/up in the fp16 form with 128-row tiles 43.4-44.0 µs against
-# the GEMV's 45.5-47.8, down and o_proj with 4 warps (25.0-25.5 against 27.2; 9.2-9.6 against 10.3); tp 1 end to
-# end 270-276 tok/s against 257-262. The rank of tp 2 (two sweeps): q/k/v with 8 warps (7.35-7.48 against
-# 8.09-8.27), o_proj with 4 (5.76-5.79 against 6.52-6.57), down by the GEMV (13.81-13.82 against the fp16 form's
-# 15.6); end to end 494.8-503.3 tok/s against 475.6-480.0. bf16 swept too: TABLE's configs within 2 %.
-DEVICE_TABLES: dict[str, dict[tuple[str, int, int, int], dict]] = {
+# triton 3.6.0, sweeps of benchmarks/fp8_gemm.py --ms 1 --sweep --kinds fp8 (benchmarks/RESULTS.md, 2026-12-06).
+# Per channel, tp 1 (three sweeps): gate/up in the fp16 form with 128-row tiles 43.4-44.0 µs against the GEMV's
+# 45.5-47.8, down and o_proj with 4 warps (25.0-25.5 against 27.2; 9.2-9.6 against 10.3); end to end 270-276 tok/s
+# against 257-262. The rank of tp 2 (two sweeps): q/k/v with 8 warps (7.35-7.48 against 8.09-8.27), o_proj with 4
+# (5.76-5.79 against 6.52-6.57), down by the GEMV (13.81-13.82 against the fp16 form's 15.6); end to end 494.8-503.3
+# tok/s against 475.6-480.0. tp 4 and 8 widths (two sweeps, twenty-fourth session): 7-27 % per GEMM; end to end
+# within the runs' spread. Block scales (two sweeps at tp 1 and 2): TABLE's configs are the fastest or within 2 %,
+# except the rank of tp 2's down (the GEMV with 8 warps, 15.4 against 17.2 µs). bf16: TABLE's configs within 2 %.
+DEVICE_TABLES: dict[str, dict[tuple, dict]] = {
     'H100 80GB HBM3': {
-        ('gemv', 1, 768, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 4096, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
-        ('gemv', 1, 3072, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
-        ('gemv', 1, 3584, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
-        ('gemv', 1, 4096, 1024): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
-        ('gemv', 1, 4096, 1792): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
-        ('gemv', 1, 4096, 2048): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
-        ('gemv', 1, 4096, 3584): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
-        ('gemv', 1, 4096, 4096): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
-        ('gemv', 1, 4096, 7168): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
-        ('gemv', 1, 4096, 14336): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
-        ('gemv', 1, 7168, 4096): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1, 'X16': True},
-        ('gemv', 1, 28672, 4096): {'path': 'dot', 'BLOCK_N': 128, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1, 'X16': True},
+        ('gemv', 1, 768, 4096, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 4096, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+        ('gemv', 1, 3072, 4096, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+        ('gemv', 1, 3584, 4096, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
+        ('gemv', 1, 4096, 1024, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
+        ('gemv', 1, 4096, 1792, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
+        ('gemv', 1, 4096, 2048, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
+        ('gemv', 1, 4096, 3584, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
+        ('gemv', 1, 4096, 4096, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
+        ('gemv', 1, 4096, 7168, 'block'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+        ('gemv', 1, 4096, 7168, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
+        ('gemv', 1, 4096, 14336, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
+        ('gemv', 1, 7168, 4096, 'channel'): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1, 'X16': True},
+        ('gemv', 1, 28672, 4096, 'channel'): {'path': 'dot', 'BLOCK_N': 128, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1, 'X16': True},
     },
 }

@@ -564,8 +564,9 @@ def _gemv_split_reduce(ws_ptr, s_ptr, b_ptr, o_ptr, MN, N, S, stride_sn,
 
 DOT_BLOCK_M = 16  # rows of x per tl.dot tile at decode (the smallest tensor-core tile)
 
-# The measured configs, (bucket, weight bytes per element, N, K) -> config (hf_tp/kernels/gemv_table.py), with the
-# entries of the process's GPU model put in by use_device_table.
+# The measured configs, (bucket, weight bytes per element, N, K[, FP8 scale layout]) -> config
+# (hf_tp/kernels/gemv_table.py; ``table_entry`` reads it), with the entries of the process's GPU model put in by
+# use_device_table.
 TABLE = dict(_MEASURED)
 _device_table: str | None = None  # the DEVICE_TABLES key in use ("" for none), once the first CUDA device is seen
 
@@ -648,10 +649,23 @@ def rule_config(path: str, N: int, K: int, M: int, elem_bytes: int, sms: int = 1
                 SPLIT=_split_for(cdiv(N, block_n) * cdiv(M, 16), K, block_k, target))
 
 
-def config_for(path: str, N: int, K: int, M: int, elem_bytes: int, sms: int = 132) -> dict:
-    """The config of a call: the measured table's entry for its bucket and shape (with the "path" that ran it),
-    else ``rule_config`` for ``path``."""
-    hit = TABLE.get(("gemv" if M == 1 else "dot", elem_bytes, N, K))
+def scale_layout(scale: torch.Tensor | None) -> str:
+    """The FP8 scale layout of a weight's scales (N, G), as table keys name it: "channel" for one per output row,
+    "block" for groups along K, "" for a 16-bit weight (no scales)."""
+    return "" if scale is None else "channel" if scale.shape[1] == 1 else "block"
+
+
+def table_entry(bucket: str, elem_bytes: int, N: int, K: int, scales: str = "") -> dict | None:
+    """TABLE's entry for a shape: the one measured with this FP8 scale layout (a key of five, with "channel" or
+    "block" last: a GPU model's own entries, whose sweeps found the two layouts fastest with different configs)
+    where there is one, else the shape's (a key of four, for any layout)."""
+    return (scales and TABLE.get((bucket, elem_bytes, N, K, scales))) or TABLE.get((bucket, elem_bytes, N, K))
+
+
+def config_for(path: str, N: int, K: int, M: int, elem_bytes: int, sms: int = 132, scales: str = "") -> dict:
+    """The config of a call: the measured table's entry for its bucket, shape and FP8 scale layout (with the
+    "path" that ran it), else ``rule_config`` for ``path``."""
+    hit = table_entry("gemv" if M == 1 else "dot", elem_bytes, N, K, scales)
     if hit is not None and hit.get("path", "gemv" if M == 1 else "dot") == path:
         return dict(hit, path=path)
     return rule_config(path, N, K, M, elem_bytes, sms)
@@ -697,15 +711,16 @@ def _counters(device: torch.device, blocks: int) -> torch.Tensor | None:
     return counter_pool.lookup(_COUNTERS, device, blocks, MIN_COUNTERS)
 
 
-def choose(M: int, N: int, K: int, elem_bytes: int, sms: int = 132, path: str | None = None) -> tuple[str, dict]:
+def choose(M: int, N: int, K: int, elem_bytes: int, sms: int = 132, path: str | None = None,
+           scales: str = "") -> tuple[str, dict]:
     """The kernel ("gemv" or "dot") and config of a call: the table's choice for M == 1 (the GEMV or tl.dot),
-    else the rule's; ``path`` forces the kernel."""
+    else the rule's; ``path`` forces the kernel. ``scales``: the FP8 weight's scale layout (``scale_layout``)."""
     if path is None:
-        hit = TABLE.get(("gemv", elem_bytes, N, K)) if M == 1 else None
+        hit = table_entry("gemv", elem_bytes, N, K, scales) if M == 1 else None
         path = hit.get("path", "gemv") if hit else default_path(M, N, elem_bytes)
     if path == "gemv" and M != 1:
         raise ValueError(f"gemv_triton: the gemv path takes one row of x, got {M}")
-    return path, config_for(path, N, K, M, elem_bytes, sms)
+    return path, config_for(path, N, K, M, elem_bytes, sms, scales)
 
 
 def takes_fp16(cfg: dict, elem_bytes: int, x_dtype: torch.dtype, mode: int) -> bool:
@@ -779,7 +794,7 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         raise ValueError(f"gemv_triton: out16 is glu_out's fp16 copy, ({M}, {N // 2}) float16 contiguous; got "
                          f"{tuple(out16.shape)} {out16.dtype}, glu_out={glu_out}")
     out_dtype = out_dtype or x2.dtype
-    path, cfg = choose(M, N, K, weight.element_size(), sm_count(x2.device), path)
+    path, cfg = choose(M, N, K, weight.element_size(), sm_count(x2.device), path, scale_layout(scale))
     cfg = dict(cfg, **(config or {}))
     if glu_out:
         cfg["SPLIT"] = 1

@@ -338,9 +338,10 @@ def _only_used_within(nodes, pattern) -> bool:
     return all(user in pattern for node in nodes for user in node.users)
 
 
-def _splits_k(x, weight) -> bool:
-    """Whether the decode GEMM of ``x`` (fake value) by ``weight`` (N, K) would split K (its config's SPLIT):
-    then its sums are not whole in one program, and the epilogue form would have to drop the split."""
+def _splits_k(x, weight, scales: str = "") -> bool:
+    """Whether the decode GEMM of ``x`` (fake value) by ``weight`` (N, K; FP8 with scales of layout ``scales``)
+    would split K (its config's SPLIT): then its sums are not whole in one program, and the epilogue form would
+    have to drop the split."""
     from . import gemv_triton
 
     shape, (n, k) = x.shape, weight.shape
@@ -349,7 +350,8 @@ def _splits_k(x, weight) -> bool:
     rows = 1
     for d in shape[:-1]:
         rows *= d
-    _, cfg = gemv_triton.choose(max(rows, 1), n, k, weight.element_size(), gemv_triton.sm_count(x.device))
+    _, cfg = gemv_triton.choose(max(rows, 1), n, k, weight.element_size(), gemv_triton.sm_count(x.device),
+                                scales=scales)
     return int(cfg.get("SPLIT", 1)) > 1
 
 
@@ -374,7 +376,7 @@ def _fp8_glu_out_applies(x, weight, scale) -> bool:
         rows *= d
     if not 1 <= rows <= fp8_triton.DOT_MAX_M or (scale.shape[1] == 1 and rows <= fp8_triton.DECODE_TWO_TERM_MAX_M):
         return False
-    return not _splits_k(x, weight)
+    return not _splits_k(x, weight, "channel" if scale.shape[1] == 1 else "block")
 
 
 def fuse_glu_into_gate_up(graph: torch.fx.Graph) -> int:
