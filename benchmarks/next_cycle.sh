@@ -10,18 +10,21 @@
 #      (issue 19).
 #   CALL=45 / CALL=46 (H100): tp 1 / the rank of tp 2 in FP8 with and without this GPU's own decode-GEMM entries
 #      (gemv_table.DEVICE_TABLES), interleaved twice, with their GPU tests: rerun after entries change.
-#   CALL=47 (H100, the next session's first): the GPU tests that check the H100 entries at the 8B widths end to end
+#   CALL=47 (H100, run in the twenty-fourth session): the GPU tests that check the H100 entries at the 8B widths end to end
 #      (test_gpu_fp8 -k 8b), the two decode-GEMM tests that failed in the twenty-third session's hand-run call (no
 #      PYTHONPATH there), then the loop's, its GEMM passes' and the MoE kernels' GPU tests.
-#   CALL=49 (H100, after 48): the ranks of tp 4 and 8 in FP8 with and without the entries call 48's sweeps added
-#   CALL=48 (H100, after 47): the sweeps more H100 entries need (FP8 at tp 4/8 widths, block scales,
-#      qwen3-moe-mini's bf16 attention, the MoE expert blocks), each twice, merged by
-#      benchmarks/device_table_merge.py (a shape's winner must beat the shipped config by 4 % in every sweep); then
-#      CALL=45/46 with the new entries.
-# Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|46|47|48] bash benchmarks/next_cycle.sh
-# Asking for nvidia-h200 may bring an H100; the twenty-third session's calls chose by the GPU they got:
+#   CALL=48 (H100, run in the twenty-fourth session): the sweeps more H100 entries need (FP8 at tp 4/8 widths,
+#      block scales, qwen3-moe-mini's bf16 attention, the MoE expert blocks), each twice, merged by
+#      benchmarks/device_table_merge.py (a shape's winner must beat the shipped config by 4 % in every sweep).
+#   CALL=49 (H100, run in the twenty-fourth session): the ranks of tp 4 and 8 in FP8 with and without the entries
+#      call 48's sweeps added.
+#   CALL=50 (H100, the next session's first): the FP8 entries keyed by scale layout on the GPU (their tests, the 8B
+#      cases), block-scaled FP8 at tp 1 and the rank of tp 2 as shipped against the per-channel entries applied to
+#      block weights (the form before the layout key), then the MoE kernels' GPU tests.
+# Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|50] bash benchmarks/next_cycle.sh
+# Asking for nvidia-h200 may bring an H100; the twenty-third and twenty-fourth sessions' calls chose by the GPU:
 #   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=41 bash
-#   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=47 bash benchmarks/next_cycle.sh; fi
+#   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=50 bash benchmarks/next_cycle.sh; fi
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
@@ -102,7 +105,24 @@ write_8b_ckpts() {  # the Llama-3-8B shape in bf16 and FP8 per channel, from the
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
 }
-if [ "$CALL" = 49 ]; then  # the ranks of tp 4 and 8 in FP8 with and without the H100 entries the 48th call's
+if [ "$CALL" = 50 ]; then  # FP8 entries keyed by scale layout (twenty-fourth session), on the H100: their tests,
+  # then block-scaled FP8 end to end as shipped (TABLE's configs, plus the rank of tp 2's block entry for down)
+  # against the per-channel entries applied to block weights (what ran before the layout key; OLD_BLOCK), interleaved
+  # twice at tp 1 and the rank of tp 2; the MoE kernels' GPU tests last
+  write_ckpt llama3-8b "$CK/llama3-8b-fp8-block" 240 fp8-block &
+  step tests_layout 120 $T tests/test_fp8_kernel.py -k "device_table or scale_layout or glu_epilogue"
+  step tests_8b 100 $T tests/test_gpu_fp8.py -k 8b
+  wait
+  OLD_BLOCK=$(python -c "import json; from hf_tp.kernels.gemv_table import DEVICE_TABLES as D
+print(json.dumps([[*k[:4], 'block', v] for k, v in D['H100 80GB HBM3'].items() if k[4:] == ('channel',)]))")
+  for pass in "" b; do
+    row "tp1_fp8b_layout$pass" 60 fp8-block --batches 1
+    GEMV_ENTRIES=$OLD_BLOCK row "tp1_fp8b_channel_entries$pass" 60 fp8-block --batches 1
+    row "r2_fp8b_layout$pass" 50 fp8-block --simulate-tp 2 --batches 1
+    GEMV_ENTRIES=$OLD_BLOCK row "r2_fp8b_channel_entries$pass" 50 fp8-block --simulate-tp 2 --batches 1
+  done
+  step tests_moe 150 $T tests/test_moe_kernel.py
+elif [ "$CALL" = 49 ]; then  # the ranks of tp 4 and 8 in FP8 with and without the H100 entries the 48th call's
   # sweeps added (tp 4: o, gate/up, down; tp 8: q/k/v, gate/up, down), interleaved twice; the entry test first, and
   # the MoE expert blocks sweep call 48 had no time for while the checkpoint is written
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
@@ -190,7 +210,7 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 else
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-49; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-50; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"

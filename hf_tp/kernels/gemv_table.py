@@ -2,7 +2,8 @@
 
 (bucket, weight bytes per element, N, K) -> config; bucket "gemv" for calls of one row (M = 1), "dot" for
 2..64 rows (measured at M = 8); "path" is the kernel that ran fastest for the bucket ("gemv" or "dot"), the rest
-its launch parameters. A shape that is not here runs gemv_triton.rule_config.
+its launch parameters. A shape that is not here runs gemv_triton.rule_config. DEVICE_TABLES' FP8 keys may end with
+the scale layout they serve ("channel" or "block"; gemv_triton.table_entry).
 
 This file is written by ``benchmarks/fp8_gemm.py --sweep`` ($OUT/gemv_table.py: this table with the sweep's
 entries added or replaced, one "Measured" line per sweep): each entry is the fastest
