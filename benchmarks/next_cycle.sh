@@ -107,20 +107,23 @@ write_8b_ckpts() {  # the Llama-3-8B shape in bf16 and FP8 per channel, from the
 }
 if [ "$CALL" = 50 ]; then  # FP8 entries keyed by scale layout (twenty-fourth session), on the H100: their tests,
   # then block-scaled FP8 end to end as shipped (TABLE's configs, plus the rank of tp 2's block entry for down)
-  # against the per-channel entries applied to block weights (what ran before the layout key; OLD_BLOCK), interleaved
-  # twice at tp 1 and the rank of tp 2; the MoE kernels' GPU tests last
+  # against the per-channel entries applied to block weights (what ran before the layout key; OLD_BLOCK, saved in
+  # $OUT/old_block.json), interleaved twice at tp 1 and the rank of tp 2; then the 8B cases and the MoE kernels' GPU
+  # tests with what is left
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-block" 240 fp8-block &
-  step tests_layout 120 $T tests/test_fp8_kernel.py -k "device_table or scale_layout or glu_epilogue"
-  step tests_8b 100 $T tests/test_gpu_fp8.py -k 8b
-  wait
+  step tests_layout 60 $T tests/test_fp8_kernel.py -k "device_table or scale_layout"
   OLD_BLOCK=$(python -c "import json; from hf_tp.kernels.gemv_table import DEVICE_TABLES as D
 print(json.dumps([[*k[:4], 'block', v] for k, v in D['H100 80GB HBM3'].items() if k[4:] == ('channel',)]))")
+  echo "$OLD_BLOCK" > "$OUT/old_block.json"
+  [ -n "$OLD_BLOCK" ] || { echo "CALL=50: OLD_BLOCK is empty" | tee -a "$OUT/log.txt"; pack; exit 1; }
+  wait
   for pass in "" b; do
-    row "tp1_fp8b_layout$pass" 60 fp8-block --batches 1
-    GEMV_ENTRIES=$OLD_BLOCK row "tp1_fp8b_channel_entries$pass" 60 fp8-block --batches 1
-    row "r2_fp8b_layout$pass" 50 fp8-block --simulate-tp 2 --batches 1
-    GEMV_ENTRIES=$OLD_BLOCK row "r2_fp8b_channel_entries$pass" 50 fp8-block --simulate-tp 2 --batches 1
+    row "tp1_fp8b_layout$pass" 50 fp8-block --batches 1
+    GEMV_ENTRIES=$OLD_BLOCK row "tp1_fp8b_channel_entries$pass" 50 fp8-block --batches 1
+    row "r2_fp8b_layout$pass" 45 fp8-block --simulate-tp 2 --batches 1
+    GEMV_ENTRIES=$OLD_BLOCK row "r2_fp8b_channel_entries$pass" 45 fp8-block --simulate-tp 2 --batches 1
   done
+  step tests_8b 70 $T tests/test_gpu_fp8.py -k 8b
   step tests_moe 150 $T tests/test_moe_kernel.py
 elif [ "$CALL" = 49 ]; then  # the ranks of tp 4 and 8 in FP8 with and without the H100 entries the 48th call's
   # sweeps added (tp 4: o, gate/up, down; tp 8: q/k/v, gate/up, down), interleaved twice; the entry test first, and

@@ -92,8 +92,15 @@ def test_device_tables_name_gpus_and_keep_callers_entries():
     table[changed] = {"path": "gemv", "BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 1, "SPLIT": 1}
     caller = dict(table[changed])
     gt.put_device_entries(table, entries)
-    assert table[shipped] == entries[shipped] != gemv_table.TABLE.get(shipped)
+    assert table[shipped] == entries[shipped] != gemv_table.TABLE.get(shipped[:4])
     assert table[changed] == caller
+    # a caller's entry for a shape (a key of four) is not hidden by a GPU entry for one layout of that shape
+    layout_keys = [key for key in entries if len(key) == 5]
+    if layout_keys:
+        table = dict(gemv_table.TABLE)
+        table[layout_keys[0][:4]] = caller
+        gt.put_device_entries(table, entries)
+        assert layout_keys[0] not in table and table[layout_keys[0][:4]] == caller
     for name, device_entries in gemv_table.DEVICE_TABLES.items():
         for (bucket, elem_bytes, N, K, *layout), config in device_entries.items():
             assert bucket in ("gemv", "dot") and elem_bytes in (1, 2) and N > 0 and K > 0, (name, bucket)

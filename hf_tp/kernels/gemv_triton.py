@@ -591,10 +591,15 @@ def use_device_table(device: torch.device | str) -> str:
 
 
 def put_device_entries(table: dict, entries: dict) -> None:
-    """``entries`` into ``table``, except over an entry that is no longer gemv_table.TABLE's (a caller set it)."""
+    """``entries`` into ``table``, except over an entry that is no longer gemv_table.TABLE's (a caller set it); an
+    entry for one scale layout (a key of five) also not where a caller set the shape's entry for any layout (its
+    key of four), which the layout's entry would otherwise hide (``table_entry`` reads it first)."""
     for shape, config in entries.items():
-        if table.get(shape) == _MEASURED.get(shape):
-            table[shape] = dict(config)
+        if table.get(shape) != _MEASURED.get(shape):
+            continue
+        if len(shape) > 4 and table.get(shape[:4]) != _MEASURED.get(shape[:4]):
+            continue
+        table[shape] = dict(config)
 
 
 @functools.cache
