@@ -33,6 +33,9 @@ def test_bench_smoke_writes_every_system(tmp_path):
     assert all(keys <= set(r) for r in rows)
     assert all(r["decode_tok_s"] > 0 and r["prefill_ms"] > 0 and r["load_s"] > 0 and r["peak_bytes_per_gpu"] > 0
                for r in rows)
+    # the three timed runs' rates, slowest first, with the median the row's rate
+    assert all(len(r["decode_tok_s_runs"]) == 3 and r["decode_tok_s_runs"] == sorted(r["decode_tok_s_runs"])
+               and r["decode_tok_s_runs"][1] == r["decode_tok_s"] for r in rows)
     assert "decode tok/s" in proc.stdout and "FAILED" not in proc.stdout
     # hf_tp rows carry every rank's read figures; each rank read part of the checkpoint, together at least all of it.
     for r in rows:

@@ -226,8 +226,11 @@ def main() -> int:
         # Median of three of each; the decode rate is the difference: N tokens minus the prefill-only run.
         first = sorted(_generate_seconds(model, ids, 1, compiled, device) for _ in range(3))[1]
         outputs = []
-        full = sorted(_generate_seconds(model, ids, args.new_tokens, compiled, device, outputs) for _ in range(3))[1]
+        fulls = sorted(_generate_seconds(model, ids, args.new_tokens, compiled, device, outputs) for _ in range(3))
+        full = fulls[1]
         decode_tok_s = batch * (args.new_tokens - 1) / max(full - first, 1e-9)
+        # each of the three runs' rate (slowest first), so that a reader sees the row's spread beside its median
+        decode_runs = [round(batch * (args.new_tokens - 1) / max(f - first, 1e-9), 2) for f in reversed(fulls)]
         prefill_ms = _prefill_ms(model, ids, device)
         step_bytes, moe_fields = _step_bytes(model, bytes_per_gpu, outputs[-1], args.prompt_len)
         floor_tok_s = batch * bandwidth / step_bytes
@@ -251,7 +254,7 @@ def main() -> int:
                 lambda n: _generate_seconds(model, ids, n, compiled, device), args.profile, wall, top=24)
         rows.append({"system": args.system, "mode": args.mode,
                      "tp_size": args.simulate_tp or args.tp_size, "batch": batch, **extra,
-                     "decode_tok_s": round(decode_tok_s, 2), "ttft_s": round(first, 4), "prefill_ms": round(prefill_ms, 3), "load_s": round(load_s, 3),
+                     "decode_tok_s": round(decode_tok_s, 2), "decode_tok_s_runs": decode_runs, "ttft_s": round(first, 4), "prefill_ms": round(prefill_ms, 3), "load_s": round(load_s, 3),
                      "peak_bytes_per_gpu": peak, **loader, "copy_bandwidth_bytes_s": round(bandwidth),
                      "bandwidth_floor_tok_s": round(floor_tok_s, 1), "floor_fraction": round(decode_tok_s / floor_tok_s, 4), **moe_fields, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      # hf_tp's resolved options (None for the Transformers baselines): a row says what produced it
