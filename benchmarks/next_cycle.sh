@@ -223,5 +223,6 @@ python -c "
 import glob, json
 for f in sorted(glob.glob('$OUT/e2e_*.jsonl')):
     for l in open(f):
-        r = json.loads(l); print(f.split('e2e_')[1][:-6], r.get('simulated_tp', 1), r['batch'], r['decode_tok_s'], r['ttft_s'])"
+        r = json.loads(l); print(f.split('e2e_')[1][:-6], r.get('simulated_tp', 1), r['batch'], r['decode_tok_s'], r['ttft_s'],
+                                 r.get('decode_tok_s_runs'))"
 pack
