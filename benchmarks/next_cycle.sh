@@ -18,13 +18,18 @@
 #      benchmarks/device_table_merge.py (a shape's winner must beat the shipped config by 4 % in every sweep).
 #   CALL=49 (H100, run in the twenty-fourth session): the ranks of tp 4 and 8 in FP8 with and without the entries
 #      call 48's sweeps added.
-#   CALL=50 (H100, the next session's first): the FP8 entries keyed by scale layout on the GPU (their tests, the 8B
-#      cases), block-scaled FP8 at tp 1 and the rank of tp 2 as shipped against the per-channel entries applied to
-#      block weights (the form before the layout key), then the MoE kernels' GPU tests.
-# Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|50] bash benchmarks/next_cycle.sh
+#   CALL=50 (H100, run in the twenty-fifth session): the FP8 entries keyed by scale layout on the GPU (their tests,
+#      the 8B cases), block-scaled FP8 at tp 1 and the rank of tp 2 as shipped against the per-channel entries
+#      applied to block weights (the form before the layout key), then the MoE kernels' GPU tests. (41 and 42 also
+#      ran on that H100; they still wait for an H200.)
+#   CALL=51 (H100, next): where the time goes in the three bars still short on the H100: FP8 per channel at tp 1
+#      (1.54x of 1.6x), the MoE rank of tp 2 (1.47x of 1.5x), both profiled (--profile 64) beside their unprofiled
+#      rows, and the eager FP8 prefill at the 8B shape (1.06x bf16's time) under benchmarks/prefill_profile.py,
+#      bf16 and FP8 per channel, with cProfile.
+# Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|51] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third and twenty-fourth sessions' calls chose by the GPU:
 #   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=41 bash
-#   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=50 bash benchmarks/next_cycle.sh; fi
+#   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=51 bash benchmarks/next_cycle.sh; fi
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
@@ -105,7 +110,23 @@ write_8b_ckpts() {  # the Llama-3-8B shape in bf16 and FP8 per channel, from the
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
 }
-if [ "$CALL" = 50 ]; then  # FP8 entries keyed by scale layout (twenty-fourth session), on the H100: their tests,
+if [ "$CALL" = 51 ]; then  # profiles of the bars still short on the H100 (issues 19 and 21), with rows beside them
+  write_8b_ckpts
+  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 300 bf16 &
+  wait
+  row tp1_bf16 60 bf16 --batches 1
+  row tp1_fp8c 60 fp8-channel --batches 1
+  row tp1_fp8c_prof 70 fp8-channel --batches 1 --profile 64
+  step prefill_bf16 60 python benchmarks/prefill_profile.py --model "$CK/llama3-8b-bf16" --json "$OUT/prefill_bf16.json" \
+    --cprofile 3
+  step prefill_fp8c 60 python benchmarks/prefill_profile.py --model "$CK/llama3-8b-fp8-channel" \
+    --json "$OUT/prefill_fp8c.json" --cprofile 3
+  M="--system hf_tp --mode compile --tp-size 1 --model $CK/qwen3-moe-mini --batches 1"
+  step moe_tp1 70 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1.jsonl"
+  step moe_r2 70 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2.jsonl"
+  step moe_r2_prof 80 python -c "$FLIP" $M --simulate-tp 2 --profile 64 --out "$OUT/e2e_moe_r2_prof.jsonl"
+  step moe_tp1_prof 80 python -c "$FLIP" $M --profile 64 --out "$OUT/e2e_moe_tp1_prof.jsonl"
+elif [ "$CALL" = 50 ]; then  # FP8 entries keyed by scale layout (twenty-fourth session), on the H100: their tests,
   # then block-scaled FP8 end to end as shipped (TABLE's configs, plus the rank of tp 2's block entry for down)
   # against the per-channel entries applied to block weights (what ran before the layout key; OLD_BLOCK, saved in
   # $OUT/old_block.json), interleaved twice at tp 1 and the rank of tp 2; then the 8B cases and the MoE kernels' GPU
@@ -213,7 +234,7 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 else
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-50; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-51; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
