@@ -27,7 +27,7 @@
 #      rows, and the eager FP8 prefill at the 8B shape (1.06x bf16's time) under benchmarks/prefill_profile.py,
 #      bf16 and FP8 per channel, with cProfile.
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|51] bash benchmarks/next_cycle.sh
-# Asking for nvidia-h200 may bring an H100; the twenty-third and twenty-fourth sessions' calls chose by the GPU:
+# Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-fifth sessions' calls chose by the GPU:
 #   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=41 bash
 #   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=51 bash benchmarks/next_cycle.sh; fi
 set -u
