@@ -26,6 +26,9 @@
 #      (1.54x of 1.6x), the MoE rank of tp 2 (1.47x of 1.5x), both profiled (--profile 64) beside their unprofiled
 #      rows, and the eager FP8 prefill at the 8B shape (1.06x bf16's time) under benchmarks/prefill_profile.py,
 #      bf16 and FP8 per channel, with cProfile.
+#   CALL=52 (any one GPU, twenty-sixth session): every gpu-marked test of tests/, one step per file (a file the call
+#      had no time for runs in a second call with ONLY="tests_FILE ..."); the tests that need two GPUs skip with
+#      their reason.
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|51] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-fifth sessions' calls chose by the GPU:
 #   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=41 bash
@@ -110,7 +113,12 @@ write_8b_ckpts() {  # the Llama-3-8B shape in bf16 and FP8 per channel, from the
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
 }
-if [ "$CALL" = 51 ]; then  # profiles of the bars still short on the H100 (issues 19 and 21), with rows beside them
+if [ "$CALL" = 52 ]; then  # the whole GPU suite, file by file, the kernels' files first
+  for f in decode_attention decode_gemm fp8_kernel gemm_norms persistent_norms prologue_pass moe_kernel moe_routing \
+      sort_free decode_loop gpu gpu_fp8 gpu_load gpu_loop gpu_loop_requests gpu_exit gpu_nccl_graph gpu_orchestration; do
+    step "tests_$f" 45 $T -rfEs "tests/test_$f.py"
+  done
+elif [ "$CALL" = 51 ]; then  # profiles of the bars still short on the H100 (issues 19 and 21), with rows beside them
   write_8b_ckpts
   write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 300 bf16 &
   wait
@@ -234,7 +242,7 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 else
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-51; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-52; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
