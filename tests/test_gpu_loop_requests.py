@@ -103,9 +103,6 @@ def test_sliding_window_model_captured_past_its_window(tmp_path, arch):
     """Sliding window 8, 12-token prompts (one left-padded), 16 new tokens: the loop captures the step with
     the sliding layers as long as the cache, and the model's sliding-window mask gives Transformers' tokens
     (Transformers' own generate keeps only the window in those layers)."""
-    import torch._dynamo
-
-    torch._dynamo.reset()  # earlier tests' compilations count toward the recompile limit of the same forward
     device = torch.device("cuda", 0)
     config = sliding_window_configs(8)[arch]
     ours, ref = _ours_and_reference(save_tiny_model(tmp_path / arch, config, seed=2), device)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import types
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -648,6 +649,16 @@ def _sample_advance(session: _Session, logits: torch.Tensor) -> None:
 _ADVANCE_BY_KIND = {"greedy": _greedy_advance, "sample": _sample_advance}
 
 
+def own_code(function):
+    """``function`` over a copy of its code object. Dynamo keeps compiled graphs, and counts them against its
+    recompile limit (8), per code object: with one copy per decoder, each model's shapes count for that model
+    alone. Shared, the forwards of every model a process loads would add up, and the ninth model (in a notebook
+    that loads or reloads one model after another) would decode without CUDA graphs. A decoder's copy, and the
+    graphs kept on it, go when the decoder goes."""
+    return types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
+                              function.__defaults__, function.__closure__)
+
+
 class StaticDecoder:
     """The decode loop of one parallel model; kept on the model, sessions reused across calls."""
 
@@ -709,8 +720,8 @@ class StaticDecoder:
                 options = dict(backend="inductor", options={"fallback_random": True} if kind == "sample" else None)
             else:  # CPU: traced only, as the forward
                 options = dict(backend="eager")
-            compiled = self._compiled_advance[kind] = torch.compile(_ADVANCE_BY_KIND[kind], fullgraph=True,
-                                                                    dynamic=False, **options)
+            compiled = self._compiled_advance[kind] = torch.compile(own_code(_ADVANCE_BY_KIND[kind]),
+                                                                    fullgraph=True, dynamic=False, **options)
         try:
             compiled(session, logits)
         except Exception as exc:  # noqa: BLE001 - a compile failure: stay correct, lose a little speed
@@ -747,7 +758,8 @@ class StaticDecoder:
             # Only tests warm the step up on CPU (there is no graph to capture): Dynamo traces it whole,
             # as on CUDA, and runs it without Inductor's C++ build.
             backend = "inductor" if self.device.type == "cuda" else "eager"
-            self._compiled = torch.compile(self.eager_forward, fullgraph=True, dynamic=False, backend=backend,
+            forward = types.MethodType(own_code(type(self).eager_forward), self)  # this model's own limit
+            self._compiled = torch.compile(forward, fullgraph=True, dynamic=False, backend=backend,
                                            options=(options or None) if backend == "inductor" else None)
         return self._compiled(input_ids, position_ids, attention_mask, cache)
 
