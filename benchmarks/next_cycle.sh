@@ -29,10 +29,15 @@
 #   CALL=52 (any one GPU, twenty-sixth session): every gpu-marked test of tests/, one step per file (a file the call
 #      had no time for runs in a second call with ONLY="tests_FILE ..."); the tests that need two GPUs skip with
 #      their reason.
-# Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|51] bash benchmarks/next_cycle.sh
-# Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-fifth sessions' calls chose by the GPU:
+#   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
+#      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
+#      run: tests/test_gpu_fp8.py (whose ninth model failed to compile in CALL=52) and test_gpu_loop_requests.py
+#      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
+# Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|53] bash benchmarks/next_cycle.sh
+# Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-sixth sessions' calls chose by the GPU (next:
+# 53 on an H100):
 #   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=41 bash
-#   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=51 bash benchmarks/next_cycle.sh; fi
+#   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=53 bash benchmarks/next_cycle.sh; fi
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
@@ -113,7 +118,18 @@ write_8b_ckpts() {  # the Llama-3-8B shape in bf16 and FP8 per channel, from the
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
 }
-if [ "$CALL" = 52 ]; then  # the whole GPU suite, file by file, the kernels' files first
+if [ "$CALL" = 53 ]; then  # the GPU tests of the per-decoder compile, then the H100 rows beside them
+  write_8b_ckpts
+  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 300 bf16 &
+  step tests_own_code 150 $T tests/test_gpu_fp8.py tests/test_gpu_loop_requests.py
+  step tests_loop 120 $T tests/test_gpu_loop.py tests/test_decode_loop.py
+  wait
+  row tp1_bf16 60 bf16 --batches 1
+  row tp1_fp8c 60 fp8-channel --batches 1
+  M="--system hf_tp --mode compile --tp-size 1 --model $CK/qwen3-moe-mini --batches 1"
+  step moe_tp1 70 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1.jsonl"
+  step moe_r2 70 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2.jsonl"
+elif [ "$CALL" = 52 ]; then  # the whole GPU suite, file by file, the kernels' files first
   for f in decode_attention decode_gemm fp8_kernel gemm_norms persistent_norms prologue_pass moe_kernel moe_routing \
       sort_free decode_loop gpu gpu_fp8 gpu_load gpu_loop gpu_loop_requests gpu_exit gpu_nccl_graph gpu_orchestration; do
     step "tests_$f" 45 $T -rfEs "tests/test_$f.py"
@@ -228,6 +244,7 @@ elif [ "$CALL" = 41 ]; then  # issues 18 and 19's dense bars as their H200 targe
   row r4_bf16 45 bf16 --simulate-tp 4 --batches 1
   row r8_bf16 45 bf16 --simulate-tp 8 --batches 1
   row tp1_bf16_4k 70 bf16 --batches 1 --prompt-len 4096
+  step tests_own_code 150 $T tests/test_gpu_fp8.py tests/test_gpu_loop_requests.py  # see CALL=53
   # with what is left: the H200's FP8 per-channel sweep at tp 1 and 2 with today's grid (the H100 found the fp16
   # form with 128-row tiles faster at tp-1 gate/up, a config TABLE's H200 sweep may not have tried)
   step sweep_fp8c_h200 100 python benchmarks/fp8_gemm.py --out "$OUT/gemm_fp8c_h200.json" --tps 1,2 --ms 1 --sweep \
@@ -242,7 +259,7 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 else
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-52; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-53; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
