@@ -652,9 +652,9 @@ _ADVANCE_BY_KIND = {"greedy": _greedy_advance, "sample": _sample_advance}
 def own_code(function):
     """``function`` over a copy of its code object. Dynamo keeps compiled graphs, and counts them against its
     recompile limit (8), per code object: with one copy per decoder, each model's shapes count for that model
-    alone. Shared, the forwards of every model a process loads would add up, and the ninth model (in a notebook
-    that loads or reloads one model after another) would decode without CUDA graphs. A decoder's copy, and the
-    graphs kept on it, go when the decoder goes."""
+    alone. Shared, the compilations of every model a process loads would add up, and past eight of them (the
+    ninth model of one shape each, in a notebook that loads or reloads one model after another) a model would
+    decode without CUDA graphs. A decoder's copy, and the graphs kept on it, go when the decoder goes."""
     return types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
                               function.__defaults__, function.__closure__)
 
