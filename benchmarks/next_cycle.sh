@@ -33,7 +33,7 @@
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
 #      run: tests/test_gpu_fp8.py (whose ninth model failed to compile in CALL=52) and test_gpu_loop_requests.py
 #      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
-# Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|53] bash benchmarks/next_cycle.sh
+# Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|54] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-sixth sessions' calls chose by the GPU (next:
 # 53 on an H100):
 #   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=41 bash
@@ -118,7 +118,20 @@ write_8b_ckpts() {  # the Llama-3-8B shape in bf16 and FP8 per channel, from the
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
 }
-if [ "$CALL" = 53 ]; then  # the GPU tests of the per-decoder compile, then the H100 rows beside them
+if [ "$CALL" = 54 ]; then  # the per-decoder compile's GPU tests, then the 8B prefill compiled (bf16, FP8 two ways)
+  write_8b_ckpts
+  step tests_own_code 150 $T tests/test_gpu_fp8.py tests/test_gpu_loop_requests.py
+  wait
+  P="python benchmarks/prefill_profile.py --compile"
+  step prefill_c_bf16 90 $P --model "$CK/llama3-8b-bf16" --json "$OUT/prefill_c_bf16.json"
+  step prefill_c_fp8c_mm 90 $P --model "$CK/llama3-8b-fp8-channel" --two-term 1000000 --scaled-mm \
+    --json "$OUT/prefill_c_fp8c_mm.json"
+  step prefill_c_fp8c 90 $P --model "$CK/llama3-8b-fp8-channel" --json "$OUT/prefill_c_fp8c.json"
+  step prefill_bf16 40 python benchmarks/prefill_profile.py --model "$CK/llama3-8b-bf16" --json "$OUT/prefill_bf16.json"
+  step prefill_fp8c 40 python benchmarks/prefill_profile.py --model "$CK/llama3-8b-fp8-channel" \
+    --json "$OUT/prefill_fp8c.json"
+  step tests_loop 120 $T tests/test_gpu_loop.py tests/test_decode_loop.py
+elif [ "$CALL" = 53 ]; then  # the GPU tests of the per-decoder compile, then the H100 rows beside them
   write_8b_ckpts
   write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 300 bf16 &
   step tests_own_code 150 $T tests/test_gpu_fp8.py tests/test_gpu_loop_requests.py

@@ -9,7 +9,10 @@ CUDA events, the GPU's busy time (kernels summed), the host time of the forward,
 host ops by their own host time (where hf_tp's FP8 op and Triton's launches show).
 
   python benchmarks/prefill_profile.py --model CKPT [--prompt-len 128] [--two-term N [--scaled-mm]] [--json F]
-      [--cprofile N] [--no-launch-cache]
+      [--cprofile N] [--no-launch-cache] [--compile]
+
+``--compile``: the forward under ``torch.compile(dynamic=True)`` (no cache, no CUDA graphs), to see what an
+eager prefill's host time hides: the forward's GPU time once the host no longer paces it.
 
 ``--cprofile N`` also prints the Python functions of N forwards by their own time (cProfile): the host time that
 torch.profiler does not see (a Triton launcher's Python, hf_tp's wrappers).
@@ -34,6 +37,7 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--no-launch-cache", action="store_true", help="hf_tp.kernels.launch_cache off")
     ap.add_argument("--cprofile", type=int, default=0, help="forwards to run under cProfile (0: none)")
+    ap.add_argument("--compile", action="store_true", help="the forward compiled (dynamic shapes, no cache)")
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
@@ -54,12 +58,23 @@ def main():
                                                                     device)).eval()
     ids = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), device=device)
 
+    if args.compile:  # the Transformers forward under the mixin's per-call input checks (they sync: .item())
+        from hf_tp.generation.spmd import TensorParallelMixin
+
+        run = torch.compile(super(TensorParallelMixin, model).forward, dynamic=True)
+    else:
+        run = model
+    extra = dict(use_cache=False) if args.compile else {}
+
     def forward():
         with torch.no_grad():
-            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            run(input_ids=ids, attention_mask=torch.ones_like(ids), **extra)
 
+    t0 = time.perf_counter()
     for _ in range(3):
         forward()
+    sync()
+    warmup_s = time.perf_counter() - t0
     sync()
     events, host = [], []
     for _ in range(5):
@@ -81,7 +96,7 @@ def main():
     gpu_us = sum(e.self_device_time_total for e in averages if e.device_type == torch.autograd.DeviceType.CUDA)
     kernels = sum(e.count for e in averages if e.device_type == torch.autograd.DeviceType.CUDA)
     result = dict(model=args.model, two_term=args.two_term, scaled_mm=args.scaled_mm,
-                  launch_cache=launch_cache.ENABLED,
+                  launch_cache=launch_cache.ENABLED, compiled=args.compile, warmup_s=round(warmup_s, 1),
                   forward_ms_events=sorted(events)[2] if events else None, forward_ms_host=sorted(host)[2],
                   gpu_busy_ms=gpu_us / 1e3, kernels=kernels)
     print(json.dumps(result), flush=True)
