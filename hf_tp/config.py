@@ -39,6 +39,7 @@ ENV_OVERRIDES = {
     "HF_TP_FP8_WEIGHTS": "fp8_weights",
     "HF_TP_WEIGHTS": "weights",
     "HF_TP_FP8_ACTIVATIONS": "fp8_activations",
+    "HF_TP_COMPILE_PREFILL": "compile_prefill",
 }
 
 # TPConfig.decode_gemm's default on CUDA with Triton: "triton". On one H200 (benchmarks/RESULTS.md, 2026-12-03,
@@ -147,6 +148,15 @@ class TPConfig:
         kernels of the rank of tp 2 took 140.2 µs per token (155.6 looped); tp 1 228.6 -> 234.5 tok/s, rank of
         tp 8 761.7 -> 777.9, rank of tp 2 392.2 -> 383.1 and 386.8 (the rows move by about 2 % from run to run).
         Off elsewhere (no compiled step on CPU).
+      compile_prefill: the decode loop runs the prompt's forward (the prefill) compiled too: torch.compile with
+        dynamic shapes (one compilation serves every prompt length and batch, apart from Dynamo's separate ones for
+        a size of 1), no CUDA graph. An eager prefill is host-bound at short prompts (one H100, Llama-3-8B shape,
+        128 tokens: 20.6 ms for 9.9 ms of GPU work; benchmarks/RESULTS.md, 2026-12-06); compiled, Inductor's
+        generated code launches the kernels and fuses the norms and pointwise work. The first generate() pays the
+        compilation. Values as the compiled decode step's (fused kernels may round differently in the last
+        bits). A compile that fails leaves this model's prefill eager (the same collectives on every rank). The
+        forward outside generate() (``model(...)``) stays eager. Default: off (opt-in until measured on a GPU);
+        on CPU True traces it without Inductor (tests).
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
       On CPU neither graphs nor a compiled step exist: resolve() sets cuda_graphs=False and allreduce="gloo"
@@ -218,6 +228,7 @@ class TPConfig:
     gemm_epilogues: bool | None = None
     gemm_norms: bool | None = None
     persistent_norms: bool | None = None
+    compile_prefill: bool | None = None
 
     def __new__(cls, *args, **kwargs):
         misplaced = [name for name in HANDLE_OPTIONS if name in kwargs]
@@ -311,6 +322,8 @@ class TPConfig:
             filled["gemm_norms"] = False  # opt-in until measured on a GPU (see the docstring)
         if config.persistent_norms is None or device_type != "cuda":
             filled["persistent_norms"] = device_type == "cuda"
+        if config.compile_prefill is None:
+            filled["compile_prefill"] = False  # opt-in until measured on a GPU (see the docstring)
         if config.fp8_weights == "auto" and device_type != "cuda":  # CUDA: each rank decides for its GPU at load
             filled["fp8_weights"] = "dequantize"
         return dataclasses.replace(config, **filled)

@@ -564,7 +564,7 @@ class _Session:
         self.cut_ties.zero_()
         # Positions as Transformers computes them for padded prompts: count real tokens only.
         positions = (request.attention_mask.cumsum(-1) - 1).masked_fill(request.attention_mask == 0, 0)
-        logits = self.decoder.eager_forward(request.input_ids, positions, self.attention_mask, self.cache)
+        logits = self.decoder.prefill_forward(request.input_ids, positions, self.attention_mask, self.cache)
         if self.shared_length:
             self.cache_length.add_(prompt)
         vocab = logits.shape[-1]
@@ -672,6 +672,8 @@ class StaticDecoder:
         self.cache_argument = cache_argument_name(model)
         self.sessions: OrderedDict[tuple[int, int], _Session] = OrderedDict()
         self._compiled = None
+        self._compiled_prefill = None  # TPConfig.compile_prefill: the prompt's forward, compiled with dynamic shapes
+        self._prefill_failed = False
         self._compiled_advance: dict[str, object] = {}  # "greedy" / "sample": the selection and bookkeeping, compiled
         self._advance_failed: set[str] = set()  # the kinds whose compile failed: eager for this decoder
         self._one_shot = False  # the compiled forward's all-reduces use symmetric memory
@@ -744,6 +746,28 @@ class StaticDecoder:
         out = self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                          use_cache=True, logits_to_keep=1, **{self.cache_argument: cache})
         return out.logits[:, -1, :]
+
+    def prefill_forward(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
+        """The prompt's forward (``eager_forward``): compiled where TPConfig.compile_prefill is on, with dynamic
+        shapes (prompts vary in length and batch) and its own code object (its own recompile limit; past it
+        Dynamo runs the forward eagerly). Whole graph or nothing (``fullgraph``): Dynamo and Inductor fail while
+        tracing or compiling, before the compiled code runs a collective, so a rank whose compile fails runs this
+        prefill, and its later ones, eagerly and makes the same collectives as the others."""
+        if not self.config.compile_prefill or self._prefill_failed:
+            return self.eager_forward(input_ids, position_ids, attention_mask, cache)
+        if self._compiled_prefill is None:
+            backend = "inductor" if self.device.type == "cuda" else "eager"  # CPU: traced only (tests)
+            forward = types.MethodType(own_code(type(self).eager_forward), self)
+            self._compiled_prefill = torch.compile(forward, fullgraph=True, dynamic=True, backend=backend)
+        try:
+            if injected_fault(self.tp.tp_rank, "compile_prefill") == "raise":  # test hook: one rank fails
+                raise RuntimeError(f"injected prefill compile failure on tp rank {self.tp.tp_rank}")
+            return self._compiled_prefill(input_ids, position_ids, attention_mask, cache)
+        except Exception as exc:  # noqa: BLE001 - a compile failure: this model's prefills stay eager
+            self._prefill_failed = True
+            logger.warning("hf_tp: the prefill could not be compiled (%s: %s); it runs eagerly", type(exc).__name__,
+                           str(exc).splitlines()[0][:200] if str(exc) else "")
+            return self.eager_forward(input_ids, position_ids, attention_mask, cache)
 
     def compiled_forward(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
         """The forward as captured into the graph (used only by capture; uncaptured steps run eagerly)."""

@@ -85,6 +85,10 @@ def decode_compile_options(tp: TPGroup, allreduce: str = "nccl", one_shot_max_kb
     return {"_collective.auto_select": True, "_collective.one_shot_all_reduce_threshold_bytes": max_bytes}
 
 
+# torch 2.13 renamed all_gather_into_tensor (and warns on the old name); torch 2.11 has only the old one.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 def all_gather_last_dim(tensor: torch.Tensor, tp: TPGroup) -> torch.Tensor:
     """Concatenate every rank's equally sized tensor along the last dimension."""
     if tp.tp_size == 1:
@@ -92,12 +96,14 @@ def all_gather_last_dim(tensor: torch.Tensor, tp: TPGroup) -> torch.Tensor:
     tensor = tensor.contiguous()
     if tp.stand_in:  # compute only: the gathered shape, every part this rank's own
         return torch.cat([tensor] * tp.tp_size, dim=-1)
-    if _compiling():  # gathers along dim 0, so move the split dim there and back
-        gathered = funcol.all_gather_tensor(tensor.movedim(-1, 0).contiguous(), 0, tp.group or dist.group.WORLD)
-        return gathered.movedim(0, -1)
-    parts = [torch.empty_like(tensor) for _ in range(tp.tp_size)]
-    dist.all_gather(parts, tensor, group=tp.group)
-    return torch.cat(parts, dim=-1)
+    # Gathers along dim 0, so the split dim moves there and back. Eager and compiled send the same bytes (the
+    # moved layout): a rank that runs a forward eagerly (its compile failed) gathers with ranks that run it compiled.
+    moved = tensor.movedim(-1, 0).contiguous()
+    if _compiling():
+        return funcol.all_gather_tensor(moved, 0, tp.group or dist.group.WORLD).movedim(0, -1)
+    gathered = moved.new_empty((tp.tp_size * moved.shape[0], *moved.shape[1:]))
+    _all_gather_single(gathered, moved, group=tp.group)
+    return gathered.movedim(0, -1)
 
 
 def all_gather_uneven(tensor: torch.Tensor, sizes: tuple[int, ...], dim: int, tp: TPGroup) -> torch.Tensor:
