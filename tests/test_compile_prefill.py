@@ -2,7 +2,8 @@
 against the unsplit Transformers model.
 
 Uneven heads (9 query / 3 KV heads: 6 and 3 per rank), so the ranks trace different graphs. Prompts of three
-shapes (a padded batch of 2 x 8, one of 1 x 5, one of 2 x 11) go through the one compiled prefill. On CPU the loop
+shapes (a padded batch of 2 x 8, one of 1 x 5, one of 2 x 11) go through the one compiled prefill. A
+mixture of experts (Qwen3-MoE) and a model with sliding-window layers (Gemma 3) go through it too. On CPU the loop
 traces with Dynamo's eager backend; the "inductor" case compiles each rank's prefill with Inductor, as on CUDA,
 with the functional all-reduces over gloo. HF_TP_FAULT_INJECT="1:compile_prefill:raise" makes rank 1's compile
 fail: that rank prefills eagerly, the other compiled, and the tokens stay right on both.
@@ -15,7 +16,7 @@ import os
 import pytest
 import torch
 
-from conftest import load_reference, run_ranks, save_tiny_model, tiny_config
+from conftest import load_reference, run_ranks, save_tiny_model, sliding_window_configs, tiny_config
 
 PAD = 0
 GREEDY = dict(do_sample=False, max_new_tokens=10, pad_token_id=PAD)
@@ -68,11 +69,21 @@ def generate_with_compiled_prefill(folder: str, fault: str):
             "config": model.hf_tp_config.compile_prefill}
 
 
-@pytest.mark.parametrize("fault", ["", "1:compile_prefill:raise", "inductor"],
-                         ids=["traced", "rank1-compile-fails", "inductor"])
-def test_compiled_prefill_gives_transformers_tokens(tmp_path, fault):
-    config = tiny_config("llama", hidden_size=72, num_attention_heads=9, num_key_value_heads=3)
-    folder = str(save_tiny_model(tmp_path / "llama_uneven", config, seed=11))
+def config_of(arch: str):
+    if arch == "qwen3_moe":
+        from test_moe import CONFIGS
+
+        return CONFIGS["qwen3_moe"]()
+    if arch == "gemma3":
+        return sliding_window_configs(4)["gemma3_text"]
+    return tiny_config("llama", hidden_size=72, num_attention_heads=9, num_key_value_heads=3)
+
+
+@pytest.mark.parametrize("arch,fault", [("llama", ""), ("llama", "1:compile_prefill:raise"), ("llama", "inductor"),
+                                        ("qwen3_moe", ""), ("gemma3", "")],
+                         ids=["traced", "rank1-compile-fails", "inductor", "qwen3_moe", "gemma3-sliding"])
+def test_compiled_prefill_gives_transformers_tokens(tmp_path, arch, fault):
+    folder = str(save_tiny_model(tmp_path / arch, config_of(arch), seed=11))
     reference = load_reference(folder)
     with torch.no_grad():
         expected = [reference.generate(ids, attention_mask=mask, **GREEDY) for ids, mask in prompts()]
