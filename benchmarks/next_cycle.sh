@@ -118,19 +118,19 @@ write_8b_ckpts() {  # the Llama-3-8B shape in bf16 and FP8 per channel, from the
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
 }
-if [ "$CALL" = 54 ]; then  # the per-decoder compile's GPU tests, the 8B prefill compiled, TPConfig.compile_prefill
+if [ "$CALL" = 54 ]; then  # the GPU tests of the per-decoder compile, the all-gather layout and compile_prefill,
+  # then the 8B prefill forward compiled (bf16, FP8 per channel two ways)
   write_8b_ckpts
-  step tests_own_code 150 $T tests/test_gpu_fp8.py tests/test_gpu_loop_requests.py
+  step tests_own_code 180 $T tests/test_gpu_fp8.py tests/test_gpu_loop_requests.py tests/test_gpu.py
+  ( export HF_TP_COMPILE_PREFILL=1; step tests_compile_prefill 90 $T tests/test_gpu_loop.py )
   wait
   P="python benchmarks/prefill_profile.py --compile"
   step prefill_c_bf16 80 $P --model "$CK/llama3-8b-bf16" --json "$OUT/prefill_c_bf16.json"
   step prefill_c_fp8c 80 $P --model "$CK/llama3-8b-fp8-channel" --json "$OUT/prefill_c_fp8c.json"
-  ( export HF_TP_COMPILE_PREFILL=1; step tests_compile_prefill 100 $T tests/test_gpu_loop.py )
   step prefill_c_fp8c_mm 80 $P --model "$CK/llama3-8b-fp8-channel" --two-term 1000000 --scaled-mm \
     --json "$OUT/prefill_c_fp8c_mm.json"
   ( export HF_TP_COMPILE_PREFILL=1; row cp_bf16 60 bf16 --batches 1 )
   ( export HF_TP_COMPILE_PREFILL=1; row cp_fp8c 60 fp8-channel --batches 1 )
-  step tests_loop 120 $T tests/test_gpu_loop.py tests/test_decode_loop.py
 elif [ "$CALL" = 53 ]; then  # the GPU tests of the per-decoder compile, then the H100 rows beside them
   write_8b_ckpts
   write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 300 bf16 &
