@@ -54,8 +54,9 @@ def generate_with_compiled_prefill(folder: str, fault: str):
 
     compile_ = torch.compile
 
-    def compile_counted(fn, **kwargs):  # only the prefill compiles with dynamic shapes
-        return compile_(fn, **{**kwargs, "backend": backend}) if kwargs.get("dynamic") else compile_(fn, **kwargs)
+    def compile_counted(fn, **kwargs):  # the decode step and selection compile with dynamic=False, the prefill not
+        prefill = "dynamic" in kwargs and kwargs["dynamic"] is not False
+        return compile_(fn, **{**kwargs, "backend": backend}) if prefill else compile_(fn, **kwargs)
 
     torch.compile = compile_counted
     if fault:

@@ -673,7 +673,9 @@ class StaticDecoder:
         self.sessions: OrderedDict[tuple[int, int], _Session] = OrderedDict()
         self._compiled = None
         self._compiled_prefill = None  # TPConfig.compile_prefill: the prompt's forward, compiled with dynamic shapes
-        self._prefill_failed = False
+        # Where the step compiles (CUDA alone or over NCCL; CPU for tests): a compiled collective over gloo on CUDA
+        # crashes both ranks (graphs_enabled), so there the prefill stays eager too.
+        self._prefill_failed = not (self.config.compile_prefill and (self.device.type != "cuda" or graphs_enabled(tp)))
         self._compiled_advance: dict[str, object] = {}  # "greedy" / "sample": the selection and bookkeeping, compiled
         self._advance_failed: set[str] = set()  # the kinds whose compile failed: eager for this decoder
         self._one_shot = False  # the compiled forward's all-reduces use symmetric memory
@@ -748,17 +750,22 @@ class StaticDecoder:
         return out.logits[:, -1, :]
 
     def prefill_forward(self, input_ids, position_ids, attention_mask, cache) -> torch.Tensor:
-        """The prompt's forward (``eager_forward``): compiled where TPConfig.compile_prefill is on, with dynamic
-        shapes (prompts vary in length and batch) and its own code object (its own recompile limit; past it
+        """The prompt's forward (``eager_forward``): compiled where TPConfig.compile_prefill is on and the step
+        compiles, with the prompt's length and batch dynamic, and its own code object (its own recompile limit; past it
         Dynamo runs the forward eagerly). Whole graph or nothing (``fullgraph``): Dynamo and Inductor fail while
         tracing or compiling, before the compiled code runs a collective, so a rank whose compile fails runs this
         prefill, and its later ones, eagerly and makes the same collectives as the others."""
-        if not self.config.compile_prefill or self._prefill_failed:
+        if self._prefill_failed:
             return self.eager_forward(input_ids, position_ids, attention_mask, cache)
         if self._compiled_prefill is None:
             backend = "inductor" if self.device.type == "cuda" else "eager"  # CPU: traced only (tests)
             forward = types.MethodType(own_code(type(self).eager_forward), self)
-            self._compiled_prefill = torch.compile(forward, fullgraph=True, dynamic=True, backend=backend)
+            # Dynamic where prompts differ (their length and batch), static elsewhere: the weights' shapes stay
+            # constants of the graph (the FP8 layers decide their kernel form from them while tracing).
+            self._compiled_prefill = torch.compile(forward, fullgraph=True, dynamic=None, backend=backend)
+        for tensor in (input_ids, position_ids):
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+            torch._dynamo.maybe_mark_dynamic(tensor, 1)
         try:
             if injected_fault(self.tp.tp_rank, "compile_prefill") == "raise":  # test hook: one rank fails
                 raise RuntimeError(f"injected prefill compile failure on tp rank {self.tp.tp_rank}")
