@@ -11,7 +11,8 @@ host ops by their own host time (where hf_tp's FP8 op and Triton's launches show
   python benchmarks/prefill_profile.py --model CKPT [--prompt-len 128] [--two-term N [--scaled-mm]] [--json F]
       [--cprofile N] [--no-launch-cache] [--compile]
 
-``--compile``: the forward under ``torch.compile(dynamic=True)`` (no cache, no CUDA graphs), to see what an
+``--compile``: the forward compiled as TPConfig.compile_prefill does (the prompt's dimensions dynamic; no cache,
+no CUDA graphs), to see what an
 eager prefill's host time hides: the forward's GPU time once the host no longer paces it.
 
 ``--cprofile N`` also prints the Python functions of N forwards by their own time (cProfile): the host time that
@@ -61,7 +62,11 @@ def main():
     if args.compile:  # the Transformers forward under the mixin's per-call input checks (they sync: .item())
         from hf_tp.generation.spmd import TensorParallelMixin
 
-        run = torch.compile(super(TensorParallelMixin, model).forward, dynamic=True)
+        # as TPConfig.compile_prefill compiles it: the prompt's length and batch dynamic, the weights' shapes not
+        # (every shape dynamic failed to trace the FP8 layers: one H100, 2026-12-06, twenty-seventh session)
+        run = torch.compile(super(TensorParallelMixin, model).forward, dynamic=None)
+        torch._dynamo.maybe_mark_dynamic(ids, 0)
+        torch._dynamo.maybe_mark_dynamic(ids, 1)
     else:
         run = model
     extra = dict(use_cache=False) if args.compile else {}
