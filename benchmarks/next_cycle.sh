@@ -33,11 +33,11 @@
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
 #      run: tests/test_gpu_fp8.py (whose ninth model failed to compile in CALL=52) and test_gpu_loop_requests.py
 #      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
-# Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|54] bash benchmarks/next_cycle.sh
-# Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-sixth sessions' calls chose by the GPU (next:
-# 53 on an H100):
+# Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|55] bash benchmarks/next_cycle.sh
+# Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU
+# (next: 55 on an H100):
 #   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=41 bash
-#   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=53 bash benchmarks/next_cycle.sh; fi
+#   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=55 bash benchmarks/next_cycle.sh; fi
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
@@ -118,7 +118,19 @@ write_8b_ckpts() {  # the Llama-3-8B shape in bf16 and FP8 per channel, from the
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
 }
-if [ "$CALL" = 54 ]; then  # the GPU tests of the per-decoder compile, the all-gather layout and compile_prefill,
+if [ "$CALL" = 55 ]; then  # TPConfig.compile_prefill after the twenty-seventh session's changes (gloo on CUDA eager,
+  # weights' shapes static): its GPU tests, the FP8 prefill compiled, then rows with and without it (ttft_s)
+  write_8b_ckpts
+  ( export HF_TP_COMPILE_PREFILL=1; step tests_compile_prefill 150 $T tests/test_gpu_loop.py tests/test_gpu_fp8.py )
+  wait
+  P="python benchmarks/prefill_profile.py --compile"
+  step prefill_c_fp8c 80 $P --model "$CK/llama3-8b-fp8-channel" --json "$OUT/prefill_c_fp8c.json"
+  step prefill_c_fp8c_mm 80 $P --model "$CK/llama3-8b-fp8-channel" --two-term 1000000 --scaled-mm \
+    --json "$OUT/prefill_c_fp8c_mm.json"
+  step prefill_c_bf16 80 $P --model "$CK/llama3-8b-bf16" --json "$OUT/prefill_c_bf16.json"
+  ( export HF_TP_COMPILE_PREFILL=1; row cp1_bf16 100 bf16 --batches 1 )
+  ( export HF_TP_COMPILE_PREFILL=0; row cp0_bf16 60 bf16 --batches 1 )
+elif [ "$CALL" = 54 ]; then  # the GPU tests of the per-decoder compile, the all-gather layout and compile_prefill,
   # then the 8B prefill forward compiled (bf16, FP8 per channel two ways)
   write_8b_ckpts
   step tests_own_code 180 $T tests/test_gpu_fp8.py tests/test_gpu_loop_requests.py tests/test_gpu.py
