@@ -66,7 +66,7 @@ def generate_with_compiled_prefill(folder: str, fault: str):
                                                        tp_config=config)
     outputs = [model.generate(ids, attention_mask=mask, **GREEDY) for ids, mask in prompts()]
     decoder = model._hf_tp_static_decoder
-    return {"outputs": outputs, "failed": decoder._prefill_failed, "graphs": len(prefill_graphs),
+    return {"outputs": outputs, "failed": decoder._prefill_eager, "graphs": len(prefill_graphs),
             "config": model.hf_tp_config.compile_prefill}
 
 

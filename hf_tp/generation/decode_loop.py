@@ -673,9 +673,9 @@ class StaticDecoder:
         self.sessions: OrderedDict[tuple[int, int], _Session] = OrderedDict()
         self._compiled = None
         self._compiled_prefill = None  # TPConfig.compile_prefill: the prompt's forward, compiled with dynamic shapes
-        # Where the step compiles (CUDA alone or over NCCL; CPU for tests): a compiled collective over gloo on CUDA
-        # crashes both ranks (graphs_enabled), so there the prefill stays eager too.
-        self._prefill_failed = not (self.config.compile_prefill and (self.device.type != "cuda" or graphs_enabled(tp)))
+        # Eager unless asked for and where the step compiles (CUDA alone or over NCCL; CPU for tests): a compiled
+        # collective over gloo on CUDA crashes both ranks (graphs_enabled). Also set when its compile failed.
+        self._prefill_eager = not (self.config.compile_prefill and (self.device.type != "cuda" or graphs_enabled(tp)))
         self._compiled_advance: dict[str, object] = {}  # "greedy" / "sample": the selection and bookkeeping, compiled
         self._advance_failed: set[str] = set()  # the kinds whose compile failed: eager for this decoder
         self._one_shot = False  # the compiled forward's all-reduces use symmetric memory
@@ -755,7 +755,7 @@ class StaticDecoder:
         Dynamo runs the forward eagerly). Whole graph or nothing (``fullgraph``): Dynamo and Inductor fail while
         tracing or compiling, before the compiled code runs a collective, so a rank whose compile fails runs this
         prefill, and its later ones, eagerly and makes the same collectives as the others."""
-        if self._prefill_failed:
+        if self._prefill_eager:
             return self.eager_forward(input_ids, position_ids, attention_mask, cache)
         if self._compiled_prefill is None:
             backend = "inductor" if self.device.type == "cuda" else "eager"  # CPU: traced only (tests)
@@ -771,7 +771,7 @@ class StaticDecoder:
                 raise RuntimeError(f"injected prefill compile failure on tp rank {self.tp.tp_rank}")
             return self._compiled_prefill(input_ids, position_ids, attention_mask, cache)
         except Exception as exc:  # noqa: BLE001 - a compile failure: this model's prefills stay eager
-            self._prefill_failed = True
+            self._prefill_eager = True
             logger.warning("hf_tp: the prefill could not be compiled (%s: %s); it runs eagerly", type(exc).__name__,
                            str(exc).splitlines()[0][:200] if str(exc) else "")
             return self.eager_forward(input_ids, position_ids, attention_mask, cache)
