@@ -103,7 +103,7 @@ def all_gather_last_dim(tensor: torch.Tensor, tp: TPGroup) -> torch.Tensor:
         return funcol.all_gather_tensor(moved, 0, tp.group or dist.group.WORLD).movedim(0, -1)
     gathered = moved.new_empty((tp.tp_size * moved.shape[0], *moved.shape[1:]))
     _all_gather_single(gathered, moved, group=tp.group)
-    return gathered.movedim(0, -1)
+    return gathered.movedim(0, -1).contiguous()  # contiguous, as the concatenation it replaced (callers may view it)
 
 
 def all_gather_uneven(tensor: torch.Tensor, sizes: tuple[int, ...], dim: int, tp: TPGroup) -> torch.Tensor:
