@@ -29,14 +29,17 @@
 #   CALL=52 (any one GPU, twenty-sixth session): every gpu-marked test of tests/, one step per file (a file the call
 #      had no time for runs in a second call with ONLY="tests_FILE ..."); the tests that need two GPUs skip with
 #      their reason.
+#   CALL=56 (H200, first: issue 21 is the one whose bars an H200 call can close): qwen3-moe-mini at tp 1 (batch 1
+#      and 8) and its rank of tp 2, Transformers' load of the same folder, the dense 8B bf16 row, then the MoE
+#      rows again (the ratio's spread). Then 41, then 42's batch-8 rows.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
 #      run: tests/test_gpu_fp8.py (whose ninth model failed to compile in CALL=52) and test_gpu_loop_requests.py
 #      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|55] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU
-# (next: 55 on an H100):
-#   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=41 bash
+# (next: 56 on an H200, 55 on an H100):
+#   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=56 bash
 #   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=55 bash benchmarks/next_cycle.sh; fi
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -259,6 +262,20 @@ elif [ "$CALL" = 45 ]; then  # tp-1 FP8 with and without this GPU's own entries 
     row "tp1_fp8c_h100$pass" 60 fp8-channel --batches 1
   done
   row tp1_bf16 60 bf16 --batches 1
+elif [ "$CALL" = 56 ]; then  # issue 21's H200 bars in one call, the closest issue to done: qwen3-moe-mini at tp 1
+  # (batch 1 and 8, each with its floor), its rank of tp 2, Transformers loading the same folder from the same warm
+  # page cache (its decode of 4 tokens is not a bar), and the dense 8B bf16 row beside them (the issue's sanity row)
+  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 300 bf16 &
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  wait
+  M="--system hf_tp --mode compile --tp-size 1 --model $CK/qwen3-moe-mini"
+  step moe_tp1 90 python -c "$FLIP" $M --batches 1,8 --out "$OUT/e2e_moe_tp1.jsonl"
+  step moe_r2 70 python -c "$FLIP" $M --batches 1 --simulate-tp 2 --out "$OUT/e2e_moe_r2.jsonl"
+  step moe_hf_load 90 python -m hf_tp.bench.run_system --system transformers --mode eager --tp-size 1 \
+    --model "$CK/qwen3-moe-mini" --batches 1 --new-tokens 4 --out "$OUT/e2e_moe_hf_load.jsonl"
+  row tp1_bf16 60 bf16 --batches 1
+  step moe_tp1_again 90 python -c "$FLIP" $M --batches 1 --out "$OUT/e2e_moe_tp1_again.jsonl"
+  step moe_r2_again 70 python -c "$FLIP" $M --batches 1 --simulate-tp 2 --out "$OUT/e2e_moe_r2_again.jsonl"
 elif [ "$CALL" = 41 ]; then  # issues 18 and 19's dense bars as their H200 targets state them, one call (run on an H200)
   write_8b_ckpts
   wait
@@ -284,7 +301,7 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 else
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-53; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-56; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
