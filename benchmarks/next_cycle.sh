@@ -124,7 +124,9 @@ write_8b_ckpts() {  # the Llama-3-8B shape in bf16 and FP8 per channel, from the
 if [ "$CALL" = 55 ]; then  # TPConfig.compile_prefill after the twenty-seventh session's changes (gloo on CUDA eager,
   # weights' shapes static): its GPU tests, the FP8 prefill compiled, then rows with and without it (ttft_s)
   write_8b_ckpts
-  ( export HF_TP_COMPILE_PREFILL=1; step tests_compile_prefill 150 $T tests/test_gpu_loop.py tests/test_gpu_fp8.py )
+  # (test_gpu_loop.py and test_gpu_fp8.py's first five models passed with it in the twenty-eighth session's call)
+  ( export HF_TP_COMPILE_PREFILL=1; step tests_compile_prefill 150 $T tests/test_gpu_fp8.py --log-cli-level=WARNING \
+    -k "channel or pdl or glu" )
   wait
   P="python benchmarks/prefill_profile.py --compile"
   step prefill_c_fp8c 80 $P --model "$CK/llama3-8b-fp8-channel" --json "$OUT/prefill_c_fp8c.json"
