@@ -159,9 +159,9 @@ class TPConfig:
         2026-12-06, twenty-seventh session), that shape's 128-token bf16 prefill forward compiled: 12.0 ms (GPU
         busy 6.9), after a 70 s compilation (the 20.6 ms eager figure came from another H100 host, a session
         earlier: not the same run); the loop's GPU tests pass with it, and so does an FP8 per-channel model's
-        (compiled, greedy tokens equal to the fp32 reference; twenty-eighth session). Default: off, until the FP8
-        prefill's speed compiled is measured on a GPU. Where the step does not compile (CUDA over gloo) it stays eager; on CPU True
-        traces it without Inductor (tests).
+        (compiled, greedy tokens equal to the fp32 reference; twenty-eighth session). Default: off, until the
+        compiled FP8 prefill's speed is measured on a GPU. Where the step does not compile (CUDA over gloo) it
+        stays eager; on CPU True traces it without Inductor (tests).
       allreduce: "nccl" (NCCL kernels inside the graph) or "one_shot" (PyTorch symmetric memory: each GPU reads
         its peers' buffers over NVLink) for all-reduces of at most ``one_shot_max_kb`` in the compiled step.
       On CPU neither graphs nor a compiled step exist: resolve() sets cuda_graphs=False and allreduce="gloo"
