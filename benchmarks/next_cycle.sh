@@ -32,14 +32,16 @@
 #   CALL=56 (H200, first: issue 21 is the one whose bars an H200 call can close): qwen3-moe-mini at tp 1 (batch 1
 #      and 8) and its rank of tp 2, Transformers' load of the same folder, the dense 8B bf16 row, then the MoE
 #      rows again (the ratio's spread). Then 41, then 42's batch-8 rows.
+#   CALL=57 (H200, next): the H200's own FP8 per-channel GEMV entries for tp 1 (issue 19's 1.6x and batch-8 bars),
+#      swept, then tp 1 with and without them, PDL on at tp 1, and the 8B-width GPU tests through them.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
 #      run: tests/test_gpu_fp8.py (whose ninth model failed to compile in CALL=52) and test_gpu_loop_requests.py
 #      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|55] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU
-# (next: 56 on an H200, 55 on an H100):
-#   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=56 bash
+# (next: 57 on an H200, 55 on an H100):
+#   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=57 bash
 #   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=55 bash benchmarks/next_cycle.sh; fi
 set -u
 . "$(dirname "$0")/steps.sh"
@@ -121,7 +123,27 @@ write_8b_ckpts() {  # the Llama-3-8B shape in bf16 and FP8 per channel, from the
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
 }
-if [ "$CALL" = 55 ]; then  # TPConfig.compile_prefill after the twenty-seventh session's changes (gloo on CUDA eager,
+if [ "$CALL" = 57 ]; then  # issue 19's tp-1 FP8 bars on the H200 (1.29-1.33x at batch 1, 1.18x at batch 8 in the
+  # twenty-ninth session; the GEMV at 63 % of the copy bandwidth): the H200's own per-channel entries, swept here
+  # (TABLE's FP8 configs were swept with block scales; the H100's per-channel sweep gave 5 % end to end), then tp 1
+  # with and without them, interleaved twice, PDL on at tp 1, bf16 for the ratio, and the 8B-width GPU tests
+  # through the entries. The sweep needs a DEVICE_TABLES key this GPU's name contains: an empty "H200" key is put
+  # into this device's copy of gemv_table.py only (the sweep's own gemv_table.py, with the entries, comes back).
+  write_8b_ckpts
+  sed -i 's/^DEVICE_TABLES: dict\[str, dict\[tuple, dict\]\] = {$/&\n    "H200": {},/' hf_tp/kernels/gemv_table.py
+  mkdir -p "$OUT/h200c"
+  step sweep_h200c 150 python benchmarks/fp8_gemm.py --out "$OUT/h200c/sweep.json" --tps 1 --ms 1,8 --sweep \
+    --precompile 15 --kinds fp8 --fp8-scales channel --gemms qkv,o,gate_up,down --device-table H200
+  wait
+  if [ -f "$OUT/h200c/gemv_table.py" ]; then cp "$OUT/h200c/gemv_table.py" hf_tp/kernels/gemv_table.py; fi
+  ( export DEVICE_TABLE=0; row tp1_fp8c_default 55 fp8-channel --batches 1,8 )
+  row tp1_fp8c_h200 55 fp8-channel --batches 1,8
+  step tests_8b 90 $T tests/test_gpu_fp8.py -k 8b
+  ( export DEVICE_TABLE=0; row tp1_fp8c_defaultb 40 fp8-channel --batches 1 )
+  row tp1_fp8c_h200b 40 fp8-channel --batches 1
+  ( export DEVICE_TABLE=0 HF_TP_PDL=1; row tp1_fp8c_pdl 40 fp8-channel --batches 1 )
+  row tp1_bf16 40 bf16 --batches 1
+elif [ "$CALL" = 55 ]; then  # TPConfig.compile_prefill after the twenty-seventh session's changes (gloo on CUDA eager,
   # weights' shapes static): its GPU tests, the FP8 prefill compiled, then rows with and without it (ttft_s)
   write_8b_ckpts
   # (test_gpu_loop.py and test_gpu_fp8.py's first five models passed with it in the twenty-eighth session's call)
@@ -303,7 +325,7 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 else
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-56; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-57; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
