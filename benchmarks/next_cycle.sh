@@ -132,12 +132,13 @@ if [ "$CALL" = 57 ]; then  # issue 19's tp-1 FP8 bars on the H200 (1.29-1.33x at
   write_8b_ckpts
   sed -i 's/^DEVICE_TABLES: dict\[str, dict\[tuple, dict\]\] = {$/&\n    "H200": {},/' hf_tp/kernels/gemv_table.py
   mkdir -p "$OUT/h200c"
-  step sweep_h200c 150 python benchmarks/fp8_gemm.py --out "$OUT/h200c/sweep.json" --tps 1 --ms 1,8 --sweep \
+  # MS=1 (a short call): the batch-1 entries only, and the first rows at batch 1
+  step sweep_h200c 100 timeout 130 python benchmarks/fp8_gemm.py --out "$OUT/h200c/sweep.json" --tps 1 --ms "${MS:-1,8}" --sweep \
     --precompile 15 --kinds fp8 --fp8-scales channel --gemms qkv,o,gate_up,down --device-table H200
   wait
   if [ -f "$OUT/h200c/gemv_table.py" ]; then cp "$OUT/h200c/gemv_table.py" hf_tp/kernels/gemv_table.py; fi
-  ( export DEVICE_TABLE=0; row tp1_fp8c_default 55 fp8-channel --batches 1,8 )
-  row tp1_fp8c_h200 55 fp8-channel --batches 1,8
+  ( export DEVICE_TABLE=0; row tp1_fp8c_default 45 fp8-channel --batches "${MS:-1,8}" )
+  row tp1_fp8c_h200 45 fp8-channel --batches "${MS:-1,8}"
   step tests_8b 90 $T tests/test_gpu_fp8.py -k 8b
   ( export DEVICE_TABLE=0; row tp1_fp8c_defaultb 40 fp8-channel --batches 1 )
   row tp1_fp8c_h200b 40 fp8-channel --batches 1
