@@ -34,13 +34,15 @@
 #      rows again (the ratio's spread). Then 41, then 42's batch-8 rows.
 #   CALL=57 (H200, next): the H200's own FP8 per-channel GEMV entries for tp 1 (issue 19's 1.6x and batch-8 bars),
 #      swept, then tp 1 with and without them, PDL on at tp 1, and the 8B-width GPU tests through them.
+#   CALL=58 (H200, after 57): qwen3-moe-mini's rank of tp 2 and tp 1 profiled with PDL off (additive kernel times),
+#      beside their rows with PDL on (issue 21's 1.5x).
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
 #      run: tests/test_gpu_fp8.py (whose ninth model failed to compile in CALL=52) and test_gpu_loop_requests.py
 #      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|55] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU
-# (next: 57 on an H200, 55 on an H100):
+# (next: 57 on an H200, then 58; 55 on an H100):
 #   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=57 bash
 #   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=55 bash benchmarks/next_cycle.sh; fi
 set -u
@@ -123,7 +125,20 @@ write_8b_ckpts() {  # the Llama-3-8B shape in bf16 and FP8 per channel, from the
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
 }
-if [ "$CALL" = 57 ]; then  # issue 19's tp-1 FP8 bars on the H200 (1.29-1.33x at batch 1, 1.18x at batch 8 in the
+if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the H200, twenty-ninth session): where its
+  # time goes, with additive kernel times (PDL off: with it on, a kernel's time overlaps the one before it, 1720.5 µs
+  # of kernels in 988.8 µs of wall), beside the rows with PDL on and off
+  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 300 bf16 &
+  wait
+  M="--system hf_tp --mode compile --tp-size 1 --model $CK/qwen3-moe-mini --batches 1"
+  step moe_tp1 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1.jsonl"
+  step moe_r2 60 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2.jsonl"
+  ( export HF_TP_PDL=0
+    step moe_r2_nopdl_prof 70 python -c "$FLIP" $M --simulate-tp 2 --profile 64 --out "$OUT/e2e_moe_r2_nopdl_prof.jsonl"
+    step moe_tp1_nopdl_prof 70 python -c "$FLIP" $M --profile 64 --out "$OUT/e2e_moe_tp1_nopdl_prof.jsonl" )
+  step moe_r2_again 60 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2_again.jsonl"
+  step moe_tp1_again 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1_again.jsonl"
+elif [ "$CALL" = 57 ]; then  # issue 19's tp-1 FP8 bars on the H200 (1.29-1.33x at batch 1, 1.18x at batch 8 in the
   # twenty-ninth session; the GEMV at 63 % of the copy bandwidth): the H200's own per-channel entries, swept here
   # (TABLE's FP8 configs were swept with block scales; the H100's per-channel sweep gave 5 % end to end), then tp 1
   # with and without them, interleaved twice, PDL on at tp 1, bf16 for the ratio, and the 8B-width GPU tests
@@ -326,7 +341,7 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 else
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-57; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-58; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
