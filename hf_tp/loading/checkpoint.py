@@ -84,7 +84,9 @@ class CheckpointIndex:
                 weight_map = json.loads(index_file.read_text())["weight_map"]
             except (ValueError, KeyError) as exc:
                 raise CheckpointError(f"{index_file} is corrupt ({exc}); re-download or re-save the checkpoint.") from exc
-            self.files = {name: self.folder / fname for name, fname in weight_map.items()}
+            # one Path per file, shared by its keys: a MoE checkpoint has thousands of keys in a few files
+            paths = {fname: self.folder / fname for fname in set(weight_map.values())}
+            self.files = {name: paths[fname] for name, fname in weight_map.items()}
         elif single.is_file():
             self.files = {name: single for name in self._keys(single)}
         else:
@@ -99,7 +101,7 @@ class CheckpointIndex:
                 )
             else:
                 raise CheckpointError(f"{self.folder} holds no model.safetensors or model.safetensors.index.json.")
-        missing = sorted({p.name for p in self.files.values() if not p.is_file()})
+        missing = sorted(p.name for p in set(self.files.values()) if not p.is_file())  # one stat per file
         if missing:
             raise CheckpointError(f"{self.folder}: the index names files that are missing: {missing}.")
         self._handles: dict[Path, object] = {}
