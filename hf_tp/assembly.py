@@ -175,6 +175,7 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
     build_s = time.perf_counter() - start
     stats = load_shards(model, planned.plan, planned.index, tp.tp_rank, tp.device, transposed,
                         progress=progress and tp.is_first, stager=stager, threads=config.load_threads)
+    read_done = time.perf_counter()
     fp8_groups = fuse_fp8_shared_inputs(model, dict(planned.policy.same_input), enabled=config.fuse) if kept else 0
     if fp8_groups and tp.device.type == "cuda":
         torch.cuda.empty_cache()  # the members' separate weights, freed group by group, are not left reserved
@@ -191,13 +192,17 @@ def build_rank_model(planned: PlannedModel, tp: TPGroup, config: TPConfig, progr
 
         reserve_counters(tp.device)
         use_device_table(tp.device)  # this GPU model's measured configs (gemv_table.DEVICE_TABLES), before tracing
+    kernels_done = time.perf_counter()
     model.generation_config = load_generation_config(planned.folder, model.generation_config, planned.options)
     if planned.index.quantization is not None and not kept and hasattr(model.config, "quantization_config"):
         # Dequantized at load: the model is no longer quantized, and save_pretrained must not say it is (as
         # Transformers removes it when it dequantizes an FP8 checkpoint).
         del model.config.quantization_config
     model.eval()
-    stats.phases.update(build_s=round(build_s, 4), read_s=round(stats.seconds, 4))
+    # after the read: FP8 grouping and the decode kernels' installation (kernels_s), then the rest (finish_s)
+    stats.phases.update(build_s=round(build_s, 4), read_s=round(stats.seconds, 4),
+                        kernels_s=round(kernels_done - read_done, 4),
+                        finish_s=round(time.perf_counter() - kernels_done, 4))
     model.hf_tp_plan, model.hf_tp_load_stats, model.hf_tp_transposed = planned.plan, stats, transposed
     return make_tensor_parallel(model, tp, config)
 
