@@ -99,7 +99,10 @@ def read_experts(index, keys: list[tuple[str, ...]], dim: int | None, pieces, de
                         raise CheckpointError(f"{part_keys[0]}: a slice [{start}, {stop}) reaches past its {len(part_keys)} "
                                               f"part(s) of {part_len}; the checkpoint does not match its config.")
                     end = min(stop, (part + 1) * part_len)
-                    at += put(expert, part_keys[part], offset, offset + end - start, at)
+                    if offset == 0 and end - start == part_len:  # the whole part (tp 1): one file range, even
+                        at += put(expert, part_keys[part], at=at)  # for down_proj's columns, not a strided slice
+                    else:
+                        at += put(expert, part_keys[part], offset, offset + end - start, at)
                     start = end
         if at != dest.shape[along]:
             raise CheckpointError(f"{part_keys[0]}: the checkpoint gives {at} of the {dest.shape[along]} rows/columns "
