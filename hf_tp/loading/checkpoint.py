@@ -151,6 +151,11 @@ class CheckpointIndex:
         loading.file_ranges); None when its dtype is not one torch reads as stored."""
         return self._ranges.rows(self.files[name], name, start, stop)
 
+    def view(self, name: str) -> torch.Tensor | None:
+        """``name`` as a CPU tensor viewing the file's memory map (loading.file_ranges.RangeReader.view); None when
+        its dtype is not one torch reads as stored."""
+        return self._ranges.view(self.files[name], name)
+
     def close(self) -> None:
         self._handles.clear()
         self._ranges.close()

@@ -45,13 +45,13 @@ def read_experts(index, keys: list[tuple[str, ...]], dim: int | None, pieces, de
 
     ``dim``/``pieces`` are in fused coordinates (dim 1 or 2 of (experts, out, in)); a piece may span several
     packed parts (gate and up), so it is cut at part boundaries. ``dim=None``: whole tensors, parts packed
-    along dim 1. Each piece is copied from its memory-mapped safetensors slice into its view of ``dest``
-    (``dest[e, row0:row1, :]`` or ``dest[e, :, col0:col1]``), cast on the way: no per-expert concatenation
-    or stacking copies. Whole parts and row ranges come as file ranges (``index.rows``, read with preadv),
-    column ranges as safetensors slices. FP8 experts (index.quantization) are dequantized piece by piece to ``dest.dtype``
-    (loading.quantization) and the piece is written into its view. ``write(view, source)`` does each copy, ``source``
-    a tensor or a ``loading.file_ranges.FileRange`` (default ``file_ranges.copy_from``; the loader passes its
-    pinned CUDA staging). Returns the bytes taken out
+    along dim 1. Each piece is copied from the file into its view of ``dest`` (``dest[e, row0:row1, :]`` or
+    ``dest[e, :, col0:col1]``), cast on the way: no per-expert concatenation or stacking copies. Whole parts and
+    row ranges come as file ranges (``index.rows``, read with preadv), column ranges as strided views of the
+    file's memory map (``index.view``; safetensors slices where it gives none). FP8 experts (index.quantization)
+    are dequantized piece by piece to ``dest.dtype`` (loading.quantization) and the piece is written into its
+    view. ``write(view, source)`` does each copy, ``source`` a tensor or a ``loading.file_ranges.FileRange``
+    (default ``file_ranges.copy_from``; the loader passes its pinned CUDA staging). Returns the bytes taken out
     of the checkpoint (FP8: weights and their float32 scales).
     """
     write = write or _copy
@@ -72,7 +72,12 @@ def read_experts(index, keys: list[tuple[str, ...]], dim: int | None, pieces, de
             source = fp8.dequantize(dest.dtype)
         else:
             # Whole tensors and row ranges are contiguous in the file: read with preadv (loading.file_ranges).
-            source = index.rows(key, start, stop) if lead_dim in (None, 0) else None
+            if lead_dim in (None, 0):
+                source = index.rows(key, start, stop)
+            else:  # columns: a strided view of the file's map, gathered by the one copy into the destination
+                source = index.view(key)
+                if source is not None:
+                    source = source[(*(slice(None),) * lead_dim, slice(start, stop))]
             if source is None:
                 view = index.handle(key).get_slice(key)  # memory-mapped: slicing reads nothing yet
                 source = view[:] if lead_dim is None else view[(*(slice(None),) * lead_dim, slice(start, stop))]

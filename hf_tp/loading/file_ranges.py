@@ -71,6 +71,7 @@ class RangeReader:
     def __init__(self):
         self._headers: dict[Path, tuple[int, dict, int]] = {}  # data start, header, file size
         self._fds: dict[Path, int] = {}
+        self._maps: dict[Path, torch.Tensor] = {}  # the whole file as uint8, memory-mapped (``view``)
         self._lock = threading.Lock()
 
     def _header(self, file: Path) -> tuple[int, dict]:
@@ -114,6 +115,25 @@ class RangeReader:
                                   "checkpoint does not match its config.")
         return FileRange(file, data_start + begin + start * row_bytes, dtype, (stop - start, *shape[1:]), self)
 
+    def view(self, file: Path, name: str) -> torch.Tensor | None:
+        """Tensor ``name`` as a CPU view of the file's memory map: nothing is read until it is copied, so a strided
+        slice of it (a row-parallel weight's columns) goes from the page cache to its destination in one copy,
+        where safetensors' ``get_slice`` first gathers it into a new tensor. None where ``rows`` gives None."""
+        rng = self.rows(file, name)
+        if rng is None or rng.offset % rng.element_size():  # a map's view of a dtype must start at a multiple of it
+            return None
+        with self._lock:
+            mapped = self._maps.get(file)
+            if mapped is None:
+                import mmap
+
+                # ACCESS_COPY: a private mapping, so that the tensor is writable (torch warns on read-only buffers);
+                # nothing writes to it
+                with open(file, "rb") as fh:
+                    mapped = self._maps[file] = torch.frombuffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY),
+                                                                 dtype=torch.uint8)
+        return mapped[rng.offset:rng.offset + rng.nbytes].view(rng.dtype).view(rng.shape)
+
     def read(self, file: Path, offset: int, out) -> None:
         """``out`` (a writable uint8 buffer, e.g. a tensor's numpy view) <- the file's bytes from ``offset``."""
         with self._lock:
@@ -132,6 +152,8 @@ class RangeReader:
                 os.close(fd)
             self._fds.clear()
             self._headers.clear()
+            # unmapped when the last view of each map is freed (an mmap cannot be closed while a tensor uses it)
+            self._maps.clear()
 
 
 def copy_from(target: torch.Tensor, source: "FileRange | torch.Tensor") -> None:
