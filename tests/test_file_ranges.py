@@ -93,3 +93,32 @@ def test_data_offsets_that_do_not_match_the_shape_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="data offsets"):
         index.rows("a")
     index.close()
+
+
+def test_views_of_the_map_equal_safetensors_and_outlive_close(tmp_path):
+    """index.view: every tensor as a view of the file's memory map, equal to what safetensors reads, its column
+    slices included; a view taken before close() stays readable (the map goes when its last view does). A
+    tensor whose data does not start at a multiple of its dtype's size gives None (the caller reads it through
+    safetensors)."""
+    save_file(TENSORS, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    index = CheckpointIndex(tmp_path)
+    handle = safe_open(index.files["a.weight"], framework="pt")
+    for name, full in TENSORS.items():
+        view = index.view(name)
+        want = handle.get_tensor(name)
+        assert view.dtype == want.dtype and view.shape == want.shape and torch.equal(_bytes(view), _bytes(want))
+    columns = index.view("a.weight")[:, 1:4]
+    assert not columns.is_contiguous() and torch.equal(columns, TENSORS["a.weight"][:, 1:4])
+    index.close()
+    assert torch.equal(columns.clone(), TENSORS["a.weight"][:, 1:4])
+    del columns  # the file is rewritten next: nothing may read its old map
+    # a file written by hand: a float32 tensor right after one byte, so its data starts at an odd offset
+    header = json.dumps({"x": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+                         "y": {"dtype": "F32", "shape": [2], "data_offsets": [1, 9]}}).encode()
+    header += b" " * (-len(header) % 8)
+    y = torch.tensor([1.5, -2.0])
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\x07" + _bytes(y).numpy().tobytes())
+    index = CheckpointIndex(tmp_path)
+    assert index.view("y") is None and torch.equal(index.rows("y").load(), y)
+    assert index.view("x").tolist() == [7]
+    index.close()
