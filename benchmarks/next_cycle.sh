@@ -135,6 +135,10 @@ if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the 
   M="--system hf_tp --mode compile --tp-size 1 --model $CK/qwen3-moe-mini --batches 1"
   step moe_tp1 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1.jsonl"
   step moe_r2 60 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2.jsonl"
+  # the load bar (>= 10 GB/s, faster than Transformers) after the thirtieth session's per-key changes
+  step moe_hf_load 60 python -m hf_tp.bench.run_system --system transformers --mode eager --tp-size 1 \
+    --model "$CK/qwen3-moe-mini" --batches 1 --new-tokens 4 --out "$OUT/e2e_moe_hf_load.jsonl"
+  step moe_tp1_load2 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1_load2.jsonl"
   ( export HF_TP_PDL=0
     step moe_r2_nopdl_prof 70 python -c "$FLIP" $M --simulate-tp 2 --profile 64 --out "$OUT/e2e_moe_r2_nopdl_prof.jsonl"
     step moe_tp1_nopdl_prof 70 python -c "$FLIP" $M --profile 64 --out "$OUT/e2e_moe_tp1_nopdl_prof.jsonl" )
