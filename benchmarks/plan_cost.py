@@ -3,7 +3,8 @@
 Two narrow random checkpoints with the key structure of the bench shapes but tiny widths (hidden 64): one like
 qwen3-moe-mini (24 layers of 64 experts stored per expert, as Transformers saves them: 4830 keys) and one like
 llama3-8b (32 layers: 291 keys). Their bytes are negligible, so what is timed is what every key costs: planning
-(`hf_tp.assembly.plan_model`: config, checkpoint index, skeleton, sharding plan) and the whole tp-1 load on CPU.
+(`hf_tp.assembly.plan_model`: config, checkpoint index, skeleton, sharding plan), the whole tp-1 load on CPU, and
+the MoE routers' installation (`install_moe_routing`, which checks every module: part of a CUDA load's `kernels_s`).
 
   python benchmarks/plan_cost.py [--folder /tmp/hf_tp_plan_cost] [--repeats 3]
 
@@ -41,6 +42,7 @@ def main():
     from hf_tp.assembly import load_parallel_model, plan_model
     from hf_tp.bench.shapes import write_random_checkpoint
     from hf_tp.parallel.comm import TPGroup
+    from hf_tp.parallel.moe_routing import install_moe_routing
 
     tp = TPGroup(tp_rank=0, tp_size=1, device=torch.device("cpu"))
     for shape in narrow_shapes():
@@ -56,8 +58,16 @@ def main():
             start = time.perf_counter()
             model = load_parallel_model(str(folder), tp, dtype=torch.bfloat16, progress=False)
             loads.append(round(time.perf_counter() - start, 4))
+        # What the MoE routers' installation costs where it runs (CUDA; on CPU the loader leaves it out): once per
+        # fresh model, since it replaces the routers' forward
+        routing = []
+        for _ in range(args.repeats):
+            fresh = load_parallel_model(str(folder), tp, dtype=torch.bfloat16, progress=False)
+            start = time.perf_counter()
+            install_moe_routing(fresh, "triton")
+            routing.append(round(time.perf_counter() - start, 4))
         print(json.dumps({"shape": shape, "keys": keys, "first_plan_s": plans[0], "plan_s": plans[1:], "load_s": loads,
-                          "load_phases": model.hf_tp_load_stats.phases}), flush=True)
+                          "install_moe_routing_s": routing, "load_phases": model.hf_tp_load_stats.phases}), flush=True)
 
 
 if __name__ == "__main__":
