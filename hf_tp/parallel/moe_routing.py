@@ -86,8 +86,8 @@ def router_form(module: nn.Module):
 @functools.lru_cache(maxsize=None)
 def _forward_form(forward) -> tuple | None:
     """The KNOWN_FORWARDS form of a class's ``forward`` function, or None. Cached per function: a model has a few
-    module classes but hundreds of modules, and reading and parsing a forward's source takes milliseconds (0.5 s
-    for qwen3-moe-mini's 343 modules on the project's CPU host before the cache)."""
+    module classes but hundreds of modules, and reading and parsing a forward's source takes milliseconds each
+    (``benchmarks/plan_cost.py`` times the installation)."""
     try:
         form = KNOWN_FORWARDS.get(_tree(inspect.getsource(forward)))
     except (OSError, TypeError, SyntaxError):
