@@ -129,8 +129,10 @@ if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the 
   # time goes, with additive kernel times (PDL off: with it on, a kernel's time overlaps the one before it, 1720.5 µs
   # of kernels in 988.8 µs of wall), beside the rows with PDL on and off
   write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 300 bf16 &
-  # the staged GPU load (qwen3_moe at tp 2: down_proj's columns now strided views of the file's map), meanwhile
-  step tests_load 100 $T tests/test_gpu_load.py
+  # the staged GPU load (qwen3_moe at tp 2: down_proj's columns now strided views of the file's map; 7 passed on an
+  # H100 in the thirtieth session) and the routing kernel's tests (its installation is cached per forward since
+  # then, run on CPU only), meanwhile
+  step tests_load 150 $T tests/test_gpu_load.py tests/test_moe_routing.py
   wait
   M="--system hf_tp --mode compile --tp-size 1 --model $CK/qwen3-moe-mini --batches 1"
   step moe_tp1 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1.jsonl"
