@@ -34,15 +34,18 @@
 #      rows again (the ratio's spread). Then 41, then 42's batch-8 rows.
 #   CALL=57 (H200, next): the H200's own FP8 per-channel GEMV entries for tp 1 (issue 19's 1.6x and batch-8 bars),
 #      swept, then tp 1 with and without them, PDL on at tp 1, and the 8B-width GPU tests through them.
-#   CALL=58 (H200, after 57): qwen3-moe-mini's rank of tp 2 and tp 1 profiled with PDL off (additive kernel times),
-#      beside their rows with PDL on (issue 21's 1.5x).
+#   CALL=58 (any GPU, first; ran on an H100 in the thirtieth session): the load's and the routing kernel's GPU
+#      tests, qwen3-moe-mini's tp 1 and rank of tp 2 (their load phases: issue 21's 10 GB/s), Transformers' load of
+#      the same folder, then both profiled with PDL off (additive kernel times), beside their rows with PDL on.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
 #      run: tests/test_gpu_fp8.py (whose ninth model failed to compile in CALL=52) and test_gpu_loop_requests.py
 #      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|55] bash benchmarks/next_cycle.sh
-# Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU
-# (next: 57 on an H200, then 58; 55 on an H100):
+# Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU.
+# Next (thirtieth session): 58 first on any GPU (the routing kernel's GPU tests, which the thirtieth session's
+# change to its installation still needs, and on an H200 issue 21's load bar), then 57 on an H200, 55 on an H100:
+#   OUT=$OUT BUDGET=570 CALL=58 bash benchmarks/next_cycle.sh
 #   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=57 bash
 #   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=55 bash benchmarks/next_cycle.sh; fi
 set -u
