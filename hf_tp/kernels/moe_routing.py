@@ -9,12 +9,13 @@ at most MOE_ROUTE_MAX_EXPERTS logits each, one launch per call (hf_tp/kernels/mo
   1. the softmax, adding in the order PyTorch's CUDA softmax adds (its one-warp-per-row kernel for rows of at
      most 1024 values: each lane adds its values at stride ``warp`` in turn, then an xor butterfly across the
      lanes), with CUDA's expf (libdevice) and correctly rounded divisions: torch's probabilities, bit for bit;
-  2. the top k by k rounds of "largest probability, lowest expert id among equal ones" (k <= 8: no sort):
-     torch.topk's choice on CUDA, whose select kernel keeps every value above the k-th, then the values equal
-     to it in index order;
-  3. torch.topk's order: the select kernel's output order (values above the k-th by id, then the equal ones
-     by id) put through the same 32-item bitonic network as PyTorch's small sort, so that equal probabilities
-     (frequent: bf16 logits tie often) come out in the order Transformers gets;
+  2. the top k by k rounds of "largest probability, lowest expert id among equal ones" (k <= 8: no sort), one
+     integer max a round over (probability bits, id) keys: torch.topk's choice on CUDA, whose select kernel
+     keeps every value above the k-th, then the values equal to it in index order;
+  3. torch.topk's order: distinct values come out decreasing, as the rounds found them. Where two chosen
+     probabilities are equal (frequent: bf16 logits tie often; a branch taken per token), the select kernel's
+     output order (values above the k-th by id, then the equal ones by id) goes through the same 32-item
+     bitonic network as PyTorch's small sort, so that they come out in the order Transformers gets;
   4. optionally the division by the k probabilities' sum, added in the order PyTorch's CUDA sum over a row
      of k <= 8 values adds them (W lanes, W the largest power of two <= k, lane l holding value l plus value
      l + W; then a shuffle-down tree, W/2 apart first), and the cast Transformers does.

@@ -94,41 +94,53 @@ def route_kernel(logits_ptr, weights_ptr, ids_ptr, experts, stride_l, stride_w, 
     probs = tl.math.div_rn(e, tl.sum(lanes, axis=0))
 
     # 2. The top k by k rounds of argmax, equal probabilities to the lowest id: the set torch.topk's select
-    # kernel keeps. Padding (-1) and taken (-2) lanes rank below every probability (>= 0).
-    left = tl.where(valid_e, probs, -1.0)
+    # kernel keeps. One reduction a round: a probability (>= 0, so its float bits order as integers) and its id
+    # packed into one int64 key, the lower id winning among equal probabilities; padding and taken lanes (-1)
+    # rank below every key. The rounds also note whether two chosen probabilities are equal.
+    ID_BITS: tl.constexpr = 32
+    key = (probs.to(tl.int32, bitcast=True).to(tl.int64) << ID_BITS) | (BLOCK_E - 1 - offs).to(tl.int64)
+    key = tl.where(valid_e, key, -1)
     slot = tl.arange(0, SORT_SIZE)
     top_p = tl.zeros([SORT_SIZE], tl.float32)
     top_id = tl.zeros([SORT_SIZE], tl.int32)
     kth = 0.0
+    tie = 0
     for j in tl.static_range(TOP_K):
-        kth = tl.max(left, axis=0)
-        pick = tl.min(tl.where(left == kth, offs, BLOCK_E), axis=0)
+        best = tl.max(key, axis=0)
+        pick = BLOCK_E - 1 - best.to(tl.int32)  # the low 32 bits
+        value = (best >> ID_BITS).to(tl.int32).to(tl.float32, bitcast=True)
+        if j > 0:
+            tie = tie | (value == kth).to(tl.int32)  # the rounds give decreasing values: equal ones are adjacent
+        kth = value
         top_p = tl.where(slot == j, kth, top_p)
         top_id = tl.where(slot == j, pick, top_id)
-        left = tl.where(offs == pick, -2.0, left)
+        key = tl.where(offs == pick, -1, key)
 
-    # 3. torch.topk's order: its select kernel writes the values above the k-th in id order, then the ones equal
-    # to it in id order; its sort (k <= 32: a bitonic network over 32 items) then orders them, equal values
-    # where the network leaves them. The same network on the same input gives the same order.
+    # 3. torch.topk's order. Distinct values: decreasing, as the rounds found them (its sort is a sort). Equal
+    # values (checked on the GPU, a branch taken per token): its select kernel writes the values above the k-th
+    # in id order, then the ones equal to it in id order; its sort (k <= 32: a bitonic network over 32 items)
+    # then orders them, equal values where the network leaves them. The same network on the same input gives
+    # the same order.
     taken = slot < TOP_K
+    keys, ids = top_p, top_id
     if TORCH_ORDER:
-        above = taken & (top_p > kth)
-        n_above = tl.sum(above.to(tl.int32), axis=0)
-        lower = (top_id[None, :] < top_id[:, None]) & taken[None, :]  # [j, r]: r is a chosen id below j's
-        before_above = tl.sum((lower & above[None, :]).to(tl.int32), axis=1)
-        before_equal = tl.sum((lower & (above[None, :] == 0)).to(tl.int32), axis=1)
-        where_in = tl.where(above, before_above, n_above + before_equal)  # select kernel's output position of j
-        placed = (where_in[:, None] == slot[None, :]) & taken[:, None]  # [j, position]
-        keys = _pick(tl.broadcast_to(top_p[:, None], (SORT_SIZE, SORT_SIZE)), placed)
-        ids = _pick(tl.broadcast_to(top_id[:, None], (SORT_SIZE, SORT_SIZE)), placed)
-        valid = taken.to(tl.int32)
-        for lg in tl.static_range(1, 5):  # merging: sizes 2, 4, 8, 16
-            for m in tl.static_range(lg):
-                keys, ids, valid = _bitonic_stage(keys, ids, valid, 1 << lg, 1 << (lg - 1 - m), False)
-        for m in tl.static_range(5):  # final pass: strides 16 .. 1
-            keys, ids, valid = _bitonic_stage(keys, ids, valid, SORT_SIZE, 16 >> m, True)
-    else:  # by decreasing probability, equal ones by id (benchmarks: what the order costs)
-        keys, ids = top_p, top_id
+        if tie != 0:
+            above = taken & (top_p > kth)
+            n_above = tl.sum(above.to(tl.int32), axis=0)
+            lower = (top_id[None, :] < top_id[:, None]) & taken[None, :]  # [j, r]: r is a chosen id below j's
+            before_above = tl.sum((lower & above[None, :]).to(tl.int32), axis=1)
+            before_equal = tl.sum((lower & (above[None, :] == 0)).to(tl.int32), axis=1)
+            where_in = tl.where(above, before_above, n_above + before_equal)  # select kernel's output position of j
+            placed = (where_in[:, None] == slot[None, :]) & taken[:, None]  # [j, position]
+            keys = _pick(tl.broadcast_to(top_p[:, None], (SORT_SIZE, SORT_SIZE)), placed)
+            ids = _pick(tl.broadcast_to(top_id[:, None], (SORT_SIZE, SORT_SIZE)), placed)
+            valid = taken.to(tl.int32)
+            for lg in tl.static_range(1, 5):  # merging: sizes 2, 4, 8, 16
+                for m in tl.static_range(lg):
+                    keys, ids, valid = _bitonic_stage(keys, ids, valid, 1 << lg, 1 << (lg - 1 - m), False)
+            for m in tl.static_range(5):  # final pass: strides 16 .. 1
+                keys, ids, valid = _bitonic_stage(keys, ids, valid, SORT_SIZE, 16 >> m, True)
+    # TORCH_ORDER off (benchmarks: what the order costs): equal probabilities stay in id order
 
     # 4. Renormalisation: the k values' sum in the order of PyTorch's CUDA sum over a row of k <= 8 values (a
     # lane per value, W = LANES_K lanes: lane l holds value l plus value l + W when k > l + W; then a
