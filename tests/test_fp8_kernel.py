@@ -792,3 +792,23 @@ def test_launch_cache_matches_tritons_dispatch(path):
                 assert rel_err(got, x, w, s, K, 0, b) < (0.05 if path == "prefill_fp8" else TOL)
     direct = [entry for entry in launch_cache._COMPILED.values() if entry is not launch_cache._SLOW]
     assert direct, "no compiled kernel could be launched directly: the cache saves nothing on this Triton"
+
+
+def test_fp16_copy_decision_stays_a_constant_of_the_trace():
+    """hf_tp.kernels.fp8 marks ``_fp16_copy_wanted`` as torch.compiler.assume_constant_result would, without
+    importing torch._dynamo at `import hf_tp`: the decorator must still only set what hf_tp sets (else a
+    dynamic-shape trace of an FP8 model would trace into the decision)."""
+    import subprocess
+    import sys
+
+    from hf_tp.kernels import fp8
+
+    def probe():
+        return None
+
+    marks = set(vars(torch.compiler.assume_constant_result(probe)))
+    assert marks and all(getattr(fp8._fp16_copy_wanted, name, None) == getattr(probe, name) for name in marks), marks
+    # and `import hf_tp` alone (a notebook, the CLI, a spawned driver) does not pay for torch._dynamo
+    code = "import sys, hf_tp; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False", out

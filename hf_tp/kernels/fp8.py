@@ -226,7 +226,6 @@ def _(x, weight, scale, group_k, k_offset, bias, x16, act_fp8, f16):
             x.new_empty(*x.shape[:-1], half, dtype=torch.float16) if f16 else x.new_empty(0))
 
 
-@torch.compiler.assume_constant_result
 def _fp16_copy_wanted(device_index: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> tuple[bool, bool]:
     """Whether a call of one row, and one of 2..DOT_MAX_M rows, runs the fp16 form on this weight. Decided once
     per weight shape while tracing (a constant of the compiled step); it takes no row count, so that a
@@ -238,6 +237,12 @@ def _fp16_copy_wanted(device_index: int, N: int, K: int, G: int, group_k: int, k
     gemv_triton.use_device_table(torch.device("cuda", device_index))  # its entries decide the form too
     return (fp8_triton.takes_fp16(1, N, K, G, group_k, k_offset),
             fp8_triton.takes_fp16(2, N, K, G, group_k, k_offset))
+
+
+# torch.compiler.assume_constant_result(_fp16_copy_wanted), without its import of torch._dynamo (2 s of `import
+# hf_tp` on a CPU host, paid by every spawned rank): the decorator only sets this attribute on the function
+# (torch 2.11-2.14; tests/test_fp8_kernel.py checks that it still does).
+_fp16_copy_wanted._dynamo_marked_constant = True
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,

@@ -19,10 +19,21 @@ import torch.nn as nn
 from ..kernels.moe_decode import MOE_DECODE_MAX_TOKENS, moe_experts_decode
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-try:  # Transformers' default [gate; up] gating (5.x); a class that overrides it computes something else
-    from transformers.integrations.moe import _default_apply_gate
-except ImportError:  # pragma: no cover - an older Transformers: only classes without _apply_gate qualify
-    _default_apply_gate = object()
+
+
+def _default_apply_gate():
+    """Transformers' default [gate; up] gating (5.x); a class that overrides it computes something else. Imported
+    when a model has experts: transformers.integrations.moe imports torch._dynamo (2 s on a CPU host)."""
+    try:
+        from transformers.integrations.moe import _default_apply_gate as default
+    except ImportError:  # pragma: no cover - an older Transformers: only classes without _apply_gate qualify
+        return None
+    return default
+
+
+def _has_default_gate(module: nn.Module) -> bool:
+    default = _default_apply_gate()
+    return getattr(type(module), "_apply_gate", default) is default
 
 
 def kernel_supports(module: nn.Module) -> bool:
@@ -36,7 +47,7 @@ def kernel_supports(module: nn.Module) -> bool:
             and not getattr(module, "is_transposed", True) and getattr(module, "is_concatenated", False)
             # Transformers 5.17 has no post-expert norm and no such attribute; 5.24 sets it (False for these models).
             and not getattr(module, "has_post_expert_norm", False)
-            and getattr(type(module), "_apply_gate", _default_apply_gate) is _default_apply_gate and act == "silu"
+            and _has_default_gate(module) and act == "silu"
             and gate_up.shape[1] == 2 * down.shape[2] and gate_up.shape[0] == down.shape[0])
 
 
