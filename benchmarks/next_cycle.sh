@@ -43,8 +43,10 @@
 #      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|55] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU.
-# Next (thirtieth session): 58 first on any GPU (the routing kernel's GPU tests, which the thirtieth session's
-# change to its installation still needs, and on an H200 issue 21's load bar), then 57 on an H200, 55 on an H100:
+# Next (thirty-first session, which got no machine): 58 first on any GPU (the routing kernel's GPU tests, which
+# the thirtieth session's change to its installation and the thirty-first's to the kernel itself still need; the
+# profiles' route_kernel row against 70.7 / 72.5 µs per token on the H100 before; on an H200 issue 21's load
+# bar), then 57 on an H200, 55 on an H100:
 #   OUT=$OUT BUDGET=570 CALL=58 bash benchmarks/next_cycle.sh
 #   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=57 bash
 #   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=55 bash benchmarks/next_cycle.sh; fi
@@ -134,7 +136,8 @@ if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the 
   write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 300 bf16 &
   # the staged GPU load (qwen3_moe at tp 2: down_proj's columns now strided views of the file's map; 7 passed on an
   # H100 in the thirtieth session) and the routing kernel's tests (its installation is cached per forward since
-  # then, run on CPU only), meanwhile
+  # then; its top-k rounds are integer maxima and its sorting network runs only on ties since the thirty-first
+  # session: both run on CPU only), meanwhile
   step tests_load 150 $T tests/test_gpu_load.py tests/test_moe_routing.py
   wait
   M="--system hf_tp --mode compile --tp-size 1 --model $CK/qwen3-moe-mini --batches 1"
