@@ -240,8 +240,8 @@ def _fp16_copy_wanted(device_index: int, N: int, K: int, G: int, group_k: int, k
 
 
 # torch.compiler.assume_constant_result(_fp16_copy_wanted), without its import of torch._dynamo (2 s of `import
-# hf_tp` on a CPU host, paid by every spawned rank): the decorator only sets this attribute on the function
-# (torch 2.11-2.14; tests/test_fp8_kernel.py checks that it still does).
+# hf_tp` on a CPU host): the decorator only sets this attribute on the function (torch 2.11-2.14;
+# tests/test_fp8_kernel.py checks that it still does).
 _fp16_copy_wanted._dynamo_marked_constant = True
 
 

@@ -117,7 +117,7 @@ def route_kernel(logits_ptr, weights_ptr, ids_ptr, experts, stride_l, stride_w, 
         key = tl.where(offs == pick, -1, key)
 
     # 3. torch.topk's order. Distinct values: decreasing, as the rounds found them (its sort is a sort). Equal
-    # values (checked on the GPU, a branch taken per token): its select kernel writes the values above the k-th
+    # values (a run-time branch, per token): its select kernel writes the values above the k-th
     # in id order, then the ones equal to it in id order; its sort (k <= 32: a bitonic network over 32 items)
     # then orders them, equal values where the network leaves them. The same network on the same input gives
     # the same order.
