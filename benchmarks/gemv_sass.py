@@ -1,7 +1,7 @@
 """The decode GEMV kernel (hf_tp/kernels/gemv_triton.py) built for sm_90 on a host without a GPU, and what its
 main loop does: registers, stack, instructions per loop iteration, and the order of loads and math in it.
 
-  python benchmarks/gemv_sass.py [--dtype bf16|fp8] [--scale 0|1|2|3] [--configs 8x1024x4x1,16x2048x8x0]
+  python benchmarks/gemv_sass.py [--dtype bf16|fp8] [--scale 0|1|2|3] [--f16] [--configs 8x1024x4x1,16x2048x8x0]
   python benchmarks/gemv_sass.py --kernel dot --norm 0,2 [--rstd-last] [--dot 64x128x4x3] [--ir DIR]
 
 The second form builds the tl.dot kernel (_gemv_dot_kernel) at one row (BLOCK_M 16) as gate/up with its GLU
@@ -33,18 +33,18 @@ from hf_tp.kernels import gemv_triton as gt
 DIV16 = {"N", "K", "k_split", "stride_wn", "stride_os"}
 
 
-def build(dtype: str, scale: int, block_n: int, row_bytes: int, warps: int, stages: int):
+def build(dtype: str, scale: int, block_n: int, row_bytes: int, warps: int, stages: int, f16: bool = False):
     elem = 2 if dtype == "bf16" else 1
     vec = 16 // elem
     wtype = "*bf16" if dtype == "bf16" else "*fp8e4nv"
     constexprs = dict(SCALE=scale, GROUP_SHIFT=7 if scale == 2 else -1, SPLIT=False, FOLD=False, HAS_BIAS=False,
                       EVEN_N=True, EVEN_K=True, BLOCK_N=block_n, NV=row_bytes // elem // vec, VEC=vec, STAGES=stages,
                       PDL=False, PREFETCH=0, LINE=64, GLU=False, GLU_OUT=False, NORM=0, NORM_BLOCK=16,
-                      KEEP_X=False)
+                      KEEP_X=False, F16=f16)
     # Flags added to the kernel after this script: off (each one's default path).
     for i in gt._gemv_kernel.constexprs:
         constexprs.setdefault(gt._gemv_kernel.arg_names[i], False)
-    pointers = dict(x_ptr="*bf16", w_ptr=wtype, s_ptr="*fp32" if scale else "*bf16", b_ptr="*bf16", o_ptr="*bf16",
+    pointers = dict(x_ptr="*bf16", x16_ptr="*fp16", w_ptr=wtype, s_ptr="*fp32" if scale else "*bf16", b_ptr="*bf16", o_ptr="*bf16",
                     f_ptr="*bf16", c_ptr="*i32", r_ptr="*bf16", nw_ptr="*bf16", h_ptr="*bf16", xn_ptr="*bf16")
     names = list(gt._gemv_kernel.arg_names)
     signature = {n: "constexpr" if n in constexprs else pointers[n] if n.endswith("_ptr") else "fp32" if n == "eps"
@@ -70,10 +70,10 @@ def analyse(compiled) -> dict:
     usage, sass = _cuobjdump(compiled, "--dump-resource-usage"), sass_of(compiled)
     regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
     lines = sass.splitlines()
-    loop = None  # the backward branch's range
+    loop = None  # the first backward branch's range: the main loop (the fp16 form's fp32 fallback loop is after it)
     for line in lines:
         branch, at = re.search(r"BRA 0x([0-9a-f]+)", line), re.search(r"/\*([0-9a-f]{4})\*/", line)
-        if branch and at and 0 < int(branch.group(1), 16) < int(at.group(1), 16):
+        if branch and at and 0 < int(branch.group(1), 16) < int(at.group(1), 16) and loop is None:
             loop = (int(branch.group(1), 16), int(at.group(1), 16))
     ops, seq = Counter(), []
     for line in lines:
@@ -83,7 +83,7 @@ def analyse(compiled) -> dict:
             ops[op] += 1
             if op.startswith("LDG"):
                 seq.append("L")
-            elif op.startswith(("FFMA", "FMUL", "FADD", "HADD2", "F2FP")):
+            elif op.startswith(("FFMA", "FMUL", "FADD", "HADD2", "HFMA2", "F2FP")):
                 seq.append("c")
     pattern = "".join(f"{k}{len(list(g))}" for k, g in itertools.groupby(seq))
     return dict(registers=int(regs), stack=int(stack), loop_instructions=sum(ops.values()), pattern=pattern,
@@ -113,6 +113,7 @@ def main():
     parser.add_argument("--kernel", default="gemv", choices=["gemv", "dot"])
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp8"])
     parser.add_argument("--scale", type=int, default=None, help="0 none, 1 per channel, 2 block, 3 unaligned")
+    parser.add_argument("--f16", action="store_true", help="FP8 per channel: the fp16 form (a config's X16)")
     parser.add_argument("--configs", default="8x1024x4x1,8x1024x4x0,8x2048x8x1,16x1024x8x1,4x2048x4x1")
     parser.add_argument("--norm", default="0,2", help="dot: NORM values to build (0 none, 1 norm, 2 add + norm)")
     parser.add_argument("--rstd-last", action="store_true", help="dot: the statistic summed in the loop")
@@ -134,8 +135,8 @@ def main():
     scale = args.scale if args.scale is not None else (0 if args.dtype == "bf16" else 2)
     for cfg in args.configs.split(","):
         bn, row_bytes, warps, stages = (int(v) for v in cfg.split("x"))
-        print(args.dtype, f"scale {scale}", cfg, analyse(build(args.dtype, scale, bn, row_bytes, warps, stages)),
-              flush=True)
+        print(args.dtype, f"scale {scale}", "fp16 form" if args.f16 else "", cfg,
+              analyse(build(args.dtype, scale, bn, row_bytes, warps, stages, args.f16)), flush=True)
 
 
 if __name__ == "__main__":

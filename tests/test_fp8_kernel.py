@@ -172,6 +172,10 @@ _INTERPRET_CASES = [
     (3, 40, 256, 256, 0, "skinny", "bfloat16", {"X16": True, "BLOCK_N": 32, "BLOCK_K": 128}),
     # |x| up to about 4e5, beyond fp16's 65504: the tile comes out inf and is computed again in fp32
     (2, 20, 256, 128, 0, "skinny", "bfloat16", {"X16": True, "BLOCK_N": 16, "BLOCK_K": 128, "X_SCALE": 1e5}),
+    # the GEMV in fp16 (per channel): row and K tails, a split, the registers' loop, and |x| beyond fp16's range
+    (1, 22, 576, 576, 0, "gemv", "bfloat16", {"X16": True, "BLOCK_N": 4, "BLOCK_K": 256, "SPLIT": 2}),
+    (1, 16, 512, 512, 0, "gemv", "bfloat16", {"X16": True, "BLOCK_N": 8, "BLOCK_K": 128, "num_stages": 0}),
+    (1, 20, 256, 256, 0, "gemv", "bfloat16", {"X16": True, "BLOCK_N": 4, "BLOCK_K": 128, "X_SCALE": 1e5}),
     # the shipped configs (gemv_triton.config_for), several row blocks of 16 in the tl.dot kernel
     (1, 20, 4096, 128, 0, "gemv", "bfloat16", None),
     (1, 20, 1392, 128, 37, "gemv", "bfloat16", None),
@@ -214,6 +218,48 @@ def test_triton_kernels_in_interpreter():
     GPU only (test_kernel_matches_reference)."""
     errs = _interpret(_INTERPRET_SCRIPT, _INTERPRET_CASES)
     assert all(e < TOL for e in errs), list(zip(_INTERPRET_CASES, errs))
+
+
+_F16_GEMV_SCRIPT = r"""
+import json, sys, torch
+from hf_tp.kernels import gemv_triton as gt
+sys.path.insert(0, sys.argv[1])
+from test_fp8_kernel import make
+out = []
+for N, K, config in json.loads(sys.argv[2]):
+    x, w, s, _ = make(1, N, K, K, 0)
+    got = gt.launch(x, w, s, K, 0, None, out_dtype=torch.float32, config=dict(config, path="gemv", X16=True))
+    # the kernel's sums: per split of K, each column of a step summed in fp16 over the steps, then in fp32
+    step, split = config["BLOCK_K"], config.get("SPLIT", 1)
+    k_split = -(-K // split // step) * step
+    x16, w16 = x[0].to(torch.float16), w.to(torch.float16)
+    want = torch.zeros(N)
+    for lo in range(0, K, k_split):
+        acc = torch.zeros(N, step, dtype=torch.float16)
+        for k0 in range(lo, min(lo + k_split, K), step):
+            cols = slice(k0, min(k0 + step, K))
+            width = cols.stop - cols.start
+            acc[:, :width] = acc[:, :width] + w16[:, cols] * x16[cols]
+        want += acc.float().sum(1)
+    want = want * s[:, 0]
+    fp32 = (w.float() * s) @ x[0].float()
+    out.append([((got[0] - want).norm() / want.norm()).item(), ((got[0] - fp32).norm() / fp32.norm()).item(),
+                ((want - fp32).norm() / fp32.norm()).item()])
+print(json.dumps(out))
+"""
+
+
+def test_gemv_fp16_form_sums_in_fp16():
+    """The GEMV's fp16 form ("X16" in a GEMV config, FP8 per channel) under Triton's interpreter, with fp32
+    output so that the sums are seen unrounded: they are the fp16 sums the kernel's docstring states (each
+    column of a step summed over the steps in fp16, then the columns in fp32), not the fp32 form's, and within
+    the kernels' tolerance of the exact product."""
+    cases = [(20, 512, {"BLOCK_N": 4, "BLOCK_K": 128}), (12, 1024, {"BLOCK_N": 4, "BLOCK_K": 128, "SPLIT": 2}),
+             (8, 384, {"BLOCK_N": 8, "BLOCK_K": 128, "num_stages": 0})]
+    for (N, K, config), (to_fp16_sums, to_fp32, fp16_sums_to_fp32) in zip(cases, _interpret(_F16_GEMV_SCRIPT, cases)):
+        assert to_fp16_sums < 1e-6, (N, K, config, to_fp16_sums)
+        # the fp16 sums differ from fp32 ones (so the check above tells the forms apart), within the tolerance
+        assert 1e-5 < fp16_sums_to_fp32 < TOL and to_fp32 < TOL, (N, K, config, to_fp32, fp16_sums_to_fp32)
 
 
 _W8A8_SCRIPT = r"""

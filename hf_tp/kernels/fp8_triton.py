@@ -449,13 +449,13 @@ def launch_two_term_scaled_mm(x2: torch.Tensor, weight: torch.Tensor, scale: tor
 
 
 def takes_fp16(M: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> bool:
-    """Whether a call of M bf16 rows runs the tl.dot kernel in fp16 ("X16" in its measured config), so that the
-    caller can make the activations' fp16 copy where Inductor fuses it into the step that made them."""
+    """Whether a call of M bf16 rows runs the tl.dot kernel or the GEMV in fp16 ("X16" in its measured config),
+    so that the caller can make the activations' fp16 copy where Inductor fuses it into the step that made them."""
     if M > DOT_MAX_M or (G == 1 and M <= DECODE_TWO_TERM_MAX_M):
         return False
     path, cfg = gemv_triton.choose(M, N, K, 1, path=None, scales="channel" if G == 1 else "block")
-    if path != "dot":
-        return False
+    if path == "gemv":  # per channel only (the GEMV's block scales do not take it)
+        return G == 1 and gemv_triton.takes_fp16(cfg, 1, torch.bfloat16, 1, "gemv")
     if G == 1:
         mode = 1
     else:

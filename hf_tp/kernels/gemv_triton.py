@@ -272,7 +272,48 @@ def _prefetch_weight_rows(w_ptr, rn, N, stride_wn, k_lo, k_hi, LINES: tl.constex
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr, h_ptr, xn_ptr, eps, N, K, G,
+def _gemv_f16_sums(x_ptr, x16_ptr, x_rows, w_rows, s_rows, k_lo, k_hi, kk, kv, n_ok, K, G, group_k, k_offset,
+                   EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, NV: tl.constexpr,
+                   VEC: tl.constexpr, STAGES: tl.constexpr):
+    """The GEMV's sums for FP8 weights with one scale per row (applied after) and bf16 activations, multiplied and
+    summed in fp16 from x's fp16 copy ``x16_ptr`` (the "X16" form of a GEMV config): FP8 widens to fp16 in one
+    instruction per pair and the products and sums are packed fp16 FMAs, about 1.7 instructions per weight in
+    the sm_90 build against 5 for fp32 sums (where the H200's GEMV is bound by instructions, not by DRAM). Each
+    fp16 accumulator holds one column of every BLOCK_K-wide step, so it sums K / BLOCK_K products (4 for K 4096
+    at 1024 columns a step) before the fp32 sum across the tile: about 2^-12 relative error per sum, under the
+    bf16 output's rounding (2^-9). A tile whose sums came out inf or NaN (a product or sum above fp16's 65504, or
+    |x| above it, inf in the copy) is computed again in fp32 from the bf16 x, so the form never changes a
+    result's range."""
+    acc16 = tl.zeros((BLOCK_N, NV, VEC), dtype=tl.float16)
+    BLOCK_K: tl.constexpr = NV * VEC
+    if STAGES == 0:  # the next step's loads issued before this step's math, in registers (as the fp32 loop)
+        k_last = k_lo + ((k_hi - k_lo - 1) // BLOCK_K) * BLOCK_K
+        xv, w, s, nwv = _gemv_load(x16_ptr, x_rows, w_rows, s_rows, k_lo, kk, kv, n_ok, K, G, group_k, k_offset,
+                                   1, -1, EVEN_N, EVEN_K)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            xn, wn, sn, nwn = _gemv_load(x16_ptr, x_rows, w_rows, s_rows, tl.minimum(k0 + BLOCK_K, k_last), kk, kv,
+                                         n_ok, K, G, group_k, k_offset, 1, -1, EVEN_N, EVEN_K)
+            acc16 += w.to(tl.float16) * xv
+            xv, w = xn, wn
+    else:
+        for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
+            xv, w, s, nwv = _gemv_load(x16_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k_offset,
+                                       1, -1, EVEN_N, EVEN_K)
+            acc16 += w.to(tl.float16) * xv
+    out = tl.sum(tl.sum(acc16.to(tl.float32), axis=2), axis=1)
+    bad = tl.max(((out != out) | (tl.abs(out) > 3.0e38)).to(tl.int32), axis=0)
+    if bad != 0:
+        acc3 = tl.zeros((BLOCK_N, NV, VEC), dtype=tl.float32)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            xb, wb, sb, nb = _gemv_load(x_ptr, x_rows, w_rows, s_rows, k0, kk, kv, n_ok, K, G, group_k, k_offset,
+                                        1, -1, EVEN_N, EVEN_K)
+            acc3 = _gemv_math(acc3, xb, wb, sb, 1)
+        out = tl.sum(tl.sum(acc3, axis=2), axis=1)
+    return out
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, x16_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr, h_ptr, xn_ptr, eps, N, K, G,
                  group_k,
                  k_offset, k_split, stride_wn, stride_sn, stride_os, SCALE: tl.constexpr, GROUP_SHIFT: tl.constexpr,
                  SPLIT: tl.constexpr, FOLD: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr,
@@ -280,8 +321,9 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr,
                  STAGES: tl.constexpr, PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0, LINE: tl.constexpr = 64,
                  GLU: tl.constexpr = False, GLU_OUT: tl.constexpr = False, NORM: tl.constexpr = 0,
                  NORM_BLOCK: tl.constexpr = 16, KEEP_X: tl.constexpr = False, RSTD_LAST: tl.constexpr = False,
-                 GLU_OUT_F16: tl.constexpr = False):
+                 GLU_OUT_F16: tl.constexpr = False, F16: tl.constexpr = False):
     BLOCK_K: tl.constexpr = NV * VEC
+    tl.static_assert(not F16 or (SCALE == 1 and not NORM and not GLU), "F16 takes FP8 weights per channel, plain x")
     tl.static_assert(not (GLU_OUT and SPLIT), "GLU_OUT needs the whole sum in one program")
     tl.static_assert(GLU_OUT or not GLU_OUT_F16, "GLU_OUT_F16 is GLU_OUT's fp16 copy")
     tl.static_assert(not (NORM and GLU), "NORM takes a plain x")
@@ -305,7 +347,10 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr,
     sq3 = tl.zeros((BLOCK_N, NV, VEC), dtype=tl.float32)  # RSTD_LAST: h's squares (every row the same)
     first_row = (tl.arange(0, BLOCK_N) == 0)[:, None, None]
     store_h = (NORM == 2) & (pid_n == 0)  # RSTD_LAST: the first row block writes h, the next residual
-    if STAGES == 0 or (NORM and not RSTD_LAST):
+    if F16:
+        out = _gemv_f16_sums(x_ptr, x16_ptr, x_rows, w_rows, s_rows, k_lo, k_hi, kk, kv, n_ok, K, G, group_k,
+                             k_offset, EVEN_N, EVEN_K, BLOCK_N, NV, VEC, STAGES)
+    elif STAGES == 0 or (NORM and not RSTD_LAST):
         # the next step's loads issued before this step's math, in registers: every row's loads of a step are
         # in flight together (without this the compiler may issue a row's loads only after the previous row's
         # math, one DRAM latency per row)
@@ -344,7 +389,8 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, o_ptr, f_ptr, c_ptr, r_ptr, nw_ptr,
                 xv, sq3 = _norm_step_rstd_last(xv, nwv, sq3, h_ptr + x_rows + k0 + kk[None, :, :], first_row
                                                & (k0 + kk[None, :, :] < K), store_h)
             acc3 = _gemv_math(acc3, xv, w, s, SCALE)
-    out = tl.sum(tl.sum(acc3, axis=2), axis=1)
+    if not F16:
+        out = tl.sum(tl.sum(acc3, axis=2), axis=1)
     if RSTD_LAST:  # every row of sq3 holds the same squares: the max picks one row's sum exactly
         out = out * tl.math.rsqrt(tl.max(tl.sum(tl.sum(sq3, axis=2), axis=1), axis=0) / K + eps)
     if SPLIT:
@@ -728,10 +774,22 @@ def choose(M: int, N: int, K: int, elem_bytes: int, sms: int = 132, path: str | 
     return path, config_for(path, N, K, M, elem_bytes, sms, scales)
 
 
-def takes_fp16(cfg: dict, elem_bytes: int, x_dtype: torch.dtype, mode: int) -> bool:
-    """Whether a tl.dot call multiplies in fp16: its config says "X16", the weight is FP8 with scales per channel
-    or aligned groups (modes 1 and 2) and the activations are bf16 (fp16 ones already are)."""
-    return bool(cfg.get("X16")) and elem_bytes == 1 and x_dtype == torch.bfloat16 and mode in (1, 2)
+def takes_fp16(cfg: dict, elem_bytes: int, x_dtype: torch.dtype, mode: int, path: str = "dot") -> bool:
+    """Whether a call multiplies in fp16: its config says "X16", the weight is FP8 and the activations are bf16
+    (fp16 ones already are); the tl.dot kernel takes scales per channel or aligned groups (modes 1 and 2), the
+    GEMV scales per channel (mode 1: ``_gemv_f16_sums``)."""
+    return (bool(cfg.get("X16")) and elem_bytes == 1 and x_dtype == torch.bfloat16
+            and mode in ((1,) if path == "gemv" else (1, 2)))
+
+
+def _checked_x16(x16: torch.Tensor | None, x2: torch.Tensor) -> torch.Tensor:
+    """The fp16 copy of x2 a call in fp16 reads: the caller's (checked), else made here."""
+    M = x2.shape[0]
+    if x16 is not None and (x16.shape != x2.shape or x16.dtype != torch.float16
+                            or (M > 1 and x16.stride() != x2.stride())):
+        raise ValueError(f"gemv_triton: x16 must be x in fp16 with its strides, got {tuple(x16.shape)} "
+                         f"{x16.dtype} strides {x16.stride()} for x {tuple(x2.shape)} {x2.stride()}")
+    return x16 if x16 is not None else x2.to(torch.float16)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -861,14 +919,17 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     else:
         gemm_pdl = pdl
     if path == "gemv":
+        # "X16" with FP8 weights per channel: products and sums in fp16 (_gemv_f16_sums), from x's fp16 copy
+        f16 = not norm and not glu and takes_fp16(cfg, weight.element_size(), x2.dtype, mode, "gemv")
+        xh = _checked_x16(x16, x2) if f16 else x2
         grid = (cdiv(N, cfg["BLOCK_N"]), splits)
-        _gemv_kernel[grid](x2, weight, s, b, dest, f, c, r, nw, h, xn, eps, N, K, G, group_k, k_offset, k_split,
+        _gemv_kernel[grid](x2, xh, weight, s, b, dest, f, c, r, nw, h, xn, eps, N, K, G, group_k, k_offset, k_split,
                            weight.stride(0), s.stride(0), M * N, SCALE=mode, GROUP_SHIFT=group_shift,
                            SPLIT=splits > 1, FOLD=fold, HAS_BIAS=bias is not None,
                            EVEN_N=N % cfg["BLOCK_N"] == 0, EVEN_K=even_k, BLOCK_N=cfg["BLOCK_N"],
                            NV=block_k // vec, VEC=vec, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"],
                            num_stages=max(1, cfg["num_stages"]), GLU=glu, GLU_OUT=glu_out,
-                           GLU_OUT_F16=out16 is not None, **norm_args, **gemm_pdl)
+                           GLU_OUT_F16=out16 is not None, F16=f16, **norm_args, **gemm_pdl)
     else:
         # "X16": FP8 weights with bf16 activations multiplied in fp16 (see _gemv_dot_kernel): FP8 widens to
         # fp16 in one instruction per pair, to bf16 only through fp32 at the GPU's slow conversion rate, and the
@@ -877,12 +938,8 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
         if x2.dtype == torch.float32:
             mma = 2
         elif takes_fp16(cfg, weight.element_size(), x2.dtype, mode):
-            if x16 is not None and (x16.shape != x2.shape or x16.dtype != torch.float16
-                                    or (M > 1 and x16.stride() != x2.stride())):
-                raise ValueError(f"gemv_triton: x16 must be x in fp16 with its strides, got {tuple(x16.shape)} "
-                                 f"{x16.dtype} strides {x16.stride()} for x {tuple(x2.shape)} {x2.stride()}")
             # (the norm form makes its fp16 x from the normalized h in the kernel: no copy here)
-            mma, xh = 1, (x2 if norm else x16 if x16 is not None else x2.to(torch.float16))
+            mma, xh = 1, (x2 if norm else _checked_x16(x16, x2))
         grid = (cdiv(N, cfg["BLOCK_N"]), cdiv(M, block_m), splits)
         stages = cfg["num_stages"]
         if norm:
