@@ -152,7 +152,7 @@ def kernel_fn(gt, x, w, s, kind: str, fp32_out: bool, config=None, path=None):
 
 def _table_x16(gt, x, w, s) -> bool:
     path, cfg = gt.choose(x.shape[0], w.shape[0], w.shape[1], w.element_size(), scales=gt.scale_layout(s))
-    return path == "dot" and bool(cfg.get("X16"))
+    return gt.takes_fp16(cfg, w.element_size(), x.dtype, 1 if s.shape[1] == 1 else 2, path)
 
 
 def reference(x, w, s, kind: str) -> torch.Tensor:
@@ -165,7 +165,8 @@ def reference(x, w, s, kind: str) -> torch.Tensor:
 def grid(bucket: str, kind: str, N: int, K: int, sms: int) -> list[dict]:
     """The configs the sweep tries for one shape ("path" says which kernel): for M == 1 the GEMV's tiles, warps
     and loop form (num_stages 0: register prefetch, 1: plain, 3: pipelined through shared memory) and the tl.dot
-    kernel's; for M > 1 the tl.dot kernel's; for FP8 also the tl.dot kernel's fp16 form ("X16"). Each with every split of K that keeps the programs under 6 per SM
+    kernel's; for M > 1 the tl.dot kernel's; for FP8 also the tl.dot kernel's fp16 form ("X16"), and with
+    per-channel scales the GEMV's. Each with every split of K that keeps the programs under 6 per SM
     and each split at least one step long."""
     elem = 2 if kind == "bf16" else 1
     base = []
@@ -177,6 +178,8 @@ def grid(bucket: str, kind: str, N: int, K: int, sms: int) -> list[dict]:
             per_thread = bn * kbytes // (32 * warps)
             if 16 <= per_thread <= 256 and (kbytes == 1024 or kbytes // elem <= K):
                 base.append(dict(path="gemv", BLOCK_N=bn, BLOCK_K=kbytes // elem, num_warps=warps, num_stages=st))
+                if kind == "fp8" and FP8_SCALES == "channel":  # the GEMV's fp16 form (gemv_triton._gemv_f16_sums)
+                    base.append(dict(base[-1], X16=True))
     # FP8 with block scales: a step inside one 128 group; per-channel scales allow longer steps
     fp8_bks = (128,) if FP8_SCALES == "block" else (128, 256)
     for bn, bk, st in itertools.product((16, 32, 64), (64, 128, 256), (3, 5)):

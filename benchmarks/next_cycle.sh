@@ -37,6 +37,8 @@
 #   CALL=58 (any GPU, first; ran on an H100 in the thirtieth session): the load's and the routing kernel's GPU
 #      tests, qwen3-moe-mini's tp 1 and rank of tp 2 (their load phases: issue 21's 10 GB/s), Transformers' load of
 #      the same folder, then both profiled with PDL off (additive kernel times), beside their rows with PDL on.
+#   CALL=59 (any GPU, thirty-second session): the GEMV's fp16 form for FP8 per channel (config "X16" on a GEMV
+#      entry): its GPU tests, then tp 1 and the rank of tp 2 with it set on their GEMMs against the shipped configs.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
 #      run: tests/test_gpu_fp8.py (whose ninth model failed to compile in CALL=52) and test_gpu_loop_requests.py
@@ -152,6 +154,33 @@ if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the 
     step moe_tp1_nopdl_prof 70 python -c "$FLIP" $M --profile 64 --out "$OUT/e2e_moe_tp1_nopdl_prof.jsonl" )
   step moe_r2_again 60 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2_again.jsonl"
   step moe_tp1_again 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1_again.jsonl"
+elif [ "$CALL" = 59 ]; then  # issue 19's FP8 per-channel GEMV in fp16 (gemv_triton._gemv_f16_sums, thirty-second
+  # session: 30 instructions per 16 weights in the sm_90 build against 80 for fp32 sums, where the H200's tp-1 GEMV
+  # read at 63 % of its copy bandwidth): its GPU tests while the checkpoints are written, then tp 1 and the rank
+  # of tp 2 in FP8 per channel with the fp16 form set on their four GEMMs (GEMV_ENTRIES: 4 rows x 1 KB, 8 warps as
+  # TABLE's GEMV, and 4 warps) against the shipped configs, interleaved, bf16 for the ratio, and one profile
+  write_8b_ckpts
+  step tests_f16 150 $T tests/test_fp8_kernel.py -k "gemv_fp16_form or every_device_table or fp16_form_at"
+  wait
+  f16_entries() {  # f16_entries WARPS N,K ...: GEMV_ENTRIES JSON, the fp16 form at these per-channel shapes
+    local warps=$1; shift
+    python -c "import json, sys; print(json.dumps([['gemv', 1, *map(int, s.split(',')), 'channel', dict(path='gemv',
+      BLOCK_N=4, BLOCK_K=1024, num_warps=int(sys.argv[1]), num_stages=1, SPLIT=1, X16=True)] for s in sys.argv[2:]]))" \
+      "$warps" "$@"
+  }
+  TP1="6144,4096 4096,4096 28672,4096 4096,14336"  # q/k/v, o, gate/up, down at tp 1; the rank of tp 2's below
+  R2="3072,4096 4096,2048 14336,4096 4096,7168"
+  # shellcheck disable=SC2086
+  F16_TP1=$(f16_entries 8 $TP1); F16_TP1_W4=$(f16_entries 4 $TP1); F16_R2=$(f16_entries 8 $R2)
+  row tp1_fp8c_shipped 45 fp8-channel --batches 1
+  ( export GEMV_ENTRIES=$F16_TP1; row tp1_fp8c_f16 45 fp8-channel --batches 1 )
+  ( export GEMV_ENTRIES=$F16_TP1_W4; row tp1_fp8c_f16w4 45 fp8-channel --batches 1 )
+  row tp1_bf16 40 bf16 --batches 1
+  ( export GEMV_ENTRIES=$F16_R2; row r2_fp8c_f16 45 fp8-channel --batches 1 --simulate-tp 2 )
+  row r2_fp8c_shipped 45 fp8-channel --batches 1 --simulate-tp 2
+  row tp1_fp8c_shippedb 45 fp8-channel --batches 1
+  ( export GEMV_ENTRIES=$F16_TP1; row tp1_fp8c_f16b 45 fp8-channel --batches 1 )
+  ( export GEMV_ENTRIES=$F16_TP1 HF_TP_PDL=0; row tp1_fp8c_f16_prof 50 fp8-channel --batches 1 --profile 64 )
 elif [ "$CALL" = 57 ]; then  # issue 19's tp-1 FP8 bars on the H200 (1.29-1.33x at batch 1, 1.18x at batch 8 in the
   # twenty-ninth session; the GEMV at 63 % of the copy bandwidth): the H200's own per-channel entries, swept here
   # (TABLE's FP8 configs were swept with block scales; the H100's per-channel sweep gave 5 % end to end), then tp 1

@@ -172,6 +172,14 @@ def test_kernels_compile_for_hopper():
          dict(SCALE=2, SPLIT=False, FOLD=False, HAS_BIAS=True, EVEN_K=True, MMA=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128), 4, 4),
         ("dot fp8 channel in fp16, split", gt._gemv_dot_kernel, dict(fp8, o_ptr="*fp32"),
          dict(SCALE=1, SPLIT=True, FOLD=False, HAS_BIAS=False, EVEN_K=True, MMA=1, BLOCK_M=16, BLOCK_N=64, BLOCK_K=256), 8, 3),
+        # the GEMV's fp16 form (a GEMV config's "X16", FP8 per channel): packed fp16 FMAs in its loop
+        ("gemv fp8 channel in fp16", gt._gemv_kernel, fp8,
+         dict(gemv_base, SCALE=1, BLOCK_N=4, NV=64, VEC=16, STAGES=1, F16=True), 8, 1),
+        ("gemv fp8 channel in fp16, registers' loop, split, tails", gt._gemv_kernel, dict(fp8, o_ptr="*fp32"),
+         dict(gemv_base, SCALE=1, SPLIT=True, EVEN_N=False, EVEN_K=False, BLOCK_N=8, NV=64, VEC=16, STAGES=0,
+              F16=True), 8, 1),
+        ("gemv fp8 channel in fp16 glu epilogue, fp16 copy", gt._gemv_kernel, dict(fp8, f_ptr="*fp16"),
+         dict(gemv_base, SCALE=1, BLOCK_N=4, NV=64, VEC=16, STAGES=3, GLU_OUT=True, GLU_OUT_F16=True, F16=True), 8, 3),
         ("gemv fp8 channel, split folded", gt._gemv_kernel, dict(fp8, o_ptr="*fp32"),
          dict(gemv_base, SCALE=1, SPLIT=True, FOLD=True, BLOCK_N=4, NV=64, VEC=16, STAGES=1), 8, 1),
         ("dot fp8 block in fp16, split folded", gt._gemv_dot_kernel, dict(fp8, o_ptr="*fp32"),
@@ -263,7 +271,7 @@ def test_kernels_compile_for_hopper():
     for name, kernel, pointers, constexprs, warps, stages in cases:
         # ASTSource does not fill a constexpr's default in
         defaults = {"PDL": False, "PREFETCH": 0, "LINE": 64, "GLU": False, "GLU_OUT": False, "NORM": 0,
-                    "NORM_ROWS": 1, "NORM_BLOCK": 16, "KEEP_X": False, "RSTD_LAST": False}
+                    "NORM_ROWS": 1, "NORM_BLOCK": 16, "KEEP_X": False, "RSTD_LAST": False, "F16": False}
         constexprs = {**{k: v for k, v in defaults.items() if k in kernel.arg_names}, **constexprs}
         try:
             built = _hopper_build(kernel, pointers, constexprs, warps, stages)
@@ -280,6 +288,8 @@ def test_kernels_compile_for_hopper():
             assert stack == 0, (name, regs, stack)
         if name.startswith("gemv") and "unaligned" not in name:
             assert "LDG.E.128" in sass or "LDGSTS.E.BYPASS.128" in sass, name
+        if constexprs.get("F16"):  # products and sums as packed fp16 FMAs, not widened to fp32
+            assert "HFMA2" in sass, name
         # griddepcontrol.wait and .launch_dependents in SASS: only where PDL asks for them
         assert ("ACQBULK" in sass and "PREEXIT" in sass) is name.startswith("PDL"), name
         # prefetch.global.L2 (CCTL.E.PF2), all of them before the wait (ACQBULK)

@@ -699,6 +699,47 @@ def test_every_device_table_entry_on_gpu():
                 assert torch.equal(out, again), (name, N, K, group_k, config)
 
 
+@pytest.mark.gpu
+@needs_fp8_gpu
+@pytest.mark.parametrize("config", [dict(BLOCK_N=4, BLOCK_K=1024, num_warps=8, num_stages=1, SPLIT=1),
+                                    dict(BLOCK_N=8, BLOCK_K=1024, num_warps=8, num_stages=0, SPLIT=2),
+                                    dict(BLOCK_N=4, BLOCK_K=2048, num_warps=4, num_stages=3, SPLIT=1)],
+                         ids=["plain", "registers-split", "pipelined"])
+def test_gemv_fp16_form_on_gpu(monkeypatch, config):
+    """The GEMV's fp16 form (a GEMV entry with "X16", FP8 per channel) where the table names it: against the
+    reference, not the fp32 form's sums (so it ran), within the tolerance with |x| beyond fp16's range (the tile
+    computed again in fp32); compiled and captured, where the caller makes the fp16 copy, the same bits as
+    eagerly."""
+    from hf_tp.kernels import fp8_triton
+    from hf_tp.kernels import gemv_triton as gt
+
+    N, K = 4096, 4096
+    gt.use_device_table("cuda")  # this GPU's entries first: the one set here stays (put_device_entries)
+    entry = dict(config, path="gemv", X16=True)
+    monkeypatch.setitem(gt.TABLE, ("gemv", 1, N, K, "channel"), entry)
+    x, w, s, b = make(1, N, K, K, 0, device="cuda", seed=3)
+    assert fp8_triton.takes_fp16(1, N, K, 1, K, 0)
+    out = fp8_linear(x, w, s, K, 0, b)
+    assert rel_err(out, x, w, s, K, 0, b) < TOL
+    sums16 = gt.launch(x, w, s, K, 0, None, out_dtype=torch.float32, config=entry, path="gemv")
+    sums32 = gt.launch(x, w, s, K, 0, None, out_dtype=torch.float32, config=dict(entry, X16=False), path="gemv")
+    assert not torch.equal(sums16, sums32)
+    assert ((sums16 - sums32).norm() / sums32.norm()).item() < 1e-3
+    big = x * 1e5  # beyond 65504: inf in fp16
+    assert rel_err(fp8_linear(big, w, s, K, 0, b), big, w, s, K, 0, b) < TOL
+
+    def step(t):  # t * 2 is exact in bf16, so Inductor's fp32 intermediate rounds to fp16 as bf16 does
+        return fp8_linear(t * 2, w, s, K, 0, b)
+
+    fn = torch.compile(step, fullgraph=True, dynamic=False)
+    static = x.clone()
+    graph, got = capture_graph(fn, static)
+    for seed in (5, 6):
+        static.copy_(make(1, 1, K, K, 0, device="cuda", seed=seed)[0])
+        graph.replay()
+        assert torch.equal(got, step(static)), seed
+
+
 class _Fp8Layer(torch.nn.Module):
     """fp8_linear(x * 2) as a model's layer holds it: the weight and scales as parameters, group_k an attribute."""
 
