@@ -160,7 +160,7 @@ elif [ "$CALL" = 59 ]; then  # issue 19's FP8 per-channel GEMV in fp16 (gemv_tri
   # of tp 2 in FP8 per channel with the fp16 form set on their four GEMMs (GEMV_ENTRIES: 4 rows x 1 KB, 8 warps as
   # TABLE's GEMV, and 4 warps) against the shipped configs, interleaved, bf16 for the ratio, and one profile
   write_8b_ckpts
-  step tests_f16 150 $T tests/test_fp8_kernel.py -k "gemv_fp16_form or every_device_table or fp16_form_at"
+  step tests_f16 100 $T tests/test_fp8_kernel.py -k "gemv_fp16_form or every_device_table or fp16_form_at"
   wait
   f16_entries() {  # f16_entries WARPS N,K ...: GEMV_ENTRIES JSON, the fp16 form at these per-channel shapes
     local warps=$1; shift
@@ -174,8 +174,8 @@ elif [ "$CALL" = 59 ]; then  # issue 19's FP8 per-channel GEMV in fp16 (gemv_tri
   F16_TP1=$(f16_entries 8 $TP1); F16_TP1_W4=$(f16_entries 4 $TP1); F16_R2=$(f16_entries 8 $R2)
   row tp1_fp8c_shipped 45 fp8-channel --batches 1
   ( export GEMV_ENTRIES=$F16_TP1; row tp1_fp8c_f16 45 fp8-channel --batches 1 )
-  ( export GEMV_ENTRIES=$F16_TP1_W4; row tp1_fp8c_f16w4 45 fp8-channel --batches 1 )
   row tp1_bf16 40 bf16 --batches 1
+  ( export GEMV_ENTRIES=$F16_TP1_W4; row tp1_fp8c_f16w4 45 fp8-channel --batches 1 )
   ( export GEMV_ENTRIES=$F16_R2; row r2_fp8c_f16 45 fp8-channel --batches 1 --simulate-tp 2 )
   row r2_fp8c_shipped 45 fp8-channel --batches 1 --simulate-tp 2
   row tp1_fp8c_shippedb 45 fp8-channel --batches 1
