@@ -45,13 +45,12 @@
 #      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|55] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU.
-# Next (thirty-first session, which got no machine): 58 first on any GPU (the routing kernel's GPU tests, which
-# the thirtieth session's change to its installation and the thirty-first's to the kernel itself still need; the
-# profiles' route_kernel row against 70.7 / 72.5 µs per token on the H100 before; on an H200 issue 21's load
-# bar), then 57 on an H200, 55 on an H100:
-#   OUT=$OUT BUDGET=570 CALL=58 bash benchmarks/next_cycle.sh
+# Next (after the thirty-second session: 58 and 55 ran on an H100): 59 first on any GPU (the GEMV's fp16 form for
+# FP8 per channel: its GPU tests and tp 1 / the rank of tp 2 with it), then 57 on an H200 (its sweep now has the
+# fp16 GEMV in its grid), or 58 on an H200 (issue 21's H200 ratio and load bar):
+#   OUT=$OUT BUDGET=570 CALL=59 bash benchmarks/next_cycle.sh
 #   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=57 bash
-#   benchmarks/next_cycle.sh; else OUT=$OUT BUDGET=570 CALL=55 bash benchmarks/next_cycle.sh; fi
+#   benchmarks/next_cycle.sh; fi
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
