@@ -39,6 +39,7 @@
 #      the same folder, then both profiled with PDL off (additive kernel times), beside their rows with PDL on.
 #   CALL=59 (any GPU, thirty-second session): the GEMV's fp16 form for FP8 per channel (config "X16" on a GEMV
 #      entry): its GPU tests, then tp 1 and the rank of tp 2 with it set on their GEMMs against the shipped configs.
+#   CALL=60 (any GPU, a short call): CALL=59's GEMMs alone (benchmarks/fp8_gemv_f16.py) and its GPU tests.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
 #      run: tests/test_gpu_fp8.py (whose ninth model failed to compile in CALL=52) and test_gpu_loop_requests.py
@@ -153,6 +154,10 @@ if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the 
     step moe_tp1_nopdl_prof 70 python -c "$FLIP" $M --profile 64 --out "$OUT/e2e_moe_tp1_nopdl_prof.jsonl" )
   step moe_r2_again 60 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2_again.jsonl"
   step moe_tp1_again 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1_again.jsonl"
+elif [ "$CALL" = 60 ]; then  # CALL=59's short form, no checkpoint (for a call with little time): the fp16 GEMV
+  # against the shipped configs per GEMM at tp-1 and tp-2 widths (GPU time), then its GPU tests
+  step f16_gemv 90 python benchmarks/fp8_gemv_f16.py --tps 1,2 --out "$OUT/f16_gemv.json"
+  step tests_f16 60 $T tests/test_fp8_kernel.py -k "gemv_fp16_form or every_device_table"
 elif [ "$CALL" = 59 ]; then  # issue 19's FP8 per-channel GEMV in fp16 (gemv_triton._gemv_f16_sums, thirty-second
   # session: 30 instructions per 16 weights in the sm_90 build against 80 for fp32 sums, where the H200's tp-1 GEMV
   # read at 63 % of its copy bandwidth): its GPU tests while the checkpoints are written, then tp 1 and the rank
