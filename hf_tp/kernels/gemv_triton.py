@@ -277,7 +277,7 @@ def _gemv_f16_sums(x_ptr, x16_ptr, x_rows, w_rows, s_rows, k_lo, k_hi, kk, kv, n
                    VEC: tl.constexpr, STAGES: tl.constexpr):
     """The GEMV's sums for FP8 weights with one scale per row (applied after) and bf16 activations, multiplied and
     summed in fp16 from x's fp16 copy ``x16_ptr`` (the "X16" form of a GEMV config): FP8 widens to fp16 in one
-    instruction per pair and the products and sums are packed fp16 FMAs, about 1.7 instructions per weight in
+    instruction per pair and the products and sums are packed fp16 FMAs, about 1.9 instructions per weight in
     the sm_90 build against 5 for fp32 sums (where the H200's GEMV is bound by instructions, not by DRAM). Each
     fp16 accumulator holds one column of every BLOCK_K-wide step, so it sums K / BLOCK_K products (4 for K 4096
     at 1024 columns a step) before the fp32 sum across the tile: about 2^-12 relative error per sum, under the
