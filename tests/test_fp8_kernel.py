@@ -641,6 +641,23 @@ def test_compiled_and_graph_captured():
             assert ((out.float() - expect).norm() / expect.norm()).item() < 1e-2
 
 
+def _check_captured_equals_eager(x, w, s, group_k, b):
+    """fp8_linear(x * 2) compiled and captured, where the caller makes the fp16 copy (fused by Inductor), gives the
+    same bits on new inputs as eagerly, where the launcher makes it."""
+    M, K = x.shape
+
+    def step(t):  # t * 2 is exact in bf16, so Inductor's fp32 intermediate rounds to fp16 as bf16 does
+        return fp8_linear(t * 2, w, s, group_k, 0, b)
+
+    fn = torch.compile(step, fullgraph=True, dynamic=False)
+    static = x.clone()
+    graph, out = capture_graph(fn, static)
+    for seed in (5, 6):
+        static.copy_(make(M, 1, K, group_k, 0, device="cuda", seed=seed)[0])
+        graph.replay()
+        assert torch.equal(out, step(static)), (group_k, seed)
+
+
 @pytest.mark.gpu
 @needs_fp8_gpu
 @pytest.mark.parametrize("M", [1, 8])
@@ -658,17 +675,7 @@ def test_fp16_form_at_its_measured_shapes(M):
         assert rel_err(fp8_linear(x, w, s, group_k, 0, b), x, w, s, group_k, 0, b) < TOL
         big = x * 1e5  # beyond 65504: inf in fp16
         assert rel_err(fp8_linear(big, w, s, group_k, 0, b), big, w, s, group_k, 0, b) < TOL
-
-        def step(t):  # t * 2 is exact in bf16, so Inductor's fp32 intermediate rounds to fp16 as bf16 does
-            return fp8_linear(t * 2, w, s, group_k, 0, b)
-
-        fn = torch.compile(step, fullgraph=True, dynamic=False)
-        static = x.clone()
-        graph, out = capture_graph(fn, static)
-        for seed in (5, 6):
-            static.copy_(make(M, 1, K, group_k, 0, device="cuda", seed=seed)[0])
-            graph.replay()
-            assert torch.equal(out, step(static)), (group_k, seed)
+        _check_captured_equals_eager(x, w, s, group_k, b)
         # a dynamic-shape trace of a model (torch.compile(model, dynamic=True)): its parameters and int attributes
         # stay constants, so the copy is decided while tracing from the weight's shape, with a symbolic row count
         dyn = torch.compile(_Fp8Layer(w, s, group_k, b), fullgraph=True, dynamic=True)
@@ -727,17 +734,7 @@ def test_gemv_fp16_form_on_gpu(monkeypatch, config):
     assert ((sums16 - sums32).norm() / sums32.norm()).item() < 1e-3
     big = x * 1e5  # beyond 65504: inf in fp16
     assert rel_err(fp8_linear(big, w, s, K, 0, b), big, w, s, K, 0, b) < TOL
-
-    def step(t):  # t * 2 is exact in bf16, so Inductor's fp32 intermediate rounds to fp16 as bf16 does
-        return fp8_linear(t * 2, w, s, K, 0, b)
-
-    fn = torch.compile(step, fullgraph=True, dynamic=False)
-    static = x.clone()
-    graph, got = capture_graph(fn, static)
-    for seed in (5, 6):
-        static.copy_(make(1, 1, K, K, 0, device="cuda", seed=seed)[0])
-        graph.replay()
-        assert torch.equal(got, step(static)), seed
+    _check_captured_equals_eager(x, w, s, K, b)
 
 
 class _Fp8Layer(torch.nn.Module):
