@@ -51,7 +51,7 @@ def build(dtype: str, scale: int, block_n: int, row_bytes: int, warps: int, stag
                  else "i32" for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr") or n in DIV16}
     return triton.compile(ASTSource(gt._gemv_kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=warps, num_stages=max(1, stages)))
+                          options=dict(num_warps=warps, num_stages=max(1, stages), enable_fp_fusion=True))
 
 
 def _cuobjdump(compiled, flag: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import queue
 import socket
 import subprocess
@@ -209,7 +210,8 @@ def _free_port() -> int:
 # Ranks start from a fork server that imported these once (set_forkserver_preload): each rank then starts in a
 # fraction of a second instead of importing torch and Transformers again (5 s a process on a 2-core host). The
 # server imports nothing that reads the environment at import time for hf_tp or Triton (TRITON_INTERPRET, HF_TP_*):
-# each rank takes the test's environment and working directory when it starts (_rank_main).
+# each rank takes the test's environment and working directory first, then unpickles its function and arguments
+# (importing the test module), so that what they import sees the test's environment (_rank_main).
 RANK_PRELOAD = ["torch", "torch.distributed", "transformers", "safetensors.torch"]
 _RANK_CONTEXT = []
 
@@ -222,9 +224,10 @@ def _rank_context():
     return _RANK_CONTEXT[0]
 
 
-def _rank_main(rank: int, world_size: int, port: int, fn, args, results, env: dict, cwd: str) -> None:
+def _rank_main(rank: int, world_size: int, port: int, call: bytes, results, env: dict, cwd: str) -> None:
     """Entry point of one rank: the test's environment and working directory (a forked rank has the fork
-    server's), launcher env vars, run ``fn``, report, tear down."""
+    server's), launcher env vars, then ``call`` (the pickled function and arguments) loaded and run, report,
+    tear down."""
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
@@ -234,6 +237,7 @@ def _rank_main(rank: int, world_size: int, port: int, fn, args, results, env: di
     )
     torch.set_num_threads(RANK_THREADS)
     try:
+        fn, args = pickle.loads(call)
         value = fn(*args)
         buf = io.BytesIO()
         torch.save(value, buf)  # plain bytes: no shared-memory tensors outliving this process
@@ -258,8 +262,8 @@ def run_ranks(fn, world_size: int, *args, timeout: float = 180.0) -> list:
     ctx = _rank_context()
     results = ctx.Queue()
     port = _free_port()
-    env, cwd = dict(os.environ), os.getcwd()
-    procs = [ctx.Process(target=_rank_main, args=(r, world_size, port, fn, args, results, env, cwd), daemon=True)
+    env, cwd, call = dict(os.environ), os.getcwd(), pickle.dumps((fn, args))
+    procs = [ctx.Process(target=_rank_main, args=(r, world_size, port, call, results, env, cwd), daemon=True)
              for r in range(world_size)]
     for p in procs:
         p.start()

@@ -119,7 +119,8 @@ def _hopper_build(kernel, pointers: dict, constexprs: dict, num_warps: int, num_
                  else "i32" for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr") or n in _DIV16}
     compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
-                              options=dict(num_warps=num_warps, num_stages=num_stages))
+                              # multiply-add fused, as in Triton's launches up to 3.9 (3.10 turns the default off)
+                              options=dict(num_warps=num_warps, num_stages=num_stages, enable_fp_fusion=True))
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     if not tool.exists():
         tool = shutil.which("cuobjdump")

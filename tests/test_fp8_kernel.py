@@ -255,7 +255,8 @@ def test_gemv_fp16_form_sums_in_fp16():
     column of a step summed over the steps in fp16, then the columns in fp32), not the fp32 form's, and within
     the kernels' tolerance of the exact product."""
     cases = [(20, 512, {"BLOCK_N": 4, "BLOCK_K": 128}), (12, 1024, {"BLOCK_N": 4, "BLOCK_K": 128, "SPLIT": 2}),
-             (8, 384, {"BLOCK_N": 8, "BLOCK_K": 128, "num_stages": 0})]
+             (8, 384, {"BLOCK_N": 8, "BLOCK_K": 128, "num_stages": 0}),
+             (22, 576, {"BLOCK_N": 4, "BLOCK_K": 256, "SPLIT": 2})]  # row and K tails in a split
     for (N, K, config), (to_fp16_sums, to_fp32, fp16_sums_to_fp32) in zip(cases, _interpret(_F16_GEMV_SCRIPT, cases)):
         assert to_fp16_sums < 1e-6, (N, K, config, to_fp16_sums)
         # the fp16 sums differ from fp32 ones (so the check above tells the forms apart), within the tolerance
