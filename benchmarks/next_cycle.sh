@@ -40,18 +40,18 @@
 #   CALL=59 (any GPU, thirty-second session): the GEMV's fp16 form for FP8 per channel (config "X16" on a GEMV
 #      entry): its GPU tests, then tp 1 and the rank of tp 2 with it set on their GEMMs against the shipped configs.
 #   CALL=60 (any GPU, a short call): CALL=59's GEMMs alone (benchmarks/fp8_gemv_f16.py) and its GPU tests.
+#   CALL=61 (any GPU, after 59 and 60 ran on an H100 in the thirty-third session): this GPU's own FP8 per-channel
+#      entries at tp 1 and tp 2 widths, swept with the fp16 GEMV in the grid, then the rows with and without them.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
 #      run: tests/test_gpu_fp8.py (whose ninth model failed to compile in CALL=52) and test_gpu_loop_requests.py
 #      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|55] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU.
-# Next (after the thirty-second session: 58 and 55 ran on an H100): 59 first on any GPU (the GEMV's fp16 form for
-# FP8 per channel: its GPU tests and tp 1 / the rank of tp 2 with it), then 57 on an H200 (its sweep now has the
-# fp16 GEMV in its grid), or 58 on an H200 (issue 21's H200 ratio and load bar):
-#   OUT=$OUT BUDGET=570 CALL=59 bash benchmarks/next_cycle.sh
-#   if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then OUT=$OUT BUDGET=570 CALL=57 bash
-#   benchmarks/next_cycle.sh; fi
+# Next (after the thirty-third session: 59 and 60 ran on an H100): 61 on any GPU (this GPU's own per-channel entries
+# with the fp16 GEMV in the sweep's grid, then the rows with and without them), 58 on an H200 (issue 21's ratio
+# and load bar):
+#   OUT=$OUT BUDGET=560 CALL=61 bash benchmarks/next_cycle.sh
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
@@ -154,6 +154,35 @@ if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the 
     step moe_tp1_nopdl_prof 70 python -c "$FLIP" $M --profile 64 --out "$OUT/e2e_moe_tp1_nopdl_prof.jsonl" )
   step moe_r2_again 60 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2_again.jsonl"
   step moe_tp1_again 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1_again.jsonl"
+elif [ "$CALL" = 61 ]; then  # issue 19's FP8 per channel with this GPU's own entries, the GEMV's fp16 form in the
+  # sweep's grid (CALL=59 on an H100, thirty-third session: 4 warps in fp16 took tp 1 from 1.52-1.55x to 1.58x bf16;
+  # per GEMM, down -17 % and gate/up -15 %): one sweep at tp-1 and tp-2 widths (batch 1) into this GPU's
+  # DEVICE_TABLES key (an empty "H200" key is put in first where the GPU has none), its entries' GPU test, then
+  # tp 1 and the rank of tp 2 with the shipped table and with the swept one, interleaved, and bf16 for the ratio
+  write_8b_ckpts
+  KEY=$(python -c "import torch; from hf_tp.kernels import gemv_table as gt; print(gt.device_table_key(torch.cuda.get_device_name()))")
+  if [ -z "$KEY" ]; then
+    KEY=H200
+    sed -i 's/^DEVICE_TABLES: dict\[str, dict\[tuple, dict\]\] = {$/&\n    "H200": {},/' hf_tp/kernels/gemv_table.py
+  fi
+  cp hf_tp/kernels/gemv_table.py /tmp/gemv_table_shipped.py
+  mkdir -p "$OUT/own"
+  step sweep_own 150 timeout 180 python benchmarks/fp8_gemm.py --out "$OUT/own/sweep.json" --tps 1,2 --ms 1 --sweep \
+    --precompile 15 --kinds fp8 --fp8-scales channel --gemms qkv,o,gate_up,down --device-table "$KEY"
+  wait
+  use_table() {  # use_table shipped|swept: which gemv_table.py the next rows import
+    if [ "$1" = swept ] && [ -f "$OUT/own/gemv_table.py" ]; then cp "$OUT/own/gemv_table.py" hf_tp/kernels/gemv_table.py
+    else cp /tmp/gemv_table_shipped.py hf_tp/kernels/gemv_table.py; fi
+  }
+  use_table swept
+  step tests_own 40 $T tests/test_fp8_kernel.py -k every_device_table
+  row tp1_fp8c_swept 45 fp8-channel --batches 1
+  use_table shipped; row tp1_fp8c_shipped 45 fp8-channel --batches 1
+  row tp1_bf16 40 bf16 --batches 1
+  use_table swept; row r2_fp8c_swept 45 fp8-channel --batches 1 --simulate-tp 2
+  use_table shipped; row r2_fp8c_shipped 45 fp8-channel --batches 1 --simulate-tp 2
+  row tp1_fp8c_shippedb 40 fp8-channel --batches 1
+  use_table swept; row tp1_fp8c_sweptb 40 fp8-channel --batches 1
 elif [ "$CALL" = 60 ]; then  # CALL=59's short form, no checkpoint (for a call with little time): the fp16 GEMV
   # against the shipped configs per GEMM at tp-1 and tp-2 widths (GPU time), then its GPU tests
   step f16_gemv 90 python benchmarks/fp8_gemv_f16.py --tps 1,2 --out "$OUT/f16_gemv.json"
