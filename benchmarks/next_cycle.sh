@@ -160,7 +160,7 @@ elif [ "$CALL" = 61 ]; then  # issue 19's FP8 per channel with this GPU's own en
   # DEVICE_TABLES key (an empty "H200" key is put in first where the GPU has none), its entries' GPU test, then
   # tp 1 and the rank of tp 2 with the shipped table and with the swept one, interleaved, and bf16 for the ratio
   write_8b_ckpts
-  KEY=$(python -c "import torch; from hf_tp.kernels import gemv_table as gt; print(gt.device_table_key(torch.cuda.get_device_name()))")
+  KEY=$(python -c "import torch; from hf_tp.kernels import gemv_triton as gt; print(gt.device_table_key(torch.cuda.get_device_name()))")
   if [ -z "$KEY" ]; then
     KEY=H200
     sed -i 's/^DEVICE_TABLES: dict\[str, dict\[tuple, dict\]\] = {$/&\n    "H200": {},/' hf_tp/kernels/gemv_table.py

@@ -154,10 +154,16 @@ TABLE: dict[tuple[str, int, int, int], dict] = {
 # tok/s against 475.6-480.0. tp 4 and 8 widths (two sweeps, twenty-fourth session): 7-27 % per GEMM; end to end
 # within the runs' spread. Block scales (two sweeps at tp 1 and 2): TABLE's configs are the fastest or within 2 %,
 # except the rank of tp 2's down (the GEMV with 8 warps, 15.4 against 17.2 µs). bf16: TABLE's configs within 2 %.
+# The GEMV's fp16 form ("X16" on a GEMV entry, FP8 per channel; 2026-12-07, two measurements per GEMM: CALL=60's
+# fp8_gemv_f16.py and CALL=61's sweep): down 22.6-22.8 µs against 25.0-27.4 at tp 1 and 12.5-12.8 against 13.8-14.0
+# at the rank of tp 2, the rank's q/k/v 7.02-7.04 against 7.32-7.37. Not o_proj (6 % faster alone): its x comes
+# from the attention kernel, so its fp16 copy would be a kernel of its own. End to end, the sweep's whole table
+# (these and fp16 o_proj and tp-1 q/k/v, gate/up) gave 280.3-280.7 tok/s at tp 1 against 276.0-276.4 and 512.6
+# against 505.3 at the rank of tp 2.
 DEVICE_TABLES: dict[str, dict[tuple, dict]] = {
     'H100 80GB HBM3': {
         ('gemv', 1, 768, 4096, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 4096, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
-        ('gemv', 1, 3072, 4096, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
+        ('gemv', 1, 3072, 4096, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1, 'X16': True},
         ('gemv', 1, 3584, 4096, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
         ('gemv', 1, 4096, 1024, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
         ('gemv', 1, 4096, 1792, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
@@ -165,8 +171,8 @@ DEVICE_TABLES: dict[str, dict[tuple, dict]] = {
         ('gemv', 1, 4096, 3584, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
         ('gemv', 1, 4096, 4096, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
         ('gemv', 1, 4096, 7168, 'block'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
-        ('gemv', 1, 4096, 7168, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
-        ('gemv', 1, 4096, 14336, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
+        ('gemv', 1, 4096, 7168, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1, 'X16': True},
+        ('gemv', 1, 4096, 14336, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1, 'X16': True},
         ('gemv', 1, 7168, 4096, 'channel'): {'path': 'dot', 'BLOCK_N': 64, 'BLOCK_K': 256, 'num_warps': 4, 'num_stages': 5, 'SPLIT': 1, 'X16': True},
         ('gemv', 1, 28672, 4096, 'channel'): {'path': 'dot', 'BLOCK_N': 128, 'BLOCK_K': 128, 'num_warps': 4, 'num_stages': 3, 'SPLIT': 1, 'X16': True},
     },
