@@ -251,9 +251,10 @@ def _rank_main(rank: int, world_size: int, port: int, call: bytes, results, env:
             dist.destroy_process_group()
 
 
-def run_ranks(fn, world_size: int, *args, timeout: float = 180.0) -> list:
+def run_ranks(fn, world_size: int, *args, timeout: float = 180.0, env: dict | None = None) -> list:
     """Run ``fn(*args)`` in ``world_size`` processes (from a fork server: ``_rank_context``) set up as a launcher would (RANK,
-    WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT on a free 127.0.0.1 port).
+    WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT on a free 127.0.0.1 port), in the test's environment
+    or ``env``.
 
     Returns the per-rank return values, in rank order. If any rank raises, exits without
     reporting, or the run exceeds ``timeout`` seconds (all children are then killed), raises
@@ -262,7 +263,7 @@ def run_ranks(fn, world_size: int, *args, timeout: float = 180.0) -> list:
     ctx = _rank_context()
     results = ctx.Queue()
     port = _free_port()
-    env, cwd, call = dict(os.environ), os.getcwd(), pickle.dumps((fn, args))
+    env, cwd, call = dict(os.environ if env is None else env), os.getcwd(), pickle.dumps((fn, args))
     procs = [ctx.Process(target=_rank_main, args=(r, world_size, port, call, results, env, cwd), daemon=True)
              for r in range(world_size)]
     for p in procs:
@@ -325,39 +326,71 @@ def run_ranks_once(cache: dict, fn, world_size: int, *args, timeout: float = 180
     return cache[world_size]
 
 
+def _alone(call: bytes, env: dict):
+    """A process's own call, not a rank's: the given environment without the launcher variables _rank_main set,
+    torch's default threads, then ``call`` (the pickled function and arguments) loaded and run."""
+    os.environ.clear()
+    os.environ.update(env)
+    torch.set_num_threads(os.cpu_count() or 1)
+    fn, args = pickle.loads(call)
+    return fn(*args)
+
+
+def run_alone(fn, *args, env: dict | None = None, timeout: float = 600.0):
+    """``fn(*args)`` in one fresh process, forked from the ranks' server (no imports of torch and Transformers of
+    its own), in the test's environment or ``env``; returns its value, or raises AssertionError with its
+    traceback."""
+    env = dict(os.environ if env is None else env)
+    return run_ranks(_alone, 1, pickle.dumps((fn, args)), env, timeout=timeout, env=env)[0]
+
+
+def _script_output(script: str, argv: list) -> str:
+    """``python -c script *argv`` inside this process: what it printed."""
+    import contextlib
+
+    sys.argv = ["-c", *argv]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            exec(compile(script, "<script>", "exec"), {"__name__": "__main__"})
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                raise
+    return out.getvalue()
+
+
+def run_script(script: str, *argv: str, env: dict | None = None, timeout: float = 600.0) -> str:
+    """``python -c script *argv`` as a fresh process would run it, forked from the ranks' server (run_alone), with
+    the repository and tests/ importable: its standard output. A failure raises AssertionError with the
+    script's traceback."""
+    return run_alone(_script_output, script, list(argv), env=env, timeout=timeout)
+
+
+def _skip_if_not_interpretable(exc: BaseException) -> None:
+    text = str(exc).lower()
+    if "interpret" in text and "not supported" in text:
+        pytest.skip(f"Triton's interpreter cannot run the kernels here: {str(exc)[-300:]}")
+
+
 def run_interpreter_script(script: str, *args: str, timeout: int = 600) -> object:
-    """Run ``script`` (Python source) in a fresh interpreter with TRITON_INTERPRET=1 and the repository and tests/
-    on PYTHONPATH; returns the JSON of its last stdout line. Skips where this Triton cannot interpret the kernels."""
-    root = Path(__file__).resolve().parents[1]
-    path = os.pathsep.join([str(root), str(root / "tests"), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
-    result = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    if result.returncode != 0 and "interpret" in result.stderr.lower() and "not supported" in result.stderr.lower():
-        pytest.skip(f"Triton's interpreter cannot run the kernels here: {result.stderr[-300:]}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """Run ``script`` (Python source) as a fresh process with TRITON_INTERPRET=1 (run_script); returns the JSON
+    of its last stdout line. Skips where this Triton cannot interpret the kernels."""
+    try:
+        out = run_script(script, *args, env=dict(os.environ, TRITON_INTERPRET="1"), timeout=timeout)
+    except AssertionError as exc:
+        _skip_if_not_interpretable(exc)
+        raise
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def run_interpreted(fn, *args):
-    """Run fn(*args) in a spawned process with TRITON_INTERPRET=1 (hf_tp's Triton kernels on CPU); skip if this
-    Triton cannot interpret them."""
-    import multiprocessing as mp
-
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
+    """Run fn(*args) in a fresh process with TRITON_INTERPRET=1 (hf_tp's Triton kernels on CPU; run_alone); skip
+    if this Triton cannot interpret them."""
     try:
-        with mp.get_context("spawn").Pool(1) as pool:
-            return pool.apply(fn, args)
-    except Exception as exc:  # noqa: BLE001
-        if "interpret" in str(exc).lower() and "not supported" in str(exc).lower():
-            pytest.skip(f"Triton's interpreter cannot run the kernels here: {exc}")
+        return run_alone(fn, *args, env=dict(os.environ, TRITON_INTERPRET="1"))
+    except AssertionError as exc:
+        _skip_if_not_interpretable(exc)
         raise
-    finally:
-        if old is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = old
 
 
 def capture_graph(fn, *args, warmup: int = 3):

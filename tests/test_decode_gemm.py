@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import capture_graph, load_reference, run_ranks, save_tiny_model, tiny_config
+from conftest import capture_graph, load_reference, run_ranks, run_script, save_tiny_model, tiny_config
 from hf_tp.config import TPConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,10 +81,8 @@ def _interpreter_env() -> dict:
 
 def test_kernels_in_interpreter():
     pytest.importorskip("triton")
-    proc = subprocess.run([sys.executable, "-c", _INTERPRET_SCRIPT, json.dumps(_CASES)], capture_output=True,
-                          text=True, timeout=600, env=_interpreter_env())
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_script(_INTERPRET_SCRIPT, json.dumps(_CASES), env=_interpreter_env())
+    rows = json.loads(out.strip().splitlines()[-1])
     for case, row in zip(_CASES, rows):
         M, N, K, _, dtype, _, fp32_out, _ = case
         assert row["shape"] == [M, N], (case, row)

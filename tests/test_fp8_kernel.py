@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import capture_graph
+from conftest import capture_graph, run_script
 from hf_tp.kernels.fp8 import fp8_kernel_available, fp8_linear, fp8_linear_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,12 +202,9 @@ def _interpret(script: str, cases: list, *extra: str, interpret: bool = True) ->
         import triton  # noqa: F401
     except ImportError:
         pytest.skip("Triton is not installed")
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, TRITON_INTERPRET="1" if interpret else "0", PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, "-c", script, str(ROOT / "tests"), json.dumps(cases), *extra],
-                          capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    env = dict(os.environ, TRITON_INTERPRET="1" if interpret else "0")
+    out = run_script(script, str(ROOT / "tests"), json.dumps(cases), *extra, env=env)
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def test_triton_kernels_in_interpreter():
