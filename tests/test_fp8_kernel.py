@@ -196,14 +196,22 @@ _INTERPRET_CASES = [
 
 def _interpret(script: str, cases: list, *extra: str, interpret: bool = True) -> list:
     """Run ``script`` (given this folder and the cases as JSON) under Triton's CPU interpreter in a fresh
-    process (TRITON_INTERPRET is read at import), or compiled (``interpret=False``); returns the JSON its last
-    line prints."""
+    process (TRITON_INTERPRET is read when a kernel is defined), forked from the ranks' server (run_script), or
+    compiled (``interpret=False``, on the GPU) in a new interpreter, which initializes CUDA itself; returns the
+    JSON its last line prints."""
     try:
         import triton  # noqa: F401
     except ImportError:
         pytest.skip("Triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1" if interpret else "0")
-    out = run_script(script, str(ROOT / "tests"), json.dumps(cases), *extra, env=env)
+    args = [str(ROOT / "tests"), json.dumps(cases), *extra]
+    if interpret:
+        out = run_script(script, *args, env=dict(os.environ, TRITON_INTERPRET="1"))
+    else:
+        path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+        proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=path))
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        out = proc.stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
