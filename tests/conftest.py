@@ -13,7 +13,6 @@ import os
 import pickle
 import queue
 import socket
-import subprocess
 import sys
 import time
 import traceback
