@@ -52,6 +52,9 @@
 # with the fp16 GEMV in the sweep's grid, then the rows with and without them), 58 on an H200 (issue 21's ratio
 # and load bar):
 #   OUT=$OUT BUDGET=560 CALL=61 bash benchmarks/next_cycle.sh
+# On an H200, entries from its sweep ($OUT/own/gemv_table.py) that win end to end go into gemv_table.py under an
+# "H200" key, kept only where a second measurement agrees (benchmarks/device_table_merge.py's rule), and
+# tests/test_fp8_kernel.py's device_table_key("NVIDIA H200") == "" assertion changes with them.
 set -u
 . "$(dirname "$0")/steps.sh"
 export PYTHONPATH=$PWD
