@@ -156,14 +156,15 @@ TABLE: dict[tuple[str, int, int, int], dict] = {
 # except the rank of tp 2's down (the GEMV with 8 warps, 15.4 against 17.2 µs). bf16: TABLE's configs within 2 %.
 # The GEMV's fp16 form ("X16" on a GEMV entry, FP8 per channel; 2026-12-07, two measurements per GEMM: CALL=60's
 # fp8_gemv_f16.py and CALL=61's sweep): down 22.6-22.8 µs against 25.0-27.4 at tp 1 and 12.5-12.8 against 13.8-14.0
-# at the rank of tp 2, the rank's q/k/v 7.02-7.04 against 7.32-7.37. Not o_proj (6 % faster alone): its x comes
+# at the rank of tp 2. Not the rank's q/k/v (7.02-7.04 against 7.32-7.37: 3.8 % in the sweep, under the 4 % of
+# benchmarks/device_table_merge.py), nor o_proj (6 % faster alone): its x comes
 # from the attention kernel, so its fp16 copy would be a kernel of its own. End to end, the sweep's whole table
-# (these and fp16 o_proj and tp-1 q/k/v, gate/up) gave 280.3-280.7 tok/s at tp 1 against 276.0-276.4 and 512.6
+# (these, and the fp16 form on o_proj, q/k/v and tp-1 gate/up) gave 280.3-280.7 tok/s at tp 1 against 276.0-276.4 and 512.6
 # against 505.3 at the rank of tp 2.
 DEVICE_TABLES: dict[str, dict[tuple, dict]] = {
     'H100 80GB HBM3': {
         ('gemv', 1, 768, 4096, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 4096, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
-        ('gemv', 1, 3072, 4096, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1, 'X16': True},
+        ('gemv', 1, 3072, 4096, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 8, 'num_stages': 1, 'SPLIT': 1},
         ('gemv', 1, 3584, 4096, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
         ('gemv', 1, 4096, 1024, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
         ('gemv', 1, 4096, 1792, 'channel'): {'path': 'gemv', 'BLOCK_N': 4, 'BLOCK_K': 1024, 'num_warps': 4, 'num_stages': 1, 'SPLIT': 1},
