@@ -117,8 +117,10 @@ FNS = (split_form, slice_form, chunk_form, gelu_mlp, product_used_twice, swapped
 REWRITTEN = ("split_form", "slice_form", "chunk_form") + (
     ("gate_up_used_twice", "k_split_gate_up") if MODE == "prologues" else ("product_used_twice",))
 out = {}
-for rows, dtype in ((1, torch.float32), (3, torch.float32), (1, torch.float16), (3, torch.float16)):
-    x = torch.randn(1, rows, H, generator=g)  # 1: the GEMV kernel; 3: tl.dot
+# 1 row (the GEMV kernel) in fp16, 3 rows (tl.dot) in fp32: each kernel path and each dtype's graph (fp16 has the
+# casts around silu) is rewritten at least once, in 20 Inductor compiles per mode instead of 40 for every pair
+for rows, dtype in ((1, torch.float16), (3, torch.float32)):
+    x = torch.randn(1, rows, H, generator=g)
     for fn in FNS:
         args = (x.to(dtype), x.to(dtype))
         wgu_, wd_ = wgu, wd
@@ -323,7 +325,7 @@ def test_pass_rewrites_exactly_the_silu_product_and_keeps_the_values(mode):
     forms = {"split_form", "slice_form", "chunk_form"}
     assert len(names) == 10 and rewritten == forms | (
         {"gate_up_used_twice", "k_split_gate_up"} if mode == "prologues" else {"product_used_twice"})
-    for case in ("1 torch.float32", "3 torch.float32", "1 torch.float16", "3 torch.float16"):
+    for case in ("1 torch.float16", "3 torch.float32"):
         for name in names:
             # the three forms of silu(gate) * up are rewritten; another activation, swapped halves, 1 + 3 exp(-x)
             # and a three-way split are left alone. The prologue form also leaves a product needed elsewhere; the
