@@ -197,8 +197,10 @@ FNS = (norm_only, residual_add, gate_up_epilogue, gemma_norm, normalized_used_tw
 REWRITTEN = ("norm_only", "residual_add", "gate_up_epilogue", "normalized_used_twice", "moe_block",
              "unfused_projections", "fp8_layer", "fp8_with_fp16_copy")
 out = {}
-for rows, dtype in ((1, torch.float32), (3, torch.float32), (1, torch.float16), (3, torch.float16)):
-    a = torch.randn(1, rows, H, generator=g)  # 1: the GEMV kernel; 3: tl.dot
+# 1 row (the GEMV kernel) in fp16, 3 rows (tl.dot) in fp32: each kernel path and each dtype's graph once, in 30
+# Inductor compiles instead of 60 for every pair
+for rows, dtype in ((1, torch.float16), (3, torch.float32)):
+    a = torch.randn(1, rows, H, generator=g)
     b = torch.randn(1, rows, H, generator=g)
     for fn in FNS:
         args = (a.to(dtype), b.to(dtype))
@@ -292,7 +294,7 @@ def test_pass_rewrites_exactly_the_llama_norm_and_keeps_the_values():
     assert len(names) == 15 and rewritten == {"norm_only", "residual_add", "gate_up_epilogue",
                                                "normalized_used_twice", "moe_block", "unfused_projections",
                                                "fp8_layer", "fp8_with_fp16_copy"}
-    for case in ("1 torch.float32", "3 torch.float32", "1 torch.float16", "3 torch.float16"):
+    for case in ("1 torch.float16", "3 torch.float32"):
         for name in names:
             # in fp32 Gemma's form and a weight in fp32 are the same computation with the weight 1 + w (or w):
             # rewritten, with that weight as the op's input; in fp16 they round once where Llama's rounds twice
