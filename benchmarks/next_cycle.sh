@@ -42,6 +42,8 @@
 #   CALL=60 (any GPU, a short call): CALL=59's GEMMs alone (benchmarks/fp8_gemv_f16.py) and its GPU tests.
 #   CALL=61 (any GPU, after 59 and 60 ran on an H100 in the thirty-third session): this GPU's own FP8 per-channel
 #      entries at tp 1 and tp 2 widths, swept with the fp16 GEMV in the grid, then the rows with and without them.
+#   CALL=62 (any GPU): the ranks of tp 8, 4 and 2 in bf16 profiled with PDL off (additive kernel times), beside the
+#      rows of tp 8 and 4 with the defaults: where issue 18's narrow ranks spend the time beyond their GEMMs.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
 #      run: tests/test_gpu_fp8.py (whose ninth model failed to compile in CALL=52) and test_gpu_loop_requests.py
@@ -157,6 +159,17 @@ if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the 
     step moe_tp1_nopdl_prof 70 python -c "$FLIP" $M --profile 64 --out "$OUT/e2e_moe_tp1_nopdl_prof.jsonl" )
   step moe_r2_again 60 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2_again.jsonl"
   step moe_tp1_again 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1_again.jsonl"
+elif [ "$CALL" = 62 ]; then  # issue 18's narrow ranks (the H200's ranks of tp 4 and 8 at 630.3 and 890.9 tok/s of 700
+  # and 1000, twenty-ninth session): where their time goes, with additive kernel times (PDL off), beside their rows
+  # with the defaults (PDL on at tp >= 4); the last profile of the rank of tp 8 is the tenth session's
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16
+  row r8_bf16 45 bf16 --simulate-tp 8 --batches 1
+  ( export HF_TP_PDL=0
+    row r8_bf16_nopdl_prof 60 bf16 --simulate-tp 8 --batches 1 --profile 64
+    row r4_bf16_nopdl_prof 60 bf16 --simulate-tp 4 --batches 1 --profile 64 )
+  row r4_bf16 45 bf16 --simulate-tp 4 --batches 1
+  ( export HF_TP_PDL=0; row r2_bf16_nopdl_prof 60 bf16 --simulate-tp 2 --batches 1 --profile 64 )
+  row r8_bf16_again 45 bf16 --simulate-tp 8 --batches 1
 elif [ "$CALL" = 61 ]; then  # issue 19's FP8 per channel with this GPU's own entries, the GEMV's fp16 form in the
   # sweep's grid (CALL=59 on an H100, thirty-third session: 4 warps in fp16 took tp 1 from 1.52-1.55x to 1.58x bf16;
   # per GEMM, down -17 % and gate/up -15 %): one sweep at tp-1 and tp-2 widths (batch 1) into this GPU's
