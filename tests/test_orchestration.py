@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -378,8 +380,13 @@ def test_workers_never_outlive_the_driver(tiny_checkpoint, tmp_path, how):
     path = tiny_checkpoint("llama")
     script = tmp_path / "driver.py"
     script.write_text(_DRIVER)
+    # A socket folder root of its own: a driver started meanwhile by another test process (pytest -n 2) removes
+    # the killed driver's stale folder too, before this test looks for it. Short (under /tmp, not tmp_path): a
+    # Unix socket's path has at most 107 bytes.
+    sockets = tempfile.mkdtemp(prefix="hf_tp_test_")
     driver = subprocess.Popen([sys.executable, str(script), str(path), "wait" if how == "sigkill" else "exit"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "TMPDIR": sockets})
     try:
         pids = [int(p) for p in driver.stdout.readline().split()]
         assert len(pids) == 2, "driver did not start its workers"
@@ -398,6 +405,7 @@ def test_workers_never_outlive_the_driver(tiny_checkpoint, tmp_path, how):
     finally:
         if driver.poll() is None:
             driver.kill()
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def test_bad_input_before_spawn_and_at_load(tiny_checkpoint, tmp_path):
