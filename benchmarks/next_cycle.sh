@@ -44,6 +44,7 @@
 #      entries at tp 1 and tp 2 widths, swept with the fp16 GEMV in the grid, then the rows with and without them.
 #   CALL=62 (any GPU): the ranks of tp 8, 4 and 2 in bf16 profiled with PDL off (additive kernel times), beside the
 #      rows of tp 8 and 4 with the defaults: where issue 18's narrow ranks spend the time beyond their GEMMs.
+#   CALL=63 (any GPU, a short call): the dense rank of tp 2 and tp 1 in bf16 with PDL on and off, interleaved.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
 #      run: tests/test_gpu_fp8.py (whose ninth model failed to compile in CALL=52) and test_gpu_loop_requests.py
@@ -160,6 +161,12 @@ if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the 
     step moe_tp1_nopdl_prof 70 python -c "$FLIP" $M --profile 64 --out "$OUT/e2e_moe_tp1_nopdl_prof.jsonl" )
   step moe_r2_again 60 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2_again.jsonl"
   step moe_tp1_again 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1_again.jsonl"
+elif [ "$CALL" = 63 ]; then  # issue 18's rank of tp 2 (393.8 of 420 tok/s on the H200): PDL on against off (the
+  # default below tp 4 for dense models, pdl.PDL_MIN_TP_SIZE), interleaved twice, then tp 1 the same way. PDL was
+  # measured at the rank of tp 2 only in the seventh session (+0.9 %), before Inductor's kernels took it too
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16
+  ab HF_TP_PDL r2_bf16_pdl 45 bf16 --simulate-tp 2 --batches 1
+  ab HF_TP_PDL tp1_bf16_pdl 45 bf16 --batches 1
 elif [ "$CALL" = 62 ]; then  # issue 18's narrow ranks (the H200's ranks of tp 4 and 8 at 630.3 and 890.9 tok/s of 700
   # and 1000, twenty-ninth session): where their time goes, with additive kernel times (PDL off), beside their rows
   # with the defaults (PDL on at tp >= 4); the last profile of the rank of tp 8 is the tenth session's
@@ -436,7 +443,7 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 else
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-58; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-63; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
