@@ -735,6 +735,11 @@ FOLD_SPLIT = False
 # session); benchmarks flip it to try smaller prefetches.
 PREFETCH_WEIGHTS = False
 PREFETCH_MAX_LINES = 2048
+# ... and only where the GEMM's whole weight (this rank's) has at most this many bytes (None: any): a weight that
+# fits in L2 many times over (q/k/v and o_proj at the ranks of tp 4 and 8: 4-13 MB) can be read into it while the
+# kernel before (attention, a norm: latency-bound, the DRAM idle) finishes; a large one (gate/up: 29-235 MB) only
+# floods L2 ahead of the loop's own loads, which is what made the whole-weight prefetch slower in the sixth session.
+PREFETCH_MAX_WEIGHT_BYTES: int | None = None
 MIN_COUNTERS = 65536  # output blocks the first counter buffer of a device holds (256 KB)
 # The norm form's statistic pass holds at most this many elements of x per warp of the program at a time (32 fp32
 # registers a thread): at 8 warps one step of 8192 columns for one row (Llama-3-70B's hidden size), at 4 warps
@@ -911,7 +916,9 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     norm_args = dict(NORM=norm, NORM_BLOCK=norm_block, KEEP_X=x_out is not None,
                      RSTD_LAST=rstd_last) if norm else {}
     pdl = pdl_launch.launch_args(x2.device)  # programmatic dependent launch, where on (hf_tp.kernels.pdl)
-    if pdl and PREFETCH_WEIGHTS:  # the weights' first lines asked of L2 before the wait (_prefetch_weight_rows)
+    if pdl and PREFETCH_WEIGHTS and (PREFETCH_MAX_WEIGHT_BYTES is None
+                                     or weight.numel() * weight.element_size() <= PREFETCH_MAX_WEIGHT_BYTES):
+        # the weights' first lines asked of L2 before the wait (_prefetch_weight_rows)
         line = 128 // weight.element_size()
         lines = min(next_power_of_2(cdiv(k_split, line)),
                     max(1, pow2_at_most(PREFETCH_MAX_LINES // cfg["BLOCK_N"])))
