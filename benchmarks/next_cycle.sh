@@ -44,8 +44,8 @@
 #      entries at tp 1 and tp 2 widths, swept with the fp16 GEMV in the grid, then the rows with and without them.
 #   CALL=62 (any GPU): the ranks of tp 8, 4 and 2 in bf16 profiled with PDL off (additive kernel times), beside the
 #      rows of tp 8 and 4 with the defaults: where issue 18's narrow ranks spend the time beyond their GEMMs.
-#   CALL=64 (any GPU, first): the ranks of tp 8 and 4 with the small GEMMs' weights prefetched into L2 before the
-#      PDL wait, against none, interleaved.
+#   CALL=64 (any GPU, first): the ranks of tp 8 and 4 with the small GEMMs' weights and attention's cache asked of
+#      L2 before the PDL wait, against neither, interleaved; the attention kernel's PDL test with it first.
 #   CALL=63 (any GPU, a short call): the dense rank of tp 2 and tp 1 in bf16 with PDL on and off, interleaved.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
@@ -87,6 +87,9 @@ if os.environ.get('GEMV_ENTRIES'):  # JSON [[bucket, elem_bytes, N, K, (FP8 scal
     for *key, cfg in json.loads(os.environ['GEMV_ENTRIES']):
         gt.TABLE[tuple(key)] = cfg
 gt.PREFETCH_MAX_LINES = int(os.environ.get('PFL', gt.PREFETCH_MAX_LINES))
+if os.environ.get('KVPF'):  # KVPF=1: attention's split programs ask L2 for their cached keys and values first
+    from hf_tp.kernels import decode_attention
+    decode_attention.PREFETCH_KV = os.environ['KVPF'] == '1'
 if os.environ.get('PFB'):  # PFB=bytes: only GEMMs whose whole weight has at most that many bytes prefetch
     gt.PREFETCH_MAX_WEIGHT_BYTES = int(os.environ['PFB'])
 if os.environ.get('ADVANCE') == '0':  # the greedy selection and bookkeeping eager, as before the eighth session
@@ -166,13 +169,20 @@ if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the 
   step moe_r2_again 60 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2_again.jsonl"
   step moe_tp1_again 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1_again.jsonl"
 elif [ "$CALL" = 64 ]; then  # issue 18's narrow ranks (H200: tp 8 at 890.9 of 1000, tp 4 at 630.3 of 700 tok/s):
-  # with PDL (on from tp 4), the GEMMs whose weight is at most 13 MB (q/k/v and o_proj at tp 4 and 8) ask L2 for
-  # all of it before their PDL wait, while the kernel before (a norm, attention) runs, against no prefetch;
-  # interleaved twice at each width (the sixth session's prefetch of every weight, gate/up included, was slower)
+  # with PDL (on from tp 4), what the next kernel can read before its PDL wait, asked of L2 while the kernel before
+  # (a norm, attention, the rope and cache write: latency-bound, the DRAM idle) runs: "pf" the GEMMs whose weight
+  # is at most 13 MB (q/k/v and o_proj at tp 4 and 8), "pfkv" that and attention's cached keys and values; against
+  # neither, interleaved twice at tp 8 (the sixth session's prefetch of every weight, gate/up included, was slower)
+  step tests_prefetch 60 $T tests/test_decode_attention.py -k programmatic
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16
   export PFB=13631488
-  ab PF r8_bf16_pf 45 bf16 --simulate-tp 8 --batches 1
-  ab PF r4_bf16_pf 45 bf16 --simulate-tp 4 --batches 1
+  for pass in "" b; do
+    ( export PF=0 KVPF=0; row r8_none$pass 45 bf16 --simulate-tp 8 --batches 1 )
+    ( export PF=1 KVPF=0; row r8_pf$pass 45 bf16 --simulate-tp 8 --batches 1 )
+    ( export PF=1 KVPF=1; row r8_pfkv$pass 45 bf16 --simulate-tp 8 --batches 1 )
+  done
+  ( export PF=0 KVPF=0; row r4_none 55 bf16 --simulate-tp 4 --batches 1 )
+  ( export PF=1 KVPF=1; row r4_pfkv 55 bf16 --simulate-tp 4 --batches 1 )
 elif [ "$CALL" = 63 ]; then  # issue 18's rank of tp 2 (393.8 of 420 tok/s on the H200): PDL on against off (the
   # default below tp 4 for dense models, pdl.PDL_MIN_TP_SIZE), interleaved twice, then tp 1 the same way. PDL was
   # measured at the rank of tp 2 only in the seventh session (+0.9 %), before Inductor's kernels took it too

@@ -563,27 +563,34 @@ def test_decode_loop_bf16_with_kernel_matches_sdpa_loop(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch):
+@pytest.mark.parametrize("prefetch", [False, True], ids=["wait", "prefetch_kv"])
+def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch, prefetch):
     """hf_tp.kernels.pdl (TPConfig.pdl): the split kernel and the reduce kernel wait for the kernel before them, so the
-    fused and the two-kernel paths, each right after a kernel that writes the query, give the bits they give
-    without PDL, eagerly and replayed from a CUDA graph."""
+    fused and the two-kernel paths, each right after kernels that write the query and a cache slot, give the bits
+    they give without PDL, eagerly and replayed from a CUDA graph; also with the cache asked of L2 before the wait
+    (decode_attention.PREFETCH_KV)."""
     import hf_tp.kernels.decode_attention as kernel
     from hf_tp.kernels import pdl
 
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("programmatic dependent launch needs a Hopper or later GPU")
+    monkeypatch.setattr(kernel, "PREFETCH_KV", prefetch)
     batch, q_heads, kv_heads, slots, split = 2, 16, 4, 512, 64
     kernel.reserve_counters(torch.device("cuda", torch.cuda.current_device()), batch * kv_heads)
     gen = torch.Generator(device="cuda").manual_seed(4)
     k, v = (torch.randn(batch, kv_heads, slots, 128, device="cuda", generator=gen).bfloat16() for _ in range(2))
     mask = _mask(batch, slots, [500, 300], [0, 7]).cuda()
     base = torch.randn(batch, q_heads, 1, 128, device="cuda", generator=gen)
+    new_key = torch.randn(batch, kv_heads, 128, device="cuda", generator=gen)
     scale = torch.ones((), device="cuda")
 
     def both():
-        q = (base * scale).bfloat16()  # a kernel right before each attention call, writing what it reads
-        return [kernel.decode_attention_forward(q, k, v, mask, 0.1, split_len=split, fused_reduce=fused)
-                for fused in (True, False)]
+        q = (base * scale).bfloat16()  # kernels right before each attention call, writing what it reads
+        outs = []
+        for fused in (True, False):
+            k[:, :, 299] = (new_key * scale).bfloat16()  # a kept slot of both rows, as a step's cache write
+            outs.append(kernel.decode_attention_forward(q, k, v, mask, 0.1, split_len=split, fused_reduce=fused))
+        return outs
 
     results = {}
     for on in (False, True):

@@ -62,6 +62,11 @@ REDUCE_CHUNK = 16  # splits combined per step of the reduce kernel
 FUSED_MAX_SPLITS = 16
 FUSED_MAX_TILE = 8192
 FUSED_REDUCE = True  # the op's choice of reduce (decode_attention_forward's fused_reduce); benchmarks flip it
+# With PDL, each split program asks L2 for its slots' keys and values before it waits for the kernel before it
+# (the rope and cache write), for caches of at most SHORT_CACHE slots: there the kernel is latency-bound, a chain
+# of dependent loads, and the DRAM idle while the kernel before runs. Off until measured on a GPU (benchmarks flip
+# it). Longer caches are bandwidth-bound, and unfilled slots would be read for nothing.
+PREFETCH_KV = False
 MIN_COUNTERS = 4096  # (sequence, KV head) pairs the first counter buffer of a device holds
 
 # The fused reduce's counters, one int32 per (sequence, KV head), per device. Zero between calls: the last split
@@ -110,6 +115,8 @@ def _kernels():
     import triton.language as tl
 
     global _combine_splits, _combine_group
+
+    from .gemv_triton import prefetch_l2
 
     @triton.jit
     def _combine_splits(o_base, lse_base, out_row, num_splits, stride_ps,
@@ -173,14 +180,23 @@ def _kernels():
                      GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_N: tl.constexpr, SPLIT_LEN: tl.constexpr, HAS_MASK: tl.constexpr, DIRECT: tl.constexpr,
                      PRECISION: tl.constexpr, FUSED: tl.constexpr, BLOCK_GC: tl.constexpr, BLOCK_S: tl.constexpr,
-                     PDL: tl.constexpr = False):
-        if PDL:  # launched with programmatic dependent launch (hf_tp.kernels.pdl): nothing touched before this
-            tl.extra.cuda.gdc_wait()
-            tl.extra.cuda.gdc_launch_dependents()
+                     PDL: tl.constexpr = False, PREFETCH: tl.constexpr = False, ROW_LINES: tl.constexpr = 1,
+                     LINE: tl.constexpr = 64):
         bh = tl.program_id(0)
         split = tl.program_id(1)
         b = (bh // kv_heads).to(tl.int64)  # 64-bit offsets: a large cache's batch stride times b passes 2**31
         kv_head = (bh % kv_heads).to(tl.int64)
+        if PREFETCH:  # with PDL, before the wait: this split's cached keys and values (ROW_LINES lines of LINE
+            # elements a slot) asked of L2 while the kernel before finishes. Earlier steps wrote them; the slot this
+            # step writes may arrive stale, but the write lands in L2, where the loads after the wait read it.
+            slots = tl.minimum(split * SPLIT_LEN + tl.arange(0, SPLIT_LEN), kv_len - 1).to(tl.int64)
+            cols = tl.minimum(tl.arange(0, ROW_LINES) * LINE, HEAD_DIM - 1)
+            prefetch_l2(k_ptr + b * stride_kb + kv_head * stride_kh + slots[:, None] * stride_ks + cols[None, :])
+            prefetch_l2(v_ptr + b * stride_vb + kv_head * stride_vh + slots[:, None] * stride_vs + cols[None, :])
+        if PDL:  # launched with programmatic dependent launch (hf_tp.kernels.pdl): nothing read before this but
+            # the cache lines asked of L2 above
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
         offs_g = tl.arange(0, BLOCK_G)
         offs_d = tl.arange(0, BLOCK_D)
         mask_g = offs_g < GROUP
@@ -345,6 +361,10 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
     block_s = max(16, next_power_of_2(num_splits))
     fused = counters is not None
     pdl = pdl_launch.launch_args(query.device)  # programmatic dependent launch, where on
+    split_pdl = pdl
+    if pdl and PREFETCH_KV and slots <= SHORT_CACHE:
+        line = 128 // key.element_size()
+        split_pdl = dict(pdl, PREFETCH=True, ROW_LINES=max(1, block_d // line), LINE=line)
     decode_attention_split[(batch * kv_heads, num_splits)](
         query, key, value, mask, out, part_o, part_lse, counters if fused else out, float(scale), slots, kv_heads,
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
@@ -356,7 +376,7 @@ def decode_attention_forward(query: torch.Tensor, key: torch.Tensor, value: torc
         PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         FUSED=fused, BLOCK_GC=next_power_of_2(group) if fused else 1,
         BLOCK_S=next_power_of_2(num_splits) if fused else 1, num_warps=num_warps, num_stages=num_stages,
-        **pdl)
+        **split_pdl)
     if not direct and not fused:
         decode_attention_reduce[(batch * q_heads,)](
             part_o, part_lse, out, num_splits, q_heads, *part_strides, out.stride(0), out.stride(2),

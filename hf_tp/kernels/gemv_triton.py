@@ -258,6 +258,13 @@ def _after_previous_kernel(PDL: tl.constexpr):
 
 
 @triton.jit
+def prefetch_l2(ptrs):
+    """Ask L2 for the 128-byte lines holding ``ptrs`` (a tensor of pointers), without waiting for them."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
 def _prefetch_weight_rows(w_ptr, rn, N, stride_wn, k_lo, k_hi, LINES: tl.constexpr, LINE: tl.constexpr):
     """Ask L2 for the first LINES lines (LINE elements, 128 bytes, each) of this program's weight rows within its
     K range, without waiting for them. Called before the PDL wait: the weights are written by no kernel of the
@@ -266,9 +273,7 @@ def _prefetch_weight_rows(w_ptr, rn, N, stride_wn, k_lo, k_hi, LINES: tl.constex
     past the range ask for a line already asked for."""
     rows = tl.minimum(rn, N - 1)
     cols = k_lo + tl.minimum(tl.arange(0, LINES) * LINE, k_hi - k_lo - 1)
-    ptrs = w_ptr + rows[:, None].to(tl.int64) * stride_wn + cols[None, :]
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                              is_pure=False, pack=1)
+    prefetch_l2(w_ptr + rows[:, None].to(tl.int64) * stride_wn + cols[None, :])
 
 
 @triton.jit
