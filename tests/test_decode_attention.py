@@ -561,6 +561,42 @@ def test_decode_loop_bf16_with_kernel_matches_sdpa_loop(tmp_path):
             assert gap < 0.02 * float(logits.abs().max()), (row, step, gap)
 
 
+def test_split_kernel_asks_l2_for_the_cache_before_its_wait_in_the_sm90_build(monkeypatch):
+    """decode_attention.PREFETCH_KV, built for sm_90 on this CPU host: the prefetches (CCTL.E.PF2) all come before
+    the PDL wait (ACQBULK), none without PREFETCH, and no spills either way."""
+    triton = pytest.importorskip("triton")
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.backends.nvidia import compiler  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"this Triton cannot build for NVIDIA GPUs here: {exc}")
+    from test_decode_gemm import _hopper_build
+
+    import hf_tp.kernels.decode_attention as kernel
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # compiled kernels, whatever this process ran before
+    _, split, _ = kernel._kernels.__wrapped__()
+    pointers = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "mask_ptr": "*u8", "out_ptr": "*bf16",
+                "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "counter_ptr": "*i32"}
+    # the rank of tp 8 of the Llama-3-8B shape at a 256-slot cache: 4 query heads on one KV head, 4 splits of 64
+    shape = dict(GROUP=4, HEAD_DIM=128, BLOCK_G=16, BLOCK_D=128, BLOCK_N=64, SPLIT_LEN=64, HAS_MASK=True,
+                 DIRECT=False, PRECISION="tf32", FUSED=True, BLOCK_GC=4, BLOCK_S=4, PDL=True)
+    for prefetch in (False, True):
+        try:
+            built = _hopper_build(split, pointers, dict(shape, PREFETCH=prefetch, ROW_LINES=2, LINE=64),
+                                  kernel.NUM_WARPS, kernel.NUM_STAGES, floats=("scale",))
+        except (TypeError, AttributeError) as exc:  # another Triton's compile API: nothing to check here
+            pytest.skip(f"Triton {triton.__version__}'s ASTSource/compile API differs: {exc}")
+        if built is None:
+            pytest.skip("no cuobjdump to read the build with")
+        regs, stack, sass = built
+        assert stack == 0, (prefetch, regs, stack)
+        if prefetch:
+            assert "CCTL.E.PF2" in sass and sass.rindex("CCTL.E.PF2") < sass.index("ACQBULK")
+        else:
+            assert "CCTL.E.PF2" not in sass and "ACQBULK" in sass
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("prefetch", [False, True], ids=["wait", "prefetch_kv"])

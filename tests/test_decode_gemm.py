@@ -99,10 +99,11 @@ _DIV16 = {"N", "K", "k_split", "stride_wn", "stride_os", "stride_xm", "stride_om
           "stride_qst", "stride_qsg", "stride_stg"}
 
 
-def _hopper_build(kernel, pointers: dict, constexprs: dict, num_warps: int, num_stages: int):
+def _hopper_build(kernel, pointers: dict, constexprs: dict, num_warps: int, num_stages: int,
+                  floats: tuple[str, ...] = ("eps",)):
     """``kernel`` compiled for sm_90 by Triton's own ptxas, without a GPU; arguments typed as a real launch
-    types them (pointers and 16-divisible ints marked so). Returns (registers, stack bytes, SASS) when
-    cuobjdump is there, else None."""
+    types them (pointers and 16-divisible ints marked so; ``floats`` fp32, other scalars i32). Returns
+    (registers, stack bytes, SASS) when cuobjdump is there, else None."""
     import shutil
     import tempfile
 
@@ -113,7 +114,7 @@ def _hopper_build(kernel, pointers: dict, constexprs: dict, num_warps: int, num_
     names = list(kernel.arg_names)
     # constexprs a launch leaves at their defaults are constants there too, not run-time ints
     constexprs = {**{p.name: p.default for p in kernel.params if p.is_constexpr and p.has_default}, **constexprs}
-    signature = {n: "constexpr" if n in constexprs else pointers[n] if n.endswith("_ptr") else "fp32" if n == "eps"
+    signature = {n: "constexpr" if n in constexprs else pointers[n] if n.endswith("_ptr") else "fp32" if n in floats
                  else "i32" for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr") or n in _DIV16}
     compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
@@ -389,6 +390,28 @@ def test_decode_gemm_option_resolves_once():
         TPConfig(decode_gemm="triton").resolve("cpu", 1, environ={})
     with pytest.raises(ValueError, match="decode_gemm"):
         TPConfig(decode_gemm="fast")
+
+
+def test_weight_prefetch_only_up_to_its_size_limit(monkeypatch):
+    """gemv_triton.prefetch_lines: no prefetch unless PREFETCH_WEIGHTS; with PREFETCH_MAX_WEIGHT_BYTES, only the
+    weights at most that large (the rank of tp 8's q/k/v, 6.3 MB, and not its gate/up, 29.4 MB); a program's
+    whole K range, capped by PREFETCH_MAX_LINES over its rows."""
+    pytest.importorskip("triton")
+    from hf_tp.kernels import gemv_triton as gt
+
+    qkv = torch.empty(768, 4096, dtype=torch.bfloat16, device="meta")
+    gate_up = torch.empty(3584, 4096, dtype=torch.bfloat16, device="meta")
+    fp8 = torch.empty(768, 4096, dtype=torch.float8_e4m3fn, device="meta")
+    monkeypatch.setattr(gt, "PREFETCH_WEIGHTS", False)
+    assert gt.prefetch_lines(qkv, 4096, 4) == 0
+    monkeypatch.setattr(gt, "PREFETCH_WEIGHTS", True)
+    monkeypatch.setattr(gt, "PREFETCH_MAX_WEIGHT_BYTES", None)
+    assert (gt.prefetch_lines(qkv, 4096, 4), gt.prefetch_lines(gate_up, 4096, 4)) == (64, 64)  # 4096 x 2 B / 128
+    assert gt.prefetch_lines(fp8, 4096, 4) == 32
+    assert gt.prefetch_lines(qkv, 1024, 4) == 16  # a split of K: its own range only
+    assert gt.prefetch_lines(qkv, 4096, 64) == gt.PREFETCH_MAX_LINES // 64
+    monkeypatch.setattr(gt, "PREFETCH_MAX_WEIGHT_BYTES", 13 * 2**20)
+    assert (gt.prefetch_lines(qkv, 4096, 4), gt.prefetch_lines(gate_up, 4096, 4)) == (64, 0)
 
 
 def test_cpu_model_keeps_cublas_path(tmp_path):

@@ -745,6 +745,19 @@ PREFETCH_MAX_LINES = 2048
 # kernel before (attention, a norm: latency-bound, the DRAM idle) finishes; a large one (gate/up: 29-235 MB) only
 # floods L2 ahead of the loop's own loads, which is what made the whole-weight prefetch slower in the sixth session.
 PREFETCH_MAX_WEIGHT_BYTES: int | None = None
+
+
+def prefetch_lines(weight: torch.Tensor, k_split: int, block_n: int) -> int:
+    """128-byte lines per weight row that a GEMM launched with PDL asks L2 for before its wait: 0 (none) unless
+    PREFETCH_WEIGHTS, and for weights above PREFETCH_MAX_WEIGHT_BYTES; else up to a program's whole K range, at
+    most PREFETCH_MAX_LINES per program."""
+    if not PREFETCH_WEIGHTS or (PREFETCH_MAX_WEIGHT_BYTES is not None
+                                and weight.numel() * weight.element_size() > PREFETCH_MAX_WEIGHT_BYTES):
+        return 0
+    line = 128 // weight.element_size()
+    return min(next_power_of_2(cdiv(k_split, line)), max(1, pow2_at_most(PREFETCH_MAX_LINES // block_n)))
+
+
 MIN_COUNTERS = 65536  # output blocks the first counter buffer of a device holds (256 KB)
 # The norm form's statistic pass holds at most this many elements of x per warp of the program at a time (32 fp32
 # registers a thread): at 8 warps one step of 8192 columns for one row (Llama-3-70B's hidden size), at 4 warps
@@ -921,15 +934,9 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = 
     norm_args = dict(NORM=norm, NORM_BLOCK=norm_block, KEEP_X=x_out is not None,
                      RSTD_LAST=rstd_last) if norm else {}
     pdl = pdl_launch.launch_args(x2.device)  # programmatic dependent launch, where on (hf_tp.kernels.pdl)
-    if pdl and PREFETCH_WEIGHTS and (PREFETCH_MAX_WEIGHT_BYTES is None
-                                     or weight.numel() * weight.element_size() <= PREFETCH_MAX_WEIGHT_BYTES):
-        # the weights' first lines asked of L2 before the wait (_prefetch_weight_rows)
-        line = 128 // weight.element_size()
-        lines = min(next_power_of_2(cdiv(k_split, line)),
-                    max(1, pow2_at_most(PREFETCH_MAX_LINES // cfg["BLOCK_N"])))
-        gemm_pdl = dict(pdl, PREFETCH=lines, LINE=line)
-    else:
-        gemm_pdl = pdl
+    lines = prefetch_lines(weight, k_split, cfg["BLOCK_N"]) if pdl else 0
+    # the weights' first lines asked of L2 before the wait (_prefetch_weight_rows)
+    gemm_pdl = dict(pdl, PREFETCH=lines, LINE=128 // weight.element_size()) if lines else pdl
     if path == "gemv":
         # "X16" with FP8 weights per channel: products and sums in fp16 (_gemv_f16_sums), from x's fp16 copy
         f16 = not norm and not glu and takes_fp16(cfg, weight.element_size(), x2.dtype, mode, "gemv")
