@@ -46,6 +46,7 @@
 #      rows of tp 8 and 4 with the defaults: where issue 18's narrow ranks spend the time beyond their GEMMs.
 #   CALL=64 (any GPU, first): the ranks of tp 8 and 4 with the small GEMMs' weights and attention's cache asked of
 #      L2 before the PDL wait, against neither, interleaved; the attention kernel's PDL test with it first.
+#   CALL=65 (any GPU, after 64): qwen3-moe-mini at tp 1 and its rank of tp 2 with and without 64's prefetches.
 #   CALL=63 (any GPU, a short call): the dense rank of tp 2 and tp 1 in bf16 with PDL on and off, interleaved.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
@@ -168,6 +169,20 @@ if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the 
     step moe_tp1_nopdl_prof 70 python -c "$FLIP" $M --profile 64 --out "$OUT/e2e_moe_tp1_nopdl_prof.jsonl" )
   step moe_r2_again 60 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2_again.jsonl"
   step moe_tp1_again 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1_again.jsonl"
+elif [ "$CALL" = 65 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the H200) with CALL=64's prefetches
+  # (PDL is on for MoE models at every width): at the rank of tp 2 the attention GEMMs' weights fit the 13 MB limit
+  # (q/k/v 10.5 MB, o_proj 8.4 MB), at tp 1 only the router's does; tp 1 and the rank of tp 2 each way, twice
+  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 300 bf16
+  M="--system hf_tp --mode compile --tp-size 1 --model $CK/qwen3-moe-mini --batches 1"
+  export PFB=13631488
+  for pass in "" b; do
+    for v in none pfkv; do
+      f=0; [ $v = pfkv ] && f=1
+      ( export PF=$f KVPF=$f
+        step moe_tp1_$v$pass 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1_$v$pass.jsonl"
+        step moe_r2_$v$pass 60 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2_$v$pass.jsonl" )
+    done
+  done
 elif [ "$CALL" = 64 ]; then  # issue 18's narrow ranks (H200: tp 8 at 890.9 of 1000, tp 4 at 630.3 of 700 tok/s):
   # with PDL (on from tp 4), what the next kernel can read before its PDL wait, asked of L2 while the kernel before
   # (a norm, attention, the rope and cache write: latency-bound, the DRAM idle) runs: "pf" the GEMMs whose weight
@@ -465,7 +480,7 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 else
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-64; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-65; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
