@@ -64,8 +64,9 @@ FUSED_MAX_TILE = 8192
 FUSED_REDUCE = True  # the op's choice of reduce (decode_attention_forward's fused_reduce); benchmarks flip it
 # With PDL, each split program asks L2 for its slots' keys and values before it waits for the kernel before it
 # (the rope and cache write), for caches of at most SHORT_CACHE slots: there the kernel is latency-bound, a chain
-# of dependent loads, and the DRAM idle while the kernel before runs. Off until measured on a GPU (benchmarks flip
-# it). Longer caches are bandwidth-bound, and unfilled slots would be read for nothing.
+# of dependent loads, and the DRAM idle while the kernel before runs. Longer caches are bandwidth-bound, and
+# unfilled slots would be read for nothing. Off: not faster on one H100 with the GEMMs' prefetch (ranks of tp 8
+# and 4, benchmarks/RESULTS.md, 2026-12-07 thirty-fifth session); benchmarks flip it (next_cycle.sh KVPF).
 PREFETCH_KV = False
 MIN_COUNTERS = 4096  # (sequence, KV head) pairs the first counter buffer of a device holds
 

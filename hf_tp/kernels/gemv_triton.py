@@ -744,6 +744,8 @@ PREFETCH_MAX_LINES = 2048
 # fits in L2 many times over (q/k/v and o_proj at the ranks of tp 4 and 8: 4-13 MB) can be read into it while the
 # kernel before (attention, a norm: latency-bound, the DRAM idle) finishes; a large one (gate/up: 29-235 MB) only
 # floods L2 ahead of the loop's own loads, which is what made the whole-weight prefetch slower in the sixth session.
+# With 13 MB it was not faster either (one H100, ranks of tp 8 and 4: benchmarks/RESULTS.md, 2026-12-07
+# thirty-fifth session), so PREFETCH_WEIGHTS stays off; benchmarks set both (next_cycle.sh PF, PFB).
 PREFETCH_MAX_WEIGHT_BYTES: int | None = None
 
 
