@@ -54,10 +54,11 @@
 #      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|55] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU.
-# Next (after the thirty-fourth session: 61 ran on an H100 a second time, no H200 came): on an H200, 61 (its own
-# per-channel entries with the fp16 GEMV in the sweep's grid, then the rows with and without them), then 58 (issue
-# 21's ratio and load bar); on any GPU, 62 (the narrow ranks profiled). The one-liner:
-#   G=$(nvidia-smi --query-gpu=name --format=csv,noheader); case "$G" in *H200*) C=61;; *) C=62;; esac
+# Next (after the thirty-fifth session: 62 and 64 ran on an H100, no H200 came; 64's prefetches were not faster
+# there): on an H200, 61 (its own per-channel entries with the fp16 GEMV in the sweep's grid, then the rows with and
+# without them), then 58 (issue 21's ratio and load bar), then 64 (the prefetches, on the GPU of the bars); on any
+# other GPU, 63 (PDL at the dense rank of tp 2 and tp 1). The one-liner:
+#   G=$(nvidia-smi --query-gpu=name --format=csv,noheader); case "$G" in *H200*) C=61;; *) C=63;; esac
 #   OUT=$OUT BUDGET=540 CALL=$C bash benchmarks/next_cycle.sh
 # On an H200, entries from its sweep ($OUT/own/gemv_table.py) that win end to end go into gemv_table.py under an
 # "H200" key, kept only where a second measurement agrees (benchmarks/device_table_merge.py's rule), and
