@@ -47,6 +47,7 @@
 #   CALL=64 (any GPU, first): the ranks of tp 8 and 4 with the small GEMMs' weights and attention's cache asked of
 #      L2 before the PDL wait, against neither, interleaved; the attention kernel's PDL test with it first.
 #   CALL=65 (any GPU, after 64): qwen3-moe-mini at tp 1 and its rank of tp 2 with and without 64's prefetches.
+#   CALL=66 (any GPU): six processes of the rank of tp 4, profiled: which kernel a fast process runs faster.
 #   CALL=63 (any GPU, a short call): the dense rank of tp 2 and tp 1 in bf16 with PDL on and off, interleaved.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
@@ -57,8 +58,8 @@
 # Next (after the thirty-fifth session: 62 and 64 ran on an H100, no H200 came; 64's prefetches were not faster
 # there): on an H200, 61 (its own per-channel entries with the fp16 GEMV in the sweep's grid, then the rows with and
 # without them), then 58 (issue 21's ratio and load bar), then 64 (the prefetches, on the GPU of the bars); on any
-# other GPU, 63 (PDL at the dense rank of tp 2 and tp 1). The one-liner:
-#   G=$(nvidia-smi --query-gpu=name --format=csv,noheader); case "$G" in *H200*) C=61;; *) C=63;; esac
+# other GPU, 66 (the rank of tp 4's fast process), then 63 (PDL at the dense rank of tp 2 and tp 1). The one-liner:
+#   G=$(nvidia-smi --query-gpu=name --format=csv,noheader); case "$G" in *H200*) C=61;; *) C=66;; esac
 #   OUT=$OUT BUDGET=540 CALL=$C bash benchmarks/next_cycle.sh
 # On an H200, entries from its sweep ($OUT/own/gemv_table.py) that win end to end go into gemv_table.py under an
 # "H200" key, kept only where a second measurement agrees (benchmarks/device_table_merge.py's rule), and
@@ -170,6 +171,12 @@ if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the 
     step moe_tp1_nopdl_prof 70 python -c "$FLIP" $M --profile 64 --out "$OUT/e2e_moe_tp1_nopdl_prof.jsonl" )
   step moe_r2_again 60 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2_again.jsonl"
   step moe_tp1_again 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1_again.jsonl"
+elif [ "$CALL" = 66 ]; then  # issue 18's lead from the thirty-fifth session: one process of the rank of tp 4 ran
+  # 603.15 tok/s over its three runs, the same command a minute later 542.43. Six processes of that row, each with
+  # the profiler (kernel times per token; PDL on, the default there, so they overlap but still compare kernel by
+  # kernel): a fast one beside a slow one shows which kernel differs
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16
+  for n in 1 2 3 4 5 6; do row r4_bf16_prof$n 55 bf16 --simulate-tp 4 --batches 1 --profile 64; done
 elif [ "$CALL" = 65 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the H200) with CALL=64's prefetches
   # (PDL is on for MoE models at every width): at the rank of tp 2 the attention GEMMs' weights fit the 13 MB limit
   # (q/k/v 10.5 MB, o_proj 8.4 MB), at tp 1 only the router's does; tp 1 and the rank of tp 2 each way, twice
@@ -481,7 +488,7 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 else
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-65; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-66; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
