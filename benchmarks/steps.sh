@@ -12,11 +12,12 @@ step() {
   if [ "$(left)" -lt "$need" ]; then echo "SKIP $name ($(left) s left, needs $need)" | tee -a "$OUT/log.txt"; return; fi
   local t0; t0=$(date +%s)
   timeout $(( $(left) - 3 )) "$@" > "$OUT/$name.txt" 2>&1
-  echo "rc=$? $name $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt"
+  echo "rc=$? $name $(( $(date +%s) - t0 )) s, from $(date -u -d @$t0 +%T) UTC" | tee -a "$OUT/log.txt"
 }
 # The device returns at most 8 files per call: pack every step's output into one archive (log.txt stays
 # beside it, readable without unpacking). Call last.
 pack() {
+  [ -f /tmp/cycle_clocks.pid ] && kill "$(cat /tmp/cycle_clocks.pid)" 2>/dev/null; rm -f /tmp/cycle_clocks.pid
   (cd "$OUT" && tar -czf /tmp/cycle_pack.tgz --exclude log.txt . && find . -type f ! -name log.txt -delete \
     && mv /tmp/cycle_pack.tgz all.tgz)
 }
@@ -25,6 +26,12 @@ record_env() {
   { nvidia-smi --query-gpu=name,driver_version --format=csv; git log --oneline -1
     python -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"
   } > "$OUT/gpu.txt" 2>&1
+  # the clocks, temperature, power and throttle reasons every half second (UTC timestamps, as the step lines'
+  # "from"): whether a row that runs faster or slower than its twin ran at other clocks. Started from a subshell,
+  # so that a cycle's bare `wait` (for its checkpoint writers) does not wait for it; pack stops it.
+  ( timeout "$BUDGET" nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,temperature.gpu,power.draw,clocks_throttle_reasons.active \
+      --format=csv -lms 500 > "$OUT/clocks.csv" 2>&1 &
+    echo $! > /tmp/cycle_clocks.pid )
 }
 # A random checkpoint of a bench shape (hf_tp.bench.shapes), in the background: `write_ckpt SHAPE FOLDER SECONDS
 # [WEIGHTS] &` (WEIGHTS: bf16, fp8-block or fp8-channel), then `wait`; its exit status goes to $OUT/log.txt.
