@@ -48,6 +48,8 @@
 #      L2 before the PDL wait, against neither, interleaved; the attention kernel's PDL test with it first.
 #   CALL=65 (any GPU, after 64): qwen3-moe-mini at tp 1 and its rank of tp 2 with and without 64's prefetches.
 #   CALL=66 (any GPU): six processes of the rank of tp 4, profiled: which kernel a fast process runs faster.
+#   CALL=67 (any GPU, first in the thirty-sixth session): the FP8 eager prefill with its bound launches against the
+#      full path, bf16 beside it (issue 19's prefill bar), with the lanes' and the GEMV's GPU tests.
 #   CALL=63 (any GPU, a short call): the dense rank of tp 2 and tp 1 in bf16 with PDL on and off, interleaved.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
@@ -80,6 +82,9 @@ from hf_tp.kernels import gemv_triton as gt
 if os.environ.get('X16_TP1') == '1':
     for n, k, st, sp in ((28672, 4096, 3, 1), (4096, 14336, 3, 8)):
         gt.TABLE[('gemv', 1, n, k)] = dict(path='dot', BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=st, SPLIT=sp, X16=True)
+if os.environ.get('LANES'):  # LANES=0: FP8 eager prefill calls take the full path every time (no bound launches)
+    from hf_tp.kernels import fp8 as fp8_kernels
+    fp8_kernels.PREFILL_LANES = os.environ['LANES'] == '1'
 if os.environ.get('FOLD'):  # FOLD=1 / FOLD=0: the split-K sum in the GEMM or by the reduce kernel
     gt.FOLD_SPLIT = os.environ['FOLD'] == '1'
 gt.PREFETCH_WEIGHTS = os.environ.get('PF') == '1'
@@ -171,6 +176,24 @@ if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the 
     step moe_tp1_nopdl_prof 70 python -c "$FLIP" $M --profile 64 --out "$OUT/e2e_moe_tp1_nopdl_prof.jsonl" )
   step moe_r2_again 60 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2_again.jsonl"
   step moe_tp1_again 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1_again.jsonl"
+elif [ "$CALL" = 67 ]; then  # issue 19's "prefill not slower than bf16" (H200: eager prefill_ms 34.3 bf16 against
+  # 35.9 FP8 per channel; the forward is host-bound): the FP8 layers' bound prefill launches (hf_tp.kernels.fp8,
+  # "lanes", thirty-sixth session) against the full path, bf16 beside them, interleaved twice; their GPU test and
+  # the GEMV's GPU tests first (not run since the thirty-fifth session's prefetch_lines refactor)
+  write_8b_ckpts
+  step tests_lane 90 $T tests/test_fp8_kernel.py -k "prefill_lane or launch_cache"
+  step tests_gemv 150 $T tests/test_decode_gemm.py
+  wait
+  for pass in "" b; do
+    step pf_bf16$pass 50 python benchmarks/prefill_profile.py --model "$CK/llama3-8b-bf16" --json "$OUT/pf_bf16$pass.json"
+    step pf_fp8c_lanes$pass 50 python benchmarks/prefill_profile.py --model "$CK/llama3-8b-fp8-channel" \
+      --json "$OUT/pf_fp8c_lanes$pass.json"
+    step pf_fp8c_full$pass 50 python benchmarks/prefill_profile.py --model "$CK/llama3-8b-fp8-channel" --no-lanes \
+      --json "$OUT/pf_fp8c_full$pass.json"
+  done
+  row tp1_bf16 45 bf16 --batches 1
+  row tp1_fp8c 45 fp8-channel --batches 1
+  ( export LANES=0; row tp1_fp8c_nolanes 45 fp8-channel --batches 1 )
 elif [ "$CALL" = 66 ]; then  # issue 18's lead from the thirty-fifth session: one process of the rank of tp 4 ran
   # 603.15 tok/s over its three runs, the same command a minute later 542.43. Six processes of that row, each with
   # the profiler (kernel times per token; PDL on, the default there, so they overlap but still compare kernel by
@@ -488,7 +511,7 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 else
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-66; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-67; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"

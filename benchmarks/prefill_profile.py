@@ -9,7 +9,7 @@ CUDA events, the GPU's busy time (kernels summed), the host time of the forward,
 host ops by their own host time (where hf_tp's FP8 op and Triton's launches show).
 
   python benchmarks/prefill_profile.py --model CKPT [--prompt-len 128] [--two-term N [--scaled-mm]] [--json F]
-      [--cprofile N] [--no-launch-cache] [--compile]
+      [--cprofile N] [--no-launch-cache] [--no-lanes] [--compile]
 
 ``--compile``: the forward compiled as TPConfig.compile_prefill does (the prompt's dimensions dynamic; no cache,
 no CUDA graphs), to see what an
@@ -37,6 +37,7 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--no-launch-cache", action="store_true", help="hf_tp.kernels.launch_cache off")
+    ap.add_argument("--no-lanes", action="store_true", help="hf_tp.kernels.fp8.PREFILL_LANES off")
     ap.add_argument("--cprofile", type=int, default=0, help="forwards to run under cProfile (0: none)")
     ap.add_argument("--compile", action="store_true", help="the forward compiled (dynamic shapes, no cache)")
     args = ap.parse_args()
@@ -47,9 +48,11 @@ def main():
     from hf_tp.kernels import fp8_triton
     from hf_tp.parallel.comm import TPGroup
 
+    from hf_tp.kernels import fp8 as fp8_kernels
     from hf_tp.kernels import launch_cache
 
     launch_cache.ENABLED = not args.no_launch_cache
+    fp8_kernels.PREFILL_LANES = not args.no_lanes
     fp8_triton.PREFILL_TWO_TERM_MAX_M = args.two_term
     fp8_triton.TWO_TERM_SCALED_MM = args.scaled_mm
     device = torch.device(args.device, 0) if args.device == "cuda" else torch.device(args.device)
@@ -101,7 +104,7 @@ def main():
     gpu_us = sum(e.self_device_time_total for e in averages if e.device_type == torch.autograd.DeviceType.CUDA)
     kernels = sum(e.count for e in averages if e.device_type == torch.autograd.DeviceType.CUDA)
     result = dict(model=args.model, two_term=args.two_term, scaled_mm=args.scaled_mm,
-                  launch_cache=launch_cache.ENABLED, compiled=args.compile, warmup_s=round(warmup_s, 1),
+                  launch_cache=launch_cache.ENABLED, lanes=fp8_kernels.PREFILL_LANES, compiled=args.compile, warmup_s=round(warmup_s, 1),
                   forward_ms_events=sorted(events)[2] if events else None, forward_ms_host=sorted(host)[2],
                   gpu_busy_ms=gpu_us / 1e3, kernels=kernels)
     print(json.dumps(result), flush=True)

@@ -884,6 +884,49 @@ def test_launch_cache_matches_tritons_dispatch(path):
     assert direct, "no compiled kernel could be launched directly: the cache saves nothing on this Triton"
 
 
+@pytest.mark.gpu
+@needs_fp8_gpu
+def test_prefill_lane_repeats_the_full_paths_launch():
+    """hf_tp/kernels/fp8.py: an eager prefill-size call keeps its bound launch on the weight (one per prompt
+    shape), and a repeat call through it is bit-identical to the full path (checks, path choice, Triton's
+    dispatch), at two prompt lengths in turn, 2-D and 3-D x, x not 16-byte aligned, with and without a bias and
+    block scales cut by a tp slice; a call the lane does not fit (another shape, a strided x, the launch cache off)
+    still takes the full path."""
+    from hf_tp.kernels import fp8 as kernels
+    from hf_tp.kernels import launch_cache
+
+    N, K = 1392, 1024
+    for group_k, k_offset in ((K, 0), (128, 64)):
+        for bias in (True, False):
+            _, w, s, b = make(8, N, K, group_k, k_offset, bias=bias, device="cuda", seed=group_k)
+            for M, shape, aligned in ((128, (128, K), True), (100, (2, 50, K), True), (128, (128, K), False)):
+                x = make(M, N, K, group_k, k_offset, device="cuda", seed=M)[0].view(shape)
+                if not aligned:
+                    flat = torch.empty(x.numel() + 1, device="cuda", dtype=x.dtype)
+                    x = flat[1:].view(shape).copy_(x)
+                launch_cache.ENABLED = False
+                try:
+                    want = kernels.fp8_linear(x, w, s, group_k, k_offset, b)
+                finally:
+                    launch_cache.ENABLED = True
+                if shape == (128, K) and aligned:  # the weight's first calls: the cache off binds nothing
+                    assert getattr(w, kernels._PREFILL_LANES, None) is None
+                for _ in range(3):  # the first call binds the lane, the next two run through it
+                    got = kernels.fp8_linear(x, w, s, group_k, k_offset, b)
+                    torch.testing.assert_close(got, want, rtol=0, atol=0)
+                lanes = getattr(w, kernels._PREFILL_LANES)
+                assert kernels._lane_key(x, w, s, group_k, k_offset, b, False) in lanes
+                strided = torch.empty(shape[:-1] + (2 * K,), device="cuda", dtype=x.dtype)[..., :K].copy_(x)
+                torch.testing.assert_close(kernels.fp8_linear(strided, w, s, group_k, k_offset, b), want, rtol=0, atol=0)
+                assert kernels._lane_key(strided, w, s, group_k, k_offset, b, False) not in lanes
+            assert len(lanes) == 3  # one per (shape, alignment)
+            launch_cache.ENABLED = False
+            try:  # a bound lane with the cache off takes Triton's dispatch, as launch_cache.launch does
+                torch.testing.assert_close(kernels.fp8_linear(x, w, s, group_k, k_offset, b), want, rtol=0, atol=0)
+            finally:
+                launch_cache.ENABLED = True
+
+
 def test_fp16_copy_decision_stays_a_constant_of_the_trace():
     """hf_tp.kernels.fp8 marks ``_fp16_copy_wanted`` as torch.compiler.assume_constant_result would, without
     importing torch._dynamo at `import hf_tp`: the decorator must still only set what hf_tp sets (else a

@@ -98,6 +98,24 @@ def _use_kernel(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, grou
             and (scale.shape[1] == 1 or group_k >= 16))
 
 
+# An eager prefill is host-bound (benchmarks/RESULTS.md: on one H100, 128 tokens of the Llama-3-8B shape took 20.6
+# ms of host time for 9.9 ms of GPU work in bf16), so each FP8 layer's Python before its launch is the forward's
+# time. A weight keeps, under this attribute, the bound launch of each prompt shape its prefill kernel ran at
+# (``fp8_triton.bind_prefill``): a repeat call (the next prompt of that length, the same layer) skips the checks,
+# the path choice and the launch cache's key. The key holds no tensor, so nothing is kept alive by it.
+_PREFILL_LANES = "_hf_tp_prefill_lanes"
+MAX_PREFILL_LANES = 64  # prompt shapes kept per weight; past it the weight's lanes start again
+PREFILL_LANES = True  # benchmarks flip it (benchmarks/prefill_profile.py --no-lanes) to measure the full path
+
+
+def _lane_key(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
+              bias: torch.Tensor | None, act_fp8: bool) -> tuple:
+    """Everything a bound prefill launch depends on besides the tensors' addresses: x's shape, dtype, device,
+    layout and 16-byte alignment, the weight's, scale's and bias's storage, the groups and the path's switch."""
+    return (x.shape, x.dtype, x.get_device(), x.is_contiguous(), x.data_ptr() % 16 == 0, weight.data_ptr(),
+            scale.data_ptr(), None if bias is None else bias.data_ptr(), group_k, k_offset, act_fp8)
+
+
 def _fp8_linear_impl(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
                      bias: torch.Tensor | None, x16: torch.Tensor | None = None,
                      act_fp8: bool = False) -> torch.Tensor:
@@ -110,10 +128,22 @@ def _fp8_linear_impl(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
     x2 = x.reshape(-1, x.shape[-1])
     if x2.numel() == 0:
         return x.new_empty(*x.shape[:-1], weight.shape[0])
-    out = fp8_triton.launch(x2.contiguous(), weight, scale.float().contiguous(), group_k, k_offset,
-                            None if bias is None else bias.contiguous(),
-                            x16=None if x16 is None else x16.reshape(-1, x.shape[-1]).contiguous(),
-                            act_fp8=act_fp8)
+    x2, scale32 = x2.contiguous(), scale.float().contiguous()
+    bias_c = None if bias is None else bias.contiguous()
+    if (PREFILL_LANES and x16 is None and x.is_contiguous() and scale32 is scale and bias_c is bias
+            and fp8_triton.choose_path(x2.shape[0], x2.shape[1], scale.shape[1], group_k, k_offset, act_fp8) == "prefill"):
+        key = _lane_key(x, weight, scale, group_k, k_offset, bias, act_fp8)  # before the call: x's layout as passed
+        out, lane = fp8_triton.bind_prefill(x2, weight, scale, group_k, k_offset, bias)
+        if lane is not None:
+            lanes = getattr(weight, _PREFILL_LANES, None)
+            if lanes is None or len(lanes) >= MAX_PREFILL_LANES:
+                lanes = {}
+                setattr(weight, _PREFILL_LANES, lanes)
+            lanes[key] = lane
+    else:
+        out = fp8_triton.launch(x2, weight, scale32, group_k, k_offset, bias_c,
+                                x16=None if x16 is None else x16.reshape(-1, x.shape[-1]).contiguous(),
+                                act_fp8=act_fp8)
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -264,17 +294,22 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group
     launcher makes it. Inductor may round that copy from the producer's fp32 value rather than from the bf16 x it
     also stores (it does not round fused intermediates to bf16): the compiled product can then be a little more
     precise than the eager one, never of another range."""
+    if not torch.compiler.is_compiling():
+        lanes = getattr(weight, _PREFILL_LANES, None)  # a prompt shape this layer ran before: its bound launch
+        lane = lanes.get(_lane_key(x, weight, scale, group_k, k_offset, bias, act_fp8)) if lanes else None
+        if lane is not None:
+            return lane(x.view(-1, x.shape[-1]), weight, scale, bias).view(*x.shape[:-1], weight.shape[0])
+        _check(x, weight, scale, group_k, k_offset, bias)
+        return _fp8_linear_impl(x, weight, scale, int(group_k), int(k_offset), bias, None, bool(act_fp8))
     _check(x, weight, scale, group_k, k_offset, bias)
     x16 = None
-    # Under a dynamic-shape trace the decision needs the weight's shape and group_k as constants: a module's
-    # parameters and int attributes are (hf_tp's layers); plain tensors and ints captured by a closure are not.
-    if (torch.compiler.is_compiling() and x.is_cuda and x.dtype == torch.bfloat16
-            and weight.dtype == torch.float8_e4m3fn and weight.stride(1) == 1):
+    # Traced from here on. Under a dynamic-shape trace the decision needs the weight's shape and group_k as
+    # constants: a module's parameters and int attributes are (hf_tp's layers); plain tensors and ints captured by
+    # a closure are not.
+    if x.is_cuda and x.dtype == torch.bfloat16 and weight.dtype == torch.float8_e4m3fn and weight.stride(1) == 1:
         at_one, at_few = _fp16_copy_wanted(x.device.index, weight.shape[0], weight.shape[1], scale.shape[1],
                                            int(group_k), int(k_offset))
         rows = x.numel() // max(1, x.shape[-1])
         if (at_one and rows == 1) or (at_few and 2 <= rows <= _DOT_MAX_M):
             x16 = x.to(torch.float16)
-    if not torch.compiler.is_compiling():
-        return _fp8_linear_impl(x, weight, scale, int(group_k), int(k_offset), bias, x16, bool(act_fp8))
     return _fp8_linear_op(x, weight, scale, int(group_k), int(k_offset), bias, x16, bool(act_fp8))

@@ -170,10 +170,42 @@ def launch_prefill(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, 
     else:
         grid, meta = _prefill_plan(M, N, K, G, group_k)
     out = torch.empty((M, N), device=x2.device, dtype=x2.dtype)
-    launch_cache.launch(_prefill, grid, x2, weight, scale, bias if bias is not None else x2, out, M, N, K, G,
-                        group_k, k_offset, x2.stride(0), weight.stride(0), scale.stride(0), out.stride(0),
+    launch_cache.launch(_prefill, grid, *_prefill_args(x2, weight, scale, bias, out, group_k, k_offset),
                         HAS_BIAS=bias is not None, **meta)
     return out
+
+
+def _prefill_args(x2, weight, scale, bias, out, group_k: int, k_offset: int) -> tuple:
+    M, K = x2.shape
+    return (x2, weight, scale, bias if bias is not None else x2, out, M, weight.shape[0], K, scale.shape[1], group_k,
+            k_offset, x2.stride(0), weight.stride(0), scale.stride(0), out.stride(0))
+
+
+def bind_prefill(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
+                 bias: torch.Tensor | None):
+    """``launch_prefill`` with ``prefill_config``'s tiles, and a function that repeats it
+    (``launch_cache.bind``): (out, repeat), ``repeat(x2, weight, scale, bias)`` returning the next out, or None
+    where the launch cannot be bound. ``repeat`` takes tensors that ``launch_cache.launch`` would key alike
+    (x2 of this shape, contiguous, and this 16-byte alignment; the same weight, scale and bias layouts): an eager
+    layer keeps one per prompt shape (``hf_tp.kernels.fp8``), so that a repeat call pays the launch alone."""
+    M, K = x2.shape
+    N, G = weight.shape[0], scale.shape[1]
+    grid, meta = _prefill_plan(M, N, K, G, group_k)
+    out = torch.empty((M, N), device=x2.device, dtype=x2.dtype)
+    has_bias = bias is not None
+    bound = launch_cache.bind(_prefill, grid, *_prefill_args(x2, weight, scale, bias, out, group_k, k_offset),
+                              HAS_BIAS=has_bias, **meta)
+    if bound is None:
+        return out, None
+    sizes = _prefill_args(x2, weight, scale, bias, out, group_k, k_offset)[5:]
+    device, dtype = x2.device, x2.dtype
+
+    def repeat(x2, weight, scale, bias):
+        out = torch.empty((M, N), device=device, dtype=dtype)
+        bound(x2, weight, scale, bias if has_bias else x2, out, *sizes)
+        return out
+
+    return out, repeat
 
 
 @triton.jit
@@ -464,6 +496,19 @@ def takes_fp16(M: int, N: int, K: int, G: int, group_k: int, k_offset: int) -> b
     return gemv_triton.takes_fp16(cfg, 1, torch.bfloat16, mode)
 
 
+def choose_path(M: int, K: int, G: int, group_k: int, k_offset: int, act_fp8: bool = False,
+                epilogue: bool = False) -> str | None:
+    """``launch``'s path for M rows by the measured limits above ("two_term", "prefill_fp8", "prefill" or
+    "dequant"); None: the decode kernels, whose own table picks the form. ``epilogue``: a norm or glu_out form."""
+    if M <= DOT_MAX_M:
+        return "two_term" if G == 1 and M <= DECODE_TWO_TERM_MAX_M and not epilogue else None
+    if act_fp8 and not epilogue and (G == 1 or M <= PREFILL_FP8_BLOCK_MAX_M) and fp8_step(G, K, group_k, k_offset):
+        return "prefill_fp8"
+    if G == 1 and M <= PREFILL_TWO_TERM_MAX_M and not epilogue:
+        return "two_term"
+    return "prefill" if M <= PREFILL_MAX_M and not epilogue else "dequant"
+
+
 def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
            bias: torch.Tensor | None, config: dict | None = None, path: str | None = None,
            x16: torch.Tensor | None = None, norm: dict | None = None, act_fp8: bool = False,
@@ -479,16 +524,8 @@ def launch(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k:
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
     epilogue = bool(norm) or glu_out
-    if path is None and M <= DOT_MAX_M and G == 1 and M <= DECODE_TWO_TERM_MAX_M and not epilogue:
-        path = "two_term"
-    if path is None and M > DOT_MAX_M:
-        if act_fp8 and not epilogue and (G == 1 or M <= PREFILL_FP8_BLOCK_MAX_M) and fp8_step(G, K, group_k,
-                                                                                             k_offset):
-            path = "prefill_fp8"
-        elif G == 1 and M <= PREFILL_TWO_TERM_MAX_M and not epilogue:
-            path = "two_term"
-        else:
-            path = "prefill" if M <= PREFILL_MAX_M and not epilogue else "dequant"
+    if path is None:
+        path = choose_path(M, K, G, group_k, k_offset, act_fp8, epilogue)
     if epilogue and path in ("prefill", "dequant", "prefill_fp8", "two_term"):
         raise ValueError(f"fp8_triton: the norm and glu_out forms run on the decode kernels only (at most "
                          f"{DOT_MAX_M} rows, paths gemv and skinny), not on path {path!r} ({M} rows)")

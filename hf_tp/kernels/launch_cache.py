@@ -53,7 +53,7 @@ def launch(kernel, grid: tuple, *args, **meta):
     if not ENABLED or _hooks_set():
         kernel[grid](*args, **meta)
         return
-    key = (kernel, grid, tuple(map(_arg_key, args)), tuple(meta.items()))
+    key = _key(kernel, grid, args, meta)
     entry = _COMPILED.get(key)
     if entry is None:
         if len(_COMPILED) >= MAX_ENTRIES:
@@ -76,6 +76,39 @@ def launch(kernel, grid: tuple, *args, **meta):
     # the launcher's arguments as JITFunction.run passes them, with no launch metadata or hooks (none are set)
     compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None, *args,
                  *(meta[n] for n in tail))
+
+
+def _key(kernel, grid: tuple, args: tuple, meta: dict) -> tuple:
+    return kernel, grid, tuple(map(_arg_key, args)), tuple(meta.items())
+
+
+def bind(kernel, grid: tuple, *args, **meta):
+    """``launch(kernel, grid, *args, **meta)``, then the compiled kernel's launcher bound to this call's grid,
+    constexprs and launch options: a function of the leading arguments alone that launches it again, without the
+    key ``launch`` builds over every argument. Its caller must pass arguments that ``launch`` would key alike
+    (tensors of the same dtypes, devices and 16-byte alignment, the same other values), so it keys its own
+    cache by what can change (an eager layer's GEMM: the prompt's shape). None where ``launch`` takes Triton's
+    dispatch; the bound function takes it too while a launch hook is registered or the cache is off."""
+    launch(kernel, grid, *args, **meta)
+    if not ENABLED or _hooks_set():
+        return None
+    entry = _COMPILED.get(_key(kernel, grid, args, meta))
+    if entry is None or entry is _SLOW:
+        return None
+    compiled, (g0, g1, g2), tail = entry
+    tail_values = tuple(meta[n] for n in tail)
+    from triton.runtime import driver
+
+    def run(*call_args):
+        if not ENABLED or _hooks_set():
+            kernel[grid](*call_args, **meta)
+            return
+        active = driver.active
+        stream = active.get_current_stream(active.get_current_device())
+        compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None, *call_args,
+                     *tail_values)
+
+    return run
 
 
 def clear() -> None:
