@@ -50,6 +50,7 @@
 #   CALL=66 (any GPU): six processes of the rank of tp 4, profiled: which kernel a fast process runs faster.
 #   CALL=67 (any GPU, first in the thirty-sixth session): the FP8 eager prefill with its bound launches against the
 #      full path, bf16 beside it (issue 19's prefill bar), with the lanes' and the GEMV's GPU tests.
+#   CALL=68 (an H200, after 67): 67's prefill comparison in one process (benchmarks/prefill_ab.py), then CALL=58.
 #   CALL=63 (any GPU, a short call): the dense rank of tp 2 and tp 1 in bf16 with PDL on and off, interleaved.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
@@ -154,6 +155,12 @@ write_8b_ckpts() {  # the Llama-3-8B shape in bf16 and FP8 per channel, from the
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
 }
+if [ "$CALL" = 68 ]; then  # CALL=58 (issue 21 on this GPU) with issue 19's eager prefill first: bf16 and FP8 per
+  # channel (lanes on and off) in one process, interleaved (benchmarks/prefill_ab.py), because separate processes
+  # measured the host's drift (CALL=67, thirty-sixth session)
+  write_8b_ckpts
+  CALL=58 AB_FIRST=1
+fi
 if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the H200, twenty-ninth session): where its
   # time goes, with additive kernel times (PDL off: with it on, a kernel's time overlaps the one before it, 1720.5 µs
   # of kernels in 988.8 µs of wall), beside the rows with PDL on and off
@@ -164,6 +171,11 @@ if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the 
   # session: both run on CPU only), meanwhile
   step tests_load 150 $T tests/test_gpu_load.py tests/test_moe_routing.py
   wait
+  if [ -n "${AB_FIRST:-}" ]; then
+    step prefill_ab 100 python benchmarks/prefill_ab.py --bf16 "$CK/llama3-8b-bf16" --fp8 "$CK/llama3-8b-fp8-channel" \
+      --json "$OUT/prefill_ab.json"
+    rm -rf "$CK/llama3-8b-bf16" "$CK/llama3-8b-fp8-channel"  # the MoE rows' page cache
+  fi
   M="--system hf_tp --mode compile --tp-size 1 --model $CK/qwen3-moe-mini --batches 1"
   step moe_tp1 60 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1.jsonl"
   step moe_r2 60 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2.jsonl"
@@ -511,7 +523,7 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 else
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-67; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-68; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"

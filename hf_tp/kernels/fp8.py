@@ -295,7 +295,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group
     also stores (it does not round fused intermediates to bf16): the compiled product can then be a little more
     precise than the eager one, never of another range."""
     if not torch.compiler.is_compiling():
-        lanes = getattr(weight, _PREFILL_LANES, None)  # a prompt shape this layer ran before: its bound launch
+        lanes = getattr(weight, _PREFILL_LANES, None) if PREFILL_LANES else None  # a prompt shape run before
         lane = lanes.get(_lane_key(x, weight, scale, group_k, k_offset, bias, act_fp8)) if lanes else None
         if lane is not None:
             return lane(x.view(-1, x.shape[-1]), weight, scale, bias).view(*x.shape[:-1], weight.shape[0])
