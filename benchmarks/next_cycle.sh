@@ -51,6 +51,7 @@
 #   CALL=67 (any GPU, first in the thirty-sixth session): the FP8 eager prefill with its bound launches against the
 #      full path, bf16 beside it (issue 19's prefill bar), with the lanes' and the GEMV's GPU tests.
 #   CALL=68 (an H200, after 67): 67's prefill comparison in one process (benchmarks/prefill_ab.py), then CALL=58.
+#   CALL=69 (not an H200): 68's prefill comparison, then CALL=66.
 #   CALL=63 (any GPU, a short call): the dense rank of tp 2 and tp 1 in bf16 with PDL on and off, interleaved.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
@@ -160,6 +161,13 @@ if [ "$CALL" = 68 ]; then  # CALL=58 (issue 21 on this GPU) with issue 19's eage
   # measured the host's drift (CALL=67, thirty-sixth session)
   write_8b_ckpts
   CALL=58 AB_FIRST=1
+fi
+if [ "$CALL" = 69 ]; then  # on a GPU other than an H200: 68's prefill comparison, then CALL=66 (issue 18's lead)
+  write_8b_ckpts
+  wait
+  step prefill_ab 100 python benchmarks/prefill_ab.py --bf16 "$CK/llama3-8b-bf16" --fp8 "$CK/llama3-8b-fp8-channel" \
+    --json "$OUT/prefill_ab.json"
+  CALL=66
 fi
 if [ "$CALL" = 58 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the H200, twenty-ninth session): where its
   # time goes, with additive kernel times (PDL off: with it on, a kernel's time overlaps the one before it, 1720.5 µs
@@ -523,7 +531,7 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 else
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-68; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-69; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
