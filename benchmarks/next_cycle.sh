@@ -59,11 +59,13 @@
 #      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|55] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU.
-# Next (after the thirty-fifth session: 62 and 64 ran on an H100, no H200 came; 64's prefetches were not faster
-# there): on an H200, 61 (its own per-channel entries with the fp16 GEMV in the sweep's grid, then the rows with and
-# without them), then 58 (issue 21's ratio and load bar), then 64 (the prefetches, on the GPU of the bars); on any
-# other GPU, 66 (the rank of tp 4's fast process), then 63 (PDL at the dense rank of tp 2 and tp 1). The one-liner:
-#   G=$(nvidia-smi --query-gpu=name --format=csv,noheader); case "$G" in *H200*) C=61;; *) C=66;; esac
+# Next (after the thirty-sixth session: 67 and 68 ran on an H200; the FP8 prefill is at 1.013x bf16 in one process,
+# the MoE rank of tp 2 at 1.42x): first the FP8 lanes without their two views (x and out passed to the kernel in
+# their own shapes; written and taken out in the thirty-sixth session for want of device time) with
+# test_prefill_lane_repeats_the_full_paths_launch and prefill_ab.py, then on an H200 61 (its own FP8 per-channel
+# entries); on any other GPU 69 (the prefill comparison, then 66: the rank of tp 4's fast process, with clocks.csv
+# now beside it). The one-liner:
+#   G=$(nvidia-smi --query-gpu=name --format=csv,noheader); case "$G" in *H200*) C=61;; *) C=69;; esac
 #   OUT=$OUT BUDGET=540 CALL=$C bash benchmarks/next_cycle.sh
 # On an H200, entries from its sweep ($OUT/own/gemv_table.py) that win end to end go into gemv_table.py under an
 # "H200" key, kept only where a second measurement agrees (benchmarks/device_table_merge.py's rule), and
