@@ -222,6 +222,7 @@ elif [ "$CALL" = 66 ]; then  # issue 18's lead from the thirty-fifth session: on
   # kernel): a fast one beside a slow one shows which kernel differs
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16
   for n in 1 2 3 4 5 6; do row r4_bf16_prof$n 55 bf16 --simulate-tp 4 --batches 1 --profile 64; done
+  step r4_diff 5 python benchmarks/profile_diff.py "$OUT"/e2e_r4_bf16_prof*.jsonl  # kernel by kernel, side by side
 elif [ "$CALL" = 65 ]; then  # issue 21's rank of tp 2 (1.39-1.42x of 1.5x on the H200) with CALL=64's prefetches
   # (PDL is on for MoE models at every width): at the rank of tp 2 the attention GEMMs' weights fit the 13 MB limit
   # (q/k/v 10.5 MB, o_proj 8.4 MB), at tp 1 only the router's does; tp 1 and the rank of tp 2 each way, twice
