@@ -914,6 +914,8 @@ def test_prefill_lane_repeats_the_full_paths_launch():
                 for _ in range(3):  # the first call binds the lane, the next two run through it
                     got = kernels.fp8_linear(x, w, s, group_k, k_offset, b)
                     torch.testing.assert_close(got, want, rtol=0, atol=0)
+                    # allocated in x's leading shape, not viewed into it (the lane makes no view on either side)
+                    assert got.shape == shape[:-1] + (N,) and got.is_contiguous() and got._base is None
                 lanes = getattr(w, kernels._PREFILL_LANES)
                 assert kernels._lane_key(x, w, s, group_k, k_offset, b, False) in lanes
                 strided = torch.empty(shape[:-1] + (2 * K,), device="cuda", dtype=x.dtype)[..., :K].copy_(x)

@@ -133,17 +133,18 @@ def _fp8_linear_impl(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
     if (PREFILL_LANES and x16 is None and x.is_contiguous() and scale32 is scale and bias_c is bias
             and fp8_triton.choose_path(x2.shape[0], x2.shape[1], scale.shape[1], group_k, k_offset, act_fp8) == "prefill"):
         key = _lane_key(x, weight, scale, group_k, k_offset, bias, act_fp8)  # before the call: x's layout as passed
-        out, lane = fp8_triton.bind_prefill(x2, weight, scale, group_k, k_offset, bias)
+        out, lane = fp8_triton.bind_prefill(x2, weight, scale, group_k, k_offset, bias,
+                                            out_shape=(*x.shape[:-1], weight.shape[0]))
         if lane is not None:
             lanes = getattr(weight, _PREFILL_LANES, None)
             if lanes is None or len(lanes) >= MAX_PREFILL_LANES:
                 lanes = {}
                 setattr(weight, _PREFILL_LANES, lanes)
             lanes[key] = lane
-    else:
-        out = fp8_triton.launch(x2, weight, scale32, group_k, k_offset, bias_c,
-                                x16=None if x16 is None else x16.reshape(-1, x.shape[-1]).contiguous(),
-                                act_fp8=act_fp8)
+        return out  # already in x's leading shape
+    out = fp8_triton.launch(x2, weight, scale32, group_k, k_offset, bias_c,
+                            x16=None if x16 is None else x16.reshape(-1, x.shape[-1]).contiguous(),
+                            act_fp8=act_fp8)
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -298,7 +299,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group
         lanes = getattr(weight, _PREFILL_LANES, None) if PREFILL_LANES else None  # a prompt shape run before
         lane = lanes.get(_lane_key(x, weight, scale, group_k, k_offset, bias, act_fp8)) if lanes else None
         if lane is not None:
-            return lane(x.view(-1, x.shape[-1]), weight, scale, bias).view(*x.shape[:-1], weight.shape[0])
+            return lane(x, weight, scale, bias)  # x as passed, out in x's leading shape: no views
         _check(x, weight, scale, group_k, k_offset, bias)
         return _fp8_linear_impl(x, weight, scale, int(group_k), int(k_offset), bias, None, bool(act_fp8))
     _check(x, weight, scale, group_k, k_offset, bias)

@@ -182,16 +182,21 @@ def _prefill_args(x2, weight, scale, bias, out, group_k: int, k_offset: int) -> 
 
 
 def bind_prefill(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, group_k: int, k_offset: int,
-                 bias: torch.Tensor | None):
+                 bias: torch.Tensor | None, out_shape: tuple | None = None):
     """``launch_prefill`` with ``prefill_config``'s tiles, and a function that repeats it
     (``launch_cache.bind``): (out, repeat), ``repeat(x2, weight, scale, bias)`` returning the next out, or None
     where the launch cannot be bound. ``repeat`` takes tensors that ``launch_cache.launch`` would key alike
     (x2 of this shape, contiguous, and this 16-byte alignment; the same weight, scale and bias layouts): an eager
-    layer keeps one per prompt shape (``hf_tp.kernels.fp8``), so that a repeat call pays the launch alone."""
+    layer keeps one per prompt shape (``hf_tp.kernels.fp8``), so that a repeat call pays the launch alone.
+
+    The kernel takes addresses and row strides only, so ``repeat`` may be given x in any contiguous shape of
+    x2's rows (a prompt's (batch, length, K)), and ``out_shape`` (default (M, N)) is the shape its outputs are
+    allocated in: a repeat call then makes no view on either side."""
     M, K = x2.shape
     N, G = weight.shape[0], scale.shape[1]
     grid, meta = _prefill_plan(M, N, K, G, group_k)
-    out = torch.empty((M, N), device=x2.device, dtype=x2.dtype)
+    out_shape = (M, N) if out_shape is None else tuple(out_shape)
+    out = torch.empty(out_shape, device=x2.device, dtype=x2.dtype)
     has_bias = bias is not None
     bound = launch_cache.bind(_prefill, grid, *_prefill_args(x2, weight, scale, bias, out, group_k, k_offset),
                               HAS_BIAS=has_bias, **meta)
@@ -200,9 +205,9 @@ def bind_prefill(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, gr
     sizes = _prefill_args(x2, weight, scale, bias, out, group_k, k_offset)[5:]
     device, dtype = x2.device, x2.dtype
 
-    def repeat(x2, weight, scale, bias):
-        out = torch.empty((M, N), device=device, dtype=dtype)
-        bound(x2, weight, scale, bias if has_bias else x2, out, *sizes)
+    def repeat(x, weight, scale, bias):
+        out = torch.empty(out_shape, device=device, dtype=dtype)
+        bound(x, weight, scale, bias if has_bias else x, out, *sizes)
         return out
 
     return out, repeat
