@@ -282,9 +282,13 @@ elif [ "$CALL" = 61 ]; then  # issue 19's FP8 per channel with this GPU's own en
   fi
   cp hf_tp/kernels/gemv_table.py /tmp/gemv_table_shipped.py
   mkdir -p "$OUT/own"
+  # the prefill lanes without their views (thirty-seventh session): their GPU test, and prefill_ab.py after the wait
+  step tests_lane 90 $T tests/test_fp8_kernel.py -k "prefill_lane or launch_cache"
   step sweep_own 150 timeout 180 python benchmarks/fp8_gemm.py --out "$OUT/own/sweep.json" --tps 1,2 --ms 1 --sweep \
     --precompile 15 --kinds fp8 --fp8-scales channel --gemms qkv,o,gate_up,down --device-table "$KEY"
   wait
+  step prefill_ab 60 python benchmarks/prefill_ab.py --bf16 "$CK/llama3-8b-bf16" --fp8 "$CK/llama3-8b-fp8-channel" \
+    --json "$OUT/prefill_ab.json"
   use_table() {  # use_table shipped|swept: which gemv_table.py the next rows import
     if [ "$1" = swept ] && [ -f "$OUT/own/gemv_table.py" ]; then cp "$OUT/own/gemv_table.py" hf_tp/kernels/gemv_table.py
     else cp /tmp/gemv_table_shipped.py hf_tp/kernels/gemv_table.py; fi
