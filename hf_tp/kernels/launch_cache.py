@@ -35,15 +35,33 @@ def _arg_key(arg):
     return (type(arg), arg)
 
 
+_RUNTIME_KNOBS = None  # triton.knobs.runtime, looked up once (an import statement per launch costs a µs of host time)
+
+
 def _hooks_set() -> bool:
     """Whether a launch hook is registered (a profiler such as Proton): then every call takes Triton's dispatch,
     which calls it. Triton 3.x keeps the hooks as a chain that is never None (``knobs.runtime``)."""
-    try:
-        from triton import knobs
-    except ImportError:  # Triton before 3.4 keeps its hooks elsewhere: its dispatch every time
-        return True
-    hook = knobs.runtime.launch_enter_hook
+    global _RUNTIME_KNOBS
+    runtime = _RUNTIME_KNOBS
+    if runtime is None:
+        try:
+            from triton import knobs
+        except ImportError:  # Triton before 3.4 keeps its hooks elsewhere: its dispatch every time
+            return True
+        runtime = _RUNTIME_KNOBS = knobs.runtime
+    hook = runtime.launch_enter_hook
     return hook is not None and bool(getattr(hook, "calls", True))
+
+
+def _stream_getters(active):
+    """(current device, current stream of a device) as Triton's launch asks them. Its CUDA driver asks
+    torch.cuda.current_device, whose Python wrapper (lazy init, then torch._C._cuda_getDevice) is host time on
+    every launch; where a CUDA tensor is already being launched on, the init has run, so the C call alone gives
+    the same answer."""
+    get_device = active.get_current_device
+    if get_device is torch.cuda.current_device:
+        get_device = torch._C._cuda_getDevice
+    return get_device, active.get_current_stream
 
 
 def launch(kernel, grid: tuple, *args, **meta):
@@ -99,12 +117,13 @@ def bind(kernel, grid: tuple, *args, **meta):
     tail_values = tuple(meta[n] for n in tail)
     from triton.runtime import driver
 
+    get_device, get_stream = _stream_getters(driver.active)
+
     def run(*call_args):
         if not ENABLED or _hooks_set():
             kernel[grid](*call_args, **meta)
             return
-        active = driver.active
-        stream = active.get_current_stream(active.get_current_device())
+        stream = get_stream(get_device())
         compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None, *call_args,
                      *tail_values)
 
