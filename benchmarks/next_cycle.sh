@@ -166,6 +166,8 @@ if [ "$CALL" = 68 ]; then  # CALL=58 (issue 21 on this GPU) with issue 19's eage
 fi
 if [ "$CALL" = 69 ]; then  # on a GPU other than an H200: 68's prefill comparison, then CALL=66 (issue 18's lead)
   write_8b_ckpts
+  # the prefill lanes without their views and the lighter bound launch (thirty-seventh session): their GPU test
+  step tests_lane 90 $T tests/test_fp8_kernel.py -k "prefill_lane or launch_cache"
   wait
   step prefill_ab 100 python benchmarks/prefill_ab.py --bf16 "$CK/llama3-8b-bf16" --fp8 "$CK/llama3-8b-fp8-channel" \
     --json "$OUT/prefill_ab.json"
