@@ -52,6 +52,7 @@
 #      full path, bf16 beside it (issue 19's prefill bar), with the lanes' and the GEMV's GPU tests.
 #   CALL=68 (an H200, after 67): 67's prefill comparison in one process (benchmarks/prefill_ab.py), then CALL=58.
 #   CALL=69 (not an H200): 68's prefill comparison, then CALL=66.
+#   CALL=70 (any GPU, a short call): the lanes' GPU test and prefill_ab.py twice.
 #   CALL=63 (any GPU, a short call): the dense rank of tp 2 and tp 1 in bf16 with PDL on and off, interleaved.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
@@ -163,6 +164,17 @@ if [ "$CALL" = 68 ]; then  # CALL=58 (issue 21 on this GPU) with issue 19's eage
   # measured the host's drift (CALL=67, thirty-sixth session)
   write_8b_ckpts
   CALL=58 AB_FIRST=1
+fi
+if [ "$CALL" = 70 ]; then  # a short call (any GPU, thirty-seventh session): the prefill lanes without their views and
+  # the lighter bound launch, their GPU test and the one-process prefill comparison alone
+  write_8b_ckpts
+  step tests_lane 90 $T tests/test_fp8_kernel.py -k "prefill_lane or launch_cache"
+  wait
+  step prefill_ab 60 python benchmarks/prefill_ab.py --bf16 "$CK/llama3-8b-bf16" --fp8 "$CK/llama3-8b-fp8-channel" \
+    --json "$OUT/prefill_ab.json"
+  step prefill_ab2 60 python benchmarks/prefill_ab.py --bf16 "$CK/llama3-8b-bf16" --fp8 "$CK/llama3-8b-fp8-channel" \
+    --json "$OUT/prefill_ab2.json"
+  CALL=done
 fi
 if [ "$CALL" = 69 ]; then  # on a GPU other than an H200: 68's prefill comparison, then CALL=66 (issue 18's lead)
   write_8b_ckpts
@@ -539,8 +551,8 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   step moe_r2 70 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2.jsonl"
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
-else
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-69; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+elif [ "$CALL" != done ]; then
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-70; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
