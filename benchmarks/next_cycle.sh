@@ -60,12 +60,10 @@
 #      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|55] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU.
-# Next (after the thirty-sixth session: 67 and 68 ran on an H200; the FP8 prefill is at 1.013x bf16 in one process,
-# the MoE rank of tp 2 at 1.42x): first the FP8 lanes without their two views (x and out passed to the kernel in
-# their own shapes; written and taken out in the thirty-sixth session for want of device time) with
-# test_prefill_lane_repeats_the_full_paths_launch and prefill_ab.py, then on an H200 61 (its own FP8 per-channel
-# entries); on any other GPU 69 (the prefill comparison, then 66: the rank of tp 4's fast process, with clocks.csv
-# now beside it). The one-liner:
+# Next (after the thirty-seventh session, which got no machine: the lanes without their views and the lighter bound
+# launch wait for their GPU test): on an H200 61 (the lanes' test and prefill_ab.py first, then its own FP8
+# per-channel entries); on any other GPU 69 (the lanes' test, the prefill comparison, then 66); 70 where a call has
+# little time. The one-liner:
 #   G=$(nvidia-smi --query-gpu=name --format=csv,noheader); case "$G" in *H200*) C=61;; *) C=69;; esac
 #   OUT=$OUT BUDGET=540 CALL=$C bash benchmarks/next_cycle.sh
 # On an H200, entries from its sweep ($OUT/own/gemv_table.py) that win end to end go into gemv_table.py under an
