@@ -197,12 +197,13 @@ def bind_prefill(x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, gr
     grid, meta = _prefill_plan(M, N, K, G, group_k)
     out_shape = (M, N) if out_shape is None else tuple(out_shape)
     out = torch.empty(out_shape, device=x2.device, dtype=x2.dtype)
+    out2 = out.view(M, N)  # the kernel's row stride is N in any out_shape (out.stride(0) of a 3-D out is not)
     has_bias = bias is not None
-    bound = launch_cache.bind(_prefill, grid, *_prefill_args(x2, weight, scale, bias, out, group_k, k_offset),
+    bound = launch_cache.bind(_prefill, grid, *_prefill_args(x2, weight, scale, bias, out2, group_k, k_offset),
                               HAS_BIAS=has_bias, **meta)
     if bound is None:
         return out, None
-    sizes = _prefill_args(x2, weight, scale, bias, out, group_k, k_offset)[5:]
+    sizes = _prefill_args(x2, weight, scale, bias, out2, group_k, k_offset)[5:]
     device, dtype = x2.device, x2.dtype
 
     def repeat(x, weight, scale, bias):
