@@ -60,8 +60,8 @@
 #      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|55] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU.
-# Next (after the thirty-seventh session, which got no machine: the lanes without their views and the lighter bound
-# launch wait for their GPU test): on an H200 61 (the lanes' test and prefill_ab.py first, then its own FP8
+# Next (after the thirty-seventh session: its one short H100 call found the viewless lanes' 3-D stride bug, fixed in
+# 55681e0 and tested there, 5 passed; prefill_ab.py has not measured them yet): on an H200 61 (the lanes' test and prefill_ab.py first, then its own FP8
 # per-channel entries); on any other GPU 69 (the lanes' test, the prefill comparison, then 66); 70 where a call has
 # little time. The one-liner:
 #   G=$(nvidia-smi --query-gpu=name --format=csv,noheader); case "$G" in *H200*) C=61;; *) C=69;; esac
