@@ -53,6 +53,8 @@
 #   CALL=68 (an H200, after 67): 67's prefill comparison in one process (benchmarks/prefill_ab.py), then CALL=58.
 #   CALL=69 (not an H200): 68's prefill comparison, then CALL=66.
 #   CALL=70 (any GPU, a short call): the lanes' GPU test and prefill_ab.py twice.
+#   CALL=71 (any GPU): issue 18's dense rows (tp 1, ranks of tp 2, 4, 8 in bf16; FP8 tp 1) with the GPU-timed decode
+#      rate (CUDA events around the decode steps) beside the wall-difference one, and its GPU test.
 #   CALL=63 (any GPU, a short call): the dense rank of tp 2 and tp 1 in bf16 with PDL on and off, interleaved.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
@@ -60,11 +62,11 @@
 #      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|55] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU.
-# Next (after the thirty-seventh session: its one short H100 call found the viewless lanes' 3-D stride bug, fixed in
-# 55681e0 and tested there, 5 passed; prefill_ab.py has not measured them yet): on an H200 61 (the lanes' test and prefill_ab.py first, then its own FP8
-# per-channel entries); on any other GPU 69 (the lanes' test, the prefill comparison, then 66); 70 where a call has
-# little time. The one-liner:
-#   G=$(nvidia-smi --query-gpu=name --format=csv,noheader); case "$G" in *H200*) C=61;; *) C=69;; esac
+# Next (after the thirty-eighth session's H100 call: the viewless lanes' prefill 0.9465x bf16 there; the rank of tp 4's
+# spread lies outside every kernel, and run_system now also times the decode steps on the GPU): on an H200 61 (the
+# lanes' test and prefill_ab.py first, then its own FP8 per-channel entries), on any other GPU 71 (issue 18's rows
+# with the GPU-timed rate). The one-liner:
+#   G=$(nvidia-smi --query-gpu=name --format=csv,noheader); case "$G" in *H200*) C=61;; *) C=71;; esac
 #   OUT=$OUT BUDGET=540 CALL=$C bash benchmarks/next_cycle.sh
 # On an H200, entries from its sweep ($OUT/own/gemv_table.py) that win end to end go into gemv_table.py under an
 # "H200" key, kept only where a second measurement agrees (benchmarks/device_table_merge.py's rule), and
@@ -172,6 +174,23 @@ if [ "$CALL" = 70 ]; then  # a short call (any GPU, thirty-seventh session): the
     --json "$OUT/prefill_ab.json"
   step prefill_ab2 60 python benchmarks/prefill_ab.py --bf16 "$CK/llama3-8b-bf16" --fp8 "$CK/llama3-8b-fp8-channel" \
     --json "$OUT/prefill_ab2.json"
+  CALL=done
+fi
+if [ "$CALL" = 71 ]; then  # any GPU (thirty-eighth session): issue 18's dense rows with the GPU-timed decode rate
+  # (run_system's decode_tok_s_gpu: CUDA events around the decode steps, no prefill in it) beside decode_tok_s (a full
+  # generate's wall minus a prefill-only one's: the eager prefill's host drift of tens of ms is in it), its GPU test
+  # first, then tp 1 and the ranks of tp 2, 4 and 8 in bf16, FP8 per channel at tp 1, and the narrow ranks again
+  write_8b_ckpts
+  step tests_timing 90 $T tests/test_gpu_loop.py -k decode_timings
+  wait
+  row tp1_bf16 45 bf16 --batches 1
+  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
+  row r4_bf16 45 bf16 --simulate-tp 4 --batches 1
+  row r8_bf16 45 bf16 --simulate-tp 8 --batches 1
+  row tp1_fp8c 45 fp8-channel --batches 1
+  row r4_bf16b 45 bf16 --simulate-tp 4 --batches 1
+  row r8_bf16b 45 bf16 --simulate-tp 8 --batches 1
+  row r2_bf16b 45 bf16 --simulate-tp 2 --batches 1
   CALL=done
 fi
 if [ "$CALL" = 69 ]; then  # on a GPU other than an H200: 68's prefill comparison, then CALL=66 (issue 18's lead)
@@ -550,7 +569,7 @@ elif [ "$CALL" = 42 ]; then  # issue 21's MoE bars and issue 19's batch 8, one c
   row tp1_bf16_b8 60 bf16 --batches 8
   row tp1_fp8c_b8 60 fp8-channel --batches 8
 elif [ "$CALL" != done ]; then
-  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-70; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
+  echo "next_cycle.sh: no CALL=$CALL here (41, 42, 45-71; earlier calls: benchmarks/RESULTS.md)" | tee -a "$OUT/log.txt"
   exit 2
 fi
 echo "done, $(left) s of the budget left" | tee -a "$OUT/log.txt"
@@ -561,5 +580,5 @@ import glob, json
 for f in sorted(glob.glob('$OUT/e2e_*.jsonl')):
     for l in open(f):
         r = json.loads(l); print(f.split('e2e_')[1][:-6], r.get('simulated_tp', 1), r['batch'], r['decode_tok_s'], r['ttft_s'],
-                                 r.get('decode_tok_s_runs'))"
+                                 r.get('decode_tok_s_runs'), 'gpu', r.get('decode_tok_s_gpu'), r.get('decode_tok_s_gpu_runs'))"
 pack

@@ -45,6 +45,32 @@ def test_greedy_with_eos_and_padding_matches_transformers(models):
     assert torch.equal(ours.generate(**kwargs), want)
 
 
+def test_decode_timings_time_the_decode_steps_and_change_no_token(models):
+    """decode_timings (hf-tp bench's GPU-timed decode rate): one (start, end, steps) per call, steps counting the
+    graph replays after the prefill's token, and the tokens the same as without it."""
+    from hf_tp.generation.decode_loop import CHECK_EVERY
+
+    ours, _, device = models
+    ids = torch.randint(1, 101, (1, 11), generator=torch.Generator().manual_seed(5)).to(device)
+    kwargs = dict(input_ids=ids, do_sample=False, pad_token_id=0)
+    plain = ours.generate(**kwargs, max_new_tokens=30)
+    eos = int(plain[0, 11 + 9])  # the row ends at its tenth token, inside the second check's window
+    early = ours.generate(**kwargs, max_new_tokens=30, eos_token_id=eos)
+    decoder = ours._hf_tp_static_decoder
+    decoder.decode_timings = []
+    try:
+        assert torch.equal(ours.generate(**kwargs, max_new_tokens=30), plain)
+        assert torch.equal(ours.generate(**kwargs, max_new_tokens=30, eos_token_id=eos), early)
+        torch.cuda.synchronize(device)
+        (start, end, steps), (start2, end2, steps2) = decoder.decode_timings
+    finally:
+        decoder.decode_timings = None
+    assert steps == 29 and start.elapsed_time(end) > 0
+    # The early stop breaks at the first check at or past its end (the graph ran past the eos)
+    finished = early.shape[1] - 11
+    assert finished - 1 <= steps2 < finished - 1 + CHECK_EVERY and start2.elapsed_time(end2) > 0
+
+
 def test_sampling_same_seed_same_tokens_including_the_capturing_call(models):
     ours, _, device = models
     ids = torch.randint(1, 101, (1, 9), generator=torch.Generator().manual_seed(4)).to(device)

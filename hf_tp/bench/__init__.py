@@ -113,6 +113,8 @@ def format_row(r: dict) -> str:
         return f"{r['system']:<16}{r['mode']:<9}{r['tp_size']:>3}  FAILED: {r['error']}"
     line = (f"{r['system']:<16}{r['mode']:<9}{r['tp_size']:>3}{r['batch']:>6}{r['decode_tok_s']:>14.1f}"
             f"{r['ttft_s']:>9.3f}{r['load_s']:>8.2f}{r['peak_bytes_per_gpu'] / 2**30:>10.2f}")
+    if "decode_tok_s_gpu" in r:  # the decode steps alone, between CUDA events (no prefill drift in it)
+        line += f"  GPU-timed decode {r['decode_tok_s_gpu']:.1f} tok/s"
     if "simulated_tp" in r:  # a simulated rank: say so on the row itself, with its own floor
         line += (f"  {r['label']} (rank {r['simulated_rank']}, {r['rank_bytes'] / 1e9:.2f} GB; floor "
                  f"{r['bandwidth_floor_tok_s']:.0f} tok/s, {r['floor_fraction']:.0%} of it)")

@@ -148,6 +148,28 @@ def _generate_seconds(model, ids, new_tokens, compiled, device, keep=None) -> fl
     return seconds
 
 
+def _decode_timings(model, device) -> list | None:
+    """Ask hf_tp's decode loop to time its decode steps with CUDA events (a fresh list per row), or None."""
+    decoder = getattr(model, "_hf_tp_static_decoder", None)
+    if device.type != "cuda" or decoder is None:
+        return None
+    decoder.decode_timings = []
+    return decoder.decode_timings
+
+
+def _gpu_decode_fields(timings: list | None, batch: int) -> dict:
+    """The decode rate between CUDA events around the decode steps alone (the runs' median, and each run slowest
+    first). ``decode_tok_s`` subtracts a prefill-only generate's wall time from a full one's; the eager prefill's host
+    time drifts by tens of ms between calls, which on a 128-token decode moves that figure by several percent. The
+    events leave the prefill out, and count any time the GPU waits for the host between steps."""
+    if not timings:
+        return {}
+    rates = sorted(batch * steps / (start.elapsed_time(end) / 1e3) for start, end, steps in timings if steps > 0)
+    if not rates:
+        return {}
+    return {"decode_tok_s_gpu": round(rates[len(rates) // 2], 2), "decode_tok_s_gpu_runs": [round(r, 2) for r in rates]}
+
+
 def _prefill_ms(model, ids, device) -> float:
     """One forward of the prompt batch (what a prefill computes: every layer and the LM head, no generation), the
     median of three, in ms: on CUDA the time between CUDA events around it (so time to first token without
@@ -226,11 +248,15 @@ def main() -> int:
         # Median of three of each; the decode rate is the difference: N tokens minus the prefill-only run.
         first = sorted(_generate_seconds(model, ids, 1, compiled, device) for _ in range(3))[1]
         outputs = []
+        timings = _decode_timings(model, device)
         fulls = sorted(_generate_seconds(model, ids, args.new_tokens, compiled, device, outputs) for _ in range(3))
         full = fulls[1]
         decode_tok_s = batch * (args.new_tokens - 1) / max(full - first, 1e-9)
         # each of the three runs' rate (slowest first), so that a reader sees the row's spread beside its median
         decode_runs = [round(batch * (args.new_tokens - 1) / max(f - first, 1e-9), 2) for f in reversed(fulls)]
+        gpu_fields = _gpu_decode_fields(timings, batch)
+        if timings is not None:
+            model._hf_tp_static_decoder.decode_timings = None  # the three runs above only
         prefill_ms = _prefill_ms(model, ids, device)
         step_bytes, moe_fields = _step_bytes(model, bytes_per_gpu, outputs[-1], args.prompt_len)
         floor_tok_s = batch * bandwidth / step_bytes
@@ -249,12 +275,13 @@ def main() -> int:
         if args.profile and not rows:
             from .profile import profile_decode
 
-            wall = (full - first) / (args.new_tokens - 1)
+            wall = (batch / gpu_fields["decode_tok_s_gpu"] if gpu_fields
+                    else (full - first) / (args.new_tokens - 1))
             extra["profile"] = profile_decode(
                 lambda n: _generate_seconds(model, ids, n, compiled, device), args.profile, wall, top=24)
         rows.append({"system": args.system, "mode": args.mode,
                      "tp_size": args.simulate_tp or args.tp_size, "batch": batch, **extra,
-                     "decode_tok_s": round(decode_tok_s, 2), "decode_tok_s_runs": decode_runs, "ttft_s": round(first, 4), "prefill_ms": round(prefill_ms, 3), "load_s": round(load_s, 3),
+                     "decode_tok_s": round(decode_tok_s, 2), "decode_tok_s_runs": decode_runs, **gpu_fields, "ttft_s": round(first, 4), "prefill_ms": round(prefill_ms, 3), "load_s": round(load_s, 3),
                      "peak_bytes_per_gpu": peak, **loader, "copy_bandwidth_bytes_s": round(bandwidth),
                      "bandwidth_floor_tok_s": round(floor_tok_s, 1), "floor_fraction": round(decode_tok_s / floor_tok_s, 4), **moe_fields, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      # hf_tp's resolved options (None for the Transformers baselines): a row says what produced it

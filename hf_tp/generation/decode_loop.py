@@ -681,6 +681,10 @@ class StaticDecoder:
         self._one_shot = False  # the compiled forward's all-reduces use symmetric memory
         self._compiled_shapes: set[tuple[int, int]] = set()
         self._warned_limit = False
+        # A list to time the decode steps into (hf-tp bench): each CUDA generate call appends (start, end, steps),
+        # CUDA events around its steps after the prefill's token. Timing them on the GPU keeps the eager prefill,
+        # whose host time drifts by tens of ms, out of the decode rate. None: nothing recorded.
+        self.decode_timings: list | None = None
         if use_graphs:
             from ..parallel.teardown import register_graph_owner
 
@@ -831,6 +835,10 @@ class StaticDecoder:
         if streamer is not None:
             streamer.put(request.input_ids.cpu())
         done, streamed = 1, 0
+        timing = self.decode_timings is not None and self.device.type == "cuda"
+        if timing:
+            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            events[0].record()
         while True:
             ahead = 0
             if done % CHECK_EVERY == 0 or done == steps:
@@ -859,6 +867,9 @@ class StaticDecoder:
                 continue
             session.run_step()
             done += 1
+        if timing:
+            events[1].record()
+            self.decode_timings.append((*events, done - 1 + ahead))  # ahead: steps queued at a stop-string check
         if streamer is not None:
             streamer.end()
         if session.variant.candidates and bool(session.cut_ties):
