@@ -53,8 +53,9 @@
 #   CALL=68 (an H200, after 67): 67's prefill comparison in one process (benchmarks/prefill_ab.py), then CALL=58.
 #   CALL=69 (not an H200): 68's prefill comparison, then CALL=66.
 #   CALL=70 (any GPU, a short call): the lanes' GPU test and prefill_ab.py twice.
-#   CALL=71 (any GPU): issue 18's dense rows (tp 1, ranks of tp 2, 4, 8 in bf16; FP8 tp 1) with the GPU-timed decode
-#      rate (CUDA events around the decode steps) beside the wall-difference one, and its GPU test.
+#   CALL=71 (any GPU): issue 18's dense rows (tp 1, ranks of tp 2, 4, 8 in bf16) and issue 21's MoE rows (tp 1, rank
+#      of tp 2) with the GPU-timed decode rate (CUDA events around the decode steps) beside the wall-difference one,
+#      twice, after its GPU test.
 #   CALL=63 (any GPU, a short call): the dense rank of tp 2 and tp 1 in bf16 with PDL on and off, interleaved.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
@@ -176,21 +177,24 @@ if [ "$CALL" = 70 ]; then  # a short call (any GPU, thirty-seventh session): the
     --json "$OUT/prefill_ab2.json"
   CALL=done
 fi
-if [ "$CALL" = 71 ]; then  # any GPU (thirty-eighth session): issue 18's dense rows with the GPU-timed decode rate
+if [ "$CALL" = 71 ]; then  # any GPU (thirty-eighth session): issue 18's and 21's rows with the GPU-timed decode rate
   # (run_system's decode_tok_s_gpu: CUDA events around the decode steps, no prefill in it) beside decode_tok_s (a full
-  # generate's wall minus a prefill-only one's: the eager prefill's host drift of tens of ms is in it), its GPU test
-  # first, then tp 1 and the ranks of tp 2, 4 and 8 in bf16, FP8 per channel at tp 1, and the narrow ranks again
-  write_8b_ckpts
+  # generate's wall minus a prefill-only one's: the eager prefill's host drift of tens of ms is in it, and the
+  # narrower the rank, the shorter the decode it is set against), its GPU test first, then tp 1 and the ranks of
+  # tp 2, 4 and 8 in bf16, qwen3-moe-mini at tp 1 and its rank of tp 2, and the same rows again
+  write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
+  write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 300 bf16 &
   step tests_timing 90 $T tests/test_gpu_loop.py -k decode_timings
   wait
-  row tp1_bf16 45 bf16 --batches 1
-  row r2_bf16 45 bf16 --simulate-tp 2 --batches 1
-  row r4_bf16 45 bf16 --simulate-tp 4 --batches 1
-  row r8_bf16 45 bf16 --simulate-tp 8 --batches 1
-  row tp1_fp8c 45 fp8-channel --batches 1
-  row r4_bf16b 45 bf16 --simulate-tp 4 --batches 1
-  row r8_bf16b 45 bf16 --simulate-tp 8 --batches 1
-  row r2_bf16b 45 bf16 --simulate-tp 2 --batches 1
+  M="--system hf_tp --mode compile --tp-size 1 --model $CK/qwen3-moe-mini --batches 1"
+  for pass in "" b; do
+    row "tp1_bf16$pass" 45 bf16 --batches 1
+    row "r2_bf16$pass" 45 bf16 --simulate-tp 2 --batches 1
+    row "r4_bf16$pass" 45 bf16 --simulate-tp 4 --batches 1
+    row "r8_bf16$pass" 45 bf16 --simulate-tp 8 --batches 1
+    step "moe_tp1$pass" 50 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1$pass.jsonl"
+    step "moe_r2$pass" 50 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2$pass.jsonl"
+  done
   CALL=done
 fi
 if [ "$CALL" = 69 ]; then  # on a GPU other than an H200: 68's prefill comparison, then CALL=66 (issue 18's lead)
