@@ -64,10 +64,10 @@
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|55] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU.
 # Next (after the thirty-eighth session's H100 call: the viewless lanes' prefill 0.9465x bf16 there; the rank of tp 4's
-# spread lies outside every kernel, and run_system now also times the decode steps on the GPU): on an H200 61 (the
-# lanes' test and prefill_ab.py first, then its own FP8 per-channel entries), on any other GPU 71 (issue 18's rows
-# with the GPU-timed rate). The one-liner:
-#   G=$(nvidia-smi --query-gpu=name --format=csv,noheader); case "$G" in *H200*) C=61;; *) C=71;; esac
+# spread lies outside every kernel, and run_system now also times the decode steps on the GPU): 71 on any GPU
+# (issue 18's and 21's rows with the GPU-timed rate; on an H200 also prefill_ab.py), then on an H200 61 (its own FP8
+# per-channel entries: about +5 % end to end on the H100, so not issue 19's 1.31x to 1.6x alone). The one-liner:
+#   G=$(nvidia-smi --query-gpu=name --format=csv,noheader); C=71
 #   OUT=$OUT BUDGET=540 CALL=$C bash benchmarks/next_cycle.sh
 # On an H200, entries from its sweep ($OUT/own/gemv_table.py) that win end to end go into gemv_table.py under an
 # "H200" key, kept only where a second measurement agrees (benchmarks/device_table_merge.py's rule), and
@@ -184,10 +184,17 @@ if [ "$CALL" = 71 ]; then  # any GPU (thirty-eighth session): issue 18's and 21'
   # tp 2, 4 and 8 in bf16, qwen3-moe-mini at tp 1 and its rank of tp 2, and the same rows again
   write_ckpt llama3-8b "$CK/llama3-8b-bf16" 200 bf16 &
   write_ckpt qwen3-moe-mini "$CK/qwen3-moe-mini" 300 bf16 &
+  H200=$(nvidia-smi --query-gpu=name --format=csv,noheader | grep -c H200)
+  # on an H200, issue 19's prefill bar too (the viewless lanes: 0.9465x bf16 on the H100 in call 1), after the first pass
+  [ "$H200" = 1 ] && write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
   step tests_timing 90 $T tests/test_gpu_loop.py -k decode_timings
   wait
   M="--system hf_tp --mode compile --tp-size 1 --model $CK/qwen3-moe-mini --batches 1"
   for pass in "" b; do
+    if [ "$pass" = b ] && [ "$H200" = 1 ]; then
+      step prefill_ab 60 python benchmarks/prefill_ab.py --bf16 "$CK/llama3-8b-bf16" --fp8 "$CK/llama3-8b-fp8-channel" \
+        --json "$OUT/prefill_ab.json"
+    fi
     row "tp1_bf16$pass" 45 bf16 --batches 1
     row "r2_bf16$pass" 45 bf16 --simulate-tp 2 --batches 1
     row "r4_bf16$pass" 45 bf16 --simulate-tp 4 --batches 1
