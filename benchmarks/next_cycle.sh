@@ -55,7 +55,7 @@
 #   CALL=70 (any GPU, a short call): the lanes' GPU test and prefill_ab.py twice.
 #   CALL=71 (any GPU): issue 18's dense rows (tp 1, ranks of tp 2, 4, 8 in bf16) and issue 21's MoE rows (tp 1, rank
 #      of tp 2) with the GPU-timed decode rate (CUDA events around the decode steps) beside the wall-difference one,
-#      twice, after its GPU test.
+#      twice, after the loop's GPU tests; the rank of tp 8 once without the eos check's step queued ahead.
 #   CALL=63 (any GPU, a short call): the dense rank of tp 2 and tp 1 in bf16 with PDL on and off, interleaved.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
@@ -109,6 +109,9 @@ if os.environ.get('PFB'):  # PFB=bytes: only GEMMs whose whole weight has at mos
 if os.environ.get('ADVANCE') == '0':  # the greedy selection and bookkeeping eager, as before the eighth session
     from hf_tp.generation import decode_loop
     decode_loop.COMPILE_ADVANCE = False
+if os.environ.get('CHECK_AHEAD'):  # CHECK_AHEAD=0: the eos check syncs before the next step is queued (before 2026-12-08)
+    from hf_tp.generation import decode_loop
+    decode_loop.CHECK_AHEAD = os.environ['CHECK_AHEAD'] == '1'
 if os.environ.get('SAMPLE'):  # SAMPLE=1: the sampling selection compiled (decode_loop.COMPILE_SAMPLING), 0: eager
     from hf_tp.generation import decode_loop
     decode_loop.COMPILE_SAMPLING = os.environ['SAMPLE'] == '1'
@@ -187,10 +190,14 @@ if [ "$CALL" = 71 ]; then  # any GPU (thirty-eighth session): issue 18's and 21'
   H200=$(nvidia-smi --query-gpu=name --format=csv,noheader | grep -c H200)
   # on an H200, issue 19's prefill bar too (the viewless lanes: 0.9465x bf16 on the H100 in call 1), after the first pass
   [ "$H200" = 1 ] && write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
-  step tests_timing 90 $T tests/test_gpu_loop.py -k decode_timings
+  # the loop's GPU tests: the timing's, and the eos checks that now queue a step ahead of reading their flag
+  step tests_loop 150 $T tests/test_gpu_loop.py
   wait
   M="--system hf_tp --mode compile --tp-size 1 --model $CK/qwen3-moe-mini --batches 1"
   for pass in "" b; do
+    if [ "$pass" = b ]; then  # the narrowest rank without the step queued ahead at eos checks (CHECK_AHEAD=0)
+      ( export CHECK_AHEAD=0; row r8_bf16_noahead 45 bf16 --simulate-tp 8 --batches 1 )
+    fi
     if [ "$pass" = b ] && [ "$H200" = 1 ]; then
       step prefill_ab 60 python benchmarks/prefill_ab.py --bf16 "$CK/llama3-8b-bf16" --fp8 "$CK/llama3-8b-fp8-channel" \
         --json "$OUT/prefill_ab.json"

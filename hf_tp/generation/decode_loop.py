@@ -48,6 +48,11 @@ from . import sort_free
 logger = logging.getLogger("hf_tp")
 
 CHECK_EVERY = 8  # steps between host checks: bounds both the overshoot and the streamer's burst size
+# At an eos check of a captured loop the host queues the next step before it waits for the "any row unfinished" flag
+# (copied to pinned memory), so that the GPU runs that step while the host reads the flag and queues the one after:
+# reading it after a full sync left the GPU idle for the read and the next graph launch at every check. The step queued
+# ahead is one more past the last eos, as the steps between checks already are. False: the sync at every check.
+CHECK_AHEAD = True
 LENGTH_BUCKET = 256  # cache lengths are rounded up to this, so nearby requests reuse a captured graph
 MAX_SESSIONS = 3  # captured (batch, length) shapes kept; each holds a KV cache and a graph pool
 MAX_EOS_IDS = 8  # eos ids live in a fixed-size tensor of the captured graph
@@ -408,6 +413,20 @@ class _Session:
         self._last_candidate: dict[int, torch.Tensor] = {}  # width -> mask of its last position
         # One per Variant; None: warmed up but nothing captured (CPU, where only tests warm up).
         self.graphs: dict[Variant, torch.cuda.CUDAGraph | None] = {}
+        self._unfinished_host: tuple[torch.Tensor, torch.cuda.Event] | None = None  # see unfinished_ahead
+
+    def unfinished_ahead(self) -> bool:
+        """Whether any row is unfinished after the steps queued so far, read while one more step runs (CHECK_AHEAD):
+        the flag goes to pinned host memory behind an event, the next step is queued, then the host waits for the event
+        only. The caller counts the step it queued."""
+        if self._unfinished_host is None:
+            self._unfinished_host = (torch.empty(1, dtype=torch.bool, pin_memory=True), torch.cuda.Event())
+        flag, ready = self._unfinished_host
+        flag.copy_(self.unfinished.any().view(1), non_blocking=True)
+        ready.record()
+        self.run_step()
+        ready.synchronize()
+        return bool(flag[0])
 
     # -- the step: forward + selection + bookkeeping; captured whole on CUDA -------------------
     def _keep(self, buffer: torch.Tensor, values: torch.Tensor) -> None:
@@ -851,7 +870,11 @@ class StaticDecoder:
                     for _ in range(ahead):
                         session.run_step()
                     stops.check(done, generated)
-                finished = self._finished_length(session, request, done, stops, generated)
+                unfinished = None  # read by _finished_length itself (a sync), unless read while a step runs
+                if (CHECK_AHEAD and stops is None and streamer is None and request.eos_token_ids and done < steps
+                        and session.graphs.get(session.variant) is not None):
+                    unfinished, ahead = session.unfinished_ahead(), 1
+                finished = self._finished_length(session, request, done, stops, generated, unfinished)
                 if streamer is not None:
                     upto = finished if finished is not None else done
                     if generated is None:
@@ -869,7 +892,7 @@ class StaticDecoder:
             done += 1
         if timing:
             events[1].record()
-            self.decode_timings.append((*events, done - 1 + ahead))  # ahead: steps queued at a stop-string check
+            self.decode_timings.append((*events, done - 1 + ahead))  # ahead: steps queued at the last check
         if streamer is not None:
             streamer.end()
         if session.variant.candidates and bool(session.cut_ties):
@@ -946,12 +969,15 @@ class StaticDecoder:
 
     @staticmethod
     def _finished_length(session: _Session, request: DecodeRequest, done: int,
-                         stops: "_StopStrings | None", generated: torch.Tensor | None) -> int | None:
+                         stops: "_StopStrings | None", generated: torch.Tensor | None,
+                         unfinished: bool | None = None) -> int | None:
         """Tokens Transformers would have returned if every sequence has finished, else None.
 
         A sequence finishes at its first eos (min_new_tokens already kept eos out before then) or at the
-        step that completed a stop string, and generate stops at the step where the last one finishes."""
-        if stops is None and (not request.eos_token_ids or bool(session.unfinished.any())):
+        step that completed a stop string, and generate stops at the step where the last one finishes.
+        ``unfinished``: whether a row was unfinished after ``done`` steps, where already read (else read here)."""
+        if stops is None and (not request.eos_token_ids
+                              or (unfinished if unfinished is not None else bool(session.unfinished.any()))):
             return None
         if generated is None:
             generated = session.out[:, :done].cpu()
