@@ -55,7 +55,7 @@
 #   CALL=70 (any GPU, a short call): the lanes' GPU test and prefill_ab.py twice.
 #   CALL=71 (any GPU): issue 18's dense rows (tp 1, ranks of tp 2, 4, 8 in bf16) and issue 21's MoE rows (tp 1, rank
 #      of tp 2) with the GPU-timed decode rate (CUDA events around the decode steps) beside the wall-difference one,
-#      twice, after the loop's GPU tests; the rank of tp 8 once without the eos check's step queued ahead.
+#      twice, after the timing's GPU test.
 #   CALL=63 (any GPU, a short call): the dense rank of tp 2 and tp 1 in bf16 with PDL on and off, interleaved.
 #   CALL=53 (H100, next; on an H200 CALL=41 runs the same tests after its rows): the GPU tests of the twenty-sixth
 #      session's per-decoder compile (decode_loop.own_code: Dynamo's recompile limit per model), which no GPU has
@@ -63,10 +63,11 @@
 #      (without its torch._dynamo.reset() now), the loop's GPU tests, then tp 1 bf16 / FP8 and the MoE rows.
 # Usage (device): cd <checkout> && OUT=... BUDGET=570 [CALL=41|42|45|...|55] bash benchmarks/next_cycle.sh
 # Asking for nvidia-h200 may bring an H100; the twenty-third to twenty-seventh sessions' calls chose by the GPU.
-# Next (after the thirty-eighth session's H100 call: the viewless lanes' prefill 0.9465x bf16 there; the rank of tp 4's
-# spread lies outside every kernel, and run_system now also times the decode steps on the GPU): 71 on any GPU
-# (issue 18's and 21's rows with the GPU-timed rate; on an H200 also prefill_ab.py), then on an H200 61 (its own FP8
-# per-channel entries: about +5 % end to end on the H100, so not issue 19's 1.31x to 1.6x alone). The one-liner:
+# Next (after the thirty-eighth session: its H100 calls gave the rows' GPU-timed decode rates, within 0.4 % run to run,
+# and the eos check's step queued ahead, +0.6 % at the rank of tp 8): 71 on any GPU (issue 18's and 21's rows by
+# the GPU-timed rate, MoE's rank of tp 2 included, which call 2 had no time for; on an H200 also prefill_ab.py), then
+# on an H200 61 (its own FP8 per-channel entries: about +5 % end to end on the H100, not issue 19's 1.31x to 1.6x
+# alone). The one-liner:
 #   G=$(nvidia-smi --query-gpu=name --format=csv,noheader); C=71
 #   OUT=$OUT BUDGET=540 CALL=$C bash benchmarks/next_cycle.sh
 # On an H200, entries from its sweep ($OUT/own/gemv_table.py) that win end to end go into gemv_table.py under an
@@ -190,24 +191,22 @@ if [ "$CALL" = 71 ]; then  # any GPU (thirty-eighth session): issue 18's and 21'
   H200=$(nvidia-smi --query-gpu=name --format=csv,noheader | grep -c H200)
   # on an H200, issue 19's prefill bar too (the viewless lanes: 0.9465x bf16 on the H100 in call 1), after the first pass
   [ "$H200" = 1 ] && write_ckpt llama3-8b "$CK/llama3-8b-fp8-channel" 240 fp8-channel &
-  # the loop's GPU tests: the timing's, and the eos checks that now queue a step ahead of reading their flag
-  step tests_loop 150 $T tests/test_gpu_loop.py
+  # the timing's GPU test (the whole file, with the eos checks that queue a step ahead, passed in the thirty-eighth
+  # session's call 2: 7 passed on an H100)
+  step tests_timing 60 $T tests/test_gpu_loop.py -k decode_timings
   wait
   M="--system hf_tp --mode compile --tp-size 1 --model $CK/qwen3-moe-mini --batches 1"
   for pass in "" b; do
-    if [ "$pass" = b ]; then  # the narrowest rank without the step queued ahead at eos checks (CHECK_AHEAD=0)
-      ( export CHECK_AHEAD=0; row r8_bf16_noahead 45 bf16 --simulate-tp 8 --batches 1 )
-    fi
     if [ "$pass" = b ] && [ "$H200" = 1 ]; then
       step prefill_ab 60 python benchmarks/prefill_ab.py --bf16 "$CK/llama3-8b-bf16" --fp8 "$CK/llama3-8b-fp8-channel" \
         --json "$OUT/prefill_ab.json"
     fi
     row "tp1_bf16$pass" 45 bf16 --batches 1
     row "r2_bf16$pass" 45 bf16 --simulate-tp 2 --batches 1
-    row "r4_bf16$pass" 45 bf16 --simulate-tp 4 --batches 1
-    row "r8_bf16$pass" 45 bf16 --simulate-tp 8 --batches 1
     step "moe_tp1$pass" 50 python -c "$FLIP" $M --out "$OUT/e2e_moe_tp1$pass.jsonl"
     step "moe_r2$pass" 50 python -c "$FLIP" $M --simulate-tp 2 --out "$OUT/e2e_moe_r2$pass.jsonl"
+    row "r4_bf16$pass" 45 bf16 --simulate-tp 4 --batches 1
+    row "r8_bf16$pass" 45 bf16 --simulate-tp 8 --batches 1
   done
   CALL=done
 fi
